@@ -1,0 +1,147 @@
+//! The seam between the router and each network: what an adapter receives, what it sends back,
+//! and what it declares it can do.
+//!
+//! An adapter owns its network connection(s). It turns wire traffic into [`Inbound`] events
+//! for the router, renders each [`Delivery`] the router hands it, and answers every delivery
+//! with exactly one [`Delivered`]. Adapters never call each other or the router directly.
+
+use crate::event::Event;
+use crate::ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Which markup a network renders natively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Markup {
+    /// No formatting at all.
+    Plain,
+    /// IRC control codes (bold, italic, underline, strike, monospace, colours).
+    IrcCodes,
+    /// XMPP message styling, XEP-0393.
+    Xep0393,
+    /// Matrix `org.matrix.custom.html`.
+    MatrixHtml,
+}
+
+/// What a network can express natively. The router and the formatters consult this to choose
+/// fallbacks once, so adapters do not each repeat that decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Native edits/corrections.
+    pub edits: bool,
+    /// Native redactions/retractions.
+    pub redactions: bool,
+    /// Native reactions.
+    pub reactions: bool,
+    /// Native replies.
+    pub replies: bool,
+    /// File upload (otherwise attachments travel as links).
+    pub uploads: bool,
+    /// Markup rendered natively.
+    pub markup: Markup,
+    /// Largest message body in bytes the network carries in one piece, if limited.
+    pub max_message_bytes: Option<usize>,
+}
+
+/// An event from a network on its way to the router.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The normalised event. `event.origin` names the room as it is written in the link
+    /// (config or runtime), not the network's internal id for it.
+    pub event: Event,
+    /// Answered once the event (and its outbox rows) are durable in the store, or with an
+    /// error. Adapters whose protocol acknowledges receipt (Matrix transactions) wait on it.
+    pub ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Inbound {
+    /// An inbound event whose durability nobody waits for.
+    pub fn new(event: Event) -> Self {
+        Self { event, ack: None }
+    }
+
+    /// An inbound event plus the receiver that resolves once it is durable.
+    pub fn with_ack(event: Event) -> (Self, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                event,
+                ack: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+/// One event to render into one target room. Stored in the durable outbox before it is handed
+/// to the adapter; `outbox_id` is stable across restarts and usable as an idempotency key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The outbox row, increasing in delivery order per target network.
+    pub outbox_id: u64,
+    /// The bridge (link) this delivery belongs to.
+    pub bridge: BridgeName,
+    /// The room to render into, named as in the link.
+    pub target: RoomRef,
+    /// The event, as it arrived at its origin.
+    pub event: Event,
+    /// `reply_to` resolved into the target room's ids (empty when unknown there).
+    pub reply_to: Vec<MessageId>,
+    /// The edit/redact/react target resolved into the target room's ids (several when the
+    /// original was split into parts; empty when unknown there).
+    pub target_ids: Vec<MessageId>,
+}
+
+/// The one answer to a [`Delivery`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The outbox row answered.
+    pub outbox_id: u64,
+    /// The room it was rendered into.
+    pub target: RoomRef,
+    /// The event delivered.
+    pub event: EventId,
+    /// The ids the target network gave the rendered message(s), or why it was given up.
+    /// Transient failures are not answered: the adapter keeps the delivery and retries.
+    pub outcome: Result<Vec<MessageId>, String>,
+}
+
+/// Everything an adapter gets from the gateway when it starts.
+#[derive(Debug)]
+pub struct AdapterContext {
+    /// The network instance this adapter serves.
+    pub network: NetworkId,
+    /// Events from the network to the router.
+    pub inbound: mpsc::Sender<Inbound>,
+    /// Deliveries from the router, in outbox order.
+    pub deliveries: mpsc::Receiver<Delivery>,
+    /// Answers to deliveries.
+    pub delivered: mpsc::UnboundedSender<Delivered>,
+    /// The rooms on this network that are currently linked; changes when admins link/unlink.
+    pub rooms: watch::Receiver<Vec<RoomId>>,
+    /// Cancelled when the gateway shuts down: finish the delivery at hand, part, return.
+    pub shutdown: CancellationToken,
+}
+
+/// Why an adapter stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// Its configuration can not work (bad credentials, unknown room...).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Something it could not recover from.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A network adapter. `wiring` knows each concrete type, so no `dyn` is needed.
+pub trait Adapter: Send + 'static {
+    /// What this network can express natively.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Runs until `cx.shutdown` is cancelled (then returns `Ok`) or a fatal error.
+    /// Reconnects by itself on transient network failures.
+    fn run(self, cx: AdapterContext) -> impl Future<Output = Result<(), AdapterError>> + Send;
+}

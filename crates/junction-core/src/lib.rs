@@ -1,0 +1,22 @@
+//! Junction's core: the normalised event model, the adapter seam, the router and format
+//! conversion.
+//!
+//! Invariant: this crate does no network or disk I/O and knows no particular network. It is
+//! the vocabulary every other crate speaks: adapters turn wire traffic into [`Event`]s, the
+//! [`Router`] decides which rooms an event goes to and resolves its references, and the
+//! [`format`] module converts rich text between each network's markup.
+#![deny(missing_docs)]
+
+pub mod adapter;
+pub mod event;
+pub mod format;
+pub mod ids;
+pub mod router;
+
+pub use adapter::{
+    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
+};
+pub use event::{Attachment, Event, EventKind, Message, MessageKind, Sender};
+pub use format::RichText;
+pub use ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, UserId, UserRef};
+pub use router::{Link, RefResolver, Router};

@@ -1,0 +1,224 @@
+//! The router: which rooms are linked, and what one inbound event becomes in every other room
+//! of its link. Pure: the message map is reached through [`RefResolver`], so this runs the same
+//! against the sled store, the in-memory store, or a test table.
+
+use crate::event::Event;
+use crate::ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, UserRef};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A bridge: two or more rooms, on any networks, that see each other's events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// Its name (unique).
+    pub bridge: BridgeName,
+    /// Its rooms (no room in two links).
+    pub rooms: Vec<RoomRef>,
+}
+
+/// What the router needs from the message map and the puppet table.
+pub trait RefResolver {
+    /// The gateway event that produced (or originated as) `remote` in `room`, if known.
+    fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Option<EventId>;
+    /// The ids `event` has in `room` (its parts, in order), empty if it never got there.
+    fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Vec<MessageId>;
+    /// True when `user` is one of the gateway's own puppets or bots on its network.
+    fn is_own_puppet(&self, user: &UserRef) -> bool;
+}
+
+/// One target of an event, before it gets its outbox id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// The bridge it goes through.
+    pub bridge: BridgeName,
+    /// The room it goes to.
+    pub target: RoomRef,
+    /// Reply target in that room, if resolvable.
+    pub reply_to: Vec<MessageId>,
+    /// Edit/redact/react target in that room, if resolvable.
+    pub target_ids: Vec<MessageId>,
+}
+
+/// Why a link change was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The room already belongs to another bridge.
+    #[error("{room} is already linked in bridge {bridge}")]
+    RoomTaken {
+        /// The room.
+        room: RoomRef,
+        /// The bridge that has it.
+        bridge: BridgeName,
+    },
+    /// There is no such bridge.
+    #[error("no bridge named {0}")]
+    NoSuchBridge(BridgeName),
+    /// The room is not in that bridge.
+    #[error("{room} is not linked in bridge {bridge}")]
+    NotLinked {
+        /// The room.
+        room: RoomRef,
+        /// The bridge.
+        bridge: BridgeName,
+    },
+}
+
+/// The link table and the fan-out rule.
+#[derive(Clone, Debug, Default)]
+pub struct Router {
+    links: Vec<Link>,
+    by_room: HashMap<RoomRef, usize>,
+}
+
+impl Router {
+    /// Builds the table; refuses a room that appears in two links.
+    pub fn new(links: Vec<Link>) -> Result<Self, LinkError> {
+        let mut r = Router::default();
+        for l in links {
+            for room in &l.rooms {
+                r.link_room(&l.bridge, room.clone())?;
+            }
+            if l.rooms.is_empty() {
+                r.links.push(l);
+            }
+        }
+        Ok(r)
+    }
+
+    fn reindex(&mut self) {
+        self.by_room = self
+            .links
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.rooms.iter().map(move |r| (r.clone(), i)))
+            .collect();
+    }
+
+    /// All links.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// The link a room belongs to.
+    pub fn link_of(&self, room: &RoomRef) -> Option<&Link> {
+        self.by_room.get(room).map(|&i| &self.links[i])
+    }
+
+    /// The linked rooms on one network.
+    pub fn rooms_on(&self, network: &NetworkId) -> Vec<RoomId> {
+        let mut v: Vec<RoomId> = self
+            .links
+            .iter()
+            .flat_map(|l| l.rooms.iter())
+            .filter(|r| &r.network == network)
+            .map(|r| r.room.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Adds `room` to `bridge`, creating the bridge if it does not exist.
+    pub fn link_room(&mut self, bridge: &BridgeName, room: RoomRef) -> Result<(), LinkError> {
+        if let Some(&i) = self.by_room.get(&room) {
+            if &self.links[i].bridge == bridge {
+                return Ok(());
+            }
+            return Err(LinkError::RoomTaken {
+                room,
+                bridge: self.links[i].bridge.clone(),
+            });
+        }
+        match self.links.iter_mut().find(|l| &l.bridge == bridge) {
+            Some(l) => l.rooms.push(room),
+            None => self.links.push(Link {
+                bridge: bridge.clone(),
+                rooms: vec![room],
+            }),
+        }
+        self.reindex();
+        Ok(())
+    }
+
+    /// Removes `room` from `bridge`.
+    pub fn unlink_room(&mut self, bridge: &BridgeName, room: &RoomRef) -> Result<(), LinkError> {
+        let l = self
+            .links
+            .iter_mut()
+            .find(|l| &l.bridge == bridge)
+            .ok_or_else(|| LinkError::NoSuchBridge(bridge.clone()))?;
+        let before = l.rooms.len();
+        l.rooms.retain(|r| r != room);
+        if l.rooms.len() == before {
+            return Err(LinkError::NotLinked {
+                room: room.clone(),
+                bridge: bridge.clone(),
+            });
+        }
+        self.reindex();
+        Ok(())
+    }
+
+    /// Removes a whole bridge; returns its rooms.
+    pub fn remove_bridge(&mut self, bridge: &BridgeName) -> Result<Vec<RoomRef>, LinkError> {
+        let i = self
+            .links
+            .iter()
+            .position(|l| &l.bridge == bridge)
+            .ok_or_else(|| LinkError::NoSuchBridge(bridge.clone()))?;
+        let l = self.links.remove(i);
+        self.reindex();
+        Ok(l.rooms)
+    }
+
+    /// What `event` becomes: one [`Planned`] per other room of its link, with references
+    /// resolved into each target's ids. Empty when the room is not linked or the sender is
+    /// one of our own puppets (loop prevention). Edits, redactions and reactions whose target
+    /// is unknown in a room are not sent there (nothing to apply them to); replies whose
+    /// target is unknown go out as plain messages.
+    pub fn plan(&self, event: &Event, resolver: &impl RefResolver) -> Vec<Planned> {
+        let Some(link) = self.link_of(&event.origin) else {
+            return Vec::new();
+        };
+        if resolver.is_own_puppet(&event.sender.user) {
+            return Vec::new();
+        }
+        let reply_src = match &event.kind {
+            crate::EventKind::Message(m) => m.reply_to.as_ref(),
+            _ => None,
+        };
+        let target_src = match &event.kind {
+            crate::EventKind::Message(_) => None,
+            _ => event.references().into_iter().next(),
+        };
+        let resolve = |id: &MessageId, target: &RoomRef| -> Vec<MessageId> {
+            resolver
+                .event_for(&event.origin, id)
+                .map(|ev| resolver.remote_ids(&ev, target))
+                .unwrap_or_default()
+        };
+        link.rooms
+            .iter()
+            .filter(|r| *r != &event.origin)
+            .filter_map(|target| {
+                let reply_to = reply_src.map(|id| resolve(id, target)).unwrap_or_default();
+                let target_ids = match target_src {
+                    Some(id) => {
+                        let ids = resolve(id, target);
+                        if ids.is_empty() {
+                            return None;
+                        }
+                        ids
+                    }
+                    None => Vec::new(),
+                };
+                Some(Planned {
+                    bridge: link.bridge.clone(),
+                    target: target.clone(),
+                    reply_to,
+                    target_ids,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,1 @@
+//! Junction's irc adapter (in progress).

@@ -1,0 +1,1 @@
+//! Junction's matrix adapter (in progress).

@@ -1,0 +1,165 @@
+//! Junction's durable state behind one [`Store`] trait: room links, puppets, the message map,
+//! per-network outboxes, Matrix transaction dedupe, per-room backfill cursors and small
+//! adapter-private key/value tables.
+//!
+//! Two backends share one conformance suite: [`SledStore`] (on disk, the default) and
+//! [`MemStore`] (tests, benchmarks). Only this crate knows sled.
+#![deny(missing_docs)]
+
+use junction_core::router::{Link, Planned, RefResolver};
+use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};
+
+/// What a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (disk, corruption).
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A record could not be (de)serialised.
+    #[error("store record: {0}")]
+    Codec(String),
+}
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The outcome of [`Store::record_inbound`].
+#[derive(Debug, PartialEq)]
+pub enum Recorded {
+    /// First time this origin message was seen: these outbox rows were written.
+    New(Vec<Delivery>),
+    /// The origin message was recorded before (a replay, a backfill overlap): nothing written.
+    Duplicate,
+}
+
+/// One entry of the admin audit trail.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// When, milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// Who (network user id as text, e.g. `matrix/@admin:matrix.test`).
+    pub actor: String,
+    /// The command as given.
+    pub action: String,
+    /// What came of it.
+    pub outcome: String,
+}
+
+/// Durable gateway state. Every method is atomic; methods whose doc says "one transaction"
+/// write all-or-nothing. Writes are durable after [`Store::flush`] returns.
+pub trait Store: Send + Sync + 'static {
+    // ---- message map and outboxes ----
+
+    /// In one transaction: maps `event.origin`/`event.remote_id` to `event.id`, and writes one
+    /// outbox row per planned target (ids assigned, increasing). If the origin message is
+    /// already mapped, writes nothing and returns [`Recorded::Duplicate`].
+    fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded>;
+
+    /// In one transaction: maps each returned remote id in `d.target` to `d.event` (both
+    /// ways, parts in order) and removes the outbox row. Idempotent.
+    fn record_delivered(&self, d: &Delivered) -> Result<()>;
+
+    /// The gateway event behind `remote` in `room`, if known.
+    fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Result<Option<EventId>>;
+
+    /// The ids `event` has in `room`, in part order (its origin id when `room` is its origin).
+    fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>>;
+
+    /// Undelivered outbox rows for a network, in outbox order.
+    fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>>;
+
+    /// Number of undelivered outbox rows for a network.
+    fn outbox_depth(&self, network: &NetworkId) -> Result<usize>;
+
+    // ---- Matrix transactions ----
+
+    /// True if the transaction key was marked done.
+    fn txn_done(&self, key: &str) -> Result<bool>;
+
+    /// Marks a transaction key done.
+    fn mark_txn(&self, key: &str) -> Result<()>;
+
+    // ---- puppets ----
+
+    /// The identity (nick, ghost mxid, occupant JID) `user` has on `network`.
+    fn puppet(&self, network: &NetworkId, user: &UserRef) -> Result<Option<String>>;
+
+    /// Sets the identity `user` has on `network` (both directions, one transaction).
+    fn set_puppet(&self, network: &NetworkId, user: &UserRef, identity: &str) -> Result<()>;
+
+    /// The remote user behind one of our identities on `network`.
+    fn puppet_owner(&self, network: &NetworkId, identity: &str) -> Result<Option<UserRef>>;
+
+    // ---- links ----
+
+    /// Runtime links (admin-made), as stored.
+    fn links(&self) -> Result<Vec<Link>>;
+
+    /// Stores (replaces) a runtime link.
+    fn put_link(&self, link: &Link) -> Result<()>;
+
+    /// Removes a runtime link.
+    fn remove_link(&self, bridge: &junction_core::BridgeName) -> Result<()>;
+
+    // ---- cursors ----
+
+    /// The backfill cursor of a room (last seen MAM id, msgid, timestamp...).
+    fn cursor(&self, room: &RoomRef) -> Result<Option<String>>;
+
+    /// Moves the backfill cursor of a room.
+    fn set_cursor(&self, room: &RoomRef, cursor: &str) -> Result<()>;
+
+    // ---- adapter-private tables ----
+
+    /// Reads a key of an adapter-private table (`ns` e.g. `irc:local/nicks`).
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Writes a key of an adapter-private table.
+    fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<()>;
+
+    /// Removes a key of an adapter-private table.
+    fn kv_remove(&self, ns: &str, key: &str) -> Result<()>;
+
+    /// Lists an adapter-private table, in key order.
+    fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    // ---- audit ----
+
+    /// Appends to the admin audit trail.
+    fn audit(&self, entry: &AuditEntry) -> Result<()>;
+
+    /// The audit trail, oldest first.
+    fn audit_log(&self) -> Result<Vec<AuditEntry>>;
+
+    // ---- durability ----
+
+    /// Makes every write so far durable (fsync).
+    fn flush(&self) -> Result<()>;
+}
+
+/// Any store resolves router references through its message map and puppet table.
+/// Lookup failures are logged and treated as "unknown".
+pub struct Resolver<'a, S: Store + ?Sized>(pub &'a S);
+
+impl<S: Store + ?Sized> RefResolver for Resolver<'_, S> {
+    fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Option<EventId> {
+        self.0.event_for(room, remote).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Message map lookup failed.");
+            None
+        })
+    }
+
+    fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Vec<MessageId> {
+        self.0.remote_ids(event, room).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Message map lookup failed.");
+            Vec::new()
+        })
+    }
+
+    fn is_own_puppet(&self, user: &UserRef) -> bool {
+        self.0
+            .puppet_owner(&user.network, user.user.as_str())
+            .map(|o| o.is_some())
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,1 @@
+//! Dev-only: starts the real chat servers on loopback (in progress).

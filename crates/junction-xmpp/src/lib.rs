@@ -1,0 +1,1 @@
+//! Junction's xmpp adapter (in progress).

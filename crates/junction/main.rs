@@ -1,0 +1,5 @@
+//! The `junction` command line.
+
+fn main() {
+    println!("junction: not yet wired");
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests through the real servers (Synapse, Prosody, InspIRCd, ngIRCd).
