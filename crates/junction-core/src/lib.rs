@@ -18,5 +18,7 @@ pub use adapter::{
 };
 pub use event::{Attachment, Event, EventKind, Message, MessageKind, Sender};
 pub use format::RichText;
-pub use ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, UserId, UserRef};
+pub use ids::{
+    BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, Secret, UserId, UserRef,
+};
 pub use router::{Link, RefResolver, Router};

@@ -1,1 +1,4 @@
 //! Junction's irc adapter (in progress).
+#![deny(missing_docs)]
+
+pub mod config;

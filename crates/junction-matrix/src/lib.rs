@@ -1,1 +1,4 @@
 //! Junction's matrix adapter (in progress).
+#![deny(missing_docs)]
+
+pub mod config;

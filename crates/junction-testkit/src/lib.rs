@@ -1,1 +1,72 @@
-//! Dev-only: starts the real chat servers on loopback (in progress).
+//! Dev-only: installs and starts the real chat servers (Synapse, Prosody, InspIRCd, ngIRCd)
+//! on 127.0.0.1 for the end-to-end tests, the demo and CI, and gives tests ordinary-user
+//! clients for each network that watch the lobby from the outside.
+//!
+//! - [`servers`]: install (idempotent), start once per machine state, wait until ready,
+//!   stop only what was started.
+//! - [`clients`]: a Matrix C-S client, an XMPP c2s client and an IRC client, each able to
+//!   send and to wait (deadline-bounded) for what arrives.
+//! - [`eventually`] and [`unique`]: bounded waits and unique names, so tests never sleep
+//!   as synchronisation and never collide.
+
+pub mod clients;
+pub mod servers;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A name unique to this process and call (`prefix` + pid + counter + random suffix),
+/// lower-case ASCII, usable as a room name, nick or localpart.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}{n}{:x}",
+        std::process::id() % 10000,
+        nanos % 4096
+    )
+}
+
+/// Polls `f` until it yields `Some`, or fails after `deadline` with `what` in the error.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn eventually_times_out() {
+        let r: anyhow::Result<()> =
+            eventually(Duration::from_millis(50), "never", || async { None }).await;
+        assert!(r.is_err());
+        let v = eventually(Duration::from_secs(1), "now", || async { Some(3) }).await;
+        assert_eq!(v.ok(), Some(3));
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique("t"), unique("t"));
+    }
+}

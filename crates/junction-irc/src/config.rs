@@ -1,0 +1,68 @@
+//! One `[irc.<name>]` section of bridges.toml, as the adapter receives it (already validated).
+
+use junction_core::Secret;
+use std::time::Duration;
+
+/// How remote users appear on IRC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IrcMode {
+    /// One connection per remote user that speaks.
+    #[default]
+    Puppet,
+    /// Everything through the bot as `<alice[m]> text`.
+    Relay,
+}
+
+/// Settings of one IRC network.
+#[derive(Clone, Debug)]
+pub struct IrcConfig {
+    /// The network's name in bridges.toml (`local` for `[irc.local]`); its network id is
+    /// `irc:<name>`.
+    pub name: String,
+    /// `host:port`.
+    pub server: String,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// The bot's nick.
+    pub nick: String,
+    /// Puppet or relay.
+    pub mode: IrcMode,
+    /// Server password, if any.
+    pub password: Option<Secret>,
+    /// SASL PLAIN account and password for the bot, if any.
+    pub sasl: Option<(String, Secret)>,
+    /// Most puppet connections at once on this network.
+    pub max_puppets: usize,
+    /// A puppet that said nothing for this long is disconnected.
+    pub puppet_idle_timeout: Duration,
+    /// Token bucket: lines per second once the burst is used.
+    pub lines_per_second: f64,
+    /// Token bucket: lines that may go at once.
+    pub burst: u32,
+    /// A message longer than this many lines is sent as its first lines plus a note.
+    pub max_lines: usize,
+}
+
+impl IrcConfig {
+    /// Defaults for everything but name, server and nick.
+    pub fn new(
+        name: impl Into<String>,
+        server: impl Into<String>,
+        nick: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            server: server.into(),
+            tls: false,
+            nick: nick.into(),
+            mode: IrcMode::Puppet,
+            password: None,
+            sasl: None,
+            max_puppets: 1000,
+            puppet_idle_timeout: Duration::from_secs(24 * 3600),
+            lines_per_second: 2.0,
+            burst: 10,
+            max_lines: 5,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Ordinary-user clients for each network (in progress).

@@ -1,0 +1,1 @@
+//! Installing and starting the real servers (in progress).
