@@ -1,5 +1,5 @@
-//! The `junction` command line.
+//! The `junction` command line. See `junction --help`.
 
-fn main() {
-    println!("junction: not yet wired");
+fn main() -> std::process::ExitCode {
+    junction::cli::main()
 }

@@ -1,0 +1,243 @@
+//! The `junction` command line: `run` (the default), `check` and `registration`.
+
+use crate::config::{self, Config};
+use clap::{Parser, Subcommand};
+use junction_core::Link;
+use junction_matrix::config::MatrixConfig;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status when the config file is invalid or the gateway failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status for a command-line usage error (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  success
+  1  invalid configuration (every error is printed as FILE:LINE:COL: key: message),
+     or the gateway failed
+  2  usage error";
+
+/// Links chat rooms across Matrix, XMPP and IRC, showing every person as themself.
+#[derive(Debug, Parser)]
+#[command(name = "junction", version, after_help = EXIT_HELP)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The config file.
+    #[arg(short, long, global = true, default_value = "bridges.toml", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGINT or SIGTERM (the default).
+    Run,
+    /// Validate the config file and print the resolved links.
+    Check,
+    /// Print the Matrix appservice registration YAML for the homeserver.
+    Registration,
+}
+
+/// Parses the command line and runs the command. Usage errors exit with status 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::Check => {
+            println!("{}: OK", cli.config.display());
+            print_links(&config, &[]);
+            ExitCode::SUCCESS
+        }
+        Command::Registration => match &config.matrix {
+            Some(m) => {
+                print!("{}", registration_yaml(m));
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "{}: matrix: there is no [matrix] section, so no registration",
+                    cli.config.display()
+                );
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_tracing(config.gateway.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("junction: could not start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(crate::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "The gateway failed.");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `JUNCTION_LOG`, else `RUST_LOG`, else the file's `log`, else
+/// `info`.
+fn init_tracing(from_file: Option<&str>) {
+    let directives = ["JUNCTION_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .or_else(|| from_file.map(str::to_owned))
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("junction: ignoring the log filter `{directives}`: {e}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints what [`render_links`] renders to stdout.
+pub fn print_links(config: &Config, extra: &[Link]) {
+    print!("{}", render_links(config, extra));
+}
+
+/// Renders every bridge of the config with its rooms, one room a line, then `extra` (links
+/// made at runtime and kept in the store) the same way.
+pub fn render_links(config: &Config, extra: &[Link]) -> String {
+    let mut out = String::new();
+    let write = |out: &mut String, title: &str, links: &[Link]| {
+        if links.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "{title}:");
+        let width = links
+            .iter()
+            .flat_map(|l| &l.rooms)
+            .map(|r| r.network.as_str().len())
+            .max()
+            .unwrap_or(0);
+        for link in links {
+            let _ = writeln!(out, "  {}", link.bridge);
+            for room in &link.rooms {
+                let _ = writeln!(out, "    {:width$}  {}", room.network.as_str(), room.room);
+            }
+        }
+    };
+    write(&mut out, "bridges from the config", &config.bridges);
+    write(&mut out, "links made at runtime", extra);
+    if config.bridges.is_empty() && extra.is_empty() {
+        out.push_str("no bridges\n");
+    }
+    out
+}
+
+/// The appservice registration for the homeserver (Synapse: `app_service_config_files`).
+/// It carries the real tokens: this is the one place they are printed.
+pub fn registration_yaml(m: &MatrixConfig) -> String {
+    let server = regex_escape(&m.server_name);
+    let prefix = regex_escape(&m.user_prefix);
+    let mut listen = m.listen;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(match listen.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    format!(
+        "# Matrix appservice registration for Junction. The bot is @{bot}:{server_name}.\n\
+         id: {id}\n\
+         url: {url}\n\
+         as_token: {as_token}\n\
+         hs_token: {hs_token}\n\
+         sender_localpart: {bot_q}\n\
+         rate_limited: false\n\
+         receive_ephemeral: true\n\
+         namespaces:\n\
+         \x20 users:\n\
+         \x20   - exclusive: true\n\
+         \x20     regex: {users}\n\
+         \x20 aliases:\n\
+         \x20   - exclusive: true\n\
+         \x20     regex: {aliases}\n\
+         \x20 rooms: []\n",
+        bot = m.bot,
+        server_name = m.server_name,
+        id = yaml_str(&m.id),
+        url = yaml_str(&format!("http://{listen}")),
+        as_token = yaml_str(m.as_token.expose()),
+        hs_token = yaml_str(m.hs_token.expose()),
+        bot_q = yaml_str(&m.bot),
+        users = yaml_str(&format!("@{prefix}.*:{server}")),
+        aliases = yaml_str(&format!("#{prefix}.*:{server}")),
+    )
+}
+
+/// A YAML single-quoted scalar: no escapes inside except `''` for `'`.
+fn yaml_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Escapes the characters special in Python's `re` (Synapse's regex dialect). Written here
+/// because it is one line and a regex crate would be a dependency for nothing else.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.^$*+?()[]{}|-#&~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regex_escape_escapes_dots_and_brackets() {
+        assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
+        assert_eq!(regex_escape("[::1]:8448"), "\\[::1\\]:8448");
+        assert_eq!(regex_escape("_junction_"), "_junction_");
+    }
+
+    #[test]
+    fn yaml_quotes() {
+        assert_eq!(yaml_str("it's"), "'it''s'");
+        assert_eq!(yaml_str("a: b # c"), "'a: b # c'");
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from(["junction"]).unwrap();
+        assert_eq!(c.command, None);
+        assert_eq!(c.config, PathBuf::from("bridges.toml"));
+        let c = Cli::try_parse_from(["junction", "check", "-c", "x.toml"]).unwrap();
+        assert_eq!(c.command, Some(Command::Check));
+        assert_eq!(c.config, PathBuf::from("x.toml"));
+        let c = Cli::try_parse_from(["junction", "-c", "y.toml", "registration"]).unwrap();
+        assert_eq!(c.command, Some(Command::Registration));
+        assert_eq!(c.config, PathBuf::from("y.toml"));
+        assert!(Cli::try_parse_from(["junction", "bogus"]).is_err());
+    }
+}

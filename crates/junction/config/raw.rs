@@ -1,0 +1,179 @@
+//! The first stage of config loading: `bridges.toml` exactly as written.
+//!
+//! Every table denies unknown keys, every value keeps its span so that the second stage
+//! ([`super::validate`]) can point at it, and every key is optional here: whether a key is
+//! required is decided there, so that a missing key is one error among all the others rather
+//! than the end of parsing.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use toml::Spanned;
+
+/// A string value with its place in the file.
+pub type Str = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`.
+    pub gateway: Option<Spanned<RawGateway>>,
+    /// `[matrix]`.
+    pub matrix: Option<Spanned<RawMatrix>>,
+    /// `[xmpp]`.
+    pub xmpp: Option<Spanned<RawXmpp>>,
+    /// `[irc.<name>]`, keyed by the network's name.
+    #[serde(default)]
+    pub irc: BTreeMap<Str, Spanned<RawIrc>>,
+    /// `[[bridge]]`, in file order.
+    #[serde(default)]
+    pub bridge: Vec<Spanned<RawBridge>>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Directory of the store.
+    pub data_dir: Option<Str>,
+    /// Address of the metrics and health endpoint.
+    pub metrics: Option<Str>,
+    /// `off`, `summarised` or `all`.
+    pub membership: Option<Str>,
+    /// Log filter, e.g. `info` or `junction_irc=debug,info`.
+    pub log: Option<Str>,
+    /// Gateway-wide admins.
+    pub admins: Option<Vec<Str>>,
+}
+
+/// `[matrix]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatrix {
+    /// Client-server API base URL.
+    pub homeserver: Option<Str>,
+    /// The homeserver's server name.
+    pub server_name: Option<Str>,
+    /// Where the homeserver pushes transactions.
+    pub listen: Option<Str>,
+    /// Token towards the homeserver.
+    pub as_token: Option<Str>,
+    /// Token the homeserver presents.
+    pub hs_token: Option<Str>,
+    /// The bot's localpart.
+    pub bot: Option<Str>,
+    /// The appservice id.
+    pub id: Option<Str>,
+    /// Localpart prefix of the ghosts.
+    pub user_prefix: Option<Str>,
+}
+
+/// `[xmpp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawXmpp {
+    /// The component's domain.
+    pub component: Option<Str>,
+    /// `host:port` of the server's component listener.
+    pub server: Option<Str>,
+    /// The component secret.
+    pub secret: Option<Str>,
+}
+
+/// One `[irc.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIrc {
+    /// `host:port`.
+    pub server: Option<Str>,
+    /// Connect with TLS.
+    pub tls: Option<Spanned<bool>>,
+    /// The bot's nick.
+    pub nick: Option<Str>,
+    /// `puppet` or `relay`.
+    pub mode: Option<Str>,
+    /// Server password.
+    pub password: Option<Str>,
+    /// SASL account of the bot.
+    pub sasl_account: Option<Str>,
+    /// SASL password of the bot.
+    pub sasl_password: Option<Str>,
+    /// Most puppet connections at once.
+    pub max_puppets: Option<Spanned<i64>>,
+    /// Idle time after which a puppet disconnects.
+    pub puppet_idle_timeout_seconds: Option<Spanned<i64>>,
+    /// Flood control: sustained rate.
+    pub lines_per_second: Option<Spanned<f64>>,
+    /// Flood control: burst size.
+    pub burst: Option<Spanned<i64>>,
+    /// Longest message relayed in full, in lines.
+    pub max_lines: Option<Spanned<i64>>,
+}
+
+/// One `[[bridge]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridge {
+    /// Its unique name.
+    pub name: Option<Str>,
+    /// Matrix room(s).
+    pub matrix: Option<Spanned<Rooms>>,
+    /// XMPP MUC room(s).
+    pub xmpp: Option<Spanned<Rooms>>,
+    /// IRC channel(s), `network/#channel`.
+    pub irc: Option<Spanned<Rooms>>,
+    /// Admins of this bridge only.
+    pub admins: Option<Vec<Str>>,
+}
+
+/// A network key of a bridge: one room, or a list of them.
+#[derive(Debug)]
+pub enum Rooms {
+    /// `irc = "local/#lobby"`: the span is the enclosing `Spanned`'s.
+    One(String),
+    /// `irc = ["local/#a", "local/#b"]`.
+    Many(Vec<Str>),
+}
+
+impl Rooms {
+    /// Each room with its span; `outer` is the span of the whole value.
+    pub fn each(&self, outer: std::ops::Range<usize>) -> Vec<(String, std::ops::Range<usize>)> {
+        match self {
+            Rooms::One(s) => vec![(s.clone(), outer)],
+            Rooms::Many(v) => v
+                .iter()
+                .map(|s| (s.get_ref().clone(), s.span()))
+                .collect(),
+        }
+    }
+}
+
+// Hand-written because `#[serde(untagged)]` buffers the value, which loses the spans of the
+// list's elements.
+impl<'de> Deserialize<'de> for Rooms {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Rooms;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a room or a list of rooms")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Rooms, E> {
+                Ok(Rooms::One(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Rooms, E> {
+                Ok(Rooms::One(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rooms, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<Str>()? {
+                    v.push(s);
+                }
+                Ok(Rooms::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,920 @@
+//! The second stage of config loading: from [`RawConfig`] to a [`Config`] the adapters can
+//! use, collecting every problem on the way.
+
+use super::raw::{RawBridge, RawConfig, RawGateway, RawIrc, RawMatrix, RawXmpp, Str};
+use super::Diag;
+use junction_core::{BridgeName, Link, NetworkId, RoomRef, Secret, UserRef};
+use junction_irc::config::{IrcConfig, IrcMode};
+use junction_matrix::config::MatrixConfig;
+use junction_xmpp::config::XmppConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `[gateway]` (defaults when absent).
+    pub gateway: GatewayConfig,
+    /// `[matrix]`, if configured.
+    pub matrix: Option<MatrixConfig>,
+    /// `[xmpp]`, if configured.
+    pub xmpp: Option<XmppConfig>,
+    /// Every `[irc.<name>]`, ordered by name.
+    pub irc: Vec<IrcConfig>,
+    /// Every `[[bridge]]`, in file order: the starting set of links.
+    pub bridges: Vec<Link>,
+    /// Admins of single bridges (`admins` in a `[[bridge]]`), by bridge.
+    pub bridge_admins: BTreeMap<BridgeName, Vec<UserRef>>,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayConfig {
+    /// The store's directory (relative paths are resolved against the config file's).
+    pub data_dir: PathBuf,
+    /// Where to serve `/metrics` and `/health`, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// How joins, leaves and nick changes cross networks.
+    pub membership: Membership,
+    /// Log filter from the file (`JUNCTION_LOG` / `RUST_LOG` take precedence).
+    pub log: Option<String>,
+    /// Gateway-wide admins: Matrix user ids, XMPP bare JIDs, IRC accounts or hostmasks.
+    pub admins: Vec<UserRef>,
+}
+
+/// How membership noise (joins, leaves, nick changes) crosses networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Membership {
+    /// Not at all.
+    Off,
+    /// Only for people who spoke recently, and no netsplit floods.
+    #[default]
+    Summarised,
+    /// Everything.
+    All,
+}
+
+/// Default `[matrix] id`.
+pub const DEFAULT_MATRIX_ID: &str = "junction";
+/// Default `[matrix] user_prefix`.
+pub const DEFAULT_USER_PREFIX: &str = "_junction_";
+
+/// Validates `raw` (parsed from `src`). Returns the config when nothing was wrong, and every
+/// problem found.
+pub(crate) fn validate(
+    raw: &RawConfig,
+    src: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<Config>, Vec<Diag>) {
+    let mut c = Checker {
+        src,
+        env,
+        diags: Vec::new(),
+    };
+    let irc_names: HashMap<String, Range<usize>> = raw
+        .irc
+        .keys()
+        .map(|k| (k.get_ref().clone(), k.span()))
+        .collect();
+    let gateway = match &raw.gateway {
+        Some(g) => c.gateway(g.get_ref(), base, &irc_names),
+        None => Some(GatewayConfig {
+            data_dir: base.join("data"),
+            metrics: None,
+            membership: Membership::default(),
+            log: None,
+            admins: Vec::new(),
+        }),
+    };
+    let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
+    let xmpp = raw.xmpp.as_ref().map(|x| c.xmpp(x));
+    let irc: Vec<Option<IrcConfig>> = raw.irc.iter().map(|(k, v)| c.irc(k, v)).collect();
+    let (bridges, bridge_admins) = c.bridges(&raw.bridge, raw, &irc_names);
+    if !c.diags.is_empty() {
+        return (None, c.diags);
+    }
+    let config = (|| {
+        Some(Config {
+            gateway: gateway?,
+            matrix: match matrix {
+                Some(m) => Some(m?),
+                None => None,
+            },
+            xmpp: match xmpp {
+                Some(x) => Some(x?),
+                None => None,
+            },
+            irc: irc.into_iter().collect::<Option<Vec<_>>>()?,
+            bridges,
+            bridge_admins,
+        })
+    })();
+    (config, c.diags)
+}
+
+struct Checker<'a> {
+    src: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    diags: Vec<Diag>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        self.diags.push(Diag {
+            span,
+            key: key.to_owned(),
+            message: message.into(),
+            table_level: false,
+        });
+    }
+
+    fn missing(&mut self, table: Range<usize>, table_key: &str, key: &str) {
+        self.diags.push(Diag {
+            span: table.start..table.start,
+            key: format!("{table_key}.{key}"),
+            message: format!("missing required key `{key}`"),
+            table_level: true,
+        });
+    }
+
+    /// A required value: reports its absence at the table.
+    fn required<'v>(
+        &mut self,
+        v: &'v Option<Str>,
+        table: Range<usize>,
+        table_key: &str,
+        key: &str,
+    ) -> Option<&'v Str> {
+        if v.is_none() {
+            self.missing(table, table_key, key);
+        }
+        v.as_ref()
+    }
+
+    /// Expands `${VAR}` in a string value. Every unset variable is an error at its `$`.
+    fn expand(&mut self, v: &Str, key: &str) -> Option<String> {
+        let s = v.get_ref();
+        let span = v.span();
+        // Where the value's text starts in the file, to point inside it; escapes in the
+        // string may shift this, in which case the value's own start is used.
+        let written = self.src.get(span.clone()).unwrap_or("");
+        let mut out = String::with_capacity(s.len());
+        let mut ok = true;
+        let mut rest = s.as_str();
+        let mut search_from = 0;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            let Some(end) = after.find('}') else {
+                self.error(span.clone(), key, "unterminated `${` (write `${NAME}`)");
+                return None;
+            };
+            let name = &after[..end];
+            let pattern = format!("${{{name}}}");
+            let at = match written.get(search_from..).and_then(|w| w.find(&pattern)) {
+                Some(j) => {
+                    search_from += j + pattern.len();
+                    let p = span.start + search_from - pattern.len();
+                    p..p + pattern.len()
+                }
+                None => span.clone(),
+            };
+            let valid_name = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                self.error(
+                    at,
+                    key,
+                    format!("`${{{name}}}` is not a variable name (letters, digits and _)"),
+                );
+                ok = false;
+            } else {
+                match (self.env)(name) {
+                    Some(value) => out.push_str(&value),
+                    None => {
+                        self.error(
+                            at,
+                            key,
+                            format!("environment variable `{name}` is not set"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        ok.then_some(out)
+    }
+
+    /// An expanded, non-empty string.
+    fn nonempty(&mut self, v: &Str, key: &str) -> Option<String> {
+        let s = self.expand(v, key)?;
+        if s.trim().is_empty() {
+            self.error(v.span(), key, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    /// An expanded, non-empty secret without line breaks.
+    fn secret(&mut self, v: &Str, key: &str) -> Option<Secret> {
+        let s = self.nonempty(v, key)?;
+        if s.chars().any(char::is_control) {
+            self.error(v.span(), key, "must not contain control characters");
+            return None;
+        }
+        Some(Secret::new(s))
+    }
+
+    fn socket_addr(&mut self, v: &Str, key: &str) -> Option<SocketAddr> {
+        let s = self.nonempty(v, key)?;
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("`{s}` is not a socket address like `127.0.0.1:9009`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `host:port` where host may be a name.
+    fn host_port(&mut self, v: &Str, key: &str) -> Option<String> {
+        let s = self.nonempty(v, key)?;
+        if s.parse::<SocketAddr>().is_ok() {
+            return Some(s);
+        }
+        let good = match s.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            }
+            None => false,
+        };
+        if good {
+            Some(s)
+        } else {
+            self.error(
+                v.span(),
+                key,
+                format!("`{s}` is not an address like `host:port` (port 1-65535)"),
+            );
+            None
+        }
+    }
+
+    fn count(&mut self, v: &Option<Spanned<i64>>, key: &str, min: i64, default: i64) -> Option<i64> {
+        let Some(v) = v else { return Some(default) };
+        let n = *v.get_ref();
+        if n < min {
+            self.error(v.span(), key, format!("must be at least {min}, got {n}"));
+            return None;
+        }
+        Some(n)
+    }
+
+    fn gateway(
+        &mut self,
+        g: &RawGateway,
+        base: &Path,
+        irc_names: &HashMap<String, Range<usize>>,
+    ) -> Option<GatewayConfig> {
+        let data_dir = match &g.data_dir {
+            Some(v) => self.nonempty(v, "gateway.data_dir").map(|d| base.join(d)),
+            None => Some(base.join("data")),
+        };
+        let metrics = match &g.metrics {
+            Some(v) => self.socket_addr(v, "gateway.metrics").map(Some),
+            None => Some(None),
+        };
+        let membership = match &g.membership {
+            None => Some(Membership::default()),
+            Some(v) => match self.expand(v, "gateway.membership")?.as_str() {
+                "off" => Some(Membership::Off),
+                "summarised" | "summarized" => Some(Membership::Summarised),
+                "all" => Some(Membership::All),
+                other => {
+                    self.error(
+                        v.span(),
+                        "gateway.membership",
+                        format!("expected `off`, `summarised` or `all`, got `{other}`"),
+                    );
+                    None
+                }
+            },
+        };
+        let log = match &g.log {
+            None => Some(None),
+            Some(v) => {
+                let s = self.nonempty(v, "gateway.log")?;
+                match tracing_subscriber::EnvFilter::try_new(&s) {
+                    Ok(_) => Some(Some(s)),
+                    Err(e) => {
+                        self.error(v.span(), "gateway.log", format!("not a log filter: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let admins = self.admins(g.admins.as_deref(), "gateway.admins", irc_names);
+        Some(GatewayConfig {
+            data_dir: data_dir?,
+            metrics: metrics?,
+            membership: membership?,
+            log: log?,
+            admins: admins?,
+        })
+    }
+
+    /// Admin identities: `@user:server` (Matrix), `user@domain` (XMPP), `network/account` or
+    /// `network/nick!user@host` (IRC). Bare IRC nicks are refused: anyone can take one.
+    fn admins(
+        &mut self,
+        list: Option<&[Str]>,
+        key: &str,
+        irc_names: &HashMap<String, Range<usize>>,
+    ) -> Option<Vec<UserRef>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, v) in list.unwrap_or_default().iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            let Some(s) = self.nonempty(v, &k) else {
+                ok = false;
+                continue;
+            };
+            let parsed = if s.starts_with('@') {
+                matrix_user(&s).then(|| UserRef::new("matrix", s.as_str()))
+            } else if let Some((net, who)) = s.split_once('/') {
+                if !irc_names.contains_key(net) {
+                    self.error(v.span(), &k, format!("no [irc.{net}] section for `{s}`"));
+                    ok = false;
+                    continue;
+                }
+                let mask = who.contains('!') && who.contains('@');
+                let account = !who.is_empty() && !who.contains(['!', '@', ' ']);
+                (mask || account).then(|| UserRef::new(format!("irc:{net}"), who))
+            } else if s.contains('@') {
+                bare_jid(&s, true)
+                    .ok()
+                    .map(|_| UserRef::new("xmpp", s.as_str()))
+            } else {
+                None
+            };
+            match parsed {
+                Some(u) => out.push(u),
+                None => {
+                    self.error(
+                        v.span(),
+                        &k,
+                        format!(
+                            "`{s}` is not an admin identity: write `@user:server` (Matrix), \
+                             `user@domain` (XMPP), or `network/account` or \
+                             `network/nick!user@host` (IRC)"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn matrix(&mut self, m: &Spanned<RawMatrix>) -> Option<MatrixConfig> {
+        let t = m.span();
+        let m = m.get_ref();
+        let homeserver = self
+            .required(&m.homeserver, t.clone(), "matrix", "homeserver")
+            .and_then(|v| {
+                let s = self.nonempty(v, "matrix.homeserver")?;
+                match url::Url::parse(&s) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                        Some(s.trim_end_matches('/').to_owned())
+                    }
+                    _ => {
+                        self.error(
+                            v.span(),
+                            "matrix.homeserver",
+                            format!("`{s}` is not an http(s) URL like `http://127.0.0.1:8008`"),
+                        );
+                        None
+                    }
+                }
+            });
+        let server_name = self
+            .required(&m.server_name, t.clone(), "matrix", "server_name")
+            .and_then(|v| {
+                let s = self.nonempty(v, "matrix.server_name")?;
+                if matrix_server_name(&s) {
+                    Some(s)
+                } else {
+                    self.error(
+                        v.span(),
+                        "matrix.server_name",
+                        format!("`{s}` is not a server name like `matrix.test`"),
+                    );
+                    None
+                }
+            });
+        let listen = self
+            .required(&m.listen, t.clone(), "matrix", "listen")
+            .and_then(|v| self.socket_addr(v, "matrix.listen"));
+        let as_token = self
+            .required(&m.as_token, t.clone(), "matrix", "as_token")
+            .and_then(|v| self.secret(v, "matrix.as_token"));
+        let hs_token = self
+            .required(&m.hs_token, t.clone(), "matrix", "hs_token")
+            .and_then(|v| self.secret(v, "matrix.hs_token"));
+        let bot = self
+            .required(&m.bot, t.clone(), "matrix", "bot")
+            .and_then(|v| self.localpart(v, "matrix.bot"));
+        let id = match &m.id {
+            Some(v) => self.nonempty(v, "matrix.id"),
+            None => Some(DEFAULT_MATRIX_ID.to_owned()),
+        };
+        let user_prefix = match &m.user_prefix {
+            Some(v) => self.localpart(v, "matrix.user_prefix"),
+            None => Some(DEFAULT_USER_PREFIX.to_owned()),
+        };
+        Some(MatrixConfig {
+            homeserver: homeserver?,
+            server_name: server_name?,
+            listen: listen?,
+            as_token: as_token?,
+            hs_token: hs_token?,
+            bot: bot?,
+            id: id?,
+            user_prefix: user_prefix?,
+        })
+    }
+
+    fn localpart(&mut self, v: &Str, key: &str) -> Option<String> {
+        let s = self.nonempty(v, key)?;
+        if s.chars()
+            .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
+            Some(s)
+        } else {
+            self.error(
+                v.span(),
+                key,
+                format!("`{s}` is not a Matrix localpart (a-z, 0-9 and . _ = - / +)"),
+            );
+            None
+        }
+    }
+
+    fn xmpp(&mut self, x: &Spanned<RawXmpp>) -> Option<XmppConfig> {
+        let t = x.span();
+        let x = x.get_ref();
+        let component = self
+            .required(&x.component, t.clone(), "xmpp", "component")
+            .and_then(|v| {
+                let s = self.nonempty(v, "xmpp.component")?;
+                match jid::BareJid::new(&s) {
+                    Ok(j) if j.node().is_none() => Some(s),
+                    _ => {
+                        self.error(
+                            v.span(),
+                            "xmpp.component",
+                            format!("`{s}` is not a domain like `bridge.xmpp.test`"),
+                        );
+                        None
+                    }
+                }
+            });
+        let server = self
+            .required(&x.server, t.clone(), "xmpp", "server")
+            .and_then(|v| self.host_port(v, "xmpp.server"));
+        let secret = self
+            .required(&x.secret, t.clone(), "xmpp", "secret")
+            .and_then(|v| self.secret(v, "xmpp.secret"));
+        Some(XmppConfig {
+            component: component?,
+            server: server?,
+            secret: secret?,
+        })
+    }
+
+    fn irc(&mut self, name: &Str, v: &Spanned<RawIrc>) -> Option<IrcConfig> {
+        let t = v.span();
+        let r = v.get_ref();
+        let n = name.get_ref();
+        let p = format!("irc.{n}");
+        let k = |key: &str| format!("{p}.{key}");
+        let name_ok = !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            self.error(
+                name.span(),
+                &p,
+                format!("`{n}` is not a network name (letters, digits, - and _)"),
+            );
+        }
+        let server = self
+            .required(&r.server, t.clone(), &p, "server")
+            .and_then(|v| self.host_port(v, &k("server")));
+        let nick = self
+            .required(&r.nick, t.clone(), &p, "nick")
+            .and_then(|v| {
+                let s = self.nonempty(v, &k("nick"))?;
+                if irc_nick(&s) {
+                    Some(s)
+                } else {
+                    self.error(
+                        v.span(),
+                        &k("nick"),
+                        format!(
+                            "`{s}` is not a valid IRC nick (a letter or one of []\\`_^{{|}} \
+                             first, then also digits and -, at most 30 characters)"
+                        ),
+                    );
+                    None
+                }
+            });
+        let mode = match &r.mode {
+            None => Some(IrcMode::Puppet),
+            Some(v) => match self.expand(v, &k("mode"))?.as_str() {
+                "puppet" => Some(IrcMode::Puppet),
+                "relay" => Some(IrcMode::Relay),
+                other => {
+                    self.error(
+                        v.span(),
+                        &k("mode"),
+                        format!("expected `puppet` or `relay`, got `{other}`"),
+                    );
+                    None
+                }
+            },
+        };
+        let password = match &r.password {
+            None => Some(None),
+            Some(v) => self.secret(v, &k("password")).map(Some),
+        };
+        let sasl = match (&r.sasl_account, &r.sasl_password) {
+            (None, None) => Some(None),
+            (Some(a), Some(pw)) => {
+                let a = self.nonempty(a, &k("sasl_account"));
+                let pw = self.secret(pw, &k("sasl_password"));
+                a.zip(pw).map(Some)
+            }
+            (Some(a), None) => {
+                self.error(
+                    a.span(),
+                    &k("sasl_account"),
+                    "`sasl_account` needs `sasl_password` too",
+                );
+                None
+            }
+            (None, Some(pw)) => {
+                self.error(
+                    pw.span(),
+                    &k("sasl_password"),
+                    "`sasl_password` needs `sasl_account` too",
+                );
+                None
+            }
+        };
+        let d = IrcConfig::new(n.as_str(), "", "");
+        let max_puppets = self.count(&r.max_puppets, &k("max_puppets"), 0, d.max_puppets as i64);
+        let idle = self.count(
+            &r.puppet_idle_timeout_seconds,
+            &k("puppet_idle_timeout_seconds"),
+            1,
+            d.puppet_idle_timeout.as_secs() as i64,
+        );
+        let lines_per_second = match &r.lines_per_second {
+            None => Some(d.lines_per_second),
+            Some(v) => {
+                let x = *v.get_ref();
+                if x.is_finite() && x > 0.0 {
+                    Some(x)
+                } else {
+                    self.error(
+                        v.span(),
+                        &k("lines_per_second"),
+                        format!("must be a positive number, got {x}"),
+                    );
+                    None
+                }
+            }
+        };
+        let burst = self
+            .count(&r.burst, &k("burst"), 1, i64::from(d.burst))
+            .and_then(|b| self.fits::<u32>(b, &r.burst, &k("burst")));
+        let max_lines = self.count(&r.max_lines, &k("max_lines"), 1, d.max_lines as i64);
+        if !name_ok {
+            return None;
+        }
+        let mut c = IrcConfig::new(n.as_str(), server?, nick?);
+        c.tls = r.tls.as_ref().is_some_and(|t| *t.get_ref());
+        c.mode = mode?;
+        c.password = password?;
+        c.sasl = sasl?;
+        c.max_puppets = usize::try_from(max_puppets?).ok()?;
+        c.puppet_idle_timeout = Duration::from_secs(u64::try_from(idle?).ok()?);
+        c.lines_per_second = lines_per_second?;
+        c.burst = burst?;
+        c.max_lines = usize::try_from(max_lines?).ok()?;
+        Some(c)
+    }
+
+    fn fits<T: TryFrom<i64>>(&mut self, n: i64, v: &Option<Spanned<i64>>, key: &str) -> Option<T> {
+        match T::try_from(n) {
+            Ok(x) => Some(x),
+            Err(_) => {
+                if let Some(v) = v {
+                    self.error(v.span(), key, format!("{n} is too large"));
+                }
+                None
+            }
+        }
+    }
+
+    fn bridges(
+        &mut self,
+        list: &[Spanned<RawBridge>],
+        raw: &RawConfig,
+        irc_names: &HashMap<String, Range<usize>>,
+    ) -> (Vec<Link>, BTreeMap<BridgeName, Vec<UserRef>>) {
+        let mut links = Vec::new();
+        let mut admins = BTreeMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // Every room seen so far: which bridge has it and where.
+        let mut seen: HashMap<RoomRef, (String, usize)> = HashMap::new();
+        for (i, b) in list.iter().enumerate() {
+            let p = format!("bridge[{i}]");
+            let t = b.span();
+            let b = b.get_ref();
+            let name = self.required(&b.name, t.clone(), &p, "name").and_then(|v| {
+                let key = format!("{p}.name");
+                let s = self.nonempty(v, &key)?;
+                let good = s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !good {
+                    self.error(
+                        v.span(),
+                        &key,
+                        format!("`{s}` is not a bridge name (letters, digits, - _ and .)"),
+                    );
+                    return None;
+                }
+                if let Some(first) = names.get(&s) {
+                    let line = super::line_col(self.src, *first).0;
+                    self.error(
+                        v.span(),
+                        &key,
+                        format!("duplicate bridge name `{s}` (first used on line {line})"),
+                    );
+                    return None;
+                }
+                names.insert(s.clone(), v.span().start);
+                Some(s)
+            });
+            let label = name.clone().unwrap_or_else(|| p.clone());
+            let mut rooms = Vec::new();
+            let mut written = 0;
+            for (net_key, value) in [("matrix", &b.matrix), ("xmpp", &b.xmpp), ("irc", &b.irc)] {
+                let Some(value) = value else { continue };
+                let many = matches!(value.get_ref(), super::raw::Rooms::Many(_));
+                for (j, (room, span)) in value.get_ref().each(value.span()).into_iter().enumerate()
+                {
+                    written += 1;
+                    let key = if many {
+                        format!("{p}.{net_key}[{j}]")
+                    } else {
+                        format!("{p}.{net_key}")
+                    };
+                    let expanded = self.expand(&Spanned::new(span.clone(), room), &key);
+                    let Some(room) = expanded else { continue };
+                    let Some(r) = self.room(net_key, &room, span.clone(), &key, raw, irc_names)
+                    else {
+                        continue;
+                    };
+                    if let Some((other, at)) = seen.get(&r) {
+                        let line = super::line_col(self.src, *at).0;
+                        let msg = if *other == label {
+                            format!("`{room}` is listed twice in this bridge (line {line})")
+                        } else {
+                            format!("`{room}` is already in bridge `{other}` (line {line})")
+                        };
+                        self.error(span, &key, msg);
+                        continue;
+                    }
+                    seen.insert(r.clone(), (label.clone(), span.start));
+                    rooms.push(r);
+                }
+            }
+            if written < 2 {
+                self.diags.push(Diag {
+                    span: t.start..t.start,
+                    key: p.clone(),
+                    message: format!(
+                        "a bridge links at least two rooms (keys `matrix`, `xmpp`, `irc`); \
+                         this one has {written}"
+                    ),
+                    table_level: true,
+                });
+            }
+            let bridge_admins = self.admins(b.admins.as_deref(), &format!("{p}.admins"), irc_names);
+            if let Some(name) = name {
+                let bridge = BridgeName::new(name);
+                if let Some(a) = bridge_admins.filter(|a| !a.is_empty()) {
+                    admins.insert(bridge.clone(), a);
+                }
+                links.push(Link { bridge, rooms });
+            }
+        }
+        (links, admins)
+    }
+
+    /// One room of a bridge, checked against its network's syntax and section.
+    fn room(
+        &mut self,
+        net_key: &str,
+        room: &str,
+        span: Range<usize>,
+        key: &str,
+        raw: &RawConfig,
+        irc_names: &HashMap<String, Range<usize>>,
+    ) -> Option<RoomRef> {
+        match net_key {
+            "matrix" => {
+                if !matrix_room(room) {
+                    self.error(
+                        span,
+                        key,
+                        format!(
+                            "`{room}` is not a Matrix room: write an alias `#name:server` or a \
+                             room id `!id:server`"
+                        ),
+                    );
+                    return None;
+                }
+                if raw.matrix.is_none() {
+                    self.error(span, key, "there is no [matrix] section for this room");
+                    return None;
+                }
+                Some(RoomRef::new("matrix", room))
+            }
+            "xmpp" => {
+                if let Err(why) = bare_jid(room, true) {
+                    self.error(
+                        span,
+                        key,
+                        format!("`{room}` is not a MUC room `room@muc.domain`: {why}"),
+                    );
+                    return None;
+                }
+                if raw.xmpp.is_none() {
+                    self.error(span, key, "there is no [xmpp] section for this room");
+                    return None;
+                }
+                Some(RoomRef::new("xmpp", room))
+            }
+            _ => {
+                let Some((net, chan)) = room.split_once('/') else {
+                    self.error(
+                        span,
+                        key,
+                        format!("`{room}` is not an IRC channel: write `network/#channel`"),
+                    );
+                    return None;
+                };
+                if !irc_channel(chan) {
+                    self.error(
+                        span,
+                        key,
+                        format!(
+                            "`{chan}` is not an IRC channel name (starts with # or &, \
+                             no spaces, commas or control characters)"
+                        ),
+                    );
+                    return None;
+                }
+                if !irc_names.contains_key(net) {
+                    self.error(
+                        span,
+                        key,
+                        format!("there is no [irc.{net}] section for network `{net}`"),
+                    );
+                    return None;
+                }
+                Some(RoomRef::new(NetworkId::new(format!("irc:{net}")), chan))
+            }
+        }
+    }
+}
+
+/// `#alias:server` or `!id[:server]`.
+fn matrix_room(s: &str) -> bool {
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if let Some(rest) = s.strip_prefix('#') {
+        matches!(rest.split_once(':'), Some((local, server)) if !local.is_empty() && matrix_server_name(server))
+    } else if let Some(rest) = s.strip_prefix('!') {
+        match rest.split_once(':') {
+            Some((id, server)) => !id.is_empty() && matrix_server_name(server),
+            None => !rest.is_empty(),
+        }
+    } else {
+        false
+    }
+}
+
+/// A server name: a host name or IP literal with an optional port.
+fn matrix_server_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// `@localpart:server`.
+fn matrix_user(s: &str) -> bool {
+    matches!(s.strip_prefix('@').and_then(|r| r.split_once(':')),
+        Some((local, server)) if !local.is_empty()
+            && !local.chars().any(|c| c.is_whitespace() || c.is_control())
+            && matrix_server_name(server))
+}
+
+/// A bare JID, with a local part when `node` is true.
+fn bare_jid(s: &str, node: bool) -> Result<(), String> {
+    if s.contains('/') {
+        return Err("a bare JID has no `/resource`".into());
+    }
+    match jid::BareJid::new(s) {
+        Ok(j) if node && j.node().is_none() => Err("the room's local part is missing".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// RFC 2812 nick syntax (with the usual 30-character limit instead of 9).
+fn irc_nick(s: &str) -> bool {
+    let special = |c: char| matches!(c, '[' | ']' | '\\' | '`' | '_' | '^' | '{' | '|' | '}');
+    let mut chars = s.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || special(c));
+    first_ok
+        && s.chars().count() <= 30
+        && chars.all(|c| c.is_ascii_alphanumeric() || special(c) || c == '-')
+}
+
+/// A channel name as servers accept it.
+fn irc_channel(s: &str) -> bool {
+    s.starts_with(['#', '&'])
+        && s.len() > 1
+        && s.len() <= 200
+        && !s.chars().any(|c| c == ' ' || c == ',' || c == ':' || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_syntax() {
+        assert!(matrix_room("#lobby:matrix.test"));
+        assert!(matrix_room("!abc"));
+        assert!(matrix_room("!abc:matrix.test"));
+        assert!(matrix_room("#a:localhost:8448"));
+        assert!(!matrix_room("lobby"));
+        assert!(!matrix_room("#lobby"));
+        assert!(!matrix_room("#:x"));
+        assert!(!matrix_room("! x"));
+        assert!(bare_jid("lobby@conference.xmpp.test", true).is_ok());
+        assert!(bare_jid("conference.xmpp.test", true).is_err());
+        assert!(bare_jid("lobby@conference.xmpp.test/nick", true).is_err());
+        assert!(irc_channel("#lobby"));
+        assert!(irc_channel("&local"));
+        assert!(!irc_channel("lobby"));
+        assert!(!irc_channel("#a b"));
+        assert!(!irc_channel("#"));
+    }
+
+    #[test]
+    fn nick_syntax() {
+        assert!(irc_nick("junction"));
+        assert!(irc_nick("[bot]_-1"));
+        assert!(!irc_nick("1bot"));
+        assert!(!irc_nick("bot!"));
+        assert!(!irc_nick(""));
+        assert!(!irc_nick(&"a".repeat(31)));
+    }
+}
