@@ -307,3 +307,234 @@ pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let col = src[line_start..offset].chars().count() + 1;
     (line, col)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::{RoomRef, UserRef};
+    use junction_irc::config::IrcMode;
+    use std::path::PathBuf;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "JUNCTION_AS_TOKEN" => Some("as-secret".into()),
+            "JUNCTION_HS_TOKEN" => Some("hs-secret".into()),
+            "JUNCTION_XMPP_SECRET" => Some("xmpp-secret".into()),
+            "JUNCTION_EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn ok(src: &str) -> Config {
+        match parse(src, "bridges.toml", Path::new("/etc/junction"), &env) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    #[test]
+    fn shipped_bridges_toml_validates() {
+        let c = load_with_env(&root().join("bridges.toml"), &env).unwrap();
+        assert_eq!(c.gateway.data_dir, root().join("data"));
+        assert_eq!(c.gateway.metrics, Some("127.0.0.1:9184".parse().unwrap()));
+        assert_eq!(c.gateway.membership, Membership::Summarised);
+        let m = c.matrix.unwrap();
+        assert_eq!(m.homeserver, "http://127.0.0.1:8008");
+        assert_eq!(m.server_name, "matrix.test");
+        assert_eq!(m.listen, "127.0.0.1:9009".parse().unwrap());
+        assert_eq!(m.as_token.expose(), "as-secret");
+        assert_eq!(m.hs_token.expose(), "hs-secret");
+        assert_eq!((m.bot.as_str(), m.id.as_str()), ("junction", "junction"));
+        assert_eq!(m.user_prefix, "_junction_");
+        let x = c.xmpp.unwrap();
+        assert_eq!(x.component, "bridge.xmpp.test");
+        assert_eq!(x.server, "127.0.0.1:5347");
+        assert_eq!(x.secret.expose(), "xmpp-secret");
+        assert_eq!(c.irc.len(), 1);
+        let i = &c.irc[0];
+        assert_eq!((i.name.as_str(), i.server.as_str()), ("local", "127.0.0.1:6667"));
+        assert_eq!((i.nick.as_str(), i.mode, i.tls), ("junction", IrcMode::Puppet, false));
+        assert_eq!(c.bridges.len(), 1);
+        assert_eq!(c.bridges[0].bridge.as_str(), "lobby");
+        assert_eq!(
+            c.bridges[0].rooms,
+            vec![
+                RoomRef::new("matrix", "#lobby:matrix.test"),
+                RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
+                RoomRef::new("irc:local", "#lobby"),
+            ]
+        );
+    }
+
+    /// Every `tests/config_errors/NAME.toml` fails with exactly the lines of `NAME.expected`.
+    #[test]
+    fn bad_configs_report_every_error() {
+        let dir = root().join("tests/config_errors");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 12, "only {} bad configs", names.len());
+        let mut failures = Vec::new();
+        for path in &names {
+            let src = std::fs::read_to_string(path).unwrap();
+            let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+            match parse(&src, "bridges.toml", Path::new(""), &env) {
+                Ok(_) => failures.push(format!("{}: accepted", path.display())),
+                Err(e) => {
+                    let got = e.to_string();
+                    if got.trim_end() != expected.trim_end() {
+                        failures.push(format!(
+                            "{}:\n--- expected\n{}\n--- got\n{}",
+                            path.display(),
+                            expected.trim_end(),
+                            got
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let c = ok(r##"
+[gateway]
+data_dir = "/var/lib/junction"
+membership = "off"
+admins = ["@alice:matrix.test", "alice@xmpp.test", "local/alice", "local/bob!b@host"]
+
+[matrix]
+homeserver = "http://127.0.0.1:8008/"
+server_name = "matrix.test"
+listen = "127.0.0.1:9009"
+as_token = "a"
+hs_token = "h"
+bot = "junction"
+id = "gw"
+user_prefix = "_gw_"
+
+[irc.local]
+server = "localhost:6667"
+nick = "[junction]"
+mode = "relay"
+password = "pw"
+sasl_account = "acct"
+sasl_password = "sasl-${JUNCTION_AS_TOKEN}"
+max_puppets = 5
+puppet_idle_timeout_seconds = 60
+lines_per_second = 1
+burst = 3
+max_lines = 2
+
+[irc.other]
+server = "127.0.0.1:6668"
+nick = "j"
+
+[[bridge]]
+name = "a"
+matrix = ["#a:matrix.test", "!room"]
+irc = ["local/#a", "other/#a"]
+admins = ["@carol:matrix.test"]
+"##);
+        assert_eq!(c.gateway.data_dir, PathBuf::from("/var/lib/junction"));
+        assert_eq!(c.gateway.membership, Membership::Off);
+        assert_eq!(c.gateway.metrics, None);
+        assert_eq!(
+            c.gateway.admins,
+            vec![
+                UserRef::new("matrix", "@alice:matrix.test"),
+                UserRef::new("xmpp", "alice@xmpp.test"),
+                UserRef::new("irc:local", "alice"),
+                UserRef::new("irc:local", "bob!b@host"),
+            ]
+        );
+        let m = c.matrix.unwrap();
+        assert_eq!(m.homeserver, "http://127.0.0.1:8008");
+        assert_eq!((m.id.as_str(), m.user_prefix.as_str()), ("gw", "_gw_"));
+        let i = &c.irc[0];
+        assert_eq!(i.mode, IrcMode::Relay);
+        assert_eq!(i.password.as_ref().map(|p| p.expose()), Some("pw"));
+        let (acct, pw) = i.sasl.as_ref().unwrap();
+        assert_eq!((acct.as_str(), pw.expose()), ("acct", "sasl-as-secret"));
+        assert_eq!((i.max_puppets, i.burst, i.max_lines), (5, 3, 2));
+        assert_eq!(i.puppet_idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(i.lines_per_second, 1.0);
+        let d = junction_irc::config::IrcConfig::new("other", "", "");
+        let o = &c.irc[1];
+        assert_eq!((o.max_puppets, o.burst, o.max_lines), (d.max_puppets, d.burst, d.max_lines));
+        assert_eq!(o.puppet_idle_timeout, d.puppet_idle_timeout);
+        assert_eq!(o.mode, IrcMode::Puppet);
+        assert_eq!(
+            c.bridges[0].rooms,
+            vec![
+                RoomRef::new("matrix", "#a:matrix.test"),
+                RoomRef::new("matrix", "!room"),
+                RoomRef::new("irc:local", "#a"),
+                RoomRef::new("irc:other", "#a"),
+            ]
+        );
+        let admins = &c.bridge_admins[&junction_core::BridgeName::new("a")];
+        assert_eq!(admins, &vec![UserRef::new("matrix", "@carol:matrix.test")]);
+    }
+
+    #[test]
+    fn relative_data_dir_follows_the_file_and_gateway_is_optional() {
+        let c = ok("");
+        assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/junction/data"));
+        assert!(c.matrix.is_none() && c.xmpp.is_none() && c.irc.is_empty());
+        assert!(c.bridges.is_empty());
+    }
+
+    #[test]
+    fn dollar_without_brace_is_literal_and_secrets_do_not_print() {
+        let c = ok(r#"
+[xmpp]
+component = "bridge.xmpp.test"
+server = "127.0.0.1:5347"
+secret = "pa$$word"
+"#);
+        let x = c.xmpp.unwrap();
+        assert_eq!(x.secret.expose(), "pa$$word");
+        assert!(!format!("{x:?}").contains("pa$$word"));
+    }
+
+    #[test]
+    fn unterminated_variable_and_bad_name() {
+        let e = parse(
+            "[xmpp]\ncomponent = \"bridge.xmpp.test\"\nserver = \"127.0.0.1:5347\"\nsecret = \"${OOPS\"\n[gateway]\ndata_dir = \"${1X}\"\n",
+            "f.toml",
+            Path::new(""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "f.toml:4:10: xmpp.secret: unterminated `${` (write `${NAME}`)\n\
+             f.toml:6:13: gateway.data_dir: `${1X}` is not a variable name (letters, digits and _)"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_one_error() {
+        let e = load_with_env(Path::new("/nonexistent/bridges.toml"), &env).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.to_string().starts_with("/nonexistent/bridges.toml: file: could not read it"));
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("a\nbc", 0), (1, 1));
+        assert_eq!(line_col("a\nbc", 3), (2, 2));
+        assert_eq!(line_col("é = 1", 3), (1, 3));
+        assert_eq!(line_col("x", 99), (1, 2));
+    }
+}
