@@ -1,2 +1,242 @@
 //! The `junction` binary as a user runs it: `check`, `registration`, `run`, and every
 //! config error reported at once.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AS_TOKEN: &str = "as-token-cli-test";
+const HS_TOKEN: &str = "hs-token-cli-test";
+const XMPP_SECRET: &str = "xmpp-secret-cli-test";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary with a clean environment holding only the shipped config's variables.
+fn junction(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_junction"));
+    c.current_dir(dir)
+        .env_clear()
+        .env("JUNCTION_AS_TOKEN", AS_TOKEN)
+        .env("JUNCTION_HS_TOKEN", HS_TOKEN)
+        .env("JUNCTION_XMPP_SECRET", XMPP_SECRET)
+        .env("JUNCTION_EMPTY", "");
+    c
+}
+
+fn output(c: &mut Command) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().unwrap();
+    (
+        status.code(),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_prints_the_links() {
+    let (code, out, err) = output(junction(&root()).arg("check"));
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(
+        out,
+        "bridges.toml: OK\n\
+         bridges from the config:\n\
+         \x20 lobby\n\
+         \x20   matrix     #lobby:matrix.test\n\
+         \x20   xmpp       lobby@conference.xmpp.test\n\
+         \x20   irc:local  #lobby\n"
+    );
+    for secret in [AS_TOKEN, HS_TOKEN, XMPP_SECRET] {
+        assert!(!out.contains(secret) && !err.contains(secret));
+    }
+}
+
+#[test]
+fn check_with_an_explicit_file() {
+    let (code, out, _) = output(
+        junction(Path::new("/"))
+            .args(["check", "-c"])
+            .arg(root().join("bridges.toml")),
+    );
+    assert_eq!(code, Some(0));
+    assert!(out.contains("irc:local  #lobby"));
+}
+
+/// Each bad config in tests/config_errors fails `check` with exit status 1 and every one of
+/// its errors on stderr, named by the file as given on the command line.
+#[test]
+fn check_reports_every_error_with_file_line_and_column() {
+    let dir = root().join("tests/config_errors");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let expected = std::fs::read_to_string(path.with_extension("expected"))
+            .unwrap()
+            .replace("bridges.toml:", &format!("{name}:"));
+        let (code, out, err) = output(junction(&dir).args(["check", "-c", &name]));
+        assert_eq!(code, Some(1), "{name}: stdout {out} stderr {err}");
+        assert_eq!(out, "", "{name}");
+        assert_eq!(err.trim_end(), expected.trim_end(), "{name}");
+        for line in err.lines() {
+            let mut parts = line.splitn(4, ':');
+            assert_eq!(parts.next(), Some(name.as_str()), "{line}");
+            assert!(
+                parts.next().unwrap().parse::<usize>().unwrap() > 0,
+                "{line}"
+            );
+            assert!(
+                parts.next().unwrap().parse::<usize>().unwrap() > 0,
+                "{line}"
+            );
+        }
+    }
+    assert!(seen >= 12, "only {seen} bad configs");
+}
+
+#[test]
+fn check_names_an_unset_variable() {
+    let (code, _, err) = output(
+        junction(&root())
+            .env_remove("JUNCTION_HS_TOKEN")
+            .arg("check"),
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "bridges.toml:13:13: matrix.hs_token: environment variable `JUNCTION_HS_TOKEN` is not set"
+    );
+}
+
+#[test]
+fn missing_file_is_a_config_error() {
+    let (code, _, err) = output(junction(&root()).args(["check", "-c", "no-such.toml"]));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("no-such.toml: file: could not read it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn registration_prints_the_appservice_yaml() {
+    let (code, out, err) = output(junction(&root()).arg("registration"));
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "id: 'junction'",
+            "url: 'http://127.0.0.1:9009'",
+            "as_token: 'as-token-cli-test'",
+            "hs_token: 'hs-token-cli-test'",
+            "sender_localpart: 'junction'",
+            "rate_limited: false",
+            "receive_ephemeral: true",
+            "namespaces:",
+            "  users:",
+            "    - exclusive: true",
+            "      regex: '@_junction_.*:matrix\\.test'",
+            "  aliases:",
+            "    - exclusive: true",
+            "      regex: '#_junction_.*:matrix\\.test'",
+            "  rooms: []",
+        ]
+    );
+    assert!(out.contains("@junction:matrix.test"));
+}
+
+#[test]
+fn registration_without_matrix_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bridges.toml"), "[gateway]\n").unwrap();
+    let (code, out, err) = output(junction(dir.path()).arg("registration"));
+    assert_eq!(code, Some(1));
+    assert_eq!(out, "");
+    assert!(err.contains("no [matrix] section"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_documents_exit_codes() {
+    let (code, _, _) = output(junction(&root()).arg("bogus"));
+    assert_eq!(code, Some(2));
+    let (code, _, _) = output(junction(&root()).args(["check", "--nope"]));
+    assert_eq!(code, Some(2));
+    let (code, out, _) = output(junction(&root()).arg("--help"));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Exit status:"), "{out}");
+    assert!(out.contains("registration"));
+}
+
+/// Waits (bounded) for the child to exit.
+fn wait_exit(child: &mut Child, deadline: Duration) -> Option<i32> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("junction did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `run` (and the bare command, which means `run`) stops cleanly on SIGTERM and SIGINT.
+#[test]
+fn run_stops_cleanly_on_sigterm_and_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridges.toml");
+    std::fs::write(&config, "[gateway]\ndata_dir = \"data\"\nlog = \"info\"\n").unwrap();
+    for (args, signal) in [(&["run"][..], "-TERM"), (&[][..], "-INT")] {
+        let mut child = junction(dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // Signal only once the handlers are in place (the start line is logged after).
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut log = Vec::new();
+        while !log.iter().any(|l: &String| l.contains("Gateway starting.")) {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => log.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no start line; log so far: {log:?}");
+                }
+            }
+        }
+        let pid = child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+        reader.join().unwrap();
+        log.extend(rx.try_iter());
+        assert!(
+            log.iter().any(|l| l.contains("Gateway stopped.")),
+            "{log:?}"
+        );
+    }
+}

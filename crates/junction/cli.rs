@@ -29,7 +29,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The config file.
-    #[arg(short, long, global = true, default_value = "bridges.toml", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "bridges.toml",
+        value_name = "FILE"
+    )]
     pub config: PathBuf,
 }
 
@@ -211,6 +217,7 @@ fn regex_escape(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -183,7 +183,9 @@ fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
             .min_by_key(|e| e.whole.len());
         diags.push(Diag {
             span: span.clone(),
-            key: entry.map(|e| e.path.clone()).unwrap_or_else(|| "toml".into()),
+            key: entry
+                .map(|e| e.path.clone())
+                .unwrap_or_else(|| "toml".into()),
             message: one_line(err.message()),
             table_level: false,
         });
@@ -292,7 +294,11 @@ fn walk_value(v: &toml_edit::Value, path: &str, out: &mut Vec<Entry>) {
 }
 
 fn one_line(s: &str) -> String {
-    s.trim().lines().map(str::trim).collect::<Vec<_>>().join("; ")
+    s.trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -309,6 +315,7 @@ pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use junction_core::{RoomRef, UserRef};
@@ -356,8 +363,14 @@ mod tests {
         assert_eq!(x.secret.expose(), "xmpp-secret");
         assert_eq!(c.irc.len(), 1);
         let i = &c.irc[0];
-        assert_eq!((i.name.as_str(), i.server.as_str()), ("local", "127.0.0.1:6667"));
-        assert_eq!((i.nick.as_str(), i.mode, i.tls), ("junction", IrcMode::Puppet, false));
+        assert_eq!(
+            (i.name.as_str(), i.server.as_str()),
+            ("local", "127.0.0.1:6667")
+        );
+        assert_eq!(
+            (i.nick.as_str(), i.mode, i.tls),
+            ("junction", IrcMode::Puppet, false)
+        );
         assert_eq!(c.bridges.len(), 1);
         assert_eq!(c.bridges[0].bridge.as_str(), "lobby");
         assert_eq!(
@@ -469,7 +482,10 @@ admins = ["@carol:matrix.test"]
         assert_eq!(i.lines_per_second, 1.0);
         let d = junction_irc::config::IrcConfig::new("other", "", "");
         let o = &c.irc[1];
-        assert_eq!((o.max_puppets, o.burst, o.max_lines), (d.max_puppets, d.burst, d.max_lines));
+        assert_eq!(
+            (o.max_puppets, o.burst, o.max_lines),
+            (d.max_puppets, d.burst, d.max_lines)
+        );
         assert_eq!(o.puppet_idle_timeout, d.puppet_idle_timeout);
         assert_eq!(o.mode, IrcMode::Puppet);
         assert_eq!(
@@ -527,7 +543,9 @@ secret = "pa$$word"
     fn unreadable_file_is_one_error() {
         let e = load_with_env(Path::new("/nonexistent/bridges.toml"), &env).unwrap_err();
         assert_eq!(e.0.len(), 1);
-        assert!(e.to_string().starts_with("/nonexistent/bridges.toml: file: could not read it"));
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/bridges.toml: file: could not read it"));
     }
 
     #[test]

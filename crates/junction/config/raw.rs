@@ -142,10 +142,7 @@ impl Rooms {
     pub fn each(&self, outer: std::ops::Range<usize>) -> Vec<(String, std::ops::Range<usize>)> {
         match self {
             Rooms::One(s) => vec![(s.clone(), outer)],
-            Rooms::Many(v) => v
-                .iter()
-                .map(|s| (s.get_ref().clone(), s.span()))
-                .collect(),
+            Rooms::Many(v) => v.iter().map(|s| (s.get_ref().clone(), s.span())).collect(),
         }
     }
 }

@@ -198,11 +198,7 @@ impl Checker<'_> {
                 match (self.env)(name) {
                     Some(value) => out.push_str(&value),
                     None => {
-                        self.error(
-                            at,
-                            key,
-                            format!("environment variable `{name}` is not set"),
-                        );
+                        self.error(at, key, format!("environment variable `{name}` is not set"));
                         ok = false;
                     }
                 }
@@ -276,7 +272,13 @@ impl Checker<'_> {
         }
     }
 
-    fn count(&mut self, v: &Option<Spanned<i64>>, key: &str, min: i64, default: i64) -> Option<i64> {
+    fn count(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        default: i64,
+    ) -> Option<i64> {
         let Some(v) = v else { return Some(default) };
         let n = *v.get_ref();
         if n < min {
@@ -527,24 +529,22 @@ impl Checker<'_> {
         let server = self
             .required(&r.server, t.clone(), &p, "server")
             .and_then(|v| self.host_port(v, &k("server")));
-        let nick = self
-            .required(&r.nick, t.clone(), &p, "nick")
-            .and_then(|v| {
-                let s = self.nonempty(v, &k("nick"))?;
-                if irc_nick(&s) {
-                    Some(s)
-                } else {
-                    self.error(
-                        v.span(),
-                        &k("nick"),
-                        format!(
-                            "`{s}` is not a valid IRC nick (a letter or one of []\\`_^{{|}} \
+        let nick = self.required(&r.nick, t.clone(), &p, "nick").and_then(|v| {
+            let s = self.nonempty(v, &k("nick"))?;
+            if irc_nick(&s) {
+                Some(s)
+            } else {
+                self.error(
+                    v.span(),
+                    &k("nick"),
+                    format!(
+                        "`{s}` is not a valid IRC nick (a letter or one of []\\`_^{{|}} \
                              first, then also digits and -, at most 30 characters)"
-                        ),
-                    );
-                    None
-                }
-            });
+                    ),
+                );
+                None
+            }
+        });
         let mode = match &r.mode {
             None => Some(IrcMode::Puppet),
             Some(v) => match self.expand(v, &k("mode"))?.as_str() {
@@ -881,10 +881,13 @@ fn irc_channel(s: &str) -> bool {
     s.starts_with(['#', '&'])
         && s.len() > 1
         && s.len() <= 200
-        && !s.chars().any(|c| c == ' ' || c == ',' || c == ':' || c.is_control())
+        && !s
+            .chars()
+            .any(|c| c == ' ' || c == ',' || c == ':' || c.is_control())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
