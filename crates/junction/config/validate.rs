@@ -75,6 +75,7 @@ pub(crate) fn validate(
         src,
         env,
         diags: Vec::new(),
+        listen: None,
     };
     let irc_names: HashMap<String, Range<usize>> = raw
         .irc
@@ -92,6 +93,22 @@ pub(crate) fn validate(
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
+    if let (Some(g), Some(listen)) = (&gateway, c.listen) {
+        let metrics_span = raw
+            .gateway
+            .as_ref()
+            .and_then(|g| g.get_ref().metrics.as_ref())
+            .map(|v| v.span());
+        if let (Some(addr), Some(span)) = (g.metrics, metrics_span) {
+            if addr == listen {
+                c.error(
+                    span,
+                    "gateway.metrics",
+                    format!("`{addr}` is also `matrix.listen`; each needs its own address"),
+                );
+            }
+        }
+    }
     let xmpp = raw.xmpp.as_ref().map(|x| c.xmpp(x));
     let irc: Vec<Option<IrcConfig>> = raw.irc.iter().map(|(k, v)| c.irc(k, v)).collect();
     let (bridges, bridge_admins) = c.bridges(&raw.bridge, raw, &irc_names);
@@ -121,6 +138,8 @@ struct Checker<'a> {
     src: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     diags: Vec<Diag>,
+    /// `matrix.listen` once known, to keep other listeners off it.
+    listen: Option<SocketAddr>,
 }
 
 impl Checker<'_> {
@@ -433,12 +452,22 @@ impl Checker<'_> {
         let listen = self
             .required(&m.listen, t.clone(), "matrix", "listen")
             .and_then(|v| self.socket_addr(v, "matrix.listen"));
+        self.listen = listen;
         let as_token = self
             .required(&m.as_token, t.clone(), "matrix", "as_token")
             .and_then(|v| self.secret(v, "matrix.as_token"));
         let hs_token = self
             .required(&m.hs_token, t.clone(), "matrix", "hs_token")
             .and_then(|v| self.secret(v, "matrix.hs_token"));
+        if let (Some(a), Some(h), Some(v)) = (&as_token, &hs_token, &m.hs_token) {
+            if a == h {
+                self.error(
+                    v.span(),
+                    "matrix.hs_token",
+                    "must differ from `as_token` (each side proves itself with its own token)",
+                );
+            }
+        }
         let bot = self
             .required(&m.bot, t.clone(), "matrix", "bot")
             .and_then(|v| self.localpart(v, "matrix.bot"));
@@ -705,7 +734,7 @@ impl Checker<'_> {
                     else {
                         continue;
                     };
-                    if let Some((other, at)) = seen.get(&r) {
+                    if let Some((other, at)) = seen.get(&same_room(&r)) {
                         let line = super::line_col(self.src, *at).0;
                         let msg = if *other == label {
                             format!("`{room}` is listed twice in this bridge (line {line})")
@@ -715,7 +744,7 @@ impl Checker<'_> {
                         self.error(span, &key, msg);
                         continue;
                     }
-                    seen.insert(r.clone(), (label.clone(), span.start));
+                    seen.insert(same_room(&r), (label.clone(), span.start));
                     rooms.push(r);
                 }
             }
@@ -818,6 +847,30 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The form in which two spellings of one room compare equal: IRC channels by RFC 1459
+/// case mapping (the default of most servers), MUC JIDs case-insensitively (nodeprep and
+/// nameprep fold case); Matrix ids are case-sensitive.
+fn same_room(r: &RoomRef) -> RoomRef {
+    let room = if r.network.as_str().starts_with("irc:") {
+        r.room
+            .as_str()
+            .chars()
+            .map(|c| match c {
+                '[' => '{',
+                ']' => '}',
+                '\\' => '|',
+                '~' => '^',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    } else if r.network.as_str() == "xmpp" {
+        r.room.as_str().to_lowercase()
+    } else {
+        return r.clone();
+    };
+    RoomRef::new(r.network.clone(), room)
 }
 
 /// `#alias:server` or `!id[:server]`.
