@@ -4,6 +4,28 @@
 //!
 //! Every error is collected and reported at once, one per line, as
 //! `bridges.toml:LINE:COL: key.path: message`.
+//!
+//! # Keys
+//!
+//! Every section is optional; `${VAR}` in any string expands from the environment (an unset
+//! variable is an error). Unknown keys are errors.
+//!
+//! - `[gateway]`: `data_dir` (default `"data"`, relative to the file's directory), `metrics`
+//!   (`ip:port`, off by default), `membership` (`"off"`, `"summarised"` (default), `"all"`),
+//!   `log` (a tracing filter such as `"info"`; `JUNCTION_LOG` / `RUST_LOG` win), `admins`.
+//! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
+//!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`).
+//! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required).
+//! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
+//!   `tls` (false), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
+//!   `sasl_password`, `max_puppets`, `puppet_idle_timeout_seconds`, `lines_per_second`,
+//!   `burst`, `max_lines` (defaults from `IrcConfig::new`).
+//! - `[[bridge]]`: `name` (unique), at least two rooms among `matrix` (`#alias:server` or
+//!   `!id[:server]`), `xmpp` (`room@muc.domain`) and `irc` (`network/#channel`), each a string
+//!   or a list; `admins`. A room belongs to one bridge at most.
+//!
+//! Admins are `@user:server` (Matrix), `user@domain` (XMPP), `network/account` or
+//! `network/nick!user@host` (IRC), never a bare nick.
 
 pub mod raw;
 pub mod validate;
