@@ -123,10 +123,9 @@ pub fn parse(
             let (config, more) = validate::validate(&raw, src, base, env);
             // A key removed after a type error must not be reported again as missing.
             diags.extend(more.into_iter().filter(|d| {
-                !(d.table_level
-                    && blanked
-                        .iter()
-                        .any(|b| b.starts_with(&d.key) || d.key.starts_with(b.as_str())))
+                !d.unless_removed
+                    .iter()
+                    .any(|k| blanked.iter().any(|b| under(b, k) || under(k, b)))
             }));
             config
         }
@@ -164,8 +163,15 @@ pub(crate) struct Diag {
     pub key: String,
     /// What is wrong.
     pub message: String,
-    /// True for "the table lacks something" errors, which a removed key can cause.
-    pub table_level: bool,
+    /// Keys whose absence causes this error: it is dropped when one of them (or the table
+    /// holding it) was removed after a type error, since that error already covers it.
+    pub unless_removed: Vec<String>,
+}
+
+/// True when key path `a` is `b` or lies inside it (`b.x`, `b[0]`).
+fn under(a: &str, b: &str) -> bool {
+    a.strip_prefix(b)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Most serde-level errors collected before giving up on the rest.
@@ -185,7 +191,7 @@ fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
                 span: e.span().unwrap_or(0..0),
                 key: "toml".into(),
                 message: one_line(e.message()),
-                table_level: false,
+                unless_removed: Vec::new(),
             });
             return (None, diags);
         }
@@ -209,7 +215,7 @@ fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
                 .map(|e| e.path.clone())
                 .unwrap_or_else(|| "toml".into()),
             message: one_line(err.message()),
-            table_level: false,
+            unless_removed: Vec::new(),
         });
         let Some(entry) = entry else { break };
         if entry.whole.is_empty() {
@@ -568,6 +574,15 @@ secret = "pa$$word"
         assert!(e
             .to_string()
             .starts_with("/nonexistent/bridges.toml: file: could not read it"));
+    }
+
+    #[test]
+    fn key_paths_nest_by_segment() {
+        assert!(under("bridge[0].irc", "bridge[0]"));
+        assert!(under("bridge[0]", "bridge[0]"));
+        assert!(under("bridge[0].irc[1]", "bridge[0].irc"));
+        assert!(!under("bridge[0].irc_x", "bridge[0].irc"));
+        assert!(!under("bridge[10]", "bridge[1]"));
     }
 
     #[test]

@@ -148,16 +148,17 @@ impl Checker<'_> {
             span,
             key: key.to_owned(),
             message: message.into(),
-            table_level: false,
+            unless_removed: Vec::new(),
         });
     }
 
     fn missing(&mut self, table: Range<usize>, table_key: &str, key: &str) {
+        let path = format!("{table_key}.{key}");
         self.diags.push(Diag {
             span: table.start..table.start,
-            key: format!("{table_key}.{key}"),
+            key: path.clone(),
             message: format!("missing required key `{key}`"),
-            table_level: true,
+            unless_removed: vec![path],
         });
     }
 
@@ -756,7 +757,10 @@ impl Checker<'_> {
                         "a bridge links at least two rooms (keys `matrix`, `xmpp`, `irc`); \
                          this one has {written}"
                     ),
-                    table_level: true,
+                    unless_removed: ["matrix", "xmpp", "irc"]
+                        .iter()
+                        .map(|n| format!("{p}.{n}"))
+                        .collect(),
                 });
             }
             let bridge_admins = self.admins(b.admins.as_deref(), &format!("{p}.admins"), irc_names);
