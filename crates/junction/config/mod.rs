@@ -134,6 +134,16 @@ pub fn parse(
     match config {
         Some(c) if diags.is_empty() => Ok(c),
         _ => {
+            if diags.is_empty() {
+                // Every rejection above records why; this keeps a gap from ever turning into a
+                // silent failure.
+                diags.push(Diag {
+                    span: 0..0,
+                    key: "config".into(),
+                    message: "rejected without a recorded reason (please report this)".into(),
+                    unless_removed: Vec::new(),
+                });
+            }
             diags.sort_by_key(|d| d.span.start);
             Err(ConfigErrors(
                 diags
