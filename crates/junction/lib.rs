@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod gateway;
+pub mod metrics;
 
 pub use config::{load, Config, ConfigErrors};
 

@@ -1,0 +1,279 @@
+//! The gateway loop: the one task that sits between the adapters and the store.
+//!
+//! ```text
+//! adapter ──Inbound──▶ route() ──record_inbound (one txn)──▶ store
+//!                        │                                     ▲
+//!                        └──Delivery (outbox order)──▶ adapter │
+//! adapter ──Delivered──▶ route() ──record_delivered (one txn)──┘
+//! ```
+//!
+//! Durability: inbound events are batched, recorded (message map + one outbox row per target
+//! in one store transaction each), flushed once per batch, and only then acknowledged to the
+//! adapter that waits (Matrix answers its transaction after that) and handed to the target
+//! adapters. Undelivered outbox rows are handed out again at start, in order.
+
+use junction_core::router::Router;
+use junction_core::{AdapterContext, Delivered, Delivery, EventKind, Inbound, NetworkId, RoomId};
+use junction_store::{Recorded, Resolver, Store};
+use crate::config::Membership;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Most inbound events recorded in one batch before one flush.
+const BATCH: usize = 256;
+
+/// The adapter ends of the channels for one network, created by [`Hub::attach`].
+pub struct Attached {
+    /// What to hand the adapter's `run`.
+    pub context: AdapterContext,
+}
+
+/// The router side of every adapter's channels.
+pub struct Hub {
+    inbound_tx: mpsc::Sender<Inbound>,
+    inbound_rx: mpsc::Receiver<Inbound>,
+    delivered_tx: mpsc::UnboundedSender<Delivered>,
+    delivered_rx: mpsc::UnboundedReceiver<Delivered>,
+    outboxes: HashMap<NetworkId, mpsc::UnboundedSender<Delivery>>,
+    rooms: HashMap<NetworkId, watch::Sender<Vec<RoomId>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// A hub with no adapters attached yet.
+    pub fn new() -> Self {
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
+        Self {
+            inbound_tx,
+            inbound_rx,
+            delivered_tx,
+            delivered_rx,
+            outboxes: HashMap::new(),
+            rooms: HashMap::new(),
+        }
+    }
+
+    /// Creates the channels for one network's adapter. Deliveries reach the adapter through an
+    /// unbounded forwarder so the router never waits on a slow adapter (which may itself be
+    /// waiting to hand the router an inbound event); the durable outbox is the real queue.
+    pub fn attach(
+        &mut self,
+        network: NetworkId,
+        router: &Router,
+        shutdown: &CancellationToken,
+    ) -> Attached {
+        let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
+        let (tx, rx) = mpsc::channel(64);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    d = fwd_rx.recv() => match d {
+                        Some(d) => if tx.send(d).await.is_err() { break },
+                        None => break,
+                    },
+                }
+            }
+        });
+        let (rooms_tx, rooms_rx) = watch::channel(router.rooms_on(&network));
+        self.outboxes.insert(network.clone(), fwd_tx);
+        self.rooms.insert(network.clone(), rooms_tx);
+        Attached {
+            context: AdapterContext {
+                network,
+                inbound: self.inbound_tx.clone(),
+                deliveries: rx,
+                delivered: self.delivered_tx.clone(),
+                rooms: rooms_rx,
+                shutdown: shutdown.clone(),
+            },
+        }
+    }
+}
+
+/// Counters the loop keeps (exported as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Inbound events recorded (not duplicates).
+    pub inbound: std::sync::atomic::AtomicU64,
+    /// Inbound events that were replays of known messages.
+    pub duplicates: std::sync::atomic::AtomicU64,
+    /// Deliveries answered with success.
+    pub delivered: std::sync::atomic::AtomicU64,
+    /// Deliveries given up by an adapter.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Store errors.
+    pub store_errors: std::sync::atomic::AtomicU64,
+}
+
+/// The router loop. Runs until `shutdown` is cancelled, then flushes the store.
+pub async fn route(
+    store: Arc<dyn Store>,
+    router: Router,
+    mut hub: Hub,
+    membership: Membership,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Resume what was not delivered before the last stop, in outbox order.
+    for (network, tx) in &hub.outboxes {
+        let pending = store.pending(network)?;
+        if !pending.is_empty() {
+            tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
+        }
+        for d in pending {
+            let _ = tx.send(d);
+        }
+    }
+    drop(hub.inbound_tx);
+    let mut summariser = Summariser::default();
+    let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
+    let mut done: Vec<Delivered> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 { break; }
+                let mut out: Vec<Delivery> = Vec::new();
+                let mut acks = Vec::new();
+                for Inbound { event, ack } in batch.drain(..) {
+                    if !summariser.pass(membership, &event) {
+                        if let Some(a) = ack { let _ = a.send(Ok(())); }
+                        continue;
+                    }
+                    let planned = router.plan(&event, &Resolver(store.as_ref()));
+                    let res = store.record_inbound(&event, planned);
+                    match res {
+                        Ok(Recorded::New(ds)) => {
+                            counters.inbound.fetch_add(1, Relaxed);
+                            tracing::debug!(event = %event.id, kind = event.kind.name(), origin = %event.origin, targets = ds.len(), "Event recorded.");
+                            out.extend(ds);
+                            acks.push((ack, Ok(())));
+                        }
+                        Ok(Recorded::Duplicate) => {
+                            counters.duplicates.fetch_add(1, Relaxed);
+                            tracing::debug!(event = %event.id, origin = %event.origin, "Replay of a known event skipped.");
+                            acks.push((ack, Ok(())));
+                        }
+                        Err(e) => {
+                            counters.store_errors.fetch_add(1, Relaxed);
+                            tracing::error!(error = %e, event = %event.id, "Could not record an event.");
+                            acks.push((ack, Err(e.to_string())));
+                        }
+                    }
+                }
+                let flushed = store.flush();
+                if let Err(e) = &flushed {
+                    counters.store_errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "Could not flush the store.");
+                }
+                for (ack, r) in acks {
+                    if let Some(a) = ack {
+                        let r = match (&flushed, r) {
+                            (Err(e), _) => Err(e.to_string()),
+                            (_, r) => r,
+                        };
+                        let _ = a.send(r);
+                    }
+                }
+                if flushed.is_ok() {
+                    for d in out {
+                        match hub.outboxes.get(&d.target.network) {
+                            Some(tx) => { let _ = tx.send(d); }
+                            None => tracing::warn!(network = %d.target.network, "No adapter for a linked network; the message waits in its outbox."),
+                        }
+                    }
+                }
+            }
+            n = hub.delivered_rx.recv_many(&mut done, BATCH) => {
+                if n == 0 { continue; }
+                for d in done.drain(..) {
+                    match &d.outcome {
+                        Ok(_) => { counters.delivered.fetch_add(1, Relaxed); }
+                        Err(why) => {
+                            counters.failed.fetch_add(1, Relaxed);
+                            tracing::warn!(target = %d.target, event = %d.event, reason = %why, "A delivery was given up.");
+                        }
+                    }
+                    if let Err(e) = store.record_delivered(&d) {
+                        counters.store_errors.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, "Could not record a delivery.");
+                    }
+                }
+                if let Err(e) = store.flush() {
+                    tracing::error!(error = %e, "Could not flush the store.");
+                }
+            }
+        }
+    }
+    store.flush()?;
+    Ok(())
+}
+
+/// Keeps membership noise down in `Summarised` mode: netsplit-style bursts of quits are
+/// dropped after the first few per network, and joins/leaves pass only for people seen
+/// speaking (so lurkers joining and leaving do not flood other networks).
+#[derive(Default)]
+struct Summariser {
+    spoke: HashMap<junction_core::UserRef, u64>,
+    quits: HashMap<NetworkId, (u64, u32)>,
+}
+
+impl Summariser {
+    /// How long someone counts as "recently active", in milliseconds.
+    const ACTIVE_MS: u64 = 24 * 3600 * 1000;
+    /// Quits per network in one burst window before the rest are dropped.
+    const QUIT_BURST: u32 = 3;
+    /// The burst window, in milliseconds.
+    const QUIT_WINDOW_MS: u64 = 5_000;
+
+    fn pass(&mut self, mode: Membership, ev: &junction_core::Event) -> bool {
+        if !ev.kind.is_membership() {
+            if matches!(ev.kind, EventKind::Message(_)) {
+                if self.spoke.len() > 100_000 {
+                    let cutoff = ev.ts_ms.saturating_sub(Self::ACTIVE_MS);
+                    self.spoke.retain(|_, t| *t >= cutoff);
+                }
+                self.spoke.insert(ev.sender.user.clone(), ev.ts_ms);
+            }
+            return true;
+        }
+        match mode {
+            Membership::Off => false,
+            Membership::All => true,
+            Membership::Summarised => {
+                if let EventKind::Leave { quit: true, .. } = ev.kind {
+                    let e = self
+                        .quits
+                        .entry(ev.origin.network.clone())
+                        .or_insert((ev.ts_ms, 0));
+                    if ev.ts_ms.saturating_sub(e.0) > Self::QUIT_WINDOW_MS {
+                        *e = (ev.ts_ms, 0);
+                    }
+                    e.1 += 1;
+                    if e.1 > Self::QUIT_BURST {
+                        return false;
+                    }
+                }
+                match ev.kind {
+                    EventKind::Join => true,
+                    _ => self
+                        .spoke
+                        .get(&ev.sender.user)
+                        .is_some_and(|t| ev.ts_ms.saturating_sub(*t) < Self::ACTIVE_MS),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Prometheus metrics and the health endpoint (in progress).
