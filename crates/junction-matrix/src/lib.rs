@@ -1,4 +1,396 @@
-//! Junction's matrix adapter (in progress).
+//! Junction's Matrix adapter: an application service.
+//!
+//! - [`server`]: the homeserver pushes transactions to us (axum on `matrix.listen`); each is
+//!   answered 200 only once its events are durable.
+//! - [`inbound`]: client events → [`junction_core::Event`]s, dropping our own ghosts and bot.
+//! - [`outbound`]: [`junction_core::Delivery`] → Client-Server calls as the sender's ghost,
+//!   with transaction ids derived from the delivery, so retries never duplicate.
+//! - [`puppets`] and [`ids`]: ghosts (`@<prefix><network>_<name>:<server>`, escaped per the
+//!   spec), registered once and remembered in the store.
+//! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks.
+//! - [`client`]: the Client-Server API as the appservice.
+//!
+//! Rooms are named as in the link (`#lobby:matrix.test` or a room id); the adapter resolves
+//! each (creating a public room for a free alias on our server), joins it with the bot, and
+//! refuses encrypted rooms.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod config;
+pub mod ids;
+pub mod inbound;
+pub mod media;
+pub mod outbound;
+pub mod puppets;
+pub mod server;
+
+use client::Client;
+use config::MatrixConfig;
+use junction_core::{
+    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
+    NetworkId, RoomId, UserRef,
+};
+use junction_store::Store;
+use media::MediaProxy;
+use outbound::DeliverError;
+use puppets::{lock, Ghosts};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The Matrix adapter.
+pub struct MatrixAdapter {
+    config: MatrixConfig,
+    store: Arc<dyn Store>,
+    media_base: Option<String>,
+}
+
+impl MatrixAdapter {
+    /// An adapter for the configured homeserver, keeping its state in `store`.
+    pub fn new(config: MatrixConfig, store: Arc<dyn Store>) -> Self {
+        Self {
+            config,
+            store,
+            media_base: None,
+        }
+    }
+
+    /// Sets the public base URL of the media proxy (default `http://<listen>`), for when the
+    /// other networks reach the gateway under another name.
+    pub fn with_media_base(mut self, base: impl Into<String>) -> Self {
+        self.media_base = Some(base.into());
+        self
+    }
+}
+
+/// The capabilities of Matrix.
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        edits: true,
+        redactions: true,
+        reactions: true,
+        replies: true,
+        uploads: true,
+        markup: Markup::MatrixHtml,
+        max_message_bytes: None,
+    }
+}
+
+/// Linked rooms: the name in the link ↔ the Matrix room id.
+#[derive(Default)]
+struct Rooms {
+    by_id: HashMap<String, RoomId>,
+    by_link: HashMap<RoomId, String>,
+}
+
+/// State shared by the server, the delivery loop and the startup.
+pub(crate) struct Shared {
+    pub(crate) config: MatrixConfig,
+    pub(crate) network: NetworkId,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) client: Client,
+    /// Plain HTTP for fetching attachments from the other networks.
+    pub(crate) http: reqwest::Client,
+    pub(crate) ghosts: Ghosts,
+    pub(crate) media: Arc<MediaProxy>,
+    pub(crate) bot_id: String,
+    rooms: Mutex<Rooms>,
+    /// (room id, user id) → display name.
+    pub(crate) names: Mutex<HashMap<(String, String), String>>,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+    pub(crate) txn_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: MatrixConfig,
+        network: NetworkId,
+        store: Arc<dyn Store>,
+        client: Client,
+        media_base: &str,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Self, AdapterError> {
+        let media = MediaProxy::load(store.clone(), media_base)
+            .map_err(|e| AdapterError::Fatal(format!("media proxy key: {e}")))?;
+        let ghosts = Ghosts::new(
+            client.clone(),
+            store.clone(),
+            network.clone(),
+            &config.user_prefix,
+            &config.server_name,
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Ok(Self {
+            bot_id: format!("@{}:{}", config.bot, config.server_name),
+            config,
+            network,
+            store,
+            client,
+            http,
+            ghosts,
+            media: Arc::new(media),
+            rooms: Mutex::new(Rooms::default()),
+            names: Mutex::new(HashMap::new()),
+            inbound,
+            txn_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The Matrix room id of a linked room.
+    pub(crate) fn room_id(&self, link: &RoomId) -> Option<String> {
+        lock(&self.rooms).by_link.get(link).cloned()
+    }
+
+    /// The linked room (as written in the link) behind a Matrix room id.
+    pub(crate) fn linked(&self, room_id: &str) -> Option<RoomId> {
+        lock(&self.rooms).by_id.get(room_id).cloned()
+    }
+
+    pub(crate) fn add_room(&self, link: RoomId, room_id: String) {
+        let mut rooms = lock(&self.rooms);
+        rooms.by_id.insert(room_id.clone(), link.clone());
+        rooms.by_link.insert(link, room_id);
+    }
+
+    pub(crate) fn forget_room(&self, room_id: &str) {
+        let mut rooms = lock(&self.rooms);
+        if let Some(link) = rooms.by_id.remove(room_id) {
+            rooms.by_link.remove(&link);
+        }
+    }
+
+    /// The Matrix user who stands for `user`: the user itself when on Matrix, else its ghost.
+    pub(crate) fn matrix_user_of(&self, user: &UserRef) -> String {
+        if user.network == self.network {
+            user.user.to_string()
+        } else {
+            ids::ghost_user_id(
+                &self.config.user_prefix,
+                &user.network,
+                user.user.as_str(),
+                &self.config.server_name,
+            )
+        }
+    }
+}
+
+impl Adapter for MatrixAdapter {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
+        let config = self.config;
+        let client = Client::new(
+            &config.homeserver,
+            config.as_token.clone(),
+            cx.shutdown.clone(),
+        );
+        let media_base = self
+            .media_base
+            .unwrap_or_else(|| format!("http://{}", config.listen));
+        let listen = config.listen;
+        let sh = Arc::new(Shared::new(
+            config,
+            cx.network.clone(),
+            self.store,
+            client,
+            &media_base,
+            cx.inbound.clone(),
+        )?);
+
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| AdapterError::Config(format!("can not listen on {listen}: {e}")))?;
+        tracing::info!(%listen, "Matrix appservice listening.");
+        let app = server::router(sh.clone());
+        let stop = cx.shutdown.clone();
+        let server = tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "The appservice server stopped.");
+            }
+        });
+
+        startup(&sh).await;
+        let rooms = cx.rooms.borrow_and_update().clone();
+        sync_rooms(&sh, &rooms).await;
+
+        let mut rooms_open = true;
+        loop {
+            tokio::select! {
+                () = cx.shutdown.cancelled() => break,
+                changed = cx.rooms.changed(), if rooms_open => {
+                    if changed.is_err() {
+                        rooms_open = false;
+                        continue;
+                    }
+                    let rooms = cx.rooms.borrow_and_update().clone();
+                    sync_rooms(&sh, &rooms).await;
+                }
+                d = cx.deliveries.recv() => match d {
+                    Some(d) => handle_delivery(&sh, d, &cx.delivered, &cx.shutdown).await,
+                    None => break,
+                },
+            }
+        }
+        cx.shutdown.cancel();
+        let _ = server.await;
+        Ok(())
+    }
+}
+
+/// Pings the homeserver (so transactions queued while we were away flow at once) and makes
+/// sure the bot exists. Neither is fatal: the homeserver may start after us.
+async fn startup(sh: &Shared) {
+    let txn = format!("startup-{}", rand::random::<u32>());
+    match sh.client.ping(&sh.config.id, &txn).await {
+        Ok(ms) => tracing::info!(duration_ms = ms, "The homeserver reaches the appservice."),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "Homeserver ping failed; transactions may be delayed until it retries."
+        ),
+    }
+    match sh.client.register(&sh.config.bot).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "Bot registration answered an error (it usually exists already).")
+        }
+    }
+}
+
+/// Resolves, creates or joins every linked room not known yet; forgets unlinked ones.
+async fn sync_rooms(sh: &Shared, rooms: &[RoomId]) {
+    {
+        let mut known = lock(&sh.rooms);
+        let gone: Vec<RoomId> = known
+            .by_link
+            .keys()
+            .filter(|l| !rooms.contains(l))
+            .cloned()
+            .collect();
+        for link in gone {
+            if let Some(id) = known.by_link.remove(&link) {
+                known.by_id.remove(&id);
+            }
+        }
+    }
+    for link in rooms {
+        if sh.room_id(link).is_some() {
+            continue;
+        }
+        match open_room(sh, link).await {
+            Ok(room_id) => {
+                tracing::info!(room = %link, %room_id, "Matrix room linked.");
+                sh.add_room(link.clone(), room_id);
+            }
+            Err(why) => tracing::error!(room = %link, "Matrix room can not be linked: {why}"),
+        }
+    }
+}
+
+/// Resolves a linked room to its id (creating a free alias on our server) and joins the bot.
+async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, String> {
+    let name = link.as_str();
+    let room_id = if let Some(alias) = name.strip_prefix('#') {
+        match sh
+            .client
+            .resolve_alias(name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(id) => id,
+            None => {
+                let Some((local, server)) = alias.split_once(':') else {
+                    return Err("not an alias (#name:server)".into());
+                };
+                if server != sh.config.server_name {
+                    return Err(format!(
+                        "the alias does not exist and {server} is not our server"
+                    ));
+                }
+                match sh.client.create_public_room(local, local).await {
+                    Ok(id) => {
+                        tracing::info!(room = %link, room_id = %id, "Created a public room for a free alias.");
+                        id
+                    }
+                    // Someone took the alias meanwhile: use theirs.
+                    Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => sh
+                        .client
+                        .resolve_alias(name)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the alias vanished while creating the room")?,
+                    Err(e) => return Err(format!("creating the room failed: {e}")),
+                }
+            }
+        }
+    } else if name.starts_with('!') {
+        name.to_owned()
+    } else {
+        return Err("neither an alias (#...) nor a room id (!...)".into());
+    };
+    let room_id = sh
+        .client
+        .join(&room_id, None)
+        .await
+        .map_err(|e| format!("the bot could not join: {e}"))?;
+    match sh.client.state(&room_id, "m.room.encryption", "").await {
+        Ok(Some(_)) => {
+            return Err(
+                "the room is encrypted; the gateway would be an invisible reader, so it refuses to link it"
+                    .into(),
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("could not read the room's encryption state: {e}")),
+    }
+    Ok(room_id)
+}
+
+/// Renders one delivery and answers it exactly once; transient failures are retried with
+/// backoff until they pass or the gateway shuts down (then it stays unanswered in the outbox).
+async fn handle_delivery(
+    sh: &Shared,
+    d: Delivery,
+    delivered: &mpsc::UnboundedSender<Delivered>,
+    shutdown: &CancellationToken,
+) {
+    let mut pause = Duration::from_millis(500);
+    let outcome = loop {
+        match outbound::deliver(sh, &d).await {
+            Ok(ids) => break Ok(ids),
+            Err(DeliverError::Permanent(why)) => {
+                tracing::warn!(outbox = d.outbox_id, room = %d.target, kind = d.event.kind.name(), "Delivery given up: {why}");
+                break Err(why);
+            }
+            Err(DeliverError::Transient(why)) => {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(outbox = d.outbox_id, room = %d.target, "Delivery failed for now, retrying: {why}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    let answer = Delivered {
+        outbox_id: d.outbox_id,
+        target: d.target.clone(),
+        event: d.event.id.clone(),
+        outcome,
+    };
+    if delivered.send(answer).is_err() {
+        tracing::debug!("The gateway stopped taking delivery answers.");
+    }
+}

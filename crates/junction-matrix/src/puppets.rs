@@ -1,0 +1,135 @@
+//! Ghosts: the Matrix users that stand for people on the other networks.
+//!
+//! A ghost is registered once (the registered set and each ghost's last display name are kept
+//! in the store's `matrix/ghosts` table, so a restart does not register again), gets the
+//! remote nick as its display name, and joins a room before it first speaks there. The
+//! store's puppet table maps the remote user to the ghost and back.
+
+use crate::client::{Client, ClientError};
+use crate::ids;
+use junction_core::{NetworkId, Sender};
+use junction_store::Store;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The store table holding registered ghosts (user id → last display name set).
+pub const GHOSTS_TABLE: &str = "matrix/ghosts";
+
+/// The ghost cache.
+pub struct Ghosts {
+    client: Client,
+    store: Arc<dyn Store>,
+    network: NetworkId,
+    prefix: String,
+    server_name: String,
+    /// Registered ghosts and the display name each was last given.
+    registered: Mutex<HashMap<String, String>>,
+    /// (ghost, room id) pairs known to be joined.
+    joined: Mutex<HashSet<(String, String)>>,
+}
+
+impl Ghosts {
+    /// Loads the registered set from the store.
+    pub fn new(
+        client: Client,
+        store: Arc<dyn Store>,
+        network: NetworkId,
+        prefix: &str,
+        server_name: &str,
+    ) -> Self {
+        let registered = match store.kv_scan(GHOSTS_TABLE) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the ghost table; ghosts will be registered again.");
+                HashMap::new()
+            }
+        };
+        Self {
+            client,
+            store,
+            network,
+            prefix: prefix.to_owned(),
+            server_name: server_name.to_owned(),
+            registered: Mutex::new(registered),
+            joined: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The ghost user id for a remote sender.
+    pub fn user_id(&self, sender: &Sender) -> String {
+        ids::ghost_user_id(
+            &self.prefix,
+            &sender.user.network,
+            sender.user.user.as_str(),
+            &self.server_name,
+        )
+    }
+
+    /// True when the ghost was registered by us.
+    pub fn is_registered(&self, user_id: &str) -> bool {
+        lock(&self.registered).contains_key(user_id)
+    }
+
+    /// Makes sure the sender's ghost exists and shows `sender.display_name`; returns its id.
+    pub async fn ensure(&self, sender: &Sender) -> Result<String, ClientError> {
+        let user_id = self.user_id(sender);
+        let known = lock(&self.registered).get(&user_id).cloned();
+        if known.is_none() {
+            let (local, _) = ids::split_user_id(&user_id)
+                .ok_or_else(|| ClientError::Decode(format!("bad ghost id {user_id}")))?;
+            self.client.register(local).await?;
+            if let Err(e) = self.store.set_puppet(&self.network, &sender.user, &user_id) {
+                tracing::warn!(error = %e, ghost = %user_id, "Could not record the ghost's owner.");
+            }
+            tracing::info!(ghost = %user_id, "Registered a ghost.");
+        }
+        if known.as_deref() != Some(sender.display_name.as_str()) {
+            self.set_name(&user_id, &sender.display_name).await?;
+        }
+        Ok(user_id)
+    }
+
+    /// Sets a ghost's display name and remembers it.
+    pub async fn set_name(&self, user_id: &str, name: &str) -> Result<(), ClientError> {
+        if !name.is_empty() {
+            self.client.set_displayname(user_id, name).await?;
+        }
+        lock(&self.registered).insert(user_id.to_owned(), name.to_owned());
+        if let Err(e) = self.store.kv_put(GHOSTS_TABLE, user_id, name.as_bytes()) {
+            tracing::warn!(error = %e, ghost = %user_id, "Could not record the ghost.");
+        }
+        Ok(())
+    }
+
+    /// Makes sure the ghost is in the room: joins, and when the room is invite-only has the
+    /// bot invite it first.
+    pub async fn ensure_joined(&self, user_id: &str, room_id: &str) -> Result<(), ClientError> {
+        let key = (user_id.to_owned(), room_id.to_owned());
+        if lock(&self.joined).contains(&key) {
+            return Ok(());
+        }
+        match self.client.join(room_id, Some(user_id)).await {
+            Ok(_) => {}
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+                self.client.invite(room_id, user_id).await?;
+                self.client.join(room_id, Some(user_id)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        lock(&self.joined).insert(key);
+        Ok(())
+    }
+
+    /// Forgets that the ghost is in the room (after it left).
+    pub fn forget_joined(&self, user_id: &str, room_id: &str) {
+        lock(&self.joined).remove(&(user_id.to_owned(), room_id.to_owned()));
+    }
+}
+
+/// Locks a mutex, recovering the data if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,308 @@
+//! The homeserver → appservice API (`/_matrix/app/v1/...`, and the legacy unprefixed paths),
+//! plus the media proxy route.
+//!
+//! Every appservice route needs `Authorization: Bearer <hs_token>`, compared in constant time:
+//! no credentials → 401 `M_UNAUTHORIZED`, wrong ones → 403 `M_FORBIDDEN`.
+//!
+//! **Durability.** A transaction is answered 200 only after the gateway acknowledged every
+//! event it carried as durable, and its id is then marked done in the store; a replayed id
+//! that is already marked answers 200 at once. Any failure answers 500, so the homeserver
+//! sends the same transaction again.
+
+use crate::inbound::{self, Effect, InboundCx};
+use crate::media::{self, MediaState};
+use crate::puppets::lock;
+use crate::Shared;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Json;
+use junction_core::Inbound;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The store table of reactions seen on Matrix: reaction event id → `target\nkey`.
+pub const REACTIONS_IN_TABLE: &str = "matrix/reactions_in";
+
+fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "errcode": errcode, "error": message })),
+    )
+        .into_response()
+}
+
+fn ok() -> Response {
+    (StatusCode::OK, Json(json!({}))).into_response()
+}
+
+/// True when `given` equals `expected`, compared in constant time (for equal lengths).
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Checks the homeserver's Bearer token.
+fn authorize(sh: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "M_UNAUTHORIZED",
+            "Missing access token.",
+        )));
+    };
+    let given = value.strip_prefix("Bearer ").unwrap_or("");
+    if token_matches(given, sh.config.hs_token.expose()) {
+        Ok(())
+    } else {
+        tracing::warn!("Refused a homeserver request with a wrong token.");
+        Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "Bad token.",
+        )))
+    }
+}
+
+/// The appservice API and the media proxy.
+pub(crate) fn router(sh: Arc<Shared>) -> axum::Router {
+    let media_state = MediaState {
+        proxy: sh.media.clone(),
+        client: sh.client.clone(),
+    };
+    let media = axum::Router::new()
+        .route("/media/{server}/{id}", get(media::serve))
+        .with_state(media_state);
+    axum::Router::new()
+        .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
+        .route("/transactions/{txn}", put(transaction))
+        .route("/_matrix/app/v1/users/{user}", get(query_user))
+        .route("/users/{user}", get(query_user))
+        .route("/_matrix/app/v1/rooms/{alias}", get(query_room))
+        .route("/rooms/{alias}", get(query_room))
+        .route("/_matrix/app/v1/ping", post(ping))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unknown endpoint.") })
+        .with_state(sh)
+        .merge(media)
+}
+
+async fn ping(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&sh, &headers) {
+        return *r;
+    }
+    ok()
+}
+
+async fn query_user(
+    State(sh): State<Arc<Shared>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&sh, &headers) {
+        return *r;
+    }
+    // Ghosts are made by the gateway when a remote person first needs one, never on demand.
+    if sh.ghosts.is_registered(&user) {
+        ok()
+    } else {
+        error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such user.")
+    }
+}
+
+async fn query_room(
+    State(sh): State<Arc<Shared>>,
+    Path(_alias): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&sh, &headers) {
+        return *r;
+    }
+    // Rooms are created when an admin links them, not when someone looks an alias up.
+    error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such room.")
+}
+
+async fn transaction(
+    State(sh): State<Arc<Shared>>,
+    Path(txn): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&sh, &headers) {
+        return *r;
+    }
+    // One transaction at a time: the homeserver sends them in order anyway, and this keeps a
+    // replay from racing its original.
+    let _one = sh.txn_lock.lock().await;
+    let key = format!("{}:{txn}", sh.config.id);
+    match sh.store.txn_done(&key) {
+        Ok(true) => {
+            tracing::debug!(%txn, "Replayed transaction answered again.");
+            return ok();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "Could not check a transaction id.");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "Store unavailable.",
+            );
+        }
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON.");
+    };
+    let events = body
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut acks = Vec::new();
+    for ev in &events {
+        prefetch_name(&sh, ev).await;
+        let converted = convert(&sh, ev);
+        apply_effects(&sh, converted.effects);
+        let Some(event) = converted.event else {
+            continue;
+        };
+        tracing::debug!(kind = event.kind.name(), room = %event.origin, "Event from Matrix.");
+        let (inbound, ack) = Inbound::with_ack(event);
+        if sh.inbound.send(inbound).await.is_err() {
+            tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "Gateway unavailable.",
+            );
+        }
+        acks.push(ack);
+    }
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%txn, error = %e, "An event was not stored; the transaction will be retried.");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "Not stored.",
+                );
+            }
+            Err(_) => {
+                tracing::warn!(%txn, "An event was dropped unstored; the transaction will be retried.");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "Not stored.",
+                );
+            }
+        }
+    }
+    if let Err(e) = sh.store.mark_txn(&key) {
+        // Its events are durable and deduplicated by the message map, so a replay is harmless.
+        tracing::warn!(error = %e, %txn, "Could not mark a transaction done.");
+    }
+    ok()
+}
+
+/// Looks up the sender's display name when the event will need it and it is not cached.
+async fn prefetch_name(sh: &Shared, ev: &Value) {
+    let (Some(room_id), Some(sender)) = (
+        ev.get("room_id").and_then(Value::as_str),
+        ev.get("sender").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    if sh.linked(room_id).is_none()
+        || sender == sh.bot_id
+        || crate::ids::is_ghost(&sh.config.user_prefix, &sh.config.server_name, sender)
+        || lock(&sh.names).contains_key(&(room_id.to_owned(), sender.to_owned()))
+    {
+        return;
+    }
+    let name = match sh.client.state(room_id, "m.room.member", sender).await {
+        Ok(Some(member)) => member
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not look up a display name.");
+            return;
+        }
+    };
+    if let Some(name) = name {
+        lock(&sh.names).insert((room_id.to_owned(), sender.to_owned()), name);
+    }
+}
+
+fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
+    let room = |id: &str| sh.linked(id);
+    let name = |room: &str, user: &str| {
+        lock(&sh.names)
+            .get(&(room.to_owned(), user.to_owned()))
+            .cloned()
+    };
+    let media_link = |mxc: &str| sh.media.link(mxc);
+    let reaction = |id: &str| {
+        let v = sh.store.kv_get(REACTIONS_IN_TABLE, id).ok()??;
+        let v = String::from_utf8(v).ok()?;
+        let (target, key) = v.split_once('\n')?;
+        Some((target.to_owned(), key.to_owned()))
+    };
+    let cx = InboundCx {
+        network: &sh.network,
+        prefix: &sh.config.user_prefix,
+        server_name: &sh.config.server_name,
+        bot: &sh.bot_id,
+        room: &room,
+        name: &name,
+        media_link: &media_link,
+        reaction: &reaction,
+    };
+    inbound::convert(ev, &cx)
+}
+
+fn apply_effects(sh: &Shared, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::Reaction {
+                event_id,
+                target,
+                key,
+            } => {
+                if let Err(e) = sh.store.kv_put(
+                    REACTIONS_IN_TABLE,
+                    &event_id,
+                    format!("{target}\n{key}").as_bytes(),
+                ) {
+                    tracing::warn!(error = %e, "Could not record a reaction.");
+                }
+            }
+            Effect::Media { event_id, mxcs } => sh.media.remember(&event_id, &mxcs),
+            Effect::Redacted { event_id } => sh.media.redacted(&event_id),
+            Effect::Encrypted { room_id } => {
+                tracing::error!(
+                    %room_id,
+                    "A linked Matrix room turned on encryption; it is unlinked, because the gateway would read it invisibly."
+                );
+                sh.forget_room(&room_id);
+            }
+            Effect::Name {
+                room_id,
+                user_id,
+                name,
+            } => {
+                lock(&sh.names).insert((room_id, user_id), name);
+            }
+            Effect::BotInvited { room_id, by } => {
+                tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked.");
+            }
+        }
+    }
+}
