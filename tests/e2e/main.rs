@@ -1,1 +1,9 @@
 //! End-to-end tests through the real servers (Synapse, Prosody, InspIRCd, ngIRCd).
+//!
+//! One test binary, `mod` lines only. Every test calls `junction_testkit::servers::servers()`
+//! (which starts the servers once per machine state) and, when it runs a gateway, takes a
+//! `slot()` for its own appservice registration and XMPP component. Names are unique per
+//! test (`junction_testkit::unique`), so there is no teardown.
+
+/// The servers answer and accept the slots' identities.
+mod smoke;

@@ -61,7 +61,10 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             let h = Harness::from_env()?;
             let stopped = h.stop().await?;
             if stopped.is_empty() {
-                eprintln!("junction-testkit: nothing was running from {}", h.dir().display());
+                eprintln!(
+                    "junction-testkit: nothing was running from {}",
+                    h.dir().display()
+                );
             }
             for (svc, pid) in stopped {
                 eprintln!("junction-testkit: stopped {} (pid {pid})", svc.name());
@@ -79,11 +82,7 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     None => "stopped, but its port is taken by another process".to_owned(),
                 };
                 all &= st.pid.is_some();
-                println!(
-                    "{:<9} {:<12} {state}",
-                    st.service.name(),
-                    ports.join(",")
-                );
+                println!("{:<9} {:<12} {state}", st.service.name(), ports.join(","));
             }
             return Ok(if all {
                 ExitCode::SUCCESS

@@ -15,8 +15,8 @@
 
 mod config;
 pub mod install;
-mod process;
 pub mod probe;
+mod process;
 
 use anyhow::Context as _;
 use fs2::FileExt;
@@ -359,7 +359,7 @@ impl Drop for DirLock {
 impl Harness {
     /// The harness for [`servers_dir`].
     pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Harness::at(&servers_dir()?)?)
+        Harness::at(&servers_dir()?)
     }
 
     /// The harness rooted at `dir` (absolute).
@@ -535,7 +535,11 @@ impl Harness {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let _ = writeln!(log, "==== junction-testkit: starting {} (unix time {now})", svc.name());
+        let _ = writeln!(
+            log,
+            "==== junction-testkit: starting {} (unix time {now})",
+            svc.name()
+        );
         let (program, args) = svc.command(&self.layout);
         // `setsid` execs the server in place (our child is never a group leader), so the
         // pid we get is the server's own.
@@ -684,15 +688,19 @@ async fn register_matrix_user(
         .and_then(|n| n.as_str())
         .context("registration nonce missing")?
         .to_owned();
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(m.shared_secret.as_bytes())
-        .context("HMAC key")?;
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(m.shared_secret.as_bytes()).context("HMAC key")?;
     mac.update(nonce.as_bytes());
     mac.update(b"\0");
     mac.update(user.as_bytes());
     mac.update(b"\0");
     mac.update(password.as_bytes());
     mac.update(b"\0");
-    mac.update(if admin { &b"admin"[..] } else { &b"notadmin"[..] });
+    mac.update(if admin {
+        &b"admin"[..]
+    } else {
+        &b"notadmin"[..]
+    });
     let mac = hex::encode(mac.finalize().into_bytes());
     let body = serde_json::json!({
         "nonce": nonce,
@@ -898,8 +906,18 @@ mod tests {
         assert_eq!(s.component, "t3.bridge.xmpp.test");
         let d = demo_slot();
         assert_eq!(
-            (d.as_id.as_str(), d.listen, d.user_prefix.as_str(), d.bot.as_str()),
-            ("junction", "127.0.0.1:9009".parse().unwrap(), "_junction_", "junction")
+            (
+                d.as_id.as_str(),
+                d.listen,
+                d.user_prefix.as_str(),
+                d.bot.as_str()
+            ),
+            (
+                "junction",
+                "127.0.0.1:9009".parse().unwrap(),
+                "_junction_",
+                "junction"
+            )
         );
         assert_eq!(d.component, "bridge.xmpp.test");
     }

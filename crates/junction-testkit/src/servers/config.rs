@@ -76,7 +76,10 @@ fn regex_escape(s: &str) -> String {
 pub(crate) fn synapse(l: &Layout) -> String {
     let d = &l.synapse;
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by junction-testkit on every start; edits are lost.");
+    let _ = writeln!(
+        s,
+        "# Written by junction-testkit on every start; edits are lost."
+    );
     let _ = writeln!(s, "server_name: {}", yq(SERVER_NAME));
     let _ = writeln!(
         s,
@@ -130,11 +133,7 @@ pub(crate) fn synapse(l: &Layout) -> String {
     let _ = writeln!(s, "  enabled: false");
     let _ = writeln!(s, "app_service_config_files:");
     for i in 0..=SLOTS {
-        let _ = writeln!(
-            s,
-            "  - {}",
-            yq(&l.registration(i).display().to_string())
-        );
+        let _ = writeln!(s, "  - {}", yq(&l.registration(i).display().to_string()));
     }
     for key in RATE_LIMITS_FLAT {
         let _ = writeln!(s, "{key}: {NO_LIMIT}");
@@ -186,8 +185,14 @@ fn sq(s: &str) -> String {
 pub(crate) fn prosody(l: &Layout) -> String {
     let d = &l.prosody;
     let mut s = String::new();
-    let _ = writeln!(s, "-- Written by junction-testkit on every start; edits are lost.");
-    let _ = writeln!(s, "-- As root, Prosody refuses to run without run_as_root; prosody_user");
+    let _ = writeln!(
+        s,
+        "-- Written by junction-testkit on every start; edits are lost."
+    );
+    let _ = writeln!(
+        s,
+        "-- As root, Prosody refuses to run without run_as_root; prosody_user"
+    );
     let _ = writeln!(
         s,
         "-- keeps prosodyctl from switching users when it writes account files."
@@ -204,7 +209,10 @@ pub(crate) fn prosody(l: &Layout) -> String {
         "certificates = {}",
         lq(&d.join("certs").display().to_string())
     );
-    let _ = writeln!(s, "log = {{ {{ levels = {{ min = \"info\" }}, to = \"console\" }} }}");
+    let _ = writeln!(
+        s,
+        "log = {{ {{ levels = {{ min = \"info\" }}, to = \"console\" }} }}"
+    );
     let _ = writeln!(s, "interfaces = {{ \"127.0.0.1\" }}");
     let _ = writeln!(s, "c2s_ports = {{ {} }}", super::XMPP_C2S_PORT);
     let _ = writeln!(s, "c2s_direct_tls_ports = {{ }}");
@@ -222,7 +230,10 @@ pub(crate) fn prosody(l: &Layout) -> String {
         "modules_disabled = {{ \"s2s\"; \"s2s_auth_certs\"; \"offline\"; }}"
     );
     let _ = writeln!(s, "authentication = \"internal_plain\"");
-    let _ = writeln!(s, "-- Plaintext c2s with PLAIN: loopback only, test accounts only.");
+    let _ = writeln!(
+        s,
+        "-- Plaintext c2s with PLAIN: loopback only, test accounts only."
+    );
     let _ = writeln!(s, "c2s_require_encryption = false");
     let _ = writeln!(s, "s2s_require_encryption = false");
     let _ = writeln!(s, "allow_unencrypted_plain_auth = true");
@@ -252,7 +263,10 @@ pub(crate) fn prosody(l: &Layout) -> String {
 pub(crate) fn inspircd(l: &Layout) -> String {
     let d = &l.inspircd;
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by junction-testkit on every start; edits are lost.");
+    let _ = writeln!(
+        s,
+        "# Written by junction-testkit on every start; edits are lost."
+    );
     let _ = writeln!(
         s,
         "<server name=\"irc.inspircd.test\" description=\"Junction test server\" network=\"JunctionTest\">"
@@ -273,11 +287,7 @@ pub(crate) fn inspircd(l: &Layout) -> String {
          globalmax=\"100000\" maxchans=\"1000\" resolvehostnames=\"no\" useident=\"no\" limit=\"100000\">"
     );
     let _ = writeln!(s, "<dns server=\"127.0.0.1\" timeout=\"1\">");
-    let _ = writeln!(
-        s,
-        "<pid file=\"{}\">",
-        d.join("inspircd.pid").display()
-    );
+    let _ = writeln!(s, "<pid file=\"{}\">", d.join("inspircd.pid").display());
     let _ = writeln!(
         s,
         "<log method=\"file\" type=\"* -USERINPUT -USEROUTPUT\" level=\"default\" target=\"{}\">",
@@ -316,10 +326,16 @@ pub(crate) fn inspircd(l: &Layout) -> String {
 /// `MaxNickLength = 9` keeps the old-IRC nick limit, so nick trimming is exercised.
 pub(crate) fn ngircd(l: &Layout) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by junction-testkit on every start; edits are lost.");
+    let _ = writeln!(
+        s,
+        "# Written by junction-testkit on every start; edits are lost."
+    );
     let _ = writeln!(s, "[Global]");
     let _ = writeln!(s, "\tName = irc.ngircd.test");
     let _ = writeln!(s, "\tInfo = Junction test server");
+    let _ = writeln!(s, "\tAdminInfo1 = Junction test server on 127.0.0.1");
+    let _ = writeln!(s, "\tAdminInfo2 = Started by junction-testkit");
+    let _ = writeln!(s, "\tAdminEMail = junction@irc.ngircd.test");
     let _ = writeln!(s, "\tListen = 127.0.0.1");
     let _ = writeln!(s, "\tPorts = {}", super::NGIRCD_PORT);
     let _ = writeln!(s, "\tMotdPhrase = Junction test server");
@@ -337,11 +353,7 @@ pub(crate) fn ngircd(l: &Layout) -> String {
     let _ = writeln!(s, "\tIdent = no");
     let _ = writeln!(s, "\tPAM = no");
     let _ = writeln!(s, "\tRequireAuthPing = no");
-    let _ = writeln!(
-        s,
-        "\tIncludeDir = {}",
-        l.ngircd.join("conf.d").display()
-    );
+    let _ = writeln!(s, "\tIncludeDir = {}", l.ngircd.join("conf.d").display());
     s
 }
 
@@ -376,14 +388,19 @@ mod tests {
         assert!(r.contains("regex: '@_jt3_.*:matrix\\.test'\n"), "{r}");
         assert!(r.contains("regex: '#_jt3_.*:matrix\\.test'\n"), "{r}");
         let demo = registration(&Slot::new(0));
-        assert!(demo.contains("regex: '@_junction_.*:matrix\\.test'\n"), "{demo}");
+        assert!(
+            demo.contains("regex: '@_junction_.*:matrix\\.test'\n"),
+            "{demo}"
+        );
         assert!(demo.contains("url: \"http://127.0.0.1:9009\"\n"), "{demo}");
     }
 
     #[test]
     fn prosody_has_mam_on_the_muc_and_every_component() {
         let p = prosody(&layout());
-        assert!(p.contains("Component \"conference.xmpp.test\" \"muc\"\n    modules_enabled = { \"muc_mam\" }"));
+        assert!(p.contains(
+            "Component \"conference.xmpp.test\" \"muc\"\n    modules_enabled = { \"muc_mam\" }"
+        ));
         assert!(p.contains("Component \"bridge.xmpp.test\"\n    component_secret = "));
         for i in 1..=SLOTS {
             assert!(p.contains(&format!("Component \"t{i}.bridge.xmpp.test\"\n")));
