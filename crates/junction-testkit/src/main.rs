@@ -4,7 +4,7 @@
 //! junction-testkit install [--dry-run]   apt packages + Synapse venv, only what is missing
 //! junction-testkit start                 install, start what is not running, print the env
 //! junction-testkit stop                  stop the servers this dir's pid files name
-//! junction-testkit status                what runs, on which ports
+//! junction-testkit status                what runs; exit 0 all, 3 none, 4 some
 //! junction-testkit env                   the demo slot's secrets, for `eval`
 //! ```
 //! The servers dir is `/tmp/junction-servers` unless `JUNCTION_SERVERS_DIR` (absolute) says
@@ -73,7 +73,7 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         ["status"] => {
             let h = Harness::from_env()?;
             println!("servers dir: {}", h.dir().display());
-            let mut all = true;
+            let mut running = 0;
             for st in h.status().await {
                 let ports: Vec<String> = st.service.ports().iter().map(u16::to_string).collect();
                 let state = match st.pid {
@@ -81,13 +81,13 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     None if st.open_ports.is_empty() => "stopped".to_owned(),
                     None => "stopped, but its port is taken by another process".to_owned(),
                 };
-                all &= st.pid.is_some();
+                running += usize::from(st.pid.is_some());
                 println!("{:<9} {:<12} {state}", st.service.name(), ports.join(","));
             }
-            return Ok(if all {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
+            return Ok(match running {
+                n if n == servers::Service::ALL.len() => ExitCode::SUCCESS,
+                0 => ExitCode::from(3),
+                _ => ExitCode::from(4),
             });
         }
         ["env"] => println!("{}", env_line()),
