@@ -7,7 +7,8 @@
 
 use crate::ids::path_segment;
 use junction_core::Secret;
-use reqwest::{Method, StatusCode};
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -181,6 +182,22 @@ impl Client {
             }
             pause = (pause * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// Any Client-Server call: `path` starts with `/_matrix/`, `body` is sent as JSON.
+    /// Used for endpoints this client has no method for (and by tests acting as a user).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let body = match body {
+            Some(v) => Body::Json(v),
+            None => Body::None,
+        };
+        self.call(method, path, query, body).await
     }
 
     fn as_user(user: Option<&str>) -> Vec<(&'static str, String)> {

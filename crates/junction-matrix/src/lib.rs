@@ -23,6 +23,8 @@ pub mod media;
 pub mod outbound;
 pub mod puppets;
 pub mod server;
+#[cfg(test)]
+mod test_store;
 
 use client::Client;
 use config::MatrixConfig;

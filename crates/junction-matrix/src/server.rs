@@ -306,3 +306,329 @@ fn apply_effects(sh: &Shared, effects: Vec<Effect>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::config::MatrixConfig;
+    use crate::test_store::TestStore;
+    use axum::body::Body;
+    use axum::http::Request;
+    use junction_core::{EventKind, NetworkId, RoomId, Secret};
+    use junction_store::Store;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    const HS_TOKEN: &str = "hs-secret";
+
+    fn shared() -> (Arc<Shared>, Arc<TestStore>, mpsc::Receiver<Inbound>) {
+        let config = MatrixConfig {
+            // Nothing listens on the discard port: lookups fail at once.
+            homeserver: "http://127.0.0.1:9".into(),
+            server_name: "matrix.test".into(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            as_token: Secret::new("as-secret"),
+            hs_token: Secret::new(HS_TOKEN),
+            bot: "junction".into(),
+            id: "junction".into(),
+            user_prefix: "_junction_".into(),
+        };
+        let store = Arc::new(TestStore::default());
+        let client = Client::new(
+            &config.homeserver,
+            config.as_token.clone(),
+            CancellationToken::new(),
+        )
+        .with_attempts(1);
+        let (tx, rx) = mpsc::channel(16);
+        let sh = Shared::new(
+            config,
+            NetworkId::new("matrix"),
+            store.clone(),
+            client,
+            "http://gw",
+            tx,
+        )
+        .expect("shared");
+        sh.add_room(RoomId::new("#lobby:matrix.test"), "!room".into());
+        lock(&sh.names).insert(
+            ("!room".into(), "@alice:matrix.test".into()),
+            "Alice".into(),
+        );
+        (Arc::new(sh), store, rx)
+    }
+
+    fn txn_request(txn: &str, token: Option<&str>, body: &Value) -> Request<Body> {
+        let mut b = Request::builder()
+            .method("PUT")
+            .uri(format!("/_matrix/app/v1/transactions/{txn}"))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Body::from(body.to_string())).expect("request")
+    }
+
+    fn one_message(event_id: &str) -> Value {
+        json!({"events": [{
+            "type": "m.room.message", "room_id": "!room", "sender": "@alice:matrix.test",
+            "event_id": event_id, "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "hi"}
+        }]})
+    }
+
+    async fn errcode(resp: Response) -> (StatusCode, String) {
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (
+            status,
+            v.get("errcode")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        )
+    }
+
+    #[test]
+    fn tokens_compare_by_content() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("", "abc"));
+    }
+
+    #[tokio::test]
+    async fn wrong_or_missing_token_is_refused() {
+        let (sh, store, mut rx) = shared();
+        let app = router(sh);
+        let r = app
+            .clone()
+            .oneshot(txn_request("1", Some("nope"), &one_message("$a")))
+            .await
+            .expect("call");
+        assert_eq!(
+            errcode(r).await,
+            (StatusCode::FORBIDDEN, "M_FORBIDDEN".into())
+        );
+        let r = app
+            .clone()
+            .oneshot(txn_request("1", None, &one_message("$a")))
+            .await
+            .expect("call");
+        assert_eq!(
+            errcode(r).await,
+            (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED".into())
+        );
+        for (method, uri) in [
+            ("GET", "/_matrix/app/v1/users/@x:matrix.test"),
+            ("POST", "/_matrix/app/v1/ping"),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("req");
+            let r = app.clone().oneshot(req).await.expect("call");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        assert!(rx.try_recv().is_err());
+        assert!(!store.txn_done("junction:1").expect("store"));
+    }
+
+    #[tokio::test]
+    async fn ping_and_queries_answer() {
+        let (sh, _, _rx) = shared();
+        let app = router(sh);
+        let req = |m: &str, uri: &str| {
+            Request::builder()
+                .method(m)
+                .uri(uri)
+                .header("authorization", format!("Bearer {HS_TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("req")
+        };
+        let r = app
+            .clone()
+            .oneshot(req("POST", "/_matrix/app/v1/ping"))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app
+            .clone()
+            .oneshot(req("GET", "/_matrix/app/v1/users/@_junction_x:matrix.test"))
+            .await
+            .expect("call");
+        assert_eq!(
+            errcode(r).await,
+            (StatusCode::NOT_FOUND, "M_NOT_FOUND".into())
+        );
+        let r = app
+            .clone()
+            .oneshot(req("GET", "/_matrix/app/v1/rooms/%23x:matrix.test"))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = app
+            .clone()
+            .oneshot(req("GET", "/_matrix/app/v1/nothing"))
+            .await
+            .expect("call");
+        assert_eq!(
+            errcode(r).await,
+            (StatusCode::NOT_FOUND, "M_UNRECOGNIZED".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_200_only_after_the_ack_and_replays_are_noops() {
+        let (sh, store, mut rx) = shared();
+        let app = router(sh);
+        let call = tokio::spawn(app.clone().oneshot(txn_request(
+            "7",
+            Some(HS_TOKEN),
+            &one_message("$a"),
+        )));
+        let inbound = rx.recv().await.expect("inbound");
+        assert_eq!(inbound.event.origin.room, RoomId::new("#lobby:matrix.test"));
+        assert_eq!(inbound.event.sender.display_name, "Alice");
+        assert!(matches!(inbound.event.kind, EventKind::Message(_)));
+        // Not answered, and not marked, while the event is not durable.
+        assert!(!call.is_finished());
+        assert!(!store.txn_done("junction:7").expect("store"));
+        inbound.ack.expect("ack wanted").send(Ok(())).expect("ack");
+        let r = call.await.expect("join").expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(store.txn_done("junction:7").expect("store"));
+
+        // The same transaction again: 200 at once, nothing sent to the gateway.
+        let r = app
+            .clone()
+            .oneshot(txn_request("7", Some(HS_TOKEN), &one_message("$a")))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_ack_answers_500_and_the_retry_is_delivered() {
+        let (sh, store, mut rx) = shared();
+        let app = router(sh);
+        let call = tokio::spawn(app.clone().oneshot(txn_request(
+            "8",
+            Some(HS_TOKEN),
+            &one_message("$b"),
+        )));
+        let inbound = rx.recv().await.expect("inbound");
+        inbound
+            .ack
+            .expect("ack wanted")
+            .send(Err("disk full".into()))
+            .expect("ack");
+        let r = call.await.expect("join").expect("call");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!store.txn_done("junction:8").expect("store"));
+
+        // A dropped ack (gateway gone) is a failure too.
+        let call = tokio::spawn(app.clone().oneshot(txn_request(
+            "8",
+            Some(HS_TOKEN),
+            &one_message("$b"),
+        )));
+        drop(rx.recv().await.expect("inbound"));
+        let r = call.await.expect("join").expect("call");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        let call = tokio::spawn(app.clone().oneshot(txn_request(
+            "8",
+            Some(HS_TOKEN),
+            &one_message("$b"),
+        )));
+        let inbound = rx.recv().await.expect("inbound again");
+        assert_eq!(inbound.event.remote_id.as_str(), "$b");
+        inbound.ack.expect("ack wanted").send(Ok(())).expect("ack");
+        assert_eq!(
+            call.await.expect("join").expect("call").status(),
+            StatusCode::OK
+        );
+        assert!(store.txn_done("junction:8").expect("store"));
+    }
+
+    #[tokio::test]
+    async fn events_of_unlinked_rooms_and_our_ghosts_are_acknowledged_without_the_gateway() {
+        let (sh, store, mut rx) = shared();
+        let app = router(sh);
+        let body = json!({"events": [
+            {"type": "m.room.message", "room_id": "!other", "sender": "@alice:matrix.test",
+             "event_id": "$x", "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "hi"}},
+            {"type": "m.room.message", "room_id": "!room", "sender": "@_junction_irc_local_bob:matrix.test",
+             "event_id": "$y", "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "echo"}}
+        ]});
+        let r = app
+            .oneshot(txn_request("9", Some(HS_TOKEN), &body))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(rx.try_recv().is_err());
+        assert!(store.txn_done("junction:9").expect("store"));
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_refused() {
+        let (sh, _, _rx) = shared();
+        let req = Request::builder()
+            .method("PUT")
+            .uri("/_matrix/app/v1/transactions/10")
+            .header("authorization", format!("Bearer {HS_TOKEN}"))
+            .body(Body::from("not json"))
+            .expect("req");
+        let r = router(sh).oneshot(req).await.expect("call");
+        assert_eq!(
+            errcode(r).await,
+            (StatusCode::BAD_REQUEST, "M_NOT_JSON".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn media_links_verify_and_stop_after_redaction() {
+        let (sh, _, _rx) = shared();
+        let link = sh.media.link("mxc://matrix.test/abc").expect("link");
+        let q = link.split_once('?').expect("query").1;
+        let exp: u64 = q
+            .split('&')
+            .next()
+            .and_then(|p| p.strip_prefix("exp="))
+            .and_then(|e| e.parse().ok())
+            .expect("exp");
+        let sig = q.split("sig=").nth(1).expect("sig");
+        assert!(sh.media.verify("matrix.test", "abc", exp, sig));
+        assert!(!sh.media.verify("matrix.test", "abd", exp, sig));
+        assert!(!sh.media.verify("matrix.test", "abc", exp + 1, sig));
+        assert!(!sh.media.verify("matrix.test", "abc", 1, sig));
+        let app = router(sh.clone());
+        let bad = Request::builder()
+            .uri(format!("/media/matrix.test/abc?exp={exp}&sig=00"))
+            .body(Body::empty())
+            .expect("req");
+        assert_eq!(
+            app.clone().oneshot(bad).await.expect("call").status(),
+            StatusCode::FORBIDDEN
+        );
+        sh.media.remember("$img", &["mxc://matrix.test/abc".into()]);
+        sh.media.redacted("$img");
+        assert!(sh.media.is_redacted("matrix.test", "abc"));
+        let good = Request::builder()
+            .uri(format!("/media/matrix.test/abc?exp={exp}&sig={sig}"))
+            .body(Body::empty())
+            .expect("req");
+        assert_eq!(
+            app.oneshot(good).await.expect("call").status(),
+            StatusCode::GONE
+        );
+    }
+}
