@@ -60,9 +60,9 @@ async fn dpkg_installed(pkg: &str) -> bool {
         && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
 }
 
-/// The Synapse version importable from the venv, if any.
-async fn synapse_installed() -> Option<String> {
-    let out = Command::new(synapse_python())
+/// The Synapse version importable from the venv at `venv`, if any.
+async fn synapse_installed(venv: &Path) -> Option<String> {
+    let out = Command::new(venv.join("bin/python"))
         .args(["-c", "import synapse; print(synapse.__version__)"])
         .output()
         .await
@@ -72,28 +72,32 @@ async fn synapse_installed() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Whether the venv has a working interpreter and pip.
-async fn venv_usable() -> bool {
-    let pip = Path::new(SYNAPSE_VENV).join("bin/pip");
-    if !pip.exists() {
+/// Whether the venv at `venv` has a working interpreter and pip.
+async fn venv_usable(venv: &Path) -> bool {
+    if !venv.join("bin/pip").exists() {
         return false;
     }
     matches!(
-        Command::new(synapse_python()).args(["-c", "import pip"]).output().await,
+        Command::new(venv.join("bin/python")).args(["-c", "import pip"]).output().await,
         Ok(o) if o.status.success()
     )
 }
 
 /// The steps this machine still needs, in order. Empty when everything is installed.
 pub async fn plan() -> Vec<Step> {
+    plan_for(APT_PACKAGES, Path::new(SYNAPSE_VENV)).await
+}
+
+/// [`plan`] for the given server packages and venv directory.
+async fn plan_for(packages: &[&str], venv: &Path) -> Vec<Step> {
     let mut missing: Vec<String> = Vec::new();
-    for p in APT_PACKAGES {
+    for p in packages {
         if !dpkg_installed(p).await {
             missing.push((*p).to_owned());
         }
     }
-    let synapse_ok = synapse_installed().await.as_deref() == Some(SYNAPSE_VERSION);
-    let venv_ok = synapse_ok || venv_usable().await;
+    let synapse_ok = synapse_installed(venv).await.as_deref() == Some(SYNAPSE_VERSION);
+    let venv_ok = synapse_ok || venv_usable(venv).await;
     if !venv_ok {
         // Debian's python3 has no ensurepip without python3-venv.
         for p in ["python3", "python3-venv"] {
@@ -108,10 +112,10 @@ pub async fn plan() -> Vec<Step> {
         steps.push(Step::AptInstall(missing));
     }
     if !venv_ok {
-        steps.push(Step::Venv(PathBuf::from(SYNAPSE_VENV)));
+        steps.push(Step::Venv(venv.to_path_buf()));
     }
     if !synapse_ok {
-        steps.push(Step::PipSynapse(PathBuf::from(SYNAPSE_VENV)));
+        steps.push(Step::PipSynapse(venv.to_path_buf()));
     }
     steps
 }
@@ -225,6 +229,36 @@ mod tests {
         assert_eq!(
             Step::PipSynapse(PathBuf::from(SYNAPSE_VENV)).to_string(),
             "/opt/junction-synapse/bin/pip install matrix-synapse==1.163.2"
+        );
+    }
+
+    /// What a fresh machine would do, shown with a package and a venv this one lacks
+    /// (the real list is `junction-testkit install --dry-run`).
+    #[tokio::test]
+    async fn plan_lists_missing_packages_then_venv_then_synapse() {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        let steps = plan_for(&["junction-testkit-no-such-package"], &venv).await;
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_eq!(steps[0], Step::AptUpdate);
+        match &steps[1] {
+            Step::AptInstall(p) => assert_eq!(p[0], "junction-testkit-no-such-package"),
+            other => panic!("expected apt-get install, got {other}"),
+        }
+        assert_eq!(steps[2], Step::Venv(venv.clone()));
+        assert_eq!(steps[3], Step::PipSynapse(venv));
+    }
+
+    #[tokio::test]
+    async fn plan_skips_what_is_installed() {
+        // dpkg itself is always installed on Debian.
+        let dir = tempfile::tempdir().unwrap();
+        let steps = plan_for(&["dpkg"], &dir.path().join("venv")).await;
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::AptInstall(p) if p.iter().any(|p| p == "dpkg"))),
+            "{steps:?}"
         );
     }
 }
