@@ -119,3 +119,20 @@ async fn both_ircds_welcome_a_fresh_client() {
     assert!(insp.contains(" 001 "), "{insp}");
     assert!(ngircd.contains(" 001 "), "{ngircd}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_xmpp_user_joins_a_muc_that_keeps_an_archive() {
+    let s = servers().await.unwrap();
+    let room = format!("{}@{}", junction_testkit::unique("smoke"), s.xmpp.muc);
+    let features = probe::xmpp_muc_features(s.xmpp.c2s, &s.xmpp.domain, "alice", "alicepw", &room)
+        .await
+        .unwrap();
+    // MAM on the MUC is what backfill after a gateway restart reads.
+    assert!(
+        features.iter().any(|f| f == "urn:xmpp:mam:2"),
+        "{features:?}"
+    );
+    assert!(features
+        .iter()
+        .any(|f| f == "http://jabber.org/protocol/muc"));
+}

@@ -119,6 +119,101 @@ pub async fn component_handshake(
     Ok(())
 }
 
+/// A raw XML stream with a receive buffer: enough to walk a c2s login step by step.
+struct RawXml {
+    s: TcpStream,
+    buf: String,
+}
+
+impl RawXml {
+    async fn send(&mut self, xml: &str) -> anyhow::Result<()> {
+        Ok(self.s.write_all(xml.as_bytes()).await?)
+    }
+
+    /// Reads until the buffer holds `end`, then returns everything up to and including
+    /// it and keeps the rest.
+    async fn until(&mut self, end: &str, what: &str) -> anyhow::Result<String> {
+        read_until(&mut self.s, &mut self.buf, what, |b| b.contains(end)).await?;
+        let at = self.buf.find(end).map_or(self.buf.len(), |i| i + end.len());
+        let rest = self.buf.split_off(at);
+        Ok(std::mem::replace(&mut self.buf, rest))
+    }
+}
+
+/// Logs in to the c2s port as `user@domain` (SASL PLAIN on the plaintext stream), joins
+/// the MUC room `room` (a bare room JID) and returns the room's disco#info feature vars.
+pub async fn xmpp_muc_features(
+    addr: SocketAddr,
+    domain: &str,
+    user: &str,
+    password: &str,
+    room: &str,
+) -> anyhow::Result<Vec<String>> {
+    use base64::Engine as _;
+    let s = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut x = RawXml {
+        s,
+        buf: String::new(),
+    };
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+    );
+    x.send(&open).await?;
+    x.until("</stream:features>", "stream features").await?;
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    x.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+    ))
+    .await?;
+    read_until(&mut x.s, &mut x.buf, "a SASL answer", |b| {
+        b.contains("<success") || b.contains("<failure")
+    })
+    .await?;
+    anyhow::ensure!(
+        x.buf.contains("<success"),
+        "SASL PLAIN for {user} failed: {}",
+        x.buf
+    );
+    x.buf.clear();
+    x.send(&open).await?;
+    x.until("</stream:features>", "stream features after auth")
+        .await?;
+    x.send(
+        "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>probe</resource></bind></iq>",
+    )
+    .await?;
+    x.until("</iq>", "the bind result").await?;
+    x.send(&format!(
+        "<presence to='{room}/{user}'><x xmlns='http://jabber.org/protocol/muc'>\
+         <history maxstanzas='0'/></x></presence>"
+    ))
+    .await?;
+    // The self-presence carries status 110 and comes after the other occupants'.
+    x.until("code='110'", "the room's self-presence").await?;
+    x.send(&format!(
+        "<iq type='get' id='disco1' to='{room}'>\
+         <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ))
+    .await?;
+    let mut answer = x.until("id='disco1'", "the disco#info answer").await?;
+    answer.push_str(&x.until("</iq>", "the disco#info answer").await?);
+    let _ = x.send("</stream:stream>").await;
+    let mut features = Vec::new();
+    let mut rest = answer.as_str();
+    while let Some(at) = rest.find("<feature ") {
+        rest = &rest[at..];
+        if let Some(v) = attr(rest, "var") {
+            features.push(v.to_owned());
+        }
+        rest = &rest[1..];
+    }
+    Ok(features)
+}
+
 /// Registers a fresh client on an IRC server with `nick` and returns the `001` line.
 /// Answers `PING` on the way; InspIRCd only completes registration on its once-a-second
 /// pass, so this can take about a second there.
