@@ -121,6 +121,33 @@ async fn both_ircds_welcome_a_fresh_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspircd_allows_long_nicks_and_ngircd_keeps_nine() {
+    let s = servers().await.unwrap();
+    let tag = junction_testkit::unique("")
+        .chars()
+        .rev()
+        .take(7)
+        .collect::<String>();
+    let (nick_i, nick_n) = (format!("i{tag}"), format!("n{tag}"));
+    let (insp, ngircd) = tokio::join!(
+        probe::irc_isupport(s.inspircd, &nick_i),
+        probe::irc_isupport(s.ngircd, &nick_n),
+    );
+    let (insp, ngircd) = (insp.unwrap(), ngircd.unwrap());
+    assert!(insp.iter().any(|t| t == "NICKLEN=30"), "{insp:?}");
+    assert!(ngircd.iter().any(|t| t == "NICKLEN=9"), "{ngircd:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_servers_dir_refuses_ports_it_does_not_own() {
+    servers().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let h = junction_testkit::servers::Harness::at(other.path()).unwrap();
+    let err = h.start().await.unwrap_err();
+    assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_xmpp_user_joins_a_muc_that_keeps_an_archive() {
     let s = servers().await.unwrap();
     let room = format!("{}@{}", junction_testkit::unique("smoke"), s.xmpp.muc);

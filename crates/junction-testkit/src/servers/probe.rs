@@ -218,33 +218,67 @@ pub async fn xmpp_muc_features(
 /// Answers `PING` on the way; InspIRCd only completes registration on its once-a-second
 /// pass, so this can take about a second there.
 pub async fn irc_welcome(addr: SocketAddr, nick: &str) -> anyhow::Result<String> {
+    let lines = irc_register(addr, nick, "001").await?;
+    lines
+        .into_iter()
+        .find(|l| irc_command(l) == Some("001"))
+        .context("no 001 line")
+}
+
+/// Registers a fresh client and returns its `ISUPPORT` (`005`) tokens, e.g. `NICKLEN=9`,
+/// read up to the end of the MOTD.
+pub async fn irc_isupport(addr: SocketAddr, nick: &str) -> anyhow::Result<Vec<String>> {
+    let lines = irc_register(addr, nick, "376").await?;
+    let mut tokens = Vec::new();
+    for line in lines.iter().filter(|l| irc_command(l) == Some("005")) {
+        // `:server 005 nick TOKEN TOKEN ... :are supported by this server`
+        let params = line.split(" :").next().unwrap_or_default();
+        tokens.extend(params.split(' ').skip(3).map(str::to_owned));
+    }
+    Ok(tokens)
+}
+
+/// The command (or numeric) of a server line with a prefix.
+fn irc_command(line: &str) -> Option<&str> {
+    line.split(' ').nth(1)
+}
+
+/// Registers with `nick` and collects lines until one whose command is `stop` (an
+/// `ERR_NOMOTD` also ends a wait for the MOTD's end), answering `PING`s, then quits.
+async fn irc_register(addr: SocketAddr, nick: &str, stop: &str) -> anyhow::Result<Vec<String>> {
     let mut s = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     s.write_all(format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes())
         .await?;
     let work = async {
+        let mut lines = Vec::new();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
             let n = s.read(&mut chunk).await?;
-            anyhow::ensure!(n != 0, "connection closed before 001");
+            anyhow::ensure!(n != 0, "connection closed before {stop}; got {lines:?}");
             buf.extend_from_slice(&chunk[..n]);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                let raw: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
                 if let Some(token) = line.strip_prefix("PING ") {
                     s.write_all(format!("PONG {token}\r\n").as_bytes()).await?;
-                } else if line.split(' ').nth(1) == Some("001") {
+                    continue;
+                }
+                let cmd = irc_command(&line).map(str::to_owned);
+                lines.push(line);
+                if cmd.as_deref() == Some(stop) || (stop == "376" && cmd.as_deref() == Some("422"))
+                {
                     let _ = s.write_all(b"QUIT :probe\r\n").await;
-                    return Ok(line);
+                    return Ok(lines);
                 }
             }
         }
     };
     tokio::time::timeout(PROBE_DEADLINE, work)
         .await
-        .with_context(|| format!("no 001 from {addr} within {PROBE_DEADLINE:?}"))?
+        .with_context(|| format!("no {stop} from {addr} within {PROBE_DEADLINE:?}"))?
 }
 
 #[cfg(test)]
