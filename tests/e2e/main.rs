@@ -7,3 +7,6 @@
 
 /// The servers answer and accept the slots' identities.
 mod smoke;
+
+/// The Matrix adapter against Synapse: rooms by alias, ghosts, durable transactions.
+mod matrix;

@@ -330,6 +330,14 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, String> {
                         .await
                         .map_err(|e| e.to_string())?
                         .ok_or("the alias vanished while creating the room")?,
+                    // Synapse lets an appservice create only aliases in its namespaces.
+                    Err(e) if e.errcode() == Some("M_EXCLUSIVE") => {
+                        return Err(format!(
+                            "the alias is free but outside the appservice's alias namespaces; \
+                             list it in the registration (a non-exclusive alias namespace) or \
+                             create the room by hand ({e})"
+                        ))
+                    }
                     Err(e) => return Err(format!("creating the room failed: {e}")),
                 }
             }
