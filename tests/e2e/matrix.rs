@@ -61,7 +61,20 @@ fn config(servers: &Servers, slot: &Slot) -> MatrixConfig {
 
 /// Starts the adapter for `rooms`. `fail_once` names a message body whose first arrival is
 /// answered as "not stored".
-fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, fail_once: Option<String>) -> Running {
+/// How the test's stand-in for the gateway answers the adapter's events.
+#[derive(Clone, Default)]
+enum Policy {
+    /// Every event is stored.
+    #[default]
+    Store,
+    /// The first message with this body is not stored; everything else is.
+    FailOnce(String),
+    /// At the first message with this body the gateway dies: nothing from then on is
+    /// stored, and the adapter is shut down.
+    DieAt(String),
+}
+
+fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -86,14 +99,28 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, fail_once: Option<S
     };
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
+    let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let _keep_rooms = _rooms_tx;
         let run = tokio::spawn(adapter.run(cx));
         let mut failed = false;
+        let mut dead = false;
         while let Some(inbound) = inbound_rx.recv().await {
-            let fail = !failed
-                && matches!(&inbound.event.kind, EventKind::Message(m)
-                    if Some(m.body.to_plain()) == fail_once);
+            let body = match &inbound.event.kind {
+                EventKind::Message(m) => Some(m.body.to_plain()),
+                _ => None,
+            };
+            let fail = match &policy {
+                Policy::Store => false,
+                Policy::FailOnce(b) => !failed && body.as_ref() == Some(b),
+                Policy::DieAt(b) => {
+                    if body.as_ref() == Some(b) && !dead {
+                        dead = true;
+                        stop.cancel();
+                    }
+                    dead
+                }
+            };
             failed |= fail;
             let answer = if fail {
                 Err("simulated store failure".to_owned())
@@ -233,7 +260,12 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
         unique("lobby"),
         servers.matrix.server_name
     );
-    let mut gw = start(servers, &slot, vec![RoomId::new(alias.clone())], None);
+    let mut gw = start(
+        servers,
+        &slot,
+        vec![RoomId::new(alias.clone())],
+        Policy::Store,
+    );
 
     // The alias was free: the adapter made a public room for it.
     let alice = User::new(servers).await?;
@@ -324,7 +356,7 @@ async fn a_transaction_that_failed_to_store_is_resent_and_arrives_once() -> anyh
         servers,
         &slot,
         vec![RoomId::new(alias.clone())],
-        Some(first.clone()),
+        Policy::FailOnce(first.clone()),
     );
     let alice = User::new(servers).await?;
     let room_id = join_by_alias(&alice, &alias).await?;
@@ -358,6 +390,376 @@ async fn a_transaction_that_failed_to_store_is_resent_and_arrives_once() -> anyh
     assert_eq!(copies[0].0.id, copies[1].0.id);
     assert_eq!(gw.seen_with_body(&second).len(), 1);
 
+    gw.stop().await;
+    Ok(())
+}
+
+/// Answers one delivery through the running adapter.
+async fn deliver(gw: &mut Running, d: Delivery) -> anyhow::Result<Vec<MessageId>> {
+    let outbox = d.outbox_id;
+    gw.deliveries.send(d).await?;
+    let answer = tokio::time::timeout(DEADLINE, gw.delivered.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    assert_eq!(answer.outbox_id, outbox);
+    answer
+        .outcome
+        .map_err(|e| anyhow::anyhow!("delivery {outbox} failed: {e}"))
+}
+
+fn delivery(outbox_id: u64, alias: &str, event: Event) -> Delivery {
+    Delivery {
+        outbox_id,
+        bridge: "lobby".into(),
+        target: RoomRef::new("matrix", alias),
+        event,
+        reply_to: Vec::new(),
+        target_ids: Vec::new(),
+    }
+}
+
+fn irc_event(kind: EventKind) -> Event {
+    let mut e = irc_message("");
+    e.kind = kind;
+    e
+}
+
+/// A room event as alice sees it.
+async fn event_of(user: &User, room_id: &str, event_id: &str) -> anyhow::Result<Value> {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        junction_matrix::ids::path_segment(room_id),
+        junction_matrix::ids::path_segment(event_id)
+    );
+    Ok(user.client.request(Method::GET, &path, &[], None).await?)
+}
+
+/// A plain HTTP/1.0 GET on loopback: status and body.
+async fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("not http: {url}"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line: {head}"))?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
+/// Serves `body` once per request at `http://127.0.0.1:<port>/cat.png`.
+async fn serve_file(body: &'static [u8]) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/cat.png",
+        axum::routing::get(move || async move { ([("content-type", "image/png")], body) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/cat.png"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Result<()> {
+    let servers = servers().await?;
+    let slot = slot().await?;
+    let alias = format!(
+        "#{}{}:{}",
+        slot.user_prefix,
+        unique("rich"),
+        servers.matrix.server_name
+    );
+    let mut gw = start(
+        servers,
+        &slot,
+        vec![RoomId::new(alias.clone())],
+        Policy::Store,
+    );
+    let alice = User::new(servers).await?;
+    let room_id = join_by_alias(&alice, &alias).await?;
+    let alice_said = alice.say(&room_id, "question?").await?;
+
+    // Bob (IRC) answers alice's message.
+    let mut answer = irc_message("answer!");
+    let answer_ids = {
+        let mut d = delivery(1, &alias, answer.clone());
+        d.reply_to = vec![MessageId::new(alice_said.clone())];
+        if let EventKind::Message(m) = &mut answer.kind {
+            m.reply_to = Some(MessageId::new("irc-original"));
+        }
+        deliver(&mut gw, d).await?
+    };
+    let ev = event_of(&alice, &room_id, answer_ids[0].as_str()).await?;
+    assert_eq!(
+        ev["content"]["m.relates_to"]["m.in_reply_to"]["event_id"].as_str(),
+        Some(alice_said.as_str())
+    );
+
+    // Bob corrects it.
+    let mut edit = delivery(
+        2,
+        &alias,
+        irc_event(EventKind::Edit {
+            target: answer.remote_id.clone(),
+            body: RichText::plain("better answer!"),
+        }),
+    );
+    edit.target_ids = answer_ids.clone();
+    let edit_ids = deliver(&mut gw, edit).await?;
+    let ev = event_of(&alice, &room_id, edit_ids[0].as_str()).await?;
+    assert_eq!(
+        ev["content"]["m.new_content"]["body"].as_str(),
+        Some("better answer!")
+    );
+    assert_eq!(
+        ev["content"]["m.relates_to"]["rel_type"].as_str(),
+        Some("m.replace")
+    );
+    assert_eq!(
+        ev["content"]["m.relates_to"]["event_id"].as_str(),
+        Some(answer_ids[0].as_str())
+    );
+
+    // Bob reacts to alice, then takes it back.
+    let mut react = delivery(
+        3,
+        &alias,
+        irc_event(EventKind::React {
+            target: MessageId::new("x"),
+            key: "👍".into(),
+        }),
+    );
+    react.target_ids = vec![MessageId::new(alice_said.clone())];
+    let reaction = deliver(&mut gw, react).await?;
+    let ev = event_of(&alice, &room_id, reaction[0].as_str()).await?;
+    assert_eq!(ev["type"].as_str(), Some("m.reaction"));
+    assert_eq!(ev["content"]["m.relates_to"]["key"].as_str(), Some("👍"));
+    let mut unreact = delivery(
+        4,
+        &alias,
+        irc_event(EventKind::Unreact {
+            target: MessageId::new("x"),
+            key: "👍".into(),
+        }),
+    );
+    unreact.target_ids = vec![MessageId::new(alice_said.clone())];
+    deliver(&mut gw, unreact).await?;
+    let ev = event_of(&alice, &room_id, reaction[0].as_str()).await?;
+    assert!(
+        ev["unsigned"]["redacted_because"].is_object(),
+        "reaction not redacted: {ev}"
+    );
+
+    // Bob deletes his answer.
+    let mut redact = delivery(
+        5,
+        &alias,
+        irc_event(EventKind::Redact {
+            target: answer.remote_id.clone(),
+            reason: None,
+        }),
+    );
+    redact.target_ids = answer_ids.clone();
+    deliver(&mut gw, redact).await?;
+    let ev = event_of(&alice, &room_id, answer_ids[0].as_str()).await?;
+    assert!(
+        ev["unsigned"]["redacted_because"].is_object(),
+        "answer not redacted: {ev}"
+    );
+
+    // Bob sends a picture with a caption: uploaded, so Matrix clients show it inline.
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot really a picture";
+    let url = serve_file(PNG).await?;
+    let mut pic = irc_message("look");
+    if let EventKind::Message(m) = &mut pic.kind {
+        m.attachments = vec![junction_core::Attachment {
+            url,
+            name: "cat.png".into(),
+            mime: Some("image/png".into()),
+            size: Some(PNG.len() as u64),
+        }];
+    }
+    let pic_ids = deliver(&mut gw, delivery(6, &alias, pic)).await?;
+    assert_eq!(pic_ids.len(), 2, "text part and picture part");
+    let ev = event_of(&alice, &room_id, pic_ids[1].as_str()).await?;
+    assert_eq!(ev["content"]["msgtype"].as_str(), Some("m.image"));
+    assert!(ev["content"]["url"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("mxc://")));
+
+    // Alice edits, reacts, deletes: each reaches the gateway in its own kind.
+    alice
+        .client
+        .send(
+            &room_id,
+            "m.room.message",
+            &unique("t"),
+            &json!({
+                "msgtype": "m.text", "body": "* question!",
+                "m.new_content": {"msgtype": "m.text", "body": "question!"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": alice_said},
+            }),
+            None,
+            None,
+        )
+        .await?;
+    let reaction_id = alice
+        .client
+        .send(
+            &room_id,
+            "m.reaction",
+            &unique("t"),
+            &json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": answer_ids[0].as_str(), "key": "🎉"}}),
+            None,
+            None,
+        )
+        .await?;
+    alice
+        .client
+        .redact(&room_id, &reaction_id, &unique("t"), None, None)
+        .await?;
+    let find = |want: &'static str| {
+        let seen = gw.seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find(|(e, _)| e.kind.name() == want)
+                    .map(|(e, _)| e.kind.clone())
+            }
+        }
+    };
+    let edit = eventually(DEADLINE, "alice's edit", find("edit")).await?;
+    assert_eq!(
+        edit,
+        EventKind::Edit {
+            target: MessageId::new(alice_said.clone()),
+            body: RichText::plain("question!")
+        }
+    );
+    let react = eventually(DEADLINE, "alice's reaction", find("react")).await?;
+    assert_eq!(
+        react,
+        EventKind::React {
+            target: answer_ids[0].clone(),
+            key: "🎉".into()
+        }
+    );
+    let unreact = eventually(DEADLINE, "alice's reaction withdrawn", find("unreact")).await?;
+    assert_eq!(
+        unreact,
+        EventKind::Unreact {
+            target: answer_ids[0].clone(),
+            key: "🎉".into()
+        }
+    );
+
+    // Alice shares a file: the other networks get a signed gateway link that works, and
+    // stops working once she deletes it.
+    let mxc = alice
+        .client
+        .upload(bytes_of(b"hello file"), "text/plain", "notes.txt")
+        .await?;
+    let file_event = alice
+        .client
+        .send(
+            &room_id,
+            "m.room.message",
+            &unique("t"),
+            &json!({"msgtype": "m.file", "body": "notes.txt", "url": mxc, "info": {"mimetype": "text/plain"}}),
+            None,
+            None,
+        )
+        .await?;
+    let link = eventually(DEADLINE, "alice's file at the gateway", || {
+        let seen = gw.seen.clone();
+        let file_event = file_event.clone();
+        async move {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(e, _)| e.remote_id.as_str() == file_event)
+                .and_then(|(e, _)| match &e.kind {
+                    EventKind::Message(m) => m.attachments.first().map(|a| a.url.clone()),
+                    _ => None,
+                })
+        }
+    })
+    .await?;
+    let (status, body) = http_get(&link).await?;
+    assert_eq!((status, body.as_slice()), (200, &b"hello file"[..]));
+    let (status, _) = http_get(&link.replace("sig=", "sig=00")).await?;
+    assert_eq!(status, 403);
+    alice
+        .client
+        .redact(&room_id, &file_event, &unique("t"), None, None)
+        .await?;
+    eventually(DEADLINE, "the file link withdrawn", || {
+        let link = link.clone();
+        async move { matches!(http_get(&link).await, Ok((410, _))).then_some(()) }
+    })
+    .await?;
+
+    gw.stop().await;
+    Ok(())
+}
+
+fn bytes_of(b: &'static [u8]) -> axum::body::Bytes {
+    axum::body::Bytes::from_static(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_unanswered_when_the_gateway_dies_arrives_after_restart() -> anyhow::Result<()>
+{
+    let servers = servers().await?;
+    let slot = slot().await?;
+    let alias = format!(
+        "#{}{}:{}",
+        slot.user_prefix,
+        unique("restart"),
+        servers.matrix.server_name
+    );
+    let rooms = vec![RoomId::new(alias.clone())];
+    let lost = unique("said while dying ");
+    // The first gateway never stores this message: it "dies" before acknowledging.
+    let gw = start(servers, &slot, rooms.clone(), Policy::DieAt(lost.clone()));
+    let alice = User::new(servers).await?;
+    let room_id = join_by_alias(&alice, &alias).await?;
+    alice.say(&room_id, &lost).await?;
+    eventually(DEADLINE, "the message at the dying gateway", || async {
+        gw.seen_with_body(&lost).first().map(|_| ())
+    })
+    .await?;
+    let first_copies = gw.seen_with_body(&lost);
+    gw.stop().await;
+
+    // A new gateway on the same appservice: Synapse resends the unanswered transaction.
+    let gw = start(servers, &slot, rooms, Policy::Store);
+    let (event, stored) = eventually(DEADLINE, "the message after the restart", || async {
+        gw.seen_with_body(&lost).into_iter().next()
+    })
+    .await?;
+    assert!(stored);
+    assert_eq!(event.origin, RoomRef::new("matrix", alias.as_str()));
+    assert!(first_copies.iter().all(|(_, stored)| !stored));
+    assert_eq!(first_copies[0].0.id, event.id);
     gw.stop().await;
     Ok(())
 }

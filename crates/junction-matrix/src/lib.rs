@@ -103,6 +103,9 @@ pub(crate) struct Shared {
     pub(crate) names: Mutex<HashMap<(String, String), String>>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
+    /// True once the linked rooms are resolved: transactions wait for it, since an event of
+    /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
+    pub(crate) ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -140,6 +143,7 @@ impl Shared {
             names: Mutex::new(HashMap::new()),
             inbound,
             txn_lock: tokio::sync::Mutex::new(()),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -221,9 +225,11 @@ impl Adapter for MatrixAdapter {
             }
         });
 
-        startup(&sh).await;
         let rooms = cx.rooms.borrow_and_update().clone();
         sync_rooms(&sh, &rooms).await;
+        sh.ready.send_replace(true);
+        // Ping once ready: the homeserver then sends what it queued while we were away.
+        startup(&sh).await;
 
         let mut rooms_open = true;
         loop {
@@ -249,9 +255,12 @@ impl Adapter for MatrixAdapter {
     }
 }
 
-/// Pings the homeserver (so transactions queued while we were away flow at once) and makes
-/// sure the bot exists. Neither is fatal: the homeserver may start after us.
+/// Makes sure the bot exists and pings the homeserver (so transactions queued while we were
+/// away flow at once). Neither is fatal: the homeserver may start after us.
 async fn startup(sh: &Shared) {
+    if let Err(e) = sh.client.register(&sh.config.bot).await {
+        tracing::debug!(error = %e, "Bot registration answered an error (it usually exists already).");
+    }
     let txn = format!("startup-{}", rand::random::<u32>());
     match sh.client.ping(&sh.config.id, &txn).await {
         Ok(ms) => tracing::info!(duration_ms = ms, "The homeserver reaches the appservice."),
@@ -259,12 +268,6 @@ async fn startup(sh: &Shared) {
             error = %e,
             "Homeserver ping failed; transactions may be delayed until it retries."
         ),
-    }
-    match sh.client.register(&sh.config.bot).await {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::debug!(error = %e, "Bot registration answered an error (it usually exists already).")
-        }
     }
 }
 

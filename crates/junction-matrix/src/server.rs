@@ -135,6 +135,10 @@ async fn transaction(
     if let Err(r) = authorize(&sh, &headers) {
         return *r;
     }
+    // Not before the linked rooms are known (see `Shared::ready`).
+    if sh.ready.subscribe().wait_for(|ready| *ready).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "Starting.");
+    }
     // One transaction at a time: the homeserver sends them in order anyway, and this keeps a
     // replay from racing its original.
     let _one = sh.txn_lock.lock().await;
@@ -353,6 +357,7 @@ mod tests {
         )
         .expect("shared");
         sh.add_room(RoomId::new("#lobby:matrix.test"), "!room".into());
+        sh.ready.send_replace(true);
         lock(&sh.names).insert(
             ("!room".into(), "@alice:matrix.test".into()),
             "Alice".into(),
