@@ -764,6 +764,48 @@ async fn a_transaction_unanswered_when_the_gateway_dies_arrives_after_restart() 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_rooms_are_refused() -> anyhow::Result<()> {
+    let servers = servers().await?;
+    let slot = slot().await?;
+    let alice = User::new(servers).await?;
+    let created = alice
+        .client
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            &[],
+            Some(json!({
+                "preset": "public_chat",
+                "initial_state": [{
+                    "type": "m.room.encryption", "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"}
+                }]
+            })),
+        )
+        .await?;
+    let room_id = created["room_id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("createRoom: {created}"))?
+        .to_owned();
+    let mut gw = start(
+        servers,
+        &slot,
+        vec![RoomId::new(room_id.clone())],
+        Policy::Store,
+    );
+    gw.deliveries
+        .send(delivery(1, &room_id, irc_message("secret?")))
+        .await?;
+    let answer = tokio::time::timeout(DEADLINE, gw.delivered.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let why = answer.outcome.err().unwrap_or_default();
+    assert!(why.contains("not linked"), "{why}");
+    gw.stop().await;
+    Ok(())
+}
+
 /// A store with just the tables the adapter uses (the gateway's tables are not exercised
 /// here: the test plays the gateway).
 mod store {

@@ -36,7 +36,7 @@ use junction_store::Store;
 use media::MediaProxy;
 use outbound::DeliverError;
 use puppets::{lock, Ghosts};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -83,8 +83,36 @@ pub fn capabilities() -> Capabilities {
 /// Linked rooms: the name in the link ↔ the Matrix room id.
 #[derive(Default)]
 struct Rooms {
+    /// The rooms the links name on this network.
+    wanted: Vec<RoomId>,
+    /// Rooms that can never be linked as they are (encrypted, foreign free alias...).
+    refused: HashSet<RoomId>,
     by_id: HashMap<String, RoomId>,
     by_link: HashMap<RoomId, String>,
+}
+
+/// Why a room could not be linked.
+#[derive(Debug)]
+struct RoomError {
+    /// Trying later may work (homeserver unreachable or failing).
+    transient: bool,
+    why: String,
+}
+
+impl RoomError {
+    fn refused(why: impl Into<String>) -> Self {
+        Self {
+            transient: false,
+            why: why.into(),
+        }
+    }
+
+    fn client(context: &str) -> impl FnOnce(client::ClientError) -> Self + '_ {
+        move |e| Self {
+            transient: e.is_transient(),
+            why: format!("{context}: {e}"),
+        }
+    }
 }
 
 /// State shared by the server, the delivery loop and the startup.
@@ -163,11 +191,30 @@ impl Shared {
         rooms.by_link.insert(link, room_id);
     }
 
-    pub(crate) fn forget_room(&self, room_id: &str) {
+    /// Unlinks a room for good (it turned encryption on).
+    pub(crate) fn refuse_room(&self, room_id: &str) {
         let mut rooms = lock(&self.rooms);
         if let Some(link) = rooms.by_id.remove(room_id) {
             rooms.by_link.remove(&link);
+            rooms.refused.insert(link);
         }
+    }
+
+    /// Linked rooms that are neither resolved nor refused.
+    pub(crate) fn unresolved(&self) -> Vec<RoomId> {
+        let rooms = lock(&self.rooms);
+        rooms
+            .wanted
+            .iter()
+            .filter(|l| !rooms.by_link.contains_key(*l) && !rooms.refused.contains(*l))
+            .cloned()
+            .collect()
+    }
+
+    /// True when the room is linked but can never be used as it is.
+    pub(crate) fn is_refused(&self, link: &RoomId) -> bool {
+        let rooms = lock(&self.rooms);
+        rooms.refused.contains(link) || !rooms.wanted.contains(link)
     }
 
     /// The Matrix user who stands for `user`: the user itself when on Matrix, else its ghost.
@@ -234,6 +281,8 @@ impl Adapter for MatrixAdapter {
         let mut rooms_open = true;
         loop {
             tokio::select! {
+                // Link changes before deliveries: a delivery may be for a room just linked.
+                biased;
                 () = cx.shutdown.cancelled() => break,
                 changed = cx.rooms.changed(), if rooms_open => {
                     if changed.is_err() {
@@ -271,10 +320,12 @@ async fn startup(sh: &Shared) {
     }
 }
 
-/// Resolves, creates or joins every linked room not known yet; forgets unlinked ones.
+/// Takes the linked rooms as they are now: forgets unlinked ones, resolves new ones.
 async fn sync_rooms(sh: &Shared, rooms: &[RoomId]) {
     {
         let mut known = lock(&sh.rooms);
+        known.wanted = rooms.to_vec();
+        known.refused.retain(|l| rooms.contains(l));
         let gone: Vec<RoomId> = known
             .by_link
             .keys()
@@ -287,39 +338,48 @@ async fn sync_rooms(sh: &Shared, rooms: &[RoomId]) {
             }
         }
     }
-    for link in rooms {
-        if sh.room_id(link).is_some() {
-            continue;
-        }
-        match open_room(sh, link).await {
+    ensure_rooms(sh).await;
+}
+
+/// Resolves, creates or joins every linked room not resolved yet. Rooms that can never work
+/// are refused (and reported once); the others are tried again on the next call.
+pub(crate) async fn ensure_rooms(sh: &Shared) {
+    for link in sh.unresolved() {
+        match open_room(sh, &link).await {
             Ok(room_id) => {
                 tracing::info!(room = %link, %room_id, "Matrix room linked.");
-                sh.add_room(link.clone(), room_id);
+                sh.add_room(link, room_id);
             }
-            Err(why) => tracing::error!(room = %link, "Matrix room can not be linked: {why}"),
+            Err(e) if e.transient => {
+                tracing::warn!(room = %link, "Matrix room not linked yet, will retry: {}", e.why)
+            }
+            Err(e) => {
+                tracing::error!(room = %link, "Matrix room can not be linked: {}", e.why);
+                lock(&sh.rooms).refused.insert(link);
+            }
         }
     }
 }
 
 /// Resolves a linked room to its id (creating a free alias on our server) and joins the bot.
-async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, String> {
+async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, RoomError> {
     let name = link.as_str();
     let room_id = if let Some(alias) = name.strip_prefix('#') {
-        match sh
+        let resolved = sh
             .client
             .resolve_alias(name)
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(RoomError::client("resolving the alias"))?;
+        match resolved {
             Some(id) => id,
             None => {
                 let Some((local, server)) = alias.split_once(':') else {
-                    return Err("not an alias (#name:server)".into());
+                    return Err(RoomError::refused("not an alias (#name:server)"));
                 };
                 if server != sh.config.server_name {
-                    return Err(format!(
+                    return Err(RoomError::refused(format!(
                         "the alias does not exist and {server} is not our server"
-                    ));
+                    )));
                 }
                 match sh.client.create_public_room(local, local).await {
                     Ok(id) => {
@@ -331,39 +391,44 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, String> {
                         .client
                         .resolve_alias(name)
                         .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or("the alias vanished while creating the room")?,
+                        .map_err(RoomError::client("resolving the alias"))?
+                        .ok_or(RoomError {
+                            transient: true,
+                            why: "the alias vanished while creating the room".into(),
+                        })?,
                     // Synapse lets an appservice create only aliases in its namespaces.
                     Err(e) if e.errcode() == Some("M_EXCLUSIVE") => {
-                        return Err(format!(
+                        return Err(RoomError::refused(format!(
                             "the alias is free but outside the appservice's alias namespaces; \
                              list it in the registration (a non-exclusive alias namespace) or \
                              create the room by hand ({e})"
-                        ))
+                        )))
                     }
-                    Err(e) => return Err(format!("creating the room failed: {e}")),
+                    Err(e) => return Err(RoomError::client("creating the room")(e)),
                 }
             }
         }
     } else if name.starts_with('!') {
         name.to_owned()
     } else {
-        return Err("neither an alias (#...) nor a room id (!...)".into());
+        return Err(RoomError::refused(
+            "neither an alias (#...) nor a room id (!...)",
+        ));
     };
     let room_id = sh
         .client
         .join(&room_id, None)
         .await
-        .map_err(|e| format!("the bot could not join: {e}"))?;
-    match sh.client.state(&room_id, "m.room.encryption", "").await {
-        Ok(Some(_)) => {
-            return Err(
-                "the room is encrypted; the gateway would be an invisible reader, so it refuses to link it"
-                    .into(),
-            )
-        }
-        Ok(None) => {}
-        Err(e) => return Err(format!("could not read the room's encryption state: {e}")),
+        .map_err(RoomError::client("the bot could not join"))?;
+    let encryption = sh
+        .client
+        .state(&room_id, "m.room.encryption", "")
+        .await
+        .map_err(RoomError::client("reading the room's encryption state"))?;
+    if encryption.is_some() {
+        return Err(RoomError::refused(
+            "the room is encrypted; the gateway would be an invisible reader, so it refuses to link it",
+        ));
     }
     Ok(room_id)
 }

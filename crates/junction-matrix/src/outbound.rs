@@ -48,11 +48,16 @@ fn msgtype(kind: MessageKind) -> &'static str {
 
 /// Renders one delivery; returns the Matrix event ids made, in part order.
 pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>, DeliverError> {
+    if sh.room_id(&d.target.room).is_none() && !sh.is_refused(&d.target.room) {
+        crate::ensure_rooms(sh).await;
+    }
     let Some(room_id) = sh.room_id(&d.target.room) else {
-        return Err(DeliverError::Permanent(format!(
-            "room {} is not joined (see the startup log)",
-            d.target.room
-        )));
+        let why = format!("room {} is not linked (see the log)", d.target.room);
+        return Err(if sh.is_refused(&d.target.room) {
+            DeliverError::Permanent(why)
+        } else {
+            DeliverError::Transient(why)
+        });
     };
     let sender = &d.event.sender;
     let ghost = sh.ghosts.ensure(sender).await?;

@@ -158,6 +158,19 @@ async fn transaction(
             );
         }
     }
+    // A linked room the homeserver was not ready to resolve at startup: resolve it now, or
+    // let the homeserver retry, rather than take its events for an unlinked room's.
+    if !sh.unresolved().is_empty() {
+        crate::ensure_rooms(&sh).await;
+        if !sh.unresolved().is_empty() {
+            tracing::warn!(%txn, "Linked rooms are not resolved yet; the transaction will be retried.");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                "Rooms not resolved yet.",
+            );
+        }
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON.");
     };
@@ -295,7 +308,7 @@ fn apply_effects(sh: &Shared, effects: Vec<Effect>) {
                     %room_id,
                     "A linked Matrix room turned on encryption; it is unlinked, because the gateway would read it invisibly."
                 );
-                sh.forget_room(&room_id);
+                sh.refuse_room(&room_id);
             }
             Effect::Name {
                 room_id,
