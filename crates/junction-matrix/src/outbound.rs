@@ -60,6 +60,11 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
         });
     };
     let sender = &d.event.sender;
+    if sender.user.network == sh.network {
+        return Err(DeliverError::Permanent(
+            "a Matrix user's event is not delivered back to Matrix".into(),
+        ));
+    }
     let ghost = sh.ghosts.ensure(sender).await?;
     let ts = Some(d.event.ts_ms).filter(|t| *t > 0);
     match &d.event.kind {
@@ -419,11 +424,16 @@ async fn fetch(sh: &Shared, url: &str) -> Result<(String, bytes::Bytes), String>
 
 /// A text message content: plain body, HTML when there is formatting, and `m.mentions`.
 fn text_content(msgtype: &str, body: &RichText, sh: &Shared) -> Map<String, Value> {
+    content_with(msgtype, body, &|u| sh.matrix_user_of(u))
+}
+
+/// [`text_content`] with the Matrix user of a mentioned person given by `who`.
+fn content_with(msgtype: &str, body: &RichText, who: &MentionOf<'_>) -> Map<String, Value> {
     let mut c = Map::new();
     c.insert("msgtype".into(), json!(msgtype));
     c.insert("body".into(), json!(body.to_plain()));
     let mut mentions = Vec::new();
-    let html = render_html(&body.spans, sh, &mut mentions);
+    let html = render_html(&body.spans, who, &mut mentions);
     if !body.is_plain() {
         c.insert("format".into(), json!("org.matrix.custom.html"));
         c.insert("formatted_body".into(), json!(html));
@@ -436,7 +446,9 @@ fn text_content(msgtype: &str, body: &RichText, sh: &Shared) -> Map<String, Valu
 
 /// Renders rich text as Matrix HTML. Written here because the core formatter does not yet
 /// render Matrix HTML; it escapes all text, so no network can inject markup.
-fn render_html(spans: &[Span], sh: &Shared, mentions: &mut Vec<String>) -> String {
+type MentionOf<'a> = dyn Fn(&junction_core::UserRef) -> String + 'a;
+
+fn render_html(spans: &[Span], sh: &MentionOf<'_>, mentions: &mut Vec<String>) -> String {
     let mut out = String::new();
     for s in spans {
         match s {
@@ -460,7 +472,7 @@ fn render_html(spans: &[Span], sh: &Shared, mentions: &mut Vec<String>) -> Strin
                 out.push_str(&render_html(children, sh, mentions));
                 out.push_str("</a>");
             }
-            Span::Mention { user, name } => match user.as_ref().map(|u| sh.matrix_user_of(u)) {
+            Span::Mention { user, name } => match user.as_ref().map(sh) {
                 Some(mxid) => {
                     out.push_str(&format!(
                         "<a href=\"https://matrix.to/#/{}\">{}</a>",
@@ -501,8 +513,70 @@ pub fn escape_html(s: &str) -> String {
 mod tests {
     use super::*;
 
+    use junction_core::{Event, EventKind, MessageId, RoomRef, Sender, UserRef};
+
     #[test]
     fn html_is_escaped() {
         assert_eq!(escape_html("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
+    }
+
+    #[test]
+    fn transaction_ids_are_stable_per_delivery_and_part() {
+        let event = Event::new(
+            RoomRef::new("irc:local", "#lobby"),
+            MessageId::new("m1"),
+            Sender::new(UserRef::new("irc:local", "bob"), "bob"),
+            1,
+            EventKind::Join,
+        );
+        let d = Delivery {
+            outbox_id: 42,
+            bridge: "lobby".into(),
+            target: RoomRef::new("matrix", "#lobby:matrix.test"),
+            event,
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        };
+        assert_eq!(txn_id(&d, 0), txn_id(&d.clone(), 0));
+        assert_ne!(txn_id(&d, 0), txn_id(&d, 1));
+        let mut other = d.clone();
+        other.outbox_id = 43;
+        assert_ne!(txn_id(&d, 0), txn_id(&other, 0));
+        assert!(txn_id(&d, 0).starts_with("j42."));
+    }
+
+    #[test]
+    fn rich_text_renders_as_matrix_html_with_mentions() {
+        let body = RichText {
+            spans: vec![
+                Span::Mention {
+                    user: Some(UserRef::new("matrix", "@alice:matrix.test")),
+                    name: "alice".into(),
+                },
+                Span::Text(": <look> ".into()),
+                Span::Bold(vec![Span::Text("here".into())]),
+                Span::Link {
+                    url: "https://example.org/?a=1&b=2".into(),
+                    children: vec![Span::Text("docs".into())],
+                },
+            ],
+        };
+        let c = content_with("m.text", &body, &|u: &UserRef| u.user.to_string());
+        assert_eq!(
+            c["body"],
+            "alice: <look> heredocs (https://example.org/?a=1&b=2)"
+        );
+        assert_eq!(c["format"], "org.matrix.custom.html");
+        assert_eq!(
+            c["formatted_body"],
+            "<a href=\"https://matrix.to/#/@alice:matrix.test\">alice</a>: &lt;look&gt; \
+             <strong>here</strong><a href=\"https://example.org/?a=1&amp;b=2\">docs</a>"
+        );
+        assert_eq!(c["m.mentions"]["user_ids"], json!(["@alice:matrix.test"]));
+        let plain = content_with("m.emote", &RichText::plain("waves"), &|_: &UserRef| {
+            String::new()
+        });
+        assert_eq!(plain["msgtype"], "m.emote");
+        assert!(plain.get("formatted_body").is_none());
     }
 }
