@@ -633,8 +633,9 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
         .client
         .redact(&room_id, &reaction_id, &unique("t"), None, None)
         .await?;
-    let find = |want: &'static str| {
-        let seen = gw.seen.clone();
+    let seen_all = gw.seen.clone();
+    let find = move |want: &'static str| {
+        let seen = seen_all.clone();
         move || {
             let seen = seen.clone();
             async move {
@@ -716,6 +717,81 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
         async move { matches!(http_get(&link).await, Ok((410, _))).then_some(()) }
     })
     .await?;
+
+    // Bob sets the topic, changes his nick, and leaves.
+    deliver(
+        &mut gw,
+        delivery(
+            7,
+            &alias,
+            irc_event(EventKind::Topic {
+                text: "lobby rules".into(),
+            }),
+        ),
+    )
+    .await?;
+    let topic = alice.client.state(&room_id, "m.room.topic", "").await?;
+    assert_eq!(
+        topic.as_ref().and_then(|t| t["topic"].as_str()),
+        Some("lobby rules")
+    );
+    deliver(
+        &mut gw,
+        delivery(
+            8,
+            &alias,
+            irc_event(EventKind::NickChange {
+                new_name: "Robert".into(),
+            }),
+        ),
+    )
+    .await?;
+    let ghost = format!(
+        "@{}irc_local__bob:{}",
+        slot.user_prefix, servers.matrix.server_name
+    );
+    eventually(DEADLINE, "the ghost's new display name", || async {
+        let m = alice
+            .client
+            .state(&room_id, "m.room.member", &ghost)
+            .await
+            .ok()??;
+        (m["displayname"].as_str() == Some("Robert")).then_some(())
+    })
+    .await?;
+    deliver(
+        &mut gw,
+        delivery(
+            9,
+            &alias,
+            irc_event(EventKind::Leave {
+                reason: None,
+                quit: true,
+            }),
+        ),
+    )
+    .await?;
+    let m = alice
+        .client
+        .state(&room_id, "m.room.member", &ghost)
+        .await?;
+    assert_eq!(
+        m.as_ref().and_then(|m| m["membership"].as_str()),
+        Some("leave")
+    );
+
+    // Alice renames herself: the gateway hears a nick change.
+    alice
+        .client
+        .set_displayname(&alice.id, "Alice Liddell")
+        .await?;
+    let nick = eventually(DEADLINE, "alice's nick change", find("nick")).await?;
+    assert_eq!(
+        nick,
+        EventKind::NickChange {
+            new_name: "Alice Liddell".into()
+        }
+    );
 
     gw.stop().await;
     Ok(())
