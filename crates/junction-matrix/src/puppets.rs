@@ -133,3 +133,56 @@ impl Ghosts {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_store::TestStore;
+    use junction_core::{Secret, UserRef};
+    use tokio_util::sync::CancellationToken;
+
+    fn ghosts(store: Arc<TestStore>) -> Ghosts {
+        // Nothing listens on the discard port: any call to the homeserver fails.
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            Secret::new("t"),
+            CancellationToken::new(),
+        )
+        .with_attempts(1);
+        Ghosts::new(
+            client,
+            store,
+            NetworkId::new("matrix"),
+            "_junction_",
+            "matrix.test",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_restart_does_not_register_known_ghosts_again() {
+        let store = Arc::new(TestStore::default());
+        let bob = Sender::new(UserRef::new("irc:local", "bob"), "bob");
+        let id = ghosts(store.clone()).user_id(&bob);
+        assert_eq!(id, "@_junction_irc_local_bob:matrix.test");
+        store.kv_put(GHOSTS_TABLE, &id, b"bob").expect("kv");
+
+        let after_restart = ghosts(store.clone());
+        assert!(after_restart.is_registered(&id));
+        // Known ghost with the same name: no call to the (unreachable) homeserver.
+        assert_eq!(
+            after_restart.ensure(&bob).await.expect("no network needed"),
+            id
+        );
+        // A new name needs the homeserver, and fails here without changing what is known.
+        let renamed = Sender::new(bob.user.clone(), "Robert");
+        assert!(after_restart.ensure(&renamed).await.is_err());
+        assert_eq!(
+            store.kv_get(GHOSTS_TABLE, &id).expect("kv"),
+            Some(b"bob".to_vec())
+        );
+        // An unknown ghost must be registered first.
+        let carol = Sender::new(UserRef::new("xmpp", "carol@xmpp.test"), "carol");
+        assert!(after_restart.ensure(&carol).await.is_err());
+        assert!(!after_restart.is_registered(&after_restart.user_id(&carol)));
+    }
+}
