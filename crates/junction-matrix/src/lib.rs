@@ -262,7 +262,9 @@ impl Adapter for MatrixAdapter {
             .map_err(|e| AdapterError::Config(format!("can not listen on {listen}: {e}")))?;
         tracing::info!(%listen, "Matrix appservice listening.");
         let app = server::router(sh.clone());
-        let stop = cx.shutdown.clone();
+        // Our own token for the server: the adapter may stop without the gateway stopping.
+        let server_stop = cx.shutdown.child_token();
+        let stop = server_stop.clone();
         let server = tokio::spawn(async move {
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -298,8 +300,16 @@ impl Adapter for MatrixAdapter {
                 },
             }
         }
-        cx.shutdown.cancel();
-        let _ = server.await;
+        server_stop.cancel();
+        // A transaction still waiting for its acks is cut off: unanswered, the homeserver
+        // sends it again later, so nothing is lost.
+        let mut server = server;
+        if tokio::time::timeout(Duration::from_secs(10), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
         Ok(())
     }
 }
