@@ -327,7 +327,7 @@ fn room_event(
             if s(relates, "rel_type") == Some("m.replace") {
                 let target = s(relates, "event_id")?;
                 let new = content.get("m.new_content").unwrap_or(content);
-                let (body, _) = message_body(new, false);
+                let body = message_body(new, false);
                 return Some((
                     EventKind::Edit {
                         target: MessageId::new(target),
@@ -341,7 +341,7 @@ fn room_event(
                 .and_then(|r| s(r, "event_id"))
                 .map(MessageId::new);
             let msgtype = s(content, "msgtype").unwrap_or("m.text");
-            let (mut body, _) = message_body(content, reply_to.is_some());
+            let mut body = message_body(content, reply_to.is_some());
             let mut attachments = Vec::new();
             let kind = match msgtype {
                 "m.emote" => MessageKind::Emote,
@@ -421,20 +421,18 @@ fn room_event(
     }
 }
 
-/// The rich text of a message content, with any reply fallback removed. Also returns whether
-/// the content had HTML.
-fn message_body(content: &Value, is_reply: bool) -> (RichText, bool) {
+/// The rich text of a message content, with any reply fallback removed.
+///
+/// The HTML → rich text parser belongs to the core formatter; until it reads Matrix HTML,
+/// the plain `body` (which every sender must include) is used and `formatted_body` (whose
+/// reply fallback [`strip_html_reply_fallback`] removes) is ignored.
+fn message_body(content: &Value, is_reply: bool) -> RichText {
     let body = s(content, "body").unwrap_or("");
-    let html = s(content, "format") == Some("org.matrix.custom.html")
-        && s(content, "formatted_body").is_some();
-    let body = if is_reply {
-        strip_reply_fallback(body)
+    if is_reply {
+        RichText::plain(strip_reply_fallback(body))
     } else {
-        body.to_owned()
-    };
-    // The HTML → rich text parser is the core formatter's; until it carries Matrix HTML the
-    // plain body (which every sender must include) is used.
-    (RichText::plain(body), html)
+        RichText::plain(body)
+    }
 }
 
 /// Removes the reply fallback of a plain body: the leading `> ` quote lines and the empty
