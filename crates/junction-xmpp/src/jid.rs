@@ -197,9 +197,13 @@ mod tests {
         let m = UserRef::new("matrix", "@Alice:matrix.test");
         let jid = puppet_jid(&m, "bridge.xmpp.test");
         assert_eq!(jid, "\\40alice\\3amatrix.test%matrix@bridge.xmpp.test");
-        let parts = parse_puppet(&format!("{jid}/res"), "bridge.xmpp.test").unwrap();
-        assert_eq!(parts.user, "@alice:matrix.test");
-        assert_eq!(parts.network, "matrix");
+        assert_eq!(
+            parse_puppet(&format!("{jid}/res"), "bridge.xmpp.test"),
+            Some(PuppetParts {
+                user: "@alice:matrix.test".into(),
+                network: "matrix".into(),
+            })
+        );
 
         let i = UserRef::new("irc:local", "bob");
         assert_eq!(
