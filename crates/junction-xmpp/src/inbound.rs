@@ -1,0 +1,487 @@
+//! Groupchat stanzas from a MUC → gateway events.
+//!
+//! Only the copy addressed to the room's listener is read (every puppet gets
+//! its own copy of every room message); the caller checks the `to` address and
+//! dedupes by the room's stanza-id. This module maps one stanza to what it
+//! means, without state: corrections are resolved through a lookup the caller
+//! passes in, and reactions come out as the occupant's full set for the caller
+//! to diff against the last set it saw (XEP-0444 has replace semantics).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use junction_core::format::RichText;
+use junction_core::{
+    Attachment, Event, EventKind, Message, MessageId, MessageKind, RoomRef, Sender, UserRef,
+};
+use minidom::Element;
+
+use crate::jid::is_ours;
+
+/// The namespace of stanzas on a XEP-0114 component stream.
+pub const NS_CLIENT: &str = "jabber:component:accept";
+const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_DELAY: &str = "urn:xmpp:delay";
+const NS_REPLACE: &str = "urn:xmpp:message-correct:0";
+const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
+const NS_REPLY: &str = "urn:xmpp:reply:0";
+const NS_OOB: &str = "jabber:x:oob";
+const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
+
+/// Where a stanza is read: the linked room and our component.
+#[derive(Clone, Debug)]
+pub struct RoomContext {
+    /// The room as written in the link (`lobby@conference.xmpp.test`).
+    pub room: RoomRef,
+    /// The room's bare JID as the server writes it (usually the same string).
+    pub room_jid: String,
+    /// Our component domain; occupants whose real JID is on it are our puppets.
+    pub component: String,
+    /// Nicks our own puppets and listener hold in this room (echo suppression
+    /// where the room hides real JIDs).
+    pub our_nicks: Vec<String>,
+}
+
+/// What one groupchat stanza means.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed {
+    /// A gateway event.
+    Event(Event),
+    /// The occupant's complete reaction set on `target` (XEP-0444); the caller
+    /// diffs it against the previous set into React/Unreact events.
+    Reactions {
+        /// The room's stanza-id (or message id) of this reaction stanza.
+        remote_id: MessageId,
+        /// Who reacted.
+        sender: Sender,
+        /// The message reacted to (stanza-id in groupchat).
+        target: MessageId,
+        /// Every key the occupant now has on that message.
+        keys: Vec<String>,
+    },
+    /// Nothing to bridge; the reason is for debug logs.
+    Ignored(&'static str),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The first child named `name` in namespace `ns`.
+fn child<'a>(el: &'a Element, name: &str, ns: &str) -> Option<&'a Element> {
+    el.children().find(|c| c.is(name, ns))
+}
+
+/// The stanza-id the room stamped (`by` = the room's bare JID), if any.
+pub fn room_stanza_id(el: &Element, room_jid: &str) -> Option<String> {
+    el.children()
+        .filter(|c| c.is("stanza-id", NS_SID))
+        .find(|c| {
+            c.attr("by")
+                .is_some_and(|by| by.eq_ignore_ascii_case(room_jid))
+        })
+        .and_then(|c| c.attr("id"))
+        .map(str::to_string)
+}
+
+/// The id the sender gave its message: origin-id (XEP-0359) or the `id` attribute.
+pub fn sender_message_id(el: &Element) -> Option<String> {
+    child(el, "origin-id", NS_SID)
+        .and_then(|c| c.attr("id"))
+        .or_else(|| el.attr("id"))
+        .map(str::to_string)
+}
+
+/// The occupant's nick from a `room@service/nick` address.
+fn nick_of<'a>(from: &'a str, room_jid: &str) -> Option<&'a str> {
+    let (bare, nick) = from.split_once('/')?;
+    (bare.eq_ignore_ascii_case(room_jid) && !nick.is_empty()).then_some(nick)
+}
+
+/// Who sent a stanza: occupant-id (XEP-0421) when the room gives one, else the
+/// occupant JID; the display name is the nick.
+fn sender_of(el: &Element, from: &str, nick: &str, cx: &RoomContext) -> Sender {
+    let user = child(el, "occupant-id", NS_OCCUPANT_ID)
+        .and_then(|c| c.attr("id"))
+        .map_or_else(|| from.to_string(), |id| format!("occupant:{id}"));
+    Sender {
+        user: UserRef::new(cx.room.network.as_str(), user),
+        display_name: nick.to_string(),
+    }
+}
+
+/// The body with the XEP-0428 fallback (a reply's quote) cut out.
+fn body_without_fallback(el: &Element, body: &str) -> String {
+    let Some(fallback) = el
+        .children()
+        .find(|c| c.is("fallback", NS_FALLBACK) && c.attr("for") == Some(NS_REPLY))
+    else {
+        return body.to_string();
+    };
+    let Some(range) = child(fallback, "body", NS_FALLBACK) else {
+        return body.to_string();
+    };
+    // XEP-0428 offsets count unicode code points.
+    let start = range.attr("start").and_then(|s| s.parse::<usize>().ok());
+    let end = range.attr("end").and_then(|s| s.parse::<usize>().ok());
+    match (start, end) {
+        (Some(start), Some(end)) if start <= end => body
+            .chars()
+            .take(start)
+            .chain(body.chars().skip(end))
+            .collect(),
+        _ => body.to_string(),
+    }
+}
+
+/// Maps one `<message type='groupchat'/>` from `room_jid/nick` to what it means.
+///
+/// `correction_target` turns the message id a XEP-0308 correction names (the
+/// sender's own id of its original) into the room's stanza-id the gateway knows
+/// that message by; when it returns `None` the id is used as it is.
+pub fn parse_groupchat(
+    el: &Element,
+    cx: &RoomContext,
+    correction_target: &dyn Fn(&str) -> Option<String>,
+) -> Parsed {
+    if el.name() != "message" || el.attr("type") != Some("groupchat") {
+        return Parsed::Ignored("not groupchat");
+    }
+    let Some(from) = el.attr("from") else {
+        return Parsed::Ignored("no from");
+    };
+    if child(el, "delay", NS_DELAY).is_some() {
+        return Parsed::Ignored("history replay");
+    }
+    let remote_id = match room_stanza_id(el, &cx.room_jid).or_else(|| sender_message_id(el)) {
+        Some(id) => MessageId::new(id),
+        None => return Parsed::Ignored("no id"),
+    };
+    let Some(nick) = nick_of(from, &cx.room_jid) else {
+        // From the room itself: subject changes by the service, status messages.
+        return Parsed::Ignored("from the room");
+    };
+    if cx.our_nicks.iter().any(|n| n == nick) || is_ours(nick, &cx.component) {
+        return Parsed::Ignored("our own puppet");
+    }
+    let sender = sender_of(el, from, nick, cx);
+    let event = |kind| {
+        Parsed::Event(Event::new(
+            cx.room.clone(),
+            remote_id.clone(),
+            sender.clone(),
+            now_ms(),
+            kind,
+        ))
+    };
+
+    // Moderation (XEP-0425) and retraction (XEP-0424) name the room's stanza-id.
+    if let Some(retract) = child(el, "retract", NS_RETRACT) {
+        let Some(target) = retract.attr("id") else {
+            return Parsed::Ignored("retract without id");
+        };
+        let reason = child(retract, "reason", NS_RETRACT)
+            .or_else(|| retract.children().find(|c| c.name() == "reason"))
+            .map(Element::text)
+            .filter(|r| !r.is_empty());
+        let _moderated = child(retract, "moderated", NS_MODERATE).is_some();
+        return event(EventKind::Redact {
+            target: MessageId::new(target),
+            reason,
+        });
+    }
+    if let Some(reactions) = child(el, "reactions", NS_REACTIONS) {
+        let Some(target) = reactions.attr("id") else {
+            return Parsed::Ignored("reactions without id");
+        };
+        let keys = reactions
+            .children()
+            .filter(|c| c.is("reaction", NS_REACTIONS))
+            .map(Element::text)
+            .filter(|k| !k.is_empty())
+            .collect();
+        return Parsed::Reactions {
+            remote_id,
+            sender,
+            target: MessageId::new(target),
+            keys,
+        };
+    }
+
+    let body = child(el, "body", NS_CLIENT)
+        .or_else(|| el.children().find(|c| c.name() == "body"))
+        .map(Element::text);
+    if let Some(replace) = child(el, "replace", NS_REPLACE) {
+        let (Some(id), Some(body)) = (replace.attr("id"), body) else {
+            return Parsed::Ignored("correction without id or body");
+        };
+        let target = correction_target(id).unwrap_or_else(|| id.to_string());
+        let text = body.strip_prefix("/me ").unwrap_or(&body);
+        return event(EventKind::Edit {
+            target: MessageId::new(target),
+            body: RichText::plain(text),
+        });
+    }
+    if let Some(subject) = el.children().find(|c| c.name() == "subject") {
+        if body.is_none() {
+            return event(EventKind::Topic {
+                text: subject.text(),
+            });
+        }
+    }
+    let Some(body) = body else {
+        return Parsed::Ignored("no body");
+    };
+    let reply_to = child(el, "reply", NS_REPLY)
+        .and_then(|r| r.attr("id"))
+        .map(MessageId::new);
+    let mut text = if reply_to.is_some() {
+        body_without_fallback(el, &body)
+    } else {
+        body.clone()
+    };
+    let attachments: Vec<Attachment> = el
+        .children()
+        .filter(|c| c.is("x", NS_OOB))
+        .filter_map(|x| child(x, "url", NS_OOB))
+        .map(Element::text)
+        .filter(|u| !u.is_empty())
+        .map(|url| Attachment {
+            name: url.rsplit('/').next().unwrap_or_default().to_string(),
+            url,
+            mime: None,
+            size: None,
+        })
+        .collect();
+    // The body of an OOB message is its URL: the attachment says it already.
+    if attachments.iter().any(|a| a.url == text.trim()) {
+        text.clear();
+    }
+    let (kind, text) = match text.strip_prefix("/me ") {
+        Some(rest) => (MessageKind::Emote, rest.to_string()),
+        None => (MessageKind::Text, text),
+    };
+    event(EventKind::Message(Message {
+        kind,
+        body: RichText::plain(text),
+        reply_to,
+        attachments,
+    }))
+}
+
+/// Diffs an occupant's previous reaction set against its new one: keys added
+/// (React) and keys taken back (Unreact), each in the order they were given.
+pub fn diff_reactions(previous: &[String], now: &[String]) -> (Vec<String>, Vec<String>) {
+    let added = now
+        .iter()
+        .filter(|k| !previous.contains(k))
+        .cloned()
+        .collect();
+    let removed = previous
+        .iter()
+        .filter(|k| !now.contains(k))
+        .cloned()
+        .collect();
+    (added, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx() -> RoomContext {
+        RoomContext {
+            room: RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
+            room_jid: "lobby@conference.xmpp.test".into(),
+            component: "bridge.xmpp.test".into(),
+            our_nicks: vec!["junction".into(), "alice[m]".into()],
+        }
+    }
+
+    fn parse(xml: &str) -> Parsed {
+        let el: Element = match xml.parse() {
+            Ok(el) => el,
+            Err(e) => panic!("fixture does not parse: {e}"),
+        };
+        parse_groupchat(&el, &cx(), &|id| {
+            (id == "orig-1").then(|| "S-1".to_string())
+        })
+    }
+
+    fn kind(p: Parsed) -> (MessageId, Sender, EventKind) {
+        match p {
+            Parsed::Event(e) => (e.remote_id, e.sender, e.kind),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn groupchat_with_stanza_id() {
+        let (id, sender, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m1' \
+               from='lobby@conference.xmpp.test/bob' to='junction@bridge.xmpp.test/junction'>\
+               <body>hello *world*</body>\
+               <occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-bob'/>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.xmpp.test' id='S-9'/>\
+             </message>",
+        ));
+        assert_eq!(id.as_str(), "S-9");
+        assert_eq!(sender.display_name, "bob");
+        assert_eq!(sender.user.user.as_str(), "occupant:occ-bob");
+        match k {
+            EventKind::Message(m) => {
+                assert_eq!(m.kind, MessageKind::Text);
+                assert_eq!(m.body.to_plain(), "hello *world*");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn emote_and_fallback_id() {
+        let (id, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m2' \
+               from='lobby@conference.xmpp.test/bob'><body>/me waves</body></message>",
+        ));
+        assert_eq!(id.as_str(), "m2");
+        assert!(
+            matches!(k, EventKind::Message(m) if m.kind == MessageKind::Emote && m.body.to_plain() == "waves")
+        );
+    }
+
+    #[test]
+    fn correction_maps_to_stanza_id() {
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m3' \
+               from='lobby@conference.xmpp.test/bob'><body>fixed</body>\
+               <replace xmlns='urn:xmpp:message-correct:0' id='orig-1'/>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.xmpp.test' id='S-10'/>\
+             </message>",
+        ));
+        assert_eq!(
+            k,
+            EventKind::Edit {
+                target: MessageId::new("S-1"),
+                body: RichText::plain("fixed")
+            }
+        );
+    }
+
+    #[test]
+    fn retraction_and_moderation() {
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m4' \
+               from='lobby@conference.xmpp.test/bob'>\
+               <retract xmlns='urn:xmpp:message-retract:1' id='S-1'/>\
+               <body>This person attempted to retract a previous message.</body></message>",
+        ));
+        assert_eq!(
+            k,
+            EventKind::Redact {
+                target: MessageId::new("S-1"),
+                reason: None
+            }
+        );
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m5' \
+               from='lobby@conference.xmpp.test/mod'>\
+               <retract xmlns='urn:xmpp:message-retract:1' id='S-2'>\
+                 <moderated xmlns='urn:xmpp:message-moderate:1' by='lobby@conference.xmpp.test/mod'/>\
+                 <reason>spam</reason></retract></message>",
+        ));
+        assert_eq!(
+            k,
+            EventKind::Redact {
+                target: MessageId::new("S-2"),
+                reason: Some("spam".into())
+            }
+        );
+    }
+
+    #[test]
+    fn reactions_carry_the_full_set() {
+        let p = parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m6' \
+               from='lobby@conference.xmpp.test/bob'>\
+               <reactions xmlns='urn:xmpp:reactions:0' id='S-1'>\
+                 <reaction>👍</reaction><reaction>🎉</reaction></reactions>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.xmpp.test' id='S-11'/>\
+             </message>",
+        );
+        match p {
+            Parsed::Reactions { target, keys, .. } => {
+                assert_eq!(target.as_str(), "S-1");
+                assert_eq!(keys, vec!["👍".to_string(), "🎉".to_string()]);
+                let (added, removed) = diff_reactions(&["👍".into(), "❤".into()], &keys);
+                assert_eq!(added, vec!["🎉".to_string()]);
+                assert_eq!(removed, vec!["❤".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reply_strips_the_fallback_quote() {
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m7' \
+               from='lobby@conference.xmpp.test/bob'>\
+               <body>&gt; carol: hi\nhello back</body>\
+               <reply xmlns='urn:xmpp:reply:0' to='lobby@conference.xmpp.test/carol' id='S-1'/>\
+               <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+                 <body start='0' end='12'/></fallback></message>",
+        ));
+        match k {
+            EventKind::Message(m) => {
+                assert_eq!(m.reply_to, Some(MessageId::new("S-1")));
+                assert_eq!(m.body.to_plain(), "hello back");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oob_attachment_subject_history_and_echo() {
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m8' \
+               from='lobby@conference.xmpp.test/bob'><body>https://up.test/a/cat.png</body>\
+               <x xmlns='jabber:x:oob'><url>https://up.test/a/cat.png</url></x></message>",
+        ));
+        match k {
+            EventKind::Message(m) => {
+                assert_eq!(m.attachments.len(), 1);
+                assert_eq!(m.attachments[0].name, "cat.png");
+                assert!(m.body.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m9' \
+               from='lobby@conference.xmpp.test/bob'><subject>Welcome</subject></message>",
+        ));
+        assert_eq!(
+            k,
+            EventKind::Topic {
+                text: "Welcome".into()
+            }
+        );
+        assert_eq!(
+            parse(
+                "<message xmlns='jabber:component:accept' type='groupchat' id='h1' \
+                   from='lobby@conference.xmpp.test/bob'><body>old</body>\
+                   <delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/></message>",
+            ),
+            Parsed::Ignored("history replay")
+        );
+        assert_eq!(
+            parse(
+                "<message xmlns='jabber:component:accept' type='groupchat' id='e1' \
+                   from='lobby@conference.xmpp.test/alice[m]'><body>echo</body></message>",
+            ),
+            Parsed::Ignored("our own puppet")
+        );
+    }
+}
