@@ -5,3 +5,5 @@
 pub mod irc;
 
 pub use irc::IrcUser;
+pub mod matrix;
+pub use matrix::MatrixUser;
