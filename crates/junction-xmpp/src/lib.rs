@@ -5,3 +5,4 @@
 pub mod config;
 pub mod inbound;
 pub mod jid;
+pub mod outbound;
