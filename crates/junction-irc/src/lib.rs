@@ -1,8 +1,11 @@
-//! Junction's IRC adapter: a bot connection per network, puppets per remote user, IRCv3
-//! negotiation, flood control and splitting that fits the server's line limit.
+//! Junction's IRC adapter: a bot connection per network, IRCv3 negotiation, flood control and
+//! splitting that fits the server's line limit.
 #![deny(missing_docs)]
 
+pub mod bucket;
 pub mod config;
+pub mod inbound;
 pub mod isupport;
 pub mod nick;
+pub mod session;
 pub mod split;

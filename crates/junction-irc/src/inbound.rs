@@ -1,0 +1,351 @@
+//! Wire → [`Event`]: what the bot connection reads in a channel becomes a normalised event.
+
+use irc_proto::{Command, Message};
+use junction_core::format::RichText;
+use junction_core::{
+    Event, EventKind, Message as ChatMessage, MessageId, MessageKind, NetworkId, RoomRef, Sender,
+    UserRef,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes IRC formatting codes (bold, colour, italic...), keeping the text.
+pub fn strip_codes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x02' | '\x1d' | '\x1f' | '\x1e' | '\x11' | '\x16' | '\x0f' => {}
+            '\x03' => {
+                // up to two digits, optionally `,` and up to two digits
+                for _ in 0..2 {
+                    if chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                        chars.next();
+                    }
+                }
+                let mut look = chars.clone();
+                if look.next() == Some(',') && look.peek().is_some_and(|d| d.is_ascii_digit()) {
+                    chars.next();
+                    for _ in 0..2 {
+                        if chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                            chars.next();
+                        }
+                    }
+                }
+            }
+            '\x04' => {
+                for _ in 0..6 {
+                    if chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) {
+                        chars.next();
+                    }
+                }
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A netsplit quit reason: two server names, e.g. `hub.net leaf.net` or `*.net *.split`.
+pub fn is_netsplit(reason: &str) -> bool {
+    let parts: Vec<&str> = reason.split(' ').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            p.contains('.') && !p.starts_with('.') && !p.ends_with('.') && !p.contains('/')
+        })
+}
+
+fn tag<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
+    msg.tags
+        .as_ref()?
+        .iter()
+        .find(|t| t.0 == name)
+        .and_then(|t| t.1.as_deref())
+}
+
+/// Parses `YYYY-MM-DDThh:mm:ss.sssZ` (server-time) into Unix milliseconds.
+pub fn parse_server_time(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let ms = if b.get(19) == Some(&b'.') {
+        num(20..23).unwrap_or(0)
+    } else {
+        0
+    };
+    // days from civil (Howard Hinnant's algorithm)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps one server message seen by the bot into events. `room_of` turns a wire channel name
+/// into the linked room (None: not ours); `channels_of_nick` names the linked rooms a nick is
+/// in (for QUIT/NICK, which name no channel); `is_ours` says whether a nick is our bot or one
+/// of our puppets (their lines are dropped).
+pub fn map(
+    network: &NetworkId,
+    msg: &Message,
+    room_of: &dyn Fn(&str) -> Option<String>,
+    channels_of_nick: &dyn Fn(&str) -> Vec<String>,
+    is_ours: &dyn Fn(&str) -> bool,
+) -> Vec<Event> {
+    let Some(nick) = msg.source_nickname() else {
+        return Vec::new();
+    };
+    if is_ours(nick) {
+        return Vec::new();
+    }
+    let ts = tag(msg, "time")
+        .and_then(parse_server_time)
+        .unwrap_or_else(now_ms);
+    let remote_id = |room: &str| -> MessageId {
+        match tag(msg, "msgid") {
+            Some(id) => MessageId::new(id),
+            None => MessageId::new(format!(
+                "ts-{ts}-{}-{room}",
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )),
+        }
+    };
+    let user = tag(msg, "account").filter(|a| *a != "*").unwrap_or(nick);
+    let sender = Sender::new(UserRef::new(network.clone(), user), nick);
+    let event = |room: String, kind: EventKind| {
+        let id = remote_id(&room);
+        Event::new(
+            RoomRef::new(network.clone(), room),
+            id,
+            sender.clone(),
+            ts,
+            kind,
+        )
+    };
+    let text_event = |target: &str, text: &str, notice: bool| -> Vec<Event> {
+        let Some(room) = room_of(target) else {
+            return Vec::new();
+        };
+        let (kind, body) = if let Some(rest) = text.strip_prefix("\x01ACTION ") {
+            (MessageKind::Emote, rest.trim_end_matches('\x01'))
+        } else if text.starts_with('\x01') {
+            return Vec::new(); // other CTCP
+        } else if notice {
+            (MessageKind::Notice, text)
+        } else {
+            (MessageKind::Text, text)
+        };
+        vec![event(
+            room,
+            EventKind::Message(ChatMessage {
+                kind,
+                body: RichText::plain(strip_codes(body)),
+                reply_to: None,
+                attachments: Vec::new(),
+            }),
+        )]
+    };
+    match &msg.command {
+        Command::PRIVMSG(target, text) => text_event(target, text, false),
+        Command::NOTICE(target, text) => text_event(target, text, true),
+        Command::JOIN(chan, _, _) => room_of(chan)
+            .map(|r| vec![event(r, EventKind::Join)])
+            .unwrap_or_default(),
+        Command::PART(chan, reason) => room_of(chan)
+            .map(|r| {
+                vec![event(
+                    r,
+                    EventKind::Leave {
+                        reason: reason.clone(),
+                        quit: false,
+                    },
+                )]
+            })
+            .unwrap_or_default(),
+        Command::QUIT(reason) => {
+            let split = reason.as_deref().is_some_and(is_netsplit);
+            channels_of_nick(nick)
+                .into_iter()
+                .map(|r| {
+                    event(
+                        r,
+                        EventKind::Leave {
+                            reason: if split {
+                                Some("netsplit".into())
+                            } else {
+                                reason.clone()
+                            },
+                            quit: true,
+                        },
+                    )
+                })
+                .collect()
+        }
+        Command::NICK(new) => channels_of_nick(nick)
+            .into_iter()
+            .map(|r| {
+                event(
+                    r,
+                    EventKind::NickChange {
+                        new_name: new.clone(),
+                    },
+                )
+            })
+            .collect(),
+        Command::TOPIC(chan, Some(text)) => room_of(chan)
+            .map(|r| {
+                vec![event(
+                    r,
+                    EventKind::Topic {
+                        text: strip_codes(text),
+                    },
+                )]
+            })
+            .unwrap_or_default(),
+        Command::KICK(chan, who, reason) => room_of(chan)
+            .map(|r| {
+                let target = Sender::new(UserRef::new(network.clone(), who.as_str()), who.as_str());
+                vec![event(
+                    r,
+                    EventKind::Kick {
+                        target,
+                        reason: reason.clone(),
+                    },
+                )]
+            })
+            .unwrap_or_default(),
+        Command::ChannelMODE(chan, modes) => {
+            let Some(room) = room_of(chan) else {
+                return Vec::new();
+            };
+            modes
+                .iter()
+                .filter_map(|m| match m {
+                    irc_proto::Mode::Plus(irc_proto::ChannelMode::Ban, Some(mask)) => {
+                        let who = mask.split('!').next().unwrap_or(mask);
+                        Some(event(
+                            room.clone(),
+                            EventKind::Ban {
+                                target: Sender::new(UserRef::new(network.clone(), who), who),
+                                reason: None,
+                            },
+                        ))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(line: &str) -> Vec<Event> {
+        let msg: Message = line.parse().expect("test line parses");
+        map(
+            &NetworkId::new("irc:local"),
+            &msg,
+            &|c| (c.eq_ignore_ascii_case("#lobby")).then(|| "#lobby".to_owned()),
+            &|_| vec!["#lobby".to_owned()],
+            &|n| n == "junction" || n.ends_with("[m]"),
+        )
+    }
+
+    fn body(e: &Event) -> (MessageKind, String) {
+        match &e.kind {
+            EventKind::Message(m) => (m.kind, m.body.to_plain()),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn privmsg_with_tags() {
+        let evs = run(
+            "@msgid=abc;time=2024-01-02T03:04:05.678Z :bob!u@h PRIVMSG #Lobby :hi \x02there\x02",
+        );
+        assert_eq!(evs.len(), 1);
+        let e = &evs[0];
+        assert_eq!(e.remote_id, MessageId::new("abc"));
+        assert_eq!(e.ts_ms, 1_704_164_645_678);
+        assert_eq!(e.origin.room.0, "#lobby");
+        assert_eq!(e.sender.user.user.0, "bob");
+        assert_eq!(body(e), (MessageKind::Text, "hi there".into()));
+    }
+
+    #[test]
+    fn action_notice_and_own_lines() {
+        let evs = run(":bob!u@h PRIVMSG #lobby :\x01ACTION waves\x01");
+        assert_eq!(body(&evs[0]), (MessageKind::Emote, "waves".into()));
+        let evs = run(":bob!u@h NOTICE #lobby :note");
+        assert_eq!(body(&evs[0]), (MessageKind::Notice, "note".into()));
+        assert!(run(":alice[m]!u@h PRIVMSG #lobby :mine").is_empty());
+        assert!(run(":junction!u@h PRIVMSG #lobby :mine").is_empty());
+        assert!(run(":bob!u@h PRIVMSG #other :elsewhere").is_empty());
+        assert!(run(":bob!u@h PRIVMSG #lobby :\x01VERSION\x01").is_empty());
+    }
+
+    #[test]
+    fn membership_and_netsplit() {
+        assert!(matches!(
+            run(":bob!u@h JOIN #lobby")[0].kind,
+            EventKind::Join
+        ));
+        assert!(matches!(
+            run(":bob!u@h PART #lobby :bye")[0].kind,
+            EventKind::Leave { quit: false, .. }
+        ));
+        match &run(":bob!u@h QUIT :*.net *.split")[0].kind {
+            EventKind::Leave { reason, quit } => {
+                assert!(quit);
+                assert_eq!(reason.as_deref(), Some("netsplit"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(is_netsplit("hub.example.net leaf.example.net"));
+        assert!(!is_netsplit("Quit: see you. bye."));
+        assert!(matches!(
+            run(":bob!u@h NICK bobby")[0].kind,
+            EventKind::NickChange { .. }
+        ));
+        assert!(matches!(
+            run(":bob!u@h TOPIC #lobby :new")[0].kind,
+            EventKind::Topic { .. }
+        ));
+        assert!(matches!(
+            run(":op!u@h KICK #lobby bob :out")[0].kind,
+            EventKind::Kick { .. }
+        ));
+        assert!(matches!(
+            run(":op!u@h MODE #lobby +b bob!*@*")[0].kind,
+            EventKind::Ban { .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_input_never_panics() {
+        assert!(run(":server.test PRIVMSG #lobby :from a server").len() <= 1);
+        assert_eq!(strip_codes("\x0304,12red\x03 \x1ditalic\x0f"), "red italic");
+        assert_eq!(parse_server_time("garbage"), None);
+    }
+}

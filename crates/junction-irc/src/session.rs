@@ -1,0 +1,392 @@
+//! One IRC connection: registration with CAP LS 302 (and SASL PLAIN), ISUPPORT, PING.
+//!
+//! Written over `irc-proto`'s message parser rather than the `irc` crate's client, which drops
+//! text after a newline, has no reconnect and sends SASL in the wrong order.
+
+use crate::isupport::ISupport;
+use crate::nick;
+use base64::Engine as _;
+use irc_proto::{CapSubCommand, Command, Message, Response};
+use junction_core::Secret;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Capabilities we ask for when the server offers them.
+pub const WANTED_CAPS: &[&str] = &[
+    "message-tags",
+    "server-time",
+    "echo-message",
+    "batch",
+    "labeled-response",
+    "account-tag",
+    "sasl",
+];
+
+/// What registration needs to know.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Nick to ask for first.
+    pub nick: String,
+    /// Suffix kept when the nick has to change after a collision.
+    pub suffix: String,
+    /// Server password.
+    pub password: Option<Secret>,
+    /// SASL PLAIN account and password.
+    pub sasl: Option<(String, Secret)>,
+}
+
+/// The registration state machine, fed one parsed server message at a time; it answers with
+/// the lines to send. Kept free of I/O so it can be tested with literal server lines.
+#[derive(Debug)]
+pub struct Negotiation {
+    reg: Registration,
+    /// The nick currently asked for.
+    pub nick: String,
+    offered: BTreeSet<String>,
+    /// Capabilities the server acknowledged.
+    pub enabled: BTreeSet<String>,
+    /// ISUPPORT as read so far.
+    pub isupport: ISupport,
+    cap_done: bool,
+    /// True once 001 arrived.
+    pub welcomed: bool,
+    /// Set when registration can not succeed.
+    pub failed: Option<String>,
+}
+
+impl Negotiation {
+    /// Starts registration; returns the state and the first lines to send.
+    pub fn start(reg: Registration) -> (Self, Vec<String>) {
+        let mut lines = vec!["CAP LS 302".to_owned()];
+        if let Some(pass) = &reg.password {
+            lines.push(format!("PASS :{}", pass.expose()));
+        }
+        lines.push(format!("NICK {}", reg.nick));
+        lines.push(format!("USER {} 0 * :Junction", user_name(&reg.nick)));
+        let nick = reg.nick.clone();
+        (
+            Self {
+                reg,
+                nick,
+                offered: BTreeSet::new(),
+                enabled: BTreeSet::new(),
+                isupport: ISupport::default(),
+                cap_done: false,
+                welcomed: false,
+                failed: None,
+            },
+            lines,
+        )
+    }
+
+    /// Handles one server message during registration.
+    pub fn on_message(&mut self, msg: &Message) -> Vec<String> {
+        let mut out = Vec::new();
+        match &msg.command {
+            Command::CAP(_, CapSubCommand::LS, a, b) => {
+                // `CAP * LS * :caps` continues; `CAP * LS :caps` is the last line.
+                let (more, caps) = match (a.as_deref(), b.as_deref()) {
+                    (Some("*"), Some(caps)) => (true, caps),
+                    (Some(caps), _) => (false, caps),
+                    (None, _) => (false, ""),
+                };
+                for cap in caps.split(' ').filter(|c| !c.is_empty()) {
+                    let name = cap.split('=').next().unwrap_or(cap);
+                    self.offered.insert(name.to_owned());
+                }
+                if !more {
+                    let wanted: Vec<&str> = WANTED_CAPS
+                        .iter()
+                        .copied()
+                        .filter(|c| self.offered.contains(*c))
+                        .filter(|c| *c != "sasl" || self.reg.sasl.is_some())
+                        .collect();
+                    if wanted.is_empty() {
+                        self.end_caps(&mut out);
+                    } else {
+                        out.push(format!("CAP REQ :{}", wanted.join(" ")));
+                    }
+                }
+            }
+            Command::CAP(_, CapSubCommand::ACK, a, b) => {
+                let caps = b.as_deref().or(a.as_deref()).unwrap_or("");
+                for cap in caps.split(' ').filter(|c| !c.is_empty()) {
+                    self.enabled.insert(cap.trim_start_matches('-').to_owned());
+                }
+                if self.enabled.contains("sasl") && self.reg.sasl.is_some() {
+                    out.push("AUTHENTICATE PLAIN".to_owned());
+                } else {
+                    self.end_caps(&mut out);
+                }
+            }
+            Command::CAP(_, CapSubCommand::NAK, _, _) => self.end_caps(&mut out),
+            Command::AUTHENTICATE(arg) if arg == "+" => {
+                if let Some((account, pass)) = &self.reg.sasl {
+                    let payload = format!("{account}\0{account}\0{}", pass.expose());
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+                    out.push(format!("AUTHENTICATE {encoded}"));
+                }
+            }
+            Command::Response(Response::RPL_SASLSUCCESS, _) => self.end_caps(&mut out),
+            Command::Response(
+                Response::ERR_SASLFAIL | Response::ERR_SASLTOOLONG | Response::ERR_SASLALREADY,
+                _,
+            ) => {
+                self.failed = Some("SASL authentication failed".into());
+                self.end_caps(&mut out);
+            }
+            Command::Response(Response::RPL_WELCOME, args) => {
+                if let Some(n) = args.first() {
+                    self.nick = n.clone();
+                }
+                self.welcomed = true;
+            }
+            Command::Response(Response::RPL_ISUPPORT, args) => {
+                self.isupport.apply(args.iter().skip(1).map(String::as_str));
+            }
+            Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, _)
+                if !self.welcomed =>
+            {
+                self.nick = nick::next_candidate(
+                    &self.nick,
+                    &self.reg.suffix,
+                    self.isupport.nicklen.max(9),
+                );
+                out.push(format!("NICK {}", self.nick));
+            }
+            Command::Response(Response::ERR_ERRONEOUSNICKNAME, _) if !self.welcomed => {
+                self.failed = Some(format!("server refused nick {}", self.nick));
+            }
+            Command::PING(a, _) => out.push(format!("PONG :{a}")),
+            Command::ERROR(reason) => self.failed = Some(format!("server error: {reason}")),
+            _ => {}
+        }
+        out
+    }
+
+    fn end_caps(&mut self, out: &mut Vec<String>) {
+        if !self.cap_done {
+            self.cap_done = true;
+            out.push("CAP END".to_owned());
+        }
+    }
+}
+
+fn user_name(nick: &str) -> String {
+    let u: String = nick
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(10)
+        .collect();
+    if u.is_empty() {
+        "junction".into()
+    } else {
+        u
+    }
+}
+
+/// A registered connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Lines from the server.
+    pub reader: LineReader,
+    /// Lines to the server.
+    pub writer: LineWriter,
+    /// Our nick as the server knows it.
+    pub nick: String,
+    /// Enabled capabilities.
+    pub caps: BTreeSet<String>,
+    /// The server's ISUPPORT.
+    pub isupport: ISupport,
+}
+
+/// Reads server lines, decoding invalid UTF-8 lossily.
+#[derive(Debug)]
+pub struct LineReader(BufReader<OwnedReadHalf>);
+
+impl LineReader {
+    /// The next parsed message; `Ok(None)` at end of stream. Unparseable lines are logged
+    /// and skipped.
+    pub async fn next(&mut self) -> std::io::Result<Option<Message>> {
+        let mut buf = Vec::with_capacity(512);
+        loop {
+            buf.clear();
+            let n = self.0.read_until(b'\n', &mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                continue;
+            }
+            match line.parse::<Message>() {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) => tracing::warn!(error = %e, "unparseable IRC line skipped"),
+            }
+        }
+    }
+}
+
+/// Writes lines, making sure none carries CR, LF or NUL.
+#[derive(Debug)]
+pub struct LineWriter(OwnedWriteHalf);
+
+impl LineWriter {
+    /// Sends one line (CRLF added). CR/LF/NUL inside are replaced by spaces.
+    pub async fn send(&mut self, line: &str) -> std::io::Result<()> {
+        let mut clean: String = line
+            .chars()
+            .map(|c| {
+                if matches!(c, '\r' | '\n' | '\0') {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect();
+        clean.push_str("\r\n");
+        self.0.write_all(clean.as_bytes()).await
+    }
+}
+
+/// Connects to `server` (`host:port`) and registers; fails after `timeout`.
+pub async fn connect(
+    server: &str,
+    reg: Registration,
+    timeout: Duration,
+) -> Result<Session, String> {
+    tokio::time::timeout(timeout, connect_inner(server, reg))
+        .await
+        .map_err(|_| "registration timed out".to_owned())?
+}
+
+async fn connect_inner(server: &str, reg: Registration) -> Result<Session, String> {
+    let stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect {server}: {e}"))?;
+    let (r, w) = stream.into_split();
+    let mut reader = LineReader(BufReader::new(r));
+    let mut writer = LineWriter(w);
+    let (mut neg, first) = Negotiation::start(reg);
+    for line in first {
+        writer.send(&line).await.map_err(|e| e.to_string())?;
+    }
+    // Read until the MOTD ends (so ISUPPORT is complete) or the server says there is none.
+    loop {
+        let Some(msg) = reader.next().await.map_err(|e| e.to_string())? else {
+            return Err("server closed the connection during registration".into());
+        };
+        for line in neg.on_message(&msg) {
+            writer.send(&line).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(why) = neg.failed.take() {
+            return Err(why);
+        }
+        if neg.welcomed
+            && matches!(
+                msg.command,
+                Command::Response(Response::RPL_ENDOFMOTD | Response::ERR_NOMOTD, _)
+            )
+        {
+            break;
+        }
+    }
+    Ok(Session {
+        reader,
+        writer,
+        nick: neg.nick,
+        caps: neg.enabled,
+        isupport: neg.isupport,
+    })
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential from 1 s to 5 min, with
+/// ±25 % jitter so many connections do not come back at once.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 1000u64.saturating_mul(1u64 << attempt.min(9)).min(300_000);
+    let jitter = fastrand::u64(0..=base / 2);
+    Duration::from_millis(base - base / 4 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(sasl: bool) -> Registration {
+        Registration {
+            nick: "junction".into(),
+            suffix: String::new(),
+            password: None,
+            sasl: sasl.then(|| ("bot".to_owned(), Secret::new("pw"))),
+        }
+    }
+
+    fn feed(n: &mut Negotiation, line: &str) -> Vec<String> {
+        let msg: Message = line.parse().expect("test line parses");
+        n.on_message(&msg)
+    }
+
+    #[test]
+    fn cap_302_multiline_then_req_and_end() {
+        let (mut n, first) = Negotiation::start(reg(false));
+        assert_eq!(first[0], "CAP LS 302");
+        assert!(feed(&mut n, ":irc.test CAP * LS * :message-tags server-time").is_empty());
+        let out = feed(
+            &mut n,
+            ":irc.test CAP * LS :echo-message sasl=PLAIN cap-notify",
+        );
+        assert_eq!(out, vec!["CAP REQ :message-tags server-time echo-message"]);
+        let out = feed(
+            &mut n,
+            ":irc.test CAP * ACK :message-tags server-time echo-message",
+        );
+        assert_eq!(out, vec!["CAP END"]);
+        assert!(n.enabled.contains("echo-message"));
+        feed(&mut n, ":irc.test 001 junction :Welcome");
+        assert!(n.welcomed);
+    }
+
+    #[test]
+    fn sasl_plain_comes_before_cap_end() {
+        let (mut n, _) = Negotiation::start(reg(true));
+        let out = feed(&mut n, ":irc.test CAP * LS :sasl=PLAIN");
+        assert_eq!(out, vec!["CAP REQ :sasl"]);
+        assert_eq!(
+            feed(&mut n, ":irc.test CAP * ACK :sasl"),
+            vec!["AUTHENTICATE PLAIN"]
+        );
+        let out = feed(&mut n, "AUTHENTICATE +");
+        assert_eq!(out, vec!["AUTHENTICATE Ym90AGJvdABwdw=="]);
+        assert_eq!(
+            feed(&mut n, ":irc.test 903 junction :SASL ok"),
+            vec!["CAP END"]
+        );
+    }
+
+    #[test]
+    fn old_server_without_cap_and_nick_collision() {
+        let (mut n, _) = Negotiation::start(reg(false));
+        feed(
+            &mut n,
+            ":irc.test 005 * NICKLEN=9 CHANTYPES=# :are supported",
+        );
+        let out = feed(&mut n, ":irc.test 433 * junction :Nickname in use");
+        assert_eq!(out, vec!["NICK junction_"]);
+        feed(&mut n, ":irc.test 001 junction_ :Welcome");
+        feed(&mut n, ":irc.test 005 junction_ NICKLEN=9 :are supported");
+        assert_eq!(n.nick, "junction_");
+        assert_eq!(n.isupport.nicklen, 9);
+        assert_eq!(feed(&mut n, "PING :abc"), vec!["PONG :abc"]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert!(backoff(0) <= Duration::from_millis(1250));
+        assert!(backoff(3) >= Duration::from_millis(6000));
+        assert!(backoff(40) <= Duration::from_secs(375));
+    }
+}
