@@ -7,3 +7,5 @@ pub mod irc;
 pub use irc::IrcUser;
 pub mod matrix;
 pub use matrix::MatrixUser;
+pub mod xmpp;
+pub use xmpp::XmppUser;
