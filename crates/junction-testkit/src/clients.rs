@@ -1,11 +1,15 @@
 //! Ordinary-user clients for each network, used by the end-to-end tests to watch the
 //! lobby from the outside. Each keeps a backlog of everything it received, and
 //! `wait_for` searches it until a deadline.
+//!
+//! - [`MatrixUser`]: client-server API v3 over reqwest, with a background `/sync`.
+//! - [`XmppUser`]: plaintext c2s to the local Prosody, SASL PLAIN.
+//! - [`IrcUser`]: irc-proto messages over TCP, with IRCv3 capability negotiation.
 
 pub mod irc;
+pub mod matrix;
+pub mod xmpp;
 
 pub use irc::IrcUser;
-pub mod matrix;
 pub use matrix::MatrixUser;
-pub mod xmpp;
 pub use xmpp::XmppUser;
