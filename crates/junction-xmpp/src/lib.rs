@@ -6,3 +6,47 @@ pub mod config;
 pub mod inbound;
 pub mod jid;
 pub mod outbound;
+mod session;
+
+use std::sync::Arc;
+
+use junction_core::{Adapter, AdapterContext, AdapterError, Capabilities, Markup};
+use junction_store::Store;
+
+pub use config::XmppConfig;
+
+/// The XMPP adapter: one XEP-0114 component connection, a listener occupant in
+/// every linked room, and one puppet occupant per remote user.
+///
+/// Delivered ids are the puppet's own message ids (`U`, sent as id and
+/// origin-id); the adapter learns the room's stanza-id `S` from the room's
+/// reflection and uses it where XEPs want it (retractions, reactions, replies).
+pub struct XmppAdapter {
+    config: XmppConfig,
+    store: Arc<dyn Store>,
+}
+
+impl XmppAdapter {
+    /// An adapter for `config`, keeping its state in `store`.
+    pub fn new(config: XmppConfig, store: Arc<dyn Store>) -> Self {
+        Self { config, store }
+    }
+}
+
+impl Adapter for XmppAdapter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: true,
+            redactions: true,
+            reactions: true,
+            replies: true,
+            uploads: false,
+            markup: Markup::Xep0393,
+            max_message_bytes: None,
+        }
+    }
+
+    async fn run(self, cx: AdapterContext) -> Result<(), AdapterError> {
+        session::run(session::State::new(self.config, self.store), cx).await
+    }
+}

@@ -1,0 +1,553 @@
+//! The component connection (XEP-0114) and the adapter's run loop.
+//!
+//! One connection per component domain. The listener occupant
+//! (`junction@<component>/junction`) joins every linked room and is the only
+//! address whose copy of room traffic is read; puppets join a room the first
+//! time they speak there. After a disconnect the loop reconnects with jittered
+//! backoff and rejoins the listener and every puppet that was in a room.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use junction_core::{
+    AdapterContext, AdapterError, Delivered, Delivery, EventKind, Inbound, MessageId, RoomRef,
+};
+use junction_store::Store;
+use minidom::Element;
+use tokio_xmpp::connect::{DnsConfig, TcpServerConnector};
+use tokio_xmpp::parsers::iq::Iq;
+use tokio_xmpp::parsers::message::Message;
+use tokio_xmpp::parsers::presence::Presence;
+use tokio_xmpp::xmlstream::Timeouts;
+use tokio_xmpp::{Component, Stanza};
+
+use crate::config::XmppConfig;
+use crate::inbound::{
+    diff_reactions, parse_groupchat, room_stanza_id, sender_message_id, Parsed, RoomContext,
+};
+use crate::jid::{is_ours, puppet_jid};
+use crate::outbound;
+
+/// How many room stanza-ids are remembered for deduplication.
+const DEDUPE_WINDOW: usize = 4096;
+/// Interval of XEP-0199 pings to the server, which also keeps the stream's
+/// read timeout from firing on a quiet link.
+const PING_EVERY: Duration = Duration::from_secs(25);
+
+/// The nick of the listener occupant.
+pub const LISTENER_NICK: &str = "junction";
+
+/// What the adapter remembers while it runs.
+pub(crate) struct State {
+    pub config: XmppConfig,
+    #[allow(dead_code)]
+    pub store: Arc<dyn Store>,
+    /// (room, puppet bare JID) → nick it holds there.
+    pub joined: HashMap<(String, String), String>,
+    /// Recent room stanza-ids already handled.
+    pub seen: HashSet<String>,
+    pub seen_order: VecDeque<String>,
+    /// Our message id `U` → the room's stanza-id `S`, learnt from reflections.
+    pub u_to_s: HashMap<String, String>,
+    /// A sender's message id → room stanza-id, for corrections by XMPP users.
+    pub msgid_to_s: HashMap<String, String>,
+    /// (room, occupant, target) → that occupant's last reaction set.
+    pub reactions: HashMap<(String, String, String), Vec<String>>,
+    /// (room, puppet, target) → the set we sent for that puppet.
+    pub our_reactions: HashMap<(String, String, String), Vec<String>>,
+    next_id: u64,
+}
+
+impl State {
+    pub fn new(config: XmppConfig, store: Arc<dyn Store>) -> Self {
+        Self {
+            config,
+            store,
+            joined: HashMap::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            u_to_s: HashMap::new(),
+            msgid_to_s: HashMap::new(),
+            reactions: HashMap::new(),
+            our_reactions: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn listener(&self) -> String {
+        format!("junction@{}/{LISTENER_NICK}", self.config.component)
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        let r: u64 = rand::random();
+        format!("jx-{r:016x}-{}", self.next_id)
+    }
+
+    fn remember(&mut self, id: &str) -> bool {
+        if !self.seen.insert(id.to_string()) {
+            return false;
+        }
+        self.seen_order.push_back(id.to_string());
+        if self.seen_order.len() > DEDUPE_WINDOW {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+type Conn = Component<TcpServerConnector>;
+
+/// Turns a built element into a typed stanza for tokio-xmpp.
+fn to_stanza(el: Element) -> Option<Stanza> {
+    match el.name() {
+        "message" => Message::try_from(el).ok().map(Stanza::from),
+        "presence" => Presence::try_from(el).ok().map(Stanza::from),
+        "iq" => Iq::try_from(el).ok().map(Stanza::from),
+        _ => None,
+    }
+}
+
+fn from_stanza(s: Stanza) -> Element {
+    match s {
+        Stanza::Message(m) => m.into(),
+        Stanza::Presence(p) => p.into(),
+        Stanza::Iq(i) => i.into(),
+    }
+}
+
+async fn send(conn: &mut Conn, el: Element) -> bool {
+    match to_stanza(el) {
+        Some(s) => conn.send_stanza(s).await.is_ok(),
+        None => {
+            tracing::warn!("xmpp: built a stanza the parser refuses; not sent");
+            true
+        }
+    }
+}
+
+async fn connect(config: &XmppConfig) -> Result<Conn, String> {
+    Component::new_plaintext(
+        &config.component,
+        config.secret.expose(),
+        DnsConfig::addr(&config.server),
+        Timeouts::tight(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Runs the adapter until shutdown.
+pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), AdapterError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if cx.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let conn = tokio::select! {
+            () = cx.shutdown.cancelled() => return Ok(()),
+            c = connect(&st.config) => c,
+        };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "xmpp: component connection failed; retrying");
+                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+                tokio::select! {
+                    () = cx.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff + jitter) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(250);
+        tracing::info!(component = %st.config.component, "xmpp: component connected");
+        if !join_all(&mut st, &mut conn, &cx).await {
+            continue;
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                () = cx.shutdown.cancelled() => {
+                    let _ = conn.send_end().await;
+                    return Ok(());
+                }
+                d = cx.deliveries.recv() => {
+                    let Some(d) = d else { return Ok(()) };
+                    let outbox_id = d.outbox_id;
+                    let (outcome, alive) = deliver(&mut st, &mut conn, &d).await;
+                    if !alive {
+                        // Unsent: kept for after the reconnect would need a
+                        // queue; answer as given up so the outbox moves on.
+                        let _ = cx.delivered.send(Delivered { outbox_id, target: d.target.clone(), event: d.event.id.clone(), outcome: Err("xmpp connection lost".into()) });
+                        break;
+                    }
+                    let _ = cx.delivered.send(Delivered { outbox_id, target: d.target.clone(), event: d.event.id.clone(), outcome });
+                }
+                s = conn.next() => {
+                    let Some(s) = s else {
+                        tracing::warn!("xmpp: component stream ended; reconnecting");
+                        break;
+                    };
+                    if !handle(&mut st, &mut conn, &cx, from_stanza(s)).await {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    let id = st.new_id();
+                    let el = Element::builder("iq", crate::inbound::NS_CLIENT)
+                        .append(Element::builder("ping", "urn:xmpp:ping").build())
+                        .build();
+                    let mut el = el;
+                    set(&mut el, "type", "get");
+                    set(&mut el, "id", id);
+                    set(&mut el, "from", st.config.component.clone());
+                    set(&mut el, "to", server_domain(&st.config.component));
+                    if !send(&mut conn, el).await { break; }
+                }
+            }
+        }
+    }
+}
+
+/// Sets an unqualified attribute; names here are constant valid XML names.
+fn set(el: &mut Element, name: &str, value: impl Into<String>) {
+    if let Ok(n) = rxml::NcName::try_from(name) {
+        el.set_attr(rxml::Namespace::NONE, n, value.into());
+    }
+}
+
+/// The server's domain: the component domain less its first label.
+fn server_domain(component: &str) -> String {
+    component
+        .split_once('.')
+        .map_or(component, |(_, rest)| rest)
+        .to_string()
+}
+
+async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool {
+    let rooms = cx.rooms.borrow().clone();
+    let listener = st.listener();
+    for room in &rooms {
+        let id = st.new_id();
+        if !send(
+            conn,
+            outbound::join(&listener, room.as_str(), LISTENER_NICK, &id),
+        )
+        .await
+        {
+            return false;
+        }
+    }
+    let puppets: Vec<((String, String), String)> = st
+        .joined
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for ((room, puppet), nick) in puppets {
+        let id = st.new_id();
+        if !send(
+            conn,
+            outbound::join(&format!("{puppet}/junction"), &room, &nick, &id),
+        )
+        .await
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Renders one delivery; the outcome, and whether the connection still works.
+async fn deliver(
+    st: &mut State,
+    conn: &mut Conn,
+    d: &Delivery,
+) -> (Result<Vec<MessageId>, String>, bool) {
+    let room = d.target.room.as_str().to_string();
+    let sender = &d.event.sender;
+    let puppet = puppet_jid(&sender.user, &st.config.component);
+    let from = format!("{puppet}/junction");
+    let key = (room.clone(), puppet.clone());
+    if !st.joined.contains_key(&key) && !matches!(d.event.kind, EventKind::Leave { .. }) {
+        let nick = if sender.display_name.is_empty() {
+            sender.user.user.as_str().to_string()
+        } else {
+            sender.display_name.clone()
+        };
+        let id = st.new_id();
+        if !send(conn, outbound::join(&from, &room, &nick, &id)).await {
+            return (Err("xmpp connection lost".into()), false);
+        }
+        st.joined.insert(key.clone(), nick);
+    }
+    let id = st.new_id();
+    let target = d.target_ids.first().map(|t| t.as_str().to_string());
+    let el = match &d.event.kind {
+        EventKind::Message(m) => {
+            let text = outbound::styled(&m.body);
+            let mut text = text;
+            for a in &m.attachments {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&a.url);
+            }
+            let emote = m.kind == junction_core::MessageKind::Emote;
+            match (d.reply_to.first(), m.attachments.first()) {
+                (Some(r), _) => {
+                    let s = st
+                        .u_to_s
+                        .get(r.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| r.as_str().to_string());
+                    outbound::reply(&from, &room, &id, &s, None, None, &text)
+                }
+                (None, Some(a)) if m.body.is_empty() && m.attachments.len() == 1 => {
+                    outbound::attachment(&from, &room, &id, &a.url)
+                }
+                _ => outbound::message(&from, &room, &id, &text, emote),
+            }
+        }
+        EventKind::Edit { body, .. } => {
+            let Some(t) = target else {
+                return (Err("edit target unknown here".into()), true);
+            };
+            outbound::correction(&from, &room, &id, &t, &outbound::styled(body))
+        }
+        EventKind::Redact { .. } => {
+            let Some(t) = target else {
+                return (Err("redact target unknown here".into()), true);
+            };
+            let s = st.u_to_s.get(&t).cloned().unwrap_or(t);
+            outbound::retraction(&from, &room, &id, &s)
+        }
+        EventKind::React { key: k, .. } | EventKind::Unreact { key: k, .. } => {
+            let Some(t) = target else {
+                return (Err("reaction target unknown here".into()), true);
+            };
+            let s = st.u_to_s.get(&t).cloned().unwrap_or(t);
+            let set = st
+                .our_reactions
+                .entry((room.clone(), puppet.clone(), s.clone()))
+                .or_default();
+            if matches!(d.event.kind, EventKind::React { .. }) {
+                if !set.contains(k) {
+                    set.push(k.clone());
+                }
+            } else {
+                set.retain(|x| x != k);
+            }
+            let keys = set.clone();
+            outbound::reactions(&from, &room, &id, &s, &keys)
+        }
+        EventKind::Topic { text } => outbound::subject(&from, &room, &id, text),
+        EventKind::Join => return (Ok(Vec::new()), true),
+        EventKind::Leave { reason, .. } => {
+            let Some(nick) = st.joined.remove(&key) else {
+                return (Ok(Vec::new()), true);
+            };
+            let ok = send(
+                conn,
+                outbound::leave(&from, &room, &nick, reason.as_deref()),
+            )
+            .await;
+            return (Ok(Vec::new()), ok);
+        }
+        EventKind::NickChange { new_name } => {
+            let id = st.new_id();
+            let ok = send(conn, outbound::join(&from, &room, new_name, &id)).await;
+            st.joined.insert(key, new_name.clone());
+            return (Ok(Vec::new()), ok);
+        }
+        EventKind::Kick { .. } | EventKind::Ban { .. } => {
+            return (
+                Err("moderation from other networks is not bridged to XMPP yet".into()),
+                true,
+            )
+        }
+    };
+    if send(conn, el).await {
+        (Ok(vec![MessageId::new(id)]), true)
+    } else {
+        (Err("xmpp connection lost".into()), false)
+    }
+}
+
+/// Handles one stanza from the server; false when the connection is unusable.
+async fn handle(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: Element) -> bool {
+    match el.name() {
+        "iq" => answer_iq(st, conn, &el).await,
+        "message" => {
+            on_message(st, cx, &el).await;
+            true
+        }
+        _ => true,
+    }
+}
+
+/// Every IQ get/set gets an answer: ping → result, disco#info → identity and
+/// features, anything else → service-unavailable.
+async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
+    let ty = el.attr("type").unwrap_or_default();
+    if ty != "get" && ty != "set" {
+        return true;
+    }
+    let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+        return true;
+    };
+    let id = el.attr("id").unwrap_or_default().to_string();
+    let ns = crate::inbound::NS_CLIENT;
+    let mut reply = Element::builder("iq", ns).build();
+    if el.has_child("ping", "urn:xmpp:ping") {
+        // result, no payload
+    } else if let Some(q) = el.get_child("query", "http://jabber.org/protocol/disco#info") {
+        let mut query = Element::builder("query", "http://jabber.org/protocol/disco#info").build();
+        let (cat, kind) = if to.contains('@') {
+            ("client", "bot")
+        } else {
+            ("gateway", "xmpp")
+        };
+        let mut ident =
+            Element::builder("identity", "http://jabber.org/protocol/disco#info").build();
+        set(&mut ident, "category", cat);
+        set(&mut ident, "type", kind);
+        set(&mut ident, "name", "Junction");
+        query.append_child(ident);
+        for f in [
+            "http://jabber.org/protocol/disco#info",
+            "urn:xmpp:ping",
+            "urn:xmpp:message-correct:0",
+            "urn:xmpp:message-retract:1",
+            "urn:xmpp:reactions:0",
+            "urn:xmpp:reply:0",
+        ] {
+            let mut fe =
+                Element::builder("feature", "http://jabber.org/protocol/disco#info").build();
+            set(&mut fe, "var", f);
+            query.append_child(fe);
+        }
+        if let Some(node) = q.attr("node") {
+            set(&mut query, "node", node.to_string());
+        }
+        reply.append_child(query);
+    } else {
+        let mut error = Element::builder("error", ns).build();
+        set(&mut error, "type", "cancel");
+        error.append_child(
+            Element::builder("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas").build(),
+        );
+        set(&mut reply, "type", "error");
+        reply.append_child(error);
+    }
+    if reply.attr("type").is_none() {
+        set(&mut reply, "type", "result");
+    }
+    set(&mut reply, "id", id);
+    set(&mut reply, "from", to.to_string());
+    set(&mut reply, "to", from.to_string());
+    let _ = st;
+    send(conn, reply).await
+}
+
+async fn on_message(st: &mut State, cx: &AdapterContext, el: &Element) {
+    if el.attr("type") != Some("groupchat") || el.attr("to") != Some(st.listener().as_str()) {
+        return;
+    }
+    let Some(from) = el.attr("from") else { return };
+    let Some((room_jid, nick)) = from.split_once('/') else {
+        return;
+    };
+    let rooms = cx.rooms.borrow().clone();
+    let Some(room) = rooms
+        .iter()
+        .find(|r| r.as_str().eq_ignore_ascii_case(room_jid))
+        .cloned()
+    else {
+        return;
+    };
+    let s = room_stanza_id(el, room_jid);
+    if let Some(s) = &s {
+        if !st.remember(s) {
+            return;
+        }
+        if let Some(u) = sender_message_id(el) {
+            st.msgid_to_s.insert(u.clone(), s.clone());
+            if st
+                .joined
+                .iter()
+                .any(|((r, _), n)| r == room_jid && n == nick)
+            {
+                // A reflection of our own puppet's message: learn U → S.
+                st.u_to_s.insert(u, s.clone());
+                return;
+            }
+        }
+    }
+    let our_nicks: Vec<String> = st
+        .joined
+        .iter()
+        .filter(|((r, _), _)| r == room_jid)
+        .map(|(_, n)| n.clone())
+        .chain(std::iter::once(LISTENER_NICK.to_string()))
+        .collect();
+    let rcx = RoomContext {
+        room: RoomRef::new(cx.network.as_str(), room.as_str()),
+        room_jid: room_jid.to_string(),
+        component: st.config.component.clone(),
+        our_nicks,
+    };
+    let map = st.msgid_to_s.clone();
+    let parsed = parse_groupchat(el, &rcx, &|id| map.get(id).cloned());
+    match parsed {
+        Parsed::Event(e) => {
+            if is_ours(e.sender.user.user.as_str(), &st.config.component) {
+                return;
+            }
+            let _ = cx.inbound.send(Inbound::new(e)).await;
+        }
+        Parsed::Reactions {
+            remote_id,
+            sender,
+            target,
+            keys,
+        } => {
+            let k = (
+                room_jid.to_string(),
+                sender.user.user.as_str().to_string(),
+                target.as_str().to_string(),
+            );
+            let prev = st.reactions.get(&k).cloned().unwrap_or_default();
+            let (added, removed) = diff_reactions(&prev, &keys);
+            st.reactions.insert(k, keys);
+            for (n, (key, add)) in added
+                .into_iter()
+                .map(|k| (k, true))
+                .chain(removed.into_iter().map(|k| (k, false)))
+                .enumerate()
+            {
+                let kind = if add {
+                    EventKind::React {
+                        target: target.clone(),
+                        key,
+                    }
+                } else {
+                    EventKind::Unreact {
+                        target: target.clone(),
+                        key,
+                    }
+                };
+                let rid = MessageId::new(format!("{}#{n}", remote_id.as_str()));
+                let e = junction_core::Event::new(rcx.room.clone(), rid, sender.clone(), 0, kind);
+                let _ = cx.inbound.send(Inbound::new(e)).await;
+            }
+        }
+        Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
+    }
+}
