@@ -2,10 +2,15 @@
 //! splitting that fits the server's line limit.
 #![deny(missing_docs)]
 
+mod adapter;
 pub mod bucket;
 pub mod config;
 pub mod inbound;
 pub mod isupport;
 pub mod nick;
+pub mod outbound;
 pub mod session;
 pub mod split;
+
+pub use adapter::IrcAdapter;
+pub use config::{IrcConfig, IrcMode};

@@ -203,22 +203,28 @@ pub struct Session {
     pub isupport: ISupport,
 }
 
-/// Reads server lines, decoding invalid UTF-8 lossily.
+/// Reads server lines, decoding invalid UTF-8 lossily. `next` is cancel-safe.
 #[derive(Debug)]
-pub struct LineReader(BufReader<OwnedReadHalf>);
+pub struct LineReader {
+    inner: BufReader<OwnedReadHalf>,
+    // Kept across calls so a cancelled read (in a `select!`) loses no bytes.
+    buf: Vec<u8>,
+}
 
 impl LineReader {
     /// The next parsed message; `Ok(None)` at end of stream. Unparseable lines are logged
     /// and skipped.
     pub async fn next(&mut self) -> std::io::Result<Option<Message>> {
-        let mut buf = Vec::with_capacity(512);
         loop {
-            buf.clear();
-            let n = self.0.read_until(b'\n', &mut buf).await?;
+            let n = self.inner.read_until(b'\n', &mut self.buf).await?;
             if n == 0 {
                 return Ok(None);
             }
-            let line = String::from_utf8_lossy(&buf);
+            if !self.buf.ends_with(b"\n") {
+                continue;
+            }
+            let raw = std::mem::take(&mut self.buf);
+            let line = String::from_utf8_lossy(&raw);
             let line = line.trim_end_matches(['\r', '\n']);
             if line.is_empty() {
                 continue;
@@ -269,7 +275,10 @@ async fn connect_inner(server: &str, reg: Registration) -> Result<Session, Strin
         .await
         .map_err(|e| format!("connect {server}: {e}"))?;
     let (r, w) = stream.into_split();
-    let mut reader = LineReader(BufReader::new(r));
+    let mut reader = LineReader {
+        inner: BufReader::new(r),
+        buf: Vec::with_capacity(512),
+    };
     let mut writer = LineWriter(w);
     let (mut neg, first) = Negotiation::start(reg);
     for line in first {

@@ -1,0 +1,361 @@
+//! The adapter: one bot connection per network that joins the linked channels, reads their
+//! traffic, and sends every delivery in outbox order.
+
+use crate::bucket::Bucket;
+use crate::config::{IrcConfig, IrcMode};
+use crate::isupport::ISupport;
+use crate::session::{self, Registration, Session};
+use crate::{inbound, nick, outbound};
+use irc_proto::{Command, Response};
+use junction_core::{
+    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
+    MessageId,
+};
+use junction_store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The IRC adapter of one network.
+pub struct IrcAdapter {
+    config: IrcConfig,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for IrcAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IrcAdapter")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+/// A delivery being sent: how many of its lines already went out, so a reconnect resumes
+/// after them instead of repeating them.
+struct Pending {
+    delivery: Delivery,
+    lines: Vec<String>,
+    sent: usize,
+}
+
+/// Channel membership as the bot sees it: one shared roster per channel (folded names).
+#[derive(Default)]
+struct Roster {
+    /// folded channel → room as written in the link
+    rooms: BTreeMap<String, String>,
+    /// folded channel → folded nicks
+    members: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl IrcAdapter {
+    /// An adapter for `config`, keeping its puppet nicks in `store`.
+    pub fn new(config: IrcConfig, store: Arc<dyn Store>) -> Self {
+        Self { config, store }
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            nick: self.config.nick.clone(),
+            suffix: String::new(),
+            password: self.config.password.clone(),
+            sasl: self.config.sasl.clone(),
+        }
+    }
+
+    /// The nick a remote user is shown with; remembered in the store so it stays the same.
+    fn nick_for(&self, cx: &AdapterContext, d: &Delivery, isupport: &ISupport) -> String {
+        let user = &d.event.sender.user;
+        match self.store.puppet(&cx.network, user) {
+            Ok(Some(n)) => return n,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "puppet nick lookup failed"),
+        }
+        let name = d
+            .event
+            .sender
+            .display_name
+            .split(['@', ':'])
+            .find(|s| !s.is_empty())
+            .unwrap_or("user");
+        let mut candidate = nick::sanitise(
+            name,
+            nick::suffix_for(user.network.0.as_str()),
+            isupport.nicklen,
+        );
+        // Another remote user may hold this nick already: add `_` until it is free.
+        for _ in 0..16 {
+            match self.store.puppet_owner(&cx.network, &candidate) {
+                Ok(Some(owner)) if &owner != user => {
+                    candidate = nick::next_candidate(
+                        &candidate,
+                        nick::suffix_for(user.network.0.as_str()),
+                        isupport.nicklen,
+                    );
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = self.store.set_puppet(&cx.network, user, &candidate) {
+            tracing::warn!(error = %e, "puppet nick not stored");
+        }
+        candidate
+    }
+
+    async fn serve(
+        &self,
+        mut s: Session,
+        cx: &mut AdapterContext,
+        pending: &mut Option<Pending>,
+    ) -> End {
+        let mut bucket = Bucket::new(self.config.burst, self.config.lines_per_second);
+        let mut roster = Roster::default();
+        let rooms = cx.rooms.borrow_and_update().clone();
+        for room in &rooms {
+            roster
+                .rooms
+                .insert(s.isupport.fold(&room.0), room.0.clone());
+            if let Err(e) = s.writer.send(&format!("JOIN {}", room.0)).await {
+                return End::Lost(e.to_string());
+            }
+        }
+        tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
+        loop {
+            if let Some(p) = pending.as_mut() {
+                while p.sent < p.lines.len() {
+                    bucket.wait().await;
+                    if let Err(e) = s.writer.send(&p.lines[p.sent]).await {
+                        return End::Lost(e.to_string());
+                    }
+                    p.sent += 1;
+                }
+                if let Some(p) = pending.take() {
+                    let ids = (0..p.lines.len().max(1))
+                        .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
+                        .collect();
+                    let _ = cx.delivered.send(Delivered {
+                        outbox_id: p.delivery.outbox_id,
+                        target: p.delivery.target.clone(),
+                        event: p.delivery.event.id.clone(),
+                        outcome: Ok(ids),
+                    });
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = cx.shutdown.cancelled() => {
+                    let _ = s.writer.send("QUIT :gateway shutting down").await;
+                    return End::Shutdown;
+                }
+                msg = s.reader.next() => {
+                    let msg = match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return End::Lost("server closed the connection".into()),
+                        Err(e) => return End::Lost(e.to_string()),
+                    };
+                    if let Err(e) = self.on_message(&mut s, cx, &mut roster, msg).await {
+                        return End::Lost(e);
+                    }
+                }
+                changed = cx.rooms.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let now: Vec<String> = cx.rooms.borrow_and_update().iter().map(|r| r.0.clone()).collect();
+                    let folded: BTreeSet<String> = now.iter().map(|r| s.isupport.fold(r)).collect();
+                    let gone: Vec<String> = roster.rooms.keys().filter(|k| !folded.contains(*k)).cloned().collect();
+                    for k in gone {
+                        if let Some(room) = roster.rooms.remove(&k) {
+                            roster.members.remove(&k);
+                            if let Err(e) = s.writer.send(&format!("PART {room}")).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                    }
+                    for room in now {
+                        let k = s.isupport.fold(&room);
+                        if let std::collections::btree_map::Entry::Vacant(v) = roster.rooms.entry(k) {
+                            v.insert(room.clone());
+                            if let Err(e) = s.writer.send(&format!("JOIN {room}")).await {
+                                return End::Lost(e.to_string());
+                            }
+                        }
+                    }
+                }
+                d = cx.deliveries.recv(), if pending.is_none() => {
+                    let Some(d) = d else {
+                        // The gateway is gone; nothing more will come.
+                        return End::Shutdown;
+                    };
+                    let relay_nick = self.nick_for(cx, &d, &s.isupport);
+                    let relay = match self.config.mode {
+                        // Puppet connections are not available yet: puppet mode falls back
+                        // to relaying through the bot.
+                        IrcMode::Relay | IrcMode::Puppet => Some(relay_nick.as_str()),
+                    };
+                    let lines = outbound::render(&d, &outbound::Render {
+                        channel: &d.target.room.0,
+                        sender_nick: &s.nick,
+                        relay_as: relay,
+                        linelen: s.isupport.linelen,
+                        max_lines: self.config.max_lines,
+                    });
+                    *pending = Some(Pending { delivery: d, lines, sent: 0 });
+                }
+            }
+        }
+    }
+
+    async fn on_message(
+        &self,
+        s: &mut Session,
+        cx: &AdapterContext,
+        roster: &mut Roster,
+        msg: irc_proto::Message,
+    ) -> Result<(), String> {
+        let nick_of = msg.source_nickname().map(|n| s.isupport.fold(n));
+        match &msg.command {
+            Command::PING(a, _) => {
+                s.writer
+                    .send(&format!("PONG :{a}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Command::ERROR(reason) => return Err(format!("server error: {reason}")),
+            Command::Response(Response::RPL_NAMREPLY, args) => {
+                if let (Some(chan), Some(names)) = (args.get(2), args.get(3)) {
+                    let k = s.isupport.fold(chan);
+                    let set = roster.members.entry(k).or_default();
+                    for n in names.split(' ').filter(|n| !n.is_empty()) {
+                        let n = n.trim_start_matches(|c| s.isupport.prefix_symbols.contains(c));
+                        set.insert(s.isupport.fold(n));
+                    }
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let me = s.isupport.fold(&s.nick);
+        let events = {
+            let isupport = &s.isupport;
+            let rooms = &roster.rooms;
+            let members = &roster.members;
+            inbound::map(
+                &cx.network,
+                &msg,
+                &|chan| rooms.get(&isupport.fold(chan)).cloned(),
+                &|n| {
+                    let n = isupport.fold(n);
+                    members
+                        .iter()
+                        .filter(|(_, m)| m.contains(&n))
+                        .filter_map(|(c, _)| rooms.get(c).cloned())
+                        .collect()
+                },
+                &|n| {
+                    let n = isupport.fold(n);
+                    n == me
+                        || self
+                            .store
+                            .puppet_owner(&cx.network, n.as_str())
+                            .ok()
+                            .flatten()
+                            .is_some()
+                },
+            )
+        };
+        // Keep the roster current after mapping (QUIT/NICK needed the old membership).
+        if let Some(n) = nick_of {
+            match &msg.command {
+                Command::JOIN(chan, _, _) => {
+                    roster
+                        .members
+                        .entry(s.isupport.fold(chan))
+                        .or_default()
+                        .insert(n);
+                }
+                Command::PART(chan, _) => {
+                    if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
+                        m.remove(&n);
+                    }
+                }
+                Command::KICK(chan, who, _) => {
+                    if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
+                        m.remove(&s.isupport.fold(who));
+                    }
+                }
+                Command::QUIT(_) => {
+                    for m in roster.members.values_mut() {
+                        m.remove(&n);
+                    }
+                }
+                Command::NICK(new) => {
+                    let new = s.isupport.fold(new);
+                    if n == me {
+                        s.nick = new.clone();
+                    }
+                    for m in roster.members.values_mut() {
+                        if m.remove(&n) {
+                            m.insert(new.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for e in events {
+            if cx.inbound.send(Inbound::new(e)).await.is_err() {
+                tracing::debug!("gateway gone; inbound event not passed on");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Adapter for IrcAdapter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: false,
+            redactions: false,
+            reactions: false,
+            replies: false,
+            uploads: false,
+            markup: Markup::IrcCodes,
+            max_message_bytes: Some(400),
+        }
+    }
+
+    async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
+        let mut pending: Option<Pending> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            let connected = tokio::select! {
+                _ = cx.shutdown.cancelled() => return Ok(()),
+                r = session::connect(&self.config.server, self.registration(), Duration::from_secs(60)) => r,
+            };
+            let why = match connected {
+                Ok(s) => {
+                    attempt = 0;
+                    match self.serve(s, &mut cx, &mut pending).await {
+                        End::Shutdown => return Ok(()),
+                        End::Lost(why) => why,
+                    }
+                }
+                Err(why) => why,
+            };
+            let delay = session::backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(network = %cx.network, reason = %why, retry_in_ms = delay.as_millis() as u64, "IRC connection lost");
+            tokio::select! {
+                _ = cx.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! [`Delivery`] → IRC lines.
+
+use crate::split;
+use junction_core::{Delivery, EventKind, MessageKind};
+
+/// How one delivery is rendered.
+#[derive(Debug, Clone)]
+pub struct Render<'a> {
+    /// The wire channel.
+    pub channel: &'a str,
+    /// The nick that sends the lines (puppet or bot), for the length budget.
+    pub sender_nick: &'a str,
+    /// `Some("alice[m]")` in relay mode: lines become `<alice[m]> text`.
+    pub relay_as: Option<&'a str>,
+    /// The server's line length (512 unless LINELEN says more).
+    pub linelen: usize,
+    /// At most this many lines per message.
+    pub max_lines: usize,
+}
+
+fn quote_snippet(text: &str) -> String {
+    let text = text.replace(['\r', '\n'], " ");
+    let mut out: String = text.chars().take(40).collect();
+    if text.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// The full IRC lines (command included, no CRLF) for one delivery. Empty when nothing is
+/// shown on IRC (redactions, unreactions).
+pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
+    let who = d.event.sender.display_name.as_str();
+    let prefix = match r.relay_as {
+        Some(n) => format!("<{n}> "),
+        None => String::new(),
+    };
+    // Room for the ACTION wrapper and the relay prefix in every line.
+    let budget = split::budget(r.linelen, r.sender_nick, r.channel)
+        .saturating_sub(prefix.len() + 9)
+        .max(16);
+    let (command, action, text) = match &d.event.kind {
+        EventKind::Message(m) => {
+            let mut text = m.body.to_plain();
+            for a in &m.attachments {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&a.url);
+            }
+            if m.reply_to.is_some() {
+                // The replied text is not known here; name the sender being answered when the
+                // reply target is known on IRC, else mark it as a reply.
+                let mark = if d.reply_to.is_empty() {
+                    "(reply) "
+                } else {
+                    "> "
+                };
+                text = format!("{mark}{text}");
+            }
+            match m.kind {
+                MessageKind::Text => ("PRIVMSG", false, text),
+                MessageKind::Emote => ("PRIVMSG", true, text),
+                MessageKind::Notice => ("NOTICE", false, text),
+            }
+        }
+        EventKind::Edit { body, .. } => ("PRIVMSG", false, format!("* {}", body.to_plain())),
+        EventKind::Redact { .. } | EventKind::Unreact { .. } => return Vec::new(),
+        EventKind::React { key, .. } => ("PRIVMSG", true, format!("reacted {key}")),
+        EventKind::Join => ("NOTICE", false, format!("{who} joined")),
+        EventKind::Leave { reason, .. } => (
+            "NOTICE",
+            false,
+            match reason {
+                Some(r) => format!("{who} left ({})", quote_snippet(r)),
+                None => format!("{who} left"),
+            },
+        ),
+        EventKind::NickChange { new_name } => {
+            ("NOTICE", false, format!("{who} is now known as {new_name}"))
+        }
+        EventKind::Topic { text } => ("NOTICE", false, format!("{who} set the topic: {text}")),
+        EventKind::Kick { target, reason } => (
+            "NOTICE",
+            false,
+            format!(
+                "{who} kicked {}{}",
+                target.display_name,
+                reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        EventKind::Ban { target, .. } => (
+            "NOTICE",
+            false,
+            format!("{who} banned {}", target.display_name),
+        ),
+    };
+    split::split_body(&text, budget, r.max_lines)
+        .into_iter()
+        .map(|line| {
+            let body = format!("{prefix}{line}");
+            if action && r.relay_as.is_none() {
+                format!("{command} {} :\x01ACTION {body}\x01", r.channel)
+            } else if action {
+                format!(
+                    "{command} {} :* {} {line}",
+                    r.channel,
+                    r.relay_as.unwrap_or(who)
+                )
+            } else {
+                format!("{command} {} :{body}", r.channel)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::format::RichText;
+    use junction_core::{BridgeName, Event, Message, MessageId, RoomRef, Sender, UserRef};
+
+    fn delivery(kind: EventKind) -> Delivery {
+        Delivery {
+            outbox_id: 7,
+            bridge: BridgeName::new("lobby"),
+            target: RoomRef::new("irc:local", "#lobby"),
+            event: Event::new(
+                RoomRef::new("matrix", "#lobby:matrix.test"),
+                MessageId::new("$e"),
+                Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice"),
+                0,
+                kind,
+            ),
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
+    fn msg(kind: MessageKind, text: &str) -> EventKind {
+        EventKind::Message(Message {
+            kind,
+            body: RichText::plain(text),
+            reply_to: None,
+            attachments: Vec::new(),
+        })
+    }
+
+    fn r(relay: Option<&str>) -> Render<'_> {
+        Render {
+            channel: "#lobby",
+            sender_nick: "alice[m]",
+            relay_as: relay,
+            linelen: 512,
+            max_lines: 5,
+        }
+    }
+
+    #[test]
+    fn text_emote_notice() {
+        assert_eq!(
+            render(&delivery(msg(MessageKind::Text, "hi")), &r(None)),
+            vec!["PRIVMSG #lobby :hi"]
+        );
+        assert_eq!(
+            render(&delivery(msg(MessageKind::Emote, "waves")), &r(None)),
+            vec!["PRIVMSG #lobby :\x01ACTION waves\x01"]
+        );
+        assert_eq!(
+            render(&delivery(msg(MessageKind::Notice, "n")), &r(None)),
+            vec!["NOTICE #lobby :n"]
+        );
+        assert_eq!(
+            render(
+                &delivery(msg(MessageKind::Text, "hi")),
+                &r(Some("alice[m]"))
+            ),
+            vec!["PRIVMSG #lobby :<alice[m]> hi"]
+        );
+    }
+
+    #[test]
+    fn long_and_multiline_bodies_fit() {
+        let text = "word ".repeat(400);
+        let lines = render(
+            &delivery(msg(MessageKind::Text, &text)),
+            &r(Some("alice[m]")),
+        );
+        assert!(lines.len() > 3);
+        for l in &lines {
+            assert!(l.len() + ":alice[m]!u@h\r\n".len() + split::HOST_ESTIMATE <= 512);
+        }
+        let lines = render(
+            &delivery(msg(MessageKind::Text, "a\nb\nc\nd\ne\nf\ng")),
+            &r(None),
+        );
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[4], "PRIVMSG #lobby :(3 more lines)");
+    }
+
+    #[test]
+    fn edits_reactions_redactions() {
+        let edit = EventKind::Edit {
+            target: MessageId::new("$x"),
+            body: RichText::plain("fixed"),
+        };
+        assert_eq!(
+            render(&delivery(edit), &r(None)),
+            vec!["PRIVMSG #lobby :* fixed"]
+        );
+        let redact = EventKind::Redact {
+            target: MessageId::new("$x"),
+            reason: None,
+        };
+        assert!(render(&delivery(redact), &r(None)).is_empty());
+    }
+}
