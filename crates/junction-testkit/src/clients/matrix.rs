@@ -482,7 +482,8 @@ impl MatrixUser {
         Ok(out)
     }
 
-    /// Every timeline event seen so far in `room` (id or alias).
+    /// Every timeline event seen so far in `room` (id or alias), including the events up
+    /// to a leave or kick, and the `m.room.member` event of an invite.
     pub async fn events(&self, room: &str) -> anyhow::Result<Vec<Value>> {
         let room = self.room_id(room).await?;
         Ok(self
@@ -529,15 +530,30 @@ async fn sync_loop(
         }
         match call(&http, Method::GET, &url, Some(&token), None).await {
             Ok(v) => {
-                if let Some(joined) = v["rooms"]["join"].as_object() {
-                    let mut map = rooms.lock().unwrap_or_else(|e| e.into_inner());
-                    for (room_id, r) in joined {
+                let mut map = rooms.lock().unwrap_or_else(|e| e.into_inner());
+                // Rooms we left or were kicked from still show the events up to the
+                // leave (the kick itself among them).
+                for section in ["join", "leave"] {
+                    let Some(rs) = v["rooms"][section].as_object() else {
+                        continue;
+                    };
+                    for (room_id, r) in rs {
                         let evs = map.entry(room_id.clone()).or_default();
                         if let Some(tl) = r["timeline"]["events"].as_array() {
                             evs.extend(tl.iter().cloned());
                         }
                     }
                 }
+                // An invite shows as the stripped m.room.member event inviting us.
+                if let Some(rs) = v["rooms"]["invite"].as_object() {
+                    for (room_id, r) in rs {
+                        let evs = map.entry(room_id.clone()).or_default();
+                        if let Some(st) = r["invite_state"]["events"].as_array() {
+                            evs.extend(st.iter().filter(|e| e["type"] == "m.room.member").cloned());
+                        }
+                    }
+                }
+                drop(map);
                 since = v["next_batch"].as_str().map(str::to_owned).or(since);
             }
             Err(e) => {
@@ -579,6 +595,16 @@ mod tests {
         bob.wait_for(&room, t, |e| e["content"]["m.relates_to"]["key"] == "👍")
             .await?;
         assert!(bob.members(&room).await?.contains_key(alice.user_id()));
+        alice.kick(&room, bob.user_id(), "bye").await?;
+        bob.wait_for(&room, t, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id()
+                && e["content"]["membership"] == "leave"
+        })
+        .await?;
+        alice.invite(&room, bob.user_id()).await?;
+        bob.wait_for(&room, t, |e| e["content"]["membership"] == "invite")
+            .await?;
         Ok(())
     }
 }
