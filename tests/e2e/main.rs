@@ -10,3 +10,6 @@ mod smoke;
 
 /// The Matrix adapter against Synapse: rooms by alias, ghosts, durable transactions.
 mod matrix;
+
+/// The XMPP adapter against Prosody: puppets, the listener, one event per room message.
+mod xmpp;

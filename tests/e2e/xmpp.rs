@@ -1,0 +1,258 @@
+//! The XMPP adapter against a real Prosody: a puppet joins and speaks for a
+//! remote sender, and an XMPP user's message reaches the gateway once (read
+//! from the listener's copy only, not once per puppet).
+
+use junction_core::{
+    Adapter, AdapterContext, Delivered, Delivery, Event, EventKind, Inbound, Message, MessageId,
+    MessageKind, NetworkId, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+};
+use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from};
+use junction_testkit::clients::XmppUser;
+use junction_testkit::servers::{servers, slot};
+use junction_testkit::{eventually, unique};
+use junction_xmpp::{XmppAdapter, XmppConfig};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn delivery(outbox_id: u64, room: &str, sender: &Sender, text: &str) -> Delivery {
+    let origin = RoomRef::new("matrix", "#lobby:matrix.test");
+    let event = Event::new(
+        origin,
+        MessageId::new(format!("$ev{outbox_id}")),
+        sender.clone(),
+        0,
+        EventKind::Message(Message {
+            kind: MessageKind::Text,
+            body: RichText::plain(text),
+            reply_to: None,
+            attachments: Vec::new(),
+        }),
+    );
+    Delivery {
+        outbox_id,
+        bridge: junction_core::BridgeName::new("lobby"),
+        target: RoomRef::new("xmpp", room),
+        event,
+        reply_to: Vec::new(),
+        target_ids: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xlobby"), s.xmpp.muc);
+    let config = XmppConfig {
+        component: slot.component.clone(),
+        server: s.xmpp.component.to_string(),
+        secret: Secret::new(slot.component_secret.clone()),
+    };
+    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
+    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
+    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
+    let shutdown = CancellationToken::new();
+    let cx = AdapterContext {
+        network: NetworkId::new("xmpp"),
+        inbound: in_tx,
+        deliveries: d_rx,
+        delivered: done_tx,
+        rooms: rooms_rx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(adapter.run(cx));
+
+    let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let seen2 = seen.clone();
+    let collector = tokio::spawn(async move {
+        while let Some(i) = in_rx.recv().await {
+            seen2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(i.event);
+        }
+    });
+
+    // Two puppets speak, so the room holds several of our occupants.
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    let carol = Sender {
+        user: UserRef::new("matrix", "@carol:matrix.test"),
+        display_name: "carol".into(),
+    };
+    d_tx.send(delivery(1, &room, &alice, "hello from matrix"))
+        .await?;
+    d_tx.send(delivery(2, &room, &carol, "me too")).await?;
+    for want in [1, 2] {
+        let d = tokio::time::timeout(DEADLINE, done_rx.recv()).await?;
+        let d = d.ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+        assert_eq!(d.outbox_id, want);
+        assert!(d.outcome.is_ok(), "{:?}", d.outcome);
+    }
+
+    let user = unique("xu");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.join_muc(&room, &user).await?;
+    // History may replay the puppet's message; a live resend proves the puppet is present.
+    d_tx.send(delivery(3, &room, &alice, "live line")).await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room)
+            && from_nick(el) == Some("alice")
+            && body(el).as_deref() == Some("live line")
+    })
+    .await?;
+
+    bob.send_groupchat(&room, "hi from xmpp")?;
+    eventually(DEADLINE, "the XMPP user's message at the gateway", || {
+        let n = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(
+                |e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "hi from xmpp"),
+            )
+            .count();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+    // A later message from the same user marks the end of the first one's copies.
+    bob.send_groupchat(&room, "second")?;
+    eventually(DEADLINE, "the second message", || {
+        let n = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "second"))
+            .count();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+    let copies = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "hi from xmpp"))
+        .count();
+    assert_eq!(copies, 1, "one event, not one per puppet");
+    let ours = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "live line"))
+        .count();
+    assert_eq!(ours, 0, "our puppets' messages are not bridged back");
+
+    shutdown.cancel();
+    let _ = task.await;
+    collector.abort();
+    Ok(())
+}
+
+mod store {
+    use junction_core::router::{Link, Planned};
+    use junction_core::{
+        BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
+    };
+    use junction_store::{AuditEntry, Recorded, Result, Store};
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct KvStore {
+        kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+        txns: Mutex<HashSet<String>>,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    impl Store for KvStore {
+        fn record_inbound(&self, _: &Event, _: Vec<Planned>) -> Result<Recorded> {
+            Ok(Recorded::New(Vec::new()))
+        }
+        fn record_delivered(&self, _: &Delivered) -> Result<()> {
+            Ok(())
+        }
+        fn event_for(&self, _: &RoomRef, _: &MessageId) -> Result<Option<EventId>> {
+            Ok(None)
+        }
+        fn remote_ids(&self, _: &EventId, _: &RoomRef) -> Result<Vec<MessageId>> {
+            Ok(Vec::new())
+        }
+        fn pending(&self, _: &NetworkId) -> Result<Vec<Delivery>> {
+            Ok(Vec::new())
+        }
+        fn outbox_depth(&self, _: &NetworkId) -> Result<usize> {
+            Ok(0)
+        }
+        fn txn_done(&self, key: &str) -> Result<bool> {
+            Ok(lock(&self.txns).contains(key))
+        }
+        fn mark_txn(&self, key: &str) -> Result<()> {
+            lock(&self.txns).insert(key.to_owned());
+            Ok(())
+        }
+        fn puppet(&self, _: &NetworkId, _: &UserRef) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn set_puppet(&self, _: &NetworkId, _: &UserRef, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn puppet_owner(&self, _: &NetworkId, _: &str) -> Result<Option<UserRef>> {
+            Ok(None)
+        }
+        fn links(&self) -> Result<Vec<Link>> {
+            Ok(Vec::new())
+        }
+        fn put_link(&self, _: &Link) -> Result<()> {
+            Ok(())
+        }
+        fn remove_link(&self, _: &BridgeName) -> Result<()> {
+            Ok(())
+        }
+        fn cursor(&self, _: &RoomRef) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn set_cursor(&self, _: &RoomRef, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+            Ok(lock(&self.kv)
+                .get(&(ns.to_owned(), key.to_owned()))
+                .cloned())
+        }
+        fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<()> {
+            lock(&self.kv).insert((ns.to_owned(), key.to_owned()), value.to_vec());
+            Ok(())
+        }
+        fn kv_remove(&self, ns: &str, key: &str) -> Result<()> {
+            lock(&self.kv).remove(&(ns.to_owned(), key.to_owned()));
+            Ok(())
+        }
+        fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
+            Ok(lock(&self.kv)
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect())
+        }
+        fn audit(&self, _: &AuditEntry) -> Result<()> {
+            Ok(())
+        }
+        fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+            Ok(Vec::new())
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+}
