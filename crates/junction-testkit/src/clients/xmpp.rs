@@ -583,6 +583,47 @@ mod tests {
                 .and_then(|r| r.attr("id")),
             Some(id.as_str())
         );
+        let sid = stanza_id(&got).unwrap_or_default();
+        b.send_reaction(&room, &sid, &["👍"])?;
+        a.wait_for(t, |e| {
+            is_groupchat_from(e, &room)
+                && e.get_child("reactions", "urn:xmpp:reactions:0")
+                    .is_some_and(|r| r.attr("id") == Some(sid.as_str()))
+        })
+        .await?;
+        b.send_reply(&room, &sid, &format!("{room}/anna"), "yes?")?;
+        let reply = a
+            .wait_for(t, |e| {
+                is_groupchat_from(e, &room) && e.has_child("reply", "urn:xmpp:reply:0")
+            })
+            .await?;
+        assert_eq!(body(&reply).as_deref(), Some("> anna\nyes?"));
+        a.send_retraction(&room, &sid)?;
+        b.wait_for(t, |e| {
+            is_groupchat_from(e, &room)
+                && e.get_child("retract", "urn:xmpp:message-retract:1")
+                    .is_some_and(|r| r.attr("id") == Some(sid.as_str()))
+        })
+        .await?;
+        a.set_subject(&room, "new subject")?;
+        b.wait_for(t, |e| {
+            is_groupchat_from(e, &room)
+                && e.get_child("subject", NS_CLIENT)
+                    .map(|s| s.text())
+                    .as_deref()
+                    == Some("new subject")
+        })
+        .await?;
+        a.kick(&room, "bert").await?;
+        b.wait_for(t, |e| {
+            e.name() == "presence"
+                && e.attr("type") == Some("unavailable")
+                && e.get_child("x", NS_MUC_USER).is_some_and(|x| {
+                    x.children()
+                        .any(|s| s.name() == "status" && s.attr("code") == Some("307"))
+                })
+        })
+        .await?;
         Ok(())
     }
 }
