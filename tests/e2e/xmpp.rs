@@ -156,6 +156,96 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xedit"), s.xmpp.muc);
+    let config = XmppConfig {
+        component: slot.component.clone(),
+        server: s.xmpp.component.to_string(),
+        secret: Secret::new(slot.component_secret.clone()),
+    };
+    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
+    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
+    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
+    let shutdown = CancellationToken::new();
+    let cx = AdapterContext {
+        network: NetworkId::new("xmpp"),
+        inbound: in_tx,
+        deliveries: d_rx,
+        delivered: done_tx,
+        rooms: rooms_rx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(adapter.run(cx));
+
+    let user = unique("xe");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    d_tx.send(delivery(1, &room, &alice, "typo here")).await?;
+    let d = tokio::time::timeout(DEADLINE, done_rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let ids = d.outcome.map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(ids.len(), 1);
+    bob.join_muc(&room, &user).await?;
+
+    let mut edit = delivery(2, &room, &alice, "");
+    edit.event.kind = EventKind::Edit {
+        target: MessageId::new("$ev1"),
+        body: RichText::plain("fixed here"),
+    };
+    edit.target_ids = ids.clone();
+    d_tx.send(edit).await?;
+    let corr = bob
+        .wait_for(DEADLINE, |el| {
+            is_groupchat_from(el, &room) && body(el).as_deref() == Some("fixed here")
+        })
+        .await?;
+    let replaced = corr
+        .get_child("replace", "urn:xmpp:message-correct:0")
+        .and_then(|r| r.attr("id"))
+        .map(str::to_owned);
+    assert_eq!(replaced.as_deref(), Some(ids[0].as_str()));
+
+    let mut redact = delivery(3, &room, &alice, "");
+    redact.event.kind = EventKind::Redact {
+        target: MessageId::new("$ev1"),
+        reason: None,
+    };
+    redact.target_ids = ids.clone();
+    d_tx.send(redact).await?;
+    let retract = bob
+        .wait_for(DEADLINE, |el| {
+            is_groupchat_from(el, &room)
+                && el
+                    .get_child("retract", "urn:xmpp:message-retract:1")
+                    .is_some()
+        })
+        .await?;
+    let target = retract
+        .get_child("retract", "urn:xmpp:message-retract:1")
+        .and_then(|r| r.attr("id"))
+        .map(str::to_owned);
+    assert!(target.is_some());
+    for want in [2, 3] {
+        let d = tokio::time::timeout(DEADLINE, done_rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+        assert_eq!(d.outbox_id, want);
+        assert!(d.outcome.is_ok(), "{:?}", d.outcome);
+    }
+    shutdown.cancel();
+    let _ = task.await;
+    Ok(())
+}
+
 mod store {
     use junction_core::router::{Link, Planned};
     use junction_core::{
