@@ -36,12 +36,22 @@ enum End {
     Lost(String),
 }
 
-/// A delivery being sent: how many of its lines already went out, so a reconnect resumes
-/// after them instead of repeating them.
+/// A delivery being sent. It is answered only once the server answered a PING sent after its
+/// last line: TCP keeps order, so the server then has every line (a write into a connection
+/// the server already closed succeeds locally, so a sent line alone proves nothing). If the
+/// connection drops before that, the whole delivery is sent again after reconnect: a line may
+/// then appear twice, but none is lost.
 struct Pending {
     delivery: Delivery,
     lines: Vec<String>,
     sent: usize,
+    ping_sent: bool,
+}
+
+impl Pending {
+    fn token(&self) -> String {
+        format!("junction-{}", self.delivery.outbox_id)
+    }
 }
 
 /// Channel membership as the bot sees it: one shared roster per channel (folded names).
@@ -125,6 +135,10 @@ impl IrcAdapter {
             }
         }
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
+        if let Some(p) = pending.as_mut() {
+            p.sent = 0;
+            p.ping_sent = false;
+        }
         loop {
             if let Some(p) = pending.as_mut() {
                 while p.sent < p.lines.len() {
@@ -134,16 +148,11 @@ impl IrcAdapter {
                     }
                     p.sent += 1;
                 }
-                if let Some(p) = pending.take() {
-                    let ids = (0..p.lines.len().max(1))
-                        .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
-                        .collect();
-                    let _ = cx.delivered.send(Delivered {
-                        outbox_id: p.delivery.outbox_id,
-                        target: p.delivery.target.clone(),
-                        event: p.delivery.event.id.clone(),
-                        outcome: Ok(ids),
-                    });
+                if !p.ping_sent {
+                    if let Err(e) = s.writer.send(&format!("PING :{}", p.token())).await {
+                        return End::Lost(e.to_string());
+                    }
+                    p.ping_sent = true;
                 }
             }
             tokio::select! {
@@ -158,6 +167,23 @@ impl IrcAdapter {
                         Ok(None) => return End::Lost("server closed the connection".into()),
                         Err(e) => return End::Lost(e.to_string()),
                     };
+                    if let Command::PONG(a, b) = &msg.command {
+                        let token = b.as_deref().unwrap_or(a);
+                        if pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
+                            if let Some(p) = pending.take() {
+                                let ids = (0..p.lines.len())
+                                    .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
+                                    .collect();
+                                let _ = cx.delivered.send(Delivered {
+                                    outbox_id: p.delivery.outbox_id,
+                                    target: p.delivery.target.clone(),
+                                    event: p.delivery.event.id.clone(),
+                                    outcome: Ok(ids),
+                                });
+                            }
+                        }
+                        continue;
+                    }
                     if let Err(e) = self.on_message(&mut s, cx, &mut roster, msg).await {
                         return End::Lost(e);
                     }
@@ -205,7 +231,7 @@ impl IrcAdapter {
                         linelen: s.isupport.linelen,
                         max_lines: self.config.max_lines,
                     });
-                    *pending = Some(Pending { delivery: d, lines, sent: 0 });
+                    *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false });
                 }
             }
         }
@@ -259,11 +285,10 @@ impl IrcAdapter {
                         .collect()
                 },
                 &|n| {
-                    let n = isupport.fold(n);
-                    n == me
+                    isupport.fold(n) == me
                         || self
                             .store
-                            .puppet_owner(&cx.network, n.as_str())
+                            .puppet_owner(&cx.network, n)
                             .ok()
                             .flatten()
                             .is_some()
@@ -357,5 +382,143 @@ impl Adapter for IrcAdapter {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_store::TestStore;
+    use junction_core::format::RichText;
+    use junction_core::{
+        BridgeName, Event, EventKind, Message, MessageKind, NetworkId, RoomId, RoomRef, Sender,
+        UserRef,
+    };
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::{mpsc, watch};
+    use tokio_util::sync::CancellationToken;
+
+    fn delivery(outbox_id: u64, text: &str) -> Delivery {
+        Delivery {
+            outbox_id,
+            bridge: BridgeName::new("lobby"),
+            target: RoomRef::new("irc:fake", "#t"),
+            event: Event::new(
+                RoomRef::new("matrix", "#lobby:matrix.test"),
+                MessageId::new(format!("$e{outbox_id}")),
+                Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice"),
+                0,
+                EventKind::Message(Message {
+                    kind: MessageKind::Text,
+                    body: RichText::plain(text),
+                    reply_to: None,
+                    attachments: Vec::new(),
+                }),
+            ),
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
+    /// Accepts one connection, registers it like an old server (no CAP), and passes every
+    /// line it receives to `lines`; closes the connection when `close` fires.
+    async fn serve_one(
+        listener: &TcpListener,
+        lines: mpsc::UnboundedSender<String>,
+        close: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (sock, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r).lines();
+            let mut close = close;
+            loop {
+                tokio::select! {
+                    _ = &mut close => return,
+                    line = r.next_line() => {
+                        let Ok(Some(line)) = line else { return };
+                        if let Some(token) = line.strip_prefix("PING ") {
+                            let _ = w.write_all(format!(":fake PONG fake {token}\r\n").as_bytes()).await;
+                        }
+                        if line.starts_with("NICK ") {
+                            let _ = w
+                                .write_all(b":fake 001 junction :hi\r\n:fake 005 junction NICKLEN=9 :ok\r\n:fake 376 junction :end\r\n")
+                                .await;
+                        }
+                        let _ = lines.send(line);
+                    }
+                }
+            }
+        });
+    }
+
+    async fn expect_line(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
+        let deadline = Duration::from_secs(30);
+        let found = tokio::time::timeout(deadline, async {
+            while let Some(l) = rx.recv().await {
+                if l == want {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "line {want:?} never arrived");
+    }
+
+    #[tokio::test]
+    async fn reconnects_and_sends_what_was_queued_while_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut cfg = IrcConfig::new("fake", addr.to_string(), "junction");
+        cfg.mode = IrcMode::Relay;
+        let adapter = IrcAdapter::new(cfg, Arc::new(TestStore::default()));
+        let (in_tx, _in_rx) = mpsc::channel(16);
+        let (d_tx, d_rx) = mpsc::channel(16);
+        let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
+        let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
+        let shutdown = CancellationToken::new();
+        let cx = AdapterContext {
+            network: NetworkId::new("irc:fake"),
+            inbound: in_tx,
+            deliveries: d_rx,
+            delivered: ok_tx,
+            rooms: rooms_rx,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(adapter.run(cx));
+
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let (close1, close1_rx) = tokio::sync::oneshot::channel();
+        serve_one(&listener, lines_tx.clone(), close1_rx).await;
+        expect_line(&mut lines, "JOIN #t").await;
+        d_tx.send(delivery(1, "one")).await.expect("send");
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> one").await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), ok_rx.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
+        assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+
+        // The server drops us; a delivery made meanwhile waits and goes out after reconnect.
+        let _ = close1.send(());
+        d_tx.send(delivery(2, "two")).await.expect("send");
+        let (_close2, close2_rx) = tokio::sync::oneshot::channel();
+        serve_one(&listener, lines_tx.clone(), close2_rx).await;
+        expect_line(&mut lines, "JOIN #t").await;
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> two").await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), ok_rx.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 2);
+
+        shutdown.cancel();
+        let res = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("stops");
+        assert!(matches!(res, Ok(Ok(()))));
     }
 }

@@ -11,6 +11,8 @@ pub mod nick;
 pub mod outbound;
 pub mod session;
 pub mod split;
+#[cfg(test)]
+mod test_store;
 
 pub use adapter::IrcAdapter;
 pub use config::{IrcConfig, IrcMode};
