@@ -246,6 +246,91 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xrec"), s.xmpp.muc);
+    let config = XmppConfig {
+        component: slot.component.clone(),
+        server: s.xmpp.component.to_string(),
+        secret: Secret::new(slot.component_secret.clone()),
+    };
+    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let reconnect = adapter.reconnect_handle();
+    let sessions = adapter.sessions();
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
+    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
+    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
+    let shutdown = CancellationToken::new();
+    let cx = AdapterContext {
+        network: NetworkId::new("xmpp"),
+        inbound: in_tx,
+        deliveries: d_rx,
+        delivered: done_tx,
+        rooms: rooms_rx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(adapter.run(cx));
+    let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let seen2 = seen.clone();
+    let collector = tokio::spawn(async move {
+        while let Some(i) = in_rx.recv().await {
+            seen2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(i.event);
+        }
+    });
+
+    let user = unique("xr");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    d_tx.send(delivery(1, &room, &alice, "before")).await?;
+    let d = tokio::time::timeout(DEADLINE, done_rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    assert!(d.outcome.is_ok(), "{:?}", d.outcome);
+    bob.join_muc(&room, &user).await?;
+
+    reconnect.notify_one();
+    eventually(DEADLINE, "a second component session", || {
+        let n = sessions.load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await?;
+    d_tx.send(delivery(2, &room, &alice, "after reconnect"))
+        .await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room)
+            && from_nick(el) == Some("alice")
+            && body(el).as_deref() == Some("after reconnect")
+    })
+    .await?;
+    // The listener is back too: the XMPP user's message reaches the gateway.
+    bob.send_groupchat(&room, "still there?")?;
+    eventually(DEADLINE, "the message after the reconnect", || {
+        let n = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(
+                |e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "still there?"),
+            )
+            .count();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+    shutdown.cancel();
+    let _ = task.await;
+    collector.abort();
+    Ok(())
+}
+
 mod store {
     use junction_core::router::{Link, Planned};
     use junction_core::{

@@ -22,14 +22,28 @@ pub use config::XmppConfig;
 /// origin-id); the adapter learns the room's stanza-id `S` from the room's
 /// reflection and uses it where XEPs want it (retractions, reactions, replies).
 pub struct XmppAdapter {
-    config: XmppConfig,
-    store: Arc<dyn Store>,
+    state: session::State,
 }
 
 impl XmppAdapter {
     /// An adapter for `config`, keeping its state in `store`.
     pub fn new(config: XmppConfig, store: Arc<dyn Store>) -> Self {
-        Self { config, store }
+        Self {
+            state: session::State::new(config, store),
+        }
+    }
+
+    /// A handle that, when notified, drops the current component connection;
+    /// the adapter then reconnects and rejoins the listener and its puppets.
+    /// For tests and operators who want a fresh connection.
+    pub fn reconnect_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.state.reconnect.clone()
+    }
+
+    /// A counter of component sessions: incremented each time the adapter
+    /// has logged in and sent its room joins.
+    pub fn sessions(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.state.sessions.clone()
     }
 }
 
@@ -47,6 +61,6 @@ impl Adapter for XmppAdapter {
     }
 
     async fn run(self, cx: AdapterContext) -> Result<(), AdapterError> {
-        session::run(session::State::new(self.config, self.store), cx).await
+        session::run(self.state, cx).await
     }
 }

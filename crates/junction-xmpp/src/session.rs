@@ -58,6 +58,10 @@ pub(crate) struct State {
     /// (room, puppet, target) → the set we sent for that puppet.
     pub our_reactions: HashMap<(String, String, String), Vec<String>>,
     next_id: u64,
+    /// Notified to drop the current connection (the adapter then reconnects).
+    pub reconnect: Arc<tokio::sync::Notify>,
+    /// How many times the component has logged in and joined its rooms.
+    pub sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl State {
@@ -73,6 +77,8 @@ impl State {
             reactions: HashMap::new(),
             our_reactions: HashMap::new(),
             next_id: 0,
+            reconnect: Arc::new(tokio::sync::Notify::new()),
+            sessions: Arc::default(),
         }
     }
 
@@ -170,10 +176,17 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         if !join_all(&mut st, &mut conn, &cx).await {
             continue;
         }
+        st.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let reconnect = st.reconnect.clone();
         loop {
             tokio::select! {
+                () = reconnect.notified() => {
+                    tracing::info!("xmpp: dropping the component connection on request");
+                    break;
+                }
                 () = cx.shutdown.cancelled() => {
                     let _ = conn.send_end().await;
                     return Ok(());
