@@ -150,6 +150,7 @@ async fn connect(config: &XmppConfig) -> Result<Conn, String> {
 /// Runs the adapter until shutdown.
 pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), AdapterError> {
     let mut backoff = Duration::from_millis(250);
+    let mut retry: Option<Delivery> = None;
     loop {
         if cx.shutdown.is_cancelled() {
             return Ok(());
@@ -178,6 +179,19 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         }
         st.sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(d) = retry.take() {
+            let (outcome, alive) = deliver(&mut st, &mut conn, &d).await;
+            if !alive {
+                retry = Some(d);
+                continue;
+            }
+            let _ = cx.delivered.send(Delivered {
+                outbox_id: d.outbox_id,
+                target: d.target.clone(),
+                event: d.event.id.clone(),
+                outcome,
+            });
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let reconnect = st.reconnect.clone();
@@ -196,9 +210,9 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
                     let outbox_id = d.outbox_id;
                     let (outcome, alive) = deliver(&mut st, &mut conn, &d).await;
                     if !alive {
-                        // Unsent: kept for after the reconnect would need a
-                        // queue; answer as given up so the outbox moves on.
-                        let _ = cx.delivered.send(Delivered { outbox_id, target: d.target.clone(), event: d.event.id.clone(), outcome: Err("xmpp connection lost".into()) });
+                        // Not sent: a transient failure is not answered; the
+                        // delivery goes first after the reconnect.
+                        retry = Some(d);
                         break;
                     }
                     let _ = cx.delivered.send(Delivered { outbox_id, target: d.target.clone(), event: d.event.id.clone(), outcome });
