@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub store: Arc<dyn Store>,
     /// (room, puppet bare JID) → nick it holds there.
     pub joined: HashMap<(String, String), String>,
+    /// (room, puppet bare JID) → the nick it wanted and how many conflicts it met.
+    pub wanted: HashMap<(String, String), (String, u32)>,
     /// Recent room stanza-ids already handled.
     pub seen: HashSet<String>,
     pub seen_order: VecDeque<String>,
@@ -70,6 +72,7 @@ impl State {
             config,
             store,
             joined: HashMap::new(),
+            wanted: HashMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             u_to_s: HashMap::new(),
@@ -312,6 +315,7 @@ async fn deliver(
         if !send(conn, outbound::join(&from, &room, &nick, &id)).await {
             return (Err("xmpp connection lost".into()), false);
         }
+        st.wanted.insert(key.clone(), (nick.clone(), 0));
         st.joined.insert(key.clone(), nick);
     }
     let id = st.new_id();
@@ -415,6 +419,7 @@ async fn handle(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: Elemen
             on_message(st, cx, &el).await;
             true
         }
+        "presence" => on_puppet_presence(st, conn, &el).await,
         _ => true,
     }
 }
@@ -576,5 +581,70 @@ async fn on_message(st: &mut State, cx: &AdapterContext, el: &Element) {
             }
         }
         Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
+    }
+}
+
+/// Most nick conflicts a puppet works around before it gives up on a room.
+const MAX_NICK_ATTEMPTS: u32 = 10;
+
+/// Presence addressed to one of our puppets: a 409 nick conflict makes it
+/// retry with `nick[x]`, `nick[x]2`...; its own unavailable presence (kick,
+/// ban, room gone) marks it not joined, so the next delivery joins again.
+async fn on_puppet_presence(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
+    let (Some(to), Some(from)) = (el.attr("to"), el.attr("from")) else {
+        return true;
+    };
+    let Some((room, nick)) = from.split_once('/') else {
+        return true;
+    };
+    let puppet = to.split('/').next().unwrap_or(to).to_string();
+    let key = (room.to_string(), puppet.clone());
+    if st.joined.get(&key).map(String::as_str) != Some(nick) {
+        return true;
+    }
+    match el.attr("type") {
+        Some("error") => {
+            let conflict = el
+                .get_child("error", crate::inbound::NS_CLIENT)
+                .is_some_and(|e| e.has_child("conflict", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+            st.joined.remove(&key);
+            if !conflict {
+                tracing::warn!(room, "xmpp: a puppet could not join");
+                return true;
+            }
+            let Some((wanted, attempt)) = st.wanted.get(&key).cloned() else {
+                return true;
+            };
+            if attempt + 1 > MAX_NICK_ATTEMPTS {
+                tracing::warn!(room, "xmpp: no free nick for a puppet");
+                return true;
+            }
+            let tag = crate::jid::parse_puppet(&puppet, &st.config.component)
+                .and_then(|p| p.network.chars().next())
+                .unwrap_or('x')
+                .to_string();
+            let next = outbound::next_nick(&wanted, &tag, attempt + 1);
+            st.wanted.insert(key.clone(), (wanted, attempt + 1));
+            st.joined.insert(key, next.clone());
+            let id = st.new_id();
+            send(
+                conn,
+                outbound::join(&format!("{puppet}/junction"), room, &next, &id),
+            )
+            .await
+        }
+        Some("unavailable") => {
+            let own = el
+                .children()
+                .filter(|x| x.name() == "x")
+                .flat_map(|x| x.children())
+                .any(|c| c.name() == "status" && c.attr("code") == Some("110"));
+            if own {
+                tracing::info!(room, "xmpp: a puppet left or was removed from the room");
+                st.joined.remove(&key);
+            }
+            true
+        }
+        _ => true,
     }
 }
