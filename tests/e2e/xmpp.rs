@@ -331,6 +331,63 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xnick"), s.xmpp.muc);
+    let config = XmppConfig {
+        component: slot.component.clone(),
+        server: s.xmpp.component.to_string(),
+        secret: Secret::new(slot.component_secret.clone()),
+    };
+    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
+    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
+    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
+    let shutdown = CancellationToken::new();
+    let cx = AdapterContext {
+        network: NetworkId::new("xmpp"),
+        inbound: in_tx,
+        deliveries: d_rx,
+        delivered: done_tx,
+        rooms: rooms_rx,
+        shutdown: shutdown.clone(),
+    };
+    let task = tokio::spawn(adapter.run(cx));
+
+    let user = unique("xn");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.join_muc(&room, "dave").await?;
+    let dave = Sender {
+        user: UserRef::new("matrix", "@dave:matrix.test"),
+        display_name: "dave".into(),
+    };
+    d_tx.send(delivery(1, &room, &dave, "first")).await?;
+    let joined = format!("{room}/dave[m]");
+    bob.wait_for(DEADLINE, |el| {
+        el.name() == "presence" && el.attr("from") == Some(joined.as_str())
+    })
+    .await?;
+    d_tx.send(delivery(2, &room, &dave, "as dave[m]")).await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room)
+            && from_nick(el) == Some("dave[m]")
+            && body(el).as_deref() == Some("as dave[m]")
+    })
+    .await?;
+    for want in [1, 2] {
+        let d = tokio::time::timeout(DEADLINE, done_rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+        assert_eq!(d.outbox_id, want);
+    }
+    shutdown.cancel();
+    let _ = task.await;
+    Ok(())
+}
+
 mod store {
     use junction_core::router::{Link, Planned};
     use junction_core::{
