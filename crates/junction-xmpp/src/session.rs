@@ -36,13 +36,15 @@ const DEDUPE_WINDOW: usize = 4096;
 /// read timeout from firing on a quiet link.
 const PING_EVERY: Duration = Duration::from_secs(25);
 
+/// Store kv table: our message id `U` → the room's stanza-id `S`.
+const KV_U2S: &str = "xmpp.u2s";
+
 /// The nick of the listener occupant.
 pub const LISTENER_NICK: &str = "junction";
 
 /// What the adapter remembers while it runs.
 pub(crate) struct State {
     pub config: XmppConfig,
-    #[allow(dead_code)]
     pub store: Arc<dyn Store>,
     /// (room, puppet bare JID) → nick it holds there.
     pub joined: HashMap<(String, String), String>,
@@ -93,6 +95,30 @@ impl State {
         self.next_id += 1;
         let r: u64 = rand::random();
         format!("jx-{r:016x}-{}", self.next_id)
+    }
+
+    /// The room's stanza-id `S` for our message id `U` (memory, then the
+    /// store, so it survives restarts); `U` itself when never learnt.
+    fn stanza_id_for(&self, u: &str) -> String {
+        if let Some(s) = self.u_to_s.get(u) {
+            return s.clone();
+        }
+        match self.store.kv_get(KV_U2S, u) {
+            Ok(Some(v)) => String::from_utf8(v).unwrap_or_else(|_| u.to_string()),
+            Ok(None) => u.to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "xmpp: stanza-id lookup failed");
+                u.to_string()
+            }
+        }
+    }
+
+    /// Records that the room reflected our message `U` with stanza-id `S`.
+    fn learn_stanza_id(&mut self, u: String, s: String) {
+        if let Err(e) = self.store.kv_put(KV_U2S, &u, s.as_bytes()) {
+            tracing::warn!(error = %e, "xmpp: could not store a stanza-id");
+        }
+        self.u_to_s.insert(u, s);
     }
 
     fn remember(&mut self, id: &str) -> bool {
@@ -333,11 +359,7 @@ async fn deliver(
             let emote = m.kind == junction_core::MessageKind::Emote;
             match (d.reply_to.first(), m.attachments.first()) {
                 (Some(r), _) => {
-                    let s = st
-                        .u_to_s
-                        .get(r.as_str())
-                        .cloned()
-                        .unwrap_or_else(|| r.as_str().to_string());
+                    let s = st.stanza_id_for(r.as_str());
                     outbound::reply(&from, &room, &id, &s, None, None, &text)
                 }
                 (None, Some(a)) if m.body.is_empty() && m.attachments.len() == 1 => {
@@ -356,14 +378,14 @@ async fn deliver(
             let Some(t) = target else {
                 return (Err("redact target unknown here".into()), true);
             };
-            let s = st.u_to_s.get(&t).cloned().unwrap_or(t);
+            let s = st.stanza_id_for(&t);
             outbound::retraction(&from, &room, &id, &s)
         }
         EventKind::React { key: k, .. } | EventKind::Unreact { key: k, .. } => {
             let Some(t) = target else {
                 return (Err("reaction target unknown here".into()), true);
             };
-            let s = st.u_to_s.get(&t).cloned().unwrap_or(t);
+            let s = st.stanza_id_for(&t);
             let set = st
                 .our_reactions
                 .entry((room.clone(), puppet.clone(), s.clone()))
@@ -517,7 +539,7 @@ async fn on_message(st: &mut State, cx: &AdapterContext, el: &Element) {
                 .any(|((r, _), n)| r == room_jid && n == nick)
             {
                 // A reflection of our own puppet's message: learn U → S.
-                st.u_to_s.insert(u, s.clone());
+                st.learn_stanza_id(u, s.clone());
                 return;
             }
         }
