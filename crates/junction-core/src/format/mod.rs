@@ -8,6 +8,10 @@
 //! The tree is deliberately small: anything a network can express that is not here degrades
 //! to its plain text, so no network can inject markup into another.
 
+pub mod html;
+pub mod irc;
+pub mod styling;
+
 use crate::ids::UserRef;
 use serde::{Deserialize, Serialize};
 
