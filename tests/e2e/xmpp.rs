@@ -110,6 +110,16 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     })
     .await?;
 
+    eventually(DEADLINE, "the XMPP user's join at the gateway", || {
+        let n = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
+            .count();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
     bob.send_groupchat(&room, "hi from xmpp")?;
     eventually(DEADLINE, "the XMPP user's message at the gateway", || {
         let n = seen

@@ -50,6 +50,11 @@ pub(crate) struct State {
     pub joined: HashMap<(String, String), String>,
     /// (room, puppet bare JID) → the nick it wanted and how many conflicts it met.
     pub wanted: HashMap<(String, String), (String, u32)>,
+    /// Occupant JIDs (`room/nick`) present in each room, as the listener sees them.
+    pub occupants: HashSet<String>,
+    /// Rooms where the listener's own presence has arrived (occupants seen
+    /// before it were already there: no Join events for them).
+    pub listening: HashSet<String>,
     /// Recent room stanza-ids already handled.
     pub seen: HashSet<String>,
     pub seen_order: VecDeque<String>,
@@ -75,6 +80,8 @@ impl State {
             store,
             joined: HashMap::new(),
             wanted: HashMap::new(),
+            occupants: HashSet::new(),
+            listening: HashSet::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             u_to_s: HashMap::new(),
@@ -441,7 +448,14 @@ async fn handle(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: Elemen
             on_message(st, cx, &el).await;
             true
         }
-        "presence" => on_puppet_presence(st, conn, &el).await,
+        "presence" => {
+            if el.attr("to") == Some(st.listener().as_str()) {
+                on_room_presence(st, cx, &el).await;
+                true
+            } else {
+                on_puppet_presence(st, conn, &el).await
+            }
+        }
         _ => true,
     }
 }
@@ -669,4 +683,134 @@ async fn on_puppet_presence(st: &mut State, conn: &mut Conn, el: &Element) -> bo
         }
         _ => true,
     }
+}
+
+fn has_status(el: &Element, code: &str) -> bool {
+    el.children()
+        .filter(|x| x.name() == "x")
+        .flat_map(|x| x.children())
+        .any(|c| c.name() == "status" && c.attr("code") == Some(code))
+}
+
+/// The `<item>` of a MUC presence.
+fn muc_item(el: &Element) -> Option<&Element> {
+    el.children()
+        .filter(|x| x.name() == "x")
+        .flat_map(|x| x.children())
+        .find(|c| c.name() == "item")
+}
+
+/// Room presence as the listener sees it → join, leave, nick change, kick, ban.
+async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
+    let Some(from) = el.attr("from") else { return };
+    let Some((room_jid, nick)) = from.split_once('/') else {
+        return;
+    };
+    let rooms = cx.rooms.borrow().clone();
+    let Some(room) = rooms
+        .iter()
+        .find(|r| r.as_str().eq_ignore_ascii_case(room_jid))
+        .cloned()
+    else {
+        return;
+    };
+    if has_status(el, "110") {
+        st.listening.insert(room_jid.to_string());
+        return;
+    }
+    let ty = el.attr("type");
+    if ty == Some("error") {
+        return;
+    }
+    let item = muc_item(el);
+    let real = item.and_then(|i| i.attr("jid"));
+    let ours = st
+        .joined
+        .iter()
+        .any(|((r, _), n)| r == room_jid && n == nick)
+        || nick == LISTENER_NICK
+        || real.is_some_and(|j| is_ours(j, &st.config.component));
+    let was_present = if ty == Some("unavailable") {
+        st.occupants.remove(from)
+    } else {
+        !st.occupants.insert(from.to_string())
+    };
+    if ours || !st.listening.contains(room_jid) {
+        return;
+    }
+    let user = el
+        .get_child("occupant-id", "urn:xmpp:occupant-id:0")
+        .and_then(|c| c.attr("id"))
+        .map_or_else(|| from.to_string(), |id| format!("occupant:{id}"));
+    let sender = junction_core::Sender {
+        user: junction_core::UserRef::new(cx.network.as_str(), user),
+        display_name: nick.to_string(),
+    };
+    let reason = item
+        .and_then(|i| i.children().find(|c| c.name() == "reason"))
+        .map(Element::text)
+        .filter(|r| !r.is_empty());
+    let kind = if ty == Some("unavailable") {
+        if has_status(el, "303") {
+            let Some(new) = item.and_then(|i| i.attr("nick")) else {
+                return;
+            };
+            st.occupants.insert(format!("{room_jid}/{new}"));
+            EventKind::NickChange {
+                new_name: new.to_string(),
+            }
+        } else if has_status(el, "307") || has_status(el, "301") {
+            let actor = item
+                .and_then(|i| i.children().find(|c| c.name() == "actor"))
+                .and_then(|a| a.attr("nick"))
+                .unwrap_or(room_jid)
+                .to_string();
+            let kicker = junction_core::Sender {
+                user: junction_core::UserRef::new(
+                    cx.network.as_str(),
+                    format!("{room_jid}/{actor}"),
+                ),
+                display_name: actor,
+            };
+            let kind = if has_status(el, "301") {
+                EventKind::Ban {
+                    target: sender,
+                    reason,
+                }
+            } else {
+                EventKind::Kick {
+                    target: sender,
+                    reason,
+                }
+            };
+            let id = MessageId::new(st.new_id());
+            let room = RoomRef::new(cx.network.as_str(), room.as_str());
+            let e = junction_core::Event::new(room, id, kicker, now_ms(), kind);
+            let _ = cx.inbound.send(Inbound::new(e)).await;
+            return;
+        } else {
+            EventKind::Leave {
+                reason: el
+                    .children()
+                    .find(|c| c.name() == "status")
+                    .map(Element::text)
+                    .filter(|r| !r.is_empty()),
+                quit: false,
+            }
+        }
+    } else if was_present {
+        return;
+    } else {
+        EventKind::Join
+    };
+    let id = MessageId::new(st.new_id());
+    let room = RoomRef::new(cx.network.as_str(), room.as_str());
+    let e = junction_core::Event::new(room, id, sender, now_ms(), kind);
+    let _ = cx.inbound.send(Inbound::new(e)).await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
