@@ -13,3 +13,6 @@ mod matrix;
 
 /// The XMPP adapter against Prosody: puppets, the listener, one event per room message.
 mod xmpp;
+
+/// The IRC adapter against InspIRCd and ngIRCd: nicks, long messages, inbound traffic.
+mod irc;
