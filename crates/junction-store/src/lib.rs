@@ -9,6 +9,47 @@
 use junction_core::router::{Link, Planned, RefResolver};
 use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};
 
+mod mem;
+mod sled_store;
+#[cfg(test)]
+mod tests;
+
+pub use mem::MemStore;
+pub use sled_store::SledStore;
+
+/// Compact key: parts joined by NUL (ids never contain NUL).
+pub(crate) fn key(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// Builds the outbox rows for `planned`, ids taken from `next_id`.
+pub(crate) fn outbox_rows(
+    event: &Event,
+    planned: Vec<Planned>,
+    mut next_id: impl FnMut() -> Result<u64>,
+) -> Result<Vec<Delivery>> {
+    planned
+        .into_iter()
+        .map(|p| {
+            Ok(Delivery {
+                outbox_id: next_id()?,
+                bridge: p.bridge,
+                target: p.target,
+                event: event.clone(),
+                reply_to: p.reply_to,
+                target_ids: p.target_ids,
+            })
+        })
+        .collect()
+}
+
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,283 @@
+//! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values.
+//! Writes that belong together run in one sled transaction.
+
+use crate::{key, outbox_rows, AuditEntry, Recorded, Result, Store, StoreError};
+use junction_core::router::{Link, Planned};
+use junction_core::{
+    BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
+};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+/// Store kept in a sled database on disk.
+pub struct SledStore {
+    db: sled::Db,
+    by_remote: sled::Tree,
+    by_event: sled::Tree,
+    outbox: sled::Tree,
+    txns: sled::Tree,
+    puppets: sled::Tree,
+    owners: sled::Tree,
+    links: sled::Tree,
+    cursors: sled::Tree,
+    kv: sled::Tree,
+    audit: sled::Tree,
+}
+
+fn be(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn codec(e: serde_json::Error) -> StoreError {
+    StoreError::Codec(e.to_string())
+}
+
+fn tx(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => be(e),
+    }
+}
+
+fn abort(e: serde_json::Error) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(codec(e))
+}
+
+fn room_key(r: &RoomRef, x: &str) -> Vec<u8> {
+    key(&[r.network.as_str(), r.room.as_str(), x])
+}
+
+fn event_key(e: &EventId, r: &RoomRef) -> Vec<u8> {
+    key(&[e.as_str(), r.network.as_str(), r.room.as_str()])
+}
+
+fn outbox_prefix(n: &NetworkId) -> Vec<u8> {
+    let mut k = n.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn outbox_key(n: &NetworkId, id: u64) -> Vec<u8> {
+    let mut k = outbox_prefix(n);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let db = sled::open(path).map_err(be)?;
+        let t = |n: &str| db.open_tree(n).map_err(be);
+        Ok(Self {
+            by_remote: t("by_remote")?,
+            by_event: t("by_event")?,
+            outbox: t("outbox")?,
+            txns: t("txns")?,
+            puppets: t("puppets")?,
+            owners: t("owners")?,
+            links: t("links")?,
+            cursors: t("cursors")?,
+            kv: t("kv")?,
+            audit: t("audit")?,
+            db,
+        })
+    }
+
+    fn next_id(&self) -> Result<u64> {
+        // sled ids are monotonic across restarts; +1 keeps 0 unused.
+        self.db.generate_id().map(|i| i + 1).map_err(be)
+    }
+}
+
+impl Store for SledStore {
+    fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded> {
+        let k = room_key(&event.origin, event.remote_id.as_str());
+        if self.by_remote.contains_key(&k).map_err(be)? {
+            return Ok(Recorded::Duplicate);
+        }
+        let rows = outbox_rows(event, planned, || self.next_id())?;
+        let encoded = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    outbox_key(&r.target.network, r.outbox_id),
+                    serde_json::to_vec(r).map_err(codec)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ids = serde_json::to_vec(&[&event.remote_id]).map_err(codec)?;
+        let ek = event_key(&event.id, &event.origin);
+        let new = (&self.by_remote, &self.by_event, &self.outbox)
+            .transaction(|(rem, ev, out)| {
+                if rem.get(&k)?.is_some() {
+                    return Ok(false);
+                }
+                rem.insert(k.as_slice(), event.id.as_str().as_bytes())?;
+                ev.insert(ek.as_slice(), ids.as_slice())?;
+                for (ok, v) in &encoded {
+                    out.insert(ok.as_slice(), v.as_slice())?;
+                }
+                Ok(true)
+            })
+            .map_err(tx)?;
+        Ok(if new { Recorded::New(rows) } else { Recorded::Duplicate })
+    }
+
+    fn record_delivered(&self, d: &Delivered) -> Result<()> {
+        let ok = outbox_key(&d.target.network, d.outbox_id);
+        let ek = event_key(&d.event, &d.target);
+        (&self.by_remote, &self.by_event, &self.outbox)
+            .transaction(|(rem, ev, out)| {
+                if let Ok(ids) = &d.outcome {
+                    for id in ids {
+                        rem.insert(room_key(&d.target, id.as_str()), d.event.as_str().as_bytes())?;
+                    }
+                    ev.insert(ek.as_slice(), serde_json::to_vec(ids).map_err(abort)?)?;
+                }
+                out.remove(ok.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx)
+    }
+
+    fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Result<Option<EventId>> {
+        Ok(self
+            .by_remote
+            .get(room_key(room, remote.as_str()))
+            .map_err(be)?
+            .map(|v| EventId(String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {
+        match self.by_event.get(event_key(event, room)).map_err(be)? {
+            Some(v) => serde_json::from_slice(&v).map_err(codec),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {
+        self.outbox
+            .scan_prefix(outbox_prefix(network))
+            .map(|r| {
+                let (_, v) = r.map_err(be)?;
+                serde_json::from_slice(&v).map_err(codec)
+            })
+            .collect()
+    }
+
+    fn outbox_depth(&self, network: &NetworkId) -> Result<usize> {
+        Ok(self.outbox.scan_prefix(outbox_prefix(network)).keys().count())
+    }
+
+    fn txn_done(&self, k: &str) -> Result<bool> {
+        self.txns.contains_key(k).map_err(be)
+    }
+
+    fn mark_txn(&self, k: &str) -> Result<()> {
+        self.txns.insert(k, &[]).map(drop).map_err(be)
+    }
+
+    fn puppet(&self, network: &NetworkId, user: &UserRef) -> Result<Option<String>> {
+        let k = key(&[network.as_str(), user.network.as_str(), user.user.as_str()]);
+        Ok(self
+            .puppets
+            .get(k)
+            .map_err(be)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_puppet(&self, network: &NetworkId, user: &UserRef, identity: &str) -> Result<()> {
+        let k = key(&[network.as_str(), user.network.as_str(), user.user.as_str()]);
+        let owner = serde_json::to_vec(user).map_err(codec)?;
+        (&self.puppets, &self.owners)
+            .transaction(|(p, o)| {
+                if let Some(old) = p.insert(k.as_slice(), identity.as_bytes())? {
+                    o.remove(key(&[network.as_str(), &String::from_utf8_lossy(&old)]))?;
+                }
+                o.insert(key(&[network.as_str(), identity]), owner.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx)
+    }
+
+    fn puppet_owner(&self, network: &NetworkId, identity: &str) -> Result<Option<UserRef>> {
+        match self.owners.get(key(&[network.as_str(), identity])).map_err(be)? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
+            None => Ok(None),
+        }
+    }
+
+    fn links(&self) -> Result<Vec<Link>> {
+        self.links
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.map_err(be)?).map_err(codec))
+            .collect()
+    }
+
+    fn put_link(&self, link: &Link) -> Result<()> {
+        let v = serde_json::to_vec(link).map_err(codec)?;
+        self.links.insert(link.bridge.as_str(), v).map(drop).map_err(be)
+    }
+
+    fn remove_link(&self, bridge: &BridgeName) -> Result<()> {
+        self.links.remove(bridge.as_str()).map(drop).map_err(be)
+    }
+
+    fn cursor(&self, room: &RoomRef) -> Result<Option<String>> {
+        let k = key(&[room.network.as_str(), room.room.as_str()]);
+        Ok(self
+            .cursors
+            .get(k)
+            .map_err(be)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_cursor(&self, room: &RoomRef, cursor: &str) -> Result<()> {
+        let k = key(&[room.network.as_str(), room.room.as_str()]);
+        self.cursors.insert(k, cursor.as_bytes()).map(drop).map_err(be)
+    }
+
+    fn kv_get(&self, ns: &str, k: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(key(&[ns, k])).map_err(be)?.map(|v| v.to_vec()))
+    }
+
+    fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
+        self.kv.insert(key(&[ns, k]), value).map(drop).map_err(be)
+    }
+
+    fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
+        self.kv.remove(key(&[ns, k])).map(drop).map_err(be)
+    }
+
+    fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let prefix = key(&[ns, ""]);
+        self.kv
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (k, v) = r.map_err(be)?;
+                let k = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((k, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let v = serde_json::to_vec(entry).map_err(codec)?;
+        let id = self.next_id()?;
+        self.audit.insert(id.to_be_bytes(), v).map(drop).map_err(be)
+    }
+
+    fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        self.audit
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.map_err(be)?).map_err(codec))
+            .collect()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(drop).map_err(be)
+    }
+}
