@@ -231,8 +231,20 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let reconnect = st.reconnect.clone();
+        let mut rooms_open = true;
         loop {
             tokio::select! {
+                changed = cx.rooms.changed(), if rooms_open => {
+                    if changed.is_err() {
+                        rooms_open = false;
+                        continue;
+                    }
+                    // Newly linked rooms: the listener joins them (joining
+                    // again where it already is only refreshes its presence).
+                    if !join_all(&mut st, &mut conn, &cx).await {
+                        break;
+                    }
+                }
                 () = reconnect.notified() => {
                     tracing::info!("xmpp: dropping the component connection on request");
                     break;
