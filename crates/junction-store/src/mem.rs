@@ -56,7 +56,11 @@ impl Store for MemStore {
         })?;
         g.by_remote.insert(k, event.id.clone());
         g.by_event.insert(
-            key(&[event.id.as_str(), event.origin.network.as_str(), event.origin.room.as_str()]),
+            key(&[
+                event.id.as_str(),
+                event.origin.network.as_str(),
+                event.origin.room.as_str(),
+            ]),
             vec![event.remote_id.clone()],
         );
         for r in &rows {
@@ -76,7 +80,11 @@ impl Store for MemStore {
                     .insert(room_key(&d.target, id.as_str()), d.event.clone());
             }
             g.by_event.insert(
-                key(&[d.event.as_str(), d.target.network.as_str(), d.target.room.as_str()]),
+                key(&[
+                    d.event.as_str(),
+                    d.target.network.as_str(),
+                    d.target.room.as_str(),
+                ]),
                 ids.clone(),
             );
         }
@@ -87,7 +95,11 @@ impl Store for MemStore {
     }
 
     fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Result<Option<EventId>> {
-        Ok(self.lock().by_remote.get(&room_key(room, remote.as_str())).cloned())
+        Ok(self
+            .lock()
+            .by_remote
+            .get(&room_key(room, remote.as_str()))
+            .cloned())
     }
 
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {
@@ -134,7 +146,11 @@ impl Store for MemStore {
     }
 
     fn puppet_owner(&self, network: &NetworkId, identity: &str) -> Result<Option<UserRef>> {
-        Ok(self.lock().owners.get(&key(&[network.as_str(), identity])).cloned())
+        Ok(self
+            .lock()
+            .owners
+            .get(&key(&[network.as_str(), identity]))
+            .cloned())
     }
 
     fn links(&self) -> Result<Vec<Link>> {

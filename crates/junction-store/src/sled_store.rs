@@ -121,7 +121,11 @@ impl Store for SledStore {
                 Ok(true)
             })
             .map_err(tx)?;
-        Ok(if new { Recorded::New(rows) } else { Recorded::Duplicate })
+        Ok(if new {
+            Recorded::New(rows)
+        } else {
+            Recorded::Duplicate
+        })
     }
 
     fn record_delivered(&self, d: &Delivered) -> Result<()> {
@@ -131,7 +135,10 @@ impl Store for SledStore {
             .transaction(|(rem, ev, out)| {
                 if let Ok(ids) = &d.outcome {
                     for id in ids {
-                        rem.insert(room_key(&d.target, id.as_str()), d.event.as_str().as_bytes())?;
+                        rem.insert(
+                            room_key(&d.target, id.as_str()),
+                            d.event.as_str().as_bytes(),
+                        )?;
                     }
                     ev.insert(ek.as_slice(), serde_json::to_vec(ids).map_err(abort)?)?;
                 }
@@ -167,7 +174,11 @@ impl Store for SledStore {
     }
 
     fn outbox_depth(&self, network: &NetworkId) -> Result<usize> {
-        Ok(self.outbox.scan_prefix(outbox_prefix(network)).keys().count())
+        Ok(self
+            .outbox
+            .scan_prefix(outbox_prefix(network))
+            .keys()
+            .count())
     }
 
     fn txn_done(&self, k: &str) -> Result<bool> {
@@ -202,7 +213,11 @@ impl Store for SledStore {
     }
 
     fn puppet_owner(&self, network: &NetworkId, identity: &str) -> Result<Option<UserRef>> {
-        match self.owners.get(key(&[network.as_str(), identity])).map_err(be)? {
+        match self
+            .owners
+            .get(key(&[network.as_str(), identity]))
+            .map_err(be)?
+        {
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
             None => Ok(None),
         }
@@ -218,7 +233,10 @@ impl Store for SledStore {
 
     fn put_link(&self, link: &Link) -> Result<()> {
         let v = serde_json::to_vec(link).map_err(codec)?;
-        self.links.insert(link.bridge.as_str(), v).map(drop).map_err(be)
+        self.links
+            .insert(link.bridge.as_str(), v)
+            .map(drop)
+            .map_err(be)
     }
 
     fn remove_link(&self, bridge: &BridgeName) -> Result<()> {
@@ -236,7 +254,10 @@ impl Store for SledStore {
 
     fn set_cursor(&self, room: &RoomRef, cursor: &str) -> Result<()> {
         let k = key(&[room.network.as_str(), room.room.as_str()]);
-        self.cursors.insert(k, cursor.as_bytes()).map(drop).map_err(be)
+        self.cursors
+            .insert(k, cursor.as_bytes())
+            .map(drop)
+            .map_err(be)
     }
 
     fn kv_get(&self, ns: &str, k: &str) -> Result<Option<Vec<u8>>> {

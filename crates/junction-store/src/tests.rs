@@ -1,1 +1,316 @@
-//! Conformance suite.
+//! One conformance suite run against both backends, plus sled-only reopen and kill tests.
+
+use crate::*;
+use junction_core::{BridgeName, EventKind, Sender};
+
+fn room(n: &str, r: &str) -> RoomRef {
+    RoomRef::new(n, r)
+}
+
+fn ev(n: &str, r: &str, remote: &str) -> Event {
+    Event::new(
+        room(n, r),
+        MessageId::new(remote),
+        Sender::new(UserRef::new(n, "alice"), "alice"),
+        1,
+        EventKind::Join,
+    )
+}
+
+fn plan(n: &str, r: &str) -> Planned {
+    Planned {
+        bridge: BridgeName::new("lobby"),
+        target: room(n, r),
+        reply_to: vec![],
+        target_ids: vec![],
+    }
+}
+
+fn ids(v: &[&str]) -> Vec<MessageId> {
+    v.iter().map(|s| MessageId::new(*s)).collect()
+}
+
+pub(crate) fn inbound_and_outbox(s: &dyn Store) {
+    let e = ev("matrix", "#lobby:matrix.test", "$1");
+    let Recorded::New(rows) = s
+        .record_inbound(&e, vec![plan("xmpp", "lobby@c"), plan("irc:l", "#lobby")])
+        .unwrap()
+    else {
+        panic!("expected new")
+    };
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        s.record_inbound(&e, vec![plan("xmpp", "lobby@c")]).unwrap(),
+        Recorded::Duplicate
+    );
+    assert_eq!(
+        s.event_for(&e.origin, &e.remote_id).unwrap(),
+        Some(e.id.clone())
+    );
+    assert_eq!(s.remote_ids(&e.id, &e.origin).unwrap(), ids(&["$1"]));
+    let e2 = ev("matrix", "#lobby:matrix.test", "$2");
+    let Recorded::New(rows2) = s
+        .record_inbound(&e2, vec![plan("xmpp", "lobby@c")])
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(rows2[0].outbox_id > rows[0].outbox_id);
+    let x = s.pending(&NetworkId::new("xmpp")).unwrap();
+    assert_eq!(
+        x.iter().map(|d| d.event.id.clone()).collect::<Vec<_>>(),
+        vec![e.id.clone(), e2.id.clone()]
+    );
+    assert_eq!(s.outbox_depth(&NetworkId::new("xmpp")).unwrap(), 2);
+    assert_eq!(s.outbox_depth(&NetworkId::new("irc:l")).unwrap(), 1);
+    assert_eq!(s.outbox_depth(&NetworkId::new("irc")).unwrap(), 0);
+
+    // delivered, multi-part
+    let d = Delivered {
+        outbox_id: x[0].outbox_id,
+        target: x[0].target.clone(),
+        event: e.id.clone(),
+        outcome: Ok(ids(&["p1", "p2", "p3"])),
+    };
+    s.record_delivered(&d).unwrap();
+    s.record_delivered(&d).unwrap();
+    assert_eq!(
+        s.remote_ids(&e.id, &x[0].target).unwrap(),
+        ids(&["p1", "p2", "p3"])
+    );
+    for p in ["p1", "p2", "p3"] {
+        assert_eq!(
+            s.event_for(&x[0].target, &MessageId::new(p)).unwrap(),
+            Some(e.id.clone())
+        );
+    }
+    assert_eq!(s.outbox_depth(&NetworkId::new("xmpp")).unwrap(), 1);
+    assert_eq!(s.outbox_depth(&NetworkId::new("irc:l")).unwrap(), 1);
+    // failed outcome only removes the row
+    let f = Delivered {
+        outbox_id: x[1].outbox_id,
+        target: x[1].target.clone(),
+        event: e2.id.clone(),
+        outcome: Err("no".into()),
+    };
+    s.record_delivered(&f).unwrap();
+    assert_eq!(s.outbox_depth(&NetworkId::new("xmpp")).unwrap(), 0);
+    assert!(s.remote_ids(&e2.id, &x[1].target).unwrap().is_empty());
+    // resolver
+    let r = Resolver(s);
+    assert_eq!(
+        RefResolver::event_for(&r, &x[0].target, &MessageId::new("p2")),
+        Some(e.id.clone())
+    );
+    assert_eq!(RefResolver::remote_ids(&r, &e.id, &x[0].target).len(), 3);
+    assert!(!r.is_own_puppet(&UserRef::new("xmpp", "lobby@c/alice")));
+    s.set_puppet(
+        &NetworkId::new("xmpp"),
+        &UserRef::new("matrix", "@a:m"),
+        "lobby@c/alice",
+    )
+    .unwrap();
+    assert!(r.is_own_puppet(&UserRef::new("xmpp", "lobby@c/alice")));
+}
+
+pub(crate) fn tables(s: &dyn Store) {
+    assert!(!s.txn_done("t1").unwrap());
+    s.mark_txn("t1").unwrap();
+    assert!(s.txn_done("t1").unwrap());
+    let n = NetworkId::new("irc:l");
+    let u = UserRef::new("matrix", "@bob:m");
+    s.set_puppet(&n, &u, "bob[m]").unwrap();
+    assert_eq!(s.puppet(&n, &u).unwrap().as_deref(), Some("bob[m]"));
+    assert_eq!(s.puppet_owner(&n, "bob[m]").unwrap(), Some(u.clone()));
+    s.set_puppet(&n, &u, "bob2").unwrap();
+    assert_eq!(s.puppet_owner(&n, "bob[m]").unwrap(), None);
+    assert_eq!(s.puppet_owner(&n, "bob2").unwrap(), Some(u.clone()));
+    assert_eq!(s.puppet(&NetworkId::new("xmpp"), &u).unwrap(), None);
+    let l = Link {
+        bridge: BridgeName::new("b"),
+        rooms: vec![room("irc:l", "#a"), room("xmpp", "a@c")],
+    };
+    s.put_link(&l).unwrap();
+    assert_eq!(s.links().unwrap(), vec![l.clone()]);
+    s.remove_link(&l.bridge).unwrap();
+    assert!(s.links().unwrap().is_empty());
+    let r = room("xmpp", "a@c");
+    assert_eq!(s.cursor(&r).unwrap(), None);
+    s.set_cursor(&r, "c1").unwrap();
+    s.set_cursor(&r, "c2").unwrap();
+    assert_eq!(s.cursor(&r).unwrap().as_deref(), Some("c2"));
+    s.kv_put("ns", "b", b"2").unwrap();
+    s.kv_put("ns", "a", b"1").unwrap();
+    s.kv_put("ns2", "x", b"9").unwrap();
+    s.kv_put("n", "sx", b"8").unwrap();
+    assert_eq!(s.kv_get("ns", "a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.kv_get("ns2", "a").unwrap(), None);
+    assert_eq!(
+        s.kv_scan("ns").unwrap(),
+        vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
+    );
+    s.kv_remove("ns", "a").unwrap();
+    assert_eq!(s.kv_scan("ns").unwrap().len(), 1);
+    assert_eq!(s.kv_scan("n").unwrap().len(), 1);
+    for i in 0..3 {
+        s.audit(&AuditEntry {
+            ts_ms: i,
+            actor: "a".into(),
+            action: format!("x{i}"),
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+    let log = s.audit_log().unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.ts_ms).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    s.flush().unwrap();
+}
+
+macro_rules! store_conformance_tests {
+    ($m:ident, $make:expr) => {
+        mod $m {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn inbound_and_outbox() {
+                let (_d, s) = $make;
+                super::inbound_and_outbox(&s);
+            }
+            #[test]
+            fn tables() {
+                let (_d, s) = $make;
+                super::tables(&s);
+            }
+        }
+    };
+}
+
+store_conformance_tests!(mem, ((), MemStore::new()));
+store_conformance_tests!(sled, {
+    let d = tempfile::tempdir().unwrap();
+    let s = SledStore::open(d.path()).unwrap();
+    (d, s)
+});
+
+#[test]
+fn sled_reopen_keeps_everything() {
+    let d = tempfile::tempdir().unwrap();
+    let last;
+    {
+        let s = SledStore::open(d.path()).unwrap();
+        tables(&s);
+        for i in 0..5 {
+            s.record_inbound(
+                &ev("irc:l", "#a", &format!("m{i}")),
+                vec![plan("xmpp", "a@c")],
+            )
+            .unwrap();
+        }
+        last = s
+            .pending(&NetworkId::new("xmpp"))
+            .unwrap()
+            .last()
+            .unwrap()
+            .outbox_id;
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(d.path()).unwrap();
+    let p = s.pending(&NetworkId::new("xmpp")).unwrap();
+    assert_eq!(p.len(), 5);
+    assert!(p.windows(2).all(|w| w[0].outbox_id < w[1].outbox_id));
+    assert_eq!(s.audit_log().unwrap().len(), 3);
+    assert_eq!(
+        s.cursor(&room("xmpp", "a@c")).unwrap().as_deref(),
+        Some("c2")
+    );
+    assert!(s.txn_done("t1").unwrap());
+    let Recorded::New(r) = s
+        .record_inbound(&ev("irc:l", "#a", "new"), vec![plan("xmpp", "a@c")])
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(r[0].outbox_id > last);
+}
+
+const CHILD_ENV: &str = "JUNCTION_STORE_KILL_CHILD_DIR";
+
+#[test]
+fn kill_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let s = SledStore::open(dir).unwrap();
+    for i in 0..50 {
+        s.record_inbound(
+            &ev("irc:l", "#a", &format!("m{i}")),
+            vec![plan("xmpp", "a@c")],
+        )
+        .unwrap();
+    }
+    s.flush().unwrap();
+    println!("flushed");
+    let mut i = 50u64;
+    loop {
+        s.record_inbound(
+            &ev("irc:l", "#a", &format!("m{i}")),
+            vec![plan("xmpp", "a@c")],
+        )
+        .unwrap();
+        i += 1;
+    }
+}
+
+#[test]
+fn sled_survives_kill_9() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::kill_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, d.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    let mut seen = false;
+    for _ in 0..100 {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("flushed") => {
+                seen = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "child never flushed");
+    let s = SledStore::open(d.path()).unwrap();
+    let pending = s.pending(&NetworkId::new("xmpp")).unwrap();
+    for i in 0..50 {
+        let e = ev("irc:l", "#a", &format!("m{i}"));
+        assert_eq!(
+            s.event_for(&e.origin, &e.remote_id).unwrap(),
+            Some(e.id.clone())
+        );
+        assert!(pending.iter().any(|p| p.event.id == e.id));
+    }
+    let max = pending.iter().map(|p| p.outbox_id).max().unwrap();
+    let Recorded::New(r) = s
+        .record_inbound(&ev("irc:l", "#a", "after"), vec![plan("xmpp", "a@c")])
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(r[0].outbox_id > max);
+}
