@@ -1,0 +1,46 @@
+//! Inserts 100k events into a SledStore in a temporary directory and prints inserts/s and
+//! lookups/s. A rough measurement, no assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use junction_core::router::Planned;
+use junction_core::{BridgeName, Event, EventKind, MessageId, RoomRef, Sender, UserRef};
+use junction_store::{SledStore, Store};
+use std::time::Instant;
+
+fn main() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let origin = RoomRef::new("matrix", "#lobby:matrix.test");
+    let sender = Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice");
+    let target = Planned {
+        bridge: BridgeName::new("lobby"),
+        target: RoomRef::new("irc:local", "#lobby"),
+        reply_to: vec![],
+        target_ids: vec![],
+    };
+    let events: Vec<Event> = (0..N)
+        .map(|i| {
+            Event::new(
+                origin.clone(),
+                MessageId::new(format!("${i}")),
+                sender.clone(),
+                0,
+                EventKind::Join,
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    for e in &events {
+        store.record_inbound(e, vec![target.clone()]).unwrap();
+    }
+    store.flush().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    println!("inserts: {:.0}/s", N as f64 / secs);
+    let start = Instant::now();
+    for e in &events {
+        store.event_for(&e.origin, &e.remote_id).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("lookups: {:.0}/s", N as f64 / secs);
+}
