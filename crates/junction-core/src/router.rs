@@ -222,3 +222,225 @@ impl Router {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, Message, MessageKind, Sender};
+    use crate::format::RichText;
+    use std::collections::{HashMap, HashSet};
+
+    fn m() -> RoomRef {
+        RoomRef::new("matrix", "#lobby:matrix.test")
+    }
+    fn x() -> RoomRef {
+        RoomRef::new("xmpp", "lobby@conference.xmpp.test")
+    }
+    fn i() -> RoomRef {
+        RoomRef::new("irc:libera", "#lobby")
+    }
+
+    /// A test table standing in for the message map and puppet table.
+    #[derive(Default)]
+    struct Table {
+        events: HashMap<(RoomRef, MessageId), EventId>,
+        ids: HashMap<(EventId, RoomRef), Vec<MessageId>>,
+        puppets: HashSet<UserRef>,
+    }
+
+    impl Table {
+        /// Records that `remote` in `origin` is event `ev` and appears as `parts` in `room`.
+        fn known(&mut self, origin: &RoomRef, remote: &str, room: &RoomRef, parts: &[&str]) {
+            let ev = EventId::derive(origin, &MessageId::from(remote));
+            self.events
+                .insert((origin.clone(), MessageId::from(remote)), ev.clone());
+            self.ids.insert(
+                (ev, room.clone()),
+                parts.iter().map(|p| MessageId::from(*p)).collect(),
+            );
+        }
+    }
+
+    impl RefResolver for Table {
+        fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Option<EventId> {
+            self.events.get(&(room.clone(), remote.clone())).cloned()
+        }
+        fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Vec<MessageId> {
+            self.ids
+                .get(&(event.clone(), room.clone()))
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn is_own_puppet(&self, user: &UserRef) -> bool {
+            self.puppets.contains(user)
+        }
+    }
+
+    fn router() -> Router {
+        Router::new(vec![Link {
+            bridge: BridgeName::from("lobby"),
+            rooms: vec![m(), x(), i()],
+        }])
+        .unwrap()
+    }
+
+    fn alice() -> Sender {
+        Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice")
+    }
+
+    fn message(origin: RoomRef, reply_to: Option<&str>) -> Event {
+        Event::new(
+            origin,
+            MessageId::from("$new"),
+            alice(),
+            1,
+            EventKind::Message(Message {
+                kind: MessageKind::Text,
+                body: RichText::plain("hi"),
+                reply_to: reply_to.map(MessageId::from),
+                attachments: Vec::new(),
+            }),
+        )
+    }
+
+    fn targets(p: &[Planned]) -> Vec<RoomRef> {
+        p.iter().map(|p| p.target.clone()).collect()
+    }
+
+    #[test]
+    fn fans_out_to_every_other_room() {
+        let p = router().plan(&message(m(), None), &Table::default());
+        assert_eq!(targets(&p), vec![x(), i()]);
+        assert!(p.iter().all(|p| p.bridge == BridgeName::from("lobby")));
+        assert!(p
+            .iter()
+            .all(|p| p.reply_to.is_empty() && p.target_ids.is_empty()));
+    }
+
+    #[test]
+    fn unlinked_room_goes_nowhere() {
+        let other = RoomRef::new("matrix", "#elsewhere:matrix.test");
+        assert!(router()
+            .plan(&message(other, None), &Table::default())
+            .is_empty());
+    }
+
+    #[test]
+    fn own_puppet_goes_nowhere() {
+        let mut t = Table::default();
+        t.puppets
+            .insert(UserRef::new("matrix", "@alice:matrix.test"));
+        assert!(router().plan(&message(m(), None), &t).is_empty());
+    }
+
+    #[test]
+    fn reply_is_resolved_per_target() {
+        let mut t = Table::default();
+        t.known(&m(), "$old", &x(), &["x-old"]);
+        let p = router().plan(&message(m(), Some("$old")), &t);
+        assert_eq!(targets(&p), vec![x(), i()]);
+        assert_eq!(p[0].reply_to, vec![MessageId::from("x-old")]);
+        assert!(p[1].reply_to.is_empty(), "unknown in IRC: a plain message");
+    }
+
+    #[test]
+    fn edit_redact_react_only_where_target_is_known() {
+        let mut t = Table::default();
+        t.known(&m(), "$old", &i(), &["i-1", "i-2"]);
+        let kinds = [
+            EventKind::Edit {
+                target: "$old".into(),
+                body: RichText::plain("fixed"),
+            },
+            EventKind::Redact {
+                target: "$old".into(),
+                reason: None,
+            },
+            EventKind::React {
+                target: "$old".into(),
+                key: "👍".into(),
+            },
+        ];
+        for kind in kinds {
+            let ev = Event::new(m(), MessageId::from("$e"), alice(), 2, kind);
+            let p = router().plan(&ev, &t);
+            assert_eq!(targets(&p), vec![i()]);
+            assert_eq!(
+                p[0].target_ids,
+                vec![MessageId::from("i-1"), MessageId::from("i-2")],
+                "parts kept in order"
+            );
+        }
+    }
+
+    #[test]
+    fn link_changes_and_errors() {
+        let mut r = router();
+        let other = RoomRef::new("xmpp", "other@conference.xmpp.test");
+        assert_eq!(
+            r.link_room(&BridgeName::from("second"), m()),
+            Err(LinkError::RoomTaken {
+                room: m(),
+                bridge: BridgeName::from("lobby")
+            })
+        );
+        assert_eq!(r.link_room(&BridgeName::from("lobby"), m()), Ok(()));
+        assert_eq!(
+            r.unlink_room(&BridgeName::from("nope"), &m()),
+            Err(LinkError::NoSuchBridge(BridgeName::from("nope")))
+        );
+        assert_eq!(
+            r.unlink_room(&BridgeName::from("lobby"), &other),
+            Err(LinkError::NotLinked {
+                room: other.clone(),
+                bridge: BridgeName::from("lobby")
+            })
+        );
+        r.link_room(&BridgeName::from("second"), other.clone())
+            .unwrap();
+        assert_eq!(
+            r.rooms_on(&"xmpp".into()),
+            vec![
+                RoomId::from("lobby@conference.xmpp.test"),
+                RoomId::from("other@conference.xmpp.test")
+            ]
+        );
+        r.unlink_room(&BridgeName::from("lobby"), &x()).unwrap();
+        assert!(r.link_of(&x()).is_none());
+        assert_eq!(
+            targets(&r.plan(&message(m(), None), &Table::default())),
+            vec![i()]
+        );
+        assert_eq!(
+            r.remove_bridge(&BridgeName::from("lobby")),
+            Ok(vec![m(), i()])
+        );
+        assert_eq!(
+            r.remove_bridge(&BridgeName::from("lobby")),
+            Err(LinkError::NoSuchBridge(BridgeName::from("lobby")))
+        );
+        assert!(r.link_of(&m()).is_none());
+        assert_eq!(
+            r.link_of(&other).map(|l| l.bridge.clone()),
+            Some("second".into())
+        );
+        assert_eq!(
+            Router::new(vec![
+                Link {
+                    bridge: "a".into(),
+                    rooms: vec![m()]
+                },
+                Link {
+                    bridge: "b".into(),
+                    rooms: vec![m()]
+                },
+            ])
+            .err(),
+            Some(LinkError::RoomTaken {
+                room: m(),
+                bridge: "a".into()
+            })
+        );
+    }
+}
