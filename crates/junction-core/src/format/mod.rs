@@ -10,6 +10,7 @@
 
 pub mod html;
 pub mod irc;
+pub mod mention;
 pub mod styling;
 
 use crate::ids::UserRef;
