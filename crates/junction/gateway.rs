@@ -12,10 +12,10 @@
 //! adapter that waits (Matrix answers its transaction after that) and handed to the target
 //! adapters. Undelivered outbox rows are handed out again at start, in order.
 
+use crate::config::Membership;
 use junction_core::router::Router;
 use junction_core::{AdapterContext, Delivered, Delivery, EventKind, Inbound, NetworkId, RoomId};
 use junction_store::{Recorded, Resolver, Store};
-use crate::config::Membership;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -276,4 +276,32 @@ impl Summariser {
             }
         }
     }
+}
+
+/// Runs one adapter until it returns; a failing network is logged and leaves the others
+/// running (one bad network never takes the gateway down).
+pub async fn run_adapter<A: junction_core::Adapter>(adapter: A, cx: AdapterContext) {
+    let network = cx.network.clone();
+    match adapter.run(cx).await {
+        Ok(()) => tracing::info!(%network, "Adapter stopped."),
+        Err(e) => {
+            tracing::error!(%network, error = %e, "Adapter failed; the other networks keep running.")
+        }
+    }
+}
+
+/// The links to start with: the config's, plus runtime links kept in the store (which win
+/// for a bridge of the same name).
+pub fn initial_links(
+    config_links: &[junction_core::Link],
+    store: &dyn Store,
+) -> anyhow::Result<Vec<junction_core::Link>> {
+    let stored = store.links()?;
+    let mut links: Vec<junction_core::Link> = config_links
+        .iter()
+        .filter(|l| !stored.iter().any(|s| s.bridge == l.bridge))
+        .cloned()
+        .collect();
+    links.extend(stored);
+    Ok(links)
 }
