@@ -14,7 +14,10 @@
 
 use crate::config::Membership;
 use junction_core::router::Router;
-use junction_core::{AdapterContext, Delivered, Delivery, EventKind, Inbound, NetworkId, RoomId};
+use junction_core::{
+    AdapterContext, Command, Delivered, Delivery, EventKind, Inbound, NetworkId, NetworkStatus,
+    RoomId,
+};
 use junction_store::{Recorded, Resolver, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +41,9 @@ pub struct Hub {
     delivered_rx: mpsc::UnboundedReceiver<Delivered>,
     outboxes: HashMap<NetworkId, mpsc::UnboundedSender<Delivery>>,
     rooms: HashMap<NetworkId, watch::Sender<Vec<RoomId>>>,
+    commands_tx: mpsc::Sender<Command>,
+    commands_rx: mpsc::Receiver<Command>,
+    statuses: HashMap<NetworkId, watch::Receiver<NetworkStatus>>,
 }
 
 impl Default for Hub {
@@ -51,7 +57,11 @@ impl Hub {
     pub fn new() -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
+        let (commands_tx, commands_rx) = mpsc::channel(64);
         Self {
+            commands_tx,
+            commands_rx,
+            statuses: HashMap::new(),
             inbound_tx,
             inbound_rx,
             delivered_tx,
@@ -87,6 +97,8 @@ impl Hub {
         let (rooms_tx, rooms_rx) = watch::channel(router.rooms_on(&network));
         self.outboxes.insert(network.clone(), fwd_tx);
         self.rooms.insert(network.clone(), rooms_tx);
+        let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
+        self.statuses.insert(network.clone(), status_rx);
         Attached {
             context: AdapterContext {
                 network,
@@ -95,6 +107,8 @@ impl Hub {
                 delivered: self.delivered_tx.clone(),
                 rooms: rooms_rx,
                 shutdown: shutdown.clone(),
+                commands: self.commands_tx.clone(),
+                status: status_tx,
             },
         }
     }

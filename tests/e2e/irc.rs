@@ -46,14 +46,14 @@ fn start(addr: SocketAddr, channel: &str) -> Running {
     let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
     let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(channel)]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("irc:e2e"),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: ok_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("irc:e2e"),
+        in_tx,
+        d_rx,
+        ok_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let delivered = Arc::new(Mutex::new(Vec::new()));
     let inbound = Arc::new(Mutex::new(Vec::new()));
     let (d2, i2) = (delivered.clone(), inbound.clone());

@@ -89,14 +89,14 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> 
     let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
     let (_rooms_tx, rooms_rx) = watch::channel(rooms);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("matrix"),
-        inbound: inbound_tx,
-        deliveries: deliveries_rx,
-        delivered: delivered_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("matrix"),
+        inbound_tx,
+        deliveries_rx,
+        delivered_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
     let stop = shutdown.clone();

@@ -58,14 +58,14 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("xmpp"),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: done_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("xmpp"),
+        in_tx,
+        d_rx,
+        done_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(adapter.run(cx));
 
     let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
@@ -182,14 +182,14 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("xmpp"),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: done_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("xmpp"),
+        in_tx,
+        d_rx,
+        done_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(adapter.run(cx));
 
     let user = unique("xe");
@@ -274,14 +274,14 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("xmpp"),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: done_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("xmpp"),
+        in_tx,
+        d_rx,
+        done_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(adapter.run(cx));
     let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
     let seen2 = seen.clone();
@@ -357,14 +357,14 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new("xmpp"),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: done_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-    };
+    let cx = AdapterContext::standalone(
+        NetworkId::new("xmpp"),
+        in_tx,
+        d_rx,
+        done_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
     let task = tokio::spawn(adapter.run(cx));
 
     let user = unique("xn");

@@ -6,7 +6,7 @@
 //! with exactly one [`Delivered`]. Adapters never call each other or the router directly.
 
 use crate::event::Event;
-use crate::ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef};
+use crate::ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, UserRef};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -123,6 +123,67 @@ pub struct AdapterContext {
     pub rooms: watch::Receiver<Vec<RoomId>>,
     /// Cancelled when the gateway shuts down: finish the delivery at hand, part, return.
     pub shutdown: CancellationToken,
+    /// Admin commands people send to the gateway's own identity on this network (a direct
+    /// chat with the Matrix bot, a chat with the component JID, a private message to the IRC
+    /// bot). The adapter sends the reply text back the same way.
+    pub commands: mpsc::Sender<Command>,
+    /// The adapter's view of its connection, for `/health`.
+    pub status: watch::Sender<NetworkStatus>,
+}
+
+impl AdapterContext {
+    /// A context wired to nothing but the given channels: commands go nowhere and status is
+    /// only kept. For tests and tools that run one adapter alone.
+    pub fn standalone(
+        network: NetworkId,
+        inbound: mpsc::Sender<Inbound>,
+        deliveries: mpsc::Receiver<Delivery>,
+        delivered: mpsc::UnboundedSender<Delivered>,
+        rooms: watch::Receiver<Vec<RoomId>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (commands, _) = mpsc::channel(1);
+        let (status, _) = watch::channel(NetworkStatus::Connecting);
+        Self {
+            network,
+            inbound,
+            deliveries,
+            delivered,
+            rooms,
+            shutdown,
+            commands,
+            status,
+        }
+    }
+}
+
+/// A command line typed to the gateway by someone on a network.
+#[derive(Debug)]
+pub struct Command {
+    /// Every identity the network vouches for the sender with, most specific first: the
+    /// Matrix user id; the XMPP bare JID; on IRC the services account (`irc:<net>`/account,
+    /// when known) and the `nick!user@host` mask. Admin checks match against these, never a
+    /// bare nick.
+    pub from: Vec<UserRef>,
+    /// The sender's display name, for replies and the audit log.
+    pub display_name: String,
+    /// The text as typed (`link lobby #room:server`, `ban irc:local/troll spam`...).
+    pub text: String,
+    /// Where the answer goes; the adapter sends it back to the sender.
+    pub reply: oneshot::Sender<String>,
+}
+
+/// The state of one network as its adapter sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkStatus {
+    /// Not connected yet (first connection in progress).
+    Connecting,
+    /// Connected and relaying.
+    Connected,
+    /// Relaying, but with a problem (some rooms not joined, reconnecting...).
+    Degraded(String),
+    /// Not relaying.
+    Down(String),
 }
 
 /// Why an adapter stopped.

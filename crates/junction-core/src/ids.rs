@@ -191,3 +191,18 @@ impl fmt::Display for Secret {
         f.write_str("***")
     }
 }
+
+impl NetworkId {
+    /// The gateway itself, as the sender of its own notices and admin actions. Adapters render
+    /// events from this network as their bot (Matrix bot, XMPP listener, IRC bot), never as a
+    /// puppet; a `Kick`/`Ban` from it is an enforcement the adapter carries out natively on
+    /// its network when the target is a native user there.
+    pub fn gateway() -> Self {
+        Self::new("gateway")
+    }
+
+    /// True for [`NetworkId::gateway`].
+    pub fn is_gateway(&self) -> bool {
+        self.0 == "gateway"
+    }
+}

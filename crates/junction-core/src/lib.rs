@@ -14,7 +14,8 @@ pub mod ids;
 pub mod router;
 
 pub use adapter::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
+    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
+    Markup, NetworkStatus,
 };
 pub use event::{Attachment, Event, EventKind, Message, MessageKind, Sender};
 pub use format::RichText;

@@ -479,14 +479,14 @@ mod tests {
         let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
         let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
         let shutdown = CancellationToken::new();
-        let cx = AdapterContext {
-            network: NetworkId::new("irc:fake"),
-            inbound: in_tx,
-            deliveries: d_rx,
-            delivered: ok_tx,
-            rooms: rooms_rx,
-            shutdown: shutdown.clone(),
-        };
+        let cx = AdapterContext::standalone(
+            NetworkId::new("irc:fake"),
+            in_tx,
+            d_rx,
+            ok_tx,
+            rooms_rx,
+            shutdown.clone(),
+        );
         let task = tokio::spawn(adapter.run(cx));
 
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
