@@ -13,6 +13,7 @@
 //! adapters. Undelivered outbox rows are handed out again at start, in order.
 
 use crate::config::Membership;
+use crate::metrics::{Health, Metrics, NetworkState};
 use junction_core::router::Router;
 use junction_core::{
     AdapterContext, Command, Delivered, Delivery, EventKind, Inbound, NetworkId, NetworkStatus,
@@ -21,6 +22,7 @@ use junction_core::{
 use junction_store::{Recorded, Resolver, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +37,7 @@ pub struct Attached {
 
 /// The router side of every adapter's channels.
 pub struct Hub {
-    inbound_tx: mpsc::Sender<Inbound>,
+    inbound_tx: Option<mpsc::Sender<Inbound>>,
     inbound_rx: mpsc::Receiver<Inbound>,
     delivered_tx: mpsc::UnboundedSender<Delivered>,
     delivered_rx: mpsc::UnboundedReceiver<Delivered>,
@@ -62,7 +64,7 @@ impl Hub {
             commands_tx,
             commands_rx,
             statuses: HashMap::new(),
-            inbound_tx,
+            inbound_tx: Some(inbound_tx),
             inbound_rx,
             delivered_tx,
             delivered_rx,
@@ -102,7 +104,11 @@ impl Hub {
         Attached {
             context: AdapterContext {
                 network,
-                inbound: self.inbound_tx.clone(),
+                // After `route` started nothing new is attached; such a sender leads nowhere.
+                inbound: match &self.inbound_tx {
+                    Some(tx) => tx.clone(),
+                    None => mpsc::channel(1).0,
+                },
                 deliveries: rx,
                 delivered: self.delivered_tx.clone(),
                 rooms: rooms_rx,
@@ -114,43 +120,71 @@ impl Hub {
     }
 }
 
-/// Counters the loop keeps (exported as metrics).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Inbound events recorded (not duplicates).
-    pub inbound: std::sync::atomic::AtomicU64,
-    /// Inbound events that were replays of known messages.
-    pub duplicates: std::sync::atomic::AtomicU64,
-    /// Deliveries answered with success.
-    pub delivered: std::sync::atomic::AtomicU64,
-    /// Deliveries given up by an adapter.
-    pub failed: std::sync::atomic::AtomicU64,
-    /// Store errors.
-    pub store_errors: std::sync::atomic::AtomicU64,
+/// What the route loop needs besides the adapters' channels.
+pub struct Parts {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Which rooms are linked.
+    pub router: Router,
+    /// How membership events cross networks.
+    pub membership: Membership,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Per-network state for `/health`.
+    pub health: Arc<Health>,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store.
-pub async fn route(
-    store: Arc<dyn Store>,
-    router: Router,
-    mut hub: Hub,
-    membership: Membership,
-    counters: Arc<Counters>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
+pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Parts {
+        store,
+        router,
+        membership,
+        metrics,
+        health,
+    } = parts;
+    // Each adapter's connection state feeds /health.
+    for (network, mut rx) in std::mem::take(&mut hub.statuses) {
+        let health = health.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let state = network_state(&rx.borrow_and_update());
+                health.set(&network, state);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = rx.changed() => if changed.is_err() {
+                        health.set(&network, NetworkState::Down("adapter stopped".into()));
+                        break;
+                    },
+                }
+            }
+        });
+    }
+    let mut sent_at: HashMap<(NetworkId, u64), Instant> = HashMap::new();
     // Resume what was not delivered before the last stop, in outbox order.
+    let started = Instant::now();
     for (network, tx) in &hub.outboxes {
         let pending = store.pending(network)?;
         if !pending.is_empty() {
             tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
         }
         for d in pending {
+            sent_at.insert((network.clone(), d.outbox_id), started);
             let _ = tx.send(d);
         }
     }
-    drop(hub.inbound_tx);
-    let mut summariser = Summariser::default();
+    let mut state = Loop {
+        store,
+        router,
+        metrics,
+        sent_at,
+        summariser: Summariser::default(),
+        membership,
+    };
+    state.update_depths(&hub);
+    // Only adapters hold senders now: the loop ends when all are gone.
+    hub.inbound_tx = None;
     let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
     let mut done: Vec<Delivered> = Vec::new();
     loop {
@@ -159,80 +193,165 @@ pub async fn route(
             _ = shutdown.cancelled() => break,
             n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
-                let mut out: Vec<Delivery> = Vec::new();
-                let mut acks = Vec::new();
-                for Inbound { event, ack } in batch.drain(..) {
-                    if !summariser.pass(membership, &event) {
-                        if let Some(a) = ack { let _ = a.send(Ok(())); }
-                        continue;
-                    }
-                    let planned = router.plan(&event, &Resolver(store.as_ref()));
-                    let res = store.record_inbound(&event, planned);
-                    match res {
-                        Ok(Recorded::New(ds)) => {
-                            counters.inbound.fetch_add(1, Relaxed);
-                            tracing::debug!(event = %event.id, kind = event.kind.name(), origin = %event.origin, targets = ds.len(), "Event recorded.");
-                            out.extend(ds);
-                            acks.push((ack, Ok(())));
-                        }
-                        Ok(Recorded::Duplicate) => {
-                            counters.duplicates.fetch_add(1, Relaxed);
-                            tracing::debug!(event = %event.id, origin = %event.origin, "Replay of a known event skipped.");
-                            acks.push((ack, Ok(())));
-                        }
-                        Err(e) => {
-                            counters.store_errors.fetch_add(1, Relaxed);
-                            tracing::error!(error = %e, event = %event.id, "Could not record an event.");
-                            acks.push((ack, Err(e.to_string())));
-                        }
-                    }
-                }
-                let flushed = store.flush();
-                if let Err(e) = &flushed {
-                    counters.store_errors.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "Could not flush the store.");
-                }
-                for (ack, r) in acks {
-                    if let Some(a) = ack {
-                        let r = match (&flushed, r) {
-                            (Err(e), _) => Err(e.to_string()),
-                            (_, r) => r,
-                        };
-                        let _ = a.send(r);
-                    }
-                }
-                if flushed.is_ok() {
-                    for d in out {
-                        match hub.outboxes.get(&d.target.network) {
-                            Some(tx) => { let _ = tx.send(d); }
-                            None => tracing::warn!(network = %d.target.network, "No adapter for a linked network; the message waits in its outbox."),
-                        }
-                    }
-                }
+                state.inbound(&mut batch, &hub);
             }
             n = hub.delivered_rx.recv_many(&mut done, BATCH) => {
                 if n == 0 { continue; }
-                for d in done.drain(..) {
-                    match &d.outcome {
-                        Ok(_) => { counters.delivered.fetch_add(1, Relaxed); }
-                        Err(why) => {
-                            counters.failed.fetch_add(1, Relaxed);
-                            tracing::warn!(target = %d.target, event = %d.event, reason = %why, "A delivery was given up.");
-                        }
-                    }
-                    if let Err(e) = store.record_delivered(&d) {
-                        counters.store_errors.fetch_add(1, Relaxed);
-                        tracing::error!(error = %e, "Could not record a delivery.");
-                    }
-                }
-                if let Err(e) = store.flush() {
-                    tracing::error!(error = %e, "Could not flush the store.");
-                }
+                state.delivered(&mut done, &hub);
+            }
+            Some(cmd) = hub.commands_rx.recv() => {
+                state.command(cmd, &hub);
             }
         }
     }
-    store.flush()?;
+    state.store.flush()?;
     Ok(())
+}
+
+fn network_state(s: &NetworkStatus) -> NetworkState {
+    match s {
+        NetworkStatus::Connecting => NetworkState::Down("connecting".into()),
+        NetworkStatus::Connected => NetworkState::Connected,
+        NetworkStatus::Degraded(r) => NetworkState::Degraded(r.clone()),
+        NetworkStatus::Down(r) => NetworkState::Down(r.clone()),
+    }
+}
+
+/// The route loop's state.
+struct Loop {
+    store: Arc<dyn Store>,
+    router: Router,
+    metrics: Arc<Metrics>,
+    sent_at: HashMap<(NetworkId, u64), Instant>,
+    summariser: Summariser,
+    membership: Membership,
+}
+
+impl Loop {
+    /// Records one batch of inbound events, flushes once, acknowledges, then dispatches.
+    fn inbound(&mut self, batch: &mut Vec<Inbound>, hub: &Hub) {
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut acks = Vec::new();
+        for Inbound { event, ack } in batch.drain(..) {
+            if !self.summariser.pass(self.membership, &event) {
+                if let Some(a) = ack {
+                    let _ = a.send(Ok(()));
+                }
+                continue;
+            }
+            let planned = self.router.plan(&event, &Resolver(self.store.as_ref()));
+            match self.store.record_inbound(&event, planned) {
+                Ok(Recorded::New(ds)) => {
+                    self.metrics.inbound(&event.origin.network);
+                    tracing::debug!(event = %event.id, kind = event.kind.name(), origin = %event.origin, targets = ds.len(), "Event recorded.");
+                    out.extend(ds);
+                    acks.push((ack, Ok(())));
+                }
+                Ok(Recorded::Duplicate) => {
+                    self.metrics.duplicate();
+                    tracing::debug!(event = %event.id, origin = %event.origin, "Replay of a known event skipped.");
+                    acks.push((ack, Ok(())));
+                }
+                Err(e) => {
+                    self.metrics.error(&event.origin.network, "store");
+                    tracing::error!(error = %e, event = %event.id, "Could not record an event.");
+                    acks.push((ack, Err(e.to_string())));
+                }
+            }
+        }
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "Could not flush the store.");
+        }
+        for (ack, r) in acks {
+            if let Some(a) = ack {
+                let r = match (&flushed, r) {
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, r) => r,
+                };
+                let _ = a.send(r);
+            }
+        }
+        if flushed.is_ok() {
+            self.dispatch(out, hub);
+        }
+    }
+
+    /// Hands recorded deliveries to their adapters.
+    fn dispatch(&mut self, out: Vec<Delivery>, hub: &Hub) {
+        let now = Instant::now();
+        let mut touched: Vec<NetworkId> = Vec::new();
+        for d in out {
+            match hub.outboxes.get(&d.target.network) {
+                Some(tx) => {
+                    self.sent_at
+                        .insert((d.target.network.clone(), d.outbox_id), now);
+                    if !touched.contains(&d.target.network) {
+                        touched.push(d.target.network.clone());
+                    }
+                    let _ = tx.send(d);
+                }
+                None => {
+                    tracing::warn!(network = %d.target.network, "No adapter for a linked network; the message waits in its outbox.")
+                }
+            }
+        }
+        for n in touched {
+            self.update_depth(&n);
+        }
+    }
+
+    /// Records adapters' answers.
+    fn delivered(&mut self, done: &mut Vec<Delivered>, hub: &Hub) {
+        let _ = hub;
+        let mut touched: Vec<NetworkId> = Vec::new();
+        for d in done.drain(..) {
+            let network = d.target.network.clone();
+            let since = self.sent_at.remove(&(network.clone(), d.outbox_id));
+            match &d.outcome {
+                Ok(_) => self
+                    .metrics
+                    .delivered(&network, since.map(|t| t.elapsed()).unwrap_or_default()),
+                Err(why) => {
+                    self.metrics.failed(&network);
+                    tracing::warn!(target = %d.target, event = %d.event, reason = %why, "A delivery was given up.");
+                }
+            }
+            if let Err(e) = self.store.record_delivered(&d) {
+                self.metrics.error(&network, "store");
+                tracing::error!(error = %e, "Could not record a delivery.");
+            }
+            if !touched.contains(&network) {
+                touched.push(network);
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "Could not flush the store.");
+        }
+        for n in touched {
+            self.update_depth(&n);
+        }
+    }
+
+    /// Answers one admin command.
+    fn command(&mut self, cmd: Command, hub: &Hub) {
+        let _ = hub;
+        let _ = cmd
+            .reply
+            .send("Admin commands are not available in this build.".to_owned());
+    }
+
+    fn update_depth(&self, network: &NetworkId) {
+        if let Ok(depth) = self.store.outbox_depth(network) {
+            self.metrics.set_outbox_depth(network, depth);
+        }
+    }
+
+    fn update_depths(&self, hub: &Hub) {
+        for n in hub.outboxes.keys() {
+            self.update_depth(n);
+        }
+    }
 }
 
 /// Keeps membership noise down in `Summarised` mode: netsplit-style bursts of quits are
@@ -304,18 +423,32 @@ pub async fn run_adapter<A: junction_core::Adapter>(adapter: A, cx: AdapterConte
     }
 }
 
-/// The links to start with: the config's, plus runtime links kept in the store (which win
-/// for a bridge of the same name).
+/// The links to start with: the config's, plus runtime links kept in the store. A stored
+/// link replaces a config bridge of the same name (admins changed it); a stored link with no
+/// rooms is a closed bridge and is left out. A room a stored link has taken is dropped from
+/// the config's bridges (an admin moved it), so the two sets always fit together.
 pub fn initial_links(
     config_links: &[junction_core::Link],
     store: &dyn Store,
 ) -> anyhow::Result<Vec<junction_core::Link>> {
     let stored = store.links()?;
-    let mut links: Vec<junction_core::Link> = config_links
-        .iter()
-        .filter(|l| !stored.iter().any(|s| s.bridge == l.bridge))
-        .cloned()
-        .collect();
-    links.extend(stored);
+    let taken: std::collections::HashSet<&junction_core::RoomRef> =
+        stored.iter().flat_map(|l| &l.rooms).collect();
+    let mut links: Vec<junction_core::Link> = Vec::new();
+    for l in config_links {
+        if stored.iter().any(|s| s.bridge == l.bridge) {
+            continue;
+        }
+        let mut l = l.clone();
+        l.rooms.retain(|r| {
+            let keep = !taken.contains(r);
+            if !keep {
+                tracing::warn!(bridge = %l.bridge, room = %r, "A room of this config bridge was linked elsewhere at runtime; the runtime link wins.");
+            }
+            keep
+        });
+        links.push(l);
+    }
+    links.extend(stored.into_iter().filter(|l| !l.rooms.is_empty()));
     Ok(links)
 }

@@ -2,6 +2,7 @@
 //! router, metrics. The binary in `main.rs` is a thin CLI over this.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;
@@ -9,6 +10,13 @@ pub mod metrics;
 
 pub use config::{load, Config, ConfigErrors};
 
+use anyhow::Context;
+use junction_core::{NetworkId, Router};
+use junction_irc::IrcAdapter;
+use junction_matrix::MatrixAdapter;
+use junction_store::{SledStore, Store};
+use junction_xmpp::XmppAdapter;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -33,17 +41,98 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         irc = config.irc.len(),
         "Gateway starting."
     );
-    let result = gateway_entry(config, shutdown.clone()).await;
+    let result = serve(config, shutdown.clone()).await;
     shutdown.cancel();
     let _ = signals.await;
     tracing::info!("Gateway stopped.");
     result
 }
 
-/// The seam between the CLI and the gateway proper: starts the adapters and the router loop
-/// for `config` and returns once `shutdown` is cancelled and everything is flushed.
-async fn gateway_entry(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    drop(config);
-    shutdown.cancelled().await;
-    Ok(())
+/// Runs the gateway for `config` until `shutdown` is cancelled: opens the store in
+/// `data_dir`, starts one adapter per configured network, the metrics server if configured, and
+/// the route loop; on shutdown waits (bounded) for the adapters to part and flushes the store.
+///
+/// A network that fails (bad credentials, server gone for good) is logged and reported on
+/// `/health`; the others keep running.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store_path = data_dir.join("store");
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&store_path)
+            .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
+    );
+    let links = gateway::initial_links(&config.bridges, store.as_ref())?;
+    let router = Router::new(links).context("the links do not fit together")?;
+    let mut networks: Vec<NetworkId> = Vec::new();
+    if config.matrix.is_some() {
+        networks.push(NetworkId::new("matrix"));
+    }
+    if config.xmpp.is_some() {
+        networks.push(NetworkId::new("xmpp"));
+    }
+    for irc in &config.irc {
+        networks.push(NetworkId::new(format!("irc:{}", irc.name)));
+    }
+    let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
+    let health = Arc::new(metrics::Health::new(networks));
+
+    let mut hub = gateway::Hub::new();
+    let mut adapters = tokio::task::JoinSet::new();
+    if let Some(m) = config.matrix.clone() {
+        let cx = hub
+            .attach(NetworkId::new("matrix"), &router, &shutdown)
+            .context;
+        adapters.spawn(gateway::run_adapter(
+            MatrixAdapter::new(m, store.clone()),
+            cx,
+        ));
+    }
+    if let Some(x) = config.xmpp.clone() {
+        let cx = hub
+            .attach(NetworkId::new("xmpp"), &router, &shutdown)
+            .context;
+        adapters.spawn(gateway::run_adapter(XmppAdapter::new(x, store.clone()), cx));
+    }
+    for irc in config.irc.clone() {
+        let network = NetworkId::new(format!("irc:{}", irc.name));
+        let cx = hub.attach(network, &router, &shutdown).context;
+        adapters.spawn(gateway::run_adapter(
+            IrcAdapter::new(irc, store.clone()),
+            cx,
+        ));
+    }
+    if let Some(addr) = config.gateway.metrics {
+        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, h, stop).await {
+                tracing::error!(error = %e, "The metrics server stopped.");
+            }
+        });
+    }
+    for link in router.links() {
+        let rooms: Vec<String> = link.rooms.iter().map(|r| r.to_string()).collect();
+        tracing::info!(bridge = %link.bridge, rooms = %rooms.join(", "), "Bridge linked.");
+    }
+    let parts = gateway::Parts {
+        store: store.clone(),
+        router,
+        membership: config.gateway.membership,
+        metrics,
+        health,
+    };
+    let result = gateway::route(parts, hub, shutdown.clone()).await;
+    shutdown.cancel();
+    // Adapters part their rooms on shutdown; do not wait forever for a dead server.
+    let parting = async { while adapters.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), parting)
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some adapters did not stop within 10 s.");
+        adapters.abort_all();
+    }
+    store.flush()?;
+    result
 }
