@@ -9,6 +9,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use junction_core::format::styling;
+#[cfg(test)]
 use junction_core::format::RichText;
 use junction_core::{
     Attachment, Event, EventKind, Message, MessageId, MessageKind, RoomRef, Sender, UserRef,
@@ -223,7 +225,7 @@ pub fn parse_groupchat(
         let text = body.strip_prefix("/me ").unwrap_or(&body);
         return event(EventKind::Edit {
             target: MessageId::new(target),
-            body: RichText::plain(text),
+            body: styling::parse(text),
         });
     }
     if let Some(subject) = el.children().find(|c| c.name() == "subject") {
@@ -267,10 +269,181 @@ pub fn parse_groupchat(
     };
     event(EventKind::Message(Message {
         kind,
-        body: RichText::plain(text),
+        body: styling::parse(&text),
         reply_to,
         attachments,
     }))
+}
+
+/// The prefix of every message id our component mints; a room message whose
+/// origin-id starts with it was sent by one of our occupants (echo).
+pub const OUR_ID_PREFIX: &str = "jx-";
+
+/// One message from a room's archive (XEP-0313 result), unwrapped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchivedMessage {
+    /// The `queryid` of the query it answers.
+    pub queryid: String,
+    /// The archive id, which in a MUC archive is the room's stanza-id.
+    pub stanza_id: String,
+    /// The archived groupchat message, with the room's stanza-id stamped on it
+    /// and no delay marker, so [`parse_groupchat`] reads it like a live one.
+    pub message: Element,
+}
+
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+
+/// Unwraps a MAM result message from `room_jid`'s archive; `None` when `el`
+/// is not one (or is malformed).
+pub fn archived(el: &Element, room_jid: &str) -> Option<ArchivedMessage> {
+    let result = child(el, "result", NS_MAM)?;
+    let queryid = result.attr("queryid").unwrap_or_default().to_string();
+    let stanza_id = result.attr("id")?.to_string();
+    let fwd = child(result, "forwarded", NS_FORWARD)?;
+    let inner = fwd.children().find(|c| c.name() == "message")?;
+    // The archived copy, without delay markers or stanza-ids others stamped,
+    // then the room's stanza-id the archive gives.
+    let mut msg = inner.clone();
+    while msg.remove_child("delay", NS_DELAY).is_some() {}
+    while msg.remove_child("stanza-id", NS_SID).is_some() {}
+    if msg.attr("type").is_none() {
+        msg.set_attr(
+            rxml::Namespace::NONE,
+            rxml::NcName::try_from("type").ok()?,
+            "groupchat".to_string(),
+        );
+    }
+    let mut sid = Element::builder("stanza-id", NS_SID).build();
+    sid.set_attr(
+        rxml::Namespace::NONE,
+        rxml::NcName::try_from("id").ok()?,
+        stanza_id.clone(),
+    );
+    sid.set_attr(
+        rxml::Namespace::NONE,
+        rxml::NcName::try_from("by").ok()?,
+        room_jid.to_string(),
+    );
+    msg.append_child(sid);
+    Some(ArchivedMessage {
+        queryid,
+        stanza_id,
+        message: msg,
+    })
+}
+
+/// The end of a MAM query (the `<fin/>` of its IQ result): whether the archive
+/// has no more pages, and the last stanza-id of this page.
+pub fn mam_fin(iq: &Element) -> Option<(bool, Option<String>)> {
+    let fin = child(iq, "fin", NS_MAM)?;
+    let complete = fin.attr("complete") == Some("true");
+    let last = fin
+        .children()
+        .find(|c| c.name() == "set")
+        .and_then(|s| s.children().find(|c| c.name() == "last"))
+        .map(Element::text)
+        .filter(|l| !l.is_empty());
+    Some((complete, last))
+}
+
+/// The defined condition of a stanza error (`forbidden`, `not-acceptable`...).
+pub fn error_condition(el: &Element) -> Option<String> {
+    el.children()
+        .find(|c| c.name() == "error")?
+        .children()
+        .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
+        .map(|c| c.name().to_string())
+}
+
+/// What a XEP-0410 self-ping answer says about the occupant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfPing {
+    /// Still in the room.
+    Joined,
+    /// No longer in the room: join again.
+    Gone,
+    /// Cannot tell now (remote server trouble, timeouts): try later.
+    Unknown,
+}
+
+/// Reads a self-ping answer as XEP-0410 §3 says: a result, or the errors
+/// `service-unavailable` / `feature-not-implemented` (the client does not do
+/// pings, but the room routed it), mean joined; `remote-server-*` and
+/// `timeout` mean unknown; any other error means not joined.
+pub fn self_ping_result(iq: &Element) -> SelfPing {
+    match iq.attr("type") {
+        Some("result") => SelfPing::Joined,
+        Some("error") => match error_condition(iq).as_deref() {
+            Some("service-unavailable" | "feature-not-implemented") => SelfPing::Joined,
+            Some("remote-server-not-found" | "remote-server-timeout" | "timeout") | None => {
+                SelfPing::Unknown
+            }
+            Some(_) => SelfPing::Gone,
+        },
+        _ => SelfPing::Unknown,
+    }
+}
+
+/// A person writing to the gateway itself: `type=chat` (or normal) with a
+/// body, to the component's domain or the listener's JID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectMessage {
+    /// The sender's full JID (where the answer goes).
+    pub from: String,
+    /// The sender's bare JID (who the server vouches for).
+    pub bare: String,
+    /// The address written to (the answer comes from it).
+    pub to: String,
+    /// The text.
+    pub body: String,
+}
+
+/// Reads a direct message to the gateway; `None` for anything else: groupchat,
+/// errors, messages without a body, private messages through a MUC (the
+/// sender's real JID is unknown there), and anything from our own component.
+pub fn direct_message(
+    el: &Element,
+    component: &str,
+    listener_bare: &str,
+    rooms: &[String],
+) -> Option<DirectMessage> {
+    if el.name() != "message" {
+        return None;
+    }
+    if !matches!(el.attr("type"), None | Some("chat" | "normal")) {
+        return None;
+    }
+    let to = el.attr("to")?;
+    let to_bare = to.split('/').next().unwrap_or(to);
+    if !(to_bare.eq_ignore_ascii_case(component) || to_bare.eq_ignore_ascii_case(listener_bare)) {
+        return None;
+    }
+    let from = el.attr("from")?;
+    let bare = from.split('/').next().unwrap_or(from);
+    let domain = bare.rsplit('@').next().unwrap_or(bare);
+    if !bare.contains('@') || domain.eq_ignore_ascii_case(component) || is_ours(bare, component) {
+        return None;
+    }
+    if rooms.iter().any(|r| r.eq_ignore_ascii_case(bare))
+        || el
+            .children()
+            .any(|c| c.is("x", "http://jabber.org/protocol/muc#user"))
+    {
+        return None;
+    }
+    let body = child(el, "body", NS_CLIENT)
+        .or_else(|| el.children().find(|c| c.name() == "body"))
+        .map(Element::text)?;
+    if body.trim().is_empty() {
+        return None;
+    }
+    Some(DirectMessage {
+        from: from.to_string(),
+        bare: bare.to_lowercase(),
+        to: to.to_string(),
+        body,
+    })
 }
 
 /// Diffs an occupant's previous reaction set against its new one: keys added
@@ -320,6 +493,126 @@ mod tests {
     }
 
     #[test]
+    fn styled_body_becomes_rich_text() {
+        use junction_core::format::Span;
+        let (_, _, k) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='s1' \
+               from='lobby@conference.xmpp.test/bob'><body>say *hi*</body></message>",
+        ));
+        match k {
+            EventKind::Message(m) => assert_eq!(
+                m.body.spans,
+                vec![
+                    Span::Text("say ".into()),
+                    Span::Bold(vec![Span::Text("hi".into())])
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn archived_message_reads_like_a_live_one() {
+        let el: Element =
+            "<message xmlns='jabber:component:accept' from='lobby@conference.xmpp.test' \
+               to='junction@bridge.xmpp.test/junction'>\
+               <result xmlns='urn:xmpp:mam:2' queryid='q1' id='S-42'>\
+                 <forwarded xmlns='urn:xmpp:forward:0'>\
+                   <delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/>\
+                   <message xmlns='jabber:client' type='groupchat' id='m1' \
+                     from='lobby@conference.xmpp.test/bob'><body>missed</body></message>\
+                 </forwarded></result></message>"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}"));
+        let a = archived(&el, "lobby@conference.xmpp.test").unwrap_or_else(|| panic!("no result"));
+        assert_eq!(a.queryid, "q1");
+        assert_eq!(a.stanza_id, "S-42");
+        let (id, sender, k) = kind(parse_groupchat(&a.message, &cx(), &|_| None));
+        assert_eq!(id.as_str(), "S-42");
+        assert_eq!(sender.display_name, "bob");
+        assert!(matches!(k, EventKind::Message(m) if m.body.to_plain() == "missed"));
+        let fin: Element = "<iq xmlns='jabber:component:accept' type='result' id='q'>\
+               <fin xmlns='urn:xmpp:mam:2' complete='true'>\
+               <set xmlns='http://jabber.org/protocol/rsm'><first>S-1</first><last>S-42</last></set>\
+               </fin></iq>"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mam_fin(&fin), Some((true, Some("S-42".into()))));
+    }
+
+    #[test]
+    fn self_ping_answers() {
+        let p = |x: &str| -> Element { x.parse().unwrap_or_else(|e| panic!("{e}")) };
+        assert_eq!(
+            self_ping_result(&p(
+                "<iq xmlns='jabber:component:accept' type='result' id='1'/>"
+            )),
+            SelfPing::Joined
+        );
+        let err = |c: &str| {
+            p(&format!(
+                "<iq xmlns='jabber:component:accept' type='error' id='1'><error type='cancel'>\
+                 <{c} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            ))
+        };
+        assert_eq!(
+            self_ping_result(&err("service-unavailable")),
+            SelfPing::Joined
+        );
+        assert_eq!(
+            self_ping_result(&err("feature-not-implemented")),
+            SelfPing::Joined
+        );
+        assert_eq!(self_ping_result(&err("not-acceptable")), SelfPing::Gone);
+        assert_eq!(self_ping_result(&err("item-not-found")), SelfPing::Gone);
+        assert_eq!(
+            self_ping_result(&err("remote-server-timeout")),
+            SelfPing::Unknown
+        );
+    }
+
+    #[test]
+    fn direct_messages_to_the_gateway() {
+        let p = |x: &str| -> Element { x.parse().unwrap_or_else(|e| panic!("{e}")) };
+        let rooms = vec!["lobby@conference.xmpp.test".to_string()];
+        let dm = |x: &str| {
+            direct_message(
+                &p(x),
+                "bridge.xmpp.test",
+                "junction@bridge.xmpp.test",
+                &rooms,
+            )
+        };
+        let d = dm(
+            "<message xmlns='jabber:component:accept' type='chat' from='Bob@xmpp.test/pc' \
+                    to='bridge.xmpp.test'><body>status</body></message>",
+        );
+        assert_eq!(d.as_ref().map(|d| d.bare.as_str()), Some("bob@xmpp.test"));
+        assert_eq!(d.map(|d| d.body), Some("status".into()));
+        assert!(dm(
+            "<message xmlns='jabber:component:accept' type='chat' from='bob@xmpp.test/pc' \
+                    to='junction@bridge.xmpp.test/junction'><body>status</body></message>"
+        )
+        .is_some());
+        // A MUC private message, a puppet, a groupchat, no body.
+        assert!(dm("<message xmlns='jabber:component:accept' type='chat' \
+                    from='lobby@conference.xmpp.test/bob' to='bridge.xmpp.test'><body>x</body>\
+                    <x xmlns='http://jabber.org/protocol/muc#user'/></message>")
+        .is_none());
+        assert!(dm("<message xmlns='jabber:component:accept' type='chat' \
+                    from='a%matrix@bridge.xmpp.test/junction' to='bridge.xmpp.test'><body>x</body></message>")
+            .is_none());
+        assert!(
+            dm("<message xmlns='jabber:component:accept' type='groupchat' \
+                    from='bob@xmpp.test/pc' to='bridge.xmpp.test'><body>x</body></message>")
+            .is_none()
+        );
+        assert!(dm("<message xmlns='jabber:component:accept' type='chat' \
+                    from='bob@xmpp.test/pc' to='bridge.xmpp.test'><active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+            .is_none());
+    }
+
+    #[test]
     fn groupchat_with_stanza_id() {
         let (id, sender, k) = kind(parse(
             "<message xmlns='jabber:component:accept' type='groupchat' id='m1' \
@@ -335,7 +628,8 @@ mod tests {
         match k {
             EventKind::Message(m) => {
                 assert_eq!(m.kind, MessageKind::Text);
-                assert_eq!(m.body.to_plain(), "hello *world*");
+                assert_eq!(m.body.to_plain(), "hello world");
+                assert!(!m.body.is_plain(), "*world* is bold");
             }
             other => panic!("{other:?}"),
         }

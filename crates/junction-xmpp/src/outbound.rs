@@ -22,6 +22,12 @@ const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
 const NS_OOB: &str = "jabber:x:oob";
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
 const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_DATA: &str = "jabber:x:data";
+const NS_PING: &str = "urn:xmpp:ping";
 
 /// Attribute setting by plain name on minidom's builder (which takes an
 /// `NcName`); every name used here is a constant valid XML name.
@@ -38,10 +44,10 @@ impl Attr for ElementBuilder {
     }
 }
 
-/// Renders rich text as XEP-0393 styling. Plain text until the core's styling
-/// writer lands; the text is sent as it is.
+/// Renders rich text as XEP-0393 styling (`*bold*`, `_italic_`, `~strike~`,
+/// `` `code` ``, code blocks and `> ` quotes) through the core converter.
 pub fn styled(text: &RichText) -> String {
-    text.to_plain()
+    junction_core::format::styling::render(text)
 }
 
 /// The skeleton of a groupchat message from `from` (a puppet's full JID) to
@@ -198,6 +204,127 @@ pub fn leave(from: &str, room: &str, nick: &str, reason: Option<&str>) -> Elemen
     b.build()
 }
 
+/// A one-to-one chat message (an answer to an admin command).
+pub fn chat(from: &str, to: &str, id: &str, text: &str) -> Element {
+    Element::builder("message", NS_CLIENT)
+        .a("type", "chat")
+        .a("from", from)
+        .a("to", to)
+        .a("id", id)
+        .append(body(text))
+        .build()
+}
+
+fn iq(ty: &str, from: &str, to: &str, id: &str) -> ElementBuilder {
+    Element::builder("iq", NS_CLIENT)
+        .a("type", ty)
+        .a("from", from)
+        .a("to", to)
+        .a("id", id)
+}
+
+/// What a MUC admin request (XEP-0045 §8–9) changes about an occupant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminItem {
+    /// Kick: the occupant with this nick gets role `none`.
+    Kick {
+        /// The occupant's nick.
+        nick: String,
+    },
+    /// Ban: this bare JID gets affiliation `outcast`.
+    Ban {
+        /// The user's bare JID.
+        jid: String,
+    },
+}
+
+/// A `muc#admin` request from `from` (an occupant with rights) to `room`.
+pub fn admin(from: &str, room: &str, id: &str, item: &AdminItem, reason: Option<&str>) -> Element {
+    let mut it = Element::builder("item", NS_MUC_ADMIN);
+    it = match item {
+        AdminItem::Kick { nick } => it.a("nick", nick.as_str()).a("role", "none"),
+        AdminItem::Ban { jid } => it.a("jid", jid.as_str()).a("affiliation", "outcast"),
+    };
+    if let Some(r) = reason {
+        it = it.append(Element::builder("reason", NS_MUC_ADMIN).append(r));
+    }
+    iq("set", from, room, id)
+        .append(
+            Element::builder("query", NS_MUC_ADMIN)
+                .append(it.build())
+                .build(),
+        )
+        .build()
+}
+
+/// A XEP-0425 moderation request: retract the room message `target` (its
+/// stanza-id) for everyone.
+pub fn moderate(from: &str, room: &str, id: &str, target: &str, reason: Option<&str>) -> Element {
+    let mut m = Element::builder("moderate", NS_MODERATE)
+        .a("id", target)
+        .append(Element::builder("retract", NS_RETRACT).build());
+    if let Some(r) = reason {
+        m = m.append(Element::builder("reason", NS_MODERATE).append(r));
+    }
+    iq("set", from, room, id).append(m.build()).build()
+}
+
+/// Where a MAM query (XEP-0313) on a room starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MamFrom {
+    /// Every archived message after this stanza-id, oldest first.
+    After(String),
+    /// The whole archive, oldest first.
+    Start,
+    /// Only the newest message (to learn where the archive ends).
+    Last,
+}
+
+/// A MAM query to `room`'s archive, one page of at most `max` messages.
+pub fn mam_query(
+    from: &str,
+    room: &str,
+    id: &str,
+    queryid: &str,
+    start: &MamFrom,
+    max: u32,
+) -> Element {
+    let form = Element::builder("x", NS_DATA)
+        .a("type", "submit")
+        .append(
+            Element::builder("field", NS_DATA)
+                .a("var", "FORM_TYPE")
+                .a("type", "hidden")
+                .append(Element::builder("value", NS_DATA).append(NS_MAM))
+                .build(),
+        )
+        .build();
+    let mut set = Element::builder("set", NS_RSM)
+        .append(Element::builder("max", NS_RSM).append(max.to_string()));
+    set = match start {
+        MamFrom::After(s) => set.append(Element::builder("after", NS_RSM).append(s.as_str())),
+        MamFrom::Start => set,
+        MamFrom::Last => set.append(Element::builder("before", NS_RSM).build()),
+    };
+    iq("set", from, room, id)
+        .append(
+            Element::builder("query", NS_MAM)
+                .a("queryid", queryid)
+                .append(form)
+                .append(set.build())
+                .build(),
+        )
+        .build()
+}
+
+/// A XEP-0199 ping: to the server, or (XEP-0410) from an occupant to its own
+/// occupant JID `room/nick`, which tells whether it is still in the room.
+pub fn ping(from: &str, to: &str, id: &str) -> Element {
+    iq("get", from, to, id)
+        .append(Element::builder("ping", NS_PING).build())
+        .build()
+}
+
 /// The next nick to try after a 409 conflict: `alice` → `alice[m]` →
 /// `alice[m]2` → `alice[m]3`..., `tag` being the network's short mark.
 pub fn next_nick(wanted: &str, tag: &str, attempt: u32) -> String {
@@ -280,6 +407,72 @@ mod tests {
             },
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn styled_text_uses_xep0393_directives() {
+        use junction_core::format::Span;
+        let t = RichText {
+            spans: vec![
+                Span::Bold(vec![Span::Text("bold".into())]),
+                Span::Text(" and ".into()),
+                Span::Code("x".into()),
+            ],
+        };
+        assert_eq!(styled(&t), "*bold* and `x`");
+    }
+
+    #[test]
+    fn admin_moderation_mam_and_ping_shapes() {
+        let el = admin(
+            P,
+            R,
+            "a1",
+            &AdminItem::Kick { nick: "bob".into() },
+            Some("spam"),
+        );
+        let item = el
+            .get_child("query", NS_MUC_ADMIN)
+            .and_then(|q| q.get_child("item", NS_MUC_ADMIN));
+        assert_eq!(item.and_then(|i| i.attr("role")), Some("none"));
+        assert_eq!(item.and_then(|i| i.attr("nick")), Some("bob"));
+        let el = admin(
+            P,
+            R,
+            "a2",
+            &AdminItem::Ban {
+                jid: "bob@x.test".into(),
+            },
+            None,
+        );
+        let item = el
+            .get_child("query", NS_MUC_ADMIN)
+            .and_then(|q| q.get_child("item", NS_MUC_ADMIN));
+        assert_eq!(item.and_then(|i| i.attr("affiliation")), Some("outcast"));
+        let el = moderate(P, R, "m1", "S1", None);
+        assert_eq!(
+            el.get_child("moderate", NS_MODERATE)
+                .and_then(|m| m.attr("id")),
+            Some("S1")
+        );
+        let el = mam_query(P, R, "q1", "qid", &MamFrom::After("S9".into()), 50);
+        let q = el.get_child("query", NS_MAM);
+        assert_eq!(q.and_then(|q| q.attr("queryid")), Some("qid"));
+        let after = q
+            .and_then(|q| q.get_child("set", NS_RSM))
+            .and_then(|s| s.get_child("after", NS_RSM))
+            .map(Element::text);
+        assert_eq!(after.as_deref(), Some("S9"));
+        let el = mam_query(P, R, "q2", "qid", &MamFrom::Last, 1);
+        assert!(el
+            .get_child("query", NS_MAM)
+            .and_then(|q| q.get_child("set", NS_RSM))
+            .is_some_and(|s| s.has_child("before", NS_RSM)));
+        let el = ping(P, "lobby@conference.xmpp.test/alice", "p1");
+        assert_eq!(el.attr("type"), Some("get"));
+        assert!(el.has_child("ping", NS_PING));
+        let el = chat("bridge.xmpp.test", "bob@xmpp.test/x", "c1", "ok");
+        assert_eq!(el.attr("type"), Some("chat"));
     }
 
     #[test]
