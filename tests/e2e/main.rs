@@ -16,3 +16,6 @@ mod xmpp;
 
 /// The IRC adapter against InspIRCd and ngIRCd: nicks, long messages, inbound traffic.
 mod irc;
+
+/// The whole gateway on all three servers: the lobby, every direction, every feature.
+mod lobby;
