@@ -151,6 +151,9 @@ fn registration_prints_the_appservice_yaml() {
             "  aliases:",
             "    - exclusive: true",
             "      regex: '#_junction_.*:matrix\\.test'",
+            // bridges.toml links #lobby:matrix.test: the gateway may create it.
+            "    - exclusive: false",
+            "      regex: '#lobby:matrix\\.test'",
             "  rooms: []",
         ]
     );

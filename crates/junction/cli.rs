@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
         }
         Command::Registration => match &config.matrix {
             Some(m) => {
-                print!("{}", registration_yaml(m));
+                print!("{}", registration_yaml(m, &matrix_aliases(&config)));
                 ExitCode::SUCCESS
             }
             None => {
@@ -157,11 +157,45 @@ pub fn render_links(config: &Config, extra: &[Link]) -> String {
     out
 }
 
+/// The Matrix aliases the config's links name (`#lobby:matrix.test`), in link order.
+fn matrix_aliases(config: &Config) -> Vec<String> {
+    config
+        .bridges
+        .iter()
+        .flat_map(|l| &l.rooms)
+        .filter(|r| r.network.as_str() == "matrix" && r.room.as_str().starts_with('#'))
+        .map(|r| r.room.as_str().to_owned())
+        .collect()
+}
+
 /// The appservice registration for the homeserver (Synapse: `app_service_config_files`).
 /// It carries the real tokens: this is the one place they are printed.
-pub fn registration_yaml(m: &MatrixConfig) -> String {
+///
+/// Besides the exclusive `@<prefix>.*` users and `#<prefix>.*` aliases, every linked alias
+/// on our server (`aliases`, e.g. `#lobby:matrix.test`) gets a non-exclusive namespace of its
+/// own: Synapse lets an appservice create only aliases inside its namespaces, and the
+/// gateway creates a linked room whose alias is free. Non-exclusive, so people keep the
+/// right to make that alias themselves.
+pub fn registration_yaml(m: &MatrixConfig, aliases: &[String]) -> String {
     let server = regex_escape(&m.server_name);
     let prefix = regex_escape(&m.user_prefix);
+    let ours = format!(":{}", m.server_name);
+    let mut shared = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for alias in aliases {
+        // Only aliases on our server can be created; the prefix namespace covers its own.
+        let Some(local) = alias.strip_prefix('#').and_then(|a| a.strip_suffix(&ours)) else {
+            continue;
+        };
+        if local.starts_with(&m.user_prefix) || !seen.insert(local) {
+            continue;
+        }
+        let _ = write!(
+            shared,
+            "    - exclusive: false\n      regex: {}\n",
+            yaml_str(&format!("#{}:{server}", regex_escape(local)))
+        );
+    }
     let mut listen = m.listen;
     if listen.ip().is_unspecified() {
         listen.set_ip(match listen.ip() {
@@ -185,6 +219,7 @@ pub fn registration_yaml(m: &MatrixConfig) -> String {
          \x20 aliases:\n\
          \x20   - exclusive: true\n\
          \x20     regex: {aliases}\n\
+         {shared}\
          \x20 rooms: []\n",
         bot = m.bot,
         server_name = m.server_name,
@@ -226,6 +261,46 @@ mod tests {
         assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
         assert_eq!(regex_escape("[::1]:8448"), "\\[::1\\]:8448");
         assert_eq!(regex_escape("_junction_"), "_junction_");
+    }
+
+    fn matrix_config() -> MatrixConfig {
+        MatrixConfig {
+            homeserver: "http://127.0.0.1:8008".into(),
+            server_name: "matrix.test".into(),
+            listen: "0.0.0.0:9009".parse().unwrap(),
+            as_token: junction_core::Secret::new("as"),
+            hs_token: junction_core::Secret::new("hs"),
+            bot: "junction".into(),
+            id: "junction".into(),
+            user_prefix: "_junction_".into(),
+        }
+    }
+
+    #[test]
+    fn linked_aliases_get_non_exclusive_namespaces() {
+        let y = registration_yaml(
+            &matrix_config(),
+            &[
+                "#lobby:matrix.test".into(),
+                "#a.b+c:matrix.test".into(),
+                "#lobby:matrix.test".into(),
+                "#_junction_x:matrix.test".into(),
+                "#elsewhere:example.org".into(),
+            ],
+        );
+        assert!(
+            y.contains(
+                "  aliases:\n    - exclusive: true\n      regex: '#_junction_.*:matrix\\.test'\n\
+                 \x20   - exclusive: false\n      regex: '#lobby:matrix\\.test'\n\
+                 \x20   - exclusive: false\n      regex: '#a\\.b\\+c:matrix\\.test'\n\
+                 \x20 rooms: []\n"
+            ),
+            "{y}"
+        );
+        assert_eq!(y.matches("exclusive: false").count(), 2, "{y}");
+        assert!(y.contains("url: 'http://127.0.0.1:9009'"), "{y}");
+        let none = registration_yaml(&matrix_config(), &[]);
+        assert!(!none.contains("exclusive: false"), "{none}");
     }
 
     #[test]

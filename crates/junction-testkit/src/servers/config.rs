@@ -149,6 +149,13 @@ pub(crate) fn synapse(l: &Layout) -> String {
 
 /// One slot's appservice registration. The bot is covered by `sender_localpart`; ghosts
 /// and aliases by the exclusive `<prefix>` namespaces, which never overlap between slots.
+///
+/// Besides, each slot may create ordinary-looking aliases in a non-exclusive namespace
+/// (Synapse lets an appservice create aliases only inside its namespaces): the demo slot 0
+/// `#lobby.*:matrix.test` (the `#lobby:matrix.test` of bridges.toml), test slot N
+/// `#jtN_.*:matrix.test` (e.g. `#jt3_lobby42:matrix.test`). Each slot gets only its own
+/// pattern, so no slot is sent (or queues, while not running) the events of other slots'
+/// rooms.
 pub(crate) fn registration(slot: &Slot) -> String {
     let server = regex_escape(SERVER_NAME);
     let prefix = regex_escape(&slot.user_prefix);
@@ -172,8 +179,27 @@ pub(crate) fn registration(slot: &Slot) -> String {
     let _ = writeln!(s, "  aliases:");
     let _ = writeln!(s, "    - exclusive: true");
     let _ = writeln!(s, "      regex: {}", sq(&format!("#{prefix}.*:{server}")));
+    let _ = writeln!(s, "    - exclusive: false");
+    let _ = writeln!(
+        s,
+        "      regex: {}",
+        sq(&format!(
+            "#{}.*:{server}",
+            regex_escape(&shared_alias_prefix(slot))
+        ))
+    );
     let _ = writeln!(s, "  rooms: []");
     s
+}
+
+/// The start of the ordinary aliases a slot may create (non-exclusive): `lobby` for the
+/// demo slot, `jtN_` for test slot N.
+pub(crate) fn shared_alias_prefix(slot: &Slot) -> String {
+    if slot.index == 0 {
+        "lobby".to_owned()
+    } else {
+        format!("jt{}_", slot.index)
+    }
 }
 
 /// A YAML single-quoted scalar: backslashes are literal, `'` doubles.
@@ -393,6 +419,21 @@ mod tests {
             "{demo}"
         );
         assert!(demo.contains("url: \"http://127.0.0.1:9009\"\n"), "{demo}");
+    }
+
+    #[test]
+    fn registration_has_a_non_exclusive_alias_namespace_per_slot() {
+        let r = registration(&Slot::new(3));
+        assert!(
+            r.contains("    - exclusive: false\n      regex: '#jt3_.*:matrix\\.test'\n"),
+            "{r}"
+        );
+        // The demo slot may create bridges.toml's `#lobby:matrix.test`.
+        let demo = registration(&Slot::new(0));
+        assert!(
+            demo.contains("    - exclusive: false\n      regex: '#lobby.*:matrix\\.test'\n"),
+            "{demo}"
+        );
     }
 
     #[test]
