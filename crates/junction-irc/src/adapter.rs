@@ -5,16 +5,17 @@ use crate::bucket::Bucket;
 use crate::config::{IrcConfig, IrcMode};
 use crate::isupport::ISupport;
 use crate::session::{self, Registration, Session};
-use crate::{inbound, nick, outbound};
+use crate::{commands, inbound, nick, outbound};
 use irc_proto::{Command, Response};
 use junction_core::{
     Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
-    MessageId,
+    MessageId, NetworkStatus,
 };
 use junction_store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The IRC adapter of one network.
 pub struct IrcAdapter {
@@ -46,6 +47,10 @@ struct Pending {
     lines: Vec<String>,
     sent: usize,
     ping_sent: bool,
+    /// An admin enforcement (KICK/MODE +b): a refusal from the server before the PING's
+    /// answer makes it fail.
+    enforce: bool,
+    denied: Option<String>,
 }
 
 impl Pending {
@@ -61,7 +66,12 @@ struct Roster {
     rooms: BTreeMap<String, String>,
     /// folded channel → folded nicks
     members: BTreeMap<String, BTreeSet<String>>,
+    /// folded nick → host, as last seen in a message prefix (for bans)
+    hosts: BTreeMap<String, String>,
 }
+
+/// A command's answer on its way back to the person who typed it.
+type Reply = (String, String);
 
 impl IrcAdapter {
     /// An adapter for `config`, keeping its puppet nicks in `store`.
@@ -122,6 +132,8 @@ impl IrcAdapter {
         mut s: Session,
         cx: &mut AdapterContext,
         pending: &mut Option<Pending>,
+        replies: &mut mpsc::UnboundedReceiver<Reply>,
+        reply_tx: &mpsc::UnboundedSender<Reply>,
     ) -> End {
         let mut bucket = Bucket::new(self.config.burst, self.config.lines_per_second);
         let mut roster = Roster::default();
@@ -135,9 +147,11 @@ impl IrcAdapter {
             }
         }
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
+        cx.status.send_replace(NetworkStatus::Connected);
         if let Some(p) = pending.as_mut() {
             p.sent = 0;
             p.ping_sent = false;
+            p.denied = None;
         }
         loop {
             if let Some(p) = pending.as_mut() {
@@ -171,21 +185,40 @@ impl IrcAdapter {
                         let token = b.as_deref().unwrap_or(a);
                         if pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
                             if let Some(p) = pending.take() {
-                                let ids = (0..p.lines.len())
-                                    .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
-                                    .collect();
+                                let outcome = match p.denied {
+                                    Some(why) => Err(why),
+                                    None if p.enforce => Ok(Vec::new()),
+                                    None => Ok((0..p.lines.len())
+                                        .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
+                                        .collect()),
+                                };
                                 let _ = cx.delivered.send(Delivered {
                                     outbox_id: p.delivery.outbox_id,
                                     target: p.delivery.target.clone(),
                                     event: p.delivery.event.id.clone(),
-                                    outcome: Ok(ids),
+                                    outcome,
                                 });
                             }
                         }
                         continue;
                     }
-                    if let Err(e) = self.on_message(&mut s, cx, &mut roster, msg).await {
+                    if let Some(p) = pending.as_mut().filter(|p| p.enforce && p.ping_sent) {
+                        if let Some(why) = refusal(&msg) {
+                            p.denied.get_or_insert(why);
+                        }
+                    }
+                    if let Err(e) = self.on_message(&mut s, cx, &mut roster, msg, reply_tx).await {
                         return End::Lost(e);
+                    }
+                }
+                reply = replies.recv() => {
+                    let Some((to, text)) = reply else { continue };
+                    let budget = crate::split::budget(s.isupport.linelen, &s.nick, &to);
+                    for line in commands::reply_lines(&to, &text, budget) {
+                        bucket.wait().await;
+                        if let Err(e) = s.writer.send(&line).await {
+                            return End::Lost(e.to_string());
+                        }
                     }
                 }
                 changed = cx.rooms.changed() => {
@@ -218,8 +251,17 @@ impl IrcAdapter {
                         // The gateway is gone; nothing more will come.
                         return End::Shutdown;
                     };
-                    let relay_nick = self.nick_for(cx, &d, &s.isupport);
+                    let hosts = &roster.hosts;
+                    let isupport = &s.isupport;
+                    if let Some(lines) = outbound::enforcement(&d, &cx.network, &|n| hosts.get(&isupport.fold(n)).cloned()) {
+                        *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false, enforce: true, denied: None });
+                        continue;
+                    }
+                    let from_gateway = d.event.sender.user.network.is_gateway();
+                    let relay_nick = if from_gateway { String::new() } else { self.nick_for(cx, &d, &s.isupport) };
                     let relay = match self.config.mode {
+                        // The gateway's own notices are the bot's words.
+                        _ if from_gateway => None,
                         // Puppet connections are not available yet: puppet mode falls back
                         // to relaying through the bot.
                         IrcMode::Relay | IrcMode::Puppet => Some(relay_nick.as_str()),
@@ -231,7 +273,7 @@ impl IrcAdapter {
                         linelen: s.isupport.linelen,
                         max_lines: self.config.max_lines,
                     });
-                    *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false });
+                    *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false, enforce: false, denied: None });
                 }
             }
         }
@@ -243,8 +285,14 @@ impl IrcAdapter {
         cx: &AdapterContext,
         roster: &mut Roster,
         msg: irc_proto::Message,
+        reply_tx: &mpsc::UnboundedSender<Reply>,
     ) -> Result<(), String> {
         let nick_of = msg.source_nickname().map(|n| s.isupport.fold(n));
+        if let (Some(n), Some(irc_proto::Prefix::Nickname(_, _, host))) = (&nick_of, &msg.prefix) {
+            if !host.is_empty() && roster.members.values().any(|m| m.contains(n)) {
+                roster.hosts.insert(n.clone(), host.clone());
+            }
+        }
         match &msg.command {
             Command::PING(a, _) => {
                 s.writer
@@ -263,6 +311,12 @@ impl IrcAdapter {
                         set.insert(s.isupport.fold(n));
                     }
                 }
+                return Ok(());
+            }
+            Command::PRIVMSG(target, text)
+                if s.isupport.fold(target) == s.isupport.fold(&s.nick) =>
+            {
+                self.command(cx, &msg, text, reply_tx);
                 return Ok(());
             }
             _ => {}
@@ -319,6 +373,7 @@ impl IrcAdapter {
                     for m in roster.members.values_mut() {
                         m.remove(&n);
                     }
+                    roster.hosts.remove(&n);
                 }
                 Command::NICK(new) => {
                     let new = s.isupport.fold(new);
@@ -330,6 +385,9 @@ impl IrcAdapter {
                             m.insert(new.clone());
                         }
                     }
+                    if let Some(h) = roster.hosts.remove(&n) {
+                        roster.hosts.insert(new.clone(), h);
+                    }
                 }
                 _ => {}
             }
@@ -340,6 +398,81 @@ impl IrcAdapter {
             }
         }
         Ok(())
+    }
+}
+
+impl IrcAdapter {
+    /// A private message to the bot: a command for the gateway, unless it comes from one of
+    /// our own puppets. The answer is awaited in its own task (the connection never waits)
+    /// and comes back on `reply_tx`.
+    fn command(
+        &self,
+        cx: &AdapterContext,
+        msg: &irc_proto::Message,
+        text: &str,
+        reply_tx: &mpsc::UnboundedSender<Reply>,
+    ) {
+        let Some(nick) = msg.source_nickname() else {
+            return;
+        };
+        let Some(text) = commands::command_text(text) else {
+            return;
+        };
+        if self
+            .store
+            .puppet_owner(&cx.network, nick)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return;
+        }
+        let from = commands::identities(&cx.network, msg);
+        if from.is_empty() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = junction_core::Command {
+            from,
+            display_name: nick.to_owned(),
+            text: text.to_owned(),
+            reply: tx,
+        };
+        let commands = cx.commands.clone();
+        let reply_tx = reply_tx.clone();
+        let nick = nick.to_owned();
+        tokio::spawn(async move {
+            let answer = async {
+                commands.send(command).await.ok()?;
+                rx.await.ok()
+            };
+            let text = match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+                Ok(Some(text)) => text,
+                Ok(None) => "The gateway does not take commands here.".to_owned(),
+                Err(_) => "No answer from the gateway in time.".to_owned(),
+            };
+            let _ = reply_tx.send((nick, text));
+        });
+    }
+}
+
+/// How long a command may take before its sender is told there was no answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server refusing a KICK/MODE the bot sent: not an operator, no such nick...
+fn refusal(msg: &irc_proto::Message) -> Option<String> {
+    let Command::Response(r, args) = &msg.command else {
+        return None;
+    };
+    let why = args.last().cloned().unwrap_or_default();
+    match r {
+        Response::ERR_CHANOPRIVSNEEDED => {
+            Some(format!("the IRC bot is not a channel operator ({why})"))
+        }
+        Response::ERR_NOSUCHNICK | Response::ERR_USERNOTINCHANNEL | Response::ERR_NOTONCHANNEL => {
+            Some(format!("not possible on IRC: {why}"))
+        }
+        _ => None,
     }
 }
 
@@ -359,6 +492,7 @@ impl Adapter for IrcAdapter {
     async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
         let mut pending: Option<Pending> = None;
         let mut attempt: u32 = 0;
+        let (reply_tx, mut replies) = mpsc::unbounded_channel();
         loop {
             let connected = tokio::select! {
                 _ = cx.shutdown.cancelled() => return Ok(()),
@@ -367,7 +501,10 @@ impl Adapter for IrcAdapter {
             let why = match connected {
                 Ok(s) => {
                     attempt = 0;
-                    match self.serve(s, &mut cx, &mut pending).await {
+                    match self
+                        .serve(s, &mut cx, &mut pending, &mut replies, &reply_tx)
+                        .await
+                    {
                         End::Shutdown => return Ok(()),
                         End::Lost(why) => why,
                     }
@@ -376,6 +513,11 @@ impl Adapter for IrcAdapter {
             };
             let delay = session::backoff(attempt);
             attempt = attempt.saturating_add(1);
+            cx.status.send_replace(if attempt > 3 {
+                NetworkStatus::Down(why.clone())
+            } else {
+                NetworkStatus::Degraded(format!("reconnecting: {why}"))
+            });
             tracing::warn!(network = %cx.network, reason = %why, retry_in_ms = delay.as_millis() as u64, "IRC connection lost");
             tokio::select! {
                 _ = cx.shutdown.cancelled() => return Ok(()),
@@ -520,5 +662,149 @@ mod tests {
             .await
             .expect("stops");
         assert!(matches!(res, Ok(Ok(()))));
+    }
+
+    /// Like `serve_one`, but the fake server also answers: `respond` maps each line it gets to
+    /// lines it sends back.
+    async fn serve_scripted(
+        listener: &TcpListener,
+        lines: mpsc::UnboundedSender<String>,
+        respond: fn(&str) -> Vec<String>,
+    ) {
+        let (sock, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if let Some(token) = line.strip_prefix("PING ") {
+                    let _ = w
+                        .write_all(format!(":fake PONG fake {token}\r\n").as_bytes())
+                        .await;
+                }
+                if line.starts_with("NICK ") {
+                    let _ = w
+                        .write_all(b":fake 001 junction :hi\r\n:fake 005 junction NICKLEN=9 :ok\r\n:fake 376 junction :end\r\n")
+                        .await;
+                }
+                for out in respond(&line) {
+                    let _ = w.write_all(format!("{out}\r\n").as_bytes()).await;
+                }
+                let _ = lines.send(line);
+            }
+        });
+    }
+
+    struct Harness {
+        deliveries: mpsc::Sender<Delivery>,
+        delivered: mpsc::UnboundedReceiver<Delivered>,
+        commands: mpsc::Receiver<junction_core::Command>,
+        status: watch::Receiver<NetworkStatus>,
+        shutdown: CancellationToken,
+        _rooms: watch::Sender<Vec<RoomId>>,
+        _inbound: mpsc::Receiver<Inbound>,
+    }
+
+    fn harness(addr: std::net::SocketAddr, mode: IrcMode) -> Harness {
+        let mut cfg = IrcConfig::new("fake", addr.to_string(), "junction");
+        cfg.mode = mode;
+        let adapter = IrcAdapter::new(cfg, Arc::new(TestStore::default()));
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (d_tx, d_rx) = mpsc::channel(16);
+        let (ok_tx, ok_rx) = mpsc::unbounded_channel();
+        let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
+        let shutdown = CancellationToken::new();
+        let cx = AdapterContext {
+            network: NetworkId::new("irc:fake"),
+            inbound: in_tx,
+            deliveries: d_rx,
+            delivered: ok_tx,
+            rooms: rooms_rx,
+            shutdown: shutdown.clone(),
+            commands: cmd_tx,
+            status: status_tx,
+        };
+        tokio::spawn(adapter.run(cx));
+        Harness {
+            deliveries: d_tx,
+            delivered: ok_rx,
+            commands: cmd_rx,
+            status: status_rx,
+            shutdown,
+            _rooms: rooms_tx,
+            _inbound: in_rx,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_message_to_the_bot_is_a_command_answered_by_notice() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx, |line| {
+            if line == "JOIN #t" {
+                vec!["@account=root :boss!~b@admin.test PRIVMSG junction :status".to_owned()]
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        let cmd = tokio::time::timeout(Duration::from_secs(30), h.commands.recv())
+            .await
+            .expect("in time")
+            .expect("a command");
+        assert_eq!(cmd.text, "status");
+        assert_eq!(
+            cmd.from,
+            vec![
+                UserRef::new("irc:fake", "root"),
+                UserRef::new("irc:fake", "boss!~b@admin.test")
+            ]
+        );
+        assert_eq!(*h.status.borrow(), NetworkStatus::Connected);
+        cmd.reply.send("all good\nlinks: 1".into()).expect("reply");
+        expect_line(&mut lines, "NOTICE boss :all good").await;
+        expect_line(&mut lines, "NOTICE boss :links: 1").await;
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn gateway_kicks_are_carried_out_and_fail_without_op() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx, |line| {
+            if line.starts_with("KICK #t troll") {
+                vec![":fake 482 junction #t :You're not a channel operator".to_owned()]
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        expect_line(&mut lines, "JOIN #t").await;
+        let mut d = delivery(5, "");
+        d.event.sender = Sender::new(UserRef::new(NetworkId::gateway(), "gateway"), "gateway");
+        d.event.kind = EventKind::Ban {
+            target: Sender::new(UserRef::new("irc:fake", "troll!~t@bad.test"), "troll"),
+            reason: Some("spam".into()),
+        };
+        h.deliveries.send(d).await.expect("send");
+        expect_line(&mut lines, "MODE #t +b *!*@bad.test").await;
+        expect_line(&mut lines, "KICK #t troll :spam").await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert!(
+            matches!(&ok.outcome, Err(why) if why.contains("operator")),
+            "{ok:?}"
+        );
+        // A notice from the gateway is said by the bot itself, without a relay prefix.
+        let mut d = delivery(6, "maintenance at noon");
+        d.event.sender = Sender::new(UserRef::new(NetworkId::gateway(), "gateway"), "gateway");
+        h.deliveries.send(d).await.expect("send");
+        expect_line(&mut lines, "PRIVMSG #t :maintenance at noon").await;
+        h.shutdown.cancel();
     }
 }

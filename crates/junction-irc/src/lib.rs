@@ -4,6 +4,7 @@
 
 mod adapter;
 pub mod bucket;
+pub mod commands;
 pub mod config;
 pub mod inbound;
 pub mod isupport;

@@ -117,6 +117,54 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The lines that carry out a gateway `Kick`/`Ban` of a user of this network (`target` as the
+/// gateway names them: `nick!user@host`, or a bare nick/account), or None when `d` is not
+/// such an enforcement. `host_of` knows the host of a nick the bot has seen. A ban sets
+/// `*!*@host` (or `nick!*@*` when the host is unknown) and then kicks.
+pub fn enforcement(
+    d: &Delivery,
+    network: &junction_core::NetworkId,
+    host_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<String>> {
+    if !d.event.sender.user.network.is_gateway() {
+        return None;
+    }
+    let (target, reason, ban) = match &d.event.kind {
+        EventKind::Kick { target, reason } => (target, reason, false),
+        EventKind::Ban { target, reason } => (target, reason, true),
+        _ => return None,
+    };
+    if &target.user.network != network {
+        return None;
+    }
+    let who = target.user.user.0.as_str();
+    let nick = who.split('!').next().unwrap_or(who);
+    let nick = if nick.is_empty() {
+        target.display_name.as_str()
+    } else {
+        nick
+    };
+    let host = who
+        .split_once('@')
+        .map(|(_, h)| h.to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| host_of(nick));
+    let channel = d.target.room.0.as_str();
+    let reason = reason
+        .as_deref()
+        .map(|r| r.replace(['\r', '\n'], " "))
+        .unwrap_or_default();
+    let mut lines = Vec::new();
+    if ban {
+        match host {
+            Some(h) => lines.push(format!("MODE {channel} +b *!*@{h}")),
+            None => lines.push(format!("MODE {channel} +b {nick}!*@*")),
+        }
+    }
+    lines.push(format!("KICK {channel} {nick} :{reason}"));
+    Some(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
