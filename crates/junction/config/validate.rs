@@ -856,7 +856,7 @@ impl Checker<'_> {
 /// The form in which two spellings of one room compare equal: IRC channels by RFC 1459
 /// case mapping (the default of most servers), MUC JIDs case-insensitively (nodeprep and
 /// nameprep fold case); Matrix ids are case-sensitive.
-fn same_room(r: &RoomRef) -> RoomRef {
+pub(crate) fn same_room(r: &RoomRef) -> RoomRef {
     let room = if r.network.as_str().starts_with("irc:") {
         r.room
             .as_str()
@@ -878,7 +878,7 @@ fn same_room(r: &RoomRef) -> RoomRef {
 }
 
 /// `#alias:server` or `!id[:server]`.
-fn matrix_room(s: &str) -> bool {
+pub(crate) fn matrix_room(s: &str) -> bool {
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
@@ -902,7 +902,7 @@ fn matrix_server_name(s: &str) -> bool {
 }
 
 /// `@localpart:server`.
-fn matrix_user(s: &str) -> bool {
+pub(crate) fn matrix_user(s: &str) -> bool {
     matches!(s.strip_prefix('@').and_then(|r| r.split_once(':')),
         Some((local, server)) if !local.is_empty()
             && !local.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -910,7 +910,7 @@ fn matrix_user(s: &str) -> bool {
 }
 
 /// A bare JID, with a local part when `node` is true.
-fn bare_jid(s: &str, node: bool) -> Result<(), String> {
+pub(crate) fn bare_jid(s: &str, node: bool) -> Result<(), String> {
     if s.contains('/') {
         return Err("a bare JID has no `/resource`".into());
     }
@@ -934,7 +934,7 @@ fn irc_nick(s: &str) -> bool {
 }
 
 /// A channel name as servers accept it.
-fn irc_channel(s: &str) -> bool {
+pub(crate) fn irc_channel(s: &str) -> bool {
     s.starts_with(['#', '&'])
         && s.len() > 1
         && s.len() <= 200
