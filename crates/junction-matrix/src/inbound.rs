@@ -327,7 +327,7 @@ fn room_event(
             if s(relates, "rel_type") == Some("m.replace") {
                 let target = s(relates, "event_id")?;
                 let new = content.get("m.new_content").unwrap_or(content);
-                let body = message_body(new, false);
+                let body = message_body(new, false, cx);
                 return Some((
                     EventKind::Edit {
                         target: MessageId::new(target),
@@ -341,7 +341,7 @@ fn room_event(
                 .and_then(|r| s(r, "event_id"))
                 .map(MessageId::new);
             let msgtype = s(content, "msgtype").unwrap_or("m.text");
-            let mut body = message_body(content, reply_to.is_some());
+            let mut body = message_body(content, reply_to.is_some(), cx);
             let mut attachments = Vec::new();
             let kind = match msgtype {
                 "m.emote" => MessageKind::Emote,
@@ -423,16 +423,41 @@ fn room_event(
 
 /// The rich text of a message content, with any reply fallback removed.
 ///
-/// The HTML → rich text parser belongs to the core formatter; until it reads Matrix HTML,
-/// the plain `body` (which every sender must include) is used and `formatted_body` (whose
-/// reply fallback [`strip_html_reply_fallback`] removes) is ignored.
-fn message_body(content: &Value, is_reply: bool) -> RichText {
+/// An `org.matrix.custom.html` `formatted_body` is read by the core's sanitising HTML
+/// reader (which drops the `<mx-reply>` fallback and turns pills into mentions); otherwise,
+/// or when the HTML holds no text, the plain `body` is used, its `> ` reply fallback
+/// stripped. Pills to our ghosts become mentions of the people they stand for, so the other
+/// networks name them natively.
+fn message_body(content: &Value, is_reply: bool, cx: &InboundCx<'_>) -> RichText {
+    let html = (s(content, "format") == Some("org.matrix.custom.html"))
+        .then(|| s(content, "formatted_body"))
+        .flatten();
+    if let Some(html) = html {
+        let mut text = junction_core::format::html::parse(html);
+        if !text.is_empty() {
+            map_pills(&mut text, cx);
+            return text;
+        }
+    }
     let body = s(content, "body").unwrap_or("");
     if is_reply {
         RichText::plain(strip_reply_fallback(body))
     } else {
         RichText::plain(body)
     }
+}
+
+/// Pills parsed from HTML name Matrix users: ours become the remote person a ghost stands
+/// for; others are Matrix users of this network.
+fn map_pills(text: &mut RichText, cx: &InboundCx<'_>) {
+    junction_core::format::mention::map_mentions(text, |user, _name| {
+        let Some(u) = user.as_ref() else { return };
+        let id = u.user.as_str();
+        *user = Some(match ids::parse_ghost(cx.prefix, cx.server_name, id) {
+            Some((net, remote)) => UserRef::new(net, remote),
+            None => UserRef::new(cx.network.clone(), id),
+        });
+    });
 }
 
 /// Removes the reply fallback of a plain body: the leading `> ` quote lines and the empty
@@ -455,19 +480,6 @@ pub fn strip_reply_fallback(body: &str) -> String {
         return body.to_owned();
     }
     lines.collect::<Vec<_>>().join("\n")
-}
-
-/// Removes the `<mx-reply>…</mx-reply>` fallback from a formatted body.
-pub fn strip_html_reply_fallback(html: &str) -> String {
-    match (html.find("<mx-reply>"), html.find("</mx-reply>")) {
-        (Some(start), Some(end)) if end > start => {
-            let mut out = String::with_capacity(html.len());
-            out.push_str(&html[..start]);
-            out.push_str(&html[end + "</mx-reply>".len()..]);
-            out
-        }
-        _ => html.to_owned(),
-    }
 }
 
 /// The attachment of a media message and its caption (the body, when a separate file name
@@ -580,10 +592,61 @@ mod tests {
         };
         assert_eq!(m.body.to_plain(), "my answer");
         assert_eq!(m.reply_to, Some(MessageId::new("$orig")));
+    }
+
+    #[test]
+    fn formatted_bodies_become_rich_text_and_pills_mentions() {
+        use junction_core::format::Span;
+        let c = conv(msg(json!({
+            "msgtype": "m.text",
+            "body": "bob: so **bold** <script>",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<a href=\"https://matrix.to/#/@_junction_irc_local_bob:matrix.test\">bob</a>: \
+                 so <strong>bold</strong> &lt;script&gt;<script>alert(1)</script> \
+                 <a href=\"https://matrix.to/#/@carol:matrix.test\">Carol</a>"
+        })));
+        let EventKind::Message(m) = c.event.expect("event").kind else {
+            panic!()
+        };
         assert_eq!(
-            strip_html_reply_fallback("<mx-reply><blockquote>x</blockquote></mx-reply>answer"),
-            "answer"
+            m.body.spans,
+            vec![
+                Span::Mention {
+                    user: Some(UserRef::new("irc:local", "bob")),
+                    name: "bob".into()
+                },
+                Span::Text(": so ".into()),
+                Span::Bold(vec![Span::Text("bold".into())]),
+                Span::Text(" <script> ".into()),
+                Span::Mention {
+                    user: Some(UserRef::new("matrix", "@carol:matrix.test")),
+                    name: "Carol".into()
+                },
+            ]
         );
+        // An edit's new content is read the same way.
+        let c = conv(msg(json!({
+            "msgtype": "m.text", "body": "* fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "fixed",
+                "format": "org.matrix.custom.html", "formatted_body": "<em>fixed</em>"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig"}
+        })));
+        let EventKind::Edit { body, .. } = c.event.expect("event").kind else {
+            panic!()
+        };
+        assert_eq!(
+            body.spans,
+            vec![Span::Italic(vec![Span::Text("fixed".into())])]
+        );
+        // HTML without text falls back to the plain body.
+        let c = conv(msg(json!({
+            "msgtype": "m.text", "body": "plain",
+            "format": "org.matrix.custom.html", "formatted_body": "<script>x</script>"
+        })));
+        let EventKind::Message(m) = c.event.expect("event").kind else {
+            panic!()
+        };
+        assert_eq!(m.body, RichText::plain("plain"));
     }
 
     #[test]

@@ -217,6 +217,23 @@ impl Shared {
         rooms.refused.contains(link) || !rooms.wanted.contains(link)
     }
 
+    /// The Matrix user a mention of `user` pills: a Matrix user themself, or the ghost of a
+    /// person from another network once that ghost exists; `None` (a plain name) otherwise.
+    pub(crate) fn pill_target(&self, user: &UserRef) -> Option<String> {
+        if user.network == self.network {
+            return user
+                .user
+                .as_str()
+                .starts_with('@')
+                .then(|| user.user.to_string());
+        }
+        if user.network.is_gateway() {
+            return None;
+        }
+        let ghost = self.matrix_user_of(user);
+        self.ghosts.is_registered(&ghost).then_some(ghost)
+    }
+
     /// The Matrix user who stands for `user`: the user itself when on Matrix, else its ghost.
     pub(crate) fn matrix_user_of(&self, user: &UserRef) -> String {
         if user.network == self.network {

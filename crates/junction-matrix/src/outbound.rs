@@ -7,8 +7,12 @@
 
 use crate::client::{ClientError, MAX_MEDIA_BYTES};
 use crate::Shared;
+use junction_core::format::html;
+use junction_core::format::mention::map_mentions;
 use junction_core::format::Span;
-use junction_core::{Attachment, Delivery, EventKind, Message, MessageId, MessageKind, RichText};
+use junction_core::{
+    Attachment, Delivery, EventKind, Message, MessageId, MessageKind, RichText, UserRef,
+};
 use serde_json::{json, Map, Value};
 
 /// The store table of reactions we sent: `<room id> <target> <ghost> <key>` → reaction id.
@@ -383,15 +387,14 @@ async fn attachment_content(
         None => {
             c.insert("msgtype".into(), json!("m.text"));
             c.insert("body".into(), json!(format!("{}: {}", att.name, att.url)));
+            let link = RichText {
+                spans: vec![Span::Link {
+                    url: att.url.clone(),
+                    children: vec![Span::Text(att.name.clone())],
+                }],
+            };
             c.insert("format".into(), json!("org.matrix.custom.html"));
-            c.insert(
-                "formatted_body".into(),
-                json!(format!(
-                    "<a href=\"{}\">{}</a>",
-                    escape_html(&att.url),
-                    escape_html(&att.name)
-                )),
-            );
+            c.insert("formatted_body".into(), json!(html::render(&link)));
         }
     }
     Ok(c)
@@ -424,19 +427,31 @@ async fn fetch(sh: &Shared, url: &str) -> Result<(String, bytes::Bytes), String>
 
 /// A text message content: plain body, HTML when there is formatting, and `m.mentions`.
 fn text_content(msgtype: &str, body: &RichText, sh: &Shared) -> Map<String, Value> {
-    content_with(msgtype, body, &|u| sh.matrix_user_of(u))
+    content_with(msgtype, body, &|u| sh.pill_target(u))
 }
 
-/// [`text_content`] with the Matrix user of a mentioned person given by `who`.
+/// The Matrix user a mention of `user` should pill, if any.
+type MentionOf<'a> = dyn Fn(&UserRef) -> Option<String> + 'a;
+
+/// [`text_content`] with the Matrix user of a mentioned person given by `who`. The HTML
+/// comes from the core renderer, which escapes every text and attribute, so no network can
+/// inject markup; mentions of people with a Matrix user (themselves or their ghost) become
+/// pills and are listed in `m.mentions`, the others stay plain names.
 fn content_with(msgtype: &str, body: &RichText, who: &MentionOf<'_>) -> Map<String, Value> {
+    let mut body = body.clone();
+    let mut mentions = Vec::new();
+    map_mentions(&mut body, |user, _name| {
+        *user = user.as_ref().and_then(who).map(|mxid| {
+            mentions.push(mxid.clone());
+            UserRef::new(PILL_NETWORK, mxid)
+        });
+    });
     let mut c = Map::new();
     c.insert("msgtype".into(), json!(msgtype));
     c.insert("body".into(), json!(body.to_plain()));
-    let mut mentions = Vec::new();
-    let html = render_html(&body.spans, who, &mut mentions);
-    if !body.is_plain() {
+    if html::needs_html(&body) {
         c.insert("format".into(), json!("org.matrix.custom.html"));
-        c.insert("formatted_body".into(), json!(html));
+        c.insert("formatted_body".into(), json!(html::render(&body)));
     }
     mentions.sort();
     mentions.dedup();
@@ -444,81 +459,14 @@ fn content_with(msgtype: &str, body: &RichText, who: &MentionOf<'_>) -> Map<Stri
     c
 }
 
-/// Renders rich text as Matrix HTML. Written here because the core formatter does not yet
-/// render Matrix HTML; it escapes all text, so no network can inject markup.
-type MentionOf<'a> = dyn Fn(&junction_core::UserRef) -> String + 'a;
-
-fn render_html(spans: &[Span], sh: &MentionOf<'_>, mentions: &mut Vec<String>) -> String {
-    let mut out = String::new();
-    for s in spans {
-        match s {
-            Span::Text(t) => out.push_str(&escape_html(t).replace('\n', "<br>")),
-            Span::Bold(c) => wrap(&mut out, "strong", &render_html(c, sh, mentions)),
-            Span::Italic(c) => wrap(&mut out, "em", &render_html(c, sh, mentions)),
-            Span::Underline(c) => wrap(&mut out, "u", &render_html(c, sh, mentions)),
-            Span::Strike(c) => wrap(&mut out, "del", &render_html(c, sh, mentions)),
-            Span::Code(t) => wrap(&mut out, "code", &escape_html(t)),
-            Span::Pre { lang, text } => {
-                out.push_str("<pre><code");
-                if let Some(l) = lang {
-                    out.push_str(&format!(" class=\"language-{}\"", escape_html(l)));
-                }
-                out.push('>');
-                out.push_str(&escape_html(text));
-                out.push_str("</code></pre>");
-            }
-            Span::Link { url, children } => {
-                out.push_str(&format!("<a href=\"{}\">", escape_html(url)));
-                out.push_str(&render_html(children, sh, mentions));
-                out.push_str("</a>");
-            }
-            Span::Mention { user, name } => match user.as_ref().map(sh) {
-                Some(mxid) => {
-                    out.push_str(&format!(
-                        "<a href=\"https://matrix.to/#/{}\">{}</a>",
-                        escape_html(&mxid),
-                        escape_html(name)
-                    ));
-                    mentions.push(mxid);
-                }
-                None => out.push_str(&escape_html(name)),
-            },
-            Span::Quote(c) => wrap(&mut out, "blockquote", &render_html(c, sh, mentions)),
-        }
-    }
-    out
-}
-
-fn wrap(out: &mut String, tag: &str, inner: &str) {
-    out.push_str(&format!("<{tag}>{inner}</{tag}>"));
-}
-
-/// Escapes text for HTML content and attribute values.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// The network name the core HTML renderer pills (`matrix`).
+const PILL_NETWORK: &str = "matrix";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use junction_core::{Event, EventKind, MessageId, RoomRef, Sender, UserRef};
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(escape_html("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
-    }
 
     #[test]
     fn transaction_ids_are_stable_per_delivery_and_part() {
@@ -561,7 +509,7 @@ mod tests {
                 },
             ],
         };
-        let c = content_with("m.text", &body, &|u: &UserRef| u.user.to_string());
+        let c = content_with("m.text", &body, &|u: &UserRef| Some(u.user.to_string()));
         assert_eq!(
             c["body"],
             "alice: <look> heredocs (https://example.org/?a=1&b=2)"
@@ -573,10 +521,21 @@ mod tests {
              <strong>here</strong><a href=\"https://example.org/?a=1&amp;b=2\">docs</a>"
         );
         assert_eq!(c["m.mentions"]["user_ids"], json!(["@alice:matrix.test"]));
-        let plain = content_with("m.emote", &RichText::plain("waves"), &|_: &UserRef| {
-            String::new()
-        });
+        let plain = content_with("m.emote", &RichText::plain("waves"), &|_: &UserRef| None);
         assert_eq!(plain["msgtype"], "m.emote");
+        // A mention nobody on Matrix stands for stays a plain name.
+        let unknown = RichText {
+            spans: vec![
+                Span::Mention {
+                    user: Some(UserRef::new("irc:local", "zed")),
+                    name: "zed".into(),
+                },
+                Span::Text(": <hi>".into()),
+            ],
+        };
+        let c = content_with("m.text", &unknown, &|_: &UserRef| None);
+        assert_eq!(c["body"], "zed: <hi>");
+        assert_eq!(c["m.mentions"]["user_ids"], json!([]));
         assert!(plain.get("formatted_body").is_none());
     }
 }
