@@ -44,14 +44,22 @@ fn output(c: &mut Command) -> (Option<i32>, String, String) {
 fn check_accepts_the_shipped_config_and_prints_the_links() {
     let (code, out, err) = output(junction(&root()).arg("check"));
     assert_eq!(code, Some(0), "stderr: {err}");
-    assert_eq!(
-        out,
-        "bridges.toml: OK\n\
+    let expected = "bridges.toml: OK\n\
          bridges from the config:\n\
          \x20 lobby\n\
          \x20   matrix     #lobby:matrix.test\n\
          \x20   xmpp       lobby@conference.xmpp.test\n\
-         \x20   irc:local  #lobby\n"
+         \x20   irc:local  #lobby\n";
+    // The shipped config's store (`data/store`) may exist, or be held by the gateway another
+    // test runs: what follows the config's bridges is then about it.
+    let rest = out
+        .strip_prefix(expected)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        rest.is_empty()
+            || rest.starts_with("links made at runtime")
+            || rest.starts_with("runtime links: not shown"),
+        "{out}"
     );
     for secret in [AS_TOKEN, HS_TOKEN, XMPP_SECRET] {
         assert!(!out.contains(secret) && !err.contains(secret));
@@ -67,6 +75,87 @@ fn check_with_an_explicit_file() {
     );
     assert_eq!(code, Some(0));
     assert!(out.contains("irc:local  #lobby"));
+}
+
+/// A config in a fresh directory whose store (`data/store`, the default `data_dir`) holds
+/// `links`; returns the directory.
+fn config_with_store(links: &[junction_core::Link]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bridges.toml"),
+        "[irc.local]\nserver = \"127.0.0.1:6667\"\nnick = \"junction\"\n\n\
+         [[bridge]]\nname = \"lobby\"\nirc = [\"local/#lobby\", \"local/#lobby2\"]\n",
+    )
+    .unwrap();
+    if !links.is_empty() {
+        use junction_store::Store as _;
+        let store = junction_store::SledStore::open(dir.path().join("data/store")).unwrap();
+        for l in links {
+            store.put_link(l).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    dir
+}
+
+#[test]
+fn check_shows_the_runtime_links_from_the_store() {
+    use junction_core::{Link, RoomRef};
+    let dir = config_with_store(&[]);
+    let (code, out, _) = output(junction(dir.path()).arg("check"));
+    assert_eq!(code, Some(0));
+    assert!(
+        !out.contains("runtime"),
+        "no store, nothing about it: {out}"
+    );
+    assert!(!dir.path().join("data").exists(), "check creates no store");
+
+    let dir = config_with_store(&[
+        Link {
+            bridge: "side".into(),
+            rooms: vec![
+                RoomRef::new("irc:local", "#side"),
+                RoomRef::new("matrix", "#side:matrix.test"),
+            ],
+        },
+        Link {
+            bridge: "lobby".into(),
+            rooms: Vec::new(),
+        },
+    ]);
+    let (code, out, err) = output(junction(dir.path()).arg("check"));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "bridges.toml: OK\n\
+         bridges from the config:\n\
+         \x20 lobby\n\
+         \x20   irc:local  #lobby\n\
+         \x20   irc:local  #lobby2\n\
+         links made at runtime (they replace config bridges of the same name):\n\
+         \x20 lobby\n\
+         \x20   (closed)\n\
+         \x20 side\n\
+         \x20   irc:local  #side\n\
+         \x20   matrix     #side:matrix.test\n"
+    );
+}
+
+#[test]
+fn check_says_so_when_a_running_gateway_holds_the_store() {
+    let dir = config_with_store(&[]);
+    // This process holds sled's lock, as a running gateway would.
+    let _held = junction_store::SledStore::open(dir.path().join("data/store")).unwrap();
+    let (code, out, err) = output(junction(dir.path()).arg("check"));
+    assert_eq!(code, Some(0), "a valid config stays valid: {err}");
+    assert!(out.contains("bridges from the config:"), "{out}");
+    assert!(
+        out.ends_with(
+            "runtime links: not shown, the store at data/store is in use by a running gateway \
+             (ask it with the `bridges` admin command)\n"
+        ),
+        "{out}"
+    );
 }
 
 /// Each bad config in tests/config_errors fails `check` with exit status 1 and every one of

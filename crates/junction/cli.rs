@@ -64,7 +64,13 @@ pub fn main() -> ExitCode {
         Command::Run => run(config),
         Command::Check => {
             println!("{}: OK", cli.config.display());
-            print_links(&config, &[]);
+            match stored_links(&config) {
+                Ok(extra) => print_links(&config, &extra),
+                Err(note) => {
+                    print_links(&config, &[]);
+                    println!("{note}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Registration => match &config.matrix {
@@ -122,13 +128,50 @@ fn init_tracing(from_file: Option<&str>) {
         .try_init();
 }
 
+/// The runtime links kept in the store at `<data_dir>/store`, when there is one. A store held
+/// by a running gateway (sled's lock) or one that does not open gives the line to print
+/// instead.
+pub fn stored_links(config: &Config) -> Result<Vec<Link>, String> {
+    let path = config.gateway.data_dir.join("store");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    match junction_store::SledStore::open(&path) {
+        Ok(store) => {
+            use junction_store::Store as _;
+            store.links().map_err(|e| {
+                format!(
+                    "runtime links: not shown, the store at {} could not be read: {e}",
+                    path.display()
+                )
+            })
+        }
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("lock") || text.contains("WouldBlock") {
+                Err(format!(
+                    "runtime links: not shown, the store at {} is in use by a running gateway \
+                     (ask it with the `bridges` admin command)",
+                    path.display()
+                ))
+            } else {
+                Err(format!(
+                    "runtime links: not shown, the store at {} could not be opened: {text}",
+                    path.display()
+                ))
+            }
+        }
+    }
+}
+
 /// Prints what [`render_links`] renders to stdout.
 pub fn print_links(config: &Config, extra: &[Link]) {
     print!("{}", render_links(config, extra));
 }
 
 /// Renders every bridge of the config with its rooms, one room a line, then `extra` (links
-/// made at runtime and kept in the store) the same way.
+/// made at runtime and kept in the store, which replace config bridges of the same name at
+/// start) the same way; a stored link without rooms is a closed bridge.
 pub fn render_links(config: &Config, extra: &[Link]) -> String {
     let mut out = String::new();
     let write = |out: &mut String, title: &str, links: &[Link]| {
@@ -144,13 +187,20 @@ pub fn render_links(config: &Config, extra: &[Link]) -> String {
             .unwrap_or(0);
         for link in links {
             let _ = writeln!(out, "  {}", link.bridge);
+            if link.rooms.is_empty() {
+                let _ = writeln!(out, "    (closed)");
+            }
             for room in &link.rooms {
                 let _ = writeln!(out, "    {:width$}  {}", room.network.as_str(), room.room);
             }
         }
     };
     write(&mut out, "bridges from the config", &config.bridges);
-    write(&mut out, "links made at runtime", extra);
+    write(
+        &mut out,
+        "links made at runtime (they replace config bridges of the same name)",
+        extra,
+    );
     if config.bridges.is_empty() && extra.is_empty() {
         out.push_str("no bridges\n");
     }
