@@ -5,17 +5,27 @@
 //! address whose copy of room traffic is read; puppets join a room the first
 //! time they speak there. After a disconnect the loop reconnects with jittered
 //! backoff and rejoins the listener and every puppet that was in a room.
+//!
+//! Delivery: a message is answered `Delivered` only once the room has
+//! reflected it back (matched by its origin-id), with the room's stanza-id as
+//! the id. What was sent but not reflected when the connection dropped is sent
+//! again after the reconnect, unless the room's archive (XEP-0313), read on
+//! rejoin from the stored per-room cursor, shows it arrived. The same archive
+//! query backfills what other people said while the adapter was away.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use junction_core::format::mention;
 use junction_core::{
-    AdapterContext, AdapterError, Delivered, Delivery, EventKind, Inbound, MessageId, RoomRef,
+    AdapterContext, AdapterError, Command, Delivered, Delivery, EventKind, Inbound, MessageId,
+    NetworkId, NetworkStatus, RoomId, RoomRef, Sender, UserRef,
 };
 use junction_store::Store;
 use minidom::Element;
+use tokio::sync::{mpsc, oneshot};
 use tokio_xmpp::connect::{DnsConfig, TcpServerConnector};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::Message;
@@ -25,36 +35,133 @@ use tokio_xmpp::{Component, Stanza};
 
 use crate::config::XmppConfig;
 use crate::inbound::{
-    diff_reactions, parse_groupchat, room_stanza_id, sender_message_id, Parsed, RoomContext,
+    archived, diff_reactions, direct_message, error_condition, mam_fin, parse_groupchat,
+    room_stanza_id, self_ping_result, sender_message_id, Parsed, RoomContext, SelfPing,
+    OUR_ID_PREFIX,
 };
 use crate::jid::{is_ours, puppet_jid};
-use crate::outbound;
+use crate::outbound::{self, AdminItem, MamFrom};
 
 /// How many room stanza-ids are remembered for deduplication.
 const DEDUPE_WINDOW: usize = 4096;
 /// Interval of XEP-0199 pings to the server, which also keeps the stream's
 /// read timeout from firing on a quiet link.
 const PING_EVERY: Duration = Duration::from_secs(25);
+/// Server pings left unanswered before the connection counts as dead.
+const MAX_MISSED_PINGS: u32 = 2;
+/// Interval of XEP-0410 self-pings of the listener and every puppet.
+const SELF_PING_EVERY: Duration = Duration::from_secs(300);
+/// How long a sent message may wait for the room's reflection (or an IQ for
+/// its answer) before it is sent again.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+/// Sends of one delivery before it is given up.
+const MAX_ATTEMPTS: u32 = 3;
+/// How long the archive query after a (re)join may take before queued
+/// deliveries go out anyway.
+const BACKFILL_WITHIN: Duration = Duration::from_secs(20);
+/// Messages per MAM page.
+const MAM_PAGE: u32 = 100;
+/// How long an admin command may take before the sender is told so.
+const COMMAND_WITHIN: Duration = Duration::from_secs(30);
 
 /// Store kv table: our message id `U` → the room's stanza-id `S`.
 const KV_U2S: &str = "xmpp.u2s";
+/// Store kv table: the room's stanza-id `S` of our message → our id `U`
+/// (XEP-0308 corrections name `U`).
+const KV_S2U: &str = "xmpp.s2u";
+/// Store kv table: the room's stanza-id `S` of our message → the bare JID of
+/// the occupant that sent it (retractions come from the sender).
+const KV_S2P: &str = "xmpp.s2p";
 
 /// The nick of the listener occupant.
 pub const LISTENER_NICK: &str = "junction";
+
+/// What a sent stanza waits for before its delivery is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Wait {
+    /// The room's reflection of the message, by origin-id.
+    Reflection,
+    /// The IQ answer (result or error).
+    Iq,
+    /// The room's subject message from this nick.
+    Subject { nick: String },
+}
+
+/// A delivery sent and not yet confirmed.
+#[derive(Clone, Debug)]
+struct Pending {
+    delivery: Delivery,
+    stanza: Element,
+    wait: Wait,
+    room: String,
+    /// (room, occupant bare JID) that must be in the room to send it.
+    sender: (String, String),
+    sent: Instant,
+    attempts: u32,
+}
+
+/// An occupant as the listener sees it.
+#[derive(Clone, Debug, Default)]
+struct Occupant {
+    /// The real bare JID, where the room shows it.
+    jid: Option<String>,
+    /// XEP-0421 occupant id.
+    occupant_id: Option<String>,
+}
+
+/// The listener's standing in a room.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rights {
+    affiliation: String,
+    role: String,
+}
+
+impl Rights {
+    fn moderator(&self) -> bool {
+        self.role == "moderator" || matches!(self.affiliation.as_str(), "owner" | "admin")
+    }
+    fn admin(&self) -> bool {
+        matches!(self.affiliation.as_str(), "owner" | "admin")
+    }
+}
+
+/// An archive query in flight.
+#[derive(Clone, Debug)]
+struct MamQuery {
+    room: RoomId,
+    /// Only learning where the archive ends (first join): nothing is emitted.
+    baseline: bool,
+    /// The newest stanza-id seen in this query.
+    last: Option<String>,
+}
+
+/// A cursor position to store once the event it follows is durable.
+type CursorUpdate = (
+    RoomRef,
+    String,
+    Option<oneshot::Receiver<Result<(), String>>>,
+);
 
 /// What the adapter remembers while it runs.
 pub(crate) struct State {
     pub config: XmppConfig,
     pub store: Arc<dyn Store>,
+    network: NetworkId,
     /// (room, puppet bare JID) → nick it holds there.
     pub joined: HashMap<(String, String), String>,
     /// (room, puppet bare JID) → the nick it wanted and how many conflicts it met.
     pub wanted: HashMap<(String, String), (String, u32)>,
-    /// Occupant JIDs (`room/nick`) present in each room, as the listener sees them.
-    pub occupants: HashSet<String>,
+    /// Occupants (`room/nick`) present in each room, as the listener sees them.
+    occupants: HashMap<String, Occupant>,
     /// Rooms where the listener's own presence has arrived (occupants seen
     /// before it were already there: no Join events for them).
     pub listening: HashSet<String>,
+    /// The listener's affiliation and role per room.
+    rights: HashMap<String, Rights>,
+    /// Rooms the listener could not join, with the reason.
+    failed: HashMap<String, String>,
+    /// The last subject seen per room (the one sent on join is not a change).
+    subjects: HashMap<String, String>,
     /// Recent room stanza-ids already handled.
     pub seen: HashSet<String>,
     pub seen_order: VecDeque<String>,
@@ -66,6 +173,22 @@ pub(crate) struct State {
     pub reactions: HashMap<(String, String, String), Vec<String>>,
     /// (room, puppet, target) → the set we sent for that puppet.
     pub our_reactions: HashMap<(String, String, String), Vec<String>>,
+    /// Sent deliveries waiting for confirmation, by stanza id.
+    pending: HashMap<String, Pending>,
+    /// Deliveries that could not be sent at all (connection lost), in order.
+    redo: Vec<Delivery>,
+    /// Archive queries in flight, by IQ id (also their queryid).
+    mam: HashMap<String, MamQuery>,
+    /// Rooms whose archive is being read after a (re)join.
+    backfilling: HashSet<String>,
+    /// When the current backfill began; deliveries wait until it ends.
+    resuming: Option<Instant>,
+    /// Self-pings in flight: IQ id → (room, occupant bare JID or None for the listener).
+    pings: HashMap<String, (String, Option<String>)>,
+    /// The server ping in flight and how many went unanswered in a row.
+    server_ping: Option<String>,
+    missed_pings: u32,
+    cursor_tx: Option<mpsc::UnboundedSender<CursorUpdate>>,
     next_id: u64,
     /// Notified to drop the current connection (the adapter then reconnects).
     pub reconnect: Arc<tokio::sync::Notify>,
@@ -78,16 +201,29 @@ impl State {
         Self {
             config,
             store,
+            network: NetworkId::new("xmpp"),
             joined: HashMap::new(),
             wanted: HashMap::new(),
-            occupants: HashSet::new(),
+            occupants: HashMap::new(),
             listening: HashSet::new(),
+            rights: HashMap::new(),
+            failed: HashMap::new(),
+            subjects: HashMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             u_to_s: HashMap::new(),
             msgid_to_s: HashMap::new(),
             reactions: HashMap::new(),
             our_reactions: HashMap::new(),
+            pending: HashMap::new(),
+            redo: Vec::new(),
+            mam: HashMap::new(),
+            backfilling: HashSet::new(),
+            resuming: None,
+            pings: HashMap::new(),
+            server_ping: None,
+            missed_pings: 0,
+            cursor_tx: None,
             next_id: 0,
             reconnect: Arc::new(tokio::sync::Notify::new()),
             sessions: Arc::default(),
@@ -95,37 +231,55 @@ impl State {
     }
 
     fn listener(&self) -> String {
-        format!("junction@{}/{LISTENER_NICK}", self.config.component)
+        format!("{}/{LISTENER_NICK}", self.listener_bare())
+    }
+
+    fn listener_bare(&self) -> String {
+        format!("junction@{}", self.config.component)
     }
 
     fn new_id(&mut self) -> String {
         self.next_id += 1;
         let r: u64 = rand::random();
-        format!("jx-{r:016x}-{}", self.next_id)
+        format!("{OUR_ID_PREFIX}{r:016x}-{}", self.next_id)
     }
 
-    /// The room's stanza-id `S` for our message id `U` (memory, then the
-    /// store, so it survives restarts); `U` itself when never learnt.
-    fn stanza_id_for(&self, u: &str) -> String {
-        if let Some(s) = self.u_to_s.get(u) {
-            return s.clone();
-        }
-        match self.store.kv_get(KV_U2S, u) {
-            Ok(Some(v)) => String::from_utf8(v).unwrap_or_else(|_| u.to_string()),
-            Ok(None) => u.to_string(),
+    fn kv(&self, table: &str, key: &str) -> Option<String> {
+        match self.store.kv_get(table, key) {
+            Ok(v) => v.and_then(|v| String::from_utf8(v).ok()),
             Err(e) => {
-                tracing::warn!(error = %e, "xmpp: stanza-id lookup failed");
-                u.to_string()
+                tracing::warn!(error = %e, table, "xmpp: store lookup failed");
+                None
             }
         }
     }
 
-    /// Records that the room reflected our message `U` with stanza-id `S`.
-    fn learn_stanza_id(&mut self, u: String, s: String) {
-        if let Err(e) = self.store.kv_put(KV_U2S, &u, s.as_bytes()) {
-            tracing::warn!(error = %e, "xmpp: could not store a stanza-id");
+    fn kv_put(&self, table: &str, key: &str, value: &str) {
+        if let Err(e) = self.store.kv_put(table, key, value.as_bytes()) {
+            tracing::warn!(error = %e, table, "xmpp: could not store an id");
         }
-        self.u_to_s.insert(u, s);
+    }
+
+    /// The room's stanza-id `S` for one of our ids: `U` → `S` where known
+    /// (older deliveries answered `U`), else the id itself (already `S`).
+    fn stanza_id_for(&self, id: &str) -> String {
+        if let Some(s) = self.u_to_s.get(id) {
+            return s.clone();
+        }
+        self.kv(KV_U2S, id).unwrap_or_else(|| id.to_string())
+    }
+
+    /// Our own message id `U` for a delivered id (`S`, or `U` itself).
+    fn message_id_for(&self, id: &str) -> String {
+        self.kv(KV_S2U, id).unwrap_or_else(|| id.to_string())
+    }
+
+    /// Records that the room reflected `sender`'s message `U` with stanza-id `S`.
+    fn learn_stanza_id(&mut self, u: &str, s: &str, sender: &str) {
+        self.kv_put(KV_U2S, u, s);
+        self.kv_put(KV_S2U, s, u);
+        self.kv_put(KV_S2P, s, sender);
+        self.u_to_s.insert(u.to_string(), s.to_string());
     }
 
     fn remember(&mut self, id: &str) -> bool {
@@ -140,6 +294,64 @@ impl State {
         }
         true
     }
+
+    /// Whether `nick` in `room` is the listener or one of our puppets.
+    fn is_our_nick(&self, room: &str, nick: &str) -> bool {
+        nick == LISTENER_NICK
+            || self
+                .joined
+                .iter()
+                .any(|((r, _), n)| r.eq_ignore_ascii_case(room) && n == nick)
+    }
+
+    /// Stores a cursor position once `ack` (if any) says the event is durable.
+    fn advance_cursor(
+        &self,
+        room: &RoomId,
+        s: &str,
+        ack: Option<oneshot::Receiver<Result<(), String>>>,
+    ) {
+        if let Some(tx) = &self.cursor_tx {
+            let _ = tx.send((
+                RoomRef::new(self.network.as_str(), room.as_str()),
+                s.to_string(),
+                ack,
+            ));
+        }
+    }
+}
+
+/// Writes cursor positions in order, each only after its event is durable; a
+/// room whose event could not be recorded keeps its cursor where it was for
+/// the rest of the run, so the next rejoin reads the archive from there.
+fn spawn_cursor_writer(store: Arc<dyn Store>) -> mpsc::UnboundedSender<CursorUpdate> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CursorUpdate>();
+    tokio::spawn(async move {
+        let mut stuck: HashSet<RoomRef> = HashSet::new();
+        while let Some((room, s, ack)) = rx.recv().await {
+            if stuck.contains(&room) {
+                continue;
+            }
+            if let Some(ack) = ack {
+                match ack.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(room = %room, error = %e, "xmpp: an event was not recorded; the archive cursor stays put");
+                        stuck.insert(room);
+                        continue;
+                    }
+                    Err(_) => {
+                        stuck.insert(room);
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = store.set_cursor(&room, &s) {
+                tracing::warn!(room = %room, error = %e, "xmpp: could not store the archive cursor");
+            }
+        }
+    });
+    tx
 }
 
 type Conn = Component<TcpServerConnector>;
@@ -183,10 +395,34 @@ async fn connect(config: &XmppConfig) -> Result<Conn, String> {
     .map_err(|e| e.to_string())
 }
 
+/// Sets the status from the rooms the listener could not join.
+fn update_status(st: &State, cx: &AdapterContext) {
+    if st.failed.is_empty() {
+        cx.status.send_replace(NetworkStatus::Connected);
+    } else {
+        let mut rooms: Vec<String> = st
+            .failed
+            .iter()
+            .map(|(r, why)| format!("{r}: {why}"))
+            .collect();
+        rooms.sort();
+        cx.status.send_replace(NetworkStatus::Degraded(format!(
+            "rooms not joined: {}",
+            rooms.join(", ")
+        )));
+    }
+}
+
+/// A reply to an admin command, to send when it is ready: (to, from, text).
+type Reply = (String, String, String);
+
 /// Runs the adapter until shutdown.
 pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), AdapterError> {
+    st.network = cx.network.clone();
+    st.cursor_tx = Some(spawn_cursor_writer(st.store.clone()));
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
     let mut backoff = Duration::from_millis(250);
-    let mut retry: Option<Delivery> = None;
+    cx.status.send_replace(NetworkStatus::Connecting);
     loop {
         if cx.shutdown.is_cancelled() {
             return Ok(());
@@ -199,6 +435,10 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "xmpp: component connection failed; retrying");
+                cx.status.send_replace(NetworkStatus::Down(format!(
+                    "cannot connect to {}: {e}",
+                    st.config.server
+                )));
                 let jitter = Duration::from_millis(rand::random::<u64>() % 250);
                 tokio::select! {
                     () = cx.shutdown.cancelled() => return Ok(()),
@@ -210,29 +450,32 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         };
         backoff = Duration::from_millis(250);
         tracing::info!(component = %st.config.component, "xmpp: component connected");
-        if !join_all(&mut st, &mut conn, &cx).await {
+        // A fresh session: what the room told the last one no longer holds.
+        st.listening.clear();
+        st.occupants.clear();
+        st.rights.clear();
+        st.subjects.clear();
+        st.mam.clear();
+        st.pings.clear();
+        st.server_ping = None;
+        st.missed_pings = 0;
+        if !join_all(&mut st, &mut conn, &cx, true).await {
+            cx.status
+                .send_replace(NetworkStatus::Degraded("reconnecting".into()));
             continue;
         }
         st.sessions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(d) = retry.take() {
-            let (outcome, alive) = deliver(&mut st, &mut conn, &d).await;
-            if !alive {
-                retry = Some(d);
-                continue;
-            }
-            let _ = cx.delivered.send(Delivered {
-                outbox_id: d.outbox_id,
-                target: d.target.clone(),
-                event: d.event.id.clone(),
-                outcome,
-            });
-        }
+        update_status(&st, &cx);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut self_ping = tokio::time::interval(SELF_PING_EVERY);
+        self_ping.tick().await;
+        let mut check = tokio::time::interval(Duration::from_secs(2));
         let reconnect = st.reconnect.clone();
         let mut rooms_open = true;
-        loop {
+        let why = loop {
+            let accepting = st.resuming.is_none();
             tokio::select! {
                 changed = cx.rooms.changed(), if rooms_open => {
                     if changed.is_err() {
@@ -241,53 +484,67 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
                     }
                     // Newly linked rooms: the listener joins them (joining
                     // again where it already is only refreshes its presence).
-                    if !join_all(&mut st, &mut conn, &cx).await {
-                        break;
+                    if !join_all(&mut st, &mut conn, &cx, false).await {
+                        break "connection lost";
                     }
                 }
                 () = reconnect.notified() => {
                     tracing::info!("xmpp: dropping the component connection on request");
-                    break;
+                    break "reconnect requested";
                 }
                 () = cx.shutdown.cancelled() => {
                     let _ = conn.send_end().await;
                     return Ok(());
                 }
-                d = cx.deliveries.recv() => {
+                d = cx.deliveries.recv(), if accepting => {
                     let Some(d) = d else { return Ok(()) };
-                    let outbox_id = d.outbox_id;
-                    let (outcome, alive) = deliver(&mut st, &mut conn, &d).await;
-                    if !alive {
-                        // Not sent: a transient failure is not answered; the
-                        // delivery goes first after the reconnect.
-                        retry = Some(d);
-                        break;
+                    if !deliver(&mut st, &mut conn, &cx, d).await {
+                        break "connection lost";
                     }
-                    let _ = cx.delivered.send(Delivered { outbox_id, target: d.target.clone(), event: d.event.id.clone(), outcome });
+                }
+                r = reply_rx.recv() => {
+                    let Some((to, from, text)) = r else { continue };
+                    let id = st.new_id();
+                    if !send(&mut conn, outbound::chat(&from, &to, &id, &text)).await {
+                        break "connection lost";
+                    }
                 }
                 s = conn.next() => {
                     let Some(s) = s else {
                         tracing::warn!("xmpp: component stream ended; reconnecting");
-                        break;
+                        break "stream ended";
                     };
-                    if !handle(&mut st, &mut conn, &cx, from_stanza(s)).await {
-                        break;
+                    if !handle(&mut st, &mut conn, &cx, &reply_tx, from_stanza(s)).await {
+                        break "connection lost";
+                    }
+                }
+                _ = check.tick() => {
+                    if !housekeeping(&mut st, &mut conn, &cx).await {
+                        break "connection lost";
                     }
                 }
                 _ = ping.tick() => {
+                    if st.server_ping.is_some() {
+                        st.missed_pings += 1;
+                        if st.missed_pings >= MAX_MISSED_PINGS {
+                            tracing::warn!("xmpp: the server stopped answering pings; reconnecting");
+                            break "server does not answer pings";
+                        }
+                    }
                     let id = st.new_id();
-                    let el = Element::builder("iq", crate::inbound::NS_CLIENT)
-                        .append(Element::builder("ping", "urn:xmpp:ping").build())
-                        .build();
-                    let mut el = el;
-                    set(&mut el, "type", "get");
-                    set(&mut el, "id", id);
-                    set(&mut el, "from", st.config.component.clone());
-                    set(&mut el, "to", server_domain(&st.config.component));
-                    if !send(&mut conn, el).await { break; }
+                    let el = outbound::ping(&st.config.component, &server_domain(&st.config.component), &id);
+                    st.server_ping = Some(id);
+                    if !send(&mut conn, el).await { break "connection lost"; }
+                }
+                _ = self_ping.tick() => {
+                    if !self_ping_all(&mut st, &mut conn).await {
+                        break "connection lost";
+                    }
                 }
             }
-        }
+        };
+        cx.status
+            .send_replace(NetworkStatus::Degraded(format!("reconnecting: {why}")));
     }
 }
 
@@ -306,7 +563,10 @@ fn server_domain(component: &str) -> String {
         .to_string()
 }
 
-async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool {
+/// The listener joins every linked room and (after a reconnect) every puppet
+/// its rooms again; each room's archive is then read from its cursor, and
+/// deliveries wait until that is done.
+async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext, fresh: bool) -> bool {
     let rooms = cx.rooms.borrow().clone();
     let listener = st.listener();
     for room in &rooms {
@@ -319,6 +579,207 @@ async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool 
         {
             return false;
         }
+        let known = st.listening.contains(room.as_str())
+            || st.backfilling.contains(room.as_str())
+            || st.mam.values().any(|q| q.room == *room);
+        if (fresh || !known) && !start_backfill(st, conn, room).await {
+            return false;
+        }
+    }
+    if fresh {
+        let puppets: Vec<((String, String), String)> = st
+            .joined
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((room, puppet), nick) in puppets {
+            let id = st.new_id();
+            if !send(
+                conn,
+                outbound::join(&format!("{puppet}/junction"), &room, &nick, &id),
+            )
+            .await
+            {
+                return false;
+            }
+        }
+        st.resuming = Some(Instant::now());
+    }
+    true
+}
+
+/// Queries a room's archive from its cursor: everything after it, or on the
+/// very first join only where the archive ends (nothing before the gateway
+/// joined is bridged).
+async fn start_backfill(st: &mut State, conn: &mut Conn, room: &RoomId) -> bool {
+    let rref = RoomRef::new(st.network.as_str(), room.as_str());
+    let (from, baseline) = match st.store.cursor(&rref) {
+        Ok(Some(c)) if c.is_empty() => (MamFrom::Start, false),
+        Ok(Some(c)) => (MamFrom::After(c), false),
+        Ok(None) => (MamFrom::Last, true),
+        Err(e) => {
+            tracing::warn!(room = %room.as_str(), error = %e, "xmpp: cursor unreadable; no backfill");
+            return true;
+        }
+    };
+    send_mam(st, conn, room, &from, baseline).await
+}
+
+async fn send_mam(
+    st: &mut State,
+    conn: &mut Conn,
+    room: &RoomId,
+    from: &MamFrom,
+    baseline: bool,
+) -> bool {
+    let id = st.new_id();
+    let max = if baseline { 1 } else { MAM_PAGE };
+    let el = outbound::mam_query(&st.listener(), room.as_str(), &id, &id, from, max);
+    st.mam.insert(
+        id,
+        MamQuery {
+            room: room.clone(),
+            baseline,
+            last: None,
+        },
+    );
+    st.backfilling.insert(room.as_str().to_string());
+    send(conn, el).await
+}
+
+/// Periodic work: resume deliveries when the backfill is over (or took too
+/// long), and resend what the room has not confirmed in time.
+async fn housekeeping(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool {
+    if let Some(since) = st.resuming {
+        if st.backfilling.is_empty() || since.elapsed() > BACKFILL_WITHIN {
+            if !st.backfilling.is_empty() {
+                tracing::warn!(rooms = ?st.backfilling, "xmpp: archive backfill is slow; sending queued messages now");
+                st.backfilling.clear();
+            }
+            st.resuming = None;
+            if !resume(st, conn, cx).await {
+                return false;
+            }
+        }
+        return true;
+    }
+    let late: Vec<String> = st
+        .pending
+        .iter()
+        .filter(|(_, p)| p.sent.elapsed() > CONFIRM_WITHIN)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in late {
+        let Some(p) = st.pending.get(&key).cloned() else {
+            continue;
+        };
+        if p.attempts >= MAX_ATTEMPTS {
+            tracing::warn!(room = %p.room, "xmpp: the room never confirmed a message; giving up");
+            answer(
+                st,
+                cx,
+                &key,
+                Err("the room did not confirm the message".into()),
+            );
+            continue;
+        }
+        tracing::info!(room = %p.room, "xmpp: no confirmation from the room; sending again");
+        if !resend(st, conn, &key).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// After a (re)connect: the messages still unconfirmed go out again, and
+/// deliveries that never went out are rendered, in outbox order.
+async fn resume(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool {
+    let mut order: Vec<(u64, Option<String>, Option<Delivery>)> = st
+        .pending
+        .iter()
+        .map(|(k, p)| (p.delivery.outbox_id, Some(k.clone()), None))
+        .collect();
+    order.extend(
+        std::mem::take(&mut st.redo)
+            .into_iter()
+            .map(|d| (d.outbox_id, None, Some(d))),
+    );
+    order.sort_by_key(|(o, _, _)| *o);
+    let mut rest = order.into_iter();
+    while let Some((_, key, d)) = rest.next() {
+        let ok = match (key, d) {
+            (Some(k), _) => resend(st, conn, &k).await,
+            (None, Some(d)) => deliver(st, conn, cx, d).await,
+            _ => true,
+        };
+        if !ok {
+            // Keep what did not go out for the next connection.
+            st.redo.extend(rest.filter_map(|(_, _, d)| d));
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends a pending stanza again, joining its sender first where needed.
+async fn resend(st: &mut State, conn: &mut Conn, key: &str) -> bool {
+    let Some(p) = st.pending.get_mut(key) else {
+        return true;
+    };
+    p.attempts += 1;
+    p.sent = Instant::now();
+    let p = p.clone();
+    let (room, who) = p.sender.clone();
+    if who != st.listener_bare() && !st.joined.contains_key(&p.sender) {
+        if let Some((nick, _)) = st.wanted.get(&p.sender).cloned() {
+            let id = st.new_id();
+            if !send(
+                conn,
+                outbound::join(&format!("{who}/junction"), &room, &nick, &id),
+            )
+            .await
+            {
+                return false;
+            }
+            st.joined.insert(p.sender.clone(), nick);
+        }
+    }
+    send(conn, p.stanza).await
+}
+
+/// Answers a pending delivery.
+fn answer(st: &mut State, cx: &AdapterContext, key: &str, outcome: Result<Vec<MessageId>, String>) {
+    if let Some(p) = st.pending.remove(key) {
+        let _ = cx.delivered.send(Delivered {
+            outbox_id: p.delivery.outbox_id,
+            target: p.delivery.target.clone(),
+            event: p.delivery.event.id.clone(),
+            outcome,
+        });
+    }
+}
+
+/// Answers a delivery at once.
+fn answer_now(cx: &AdapterContext, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
+    let _ = cx.delivered.send(Delivered {
+        outbox_id: d.outbox_id,
+        target: d.target.clone(),
+        event: d.event.id.clone(),
+        outcome,
+    });
+}
+
+/// XEP-0410: the listener and every puppet ping their own occupant JID.
+async fn self_ping_all(st: &mut State, conn: &mut Conn) -> bool {
+    let listener = st.listener();
+    let rooms: Vec<String> = st.listening.iter().cloned().collect();
+    for room in rooms {
+        let id = st.new_id();
+        st.pings.insert(id.clone(), (room.clone(), None));
+        let to = format!("{room}/{LISTENER_NICK}");
+        if !send(conn, outbound::ping(&listener, &to, &id)).await {
+            return false;
+        }
     }
     let puppets: Vec<((String, String), String)> = st
         .joined
@@ -327,48 +788,89 @@ async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> bool 
         .collect();
     for ((room, puppet), nick) in puppets {
         let id = st.new_id();
-        if !send(
-            conn,
-            outbound::join(&format!("{puppet}/junction"), &room, &nick, &id),
-        )
-        .await
-        {
+        st.pings
+            .insert(id.clone(), (room.clone(), Some(puppet.clone())));
+        let el = outbound::ping(
+            &format!("{puppet}/junction"),
+            &format!("{room}/{nick}"),
+            &id,
+        );
+        if !send(conn, el).await {
             return false;
         }
     }
     true
 }
 
-/// Renders one delivery; the outcome, and whether the connection still works.
-async fn deliver(
-    st: &mut State,
-    conn: &mut Conn,
-    d: &Delivery,
-) -> (Result<Vec<MessageId>, String>, bool) {
+/// Renders one delivery. Messages are answered when the room reflects them
+/// (or rejects them); membership changes at once. False when the connection
+/// is lost: the delivery is then kept and goes out after the reconnect.
+async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delivery) -> bool {
     let room = d.target.room.as_str().to_string();
-    let sender = &d.event.sender;
-    let puppet = puppet_jid(&sender.user, &st.config.component);
-    let from = format!("{puppet}/junction");
+    let gateway = d.event.sender.user.network.is_gateway();
+    let sender = d.event.sender.clone();
+    let (puppet, from) = if gateway {
+        (st.listener_bare(), st.listener())
+    } else {
+        let p = puppet_jid(&sender.user, &st.config.component);
+        let f = format!("{p}/junction");
+        (p, f)
+    };
     let key = (room.clone(), puppet.clone());
-    if !st.joined.contains_key(&key) && !matches!(d.event.kind, EventKind::Leave { .. }) {
-        let nick = if sender.display_name.is_empty() {
-            sender.user.user.as_str().to_string()
-        } else {
-            sender.display_name.clone()
+    match &d.event.kind {
+        EventKind::Kick { .. } | EventKind::Ban { .. } => {
+            return kick_or_ban(st, conn, cx, d).await;
+        }
+        EventKind::Leave { reason, .. } => {
+            let Some(nick) = (!gateway).then(|| st.joined.remove(&key)).flatten() else {
+                answer_now(cx, &d, Ok(Vec::new()));
+                return true;
+            };
+            if !send(
+                conn,
+                outbound::leave(&from, &room, &nick, reason.as_deref()),
+            )
+            .await
+            {
+                st.redo.push(d);
+                return false;
+            }
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
+        }
+        EventKind::Join | EventKind::NickChange { .. } if gateway => {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
+        }
+        _ => {}
+    }
+    if !gateway && !st.joined.contains_key(&key) {
+        let nick = match &d.event.kind {
+            EventKind::NickChange { new_name } => new_name.clone(),
+            _ if sender.display_name.is_empty() => sender.user.user.as_str().to_string(),
+            _ => sender.display_name.clone(),
         };
         let id = st.new_id();
         if !send(conn, outbound::join(&from, &room, &nick, &id)).await {
-            return (Err("xmpp connection lost".into()), false);
+            st.redo.push(d);
+            return false;
+        }
+        if let Err(e) = st.store.set_puppet(&st.network, &sender.user, &puppet) {
+            tracing::warn!(error = %e, "xmpp: could not store a puppet");
         }
         st.wanted.insert(key.clone(), (nick.clone(), 0));
         st.joined.insert(key.clone(), nick);
+        if matches!(d.event.kind, EventKind::Join | EventKind::NickChange { .. }) {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
+        }
     }
     let id = st.new_id();
     let target = d.target_ids.first().map(|t| t.as_str().to_string());
-    let el = match &d.event.kind {
+    let mut sender_key = key.clone();
+    let (el, wait) = match &d.event.kind {
         EventKind::Message(m) => {
-            let text = outbound::styled(&m.body);
-            let mut text = text;
+            let mut text = outbound::styled(&m.body);
             for a in &m.attachments {
                 if !text.is_empty() {
                     text.push('\n');
@@ -376,7 +878,7 @@ async fn deliver(
                 text.push_str(&a.url);
             }
             let emote = m.kind == junction_core::MessageKind::Emote;
-            match (d.reply_to.first(), m.attachments.first()) {
+            let el = match (d.reply_to.first(), m.attachments.first()) {
                 (Some(r), _) => {
                     let s = st.stanza_id_for(r.as_str());
                     outbound::reply(&from, &room, &id, &s, None, None, &text)
@@ -385,24 +887,70 @@ async fn deliver(
                     outbound::attachment(&from, &room, &id, &a.url)
                 }
                 _ => outbound::message(&from, &room, &id, &text, emote),
-            }
+            };
+            (el, Wait::Reflection)
         }
         EventKind::Edit { body, .. } => {
             let Some(t) = target else {
-                return (Err("edit target unknown here".into()), true);
+                answer_now(cx, &d, Err("edit target unknown here".into()));
+                return true;
             };
-            outbound::correction(&from, &room, &id, &t, &outbound::styled(body))
+            let u = st.message_id_for(&t);
+            (
+                outbound::correction(&from, &room, &id, &u, &outbound::styled(body)),
+                Wait::Reflection,
+            )
         }
-        EventKind::Redact { .. } => {
+        EventKind::Redact { reason, .. } => {
             let Some(t) = target else {
-                return (Err("redact target unknown here".into()), true);
+                answer_now(cx, &d, Err("redact target unknown here".into()));
+                return true;
             };
             let s = st.stanza_id_for(&t);
-            outbound::retraction(&from, &room, &id, &s)
+            let owner = st.kv(KV_S2P, &s);
+            let listener_bare = st.listener_bare();
+            match owner {
+                // Our own occupant's message: it retracts it (XEP-0424).
+                Some(o) if o == puppet => (
+                    outbound::retraction(&from, &room, &id, &s),
+                    Wait::Reflection,
+                ),
+                Some(o) if o == listener_bare => {
+                    sender_key = (room.clone(), o);
+                    (
+                        outbound::retraction(&st.listener(), &room, &id, &s),
+                        Wait::Reflection,
+                    )
+                }
+                Some(o) if st.joined.contains_key(&(room.clone(), o.clone())) => {
+                    let f = format!("{o}/junction");
+                    sender_key = (room.clone(), o);
+                    (outbound::retraction(&f, &room, &id, &s), Wait::Reflection)
+                }
+                // Someone else's: XEP-0425 moderation, if the listener may.
+                _ => {
+                    if !st.rights.get(&room).is_some_and(Rights::moderator) {
+                        answer_now(
+                            cx,
+                            &d,
+                            Err(format!(
+                                "the gateway is not a moderator in {room}: cannot remove another person's message"
+                            )),
+                        );
+                        return true;
+                    }
+                    sender_key = (room.clone(), listener_bare);
+                    (
+                        outbound::moderate(&st.listener(), &room, &id, &s, reason.as_deref()),
+                        Wait::Iq,
+                    )
+                }
+            }
         }
         EventKind::React { key: k, .. } | EventKind::Unreact { key: k, .. } => {
             let Some(t) = target else {
-                return (Err("reaction target unknown here".into()), true);
+                answer_now(cx, &d, Err("reaction target unknown here".into()));
+                return true;
             };
             let s = st.stanza_id_for(&t);
             let set = st
@@ -417,49 +965,210 @@ async fn deliver(
                 set.retain(|x| x != k);
             }
             let keys = set.clone();
-            outbound::reactions(&from, &room, &id, &s, &keys)
-        }
-        EventKind::Topic { text } => outbound::subject(&from, &room, &id, text),
-        EventKind::Join => return (Ok(Vec::new()), true),
-        EventKind::Leave { reason, .. } => {
-            let Some(nick) = st.joined.remove(&key) else {
-                return (Ok(Vec::new()), true);
-            };
-            let ok = send(
-                conn,
-                outbound::leave(&from, &room, &nick, reason.as_deref()),
+            (
+                outbound::reactions(&from, &room, &id, &s, &keys),
+                Wait::Reflection,
             )
-            .await;
-            return (Ok(Vec::new()), ok);
+        }
+        EventKind::Topic { text } => {
+            let nick = st
+                .joined
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| LISTENER_NICK.to_string());
+            (
+                outbound::subject(&from, &room, &id, text),
+                Wait::Subject { nick },
+            )
+        }
+        EventKind::Join => {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
         }
         EventKind::NickChange { new_name } => {
             let id = st.new_id();
-            let ok = send(conn, outbound::join(&from, &room, new_name, &id)).await;
-            st.joined.insert(key, new_name.clone());
-            return (Ok(Vec::new()), ok);
+            if !send(conn, outbound::join(&from, &room, new_name, &id)).await {
+                st.redo.push(d);
+                return false;
+            }
+            st.joined.insert(key.clone(), new_name.clone());
+            st.wanted.insert(key, (new_name.clone(), 0));
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
         }
-        EventKind::Kick { .. } | EventKind::Ban { .. } => {
-            return (
-                Err("moderation from other networks is not bridged to XMPP yet".into()),
-                true,
-            )
+        EventKind::Leave { .. } | EventKind::Kick { .. } | EventKind::Ban { .. } => {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
         }
     };
-    if send(conn, el).await {
-        (Ok(vec![MessageId::new(id)]), true)
-    } else {
-        (Err("xmpp connection lost".into()), false)
+    send_pending(st, conn, d, id, el, wait, sender_key).await
+}
+
+/// Sends a stanza whose delivery is answered later; kept for a resend if
+/// the connection drops first.
+async fn send_pending(
+    st: &mut State,
+    conn: &mut Conn,
+    d: Delivery,
+    id: String,
+    el: Element,
+    wait: Wait,
+    sender: (String, String),
+) -> bool {
+    let room = d.target.room.as_str().to_string();
+    st.pending.insert(
+        id,
+        Pending {
+            delivery: d,
+            stanza: el.clone(),
+            wait,
+            room,
+            sender,
+            sent: Instant::now(),
+            attempts: 1,
+        },
+    );
+    send(conn, el).await
+}
+
+/// A line from the listener (gateway notices).
+async fn send_notice(st: &mut State, conn: &mut Conn, d: Delivery, text: &str) -> bool {
+    let room = d.target.room.as_str().to_string();
+    let id = st.new_id();
+    let el = outbound::message(&st.listener(), &room, &id, text, false);
+    let sender = (room, st.listener_bare());
+    send_pending(st, conn, d, id, el, Wait::Reflection, sender).await
+}
+
+/// Finds an occupant of `room` from a user id as this adapter writes them
+/// (`occupant:<id>`, `room/nick`) or a bare JID: its nick and real JID.
+fn find_occupant(st: &State, room: &str, user: &str) -> (Option<String>, Option<String>) {
+    let in_room = |k: &str| {
+        k.split_once('/')
+            .is_some_and(|(r, _)| r.eq_ignore_ascii_case(room))
+    };
+    let nick_of = |k: &str| k.split_once('/').map(|(_, n)| n.to_string());
+    if let Some(oid) = user.strip_prefix("occupant:") {
+        return st
+            .occupants
+            .iter()
+            .find(|(k, o)| in_room(k) && o.occupant_id.as_deref() == Some(oid))
+            .map_or((None, None), |(k, o)| (nick_of(k), o.jid.clone()));
     }
+    if let Some((r, nick)) = user.split_once('/') {
+        if r.eq_ignore_ascii_case(room) {
+            let jid = st.occupants.get(user).and_then(|o| o.jid.clone());
+            return (Some(nick.to_string()), jid);
+        }
+    }
+    let bare = user.to_lowercase();
+    let nick = st
+        .occupants
+        .iter()
+        .find(|(k, o)| in_room(k) && o.jid.as_deref() == Some(bare.as_str()))
+        .and_then(|(k, _)| nick_of(k));
+    (nick, user.contains('@').then_some(bare))
+}
+
+/// A kick or ban. From ordinary users it is reflected as a notice line; from
+/// the gateway it is enforced: on a user of this network through the MUC
+/// admin protocol (where the listener has the rights), and on a user of
+/// another network by that user's puppet leaving.
+async fn kick_or_ban(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delivery) -> bool {
+    let (t, reason, ban) = match &d.event.kind {
+        EventKind::Kick { target, reason } => (target.clone(), reason.clone(), false),
+        EventKind::Ban { target, reason } => (target.clone(), reason.clone(), true),
+        _ => return true,
+    };
+    let room = d.target.room.as_str().to_string();
+    if !d.event.sender.user.network.is_gateway() {
+        let verb = if ban { "banned" } else { "kicked" };
+        let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        let text = format!(
+            "{} {verb} {}{why}",
+            d.event.sender.display_name, t.display_name
+        );
+        return send_notice(st, conn, d, &text).await;
+    }
+    if t.user.network != st.network {
+        let key = (room.clone(), puppet_jid(&t.user, &st.config.component));
+        if let Some(nick) = st.joined.remove(&key) {
+            let from = format!("{}/junction", key.1);
+            if !send(
+                conn,
+                outbound::leave(&from, &room, &nick, reason.as_deref()),
+            )
+            .await
+            {
+                answer_now(cx, &d, Ok(Vec::new()));
+                return false;
+            }
+        }
+        answer_now(cx, &d, Ok(Vec::new()));
+        return true;
+    }
+    let rights = st.rights.get(&room).cloned().unwrap_or_default();
+    let (nick, jid) = find_occupant(st, &room, t.user.user.as_str());
+    let item = if ban {
+        if !rights.admin() {
+            answer_now(
+                cx,
+                &d,
+                Err(format!(
+                    "the gateway is not an admin or owner of {room}; it cannot ban there"
+                )),
+            );
+            return true;
+        }
+        let Some(jid) = jid else {
+            answer_now(
+                cx,
+                &d,
+                Err(format!(
+                    "the real JID of {} is unknown in {room}",
+                    t.display_name
+                )),
+            );
+            return true;
+        };
+        AdminItem::Ban { jid }
+    } else {
+        if !rights.moderator() {
+            answer_now(
+                cx,
+                &d,
+                Err(format!(
+                    "the gateway is not a moderator in {room}; it cannot kick there"
+                )),
+            );
+            return true;
+        }
+        let Some(nick) = nick else {
+            answer_now(cx, &d, Err(format!("{} is not in {room}", t.display_name)));
+            return true;
+        };
+        AdminItem::Kick { nick }
+    };
+    let id = st.new_id();
+    let el = outbound::admin(&st.listener(), &room, &id, &item, reason.as_deref());
+    let sender = (room, st.listener_bare());
+    send_pending(st, conn, d, id, el, Wait::Iq, sender).await
 }
 
 /// Handles one stanza from the server; false when the connection is unusable.
-async fn handle(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: Element) -> bool {
+async fn handle(
+    st: &mut State,
+    conn: &mut Conn,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    el: Element,
+) -> bool {
     match el.name() {
-        "iq" => answer_iq(st, conn, &el).await,
-        "message" => {
-            on_message(st, cx, &el).await;
-            true
-        }
+        "iq" => match el.attr("type") {
+            Some("get" | "set") => answer_iq(st, conn, &el).await,
+            _ => on_iq_answer(st, conn, cx, &el).await,
+        },
+        "message" => on_message(st, conn, cx, replies, &el).await,
         "presence" => {
             if el.attr("to") == Some(st.listener().as_str()) {
                 on_room_presence(st, cx, &el).await;
@@ -472,6 +1181,235 @@ async fn handle(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: Elemen
     }
 }
 
+/// An IQ result or error: a server ping, a self-ping, an archive query's end,
+/// or the answer to an admin/moderation request.
+async fn on_iq_answer(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: &Element) -> bool {
+    let Some(id) = el.attr("id") else { return true };
+    if st.server_ping.as_deref() == Some(id) {
+        st.server_ping = None;
+        st.missed_pings = 0;
+        return true;
+    }
+    if let Some((room, who)) = st.pings.remove(id) {
+        if self_ping_result(el) == SelfPing::Gone {
+            tracing::info!(
+                room,
+                "xmpp: a self-ping says we left the room; joining again"
+            );
+            let jid = st.new_id();
+            let join = match who {
+                None => {
+                    st.listening.remove(&room);
+                    outbound::join(&st.listener(), &room, LISTENER_NICK, &jid)
+                }
+                Some(p) => {
+                    let Some(nick) = st.joined.get(&(room.clone(), p.clone())).cloned() else {
+                        return true;
+                    };
+                    outbound::join(&format!("{p}/junction"), &room, &nick, &jid)
+                }
+            };
+            return send(conn, join).await;
+        }
+        return true;
+    }
+    if let Some(q) = st.mam.remove(id) {
+        return on_mam_end(st, conn, q, el).await;
+    }
+    if st.pending.get(id).is_some_and(|p| p.wait == Wait::Iq) {
+        let room = st
+            .pending
+            .get(id)
+            .map(|p| p.room.clone())
+            .unwrap_or_default();
+        let outcome = if el.attr("type") == Some("result") {
+            Ok(Vec::new())
+        } else {
+            let cond = error_condition(el).unwrap_or_else(|| "error".into());
+            Err(format!("{room} refused: {cond}"))
+        };
+        answer(st, cx, id, outcome);
+    }
+    true
+}
+
+/// The end of one archive page: next page, or the room's backfill is done.
+async fn on_mam_end(st: &mut State, conn: &mut Conn, q: MamQuery, el: &Element) -> bool {
+    let room = q.room.as_str().to_string();
+    if el.attr("type") == Some("error") {
+        let cond = error_condition(el).unwrap_or_else(|| "error".into());
+        if !q.baseline && cond == "item-not-found" {
+            tracing::warn!(room, "xmpp: the archive no longer has our cursor; messages in the gap are not backfilled");
+            return send_mam(st, conn, &q.room, &MamFrom::Last, true).await;
+        }
+        tracing::warn!(room, condition = %cond, "xmpp: the room's archive cannot be read; messages sent while the gateway was away are not backfilled");
+        st.backfilling.remove(&room);
+        return true;
+    }
+    let (complete, last) = mam_fin(el).unwrap_or((true, None));
+    let last = last.or(q.last);
+    if q.baseline {
+        st.advance_cursor(&q.room, last.as_deref().unwrap_or(""), None);
+        st.backfilling.remove(&room);
+        return true;
+    }
+    match last {
+        Some(l) if !complete => send_mam(st, conn, &q.room, &MamFrom::After(l), false).await,
+        _ => {
+            st.backfilling.remove(&room);
+            true
+        }
+    }
+}
+
+/// How a room message reached us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Live, the listener's copy.
+    Live,
+    /// From the archive, missed while away: bridged.
+    Archive,
+    /// From the archive, only to learn where it ends: not bridged.
+    Baseline,
+}
+
+async fn on_message(
+    st: &mut State,
+    conn: &mut Conn,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    el: &Element,
+) -> bool {
+    let Some(from) = el.attr("from") else {
+        return true;
+    };
+    let from_bare = from.split('/').next().unwrap_or(from).to_string();
+    if el.has_child("result", "urn:xmpp:mam:2") {
+        if let Some(a) = archived(el, &from_bare) {
+            let Some(q) = st.mam.get_mut(&a.queryid) else {
+                return true;
+            };
+            q.last = Some(a.stanza_id.clone());
+            let via = if q.baseline {
+                Via::Baseline
+            } else {
+                Via::Archive
+            };
+            on_room_message(st, cx, &a.message, via).await;
+        }
+        return true;
+    }
+    match el.attr("type") {
+        Some("groupchat") => {
+            if el.attr("to") == Some(st.listener().as_str()) {
+                on_room_message(st, cx, el, Via::Live).await;
+            }
+            true
+        }
+        Some("error") => on_message_error(st, conn, cx, el).await,
+        _ => {
+            let rooms: Vec<String> = cx
+                .rooms
+                .borrow()
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect();
+            if let Some(dm) = direct_message(el, &st.config.component, &st.listener_bare(), &rooms)
+            {
+                command(st, cx, replies, dm);
+            }
+            true
+        }
+    }
+}
+
+/// A person wrote to the gateway: the text goes to the gateway as a command,
+/// and its answer comes back as a chat message from the address written to.
+fn command(
+    st: &State,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    dm: crate::inbound::DirectMessage,
+) {
+    let (tx, rx) = oneshot::channel();
+    let name = dm.bare.split('@').next().unwrap_or(&dm.bare).to_string();
+    let cmd = Command {
+        from: vec![UserRef::new(st.network.as_str(), dm.bare.clone())],
+        display_name: name,
+        text: dm.body.clone(),
+        reply: tx,
+    };
+    tracing::info!(from = %dm.bare, "xmpp: a command for the gateway");
+    let replies = replies.clone();
+    let refused = match cx.commands.try_send(cmd) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => Some("The gateway is busy; try again."),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Some("Admin commands are not available on this gateway.")
+        }
+    };
+    tokio::spawn(async move {
+        let text = match refused {
+            Some(t) => t.to_string(),
+            None => match tokio::time::timeout(COMMAND_WITHIN, rx).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(_)) => "The gateway dropped the command.".to_string(),
+                Err(_) => "The gateway did not answer in time.".to_string(),
+            },
+        };
+        let _ = replies.send((dm.from, dm.to, text));
+    });
+}
+
+/// An error bounced for something we sent. A message from an occupant that
+/// is not in the room (not joined yet, nick conflict, removed) is sent again
+/// after a join; a topic the puppet may not set becomes a notice line;
+/// anything else gives the delivery up with the reason.
+async fn on_message_error(
+    st: &mut State,
+    conn: &mut Conn,
+    cx: &AdapterContext,
+    el: &Element,
+) -> bool {
+    let Some(id) = el.attr("id") else { return true };
+    let Some(p) = st.pending.get(id).cloned() else {
+        tracing::debug!(error = ?error_condition(el), "xmpp: an error for a message not waiting");
+        return true;
+    };
+    let cond = error_condition(el).unwrap_or_else(|| "error".into());
+    tracing::info!(room = %p.room, condition = %cond, "xmpp: the room bounced a message");
+    if let Wait::Subject { .. } = p.wait {
+        if let EventKind::Topic { text } = &p.delivery.event.kind {
+            st.pending.remove(id);
+            let line = format!(
+                "{} changed the topic to: {text}",
+                p.delivery.event.sender.display_name
+            );
+            return send_notice(st, conn, p.delivery.clone(), &line).await;
+        }
+    }
+    if cond == "not-acceptable" && p.attempts < MAX_ATTEMPTS {
+        if p.sender.1 == st.listener_bare() {
+            let jid = st.new_id();
+            if !send(
+                conn,
+                outbound::join(&st.listener(), &p.room, LISTENER_NICK, &jid),
+            )
+            .await
+            {
+                return false;
+            }
+        }
+        return resend(st, conn, id).await;
+    }
+    answer(
+        st,
+        cx,
+        id,
+        Err(format!("{} refused the message: {cond}", p.room)),
+    );
+    true
+}
 /// Every IQ get/set gets an answer: ping → result, disco#info → identity and
 /// features, anything else → service-unavailable.
 async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
@@ -534,102 +1472,6 @@ async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
     set(&mut reply, "to", from.to_string());
     let _ = st;
     send(conn, reply).await
-}
-
-async fn on_message(st: &mut State, cx: &AdapterContext, el: &Element) {
-    if el.attr("type") != Some("groupchat") || el.attr("to") != Some(st.listener().as_str()) {
-        return;
-    }
-    let Some(from) = el.attr("from") else { return };
-    let Some((room_jid, nick)) = from.split_once('/') else {
-        return;
-    };
-    let rooms = cx.rooms.borrow().clone();
-    let Some(room) = rooms
-        .iter()
-        .find(|r| r.as_str().eq_ignore_ascii_case(room_jid))
-        .cloned()
-    else {
-        return;
-    };
-    let s = room_stanza_id(el, room_jid);
-    if let Some(s) = &s {
-        if !st.remember(s) {
-            return;
-        }
-        if let Some(u) = sender_message_id(el) {
-            st.msgid_to_s.insert(u.clone(), s.clone());
-            if st
-                .joined
-                .iter()
-                .any(|((r, _), n)| r == room_jid && n == nick)
-            {
-                // A reflection of our own puppet's message: learn U → S.
-                st.learn_stanza_id(u, s.clone());
-                return;
-            }
-        }
-    }
-    let our_nicks: Vec<String> = st
-        .joined
-        .iter()
-        .filter(|((r, _), _)| r == room_jid)
-        .map(|(_, n)| n.clone())
-        .chain(std::iter::once(LISTENER_NICK.to_string()))
-        .collect();
-    let rcx = RoomContext {
-        room: RoomRef::new(cx.network.as_str(), room.as_str()),
-        room_jid: room_jid.to_string(),
-        component: st.config.component.clone(),
-        our_nicks,
-    };
-    let map = st.msgid_to_s.clone();
-    let parsed = parse_groupchat(el, &rcx, &|id| map.get(id).cloned());
-    match parsed {
-        Parsed::Event(e) => {
-            if is_ours(e.sender.user.user.as_str(), &st.config.component) {
-                return;
-            }
-            let _ = cx.inbound.send(Inbound::new(e)).await;
-        }
-        Parsed::Reactions {
-            remote_id,
-            sender,
-            target,
-            keys,
-        } => {
-            let k = (
-                room_jid.to_string(),
-                sender.user.user.as_str().to_string(),
-                target.as_str().to_string(),
-            );
-            let prev = st.reactions.get(&k).cloned().unwrap_or_default();
-            let (added, removed) = diff_reactions(&prev, &keys);
-            st.reactions.insert(k, keys);
-            for (n, (key, add)) in added
-                .into_iter()
-                .map(|k| (k, true))
-                .chain(removed.into_iter().map(|k| (k, false)))
-                .enumerate()
-            {
-                let kind = if add {
-                    EventKind::React {
-                        target: target.clone(),
-                        key,
-                    }
-                } else {
-                    EventKind::Unreact {
-                        target: target.clone(),
-                        key,
-                    }
-                };
-                let rid = MessageId::new(format!("{}#{n}", remote_id.as_str()));
-                let e = junction_core::Event::new(rcx.room.clone(), rid, sender.clone(), 0, kind);
-                let _ = cx.inbound.send(Inbound::new(e)).await;
-            }
-        }
-        Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
-    }
 }
 
 /// Most nick conflicts a puppet works around before it gives up on a room.
@@ -712,52 +1554,343 @@ fn muc_item(el: &Element) -> Option<&Element> {
         .find(|c| c.name() == "item")
 }
 
-/// Room presence as the listener sees it → join, leave, nick change, kick, ban.
+/// The linked room a bare room JID is, as written in the link.
+fn linked_room(cx: &AdapterContext, room_jid: &str) -> Option<RoomId> {
+    cx.rooms
+        .borrow()
+        .iter()
+        .find(|r| r.as_str().eq_ignore_ascii_case(room_jid))
+        .cloned()
+}
+
+/// Who an occupant is, as events name them: occupant-id where the room gives
+/// one, else the occupant JID.
+fn occupant_sender(st: &State, el: &Element, from: &str, nick: &str) -> Sender {
+    let user = el
+        .get_child("occupant-id", "urn:xmpp:occupant-id:0")
+        .and_then(|c| c.attr("id"))
+        .map(|id| format!("occupant:{id}"))
+        .or_else(|| {
+            st.occupants
+                .get(from)
+                .and_then(|o| o.occupant_id.as_ref())
+                .map(|id| format!("occupant:{id}"))
+        })
+        .unwrap_or_else(|| from.to_string());
+    Sender {
+        user: UserRef::new(st.network.as_str(), user),
+        display_name: nick.to_string(),
+    }
+}
+
+/// One groupchat message of a linked room, live or from its archive.
+async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via: Via) {
+    let Some(from) = el.attr("from") else { return };
+    let (room_jid, nick) = from.split_once('/').unwrap_or((from, ""));
+    let Some(room) = linked_room(cx, room_jid) else {
+        return;
+    };
+    let s = room_stanza_id(el, room_jid);
+    let origin = sender_message_id(el);
+    let is_subject =
+        el.children().any(|c| c.name() == "subject") && !el.children().any(|c| c.name() == "body");
+    if is_subject {
+        on_subject(st, cx, el, &room, room_jid, nick, via).await;
+        return;
+    }
+    if nick.is_empty() {
+        return;
+    }
+    if let Some(s) = &s {
+        if via != Via::Baseline && !st.remember(s) {
+            return;
+        }
+    }
+    let real_ours = muc_item(el)
+        .and_then(|i| i.attr("jid"))
+        .is_some_and(|j| is_ours(j, &st.config.component));
+    let ours = st.is_our_nick(room_jid, nick)
+        || real_ours
+        || origin
+            .as_deref()
+            .is_some_and(|u| u.starts_with(OUR_ID_PREFIX));
+    // The reflection of a message we sent: its delivery is done.
+    if let Some(u) = &origin {
+        if st
+            .pending
+            .get(u)
+            .is_some_and(|p| p.wait == Wait::Reflection)
+        {
+            let who = st
+                .pending
+                .get(u)
+                .map(|p| p.sender.1.clone())
+                .unwrap_or_default();
+            if let Some(s) = &s {
+                st.learn_stanza_id(u, s, &who);
+            } else {
+                tracing::warn!(
+                    room = room_jid,
+                    "xmpp: the room stamps no stanza-id (no MAM?); using our own id"
+                );
+            }
+            let id = s.clone().unwrap_or_else(|| u.clone());
+            answer(st, cx, u, Ok(vec![MessageId::new(id)]));
+        }
+    }
+    let may_advance = via == Via::Archive || !st.backfilling.contains(room_jid);
+    if ours {
+        if let (Some(s), true) = (&s, via != Via::Baseline && may_advance) {
+            st.advance_cursor(&room, s, None);
+        }
+        return;
+    }
+    if via == Via::Baseline {
+        return;
+    }
+    if let (Some(u), Some(s)) = (&origin, &s) {
+        st.msgid_to_s.insert(u.clone(), s.clone());
+    }
+    let our_nicks: Vec<String> = st
+        .joined
+        .iter()
+        .filter(|((r, _), _)| r.eq_ignore_ascii_case(room_jid))
+        .map(|(_, n)| n.clone())
+        .chain(std::iter::once(LISTENER_NICK.to_string()))
+        .collect();
+    let rcx = RoomContext {
+        room: RoomRef::new(cx.network.as_str(), room.as_str()),
+        room_jid: room_jid.to_string(),
+        component: st.config.component.clone(),
+        our_nicks,
+    };
+    let map = st.msgid_to_s.clone();
+    let parsed = parse_groupchat(el, &rcx, &|id| map.get(id).cloned());
+    let mut last_ack = None;
+    match parsed {
+        Parsed::Event(mut e) => {
+            if is_ours(e.sender.user.user.as_str(), &st.config.component) {
+                return;
+            }
+            if let Some(occ) = st.occupants.get(from).and_then(|o| o.occupant_id.clone()) {
+                if !e.sender.user.user.as_str().starts_with("occupant:") {
+                    e.sender.user = UserRef::new(cx.network.as_str(), format!("occupant:{occ}"));
+                    e = junction_core::Event::new(e.origin, e.remote_id, e.sender, e.ts_ms, e.kind);
+                }
+            }
+            if let EventKind::Message(m) = &mut e.kind {
+                let body = std::mem::take(&mut m.body);
+                m.body = mention::leading_address(body, |n| resolve_nick(st, room_jid, n));
+            }
+            let (inb, ack) = Inbound::with_ack(e);
+            let _ = cx.inbound.send(inb).await;
+            last_ack = Some(ack);
+        }
+        Parsed::Reactions {
+            remote_id,
+            sender,
+            target,
+            keys,
+        } => {
+            let k = (
+                room_jid.to_string(),
+                sender.user.user.as_str().to_string(),
+                target.as_str().to_string(),
+            );
+            let prev = st.reactions.get(&k).cloned().unwrap_or_default();
+            let (added, removed) = diff_reactions(&prev, &keys);
+            st.reactions.insert(k, keys);
+            for (n, (key, add)) in added
+                .into_iter()
+                .map(|k| (k, true))
+                .chain(removed.into_iter().map(|k| (k, false)))
+                .enumerate()
+            {
+                let kind = if add {
+                    EventKind::React {
+                        target: target.clone(),
+                        key,
+                    }
+                } else {
+                    EventKind::Unreact {
+                        target: target.clone(),
+                        key,
+                    }
+                };
+                let rid = MessageId::new(format!("{}#{n}", remote_id.as_str()));
+                let e = junction_core::Event::new(
+                    rcx.room.clone(),
+                    rid,
+                    sender.clone(),
+                    now_ms(),
+                    kind,
+                );
+                let (inb, ack) = Inbound::with_ack(e);
+                let _ = cx.inbound.send(inb).await;
+                last_ack = Some(ack);
+            }
+        }
+        Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
+    }
+    if let (Some(s), true) = (&s, may_advance) {
+        st.advance_cursor(&room, s, last_ack);
+    }
+}
+
+/// Who `nick` in `room` is, for a `nick:` address: one of our puppets' owners
+/// or an occupant.
+fn resolve_nick(st: &State, room: &str, nick: &str) -> Option<UserRef> {
+    if let Some(((_, puppet), _)) = st
+        .joined
+        .iter()
+        .find(|((r, _), n)| r.eq_ignore_ascii_case(room) && n.as_str() == nick)
+    {
+        return st.store.puppet_owner(&st.network, puppet).ok().flatten();
+    }
+    let occ = format!("{room}/{nick}");
+    let o = st.occupants.get(&occ)?;
+    let user = o
+        .occupant_id
+        .as_ref()
+        .map_or_else(|| occ.clone(), |id| format!("occupant:{id}"));
+    Some(UserRef::new(st.network.as_str(), user))
+}
+
+/// A subject message: the one the room sends on join is remembered, a later
+/// change by a person becomes a Topic event, and one our puppet set confirms
+/// its delivery.
+async fn on_subject(
+    st: &mut State,
+    cx: &AdapterContext,
+    el: &Element,
+    room: &RoomId,
+    room_jid: &str,
+    nick: &str,
+    via: Via,
+) {
+    let text = el
+        .children()
+        .find(|c| c.name() == "subject")
+        .map(Element::text)
+        .unwrap_or_default();
+    let ours = !nick.is_empty() && st.is_our_nick(room_jid, nick);
+    if ours {
+        let key = st
+            .pending
+            .iter()
+            .find(|(_, p)| {
+                p.room.eq_ignore_ascii_case(room_jid)
+                    && p.wait
+                        == (Wait::Subject {
+                            nick: nick.to_string(),
+                        })
+            })
+            .map(|(k, _)| k.clone());
+        if let Some(k) = key {
+            answer(st, cx, &k, Ok(Vec::new()));
+        }
+    }
+    if via != Via::Live {
+        return;
+    }
+    let prev = st.subjects.insert(room_jid.to_string(), text.clone());
+    if ours
+        || nick.is_empty()
+        || prev.is_none()
+        || prev.as_deref() == Some(text.as_str())
+        || !st.listening.contains(room_jid)
+    {
+        return;
+    }
+    let from = format!("{room_jid}/{nick}");
+    let sender = occupant_sender(st, el, &from, nick);
+    let id = room_stanza_id(el, room_jid).unwrap_or_else(|| st.new_id());
+    let e = junction_core::Event::new(
+        RoomRef::new(cx.network.as_str(), room.as_str()),
+        MessageId::new(id),
+        sender,
+        now_ms(),
+        EventKind::Topic { text },
+    );
+    let _ = cx.inbound.send(Inbound::new(e)).await;
+}
+
+/// Room presence as the listener sees it → join, leave, nick change, kick,
+/// ban; and the listener's own standing (joined, rights, refused).
 async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
     let Some(from) = el.attr("from") else { return };
     let Some((room_jid, nick)) = from.split_once('/') else {
         return;
     };
-    let rooms = cx.rooms.borrow().clone();
-    let Some(room) = rooms
-        .iter()
-        .find(|r| r.as_str().eq_ignore_ascii_case(room_jid))
-        .cloned()
-    else {
+    let Some(room) = linked_room(cx, room_jid) else {
         return;
     };
-    if has_status(el, "110") {
-        st.listening.insert(room_jid.to_string());
-        return;
-    }
     let ty = el.attr("type");
     if ty == Some("error") {
+        let cond = error_condition(el).unwrap_or_else(|| "error".into());
+        tracing::warn!(room = room_jid, condition = %cond, "xmpp: the listener could not join a room");
+        st.failed.insert(room_jid.to_string(), cond);
+        update_status(st, cx);
         return;
     }
     let item = muc_item(el);
-    let real = item.and_then(|i| i.attr("jid"));
-    let ours = st
-        .joined
-        .iter()
-        .any(|((r, _), n)| r == room_jid && n == nick)
-        || nick == LISTENER_NICK
-        || real.is_some_and(|j| is_ours(j, &st.config.component));
+    if has_status(el, "110") {
+        if ty == Some("unavailable") {
+            tracing::warn!(
+                room = room_jid,
+                "xmpp: the listener was removed from a room"
+            );
+            st.listening.remove(room_jid);
+            st.failed
+                .insert(room_jid.to_string(), "removed from the room".into());
+        } else {
+            st.listening.insert(room_jid.to_string());
+            st.rights.insert(
+                room_jid.to_string(),
+                Rights {
+                    affiliation: item
+                        .and_then(|i| i.attr("affiliation"))
+                        .unwrap_or("none")
+                        .to_string(),
+                    role: item
+                        .and_then(|i| i.attr("role"))
+                        .unwrap_or("participant")
+                        .to_string(),
+                },
+            );
+            st.failed.remove(room_jid);
+        }
+        update_status(st, cx);
+        return;
+    }
+    let real = item
+        .and_then(|i| i.attr("jid"))
+        .map(|j| j.split('/').next().unwrap_or(j).to_lowercase());
+    let occupant_id = el
+        .get_child("occupant-id", "urn:xmpp:occupant-id:0")
+        .and_then(|c| c.attr("id"))
+        .map(str::to_string);
+    let ours = st.is_our_nick(room_jid, nick)
+        || real
+            .as_deref()
+            .is_some_and(|j| is_ours(j, &st.config.component));
     let was_present = if ty == Some("unavailable") {
-        st.occupants.remove(from)
+        st.occupants.remove(from).is_some()
     } else {
-        !st.occupants.insert(from.to_string())
+        st.occupants
+            .insert(
+                from.to_string(),
+                Occupant {
+                    jid: real.clone(),
+                    occupant_id: occupant_id.clone(),
+                },
+            )
+            .is_some()
     };
     if ours || !st.listening.contains(room_jid) {
         return;
     }
-    let user = el
-        .get_child("occupant-id", "urn:xmpp:occupant-id:0")
-        .and_then(|c| c.attr("id"))
-        .map_or_else(|| from.to_string(), |id| format!("occupant:{id}"));
-    let sender = junction_core::Sender {
-        user: junction_core::UserRef::new(cx.network.as_str(), user),
-        display_name: nick.to_string(),
-    };
+    let sender = occupant_sender(st, el, from, nick);
     let reason = item
         .and_then(|i| i.children().find(|c| c.name() == "reason"))
         .map(Element::text)
@@ -767,7 +1900,13 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             let Some(new) = item.and_then(|i| i.attr("nick")) else {
                 return;
             };
-            st.occupants.insert(format!("{room_jid}/{new}"));
+            st.occupants.insert(
+                format!("{room_jid}/{new}"),
+                Occupant {
+                    jid: real,
+                    occupant_id,
+                },
+            );
             EventKind::NickChange {
                 new_name: new.to_string(),
             }
@@ -777,11 +1916,8 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 .and_then(|a| a.attr("nick"))
                 .unwrap_or(room_jid)
                 .to_string();
-            let kicker = junction_core::Sender {
-                user: junction_core::UserRef::new(
-                    cx.network.as_str(),
-                    format!("{room_jid}/{actor}"),
-                ),
+            let kicker = Sender {
+                user: UserRef::new(cx.network.as_str(), format!("{room_jid}/{actor}")),
                 display_name: actor,
             };
             let kind = if has_status(el, "301") {
