@@ -303,6 +303,25 @@ impl Client {
         .map(drop)
     }
 
+    /// Kicks (`ban` false) or bans `target` from a room, as the bot.
+    pub async fn remove_member(
+        &self,
+        room_id: &str,
+        target: &str,
+        reason: Option<&str>,
+        ban: bool,
+    ) -> Result<()> {
+        let verb = if ban { "ban" } else { "kick" };
+        let path = format!("/_matrix/client/v3/rooms/{}/{verb}", path_segment(room_id));
+        let mut body = json!({ "user_id": target });
+        if let Some(r) = reason {
+            body["reason"] = json!(r);
+        }
+        self.call(Method::POST, &path, &[], Body::Json(body))
+            .await
+            .map(drop)
+    }
+
     /// Leaves a room as `user`.
     pub async fn leave(&self, room_id: &str, user: Option<&str>) -> Result<()> {
         let path = format!("/_matrix/client/v3/rooms/{}/leave", path_segment(room_id));

@@ -77,6 +77,18 @@ pub enum Effect {
         /// Who invited.
         by: String,
     },
+    /// A person wrote text in a room that is not linked: a command, if the bot is there
+    /// to take commands (a direct chat it was invited to).
+    Command {
+        /// The room id.
+        room_id: String,
+        /// The message's event id.
+        event_id: String,
+        /// Who wrote it.
+        sender: String,
+        /// The text, reply fallback removed.
+        text: String,
+    },
 }
 
 /// The result of converting one client event.
@@ -122,6 +134,23 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
         return out;
     }
     let Some(room) = (cx.room)(room_id) else {
+        if kind == "m.room.message"
+            && state_key.is_none()
+            && !ours(sender)
+            && s(content, "msgtype") == Some("m.text")
+        {
+            let body = s(content, "body").unwrap_or("");
+            let text = strip_reply_fallback(body).trim().to_owned();
+            if !text.is_empty() {
+                out.effects.push(Effect::Command {
+                    room_id: room_id.to_owned(),
+                    event_id: event_id.to_owned(),
+                    sender: sender.to_owned(),
+                    text,
+                });
+            }
+            return out;
+        }
         tracing::debug!(
             room_id,
             kind,
@@ -294,8 +323,17 @@ fn state_event(
                 _ => None,
             }
         }
-        "m.room.power_levels"
-        | "m.room.name"
+        "m.room.power_levels" => power_levels(content, ev, display).map(|text| {
+            (
+                EventKind::Message(Message {
+                    kind: MessageKind::Emote,
+                    body: RichText::plain(text),
+                    ..Message::default()
+                }),
+                None,
+            )
+        }),
+        "m.room.name"
         | "m.room.avatar"
         | "m.room.create"
         | "m.room.join_rules"
@@ -310,6 +348,48 @@ fn state_event(
             None
         }
     }
+}
+
+/// A power-level change as an action line (`set the power level of bob to 50
+/// (moderator)`), for the people whose level changed; `None` for the room's first power
+/// levels or changes that concern no person.
+fn power_levels(content: &Value, ev: &Value, display: &dyn Fn(&str) -> String) -> Option<String> {
+    let prev = ev.get("unsigned").and_then(|u| u.get("prev_content"))?;
+    let level = |c: &Value, user: &str| -> i64 {
+        c.get("users")
+            .and_then(|u| u.get(user))
+            .and_then(Value::as_i64)
+            .or_else(|| c.get("users_default").and_then(Value::as_i64))
+            .unwrap_or(0)
+    };
+    let users = |c: &Value| -> Vec<String> {
+        c.get("users")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut all = users(content);
+    all.extend(users(prev));
+    all.sort();
+    all.dedup();
+    let changes: Vec<String> = all
+        .iter()
+        .filter_map(|user| {
+            let (was, now) = (level(prev, user), level(content, user));
+            (was != now).then(|| {
+                let role = match now {
+                    100.. => " (admin)",
+                    50..=99 => " (moderator)",
+                    _ => "",
+                };
+                format!("{} to {now}{role}", display(user))
+            })
+        })
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    Some(format!("set the power level of {}", changes.join(", ")))
 }
 
 /// Room (non-state) events: messages, edits, reactions, redactions.
@@ -825,6 +905,38 @@ mod tests {
     }
 
     #[test]
+    fn power_level_changes_become_an_action_line() {
+        let ev = |prev: Value| {
+            json!({
+                "type": "m.room.power_levels", "room_id": "!room", "sender": "@alice:matrix.test",
+                "state_key": "", "event_id": "$p", "origin_server_ts": 1,
+                "content": {"users": {"@alice:matrix.test": 100, "@_junction_irc_local_bob:matrix.test": 50}},
+                "unsigned": {"prev_content": prev}
+            })
+        };
+        let e = conv(ev(json!({"users": {"@alice:matrix.test": 100}})))
+            .event
+            .expect("event");
+        assert_eq!(e.sender.display_name, "Alice");
+        let EventKind::Message(m) = e.kind else {
+            panic!()
+        };
+        assert_eq!(m.kind, MessageKind::Emote);
+        assert_eq!(
+            m.body.to_plain(),
+            "set the power level of _junction_irc_local_bob to 50 (moderator)"
+        );
+        // The room's first power levels, or no person's level changed: nothing to say.
+        let mut first = ev(json!({}));
+        first["unsigned"] = json!({});
+        assert!(conv(first).event.is_none());
+        let same = ev(
+            json!({"users": {"@alice:matrix.test": 100, "@_junction_irc_local_bob:matrix.test": 50}, "ban": 50}),
+        );
+        assert!(conv(same).event.is_none());
+    }
+
+    #[test]
     fn topic_and_encryption() {
         let t = conv(json!({
             "type": "m.room.topic", "room_id": "!room", "sender": "@alice:matrix.test",
@@ -846,6 +958,29 @@ mod tests {
                 room_id: "!room".into()
             }]
         );
+    }
+
+    #[test]
+    fn text_in_unlinked_rooms_is_a_possible_command() {
+        let mut ev = msg(json!({"msgtype": "m.text", "body": "  status \n"}));
+        ev["room_id"] = json!("!dm");
+        let c = conv(ev.clone());
+        assert!(c.event.is_none());
+        assert_eq!(
+            c.effects,
+            vec![Effect::Command {
+                room_id: "!dm".into(),
+                event_id: "$e1".into(),
+                sender: "@alice:matrix.test".into(),
+                text: "status".into()
+            }]
+        );
+        // Not from our own users, and not notices or emotes.
+        ev["sender"] = json!("@_junction_irc_local_bob:matrix.test");
+        assert!(conv(ev.clone()).effects.is_empty());
+        ev["sender"] = json!("@alice:matrix.test");
+        ev["content"]["msgtype"] = json!("m.notice");
+        assert!(conv(ev).effects.is_empty());
     }
 
     #[test]

@@ -29,8 +29,8 @@ mod test_store;
 use client::Client;
 use config::MatrixConfig;
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
-    NetworkId, RoomId, UserRef,
+    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
+    Markup, NetworkId, NetworkStatus, RoomId, UserRef,
 };
 use junction_store::Store;
 use media::MediaProxy;
@@ -41,6 +41,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The store table of rooms where the bot takes commands: room id → who invited it.
+pub const COMMAND_ROOMS_TABLE: &str = "matrix/command_rooms";
+
+/// How long a command's answer is awaited.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Matrix adapter.
 pub struct MatrixAdapter {
@@ -130,6 +136,13 @@ pub(crate) struct Shared {
     /// (room id, user id) → display name.
     pub(crate) names: Mutex<HashMap<(String, String), String>>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
+    /// Admin commands to the gateway.
+    pub(crate) commands: mpsc::Sender<Command>,
+    /// Rooms the bot joined on an invite to take commands (direct chats), kept in the
+    /// store's [`COMMAND_ROOMS_TABLE`].
+    pub(crate) command_rooms: Mutex<HashSet<String>>,
+    /// The last homeserver failure, cleared by the next success (for the status).
+    pub(crate) homeserver_error: Mutex<Option<String>>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
     /// True once the linked rooms are resolved: transactions wait for it, since an event of
     /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
@@ -144,6 +157,7 @@ impl Shared {
         client: Client,
         media_base: &str,
         inbound: mpsc::Sender<Inbound>,
+        commands: mpsc::Sender<Command>,
     ) -> Result<Self, AdapterError> {
         let media = MediaProxy::load(store.clone(), media_base)
             .map_err(|e| AdapterError::Fatal(format!("media proxy key: {e}")))?;
@@ -158,6 +172,13 @@ impl Shared {
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
+        let command_rooms = match store.kv_scan(COMMAND_ROOMS_TABLE) {
+            Ok(rows) => rows.into_iter().map(|(k, _)| k).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the command rooms.");
+                HashSet::new()
+            }
+        };
         Ok(Self {
             bot_id: format!("@{}:{}", config.bot, config.server_name),
             config,
@@ -170,6 +191,9 @@ impl Shared {
             rooms: Mutex::new(Rooms::default()),
             names: Mutex::new(HashMap::new()),
             inbound,
+            commands,
+            command_rooms: Mutex::new(command_rooms),
+            homeserver_error: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
             ready: tokio::sync::watch::Sender::new(false),
         })
@@ -272,7 +296,9 @@ impl Adapter for MatrixAdapter {
             client,
             &media_base,
             cx.inbound.clone(),
+            cx.commands.clone(),
         )?);
+        let status = cx.status;
 
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -296,6 +322,7 @@ impl Adapter for MatrixAdapter {
         sh.ready.send_replace(true);
         // Ping once ready: the homeserver then sends what it queued while we were away.
         startup(&sh).await;
+        report(&sh, &status);
 
         let mut rooms_open = true;
         loop {
@@ -310,9 +337,13 @@ impl Adapter for MatrixAdapter {
                     }
                     let rooms = cx.rooms.borrow_and_update().clone();
                     sync_rooms(&sh, &rooms).await;
+                    report(&sh, &status);
                 }
                 d = cx.deliveries.recv() => match d {
-                    Some(d) => handle_delivery(&sh, d, &cx.delivered, &cx.shutdown).await,
+                    Some(d) => {
+                        handle_delivery(&sh, d, &cx.delivered, &cx.shutdown, &status).await;
+                        report(&sh, &status);
+                    }
                     None => break,
                 },
             }
@@ -339,12 +370,54 @@ async fn startup(sh: &Shared) {
     }
     let txn = format!("startup-{}", rand::random::<u32>());
     match sh.client.ping(&sh.config.id, &txn).await {
-        Ok(ms) => tracing::info!(duration_ms = ms, "The homeserver reaches the appservice."),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "Homeserver ping failed; transactions may be delayed until it retries."
-        ),
+        Ok(ms) => {
+            tracing::info!(duration_ms = ms, "The homeserver reaches the appservice.");
+            *lock(&sh.homeserver_error) = None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "Homeserver ping failed; transactions may be delayed until it retries."
+            );
+            *lock(&sh.homeserver_error) = Some(format!("homeserver ping failed: {e}"));
+        }
     }
+}
+
+/// The adapter's state for `/health`: connected when the homeserver answers and every
+/// linked room is joined; degraded when some rooms are not (or the homeserver fails while
+/// rooms are joined); down when the homeserver fails and no room is joined.
+fn health(sh: &Shared) -> NetworkStatus {
+    let (linked, missing) = {
+        let rooms = lock(&sh.rooms);
+        let missing: Vec<String> = rooms
+            .wanted
+            .iter()
+            .filter(|l| !rooms.by_link.contains_key(*l))
+            .map(|l| l.to_string())
+            .collect();
+        (rooms.by_link.len(), missing)
+    };
+    let error = lock(&sh.homeserver_error).clone();
+    match error {
+        Some(e) if linked == 0 => NetworkStatus::Down(e),
+        Some(e) => NetworkStatus::Degraded(e),
+        None if missing.is_empty() => NetworkStatus::Connected,
+        None => NetworkStatus::Degraded(format!("rooms not linked: {}", missing.join(", "))),
+    }
+}
+
+/// Publishes the state when it changed.
+fn report(sh: &Shared, status: &tokio::sync::watch::Sender<NetworkStatus>) {
+    let now = health(sh);
+    status.send_if_modified(|s| {
+        if *s == now {
+            false
+        } else {
+            *s = now;
+            true
+        }
+    });
 }
 
 /// Takes the linked rooms as they are now: forgets unlinked ones, resolves new ones.
@@ -467,10 +540,15 @@ async fn handle_delivery(
     d: Delivery,
     delivered: &mpsc::UnboundedSender<Delivered>,
     shutdown: &CancellationToken,
+    status: &tokio::sync::watch::Sender<NetworkStatus>,
 ) {
     let mut pause = Duration::from_millis(500);
     let outcome = loop {
-        match outbound::deliver(sh, &d).await {
+        let result = outbound::deliver(sh, &d).await;
+        if !matches!(result, Err(DeliverError::Transient(_))) {
+            *lock(&sh.homeserver_error) = None;
+        }
+        match result {
             Ok(ids) => break Ok(ids),
             Err(DeliverError::Permanent(why)) => {
                 tracing::warn!(outbox = d.outbox_id, room = %d.target, kind = d.event.kind.name(), "Delivery given up: {why}");
@@ -481,6 +559,8 @@ async fn handle_delivery(
                     return;
                 }
                 tracing::warn!(outbox = d.outbox_id, room = %d.target, "Delivery failed for now, retrying: {why}");
+                *lock(&sh.homeserver_error) = Some(format!("deliveries failing: {why}"));
+                report(sh, status);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}

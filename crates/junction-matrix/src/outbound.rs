@@ -1,4 +1,5 @@
-//! [`Delivery`] → Client-Server calls, made as the sender's ghost.
+//! [`Delivery`] → Client-Server calls, made as the sender's ghost (as the bot for what the
+//! gateway itself says or enforces).
 //!
 //! Every call that creates an event uses a transaction id derived from the delivery
 //! (`j<outbox id>.<event id>.<part>`), so the same delivery retried — even after a restart —
@@ -69,12 +70,24 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             "a Matrix user's event is not delivered back to Matrix".into(),
         ));
     }
-    let ghost = sh.ghosts.ensure(sender).await?;
     let ts = Some(d.event.ts_ms).filter(|t| *t > 0);
+    if sender.user.network.is_gateway() {
+        if let Some(done) = from_gateway(sh, d, &room_id, ts).await {
+            return done;
+        }
+    }
+    // Who acts: the sender's ghost, or the bot (`None`) for the gateway itself.
+    let ghost = if sender.user.network.is_gateway() {
+        None
+    } else {
+        Some(sh.ghosts.ensure(sender).await?)
+    };
+    let actor = ghost.as_deref();
+    let me = actor.unwrap_or(&sh.bot_id);
     match &d.event.kind {
         EventKind::Message(m) => {
-            sh.ghosts.ensure_joined(&ghost, &room_id).await?;
-            send_message(sh, d, &room_id, &ghost, m, ts).await
+            join(sh, actor, &room_id).await?;
+            send_message(sh, d, &room_id, actor, m, ts).await
         }
         EventKind::Edit { body, .. } => {
             let Some(target) = d.target_ids.first() else {
@@ -82,7 +95,7 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                     "edit of a message unknown here".into(),
                 ));
             };
-            sh.ghosts.ensure_joined(&ghost, &room_id).await?;
+            join(sh, actor, &room_id).await?;
             let mut new = text_content("m.text", body, sh);
             let mut content = text_content("m.text", &star(body), sh);
             content.insert(
@@ -98,7 +111,7 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                     "m.room.message",
                     &txn_id(d, 0),
                     &Value::Object(content),
-                    Some(&ghost),
+                    actor,
                     ts,
                 )
                 .await?;
@@ -116,12 +129,12 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                 let r = reason.as_deref();
                 let id = match sh
                     .client
-                    .redact(&room_id, target.as_str(), &txn, r, Some(&ghost))
+                    .redact(&room_id, target.as_str(), &txn, r, actor)
                     .await
                 {
                     Ok(id) => id,
                     // Someone else's message: the bot (room admin) redacts it.
-                    Err(e) if e.status() == Some(403) => {
+                    Err(e) if e.status() == Some(403) && actor.is_some() => {
                         sh.client
                             .redact(&room_id, target.as_str(), &txn, r, None)
                             .await?
@@ -139,20 +152,13 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                     "reaction to a message unknown here".into(),
                 ));
             };
-            sh.ghosts.ensure_joined(&ghost, &room_id).await?;
+            join(sh, actor, &room_id).await?;
             let content = json!({"m.relates_to": {
                 "rel_type": "m.annotation", "event_id": target.as_str(), "key": key
             }});
             let id = match sh
                 .client
-                .send(
-                    &room_id,
-                    "m.reaction",
-                    &txn_id(d, 0),
-                    &content,
-                    Some(&ghost),
-                    ts,
-                )
+                .send(&room_id, "m.reaction", &txn_id(d, 0), &content, actor, ts)
                 .await
             {
                 Ok(id) => id,
@@ -160,7 +166,7 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                 Err(e) if e.errcode() == Some("M_DUPLICATE_ANNOTATION") => return Ok(Vec::new()),
                 Err(e) => return Err(e.into()),
             };
-            let k = reaction_key(&room_id, target.as_str(), &ghost, key);
+            let k = reaction_key(&room_id, target.as_str(), me, key);
             if let Err(e) = sh.store.kv_put(REACTIONS_OUT_TABLE, &k, id.as_bytes()) {
                 tracing::warn!(error = %e, "Could not record a sent reaction.");
             }
@@ -169,20 +175,14 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
         EventKind::Unreact { key, .. } => {
             let mut out = Vec::new();
             for target in &d.target_ids {
-                let k = reaction_key(&room_id, target.as_str(), &ghost, key);
+                let k = reaction_key(&room_id, target.as_str(), me, key);
                 let Ok(Some(reaction)) = sh.store.kv_get(REACTIONS_OUT_TABLE, &k) else {
                     continue;
                 };
                 let reaction = String::from_utf8_lossy(&reaction).into_owned();
                 let id = sh
                     .client
-                    .redact(
-                        &room_id,
-                        &reaction,
-                        &txn_id(d, out.len()),
-                        None,
-                        Some(&ghost),
-                    )
+                    .redact(&room_id, &reaction, &txn_id(d, out.len()), None, actor)
                     .await?;
                 if let Err(e) = sh.store.kv_remove(REACTIONS_OUT_TABLE, &k) {
                     tracing::warn!(error = %e, "Could not forget a withdrawn reaction.");
@@ -197,41 +197,47 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             Ok(out)
         }
         EventKind::Join => {
-            sh.ghosts.ensure_joined(&ghost, &room_id).await?;
+            join(sh, actor, &room_id).await?;
             Ok(Vec::new())
         }
         EventKind::Leave { .. } => {
-            match sh.client.leave(&room_id, Some(&ghost)).await {
-                Ok(()) => {}
-                // Not in the room: nothing to do.
-                Err(e) if e.status() == Some(403) || e.status() == Some(404) => {}
-                Err(e) => return Err(e.into()),
+            if let Some(ghost) = actor {
+                ghost_leaves(sh, ghost, &room_id).await?;
             }
-            sh.ghosts.forget_joined(&ghost, &room_id);
             Ok(Vec::new())
         }
         EventKind::NickChange { new_name } => {
-            sh.ghosts.set_name(&ghost, new_name).await?;
+            if let Some(ghost) = actor {
+                sh.ghosts.set_name(ghost, new_name).await?;
+            }
             Ok(Vec::new())
         }
         EventKind::Topic { text } => {
-            sh.ghosts.ensure_joined(&ghost, &room_id).await?;
+            join(sh, actor, &room_id).await?;
             let content = json!({ "topic": text });
-            let id = match sh
+            let set = match sh
                 .client
-                .send_state(&room_id, "m.room.topic", "", &content, Some(&ghost))
+                .send_state(&room_id, "m.room.topic", "", &content, actor)
                 .await
             {
-                Ok(id) => id,
+                Ok(id) => Ok(id),
                 // The ghost lacks the power level: the bot sets it.
-                Err(e) if e.status() == Some(403) => {
+                Err(e) if e.status() == Some(403) && actor.is_some() => {
                     sh.client
                         .send_state(&room_id, "m.room.topic", "", &content, None)
-                        .await?
+                        .await
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Err(e),
             };
-            Ok(vec![MessageId::new(id)])
+            match set {
+                Ok(id) => Ok(vec![MessageId::new(id)]),
+                // Nobody of ours may set it: say it instead.
+                Err(e) if e.status() == Some(403) => {
+                    let text = format!("{} set the topic: {text}", sender.display_name);
+                    bot_notice(sh, d, &room_id, &text, ts).await
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         EventKind::Kick { target, reason } | EventKind::Ban { target, reason } => {
             let verb = if matches!(d.event.kind, EventKind::Kick { .. }) {
@@ -243,20 +249,101 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             if let Some(r) = reason {
                 text.push_str(&format!(" ({r})"));
             }
-            let content = json!({"msgtype": "m.notice", "body": text});
-            let id = sh
-                .client
-                .send(
-                    &room_id,
-                    "m.room.message",
-                    &txn_id(d, 0),
-                    &content,
-                    None,
-                    ts,
-                )
-                .await?;
-            Ok(vec![MessageId::new(id)])
+            bot_notice(sh, d, &room_id, &text, ts).await
         }
+    }
+}
+
+/// Joins the ghost to the room (the bot is there already).
+async fn join(sh: &Shared, actor: Option<&str>, room_id: &str) -> Result<(), DeliverError> {
+    if let Some(ghost) = actor {
+        sh.ghosts.ensure_joined(ghost, room_id).await?;
+    }
+    Ok(())
+}
+
+/// The ghost leaves the room; not being there is no error.
+async fn ghost_leaves(sh: &Shared, ghost: &str, room_id: &str) -> Result<(), DeliverError> {
+    match sh.client.leave(room_id, Some(ghost)).await {
+        Ok(()) => {}
+        Err(e) if e.status() == Some(403) || e.status() == Some(404) => {}
+        Err(e) => return Err(e.into()),
+    }
+    sh.ghosts.forget_joined(ghost, room_id);
+    Ok(())
+}
+
+/// A notice line said by the bot.
+async fn bot_notice(
+    sh: &Shared,
+    d: &Delivery,
+    room_id: &str,
+    text: &str,
+    ts: Option<u64>,
+) -> Result<Vec<MessageId>, DeliverError> {
+    let content = json!({"msgtype": "m.notice", "body": text});
+    let id = sh
+        .client
+        .send(room_id, "m.room.message", &txn_id(d, 0), &content, None, ts)
+        .await?;
+    Ok(vec![MessageId::new(id)])
+}
+
+/// What the gateway itself says or does, rendered by the bot. Returns `None` for the kinds
+/// the bot renders like anyone else's (edits, redactions, reactions, topic).
+///
+/// Messages become the bot's notices; membership changes of the gateway are nothing to show;
+/// a kick or ban is an admin's enforcement: a Matrix user is kicked or banned by the bot
+/// (answered as failed when the bot lacks the power), the ghost of a person from elsewhere
+/// leaves the room.
+async fn from_gateway(
+    sh: &Shared,
+    d: &Delivery,
+    room_id: &str,
+    ts: Option<u64>,
+) -> Option<Result<Vec<MessageId>, DeliverError>> {
+    match &d.event.kind {
+        EventKind::Message(m) => {
+            let notice = Message {
+                kind: MessageKind::Notice,
+                ..m.clone()
+            };
+            Some(send_message(sh, d, room_id, None, &notice, ts).await)
+        }
+        EventKind::Join | EventKind::Leave { .. } | EventKind::NickChange { .. } => {
+            Some(Ok(Vec::new()))
+        }
+        EventKind::Kick { target, reason } | EventKind::Ban { target, reason } => {
+            let ban = matches!(d.event.kind, EventKind::Ban { .. });
+            Some(enforce(sh, room_id, target, reason.as_deref(), ban).await)
+        }
+        _ => None,
+    }
+}
+
+/// Carries out an admin's kick or ban in one room.
+async fn enforce(
+    sh: &Shared,
+    room_id: &str,
+    target: &junction_core::Sender,
+    reason: Option<&str>,
+    ban: bool,
+) -> Result<Vec<MessageId>, DeliverError> {
+    if target.user.network != sh.network {
+        // Someone from another network: their ghost leaves (a kicked one may come back
+        // with their next message; a banned one's messages are refused by the gateway).
+        let ghost = sh.ghosts.user_id(target);
+        ghost_leaves(sh, &ghost, room_id).await?;
+        return Ok(Vec::new());
+    }
+    let user = target.user.user.as_str();
+    match sh.client.remove_member(room_id, user, reason, ban).await {
+        Ok(()) => Ok(Vec::new()),
+        Err(e) if e.status() == Some(403) => Err(DeliverError::Permanent(format!(
+            "the bot may not {} {user} here: {e}",
+            if ban { "ban" } else { "kick" }
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -275,7 +362,7 @@ async fn send_message(
     sh: &Shared,
     d: &Delivery,
     room_id: &str,
-    ghost: &str,
+    ghost: Option<&str>,
     m: &Message,
     ts: Option<u64>,
 ) -> Result<Vec<MessageId>, DeliverError> {
@@ -297,7 +384,7 @@ async fn send_message(
                 "m.room.message",
                 &txn_id(d, part),
                 &Value::Object(content),
-                Some(ghost),
+                ghost,
                 ts,
             )
             .await?;
@@ -321,7 +408,7 @@ async fn send_message(
                 "m.room.message",
                 &txn_id(d, part),
                 &Value::Object(content),
-                Some(ghost),
+                ghost,
                 ts,
             )
             .await?;

@@ -285,7 +285,7 @@ fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
     inbound::convert(ev, &cx)
 }
 
-fn apply_effects(sh: &Shared, effects: Vec<Effect>) {
+fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
     for effect in effects {
         match effect {
             Effect::Reaction {
@@ -318,9 +318,104 @@ fn apply_effects(sh: &Shared, effects: Vec<Effect>) {
                 lock(&sh.names).insert((room_id, user_id), name);
             }
             Effect::BotInvited { room_id, by } => {
-                tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked.");
+                tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked; joining it to take commands.");
+                tokio::spawn(accept_invite(sh.clone(), room_id, by));
+            }
+            Effect::Command {
+                room_id,
+                event_id,
+                sender,
+                text,
+            } => {
+                if !lock(&sh.command_rooms).contains(&room_id) {
+                    tracing::debug!(%room_id, "Ignored text in a room that is neither linked nor a command room.");
+                    continue;
+                }
+                // A transaction may come again (a later event failed to store): a command
+                // runs once.
+                let key = format!("{}:command:{event_id}", sh.config.id);
+                match sh.store.txn_done(&key) {
+                    Ok(false) => {}
+                    Ok(true) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not check a command's id; running it.");
+                    }
+                }
+                if let Err(e) = sh.store.mark_txn(&key) {
+                    tracing::warn!(error = %e, "Could not record a command's id.");
+                }
+                tokio::spawn(run_command(sh.clone(), room_id, event_id, sender, text));
             }
         }
+    }
+}
+
+/// The bot joins a room it was invited to (a direct chat) and takes commands there.
+async fn accept_invite(sh: Arc<Shared>, room_id: String, by: String) {
+    if let Err(e) = sh.client.join(&room_id, None).await {
+        tracing::warn!(%room_id, %by, error = %e, "The bot could not accept an invite.");
+        return;
+    }
+    lock(&sh.command_rooms).insert(room_id.clone());
+    if let Err(e) = sh
+        .store
+        .kv_put(crate::COMMAND_ROOMS_TABLE, &room_id, by.as_bytes())
+    {
+        tracing::warn!(error = %e, "Could not record a command room.");
+    }
+}
+
+/// Hands a command to the gateway and posts its answer as the bot's notice in the room.
+async fn run_command(
+    sh: Arc<Shared>,
+    room_id: String,
+    event_id: String,
+    sender: String,
+    text: String,
+) {
+    let display_name = match sh.client.state(&room_id, "m.room.member", &sender).await {
+        Ok(Some(m)) => m
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        crate::ids::split_user_id(&sender)
+            .map(|(l, _)| l.to_owned())
+            .unwrap_or_else(|| sender.clone())
+    });
+    tracing::info!(%room_id, %sender, "Command from Matrix.");
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = junction_core::Command {
+        from: vec![junction_core::UserRef::new(
+            sh.network.clone(),
+            sender.as_str(),
+        )],
+        display_name,
+        text,
+        reply,
+    };
+    let answer = if sh.commands.send(command).await.is_err() {
+        "Commands are not available on this gateway.".to_owned()
+    } else {
+        match tokio::time::timeout(crate::COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => "The command was dropped without an answer.".to_owned(),
+            Err(_) => "The command got no answer in time.".to_owned(),
+        }
+    };
+    if answer.trim().is_empty() {
+        return;
+    }
+    let content = json!({"msgtype": "m.notice", "body": answer});
+    let txn = format!("cmd.{event_id}");
+    if let Err(e) = sh
+        .client
+        .send(&room_id, "m.room.message", &txn, &content, None, None)
+        .await
+    {
+        tracing::warn!(%room_id, error = %e, "Could not answer a command.");
     }
 }
 
@@ -360,6 +455,7 @@ mod tests {
         )
         .with_attempts(1);
         let (tx, rx) = mpsc::channel(16);
+        let (commands, _) = mpsc::channel(1);
         let sh = Shared::new(
             config,
             NetworkId::new("matrix"),
@@ -367,6 +463,7 @@ mod tests {
             client,
             "http://gw",
             tx,
+            commands,
         )
         .expect("shared");
         sh.add_room(RoomId::new("#lobby:matrix.test"), "!room".into());
