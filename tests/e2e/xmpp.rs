@@ -221,8 +221,12 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     let replaced = corr
         .get_child("replace", "urn:xmpp:message-correct:0")
         .and_then(|r| r.attr("id"))
-        .map(str::to_owned);
-    assert_eq!(replaced.as_deref(), Some(ids[0].as_str()));
+        .map(str::to_owned)
+        .unwrap_or_default();
+    // A correction names the puppet's own message id, not the room's stanza-id
+    // the delivery was answered with.
+    assert!(replaced.starts_with("jx-"), "{replaced}");
+    assert_ne!(replaced, ids[0].as_str());
 
     let mut redact = delivery(3, &room, &alice, "");
     redact.event.kind = EventKind::Redact {
@@ -398,6 +402,283 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
     Ok(())
 }
 
+/// One running adapter and the test's ends of its channels.
+struct Running {
+    deliveries: mpsc::Sender<Delivery>,
+    delivered: mpsc::UnboundedReceiver<Delivered>,
+    commands: mpsc::Receiver<junction_core::Command>,
+    seen: Arc<Mutex<Vec<Event>>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
+    collector: tokio::task::JoinHandle<()>,
+    status: watch::Receiver<junction_core::NetworkStatus>,
+}
+
+impl Running {
+    /// Starts an adapter for `room` on `component`, keeping state in `store`;
+    /// inbound events are acknowledged as durable as the gateway would.
+    fn start(
+        component: &junction_testkit::servers::Slot,
+        server: &str,
+        room: &str,
+        store: Arc<store::KvStore>,
+    ) -> Self {
+        let config = XmppConfig {
+            component: component.component.clone(),
+            server: server.to_owned(),
+            secret: Secret::new(component.component_secret.clone()),
+        };
+        let adapter = XmppAdapter::new(config, store);
+        let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
+        let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Delivered>();
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let (status_tx, status_rx) = watch::channel(junction_core::NetworkStatus::Connecting);
+        let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room)]);
+        // The sender stays alive with the adapter (a closed watch means no more changes).
+        std::mem::forget(rooms_tx);
+        let shutdown = CancellationToken::new();
+        let cx = AdapterContext {
+            network: NetworkId::new("xmpp"),
+            inbound: in_tx,
+            deliveries: d_rx,
+            delivered: done_tx,
+            rooms: rooms_rx,
+            shutdown: shutdown.clone(),
+            commands: cmd_tx,
+            status: status_tx,
+        };
+        let task = tokio::spawn(adapter.run(cx));
+        let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let seen2 = seen.clone();
+        let collector = tokio::spawn(async move {
+            while let Some(i) = in_rx.recv().await {
+                seen2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(i.event);
+                if let Some(a) = i.ack {
+                    let _ = a.send(Ok(()));
+                }
+            }
+        });
+        Self {
+            deliveries: d_tx,
+            delivered: done_rx,
+            commands: cmd_rx,
+            seen,
+            shutdown,
+            task,
+            collector,
+            status: status_rx,
+        }
+    }
+
+    /// How many inbound messages had exactly this text.
+    fn count(&self, text: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == text))
+            .count()
+    }
+
+    async fn wait_message(&self, text: &str) -> anyhow::Result<Event> {
+        eventually(DEADLINE, "an inbound message", || {
+            let found = self
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == text))
+                .cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    async fn next_delivered(&mut self) -> anyhow::Result<Delivered> {
+        tokio::time::timeout(DEADLINE, self.delivered.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        self.collector.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_to_the_component_is_a_command_and_its_reply_comes_back() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xcmd"), s.xmpp.muc);
+    let mut run = Running::start(
+        &slot,
+        &s.xmpp.component.to_string(),
+        &room,
+        Arc::new(store::KvStore::default()),
+    );
+    eventually(DEADLINE, "the adapter connected", || {
+        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
+        async move { ok.then_some(()) }
+    })
+    .await?;
+    let user = unique("xc");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.send_raw(&format!(
+        "<message type='chat' to='{}' id='c1'><body>status</body></message>",
+        slot.component
+    ))?;
+    let cmd = tokio::time::timeout(DEADLINE, run.commands.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no command"))?;
+    assert_eq!(cmd.text, "status");
+    assert_eq!(
+        cmd.from,
+        vec![UserRef::new("xmpp", bob.bare_jid().to_lowercase())]
+    );
+    let _ = cmd.reply.send("all rooms linked\nsecond line".into());
+    let component = slot.component.clone();
+    bob.wait_for(DEADLINE, |el| {
+        el.name() == "message"
+            && el.attr("type") == Some("chat")
+            && el.attr("from").is_some_and(|f| f.starts_with(&component))
+            && body(el).as_deref() == Some("all rooms linked\nsecond line")
+    })
+    .await?;
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> anyhow::Result<()> {
+    use junction_core::format::Span;
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xsid"), s.xmpp.muc);
+    let mut run = Running::start(
+        &slot,
+        &s.xmpp.component.to_string(),
+        &room,
+        Arc::new(store::KvStore::default()),
+    );
+    let user = unique("xs");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.join_muc(&room, &user).await?;
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    let mut d = delivery(1, &room, &alice, "");
+    if let EventKind::Message(m) = &mut d.event.kind {
+        m.body = RichText {
+            spans: vec![
+                Span::Bold(vec![Span::Text("loud".into())]),
+                Span::Text(" words".into()),
+            ],
+        };
+    }
+    run.deliveries.send(d).await?;
+    let done = run.next_delivered().await?;
+    let ids = done.outcome.map_err(|e| anyhow::anyhow!(e))?;
+    let el = bob
+        .wait_for(DEADLINE, |el| {
+            is_groupchat_from(el, &room) && body(el).as_deref() == Some("*loud* words")
+        })
+        .await?;
+    let sid = junction_testkit::clients::xmpp::stanza_id(&el);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        Some(ids[0].as_str().to_owned()),
+        sid,
+        "Delivered carries the MUC stanza-id"
+    );
+
+    bob.send_groupchat(&room, "*bold* move")?;
+    let e = run.wait_message("bold move").await?;
+    match e.kind {
+        EventKind::Message(m) => assert_eq!(
+            m.body.spans,
+            vec![
+                Span::Bold(vec![Span::Text("bold".into())]),
+                Span::Text(" move".into())
+            ]
+        ),
+        other => anyhow::bail!("not a message: {other:?}"),
+    }
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts(
+) -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xmam"), s.xmpp.muc);
+    let store = Arc::new(store::KvStore::default());
+    let rref = RoomRef::new("xmpp", room.as_str());
+    let server = s.xmpp.component.to_string();
+    let run = Running::start(&slot, &server, &room, store.clone());
+    let user = unique("xm");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.join_muc(&room, &user).await?;
+    bob.send_groupchat(&room, "before the stop")?;
+    run.wait_message("before the stop").await?;
+    // The cursor passes the message once it is durable.
+    let first = bob
+        .wait_for(DEADLINE, |el| {
+            is_groupchat_from(el, &room) && body(el).as_deref() == Some("before the stop")
+        })
+        .await?;
+    let sid = junction_testkit::clients::xmpp::stanza_id(&first);
+    eventually(DEADLINE, "the cursor at the first message", || {
+        let c = junction_store::Store::cursor(store.as_ref(), &rref)
+            .ok()
+            .flatten();
+        let want = sid.clone();
+        async move { (c.is_some() && c == want).then_some(()) }
+    })
+    .await?;
+    run.stop().await;
+
+    bob.send_groupchat(&room, "while away 1")?;
+    bob.send_groupchat(&room, "while away 2")?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room) && body(el).as_deref() == Some("while away 2")
+    })
+    .await?;
+
+    let run = Running::start(&slot, &server, &room, store.clone());
+    run.wait_message("while away 1").await?;
+    run.wait_message("while away 2").await?;
+    bob.send_groupchat(&room, "after the start")?;
+    run.wait_message("after the start").await?;
+    assert_eq!(run.count("while away 1"), 1);
+    assert_eq!(run.count("while away 2"), 1);
+    assert_eq!(run.count("before the stop"), 0, "not bridged twice");
+    let order: Vec<String> = run
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Message(m) => Some(m.body.to_plain()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec!["while away 1", "while away 2", "after the start"]
+    );
+    run.stop().await;
+    Ok(())
+}
+
 mod store {
     use junction_core::router::{Link, Planned};
     use junction_core::{
@@ -411,6 +692,7 @@ mod store {
     pub struct KvStore {
         kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
         txns: Mutex<HashSet<String>>,
+        cursors: Mutex<BTreeMap<String, String>>,
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -461,10 +743,11 @@ mod store {
         fn remove_link(&self, _: &BridgeName) -> Result<()> {
             Ok(())
         }
-        fn cursor(&self, _: &RoomRef) -> Result<Option<String>> {
-            Ok(None)
+        fn cursor(&self, room: &RoomRef) -> Result<Option<String>> {
+            Ok(lock(&self.cursors).get(&room.to_string()).cloned())
         }
-        fn set_cursor(&self, _: &RoomRef, _: &str) -> Result<()> {
+        fn set_cursor(&self, room: &RoomRef, cursor: &str) -> Result<()> {
+            lock(&self.cursors).insert(room.to_string(), cursor.to_owned());
             Ok(())
         }
         fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
