@@ -679,6 +679,156 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    // The listener creates this room, so it owns it.
+    let room = format!("{}@{}", unique("xmod"), s.xmpp.muc);
+    let mut run = Running::start(
+        &slot,
+        &s.xmpp.component.to_string(),
+        &room,
+        Arc::new(store::KvStore::default()),
+    );
+    eventually(DEADLINE, "the adapter connected", || {
+        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
+        async move { ok.then_some(()) }
+    })
+    .await?;
+    let user = unique("xk");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    bob.join_muc(&room, &user).await?;
+    eventually(DEADLINE, "bob's join at the gateway", || {
+        let n = run
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
+            .count();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+    let gateway = Sender {
+        user: UserRef::new(NetworkId::gateway().as_str(), "admin"),
+        display_name: "gateway".into(),
+    };
+    let bob_ref = Sender {
+        user: UserRef::new("xmpp", bob.bare_jid()),
+        display_name: user.clone(),
+    };
+
+    // A gateway notice comes from the listener.
+    run.deliveries
+        .send(delivery(1, &room, &gateway, "maintenance at noon"))
+        .await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room)
+            && from_nick(el) == Some("junction")
+            && body(el).as_deref() == Some("maintenance at noon")
+    })
+    .await?;
+    assert!(run.next_delivered().await?.outcome.is_ok());
+
+    // An ordinary user's kick elsewhere is reflected as a notice line.
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    let mut k = delivery(2, &room, &alice, "");
+    k.event.kind = EventKind::Kick {
+        target: Sender {
+            user: UserRef::new("matrix", "@carol:matrix.test"),
+            display_name: "carol".into(),
+        },
+        reason: Some("off topic".into()),
+    };
+    run.deliveries.send(k).await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room)
+            && from_nick(el) == Some("junction")
+            && body(el).as_deref() == Some("alice kicked carol (off topic)")
+    })
+    .await?;
+    assert!(run.next_delivered().await?.outcome.is_ok());
+
+    // The gateway's kick of an XMPP user is carried out.
+    let mut k = delivery(3, &room, &gateway, "");
+    k.event.kind = EventKind::Kick {
+        target: bob_ref.clone(),
+        reason: Some("spam".into()),
+    };
+    run.deliveries.send(k).await?;
+    let me = format!("{room}/{user}");
+    let has_code = |el: &minidom::Element, code: &str| {
+        el.children()
+            .filter(|x| x.name() == "x")
+            .flat_map(|x| x.children())
+            .any(|c| c.name() == "status" && c.attr("code") == Some(code))
+    };
+    bob.wait_for(DEADLINE, |el| {
+        el.name() == "presence"
+            && el.attr("from") == Some(me.as_str())
+            && el.attr("type") == Some("unavailable")
+            && has_code(el, "307")
+    })
+    .await?;
+    let d = run.next_delivered().await?;
+    assert_eq!(d.outbox_id, 3);
+    assert!(d.outcome.is_ok(), "{:?}", d.outcome);
+
+    // And the ban.
+    bob.join_muc(&room, &user).await?;
+    let mut b = delivery(4, &room, &gateway, "");
+    b.event.kind = EventKind::Ban {
+        target: bob_ref.clone(),
+        reason: None,
+    };
+    run.deliveries.send(b).await?;
+    bob.wait_for(DEADLINE, |el| {
+        el.name() == "presence"
+            && el.attr("from") == Some(me.as_str())
+            && el.attr("type") == Some("unavailable")
+            && has_code(el, "301")
+    })
+    .await?;
+    let d = run.next_delivered().await?;
+    assert!(d.outcome.is_ok(), "{:?}", d.outcome);
+    run.stop().await;
+
+    // In a room someone else created the listener has no rights: the answer says so.
+    let other = format!("{}@{}", unique("xnomod"), s.xmpp.muc);
+    let carol = XmppUser::register(s, &unique("xo"), "pw").await?;
+    carol.join_muc(&other, "carol").await?;
+    let slot2 = junction_testkit::servers::slot().await?;
+    let mut run = Running::start(
+        &slot2,
+        &s.xmpp.component.to_string(),
+        &other,
+        Arc::new(store::KvStore::default()),
+    );
+    eventually(DEADLINE, "the adapter connected", || {
+        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
+        async move { ok.then_some(()) }
+    })
+    .await?;
+    let mut k = delivery(1, &other, &gateway, "");
+    k.event.kind = EventKind::Kick {
+        target: Sender {
+            user: UserRef::new("xmpp", carol.bare_jid()),
+            display_name: "carol".into(),
+        },
+        reason: None,
+    };
+    run.deliveries.send(k).await?;
+    let d = run.next_delivered().await?;
+    let err = d.outcome.err().unwrap_or_default();
+    assert!(err.contains("not a moderator"), "{err}");
+    run.stop().await;
+    Ok(())
+}
+
 mod store {
     use junction_core::router::{Link, Planned};
     use junction_core::{
