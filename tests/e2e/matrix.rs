@@ -2,9 +2,10 @@
 //! Matrix users' messages reaching the gateway, and transactions that survive a failed
 //! store (Synapse resends them, the gateway sees the event once).
 
+use junction_core::format::Span;
 use junction_core::{
-    Adapter, AdapterContext, Delivered, Delivery, Event, EventKind, Inbound, Message, MessageId,
-    NetworkId, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+    Adapter, AdapterContext, Command, Delivered, Delivery, Event, EventKind, Inbound, Message,
+    MessageId, NetworkId, NetworkStatus, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
 };
 use junction_matrix::client::{Client, Method};
 use junction_matrix::config::MatrixConfig;
@@ -25,6 +26,10 @@ struct Running {
     delivered: mpsc::UnboundedReceiver<Delivered>,
     /// Every event the adapter sent, with whether its ack was Ok.
     seen: Arc<Mutex<Vec<(Event, bool)>>>,
+    /// Admin commands people typed to the bot.
+    commands: mpsc::Receiver<Command>,
+    /// The adapter's state as /health would show it.
+    status: watch::Receiver<NetworkStatus>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,14 +94,20 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> 
     let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
     let (_rooms_tx, rooms_rx) = watch::channel(rooms);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        NetworkId::new("matrix"),
-        inbound_tx,
-        deliveries_rx,
-        delivered_tx,
-        rooms_rx,
-        shutdown.clone(),
-    );
+    let (commands_tx, commands_rx) = mpsc::channel(8);
+    let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
+    let cx = AdapterContext {
+        commands: commands_tx,
+        status: status_tx,
+        ..AdapterContext::standalone(
+            NetworkId::new("matrix"),
+            inbound_tx,
+            deliveries_rx,
+            delivered_tx,
+            rooms_rx,
+            shutdown.clone(),
+        )
+    };
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
     let stop = shutdown.clone();
@@ -141,6 +152,8 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> 
         deliveries: deliveries_tx,
         delivered: delivered_rx,
         seen,
+        commands: commands_rx,
+        status: status_rx,
         shutdown,
         task,
     }
@@ -795,6 +808,303 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
 
     gw.stop().await;
     Ok(())
+}
+
+/// The formatted-message and commands scenario: bold both ways through the core converters,
+/// a direct chat with the bot as the command line, ghosts joining, leaving and renaming,
+/// and an admin's ban carried out by the bot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> {
+    let servers = servers().await?;
+    let slot = slot().await?;
+    // An ordinary alias in the slot's non-exclusive namespace (as `#lobby` is for the demo).
+    let alias = format!(
+        "#jt{}_{}:{}",
+        slot.index,
+        unique("fmt"),
+        servers.matrix.server_name
+    );
+    let mut gw = start(
+        servers,
+        &slot,
+        vec![RoomId::new(alias.clone())],
+        Policy::Store,
+    );
+    let alice = User::new(servers).await?;
+    let room_id = join_by_alias(&alice, &alias).await?;
+    eventually(
+        DEADLINE,
+        "the adapter reporting itself connected",
+        || async { (*gw.status.borrow() == NetworkStatus::Connected).then_some(()) },
+    )
+    .await?;
+
+    // Alice writes bold: it arrives as rich text with bold, not as markup.
+    let marker = unique("fmt");
+    alice
+        .client
+        .send(
+            &room_id,
+            "m.room.message",
+            &unique("t"),
+            &json!({
+                "msgtype": "m.text",
+                "body": format!("{marker} **loud**"),
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("{marker} <strong>loud</strong><script>x</script>"),
+            }),
+            None,
+            None,
+        )
+        .await?;
+    let (event, _) = eventually(DEADLINE, "alice's formatted message", || async {
+        gw.seen_with_body(&format!("{marker} loud"))
+            .into_iter()
+            .next()
+    })
+    .await?;
+    let EventKind::Message(m) = event.kind else {
+        anyhow::bail!("not a message: {:?}", event.kind)
+    };
+    assert_eq!(
+        m.body.spans,
+        vec![
+            Span::Text(format!("{marker} ")),
+            Span::Bold(vec![Span::Text("loud".into())])
+        ]
+    );
+
+    // Bob (IRC) writes bold: Matrix gets a formatted_body from the core renderer.
+    let mut bold = irc_message("");
+    bold.kind = EventKind::Message(Message {
+        body: RichText {
+            spans: vec![
+                Span::Text("see <b>".into()),
+                Span::Bold(vec![Span::Text("this".into())]),
+            ],
+        },
+        ..Message::default()
+    });
+    let ids = deliver(&mut gw, delivery(1, &alias, bold)).await?;
+    let seen = event_of(&alice, &room_id, ids[0].as_str()).await?;
+    assert_eq!(seen["content"]["body"], "see <b>this");
+    assert_eq!(seen["content"]["format"], "org.matrix.custom.html");
+    assert_eq!(
+        seen["content"]["formatted_body"],
+        "see &lt;b&gt;<strong>this</strong>"
+    );
+
+    // Pills: alice's pill to Bob's ghost names Bob of IRC; Bob named by IRC becomes a pill.
+    let bob_ghost = format!(
+        "@{}irc_local__bob:{}",
+        slot.user_prefix, servers.matrix.server_name
+    );
+    let marker = unique("pill");
+    alice
+        .client
+        .send(
+            &room_id,
+            "m.room.message",
+            &unique("t"),
+            &json!({
+                "msgtype": "m.text",
+                "body": format!("Bob: {marker}"),
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("<a href=\"https://matrix.to/#/{bob_ghost}\">Bob</a>: {marker}"),
+            }),
+            None,
+            None,
+        )
+        .await?;
+    let (event, _) = eventually(DEADLINE, "alice's pill", || async {
+        gw.seen_with_body(&format!("Bob: {marker}"))
+            .into_iter()
+            .next()
+    })
+    .await?;
+    let EventKind::Message(m) = event.kind else {
+        anyhow::bail!("not a message: {:?}", event.kind)
+    };
+    assert_eq!(
+        m.body.spans[0],
+        Span::Mention {
+            user: Some(UserRef::new("irc:local", "Bob")),
+            name: "Bob".into()
+        }
+    );
+    let mut mention = irc_message("");
+    mention.kind = EventKind::Message(Message {
+        body: RichText {
+            spans: vec![
+                Span::Mention {
+                    user: Some(UserRef::new("irc:local", "Bob")),
+                    name: "Bob".into(),
+                },
+                Span::Text(": hi".into()),
+            ],
+        },
+        ..Message::default()
+    });
+    let ids = deliver(&mut gw, delivery(7, &alias, mention)).await?;
+    let seen = event_of(&alice, &room_id, ids[0].as_str()).await?;
+    assert_eq!(
+        seen["content"]["formatted_body"],
+        format!("<a href=\"https://matrix.to/#/{bob_ghost}\">Bob</a>: hi")
+    );
+    assert_eq!(
+        seen["content"]["m.mentions"]["user_ids"],
+        json!([bob_ghost])
+    );
+
+    // Carol (IRC) joins: her ghost joins. She renames herself, then leaves.
+    let carol = Sender::new(UserRef::new("irc:local", "carol"), "carol");
+    let carol_ghost = format!(
+        "@{}irc_local_carol:{}",
+        slot.user_prefix, servers.matrix.server_name
+    );
+    let mut join = irc_event(EventKind::Join);
+    join.sender = carol.clone();
+    assert!(deliver(&mut gw, delivery(2, &alias, join))
+        .await?
+        .is_empty());
+    let m = membership(&alice, &room_id, &carol_ghost)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("carol's ghost is not a member"))?;
+    assert_eq!(m["membership"], "join");
+    assert_eq!(m["displayname"], "carol");
+    let mut nick = irc_event(EventKind::NickChange {
+        new_name: "Caroline".into(),
+    });
+    nick.sender = carol.clone();
+    deliver(&mut gw, delivery(3, &alias, nick)).await?;
+    eventually(DEADLINE, "carol's ghost renamed", || async {
+        (membership(&alice, &room_id, &carol_ghost).await?["displayname"] == "Caroline")
+            .then_some(())
+    })
+    .await?;
+    let mut leave = irc_event(EventKind::Leave {
+        reason: Some("bye".into()),
+        quit: false,
+    });
+    leave.sender = Sender::new(carol.user.clone(), "Caroline");
+    deliver(&mut gw, delivery(4, &alias, leave)).await?;
+    let m = membership(&alice, &room_id, &carol_ghost).await;
+    assert_eq!(
+        m.as_ref().and_then(|m| m["membership"].as_str()),
+        Some("leave")
+    );
+
+    // A direct chat with the bot is a command line.
+    let bot = format!("@{}:{}", slot.bot, servers.matrix.server_name);
+    let dm = alice
+        .client
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            &[],
+            Some(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot]})),
+        )
+        .await?;
+    let dm = dm["room_id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("createRoom: {dm}"))?
+        .to_owned();
+    eventually(DEADLINE, "the bot accepting the invite", || async {
+        let m = alice
+            .client
+            .state(&dm, "m.room.member", &bot)
+            .await
+            .ok()??;
+        (m["membership"] == "join").then_some(())
+    })
+    .await?;
+    alice.say(&dm, "status").await?;
+    let command = tokio::time::timeout(DEADLINE, gw.commands.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no command"))?;
+    assert_eq!(command.text, "status");
+    assert_eq!(
+        command.from,
+        vec![UserRef::new("matrix", alice.id.as_str())]
+    );
+    let answer = unique("all linked ");
+    let _ = command.reply.send(format!("{answer}\nsecond line"));
+    let notice = eventually(DEADLINE, "the bot's answer in the direct chat", || async {
+        alice.recent(&dm).await.ok()?.into_iter().find(|e| {
+            e["sender"].as_str() == Some(bot.as_str())
+                && e["content"]["msgtype"] == "m.notice"
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with(&answer))
+        })
+    })
+    .await?;
+    assert_eq!(
+        notice["content"]["body"].as_str(),
+        Some(format!("{answer}\nsecond line").as_str())
+    );
+    // The command is no message of the lobby.
+    assert!(gw.seen_with_body("status").is_empty());
+
+    // The gateway speaks as the bot, in notices, and bans alice when an admin says so.
+    let now = irc_message("").ts_ms;
+    let gateway = Sender::new(UserRef::new(NetworkId::gateway(), "admin"), "Junction");
+    let announce = Event::new(
+        RoomRef::new(NetworkId::gateway(), "admin"),
+        MessageId::new(unique("g")),
+        gateway.clone(),
+        now,
+        EventKind::Message(Message {
+            body: RichText::plain("maintenance at noon"),
+            ..Message::default()
+        }),
+    );
+    let ids = deliver(&mut gw, delivery(5, &alias, announce)).await?;
+    let seen = event_of(&alice, &room_id, ids[0].as_str()).await?;
+    assert_eq!(seen["sender"].as_str(), Some(bot.as_str()));
+    assert_eq!(seen["content"]["msgtype"], "m.notice");
+    let ban = Event::new(
+        RoomRef::new(NetworkId::gateway(), "admin"),
+        MessageId::new(unique("g")),
+        gateway,
+        now,
+        EventKind::Ban {
+            target: Sender::new(UserRef::new("matrix", alice.id.as_str()), "alice"),
+            reason: Some("spam".into()),
+        },
+    );
+    deliver(&mut gw, delivery(6, &alias, ban)).await?;
+    let m = alice
+        .client
+        .state(&room_id, "m.room.member", &alice.id)
+        .await;
+    // Alice can no longer read the room's state; the bot can.
+    let as_bot = Client::new(
+        &servers.matrix.url,
+        Secret::new(slot.as_token.clone()),
+        CancellationToken::new(),
+    );
+    let m = match m {
+        Ok(Some(m)) if m["membership"] == "ban" => m,
+        _ => as_bot
+            .state(&room_id, "m.room.member", &alice.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no membership for alice"))?,
+    };
+    assert_eq!(m["membership"], "ban");
+    assert_eq!(m["reason"], "spam");
+
+    gw.stop().await;
+    Ok(())
+}
+
+/// A member's state in a room as `user` sees it.
+async fn membership(user: &User, room_id: &str, member: &str) -> Option<Value> {
+    user.client
+        .state(room_id, "m.room.member", member)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn bytes_of(b: &'static [u8]) -> axum::body::Bytes {
