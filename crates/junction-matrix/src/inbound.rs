@@ -77,6 +77,14 @@ pub enum Effect {
         /// Who invited.
         by: String,
     },
+    /// One of our ghosts is no longer in a room (it left, or someone kicked or banned it):
+    /// it must join again before it next speaks there.
+    GhostLeft {
+        /// The room id.
+        room_id: String,
+        /// The ghost.
+        user_id: String,
+    },
     /// A person wrote text in a room that is not linked: a command, if the bot is there
     /// to take commands (a direct chat it was invited to).
     Command {
@@ -165,6 +173,16 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
                     room_id: room_id.to_owned(),
                     user_id: target.to_owned(),
                     name: name.to_owned(),
+                });
+            }
+        }
+    }
+    if kind == "m.room.member" {
+        if let Some(target) = state_key.filter(|t| ids::is_ghost(cx.prefix, cx.server_name, t)) {
+            if matches!(s(content, "membership"), Some("leave" | "ban")) {
+                out.effects.push(Effect::GhostLeft {
+                    room_id: room_id.to_owned(),
+                    user_id: target.to_owned(),
                 });
             }
         }
@@ -892,6 +910,13 @@ mod tests {
             json!({"membership": "leave", "reason": "spam"}),
             json!({"membership": "join", "displayname": "bob"}),
         ));
+        assert_eq!(
+            k.effects,
+            vec![Effect::GhostLeft {
+                room_id: "!room".into(),
+                user_id: "@_junction_irc_local_bob:matrix.test".into()
+            }]
+        );
         let EventKind::Kick { target, reason } = k.event.expect("kick").kind else {
             panic!()
         };

@@ -11,8 +11,13 @@
 //! - [`client`]: the Client-Server API as the appservice.
 //!
 //! Rooms are named as in the link (`#lobby:matrix.test` or a room id); the adapter resolves
-//! each (creating a public room for a free alias on our server), joins it with the bot, and
-//! refuses encrypted rooms.
+//! each (creating a public room for a free alias on our server, which the registration must
+//! list as an alias namespace), joins it with the bot, and refuses encrypted rooms.
+//!
+//! The bot accepts invites to rooms that are not linked (direct chats): text people write
+//! there is an admin command for the gateway, answered by the bot as a notice. What the
+//! gateway itself says is the bot's notice; its kicks and bans are carried out by the bot.
+//! The adapter reports its state (connected, degraded, down) for `/health`.
 #![deny(missing_docs)]
 
 pub mod client;

@@ -317,6 +317,7 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
             } => {
                 lock(&sh.names).insert((room_id, user_id), name);
             }
+            Effect::GhostLeft { room_id, user_id } => sh.ghosts.forget_joined(&user_id, &room_id),
             Effect::BotInvited { room_id, by } => {
                 tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked; joining it to take commands.");
                 tokio::spawn(accept_invite(sh.clone(), room_id, by));
