@@ -37,6 +37,7 @@ pub struct Lobby {
     /// An IRC user in the channel.
     pub irc: IrcUser,
     /// The IRC server the lobby uses.
+    #[allow(dead_code)]
     pub irc_addr: SocketAddr,
     /// The testkit slot (appservice, component) this gateway runs as.
     pub slot: SlotGuard,
@@ -70,7 +71,7 @@ impl Lobby {
         let data = tempfile::tempdir()?;
         let mut config = lobby_config(servers, &slot, &name, &room, &muc, &channel, irc_addr);
         tweak(&mut config);
-        let xmpp = XmppUser::connect(servers, "alice", "alicepw").await?;
+        let xmpp = XmppUser::register(servers, &short_nick(&unique("xu")), "pw-lobby").await?;
         let xmpp_nick = unique("ax");
         let irc_nick = short_nick(&unique("ir"));
         let irc = IrcUser::connect(irc_addr, &irc_nick).await?;
@@ -334,5 +335,422 @@ async fn plain_text_six_directions() -> anyhow::Result<()> {
         lobby.irc.nick()
     );
     let _ = stanza_id(&x);
+    Ok(())
+}
+
+/// The XMPP element's child with `name` in namespace `ns`, if any.
+fn child<'a>(el: &'a minidom::Element, name: &str, ns: &str) -> Option<&'a minidom::Element> {
+    el.children().find(|c| c.name() == name && c.ns() == ns)
+}
+
+/// IRC text of a CTCP ACTION, if it is one.
+fn action(text: &str) -> Option<&str> {
+    text.strip_prefix("\u{1}ACTION ")
+        .map(|t| t.strip_suffix('\u{1}').unwrap_or(t))
+}
+
+// ----------------------------------------------------------------------------------------
+// Emotes.
+
+/// `/me` from each network arrives as the native emote on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emotes_six_directions() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let m = unique("waves from matrix");
+    lobby.matrix.send_emote(&lobby.room, &m).await?;
+    let x = lobby.xmpp_sees(&m).await.context("matrix → xmpp")?;
+    assert!(body(&x).is_some_and(|b| b.starts_with("/me ")), "{x:?}");
+    let (_, t) = lobby.irc_sees(&m).await.context("matrix → irc")?;
+    assert!(action(&t).is_some(), "IRC should get an ACTION: {t:?}");
+
+    let x_text = unique("waves from xmpp");
+    lobby
+        .xmpp
+        .send_groupchat(&lobby.muc, &format!("/me {x_text}"))?;
+    let e = lobby.matrix_sees(&x_text).await.context("xmpp → matrix")?;
+    assert_eq!(e["content"]["msgtype"], "m.emote");
+    let (_, t) = lobby.irc_sees(&x_text).await.context("xmpp → irc")?;
+    assert!(action(&t).is_some(), "IRC should get an ACTION: {t:?}");
+
+    let i = unique("waves from irc");
+    lobby.irc.action(&lobby.channel, &i)?;
+    let e = lobby.matrix_sees(&i).await.context("irc → matrix")?;
+    assert_eq!(e["content"]["msgtype"], "m.emote");
+    let x = lobby.xmpp_sees(&i).await.context("irc → xmpp")?;
+    assert!(body(&x).is_some_and(|b| b.starts_with("/me ")), "{x:?}");
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Formatting and sanitising.
+
+/// Bold and code cross as each network's own markup; markup of one network is never
+/// active on another (`<script>` from Matrix, literal `<b>` typed on IRC or XMPP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_six_directions_and_sanitised() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // Matrix HTML → XEP-0393 and IRC codes; the script is gone everywhere.
+    let tag = unique("fmtm");
+    lobby
+        .matrix
+        .send_html(
+            &lobby.room,
+            &format!("{tag} strong words"),
+            &format!("{tag} <b>strong</b> words<script>alert(1)</script>"),
+        )
+        .await?;
+    let x = lobby.xmpp_sees(&tag).await.context("matrix → xmpp")?;
+    let xb = body(&x).unwrap_or_default();
+    assert!(xb.contains("*strong*"), "XEP-0393 bold expected: {xb:?}");
+    assert!(!xb.contains("script") && !xb.contains("alert"), "{xb:?}");
+    let (_, t) = lobby.irc_sees(&tag).await.context("matrix → irc")?;
+    assert!(t.contains("\u{2}strong\u{2}"), "IRC bold expected: {t:?}");
+    assert!(!t.contains("alert"), "{t:?}");
+
+    // XEP-0393 → Matrix HTML and IRC codes.
+    let tag = unique("fmtx");
+    lobby
+        .xmpp
+        .send_groupchat(&lobby.muc, &format!("{tag} *loud* and `code`"))?;
+    let e = lobby.matrix_sees(&tag).await.context("xmpp → matrix")?;
+    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.contains("<strong>loud</strong>") || html.contains("<b>loud</b>"),
+        "Matrix bold expected: {e}"
+    );
+    assert!(
+        html.contains("<code>code</code>"),
+        "Matrix code expected: {e}"
+    );
+    let (_, t) = lobby.irc_sees(&tag).await.context("xmpp → irc")?;
+    assert!(t.contains("\u{2}loud\u{2}"), "IRC bold expected: {t:?}");
+
+    // IRC codes → Matrix HTML and XEP-0393; literal markup typed on IRC stays text.
+    let tag = unique("fmti");
+    lobby.irc.privmsg(
+        &lobby.channel,
+        &format!("{tag} \u{2}bold\u{2} and <b>not bold</b> <img src=x onerror=alert(1)>"),
+    )?;
+    let e = lobby.matrix_sees(&tag).await.context("irc → matrix")?;
+    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.contains("<strong>bold</strong>") || html.contains("<b>bold</b>"),
+        "Matrix bold expected: {e}"
+    );
+    assert!(!html.contains("<img") && !html.contains("<b>not"), "{html}");
+    assert!(
+        matrix_body(&e).contains("<b>not bold</b>"),
+        "typed markup stays visible text: {e}"
+    );
+    let x = lobby.xmpp_sees(&tag).await.context("irc → xmpp")?;
+    assert!(
+        body(&x).is_some_and(|b| b.contains("*bold*")),
+        "XEP-0393 bold expected: {x:?}"
+    );
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Edits.
+
+/// A correction on one network replaces the message natively elsewhere; IRC gets the new
+/// text marked as a correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_cross_natively() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // Matrix edit → XMPP correction of the puppet's message, IRC line.
+    let orig = unique("typo frm matrix");
+    let ev = lobby.matrix.send_text(&lobby.room, &orig).await?;
+    let first = lobby.xmpp_sees(&orig).await?;
+    lobby.irc_sees(&orig).await?;
+    let fixed = unique("fixed from matrix");
+    lobby
+        .matrix
+        .send_edit(&lobby.room, &ev, &fixed)
+        .await
+        .context("sending the edit")?;
+    let x = lobby
+        .xmpp_sees(&fixed)
+        .await
+        .context("matrix edit → xmpp")?;
+    let replace = child(&x, "replace", "urn:xmpp:message-correct:0")
+        .context("the XMPP message should be a XEP-0308 correction")?;
+    assert_eq!(replace.attr("id"), first.attr("id"));
+    lobby.irc_sees(&fixed).await.context("matrix edit → irc")?;
+
+    // XMPP correction → Matrix m.replace of the ghost's event.
+    let orig = unique("typo frm xmpp");
+    let id = lobby.xmpp.send_groupchat(&lobby.muc, &orig)?;
+    let m_orig = lobby.matrix_sees(&orig).await?;
+    let fixed = unique("fixed from xmpp");
+    lobby.xmpp.send_correction(&lobby.muc, &id, &fixed)?;
+    let e = lobby
+        .matrix_sees(&fixed)
+        .await
+        .context("xmpp edit → matrix")?;
+    assert_eq!(e["content"]["m.relates_to"]["rel_type"], "m.replace", "{e}");
+    assert_eq!(e["content"]["m.relates_to"]["event_id"], m_orig["event_id"]);
+    let (_, t) = lobby.irc_sees(&fixed).await.context("xmpp edit → irc")?;
+    assert!(t.contains(&fixed));
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Replies.
+
+/// A reply is native where the network has replies and a short quote on IRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // An IRC line, answered on Matrix: XMPP sees a XEP-0461 reply to the IRC puppet's message.
+    let question = unique("question from irc");
+    lobby.irc.privmsg(&lobby.channel, &question)?;
+    let m_q = lobby.matrix_sees(&question).await?;
+    let x_q = lobby.xmpp_sees(&question).await?;
+    let answer = unique("answer from matrix");
+    let q_id = m_q["event_id"].as_str().context("event id")?.to_owned();
+    lobby.matrix.send_reply(&lobby.room, &q_id, &answer).await?;
+    let x = lobby
+        .xmpp_sees(&answer)
+        .await
+        .context("matrix reply → xmpp")?;
+    let reply = child(&x, "reply", "urn:xmpp:reply:0")
+        .context("the XMPP message should be a XEP-0461 reply")?;
+    assert_eq!(reply.attr("id").map(str::to_owned), stanza_id(&x_q));
+    let (_, t) = lobby
+        .irc_sees(&answer)
+        .await
+        .context("matrix reply → irc")?;
+    assert!(t.len() > answer.len(), "IRC gets a quote fallback: {t:?}");
+
+    // An XMPP reply to a Matrix message → Matrix in_reply_to.
+    let hello = unique("hello from matrix");
+    let m_id = lobby.matrix.send_text(&lobby.room, &hello).await?;
+    let x_hello = lobby.xmpp_sees(&hello).await?;
+    let sid = stanza_id(&x_hello).context("stanza-id")?;
+    let from = x_hello.attr("from").context("from")?.to_owned();
+    let reply_text = unique("reply from xmpp");
+    lobby
+        .xmpp
+        .send_reply(&lobby.muc, &sid, &from, &reply_text)?;
+    let e = lobby
+        .matrix_sees(&reply_text)
+        .await
+        .context("xmpp reply → matrix")?;
+    assert_eq!(
+        e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"].as_str(),
+        Some(m_id.as_str()),
+        "{e}"
+    );
+    assert!(
+        !matrix_body(&e).starts_with("> "),
+        "the XMPP fallback quote is stripped: {e}"
+    );
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Redactions.
+
+/// A redaction on Matrix retracts the XMPP copy; a retraction on XMPP redacts the Matrix
+/// copy. IRC has nothing to take back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redactions_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let text = unique("regret from matrix");
+    let ev = lobby.matrix.send_text(&lobby.room, &text).await?;
+    let x = lobby.xmpp_sees(&text).await?;
+    let sid = stanza_id(&x).context("stanza-id")?;
+    lobby.matrix.redact(&lobby.room, &ev, "oops").await?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.children().any(|c| {
+                    c.name() == "retract"
+                        && (c.attr("id") == Some(sid.as_str()) || c.attr("id") == x.attr("id"))
+                })
+        })
+        .await
+        .context("matrix redaction → xmpp retraction")?;
+
+    let text = unique("regret from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
+    let mine = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            from_nick(el) == Some(lobby.xmpp_nick.as_str())
+                && body(el).is_some_and(|b| b.contains(&text))
+        })
+        .await?;
+    let e = lobby.matrix_sees(&text).await?;
+    let my_sid = stanza_id(&mine).context("our stanza-id")?;
+    lobby.xmpp.send_retraction(&lobby.muc, &my_sid)?;
+    let target = e["event_id"].as_str().context("event id")?.to_owned();
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.redaction"
+                && (r["redacts"].as_str() == Some(target.as_str())
+                    || r["content"]["redacts"].as_str() == Some(target.as_str()))
+        })
+        .await
+        .context("xmpp retraction → matrix redaction")?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Reactions.
+
+/// Reactions are native on Matrix and XMPP, a short line on IRC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let text = unique("react to me");
+    lobby.irc.privmsg(&lobby.channel, &text)?;
+    let e = lobby.matrix_sees(&text).await?;
+    let x = lobby.xmpp_sees(&text).await?;
+    let sid = stanza_id(&x).context("stanza-id")?;
+    let ev = e["event_id"].as_str().context("event id")?.to_owned();
+    lobby.matrix.react(&lobby.room, &ev, "👍").await?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            child(el, "reactions", "urn:xmpp:reactions:0").is_some_and(|r| {
+                r.attr("id") == Some(sid.as_str()) && r.children().any(|c| c.text() == "👍")
+            })
+        })
+        .await
+        .context("matrix reaction → xmpp")?;
+    lobby
+        .irc_sees("👍")
+        .await
+        .context("matrix reaction → irc")?;
+
+    lobby.xmpp.send_reaction(&lobby.muc, &sid, &["🎉"])?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.reaction"
+                && r["content"]["m.relates_to"]["event_id"].as_str() == Some(ev.as_str())
+                && r["content"]["m.relates_to"]["key"] == "🎉"
+        })
+        .await
+        .context("xmpp reaction → matrix")?;
+    lobby.irc_sees("🎉").await.context("xmpp reaction → irc")?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Attachments.
+
+/// A Matrix image reaches XMPP as OOB and IRC as a link through the gateway's media proxy,
+/// and the link serves the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_cross_as_links() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let bytes = b"\x89PNG\r\n\x1a\nnot really a png".to_vec();
+    let name = format!("{}.png", unique("pic"));
+    let mxc = lobby
+        .matrix
+        .upload(bytes.clone(), "image/png", &name)
+        .await?;
+    lobby.matrix.send_image(&lobby.room, &mxc, &name).await?;
+    let x = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            child(el, "x", "jabber:x:oob").is_some() && body(el).is_some_and(|b| b.contains("http"))
+        })
+        .await
+        .context("matrix image → xmpp oob")?;
+    let url = child(&x, "x", "jabber:x:oob")
+        .and_then(|o| o.children().find(|c| c.name() == "url"))
+        .map(|u| u.text())
+        .context("oob url")?;
+    let got = reqwest::get(&url).await?.bytes().await?;
+    assert_eq!(got.as_ref(), bytes.as_slice(), "the proxy serves the file");
+    let (_, t) = lobby.irc_sees("http").await.context("matrix image → irc")?;
+    assert!(t.contains("http://"), "{t:?}");
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Topic and membership.
+
+/// A topic set on IRC becomes the Matrix topic and the MUC subject; an IRC user leaving
+/// makes their ghost and occupant leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_and_membership_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let hello = unique("present");
+    lobby.irc.privmsg(&lobby.channel, &hello)?;
+    let e = lobby.matrix_sees(&hello).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let x = lobby.xmpp_sees(&hello).await?;
+    let occupant = x.attr("from").context("from")?.to_owned();
+
+    let topic = unique("the topic");
+    lobby.irc.set_topic(&lobby.channel, &topic)?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.topic" && r["content"]["topic"].as_str() == Some(topic.as_str())
+        })
+        .await
+        .context("irc topic → matrix")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.children()
+                .any(|c| c.name() == "subject" && c.text() == topic)
+        })
+        .await
+        .context("irc topic → xmpp subject")?;
+
+    lobby.irc.part(&lobby.channel, "bye")?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"].as_str() == Some(ghost.as_str())
+                && r["content"]["membership"] == "leave"
+        })
+        .await
+        .context("irc part → matrix ghost leaves")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("type") == Some("unavailable")
+                && el.attr("from") == Some(occupant.as_str())
+        })
+        .await
+        .context("irc part → xmpp occupant leaves")?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Durability of the message map.
+
+/// Edits and redactions of messages sent before a gateway restart still find their copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_after_restart() -> anyhow::Result<()> {
+    let mut lobby = Lobby::start().await?;
+    let orig = unique("before restart");
+    let ev = lobby.matrix.send_text(&lobby.room, &orig).await?;
+    let first = lobby.xmpp_sees(&orig).await?;
+    lobby.irc_sees(&orig).await?;
+    lobby.stop_gateway().await?;
+    lobby.start_gateway().await?;
+    let fixed = unique("after restart");
+    lobby.matrix.send_edit(&lobby.room, &ev, &fixed).await?;
+    let x = lobby
+        .xmpp_sees(&fixed)
+        .await
+        .context("edit after restart → xmpp")?;
+    let replace = child(&x, "replace", "urn:xmpp:message-correct:0")
+        .context("still a correction after the restart")?;
+    assert_eq!(replace.attr("id"), first.attr("id"));
+    lobby.irc_sees(&fixed).await?;
     Ok(())
 }
