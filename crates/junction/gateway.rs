@@ -12,6 +12,7 @@
 //! adapter that waits (Matrix answers its transaction after that) and handed to the target
 //! adapters. Undelivered outbox rows are handed out again at start, in order.
 
+use crate::admin::Admin;
 use crate::config::Membership;
 use crate::metrics::{Health, Metrics, NetworkState};
 use junction_core::router::Router;
@@ -132,6 +133,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Per-network state for `/health`.
     pub health: Arc<Health>,
+    /// Admin commands and bans.
+    pub admin: Admin,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store.
@@ -142,7 +145,25 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         membership,
         metrics,
         health,
+        mut admin,
     } = parts;
+    let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
+    let seen = health.clone();
+    admin.set_status_source(Box::new(move || {
+        networks
+            .iter()
+            .map(|n| {
+                let state = match seen.get(n) {
+                    Some(s) => match s.reason() {
+                        Some(r) => format!("{} ({r})", s.name()),
+                        None => s.name().to_owned(),
+                    },
+                    None => "unknown".to_owned(),
+                };
+                (n.clone(), state)
+            })
+            .collect()
+    }));
     // Each adapter's connection state feeds /health.
     for (network, mut rx) in std::mem::take(&mut hub.statuses) {
         let health = health.clone();
@@ -181,6 +202,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         sent_at,
         summariser: Summariser::default(),
         membership,
+        admin,
     };
     state.update_depths(&hub);
     // Only adapters hold senders now: the loop ends when all are gone.
@@ -225,6 +247,7 @@ struct Loop {
     sent_at: HashMap<(NetworkId, u64), Instant>,
     summariser: Summariser,
     membership: Membership,
+    admin: Admin,
 }
 
 impl Loop {
@@ -233,6 +256,16 @@ impl Loop {
         let mut out: Vec<Delivery> = Vec::new();
         let mut acks = Vec::new();
         for Inbound { event, ack } in batch.drain(..) {
+            if self
+                .admin
+                .is_banned(self.store.as_ref(), &event.sender.user)
+            {
+                tracing::info!(event = %event.id, sender = %event.sender.user, "A banned user's event is not relayed.");
+                if let Some(a) = ack {
+                    let _ = a.send(Ok(()));
+                }
+                continue;
+            }
             if !self.summariser.pass(self.membership, &event) {
                 if let Some(a) = ack {
                     let _ = a.send(Ok(()));
@@ -333,12 +366,35 @@ impl Loop {
         }
     }
 
-    /// Answers one admin command.
+    /// Answers one admin command: runs it, makes what it recorded durable, hands out its
+    /// announcements and enforcements, and tells the adapters when the linked rooms changed.
     fn command(&mut self, cmd: Command, hub: &Hub) {
-        let _ = hub;
-        let _ = cmd
-            .reply
-            .send("Admin commands are not available in this build.".to_owned());
+        let outcome = self.admin.handle(
+            &cmd.from,
+            &cmd.display_name,
+            &cmd.text,
+            &mut self.router,
+            self.store.as_ref(),
+        );
+        let reply = match self.store.flush() {
+            Ok(()) => {
+                self.dispatch(outcome.deliveries, hub);
+                outcome.reply
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Could not flush the store after a command.");
+                format!(
+                    "{}\n(warning: the store could not be flushed: {e})",
+                    outcome.reply
+                )
+            }
+        };
+        if outcome.links_changed {
+            for (network, tx) in &hub.rooms {
+                tx.send_replace(self.router.rooms_on(network));
+            }
+        }
+        let _ = cmd.reply.send(reply);
     }
 
     fn update_depth(&self, network: &NetworkId) {

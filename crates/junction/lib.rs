@@ -121,6 +121,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         membership: config.gateway.membership,
         metrics,
         health,
+        admin: admin::Admin::new(&config),
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();
