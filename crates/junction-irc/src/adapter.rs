@@ -1,21 +1,32 @@
 //! The adapter: one bot connection per network that joins the linked channels, reads their
-//! traffic, and sends every delivery in outbox order.
+//! traffic (the only connection that does), takes admin commands, and sends deliveries; in
+//! `puppet` mode, one more connection per remote user who speaks (see [`crate::puppets`]).
+//!
+//! Deliveries are routed in outbox order: to a puppet (messages, and the Join/Leave/nick
+//! changes of a user who has one), or to the bot (relay mode, the gateway's own notices and
+//! enforcement, summaries of kicks, topics, and whatever a puppet could not say). Puppets are
+//! created lazily and connect in parallel, up to `max_puppets`; beyond that, or while a
+//! user's puppet can not connect, their messages are relayed by the bot as `<alice[m]> text`.
+//! Lines of one channel keep their order across connections: a delivery waits until every
+//! earlier delivery of its channel that went to another connection is written.
 
 use crate::bucket::Bucket;
 use crate::config::{IrcConfig, IrcMode};
 use crate::isupport::ISupport;
+use crate::puppets::{self, Action, Job, Report};
 use crate::session::{self, Registration, Session};
-use crate::{commands, inbound, nick, outbound};
+use crate::{commands, inbound, lookup, nick, outbound};
 use irc_proto::{Command, Response};
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, Inbound, Markup,
-    MessageId, NetworkStatus,
+    Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, EventKind, Inbound,
+    Markup, MessageId, NetworkStatus, UserRef,
 };
 use junction_store::Store;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// The IRC adapter of one network.
 pub struct IrcAdapter {
@@ -37,19 +48,47 @@ enum End {
     Lost(String),
 }
 
-/// A delivery being sent. It is answered only once the server answered a PING sent after its
-/// last line: TCP keeps order, so the server then has every line (a write into a connection
-/// the server already closed succeeds locally, so a sent line alone proves nothing). If the
-/// connection drops before that, the whole delivery is sent again after reconnect: a line may
-/// then appear twice, but none is lost.
+/// How the bot renders a delivery.
+#[derive(Debug, Clone)]
+enum BotKind {
+    /// As `<alice[m]> text` (relay mode, or a puppet that could not speak).
+    Relay,
+    /// In its own words (the gateway's notices, membership and kick summaries).
+    Own,
+    /// A gateway kick/ban of a user of this network.
+    Enforce,
+    /// Set the topic; a notice when the bot may not.
+    Topic,
+}
+
+/// Where a delivery goes.
+enum Plan {
+    Bot(BotKind),
+    Puppet(UserRef, Action),
+    Answer(Result<Vec<MessageId>, String>),
+}
+
+/// A delivery being sent by the bot. It is answered only once the server answered a PING sent
+/// after its last line: TCP keeps order, so the server then has every line (a write into a
+/// connection the server already closed succeeds locally, so a sent line alone proves
+/// nothing). If the connection drops before that, the whole delivery is sent again after
+/// reconnect: a line may then appear twice, but none is lost.
 struct Pending {
     delivery: Delivery,
+    kind: BotKind,
+    /// Counted in the channel gate until written.
+    gated: bool,
+    /// Rendered once connected (the nick and line length are needed).
     lines: Vec<String>,
+    /// Lines of the message itself (their ids answer the delivery).
+    said: usize,
+    /// The nick shown as the sender, for quotes.
+    shown: String,
     sent: usize,
     ping_sent: bool,
-    /// An admin enforcement (KICK/MODE +b): a refusal from the server before the PING's
-    /// answer makes it fail.
-    enforce: bool,
+    /// Sent instead when the server refuses `lines` (a topic the bot may not set).
+    fallback: Vec<String>,
+    /// A refusal from the server before the PING's answer (enforcement fails).
     denied: Option<String>,
 }
 
@@ -59,7 +98,8 @@ impl Pending {
     }
 }
 
-/// Channel membership as the bot sees it: one shared roster per channel (folded names).
+/// Channel membership as the bot sees it: one shared roster per channel (folded names). The
+/// puppets keep none.
 #[derive(Default)]
 struct Roster {
     /// folded channel → room as written in the link
@@ -73,6 +113,36 @@ struct Roster {
 /// A command's answer on its way back to the person who typed it.
 type Reply = (String, String);
 
+/// A running (or connecting) puppet.
+struct Handle {
+    gen: u64,
+    jobs: mpsc::UnboundedSender<Job>,
+    nick: Option<String>,
+}
+
+/// How long a user whose puppet could not connect is relayed by the bot before trying again.
+const PUPPET_COOLDOWN: Duration = Duration::from_secs(300);
+
+/// The adapter's state across bot reconnects.
+struct State {
+    pending: Option<Pending>,
+    bot_queue: VecDeque<(Delivery, BotKind, bool)>,
+    /// Deliveries not yet routed, in outbox order.
+    held: VecDeque<Delivery>,
+    /// folded channel → the connection (None: the bot) with unwritten deliveries there, and
+    /// how many.
+    unwritten: HashMap<String, (Option<UserRef>, usize)>,
+    puppets: HashMap<UserRef, Handle>,
+    cooldown: HashMap<UserRef, Instant>,
+    /// folded nick → the user behind one of our connected puppets.
+    live: BTreeMap<String, UserRef>,
+    next_gen: u64,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    reply_tx: mpsc::UnboundedSender<Reply>,
+    replies: mpsc::UnboundedReceiver<Reply>,
+}
+
 impl IrcAdapter {
     /// An adapter for `config`, keeping its puppet nicks in `store`.
     pub fn new(config: IrcConfig, store: Arc<dyn Store>) -> Self {
@@ -85,38 +155,37 @@ impl IrcAdapter {
             suffix: String::new(),
             password: self.config.password.clone(),
             sasl: self.config.sasl.clone(),
+            caps: true,
+            realname: "Junction gateway".into(),
+            nicklen: 0,
         }
     }
 
     /// The nick a remote user is shown with; remembered in the store so it stays the same.
-    fn nick_for(&self, cx: &AdapterContext, d: &Delivery, isupport: &ISupport) -> String {
-        let user = &d.event.sender.user;
+    fn nick_for(
+        &self,
+        cx: &AdapterContext,
+        sender: &junction_core::Sender,
+        nicklen: usize,
+    ) -> String {
+        let user = &sender.user;
         match self.store.puppet(&cx.network, user) {
             Ok(Some(n)) => return n,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "puppet nick lookup failed"),
         }
-        let name = d
-            .event
-            .sender
+        let name = sender
             .display_name
             .split(['@', ':'])
             .find(|s| !s.is_empty())
             .unwrap_or("user");
-        let mut candidate = nick::sanitise(
-            name,
-            nick::suffix_for(user.network.0.as_str()),
-            isupport.nicklen,
-        );
+        let suffix = nick::suffix_for(user.network.0.as_str());
+        let mut candidate = nick::sanitise(name, suffix, nicklen);
         // Another remote user may hold this nick already: add `_` until it is free.
         for _ in 0..16 {
             match self.store.puppet_owner(&cx.network, &candidate) {
                 Ok(Some(owner)) if &owner != user => {
-                    candidate = nick::next_candidate(
-                        &candidate,
-                        nick::suffix_for(user.network.0.as_str()),
-                        isupport.nicklen,
-                    );
+                    candidate = nick::next_candidate(&candidate, suffix, nicklen);
                 }
                 _ => break,
             }
@@ -127,14 +196,312 @@ impl IrcAdapter {
         candidate
     }
 
-    async fn serve(
+    /// Decides where a delivery goes.
+    fn plan(&self, cx: &AdapterContext, st: &State, d: &Delivery) -> Plan {
+        let sender = &d.event.sender.user;
+        let has_puppet = |u: &UserRef| st.puppets.contains_key(u);
+        if sender.network.is_gateway() {
+            return match &d.event.kind {
+                EventKind::Kick { target, reason } | EventKind::Ban { target, reason } => {
+                    if target.user.network == cx.network {
+                        Plan::Bot(BotKind::Enforce)
+                    } else if has_puppet(&target.user) {
+                        Plan::Puppet(target.user.clone(), Action::Part(reason.clone()))
+                    } else {
+                        Plan::Answer(Ok(Vec::new()))
+                    }
+                }
+                _ => Plan::Bot(BotKind::Own),
+            };
+        }
+        let puppet_mode = self.config.mode == IrcMode::Puppet;
+        let live = puppet_mode && has_puppet(sender);
+        match &d.event.kind {
+            EventKind::Redact { .. } | EventKind::Unreact { .. } => Plan::Answer(Ok(Vec::new())),
+            EventKind::Message(_) | EventKind::Edit { .. } | EventKind::React { .. } => {
+                let may_create = puppet_mode
+                    && st.puppets.len() < self.config.max_puppets
+                    && st.cooldown.get(sender).is_none_or(|t| *t <= Instant::now());
+                if live || may_create {
+                    Plan::Puppet(sender.clone(), Action::Speak)
+                } else {
+                    Plan::Bot(BotKind::Relay)
+                }
+            }
+            EventKind::Join if live => Plan::Puppet(sender.clone(), Action::Join),
+            EventKind::Leave { reason, quit } if live => Plan::Puppet(
+                sender.clone(),
+                if *quit {
+                    Action::Quit(reason.clone())
+                } else {
+                    Action::Part(reason.clone())
+                },
+            ),
+            EventKind::NickChange { new_name } if live => {
+                Plan::Puppet(sender.clone(), Action::Nick(new_name.clone()))
+            }
+            EventKind::Topic { .. } => Plan::Bot(BotKind::Topic),
+            _ => Plan::Bot(BotKind::Own),
+        }
+    }
+
+    /// Starts the puppet of `sender` unless it runs.
+    fn ensure_puppet(
         &self,
-        mut s: Session,
-        cx: &mut AdapterContext,
-        pending: &mut Option<Pending>,
-        replies: &mut mpsc::UnboundedReceiver<Reply>,
-        reply_tx: &mpsc::UnboundedSender<Reply>,
-    ) -> End {
+        cx: &AdapterContext,
+        st: &mut State,
+        sender: &junction_core::Sender,
+        isupport: &ISupport,
+    ) {
+        if st.puppets.contains_key(&sender.user) {
+            return;
+        }
+        let nick = self.nick_for(cx, sender, isupport.nicklen);
+        st.next_gen += 1;
+        let spec = puppets::Spec {
+            user: sender.user.clone(),
+            gen: st.next_gen,
+            nick,
+            suffix: nick::suffix_for(sender.user.network.0.as_str()),
+            realname: format!(
+                "{} ({} {})",
+                sender.display_name, sender.user.network, sender.user.user
+            ),
+            server: self.config.server.clone(),
+            password: self.config.password.clone(),
+            idle: self.config.puppet_idle_timeout,
+            burst: self.config.burst,
+            rate: self.config.lines_per_second,
+            max_lines: self.config.max_lines,
+            nicklen: isupport.nicklen,
+        };
+        let shared = puppets::Shared {
+            network: cx.network.clone(),
+            store: self.store.clone(),
+            delivered: cx.delivered.clone(),
+            reports: st.reports_tx.clone(),
+            shutdown: cx.shutdown.clone(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(puppets::run(spec, shared, rx));
+        st.puppets.insert(
+            sender.user.clone(),
+            Handle {
+                gen: st.next_gen,
+                jobs: tx,
+                nick: None,
+            },
+        );
+    }
+
+    /// Routes held deliveries as far as channel order allows.
+    fn pump(&self, cx: &AdapterContext, st: &mut State, isupport: &ISupport) {
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut i = 0;
+        while i < st.held.len() {
+            let chan = isupport.fold(&st.held[i].target.room.0);
+            if blocked.contains(&chan) {
+                i += 1;
+                continue;
+            }
+            let plan = self.plan(cx, st, &st.held[i]);
+            let key = match &plan {
+                Plan::Bot(_) => Some(None),
+                Plan::Puppet(u, _) => Some(Some(u.clone())),
+                Plan::Answer(_) => None,
+            };
+            let free = match (&key, st.unwritten.get(&chan)) {
+                (None, _) | (_, None) => true,
+                (Some(k), Some((owner, _))) => k == owner,
+            };
+            if !free {
+                // Let its puppet connect meanwhile, in parallel with the others.
+                if let Plan::Puppet(u, Action::Speak) = &plan {
+                    if u == &st.held[i].event.sender.user {
+                        let sender = st.held[i].event.sender.clone();
+                        self.ensure_puppet(cx, st, &sender, isupport);
+                    }
+                }
+                blocked.insert(chan);
+                i += 1;
+                continue;
+            }
+            let Some(d) = st.held.remove(i) else { break };
+            if let Some(k) = key {
+                let e = st.unwritten.entry(chan).or_insert((k, 0));
+                e.1 += 1;
+            }
+            match plan {
+                Plan::Answer(outcome) => answer(cx, &d, outcome),
+                Plan::Bot(kind) => st.bot_queue.push_back((d, kind, true)),
+                Plan::Puppet(user, action) => {
+                    if action == Action::Speak {
+                        let sender = d.event.sender.clone();
+                        self.ensure_puppet(cx, st, &sender, isupport);
+                    }
+                    let job = Job {
+                        delivery: d,
+                        action,
+                    };
+                    let refused = match st.puppets.get(&user) {
+                        Some(h) => h.jobs.send(job).err().map(|e| e.0),
+                        None => Some(job),
+                    };
+                    // The puppet is gone: the job is done another way.
+                    if let Some(job) = refused {
+                        let room = job.delivery.target.room.0.clone();
+                        written(st, isupport, &room, &Some(user.clone()));
+                        st.puppets.remove(&user);
+                        self.orphan(cx, st, job);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A puppet job nobody will do: messages go through the bot, the rest is done.
+    fn orphan(&self, cx: &AdapterContext, st: &mut State, job: Job) {
+        if job.action == Action::Speak {
+            st.bot_queue
+                .push_back((job.delivery, BotKind::Relay, false));
+        } else {
+            answer(cx, &job.delivery, Ok(Vec::new()));
+        }
+    }
+
+    fn on_report(&self, cx: &AdapterContext, st: &mut State, isupport: &ISupport, r: Report) {
+        match r {
+            Report::Up { user, gen, nick } | Report::Nick { user, gen, nick } => {
+                let Some(h) = st.puppets.get_mut(&user).filter(|h| h.gen == gen) else {
+                    return;
+                };
+                if let Some(old) = h.nick.replace(nick.clone()) {
+                    st.live.remove(&isupport.fold(&old));
+                }
+                st.live.insert(isupport.fold(&nick), user.clone());
+                if let Err(e) = self.store.set_puppet(&cx.network, &user, &nick) {
+                    tracing::warn!(error = %e, "puppet nick not stored");
+                }
+            }
+            Report::Written { user, channel } => {
+                written(st, isupport, &channel, &Some(user));
+            }
+            Report::Reroute { delivery } => {
+                st.bot_queue.push_back((*delivery, BotKind::Relay, false));
+            }
+            Report::Exit {
+                user,
+                gen,
+                leftovers,
+                failed,
+            } => {
+                if st.puppets.get(&user).is_some_and(|h| h.gen == gen) {
+                    if let Some(h) = st.puppets.remove(&user) {
+                        if let Some(n) = h.nick {
+                            st.live.remove(&isupport.fold(&n));
+                        }
+                    }
+                }
+                if failed.is_some() {
+                    st.cooldown
+                        .insert(user.clone(), Instant::now() + PUPPET_COOLDOWN);
+                }
+                for (job, reported) in leftovers {
+                    if !reported {
+                        written(
+                            st,
+                            isupport,
+                            &job.delivery.target.room.0,
+                            &Some(user.clone()),
+                        );
+                    }
+                    self.orphan(cx, st, job);
+                }
+            }
+        }
+        st.cooldown.retain(|_, t| *t > Instant::now());
+    }
+
+    /// Renders a delivery for the bot.
+    fn bot_pending(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        roster: &Roster,
+        (d, kind, gated): (Delivery, BotKind, bool),
+    ) -> Pending {
+        let mut fallback = Vec::new();
+        let mut shown = s.nick.clone();
+        let lines = match &kind {
+            BotKind::Enforce => {
+                let hosts = &roster.hosts;
+                let isupport = &s.isupport;
+                outbound::enforcement(&d, &cx.network, &|n| hosts.get(&isupport.fold(n)).cloned())
+                    .unwrap_or_default()
+            }
+            BotKind::Topic => {
+                fallback = self.render(cx, s, &d, None);
+                match &d.event.kind {
+                    EventKind::Topic { text } => {
+                        let text = outbound::snippet(text);
+                        vec![format!(
+                            "TOPIC {} :{}",
+                            d.target.room.0,
+                            text.trim_end_matches('…')
+                        )]
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            BotKind::Own => self.render(cx, s, &d, None),
+            BotKind::Relay => {
+                shown = self.nick_for(cx, &d.event.sender, s.isupport.nicklen);
+                self.render(cx, s, &d, Some(&shown))
+            }
+        };
+        let said = match kind {
+            BotKind::Relay | BotKind::Own => lines.len(),
+            _ => 0,
+        };
+        Pending {
+            delivery: d,
+            kind,
+            gated,
+            lines,
+            said,
+            shown,
+            sent: 0,
+            ping_sent: false,
+            fallback,
+            denied: None,
+        }
+    }
+
+    fn render(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        d: &Delivery,
+        relay_as: Option<&str>,
+    ) -> Vec<String> {
+        let store = self.store.as_ref();
+        let network = &cx.network;
+        let nick_of = |u: &UserRef| lookup::nick_of(store, network, u);
+        outbound::render(
+            d,
+            &outbound::Render {
+                channel: &d.target.room.0,
+                sender_nick: &s.nick,
+                relay_as,
+                linelen: s.isupport.linelen,
+                max_lines: self.config.max_lines,
+                quoted: lookup::quoted(store, network, d),
+                nick_of: &nick_of,
+            },
+        )
+    }
+
+    async fn serve(&self, mut s: Session, cx: &mut AdapterContext, st: &mut State) -> End {
         let mut bucket = Bucket::new(self.config.burst, self.config.lines_per_second);
         let mut roster = Roster::default();
         let rooms = cx.rooms.borrow_and_update().clone();
@@ -148,13 +515,19 @@ impl IrcAdapter {
         }
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
         cx.status.send_replace(NetworkStatus::Connected);
-        if let Some(p) = pending.as_mut() {
-            p.sent = 0;
-            p.ping_sent = false;
-            p.denied = None;
+        if let Some(p) = st.pending.take() {
+            // Rendered again: the nick or the line length may differ on this connection.
+            let again = self.bot_pending(cx, &s, &roster, (p.delivery, p.kind, p.gated));
+            st.pending = Some(again);
         }
+        self.pump(cx, st, &s.isupport);
         loop {
-            if let Some(p) = pending.as_mut() {
+            if st.pending.is_none() {
+                if let Some(next) = st.bot_queue.pop_front() {
+                    st.pending = Some(self.bot_pending(cx, &s, &roster, next));
+                }
+            }
+            if let Some(p) = st.pending.as_mut() {
                 while p.sent < p.lines.len() {
                     bucket.wait().await;
                     if let Err(e) = s.writer.send(&p.lines[p.sent]).await {
@@ -167,6 +540,12 @@ impl IrcAdapter {
                         return End::Lost(e.to_string());
                     }
                     p.ping_sent = true;
+                    if p.gated {
+                        p.gated = false;
+                        let room = p.delivery.target.room.0.clone();
+                        written(st, &s.isupport, &room, &None);
+                        self.pump(cx, st, &s.isupport);
+                    }
                 }
             }
             tokio::select! {
@@ -183,35 +562,41 @@ impl IrcAdapter {
                     };
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);
-                        if pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
-                            if let Some(p) = pending.take() {
-                                let outcome = match p.denied {
-                                    Some(why) => Err(why),
-                                    None if p.enforce => Ok(Vec::new()),
-                                    None => Ok((0..p.lines.len())
-                                        .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
-                                        .collect()),
-                                };
-                                let _ = cx.delivered.send(Delivered {
-                                    outbox_id: p.delivery.outbox_id,
-                                    target: p.delivery.target.clone(),
-                                    event: p.delivery.event.id.clone(),
-                                    outcome,
-                                });
+                        if st.pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
+                            if let Some(mut p) = st.pending.take() {
+                                if p.denied.is_some() && !p.fallback.is_empty() {
+                                    // Not allowed: say it instead.
+                                    p.lines = std::mem::take(&mut p.fallback);
+                                    p.said = 0;
+                                    p.sent = 0;
+                                    p.ping_sent = false;
+                                    p.denied = None;
+                                    st.pending = Some(p);
+                                    continue;
+                                }
+                                self.finish(cx, p);
                             }
                         }
                         continue;
                     }
-                    if let Some(p) = pending.as_mut().filter(|p| p.enforce && p.ping_sent) {
+                    if let Some(p) = st.pending.as_mut().filter(|p| p.ping_sent) {
                         if let Some(why) = refusal(&msg) {
-                            p.denied.get_or_insert(why);
+                            if matches!(p.kind, BotKind::Enforce | BotKind::Topic) {
+                                p.denied.get_or_insert(why);
+                            }
                         }
                     }
-                    if let Err(e) = self.on_message(&mut s, cx, &mut roster, msg, reply_tx).await {
+                    if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, msg).await {
                         return End::Lost(e);
                     }
                 }
-                reply = replies.recv() => {
+                report = st.reports.recv() => {
+                    if let Some(r) = report {
+                        self.on_report(cx, st, &s.isupport, r);
+                        self.pump(cx, st, &s.isupport);
+                    }
+                }
+                reply = st.replies.recv() => {
                     let Some((to, text)) = reply else { continue };
                     let budget = crate::split::budget(s.isupport.linelen, &s.nick, &to);
                     for line in commands::reply_lines(&to, &text, budget) {
@@ -246,46 +631,41 @@ impl IrcAdapter {
                         }
                     }
                 }
-                d = cx.deliveries.recv(), if pending.is_none() => {
+                d = cx.deliveries.recv() => {
                     let Some(d) = d else {
                         // The gateway is gone; nothing more will come.
                         return End::Shutdown;
                     };
-                    let hosts = &roster.hosts;
-                    let isupport = &s.isupport;
-                    if let Some(lines) = outbound::enforcement(&d, &cx.network, &|n| hosts.get(&isupport.fold(n)).cloned()) {
-                        *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false, enforce: true, denied: None });
-                        continue;
-                    }
-                    let from_gateway = d.event.sender.user.network.is_gateway();
-                    let relay_nick = if from_gateway { String::new() } else { self.nick_for(cx, &d, &s.isupport) };
-                    let relay = match self.config.mode {
-                        // The gateway's own notices are the bot's words.
-                        _ if from_gateway => None,
-                        // Puppet connections are not available yet: puppet mode falls back
-                        // to relaying through the bot.
-                        IrcMode::Relay | IrcMode::Puppet => Some(relay_nick.as_str()),
-                    };
-                    let lines = outbound::render(&d, &outbound::Render {
-                        channel: &d.target.room.0,
-                        sender_nick: &s.nick,
-                        relay_as: relay,
-                        linelen: s.isupport.linelen,
-                        max_lines: self.config.max_lines,
-                    });
-                    *pending = Some(Pending { delivery: d, lines, sent: 0, ping_sent: false, enforce: false, denied: None });
+                    st.held.push_back(d);
+                    self.pump(cx, st, &s.isupport);
                 }
             }
         }
+    }
+
+    /// Answers a bot delivery whose lines are proven sent.
+    fn finish(&self, cx: &AdapterContext, p: Pending) {
+        let outcome = match p.denied {
+            Some(why) => Err(why),
+            None => Ok((0..p.said)
+                .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
+                .collect::<Vec<_>>()),
+        };
+        if let (Ok(ids), Some(text)) = (&outcome, lookup::quotable(&p.delivery)) {
+            if let Some(first) = ids.first() {
+                lookup::remember(self.store.as_ref(), &cx.network, first, &p.shown, &text);
+            }
+        }
+        answer(cx, &p.delivery, outcome);
     }
 
     async fn on_message(
         &self,
         s: &mut Session,
         cx: &AdapterContext,
+        st: &State,
         roster: &mut Roster,
         msg: irc_proto::Message,
-        reply_tx: &mpsc::UnboundedSender<Reply>,
     ) -> Result<(), String> {
         let nick_of = msg.source_nickname().map(|n| s.isupport.fold(n));
         if let (Some(n), Some(irc_proto::Prefix::Nickname(_, _, host))) = (&nick_of, &msg.prefix) {
@@ -313,10 +693,30 @@ impl IrcAdapter {
                 }
                 return Ok(());
             }
+            Command::Response(
+                r @ (Response::ERR_BANNEDFROMCHAN
+                | Response::ERR_INVITEONLYCHAN
+                | Response::ERR_CHANNELISFULL
+                | Response::ERR_BADCHANNELKEY
+                | Response::ERR_NOSUCHCHANNEL
+                | Response::ERR_TOOMANYCHANNELS),
+                args,
+            ) => {
+                let chan = args.get(1).cloned().unwrap_or_default();
+                if roster.rooms.contains_key(&s.isupport.fold(&chan)) {
+                    tracing::warn!(network = %cx.network, channel = %chan, code = ?r, "IRC bot could not join");
+                    cx.status
+                        .send_replace(NetworkStatus::Degraded(format!("could not join {chan}")));
+                }
+                return Ok(());
+            }
             Command::PRIVMSG(target, text)
                 if s.isupport.fold(target) == s.isupport.fold(&s.nick) =>
             {
-                self.command(cx, &msg, text, reply_tx);
+                let from_puppet = nick_of.as_ref().is_some_and(|n| st.live.contains_key(n));
+                if !from_puppet {
+                    self.command(cx, &msg, text, &st.reply_tx);
+                }
                 return Ok(());
             }
             _ => {}
@@ -326,6 +726,8 @@ impl IrcAdapter {
             let isupport = &s.isupport;
             let rooms = &roster.rooms;
             let members = &roster.members;
+            let live = &st.live;
+            let network = &cx.network;
             inbound::map(
                 &cx.network,
                 &msg,
@@ -339,13 +741,28 @@ impl IrcAdapter {
                         .collect()
                 },
                 &|n| {
-                    isupport.fold(n) == me
+                    let n = isupport.fold(n);
+                    n == me
+                        || live.contains_key(&n)
                         || self
                             .store
-                            .puppet_owner(&cx.network, n)
+                            .puppet_owner(network, &n)
                             .ok()
                             .flatten()
                             .is_some()
+                },
+                &|n| {
+                    let folded = isupport.fold(n);
+                    if let Some(u) = live.get(&folded) {
+                        return Some(u.clone());
+                    }
+                    if let Ok(Some(u)) = self.store.puppet_owner(network, n) {
+                        return Some(u);
+                    }
+                    members
+                        .values()
+                        .any(|m| m.contains(&folded))
+                        .then(|| UserRef::new(network.clone(), n))
                 },
             )
         };
@@ -393,18 +810,24 @@ impl IrcAdapter {
             }
         }
         for e in events {
+            if let EventKind::Message(m) = &e.kind {
+                lookup::remember(
+                    self.store.as_ref(),
+                    &cx.network,
+                    &e.remote_id,
+                    &e.sender.display_name,
+                    &m.body.to_plain(),
+                );
+            }
             if cx.inbound.send(Inbound::new(e)).await.is_err() {
                 tracing::debug!("gateway gone; inbound event not passed on");
             }
         }
         Ok(())
     }
-}
 
-impl IrcAdapter {
-    /// A private message to the bot: a command for the gateway, unless it comes from one of
-    /// our own puppets. The answer is awaited in its own task (the connection never waits)
-    /// and comes back on `reply_tx`.
+    /// A private message to the bot: a command for the gateway. The answer is awaited in its
+    /// own task (the connection never waits) and comes back on `reply_tx`.
     fn command(
         &self,
         cx: &AdapterContext,
@@ -418,15 +841,6 @@ impl IrcAdapter {
         let Some(text) = commands::command_text(text) else {
             return;
         };
-        if self
-            .store
-            .puppet_owner(&cx.network, nick)
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            return;
-        }
         let from = commands::identities(&cx.network, msg);
         if from.is_empty() {
             return;
@@ -456,10 +870,32 @@ impl IrcAdapter {
     }
 }
 
+/// One delivery of `channel` routed to `owner` is written: the gate opens when none is left.
+fn written(st: &mut State, isupport: &ISupport, channel: &str, owner: &Option<UserRef>) {
+    let chan = isupport.fold(channel);
+    if let Some((o, n)) = st.unwritten.get_mut(&chan) {
+        if o == owner {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.unwritten.remove(&chan);
+            }
+        }
+    }
+}
+
+fn answer(cx: &AdapterContext, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
+    let _ = cx.delivered.send(Delivered {
+        outbox_id: d.outbox_id,
+        target: d.target.clone(),
+        event: d.event.id.clone(),
+        outcome,
+    });
+}
+
 /// How long a command may take before its sender is told there was no answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The server refusing a KICK/MODE the bot sent: not an operator, no such nick...
+/// The server refusing a KICK/MODE/TOPIC the bot sent: not an operator, no such nick...
 fn refusal(msg: &irc_proto::Message) -> Option<String> {
     let Command::Response(r, args) = &msg.command else {
         return None;
@@ -490,9 +926,23 @@ impl Adapter for IrcAdapter {
     }
 
     async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
-        let mut pending: Option<Pending> = None;
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (reply_tx, replies) = mpsc::unbounded_channel();
+        let mut st = State {
+            pending: None,
+            bot_queue: VecDeque::new(),
+            held: VecDeque::new(),
+            unwritten: HashMap::new(),
+            puppets: HashMap::new(),
+            cooldown: HashMap::new(),
+            live: BTreeMap::new(),
+            next_gen: 0,
+            reports_tx,
+            reports,
+            reply_tx,
+            replies,
+        };
         let mut attempt: u32 = 0;
-        let (reply_tx, mut replies) = mpsc::unbounded_channel();
         loop {
             let connected = tokio::select! {
                 _ = cx.shutdown.cancelled() => return Ok(()),
@@ -501,10 +951,7 @@ impl Adapter for IrcAdapter {
             let why = match connected {
                 Ok(s) => {
                     attempt = 0;
-                    match self
-                        .serve(s, &mut cx, &mut pending, &mut replies, &reply_tx)
-                        .await
-                    {
+                    match self.serve(s, &mut cx, &mut st).await {
                         End::Shutdown => return Ok(()),
                         End::Lost(why) => why,
                     }
@@ -681,9 +1128,9 @@ mod tests {
                         .write_all(format!(":fake PONG fake {token}\r\n").as_bytes())
                         .await;
                 }
-                if line.starts_with("NICK ") {
+                if let Some(nick) = line.strip_prefix("NICK ") {
                     let _ = w
-                        .write_all(b":fake 001 junction :hi\r\n:fake 005 junction NICKLEN=9 :ok\r\n:fake 376 junction :end\r\n")
+                        .write_all(format!(":fake 001 {nick} :hi\r\n:fake 005 {nick} NICKLEN=9 :ok\r\n:fake 376 {nick} :end\r\n").as_bytes())
                         .await;
                 }
                 for out in respond(&line) {
@@ -805,6 +1252,64 @@ mod tests {
         d.event.sender = Sender::new(UserRef::new(NetworkId::gateway(), "gateway"), "gateway");
         h.deliveries.send(d).await.expect("send");
         expect_line(&mut lines, "PRIVMSG #t :maintenance at noon").await;
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_remote_user_speaks_through_their_own_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
+        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
+        expect_line(&mut bot_lines, "JOIN #t").await;
+        h.deliveries.send(delivery(1, "hi")).await.expect("send");
+        let (p_tx, mut p_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, p_tx, |_| Vec::new()).await;
+        expect_line(&mut p_lines, "NICK alice[m]").await;
+        expect_line(&mut p_lines, "JOIN #t").await;
+        expect_line(&mut p_lines, "PRIVMSG #t :hi").await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+        // The same user's next message and their leaving go through the same connection.
+        h.deliveries.send(delivery(2, "again")).await.expect("send");
+        expect_line(&mut p_lines, "PRIVMSG #t :again").await;
+        let mut leave = delivery(3, "");
+        leave.event.kind = EventKind::Leave {
+            reason: Some("bye".into()),
+            quit: false,
+        };
+        h.deliveries.send(leave).await.expect("send");
+        expect_line(&mut p_lines, "PART #t :bye").await;
+        for want in [2, 3] {
+            let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+                .await
+                .expect("answered")
+                .expect("open");
+            assert_eq!(ok.outbox_id, want);
+        }
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_puppet_that_can_not_connect_is_relayed_by_the_bot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
+        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
+        expect_line(&mut bot_lines, "JOIN #t").await;
+        h.deliveries.send(delivery(1, "hi")).await.expect("send");
+        // The puppet's connection is accepted and closed at once.
+        let (sock, _) = listener.accept().await.expect("accept");
+        drop(sock);
+        expect_line(&mut bot_lines, "PRIVMSG #t :<alice[m]> hi").await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
         h.shutdown.cancel();
     }
 }

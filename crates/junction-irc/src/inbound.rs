@@ -1,7 +1,7 @@
 //! Wire → [`Event`]: what the bot connection reads in a channel becomes a normalised event.
 
 use irc_proto::{Command, Message};
-use junction_core::format::RichText;
+use junction_core::format::{self, mention};
 use junction_core::{
     Event, EventKind, Message as ChatMessage, MessageId, MessageKind, NetworkId, RoomRef, Sender,
     UserRef,
@@ -102,13 +102,16 @@ fn now_ms() -> u64 {
 /// Maps one server message seen by the bot into events. `room_of` turns a wire channel name
 /// into the linked room (None: not ours); `channels_of_nick` names the linked rooms a nick is
 /// in (for QUIT/NICK, which name no channel); `is_ours` says whether a nick is our bot or one
-/// of our puppets (their lines are dropped).
+/// of our puppets (their lines are dropped); `who_is` names the person behind a nick written
+/// as a leading `nick:` address (a channel member, or the remote user behind a puppet), so
+/// it becomes a mention. IRC formatting codes become rich text.
 pub fn map(
     network: &NetworkId,
     msg: &Message,
     room_of: &dyn Fn(&str) -> Option<String>,
     channels_of_nick: &dyn Fn(&str) -> Vec<String>,
     is_ours: &dyn Fn(&str) -> bool,
+    who_is: &dyn Fn(&str) -> Option<UserRef>,
 ) -> Vec<Event> {
     let Some(nick) = msg.source_nickname() else {
         return Vec::new();
@@ -157,7 +160,7 @@ pub fn map(
             room,
             EventKind::Message(ChatMessage {
                 kind,
-                body: RichText::plain(strip_codes(body)),
+                body: mention::leading_address(format::irc::parse(body), who_is),
                 reply_to: None,
                 attachments: Vec::new(),
             }),
@@ -269,6 +272,7 @@ mod tests {
             &|c| (c.eq_ignore_ascii_case("#lobby")).then(|| "#lobby".to_owned()),
             &|_| vec!["#lobby".to_owned()],
             &|n| n == "junction" || n.ends_with("[m]"),
+            &|n| (n == "carol").then(|| UserRef::new("irc:local", "carol")),
         )
     }
 
@@ -291,6 +295,27 @@ mod tests {
         assert_eq!(e.origin.room.0, "#lobby");
         assert_eq!(e.sender.user.user.0, "bob");
         assert_eq!(body(e), (MessageKind::Text, "hi there".into()));
+        match &e.kind {
+            EventKind::Message(m) => assert!(!m.body.is_plain(), "bold kept: {:?}", m.body),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn leading_address_becomes_a_mention() {
+        let evs = run(":bob!u@h PRIVMSG #lobby :carol: hi");
+        match &evs[0].kind {
+            EventKind::Message(m) => assert_eq!(
+                m.body.spans[0],
+                junction_core::format::Span::Mention {
+                    user: Some(UserRef::new("irc:local", "carol")),
+                    name: "carol".into()
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let evs = run(":bob!u@h PRIVMSG #lobby :dave: hi");
+        assert_eq!(body(&evs[0]).1, "dave: hi");
     }
 
     #[test]

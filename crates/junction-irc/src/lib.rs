@@ -1,5 +1,25 @@
-//! Junction's IRC adapter: a bot connection per network, IRCv3 negotiation, flood control and
-//! splitting that fits the server's line limit.
+//! Junction's IRC adapter.
+//!
+//! - One **bot** connection per network ([`session`]: CAP LS 302 with SASL PLAIN before
+//!   `CAP END`, ISUPPORT, PING) joins the linked channels and is the only connection that
+//!   reads them: it keeps the one shared roster per channel, turns channel traffic into
+//!   events ([`inbound`]: IRC codes become rich text, a leading `nick:` becomes a mention),
+//!   drops what the bot and our puppets said, and takes admin commands ([`commands`]: a
+//!   PRIVMSG to the bot's nick, answered by NOTICE).
+//! - In `puppet` mode, one more connection per remote user who speaks ([`puppets`]): created
+//!   lazily and in parallel up to `max_puppets`, nick `name[m]`/`name[x]` ([`nick`]) stored
+//!   so it survives restarts, joining a channel before speaking, quitting when idle. A puppet
+//!   holds no roster and ignores what the server sends it besides PING, errors and replies to
+//!   its own commands. Whatever a puppet can not say is relayed by the bot as
+//!   `<alice[m]> text`, as everything is in `relay` mode.
+//! - Every connection has its own token bucket ([`bucket`]) and answers a delivery only once
+//!   a PING sent after its lines came back; lines are split to fit the server's line length
+//!   after the prefix it adds ([`split`]); rendering ([`outbound`]) uses the core formatters
+//!   (mentions become the nick that shows the person, replies quote the first words of what
+//!   they answer, edits are marked `(edit)`, reactions are an ACTION line).
+//! - The gateway's own messages are the bot's words; its kicks and bans of IRC users are
+//!   carried out by the bot (and fail when it is no channel operator). Connection state is
+//!   reported on `cx.status`.
 #![deny(missing_docs)]
 
 mod adapter;
@@ -8,8 +28,10 @@ pub mod commands;
 pub mod config;
 pub mod inbound;
 pub mod isupport;
+pub mod lookup;
 pub mod nick;
 pub mod outbound;
+pub mod puppets;
 pub mod session;
 pub mod split;
 #[cfg(test)]

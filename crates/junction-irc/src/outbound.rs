@@ -1,10 +1,10 @@
 //! [`Delivery`] → IRC lines.
 
 use crate::split;
-use junction_core::{Delivery, EventKind, MessageKind};
+use junction_core::format::{self, mention, RichText};
+use junction_core::{Delivery, EventKind, MessageKind, UserRef};
 
 /// How one delivery is rendered.
-#[derive(Debug, Clone)]
 pub struct Render<'a> {
     /// The wire channel.
     pub channel: &'a str,
@@ -16,15 +16,87 @@ pub struct Render<'a> {
     pub linelen: usize,
     /// At most this many lines per message.
     pub max_lines: usize,
+    /// The message a reply or reaction refers to, as IRC saw it: who said it and its text.
+    pub quoted: Option<Quoted>,
+    /// The IRC nick that shows a mentioned person (their puppet's nick, or their own nick
+    /// when they are on this network); None keeps the name the mention carries.
+    pub nick_of: &'a dyn Fn(&UserRef) -> Option<String>,
 }
 
-fn quote_snippet(text: &str) -> String {
+/// A message referred to by a reply or a reaction, as shown on IRC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    /// The nick that said it.
+    pub nick: String,
+    /// Its text (plain, without IRC codes).
+    pub text: String,
+}
+
+impl Quoted {
+    /// Encodes for the adapter's key/value table.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\t{}", self.nick, self.text).into_bytes()
+    }
+
+    /// Decodes what [`Quoted::encode`] wrote; None for anything else.
+    pub fn decode(raw: &[u8]) -> Option<Self> {
+        let s = String::from_utf8_lossy(raw);
+        let (nick, text) = s.split_once('\t')?;
+        Some(Self {
+            nick: nick.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// The first words of `text`, on one line, at most 40 characters (an ellipsis marks a cut).
+pub fn snippet(text: &str) -> String {
     let text = text.replace(['\r', '\n'], " ");
+    let text = text.trim();
     let mut out: String = text.chars().take(40).collect();
     if text.chars().count() > 40 {
         out.push('…');
     }
     out
+}
+
+/// Renders rich text for IRC: mentions become the nick that shows the person there, the rest
+/// becomes IRC formatting codes.
+pub fn irc_text(body: &RichText, nick_of: &dyn Fn(&UserRef) -> Option<String>) -> String {
+    let mut body = body.clone();
+    mention::map_mentions(&mut body, |user, name| {
+        if let Some(nick) = user.as_ref().and_then(nick_of) {
+            *name = nick;
+        }
+    });
+    format::irc::render(&body)
+}
+
+const STYLE_CODES: [char; 5] = ['\x02', '\x1d', '\x1f', '\x1e', '\x11'];
+
+/// IRC ends every style at the end of a line: a style still open where a long line was cut
+/// is opened again at the start of the next part.
+fn carry_styles(lines: Vec<String>) -> Vec<String> {
+    let mut open: Vec<char> = Vec::new();
+    lines
+        .into_iter()
+        .map(|line| {
+            let mut out: String = open.iter().collect();
+            out.push_str(&line);
+            for c in line.chars() {
+                if c == '\x0f' {
+                    open.clear();
+                } else if STYLE_CODES.contains(&c) {
+                    if let Some(i) = open.iter().position(|o| *o == c) {
+                        open.remove(i);
+                    } else {
+                        open.push(c);
+                    }
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// The full IRC lines (command included, no CRLF) for one delivery. Empty when nothing is
@@ -35,13 +107,14 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
         Some(n) => format!("<{n}> "),
         None => String::new(),
     };
-    // Room for the ACTION wrapper and the relay prefix in every line.
+    // Room for the ACTION wrapper and the relay prefix in every line, and for styles
+    // carried over from the part before.
     let budget = split::budget(r.linelen, r.sender_nick, r.channel)
-        .saturating_sub(prefix.len() + 9)
+        .saturating_sub(prefix.len() + 9 + STYLE_CODES.len())
         .max(16);
     let (command, action, text) = match &d.event.kind {
         EventKind::Message(m) => {
-            let mut text = m.body.to_plain();
+            let mut text = irc_text(&m.body, r.nick_of);
             for a in &m.attachments {
                 if !text.is_empty() {
                     text.push('\n');
@@ -49,14 +122,10 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
                 text.push_str(&a.url);
             }
             if m.reply_to.is_some() {
-                // The replied text is not known here; name the sender being answered when the
-                // reply target is known on IRC, else mark it as a reply.
-                let mark = if d.reply_to.is_empty() {
-                    "(reply) "
-                } else {
-                    "> "
-                };
-                text = format!("{mark}{text}");
+                // IRC has no replies: address the person answered and quote their first words.
+                if let Some(q) = &r.quoted {
+                    text = format!("{}: \"{}\" ← {text}", q.nick, snippet(&q.text));
+                }
             }
             match m.kind {
                 MessageKind::Text => ("PRIVMSG", false, text),
@@ -64,15 +133,26 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
                 MessageKind::Notice => ("NOTICE", false, text),
             }
         }
-        EventKind::Edit { body, .. } => ("PRIVMSG", false, format!("* {}", body.to_plain())),
+        EventKind::Edit { body, .. } => (
+            "PRIVMSG",
+            false,
+            format!("(edit) {}", irc_text(body, r.nick_of)),
+        ),
         EventKind::Redact { .. } | EventKind::Unreact { .. } => return Vec::new(),
-        EventKind::React { key, .. } => ("PRIVMSG", true, format!("reacted {key}")),
+        EventKind::React { key, .. } => (
+            "PRIVMSG",
+            true,
+            match &r.quoted {
+                Some(q) => format!("reacted {key} to \"{}\"", snippet(&q.text)),
+                None => format!("reacted {key}"),
+            },
+        ),
         EventKind::Join => ("NOTICE", false, format!("{who} joined")),
         EventKind::Leave { reason, .. } => (
             "NOTICE",
             false,
             match reason {
-                Some(r) => format!("{who} left ({})", quote_snippet(r)),
+                Some(r) => format!("{who} left ({})", snippet(r)),
                 None => format!("{who} left"),
             },
         ),
@@ -92,13 +172,20 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
                     .unwrap_or_default()
             ),
         ),
-        EventKind::Ban { target, .. } => (
+        EventKind::Ban { target, reason } => (
             "NOTICE",
             false,
-            format!("{who} banned {}", target.display_name),
+            format!(
+                "{who} banned {}{}",
+                target.display_name,
+                reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
         ),
     };
-    split::split_body(&text, budget, r.max_lines)
+    carry_styles(split::split_body(&text, budget, r.max_lines))
         .into_iter()
         .map(|line| {
             let body = format!("{prefix}{line}");
@@ -168,8 +255,8 @@ pub fn enforcement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use junction_core::format::RichText;
-    use junction_core::{BridgeName, Event, Message, MessageId, RoomRef, Sender, UserRef};
+    use junction_core::format::Span;
+    use junction_core::{BridgeName, Event, Message, MessageId, RoomRef, Sender};
 
     fn delivery(kind: EventKind) -> Delivery {
         Delivery {
@@ -197,6 +284,10 @@ mod tests {
         })
     }
 
+    fn no_nick(_: &UserRef) -> Option<String> {
+        None
+    }
+
     fn r(relay: Option<&str>) -> Render<'_> {
         Render {
             channel: "#lobby",
@@ -204,6 +295,8 @@ mod tests {
             relay_as: relay,
             linelen: 512,
             max_lines: 5,
+            quoted: None,
+            nick_of: &no_nick,
         }
     }
 
@@ -257,12 +350,63 @@ mod tests {
         };
         assert_eq!(
             render(&delivery(edit), &r(None)),
-            vec!["PRIVMSG #lobby :* fixed"]
+            vec!["PRIVMSG #lobby :(edit) fixed"]
         );
         let redact = EventKind::Redact {
             target: MessageId::new("$x"),
             reason: None,
         };
         assert!(render(&delivery(redact), &r(None)).is_empty());
+    }
+
+    #[test]
+    fn formatting_mentions_and_replies() {
+        let body = RichText {
+            spans: vec![
+                Span::Mention {
+                    user: Some(UserRef::new("xmpp", "bob@xmpp.test")),
+                    name: "Bob".into(),
+                },
+                Span::Text(": look ".into()),
+                Span::Bold(vec![Span::Text("here".into())]),
+            ],
+        };
+        let nick_of = |u: &UserRef| (u.user.0 == "bob@xmpp.test").then(|| "bob[x]".to_owned());
+        let mut rr = r(None);
+        rr.nick_of = &nick_of;
+        let m = EventKind::Message(Message {
+            kind: MessageKind::Text,
+            body,
+            reply_to: Some(MessageId::new("$orig")),
+            attachments: Vec::new(),
+        });
+        assert_eq!(
+            render(&delivery(m.clone()), &rr),
+            vec!["PRIVMSG #lobby :bob[x]: look \x02here\x02"]
+        );
+        rr.quoted = Some(Quoted {
+            nick: "carol".into(),
+            text: "the first words of a rather long message that goes on".into(),
+        });
+        assert_eq!(
+            render(&delivery(m), &rr),
+            vec!["PRIVMSG #lobby :carol: \"the first words of a rather long message…\" ← bob[x]: look \x02here\x02"]
+        );
+        let react = EventKind::React {
+            target: MessageId::new("$orig"),
+            key: "👍".into(),
+        };
+        assert_eq!(
+            render(&delivery(react), &rr)[0],
+            "PRIVMSG #lobby :\x01ACTION reacted 👍 to \"the first words of a rather long message…\"\x01"
+        );
+    }
+
+    #[test]
+    fn styles_open_at_a_cut_are_reopened() {
+        assert_eq!(
+            carry_styles(vec!["a \x02bold".into(), "still\x02 plain".into()]),
+            vec!["a \x02bold", "\x02still\x02 plain"]
+        );
     }
 }

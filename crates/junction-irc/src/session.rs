@@ -36,6 +36,13 @@ pub struct Registration {
     pub password: Option<Secret>,
     /// SASL PLAIN account and password.
     pub sasl: Option<(String, Secret)>,
+    /// Negotiate IRCv3 capabilities (the bot does; puppets, which only speak, do not).
+    pub caps: bool,
+    /// The real name (gecos) shown in WHOIS.
+    pub realname: String,
+    /// NICKLEN when already known from another connection (0: unknown, 9 assumed until the
+    /// server's ISUPPORT says otherwise).
+    pub nicklen: usize,
 }
 
 /// The registration state machine, fed one parsed server message at a time; it answers with
@@ -60,13 +67,28 @@ pub struct Negotiation {
 impl Negotiation {
     /// Starts registration; returns the state and the first lines to send.
     pub fn start(reg: Registration) -> (Self, Vec<String>) {
-        let mut lines = vec!["CAP LS 302".to_owned()];
+        let mut lines = Vec::new();
+        if reg.caps {
+            lines.push("CAP LS 302".to_owned());
+        }
         if let Some(pass) = &reg.password {
             lines.push(format!("PASS :{}", pass.expose()));
         }
         lines.push(format!("NICK {}", reg.nick));
-        lines.push(format!("USER {} 0 * :Junction", user_name(&reg.nick)));
+        let realname: String = reg
+            .realname
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect();
+        let realname = if realname.trim().is_empty() {
+            "Junction".to_owned()
+        } else {
+            realname
+        };
+        lines.push(format!("USER {} 0 * :{realname}", user_name(&reg.nick)));
         let nick = reg.nick.clone();
+        let cap_done = !reg.caps;
         (
             Self {
                 reg,
@@ -74,7 +96,7 @@ impl Negotiation {
                 offered: BTreeSet::new(),
                 enabled: BTreeSet::new(),
                 isupport: ISupport::default(),
-                cap_done: false,
+                cap_done,
                 welcomed: false,
                 failed: None,
             },
@@ -153,7 +175,7 @@ impl Negotiation {
                 self.nick = nick::next_candidate(
                     &self.nick,
                     &self.reg.suffix,
-                    self.isupport.nicklen.max(9),
+                    self.isupport.nicklen.max(self.reg.nicklen).max(9),
                 );
                 out.push(format!("NICK {}", self.nick));
             }
@@ -331,6 +353,9 @@ mod tests {
             suffix: String::new(),
             password: None,
             sasl: sasl.then(|| ("bot".to_owned(), Secret::new("pw"))),
+            caps: true,
+            realname: String::new(),
+            nicklen: 0,
         }
     }
 
