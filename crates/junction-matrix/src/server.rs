@@ -320,6 +320,9 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
             Effect::GhostLeft { room_id, user_id } => sh.ghosts.forget_joined(&user_id, &room_id),
             Effect::BotInvited { room_id, by } => {
                 tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked; joining it to take commands.");
+                // A command room from now on: the homeserver sends the room's next events
+                // after the invite, possibly before our join call returns.
+                lock(&sh.command_rooms).insert(room_id.clone());
                 tokio::spawn(accept_invite(sh.clone(), room_id, by));
             }
             Effect::Command {
@@ -355,9 +358,9 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
 async fn accept_invite(sh: Arc<Shared>, room_id: String, by: String) {
     if let Err(e) = sh.client.join(&room_id, None).await {
         tracing::warn!(%room_id, %by, error = %e, "The bot could not accept an invite.");
+        lock(&sh.command_rooms).remove(&room_id);
         return;
     }
-    lock(&sh.command_rooms).insert(room_id.clone());
     if let Err(e) = sh
         .store
         .kv_put(crate::COMMAND_ROOMS_TABLE, &room_id, by.as_bytes())
@@ -437,6 +440,16 @@ mod tests {
     const HS_TOKEN: &str = "hs-secret";
 
     fn shared() -> (Arc<Shared>, Arc<TestStore>, mpsc::Receiver<Inbound>) {
+        let (sh, store, rx, _) = shared_with_commands();
+        (sh, store, rx)
+    }
+
+    fn shared_with_commands() -> (
+        Arc<Shared>,
+        Arc<TestStore>,
+        mpsc::Receiver<Inbound>,
+        mpsc::Receiver<junction_core::Command>,
+    ) {
         let config = MatrixConfig {
             // Nothing listens on the discard port: lookups fail at once.
             homeserver: "http://127.0.0.1:9".into(),
@@ -456,7 +469,7 @@ mod tests {
         )
         .with_attempts(1);
         let (tx, rx) = mpsc::channel(16);
-        let (commands, _) = mpsc::channel(1);
+        let (commands, commands_rx) = mpsc::channel(4);
         let sh = Shared::new(
             config,
             NetworkId::new("matrix"),
@@ -473,7 +486,71 @@ mod tests {
             ("!room".into(), "@alice:matrix.test".into()),
             "Alice".into(),
         );
-        (Arc::new(sh), store, rx)
+        (Arc::new(sh), store, rx, commands_rx)
+    }
+
+    #[tokio::test]
+    async fn text_in_a_room_the_bot_was_invited_to_is_a_command_run_once() {
+        let (sh, _, mut rx, mut commands) = shared_with_commands();
+        let app = router(sh.clone());
+        let say = |id: &str, room: &str| {
+            json!({"type": "m.room.message", "room_id": room, "sender": "@alice:matrix.test",
+                   "event_id": id, "origin_server_ts": 1,
+                   "content": {"msgtype": "m.text", "body": "status"}})
+        };
+        // Text in a room the bot was never invited to is nobody's business.
+        let r = app
+            .clone()
+            .oneshot(txn_request(
+                "c0",
+                Some(HS_TOKEN),
+                &json!({"events": [say("$s0", "!stranger")]}),
+            ))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        // The invite and the first line in one transaction: the line is a command already,
+        // although the bot's join (to an unreachable homeserver here) has not succeeded.
+        let body = json!({"events": [
+            {"type": "m.room.member", "room_id": "!dm", "sender": "@alice:matrix.test",
+             "state_key": "@junction:matrix.test", "event_id": "$i", "origin_server_ts": 1,
+             "content": {"membership": "invite"}},
+            say("$c1", "!dm"),
+        ]});
+        let r = app
+            .clone()
+            .oneshot(txn_request("c1", Some(HS_TOKEN), &body))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
+            .await
+            .expect("in time")
+            .expect("a command");
+        assert_eq!(command.text, "status");
+        assert_eq!(
+            command.from,
+            vec![junction_core::UserRef::new("matrix", "@alice:matrix.test")]
+        );
+        assert_eq!(command.display_name, "alice");
+        let _ = command.reply.send("ok".into());
+        // The same line again (the transaction replayed under another id): not run twice.
+        let r = app
+            .oneshot(txn_request(
+                "c2",
+                Some(HS_TOKEN),
+                &json!({"events": [say("$c1", "!dm")]}),
+            ))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), commands.recv())
+                .await
+                .is_err()
+        );
+        // Nothing of it is a lobby event.
+        assert!(rx.try_recv().is_err());
     }
 
     fn txn_request(txn: &str, token: Option<&str>, body: &Value) -> Request<Body> {
