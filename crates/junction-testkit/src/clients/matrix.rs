@@ -241,6 +241,22 @@ impl MatrixUser {
         Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Gives `user` power `level` in `room` (keeping everyone else's), as a room admin does
+    /// to let the gateway's bot set topics and moderate.
+    pub async fn set_power_level(&self, room: &str, user: &str, level: i64) -> anyhow::Result<()> {
+        let room = self.room_id(room).await?;
+        let mut pl = self
+            .api(
+                Method::GET,
+                &format!("rooms/{}/state/m.room.power_levels/", enc(&room)),
+                None,
+            )
+            .await?;
+        pl["users"][user] = json!(level);
+        self.state(&room, "m.room.power_levels", "", pl).await?;
+        Ok(())
+    }
+
     /// Sends an `m.text` message.
     pub async fn send_text(&self, room: &str, body: &str) -> anyhow::Result<String> {
         self.send_event(

@@ -471,6 +471,26 @@ impl XmppUser {
         Ok(())
     }
 
+    /// Sets a bare JID's affiliation (`owner`, `admin`, `member`, `none`), as a room owner
+    /// does to let the gateway's listener change the subject and moderate.
+    pub async fn set_affiliation(
+        &self,
+        room: &str,
+        jid: &str,
+        affiliation: &str,
+    ) -> anyhow::Result<()> {
+        self.admin(
+            room,
+            &format!(
+                "<item jid='{}' affiliation='{}'/>",
+                escape(jid),
+                escape(affiliation)
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Everything received since binding.
     pub fn backlog(&self) -> Vec<Element> {
         self.backlog
