@@ -2,6 +2,7 @@
 //! remote sender, and an XMPP user's message reaches the gateway once (read
 //! from the listener's copy only, not once per puppet).
 
+use anyhow::Context;
 use junction_core::{
     Adapter, AdapterContext, Delivered, Delivery, Event, EventKind, Inbound, Message, MessageId,
     MessageKind, NetworkId, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
@@ -423,6 +424,13 @@ impl Running {
         room: &str,
         store: Arc<store::KvStore>,
     ) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "junction_xmpp=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let config = XmppConfig {
             component: component.component.clone(),
             server: server.to_owned(),
@@ -728,7 +736,8 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
             && from_nick(el) == Some("junction")
             && body(el).as_deref() == Some("maintenance at noon")
     })
-    .await?;
+    .await
+    .context("wait 1")?;
     assert!(run.next_delivered().await?.outcome.is_ok());
 
     // An ordinary user's kick elsewhere is reflected as a notice line.
@@ -750,7 +759,8 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
             && from_nick(el) == Some("junction")
             && body(el).as_deref() == Some("alice kicked carol (off topic)")
     })
-    .await?;
+    .await
+    .context("wait 2")?;
     assert!(run.next_delivered().await?.outcome.is_ok());
 
     // The gateway's kick of an XMPP user is carried out.
@@ -773,13 +783,25 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
             && el.attr("type") == Some("unavailable")
             && has_code(el, "307")
     })
-    .await?;
+    .await
+    .context("wait 3")?;
     let d = run.next_delivered().await?;
     assert_eq!(d.outbox_id, 3);
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
 
-    // And the ban.
+    // And the ban, once bob is back (the gateway sees his second join).
     bob.join_muc(&room, &user).await?;
+    eventually(DEADLINE, "bob's second join at the gateway", || {
+        let n = run
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
+            .count();
+        async move { (n > 1).then_some(()) }
+    })
+    .await?;
     let mut b = delivery(4, &room, &gateway, "");
     b.event.kind = EventKind::Ban {
         target: bob_ref.clone(),
@@ -792,7 +814,8 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
             && el.attr("type") == Some("unavailable")
             && has_code(el, "301")
     })
-    .await?;
+    .await
+    .context("wait 4")?;
     let d = run.next_delivered().await?;
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
     run.stop().await;
@@ -801,6 +824,8 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     let other = format!("{}@{}", unique("xnomod"), s.xmpp.muc);
     let carol = XmppUser::register(s, &unique("xo"), "pw").await?;
     carol.join_muc(&other, "carol").await?;
+    // One slot at a time, so parallel tests never wait on each other's.
+    drop(slot);
     let slot2 = junction_testkit::servers::slot().await?;
     let mut run = Running::start(
         &slot2,
@@ -825,6 +850,61 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     let d = run.next_delivered().await?;
     let err = d.outcome.err().unwrap_or_default();
     assert!(err.contains("not a moderator"), "{err}");
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let slot = slot().await?;
+    let room = format!("{}@{}", unique("xdup"), s.xmpp.muc);
+    let store = Arc::new(store::KvStore::default());
+    let server = s.xmpp.component.to_string();
+    let user = unique("xd");
+    let bob = XmppUser::register(s, &user, "pw").await?;
+    let mut run = Running::start(&slot, &server, &room, store.clone());
+    eventually(DEADLINE, "the adapter connected", || {
+        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
+        async move { ok.then_some(()) }
+    })
+    .await?;
+    bob.join_muc(&room, &user).await?;
+    let alice = Sender {
+        user: UserRef::new("matrix", "@alice:matrix.test"),
+        display_name: "alice".into(),
+    };
+    let d = delivery(1, &room, &alice, "only once");
+    run.deliveries.send(d.clone()).await?;
+    let first = run
+        .next_delivered()
+        .await?
+        .outcome
+        .map_err(|e| anyhow::anyhow!(e))?;
+    run.stop().await;
+
+    // The gateway lost the answer and hands the same outbox row out again.
+    let mut run = Running::start(&slot, &server, &room, store.clone());
+    run.deliveries.send(d).await?;
+    let again = run
+        .next_delivered()
+        .await?
+        .outcome
+        .map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(first, again, "the same stanza-id");
+    run.deliveries
+        .send(delivery(2, &room, &alice, "marker"))
+        .await?;
+    bob.wait_for(DEADLINE, |el| {
+        is_groupchat_from(el, &room) && body(el).as_deref() == Some("marker")
+    })
+    .await?;
+    let copies = bob
+        .backlog()
+        .iter()
+        .filter(|el| is_groupchat_from(el, &room) && body(el).as_deref() == Some("only once"))
+        .count();
+    assert_eq!(copies, 1);
     run.stop().await;
     Ok(())
 }

@@ -395,10 +395,18 @@ async fn connect(config: &XmppConfig) -> Result<Conn, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Sets the status from the rooms the listener could not join.
+/// Sets the status: Connected once the listener is in every linked room,
+/// Degraded while some room refused it; unchanged while joins are under way.
 fn update_status(st: &State, cx: &AdapterContext) {
     if st.failed.is_empty() {
-        cx.status.send_replace(NetworkStatus::Connected);
+        let all_in = cx.rooms.borrow().iter().all(|r| {
+            st.listening
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(r.as_str()))
+        });
+        if all_in {
+            cx.status.send_replace(NetworkStatus::Connected);
+        }
     } else {
         let mut rooms: Vec<String> = st
             .failed
@@ -865,7 +873,15 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
             return true;
         }
     }
-    let id = st.new_id();
+    // The id derives from the outbox row: a delivery handed out again after a
+    // gateway restart carries the same origin-id, so one the room already has
+    // is recognised instead of sent twice.
+    let id = delivery_message_id(&d);
+    if let Some(s) = st.kv(KV_U2S, &id) {
+        tracing::debug!(room, "xmpp: the room already has this message");
+        answer_now(cx, &d, Ok(vec![MessageId::new(s)]));
+        return true;
+    }
     let target = d.target_ids.first().map(|t| t.as_str().to_string());
     let mut sender_key = key.clone();
     let (el, wait) = match &d.event.kind {
@@ -1002,6 +1018,19 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
         }
     };
     send_pending(st, conn, d, id, el, wait, sender_key).await
+}
+
+/// Our message id (`U`, sent as id and origin-id) for a delivery: stable for
+/// its outbox row, target and event, so a redelivery reuses it.
+fn delivery_message_id(d: &Delivery) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(d.outbox_id.to_be_bytes());
+    h.update(d.target.to_string().as_bytes());
+    h.update([0]);
+    h.update(d.event.id.to_string().as_bytes());
+    let digest = h.finalize();
+    format!("{OUR_ID_PREFIX}{}", hex::encode(&digest[..12]))
 }
 
 /// Sends a stanza whose delivery is answered later; kept for a resend if
@@ -1640,6 +1669,17 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
     }
     let may_advance = via == Via::Archive || !st.backfilling.contains(room_jid);
     if ours {
+        // One of ours that nobody waits for (sent before a restart): remember
+        // its ids so the redelivery of it is recognised.
+        if let (Some(u), Some(s)) = (&origin, &s) {
+            if u.starts_with(OUR_ID_PREFIX) && st.kv(KV_U2S, u).is_none() {
+                st.kv_put(KV_U2S, u, s);
+                st.kv_put(KV_S2U, s, u);
+                if let Some(j) = muc_item(el).and_then(|i| i.attr("jid")) {
+                    st.kv_put(KV_S2P, s, j.split('/').next().unwrap_or(j));
+                }
+            }
+        }
         if let (Some(s), true) = (&s, via != Via::Baseline && may_advance) {
             st.advance_cursor(&room, s, None);
         }
@@ -1961,4 +2001,57 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::{BridgeName, Event, EventKind};
+
+    fn delivery(outbox_id: u64, room: &str) -> Delivery {
+        let sender = Sender {
+            user: UserRef::new("matrix", "@a:m.test"),
+            display_name: "a".into(),
+        };
+        Delivery {
+            outbox_id,
+            bridge: BridgeName::new("lobby"),
+            target: RoomRef::new("xmpp", room),
+            event: Event::new(
+                RoomRef::new("matrix", "#l:m.test"),
+                MessageId::new("$e"),
+                sender,
+                0,
+                EventKind::Join,
+            ),
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_redelivery_reuses_the_message_id() {
+        let a = delivery_message_id(&delivery(7, "l@c.test"));
+        assert_eq!(a, delivery_message_id(&delivery(7, "l@c.test")));
+        assert!(a.starts_with(OUR_ID_PREFIX));
+        assert_ne!(a, delivery_message_id(&delivery(8, "l@c.test")));
+        assert_ne!(a, delivery_message_id(&delivery(7, "m@c.test")));
+    }
+
+    #[test]
+    fn rights_decide_kick_and_ban() {
+        let r = |a: &str, ro: &str| Rights {
+            affiliation: a.into(),
+            role: ro.into(),
+        };
+        assert!(r("owner", "moderator").admin());
+        assert!(r("none", "moderator").moderator());
+        assert!(!r("none", "moderator").admin());
+        assert!(!r("member", "participant").moderator());
+    }
+
+    #[test]
+    fn server_domain_drops_the_first_label() {
+        assert_eq!(server_domain("bridge.xmpp.test"), "xmpp.test");
+    }
 }
