@@ -1,5 +1,7 @@
-//! Junction's xmpp adapter (in progress): XEP-0114 component, puppets per
-//! remote user, XEP-0106 JID escaping.
+//! Junction's XMPP adapter: a XEP-0114 component with a listener occupant per
+//! linked MUC and one puppet occupant per remote user (XEP-0106 escaped JIDs),
+//! acknowledged delivery, archive backfill, keepalive pings and admin commands
+//! by chat to the component.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -18,9 +20,12 @@ pub use config::XmppConfig;
 /// The XMPP adapter: one XEP-0114 component connection, a listener occupant in
 /// every linked room, and one puppet occupant per remote user.
 ///
-/// Delivered ids are the puppet's own message ids (`U`, sent as id and
-/// origin-id); the adapter learns the room's stanza-id `S` from the room's
-/// reflection and uses it where XEPs want it (retractions, reactions, replies).
+/// A delivery is answered once the room reflects the message back, with the
+/// room's stanza-id `S` (what XMPP clients name in replies, reactions and
+/// retractions); the puppet's own id `U` (id and origin-id, derived from the
+/// outbox row) is kept beside it for XEP-0308 corrections. On every (re)join
+/// the room's archive (XEP-0313) is read from a stored cursor, so what was
+/// said while the adapter was away is bridged once.
 pub struct XmppAdapter {
     state: session::State,
 }
