@@ -19,3 +19,6 @@ mod irc;
 
 /// The whole gateway on all three servers: the lobby, every direction, every feature.
 mod lobby;
+
+/// Admin commands from every network: link, unlink, ban, status, refusals.
+mod admin;
