@@ -15,13 +15,14 @@
 use crate::admin::Admin;
 use crate::config::Membership;
 use crate::metrics::{Health, Metrics, NetworkState};
+use junction_core::router::RefResolver;
 use junction_core::router::Router;
 use junction_core::{
-    AdapterContext, Command, Delivered, Delivery, EventKind, Inbound, NetworkId, NetworkStatus,
-    RoomId,
+    AdapterContext, Command, Delivered, Delivery, EventId, EventKind, Inbound, MessageId,
+    NetworkId, NetworkStatus, RoomId, RoomRef,
 };
 use junction_store::{Recorded, Resolver, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -182,28 +183,26 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
             }
         });
     }
-    let mut sent_at: HashMap<(NetworkId, u64), Instant> = HashMap::new();
-    // Resume what was not delivered before the last stop, in outbox order.
-    let started = Instant::now();
-    for (network, tx) in &hub.outboxes {
-        let pending = store.pending(network)?;
-        if !pending.is_empty() {
-            tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
-        }
-        for d in pending {
-            sent_at.insert((network.clone(), d.outbox_id), started);
-            let _ = tx.send(d);
-        }
-    }
     let mut state = Loop {
         store,
         router,
         metrics,
-        sent_at,
+        sent_at: HashMap::new(),
         summariser: Summariser::default(),
         membership,
         admin,
+        inflight: HashSet::new(),
+        held: HashMap::new(),
     };
+    // Resume what was not delivered before the last stop, in outbox order.
+    let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
+    for network in networks {
+        let pending = state.store.pending(&network)?;
+        if !pending.is_empty() {
+            tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
+        }
+        state.dispatch(pending, &hub);
+    }
     state.update_depths(&hub);
     // Only adapters hold senders now: the loop ends when all are gone.
     hub.inbound_tx = None;
@@ -248,6 +247,31 @@ struct Loop {
     summariser: Summariser,
     membership: Membership,
     admin: Admin,
+    /// (event, room) pairs handed to an adapter and not yet answered.
+    inflight: HashSet<(EventId, RoomRef)>,
+    /// Edits, redactions and reactions waiting for their original's answer in a room.
+    held: HashMap<(EventId, RoomRef), Vec<Delivery>>,
+}
+
+/// The store's resolver plus what the loop knows is on its way.
+struct FlightResolver<'a> {
+    store: &'a dyn Store,
+    inflight: &'a HashSet<(EventId, RoomRef)>,
+}
+
+impl RefResolver for FlightResolver<'_> {
+    fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Option<EventId> {
+        Resolver(self.store).event_for(room, remote)
+    }
+    fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Vec<MessageId> {
+        Resolver(self.store).remote_ids(event, room)
+    }
+    fn is_own_puppet(&self, user: &junction_core::UserRef) -> bool {
+        Resolver(self.store).is_own_puppet(user)
+    }
+    fn in_flight(&self, event: &EventId, room: &RoomRef) -> bool {
+        self.inflight.contains(&(event.clone(), room.clone()))
+    }
 }
 
 impl Loop {
@@ -272,7 +296,13 @@ impl Loop {
                 }
                 continue;
             }
-            let planned = self.router.plan(&event, &Resolver(self.store.as_ref()));
+            let planned = self.router.plan(
+                &event,
+                &FlightResolver {
+                    store: self.store.as_ref(),
+                    inflight: &self.inflight,
+                },
+            );
             match self.store.record_inbound(&event, planned) {
                 Ok(Recorded::New(ds)) => {
                     self.metrics.inbound(&event.origin.network);
@@ -311,12 +341,26 @@ impl Loop {
     }
 
     /// Hands recorded deliveries to their adapters.
+    ///
+    /// An edit, redaction or reaction whose original is still on its way to the same room
+    /// waits for the original's answer; one whose original has arrived there meanwhile gets
+    /// the original's ids filled in.
     fn dispatch(&mut self, out: Vec<Delivery>, hub: &Hub) {
         let now = Instant::now();
         let mut touched: Vec<NetworkId> = Vec::new();
-        for d in out {
+        for mut d in out {
+            if let Some(original) = self.awaits(&d) {
+                let key = (original, d.target.clone());
+                if self.inflight.contains(&key) {
+                    tracing::debug!(event = %d.event.id, target = %d.target, "Held until the message it refers to is confirmed.");
+                    self.held.entry(key).or_default().push(d);
+                    continue;
+                }
+                d.target_ids = Resolver(self.store.as_ref()).remote_ids(&key.0, &d.target);
+            }
             match hub.outboxes.get(&d.target.network) {
                 Some(tx) => {
+                    self.inflight.insert((d.event.id.clone(), d.target.clone()));
                     self.sent_at
                         .insert((d.target.network.clone(), d.outbox_id), now);
                     if !touched.contains(&d.target.network) {
@@ -334,11 +378,25 @@ impl Loop {
         }
     }
 
-    /// Records adapters' answers.
+    /// The original an edit/redaction/reaction delivery still needs the target ids of.
+    fn awaits(&self, d: &Delivery) -> Option<EventId> {
+        if !d.target_ids.is_empty() || matches!(d.event.kind, EventKind::Message(_)) {
+            return None;
+        }
+        let reference = d.event.references().into_iter().next()?;
+        Resolver(self.store.as_ref()).event_for(&d.event.origin, reference)
+    }
+
+    /// Records adapters' answers, then hands out what waited for them.
     fn delivered(&mut self, done: &mut Vec<Delivered>, hub: &Hub) {
-        let _ = hub;
         let mut touched: Vec<NetworkId> = Vec::new();
+        let mut released: Vec<Delivery> = Vec::new();
         for d in done.drain(..) {
+            let key = (d.event.clone(), d.target.clone());
+            self.inflight.remove(&key);
+            if let Some(waiting) = self.held.remove(&key) {
+                released.extend(waiting);
+            }
             let network = d.target.network.clone();
             let since = self.sent_at.remove(&(network.clone(), d.outbox_id));
             match &d.outcome {
@@ -363,6 +421,9 @@ impl Loop {
         }
         for n in touched {
             self.update_depth(&n);
+        }
+        if !released.is_empty() {
+            self.dispatch(released, hub);
         }
     }
 

@@ -24,6 +24,14 @@ pub trait RefResolver {
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Vec<MessageId>;
     /// True when `user` is one of the gateway's own puppets or bots on its network.
     fn is_own_puppet(&self, user: &UserRef) -> bool;
+    /// True when `event` is on its way to `room` but not yet confirmed there, so its ids in
+    /// that room are not known yet. An edit, redaction or reaction of such an event is
+    /// planned anyway (with empty ids) and the gateway holds it until the original is
+    /// confirmed, so a quick correction is not lost to the race.
+    fn in_flight(&self, event: &EventId, room: &RoomRef) -> bool {
+        let _ = (event, room);
+        false
+    }
 }
 
 /// One target of an event, before it gets its outbox id.
@@ -174,8 +182,10 @@ impl Router {
     /// What `event` becomes: one [`Planned`] per other room of its link, with references
     /// resolved into each target's ids. Empty when the room is not linked or the sender is
     /// one of our own puppets (loop prevention). Edits, redactions and reactions whose target
-    /// is unknown in a room are not sent there (nothing to apply them to); replies whose
-    /// target is unknown go out as plain messages.
+    /// is unknown in a room are not sent there (nothing to apply them to) unless the target is
+    /// still in flight to that room ([`RefResolver::in_flight`]: planned with empty ids, for
+    /// the gateway to fill in once it is confirmed); replies whose target is unknown go out
+    /// as plain messages.
     pub fn plan(&self, event: &Event, resolver: &impl RefResolver) -> Vec<Planned> {
         let Some(link) = self.link_of(&event.origin) else {
             return Vec::new();
@@ -197,6 +207,11 @@ impl Router {
                 .map(|ev| resolver.remote_ids(&ev, target))
                 .unwrap_or_default()
         };
+        let in_flight = |id: &MessageId, target: &RoomRef| -> bool {
+            resolver
+                .event_for(&event.origin, id)
+                .is_some_and(|ev| resolver.in_flight(&ev, target))
+        };
         link.rooms
             .iter()
             .filter(|r| *r != &event.origin)
@@ -205,7 +220,7 @@ impl Router {
                 let target_ids = match target_src {
                     Some(id) => {
                         let ids = resolve(id, target);
-                        if ids.is_empty() {
+                        if ids.is_empty() && !in_flight(id, target) {
                             return None;
                         }
                         ids
@@ -247,6 +262,7 @@ mod tests {
         events: HashMap<(RoomRef, MessageId), EventId>,
         ids: HashMap<(EventId, RoomRef), Vec<MessageId>>,
         puppets: HashSet<UserRef>,
+        flying: HashSet<(EventId, RoomRef)>,
     }
 
     impl Table {
@@ -274,6 +290,9 @@ mod tests {
         }
         fn is_own_puppet(&self, user: &UserRef) -> bool {
             self.puppets.contains(user)
+        }
+        fn in_flight(&self, event: &EventId, room: &RoomRef) -> bool {
+            self.flying.contains(&(event.clone(), room.clone()))
         }
     }
 
@@ -372,6 +391,29 @@ mod tests {
                 "parts kept in order"
             );
         }
+    }
+
+    #[test]
+    fn an_edit_of_a_message_still_in_flight_is_planned_for_the_gateway_to_fill_in() {
+        let mut t = Table::default();
+        // Known in XMPP, on its way to IRC, never sent to a third room.
+        t.known(&m(), "$old", &x(), &["x-1"]);
+        let old = EventId::derive(&m(), &MessageId::from("$old"));
+        t.flying.insert((old, i()));
+        let ev = Event::new(
+            m(),
+            MessageId::from("$e"),
+            alice(),
+            2,
+            EventKind::Edit {
+                target: "$old".into(),
+                body: RichText::plain("fixed"),
+            },
+        );
+        let p = router().plan(&ev, &t);
+        assert_eq!(targets(&p), vec![x(), i()]);
+        assert_eq!(p[0].target_ids, vec![MessageId::from("x-1")]);
+        assert!(p[1].target_ids.is_empty(), "filled in once confirmed");
     }
 
     #[test]
