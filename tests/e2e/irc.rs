@@ -1,6 +1,10 @@
 //! The IRC adapter against real InspIRCd (IRCv3, NICKLEN 30) and ngIRCd (no IRCv3, NICKLEN 9):
-//! a remote user's message appears under the right nick, a long message arrives complete and
-//! in order, and an IRC user's message reaches the gateway.
+//! in relay mode a remote user's message appears under the right nick, a long message arrives
+//! complete and in order, and an IRC user's message reaches the gateway; in puppet mode each
+//! remote user speaks from their own connection (`name[m]`/`name[x]`, NICKLEN-trimmed, `_` on
+//! collision), emotes are ACTIONs, edits are marked, a private message to the bot is a
+//! command answered by NOTICE, IRC formatting arrives as rich text and the puppets' own lines
+//! never come back.
 
 use anyhow::Context as _;
 use junction_core::format::RichText;
@@ -25,6 +29,8 @@ mod store;
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Running {
+    nick: String,
+    commands: mpsc::Receiver<junction_core::Command>,
     deliveries: mpsc::Sender<Delivery>,
     delivered: Arc<Mutex<Vec<Delivered>>>,
     inbound: Arc<Mutex<Vec<Event>>>,
@@ -33,10 +39,15 @@ struct Running {
 }
 
 fn start(addr: SocketAddr, channel: &str) -> Running {
-    let mut nick = unique("jb");
-    nick.truncate(9);
-    let mut cfg = IrcConfig::new("e2e", addr.to_string(), nick);
-    cfg.mode = IrcMode::Relay;
+    start_in(addr, channel, IrcMode::Relay)
+}
+
+fn start_in(addr: SocketAddr, channel: &str, mode: IrcMode) -> Running {
+    let u = unique("jb");
+    // The end of a unique name is what differs between tests.
+    let nick = format!("jb{}", &u[u.len().saturating_sub(7)..]);
+    let mut cfg = IrcConfig::new("e2e", addr.to_string(), nick.clone());
+    cfg.mode = mode;
     cfg.burst = 20;
     cfg.max_lines = 20;
     cfg.lines_per_second = 5.0;
@@ -46,7 +57,7 @@ fn start(addr: SocketAddr, channel: &str) -> Running {
     let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
     let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(channel)]);
     let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
+    let mut cx = AdapterContext::standalone(
         NetworkId::new("irc:e2e"),
         in_tx,
         d_rx,
@@ -54,6 +65,8 @@ fn start(addr: SocketAddr, channel: &str) -> Running {
         rooms_rx,
         shutdown.clone(),
     );
+    let (cmd_tx, commands) = mpsc::channel(8);
+    cx.commands = cmd_tx;
     let delivered = Arc::new(Mutex::new(Vec::new()));
     let inbound = Arc::new(Mutex::new(Vec::new()));
     let (d2, i2) = (delivered.clone(), inbound.clone());
@@ -69,6 +82,8 @@ fn start(addr: SocketAddr, channel: &str) -> Running {
         }
     });
     Running {
+        nick,
+        commands,
         deliveries: d_tx,
         delivered,
         inbound,
@@ -188,4 +203,236 @@ async fn inspircd_relays_long_messages_and_reads_the_channel() -> anyhow::Result
 async fn ngircd_trims_nicks_to_nicklen_9() -> anyhow::Result<()> {
     let s = servers().await?;
     lobby_both_ways(s.ngircd, "alexandria", "alexan[m]").await
+}
+
+/// A short name unique to this test (the end of a unique name is what differs), so nicks
+/// of parallel tests never collide on the shared servers.
+fn short(prefix: &str, len: usize) -> String {
+    let u = unique("x");
+    format!("{prefix}{}", &u[u.len().saturating_sub(len)..])
+}
+
+fn from(outbox_id: u64, channel: &str, network: &str, display: &str, kind: EventKind) -> Delivery {
+    Delivery {
+        outbox_id,
+        bridge: BridgeName::new("lobby"),
+        target: RoomRef::new("irc:e2e", channel),
+        event: Event::new(
+            RoomRef::new(network, "#lobby:matrix.test"),
+            MessageId::new(format!("$p{outbox_id}")),
+            Sender::new(
+                UserRef::new(network, format!("@{display}:{network}.test")),
+                display,
+            ),
+            0,
+            kind,
+        ),
+        reply_to: Vec::new(),
+        target_ids: Vec::new(),
+    }
+}
+
+fn said(kind: MessageKind, text: &str) -> EventKind {
+    EventKind::Message(Message {
+        kind,
+        body: RichText::plain(text),
+        reply_to: None,
+        attachments: Vec::new(),
+    })
+}
+
+/// Waits until `user` saw a PRIVMSG from `nick` in `channel` with exactly `text`.
+async fn sees(user: &IrcUser, channel: &str, nick: &str, text: &str) -> anyhow::Result<()> {
+    eventually(WAIT, &format!("{nick} saying {text:?}"), || {
+        let got = user
+            .privmsgs_in(channel)
+            .iter()
+            .any(|(n, t)| n.eq_ignore_ascii_case(nick) && t == text);
+        async move { got.then_some(()) }
+    })
+    .await
+    .with_context(|| format!("received: {:?}", user.privmsgs_in(channel)))
+}
+
+/// `nicklen` is the server's: names are chosen so the puppet nick is `name[m]` trimmed to it.
+async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let channel = format!("#{}", unique("pup"));
+    let watcher = IrcUser::connect(addr, &short("w", 7))
+        .await
+        .context("watcher connects")?;
+    watcher.join(&channel).await.context("watcher joins")?;
+    // Someone on IRC already holds the nick a remote user would get.
+    let taken = format!("{}[m]", short("c", 4));
+    // (Registered under a plain nick first: the client uses its nick as user name, and
+    // ngIRCd refuses brackets there.)
+    let holder = IrcUser::connect(addr, &short("h", 7))
+        .await
+        .context("holder connects")?;
+    holder.send_raw(&format!("NICK {taken}"))?;
+    let t = taken.clone();
+    holder
+        .wait_for(
+            WAIT,
+            |m| matches!(&m.command, irc_proto::Command::NICK(n) if *n == t),
+        )
+        .await
+        .with_context(|| format!("the holder takes {taken}"))?;
+    let mut gw = start_in(addr, &channel, IrcMode::Puppet);
+
+    // A Matrix user speaks through their own connection, nick trimmed to NICKLEN.
+    let alice = format!("{}andria", short("al", 4));
+    let alice_nick = if nicklen >= alice.len() + 3 {
+        format!("{alice}[m]")
+    } else {
+        format!("{}[m]", &alice[..nicklen - 3])
+    };
+    let hello = "hello from a puppet";
+    gw.deliveries
+        .send(from(
+            1,
+            &channel,
+            "matrix",
+            &alice,
+            said(MessageKind::Text, hello),
+        ))
+        .await?;
+    sees(&watcher, &channel, &alice_nick, hello).await?;
+
+    // Another remote user gets another connection and nick.
+    let bob = short("bo", 4);
+    let bob_nick = format!("{bob}[x]");
+    gw.deliveries
+        .send(from(
+            2,
+            &channel,
+            "xmpp",
+            &bob,
+            said(MessageKind::Text, "hi from bob"),
+        ))
+        .await?;
+    sees(&watcher, &channel, &bob_nick, "hi from bob").await?;
+
+    // A nick already in use gets `_`.
+    let carol = taken.trim_end_matches("[m]").to_owned();
+    gw.deliveries
+        .send(from(
+            3,
+            &channel,
+            "matrix",
+            &carol,
+            said(MessageKind::Text, "i am carol"),
+        ))
+        .await?;
+    sees(&watcher, &channel, &format!("{taken}_"), "i am carol").await?;
+
+    // An emote is an ACTION; an edit is marked as a correction.
+    gw.deliveries
+        .send(from(
+            4,
+            &channel,
+            "matrix",
+            &alice,
+            said(MessageKind::Emote, "waves"),
+        ))
+        .await?;
+    sees(&watcher, &channel, &alice_nick, "\u{1}ACTION waves\u{1}").await?;
+    let edit = EventKind::Edit {
+        target: MessageId::new("$p1"),
+        body: RichText::plain("hello from a fixed puppet"),
+    };
+    gw.deliveries
+        .send(from(5, &channel, "matrix", &alice, edit))
+        .await?;
+    sees(
+        &watcher,
+        &channel,
+        &alice_nick,
+        "(edit) hello from a fixed puppet",
+    )
+    .await?;
+
+    let delivered = gw.delivered.clone();
+    let answers = eventually(WAIT, "all five deliveries answered", || {
+        let d = delivered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        async move { (d.len() == 5).then_some(d) }
+    })
+    .await?;
+    assert!(answers.iter().all(|d| d.outcome.is_ok()), "{answers:?}");
+
+    // A private message to the bot is a command; the answer comes back by NOTICE.
+    watcher.privmsg(&gw.nick, "status please")?;
+    let cmd = tokio::time::timeout(WAIT, gw.commands.recv())
+        .await
+        .context("a command in time")?
+        .context("commands open")?;
+    assert_eq!(cmd.text, "status please");
+    assert!(
+        cmd.from
+            .iter()
+            .any(|u| u.user.0.starts_with(&format!("{}!", watcher.nick()))),
+        "{:?}",
+        cmd.from
+    );
+    let _ = cmd.reply.send("all fine\nsecond line".into());
+    let bot = gw.nick.clone();
+    watcher
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, irc_proto::Command::NOTICE(_, t) if t == "second line")
+                && junction_testkit::clients::irc::source_nick(m)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&bot))
+        })
+        .await
+        .context("the answer by NOTICE")?;
+
+    // IRC formatting arrives as rich text; what the puppets said never comes back.
+    watcher.privmsg(&channel, "\u{2}bold\u{2} move")?;
+    let inbound = gw.inbound.clone();
+    let ev = eventually(WAIT, "the formatted line", || {
+        let found = inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "bold move"))
+            .cloned();
+        async move { found }
+    })
+    .await?;
+    match &ev.kind {
+        EventKind::Message(m) => assert!(!m.body.is_plain(), "{:?}", m.body),
+        other => anyhow::bail!("not a message: {other:?}"),
+    }
+    let echoed: Vec<Event> = gw
+        .inbound
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| {
+            e.sender.display_name.ends_with("[m]") || e.sender.display_name.ends_with("[x]")
+        })
+        .cloned()
+        .collect();
+    assert!(echoed.is_empty(), "our puppets came back: {echoed:?}");
+
+    gw.shutdown.cancel();
+    tokio::time::timeout(WAIT, gw.task)
+        .await
+        .context("adapter stops")???;
+    drop(holder);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspircd_puppets_speak_under_their_own_nicks() -> anyhow::Result<()> {
+    let s = servers().await?;
+    puppets(s.inspircd, 30).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ngircd_puppets_speak_under_nicklen_trimmed_nicks() -> anyhow::Result<()> {
+    let s = servers().await?;
+    puppets(s.ngircd, 9).await
 }

@@ -225,6 +225,9 @@ impl IrcAdapter {
                 if live || may_create {
                     Plan::Puppet(sender.clone(), Action::Speak)
                 } else {
+                    if puppet_mode {
+                        tracing::debug!(network = %cx.network, user = %sender, puppets = st.puppets.len(), "IRC puppet not available; relayed by the bot");
+                    }
                     Plan::Bot(BotKind::Relay)
                 }
             }
@@ -361,6 +364,7 @@ impl IrcAdapter {
 
     /// A puppet job nobody will do: messages go through the bot, the rest is done.
     fn orphan(&self, cx: &AdapterContext, st: &mut State, job: Job) {
+        tracing::debug!(network = %cx.network, outbox = job.delivery.outbox_id, action = ?job.action, "IRC puppet job handed to the bot");
         if job.action == Action::Speak {
             st.bot_queue
                 .push_back((job.delivery, BotKind::Relay, false));

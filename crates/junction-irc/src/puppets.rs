@@ -400,6 +400,7 @@ async fn serve(
                         if let Some(chan) = args.get(1) {
                             let key = fold(&s.isupport, chan);
                             joined.remove(&key);
+                            tracing::debug!(network = %sh.network, nick = %s.nick, channel = %chan, reply = ?msg.command, "IRC puppet refused in a channel");
                             if let Some(w) = work.iter_mut().find(|w| {
                                 w.token.is_some() && fold(&s.isupport, &w.job.delivery.target.room.0) == key
                             }) {

@@ -311,6 +311,7 @@ async fn connect_inner(server: &str, reg: Registration) -> Result<Session, Strin
         let Some(msg) = reader.next().await.map_err(|e| e.to_string())? else {
             return Err("server closed the connection during registration".into());
         };
+        tracing::trace!(nick = %neg.nick, msg = %msg.to_string().trim_end(), "registration");
         for line in neg.on_message(&msg) {
             writer.send(&line).await.map_err(|e| e.to_string())?;
         }
