@@ -22,3 +22,7 @@ mod lobby;
 
 /// Admin commands from every network: link, unlink, ban, status, refusals.
 mod admin;
+
+/// Faults: the gateway killed mid-flight and an IRC server restarted under load, with the
+/// figures per direction; bad input that must never stop the next line.
+mod faults;
