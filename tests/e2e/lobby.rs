@@ -58,6 +58,22 @@ impl Lobby {
     /// A lobby on InspIRCd whose config text `tweak` may change before it is parsed.
     pub async fn start_with(tweak: impl FnOnce(&mut String)) -> anyhow::Result<Lobby> {
         let servers = servers().await?;
+        Self::start_on(servers.inspircd, tweak).await
+    }
+
+    /// A lobby on the IRC server at `irc_addr`.
+    pub async fn start_on(
+        irc_addr: SocketAddr,
+        tweak: impl FnOnce(&mut String),
+    ) -> anyhow::Result<Lobby> {
+        // `JUNCTION_TEST_LOG=junction=debug` shows the gateway's log in failing tests.
+        if let Ok(filter) = std::env::var("JUNCTION_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        let servers = servers().await?;
         let slot = slot().await?;
         let name = unique("lobby");
         let matrix = MatrixUser::login(servers, "alice", "alicepw").await?;
@@ -76,7 +92,6 @@ impl Lobby {
             .context("giving the bot power")?;
         let muc = format!("{name}@{}", servers.xmpp.muc);
         let channel = format!("#{name}");
-        let irc_addr = servers.inspircd;
         let data = tempfile::tempdir()?;
         let mut config = lobby_config(servers, &slot, &name, &room, &muc, &channel, irc_addr);
         tweak(&mut config);
@@ -120,9 +135,10 @@ impl Lobby {
             junction::config::parse(&self.config, "lobby.toml", self.data.path(), &|_| None)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         let shutdown = CancellationToken::new();
+        let (irc_mark, xmpp_mark) = (self.irc.backlog().len(), self.xmpp.backlog().len());
         let task = tokio::spawn(junction::serve(config, shutdown.clone()));
         self.gateway = Some((shutdown, task));
-        self.wait_joined().await
+        self.wait_joined(irc_mark, xmpp_mark).await
     }
 
     /// Stops the gateway cleanly (as on SIGTERM) and waits for it.
@@ -136,7 +152,7 @@ impl Lobby {
 
     /// Waits until the gateway's bot is in the IRC channel, its listener in the MUC and its
     /// bot in the Matrix room.
-    async fn wait_joined(&self) -> anyhow::Result<()> {
+    async fn wait_joined(&self, irc_mark: usize, xmpp_mark: usize) -> anyhow::Result<()> {
         let bot = format!("@{}:{}", self.slot.bot, "matrix.test");
         let room = self.room.clone();
         let matrix = &self.matrix;
@@ -153,15 +169,12 @@ impl Lobby {
         })
         .await?;
         let component = self.slot.component.clone();
-        let since = self.xmpp.backlog().len();
-        let _ = since;
-        self.xmpp
-            .wait_for(WAIT, |el| {
+        let muc_prefix = format!("{}/", self.muc);
+        junction_testkit::eventually(WAIT, "the gateway's listener in the MUC", || {
+            let found = self.xmpp.backlog().into_iter().skip(xmpp_mark).any(|el| {
                 el.name() == "presence"
                     && el.attr("type").is_none()
-                    && el
-                        .attr("from")
-                        .is_some_and(|f| f.starts_with(&format!("{}/", self.muc)))
+                    && el.attr("from").is_some_and(|f| f.starts_with(&muc_prefix))
                     && el.children().any(|c| {
                         c.name() == "x"
                             && c.children().any(|i| {
@@ -169,16 +182,19 @@ impl Lobby {
                                     && i.attr("jid").is_some_and(|j| j.contains(&component))
                             })
                     })
-            })
-            .await
-            .context("the gateway's listener in the MUC")?;
+            });
+            async move { found.then_some(()) }
+        })
+        .await?;
         let irc_bot = irc_bot_nick(&self.slot);
-        self.irc
-            .wait_for(WAIT, |m| {
+        junction_testkit::eventually(WAIT, "the gateway's bot in the IRC channel", || {
+            let found = self.irc.backlog().into_iter().skip(irc_mark).any(|m| {
                 matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&self.channel))
-                    && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&irc_bot))
-            })
-            .await
+                    && source_nick(&m).is_some_and(|n| n.eq_ignore_ascii_case(&irc_bot))
+            });
+            async move { found.then_some(()) }
+        })
+        .await
             .context("the gateway's bot in the IRC channel")?;
         Ok(())
     }
@@ -770,5 +786,85 @@ async fn edits_after_restart() -> anyhow::Result<()> {
         .context("still a correction after the restart")?;
     assert_eq!(replace.attr("id"), first.attr("id"));
     lobby.irc_sees(&fixed).await?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Old-style IRC.
+
+/// On ngIRCd (no IRCv3, 9-character nicks) text crosses both ways and a Matrix user's
+/// puppet nick is trimmed to fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_on_ngircd() -> anyhow::Result<()> {
+    let servers = servers().await?;
+    let lobby = Lobby::start_on(servers.ngircd, |_| {}).await?;
+    let from_matrix = unique("hi ngircd from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    let (nick, _) = lobby
+        .irc_sees(&from_matrix)
+        .await
+        .context("matrix → ngircd")?;
+    assert!(nick.chars().count() <= 9, "nick {nick} fits NICKLEN 9");
+    let from_xmpp = unique("hi ngircd from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    lobby.irc_sees(&from_xmpp).await.context("xmpp → ngircd")?;
+    let from_irc = unique("hi from ngircd");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    lobby
+        .matrix_sees(&from_irc)
+        .await
+        .context("ngircd → matrix")?;
+    lobby.xmpp_sees(&from_irc).await.context("ngircd → xmpp")?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Topic and membership from Matrix and XMPP; kicks reflected.
+
+/// A Matrix topic reaches IRC and XMPP; an XMPP user leaving leaves everywhere; a Matrix
+/// moderator kicking an IRC user's ghost is reported on IRC (not enforced there: Matrix room
+/// moderators are not IRC channel operators).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_topic_xmpp_leave_and_kick_reflected() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let topic = unique("matrix topic");
+    lobby.matrix.set_topic(&lobby.room, &topic).await?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, irc_proto::Command::TOPIC(c, Some(t)) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
+                || matches!(&m.command, irc_proto::Command::PRIVMSG(c, t) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
+                || matches!(&m.command, irc_proto::Command::NOTICE(c, t) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
+        })
+        .await
+        .context("matrix topic → irc")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.children()
+                .any(|c| c.name() == "subject" && c.text() == topic)
+                || body(el).is_some_and(|b| b.contains(&topic))
+        })
+        .await
+        .context("matrix topic → xmpp")?;
+
+    // An IRC user speaks (so a ghost exists), then a Matrix moderator kicks the ghost.
+    let hello = unique("about to be kicked");
+    lobby.irc.privmsg(&lobby.channel, &hello)?;
+    let e = lobby.matrix_sees(&hello).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    lobby.matrix.kick(&lobby.room, &ghost, "behave").await?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| match &m.command {
+            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
+                c.eq_ignore_ascii_case(&lobby.channel)
+                    && t.contains("kicked")
+                    && t.contains("behave")
+            }
+            _ => false,
+        })
+        .await
+        .context("matrix kick → a line on irc")?;
     Ok(())
 }
