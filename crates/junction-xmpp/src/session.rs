@@ -374,7 +374,32 @@ fn from_stanza(s: Stanza) -> Element {
     }
 }
 
-async fn send(conn: &mut Conn, el: Element) -> bool {
+/// True for characters XML 1.0 allows in a document.
+fn xml_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Removes characters XML can not carry (NUL, CTCP's U+0001, ESC...) from every text and
+/// attribute of `el`. Other networks' text reaches stanzas unfiltered otherwise, and the
+/// XML writer refuses such characters (the stream would be lost for every room).
+fn xml_clean(el: &mut Element) {
+    for t in el.texts_mut() {
+        if !t.chars().all(xml_char) {
+            t.retain(xml_char);
+        }
+    }
+    for v in el.attrs_mut().values_mut() {
+        if !v.chars().all(xml_char) {
+            v.retain(xml_char);
+        }
+    }
+    for child in el.children_mut() {
+        xml_clean(child);
+    }
+}
+
+async fn send(conn: &mut Conn, mut el: Element) -> bool {
+    xml_clean(&mut el);
     match to_stanza(el) {
         Some(s) => conn.send_stanza(s).await.is_ok(),
         None => {
@@ -2053,5 +2078,33 @@ mod tests {
     #[test]
     fn server_domain_drops_the_first_label() {
         assert_eq!(server_domain("bridge.xmpp.test"), "xmpp.test");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod xml_clean_tests {
+    use super::*;
+
+    #[test]
+    fn characters_xml_can_not_carry_are_removed_from_texts_and_attributes() {
+        let mut el = Element::builder("message", "jabber:component:accept")
+            .attr(
+                rxml::NcName::try_from("to").unwrap(),
+                "room@muc.example/ni\u{1}ck",
+            )
+            .append(
+                Element::builder("body", "jabber:component:accept")
+                    .append("a\0b \u{1}ACTION x\u{1} \u{1b}[31mc\ttab\nline ✓")
+                    .build(),
+            )
+            .build();
+        xml_clean(&mut el);
+        assert_eq!(el.attr("to"), Some("room@muc.example/nick"));
+        let body = el.get_child("body", "jabber:component:accept").unwrap();
+        assert_eq!(body.text(), "ab ACTION x [31mc\ttab\nline ✓");
+        // The cleaned element serialises.
+        let mut out = Vec::new();
+        el.write_to(&mut out).unwrap();
     }
 }
