@@ -868,3 +868,103 @@ async fn matrix_topic_xmpp_leave_and_kick_reflected() -> anyhow::Result<()> {
         .context("matrix kick → a line on irc")?;
     Ok(())
 }
+
+// ----------------------------------------------------------------------------------------
+// Mentions.
+
+/// `nick:` on IRC naming a Matrix user's puppet becomes a pill for that Matrix user; a
+/// Matrix pill of an IRC user's ghost reaches IRC as the IRC nick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // Alice speaks first, so her puppet exists on IRC and we learn its nick.
+    let hello = unique("alice says hi");
+    lobby.matrix.send_text(&lobby.room, &hello).await?;
+    let (alice_nick, _) = lobby.irc_sees(&hello).await?;
+    let ping = unique("ping");
+    lobby
+        .irc
+        .privmsg(&lobby.channel, &format!("{alice_nick}: {ping}"))?;
+    let e = lobby
+        .matrix_sees(&ping)
+        .await
+        .context("irc mention → matrix")?;
+    let alice = lobby.matrix.user_id().to_owned();
+    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.contains(&format!("https://matrix.to/#/{alice}")),
+        "a pill for {alice}: {e}"
+    );
+
+    // The IRC user's ghost, pilled on Matrix, is the IRC nick on IRC.
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let pong = unique("pong");
+    let nick = lobby.irc.nick().to_owned();
+    lobby
+        .matrix
+        .send_html(
+            &lobby.room,
+            &format!("someone: {pong}"),
+            &format!("<a href=\"https://matrix.to/#/{ghost}\">someone</a>: {pong}"),
+        )
+        .await?;
+    let (_, t) = lobby.irc_sees(&pong).await.context("matrix pill → irc")?;
+    assert!(t.contains(&nick), "the pill becomes {nick}: {t:?}");
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Nick changes.
+
+/// An XMPP user changing nick renames their Matrix ghost and their IRC puppet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nick_changes_cross() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let hello = unique("before the rename");
+    lobby.xmpp.send_groupchat(&lobby.muc, &hello)?;
+    let e = lobby.matrix_sees(&hello).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let (old_nick, _) = lobby.irc_sees(&hello).await?;
+    let new = short_nick(&unique("rn"));
+    lobby
+        .xmpp
+        .send_raw(&format!("<presence to='{}/{new}'/>", lobby.muc))?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"].as_str() == Some(ghost.as_str())
+                && r["content"]["displayname"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&new))
+        })
+        .await
+        .context("xmpp nick change → matrix displayname")?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, irc_proto::Command::NICK(n) if n.contains(&new[..new.len().min(6)]))
+                && source_nick(m) == Some(old_nick.as_str())
+        })
+        .await
+        .context("xmpp nick change → irc NICK")?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Attachments from XMPP.
+
+/// An XMPP user's OOB attachment reaches Matrix and IRC as its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmpp_attachments_cross_as_links() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let url = format!("https://files.example.org/{}.png", unique("up"));
+    lobby.xmpp.send_groupchat_with(
+        &lobby.muc,
+        &url,
+        &format!("<x xmlns='jabber:x:oob'><url>{url}</url></x>"),
+    )?;
+    lobby.matrix_sees(&url).await.context("xmpp oob → matrix")?;
+    lobby.irc_sees(&url).await.context("xmpp oob → irc")?;
+    Ok(())
+}
