@@ -1299,10 +1299,9 @@ async fn appservice_refuses_bad_transactions_and_keeps_relaying() -> anyhow::Res
 }
 
 /// Control characters from Matrix (NUL, U+0001 as in CTCP, ESC) are not allowed in XML:
-/// written into a stanza as they are, they make Prosody drop the component's stream, and
-/// the next line for the MUC must still arrive. IRC gets them stripped.
+/// the XMPP side drops them rather than lose its stream, the IRC side never writes NUL,
+/// and the next line reaches both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "junction-xmpp hands XML-forbidden control characters to minidom, whose writer panics; the MUC stops receiving (see ARCHITECTURE.md, Security review)"]
 async fn control_characters_from_matrix_do_not_stop_the_next_line() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     for bad in ["a\0b", "\u{1}ACTION x\u{1}", "a\u{1b}[31mb"] {
@@ -1322,5 +1321,47 @@ async fn control_characters_from_matrix_do_not_stop_the_next_line() -> anyhow::R
             .with_context(|| format!("the line after {bad:?} → xmpp"))?;
     }
     assert_no_irc_injection(&lobby, "#nowhere-at-all");
+    Ok(())
+}
+
+/// An XMPP user's OOB attachment naming a loopback address must not make the gateway fetch
+/// it and publish what it got in the Matrix room (server-side request forgery): the link may
+/// cross as text, the bytes behind it may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "junction-matrix fetches any http(s) attachment URL, loopback and private addresses included (see ARCHITECTURE.md, Security review)"]
+async fn attachment_urls_never_reach_private_addresses() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let secret = unique("internal secret");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = fetched.clone();
+    let body = secret.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            served.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let url = format!("http://{addr}/internal.txt");
+    let id = lobby.xmpp.next_id();
+    lobby.xmpp.send_raw(&format!(
+        "<message type='groupchat' to='{}' id='{id}'><body>{url}</body>\
+         <x xmlns='jabber:x:oob'><url>{url}</url></x></message>",
+        lobby.muc
+    ))?;
+    let after = unique("after the attachment");
+    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
+    lobby.matrix_sees(&after).await?;
+    assert!(
+        !fetched.load(std::sync::atomic::Ordering::SeqCst),
+        "the gateway fetched {url} for a remote user"
+    );
     Ok(())
 }
