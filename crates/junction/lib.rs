@@ -81,10 +81,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("matrix"), &router, &shutdown)
             .context;
-        adapters.spawn(gateway::run_adapter(
-            MatrixAdapter::new(m, store.clone()),
-            cx,
-        ));
+        let mut adapter = MatrixAdapter::new(m, store.clone());
+        if let Some(url) = &config.matrix_media_url {
+            adapter = adapter.with_media_base(url.clone());
+        }
+        adapters.spawn(gateway::run_adapter(adapter, cx));
     }
     if let Some(x) = config.xmpp.clone() {
         let cx = hub

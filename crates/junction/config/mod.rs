@@ -14,7 +14,8 @@
 //!   (`ip:port`, off by default), `membership` (`"off"`, `"summarised"` (default), `"all"`),
 //!   `log` (a tracing filter such as `"info"`; `JUNCTION_LOG` / `RUST_LOG` win), `admins`.
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
-//!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`).
+//!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
+//!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
 //! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required).
 //! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
 //!   `tls` (false), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with

@@ -68,6 +68,8 @@ pub struct RawMatrix {
     pub id: Option<Str>,
     /// Localpart prefix of the ghosts.
     pub user_prefix: Option<Str>,
+    /// Public base URL of the media proxy.
+    pub media_url: Option<Str>,
 }
 
 /// `[xmpp]`.

@@ -29,6 +29,9 @@ pub struct Config {
     pub bridges: Vec<Link>,
     /// Admins of single bridges (`admins` in a `[[bridge]]`), by bridge.
     pub bridge_admins: BTreeMap<BridgeName, Vec<UserRef>>,
+    /// `[matrix] media_url`: the public base URL under which people on the other networks
+    /// reach the Matrix media proxy (default `http://<matrix.listen>`).
+    pub matrix_media_url: Option<String>,
 }
 
 /// `[gateway]`.
@@ -93,6 +96,11 @@ pub(crate) fn validate(
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
+    let matrix_media_url = raw
+        .matrix
+        .as_ref()
+        .and_then(|m| m.get_ref().media_url.as_ref())
+        .and_then(|v| c.http_url(v, "matrix.media_url"));
     if let (Some(g), Some(listen)) = (&gateway, c.listen) {
         let metrics_span = raw
             .gateway
@@ -129,6 +137,7 @@ pub(crate) fn validate(
             irc: irc.into_iter().collect::<Option<Vec<_>>>()?,
             bridges,
             bridge_admins,
+            matrix_media_url,
         })
     })();
     (config, c.diags)
@@ -490,6 +499,24 @@ impl Checker<'_> {
             id: id?,
             user_prefix: user_prefix?,
         })
+    }
+
+    /// An http(s) URL with a host, without a trailing slash.
+    fn http_url(&mut self, v: &Str, key: &str) -> Option<String> {
+        let s = self.nonempty(v, key)?;
+        match url::Url::parse(&s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                Some(s.trim_end_matches('/').to_owned())
+            }
+            _ => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("`{s}` is not an http(s) URL like `https://chat.example.org:9009`"),
+                );
+                None
+            }
+        }
     }
 
     fn localpart(&mut self, v: &Str, key: &str) -> Option<String> {
