@@ -1328,7 +1328,6 @@ async fn control_characters_from_matrix_do_not_stop_the_next_line() -> anyhow::R
 /// it and publish what it got in the Matrix room (server-side request forgery): the link may
 /// cross as text, the bytes behind it may not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "junction-matrix fetches any http(s) attachment URL, loopback and private addresses included (see ARCHITECTURE.md, Security review)"]
 async fn attachment_urls_never_reach_private_addresses() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     let secret = unique("internal secret");

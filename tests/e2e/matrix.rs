@@ -88,7 +88,8 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> 
         .with_test_writer()
         .try_init();
     let store = Arc::new(store::KvStore::default());
-    let adapter = MatrixAdapter::new(config(servers, slot), store);
+    // The test's file server is on 127.0.0.1, which the gateway refuses by default.
+    let adapter = MatrixAdapter::new(config(servers, slot), store).allow_private_media_urls();
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
     let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();

@@ -58,6 +58,7 @@ pub struct MatrixAdapter {
     config: MatrixConfig,
     store: Arc<dyn Store>,
     media_base: Option<String>,
+    private_media: bool,
 }
 
 impl MatrixAdapter {
@@ -67,7 +68,17 @@ impl MatrixAdapter {
             config,
             store,
             media_base: None,
+            private_media: false,
         }
+    }
+
+    /// Lets attachments from loopback and private addresses be fetched and uploaded. Off by
+    /// default: a remote user naming such a URL would otherwise make the gateway read an
+    /// internal service and publish the answer (server-side request forgery). For tests whose
+    /// file server runs on 127.0.0.1.
+    pub fn allow_private_media_urls(mut self) -> Self {
+        self.private_media = true;
+        self
     }
 
     /// Sets the public base URL of the media proxy (default `http://<listen>`), for when the
@@ -132,8 +143,6 @@ pub(crate) struct Shared {
     pub(crate) network: NetworkId,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) client: Client,
-    /// Plain HTTP for fetching attachments from the other networks.
-    pub(crate) http: reqwest::Client,
     pub(crate) ghosts: Ghosts,
     pub(crate) media: Arc<MediaProxy>,
     pub(crate) bot_id: String,
@@ -149,6 +158,8 @@ pub(crate) struct Shared {
     /// The last homeserver failure, cleared by the next success (for the status).
     pub(crate) homeserver_error: Mutex<Option<String>>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
+    /// Attachments may come from non-public addresses (tests only).
+    pub(crate) private_media: bool,
     /// True once the linked rooms are resolved: transactions wait for it, since an event of
     /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
@@ -173,10 +184,6 @@ impl Shared {
             &config.user_prefix,
             &config.server_name,
         );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
         let command_rooms = match store.kv_scan(COMMAND_ROOMS_TABLE) {
             Ok(rows) => rows.into_iter().map(|(k, _)| k).collect(),
             Err(e) => {
@@ -190,7 +197,6 @@ impl Shared {
             network,
             store,
             client,
-            http,
             ghosts,
             media: Arc::new(media),
             rooms: Mutex::new(Rooms::default()),
@@ -198,6 +204,7 @@ impl Shared {
             inbound,
             commands,
             command_rooms: Mutex::new(command_rooms),
+            private_media: false,
             homeserver_error: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
             ready: tokio::sync::watch::Sender::new(false),
@@ -294,7 +301,7 @@ impl Adapter for MatrixAdapter {
             .media_base
             .unwrap_or_else(|| format!("http://{}", config.listen));
         let listen = config.listen;
-        let sh = Arc::new(Shared::new(
+        let mut sh = Shared::new(
             config,
             cx.network.clone(),
             self.store,
@@ -302,7 +309,9 @@ impl Adapter for MatrixAdapter {
             &media_base,
             cx.inbound.clone(),
             cx.commands.clone(),
-        )?);
+        )?;
+        sh.private_media = self.private_media;
+        let sh = Arc::new(sh);
         let status = cx.status;
 
         let listener = tokio::net::TcpListener::bind(listen)

@@ -488,11 +488,44 @@ async fn attachment_content(
 }
 
 /// Fetches an attachment over http(s), bounded in size.
+///
+/// The URL comes from a user of another network, so it is treated as hostile: only public
+/// addresses are fetched (the name is resolved once and the connection pinned to what was
+/// checked, so DNS rebinding can not swap in a private address), redirects are not followed,
+/// and the body is read only up to [`MAX_MEDIA_BYTES`]. Anything refused crosses as its link.
 async fn fetch(sh: &Shared, url: &str) -> Result<(String, bytes::Bytes), String> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
         return Err("not an http(s) URL".into());
     }
-    let resp = sh.http.get(url).send().await.map_err(|e| e.to_string())?;
+    let host = parsed.host_str().ok_or("no host")?.to_owned();
+    let port = parsed.port_or_known_default().ok_or("no port")?;
+    let lookup_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((lookup_host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
+    if !sh.private_media {
+        if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(format!(
+                "refused: {host} resolves to {} (not a public address)",
+                a.ip()
+            ));
+        }
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve_to_addrs(&lookup_host, &addrs)
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
@@ -505,11 +538,50 @@ async fn fetch(sh: &Shared, url: &str) -> Result<(String, bytes::Bytes), String>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-    if bytes.len() > MAX_MEDIA_BYTES {
-        return Err("too large".into());
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_MEDIA_BYTES {
+            return Err("too large".into());
+        }
+        body.extend_from_slice(&chunk);
     }
-    Ok((mime, bytes))
+    Ok((mime, body.freeze()))
+}
+
+/// True for addresses on the public internet: not loopback, private, link-local, shared
+/// (CGNAT), unique-local, multicast, unspecified, broadcast, documentation or reserved.
+pub(crate) fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x64 && s[1] == 0xff9b))
+        }
+    }
 }
 
 /// A text message content: plain body, HTML when there is formatting, and `m.mentions`.
@@ -624,5 +696,36 @@ mod tests {
         assert_eq!(c["body"], "zed: <hi>");
         assert_eq!(c["m.mentions"]["user_ids"], json!([]));
         assert!(plain.get("formatted_body").is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod public_address_tests {
+    use super::is_public;
+
+    #[test]
+    fn only_public_addresses_may_be_fetched() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
     }
 }
