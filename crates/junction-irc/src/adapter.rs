@@ -28,6 +28,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Store kv table: when the bot last read each network's channels (ms since the epoch).
+const SEEN_TABLE: &str = "irc.seen";
+/// How often that time is written while connected.
+const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The IRC adapter of one network.
 pub struct IrcAdapter {
     config: IrcConfig,
@@ -505,6 +510,61 @@ impl IrcAdapter {
         )
     }
 
+    /// Says in the log what was not seen: IRC servers without CHATHISTORY keep no history,
+    /// so whatever was said in the channels since the bot last read them is gone for the
+    /// other networks. The gateway never pretends otherwise.
+    fn report_history_gap(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        rooms: &[junction_core::RoomId],
+    ) {
+        let history = s
+            .caps
+            .iter()
+            .any(|c| c == "chathistory" || c == "draft/chathistory");
+        let last = self
+            .store
+            .kv_get(SEEN_TABLE, cx.network.as_str())
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let channels: Vec<&str> = rooms.iter().map(|r| r.0.as_str()).collect();
+        match last {
+            Some(ms) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(ms);
+                let gap_s = now.saturating_sub(ms) / 1000;
+                if history {
+                    tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "The server offers CHATHISTORY, which this version does not read yet: lines said while the gateway was away (up to this long) are not relayed.");
+                } else {
+                    tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "This IRC server keeps no history (no CHATHISTORY): lines said while the gateway was away (up to this long) are not relayed.");
+                }
+            }
+            None => {
+                tracing::info!(network = %cx.network, history, "First connection to this network: nothing said before now is relayed.");
+            }
+        }
+        self.mark_seen(&cx.network);
+    }
+
+    /// Remembers that the bot was reading the channels now (for the gap report).
+    fn mark_seen(&self, network: &junction_core::NetworkId) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if let Err(e) = self
+            .store
+            .kv_put(SEEN_TABLE, network.as_str(), &now.to_be_bytes())
+        {
+            tracing::debug!(error = %e, "Could not note when the channels were last read.");
+        }
+    }
+
     async fn serve(&self, mut s: Session, cx: &mut AdapterContext, st: &mut State) -> End {
         let mut bucket = Bucket::new(self.config.burst, self.config.lines_per_second);
         let mut roster = Roster::default();
@@ -518,6 +578,8 @@ impl IrcAdapter {
             }
         }
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
+        self.report_history_gap(cx, &s, &rooms);
+        let mut marked: Option<std::time::Instant> = None;
         cx.status.send_replace(NetworkStatus::Connected);
         if let Some(p) = st.pending.take() {
             // Rendered again: the nick or the line length may differ on this connection.
@@ -592,6 +654,10 @@ impl IrcAdapter {
                     }
                     if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, msg).await {
                         return End::Lost(e);
+                    }
+                    if marked.is_none_or(|t| t.elapsed() >= SEEN_EVERY) {
+                        self.mark_seen(&cx.network);
+                        marked = Some(std::time::Instant::now());
                     }
                 }
                 report = st.reports.recv() => {
