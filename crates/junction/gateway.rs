@@ -168,10 +168,19 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     // Each adapter's connection state feeds /health.
     for (network, mut rx) in std::mem::take(&mut hub.statuses) {
         let health = health.clone();
+        let metrics = metrics.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let mut ever_connected = false;
             loop {
                 let state = network_state(&rx.borrow_and_update());
+                // Connected again after having been connected once: a reconnect.
+                let connected = matches!(state, NetworkState::Connected);
+                let was = health.get(&network) == Some(NetworkState::Connected);
+                if connected && ever_connected && !was {
+                    metrics.reconnect(&network);
+                }
+                ever_connected |= connected;
                 health.set(&network, state);
                 tokio::select! {
                     _ = stop.cancelled() => break,

@@ -968,3 +968,62 @@ async fn xmpp_attachments_cross_as_links() -> anyhow::Result<()> {
     lobby.irc_sees(&url).await.context("xmpp oob → irc")?;
     Ok(())
 }
+
+// ----------------------------------------------------------------------------------------
+// Metrics and health of a running gateway.
+
+/// `/health` says every network is connected and `/metrics` counts what crossed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_of_a_running_lobby() -> anyhow::Result<()> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
+        );
+    })
+    .await?;
+    let base = format!("http://127.0.0.1:{port}");
+    let health = junction_testkit::eventually(WAIT, "every network connected", || {
+        let url = format!("{base}/health");
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.json::<Value>().await.ok()
+        }
+    })
+    .await?;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(
+        health["networks"].as_array().map(Vec::len),
+        Some(3),
+        "{health}"
+    );
+
+    let text = unique("counted");
+    lobby.irc.privmsg(&lobby.channel, &text)?;
+    lobby.matrix_sees(&text).await?;
+    lobby.xmpp_sees(&text).await?;
+    let metrics = junction_testkit::eventually(WAIT, "the line counted", || {
+        let url = format!("{base}/metrics");
+        async move {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let counted = body.lines().any(|l| {
+                l.starts_with("junction_messages_in_total{network=\"irc:local\"}")
+                    && !l.ends_with(" 0")
+            }) && body.lines().any(|l| {
+                l.starts_with("junction_messages_out_total{network=\"xmpp\"}") && !l.ends_with(" 0")
+            });
+            counted.then_some(body)
+        }
+    })
+    .await?;
+    assert!(
+        metrics.contains("junction_delivery_latency_seconds_bucket"),
+        "latency histogram exported"
+    );
+    Ok(())
+}
