@@ -275,6 +275,18 @@ impl Admin {
                 return false;
             }
         }
+        if user.network.as_str() == "xmpp" {
+            // Occupants are named by occupant-id or room/nick, a ban names the bare JID:
+            // the adapter notes each occupant's real JID where the room shows it.
+            if let Ok(Some(real)) = store.kv_get(junction_xmpp::REAL_JIDS, user.user.as_str()) {
+                let real = UserRef::new(
+                    user.network.clone(),
+                    String::from_utf8_lossy(&real).into_owned(),
+                );
+                return matches!(store.kv_get(BANS, &ban_key(&real)), Ok(Some(_)));
+            }
+            return false;
+        }
         if !is_irc(&user.network) {
             return false;
         }
@@ -1218,6 +1230,11 @@ admins = ["@devlead:matrix.test"]
         assert!(a.is_banned(&s, &UserRef::new("matrix", "@evil:matrix.test")));
         a.handle(&root(), "root", "ban Evil@XMPP.test", &mut r, &s);
         assert!(a.is_banned(&s, &UserRef::new("xmpp", "evil@xmpp.test")));
+        // An occupant whose real JID the XMPP adapter noted is banned with that JID.
+        s.kv_put(junction_xmpp::REAL_JIDS, "occupant:abc", b"evil@xmpp.test")
+            .unwrap();
+        assert!(a.is_banned(&s, &UserRef::new("xmpp", "occupant:abc")));
+        assert!(!a.is_banned(&s, &UserRef::new("xmpp", "occupant:other")));
         let o = a.handle(&root(), "root", "status", &mut r, &s);
         assert!(o.reply.ends_with("Bans: 5"), "{}", o.reply);
 

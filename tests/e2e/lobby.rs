@@ -1027,3 +1027,69 @@ async fn metrics_and_health_of_a_running_lobby() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ----------------------------------------------------------------------------------------
+// A ban once, for all networks.
+
+/// A global admin on Matrix bans an XMPP user by bare JID: the gateway refuses that user's
+/// messages on every network from then on (found through the occupant's real JID), and
+/// everyone else keeps talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_ban_of_an_xmpp_user_stops_their_messages_everywhere() -> anyhow::Result<()> {
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            "membership = \"all\"\nadmins = [\"@alice:matrix.test\"]",
+        );
+    })
+    .await?;
+    let before = unique("before the ban");
+    lobby.xmpp.send_groupchat(&lobby.muc, &before)?;
+    lobby.irc_sees(&before).await?;
+
+    // A direct chat with the bot is the command line.
+    let bot = format!("@{}:matrix.test", lobby.slot.bot);
+    let dm = lobby.matrix.create_room(None, false).await?;
+    lobby.matrix.invite(&dm, &bot).await?;
+    let members_dm = dm.clone();
+    let m = &lobby.matrix;
+    junction_testkit::eventually(WAIT, "the bot in the direct chat", || {
+        let (bot, dm) = (bot.clone(), members_dm.clone());
+        async move { m.members(&dm).await.ok().filter(|x| x.contains_key(&bot)) }
+    })
+    .await?;
+    let jid = lobby.xmpp.bare_jid().to_owned();
+    lobby
+        .matrix
+        .send_text(&dm, &format!("ban {jid} spamming"))
+        .await?;
+    let reply = lobby
+        .matrix
+        .wait_for(&dm, WAIT, |e| {
+            e["sender"].as_str() == Some(bot.as_str())
+                && matrix_body(e).to_lowercase().contains("banned")
+        })
+        .await
+        .context("the bot answers the ban")?;
+    assert!(matrix_body(&reply).contains(&jid), "{reply}");
+
+    let after = unique("after the ban");
+    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
+    // Everyone else still crosses; the banned user's line does not.
+    let canary = unique("irc still talks");
+    lobby.irc.privmsg(&lobby.channel, &canary)?;
+    lobby.matrix_sees(&canary).await?;
+    lobby.xmpp_sees(&canary).await?;
+    let marker = unique("matrix after");
+    lobby.matrix.send_text(&lobby.room, &marker).await?;
+    lobby.irc_sees(&marker).await?;
+    assert!(
+        !lobby
+            .irc
+            .privmsgs_in(&lobby.channel)
+            .iter()
+            .any(|(_, t)| t.contains(&after)),
+        "the banned user's line reached IRC"
+    );
+    Ok(())
+}

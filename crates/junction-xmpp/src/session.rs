@@ -1952,10 +1952,21 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             )
             .is_some()
     };
+    let sender = occupant_sender(st, el, from, nick);
+    if let (Some(j), false) = (&real, ours) {
+        // Who the occupant really is, for gateway bans by bare JID (events name occupants
+        // by occupant-id or room/nick). Known where the room shows real JIDs to the listener;
+        // noted for occupants already there when the listener joins, too.
+        if let Err(e) = st
+            .store
+            .kv_put(crate::REAL_JIDS, sender.user.user.as_str(), j.as_bytes())
+        {
+            tracing::debug!(error = %e, "xmpp: could not note an occupant's real JID");
+        }
+    }
     if ours || !st.listening.contains(room_jid) {
         return;
     }
-    let sender = occupant_sender(st, el, from, nick);
     let reason = item
         .and_then(|i| i.children().find(|c| c.name() == "reason"))
         .map(Element::text)
