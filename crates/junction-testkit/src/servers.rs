@@ -12,11 +12,17 @@
 //! Several gateways can run side by side against the same servers: each test takes a
 //! [`Slot`] with [`slot`], which gives it its own appservice registration and its own XMPP
 //! component. Slot 0 ([`demo_slot`]) is the one `bridges.toml` uses.
+//!
+//! A test that must stop or crash a server starts one of its own instead, with
+//! [`PrivateServer`] (a Prosody or a Synapse on free ports, in its own directory).
 
 mod config;
 pub mod install;
+pub mod private;
 pub mod probe;
 mod process;
+
+pub use private::PrivateServer;
 
 use anyhow::Context as _;
 use fs2::FileExt;

@@ -74,6 +74,13 @@ fn regex_escape(s: &str) -> String {
 
 /// Synapse's `homeserver.yaml`.
 pub(crate) fn synapse(l: &Layout) -> String {
+    let registrations: Vec<_> = (0..=SLOTS).map(|i| l.registration(i)).collect();
+    synapse_on(l, MATRIX_PORT, &registrations)
+}
+
+/// Synapse's `homeserver.yaml` for a client listener on `port` with the appservice
+/// registrations at `registrations`; the rest as in [`synapse`].
+pub(crate) fn synapse_on(l: &Layout, port: u16, registrations: &[std::path::PathBuf]) -> String {
     let d = &l.synapse;
     let mut s = String::new();
     let _ = writeln!(
@@ -84,10 +91,10 @@ pub(crate) fn synapse(l: &Layout) -> String {
     let _ = writeln!(
         s,
         "public_baseurl: {}",
-        yq(&format!("http://127.0.0.1:{MATRIX_PORT}/"))
+        yq(&format!("http://127.0.0.1:{port}/"))
     );
     let _ = writeln!(s, "listeners:");
-    let _ = writeln!(s, "  - port: {MATRIX_PORT}");
+    let _ = writeln!(s, "  - port: {port}");
     let _ = writeln!(s, "    bind_addresses: ['127.0.0.1']");
     let _ = writeln!(s, "    type: http");
     let _ = writeln!(s, "    tls: false");
@@ -132,8 +139,8 @@ pub(crate) fn synapse(l: &Layout) -> String {
     let _ = writeln!(s, "presence:");
     let _ = writeln!(s, "  enabled: false");
     let _ = writeln!(s, "app_service_config_files:");
-    for i in 0..=SLOTS {
-        let _ = writeln!(s, "  - {}", yq(&l.registration(i).display().to_string()));
+    for r in registrations {
+        let _ = writeln!(s, "  - {}", yq(&r.display().to_string()));
     }
     for key in RATE_LIMITS_FLAT {
         let _ = writeln!(s, "{key}: {NO_LIMIT}");
@@ -209,6 +216,12 @@ fn sq(s: &str) -> String {
 
 /// Prosody's config: one VirtualHost, the MUC (with MAM) and one component per slot.
 pub(crate) fn prosody(l: &Layout) -> String {
+    prosody_on(l, super::XMPP_C2S_PORT, super::XMPP_COMPONENT_PORT)
+}
+
+/// Prosody's config with clients on `c2s` and components on `component`; the rest as in
+/// [`prosody`].
+pub(crate) fn prosody_on(l: &Layout, c2s: u16, component: u16) -> String {
     let d = &l.prosody;
     let mut s = String::new();
     let _ = writeln!(
@@ -240,9 +253,9 @@ pub(crate) fn prosody(l: &Layout) -> String {
         "log = {{ {{ levels = {{ min = \"info\" }}, to = \"console\" }} }}"
     );
     let _ = writeln!(s, "interfaces = {{ \"127.0.0.1\" }}");
-    let _ = writeln!(s, "c2s_ports = {{ {} }}", super::XMPP_C2S_PORT);
+    let _ = writeln!(s, "c2s_ports = {{ {c2s} }}");
     let _ = writeln!(s, "c2s_direct_tls_ports = {{ }}");
-    let _ = writeln!(s, "component_ports = {{ {} }}", super::XMPP_COMPONENT_PORT);
+    let _ = writeln!(s, "component_ports = {{ {component} }}");
     let _ = writeln!(s, "component_interfaces = {{ \"127.0.0.1\" }}");
     let _ = writeln!(s, "http_ports = {{ }}");
     let _ = writeln!(s, "https_ports = {{ }}");
