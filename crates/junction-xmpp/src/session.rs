@@ -911,7 +911,7 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
     let mut sender_key = key.clone();
     let (el, wait) = match &d.event.kind {
         EventKind::Message(m) => {
-            let mut text = outbound::styled(&m.body);
+            let mut text = outbound::styled(&mention_nicks(st, &room, &m.body));
             for a in &m.attachments {
                 if !text.is_empty() {
                     text.push('\n');
@@ -1608,6 +1608,29 @@ fn muc_item(el: &Element) -> Option<&Element> {
         .find(|c| c.name() == "item")
 }
 
+/// Mentions written as the name people see in `room`: an XMPP user's current nick, or the
+/// nick of the puppet that stands for a person of another network; others keep their name.
+fn mention_nicks(
+    st: &State,
+    room: &str,
+    body: &junction_core::RichText,
+) -> junction_core::RichText {
+    let mut body = body.clone();
+    junction_core::format::mention::map_mentions(&mut body, |user, name| {
+        let Some(u) = user.as_ref() else { return };
+        let nick = if u.network == st.network {
+            find_occupant(st, room, u.user.as_str()).0
+        } else {
+            let key = (room.to_string(), puppet_jid(u, &st.config.component));
+            st.joined.get(&key).cloned()
+        };
+        if let Some(n) = nick {
+            *name = n;
+        }
+    });
+    body
+}
+
 /// The linked room a bare room JID is, as written in the link.
 fn linked_room(cx: &AdapterContext, room_jid: &str) -> Option<RoomId> {
     cx.rooms
@@ -1964,7 +1987,10 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             tracing::debug!(error = %e, "xmpp: could not note an occupant's real JID");
         }
     }
-    if ours || !st.listening.contains(room_jid) {
+    // One of our puppets removed by a moderator is still news for the other networks
+    // (the person it stands for was kicked); its other presence is our own echo.
+    let removed = ty == Some("unavailable") && (has_status(el, "307") || has_status(el, "301"));
+    if (ours && !removed) || !st.listening.contains(room_jid) {
         return;
     }
     let reason = item
@@ -1992,6 +2018,10 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 .and_then(|a| a.attr("nick"))
                 .unwrap_or(room_jid)
                 .to_string();
+            if st.is_our_nick(room_jid, &actor) {
+                // The gateway's own enforcement: already known where it came from.
+                return;
+            }
             let kicker = Sender {
                 user: UserRef::new(cx.network.as_str(), format!("{room_jid}/{actor}")),
                 display_name: actor,
