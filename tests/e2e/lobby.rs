@@ -1093,3 +1093,261 @@ async fn admin_ban_of_an_xmpp_user_stops_their_messages_everywhere() -> anyhow::
     );
     Ok(())
 }
+
+// ----------------------------------------------------------------------------------------
+// The remaining directions of membership, nick changes, topics, kicks and mentions.
+
+/// Someone joining on Matrix appears on IRC and XMPP, and leaving leaves there; the same for
+/// someone joining on XMPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_parts_from_matrix_and_xmpp() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let servers = servers().await?;
+    // Matrix: a new user joins, says something, leaves.
+    let name = short_nick(&unique("mj"));
+    let carol = MatrixUser::register(servers, &name, "pw-lobby").await?;
+    carol.join(&lobby.room).await?;
+    let hi = unique("carol is here");
+    carol.send_text(&lobby.room, &hi).await?;
+    let (carol_nick, _) = lobby.irc_sees(&hi).await?;
+    let x = lobby.xmpp_sees(&hi).await?;
+    let carol_occupant = x.attr("from").context("from")?.to_owned();
+    carol.leave(&lobby.room).await?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            source_nick(m) == Some(carol_nick.as_str())
+                && matches!(
+                    &m.command,
+                    irc_proto::Command::PART(..) | irc_proto::Command::QUIT(..)
+                )
+        })
+        .await
+        .context("matrix leave → irc part")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("type") == Some("unavailable")
+                && el.attr("from") == Some(carol_occupant.as_str())
+        })
+        .await
+        .context("matrix leave → xmpp unavailable")?;
+
+    // XMPP: a second user joins the MUC: a ghost joins on Matrix, a puppet on IRC.
+    let dave_name = short_nick(&unique("xd"));
+    let dave = XmppUser::register(servers, &dave_name, "pw-lobby").await?;
+    let dave_nick = unique("dave");
+    dave.join_muc(&lobby.muc, &dave_nick).await?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["content"]["membership"] == "join"
+                && r["content"]["displayname"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&dave_nick))
+        })
+        .await
+        .context("xmpp join → matrix ghost joins")?;
+    // IRC puppets connect when the person first speaks (a connection per lurker would cost
+    // the IRC network for nothing); then their puppet joins before the line.
+    let words = unique("dave speaks");
+    dave.send_groupchat(&lobby.muc, &words)?;
+    let (puppet, _) = lobby.irc_sees(&words).await.context("xmpp → irc")?;
+    let backlog = lobby.irc.backlog();
+    let joined = backlog.iter().position(|m| {
+        matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&lobby.channel))
+            && source_nick(m) == Some(puppet.as_str())
+    });
+    let spoke = backlog.iter().position(
+        |m| matches!(&m.command, irc_proto::Command::PRIVMSG(_, t) if t.contains(&words)),
+    );
+    assert!(
+        joined.is_some() && joined < spoke,
+        "the puppet {puppet} joins before it speaks"
+    );
+    Ok(())
+}
+
+/// An IRC nick change renames the Matrix ghost and the XMPP occupant; a Matrix display
+/// name change renames the IRC puppet and the XMPP occupant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nick_changes_from_irc_and_matrix() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let servers = servers().await?;
+    let hi = unique("irc before rename");
+    lobby.irc.privmsg(&lobby.channel, &hi)?;
+    let e = lobby.matrix_sees(&hi).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let x = lobby.xmpp_sees(&hi).await?;
+    let occupant = x.attr("from").context("from")?.to_owned();
+    let new = short_nick(&unique("nn"));
+    lobby.irc.send_raw(&format!("NICK {new}"))?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"].as_str() == Some(ghost.as_str())
+                && r["content"]["displayname"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&new))
+        })
+        .await
+        .context("irc nick → matrix displayname")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("from") == Some(occupant.as_str())
+                && el.attr("type") == Some("unavailable")
+                && muc_status(el, "303")
+        })
+        .await
+        .context("irc nick → xmpp nick change")?;
+
+    // Matrix: a fresh user speaks, then changes display name.
+    let name = short_nick(&unique("mr"));
+    let erin = MatrixUser::register(servers, &name, "pw-lobby").await?;
+    erin.join(&lobby.room).await?;
+    let hi = unique("erin before rename");
+    erin.send_text(&lobby.room, &hi).await?;
+    let (old_nick, _) = lobby.irc_sees(&hi).await?;
+    let x = lobby.xmpp_sees(&hi).await?;
+    let occupant = x.attr("from").context("from")?.to_owned();
+    let display = short_nick(&unique("Er"));
+    erin.set_displayname(&display).await?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            source_nick(m) == Some(old_nick.as_str())
+                && matches!(&m.command, irc_proto::Command::NICK(n) if n.starts_with(&display[..4]))
+        })
+        .await
+        .context("matrix displayname → irc NICK")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("from") == Some(occupant.as_str())
+                && el.attr("type") == Some("unavailable")
+                && muc_status(el, "303")
+        })
+        .await
+        .context("matrix displayname → xmpp nick change")?;
+    Ok(())
+}
+
+/// True when a MUC presence carries status `code`.
+fn muc_status(el: &minidom::Element, code: &str) -> bool {
+    el.children().any(|x| {
+        x.name() == "x"
+            && x.children()
+                .any(|s| s.name() == "status" && s.attr("code") == Some(code))
+    })
+}
+
+/// A subject set on XMPP becomes the Matrix topic and reaches IRC; an XMPP owner kicking
+/// an IRC user's occupant and an IRC operator kicking a Matrix user's puppet are reported on
+/// the other networks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmpp_topic_and_kicks_reflected_from_xmpp_and_irc() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let topic = unique("xmpp subject");
+    lobby.xmpp.set_subject(&lobby.muc, &topic)?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.topic" && r["content"]["topic"].as_str() == Some(topic.as_str())
+        })
+        .await
+        .context("xmpp subject → matrix topic")?;
+    lobby
+        .irc
+        .wait_for(WAIT, |m| match &m.command {
+            irc_proto::Command::TOPIC(c, Some(t)) => {
+                c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
+            }
+            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
+                c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
+            }
+            _ => false,
+        })
+        .await
+        .context("xmpp subject → irc")?;
+
+    // The XMPP owner kicks the IRC user's occupant.
+    let hi = unique("irc user speaks");
+    lobby.irc.privmsg(&lobby.channel, &hi)?;
+    let x = lobby.xmpp_sees(&hi).await?;
+    let occupant_nick = from_nick(&x).context("nick")?.to_owned();
+    lobby.xmpp.kick(&lobby.muc, &occupant_nick).await?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            matrix_body(r).contains("kicked") && matrix_body(r).contains(&occupant_nick)
+        })
+        .await
+        .context("xmpp kick → a line on matrix")?;
+
+    // The IRC user (channel operator: they made the channel) kicks Matrix alice's puppet.
+    let hello = unique("alice speaks");
+    lobby.matrix.send_text(&lobby.room, &hello).await?;
+    let (alice_nick, _) = lobby.irc_sees(&hello).await?;
+    lobby.irc.kick(&lobby.channel, &alice_nick, "out you go")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            body(el).is_some_and(|b| b.contains("kicked") && b.contains("out you go"))
+        })
+        .await
+        .context("irc kick → a line on xmpp")?;
+    Ok(())
+}
+
+/// Mentions from XMPP become pills on Matrix and the IRC nick on IRC; a Matrix pill of an
+/// XMPP user's ghost reaches XMPP as their nick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_from_xmpp_and_to_xmpp() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let hello = unique("alice says hello");
+    lobby.matrix.send_text(&lobby.room, &hello).await?;
+    let x = lobby.xmpp_sees(&hello).await?;
+    let (alice_irc, _) = lobby.irc_sees(&hello).await?;
+    let alice_occupant = from_nick(&x).context("nick")?.to_owned();
+    let ping = unique("ping from xmpp");
+    lobby
+        .xmpp
+        .send_groupchat(&lobby.muc, &format!("{alice_occupant}: {ping}"))?;
+    let e = lobby
+        .matrix_sees(&ping)
+        .await
+        .context("xmpp mention → matrix")?;
+    let alice = lobby.matrix.user_id().to_owned();
+    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(
+        html.contains(&format!("https://matrix.to/#/{alice}")),
+        "a pill for {alice}: {e}"
+    );
+    let (_, t) = lobby.irc_sees(&ping).await.context("xmpp mention → irc")?;
+    assert!(t.contains(&alice_irc), "the IRC nick {alice_irc}: {t:?}");
+
+    // Alice pills the XMPP user's ghost.
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let pong = unique("pong to xmpp");
+    lobby
+        .matrix
+        .send_html(
+            &lobby.room,
+            &format!("someone: {pong}"),
+            &format!("<a href=\"https://matrix.to/#/{ghost}\">someone</a>: {pong}"),
+        )
+        .await?;
+    let x = lobby.xmpp_sees(&pong).await.context("matrix pill → xmpp")?;
+    assert!(
+        body(&x).is_some_and(|b| b.contains(&lobby.xmpp_nick)),
+        "the pill becomes {}: {x:?}",
+        lobby.xmpp_nick
+    );
+    Ok(())
+}
