@@ -1107,6 +1107,19 @@ async fn joins_and_parts_from_matrix_and_xmpp() -> anyhow::Result<()> {
     let name = short_nick(&unique("mj"));
     let carol = MatrixUser::register(servers, &name, "pw-lobby").await?;
     carol.join(&lobby.room).await?;
+    // Her occupant enters the MUC on the join itself.
+    let muc_prefix = format!("{}/", lobby.muc);
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("type").is_none()
+                && el
+                    .attr("from")
+                    .is_some_and(|f| f.starts_with(&muc_prefix) && f.contains(&name))
+        })
+        .await
+        .context("matrix join → xmpp occupant")?;
     let hi = unique("carol is here");
     carol.send_text(&lobby.room, &hi).await?;
     let (carol_nick, _) = lobby.irc_sees(&hi).await?;
