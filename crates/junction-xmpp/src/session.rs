@@ -1435,6 +1435,18 @@ async fn on_message_error(
     if let Wait::Subject { .. } = p.wait {
         if let EventKind::Topic { text } = &p.delivery.event.kind {
             st.pending.remove(id);
+            let listener_may = p.sender.1 != st.listener_bare()
+                && st.rights.get(&p.room).is_some_and(Rights::moderator);
+            if listener_may {
+                // The puppet may not change the subject, the listener may (a moderator).
+                let sid = st.new_id();
+                let el = outbound::subject(&st.listener(), &p.room, &sid, text);
+                let sender = (p.room.clone(), st.listener_bare());
+                let wait = Wait::Subject {
+                    nick: LISTENER_NICK.to_string(),
+                };
+                return send_pending(st, conn, p.delivery.clone(), sid, el, wait, sender).await;
+            }
             let line = format!(
                 "{} changed the topic to: {text}",
                 p.delivery.event.sender.display_name
