@@ -31,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 /// Most inbound events recorded in one batch before one flush.
 const BATCH: usize = 256;
 
+/// How often the outbox depth gauges are recounted while outboxes change.
+const DEPTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The adapter ends of the channels for one network, created by [`Hub::attach`].
 pub struct Attached {
     /// What to hand the adapter's `run`.
@@ -202,6 +205,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         admin,
         inflight: HashSet::new(),
         held: HashMap::new(),
+        depth_dirty: Vec::new(),
     };
     // Resume what was not delivered before the last stop, in outbox order.
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
@@ -217,10 +221,13 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     hub.inbound_tx = None;
     let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
     let mut done: Vec<Delivered> = Vec::new();
+    let mut depth_tick = tokio::time::interval(DEPTH_EVERY);
+    depth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = depth_tick.tick(), if !state.depth_dirty.is_empty() => state.count_depths(),
             n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
                 state.inbound(&mut batch, &hub);
@@ -260,6 +267,8 @@ struct Loop {
     inflight: HashSet<(EventId, RoomRef)>,
     /// Edits, redactions and reactions waiting for their original's answer in a room.
     held: HashMap<(EventId, RoomRef), Vec<Delivery>>,
+    /// Networks whose outbox changed since their depth was last counted.
+    depth_dirty: Vec<NetworkId>,
 }
 
 /// The store's resolver plus what the loop knows is on its way.
@@ -467,16 +476,28 @@ impl Loop {
         let _ = cmd.reply.send(reply);
     }
 
-    fn update_depth(&self, network: &NetworkId) {
-        if let Ok(depth) = self.store.outbox_depth(network) {
-            self.metrics.set_outbox_depth(network, depth);
+    /// Marks a network's outbox depth for recounting on the next tick. Counting scans the
+    /// whole outbox, so doing it after every batch made a backlog cost O(depth) per batch.
+    fn update_depth(&mut self, network: &NetworkId) {
+        if !self.depth_dirty.contains(network) {
+            self.depth_dirty.push(network.clone());
         }
     }
 
-    fn update_depths(&self, hub: &Hub) {
+    /// Recounts the outboxes that changed since the last count.
+    fn count_depths(&mut self) {
+        for network in std::mem::take(&mut self.depth_dirty) {
+            if let Ok(depth) = self.store.outbox_depth(&network) {
+                self.metrics.set_outbox_depth(&network, depth);
+            }
+        }
+    }
+
+    fn update_depths(&mut self, hub: &Hub) {
         for n in hub.outboxes.keys() {
             self.update_depth(n);
         }
+        self.count_depths();
     }
 }
 
