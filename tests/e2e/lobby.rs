@@ -1360,5 +1360,75 @@ async fn mentions_from_xmpp_and_to_xmpp() -> anyhow::Result<()> {
         "the pill becomes {}: {x:?}",
         lobby.xmpp_nick
     );
+
+    // On IRC, `nick:` naming the XMPP user's puppet reaches XMPP as their nick.
+    let (xmpp_puppet, _) = lobby.irc_sees(&ping).await?;
+    let hey = unique("hey from irc");
+    lobby
+        .irc
+        .privmsg(&lobby.channel, &format!("{xmpp_puppet}: {hey}"))?;
+    let x = lobby.xmpp_sees(&hey).await.context("irc mention → xmpp")?;
+    assert!(
+        body(&x).is_some_and(|b| b.starts_with(&lobby.xmpp_nick)),
+        "the IRC address becomes {}: {x:?}",
+        lobby.xmpp_nick
+    );
+    Ok(())
+}
+
+/// Kicks by room moderators in the remaining directions are reported as a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_reflected_in_the_remaining_directions() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // Everyone speaks once, so every puppet and ghost exists.
+    let m = unique("m speaks");
+    lobby.matrix.send_text(&lobby.room, &m).await?;
+    let (alice_irc, _) = lobby.irc_sees(&m).await?;
+    let x_alice = lobby.xmpp_sees(&m).await?;
+    let alice_occupant = from_nick(&x_alice).context("nick")?.to_owned();
+    let x = unique("x speaks");
+    lobby.xmpp.send_groupchat(&lobby.muc, &x)?;
+    let e = lobby.matrix_sees(&x).await?;
+    let xmpp_ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let (xmpp_irc, _) = lobby.irc_sees(&x).await?;
+
+    // Matrix kicks the XMPP user's ghost → a line on XMPP.
+    lobby
+        .matrix
+        .kick(&lobby.room, &xmpp_ghost, "m kicks x")
+        .await?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            body(el).is_some_and(|b| b.contains("kicked") && b.contains("m kicks x"))
+        })
+        .await
+        .context("matrix kick → a line on xmpp")?;
+
+    // XMPP's owner kicks Matrix alice's occupant → a line on IRC.
+    lobby.xmpp.kick(&lobby.muc, &alice_occupant).await?;
+    lobby
+        .irc
+        .wait_for(WAIT, |msg| match &msg.command {
+            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
+                c.eq_ignore_ascii_case(&lobby.channel)
+                    && t.contains("kicked")
+                    && t.contains(&alice_occupant)
+            }
+            _ => false,
+        })
+        .await
+        .context("xmpp kick → a line on irc")?;
+
+    // IRC's operator kicks the XMPP user's puppet → a line on Matrix.
+    lobby.irc.kick(&lobby.channel, &xmpp_irc, "i kicks x")?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            matrix_body(r).contains("kicked") && matrix_body(r).contains("i kicks x")
+        })
+        .await
+        .context("irc kick → a line on matrix")?;
+    let _ = alice_irc;
     Ok(())
 }
