@@ -100,7 +100,7 @@ pub(crate) fn validate(
         .matrix
         .as_ref()
         .and_then(|m| m.get_ref().media_url.as_ref())
-        .and_then(|v| c.http_url(v, "matrix.media_url"));
+        .and_then(|v| c.http_url(v, "matrix.media_url", "https://chat.example.org:9009"));
     if let (Some(g), Some(listen)) = (&gateway, c.listen) {
         let metrics_span = raw
             .gateway
@@ -428,22 +428,7 @@ impl Checker<'_> {
         let m = m.get_ref();
         let homeserver = self
             .required(&m.homeserver, t.clone(), "matrix", "homeserver")
-            .and_then(|v| {
-                let s = self.nonempty(v, "matrix.homeserver")?;
-                match url::Url::parse(&s) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
-                        Some(s.trim_end_matches('/').to_owned())
-                    }
-                    _ => {
-                        self.error(
-                            v.span(),
-                            "matrix.homeserver",
-                            format!("`{s}` is not an http(s) URL like `http://127.0.0.1:8008`"),
-                        );
-                        None
-                    }
-                }
-            });
+            .and_then(|v| self.http_url(v, "matrix.homeserver", "http://127.0.0.1:8008"));
         let server_name = self
             .required(&m.server_name, t.clone(), "matrix", "server_name")
             .and_then(|v| {
@@ -502,7 +487,7 @@ impl Checker<'_> {
     }
 
     /// An http(s) URL with a host, without a trailing slash.
-    fn http_url(&mut self, v: &Str, key: &str) -> Option<String> {
+    fn http_url(&mut self, v: &Str, key: &str, example: &str) -> Option<String> {
         let s = self.nonempty(v, key)?;
         match url::Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
@@ -512,7 +497,7 @@ impl Checker<'_> {
                 self.error(
                     v.span(),
                     key,
-                    format!("`{s}` is not an http(s) URL like `https://chat.example.org:9009`"),
+                    format!("`{s}` is not an http(s) URL like `{example}`"),
                 );
                 None
             }
