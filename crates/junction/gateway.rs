@@ -51,6 +51,7 @@ pub struct Hub {
     commands_tx: mpsc::Sender<Command>,
     commands_rx: mpsc::Receiver<Command>,
     statuses: HashMap<NetworkId, watch::Receiver<NetworkStatus>>,
+    puppets: HashMap<NetworkId, watch::Receiver<usize>>,
 }
 
 impl Default for Hub {
@@ -69,6 +70,7 @@ impl Hub {
             commands_tx,
             commands_rx,
             statuses: HashMap::new(),
+            puppets: HashMap::new(),
             inbound_tx: Some(inbound_tx),
             inbound_rx,
             delivered_tx,
@@ -106,6 +108,8 @@ impl Hub {
         self.rooms.insert(network.clone(), rooms_tx);
         let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
         self.statuses.insert(network.clone(), status_rx);
+        let (puppets_tx, puppets_rx) = watch::channel(0);
+        self.puppets.insert(network.clone(), puppets_rx);
         Attached {
             context: AdapterContext {
                 network,
@@ -120,6 +124,7 @@ impl Hub {
                 shutdown: shutdown.clone(),
                 commands: self.commands_tx.clone(),
                 status: status_tx,
+                puppets: puppets_tx,
             },
         }
     }
@@ -151,6 +156,20 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         health,
         mut admin,
     } = parts;
+    // Each adapter's puppet count feeds /metrics.
+    for (network, mut rx) in std::mem::take(&mut hub.puppets) {
+        let metrics = metrics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.set_puppets(&network, *rx.borrow_and_update());
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = rx.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+    }
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
     let seen = health.clone();
     admin.set_status_source(Box::new(move || {

@@ -455,6 +455,7 @@ impl Running {
             shutdown: shutdown.clone(),
             commands: cmd_tx,
             status: status_tx,
+            puppets: watch::channel(0).0,
         };
         let task = tokio::spawn(adapter.run(cx));
         let seen: Arc<Mutex<Vec<Event>>> = Arc::default();

@@ -129,6 +129,9 @@ pub struct AdapterContext {
     pub commands: mpsc::Sender<Command>,
     /// The adapter's view of its connection, for `/health`.
     pub status: watch::Sender<NetworkStatus>,
+    /// How many puppets (IRC connections, MUC occupants, Matrix ghosts in rooms) the adapter
+    /// has on its network right now, for `/metrics`.
+    pub puppets: watch::Sender<usize>,
 }
 
 impl AdapterContext {
@@ -144,6 +147,7 @@ impl AdapterContext {
     ) -> Self {
         let (commands, _) = mpsc::channel(1);
         let (status, _) = watch::channel(NetworkStatus::Connecting);
+        let (puppets, _) = watch::channel(0);
         Self {
             network,
             inbound,
@@ -153,6 +157,7 @@ impl AdapterContext {
             shutdown,
             commands,
             status,
+            puppets,
         }
     }
 }

@@ -663,6 +663,8 @@ impl IrcAdapter {
                 report = st.reports.recv() => {
                     if let Some(r) = report {
                         self.on_report(cx, st, &s.isupport, r);
+                        let live = st.live.len();
+                        cx.puppets.send_if_modified(|n| std::mem::replace(n, live) != live);
                         self.pump(cx, st, &s.isupport);
                     }
                 }
@@ -1241,6 +1243,7 @@ mod tests {
             shutdown: shutdown.clone(),
             commands: cmd_tx,
             status: status_tx,
+            puppets: tokio::sync::watch::channel(0).0,
         };
         tokio::spawn(adapter.run(cx));
         Harness {

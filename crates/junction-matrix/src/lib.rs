@@ -357,6 +357,8 @@ impl Adapter for MatrixAdapter {
                     Some(d) => {
                         handle_delivery(&sh, d, &cx.delivered, &cx.shutdown, &status).await;
                         report(&sh, &status);
+                        let ghosts = sh.ghosts.count();
+                        cx.puppets.send_if_modified(|n| std::mem::replace(n, ghosts) != ghosts);
                     }
                     None => break,
                 },

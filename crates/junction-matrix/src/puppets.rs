@@ -123,6 +123,15 @@ impl Ghosts {
         Ok(())
     }
 
+    /// How many distinct ghosts are in at least one room.
+    pub fn count(&self) -> usize {
+        lock(&self.joined)
+            .iter()
+            .map(|(u, _)| u.as_str())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
     /// Forgets that the ghost is in the room (after it left).
     pub fn forget_joined(&self, user_id: &str, room_id: &str) {
         lock(&self.joined).remove(&(user_id.to_owned(), room_id.to_owned()));
