@@ -420,15 +420,10 @@ pub fn direct_message(
         return None;
     }
     let from = el.attr("from")?;
-    let bare = from.split('/').next().unwrap_or(from);
-    let domain = bare.rsplit('@').next().unwrap_or(bare);
-    if !bare.contains('@') || domain.eq_ignore_ascii_case(component) || is_ours(bare, component) {
-        return None;
-    }
-    if rooms.iter().any(|r| r.eq_ignore_ascii_case(bare))
-        || el
-            .children()
-            .any(|c| c.is("x", "http://jabber.org/protocol/muc#user"))
+    let bare = person(from, component, rooms)?;
+    if el
+        .children()
+        .any(|c| c.is("x", "http://jabber.org/protocol/muc#user"))
     {
         return None;
     }
@@ -440,10 +435,25 @@ pub fn direct_message(
     }
     Some(DirectMessage {
         from: from.to_string(),
-        bare: bare.to_lowercase(),
+        bare,
         to: to.to_string(),
         body,
     })
+}
+
+/// The bare JID (lower-cased) of `from` when it is a person who may give the gateway
+/// commands: a user at some server, not the component or one of its puppets, and not an
+/// occupant of a linked room writing privately through it.
+pub fn person(from: &str, component: &str, rooms: &[String]) -> Option<String> {
+    let bare = from.split('/').next().unwrap_or(from);
+    let domain = bare.rsplit('@').next().unwrap_or(bare);
+    if !bare.contains('@') || domain.eq_ignore_ascii_case(component) || is_ours(bare, component) {
+        return None;
+    }
+    if rooms.iter().any(|r| r.eq_ignore_ascii_case(bare)) {
+        return None;
+    }
+    Some(bare.to_lowercase())
 }
 
 /// Diffs an occupant's previous reaction set against its new one: keys added

@@ -1,9 +1,10 @@
 //! Junction's XMPP adapter: a XEP-0114 component with a listener occupant per
 //! linked MUC and one puppet occupant per remote user (XEP-0106 escaped JIDs),
 //! acknowledged delivery, archive backfill, keepalive pings and admin commands
-//! by chat to the component.
+//! by chat to the component or as XEP-0050 ad-hoc commands.
 #![deny(missing_docs)]
 
+pub mod adhoc;
 pub mod config;
 pub mod inbound;
 pub mod jid;

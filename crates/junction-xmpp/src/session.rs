@@ -194,6 +194,8 @@ pub(crate) struct State {
     pub reconnect: Arc<tokio::sync::Notify>,
     /// How many times the component has logged in and joined its rooms.
     pub sessions: Arc<std::sync::atomic::AtomicU64>,
+    /// XEP-0050 forms sent and not yet submitted.
+    adhoc: crate::adhoc::Sessions,
 }
 
 impl State {
@@ -227,6 +229,7 @@ impl State {
             next_id: 0,
             reconnect: Arc::new(tokio::sync::Notify::new()),
             sessions: Arc::default(),
+            adhoc: crate::adhoc::Sessions::new(),
         }
     }
 
@@ -446,8 +449,9 @@ fn update_status(st: &State, cx: &AdapterContext) {
     }
 }
 
-/// A reply to an admin command, to send when it is ready: (to, from, text).
-type Reply = (String, String, String);
+/// A reply to an admin command (a chat message or an ad-hoc command's answer), to send
+/// when the gateway has answered.
+type Reply = Element;
 
 /// Runs the adapter until shutdown.
 pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), AdapterError> {
@@ -536,9 +540,8 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
                     }
                 }
                 r = reply_rx.recv() => {
-                    let Some((to, from, text)) = r else { continue };
-                    let id = st.new_id();
-                    if !send(&mut conn, outbound::chat(&from, &to, &id, &text)).await {
+                    let Some(el) = r else { continue };
+                    if !send(&mut conn, el).await {
                         break "connection lost";
                     }
                 }
@@ -1219,7 +1222,7 @@ async fn handle(
 ) -> bool {
     match el.name() {
         "iq" => match el.attr("type") {
-            Some("get" | "set") => answer_iq(st, conn, &el).await,
+            Some("get" | "set") => answer_iq(st, conn, cx, replies, &el).await,
             _ => on_iq_answer(st, conn, cx, &el).await,
         },
         "message" => on_message(st, conn, cx, replies, &el).await,
@@ -1380,20 +1383,42 @@ async fn on_message(
 /// A person wrote to the gateway: the text goes to the gateway as a command,
 /// and its answer comes back as a chat message from the address written to.
 fn command(
-    st: &State,
+    st: &mut State,
     cx: &AdapterContext,
     replies: &mpsc::UnboundedSender<Reply>,
     dm: crate::inbound::DirectMessage,
 ) {
+    let id = st.new_id();
+    let (from, to) = (dm.from, dm.to);
+    run_command(st, cx, replies, &dm.bare, dm.body, move |answer| {
+        let text = match answer {
+            Ok(t) | Err(t) => t,
+        };
+        outbound::chat(&to, &from, &id, &text)
+    });
+}
+
+/// Sends `text` to the gateway as a command from `bare` (the sender's bare JID, the
+/// identity the network vouches for) and waits, in a task of its own, for the answer:
+/// `finish` turns it (Err when the gateway could not be asked or did not answer in time)
+/// into the stanza to send back.
+fn run_command(
+    st: &State,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    bare: &str,
+    text: String,
+    finish: impl FnOnce(Result<String, String>) -> Element + Send + 'static,
+) {
     let (tx, rx) = oneshot::channel();
-    let name = dm.bare.split('@').next().unwrap_or(&dm.bare).to_string();
+    let name = bare.split('@').next().unwrap_or(bare).to_string();
     let cmd = Command {
-        from: vec![UserRef::new(st.network.as_str(), dm.bare.clone())],
+        from: vec![UserRef::new(st.network.as_str(), bare.to_string())],
         display_name: name,
-        text: dm.body.clone(),
+        text,
         reply: tx,
     };
-    tracing::info!(from = %dm.bare, "xmpp: a command for the gateway");
+    tracing::info!(from = %bare, "xmpp: a command for the gateway");
     let replies = replies.clone();
     let refused = match cx.commands.try_send(cmd) {
         Ok(()) => None,
@@ -1403,16 +1428,57 @@ fn command(
         }
     };
     tokio::spawn(async move {
-        let text = match refused {
-            Some(t) => t.to_string(),
+        let answer = match refused {
+            Some(t) => Err(t.to_string()),
             None => match tokio::time::timeout(COMMAND_WITHIN, rx).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(_)) => "The gateway dropped the command.".to_string(),
-                Err(_) => "The gateway did not answer in time.".to_string(),
+                Ok(Ok(t)) => Ok(t),
+                Ok(Err(_)) => Err("The gateway dropped the command.".to_string()),
+                Err(_) => Err("The gateway did not answer in time.".to_string()),
             },
         };
-        let _ = replies.send((dm.from, dm.to, text));
+        let _ = replies.send(finish(answer));
     });
+}
+
+/// A XEP-0050 request: answered at once (a form, a cancel, an error), or sent to the
+/// gateway as the command line it stands for and answered with the gateway's reply.
+fn adhoc_command(
+    st: &mut State,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    el: &Element,
+    req: &crate::adhoc::Request,
+) -> Option<Element> {
+    use crate::adhoc::{completed, error_iq, result_iq, Refusal, Step};
+    let from = el.attr("from").unwrap_or_default();
+    let rooms: Vec<String> = cx
+        .rooms
+        .borrow()
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
+    let Some(bare) = crate::inbound::person(from, &st.config.component, &rooms) else {
+        return Some(error_iq(el, Refusal::FORBIDDEN));
+    };
+    match st.adhoc.step(req, from, Instant::now()) {
+        Step::Answer(c) => Some(result_iq(el, c)),
+        Step::Refuse(r) => Some(error_iq(el, r)),
+        Step::Run {
+            text,
+            node,
+            sessionid,
+        } => {
+            let request = el.clone();
+            run_command(st, cx, replies, &bare, text, move |answer| {
+                let (text, ok) = match answer {
+                    Ok(t) => (t, true),
+                    Err(t) => (t, false),
+                };
+                result_iq(&request, completed(&node, &sessionid, &text, ok))
+            });
+            None
+        }
+    }
 }
 
 /// An error bounced for something we sent. A message from an occupant that
@@ -1477,8 +1543,17 @@ async fn on_message_error(
     true
 }
 /// Every IQ get/set gets an answer: ping → result, disco#info → identity and
-/// features, anything else → service-unavailable.
-async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
+/// features, disco#items → the ad-hoc commands (on their node), an ad-hoc
+/// command → its form or its outcome (later, once the gateway answered),
+/// anything else → service-unavailable.
+async fn answer_iq(
+    st: &mut State,
+    conn: &mut Conn,
+    cx: &AdapterContext,
+    replies: &mpsc::UnboundedSender<Reply>,
+    el: &Element,
+) -> bool {
+    use crate::adhoc::{NS_COMMANDS, NS_DISCO_INFO, NS_DISCO_ITEMS};
     let ty = el.attr("type").unwrap_or_default();
     if ty != "get" && ty != "set" {
         return true;
@@ -1486,46 +1561,80 @@ async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
     let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
         return true;
     };
+    // The gateway's own addresses (the component and the listener) take commands;
+    // puppets do not.
+    let to_bare = to.split('/').next().unwrap_or(to);
+    let gateway = to_bare.eq_ignore_ascii_case(&st.config.component)
+        || to_bare.eq_ignore_ascii_case(&st.listener_bare());
+    if gateway {
+        if let Some(req) = crate::adhoc::parse_request(el) {
+            return match adhoc_command(st, cx, replies, el, &req) {
+                Some(answer) => send(conn, answer).await,
+                None => true,
+            };
+        }
+    }
     let id = el.attr("id").unwrap_or_default().to_string();
     let ns = crate::inbound::NS_CLIENT;
     let mut reply = Element::builder("iq", ns).build();
+    let mut refuse = None;
     if el.has_child("ping", "urn:xmpp:ping") {
         // result, no payload
-    } else if let Some(q) = el.get_child("query", "http://jabber.org/protocol/disco#info") {
-        let mut query = Element::builder("query", "http://jabber.org/protocol/disco#info").build();
-        let (cat, kind) = if to.contains('@') {
-            ("client", "bot")
+    } else if let Some(q) = el.get_child("query", NS_DISCO_INFO) {
+        let node = q.attr("node");
+        if let Some(info) = node.filter(|_| gateway).and_then(crate::adhoc::node_info) {
+            reply.append_child(info);
         } else {
-            ("gateway", "xmpp")
-        };
-        let mut ident =
-            Element::builder("identity", "http://jabber.org/protocol/disco#info").build();
-        set(&mut ident, "category", cat);
-        set(&mut ident, "type", kind);
-        set(&mut ident, "name", "Junction");
-        query.append_child(ident);
-        for f in [
-            "http://jabber.org/protocol/disco#info",
-            "urn:xmpp:ping",
-            "urn:xmpp:message-correct:0",
-            "urn:xmpp:message-retract:1",
-            "urn:xmpp:reactions:0",
-            "urn:xmpp:reply:0",
-        ] {
-            let mut fe =
-                Element::builder("feature", "http://jabber.org/protocol/disco#info").build();
-            set(&mut fe, "var", f);
-            query.append_child(fe);
+            let mut query = Element::builder("query", NS_DISCO_INFO).build();
+            let (cat, kind) = if to.contains('@') {
+                ("client", "bot")
+            } else {
+                ("gateway", "xmpp")
+            };
+            let mut ident = Element::builder("identity", NS_DISCO_INFO).build();
+            set(&mut ident, "category", cat);
+            set(&mut ident, "type", kind);
+            set(&mut ident, "name", "Junction");
+            query.append_child(ident);
+            let commands = gateway.then_some(NS_COMMANDS);
+            for f in [
+                NS_DISCO_INFO,
+                "urn:xmpp:ping",
+                "urn:xmpp:message-correct:0",
+                "urn:xmpp:message-retract:1",
+                "urn:xmpp:reactions:0",
+                "urn:xmpp:reply:0",
+            ]
+            .into_iter()
+            .chain(commands)
+            {
+                let mut fe = Element::builder("feature", NS_DISCO_INFO).build();
+                set(&mut fe, "var", f);
+                query.append_child(fe);
+            }
+            if let Some(node) = node {
+                set(&mut query, "node", node.to_string());
+            }
+            reply.append_child(query);
         }
-        if let Some(node) = q.attr("node") {
-            set(&mut query, "node", node.to_string());
+    } else if let Some(q) = el.get_child("query", NS_DISCO_ITEMS) {
+        match q.attr("node") {
+            Some(NS_COMMANDS) if gateway => {
+                reply.append_child(crate::adhoc::command_items(to));
+            }
+            None => {
+                reply.append_child(Element::builder("query", NS_DISCO_ITEMS).build());
+            }
+            Some(_) => refuse = Some(("cancel", "item-not-found")),
         }
-        reply.append_child(query);
     } else {
+        refuse = Some(("cancel", "service-unavailable"));
+    }
+    if let Some((kind, condition)) = refuse {
         let mut error = Element::builder("error", ns).build();
-        set(&mut error, "type", "cancel");
+        set(&mut error, "type", kind);
         error.append_child(
-            Element::builder("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas").build(),
+            Element::builder(condition, "urn:ietf:params:xml:ns:xmpp-stanzas").build(),
         );
         set(&mut reply, "type", "error");
         reply.append_child(error);
@@ -1536,7 +1645,6 @@ async fn answer_iq(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
     set(&mut reply, "id", id);
     set(&mut reply, "from", to.to_string());
     set(&mut reply, "to", from.to_string());
-    let _ = st;
     send(conn, reply).await
 }
 
