@@ -23,6 +23,9 @@ mod lobby;
 /// Admin commands from every network: link, unlink, ban, status, refusals.
 mod admin;
 
+/// XEP-0050 ad-hoc commands: XMPP clients list and run the admin commands.
+mod adhoc;
+
 /// Faults: the gateway killed mid-flight and an IRC server restarted under load, with the
 /// figures per direction; bad input that must never stop the next line.
 mod faults;
