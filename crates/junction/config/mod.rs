@@ -12,7 +12,11 @@
 //!
 //! - `[gateway]`: `data_dir` (default `"data"`, relative to the file's directory), `metrics`
 //!   (`ip:port`, off by default), `membership` (`"off"`, `"summarised"` (default), `"all"`),
-//!   `log` (a tracing filter such as `"info"`; `JUNCTION_LOG` / `RUST_LOG` win), `admins`.
+//!   `log` (a tracing filter such as `"info"`; `JUNCTION_LOG` / `RUST_LOG` win), `admins`,
+//!   `web` (`ip:port` of the listener for public pages: the whole text of messages too long
+//!   for IRC, at `/paste/<id>`; off by default), `public_url` (the base URL people use to
+//!   reach `web`, at most 200 bytes; default `http://<web>`, required when `web` listens on
+//!   0.0.0.0 or ::, and an error without `web`).
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
 //!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
@@ -538,6 +542,45 @@ admins = ["@carol:matrix.test"]
         );
         let admins = &c.bridge_admins[&junction_core::BridgeName::new("a")];
         assert_eq!(admins, &vec![UserRef::new("matrix", "@carol:matrix.test")]);
+    }
+
+    #[test]
+    fn web_and_public_url() {
+        let c = ok("[gateway]\nweb = \"127.0.0.1:9200\"\n");
+        assert_eq!(c.gateway.web, Some("127.0.0.1:9200".parse().unwrap()));
+        assert_eq!(
+            c.gateway.public_url.as_deref(),
+            Some("http://127.0.0.1:9200")
+        );
+        let c = ok(
+            "[gateway]\nweb = \"0.0.0.0:9200\"\npublic_url = \"https://chat.example.org/junction/\"\n",
+        );
+        assert_eq!(c.gateway.web, Some("0.0.0.0:9200".parse().unwrap()));
+        assert_eq!(
+            c.gateway.public_url.as_deref(),
+            Some("https://chat.example.org/junction")
+        );
+        let c = ok("");
+        assert_eq!((c.gateway.web, c.gateway.public_url), (None, None));
+
+        let long = format!("https://example.org/{}", "a".repeat(200));
+        let e = parse(
+            &format!(
+                "[gateway]\nweb = \"127.0.0.1:9009\"\npublic_url = \"{long}\"\n\n[matrix]\n\
+                 homeserver = \"http://127.0.0.1:8008\"\nserver_name = \"matrix.test\"\n\
+                 listen = \"127.0.0.1:9009\"\nas_token = \"a\"\nhs_token = \"h\"\nbot = \"junction\"\n"
+            ),
+            "bridges.toml",
+            Path::new(""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "bridges.toml:2:7: gateway.web: `127.0.0.1:9009` is also `matrix.listen`; each needs its own address\n\
+             bridges.toml:3:14: gateway.public_url: 220 bytes long; at most 200 leave room for the text on an IRC line"
+        );
     }
 
     #[test]

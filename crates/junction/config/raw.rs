@@ -46,6 +46,10 @@ pub struct RawGateway {
     pub log: Option<Str>,
     /// Gateway-wide admins.
     pub admins: Option<Vec<Str>>,
+    /// Address of the listener for public pages (pastes of long messages).
+    pub web: Option<Str>,
+    /// Base URL under which people reach that listener.
+    pub public_url: Option<Str>,
 }
 
 /// `[matrix]`.

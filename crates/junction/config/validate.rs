@@ -47,6 +47,11 @@ pub struct GatewayConfig {
     pub log: Option<String>,
     /// Gateway-wide admins: Matrix user ids, XMPP bare JIDs, IRC accounts or hostmasks.
     pub admins: Vec<UserRef>,
+    /// Where to serve public pages (the whole text of messages too long for IRC), if anywhere.
+    pub web: Option<SocketAddr>,
+    /// The base URL people use to reach `web`, without a trailing slash: `public_url` as
+    /// written, or `http://<web>`. None exactly when `web` is None.
+    pub public_url: Option<String>,
 }
 
 /// How membership noise (joins, leaves, nick changes) crosses networks.
@@ -60,6 +65,9 @@ pub enum Membership {
     /// Everything.
     All,
 }
+
+/// Longest `[gateway] public_url`: paste links go on IRC lines, next to text.
+pub const MAX_PUBLIC_URL: usize = 200;
 
 /// Default `[matrix] id`.
 pub const DEFAULT_MATRIX_ID: &str = "junction";
@@ -79,6 +87,7 @@ pub(crate) fn validate(
         env,
         diags: Vec::new(),
         listen: None,
+        web: None,
     };
     let irc_names: HashMap<String, Range<usize>> = raw
         .irc
@@ -93,6 +102,8 @@ pub(crate) fn validate(
             membership: Membership::default(),
             log: None,
             admins: Vec::new(),
+            web: None,
+            public_url: None,
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
@@ -102,10 +113,9 @@ pub(crate) fn validate(
         .and_then(|m| m.get_ref().media_url.as_ref())
         .and_then(|v| c.http_url(v, "matrix.media_url", "https://chat.example.org:9009"));
     if let (Some(g), Some(listen)) = (&gateway, c.listen) {
-        let metrics_span = raw
-            .gateway
-            .as_ref()
-            .and_then(|g| g.get_ref().metrics.as_ref())
+        let raw_gateway = raw.gateway.as_ref().map(|g| g.get_ref());
+        let metrics_span = raw_gateway
+            .and_then(|g| g.metrics.as_ref())
             .map(|v| v.span());
         if let (Some(addr), Some(span)) = (g.metrics, metrics_span) {
             if addr == listen {
@@ -115,6 +125,20 @@ pub(crate) fn validate(
                     format!("`{addr}` is also `matrix.listen`; each needs its own address"),
                 );
             }
+        }
+    }
+    if let (Some(web), Some(listen)) = (c.web, c.listen) {
+        let span = raw
+            .gateway
+            .as_ref()
+            .and_then(|g| g.get_ref().web.as_ref())
+            .map(|v| v.span());
+        if let (true, Some(span)) = (web == listen, span) {
+            c.error(
+                span,
+                "gateway.web",
+                format!("`{web}` is also `matrix.listen`; each needs its own address"),
+            );
         }
     }
     let xmpp = raw.xmpp.as_ref().map(|x| c.xmpp(x));
@@ -149,6 +173,8 @@ struct Checker<'a> {
     diags: Vec<Diag>,
     /// `matrix.listen` once known, to keep other listeners off it.
     listen: Option<SocketAddr>,
+    /// `gateway.web` once known, likewise.
+    web: Option<SocketAddr>,
 }
 
 impl Checker<'_> {
@@ -361,13 +387,77 @@ impl Checker<'_> {
             }
         };
         let admins = self.admins(g.admins.as_deref(), "gateway.admins", irc_names);
+        let web = match &g.web {
+            Some(v) => self.socket_addr(v, "gateway.web").map(Some),
+            None => Some(None),
+        };
+        self.web = web.flatten();
+        if let (Some(Some(w)), Some(Some(m)), Some(v)) = (&web, &metrics, &g.web) {
+            if w == m {
+                self.error(
+                    v.span(),
+                    "gateway.web",
+                    format!("`{w}` is also `gateway.metrics`; each needs its own address"),
+                );
+            }
+        }
+        let public_url = self.public_url(g, web.flatten());
         Some(GatewayConfig {
             data_dir: data_dir?,
             metrics: metrics?,
             membership: membership?,
             log: log?,
             admins: admins?,
+            web: web?,
+            public_url: public_url?,
         })
+    }
+
+    /// `gateway.public_url`, or `http://<web>` when only `web` is given. A URL without a
+    /// listener to serve it, or a default no one can reach (`web` on 0.0.0.0 or ::), is an
+    /// error; so is a URL too long to leave room for the text on an IRC line.
+    fn public_url(&mut self, g: &RawGateway, web: Option<SocketAddr>) -> Option<Option<String>> {
+        const KEY: &str = "gateway.public_url";
+        let Some(v) = &g.public_url else {
+            return match web {
+                None => Some(None),
+                Some(addr) if addr.ip().is_unspecified() => {
+                    if let Some(w) = &g.web {
+                        self.error(
+                            w.span(),
+                            "gateway.web",
+                            format!(
+                                "`{addr}` listens on every address, so `http://{addr}` reaches \
+                                 no one: set `public_url` too"
+                            ),
+                        );
+                    }
+                    None
+                }
+                Some(addr) => Some(Some(format!("http://{addr}"))),
+            };
+        };
+        let url = self.http_url(v, KEY, "https://chat.example.org")?;
+        if url.len() > MAX_PUBLIC_URL {
+            self.error(
+                v.span(),
+                KEY,
+                format!(
+                    "{} bytes long; at most {MAX_PUBLIC_URL} leave room for the text on an IRC line",
+                    url.len()
+                ),
+            );
+            return None;
+        }
+        if web.is_none() && g.web.is_none() {
+            self.error(
+                v.span(),
+                KEY,
+                "needs `web`, the listener that serves the pages this URL leads to",
+            );
+            return None;
+        }
+        Some(Some(url))
     }
 
     /// Admin identities: `@user:server` (Matrix), `user@domain` (XMPP), `network/account` or
