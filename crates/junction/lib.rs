@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod web;
 
 pub use config::{load, Config, ConfigErrors};
 
@@ -49,8 +50,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Runs the gateway for `config` until `shutdown` is cancelled: opens the store in
-/// `data_dir`, starts one adapter per configured network, the metrics server if configured, and
-/// the route loop; on shutdown waits (bounded) for the adapters to part and flushes the store.
+/// `data_dir` (removing pastes older than 30 days), starts one adapter per configured network,
+/// the metrics server and the public pages ([`web`]) if configured, and the route loop; on
+/// shutdown waits (bounded) for the adapters to part and flushes the store.
 ///
 /// A network that fails (bad credentials, server gone for good) is logged and reported on
 /// `/health`; the others keep running.
@@ -60,6 +62,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store_path = data_dir.join("store");
     let store: Arc<dyn Store> = Arc::new(open_store(&store_path, &shutdown).await?);
+    web::prune(store.as_ref());
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
     let mut networks: Vec<NetworkId> = Vec::new();
@@ -106,6 +109,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr, m, h, stop).await {
                 tracing::error!(error = %e, "The metrics server stopped.");
+            }
+        });
+    }
+    if let Some(addr) = config.gateway.web {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = web::serve(addr, store, stop).await {
+                tracing::error!(error = %e, "The web server stopped.");
             }
         });
     }

@@ -31,6 +31,7 @@ pub mod isupport;
 pub mod lookup;
 pub mod nick;
 pub mod outbound;
+pub mod paste;
 pub mod puppets;
 pub mod session;
 pub mod split;
