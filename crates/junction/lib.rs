@@ -96,7 +96,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .context;
         adapters.spawn(gateway::run_adapter(XmppAdapter::new(x, store.clone()), cx));
     }
-    for irc in config.irc.clone() {
+    let paste_base = config.gateway.public_url.as_deref().map(web::paste_base);
+    if paste_base.is_none() && !config.irc.is_empty() {
+        tracing::info!("Messages longer than an IRC network's max_lines are cut on IRC, with a note saying so, because no [gateway] web (and public_url) is configured to serve their whole text.");
+    }
+    for mut irc in config.irc.clone() {
+        irc.paste_url = paste_base.clone();
         let network = NetworkId::new(format!("irc:{}", irc.name));
         let cx = hub.attach(network, &router, &shutdown).context;
         adapters.spawn(gateway::run_adapter(

@@ -15,7 +15,7 @@ use crate::config::{IrcConfig, IrcMode};
 use crate::isupport::ISupport;
 use crate::puppets::{self, Action, Job, Report};
 use crate::session::{self, Registration, Session};
-use crate::{commands, inbound, lookup, nick, outbound};
+use crate::{commands, inbound, lookup, nick, outbound, paste};
 use irc_proto::{Command, Response};
 use junction_core::{
     Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, EventKind, Inbound,
@@ -281,6 +281,7 @@ impl IrcAdapter {
             burst: self.config.burst,
             rate: self.config.lines_per_second,
             max_lines: self.config.max_lines,
+            paste_url: self.config.paste_url.clone(),
             nicklen: isupport.nicklen,
         };
         let shared = puppets::Shared {
@@ -496,6 +497,11 @@ impl IrcAdapter {
         let store = self.store.as_ref();
         let network = &cx.network;
         let nick_of = |u: &UserRef| lookup::nick_of(store, network, u);
+        let paste = self
+            .config
+            .paste_url
+            .as_deref()
+            .map(|base| paste::maker(store, base, d));
         outbound::render(
             d,
             &outbound::Render {
@@ -504,6 +510,7 @@ impl IrcAdapter {
                 relay_as,
                 linelen: s.isupport.linelen,
                 max_lines: self.config.max_lines,
+                paste: paste.as_ref().map(|p| p as &outbound::PasteFn<'_>),
                 quoted: lookup::quoted(store, network, d),
                 nick_of: &nick_of,
             },
@@ -1255,6 +1262,72 @@ mod tests {
             _rooms: rooms_tx,
             _inbound: in_rx,
         }
+    }
+
+    #[tokio::test]
+    async fn a_long_message_goes_out_cut_with_a_link_to_its_whole_text() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut cfg = IrcConfig::new(
+            "fake",
+            listener.local_addr().expect("addr").to_string(),
+            "junction",
+        );
+        cfg.mode = IrcMode::Relay;
+        cfg.max_lines = 3;
+        cfg.paste_url = Some("https://chat.example.org/paste".into());
+        let store = Arc::new(TestStore::default());
+        let adapter = IrcAdapter::new(cfg, store.clone());
+        let (in_tx, _in_rx) = mpsc::channel(16);
+        let (d_tx, d_rx) = mpsc::channel(16);
+        let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
+        let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
+        let shutdown = CancellationToken::new();
+        let cx = AdapterContext::standalone(
+            NetworkId::new("irc:fake"),
+            in_tx,
+            d_rx,
+            ok_tx,
+            rooms_rx,
+            shutdown.clone(),
+        );
+        tokio::spawn(adapter.run(cx));
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let (_close, close_rx) = tokio::sync::oneshot::channel();
+        serve_one(&listener, lines_tx, close_rx).await;
+        expect_line(&mut lines, "JOIN #t").await;
+        let text = (1..=8)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        d_tx.send(delivery(1, &text)).await.expect("send");
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> line 1").await;
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> line 2").await;
+        let note = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.recv().await {
+                if l.starts_with("PRIVMSG #t :") {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .expect("in time")
+        .expect("a third line");
+        let prefix = "PRIVMSG #t :<alice[m]> (6 more lines: https://chat.example.org/paste/";
+        let id = note
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not the note: {note:?}"));
+        let paste = crate::paste::get(store.as_ref(), id, crate::paste::now_ms())
+            .expect("store")
+            .expect("the paste");
+        assert_eq!(paste.text, text);
+        let ok = tokio::time::timeout(Duration::from_secs(30), ok_rx.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -39,8 +39,13 @@ pub struct IrcConfig {
     pub lines_per_second: f64,
     /// Token bucket: lines that may go at once.
     pub burst: u32,
-    /// A message longer than this many lines is sent as its first lines plus a note.
+    /// A message longer than this many lines is sent as its first `max_lines - 1` lines plus
+    /// a note: a link to its whole text when `paste_url` is set.
     pub max_lines: usize,
+    /// Where the whole text of a message cut at `max_lines` can be read: `<paste_url>/<id>`,
+    /// stored in the store's `paste` table (see [`crate::paste`]) and served by the gateway's
+    /// web listener. None: the rest is not sent, the note says so.
+    pub paste_url: Option<String>,
 }
 
 impl IrcConfig {
@@ -63,6 +68,7 @@ impl IrcConfig {
             lines_per_second: 2.0,
             burst: 10,
             max_lines: 5,
+            paste_url: None,
         }
     }
 }

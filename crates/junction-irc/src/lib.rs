@@ -14,9 +14,12 @@
 //!   `<alice[m]> text`, as everything is in `relay` mode.
 //! - Every connection has its own token bucket ([`bucket`]) and answers a delivery only once
 //!   a PING sent after its lines came back; lines are split to fit the server's line length
-//!   after the prefix it adds ([`split`]); rendering ([`outbound`]) uses the core formatters
-//!   (mentions become the nick that shows the person, replies quote the first words of what
-//!   they answer, edits are marked `(edit)`, reactions are an ACTION line).
+//!   after the prefix it adds ([`split`]); a message longer than `max_lines` goes out as its
+//!   first lines and a link to its whole text, kept in the store for the gateway's web page
+//!   ([`paste`]), or cut with a note when no page is configured; rendering ([`outbound`])
+//!   uses the core formatters (mentions become the nick that shows the person, replies quote
+//!   the first words of what they answer, edits are marked `(edit)`, reactions are an ACTION
+//!   line).
 //! - The gateway's own messages are the bot's words; its kicks and bans of IRC users are
 //!   carried out by the bot (and fail when it is no channel operator). Connection state is
 //!   reported on `cx.status`.

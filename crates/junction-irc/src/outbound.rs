@@ -4,6 +4,9 @@ use crate::split;
 use junction_core::format::{self, mention, RichText};
 use junction_core::{Delivery, EventKind, MessageKind, UserRef};
 
+/// Stores the whole plain text of a message and returns the URL where it can be read.
+pub type PasteFn<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 /// How one delivery is rendered.
 pub struct Render<'a> {
     /// The wire channel.
@@ -16,6 +19,10 @@ pub struct Render<'a> {
     pub linelen: usize,
     /// At most this many lines per message.
     pub max_lines: usize,
+    /// Stores the whole plain text of a message longer than `max_lines` and returns the URL
+    /// where it can be read ([`crate::paste::maker`]); None when no paste page is configured
+    /// (or the text could not be stored): the message is then cut with a note.
+    pub paste: Option<&'a PasteFn<'a>>,
     /// The message a reply or reaction refers to, as IRC saw it: who said it and its text.
     pub quoted: Option<Quoted>,
     /// The IRC nick that shows a mentioned person (their puppet's nick, or their own nick
@@ -97,6 +104,33 @@ fn carry_styles(lines: Vec<String>) -> Vec<String> {
             out
         })
         .collect()
+}
+
+/// The text people read on IRC, without formatting codes or other control characters (line
+/// breaks kept, CRLF and CR made LF): what a paste page shows.
+pub fn plain_text(irc: &str) -> String {
+    let text = irc.replace("\r\n", "\n").replace('\r', "\n");
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(crate::inbound::strip_codes)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How people call the network a message came from.
+fn network_name(network: &junction_core::NetworkId) -> String {
+    match network.as_str() {
+        "matrix" => "Matrix".to_owned(),
+        "xmpp" => "XMPP".to_owned(),
+        other => match other.strip_prefix("irc:") {
+            Some(name) => format!("IRC ({name})"),
+            None => other.to_owned(),
+        },
+    }
 }
 
 /// The full IRC lines (command included, no CRLF) for one delivery. Empty when nothing is
@@ -185,7 +219,20 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
             ),
         ),
     };
-    carry_styles(split::split_body(&text, budget, r.max_lines))
+    let lines = carry_styles(split::split_body(&text, budget));
+    let lines = if lines.len() > r.max_lines.max(1) {
+        let url = r.paste.and_then(|paste| paste(&plain_text(&text)));
+        split::cut(lines, r.max_lines, |more| match url {
+            Some(url) => format!("({more} more lines: {url})"),
+            None => format!(
+                "({more} more lines not shown here; the whole message is on {})",
+                network_name(&d.event.origin.network)
+            ),
+        })
+    } else {
+        lines
+    };
+    lines
         .into_iter()
         .map(|line| {
             let body = format!("{prefix}{line}");
@@ -295,6 +342,7 @@ mod tests {
             relay_as: relay,
             linelen: 512,
             max_lines: 5,
+            paste: None,
             quoted: None,
             nick_of: &no_nick,
         }
@@ -339,7 +387,71 @@ mod tests {
             &r(None),
         );
         assert_eq!(lines.len(), 5);
-        assert_eq!(lines[4], "PRIVMSG #lobby :(3 more lines)");
+        assert_eq!(
+            lines[4],
+            "PRIVMSG #lobby :(3 more lines not shown here; the whole message is on Matrix)"
+        );
+        // Exactly max_lines lines go out whole.
+        let lines = render(&delivery(msg(MessageKind::Text, "a\nb\nc\nd\ne")), &r(None));
+        assert_eq!(lines.last().map(String::as_str), Some("PRIVMSG #lobby :e"));
+    }
+
+    #[test]
+    fn a_long_message_links_to_its_whole_text() {
+        let stored = std::cell::RefCell::new(Vec::<String>::new());
+        let paste = |text: &str| {
+            stored.borrow_mut().push(text.to_owned());
+            Some("https://chat.example.org/paste/0123".to_owned())
+        };
+        let body = RichText {
+            spans: vec![
+                Span::Bold(vec![Span::Text("one".into())]),
+                Span::Text("\ntwo\nthree\nfour\nfive\nsix\nseven".into()),
+            ],
+        };
+        let m = EventKind::Message(Message {
+            kind: MessageKind::Text,
+            body,
+            reply_to: None,
+            attachments: Vec::new(),
+        });
+        let mut rr = r(Some("alice[m]"));
+        rr.paste = Some(&paste);
+        let lines = render(&delivery(m.clone()), &rr);
+        assert_eq!(
+            lines,
+            vec![
+                "PRIVMSG #lobby :<alice[m]> \x02one\x02",
+                "PRIVMSG #lobby :<alice[m]> two",
+                "PRIVMSG #lobby :<alice[m]> three",
+                "PRIVMSG #lobby :<alice[m]> four",
+                "PRIVMSG #lobby :<alice[m]> (3 more lines: https://chat.example.org/paste/0123)",
+            ]
+        );
+        // The whole text as people read it, without the IRC codes.
+        assert_eq!(
+            stored.borrow().as_slice(),
+            ["one\ntwo\nthree\nfour\nfive\nsix\nseven"]
+        );
+        // A short message stores nothing.
+        render(&delivery(msg(MessageKind::Text, "a\nb")), &rr);
+        assert_eq!(stored.borrow().len(), 1);
+        // When the text could not be stored, the message is cut with a note.
+        let failing = |_: &str| None;
+        rr.paste = Some(&failing);
+        let lines = render(&delivery(m), &rr);
+        assert_eq!(
+            lines[4],
+            "PRIVMSG #lobby :<alice[m]> (3 more lines not shown here; the whole message is on Matrix)"
+        );
+    }
+
+    #[test]
+    fn plain_text_drops_codes_and_controls() {
+        assert_eq!(
+            plain_text("\x02bold\x02 \x0304red\x03\r\nnext\rthird\x01\x00\tend"),
+            "bold red\nnext\nthird\tend"
+        );
     }
 
     #[test]

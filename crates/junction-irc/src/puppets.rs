@@ -13,7 +13,7 @@ use crate::bucket::Bucket;
 use crate::isupport::ISupport;
 use crate::outbound::{self, Render};
 use crate::session::{self, Registration, Session};
-use crate::{lookup, nick};
+use crate::{lookup, nick, paste};
 use irc_proto::{Command, Response};
 use junction_core::{Delivered, Delivery, MessageId, NetworkId, Secret, UserRef};
 use junction_store::Store;
@@ -120,6 +120,8 @@ pub struct Spec {
     pub rate: f64,
     /// Most lines per message.
     pub max_lines: usize,
+    /// Where the whole text of a longer message can be read (see [`crate::paste`]).
+    pub paste_url: Option<String>,
     /// The server's NICKLEN as the bot learned it.
     pub nicklen: usize,
 }
@@ -254,6 +256,10 @@ fn lines_for(
             let store = sh.store.as_ref();
             let network = &sh.network;
             let nick_of = |u: &UserRef| lookup::nick_of(store, network, u);
+            let paste = spec
+                .paste_url
+                .as_deref()
+                .map(|base| paste::maker(store, base, &job.delivery));
             let body = outbound::render(
                 &job.delivery,
                 &Render {
@@ -262,6 +268,7 @@ fn lines_for(
                     relay_as: None,
                     linelen: s.isupport.linelen,
                     max_lines: spec.max_lines,
+                    paste: paste.as_ref().map(|p| p as &outbound::PasteFn<'_>),
                     quoted: lookup::quoted(store, network, &job.delivery),
                     nick_of: &nick_of,
                 },

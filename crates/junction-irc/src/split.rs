@@ -58,10 +58,9 @@ pub fn split_line(text: &str, max: usize) -> Vec<&str> {
 }
 
 /// Splits a message body into the lines to send: each source line (CR, LF and NUL never reach
-/// the wire) is split to `max` bytes; empty source lines are skipped. Beyond `max_lines` lines
-/// the first `max_lines - 1` are kept and a last line says how many more there were (no paste
-/// service is configured, so the rest is not sent).
-pub fn split_body(body: &str, max: usize, max_lines: usize) -> Vec<String> {
+/// the wire) is split to `max` bytes; empty source lines are skipped. Every line is kept:
+/// [`cut`] decides what goes out when there are too many.
+pub fn split_body(body: &str, max: usize) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     for source in body.split(['\n', '\r']) {
         let clean: String = source.chars().filter(|c| *c != '\0').collect();
@@ -70,12 +69,22 @@ pub fn split_body(body: &str, max: usize, max_lines: usize) -> Vec<String> {
         }
         lines.extend(split_line(&clean, max).into_iter().map(str::to_owned));
     }
+    lines
+}
+
+/// At most `max_lines` lines (at least 1): when there are more, the first `max_lines - 1`
+/// and a last line, `note(n)`, that says where the `n` lines left out can be read.
+pub fn cut(
+    mut lines: Vec<String>,
+    max_lines: usize,
+    note: impl FnOnce(usize) -> String,
+) -> Vec<String> {
     let max_lines = max_lines.max(1);
     if lines.len() > max_lines {
-        let keep = max_lines.saturating_sub(1).max(1);
+        let keep = max_lines - 1;
         let more = lines.len() - keep;
         lines.truncate(keep);
-        lines.push(format!("({more} more lines)"));
+        lines.push(note(more));
     }
     lines
 }
@@ -120,14 +129,20 @@ mod tests {
 
     #[test]
     fn body_lines_and_overflow_note() {
-        assert_eq!(split_body("a\n\nb\r\nc", 100, 5), vec!["a", "b", "c"]);
-        let many = (0..10)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let lines = split_body(&many, 100, 3);
-        assert_eq!(lines, vec!["0", "1", "(8 more lines)"]);
-        assert_eq!(split_body("a\0b", 100, 5), vec!["ab"]);
+        assert_eq!(split_body("a\n\nb\r\nc", 100), vec!["a", "b", "c"]);
+        assert_eq!(split_body("a\0b", 100), vec!["ab"]);
+        let many: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let note = |n: usize| format!("({n} more lines: http://x/paste/1)");
+        assert_eq!(
+            cut(many.clone(), 3, note),
+            vec!["0", "1", "(8 more lines: http://x/paste/1)"]
+        );
+        assert_eq!(cut(many.clone(), 10, note), many);
+        assert_eq!(
+            cut(many.clone(), 1, note),
+            vec!["(10 more lines: http://x/paste/1)"]
+        );
+        assert_eq!(cut(many, 0, note).len(), 1);
     }
 
     proptest! {
@@ -137,6 +152,43 @@ mod tests {
             prop_assert_eq!(parts.concat(), text.clone());
             for part in &parts {
                 prop_assert!(part.len() <= max);
+            }
+        }
+
+        #[test]
+        fn body_lines_are_the_source_lines_split(body in "(\\PC|[\r\n\x00]){0,400}", max in 4usize..120) {
+            let lines = split_body(&body, max);
+            let expected: Vec<String> = body
+                .split(['\n', '\r'])
+                .map(|l| l.replace('\0', ""))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            // Each source line is its parts joined: nothing is lost.
+            let mut at = 0;
+            for source in &expected {
+                let mut joined = String::new();
+                while joined.len() < source.len() {
+                    let Some(part) = lines.get(at) else { break };
+                    prop_assert!(part.len() <= max);
+                    joined.push_str(part);
+                    at += 1;
+                }
+                prop_assert_eq!(&joined, source);
+            }
+            prop_assert_eq!(at, lines.len());
+        }
+
+        #[test]
+        fn cut_keeps_the_first_lines_and_counts_the_rest(n in 0usize..40, max_lines in 1usize..12) {
+            let lines: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
+            let out = cut(lines.clone(), max_lines, |more| format!("({more} more)"));
+            prop_assert!(out.len() <= max_lines);
+            if n <= max_lines {
+                prop_assert_eq!(out, lines);
+            } else {
+                let keep = max_lines - 1;
+                prop_assert_eq!(&out[..keep], &lines[..keep]);
+                prop_assert_eq!(out[keep].clone(), format!("({} more)", n - keep));
             }
         }
 

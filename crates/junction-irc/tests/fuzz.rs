@@ -63,15 +63,20 @@ proptest! {
     }
 
     /// A body of any characters becomes lines that fit, never carry CR, LF or NUL (so no
-    /// text can become a command), and never exceed the line count (its last line may be
-    /// the note saying how many more there were).
+    /// text can become a command), and once cut never exceed the line count (the last line
+    /// then is the note saying how many more there were and where they are).
     #[test]
-    fn bodies_split_into_safe_lines(body in "(\\PC|[\\r\\n\\x00\\x01]){0,600}", max in 1usize..200, max_lines in 2usize..8) {
-        let lines = split::split_body(&body, max, max_lines);
-        prop_assert!(lines.len() <= max_lines);
+    fn bodies_split_into_safe_lines(body in "(\\PC|[\\r\\n\\x00\\x01]){0,600}", max in 1usize..200, max_lines in 1usize..8) {
+        let lines = split::split_body(&body, max);
         for l in &lines {
-            prop_assert!(l.len() <= max.max(4) || lines.len() == max_lines, "line too long: {:?}", l);
+            prop_assert!(l.len() <= max.max(4), "line too long: {:?}", l);
             prop_assert!(!l.contains(['\r', '\n', '\0']), "unsafe line: {:?}", l);
+        }
+        let total = lines.len();
+        let cut = split::cut(lines, max_lines, |n| format!("({n} more lines: https://x/paste/0)"));
+        prop_assert!(cut.len() <= max_lines);
+        if total > max_lines {
+            prop_assert_eq!(cut.last().cloned(), Some(format!("({} more lines: https://x/paste/0)", total - (max_lines - 1))));
         }
     }
 
