@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use junction_core::RoomRef;
+use junction_xmpp::adhoc::{self, Step};
 use junction_xmpp::{inbound, jid, outbound};
 use minidom::Element;
 use proptest::prelude::*;
@@ -52,6 +53,10 @@ fn child() -> impl Strategy<Value = String> {
             "<result xmlns='urn:xmpp:mam:2' queryid='{id}' id='{id}'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' type='groupchat' from='{room}/{t}'><body>{t}</body></message></forwarded></result>",
             "<result xmlns='urn:xmpp:mam:2' id='{id}'><forwarded xmlns='urn:xmpp:forward:0'/></result>",
             "<unknown xmlns='urn:example:junk'><deeper>{t}</deeper></unknown>",
+            "<command xmlns='http://jabber.org/protocol/commands' node='{t}' action='{t}' sessionid='{id}'/>",
+            "<command xmlns='http://jabber.org/protocol/commands' node='link'><x xmlns='jabber:x:data' type='submit'><field var='bridge'><value>{t}</value></field><field var='room'><value>{id}</value><value>{t}</value></field></x></command>",
+            "<command xmlns='http://jabber.org/protocol/commands' node='ban' action='complete'><x xmlns='jabber:x:data' type='{t}'><field var='user'><value>{id}</value></field><field var='reason'><value>{t}</value></field><field><value/></field></x></command>",
+            "<command xmlns='http://jabber.org/protocol/commands' node='status'/>",
         ]),
         xml_text(),
         id,
@@ -122,6 +127,27 @@ fn read_everywhere(el: &Element) {
     let _ = inbound::self_ping_result(el);
     let _ = inbound::room_stanza_id(el, ROOM);
     let _ = inbound::sender_message_id(el);
+    if let Some(r) = adhoc::parse_request(el) {
+        // Whatever the request, the answer is an IQ the stream can carry; a command line
+        // made from a form is the verb and its words, on one line.
+        let mut sessions = adhoc::Sessions::new();
+        let answer = match sessions.step(&r, "alice@xmpp.test/res", std::time::Instant::now()) {
+            Step::Answer(c) => adhoc::result_iq(el, c),
+            Step::Refuse(why) => adhoc::error_iq(el, why),
+            Step::Run {
+                text,
+                node,
+                sessionid,
+            } => {
+                assert!(text.split(' ').next() == Some(node.as_str()), "{text:?}");
+                assert!(!text.contains(['\n', '\r']), "{text:?}");
+                adhoc::result_iq(el, adhoc::completed(&node, &sessionid, &text, true))
+            }
+        };
+        let xml = String::from(&answer);
+        let back: Element = xml.parse().unwrap();
+        assert_eq!(back.name(), "iq");
+    }
     let _ = inbound::direct_message(
         el,
         COMPONENT,
