@@ -538,6 +538,14 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
                     if !deliver(&mut st, &mut conn, &cx, d).await {
                         break "connection lost";
                     }
+                    let puppets = st
+                        .joined
+                        .keys()
+                        .map(|(_, p)| p.as_str())
+                        .collect::<std::collections::HashSet<_>>()
+                        .len();
+                    cx.puppets
+                        .send_if_modified(|n| std::mem::replace(n, puppets) != puppets);
                 }
                 r = reply_rx.recv() => {
                     let Some(el) = r else { continue };
