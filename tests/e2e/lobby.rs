@@ -1014,6 +1014,10 @@ async fn metrics_and_health_of_a_running_lobby() -> anyhow::Result<()> {
                     && !l.ends_with(" 0")
             }) && body.lines().any(|l| {
                 l.starts_with("junction_messages_out_total{network=\"xmpp\"}") && !l.ends_with(" 0")
+            }) && body.lines().any(|l| {
+                // The IRC user's ghost on Matrix counts as a puppet.
+                l.starts_with("junction_puppets_connected{network=\"matrix\"}")
+                    && !l.ends_with(" 0")
             });
             counted.then_some(body)
         }
