@@ -20,6 +20,9 @@ mod irc;
 /// The whole gateway on all three servers: the lobby, every direction, every feature.
 mod lobby;
 
+/// Long messages on IRC: the first lines and a link to the whole text on the gateway's page.
+mod paste;
+
 /// Admin commands from every network: link, unlink, ban, status, refusals.
 mod admin;
 
