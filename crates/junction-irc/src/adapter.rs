@@ -28,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// How far down the waiting deliveries puppets are connected ahead of their turn.
+const PREPARE_AHEAD: usize = 512;
 /// Store kv table: when the bot last read each network's channels (ms since the epoch).
 const SEEN_TABLE: &str = "irc.seen";
 /// How often that time is written while connected.
@@ -310,6 +312,17 @@ impl IrcAdapter {
         while i < st.held.len() {
             let chan = isupport.fold(&st.held[i].target.room.0);
             if blocked.contains(&chan) {
+                // Lines in this channel keep their order, but the puppets of the people
+                // waiting connect meanwhile, all at once (registration takes about a second
+                // on some servers; one at a time would make a burst of new speakers crawl).
+                if i < PREPARE_AHEAD {
+                    if let Plan::Puppet(u, Action::Speak) = self.plan(cx, st, &st.held[i]) {
+                        if u == st.held[i].event.sender.user {
+                            let sender = st.held[i].event.sender.clone();
+                            self.ensure_puppet(cx, st, &sender, isupport);
+                        }
+                    }
+                }
                 i += 1;
                 continue;
             }

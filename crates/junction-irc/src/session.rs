@@ -296,6 +296,11 @@ async fn connect_inner(server: &str, reg: Registration) -> Result<Session, Strin
     let stream = TcpStream::connect(server)
         .await
         .map_err(|e| format!("connect {server}: {e}"))?;
+    // Lines are small and each delivery ends with a PING whose answer proves it arrived:
+    // with Nagle's algorithm that PING waits for the server's delayed ACK (~40 ms a message).
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "Could not turn off Nagle's algorithm.");
+    }
     let (r, w) = stream.into_split();
     let mut reader = LineReader {
         inner: BufReader::new(r),
