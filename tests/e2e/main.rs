@@ -32,3 +32,7 @@ mod adhoc;
 /// Faults: the gateway killed mid-flight and an IRC server restarted under load, with the
 /// figures per direction; bad input that must never stop the next line.
 mod faults;
+
+/// Network servers restarted under load: a private Prosody killed and started again while
+/// IRC talks, with the figures per direction.
+mod restarts;
