@@ -225,12 +225,19 @@ pub struct Session {
     pub isupport: ISupport,
 }
 
+/// Read buffer of each connection.
+const READ_BUFFER: usize = 2048;
+/// Longest line kept while waiting for its end (IRCv3 tags up to 8191 bytes + 512).
+const MAX_LINE: usize = 16 * 1024;
+
 /// Reads server lines, decoding invalid UTF-8 lossily. `next` is cancel-safe.
 #[derive(Debug)]
 pub struct LineReader {
     inner: BufReader<OwnedReadHalf>,
     // Kept across calls so a cancelled read (in a `select!`) loses no bytes.
     buf: Vec<u8>,
+    // In the middle of an overlong line: its bytes are dropped up to its end.
+    skipping: bool,
 }
 
 impl LineReader {
@@ -238,11 +245,36 @@ impl LineReader {
     /// and skipped.
     pub async fn next(&mut self) -> std::io::Result<Option<Message>> {
         loop {
-            let n = self.inner.read_until(b'\n', &mut self.buf).await?;
-            if n == 0 {
+            // fill_buf is cancel-safe and nothing awaits between taking bytes and
+            // consuming them, so a cancelled call loses nothing.
+            let chunk = self.inner.fill_buf().await?;
+            if chunk.is_empty() {
                 return Ok(None);
             }
-            if !self.buf.ends_with(b"\n") {
+            let Some(end) = chunk.iter().position(|&b| b == b'\n') else {
+                let n = chunk.len();
+                if !self.skipping {
+                    self.buf.extend_from_slice(chunk);
+                }
+                self.inner.consume(n);
+                if self.buf.len() > MAX_LINE {
+                    // No IRC line is this long (tags 8 kB + 512): a broken or hostile
+                    // server; drop it to its end so memory stays bounded.
+                    tracing::warn!(bytes = self.buf.len(), "overlong IRC line dropped");
+                    self.buf.clear();
+                    self.skipping = true;
+                }
+                continue;
+            };
+            if std::mem::take(&mut self.skipping) {
+                self.inner.consume(end + 1);
+                continue;
+            }
+            self.buf.extend_from_slice(&chunk[..=end]);
+            self.inner.consume(end + 1);
+            if self.buf.len() > MAX_LINE {
+                tracing::warn!(bytes = self.buf.len(), "overlong IRC line dropped");
+                self.buf.clear();
                 continue;
             }
             let raw = std::mem::take(&mut self.buf);
@@ -303,8 +335,11 @@ async fn connect_inner(server: &str, reg: Registration) -> Result<Session, Strin
     }
     let (r, w) = stream.into_split();
     let mut reader = LineReader {
-        inner: BufReader::new(r),
+        // Small: thousands of puppet connections each hold one, and lines are short (a
+        // longer one is still read whole, in more than one fill).
+        inner: BufReader::with_capacity(READ_BUFFER, r),
         buf: Vec::with_capacity(512),
+        skipping: false,
     };
     let mut writer = LineWriter(w);
     let (mut neg, first) = Negotiation::start(reg);
@@ -352,6 +387,45 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines split across reads arrive whole; an endless line is dropped to its end and the
+    /// next line still arrives; memory stays bounded.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn lines_are_read_whole_and_overlong_ones_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"PING :fir").await.unwrap();
+            s.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            s.write_all(b"st\r\n").await.unwrap();
+            let junk = vec![b'x'; 100_000];
+            s.write_all(b"PRIVMSG #c :").await.unwrap();
+            s.write_all(&junk).await.unwrap();
+            s.write_all(b"\r\nPING :second\r\n").await.unwrap();
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, _w) = stream.into_split();
+        let mut reader = LineReader {
+            inner: BufReader::with_capacity(READ_BUFFER, r),
+            buf: Vec::new(),
+            skipping: false,
+        };
+        let first = reader.next().await.unwrap().unwrap();
+        assert_eq!(
+            first.command,
+            irc_proto::Command::PING("first".into(), None)
+        );
+        let second = reader.next().await.unwrap().unwrap();
+        assert_eq!(
+            second.command,
+            irc_proto::Command::PING("second".into(), None)
+        );
+        assert!(reader.buf.capacity() <= 2 * MAX_LINE + READ_BUFFER);
+        server.await.unwrap();
+    }
 
     fn reg(sasl: bool) -> Registration {
         Registration {
