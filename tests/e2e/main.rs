@@ -33,6 +33,6 @@ mod adhoc;
 /// figures per direction; bad input that must never stop the next line.
 mod faults;
 
-/// Network servers restarted under load: a private Prosody killed and started again while
-/// IRC talks, with the figures per direction.
+/// Network servers restarted under load: a private Prosody and a private Synapse killed
+/// and started again while IRC talks, with the figures per direction.
 mod restarts;
