@@ -714,7 +714,6 @@ async fn matrix_received(
 /// restart is dropped until the numbers pass the old ones (M→I lost 8 of 8). With the
 /// recorded key made of the transaction id and its events' ids, the test passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "Synapse (SQLite) reuses transaction ids after a restart and the Matrix adapter drops them as replays"]
 async fn synapse_restarted_under_load() -> anyhow::Result<()> {
     let shared = servers().await?;
     let slot = slot().await?;

@@ -142,7 +142,15 @@ async fn transaction(
     // One transaction at a time: the homeserver sends them in order anyway, and this keeps a
     // replay from racing its original.
     let _one = sh.txn_lock.lock().await;
-    let key = format!("{}:{txn}", sh.config.id);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON.");
+    };
+    let events = body
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let key = txn_key(&sh.config.id, &txn, &events);
     match sh.store.txn_done(&key) {
         Ok(true) => {
             tracing::debug!(%txn, "Replayed transaction answered again.");
@@ -171,14 +179,6 @@ async fn transaction(
             );
         }
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Body is not JSON.");
-    };
-    let events = body
-        .get("events")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     let mut acks = Vec::new();
     for ev in &events {
         prefetch_name(&sh, ev).await;
@@ -225,6 +225,24 @@ async fn transaction(
         tracing::warn!(error = %e, %txn, "Could not mark a transaction done.");
     }
     ok()
+}
+
+/// The key a transaction is remembered by: its id *and* what it carries. Synapse numbers
+/// transactions from a counter it keeps in its database, and with SQLite that counter starts
+/// again at 1 after a restart once every transaction was answered, so the id alone would make
+/// new transactions look like replays and drop them. A real replay carries the same events.
+fn txn_key(as_id: &str, txn: &str, events: &[Value]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for ev in events {
+        match ev.get("event_id").and_then(Value::as_str) {
+            Some(id) => h.update(id.as_bytes()),
+            None => h.update(ev.to_string().as_bytes()),
+        }
+        h.update(b"\n");
+    }
+    let digest = hex::encode(&h.finalize()[..12]);
+    format!("{as_id}:{txn}:{digest}")
 }
 
 /// Looks up the sender's display name when the event will need it and it is not cached.
@@ -426,6 +444,12 @@ async fn run_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store key of transaction `txn` carrying `body`'s events.
+    fn key(txn: &str, body: &Value) -> String {
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        txn_key("junction", txn, &events)
+    }
     use crate::client::Client;
     use crate::config::MatrixConfig;
     use crate::test_store::TestStore;
@@ -629,7 +653,7 @@ mod tests {
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{uri}");
         }
         assert!(rx.try_recv().is_err());
-        assert!(!store.txn_done("junction:1").expect("store"));
+        assert!(!store.txn_done(&key("1", &json!({}))).expect("store"));
     }
 
     #[tokio::test]
@@ -692,11 +716,15 @@ mod tests {
         assert!(matches!(inbound.event.kind, EventKind::Message(_)));
         // Not answered, and not marked, while the event is not durable.
         assert!(!call.is_finished());
-        assert!(!store.txn_done("junction:7").expect("store"));
+        assert!(!store
+            .txn_done(&key("7", &one_message("$a")))
+            .expect("store"));
         inbound.ack.expect("ack wanted").send(Ok(())).expect("ack");
         let r = call.await.expect("join").expect("call");
         assert_eq!(r.status(), StatusCode::OK);
-        assert!(store.txn_done("junction:7").expect("store"));
+        assert!(store
+            .txn_done(&key("7", &one_message("$a")))
+            .expect("store"));
 
         // The same transaction again: 200 at once, nothing sent to the gateway.
         let r = app
@@ -706,6 +734,21 @@ mod tests {
             .expect("call");
         assert_eq!(r.status(), StatusCode::OK);
         assert!(rx.try_recv().is_err());
+
+        // The same id with other events: the homeserver's counter started again (Synapse on
+        // SQLite after a restart). A new transaction, not a replay.
+        let call = tokio::spawn(app.clone().oneshot(txn_request(
+            "7",
+            Some(HS_TOKEN),
+            &one_message("$c"),
+        )));
+        let inbound = rx.recv().await.expect("a new transaction with a reused id");
+        assert_eq!(inbound.event.remote_id.as_str(), "$c");
+        inbound.ack.expect("ack wanted").send(Ok(())).expect("ack");
+        assert_eq!(
+            call.await.expect("join").expect("call").status(),
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
@@ -725,7 +768,9 @@ mod tests {
             .expect("ack");
         let r = call.await.expect("join").expect("call");
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(!store.txn_done("junction:8").expect("store"));
+        assert!(!store
+            .txn_done(&key("8", &one_message("$b")))
+            .expect("store"));
 
         // A dropped ack (gateway gone) is a failure too.
         let call = tokio::spawn(app.clone().oneshot(txn_request(
@@ -749,7 +794,9 @@ mod tests {
             call.await.expect("join").expect("call").status(),
             StatusCode::OK
         );
-        assert!(store.txn_done("junction:8").expect("store"));
+        assert!(store
+            .txn_done(&key("8", &one_message("$b")))
+            .expect("store"));
     }
 
     #[tokio::test]
@@ -768,7 +815,7 @@ mod tests {
             .expect("call");
         assert_eq!(r.status(), StatusCode::OK);
         assert!(rx.try_recv().is_err());
-        assert!(store.txn_done("junction:9").expect("store"));
+        assert!(store.txn_done(&key("9", &body)).expect("store"));
     }
 
     #[tokio::test]
