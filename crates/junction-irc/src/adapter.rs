@@ -123,7 +123,7 @@ type Reply = (String, String);
 /// A running (or connecting) puppet.
 struct Handle {
     gen: u64,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Box<Job>>,
     nick: Option<String>,
 }
 
@@ -366,7 +366,8 @@ impl IrcAdapter {
                         action,
                     };
                     let refused = match st.puppets.get(&user) {
-                        Some(h) => h.jobs.send(job).err().map(|e| e.0),
+                        // Boxed: each puppet's queue allocates slots for 32 jobs at once.
+                        Some(h) => h.jobs.send(Box::new(job)).err().map(|e| *e.0),
                         None => Some(job),
                     };
                     // The puppet is gone: the job is done another way.

@@ -165,7 +165,7 @@ const IN_FLIGHT: usize = 8;
 const RECONNECTS: u32 = 1;
 
 /// Runs one puppet until it quits, idles out, fails or the gateway shuts down.
-pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
+pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<Job>>) {
     let mut work: VecDeque<Work> = VecDeque::new();
     let mut nick = spec.nick.clone();
     let mut attempt = 0u32;
@@ -222,7 +222,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Job>)
     jobs.close();
     let mut leftovers: Vec<(Job, bool)> = work.into_iter().map(|w| (w.job, w.reported)).collect();
     while let Ok(job) = jobs.try_recv() {
-        leftovers.push((job, false));
+        leftovers.push((*job, false));
     }
     let _ = sh.reports.send(Report::Exit {
         user: spec.user.clone(),
@@ -305,7 +305,7 @@ async fn serve(
     spec: &Spec,
     sh: &Shared,
     s: &mut Session,
-    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    jobs: &mut mpsc::UnboundedReceiver<Box<Job>>,
     work: &mut VecDeque<Work>,
 ) -> End {
     let mut bucket = Bucket::new(spec.burst, spec.rate);
@@ -423,7 +423,7 @@ async fn serve(
                 match job {
                     Some(job) => {
                         last_job = Instant::now();
-                        work.push_back(Work { job, reported: false, token: None, said: 0, denied: false });
+                        work.push_back(Work { job: *job, reported: false, token: None, said: 0, denied: false });
                     }
                     None => jobs_open = false,
                 }
