@@ -36,3 +36,6 @@ mod faults;
 /// Network servers restarted under load: a private Prosody and a private Synapse killed
 /// and started again while IRC talks, with the figures per direction.
 mod restarts;
+
+/// Rooms the gateway creates on a server that locks new rooms.
+mod xmpp_rooms;

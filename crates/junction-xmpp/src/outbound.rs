@@ -50,6 +50,26 @@ pub fn styled(text: &RichText) -> String {
     junction_core::format::styling::render(text)
 }
 
+/// Accepts a new room's default configuration (an "instant room", XEP-0045 §10.1.2),
+/// which unlocks a room the server keeps locked until its owner configures it.
+pub fn instant_room(from: &str, room: &str, id: &str) -> Element {
+    Element::builder("iq", NS_CLIENT)
+        .a("type", "set")
+        .a("from", from)
+        .a("to", room)
+        .a("id", id)
+        .append(
+            Element::builder("query", "http://jabber.org/protocol/muc#owner")
+                .append(
+                    Element::builder("x", "jabber:x:data")
+                        .a("type", "submit")
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
 /// The skeleton of a groupchat message from `from` (a puppet's full JID) to
 /// `room`, with `id` as both the stanza id and the origin-id.
 fn groupchat(from: &str, room: &str, id: &str) -> ElementBuilder {
@@ -338,6 +358,19 @@ pub fn next_nick(wanted: &str, tag: &str, attempt: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instant_room_submits_an_empty_form_to_the_owner_namespace() {
+        let el = instant_room("junction@c.example/junction", "new@muc.example", "i1");
+        assert_eq!(el.attr("type"), Some("set"));
+        assert_eq!(el.attr("to"), Some("new@muc.example"));
+        let q = el
+            .get_child("query", "http://jabber.org/protocol/muc#owner")
+            .expect("owner query");
+        let x = q.get_child("x", "jabber:x:data").expect("form");
+        assert_eq!(x.attr("type"), Some("submit"));
+        assert_eq!(x.children().count(), 0);
+    }
 
     const P: &str = "\\40alice\\3amatrix.test%matrix@bridge.xmpp.test/junction";
     const R: &str = "lobby@conference.xmpp.test";

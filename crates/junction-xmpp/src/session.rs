@@ -1237,6 +1237,19 @@ async fn handle(
         "presence" => {
             if el.attr("to") == Some(st.listener().as_str()) {
                 on_room_presence(st, cx, &el).await;
+                if is_new_locked_room(&el) {
+                    // The listener's join created the room, and the server keeps a new room
+                    // locked until its owner configures it (XEP-0045 §10.1.2): accept the
+                    // default configuration, an "instant room", so people can come in.
+                    let room = el
+                        .attr("from")
+                        .and_then(|f| f.split('/').next())
+                        .unwrap_or_default()
+                        .to_string();
+                    tracing::info!(%room, "xmpp: created the room; unlocking it");
+                    let id = st.new_id();
+                    return send(conn, outbound::instant_room(&st.listener(), &room, &id)).await;
+                }
                 true
             } else {
                 on_puppet_presence(st, conn, &el).await
@@ -1244,6 +1257,11 @@ async fn handle(
         }
         _ => true,
     }
+}
+
+/// True for the listener's own presence (110) in a room it just created (201).
+fn is_new_locked_room(el: &Element) -> bool {
+    el.attr("type").is_none() && has_status(el, "110") && has_status(el, "201")
 }
 
 /// An IQ result or error: a server ping, a self-ping, an archive query's end,

@@ -139,6 +139,12 @@ impl PrivateServer {
         &self.layout.root
     }
 
+    /// The server's config file, for a test that wants to change a setting (stop, edit,
+    /// start again).
+    pub fn config_path(&self) -> PathBuf {
+        self.layout.config_file(self.service)
+    }
+
     /// Where its console output goes (appended across starts).
     pub fn log_path(&self) -> PathBuf {
         self.layout.log_file(self.service)
