@@ -204,7 +204,7 @@ fn check_names_an_unset_variable() {
     assert_eq!(code, Some(1));
     assert_eq!(
         err.trim_end(),
-        "bridges.toml:13:13: matrix.hs_token: environment variable `JUNCTION_HS_TOKEN` is not set"
+        "bridges.toml:15:13: matrix.hs_token: environment variable `JUNCTION_HS_TOKEN` is not set"
     );
 }
 

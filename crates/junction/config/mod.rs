@@ -22,7 +22,7 @@
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
 //! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required).
 //! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
-//!   `tls` (false), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
+//!   `tls` (false; `true` is refused, TLS is not built in), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
 //!   `sasl_password`, `max_puppets`, `puppet_idle_timeout_seconds`, `lines_per_second`,
 //!   `burst`, `max_lines` (defaults from `IrcConfig::new`).
 //! - `[[bridge]]`: `name` (unique), at least two rooms among `matrix` (`#alias:server` or

@@ -748,11 +748,22 @@ impl Checker<'_> {
             .count(&r.burst, &k("burst"), 1, i64::from(d.burst))
             .and_then(|b| self.fits::<u32>(b, &r.burst, &k("burst")));
         let max_lines = self.count(&r.max_lines, &k("max_lines"), 1, d.max_lines as i64);
+        if let Some(t) = r.tls.as_ref().filter(|t| *t.get_ref()) {
+            // Refused rather than ignored: a plaintext connection to a TLS port fails in
+            // confusing ways, and to a plaintext port it would send passwords in the clear
+            // while the file says otherwise.
+            self.error(
+                t.span(),
+                &k("tls"),
+                "TLS to IRC servers is not built in yet; reach a TLS-only server through a local \
+                 TLS tunnel (e.g. stunnel) and point `server` at it",
+            );
+            return None;
+        }
         if !name_ok {
             return None;
         }
         let mut c = IrcConfig::new(n.as_str(), server?, nick?);
-        c.tls = r.tls.as_ref().is_some_and(|t| *t.get_ref());
         c.mode = mode?;
         c.password = password?;
         c.sasl = sasl?;
