@@ -67,7 +67,7 @@ fn outbox_key(n: &NetworkId, id: u64) -> Vec<u8> {
 impl SledStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let db = sled::open(path).map_err(be)?;
+        let db = open_db(path.as_ref())?;
         let t = |n: &str| db.open_tree(n).map_err(be);
         Ok(Self {
             by_remote: t("by_remote")?,
@@ -87,6 +87,25 @@ impl SledStore {
     fn next_id(&self) -> Result<u64> {
         // sled ids are monotonic across restarts; +1 keeps 0 unused.
         self.db.generate_id().map(|i| i + 1).map_err(be)
+    }
+}
+
+/// Opens the sled database, waiting up to two seconds while its file lock is still held by
+/// a store of this process that was just dropped (sled's flusher thread lets go of the lock
+/// a moment after the last handle).
+fn open_db(path: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(e) => {
+                let locked = e.to_string().contains("could not acquire lock");
+                if !locked || std::time::Instant::now() >= deadline {
+                    return Err(be(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 }
 
