@@ -15,6 +15,7 @@ use crate::config::{IrcConfig, IrcMode};
 use crate::isupport::ISupport;
 use crate::puppets::{self, Action, Job, Report};
 use crate::session::{self, Registration, Session};
+use crate::tls::Tls;
 use crate::{commands, inbound, lookup, nick, outbound, paste};
 use irc_proto::{Command, Response};
 use junction_core::{
@@ -39,6 +40,9 @@ const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct IrcAdapter {
     config: IrcConfig,
     store: Arc<dyn Store>,
+    /// With `tls`: the setup every connection shares, or why it could not be built (then
+    /// nothing connects, rather than falling back to plaintext).
+    tls: Option<Result<Tls, String>>,
 }
 
 impl std::fmt::Debug for IrcAdapter {
@@ -153,7 +157,17 @@ struct State {
 impl IrcAdapter {
     /// An adapter for `config`, keeping its puppet nicks in `store`.
     pub fn new(config: IrcConfig, store: Arc<dyn Store>) -> Self {
-        Self { config, store }
+        let tls = config.tls.then(|| Tls::new(config.tls_ca.as_deref()));
+        Self { config, store, tls }
+    }
+
+    /// The TLS setup to connect with (None: plaintext), or why TLS can not be set up.
+    fn tls(&self) -> Result<Option<&Tls>, String> {
+        match &self.tls {
+            None => Ok(None),
+            Some(Ok(t)) => Ok(Some(t)),
+            Some(Err(e)) => Err(e.clone()),
+        }
     }
 
     fn registration(&self) -> Registration {
@@ -266,6 +280,13 @@ impl IrcAdapter {
         if st.puppets.contains_key(&sender.user) {
             return;
         }
+        let tls = match self.tls() {
+            Ok(t) => t.cloned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "No puppet without its TLS setup.");
+                return;
+            }
+        };
         let nick = self.nick_for(cx, sender, isupport.nicklen);
         st.next_gen += 1;
         let spec = puppets::Spec {
@@ -278,6 +299,7 @@ impl IrcAdapter {
                 sender.display_name, sender.user.network, sender.user.user
             ),
             server: self.config.server.clone(),
+            tls,
             password: self.config.password.clone(),
             idle: self.config.puppet_idle_timeout,
             burst: self.config.burst,
@@ -1039,7 +1061,10 @@ impl Adapter for IrcAdapter {
         loop {
             let connected = tokio::select! {
                 _ = cx.shutdown.cancelled() => return Ok(()),
-                r = session::connect(&self.config.server, self.registration(), Duration::from_secs(60)) => r,
+                r = async {
+                    let tls = self.tls()?;
+                    session::connect(&self.config.server, tls, self.registration(), Duration::from_secs(60)).await
+                } => r,
             };
             let why = match connected {
                 Ok(s) => {

@@ -1,6 +1,7 @@
 //! One `[irc.<name>]` section of bridges.toml, as the adapter receives it (already validated).
 
 use junction_core::Secret;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How remote users appear on IRC.
@@ -21,8 +22,12 @@ pub struct IrcConfig {
     pub name: String,
     /// `host:port`.
     pub server: String,
-    /// Connect with TLS.
+    /// Connect with TLS (rustls, the webpki roots trusted, the certificate checked against
+    /// the host part of `server`).
     pub tls: bool,
+    /// A PEM file of CA certificates trusted besides the webpki roots (a private or
+    /// self-signed CA); used only with `tls`.
+    pub tls_ca: Option<PathBuf>,
     /// The bot's nick.
     pub nick: String,
     /// Puppet or relay.
@@ -59,6 +64,7 @@ impl IrcConfig {
             name: name.into(),
             server: server.into(),
             tls: false,
+            tls_ca: None,
             nick: nick.into(),
             mode: IrcMode::Puppet,
             password: None,

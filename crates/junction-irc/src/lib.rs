@@ -23,6 +23,7 @@
 //! - The gateway's own messages are the bot's words; its kicks and bans of IRC users are
 //!   carried out by the bot (and fail when it is no channel operator). Connection state is
 //!   reported on `cx.status`.
+//! - With `tls`, every connection (bot and puppets) runs over rustls ([`tls`]).
 #![deny(missing_docs)]
 
 mod adapter;
@@ -40,6 +41,7 @@ pub mod session;
 pub mod split;
 #[cfg(test)]
 mod test_store;
+pub mod tls;
 
 pub use adapter::IrcAdapter;
 pub use config::{IrcConfig, IrcMode};

@@ -110,6 +110,8 @@ pub struct Spec {
     pub realname: String,
     /// `host:port`.
     pub server: String,
+    /// TLS setup, when the network uses TLS.
+    pub tls: Option<crate::tls::Tls>,
     /// Server password.
     pub password: Option<Secret>,
     /// Quit after this long without a job.
@@ -181,7 +183,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
         };
         let connected = tokio::select! {
             _ = sh.shutdown.cancelled() => return,
-            r = session::connect(&spec.server, reg, Duration::from_secs(60)) => r,
+            r = session::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
         };
         let mut s = match connected {
             Ok(s) => s,

@@ -5,14 +5,19 @@
 
 use crate::isupport::ISupport;
 use crate::nick;
+use crate::tls::Tls;
 use base64::Engine as _;
 use irc_proto::{CapSubCommand, Command, Message, Response};
 use junction_core::Secret;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// The reading half of a plaintext or TLS connection.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a plaintext or TLS connection.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Capabilities we ask for when the server offers them.
 pub const WANTED_CAPS: &[&str] = &[
@@ -231,13 +236,21 @@ const READ_BUFFER: usize = 2048;
 const MAX_LINE: usize = 16 * 1024;
 
 /// Reads server lines, decoding invalid UTF-8 lossily. `next` is cancel-safe.
-#[derive(Debug)]
 pub struct LineReader {
-    inner: BufReader<OwnedReadHalf>,
+    inner: BufReader<ReadHalf>,
     // Kept across calls so a cancelled read (in a `select!`) loses no bytes.
     buf: Vec<u8>,
     // In the middle of an overlong line: its bytes are dropped up to its end.
     skipping: bool,
+}
+
+impl std::fmt::Debug for LineReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineReader")
+            .field("buffered", &self.buf.len())
+            .field("skipping", &self.skipping)
+            .finish()
+    }
 }
 
 impl LineReader {
@@ -292,8 +305,13 @@ impl LineReader {
 }
 
 /// Writes lines, making sure none carries CR, LF or NUL.
-#[derive(Debug)]
-pub struct LineWriter(OwnedWriteHalf);
+pub struct LineWriter(WriteHalf);
+
+impl std::fmt::Debug for LineWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineWriter")
+    }
+}
 
 impl LineWriter {
     /// Sends one line (CRLF added). CR/LF/NUL inside are replaced by spaces.
@@ -309,22 +327,30 @@ impl LineWriter {
             })
             .collect();
         clean.push_str("\r\n");
-        self.0.write_all(clean.as_bytes()).await
+        self.0.write_all(clean.as_bytes()).await?;
+        // A TLS stream holds written bytes until flushed; a plain one sends them at once.
+        self.0.flush().await
     }
 }
 
-/// Connects to `server` (`host:port`) and registers; fails after `timeout`.
+/// Connects to `server` (`host:port`), with TLS when `tls` is given, and registers; fails
+/// after `timeout`.
 pub async fn connect(
     server: &str,
+    tls: Option<&Tls>,
     reg: Registration,
     timeout: Duration,
 ) -> Result<Session, String> {
-    tokio::time::timeout(timeout, connect_inner(server, reg))
+    tokio::time::timeout(timeout, connect_inner(server, tls, reg))
         .await
         .map_err(|_| "registration timed out".to_owned())?
 }
 
-async fn connect_inner(server: &str, reg: Registration) -> Result<Session, String> {
+async fn connect_inner(
+    server: &str,
+    tls: Option<&Tls>,
+    reg: Registration,
+) -> Result<Session, String> {
     let stream = TcpStream::connect(server)
         .await
         .map_err(|e| format!("connect {server}: {e}"))?;
@@ -333,7 +359,16 @@ async fn connect_inner(server: &str, reg: Registration) -> Result<Session, Strin
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "Could not turn off Nagle's algorithm.");
     }
-    let (r, w) = stream.into_split();
+    let (r, w): (ReadHalf, WriteHalf) = match tls {
+        Some(tls) => {
+            let (r, w) = tokio::io::split(tls.wrap(server, stream).await?);
+            (Box::new(r), Box::new(w))
+        }
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut reader = LineReader {
         // Small: thousands of puppet connections each hold one, and lines are short (a
         // longer one is still read whole, in more than one fill).
@@ -409,7 +444,7 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (r, _w) = stream.into_split();
         let mut reader = LineReader {
-            inner: BufReader::with_capacity(READ_BUFFER, r),
+            inner: BufReader::with_capacity(READ_BUFFER, Box::new(r) as ReadHalf),
             buf: Vec::new(),
             skipping: false,
         };

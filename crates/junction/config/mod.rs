@@ -22,7 +22,9 @@
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
 //! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required).
 //! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
-//!   `tls` (false; `true` is refused, TLS is not built in), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
+//!   `tls` (false; `true`: rustls, the certificate checked against the host of `server`
+//!   with the webpki roots), `tls_ca` (a PEM file of CA certificates trusted besides them, for
+//!   a private or self-signed CA; relative to the file's directory; needs `tls`), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
 //!   `sasl_password`, `max_puppets`, `puppet_idle_timeout_seconds`, `lines_per_second`,
 //!   `burst`, `max_lines` (defaults from `IrcConfig::new`).
 //! - `[[bridge]]`: `name` (unique), at least two rooms among `matrix` (`#alias:server` or
@@ -580,6 +582,26 @@ admins = ["@carol:matrix.test"]
             e,
             "bridges.toml:2:7: gateway.web: `127.0.0.1:9009` is also `matrix.listen`; each needs its own address\n\
              bridges.toml:3:14: gateway.public_url: 220 bytes long; at most 200 leave room for the text on an IRC line"
+        );
+    }
+
+    #[test]
+    fn tls_is_accepted_and_tls_ca_is_read_relative_to_the_file() {
+        let c = ok("[irc.libera]\nserver = \"irc.libera.chat:6697\"\nnick = \"j\"\ntls = true\n");
+        assert!(c.irc[0].tls);
+        assert_eq!(c.irc[0].tls_ca, None);
+        // A file without a certificate is found before start, with its place in the file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let src = "[irc.x]\nserver = \"h:6697\"\nnick = \"j\"\ntls = true\ntls_ca = \"ca.pem\"\n";
+        let e = parse(src, "bridges.toml", dir.path(), &env)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("bridges.toml:5:10: irc.x.tls_ca: TLS CA file ")
+                && e.contains("no PEM certificate"),
+            "{e}"
         );
     }
 

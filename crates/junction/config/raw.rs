@@ -96,6 +96,8 @@ pub struct RawIrc {
     pub server: Option<Str>,
     /// Connect with TLS.
     pub tls: Option<Spanned<bool>>,
+    /// PEM file of CA certificates trusted besides the webpki roots.
+    pub tls_ca: Option<Str>,
     /// The bot's nick.
     pub nick: Option<Str>,
     /// `puppet` or `relay`.

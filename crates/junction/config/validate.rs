@@ -142,7 +142,7 @@ pub(crate) fn validate(
         }
     }
     let xmpp = raw.xmpp.as_ref().map(|x| c.xmpp(x));
-    let irc: Vec<Option<IrcConfig>> = raw.irc.iter().map(|(k, v)| c.irc(k, v)).collect();
+    let irc: Vec<Option<IrcConfig>> = raw.irc.iter().map(|(k, v)| c.irc(k, v, base)).collect();
     let (bridges, bridge_admins) = c.bridges(&raw.bridge, raw, &irc_names);
     if !c.diags.is_empty() {
         return (None, c.diags);
@@ -642,7 +642,7 @@ impl Checker<'_> {
         })
     }
 
-    fn irc(&mut self, name: &Str, v: &Spanned<RawIrc>) -> Option<IrcConfig> {
+    fn irc(&mut self, name: &Str, v: &Spanned<RawIrc>, base: &Path) -> Option<IrcConfig> {
         let t = v.span();
         let r = v.get_ref();
         let n = name.get_ref();
@@ -748,23 +748,42 @@ impl Checker<'_> {
             .count(&r.burst, &k("burst"), 1, i64::from(d.burst))
             .and_then(|b| self.fits::<u32>(b, &r.burst, &k("burst")));
         let max_lines = self.count(&r.max_lines, &k("max_lines"), 1, d.max_lines as i64);
-        if let Some(t) = r.tls.as_ref().filter(|t| *t.get_ref()) {
-            // Refused rather than ignored: a plaintext connection to a TLS port fails in
-            // confusing ways, and to a plaintext port it would send passwords in the clear
-            // while the file says otherwise.
-            self.error(
-                t.span(),
-                &k("tls"),
-                "TLS to IRC servers is not built in yet; reach a TLS-only server through a local \
-                 TLS tunnel (e.g. stunnel) and point `server` at it",
-            );
-            return None;
-        }
+        let tls = r.tls.as_ref().is_some_and(|t| *t.get_ref());
+        let tls_ca = match &r.tls_ca {
+            None => Some(None),
+            Some(v) if !tls => {
+                self.error(v.span(), &k("tls_ca"), "`tls_ca` needs `tls = true`");
+                None
+            }
+            Some(v) => self.nonempty(v, &k("tls_ca")).and_then(|f| {
+                let path = base.join(&f);
+                if !path.is_file() {
+                    self.error(
+                        v.span(),
+                        &k("tls_ca"),
+                        format!(
+                            "`{f}` is not a file (a relative path is from this file's directory)"
+                        ),
+                    );
+                    return None;
+                }
+                // Read now, so a file without a usable certificate is found before start.
+                match junction_irc::tls::Tls::new(Some(&path)) {
+                    Ok(_) => Some(Some(path)),
+                    Err(e) => {
+                        self.error(v.span(), &k("tls_ca"), e);
+                        None
+                    }
+                }
+            }),
+        };
         if !name_ok {
             return None;
         }
         let mut c = IrcConfig::new(n.as_str(), server?, nick?);
         c.mode = mode?;
+        c.tls = tls;
+        c.tls_ca = tls_ca?;
         c.password = password?;
         c.sasl = sasl?;
         c.max_puppets = usize::try_from(max_puppets?).ok()?;
