@@ -17,6 +17,9 @@ mod xmpp;
 /// The IRC adapter against InspIRCd and ngIRCd: nicks, long messages, inbound traffic.
 mod irc;
 
+/// TLS to IRC: a private InspIRCd with a TLS port, its certificate from a CA of the test.
+mod irc_tls;
+
 /// The whole gateway on all three servers: the lobby, every direction, every feature.
 mod lobby;
 

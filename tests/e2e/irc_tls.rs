@@ -1,0 +1,350 @@
+//! TLS to an IRC server: a private InspIRCd with a TLS port (certificate issued by a CA made
+//! for the test with the `openssl` command) and a plaintext port. The adapter, trusting that
+//! CA through `tls_ca`, connects its bot and a puppet over TLS; an IRC user on the plaintext
+//! port reads the puppet's line. Without the CA the handshake is refused.
+
+use anyhow::Context as _;
+use junction_core::format::RichText;
+use junction_core::{
+    Adapter, AdapterContext, BridgeName, Delivery, Event, EventKind, Message, MessageId,
+    MessageKind, NetworkId, RoomId, RoomRef, Sender, UserRef,
+};
+use junction_irc::session::{self, Registration};
+use junction_irc::tls::Tls;
+use junction_irc::{IrcAdapter, IrcConfig, IrcMode};
+use junction_testkit::clients::IrcUser;
+use junction_testkit::{eventually, unique};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A test CA (`ca.pem`) and a server certificate it issued for localhost and 127.0.0.1
+/// (`cert.pem`, `key.pem`).
+fn make_certs(d: &Path) -> anyhow::Result<()> {
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Junction test CA",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    )?;
+    std::fs::write(
+        d.join("cert.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )?;
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "cert.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "cert.ext",
+        ],
+    )
+}
+
+/// A private InspIRCd with a TLS port and a plaintext port; killed when dropped.
+struct TlsInspircd {
+    dir: tempfile::TempDir,
+    tls_port: u16,
+    plain_port: u16,
+    _child: tokio::process::Child,
+}
+
+impl TlsInspircd {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        make_certs(d)?;
+        let (tls_port, plain_port) = (free_port()?, free_port()?);
+        std::fs::write(d.join("motd.txt"), "TLS test server.\n")?;
+        let p = |f: &str| d.join(f).display().to_string();
+        let mut conf = String::new();
+        conf.push_str(
+            "<server name=\"irc.tls.test\" description=\"TLS test server\" network=\"TlsTest\">\n",
+        );
+        conf.push_str(
+            "<admin name=\"Junction tests\" nick=\"junction\" email=\"junction@irc.tls.test\">\n",
+        );
+        conf.push_str("<module name=\"ssl_gnutls\">\n");
+        conf.push_str(&format!(
+            "<sslprofile name=\"tls\" provider=\"gnutls\" certfile=\"{}\" keyfile=\"{}\" \
+             cafile=\"\" crlfile=\"\" dhfile=\"\" requestclientcert=\"no\" hash=\"sha256\">\n",
+            p("cert.pem"),
+            p("key.pem")
+        ));
+        conf.push_str(&format!(
+            "<bind address=\"127.0.0.1\" port=\"{tls_port}\" type=\"clients\" sslprofile=\"tls\">\n"
+        ));
+        conf.push_str(&format!(
+            "<bind address=\"127.0.0.1\" port=\"{plain_port}\" type=\"clients\">\n"
+        ));
+        conf.push_str(
+            "<connect name=\"local\" allow=\"127.0.0.1\" threshold=\"1000000\" \
+             commandrate=\"100000000\" fakelag=\"off\" localmax=\"1000\" globalmax=\"1000\" \
+             resolvehostnames=\"no\" useident=\"no\" limit=\"1000\">\n",
+        );
+        conf.push_str("<dns server=\"127.0.0.1\" timeout=\"1\">\n");
+        conf.push_str(&format!("<pid file=\"{}\">\n", p("inspircd.pid")));
+        conf.push_str(&format!("<files motd=\"{}\">\n", p("motd.txt")));
+        for m in [
+            "cap",
+            "ircv3",
+            "ircv3_echomessage",
+            "ircv3_servertime",
+            "botmode",
+        ] {
+            conf.push_str(&format!("<module name=\"{m}\">\n"));
+        }
+        std::fs::write(d.join("inspircd.conf"), conf)?;
+        let log = std::fs::File::create(d.join("inspircd.log"))?;
+        let child = tokio::process::Command::new("inspircd")
+            .arg("--runasroot")
+            .arg("--nofork")
+            .arg(format!("--config={}", p("inspircd.conf")))
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting inspircd")?;
+        let me = TlsInspircd {
+            dir,
+            tls_port,
+            plain_port,
+            _child: child,
+        };
+        for addr in [me.tls_addr(), me.plain_addr()] {
+            eventually(
+                Duration::from_secs(30),
+                "our inspircd to listen",
+                || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
+            )
+            .await
+            .with_context(|| tail(&me.dir.path().join("inspircd.log"), 20))?;
+        }
+        Ok(me)
+    }
+
+    fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tls_port))
+    }
+
+    fn plain_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.plain_port))
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+fn delivery(channel: &str, display: &str, text: &str) -> Delivery {
+    Delivery {
+        outbox_id: 1,
+        bridge: BridgeName::new("lobby"),
+        target: RoomRef::new("irc:tls", channel),
+        event: Event::new(
+            RoomRef::new("matrix", "#lobby:matrix.test"),
+            MessageId::new("$tls1"),
+            Sender::new(
+                UserRef::new("matrix", format!("@{display}:matrix.test")),
+                display,
+            ),
+            0,
+            EventKind::Message(Message {
+                kind: MessageKind::Text,
+                body: RichText::plain(text),
+                reply_to: None,
+                attachments: Vec::new(),
+            }),
+        ),
+        reply_to: Vec::new(),
+        target_ids: Vec::new(),
+    }
+}
+
+fn registration(nick: &str) -> Registration {
+    Registration {
+        nick: nick.to_owned(),
+        suffix: String::new(),
+        password: None,
+        sasl: None,
+        caps: true,
+        realname: "TLS test".into(),
+        nicklen: 0,
+    }
+}
+
+fn short(prefix: &str, len: usize) -> String {
+    let u = unique(prefix);
+    format!("{prefix}{}", &u[u.len().saturating_sub(len)..])
+}
+
+/// The bot and a puppet connect over TLS to a server whose certificate a private CA issued,
+/// trusted through `tls_ca`; the puppet's line reaches a plaintext user of the same server.
+/// Without that CA the connection is refused at the handshake.
+#[tokio::test]
+async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
+    let ircd = TlsInspircd::start().await?;
+
+    // The webpki roots alone do not trust the test CA.
+    let refused = session::connect(
+        &ircd.tls_addr().to_string(),
+        Some(&Tls::new(None).map_err(anyhow::Error::msg)?),
+        registration(&short("n", 7)),
+        WAIT,
+    )
+    .await;
+    let err = refused
+        .err()
+        .context("an untrusted certificate was accepted")?;
+    assert!(err.contains("TLS handshake"), "{err}");
+
+    // With the CA, a session registers.
+    let s = session::connect(
+        &ircd.tls_addr().to_string(),
+        Some(&Tls::new(Some(&ircd.ca())).map_err(anyhow::Error::msg)?),
+        registration(&short("t", 7)),
+        WAIT,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .with_context(|| tail(&ircd.dir.path().join("inspircd.log"), 20))?;
+    drop(s);
+
+    let channel = format!("#{}", unique("tls"));
+    let watcher = IrcUser::connect(ircd.plain_addr(), &short("w", 7))
+        .await
+        .context("watcher connects")?;
+    watcher.join(&channel).await.context("watcher joins")?;
+
+    let nick = short("jb", 7);
+    let mut cfg = IrcConfig::new("tls", ircd.tls_addr().to_string(), nick);
+    cfg.mode = IrcMode::Puppet;
+    cfg.tls = true;
+    cfg.tls_ca = Some(ircd.ca());
+    let adapter = IrcAdapter::new(cfg, Arc::new(junction_store::MemStore::new()));
+    let (in_tx, _in_rx) = mpsc::channel(64);
+    let (d_tx, d_rx) = mpsc::channel(8);
+    let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
+    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(&channel)]);
+    let shutdown = CancellationToken::new();
+    let cx = AdapterContext::standalone(
+        NetworkId::new("irc:tls"),
+        in_tx,
+        d_rx,
+        ok_tx,
+        rooms_rx,
+        shutdown.clone(),
+    );
+    let task = tokio::spawn(adapter.run(cx));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let d2 = delivered.clone();
+    tokio::spawn(async move {
+        while let Some(d) = ok_rx.recv().await {
+            d2.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(d.outbox_id);
+        }
+    });
+
+    let alice = short("al", 5);
+    let hello = "hello over TLS";
+    d_tx.send(delivery(&channel, &alice, hello)).await?;
+    let want = format!("{alice}[m]");
+    let ch = channel.clone();
+    eventually(WAIT, "the puppet's line on the plaintext port", || {
+        let got = watcher
+            .privmsgs_in(&ch)
+            .iter()
+            .any(|(from, text)| *from == want && *text == hello);
+        async move { got.then_some(()) }
+    })
+    .await
+    .with_context(|| format!("seen: {:?}", watcher.privmsgs_in(&channel)))?;
+    eventually(WAIT, "the delivery confirmed", || {
+        let ok = delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&1);
+        async move { ok.then_some(()) }
+    })
+    .await?;
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await???;
+    Ok(())
+}
