@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use minidom::{Element, ElementBuilder};
 
 use crate::inbound::NS_CLIENT;
+use crate::outbound::Attr;
 
 /// The ad-hoc commands namespace, also the disco node that lists the commands.
 pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
@@ -33,21 +34,6 @@ const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 pub const SESSION_TTL: Duration = Duration::from_secs(600);
 /// Most forms open at once; the oldest is forgotten beyond this.
 pub const MAX_SESSIONS: usize = 256;
-
-/// Attribute setting by plain name on minidom's builder; every name used here is a
-/// constant valid XML name.
-trait Attr {
-    fn a(self, name: &str, value: impl Into<String>) -> Self;
-}
-
-impl Attr for ElementBuilder {
-    fn a(self, name: &str, value: impl Into<String>) -> Self {
-        match rxml::NcName::try_from(name) {
-            Ok(n) => self.attr(n, value.into()),
-            Err(_) => self,
-        }
-    }
-}
 
 /// One argument of a verb, as a form field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

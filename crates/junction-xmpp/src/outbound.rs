@@ -31,7 +31,8 @@ const NS_PING: &str = "urn:xmpp:ping";
 
 /// Attribute setting by plain name on minidom's builder (which takes an
 /// `NcName`); every name used here is a constant valid XML name.
-trait Attr {
+pub(crate) trait Attr {
+    /// Sets attribute `name` (a constant, valid XML name) to `value`.
     fn a(self, name: &str, value: impl Into<String>) -> Self;
 }
 
