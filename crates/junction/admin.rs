@@ -31,7 +31,9 @@
 //! gateway itself (network [`NetworkId::gateway`]) with one outbox row per target room, and
 //! returned as [`Delivery`]s for the caller to flush and hand out.
 
-use crate::config::validate::{bare_jid, irc_channel, matrix_room, matrix_user, same_room};
+use crate::config::validate::{
+    bare_jid, irc_channel, irc_fold, matrix_room, matrix_user, same_room,
+};
 use crate::config::Config;
 use junction_core::router::Planned;
 use junction_core::{
@@ -120,19 +122,6 @@ fn is_irc(n: &NetworkId) -> bool {
     n.as_str().starts_with("irc:")
 }
 
-/// RFC 1459 case folding (what most IRC servers use for nicks and channels).
-fn irc_fold(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '[' => '{',
-            ']' => '}',
-            '\\' => '|',
-            '~' => '^',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
-}
-
 /// The comparable form of a user id: IRC folded, XMPP lower-cased, Matrix as is.
 fn fold_user(u: &UserRef) -> String {
     if is_irc(&u.network) {
@@ -214,16 +203,7 @@ impl Admin {
     /// Reads the admins (`[gateway] admins`, each bridge's `admins`) and the configured
     /// networks from `config`.
     pub fn new(config: &Config) -> Self {
-        let mut networks = Vec::new();
-        if config.matrix.is_some() {
-            networks.push(NetworkId::new("matrix"));
-        }
-        if config.xmpp.is_some() {
-            networks.push(NetworkId::new("xmpp"));
-        }
-        for i in &config.irc {
-            networks.push(NetworkId::new(format!("irc:{}", i.name)));
-        }
+        let networks = config.networks();
         Self {
             global: config.gateway.admins.clone(),
             per_bridge: config.bridge_admins.clone(),

@@ -65,16 +65,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     web::prune(store.as_ref());
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
-    let mut networks: Vec<NetworkId> = Vec::new();
-    if config.matrix.is_some() {
-        networks.push(NetworkId::new("matrix"));
-    }
-    if config.xmpp.is_some() {
-        networks.push(NetworkId::new("xmpp"));
-    }
-    for irc in &config.irc {
-        networks.push(NetworkId::new(format!("irc:{}", irc.name)));
-    }
+    let networks = config.networks();
     let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
     let health = Arc::new(metrics::Health::new(networks));
 

@@ -34,6 +34,25 @@ pub struct Config {
     pub matrix_media_url: Option<String>,
 }
 
+impl Config {
+    /// The configured networks: `matrix`, `xmpp`, then `irc:<name>` for each IRC table.
+    pub fn networks(&self) -> Vec<NetworkId> {
+        let mut networks = Vec::new();
+        if self.matrix.is_some() {
+            networks.push(NetworkId::new("matrix"));
+        }
+        if self.xmpp.is_some() {
+            networks.push(NetworkId::new("xmpp"));
+        }
+        networks.extend(
+            self.irc
+                .iter()
+                .map(|i| NetworkId::new(format!("irc:{}", i.name))),
+        );
+        networks
+    }
+}
+
 /// `[gateway]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GatewayConfig {
@@ -985,22 +1004,25 @@ impl Checker<'_> {
     }
 }
 
+/// RFC 1459 case folding (what most IRC servers use for nicks and channels).
+pub(crate) fn irc_fold(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '[' => '{',
+            ']' => '}',
+            '\\' => '|',
+            '~' => '^',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
 /// The form in which two spellings of one room compare equal: IRC channels by RFC 1459
 /// case mapping (the default of most servers), MUC JIDs case-insensitively (nodeprep and
 /// nameprep fold case); Matrix ids are case-sensitive.
 pub(crate) fn same_room(r: &RoomRef) -> RoomRef {
     let room = if r.network.as_str().starts_with("irc:") {
-        r.room
-            .as_str()
-            .chars()
-            .map(|c| match c {
-                '[' => '{',
-                ']' => '}',
-                '\\' => '|',
-                '~' => '^',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect()
+        irc_fold(r.room.as_str())
     } else if r.network.as_str() == "xmpp" {
         r.room.as_str().to_lowercase()
     } else {
