@@ -61,7 +61,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store_path = data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(open_store(&store_path, &shutdown).await?);
+    // A gateway still stopping (or another one) may hold the store a moment: wait, bounded.
+    let (path, stop) = (store_path.clone(), shutdown.clone());
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            SledStore::open_within(&path, std::time::Duration::from_secs(15), &|| {
+                stop.is_cancelled()
+            })
+        })
+        .await
+        .context("the store opener stopped")?
+        .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
+    );
     web::prune(store.as_ref());
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
@@ -141,32 +152,4 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     store.flush()?;
     result
-}
-
-/// Opens the store, waiting (bounded) while another process or a gateway that is still
-/// stopping holds its lock, so a quick restart does not fail.
-async fn open_store(
-    path: &std::path::Path,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<SledStore> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut said = false;
-    loop {
-        match SledStore::open(path) {
-            Ok(store) => return Ok(store),
-            Err(e) => {
-                let text = e.to_string();
-                let locked = text.contains("lock") || text.contains("WouldBlock");
-                if !locked || std::time::Instant::now() >= deadline || shutdown.is_cancelled() {
-                    return Err(anyhow::anyhow!(e))
-                        .with_context(|| format!("cannot open the store at {}", path.display()));
-                }
-                if !said {
-                    tracing::warn!(path = %path.display(), "The store is in use (a gateway still stopping, or another one running); waiting up to 15 s.");
-                    said = true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
 }

@@ -67,7 +67,19 @@ fn outbox_key(n: &NetworkId, id: u64) -> Vec<u8> {
 impl SledStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let db = open_db(path.as_ref())?;
+        Self::open_within(path, std::time::Duration::from_secs(2), &|| false)
+    }
+
+    /// [`SledStore::open`], waiting up to `wait` while another holder (a gateway still
+    /// stopping, in this process or another) has the database's lock; `give_up` ends the
+    /// wait early (e.g. on shutdown). sled lets go of the lock a moment after its last
+    /// handle is dropped, since its flusher thread holds one too.
+    pub fn open_within(
+        path: impl AsRef<Path>,
+        wait: std::time::Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Self> {
+        let db = open_db(path.as_ref(), wait, give_up)?;
         let t = |n: &str| db.open_tree(n).map_err(be);
         Ok(Self {
             by_remote: t("by_remote")?,
@@ -90,18 +102,22 @@ impl SledStore {
     }
 }
 
-/// Opens the sled database, waiting up to two seconds while its file lock is still held by
-/// a store of this process that was just dropped (sled's flusher thread lets go of the lock
-/// a moment after the last handle).
-fn open_db(path: &Path) -> Result<sled::Db> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+/// Opens the sled database, retrying while its lock is held, until `wait` is over or
+/// `give_up` says so.
+fn open_db(path: &Path, wait: std::time::Duration, give_up: &dyn Fn() -> bool) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = false;
     loop {
         match sled::open(path) {
             Ok(db) => return Ok(db),
             Err(e) => {
                 let locked = e.to_string().contains("could not acquire lock");
-                if !locked || std::time::Instant::now() >= deadline {
+                if !locked || std::time::Instant::now() >= deadline || give_up() {
                     return Err(be(e));
+                }
+                if !said && wait > std::time::Duration::from_secs(2) {
+                    tracing::warn!(path = %path.display(), wait_s = wait.as_secs(), "The store is in use (a gateway still stopping, or another one running); waiting.");
+                    said = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
