@@ -157,18 +157,14 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         mut admin,
     } = parts;
     // Each adapter's puppet count feeds /metrics.
-    for (network, mut rx) in std::mem::take(&mut hub.puppets) {
+    for (network, rx) in std::mem::take(&mut hub.puppets) {
         let metrics = metrics.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                metrics.set_puppets(&network, *rx.borrow_and_update());
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    changed = rx.changed() => if changed.is_err() { break },
-                }
-            }
-        });
+        follow(
+            rx,
+            &shutdown,
+            move |n| metrics.set_puppets(&network, *n),
+            || {},
+        );
     }
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
     let seen = health.clone();
@@ -188,14 +184,15 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
             .collect()
     }));
     // Each adapter's connection state feeds /health.
-    for (network, mut rx) in std::mem::take(&mut hub.statuses) {
-        let health = health.clone();
-        let metrics = metrics.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut ever_connected = false;
-            loop {
-                let state = network_state(&rx.borrow_and_update());
+    for (network, rx) in std::mem::take(&mut hub.statuses) {
+        let (health, metrics) = (health.clone(), metrics.clone());
+        let (closed_health, closed_network) = (health.clone(), network.clone());
+        let mut ever_connected = false;
+        follow(
+            rx,
+            &shutdown,
+            move |status| {
+                let state = network_state(status);
                 // Connected again after having been connected once: a reconnect.
                 let connected = matches!(state, NetworkState::Connected);
                 let was = health.get(&network) == Some(NetworkState::Connected);
@@ -204,15 +201,14 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
                 }
                 ever_connected |= connected;
                 health.set(&network, state);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    changed = rx.changed() => if changed.is_err() {
-                        health.set(&network, NetworkState::Down("adapter stopped".into()));
-                        break;
-                    },
-                }
-            }
-        });
+            },
+            move || {
+                closed_health.set(
+                    &closed_network,
+                    NetworkState::Down("adapter stopped".into()),
+                )
+            },
+        );
     }
     let mut state = Loop {
         store,
@@ -262,6 +258,29 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     }
     state.store.flush()?;
     Ok(())
+}
+
+/// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
+/// cancelled, or `on_closed` once the sender is gone.
+fn follow<T: Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+    stop: &CancellationToken,
+    mut on_value: impl FnMut(&T) + Send + 'static,
+    on_closed: impl FnOnce() + Send + 'static,
+) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            on_value(&rx.borrow_and_update());
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() {
+                    on_closed();
+                    break;
+                },
+            }
+        }
+    });
 }
 
 fn network_state(s: &NetworkStatus) -> NetworkState {
