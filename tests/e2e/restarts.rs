@@ -11,6 +11,7 @@
 //! not part of the load: the test stops them a moment before, as `faults.rs` does, since
 //! a crashing server may lose what it had not processed yet.
 
+use super::faults::{line, parse_line, print_figures, tally, Figures, Net};
 use super::lobby::{irc_bot_nick, short_nick};
 use anyhow::Context as _;
 use junction_testkit::clients::irc::source_nick;
@@ -39,57 +40,6 @@ const NS_FORWARD: &str = "urn:xmpp:forward:0";
 // ----------------------------------------------------------------------------------------
 // Counting.
 
-/// The networks of these tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Net {
-    Matrix,
-    Xmpp,
-    Irc,
-}
-
-impl Net {
-    fn letter(self) -> char {
-        match self {
-            Net::Matrix => 'M',
-            Net::Xmpp => 'X',
-            Net::Irc => 'I',
-        }
-    }
-
-    fn from_letter(c: char) -> Option<Net> {
-        match c {
-            'M' => Some(Net::Matrix),
-            'X' => Some(Net::Xmpp),
-            'I' => Some(Net::Irc),
-            _ => None,
-        }
-    }
-}
-
-/// The text of numbered line `n` from `from`: `<tag> I007`.
-fn line(tag: &str, from: Net, n: u32) -> String {
-    format!("{tag} {}{n:03}", from.letter())
-}
-
-/// (origin, number) of a line as `line` wrote it, wherever it sits in `text`.
-fn parse_line(tag: &str, text: &str) -> Option<(Net, u32)> {
-    let rest = &text[text.find(tag)? + tag.len()..];
-    let word = rest.split_whitespace().next()?;
-    let mut chars = word.chars();
-    let origin = Net::from_letter(chars.next()?)?;
-    let digits: String = chars.take_while(char::is_ascii_digit).collect();
-    Some((origin, digits.parse().ok()?))
-}
-
-/// What one direction saw.
-#[derive(Default, Debug, Clone, Copy)]
-struct Figures {
-    sent: usize,
-    received: usize,
-    lost: usize,
-    dup: usize,
-}
-
 /// What the test sent, per origin, and what each network received, in arrival order:
 /// (receiving network, origin, number).
 #[derive(Default)]
@@ -104,53 +54,7 @@ impl Ledger {
 
     /// Per direction (origin → target), among `nets`.
     fn tally(&self, nets: [Net; 2], got: &[(Net, Net, u32)]) -> BTreeMap<(Net, Net), Figures> {
-        tally(&self.sent, nets, got)
-    }
-}
-
-fn tally(
-    sent: &BTreeMap<Net, Vec<u32>>,
-    nets: [Net; 2],
-    got: &[(Net, Net, u32)],
-) -> BTreeMap<(Net, Net), Figures> {
-    let mut out = BTreeMap::new();
-    for (&origin, numbers) in sent {
-        for target in nets {
-            if target == origin {
-                continue;
-            }
-            let mut f = Figures {
-                sent: numbers.len(),
-                ..Figures::default()
-            };
-            for n in numbers {
-                let copies = got
-                    .iter()
-                    .filter(|(t, o, m)| *t == target && *o == origin && m == n)
-                    .count();
-                f.received += copies.min(1);
-                f.lost += usize::from(copies == 0);
-                f.dup += copies.saturating_sub(1);
-            }
-            out.insert((origin, target), f);
-        }
-    }
-    out
-}
-
-fn print_figures(title: &str, figures: &BTreeMap<(Net, Net), Figures>) {
-    println!("{title}");
-    println!("  direction  sent  received  lost  dup");
-    for ((o, t), f) in figures {
-        println!(
-            "  {}→{}        {:>4}  {:>8}  {:>4}  {:>3}",
-            o.letter(),
-            t.letter(),
-            f.sent,
-            f.received,
-            f.lost,
-            f.dup
-        );
+        tally(&self.sent, &nets, got)
     }
 }
 
