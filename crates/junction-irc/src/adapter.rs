@@ -12,6 +12,7 @@
 
 use crate::bucket::Bucket;
 use crate::config::{IrcConfig, IrcMode};
+use crate::history::{self, Replay};
 use crate::isupport::ISupport;
 use crate::puppets::{self, Action, Job, Report};
 use crate::session::{self, Registration, Session};
@@ -35,6 +36,12 @@ const PREPARE_AHEAD: usize = 512;
 const SEEN_TABLE: &str = "irc.seen";
 /// How often that time is written while connected.
 const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Replayed lines this much older than the bot's last reading are still relayed (those
+/// already relayed are known events by their msgid, and skipped by the gateway).
+const BACKFILL_MARGIN_MS: u64 = 60_000;
+/// The PING sent after the JOINs: its answer comes after every JOIN's replies, history
+/// replays included.
+const JOINED_TOKEN: &str = "junction-joined";
 
 /// The IRC adapter of one network.
 pub struct IrcAdapter {
@@ -136,6 +143,8 @@ const PUPPET_COOLDOWN: Duration = Duration::from_secs(300);
 
 /// The adapter's state across bot reconnects.
 struct State {
+    /// The bot's JOINs are answered (history replays read): deliveries may go.
+    ready: bool,
     pending: Option<Pending>,
     bot_queue: VecDeque<(Delivery, BotKind, bool)>,
     /// Deliveries not yet routed, in outbox order.
@@ -329,6 +338,9 @@ impl IrcAdapter {
 
     /// Routes held deliveries as far as channel order allows.
     fn pump(&self, cx: &AdapterContext, st: &mut State, isupport: &ISupport) {
+        if !st.ready {
+            return;
+        }
         let mut blocked: HashSet<String> = HashSet::new();
         let mut i = 0;
         while i < st.held.len() {
@@ -530,6 +542,19 @@ impl IrcAdapter {
         d: &Delivery,
         relay_as: Option<&str>,
     ) -> Vec<String> {
+        self.render_as(cx, s, d, &s.nick, relay_as)
+    }
+
+    /// Renders a delivery as the connection with nick `sender_nick` says it (the bot, or a
+    /// puppet: the line budget depends on the nick).
+    fn render_as(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        d: &Delivery,
+        sender_nick: &str,
+        relay_as: Option<&str>,
+    ) -> Vec<String> {
         let store = self.store.as_ref();
         let network = &cx.network;
         let nick_of = |u: &UserRef| lookup::nick_of(store, network, u);
@@ -542,7 +567,7 @@ impl IrcAdapter {
             d,
             &outbound::Render {
                 channel: &d.target.room.0,
-                sender_nick: &s.nick,
+                sender_nick,
                 relay_as,
                 linelen: s.isupport.linelen,
                 max_lines: self.config.max_lines,
@@ -553,15 +578,16 @@ impl IrcAdapter {
         )
     }
 
-    /// Says in the log what was not seen: IRC servers without CHATHISTORY keep no history,
-    /// so whatever was said in the channels since the bot last read them is gone for the
-    /// other networks. The gateway never pretends otherwise.
+    /// Says in the log what may not be seen: lines said in the channels since the bot last
+    /// read them reach the other networks only where a channel replays its history on join
+    /// (InspIRCd `+H`); elsewhere they are gone. The gateway never pretends otherwise.
+    /// Returns when the bot last read the channels (ms since the epoch), if ever.
     fn report_history_gap(
         &self,
         cx: &AdapterContext,
         s: &Session,
         rooms: &[junction_core::RoomId],
-    ) {
+    ) -> Option<u64> {
         let history = s
             .caps
             .iter()
@@ -584,7 +610,7 @@ impl IrcAdapter {
                 if history {
                     tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "The server offers CHATHISTORY, which this version does not read yet: lines said while the gateway was away (up to this long) are not relayed.");
                 } else {
-                    tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "This IRC server keeps no history (no CHATHISTORY): lines said while the gateway was away (up to this long) are not relayed.");
+                    tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "Lines said while the gateway was away (up to this long) are relayed only from channels that replay their history on join (InspIRCd channel mode +H); the others' are lost.");
                 }
             }
             None => {
@@ -592,6 +618,7 @@ impl IrcAdapter {
             }
         }
         self.mark_seen(&cx.network);
+        last
     }
 
     /// Remembers that the bot was reading the channels now (for the gap report).
@@ -620,8 +647,14 @@ impl IrcAdapter {
                 return End::Lost(e.to_string());
             }
         }
+        // Nothing is sent until the JOINs are answered, so a replayed history is read first.
+        st.ready = false;
+        if let Err(e) = s.writer.send(&format!("PING :{JOINED_TOKEN}")).await {
+            return End::Lost(e.to_string());
+        }
+        let mut replay = Replay::default();
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
-        self.report_history_gap(cx, &s, &rooms);
+        let since = self.report_history_gap(cx, &s, &rooms);
         let mut marked: Option<std::time::Instant> = None;
         cx.status.send_replace(NetworkStatus::Connected);
         if let Some(p) = st.pending.take() {
@@ -629,14 +662,13 @@ impl IrcAdapter {
             let again = self.bot_pending(cx, &s, &roster, (p.delivery, p.kind, p.gated));
             st.pending = Some(again);
         }
-        self.pump(cx, st, &s.isupport);
         loop {
-            if st.pending.is_none() {
+            if st.ready && st.pending.is_none() {
                 if let Some(next) = st.bot_queue.pop_front() {
                     st.pending = Some(self.bot_pending(cx, &s, &roster, next));
                 }
             }
-            if let Some(p) = st.pending.as_mut() {
+            if let Some(p) = st.pending.as_mut().filter(|_| st.ready) {
                 while p.sent < p.lines.len() {
                     bucket.wait().await;
                     if let Err(e) = s.writer.send(&p.lines[p.sent]).await {
@@ -671,6 +703,10 @@ impl IrcAdapter {
                     };
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);
+                        if token == JOINED_TOKEN && !st.ready {
+                            self.joined(cx, &s, st, &mut replay);
+                            continue;
+                        }
                         if st.pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
                             if let Some(mut p) = st.pending.take() {
                                 if p.denied.is_some() && !p.fallback.is_empty() {
@@ -695,7 +731,7 @@ impl IrcAdapter {
                             }
                         }
                     }
-                    if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, msg).await {
+                    if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, (&mut replay, since), msg).await {
                         return End::Lost(e);
                     }
                     if marked.is_none_or(|t| t.elapsed() >= SEEN_EVERY) {
@@ -774,14 +810,141 @@ impl IrcAdapter {
         answer(cx, &p.delivery, outcome);
     }
 
+    /// Whether `nick` (folded) is the bot or one of our puppets, connected or not.
+    fn is_ours(&self, cx: &AdapterContext, s: &Session, st: &State, nick: &str) -> bool {
+        nick == s.isupport.fold(&s.nick)
+            || st.live.contains_key(nick)
+            || self
+                .store
+                .puppet_owner(&cx.network, nick)
+                .ok()
+                .flatten()
+                .is_some()
+    }
+
+    /// The bot's JOINs are answered: deliveries that the replayed history shows already said
+    /// are answered as delivered, and the rest may go.
+    fn joined(&self, cx: &mut AdapterContext, s: &Session, st: &mut State, replay: &mut Replay) {
+        if !replay.is_empty() {
+            // Everything the gateway handed over by now, resumed deliveries included.
+            while let Ok(d) = cx.deliveries.try_recv() {
+                st.held.push_back(d);
+            }
+            let mut kept = VecDeque::with_capacity(st.held.len());
+            for d in std::mem::take(&mut st.held) {
+                match self.replayed(cx, s, replay, &d) {
+                    Some((said, shown)) => {
+                        tracing::info!(network = %cx.network, outbox = d.outbox_id, event = %d.event.id, "Already in the channel's history: answered as delivered, not said again.");
+                        self.finish(
+                            cx,
+                            Pending {
+                                delivery: d,
+                                kind: BotKind::Relay,
+                                gated: false,
+                                lines: Vec::new(),
+                                said,
+                                shown,
+                                sent: 0,
+                                ping_sent: false,
+                                fallback: Vec::new(),
+                                denied: None,
+                            },
+                        );
+                    }
+                    None => kept.push_back(d),
+                }
+            }
+            st.held = kept;
+            let bot = s.isupport.fold(&s.nick);
+            let proven = st.pending.as_ref().is_some_and(|p| {
+                matches!(p.kind, BotKind::Relay | BotKind::Own) && {
+                    let texts = said_texts(&p.lines);
+                    let chan = s.isupport.fold(&p.delivery.target.room.0);
+                    replay.take(&chan, &bot, &texts, p.delivery.event.ts_ms)
+                }
+            });
+            if proven {
+                if let Some(p) = st.pending.take() {
+                    if p.gated {
+                        written(st, &s.isupport, &p.delivery.target.room.0, &None);
+                    }
+                    tracing::info!(network = %cx.network, outbox = p.delivery.outbox_id, "Already in the channel's history: answered as delivered, not said again.");
+                    self.finish(cx, p);
+                }
+            }
+        }
+        replay.clear_own();
+        st.ready = true;
+        self.pump(cx, st, &s.isupport);
+    }
+
+    /// Whether the replayed history holds delivery `d`, as said by its sender's puppet or
+    /// relayed by the bot: how many lines it said and under which nick.
+    fn replayed(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        replay: &mut Replay,
+        d: &Delivery,
+    ) -> Option<(usize, String)> {
+        if !matches!(
+            d.event.kind,
+            EventKind::Message(_) | EventKind::Edit { .. } | EventKind::React { .. }
+        ) || d.event.sender.user.network.is_gateway()
+        {
+            return None;
+        }
+        let chan = s.isupport.fold(&d.target.room.0);
+        if let Ok(Some(nick)) = self.store.puppet(&cx.network, &d.event.sender.user) {
+            let lines = self.render_as(cx, s, d, &nick, None);
+            let texts = said_texts(&lines);
+            if replay.take(&chan, &s.isupport.fold(&nick), &texts, d.event.ts_ms) {
+                return Some((lines.len(), nick));
+            }
+        }
+        let shown = self.nick_for(cx, &d.event.sender, s.isupport.nicklen);
+        let lines = self.render(cx, s, d, Some(&shown));
+        let texts = said_texts(&lines);
+        let bot = s.isupport.fold(&s.nick);
+        replay
+            .take(&chan, &bot, &texts, d.event.ts_ms)
+            .then_some((lines.len(), shown))
+    }
+
     async fn on_message(
         &self,
         s: &mut Session,
         cx: &AdapterContext,
         st: &State,
         roster: &mut Roster,
+        (replay, since): (&mut Replay, Option<u64>),
         msg: irc_proto::Message,
     ) -> Result<(), String> {
+        if replay.on_batch(&msg, &|c| s.isupport.fold(c)) {
+            return Ok(());
+        }
+        if let Some(chan) = replay.channel_of(&msg).map(str::to_owned) {
+            // A line of the channel's history, replayed on join.
+            let (Command::PRIVMSG(_, text) | Command::NOTICE(_, text)) = &msg.command else {
+                return Ok(());
+            };
+            let Some(nick) = msg.source_nickname().map(|n| s.isupport.fold(n)) else {
+                return Ok(());
+            };
+            let time = inbound::tag(&msg, "time")
+                .and_then(inbound::parse_server_time)
+                .unwrap_or(0);
+            if self.is_ours(cx, s, st, &nick) {
+                replay.push_own(&chan, &nick, text, time);
+                return Ok(());
+            }
+            // Someone else's: relayed when said after the bot last read the channel (less a
+            // margin) and named by a msgid, so a line relayed before is known and skipped.
+            let fresh = since.is_some_and(|t| time.saturating_add(BACKFILL_MARGIN_MS) >= t);
+            if !fresh || inbound::tag(&msg, "msgid").is_none() {
+                return Ok(());
+            }
+        }
         let nick_of = msg.source_nickname().map(|n| s.isupport.fold(n));
         if let (Some(n), Some(irc_proto::Prefix::Nickname(_, _, host))) = (&nick_of, &msg.prefix) {
             if !host.is_empty() && roster.members.values().any(|m| m.contains(n)) {
@@ -855,17 +1018,7 @@ impl IrcAdapter {
                         .filter_map(|(c, _)| rooms.get(c).cloned())
                         .collect()
                 },
-                &|n| {
-                    let n = isupport.fold(n);
-                    n == me
-                        || live.contains_key(&n)
-                        || self
-                            .store
-                            .puppet_owner(network, &n)
-                            .ok()
-                            .flatten()
-                            .is_some()
-                },
+                &|n| self.is_ours(cx, s, st, &isupport.fold(n)),
                 &|n| {
                     let folded = isupport.fold(n);
                     if let Some(u) = live.get(&folded) {
@@ -985,6 +1138,15 @@ impl IrcAdapter {
     }
 }
 
+/// The texts of the PRIVMSG/NOTICE lines among `lines`.
+fn said_texts(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| history::said_text(l))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One delivery of `channel` routed to `owner` is written: the gate opens when none is left.
 fn written(st: &mut State, isupport: &ISupport, channel: &str, owner: &Option<UserRef>) {
     let chan = isupport.fold(channel);
@@ -1044,6 +1206,7 @@ impl Adapter for IrcAdapter {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (reply_tx, replies) = mpsc::unbounded_channel();
         let mut st = State {
+            ready: false,
             pending: None,
             bot_queue: VecDeque::new(),
             held: VecDeque::new(),
@@ -1367,6 +1530,58 @@ mod tests {
             .expect("open");
         assert_eq!(ok.outbox_id, 1);
         shutdown.cancel();
+    }
+
+    /// After an unclean stop, a delivery the channel's replayed history already shows is
+    /// answered as delivered and not said again; a later equal line is said; someone
+    /// else's replayed line is not relayed on the first connection to a network.
+    #[tokio::test]
+    async fn a_delivery_found_in_the_replayed_history_is_not_said_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        h.deliveries.send(delivery(1, "one")).await.expect("queued");
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx, |line| {
+            if line == "JOIN #t" {
+                [
+                    ":fake BATCH +h1 chathistory #t",
+                    "@batch=h1;time=2026-01-01T00:00:00.000Z;msgid=m1 :bob!b@h PRIVMSG #t :earlier",
+                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m2 :junction!j@h PRIVMSG #t :<alice[m]> one",
+                    ":fake BATCH -h1",
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
+        assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+        h.deliveries.send(delivery(2, "one")).await.expect("queued");
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 2);
+        let mut said = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            said.push(l);
+        }
+        let ones = said
+            .iter()
+            .filter(|l| *l == "PRIVMSG #t :<alice[m]> one")
+            .count();
+        assert_eq!(ones, 1, "{said:?}");
+        assert!(
+            h._inbound.try_recv().is_err(),
+            "nothing relayed on a first connection"
+        );
+        h.shutdown.cancel();
     }
 
     #[tokio::test]

@@ -58,7 +58,8 @@ pub fn is_netsplit(reason: &str) -> bool {
         })
 }
 
-fn tag<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
+/// The value of tag `name` on `msg`, when present.
+pub fn tag<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {
     msg.tags
         .as_ref()?
         .iter()

@@ -24,12 +24,16 @@
 //!   carried out by the bot (and fail when it is no channel operator). Connection state is
 //!   reported on `cx.status`.
 //! - With `tls`, every connection (bot and puppets) runs over rustls ([`tls`]).
+//! - Where a channel replays its history on join (InspIRCd `+H`, [`history`]), the bot
+//!   relays what was said while the gateway was away, and deliveries that reached the
+//!   channel before an unclean stop are answered from the replay instead of said twice.
 #![deny(missing_docs)]
 
 mod adapter;
 pub mod bucket;
 pub mod commands;
 pub mod config;
+pub mod history;
 pub mod inbound;
 pub mod isupport;
 pub mod lookup;

@@ -354,9 +354,15 @@ pub(crate) fn inspircd(l: &Layout) -> String {
         "chghost",
         "botmode",
         "alias",
+        "chanhistory",
     ] {
         let _ = writeln!(s, "<module name=\"{m}\">");
     }
+    // Channels with mode +H replay their last lines to whoever joins (the gateway's bot too).
+    let _ = writeln!(
+        s,
+        "<chanhistory maxlines=\"100\" prefixmsg=\"no\" bots=\"yes\">"
+    );
     s
 }
 
