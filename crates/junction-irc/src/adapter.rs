@@ -810,10 +810,13 @@ impl IrcAdapter {
         answer(cx, &p.delivery, outcome);
     }
 
-    /// Whether `nick` (folded) is the bot or one of our puppets, connected or not.
+    /// Whether `nick` (as the server wrote it) is the bot or one of our puppets, connected
+    /// or not. The store keeps puppet nicks as the server gave them, so it is asked with the
+    /// nick unfolded (under rfc1459, `alice[m]` folds to `alice{m}`).
     fn is_ours(&self, cx: &AdapterContext, s: &Session, st: &State, nick: &str) -> bool {
-        nick == s.isupport.fold(&s.nick)
-            || st.live.contains_key(nick)
+        let folded = s.isupport.fold(nick);
+        folded == s.isupport.fold(&s.nick)
+            || st.live.contains_key(&folded)
             || self
                 .store
                 .puppet_owner(&cx.network, nick)
@@ -928,14 +931,14 @@ impl IrcAdapter {
             let (Command::PRIVMSG(_, text) | Command::NOTICE(_, text)) = &msg.command else {
                 return Ok(());
             };
-            let Some(nick) = msg.source_nickname().map(|n| s.isupport.fold(n)) else {
+            let Some(nick) = msg.source_nickname() else {
                 return Ok(());
             };
             let time = inbound::tag(&msg, "time")
                 .and_then(inbound::parse_server_time)
                 .unwrap_or(0);
-            if self.is_ours(cx, s, st, &nick) {
-                replay.push_own(&chan, &nick, text, time);
+            if self.is_ours(cx, s, st, nick) {
+                replay.push_own(&chan, &s.isupport.fold(nick), text, time);
                 return Ok(());
             }
             // Someone else's: relayed when said after the bot last read the channel (less a
@@ -1018,7 +1021,7 @@ impl IrcAdapter {
                         .filter_map(|(c, _)| rooms.get(c).cloned())
                         .collect()
                 },
-                &|n| self.is_ours(cx, s, st, &isupport.fold(n)),
+                &|n| self.is_ours(cx, s, st, n),
                 &|n| {
                     let folded = isupport.fold(n);
                     if let Some(u) = live.get(&folded) {
@@ -1433,9 +1436,13 @@ mod tests {
     }
 
     fn harness(addr: std::net::SocketAddr, mode: IrcMode) -> Harness {
+        harness_with(addr, mode, Arc::new(TestStore::default()))
+    }
+
+    fn harness_with(addr: std::net::SocketAddr, mode: IrcMode, store: Arc<dyn Store>) -> Harness {
         let mut cfg = IrcConfig::new("fake", addr.to_string(), "junction");
         cfg.mode = mode;
-        let adapter = IrcAdapter::new(cfg, Arc::new(TestStore::default()));
+        let adapter = IrcAdapter::new(cfg, store);
         let (in_tx, in_rx) = mpsc::channel(16);
         let (d_tx, d_rx) = mpsc::channel(16);
         let (ok_tx, ok_rx) = mpsc::unbounded_channel();
@@ -1580,6 +1587,55 @@ mod tests {
         assert!(
             h._inbound.try_recv().is_err(),
             "nothing relayed on a first connection"
+        );
+        h.shutdown.cancel();
+    }
+
+    /// The same for a line said by the sender's puppet before the restart: its nick is
+    /// known from the store (as the server wrote it, brackets and all, though rfc1459 folds
+    /// them), so no puppet connects to say it again.
+    #[tokio::test]
+    async fn a_puppet_line_found_in_the_replayed_history_is_not_said_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        store
+            .set_puppet(
+                &NetworkId::new("irc:fake"),
+                &UserRef::new("matrix", "@alice:matrix.test"),
+                "Alice[m]",
+            )
+            .expect("stored");
+        let mut h = harness_with(listener.local_addr().expect("addr"), IrcMode::Puppet, store);
+        h.deliveries.send(delivery(1, "one")).await.expect("queued");
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx, |line| {
+            if line == "JOIN #t" {
+                [
+                    ":fake BATCH +h1 chathistory #t",
+                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m2 :Alice[m]!a@h PRIVMSG #t :one",
+                    ":fake BATCH -h1",
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
+        assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+        let mut said = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            said.push(l);
+        }
+        assert!(!said.iter().any(|l| l.contains(":one")), "{said:?}");
+        assert!(
+            h._inbound.try_recv().is_err(),
+            "our own line is not relayed"
         );
         h.shutdown.cancel();
     }
