@@ -693,6 +693,11 @@ impl OwnInspircd {
             conf.push_str(&format!("<module name=\"{m}\">\n"));
         }
         conf.push_str("<chanhistory maxlines=\"100\" prefixmsg=\"no\" bots=\"yes\">\n");
+        // Every channel keeps its last lines from creation on (+H), whoever creates it: after
+        // a restart of this server the gateway may be back in the channel before the test's
+        // IRC user, and what it says meanwhile is replayed to the user on join, as it would
+        // be to anyone who rejoins later.
+        conf.push_str("<options defaultmodes=\"notH 100:1h\">\n");
         std::fs::write(d.join("inspircd.conf"), conf)?;
         let mut me = OwnInspircd {
             dir,
