@@ -43,6 +43,15 @@ fn start(addr: SocketAddr, channel: &str) -> Running {
 }
 
 fn start_in(addr: SocketAddr, channel: &str, mode: IrcMode) -> Running {
+    start_with(addr, channel, mode, None)
+}
+
+fn start_with(
+    addr: SocketAddr,
+    channel: &str,
+    mode: IrcMode,
+    channel_history: Option<&str>,
+) -> Running {
     let u = unique("jb");
     // The end of a unique name is what differs between tests.
     let nick = format!("jb{}", &u[u.len().saturating_sub(7)..]);
@@ -51,6 +60,7 @@ fn start_in(addr: SocketAddr, channel: &str, mode: IrcMode) -> Running {
     cfg.burst = 20;
     cfg.max_lines = 20;
     cfg.lines_per_second = 5.0;
+    cfg.channel_history = channel_history.map(str::to_owned);
     let adapter = IrcAdapter::new(cfg, Arc::new(store::TestStore::default()));
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
     let (d_tx, d_rx) = mpsc::channel(64);
@@ -191,6 +201,69 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
         .await
         .context("adapter stops")???;
     Ok(())
+}
+
+/// With `channel_history`, the bot turns on InspIRCd's +H in a channel where it is operator
+/// (here: it created the channel), so what it said there is replayed to whoever joins later.
+#[tokio::test(flavor = "multi_thread")]
+async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let channel = format!("#{}", unique("hist"));
+    let gw = start_with(s.inspircd, &channel, IrcMode::Relay, Some("50:1h"));
+    // Asked from outside the channel until the mode shows.
+    let mut nick = unique("h");
+    nick.truncate(9);
+    let user = IrcUser::connect(s.inspircd, &nick).await?;
+    let u = &user;
+    let ch = channel.clone();
+    eventually(WAIT, "+H on the channel", || {
+        let asked = u.send_raw(&format!("MODE {ch}"));
+        let has_h = u
+            .backlog()
+            .iter()
+            .filter_map(|m| irc_numeric_args(m, "324"))
+            .any(|a| a.get(2).is_some_and(|f| f.contains('H')));
+        async move { (asked.is_ok() && has_h).then_some(()) }
+    })
+    .await?;
+    gw.deliveries
+        .send(delivery(1, &channel, "alice", "said before you came"))
+        .await?;
+    let delivered = gw.delivered.clone();
+    eventually(WAIT, "the delivery answered", || {
+        let n = delivered.lock().unwrap_or_else(|e| e.into_inner()).len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await?;
+
+    user.join(&channel).await?;
+    let ch = channel.clone();
+    eventually(WAIT, "the line replayed on join", || {
+        let got = user
+            .privmsgs_in(&ch)
+            .iter()
+            .any(|(_, t)| t == "<alice[m]> said before you came");
+        async move { got.then_some(()) }
+    })
+    .await
+    .with_context(|| format!("received: {:?}", user.privmsgs_in(&channel)))?;
+
+    gw.shutdown.cancel();
+    tokio::time::timeout(WAIT, gw.task)
+        .await
+        .context("adapter stops")???;
+    Ok(())
+}
+
+/// The arguments of numeric `code`, when `m` is that numeric.
+fn irc_numeric_args(m: &irc_proto::Message, code: &str) -> Option<Vec<String>> {
+    if !junction_testkit::clients::irc::is_numeric(m, code) {
+        return None;
+    }
+    match &m.command {
+        irc_proto::Command::Response(_, args) => Some(args.clone()),
+        _ => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

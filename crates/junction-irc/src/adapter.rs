@@ -128,6 +128,15 @@ struct Roster {
     hosts: BTreeMap<String, String>,
 }
 
+/// The bot's `channel_history` work on one connection (folded channels).
+#[derive(Default)]
+struct HistoryModes {
+    /// `MODE #channel` sent, its 324 not yet read.
+    asked: HashSet<String>,
+    /// `+H` sent, not yet confirmed.
+    setting: HashSet<String>,
+}
+
 /// A command's answer on its way back to the person who typed it.
 type Reply = (String, String);
 
@@ -653,6 +662,7 @@ impl IrcAdapter {
             return End::Lost(e.to_string());
         }
         let mut replay = Replay::default();
+        let mut modes = HistoryModes::default();
         tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
         let since = self.report_history_gap(cx, &s, &rooms);
         let mut marked: Option<std::time::Instant> = None;
@@ -705,6 +715,14 @@ impl IrcAdapter {
                         let token = b.as_deref().unwrap_or(a);
                         if token == JOINED_TOKEN && !st.ready {
                             self.joined(cx, &s, st, &mut replay);
+                            if self.config.channel_history.is_some() {
+                                for room in roster.rooms.values() {
+                                    if let Err(e) = s.writer.send(&format!("MODE {room}")).await {
+                                        return End::Lost(e.to_string());
+                                    }
+                                    modes.asked.insert(s.isupport.fold(room));
+                                }
+                            }
                             continue;
                         }
                         if st.pending.as_ref().is_some_and(|p| p.ping_sent && p.token() == token) {
@@ -729,6 +747,11 @@ impl IrcAdapter {
                             if matches!(p.kind, BotKind::Enforce | BotKind::Topic) {
                                 p.denied.get_or_insert(why);
                             }
+                        }
+                    }
+                    if let Some(line) = self.on_history_mode(cx, &s, &mut modes, &msg) {
+                        if let Err(e) = s.writer.send(&line).await {
+                            return End::Lost(e.to_string());
                         }
                     }
                     if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, (&mut replay, since), msg).await {
@@ -779,6 +802,12 @@ impl IrcAdapter {
                             if let Err(e) = s.writer.send(&format!("JOIN {room}")).await {
                                 return End::Lost(e.to_string());
                             }
+                            if self.config.channel_history.is_some() {
+                                if let Err(e) = s.writer.send(&format!("MODE {room}")).await {
+                                    return End::Lost(e.to_string());
+                                }
+                                modes.asked.insert(s.isupport.fold(&room));
+                            }
                         }
                     }
                 }
@@ -808,6 +837,60 @@ impl IrcAdapter {
             }
         }
         answer(cx, &p.delivery, outcome);
+    }
+
+    /// With `channel_history`: reads the answers to the bot's `MODE #channel` queries and
+    /// to its `+H`, and returns the `MODE #channel +H <spec>` to send for a channel without
+    /// history.
+    fn on_history_mode(
+        &self,
+        cx: &AdapterContext,
+        s: &Session,
+        modes: &mut HistoryModes,
+        msg: &irc_proto::Message,
+    ) -> Option<String> {
+        let spec = self.config.channel_history.as_deref()?;
+        let Command::Response(r, args) = &msg.command else {
+            let by_bot = msg
+                .source_nickname()
+                .is_some_and(|n| s.isupport.fold(n) == s.isupport.fold(&s.nick));
+            if let (Command::ChannelMODE(chan, _), true) = (&msg.command, by_bot) {
+                let folded = s.isupport.fold(chan);
+                if modes.setting.remove(&folded) {
+                    tracing::info!(network = %cx.network, channel = %chan, history = spec, "Channel history turned on (+H): the channel replays its last lines to whoever joins.");
+                }
+            }
+            return None;
+        };
+        match r {
+            Response::RPL_CHANNELMODEIS => {
+                let chan = args.get(1)?;
+                let folded = s.isupport.fold(chan);
+                if !modes.asked.remove(&folded) {
+                    return None;
+                }
+                let flags = args.get(2).map(String::as_str).unwrap_or("");
+                if flags.contains('H') {
+                    tracing::debug!(network = %cx.network, channel = %chan, "The channel keeps history already.");
+                    return None;
+                }
+                modes.setting.insert(folded);
+                Some(format!("MODE {chan} +H {spec}"))
+            }
+            Response::ERR_CHANOPRIVSNEEDED => {
+                let chan = args.get(1)?;
+                if modes.setting.remove(&s.isupport.fold(chan)) {
+                    tracing::warn!(network = %cx.network, channel = %chan, history = spec, "The bot is no channel operator here, so it could not turn on the channel's history (+H): lines said while the gateway is away are lost. An operator can: /MODE {chan} +H {spec}");
+                }
+                None
+            }
+            Response::ERR_UNKNOWNMODE if !modes.setting.is_empty() => {
+                modes.setting.clear();
+                tracing::warn!(network = %cx.network, "This IRC server has no channel history mode (+H, InspIRCd's chanhistory module): lines said while the gateway is away are lost.");
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Whether `nick` (as the server wrote it) is the bot or one of our puppets, connected

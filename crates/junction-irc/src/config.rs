@@ -51,6 +51,11 @@ pub struct IrcConfig {
     /// stored in the store's `paste` table (see [`crate::paste`]) and served by the gateway's
     /// web listener. None: the rest is not sent, the note says so.
     pub paste_url: Option<String>,
+    /// Channel history to turn on in each linked channel that has none, as InspIRCd's
+    /// channel mode `+H` takes it: `<lines>:<period>` (`100:1d`). Needs the server's
+    /// `chanhistory` module and the bot to be a channel operator; the channel then replays
+    /// its last lines on join, which is how the bot reads what was said while it was away.
+    pub channel_history: Option<String>,
 }
 
 impl IrcConfig {
@@ -75,6 +80,7 @@ impl IrcConfig {
             burst: 10,
             max_lines: 5,
             paste_url: None,
+            channel_history: None,
         }
     }
 }

@@ -26,7 +26,9 @@
 //!   with the webpki roots), `tls_ca` (a PEM file of CA certificates trusted besides them, for
 //!   a private or self-signed CA; relative to the file's directory; needs `tls`), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
 //!   `sasl_password`, `max_puppets`, `puppet_idle_timeout_seconds`, `lines_per_second`,
-//!   `burst`, `max_lines` (defaults from `IrcConfig::new`).
+//!   `burst`, `max_lines` (defaults from `IrcConfig::new`), `channel_history`
+//!   (`<lines>:<period>`, e.g. `"100:1d"`: the bot turns on InspIRCd's channel mode `+H` in
+//!   linked channels that have none, where it is a channel operator).
 //! - `[[bridge]]`: `name` (unique), at least two rooms among `matrix` (`#alias:server` or
 //!   `!id[:server]`), `xmpp` (`room@muc.domain`) and `irc` (`network/#channel`), each a string
 //!   or a list; `admins`. A room belongs to one bridge at most.

@@ -118,6 +118,8 @@ pub struct RawIrc {
     pub burst: Option<Spanned<i64>>,
     /// Longest message relayed in full, in lines.
     pub max_lines: Option<Spanned<i64>>,
+    /// `<lines>:<period>` of history (+H) to turn on in linked channels that have none.
+    pub channel_history: Option<Str>,
 }
 
 /// One `[[bridge]]`.

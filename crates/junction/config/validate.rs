@@ -767,6 +767,23 @@ impl Checker<'_> {
             .count(&r.burst, &k("burst"), 1, i64::from(d.burst))
             .and_then(|b| self.fits::<u32>(b, &r.burst, &k("burst")));
         let max_lines = self.count(&r.max_lines, &k("max_lines"), 1, d.max_lines as i64);
+        let channel_history = match &r.channel_history {
+            None => Some(None),
+            Some(v) => self.nonempty(v, &k("channel_history")).and_then(|h| {
+                if history_spec_ok(&h) {
+                    Some(Some(h))
+                } else {
+                    self.error(
+                        v.span(),
+                        &k("channel_history"),
+                        format!(
+                            "`{h}` is not `<lines>:<period>` (lines 1 to 10000, a period such as `3600`, `1h` or `1d`)"
+                        ),
+                    );
+                    None
+                }
+            }),
+        };
         let tls = r.tls.as_ref().is_some_and(|t| *t.get_ref());
         let tls_ca = match &r.tls_ca {
             None => Some(None),
@@ -810,6 +827,7 @@ impl Checker<'_> {
         c.lines_per_second = lines_per_second?;
         c.burst = burst?;
         c.max_lines = usize::try_from(max_lines?).ok()?;
+        c.channel_history = channel_history?;
         Some(c)
     }
 
@@ -1095,6 +1113,23 @@ pub(crate) fn irc_channel(s: &str) -> bool {
         && !s
             .chars()
             .any(|c| c == ' ' || c == ',' || c == ':' || c.is_control())
+}
+
+/// Whether `h` is a channel history setting as InspIRCd's `+H` takes it: `<lines>:<period>`,
+/// the period in seconds or as digits with units (`1d12h`, `30m`).
+fn history_spec_ok(h: &str) -> bool {
+    let Some((lines, period)) = h.split_once(':') else {
+        return false;
+    };
+    let lines_ok = lines
+        .parse::<u32>()
+        .is_ok_and(|n| (1..=10_000).contains(&n));
+    let period_ok = !period.is_empty()
+        && period.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && period
+            .chars()
+            .all(|c| c.is_ascii_digit() || "ywdhms".contains(c));
+    lines_ok && period_ok
 }
 
 #[cfg(test)]
