@@ -799,6 +799,7 @@ impl IrcAdapter {
                         let k = s.isupport.fold(&room);
                         if let std::collections::btree_map::Entry::Vacant(v) = roster.rooms.entry(k) {
                             v.insert(room.clone());
+                            replay.linked_now(&s.isupport.fold(&room));
                             if let Err(e) = s.writer.send(&format!("JOIN {room}")).await {
                                 return End::Lost(e.to_string());
                             }
@@ -1026,7 +1027,8 @@ impl IrcAdapter {
             }
             // Someone else's: relayed when said after the bot last read the channel (less a
             // margin) and named by a msgid, so a line relayed before is known and skipped.
-            let fresh = since.is_some_and(|t| time.saturating_add(BACKFILL_MARGIN_MS) >= t);
+            let fresh = replay.relays(&chan)
+                && since.is_some_and(|t| time.saturating_add(BACKFILL_MARGIN_MS) >= t);
             if !fresh || inbound::tag(&msg, "msgid").is_none() {
                 return Ok(());
             }

@@ -13,7 +13,7 @@
 //! here changes what the adapter does.
 
 use irc_proto::{BatchSubCommand, Command, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One replayed line said by one of our own connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub struct Replay {
     open: HashMap<String, String>,
     /// Folded channel → our own lines, oldest first.
     own: HashMap<String, Vec<Line>>,
+    /// Folded channels linked while connected: their history is from before they were
+    /// linked, so none of it is relayed.
+    new: HashSet<String>,
 }
 
 /// How much earlier than the event's origin time a replayed line may be and still be that
@@ -80,6 +83,16 @@ impl Replay {
         });
     }
 
+    /// Notes that `channel` (folded) was linked while connected: its replay is not relayed.
+    pub fn linked_now(&mut self, channel: &str) {
+        self.new.insert(channel.to_owned());
+    }
+
+    /// Whether other people's replayed lines in `channel` (folded) may be relayed.
+    pub fn relays(&self, channel: &str) -> bool {
+        !self.new.contains(channel)
+    }
+
     /// True when nothing of ours was replayed.
     pub fn is_empty(&self) -> bool {
         self.own.values().all(Vec::is_empty)
@@ -120,12 +133,6 @@ impl Replay {
     pub fn clear_own(&mut self) {
         self.own.clear();
     }
-
-    /// Forgets everything (a new connection).
-    pub fn reset(&mut self) {
-        self.open.clear();
-        self.own.clear();
-    }
 }
 
 /// The text of a rendered `PRIVMSG`/`NOTICE` line (what the channel's members read), or None
@@ -163,6 +170,9 @@ mod tests {
         assert!(r.on_batch(&parse(":irc.test BATCH -h1"), &lower));
         assert_eq!(r.channel_of(&old), None);
         assert!(!r.on_batch(&parse(":irc.test BATCH -zz"), &lower));
+        assert!(r.relays("#lobby"));
+        r.linked_now("#lobby");
+        assert!(!r.relays("#lobby"));
     }
 
     #[test]
