@@ -154,6 +154,10 @@ const PUPPET_COOLDOWN: Duration = Duration::from_secs(300);
 struct State {
     /// The bot's JOINs are answered (history replays read): deliveries may go.
     ready: bool,
+    /// No connection of this process has read the channels yet: the deliveries waiting now
+    /// include the outbox resumed at start, some of which the previous process may have
+    /// said (later, a waiting delivery was never handed to any connection).
+    resumed: bool,
     pending: Option<Pending>,
     bot_queue: VecDeque<(Delivery, BotKind, bool)>,
     /// Deliveries not yet routed, in outbox order.
@@ -667,6 +671,9 @@ impl IrcAdapter {
         let since = self.report_history_gap(cx, &s, &rooms);
         let mut marked: Option<std::time::Instant> = None;
         cx.status.send_replace(NetworkStatus::Connected);
+        // The bot's delivery in progress when the last connection dropped: the replay may
+        // show it said, if any of its lines went out.
+        let pending_sent = st.pending.as_ref().is_some_and(|p| p.sent > 0);
         if let Some(p) = st.pending.take() {
             // Rendered again: the nick or the line length may differ on this connection.
             let again = self.bot_pending(cx, &s, &roster, (p.delivery, p.kind, p.gated));
@@ -714,7 +721,7 @@ impl IrcAdapter {
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);
                         if token == JOINED_TOKEN && !st.ready {
-                            self.joined(cx, &s, st, &mut replay);
+                            self.joined(cx, &s, st, &mut replay, pending_sent);
                             if self.config.channel_history.is_some() {
                                 for room in roster.rooms.values() {
                                     if let Err(e) = s.writer.send(&format!("MODE {room}")).await {
@@ -910,9 +917,19 @@ impl IrcAdapter {
     }
 
     /// The bot's JOINs are answered: deliveries that the replayed history shows already said
-    /// are answered as delivered, and the rest may go.
-    fn joined(&self, cx: &mut AdapterContext, s: &Session, st: &mut State, replay: &mut Replay) {
-        if !replay.is_empty() {
+    /// are answered as delivered, and the rest may go. Waiting deliveries are checked on the
+    /// first connection only (see `State::resumed`); the bot's own unconfirmed delivery
+    /// whenever some of its lines went out before the connection dropped.
+    fn joined(
+        &self,
+        cx: &mut AdapterContext,
+        s: &Session,
+        st: &mut State,
+        replay: &mut Replay,
+        pending_sent: bool,
+    ) {
+        let resumed = std::mem::replace(&mut st.resumed, false);
+        if resumed && !replay.is_empty() {
             // Everything the gateway handed over by now, resumed deliveries included.
             while let Ok(d) = cx.deliveries.try_recv() {
                 st.held.push_back(d);
@@ -942,6 +959,8 @@ impl IrcAdapter {
                 }
             }
             st.held = kept;
+        }
+        if pending_sent && !replay.is_empty() {
             let bot = s.isupport.fold(&s.nick);
             let proven = st.pending.as_ref().is_some_and(|p| {
                 matches!(p.kind, BotKind::Relay | BotKind::Own) && {
@@ -1295,6 +1314,7 @@ impl Adapter for IrcAdapter {
         let (reply_tx, replies) = mpsc::unbounded_channel();
         let mut st = State {
             ready: false,
+            resumed: true,
             pending: None,
             bot_queue: VecDeque::new(),
             held: VecDeque::new(),
@@ -1673,6 +1693,60 @@ mod tests {
             h._inbound.try_recv().is_err(),
             "nothing relayed on a first connection"
         );
+        h.shutdown.cancel();
+    }
+
+    /// After a reconnect (not a restart), a waiting delivery was never said by anyone, so an
+    /// equal replayed line (the same person said the same words before) does not stop it.
+    #[tokio::test]
+    async fn after_a_reconnect_an_equal_replayed_line_does_not_stop_a_new_delivery() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static JOINS: AtomicUsize = AtomicUsize::new(0);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        let respond = |line: &str| -> Vec<String> {
+            if line == "JOIN #t" && JOINS.fetch_add(1, Ordering::SeqCst) > 0 {
+                return [
+                    ":fake BATCH +h1 chathistory #t",
+                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m1 :junction!j@h PRIVMSG #t :<alice[m]> one",
+                    ":fake BATCH -h1",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+            }
+            if line == "PING :junction-1" {
+                // Answered (the PONG went first), then the server drops the bot.
+                return vec!["ERROR :Closing link".to_owned()];
+            }
+            Vec::new()
+        };
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx.clone(), respond).await;
+        expect_line(&mut lines, "JOIN #t").await;
+        h.deliveries.send(delivery(1, "one")).await.expect("queued");
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 1);
+        // The bot has read the ERROR and is registering again, waiting for the server.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.deliveries.send(delivery(2, "one")).await.expect("queued");
+        serve_scripted(&listener, lines_tx, respond).await;
+        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open");
+        assert_eq!(ok.outbox_id, 2);
+        let mut said = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            said.push(l);
+        }
+        let ones = said
+            .iter()
+            .filter(|l| *l == "PRIVMSG #t :<alice[m]> one")
+            .count();
+        assert_eq!(ones, 2, "{said:?}");
         h.shutdown.cancel();
     }
 
