@@ -621,7 +621,7 @@ impl IrcAdapter {
                     .unwrap_or(ms);
                 let gap_s = now.saturating_sub(ms) / 1000;
                 if history {
-                    tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "The server offers CHATHISTORY, which this version does not read yet: lines said while the gateway was away (up to this long) are not relayed.");
+                    tracing::info!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "The server offers CHATHISTORY: lines said while the gateway was away (up to this long) are fetched and relayed.");
                 } else {
                     tracing::warn!(network = %cx.network, channels = %channels.join(" "), gap_seconds = gap_s, "Lines said while the gateway was away (up to this long) are relayed only from channels that replay their history on join (InspIRCd channel mode +H); the others' are lost.");
                 }
@@ -660,6 +660,16 @@ impl IrcAdapter {
                 return End::Lost(e.to_string());
             }
         }
+        tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
+        let since = self.report_history_gap(cx, &s, &rooms);
+        // Where the server keeps history behind IRCv3 CHATHISTORY, ask for what was said
+        // since the bot last read the channels (the answer is a `chathistory` batch, read
+        // like a replay on join).
+        for line in chathistory_requests(&s, &rooms, since) {
+            if let Err(e) = s.writer.send(&line).await {
+                return End::Lost(e.to_string());
+            }
+        }
         // Nothing is sent until the JOINs are answered, so a replayed history is read first.
         st.ready = false;
         if let Err(e) = s.writer.send(&format!("PING :{JOINED_TOKEN}")).await {
@@ -667,8 +677,6 @@ impl IrcAdapter {
         }
         let mut replay = Replay::default();
         let mut modes = HistoryModes::default();
-        tracing::info!(network = %cx.network, nick = %s.nick, rooms = rooms.len(), "IRC connected");
-        let since = self.report_history_gap(cx, &s, &rooms);
         let mut marked: Option<std::time::Instant> = None;
         cx.status.send_replace(NetworkStatus::Connected);
         // The bot's delivery in progress when the last connection dropped: the replay may
@@ -1245,6 +1253,35 @@ impl IrcAdapter {
     }
 }
 
+/// Most lines asked for per channel with CHATHISTORY.
+const CHATHISTORY_LIMIT: usize = 500;
+
+/// `CHATHISTORY AFTER` requests for what was said in `rooms` since the bot last read them
+/// (less the backfill margin), when the server offers IRCv3 chathistory; none on a first
+/// connection (nothing said before it is relayed).
+fn chathistory_requests(
+    s: &Session,
+    rooms: &[junction_core::RoomId],
+    since: Option<u64>,
+) -> Vec<String> {
+    let offered = s
+        .caps
+        .iter()
+        .any(|c| c == "chathistory" || c == "draft/chathistory");
+    let (true, Some(since)) = (offered && s.caps.contains("batch"), since) else {
+        return Vec::new();
+    };
+    let limit = match s.isupport.chathistory {
+        Some(n) if n > 0 => n.min(CHATHISTORY_LIMIT),
+        _ => CHATHISTORY_LIMIT,
+    };
+    let from = inbound::format_server_time(since.saturating_sub(BACKFILL_MARGIN_MS));
+    rooms
+        .iter()
+        .map(|r| format!("CHATHISTORY AFTER {} timestamp={from} {limit}", r.0))
+        .collect()
+}
+
 /// The texts of the PRIVMSG/NOTICE lines among `lines`.
 fn said_texts(lines: &[String]) -> Vec<String> {
     lines
@@ -1693,6 +1730,65 @@ mod tests {
             h._inbound.try_recv().is_err(),
             "nothing relayed on a first connection"
         );
+        h.shutdown.cancel();
+    }
+
+    /// A server offering IRCv3 chathistory is asked for what was said since the bot last read
+    /// the channel (less the margin), and the lines it returns are relayed.
+    #[tokio::test]
+    async fn chathistory_is_asked_for_what_was_missed_and_relayed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        let last_read: u64 = 1_790_000_000_000;
+        store
+            .kv_put(SEEN_TABLE, "irc:fake", &last_read.to_be_bytes())
+            .expect("stored");
+        let h = harness_with(listener.local_addr().expect("addr"), IrcMode::Relay, store);
+        let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+        let (sock, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                let out: Vec<String> = if line == "CAP LS 302" {
+                    vec![":fake CAP * LS :batch server-time message-tags draft/chathistory".into()]
+                } else if let Some(caps) = line.strip_prefix("CAP REQ :") {
+                    vec![format!(":fake CAP * ACK :{caps}")]
+                } else if line == "CAP END" {
+                    vec![
+                        ":fake 001 junction :hi".into(),
+                        ":fake 005 junction CHATHISTORY=100 :are supported".into(),
+                        ":fake 376 junction :end".into(),
+                    ]
+                } else if let Some(token) = line.strip_prefix("PING ") {
+                    vec![format!(":fake PONG fake {token}")]
+                } else if line.starts_with("CHATHISTORY AFTER #t ") {
+                    vec![
+                        ":fake BATCH +c1 chathistory #t".into(),
+                        "@batch=c1;time=2026-09-22T10:00:00.000Z;msgid=x1 :bob!b@h PRIVMSG #t :missed".into(),
+                        ":fake BATCH -c1".into(),
+                    ]
+                } else {
+                    Vec::new()
+                };
+                for o in out {
+                    let _ = w.write_all(format!("{o}\r\n").as_bytes()).await;
+                }
+                let _ = lines_tx.send(line);
+            }
+        });
+        let want = format!(
+            "CHATHISTORY AFTER #t timestamp={} 100",
+            inbound::format_server_time(last_read - BACKFILL_MARGIN_MS)
+        );
+        expect_line(&mut lines, &want).await;
+        let mut inbound_rx = h._inbound;
+        let ev = tokio::time::timeout(Duration::from_secs(30), inbound_rx.recv())
+            .await
+            .expect("relayed in time")
+            .expect("an event");
+        assert_eq!(ev.event.remote_id, MessageId::new("x1"));
+        assert!(matches!(&ev.event.kind, EventKind::Message(m) if m.body.to_plain() == "missed"));
         h.shutdown.cancel();
     }
 

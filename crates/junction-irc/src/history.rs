@@ -9,8 +9,9 @@
 //!   the gateway stopped without noting it (a `kill -9` between the server's answer and the
 //!   store's write): those are answered as delivered instead of being said twice.
 //!
-//! Servers without history (ngIRCd, InspIRCd without `+H`) send no such batch, and nothing
-//! here changes what the adapter does.
+//! A server offering IRCv3 `draft/chathistory` answers the bot's `CHATHISTORY AFTER` with
+//! the same kind of batch. Servers without history (ngIRCd, InspIRCd without `+H`) send no
+//! such batch, and nothing here changes what the adapter does.
 
 use irc_proto::{BatchSubCommand, Command, Message};
 use std::collections::{HashMap, HashSet};

@@ -93,6 +93,31 @@ pub fn parse_server_time(s: &str) -> Option<u64> {
     u64::try_from(secs * 1000 + ms).ok()
 }
 
+/// Formats Unix milliseconds as server-time, `YYYY-MM-DDThh:mm:ss.sssZ` (for CHATHISTORY
+/// timestamps).
+pub fn format_server_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -264,6 +289,19 @@ pub fn map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_time_formats_and_parses_back() {
+        for t in [
+            "1970-01-01T00:00:00.000Z",
+            "2024-02-29T23:59:59.999Z",
+            "2026-12-01T02:34:05.120Z",
+            "2100-03-01T00:00:00.001Z",
+        ] {
+            let ms = parse_server_time(t).expect("parses");
+            assert_eq!(format_server_time(ms), t);
+        }
+    }
 
     fn run(line: &str) -> Vec<Event> {
         let msg: Message = line.parse().expect("test line parses");

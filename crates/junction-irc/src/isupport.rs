@@ -15,6 +15,9 @@ pub struct ISupport {
     pub prefix_symbols: String,
     /// Network name.
     pub network: Option<String>,
+    /// Most messages one `CHATHISTORY` request returns (IRCv3 chathistory; 0: no limit
+    /// given). None: the server did not announce CHATHISTORY.
+    pub chathistory: Option<usize>,
 }
 
 impl Default for ISupport {
@@ -26,6 +29,7 @@ impl Default for ISupport {
             chantypes: "#&".into(),
             prefix_symbols: "@+".into(),
             network: None,
+            chathistory: None,
         }
     }
 }
@@ -62,6 +66,7 @@ impl ISupport {
                     }
                 }
                 "NETWORK" if !value.is_empty() => self.network = Some(value.into()),
+                "CHATHISTORY" => self.chathistory = Some(value.parse().unwrap_or(0)),
                 _ => {}
             }
         }

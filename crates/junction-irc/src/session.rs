@@ -27,6 +27,7 @@ pub const WANTED_CAPS: &[&str] = &[
     "batch",
     "labeled-response",
     "account-tag",
+    "draft/chathistory",
     "sasl",
 ];
 
