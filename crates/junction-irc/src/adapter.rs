@@ -1681,6 +1681,23 @@ mod tests {
         shutdown.cancel();
     }
 
+    /// The next answer to a delivery.
+    async fn answered(h: &mut Harness) -> Delivered {
+        tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
+            .await
+            .expect("answered")
+            .expect("open")
+    }
+
+    /// How many of the lines received so far are `want`, and all of them.
+    fn count_said(lines: &mut mpsc::UnboundedReceiver<String>, want: &str) -> (usize, Vec<String>) {
+        let mut said = Vec::new();
+        while let Ok(l) = lines.try_recv() {
+            said.push(l);
+        }
+        (said.iter().filter(|l| *l == want).count(), said)
+    }
+
     /// After an unclean stop, a delivery the channel's replayed history already shows is
     /// answered as delivered and not said again; a later equal line is said; someone
     /// else's replayed line is not relayed on the first connection to a network.
@@ -1705,26 +1722,13 @@ mod tests {
             }
         })
         .await;
-        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open");
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
         h.deliveries.send(delivery(2, "one")).await.expect("queued");
-        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open");
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 2);
-        let mut said = Vec::new();
-        while let Ok(l) = lines.try_recv() {
-            said.push(l);
-        }
-        let ones = said
-            .iter()
-            .filter(|l| *l == "PRIVMSG #t :<alice[m]> one")
-            .count();
+        let (ones, said) = count_said(&mut lines, "PRIVMSG #t :<alice[m]> one");
         assert_eq!(ones, 1, "{said:?}");
         assert!(
             h._inbound.try_recv().is_err(),
@@ -1820,28 +1824,15 @@ mod tests {
         serve_scripted(&listener, lines_tx.clone(), respond).await;
         expect_line(&mut lines, "JOIN #t").await;
         h.deliveries.send(delivery(1, "one")).await.expect("queued");
-        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open");
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         // The bot has read the ERROR and is registering again, waiting for the server.
         tokio::time::sleep(Duration::from_millis(300)).await;
         h.deliveries.send(delivery(2, "one")).await.expect("queued");
         serve_scripted(&listener, lines_tx, respond).await;
-        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open");
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 2);
-        let mut said = Vec::new();
-        while let Ok(l) = lines.try_recv() {
-            said.push(l);
-        }
-        let ones = said
-            .iter()
-            .filter(|l| *l == "PRIVMSG #t :<alice[m]> one")
-            .count();
+        let (ones, said) = count_said(&mut lines, "PRIVMSG #t :<alice[m]> one");
         assert_eq!(ones, 2, "{said:?}");
         h.shutdown.cancel();
     }
@@ -1877,10 +1868,7 @@ mod tests {
             }
         })
         .await;
-        let ok = tokio::time::timeout(Duration::from_secs(30), h.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open");
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
         let mut said = Vec::new();
