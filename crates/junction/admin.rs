@@ -104,6 +104,9 @@ pub struct Admin {
     networks: Vec<NetworkId>,
     statuses: Option<StatusSource>,
     counter: AtomicU64,
+    /// The IRC hostmask bans, read from the store on first use and kept until `ban` or
+    /// `unban` changes them (every inbound IRC event is checked against them).
+    masks: std::sync::Mutex<Option<Vec<Ban>>>,
 }
 
 /// The gateway itself as the sender of announcements and enforcements.
@@ -214,6 +217,7 @@ impl Admin {
             networks,
             statuses: None,
             counter: AtomicU64::new(0),
+            masks: std::sync::Mutex::new(None),
         }
     }
 
@@ -270,15 +274,30 @@ impl Admin {
         if !is_irc(&user.network) {
             return false;
         }
-        match store.kv_scan(BAN_MASKS) {
-            Ok(masks) => masks.iter().any(|(_, v)| {
-                serde_json::from_slice::<Ban>(v).is_ok_and(|b| ban_covers(&b.user, user))
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "Could not read the ban list.");
-                false
+        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        if masks.is_none() {
+            match store.kv_scan(BAN_MASKS) {
+                Ok(rows) => {
+                    *masks = Some(
+                        rows.iter()
+                            .filter_map(|(_, v)| serde_json::from_slice::<Ban>(v).ok())
+                            .collect(),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not read the ban list.");
+                    return false;
+                }
             }
         }
+        masks
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|b| ban_covers(&b.user, user)))
+    }
+
+    /// Drops the kept IRC hostmask bans: the store's list changed.
+    fn forget_masks(&self) {
+        *self.masks.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Every ban in the store.
@@ -809,6 +828,9 @@ impl Cx<'_> {
         self.store
             .kv_put(ns, &ban_key(&target.user), &value)
             .map_err(|e| format!("Failed: the store could not save the ban ({e})."))?;
+        if ns == BAN_MASKS {
+            self.admin.forget_masks();
+        }
         let why = reason
             .as_deref()
             .map(|r| format!(": {r}"))
@@ -859,8 +881,11 @@ impl Cx<'_> {
             match self.store.kv_get(ns, &key) {
                 Ok(Some(_)) => {
                     found = true;
-                    self.store
-                        .kv_remove(ns, &key)
+                    let removed = self.store.kv_remove(ns, &key);
+                    if ns == BAN_MASKS {
+                        self.admin.forget_masks();
+                    }
+                    removed
                         .map_err(|e| format!("Failed: the store could not lift the ban ({e})."))?;
                 }
                 Ok(None) => {}
