@@ -255,6 +255,53 @@ async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<
     Ok(())
 }
 
+/// Where the bot joins a channel it may not set modes in, `channel_history` waits: once an
+/// operator makes the bot an operator too, it turns on +H.
+#[tokio::test(flavor = "multi_thread")]
+async fn inspircd_channel_history_is_turned_on_once_the_bot_is_made_operator() -> anyhow::Result<()>
+{
+    let s = servers().await?;
+    let channel = format!("#{}", unique("hop"));
+    let mut nick = unique("o");
+    nick.truncate(9);
+    let op = IrcUser::connect(s.inspircd, &nick).await?;
+    op.join(&channel).await?;
+    let gw = start_with(s.inspircd, &channel, IrcMode::Relay, Some("50:1h"));
+    let bot = gw.nick.clone();
+    op.wait_for(WAIT, |m| {
+        matches!(&m.command, irc_proto::Command::JOIN(..))
+            && junction_testkit::clients::irc::source_nick(m)
+                .is_some_and(|n| n.eq_ignore_ascii_case(&bot))
+    })
+    .await
+    .context("the bot joins")?;
+    // Its own attempt (MODE query, then +H refused) is over well within this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let has_h = |u: &IrcUser| {
+        u.backlog()
+            .iter()
+            .filter_map(|m| irc_numeric_args(m, "324"))
+            .any(|a| a.get(2).is_some_and(|f| f.contains('H')))
+    };
+    op.send_raw(&format!("MODE {channel}"))?;
+    op.wait_for(WAIT, |m| irc_numeric_args(m, "324").is_some())
+        .await?;
+    assert!(!has_h(&op), "no history before the bot is an operator");
+    op.mode(&channel, "+o", &[&gw.nick])?;
+    let ch = channel.clone();
+    eventually(WAIT, "+H on the channel", || {
+        let asked = op.send_raw(&format!("MODE {ch}"));
+        let done = has_h(&op);
+        async move { (asked.is_ok() && done).then_some(()) }
+    })
+    .await?;
+    gw.shutdown.cancel();
+    tokio::time::timeout(WAIT, gw.task)
+        .await
+        .context("adapter stops")???;
+    Ok(())
+}
+
 /// The arguments of numeric `code`, when `m` is that numeric.
 fn irc_numeric_args(m: &irc_proto::Message, code: &str) -> Option<Vec<String>> {
     if !junction_testkit::clients::irc::is_numeric(m, code) {

@@ -867,14 +867,23 @@ impl IrcAdapter {
     ) -> Option<String> {
         let spec = self.config.channel_history.as_deref()?;
         let Command::Response(r, args) = &msg.command else {
+            let Command::ChannelMODE(chan, changes) = &msg.command else {
+                return None;
+            };
+            let me = s.isupport.fold(&s.nick);
+            let folded = s.isupport.fold(chan);
             let by_bot = msg
                 .source_nickname()
-                .is_some_and(|n| s.isupport.fold(n) == s.isupport.fold(&s.nick));
-            if let (Command::ChannelMODE(chan, _), true) = (&msg.command, by_bot) {
-                let folded = s.isupport.fold(chan);
-                if modes.setting.remove(&folded) {
-                    tracing::info!(network = %cx.network, channel = %chan, history = spec, "Channel history turned on (+H): the channel replays its last lines to whoever joins.");
-                }
+                .is_some_and(|n| s.isupport.fold(n) == me);
+            if by_bot && modes.setting.remove(&folded) {
+                tracing::info!(network = %cx.network, channel = %chan, history = spec, "Channel history turned on (+H): the channel replays its last lines to whoever joins.");
+            }
+            // Made an operator: now the bot may turn history on, if the channel has none.
+            let opped = changes.iter().any(|m| {
+                matches!(m, irc_proto::Mode::Plus(irc_proto::ChannelMode::Oper, Some(n)) if s.isupport.fold(n) == me)
+            });
+            if opped && !by_bot && modes.asked.insert(folded) {
+                return Some(format!("MODE {chan}"));
             }
             return None;
         };
