@@ -11,10 +11,11 @@
 //!   even while the gateway is down; replays are recognised by their origin event id.
 //! - XMPP-origin lines: on rejoin the gateway reads the room's archive (MAM) from its stored
 //!   cursor, deduplicated by stanza-id, so lines said while it was down arrive once.
-//! - IRC-origin lines: InspIRCd and ngIRCd have no CHATHISTORY, so a line said while the
-//!   gateway is down never reaches it. Those lines are counted apart ("sent while down")
-//!   and not asserted; lines said while it is up must all cross.
-//! - Every outbox survives: a line recorded before the kill is delivered after the restart.
+//! - IRC-origin lines: the test channels keep history (+H on the tests' own InspIRCd), which
+//!   the channel replays to the gateway's bot when it rejoins, so lines said while the
+//!   gateway was down arrive once too (a line relayed before is known by its msgid).
+//! - Every outbox survives: a line recorded before the kill is delivered after the restart,
+//!   and a line for IRC that the replayed history shows already said is not said again.
 //!
 //! The bad-input tests go through the in-process lobby (`super::lobby::Lobby`): each sends
 //! something malformed or hostile and then a normal line that must still cross.
