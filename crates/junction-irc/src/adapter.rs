@@ -601,10 +601,7 @@ impl IrcAdapter {
         s: &Session,
         rooms: &[junction_core::RoomId],
     ) -> Option<u64> {
-        let history = s
-            .caps
-            .iter()
-            .any(|c| c == "chathistory" || c == "draft/chathistory");
+        let history = offers_chathistory(s);
         let last = self
             .store
             .kv_get(SEEN_TABLE, cx.network.as_str())
@@ -730,12 +727,11 @@ impl IrcAdapter {
                         let token = b.as_deref().unwrap_or(a);
                         if token == JOINED_TOKEN && !st.ready {
                             self.joined(cx, &s, st, &mut replay, pending_sent);
-                            if self.config.channel_history.is_some() {
-                                for room in roster.rooms.values() {
-                                    if let Err(e) = s.writer.send(&format!("MODE {room}")).await {
+                            for room in roster.rooms.values() {
+                                if let Some(line) = self.ask_modes(&s, &mut modes, room) {
+                                    if let Err(e) = s.writer.send(&line).await {
                                         return End::Lost(e.to_string());
                                     }
-                                    modes.asked.insert(s.isupport.fold(room));
                                 }
                             }
                             continue;
@@ -818,11 +814,10 @@ impl IrcAdapter {
                             if let Err(e) = s.writer.send(&format!("JOIN {room}")).await {
                                 return End::Lost(e.to_string());
                             }
-                            if self.config.channel_history.is_some() {
-                                if let Err(e) = s.writer.send(&format!("MODE {room}")).await {
+                            if let Some(line) = self.ask_modes(&s, &mut modes, &room) {
+                                if let Err(e) = s.writer.send(&line).await {
                                     return End::Lost(e.to_string());
                                 }
-                                modes.asked.insert(s.isupport.fold(&room));
                             }
                         }
                     }
@@ -841,18 +836,41 @@ impl IrcAdapter {
 
     /// Answers a bot delivery whose lines are proven sent.
     fn finish(&self, cx: &AdapterContext, p: Pending) {
-        let outcome = match p.denied {
+        self.answer_said(cx, &p.delivery, p.said, &p.shown, p.denied);
+    }
+
+    /// Answers a delivery whose `said` lines are on IRC under `shown` (or refused: `denied`),
+    /// and remembers its words for quotes.
+    fn answer_said(
+        &self,
+        cx: &AdapterContext,
+        d: &Delivery,
+        said: usize,
+        shown: &str,
+        denied: Option<String>,
+    ) {
+        let outcome = match denied {
             Some(why) => Err(why),
-            None => Ok((0..p.said)
-                .map(|i| MessageId::new(format!("{}.{i}", p.delivery.outbox_id)))
+            None => Ok((0..said)
+                .map(|i| MessageId::new(format!("{}.{i}", d.outbox_id)))
                 .collect::<Vec<_>>()),
         };
-        if let (Ok(ids), Some(text)) = (&outcome, lookup::quotable(&p.delivery)) {
+        if let (Ok(ids), Some(text)) = (&outcome, lookup::quotable(d)) {
             if let Some(first) = ids.first() {
-                lookup::remember(self.store.as_ref(), &cx.network, first, &p.shown, &text);
+                lookup::remember(self.store.as_ref(), &cx.network, first, shown, &text);
             }
         }
-        answer(cx, &p.delivery, outcome);
+        answer(cx, d, outcome);
+    }
+
+    /// With `channel_history`: the `MODE #channel` query that starts turning history on in
+    /// `room`, unless one is already awaiting its answer.
+    fn ask_modes(&self, s: &Session, modes: &mut HistoryModes, room: &str) -> Option<String> {
+        self.config.channel_history.as_ref()?;
+        modes
+            .asked
+            .insert(s.isupport.fold(room))
+            .then(|| format!("MODE {room}"))
     }
 
     /// With `channel_history`: reads the answers to the bot's `MODE #channel` queries and
@@ -882,8 +900,8 @@ impl IrcAdapter {
             let opped = changes.iter().any(|m| {
                 matches!(m, irc_proto::Mode::Plus(irc_proto::ChannelMode::Oper, Some(n)) if s.isupport.fold(n) == me)
             });
-            if opped && !by_bot && modes.asked.insert(folded) {
-                return Some(format!("MODE {chan}"));
+            if opped && !by_bot {
+                return self.ask_modes(s, modes, chan);
             }
             return None;
         };
@@ -956,21 +974,7 @@ impl IrcAdapter {
                 match self.replayed(cx, s, replay, &d) {
                     Some((said, shown)) => {
                         tracing::info!(network = %cx.network, outbox = d.outbox_id, event = %d.event.id, "Already in the channel's history: answered as delivered, not said again.");
-                        self.finish(
-                            cx,
-                            Pending {
-                                delivery: d,
-                                kind: BotKind::Relay,
-                                gated: false,
-                                lines: Vec::new(),
-                                said,
-                                shown,
-                                sent: 0,
-                                ping_sent: false,
-                                fallback: Vec::new(),
-                                denied: None,
-                            },
-                        );
+                        self.answer_said(cx, &d, said, &shown, None);
                     }
                     None => kept.push_back(d),
                 }
@@ -1265,6 +1269,13 @@ impl IrcAdapter {
 /// Most lines asked for per channel with CHATHISTORY.
 const CHATHISTORY_LIMIT: usize = 500;
 
+/// Whether the server offers IRCv3 chathistory on this connection.
+fn offers_chathistory(s: &Session) -> bool {
+    s.caps
+        .iter()
+        .any(|c| c == "chathistory" || c == "draft/chathistory")
+}
+
 /// `CHATHISTORY AFTER` requests for what was said in `rooms` since the bot last read them
 /// (less the backfill margin), when the server offers IRCv3 chathistory; none on a first
 /// connection (nothing said before it is relayed).
@@ -1273,11 +1284,7 @@ fn chathistory_requests(
     rooms: &[junction_core::RoomId],
     since: Option<u64>,
 ) -> Vec<String> {
-    let offered = s
-        .caps
-        .iter()
-        .any(|c| c == "chathistory" || c == "draft/chathistory");
-    let (true, Some(since)) = (offered && s.caps.contains("batch"), since) else {
+    let (true, Some(since)) = (offers_chathistory(s) && s.caps.contains("batch"), since) else {
         return Vec::new();
     };
     let limit = match s.isupport.chathistory {
@@ -1698,13 +1705,28 @@ mod tests {
             .expect("open")
     }
 
-    /// How many of the lines received so far are `want`, and all of them.
-    fn count_said(lines: &mut mpsc::UnboundedReceiver<String>, want: &str) -> (usize, Vec<String>) {
+    /// The lines received so far.
+    fn drain(lines: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
         let mut said = Vec::new();
         while let Ok(l) = lines.try_recv() {
             said.push(l);
         }
+        said
+    }
+
+    /// How many of the lines received so far are `want`, and all of them.
+    fn count_said(lines: &mut mpsc::UnboundedReceiver<String>, want: &str) -> (usize, Vec<String>) {
+        let said = drain(lines);
         (said.iter().filter(|l| *l == want).count(), said)
+    }
+
+    /// `#t`'s history as the server replays it on join: `lines` (tags, then the message) in
+    /// one `chathistory` batch.
+    fn history_of_t(lines: &[&str]) -> Vec<String> {
+        let mut out = vec![":fake BATCH +h1 chathistory #t".to_owned()];
+        out.extend(lines.iter().map(|l| format!("@batch=h1;{l}")));
+        out.push(":fake BATCH -h1".to_owned());
+        out
     }
 
     /// After an unclean stop, a delivery the channel's replayed history already shows is
@@ -1718,14 +1740,10 @@ mod tests {
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         serve_scripted(&listener, lines_tx, |line| {
             if line == "JOIN #t" {
-                [
-                    ":fake BATCH +h1 chathistory #t",
-                    "@batch=h1;time=2026-01-01T00:00:00.000Z;msgid=m1 :bob!b@h PRIVMSG #t :earlier",
-                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m2 :junction!j@h PRIVMSG #t :<alice[m]> one",
-                    ":fake BATCH -h1",
-                ]
-                .map(str::to_owned)
-                .to_vec()
+                history_of_t(&[
+                    "time=2026-01-01T00:00:00.000Z;msgid=m1 :bob!b@h PRIVMSG #t :earlier",
+                    "time=2026-01-01T00:00:01.000Z;msgid=m2 :junction!j@h PRIVMSG #t :<alice[m]> one",
+                ])
             } else {
                 Vec::new()
             }
@@ -1815,13 +1833,9 @@ mod tests {
         let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
         let respond = |line: &str| -> Vec<String> {
             if line == "JOIN #t" && JOINS.fetch_add(1, Ordering::SeqCst) > 0 {
-                return [
-                    ":fake BATCH +h1 chathistory #t",
-                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m1 :junction!j@h PRIVMSG #t :<alice[m]> one",
-                    ":fake BATCH -h1",
-                ]
-                .map(str::to_owned)
-                .to_vec();
+                return history_of_t(&[
+                    "time=2026-01-01T00:00:01.000Z;msgid=m1 :junction!j@h PRIVMSG #t :<alice[m]> one",
+                ]);
             }
             if line == "PING :junction-1" {
                 // Answered (the PONG went first), then the server drops the bot.
@@ -1865,13 +1879,9 @@ mod tests {
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         serve_scripted(&listener, lines_tx, |line| {
             if line == "JOIN #t" {
-                [
-                    ":fake BATCH +h1 chathistory #t",
-                    "@batch=h1;time=2026-01-01T00:00:01.000Z;msgid=m2 :Alice[m]!a@h PRIVMSG #t :one",
-                    ":fake BATCH -h1",
-                ]
-                .map(str::to_owned)
-                .to_vec()
+                history_of_t(&[
+                    "time=2026-01-01T00:00:01.000Z;msgid=m2 :Alice[m]!a@h PRIVMSG #t :one",
+                ])
             } else {
                 Vec::new()
             }
@@ -1880,10 +1890,7 @@ mod tests {
         let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
-        let mut said = Vec::new();
-        while let Ok(l) = lines.try_recv() {
-            said.push(l);
-        }
+        let said = drain(&mut lines);
         assert!(!said.iter().any(|l| l.contains(":one")), "{said:?}");
         assert!(
             h._inbound.try_recv().is_err(),
