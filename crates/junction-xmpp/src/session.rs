@@ -1391,12 +1391,7 @@ async fn on_message(
         }
         Some("error") => on_message_error(st, conn, cx, el).await,
         _ => {
-            let rooms: Vec<String> = cx
-                .rooms
-                .borrow()
-                .iter()
-                .map(|r| r.as_str().to_string())
-                .collect();
+            let rooms = linked_rooms(cx);
             if let Some(dm) = direct_message(el, &st.config.component, &st.listener_bare(), &rooms)
             {
                 command(st, cx, replies, dm);
@@ -1477,12 +1472,7 @@ fn adhoc_command(
 ) -> Option<Element> {
     use crate::adhoc::{completed, error_iq, result_iq, Refusal, Step};
     let from = el.attr("from").unwrap_or_default();
-    let rooms: Vec<String> = cx
-        .rooms
-        .borrow()
-        .iter()
-        .map(|r| r.as_str().to_string())
-        .collect();
+    let rooms = linked_rooms(cx);
     let Some(bare) = crate::inbound::person(from, &st.config.component, &rooms) else {
         return Some(error_iq(el, Refusal::FORBIDDEN));
     };
@@ -2213,6 +2203,15 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The linked rooms' JIDs, as the command and direct-message checks take them.
+fn linked_rooms(cx: &AdapterContext) -> Vec<String> {
+    cx.rooms
+        .borrow()
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect()
 }
 
 #[cfg(test)]
