@@ -82,13 +82,13 @@ impl GatewayProcess {
 }
 
 /// A free loopback port (bound, then released).
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 /// The last lines of a log file, for failure messages.
-fn tail(path: &Path, lines: usize) -> String {
+pub(super) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -479,6 +479,23 @@ pub(super) fn tally(
     out
 }
 
+/// The directions that lost or doubled something.
+pub(super) fn bad_directions(figures: &BTreeMap<(Net, Net), Figures>) -> Vec<String> {
+    figures
+        .iter()
+        .filter(|(_, f)| f.lost > 0 || f.dup > 0)
+        .map(|((o, t), f)| {
+            format!(
+                "{}→{}: lost {} dup {}",
+                o.letter(),
+                t.letter(),
+                f.lost,
+                f.dup
+            )
+        })
+        .collect()
+}
+
 pub(super) fn print_figures(title: &str, figures: &BTreeMap<(Net, Net), Figures>) {
     println!("{title}");
     println!("  direction  sent  received  lost  dup");
@@ -616,19 +633,7 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
         "gateway kill -9 mid-flight (lines said before, during and after the downtime):",
         &figures,
     );
-    let bad: Vec<String> = figures
-        .iter()
-        .filter(|(_, f)| f.lost > 0 || f.dup > 0)
-        .map(|((o, t), f)| {
-            format!(
-                "{}→{}: lost {} dup {}",
-                o.letter(),
-                t.letter(),
-                f.lost,
-                f.dup
-            )
-        })
-        .collect();
+    let bad = bad_directions(&figures);
     if !bad.is_empty() {
         println!("gateway log ends:\n{}", tail(&rig.log_path(), 60));
     }
@@ -824,19 +829,7 @@ async fn irc_server_restarted_under_load() -> anyhow::Result<()> {
         sorted.sort_unstable();
         assert_eq!(seen, sorted, "{}→I out of order", origin.letter());
     }
-    let bad: Vec<String> = figures
-        .iter()
-        .filter(|(_, f)| f.lost > 0 || f.dup > 0)
-        .map(|((o, t), f)| {
-            format!(
-                "{}→{}: lost {} dup {}",
-                o.letter(),
-                t.letter(),
-                f.lost,
-                f.dup
-            )
-        })
-        .collect();
+    let bad = bad_directions(&figures);
     if !bad.is_empty() {
         println!("gateway log ends:\n{}", tail(&rig.log_path(), 60));
     }

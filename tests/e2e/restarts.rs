@@ -11,7 +11,7 @@
 //! not part of the load: the test stops them a moment before, as `faults.rs` does, since
 //! a crashing server may lose what it had not processed yet.
 
-use super::faults::{line, parse_line, print_figures, tally, Figures, Net};
+use super::faults::{bad_directions, line, parse_line, print_figures, tally, Figures, Net};
 use super::lobby::{irc_bot_nick, short_nick};
 use anyhow::Context as _;
 use junction_testkit::clients::irc::source_nick;
@@ -56,23 +56,6 @@ impl Ledger {
     fn tally(&self, nets: [Net; 2], got: &[(Net, Net, u32)]) -> BTreeMap<(Net, Net), Figures> {
         tally(&self.sent, &nets, got)
     }
-}
-
-/// The directions that lost or doubled something.
-fn bad_directions(figures: &BTreeMap<(Net, Net), Figures>) -> Vec<String> {
-    figures
-        .iter()
-        .filter(|(_, f)| f.lost > 0 || f.dup > 0)
-        .map(|((o, t), f)| {
-            format!(
-                "{}→{}: lost {} dup {}",
-                o.letter(),
-                t.letter(),
-                f.lost,
-                f.dup
-            )
-        })
-        .collect()
 }
 
 /// The numbers from `origin` that reached `target`, in arrival order, are ascending.
