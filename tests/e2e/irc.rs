@@ -327,7 +327,8 @@ async fn ngircd_trims_nicks_to_nicklen_9() -> anyhow::Result<()> {
 
 /// A short name unique to this test (the end of a unique name is what differs), so nicks
 /// of parallel tests never collide on the shared servers.
-fn short(prefix: &str, len: usize) -> String {
+/// `prefix` and the last `len` characters of a unique name (a nick that fits NICKLEN).
+pub(super) fn short(prefix: &str, len: usize) -> String {
     let u = unique("x");
     format!("{prefix}{}", &u[u.len().saturating_sub(len)..])
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::faults::{free_port, tail};
+use super::irc::short;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -237,11 +238,6 @@ fn registration(nick: &str) -> Registration {
         realname: "TLS test".into(),
         nicklen: 0,
     }
-}
-
-fn short(prefix: &str, len: usize) -> String {
-    let u = unique(prefix);
-    format!("{prefix}{}", &u[u.len().saturating_sub(len)..])
 }
 
 /// The bot and a puppet connect over TLS to a server whose certificate a private CA issued,
