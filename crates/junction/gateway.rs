@@ -21,7 +21,7 @@ use junction_core::{
     AdapterContext, Command, Delivered, Delivery, EventId, EventKind, Inbound, MessageId,
     NetworkId, NetworkStatus, RoomId, RoomRef,
 };
-use junction_store::{Recorded, Resolver, Store};
+use junction_store::{Recorded, Resolver, Store, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -330,12 +330,26 @@ impl RefResolver for FlightResolver<'_> {
     }
 }
 
+/// Logs (once: the item is answered as handled, so it does not come back) and counts an
+/// inbound event that can never be stored.
+fn refused_as_poison(metrics: &Metrics, event: &junction_core::Event, e: &StoreError) {
+    metrics.refused(&event.origin.network, "unencodable");
+    tracing::warn!(
+        error = %e,
+        event = %event.id,
+        origin = %event.origin,
+        remote_id = %event.remote_id,
+        "An event that cannot be stored was refused and answered as handled."
+    );
+}
+
 impl Loop {
     /// Records one batch of inbound events, flushes once, acknowledges, then dispatches.
     fn inbound(&mut self, batch: &mut Vec<Inbound>, hub: &Hub) {
         let mut out: Vec<Delivery> = Vec::new();
         let mut acks = Vec::new();
-        for Inbound { event, ack } in batch.drain(..) {
+        for Inbound { mut event, ack } in batch.drain(..) {
+            event.bound_bodies();
             if self
                 .admin
                 .is_banned(self.store.as_ref(), &event.sender.user)
@@ -369,6 +383,12 @@ impl Loop {
                 Ok(Recorded::Duplicate) => {
                     self.metrics.duplicate();
                     tracing::debug!(event = %event.id, origin = %event.origin, "Replay of a known event skipped.");
+                    acks.push((ack, Ok(())));
+                }
+                Err(e) if e.is_permanent() => {
+                    // A poison item: this event can never be stored, so retrying it would only
+                    // loop. It is answered as handled (the network moves past it) and counted.
+                    refused_as_poison(&self.metrics, &event, &e);
                     acks.push((ack, Ok(())));
                 }
                 Err(e) => {
@@ -524,6 +544,7 @@ impl Loop {
 
     /// Recounts the outboxes that changed since the last count.
     fn count_depths(&mut self) {
+        self.metrics.set_store_set_aside(self.store.set_aside());
         for network in std::mem::take(&mut self.depth_dirty) {
             if let Ok(depth) = self.store.outbox_depth(&network) {
                 self.metrics.set_outbox_depth(&network, depth);

@@ -19,6 +19,8 @@
 //! | `junction_reconnects_total` | counter | reconnections to the network's server |
 //! | `junction_errors_total` | counter | errors, with a `kind` label as well |
 //! | `junction_duplicates_skipped_total` | counter | inbound events already recorded (no label) |
+//! | `junction_refused_total` | counter | inbound items refused and answered as handled, with a `reason` label as well (`unencodable`: the event can never be stored) |
+//! | `junction_store_records_set_aside_total` | counter | stored records that could not be read back and were set aside (no label) |
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -64,6 +66,7 @@ pub struct Metrics {
     fixed: BTreeMap<NetworkId, Series>,
     late: RwLock<BTreeMap<NetworkId, Arc<Series>>>,
     duplicates: AtomicU64,
+    store_set_aside: AtomicU64,
 }
 
 /// Every series of one network.
@@ -77,6 +80,7 @@ struct Series {
     puppets: AtomicU64,
     reconnects: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A histogram over [`LATENCY_BUCKETS`]: one non-cumulative count per bucket (the last one is
@@ -185,6 +189,22 @@ impl Metrics {
         });
     }
 
+    /// An inbound item from `network` was refused for `reason` and answered as handled.
+    pub fn refused(&self, network: &NetworkId, reason: &'static str) {
+        self.with(network, |s| {
+            *s.refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(reason)
+                .or_default() += 1;
+        });
+    }
+
+    /// How many stored records the store has set aside as unreadable since it was opened.
+    pub fn set_store_set_aside(&self, count: u64) {
+        self.store_set_aside.store(count, Ordering::Relaxed);
+    }
+
     /// An inbound event was skipped because it had been recorded before.
     pub fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +310,43 @@ impl Metrics {
             "counter",
         );
         sample(&mut out, name, &[], self.duplicates.load(Ordering::Relaxed));
+
+        let name = "junction_refused_total";
+        header(
+            &mut out,
+            name,
+            "Inbound items refused and answered as handled, per network and reason.",
+            "counter",
+        );
+        for (network, series) in &all {
+            let refused = series
+                .refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for (reason, count) in refused {
+                sample(
+                    &mut out,
+                    name,
+                    &[("network", network.as_str()), ("reason", reason)],
+                    count,
+                );
+            }
+        }
+
+        let name = "junction_store_records_set_aside_total";
+        header(
+            &mut out,
+            name,
+            "Stored records that could not be read back and were set aside.",
+            "counter",
+        );
+        sample(
+            &mut out,
+            name,
+            &[],
+            self.store_set_aside.load(Ordering::Relaxed),
+        );
         out
     }
 }
@@ -840,6 +897,35 @@ mod tests {
                 assert!(later.value >= s.value, "{} went down", s.name);
             }
         }
+    }
+
+    #[test]
+    fn refused_items_and_records_set_aside_are_counted() {
+        let m = Metrics::new([n("matrix"), n("xmpp")]);
+        let (meta, samples) = parse(&m.render());
+        assert_eq!(meta["junction_refused_total"].0, "counter");
+        assert!(!samples.iter().any(|s| s.name == "junction_refused_total"));
+        assert_eq!(
+            find(&samples, "junction_store_records_set_aside_total", &[]).value,
+            0.0
+        );
+        m.refused(&n("xmpp"), "unencodable");
+        m.refused(&n("xmpp"), "unencodable");
+        m.set_store_set_aside(3);
+        let (_, samples) = parse(&m.render());
+        assert_eq!(
+            find(
+                &samples,
+                "junction_refused_total",
+                &[("network", "xmpp"), ("reason", "unencodable")]
+            )
+            .value,
+            2.0
+        );
+        assert_eq!(
+            find(&samples, "junction_store_records_set_aside_total", &[]).value,
+            3.0
+        );
     }
 
     #[test]

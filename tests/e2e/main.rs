@@ -42,3 +42,7 @@ mod restarts;
 
 /// Rooms the gateway creates on a server that locks new rooms.
 mod xmpp_rooms;
+
+/// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
+/// runs): the gateway stays up and relays in every direction, before and after a restart.
+mod hostile_input;

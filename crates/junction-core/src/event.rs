@@ -41,6 +41,17 @@ impl Event {
         }
     }
 
+    /// Flattens any rich-text body nested deeper than [`crate::format::MAX_DEPTH`] (see
+    /// [`RichText::bounded`]), so the event can be stored and read back whatever built it.
+    pub fn bound_bodies(&mut self) {
+        match &mut self.kind {
+            EventKind::Message(Message { body, .. }) | EventKind::Edit { body, .. } => {
+                *body = std::mem::take(body).bounded();
+            }
+            _ => {}
+        }
+    }
+
     /// The message ids this event refers to in its origin room (reply target, edit target...),
     /// which the router resolves into each target room's own ids.
     pub fn references(&self) -> Vec<&MessageId> {

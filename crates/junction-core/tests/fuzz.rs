@@ -231,3 +231,166 @@ proptest! {
         prop_assert_eq!(back.trim(), input.trim(), "escaped text should read back: {:?}", out);
     }
 }
+
+// ---- Hostile shapes: depth, cost and stack ----
+
+use junction_core::format::{work, Span, MAX_DEPTH, MAX_INPUT_BYTES};
+
+/// The stack the hostile-shape checks run on: far too small for any recursion that follows
+/// the input's depth (a 10^5-deep input), ample for the bounded recursion the converters do.
+const SMALL_STACK: usize = 256 * 1024;
+
+/// Work allowed per input byte (readers, then every writer, plain text and a store round
+/// trip of the tree): a generous constant, where a quadratic reader or a recursion per level
+/// would need thousands per byte on these inputs.
+const STEPS_PER_BYTE: u64 = 200;
+
+/// Runs `f` on a thread with a [`SMALL_STACK`] and returns its result; a stack overflow
+/// aborts the test binary, so getting a result proves the bound.
+fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn_scoped(s, f)
+            .expect("spawn")
+            .join()
+            .expect("no panic")
+    })
+}
+
+/// An adversarial input of about `n` units: deep nesting, long delimiter runs, many children,
+/// huge attributes, unmatched closers, entity and control-code runs.
+fn hostile(shape: u8, n: usize) -> String {
+    match shape % 14 {
+        0 => ">".repeat(n),
+        1 => "> ".repeat(n) + "x",
+        2 => "<b>".repeat(n) + "x" + &"</b>".repeat(n),
+        3 => "<b>".repeat(n) + &"</i>".repeat(n),
+        4 => "*a ".repeat(n),
+        5 => "*_~`".repeat(n),
+        6 => "_a *b ~c ".repeat(n),
+        7 => "<b>x</b>".repeat(n),
+        8 => format!("<a href=\"https://e.org/{}\">x</a>", "a".repeat(n)),
+        9 => "<script></script>".repeat(n),
+        10 => "&".repeat(n) + ";",
+        11 => "\x02\x1d\x1f\x1e\x11x".repeat(n),
+        12 => "<blockquote><a href='https://e.org'><code>".repeat(n),
+        _ => ">*_".repeat(n) + "\n" + &"> ".repeat(n),
+    }
+}
+
+/// Reads `input` with every reader and writes each tree with every writer, checking the
+/// depth bound, that the tree survives a JSON round trip (as a stored event does), and
+/// returning the units of work done.
+fn read_write_all(input: &str) -> Result<u64, String> {
+    work::reset();
+    for (reader, tree) in [
+        ("html", html::parse(input)),
+        ("irc", irc::parse(input)),
+        ("styling", styling::parse(input)),
+    ] {
+        let depth = tree.depth();
+        if depth > MAX_DEPTH {
+            return Err(format!("{reader}: depth {depth}"));
+        }
+        let _ = html::render(&tree);
+        let _ = irc::render(&tree);
+        let _ = styling::render(&tree);
+        let _ = tree.to_plain();
+        let json = serde_json::to_string(&tree).map_err(|e| e.to_string())?;
+        let back: RichText = serde_json::from_str(&json).map_err(|e| format!("{reader}: {e}"))?;
+        if back != tree {
+            return Err(format!("{reader}: round trip changed the tree"));
+        }
+    }
+    Ok(work::steps())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Deep nesting (up to 10^5 levels), long delimiter runs, many children and huge
+    /// attributes: no panic, no stack growth with the depth (a 256 KiB stack), trees no
+    /// deeper than `MAX_DEPTH`, and work proportional to the input.
+    #[test]
+    fn hostile_shapes_are_bounded(shape in 0u8..14, n in prop_oneof![1usize..64, 1_000usize..100_001]) {
+        let input = hostile(shape, n);
+        let steps = on_small_stack(|| read_write_all(&input));
+        let steps = steps.map_err(TestCaseError::fail)?;
+        let len = input.len().min(MAX_INPUT_BYTES) as u64;
+        prop_assert!(
+            steps <= STEPS_PER_BYTE * (len + 1),
+            "shape {} n {}: {} steps for {} bytes", shape, n, steps, len
+        );
+    }
+
+    /// Whatever the reader, a body past the size cap is cut, never read whole.
+    #[test]
+    fn bodies_are_cut_at_the_size_cap(extra in 1usize..4096, c in prop::sample::select(vec!['x', 'é', '😀', '>'])) {
+        let input: String = std::iter::repeat_n(c, MAX_INPUT_BYTES / c.len_utf8() + extra).collect();
+        for tree in [html::parse(&input), irc::parse(&input), styling::parse(&input)] {
+            prop_assert!(tree.to_plain().matches(c).count() <= MAX_INPUT_BYTES / c.len_utf8());
+        }
+    }
+}
+
+/// The same delimiter run at twice the length costs about twice the work, not four times:
+/// the readers are linear where `*a *a *a …` used to be quadratic.
+#[test]
+fn delimiter_runs_cost_linear_work() {
+    for shape in [4u8, 5, 6, 0, 2, 3, 10] {
+        let small = on_small_stack(|| read_write_all(&hostile(shape, 10_000))).expect("bounded");
+        let large = on_small_stack(|| read_write_all(&hostile(shape, 20_000))).expect("bounded");
+        assert!(
+            large <= small * 3,
+            "shape {shape}: {small} steps for 10k, {large} for 20k"
+        );
+    }
+}
+
+/// A tree built past the depth bound (not by a reader) is written by every writer on a small
+/// stack, and `bounded` flattens it to `MAX_DEPTH` keeping its text.
+#[test]
+fn trees_built_too_deep_are_written_and_flattened() {
+    let mut span = Span::Text("core".into());
+    for i in 0..2_000 {
+        span = match i % 4 {
+            0 => Span::Bold(vec![Span::Text("b".into()), span]),
+            1 => Span::Quote(vec![span]),
+            2 => Span::Link {
+                url: "https://e.org".into(),
+                children: vec![span],
+            },
+            _ => Span::Italic(vec![span]),
+        };
+    }
+    let tree = RichText { spans: vec![span] };
+    // Cloning and dropping follow the depth, so they happen on this thread's stack.
+    let mut mapped = tree.clone();
+    let deep = tree.clone();
+    on_small_stack(|| {
+        assert_eq!(tree.depth(), 2_001);
+        assert!(html::render(&tree).contains("core"));
+        assert!(irc::render(&tree).contains("core"));
+        assert!(styling::render(&tree).contains("core"));
+        assert!(tree.to_plain().contains("core"));
+        junction_core::format::mention::map_mentions(&mut mapped, |_, _| {});
+        let flat = deep.bounded();
+        assert_eq!(flat.depth(), MAX_DEPTH);
+        assert!(flat.to_plain().contains("core"));
+        let json = serde_json::to_string(&flat).expect("encode");
+        let back: RichText = serde_json::from_str(&json).expect("a bounded tree reads back");
+        assert_eq!(back, flat);
+    });
+}
+
+/// The quote markers past `MAX_QUOTE_DEPTH` stay in the text, nothing is lost.
+#[test]
+fn deep_quotes_keep_their_markers() {
+    let input = ">".repeat(50_000) + " hi";
+    let tree = on_small_stack(|| styling::parse(&input));
+    assert!(tree.depth() <= junction_core::format::MAX_QUOTE_DEPTH + 1);
+    let plain = tree.to_plain();
+    assert!(plain.ends_with(" hi"), "{}", &plain[plain.len() - 10..]);
+    assert!(plain.matches('>').count() >= 50_000);
+}

@@ -203,3 +203,67 @@ proptest! {
         prop_assert!(server::token_matches(&expected, &expected));
     }
 }
+
+/// A `formatted_body` (and body) of a hostile shape about `n` units long: deep nesting,
+/// many children, huge attributes, long delimiter runs.
+fn hostile_html(shape: u8, n: usize) -> String {
+    match shape % 6 {
+        0 => "<b>".repeat(n) + "x" + &"</b>".repeat(n),
+        1 => "<blockquote><i>".repeat(n),
+        2 => "<b>x</b>".repeat(n),
+        3 => format!("<a href=\"https://e.org/{}\">x</a>", "a".repeat(n)),
+        4 => "*a ".repeat(n),
+        _ => "> ".repeat(n) + "x",
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A message of a hostile shape (up to 10^5 levels deep) converts on a 256 KiB stack
+    /// into an event with a bounded body, which survives a JSON round trip as stored.
+    #[test]
+    fn hostile_messages_convert_to_bounded_events(shape in 0u8..6, n in prop_oneof![1usize..64, 1_000usize..100_001]) {
+        let html = hostile_html(shape, n);
+        let ev = json!({
+            "type": "m.room.message", "room_id": ROOM, "sender": "@alice:matrix.test",
+            "event_id": "$e1", "origin_server_ts": 1,
+            "content": {
+                "msgtype": "m.text", "body": html.clone(),
+                "format": "org.matrix.custom.html", "formatted_body": html,
+            },
+        });
+        let depth = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, || {
+                    let network = NetworkId::new("matrix");
+                    let room = |id: &str| (id == ROOM).then(|| RoomId::new(ROOM));
+                    let name = |_: &str, _: &str| None;
+                    let media = |_: &str| None;
+                    let reaction = |_: &str| None;
+                    let cx = inbound::InboundCx {
+                        network: &network,
+                        prefix: "_jt1_",
+                        server_name: "matrix.test",
+                        bot: "@jt1bot:matrix.test",
+                        room: &room,
+                        name: &name,
+                        media_link: &media,
+                        reaction: &reaction,
+                    };
+                    let event = inbound::convert(&ev, &cx).event.expect("a message");
+                    let json = serde_json::to_string(&event).expect("encode");
+                    let back: junction_core::Event = serde_json::from_str(&json).expect("reads back");
+                    match back.kind {
+                        junction_core::EventKind::Message(m) => m.body.depth(),
+                        _ => 0,
+                    }
+                })
+                .expect("spawn")
+                .join()
+                .expect("no panic")
+        });
+        prop_assert!(depth <= junction_core::format::MAX_DEPTH, "depth {}", depth);
+    }
+}

@@ -50,6 +50,16 @@ pub(crate) fn outbox_rows(
         .collect()
 }
 
+/// An outbox row encoded as stored, refused with [`StoreError::Codec`] unless it reads back:
+/// whatever the store accepts it can read again (e.g. a body nested past `serde_json`'s
+/// recursion limit would be written fine and then never read).
+pub(crate) fn encode_row(row: &Delivery) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Codec(e.to_string()))?;
+    serde_json::from_slice::<Delivery>(&bytes)
+        .map_err(|e| StoreError::Codec(format!("would not read back: {e}")))?;
+    Ok(bytes)
+}
+
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,6 +69,15 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record: {0}")]
     Codec(String),
+}
+
+impl StoreError {
+    /// True when the record itself is at fault (it cannot be encoded, or would not read back):
+    /// trying again cannot help, so the item that carried it is refused rather than retried.
+    /// A backend error (disk full, I/O) is not permanent.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Codec(_))
+    }
 }
 
 /// Result of store operations.
@@ -111,6 +130,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of undelivered outbox rows for a network.
     fn outbox_depth(&self, network: &NetworkId) -> Result<usize>;
+
+    /// How many stored records could not be read back (corrupt, or nested too deeply) and
+    /// were set aside since the store was opened. Reads skip such a record, log its key and
+    /// move it out of the way (the sled backend keeps it in its `quarantine` tree), so one bad
+    /// record never stops the others from being handed out.
+    fn set_aside(&self) -> u64 {
+        0
+    }
 
     // ---- Matrix transactions ----
 

@@ -1,6 +1,6 @@
 //! In-memory backend: same semantics as the sled one, nothing durable.
 
-use crate::{key, outbox_rows, AuditEntry, Recorded, Result, Store};
+use crate::{encode_row, key, outbox_rows, AuditEntry, Recorded, Result, Store};
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
@@ -21,6 +21,10 @@ struct Inner {
     cursors: HashMap<Vec<u8>, String>,
     kv: BTreeMap<(String, String), Vec<u8>>,
     audit: Vec<AuditEntry>,
+    /// Outbox rows held as bytes (as the sled backend holds every row), read on `pending`.
+    raw_outbox: HashMap<NetworkId, BTreeMap<u64, Vec<u8>>>,
+    quarantine: Vec<(String, Vec<u8>)>,
+    set_aside: u64,
 }
 
 /// Store kept in memory behind one mutex, for tests and benchmarks.
@@ -31,6 +35,22 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Test hook: writes raw bytes as an outbox row.
+    #[cfg(test)]
+    pub(crate) fn put_raw_outbox(&self, network: &NetworkId, id: u64, raw: &[u8]) {
+        self.lock()
+            .raw_outbox
+            .entry(network.clone())
+            .or_default()
+            .insert(id, raw.to_vec());
+    }
+
+    /// Test hook: how many records were set aside.
+    #[cfg(test)]
+    pub(crate) fn quarantined(&self) -> usize {
+        self.lock().quarantine.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -54,6 +74,9 @@ impl Store for MemStore {
             g.next_id += 1;
             Ok(g.next_id)
         })?;
+        for r in &rows {
+            encode_row(r)?;
+        }
         g.by_remote.insert(k, event.id.clone());
         g.by_event.insert(
             key(&[
@@ -108,12 +131,30 @@ impl Store for MemStore {
     }
 
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {
-        Ok(self
-            .lock()
-            .outbox
+        let mut g = self.lock();
+        if let Some(raw) = g.raw_outbox.remove(network) {
+            for (id, bytes) in raw {
+                match serde_json::from_slice::<Delivery>(&bytes) {
+                    Ok(d) => {
+                        g.outbox.entry(network.clone()).or_default().insert(id, d);
+                    }
+                    Err(e) => {
+                        let k = format!("{network}/{id}");
+                        tracing::warn!(table = "outbox", key = %k, error = %e, "A stored record could not be read back; it was set aside.");
+                        g.quarantine.push((k, bytes));
+                        g.set_aside += 1;
+                    }
+                }
+            }
+        }
+        Ok(g.outbox
             .get(network)
             .map(|o| o.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    fn set_aside(&self) -> u64 {
+        self.lock().set_aside
     }
 
     fn outbox_depth(&self, network: &NetworkId) -> Result<usize> {

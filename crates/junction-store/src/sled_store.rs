@@ -1,7 +1,7 @@
 //! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values.
 //! Writes that belong together run in one sled transaction.
 
-use crate::{key, outbox_rows, AuditEntry, Recorded, Result, Store, StoreError};
+use crate::{encode_row, key, outbox_rows, AuditEntry, Recorded, Result, Store, StoreError};
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
@@ -9,6 +9,7 @@ use junction_core::{
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Store kept in a sled database on disk.
 pub struct SledStore {
@@ -23,6 +24,9 @@ pub struct SledStore {
     cursors: sled::Tree,
     kv: sled::Tree,
     audit: sled::Tree,
+    /// Records that could not be read back, keyed by their table's name, NUL, their key.
+    quarantine: sled::Tree,
+    set_aside: AtomicU64,
 }
 
 fn be(e: sled::Error) -> StoreError {
@@ -92,14 +96,67 @@ impl SledStore {
             cursors: t("cursors")?,
             kv: t("kv")?,
             audit: t("audit")?,
+            quarantine: t("quarantine")?,
+            set_aside: AtomicU64::new(0),
             db,
         })
+    }
+
+    /// Decodes a record of `table`; one that does not decode is moved to the quarantine
+    /// tree, logged with its key and counted, and reads as `None`.
+    fn read_or_set_aside<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &sled::Tree,
+        name: &str,
+        k: &[u8],
+        v: &[u8],
+    ) -> Result<Option<T>> {
+        match serde_json::from_slice(v) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                let mut qk = name.as_bytes().to_vec();
+                qk.push(0);
+                qk.extend_from_slice(k);
+                self.quarantine.insert(qk, v).map_err(be)?;
+                table.remove(k).map_err(be)?;
+                self.set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(table = name, key = %printable(k), error = %e, "A stored record could not be read back; it was set aside.");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Test hook: writes raw bytes as an outbox row.
+    #[cfg(test)]
+    pub(crate) fn put_raw_outbox(&self, network: &NetworkId, id: u64, raw: &[u8]) {
+        self.outbox
+            .insert(outbox_key(network, id), raw)
+            .expect("raw outbox row");
+    }
+
+    /// Test hook: how many records the quarantine tree holds.
+    #[cfg(test)]
+    pub(crate) fn quarantined(&self) -> usize {
+        self.quarantine.len()
     }
 
     fn next_id(&self) -> Result<u64> {
         // sled ids are monotonic across restarts; +1 keeps 0 unused.
         self.db.generate_id().map(|i| i + 1).map_err(be)
     }
+}
+
+/// A key for the log: NUL shown as `/`, other bytes that are not printable as `\xNN`.
+fn printable(k: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in k {
+        match b {
+            0 => out.push('/'),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
 }
 
 /// Opens the sled database, retrying while its lock is held, until `wait` is over or
@@ -134,12 +191,7 @@ impl Store for SledStore {
         let rows = outbox_rows(event, planned, || self.next_id())?;
         let encoded = rows
             .iter()
-            .map(|r| {
-                Ok((
-                    outbox_key(&r.target.network, r.outbox_id),
-                    serde_json::to_vec(r).map_err(codec)?,
-                ))
-            })
+            .map(|r| Ok((outbox_key(&r.target.network, r.outbox_id), encode_row(r)?)))
             .collect::<Result<Vec<_>>>()?;
         let ids = serde_json::to_vec(&[&event.remote_id]).map_err(codec)?;
         let ek = event_key(&event.id, &event.origin);
@@ -199,13 +251,16 @@ impl Store for SledStore {
     }
 
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {
-        self.outbox
-            .scan_prefix(outbox_prefix(network))
-            .map(|r| {
-                let (_, v) = r.map_err(be)?;
-                serde_json::from_slice(&v).map_err(codec)
-            })
-            .collect()
+        let mut rows = Vec::new();
+        for r in self.outbox.scan_prefix(outbox_prefix(network)) {
+            let (k, v) = r.map_err(be)?;
+            rows.extend(self.read_or_set_aside(&self.outbox, "outbox", &k, &v)?);
+        }
+        Ok(rows)
+    }
+
+    fn set_aside(&self) -> u64 {
+        self.set_aside.load(Ordering::Relaxed)
     }
 
     fn outbox_depth(&self, network: &NetworkId) -> Result<usize> {
@@ -259,11 +314,12 @@ impl Store for SledStore {
     }
 
     fn links(&self) -> Result<Vec<Link>> {
-        self.links
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v.map_err(be)?).map_err(codec))
-            .collect()
+        let mut links = Vec::new();
+        for r in self.links.iter() {
+            let (k, v) = r.map_err(be)?;
+            links.extend(self.read_or_set_aside(&self.links, "links", &k, &v)?);
+        }
+        Ok(links)
     }
 
     fn put_link(&self, link: &Link) -> Result<()> {
@@ -326,11 +382,12 @@ impl Store for SledStore {
     }
 
     fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        self.audit
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v.map_err(be)?).map_err(codec))
-            .collect()
+        let mut log = Vec::new();
+        for r in self.audit.iter() {
+            let (k, v) = r.map_err(be)?;
+            log.extend(self.read_or_set_aside(&self.audit, "audit", &k, &v)?);
+        }
+        Ok(log)
     }
 
     fn flush(&self) -> Result<()> {

@@ -170,6 +170,79 @@ pub(crate) fn tables(s: &dyn Store) {
     s.flush().unwrap();
 }
 
+/// A message whose body nests `depth` bold spans, built directly (the readers never nest
+/// this deep).
+fn deep_message(n: &str, r: &str, remote: &str, depth: usize) -> Event {
+    let mut span = junction_core::format::Span::Text("x".into());
+    for _ in 0..depth {
+        span = junction_core::format::Span::Bold(vec![span]);
+    }
+    let body = junction_core::RichText { spans: vec![span] };
+    Event::new(
+        room(n, r),
+        MessageId::new(remote),
+        Sender::new(UserRef::new(n, "mallory"), "mallory"),
+        1,
+        EventKind::Message(junction_core::Message {
+            body,
+            ..Default::default()
+        }),
+    )
+}
+
+/// A record that cannot be read back is set aside (counted, moved out of the outbox), and the
+/// other rows are still handed out; a record that would not read back is refused up front, as
+/// permanent, and nothing of it is written.
+pub(crate) fn unreadable_records_are_set_aside(
+    s: &dyn Store,
+    put_raw: &dyn Fn(&NetworkId, u64, &[u8]),
+    quarantined: &dyn Fn() -> usize,
+) {
+    let x = NetworkId::new("xmpp");
+    for i in 0..3 {
+        s.record_inbound(
+            &ev("irc:l", "#a", &format!("m{i}")),
+            vec![plan("xmpp", "a@c")],
+        )
+        .unwrap();
+    }
+    // Corrupt JSON before and after the good rows, and a row nested past serde_json's limit.
+    put_raw(&x, 0, b"{not json");
+    put_raw(&x, 1_000_000, &[b'['; 10_000]);
+    let mut deep = String::new();
+    for _ in 0..200 {
+        deep.push_str("{\"Bold\":[");
+    }
+    put_raw(&x, 1_000_001, deep.as_bytes());
+    assert_eq!(s.set_aside(), 0);
+    let p = s.pending(&x).unwrap();
+    assert_eq!(p.len(), 3, "the readable rows are handed out");
+    assert_eq!(s.set_aside(), 3);
+    assert_eq!(quarantined(), 3);
+    // Set aside once: the next read neither sees nor counts them again.
+    assert_eq!(s.pending(&x).unwrap().len(), 3);
+    assert_eq!(s.set_aside(), 3);
+    assert_eq!(s.outbox_depth(&x).unwrap(), 3);
+
+    // What would not read back is refused, permanently, and leaves no trace.
+    let e = deep_message("matrix", "!r:m", "$deep", 200);
+    let err = s
+        .record_inbound(&e, vec![plan("xmpp", "a@c")])
+        .expect_err("a record that would not read back is refused");
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        s.event_for(&room("matrix", "!r:m"), &MessageId::new("$deep"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.pending(&x).unwrap().len(), 3);
+    // A body within the core's depth bound is stored and read back.
+    let ok = deep_message("matrix", "!r:m", "$ok", junction_core::format::MAX_DEPTH);
+    s.record_inbound(&ok, vec![plan("xmpp", "a@c")]).unwrap();
+    assert_eq!(s.pending(&x).unwrap().len(), 4);
+    s.flush().unwrap();
+}
+
 macro_rules! store_conformance_tests {
     ($m:ident, $make:expr) => {
         mod $m {
@@ -184,6 +257,15 @@ macro_rules! store_conformance_tests {
             fn tables() {
                 let (_d, s) = $make;
                 super::tables(&s);
+            }
+            #[test]
+            fn unreadable_records_are_set_aside() {
+                let (_d, s) = $make;
+                super::unreadable_records_are_set_aside(
+                    &s,
+                    &|n, i, b| s.put_raw_outbox(n, i, b),
+                    &|| s.quarantined(),
+                );
             }
         }
     };

@@ -197,3 +197,57 @@ proptest! {
         prop_assert_eq!(jid::unescape(&node), name);
     }
 }
+
+/// A body of a hostile shape about `n` units long: deep quotes, long delimiter runs.
+fn hostile_body(shape: u8, n: usize) -> String {
+    match shape % 4 {
+        0 => ">".repeat(n),
+        1 => "> ".repeat(n) + "x",
+        2 => "*a ".repeat(n),
+        _ => "*_~`".repeat(n),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A groupchat body of a hostile shape (50,000 `>` and more) is read on a 256 KiB stack
+    /// into an event with a bounded body, which survives a JSON round trip as stored.
+    #[test]
+    fn hostile_bodies_read_to_bounded_events(shape in 0u8..4, n in prop_oneof![1usize..64, 1_000usize..100_001]) {
+        let xml = format!(
+            "<message xmlns='{}' type='groupchat' from='{ROOM}/mallory' to='{COMPONENT}' id='m1'><body>{}</body></message>",
+            inbound::NS_CLIENT,
+            esc(&hostile_body(shape, n))
+        );
+        let el: Element = xml.parse().unwrap();
+        let depth = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, || {
+                    let cx = inbound::RoomContext {
+                        room: RoomRef::new("xmpp", ROOM),
+                        room_jid: ROOM.to_owned(),
+                        component: COMPONENT.to_owned(),
+                        our_nicks: vec!["junction".to_owned()],
+                    };
+                    match inbound::parse_groupchat(&el, &cx, &|_| None) {
+                        inbound::Parsed::Event(e) => {
+                            let json = serde_json::to_string(&e).expect("encode");
+                            let back: junction_core::Event =
+                                serde_json::from_str(&json).expect("reads back");
+                            match back.kind {
+                                junction_core::EventKind::Message(m) => m.body.depth(),
+                                _ => 0,
+                            }
+                        }
+                        _ => panic!("a message"),
+                    }
+                })
+                .expect("spawn")
+                .join()
+                .expect("no panic")
+        });
+        prop_assert!(depth <= junction_core::format::MAX_DEPTH, "depth {}", depth);
+    }
+}

@@ -6,8 +6,13 @@
 //! crate that must stay small. The tokenizer never fails: unbalanced or malformed markup
 //! degrades to text. `<mx-reply>`, `<script>` and `<style>` are dropped with their content.
 //! Rendering escapes every text and attribute, so nothing from another network becomes markup.
+//!
+//! Bounds: the input is cut at [`super::MAX_INPUT_BYTES`]; elements nested deeper than
+//! [`MAX_DEPTH`] are not opened (their text stays, in the innermost open element), so the
+//! tree and the tokenizer's stack stay that shallow; the tokenizer never recurses and looks at
+//! each input byte a bounded number of times.
 
-use super::{RichText, Span};
+use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH};
 use crate::ids::UserRef;
 
 const MATRIX_TO: &str = "https://matrix.to/#/";
@@ -39,8 +44,10 @@ pub fn parse(html: &str) -> RichText {
         kind: Kind::Root,
         children: Vec::new(),
     }];
-    let mut rest = html;
+    let mut rest = capped(html, "matrix-html");
+    work::tick(rest.len());
     while !rest.is_empty() {
+        work::tick(1);
         let Some(lt) = rest.find('<') else {
             push_text(&mut stack, &decode(rest));
             break;
@@ -142,19 +149,31 @@ fn trim_trailing_newlines(spans: &mut Vec<Span>) {
     }
 }
 
+/// What follows the end tag `</name ...>` in `rest` (empty when there is none), matched
+/// without regard to case and without copying `rest`: each byte is looked at once.
 fn skip_until_end<'a>(rest: &'a str, name: &str) -> &'a str {
-    let lower = rest.to_ascii_lowercase();
-    let end = format!("</{name}");
-    match lower.find(&end) {
-        Some(i) => {
+    let bytes = rest.as_bytes();
+    let mut from = 0;
+    while let Some(i) = rest[from..].find("</").map(|i| i + from) {
+        work::tick(i - from + 1);
+        let tag = &bytes[i + 2..];
+        if tag.len() >= name.len() && tag[..name.len()].eq_ignore_ascii_case(name.as_bytes()) {
             let after = &rest[i..];
-            after.find('>').map_or("", |g| &after[g + 1..])
+            return after.find('>').map_or("", |g| &after[g + 1..]);
         }
-        None => "",
+        from = i + 2;
     }
+    ""
 }
 
+/// Opens an element, unless the tree is already [`MAX_DEPTH`] deep: then the tag is ignored
+/// and what it holds goes to the innermost open element (its end tag, if any, closes that
+/// element or nothing, which loses no text).
 fn open(stack: &mut Vec<Frame>, tag: String, kind: Kind) {
+    // The root frame is not a span; the text inside the innermost element is one more level.
+    if stack.len() >= MAX_DEPTH {
+        return;
+    }
     stack.push(Frame {
         tag,
         kind,
@@ -170,6 +189,7 @@ fn close(stack: &mut Vec<Frame>, name: &str) {
                 ("b", "strong") | ("strong", "b") | ("i", "em") | ("em", "i")
             )
     };
+    work::tick(stack.len());
     if let Some(pos) = stack.iter().rposition(|f| same(&f.tag)) {
         if pos == 0 {
             return;
@@ -206,10 +226,8 @@ fn pop(stack: &mut Vec<Frame>) {
             Some(Span::Quote(c))
         }
         Kind::Link(Some(url)) => {
-            let name = RichText {
-                spans: f.children.clone(),
-            }
-            .to_plain();
+            let mut name = String::new();
+            plain_into(&f.children, &mut name, 0);
             match url.strip_prefix(MATRIX_TO) {
                 Some(id) if id.starts_with('@') => Some(Span::Mention {
                     user: Some(UserRef::new("matrix", percent_decode(id))),
@@ -337,7 +355,13 @@ fn decode(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let end = rest[1..].find(';').map(|i| i + 1).filter(|&i| i <= 12);
+        // Only the next 12 bytes are looked at, so a run of `&` without `;` stays linear.
+        work::tick(1);
+        let end = rest.as_bytes()[1..]
+            .iter()
+            .take(12)
+            .position(|&b| b == b';')
+            .map(|i| i + 1);
         let decoded = end.and_then(|e| {
             let ent = &rest[1..e];
             let c = match ent {
@@ -391,22 +415,30 @@ fn escape(s: &str, out: &mut String) {
 /// Renders rich text as Matrix `formatted_body` HTML, every text and attribute escaped.
 pub fn render(text: &RichText) -> String {
     let mut out = String::new();
-    render_spans(&text.spans, &mut out);
+    render_spans(&text.spans, &mut out, 0);
     out
 }
 
-fn wrapped(tag: &str, children: &[Span], out: &mut String) {
+fn wrapped(tag: &str, children: &[Span], out: &mut String, depth: usize) {
     out.push('<');
     out.push_str(tag);
     out.push('>');
-    render_spans(children, out);
+    render_spans(children, out, depth + 1);
     out.push_str("</");
     out.push_str(tag);
     out.push('>');
 }
 
-fn render_spans(spans: &[Span], out: &mut String) {
+/// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text, escaped.
+fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
+    if depth >= MAX_DEPTH {
+        let mut flat = String::new();
+        flat_text(spans, &mut flat);
+        render_spans(&[Span::Text(flat)], out, 0);
+        return;
+    }
     for s in spans {
+        work::tick(1);
         match s {
             Span::Text(t) => {
                 for (i, line) in t.split('\n').enumerate() {
@@ -416,10 +448,10 @@ fn render_spans(spans: &[Span], out: &mut String) {
                     escape(line, out);
                 }
             }
-            Span::Bold(c) => wrapped("strong", c, out),
-            Span::Italic(c) => wrapped("em", c, out),
-            Span::Underline(c) => wrapped("u", c, out),
-            Span::Strike(c) => wrapped("del", c, out),
+            Span::Bold(c) => wrapped("strong", c, out, depth),
+            Span::Italic(c) => wrapped("em", c, out, depth),
+            Span::Underline(c) => wrapped("u", c, out, depth),
+            Span::Strike(c) => wrapped("del", c, out, depth),
             Span::Code(t) => {
                 out.push_str("<code>");
                 escape(t, out);
@@ -441,10 +473,10 @@ fn render_spans(spans: &[Span], out: &mut String) {
                     out.push_str("<a href=\"");
                     escape(url, out);
                     out.push_str("\">");
-                    render_spans(children, out);
+                    render_spans(children, out, depth + 1);
                     out.push_str("</a>");
                 } else {
-                    render_spans(children, out);
+                    render_spans(children, out, depth + 1);
                 }
             }
             Span::Mention { user, name } => match user {
@@ -458,7 +490,7 @@ fn render_spans(spans: &[Span], out: &mut String) {
                 }
                 _ => escape(name, out),
             },
-            Span::Quote(c) => wrapped("blockquote", c, out),
+            Span::Quote(c) => wrapped("blockquote", c, out, depth),
         }
     }
 }

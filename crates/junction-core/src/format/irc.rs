@@ -4,7 +4,7 @@
 //! spans; colours (`\x03` with their digits, `\x04` with hex) and reverse `\x16` are dropped;
 //! `\x0F` resets; any other C0 control is removed. Rendering never emits `\r` or `\0`.
 
-use super::{RichText, Span};
+use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH};
 
 const BOLD: char = '\x02';
 const ITALIC: char = '\x1D';
@@ -29,8 +29,9 @@ struct Style {
 pub fn parse(line: &str) -> RichText {
     let mut runs: Vec<(Style, String)> = Vec::new();
     let mut style = Style::default();
-    let mut chars = line.chars().peekable();
+    let mut chars = capped(line, "irc-codes").chars().peekable();
     while let Some(c) = chars.next() {
+        work::tick(1);
         match c {
             BOLD => style.bold = !style.bold,
             ITALIC => style.italic = !style.italic,
@@ -124,7 +125,7 @@ fn wrap(s: Style, text: String) -> Span {
 /// Renders rich text as one IRC message (may hold `\n`, for the adapter to split on).
 pub fn render(text: &RichText) -> String {
     let mut out = String::new();
-    render_spans(&text.spans, &mut out);
+    render_spans(&text.spans, &mut out, 0);
     out
 }
 
@@ -136,20 +137,28 @@ fn clean(s: &str, out: &mut String) {
     }
 }
 
-fn toggled(code: char, children: &[Span], out: &mut String) {
+fn toggled(code: char, children: &[Span], out: &mut String, depth: usize) {
     out.push(code);
-    render_spans(children, out);
+    render_spans(children, out, depth + 1);
     out.push(code);
 }
 
-fn render_spans(spans: &[Span], out: &mut String) {
+/// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text, cleaned.
+fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
+    if depth >= MAX_DEPTH {
+        let mut flat = String::new();
+        flat_text(spans, &mut flat);
+        clean(&flat, out);
+        return;
+    }
     for s in spans {
+        work::tick(1);
         match s {
             Span::Text(t) => clean(t, out),
-            Span::Bold(c) => toggled(BOLD, c, out),
-            Span::Italic(c) => toggled(ITALIC, c, out),
-            Span::Underline(c) => toggled(UNDERLINE, c, out),
-            Span::Strike(c) => toggled(STRIKE, c, out),
+            Span::Bold(c) => toggled(BOLD, c, out, depth),
+            Span::Italic(c) => toggled(ITALIC, c, out, depth),
+            Span::Underline(c) => toggled(UNDERLINE, c, out, depth),
+            Span::Strike(c) => toggled(STRIKE, c, out, depth),
             Span::Code(t) => {
                 out.push(MONO);
                 clean(t, out);
@@ -158,11 +167,9 @@ fn render_spans(spans: &[Span], out: &mut String) {
             Span::Pre { text, .. } => clean(text, out),
             Span::Link { url, children } => {
                 let mut inner = String::new();
-                render_spans(children, &mut inner);
-                let plain = RichText {
-                    spans: children.clone(),
-                }
-                .to_plain();
+                render_spans(children, &mut inner, depth + 1);
+                let mut plain = String::new();
+                plain_into(children, &mut plain, depth + 1);
                 if plain.is_empty() || plain == *url {
                     clean(url, out);
                 } else {
@@ -175,7 +182,7 @@ fn render_spans(spans: &[Span], out: &mut String) {
             Span::Mention { name, .. } => clean(name, out),
             Span::Quote(c) => {
                 let mut inner = String::new();
-                render_spans(c, &mut inner);
+                render_spans(c, &mut inner, depth + 1);
                 for (i, line) in inner.split('\n').enumerate() {
                     if i > 0 {
                         out.push('\n');

@@ -45,21 +45,24 @@ pub fn leading_address(text: RichText, resolve: impl Fn(&str) -> Option<UserRef>
 /// Lets `map` rewrite every mention in place: its user (e.g. an IRC user to the Matrix ghost
 /// that shows them, or a ghost back to the IRC user) and its shown name (e.g. the nick).
 pub fn map_mentions(text: &mut RichText, mut map: impl FnMut(&mut Option<UserRef>, &mut String)) {
-    fn walk(spans: &mut [Span], map: &mut dyn FnMut(&mut Option<UserRef>, &mut String)) {
-        for s in spans {
-            match s {
-                Span::Mention { user, name } => map(user, name),
-                Span::Bold(c)
-                | Span::Italic(c)
-                | Span::Underline(c)
-                | Span::Strike(c)
-                | Span::Quote(c)
-                | Span::Link { children: c, .. } => walk(c, map),
-                Span::Text(_) | Span::Code(_) | Span::Pre { .. } => {}
-            }
+    // An explicit stack rather than recursion, so no tree's depth reaches the call stack.
+    let mut stack: Vec<std::slice::IterMut<'_, Span>> = vec![text.spans.iter_mut()];
+    while let Some(top) = stack.last_mut() {
+        let Some(s) = top.next() else {
+            stack.pop();
+            continue;
+        };
+        match s {
+            Span::Mention { user, name } => map(user, name),
+            Span::Bold(c)
+            | Span::Italic(c)
+            | Span::Underline(c)
+            | Span::Strike(c)
+            | Span::Quote(c)
+            | Span::Link { children: c, .. } => stack.push(c.iter_mut()),
+            Span::Text(_) | Span::Code(_) | Span::Pre { .. } => {}
         }
     }
-    walk(&mut text.spans, &mut map);
 }
 
 #[cfg(test)]

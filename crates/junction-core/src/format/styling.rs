@@ -6,19 +6,32 @@
 //! directive, and is not followed by whitespace; a closing one is not preceded by whitespace;
 //! no span crosses a line; a span holds at least one character.
 
-use super::{RichText, Span};
+use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH, MAX_QUOTE_DEPTH};
 
-/// Parses a message body written with XEP-0393 styling.
+/// Parses a message body written with XEP-0393 styling. Quotes nest up to
+/// [`MAX_QUOTE_DEPTH`] levels (deeper `>` markers stay text); the body is cut at
+/// [`super::MAX_INPUT_BYTES`]; the cost is linear in the body.
 pub fn parse(body: &str) -> RichText {
+    RichText {
+        spans: blocks(capped(body, "xep-0393"), 0),
+    }
+}
+
+/// The blocks of `body`, itself quoted `depth` levels deep. Recurses once per quote level,
+/// at most [`MAX_QUOTE_DEPTH`] times.
+fn blocks(body: &str, depth: usize) -> Vec<Span> {
     let lines: Vec<&str> = body.split('\n').collect();
+    work::tick(lines.len());
     let mut spans: Vec<Span> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
+        work::tick(1);
         if let Some(lang) = line.strip_prefix("```") {
             let mut text = Vec::new();
             i += 1;
             while i < lines.len() && lines[i] != "```" {
+                work::tick(1);
                 text.push(lines[i]);
                 i += 1;
             }
@@ -34,15 +47,16 @@ pub fn parse(body: &str) -> RichText {
             }
             continue;
         }
-        if line.starts_with('>') {
+        if line.starts_with('>') && depth < MAX_QUOTE_DEPTH {
             let mut quoted = Vec::new();
             while i < lines.len() && lines[i].starts_with('>') {
+                work::tick(1);
                 let l = &lines[i][1..];
                 quoted.push(l.strip_prefix(' ').unwrap_or(l));
                 i += 1;
             }
             newline_if_needed(&mut spans);
-            spans.push(Span::Quote(parse(&quoted.join("\n")).spans));
+            spans.push(Span::Quote(blocks(&quoted.join("\n"), depth + 1)));
             if i < lines.len() {
                 push(&mut spans, Span::Text("\n".into()));
             }
@@ -56,7 +70,7 @@ pub fn parse(body: &str) -> RichText {
         }
         i += 1;
     }
-    RichText { spans }
+    spans
 }
 
 fn newline_if_needed(spans: &mut Vec<Span>) {
@@ -80,30 +94,69 @@ fn push(spans: &mut Vec<Span>, span: Span) {
 
 const DIRECTIVES: [char; 4] = ['*', '_', '~', '`'];
 
-/// Spans of one line.
+/// Spans of one line, in time linear in its length: for each directive the next position
+/// that could close it is found once for the whole line (one backward pass), not searched for
+/// again at every opening. A span never holds its own directive (the first closing one ends
+/// it), so spans nest at most three deep (code holds no spans) and the recursion is bounded.
 fn inline(line: &str) -> Vec<Span> {
     let chars: Vec<(usize, char)> = line.char_indices().collect();
+    // next_close[d][k]: the first j >= k where directive d can close (chars[j] is d and
+    // chars[j - 1] is not whitespace), or chars.len().
+    let n = chars.len();
+    let mut next_close = vec![[n; 4]; n + 1];
+    for k in (0..n).rev() {
+        work::tick(1);
+        let mut row = next_close[k + 1];
+        if let Some(d) = DIRECTIVES.iter().position(|&c| c == chars[k].1) {
+            if k > 0 && !chars[k - 1].1.is_whitespace() {
+                row[d] = k;
+            }
+        }
+        next_close[k] = row;
+    }
     let mut out = Vec::new();
-    let mut text_start = 0;
-    let mut k = 0;
-    while k < chars.len() {
+    spans_in(line, &chars, &next_close, 0, n, &mut out);
+    out
+}
+
+/// The spans of `chars[lo..hi]` (byte range of `line`), pushed onto `out`.
+fn spans_in(
+    line: &str,
+    chars: &[(usize, char)],
+    next_close: &[[usize; 4]],
+    lo: usize,
+    hi: usize,
+    out: &mut Vec<Span>,
+) {
+    let byte = |k: usize| chars.get(k).map_or(line.len(), |&(p, _)| p);
+    let mut text_start = byte(lo);
+    let mut k = lo;
+    while k < hi {
+        work::tick(1);
         let (pos, c) = chars[k];
-        let opens = DIRECTIVES.contains(&c)
-            && (k == 0
+        let d = DIRECTIVES.iter().position(|&x| x == c);
+        let opens = d.is_some()
+            && (k == lo
                 || chars[k - 1].1.is_whitespace()
                 || (DIRECTIVES.contains(&chars[k - 1].1) && chars[k - 1].1 != c))
-            && chars.get(k + 1).is_some_and(|&(_, n)| !n.is_whitespace());
-        if opens {
-            let close =
-                (k + 2..chars.len()).find(|&j| chars[j].1 == c && !chars[j - 1].1.is_whitespace());
-            if let Some(j) = close {
-                push(&mut out, Span::Text(line[text_start..pos].to_string()));
-                let inner = &line[pos + c.len_utf8()..chars[j].0];
+            && k + 1 < hi
+            && !chars[k + 1].1.is_whitespace();
+        if let (true, Some(d)) = (opens, d) {
+            let j = next_close.get(k + 2).map_or(chars.len(), |row| row[d]);
+            if j < hi {
+                push(out, Span::Text(line[text_start..pos].to_string()));
+                let inner_start = k + 1;
                 let span = match c {
-                    '*' => Span::Bold(inline(inner)),
-                    '_' => Span::Italic(inline(inner)),
-                    '~' => Span::Strike(inline(inner)),
-                    _ => Span::Code(inner.to_string()),
+                    '`' => Span::Code(line[byte(inner_start)..chars[j].0].to_string()),
+                    _ => {
+                        let mut inner = Vec::new();
+                        spans_in(line, chars, next_close, inner_start, j, &mut inner);
+                        match c {
+                            '*' => Span::Bold(inner),
+                            '_' => Span::Italic(inner),
+                            _ => Span::Strike(inner),
+                        }
+                    }
                 };
                 out.push(span);
                 text_start = chars[j].0 + c.len_utf8();
@@ -113,26 +166,31 @@ fn inline(line: &str) -> Vec<Span> {
         }
         k += 1;
     }
-    push(&mut out, Span::Text(line[text_start..].to_string()));
-    out
+    push(out, Span::Text(line[text_start..byte(hi)].to_string()));
 }
 
 /// Renders rich text as a XEP-0393 body. Underline has no directive and becomes its text;
 /// links become `text (url)` and mentions the plain name.
 pub fn render(text: &RichText) -> String {
     let mut out = String::new();
-    render_spans(&text.spans, &mut out);
+    render_spans(&text.spans, &mut out, 0);
     out
 }
 
-fn render_spans(spans: &[Span], out: &mut String) {
+/// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text.
+fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
+    if depth >= MAX_DEPTH {
+        flat_text(spans, out);
+        return;
+    }
     for s in spans {
+        work::tick(1);
         match s {
             Span::Text(t) => out.push_str(t),
-            Span::Bold(c) => wrapped('*', c, out),
-            Span::Italic(c) => wrapped('_', c, out),
-            Span::Strike(c) => wrapped('~', c, out),
-            Span::Underline(c) => render_spans(c, out),
+            Span::Bold(c) => wrapped('*', c, out, depth),
+            Span::Italic(c) => wrapped('_', c, out, depth),
+            Span::Strike(c) => wrapped('~', c, out, depth),
+            Span::Underline(c) => render_spans(c, out, depth + 1),
             Span::Code(t) => {
                 out.push('`');
                 out.push_str(t);
@@ -150,18 +208,15 @@ fn render_spans(spans: &[Span], out: &mut String) {
                 out.push_str(text);
                 out.push_str("\n```");
             }
-            Span::Link { .. } | Span::Mention { .. } => out.push_str(
-                &RichText {
-                    spans: vec![s.clone()],
-                }
-                .to_plain(),
-            ),
+            Span::Link { .. } | Span::Mention { .. } => {
+                plain_into(std::slice::from_ref(s), out, depth)
+            }
             Span::Quote(c) => {
                 if !out.is_empty() && !out.ends_with('\n') {
                     out.push('\n');
                 }
                 let mut inner = String::new();
-                render_spans(c, &mut inner);
+                render_spans(c, &mut inner, depth + 1);
                 for (i, line) in inner.split('\n').enumerate() {
                     if i > 0 {
                         out.push('\n');
@@ -174,9 +229,9 @@ fn render_spans(spans: &[Span], out: &mut String) {
     }
 }
 
-fn wrapped(d: char, children: &[Span], out: &mut String) {
+fn wrapped(d: char, children: &[Span], out: &mut String, depth: usize) {
     out.push(d);
-    render_spans(children, out);
+    render_spans(children, out, depth + 1);
     out.push(d);
 }
 
