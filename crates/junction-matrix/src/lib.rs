@@ -50,6 +50,10 @@ use tokio_util::sync::CancellationToken;
 /// The store table of rooms where the bot takes commands: room id → who invited it.
 pub const COMMAND_ROOMS_TABLE: &str = "matrix/command_rooms";
 
+/// Most attachments fetched (and uploaded) from other networks' http(s) URLs at once: each
+/// may be up to [`client::MAX_MEDIA_BYTES`] in memory.
+pub const MAX_ATTACHMENT_FETCHES: usize = 4;
+
 /// How long a command's answer is awaited.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -160,6 +164,9 @@ pub(crate) struct Shared {
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
     /// Attachments may come from non-public addresses (tests only).
     pub(crate) private_media: bool,
+    /// Attachment fetches from other networks' URLs at once ([`MAX_ATTACHMENT_FETCHES`]); a
+    /// delivery with an attachment waits for a slot.
+    pub(crate) fetches: tokio::sync::Semaphore,
     /// True once the linked rooms are resolved: transactions wait for it, since an event of
     /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
@@ -205,6 +212,7 @@ impl Shared {
             commands,
             command_rooms: Mutex::new(command_rooms),
             private_media: false,
+            fetches: tokio::sync::Semaphore::new(MAX_ATTACHMENT_FETCHES),
             homeserver_error: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
             ready: tokio::sync::watch::Sender::new(false),

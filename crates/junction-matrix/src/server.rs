@@ -71,10 +71,7 @@ fn authorize(sh: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// The appservice API and the media proxy.
 pub(crate) fn router(sh: Arc<Shared>) -> axum::Router {
-    let media_state = MediaState {
-        proxy: sh.media.clone(),
-        client: sh.client.clone(),
-    };
+    let media_state = MediaState::new(sh.media.clone(), sh.client.clone());
     let media = axum::Router::new()
         .route("/media/{server}/{id}", get(media::serve))
         .with_state(media_state);
