@@ -335,6 +335,19 @@ impl Client {
         .map(drop)
     }
 
+    /// The bot leaves a room (or rejects an invite), giving `reason`.
+    pub async fn leave_with_reason(&self, room_id: &str, reason: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", path_segment(room_id));
+        self.call(
+            Method::POST,
+            &path,
+            &[],
+            Body::Json(json!({ "reason": reason })),
+        )
+        .await
+        .map(drop)
+    }
+
     /// The room id an alias points to, `None` when the alias is free.
     pub async fn resolve_alias(&self, alias: &str) -> Result<Option<String>> {
         let path = format!("/_matrix/client/v3/directory/room/{}", path_segment(alias));

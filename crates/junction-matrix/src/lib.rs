@@ -63,6 +63,7 @@ pub struct MatrixAdapter {
     store: Arc<dyn Store>,
     media_base: Option<String>,
     private_media: bool,
+    admins: HashSet<String>,
 }
 
 impl MatrixAdapter {
@@ -73,6 +74,7 @@ impl MatrixAdapter {
             store,
             media_base: None,
             private_media: false,
+            admins: HashSet::new(),
         }
     }
 
@@ -82,6 +84,14 @@ impl MatrixAdapter {
     /// file server runs on 127.0.0.1.
     pub fn allow_private_media_urls(mut self) -> Self {
         self.private_media = true;
+        self
+    }
+
+    /// Sets the Matrix users (`@user:server`) who are gateway or bridge admins. The bot
+    /// accepts an invite only from one of them (others are declined with a reason), and in a
+    /// command room one of them did not open it answers only them.
+    pub fn with_admins(mut self, admins: impl IntoIterator<Item = String>) -> Self {
+        self.admins = admins.into_iter().collect();
         self
     }
 
@@ -156,9 +166,12 @@ pub(crate) struct Shared {
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Admin commands to the gateway.
     pub(crate) commands: mpsc::Sender<Command>,
-    /// Rooms the bot joined on an invite to take commands (direct chats), kept in the
-    /// store's [`COMMAND_ROOMS_TABLE`].
-    pub(crate) command_rooms: Mutex<HashSet<String>>,
+    /// Rooms the bot joined on an invite to take commands (direct chats) → who invited it,
+    /// kept in the store's [`COMMAND_ROOMS_TABLE`].
+    pub(crate) command_rooms: Mutex<HashMap<String, String>>,
+    /// The Matrix users who are gateway or bridge admins: the bot accepts invites only from
+    /// them, and in a command room not opened by one it answers only them.
+    pub(crate) admins: HashSet<String>,
     /// The last homeserver failure, cleared by the next success (for the status).
     pub(crate) homeserver_error: Mutex<Option<String>>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
@@ -192,10 +205,13 @@ impl Shared {
             &config.server_name,
         );
         let command_rooms = match store.kv_scan(COMMAND_ROOMS_TABLE) {
-            Ok(rows) => rows.into_iter().map(|(k, _)| k).collect(),
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "Could not read the command rooms.");
-                HashSet::new()
+                HashMap::new()
             }
         };
         Ok(Self {
@@ -211,6 +227,7 @@ impl Shared {
             inbound,
             commands,
             command_rooms: Mutex::new(command_rooms),
+            admins: HashSet::new(),
             private_media: false,
             fetches: tokio::sync::Semaphore::new(MAX_ATTACHMENT_FETCHES),
             homeserver_error: Mutex::new(None),
@@ -319,6 +336,7 @@ impl Adapter for MatrixAdapter {
             cx.commands.clone(),
         )?;
         sh.private_media = self.private_media;
+        sh.admins = self.admins;
         let sh = Arc::new(sh);
         let status = cx.status;
 
