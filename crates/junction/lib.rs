@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod command_limit;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
