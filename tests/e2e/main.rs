@@ -42,3 +42,7 @@ mod restarts;
 
 /// Rooms the gateway creates on a server that locks new rooms.
 mod xmpp_rooms;
+
+/// Hostile use of the command channels and the media proxy by ordinary users: invites from
+/// strangers, a flood of commands, uploads that would run script.
+mod hostile_commands;
