@@ -795,10 +795,14 @@ impl IrcAdapter {
                 // delivery's next line never waits behind answers, and nothing here waits:
                 // the server's PINGs and the channels keep being read.
                 _ = tokio::time::sleep(bucket.ready_in(tokio::time::Instant::now(), REPLY_TOKENS)), if !reply_queue.is_empty() => {
-                    if let Some(line) = reply_queue.pop() {
+                    // As many lines as the bucket spares now (an answer goes out together).
+                    while let Some(line) = reply_queue.pop() {
                         bucket.take(tokio::time::Instant::now());
                         if let Err(e) = s.writer.send(&line).await {
                             return End::Lost(e.to_string());
+                        }
+                        if !bucket.ready_in(tokio::time::Instant::now(), REPLY_TOKENS).is_zero() {
+                            break;
                         }
                     }
                 }
