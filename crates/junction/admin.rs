@@ -21,8 +21,10 @@
 //!
 //! Permissions: a global admin (`[gateway] admins`) may do everything; a bridge admin
 //! (`admins` in a `[[bridge]]`) may link, unlink, close and kick on that bridge and see
-//! `bridges` and `status`. Everyone may ask for `help`. Every command but `help`, refused or
-//! not, goes to the audit trail in the store and to the log.
+//! `bridges` and `status`. Everyone may ask for `help`. Every admin's command but `help`,
+//! refused or not, goes to the audit trail in the store and to the log (the text cut to 200
+//! characters); others' commands are not audited, and are rate-limited per sender
+//! ([`crate::command_limit`]).
 //!
 //! Changes take effect in the [`Router`] passed in and persist in the store: a link changed at
 //! runtime is stored whole and replaces a config bridge of the same name at the next start
@@ -31,6 +33,7 @@
 //! gateway itself (network [`NetworkId::gateway`]) with one outbox row per target room, and
 //! returned as [`Delivery`]s for the caller to flush and hand out.
 
+use crate::command_limit::{logged_text, CommandLimiter, Verdict};
 use crate::config::validate::{
     bare_jid, irc_channel, irc_fold, matrix_room, matrix_user, same_room,
 };
@@ -78,6 +81,9 @@ pub struct Outcome {
     pub deliveries: Vec<Delivery>,
     /// True when the router's links changed (adapters' room lists need updating).
     pub links_changed: bool,
+    /// True when the command was ignored: its sender is over the command rate limit
+    /// ([`crate::command_limit`]). The reply is empty.
+    pub rate_limited: bool,
 }
 
 /// A ban as stored.
@@ -107,6 +113,8 @@ pub struct Admin {
     /// The IRC hostmask bans, read from the store on first use and kept until `ban` or
     /// `unban` changes them (every inbound IRC event is checked against them).
     masks: std::sync::Mutex<Option<Vec<Ban>>>,
+    /// Command rate limits of senders who are not admins.
+    limiter: std::sync::Mutex<CommandLimiter>,
 }
 
 /// The gateway itself as the sender of announcements and enforcements.
@@ -218,6 +226,7 @@ impl Admin {
             statuses: None,
             counter: AtomicU64::new(0),
             masks: std::sync::Mutex::new(None),
+            limiter: std::sync::Mutex::new(CommandLimiter::default()),
         }
     }
 
@@ -311,8 +320,11 @@ impl Admin {
 
     /// Handles one command line from `cmd_from` (every identity the network vouches for).
     /// May change `router` (link/unlink/close) and persist that; records announcements and
-    /// enforcements in the store and returns their deliveries (unflushed). Every command but
-    /// `help` is audited and logged, refusals included.
+    /// enforcements in the store and returns their deliveries (unflushed). A sender who is
+    /// not an admin is rate-limited ([`crate::command_limit`]: over the limit the command
+    /// is ignored, see [`Outcome::rate_limited`]). Admins' commands but `help` are audited,
+    /// refusals included; everyone's are logged, the text cut to
+    /// [`crate::command_limit::LOGGED_COMMAND_CHARS`] characters.
     pub fn handle(
         &self,
         cmd_from: &[UserRef],
@@ -322,6 +334,27 @@ impl Admin {
         store: &dyn Store,
     ) -> Outcome {
         let text = text.trim();
+        let actor = cmd_from
+            .first()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let is_admin = self.is_any_admin(cmd_from);
+        if !is_admin {
+            let verdict = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .check(&actor, std::time::Instant::now());
+            if let Verdict::Limited { first } = verdict {
+                if first {
+                    tracing::warn!(actor = %actor, "Commands from this sender are over the rate limit; ignoring them until it refills.");
+                }
+                return Outcome {
+                    rate_limited: true,
+                    ..Outcome::default()
+                };
+            }
+        }
         let mut words = text.split_whitespace();
         let verb = words.next().unwrap_or("").to_lowercase();
         let args: Vec<&str> = words.collect();
@@ -331,10 +364,6 @@ impl Admin {
                 ..Outcome::default()
             };
         }
-        let actor = cmd_from
-            .first()
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| "unknown".to_owned());
         let mut cx = Cx {
             admin: self,
             from: cmd_from,
@@ -368,11 +397,18 @@ impl Admin {
             }
             Err(why) => (why.clone(), format!("refused: {}", one_line(&why))),
         };
-        tracing::info!(actor = %actor, name = %display_name, command = %text, outcome = %outcome, "Admin command.");
+        let logged = logged_text(text);
+        if !is_admin {
+            // Not an admin: refused (or unknown), worth a debug line, not the audit trail.
+            tracing::debug!(actor = %actor, command = %logged, outcome = %outcome, "Command from someone who is not an admin.");
+            out.reply = reply;
+            return out;
+        }
+        tracing::info!(actor = %actor, name = %logged_text(display_name), command = %logged, outcome = %outcome, "Admin command.");
         let entry = AuditEntry {
             ts_ms: now_ms(),
             actor,
-            action: text.to_owned(),
+            action: logged,
             outcome,
         };
         if let Err(e) = store.audit(&entry) {
@@ -1009,6 +1045,34 @@ admins = ["@devlead:matrix.test"]
     }
 
     #[test]
+    fn strangers_are_rate_limited_and_audited_text_is_cut() {
+        use crate::command_limit::{COMMAND_BURST, LOGGED_COMMAND_CHARS};
+        let (a, mut r, s, _) = setup();
+        for _ in 0..COMMAND_BURST {
+            let o = a.handle(&nobody(), "eve", "help", &mut r, &s);
+            assert!(!o.rate_limited && o.reply.contains("link <bridge> <room>"));
+        }
+        for _ in 0..200 {
+            let o = a.handle(&nobody(), "eve", "help", &mut r, &s);
+            assert!(o.rate_limited && o.reply.is_empty());
+        }
+        let o = a.handle(&nobody(), "eve", "close lobby", &mut r, &s);
+        assert!(o.rate_limited && o.deliveries.is_empty() && !o.links_changed);
+        // Admins are not limited, and their long commands are audited cut.
+        let long = format!("bridges {}", "x".repeat(5000));
+        for _ in 0..(2 * COMMAND_BURST) {
+            let o = a.handle(&root(), "root", &long, &mut r, &s);
+            assert!(!o.rate_limited);
+        }
+        let log = s.audit_log().unwrap();
+        assert_eq!(log.len(), 2 * COMMAND_BURST as usize);
+        assert!(log
+            .iter()
+            .all(|e| e.action.chars().count() == LOGGED_COMMAND_CHARS + 1));
+        assert!(log.iter().all(|e| e.actor == "matrix/@root:matrix.test"));
+    }
+
+    #[test]
     fn identities_match_accounts_masks_and_jids() {
         let (a, _, _, _) = setup();
         assert!(a.is_global(&[UserRef::new("xmpp", "Root@XMPP.test")]));
@@ -1146,8 +1210,14 @@ admins = ["@devlead:matrix.test"]
             .iter()
             .filter(|e| e.outcome.starts_with("refused"))
             .collect();
-        assert_eq!(refusals.len(), 3 + 8 + 1);
-        assert_eq!(refusals.last().unwrap().actor, "irc:local/rootacct2");
+        // The bridge admin's three refusals are audited; the stranger's nine commands are
+        // not (only admins' commands go to the audit trail).
+        assert_eq!(refusals.len(), 3);
+        assert_eq!(
+            refusals.last().unwrap().actor,
+            "matrix/@devlead:matrix.test"
+        );
+        assert!(log.iter().all(|e| e.actor != "irc:local/rootacct2"));
         assert!(s
             .links()
             .unwrap()

@@ -513,6 +513,11 @@ impl Loop {
             &mut self.router,
             self.store.as_ref(),
         );
+        if outcome.rate_limited {
+            if let Some(network) = cmd.from.first().map(|u| &u.network) {
+                self.metrics.error(network, "command_rate_limited");
+            }
+        }
         let reply = match self.store.flush() {
             Ok(()) => {
                 self.dispatch(outcome.deliveries, hub);

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod command_limit;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
@@ -86,7 +87,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("matrix"), &router, &shutdown)
             .context;
-        let mut adapter = MatrixAdapter::new(m, store.clone());
+        let mut adapter = MatrixAdapter::new(m, store.clone()).with_admins(matrix_admins(&config));
         if let Some(url) = &config.matrix_media_url {
             adapter = adapter.with_media_base(url.clone());
         }
@@ -152,4 +153,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     store.flush()?;
     result
+}
+
+/// The Matrix users among the gateway's and the bridges' admins: the only ones whose invites
+/// the Matrix bot accepts.
+fn matrix_admins(config: &config::Config) -> Vec<String> {
+    config
+        .gateway
+        .admins
+        .iter()
+        .chain(config.bridge_admins.values().flatten())
+        .filter(|u| u.network.as_str() == "matrix")
+        .map(|u| u.user.to_string())
+        .collect()
 }

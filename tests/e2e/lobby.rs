@@ -141,6 +141,11 @@ impl Lobby {
         self.wait_joined(irc_mark, xmpp_mark).await
     }
 
+    /// Where the gateway keeps its store (open it only while the gateway is stopped).
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("data").join("store")
+    }
+
     /// Stops the gateway cleanly (as on SIGTERM) and waits for it.
     pub async fn stop_gateway(&mut self) -> anyhow::Result<()> {
         if let Some((shutdown, task)) = self.gateway.take() {

@@ -46,3 +46,6 @@ mod xmpp_rooms;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
+/// Hostile use of the command channels and the media proxy by ordinary users: invites from
+/// strangers, a flood of commands, uploads that would run script.
+mod hostile_commands;

@@ -80,6 +80,17 @@ enum Policy {
 }
 
 fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> Running {
+    start_with_admins(servers, slot, rooms, policy, Vec::new())
+}
+
+/// [`start`] with `admins`, the Matrix users whose invites the bot accepts.
+fn start_with_admins(
+    servers: &Servers,
+    slot: &Slot,
+    rooms: Vec<RoomId>,
+    policy: Policy,
+    admins: Vec<String>,
+) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -89,7 +100,9 @@ fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> 
         .try_init();
     let store = Arc::new(store::KvStore::default());
     // The test's file server is on 127.0.0.1, which the gateway refuses by default.
-    let adapter = MatrixAdapter::new(config(servers, slot), store).allow_private_media_urls();
+    let adapter = MatrixAdapter::new(config(servers, slot), store)
+        .allow_private_media_urls()
+        .with_admins(admins);
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
     let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
@@ -830,13 +843,15 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
         unique("fmt"),
         servers.matrix.server_name
     );
-    let mut gw = start(
+    // Alice is an admin: the bot accepts her invite to a direct chat below.
+    let alice = User::new(servers).await?;
+    let mut gw = start_with_admins(
         servers,
         &slot,
         vec![RoomId::new(alias.clone())],
         Policy::Store,
+        vec![alice.id.clone()],
     );
-    let alice = User::new(servers).await?;
     let room_id = join_by_alias(&alice, &alias).await?;
     eventually(
         DEADLINE,

@@ -137,6 +137,10 @@ struct HistoryModes {
     setting: HashSet<String>,
 }
 
+/// Tokens the bucket must hold before an answer line to a command goes: one for the line and
+/// one left for the next delivery line.
+const REPLY_TOKENS: f64 = 2.0;
+
 /// A command's answer on its way back to the person who typed it.
 type Reply = (String, String);
 
@@ -647,6 +651,7 @@ impl IrcAdapter {
 
     async fn serve(&self, mut s: Session, cx: &mut AdapterContext, st: &mut State) -> End {
         let mut bucket = Bucket::new(self.config.burst, self.config.lines_per_second);
+        let mut reply_queue = commands::ReplyQueue::new(commands::MAX_REPLY_LINES);
         let mut roster = Roster::default();
         let rooms = cx.rooms.borrow_and_update().clone();
         for room in &rooms {
@@ -784,10 +789,20 @@ impl IrcAdapter {
                 reply = st.replies.recv() => {
                     let Some((to, text)) = reply else { continue };
                     let budget = crate::split::budget(s.isupport.linelen, &s.nick, &to);
-                    for line in commands::reply_lines(&to, &text, budget) {
-                        bucket.wait().await;
+                    reply_queue.push(commands::reply_lines(&to, &text, budget));
+                }
+                // An answer line goes only when the bucket holds a token to spare, so a
+                // delivery's next line never waits behind answers, and nothing here waits:
+                // the server's PINGs and the channels keep being read.
+                _ = tokio::time::sleep(bucket.ready_in(tokio::time::Instant::now(), REPLY_TOKENS)), if !reply_queue.is_empty() => {
+                    // As many lines as the bucket spares now (an answer goes out together).
+                    while let Some(line) = reply_queue.pop() {
+                        bucket.take(tokio::time::Instant::now());
                         if let Err(e) = s.writer.send(&line).await {
                             return End::Lost(e.to_string());
+                        }
+                        if !bucket.ready_in(tokio::time::Instant::now(), REPLY_TOKENS).is_zero() {
+                            break;
                         }
                     }
                 }
@@ -1261,7 +1276,10 @@ impl IrcAdapter {
                 Ok(None) => "The gateway does not take commands here.".to_owned(),
                 Err(_) => "No answer from the gateway in time.".to_owned(),
             };
-            let _ = reply_tx.send((nick, text));
+            // An empty answer: the command was ignored (its sender is over the rate limit).
+            if !text.trim().is_empty() {
+                let _ = reply_tx.send((nick, text));
+            }
         });
     }
 }

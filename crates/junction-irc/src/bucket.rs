@@ -38,6 +38,19 @@ impl Bucket {
         }
     }
 
+    /// How long from `now` until the bucket holds `need` tokens (capped at the burst); zero
+    /// when it already does. Takes nothing.
+    pub fn ready_in(&self, now: Instant, need: f64) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let need = need.min(self.burst);
+        if tokens >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - tokens) / self.rate)
+        }
+    }
+
     /// Waits until a line may go.
     pub async fn wait(&mut self) {
         let d = self.take(Instant::now());
@@ -60,6 +73,7 @@ mod tests {
         }
         assert_eq!(b.take(t0), Duration::from_millis(500));
         assert_eq!(b.take(t0), Duration::from_millis(1000));
+        assert_eq!(b.ready_in(t0, 1.0), Duration::from_millis(1500));
         // After two seconds the debt is paid and one token is back.
         assert_eq!(
             b.take(t0 + Duration::from_secs(2)),

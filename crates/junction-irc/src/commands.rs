@@ -1,8 +1,91 @@
 //! Admin commands: a PRIVMSG to the bot's nick from someone on the network becomes a
-//! [`junction_core::Command`]; the answer goes back as one NOTICE per line.
+//! [`junction_core::Command`]; the answer goes back as one NOTICE per line, through a
+//! bounded [`ReplyQueue`] the bot's connection drains at its flood-control pace only when a
+//! line may go at once, so answering commands never holds up PINGs or relaying.
 
 use irc_proto::{Message, Prefix};
 use junction_core::{NetworkId, UserRef};
+use std::collections::VecDeque;
+
+/// Most answer lines waiting for the bot's connection; lines of answers beyond it are
+/// dropped (counted and logged once per burst).
+pub const MAX_REPLY_LINES: usize = 100;
+
+/// Answer lines waiting to be sent, bounded.
+#[derive(Debug)]
+pub struct ReplyQueue {
+    lines: VecDeque<String>,
+    cap: usize,
+    /// Lines dropped since the queue was last empty.
+    dropped: u64,
+    /// Lines dropped since the connection started.
+    dropped_total: u64,
+}
+
+impl ReplyQueue {
+    /// An empty queue holding at most `cap` lines.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            lines: VecDeque::new(),
+            cap,
+            dropped: 0,
+            dropped_total: 0,
+        }
+    }
+
+    /// Queues `lines`, dropping those that do not fit; returns how many were dropped. The
+    /// first drop of a burst is logged.
+    pub fn push(&mut self, lines: Vec<String>) -> usize {
+        let mut dropped = 0;
+        for line in lines {
+            if self.lines.len() < self.cap {
+                self.lines.push_back(line);
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    cap = self.cap,
+                    "Too many command answers waiting for IRC; dropping lines until they drain."
+                );
+            }
+            self.dropped += dropped as u64;
+            self.dropped_total += dropped as u64;
+        }
+        dropped
+    }
+
+    /// The next line to send. When the queue runs empty after drops, their count is logged.
+    pub fn pop(&mut self) -> Option<String> {
+        let line = self.lines.pop_front();
+        if self.lines.is_empty() && self.dropped > 0 {
+            tracing::info!(
+                dropped = self.dropped,
+                total = self.dropped_total,
+                "Command answer lines were dropped over the queue bound."
+            );
+            self.dropped = 0;
+        }
+        line
+    }
+
+    /// True when no line waits.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Lines waiting.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Lines dropped since the connection started.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+}
 
 /// Every identity the server vouches for the sender of `msg`, most specific first: the
 /// services account (IRCv3 `account` tag) when the server sent one, then always the
@@ -71,6 +154,24 @@ mod tests {
         );
         let m: Message = ":server.test NOTICE junction :hi".parse().expect("parses");
         assert!(identities(&net, &m).is_empty());
+    }
+
+    #[test]
+    fn the_reply_queue_is_bounded_and_counts_drops() {
+        let mut q = ReplyQueue::new(5);
+        assert_eq!(q.push(reply_lines("eve", "a\nb\nc", 400)), 0);
+        assert_eq!(q.push(reply_lines("eve", "d\ne\nf\ng", 400)), 2);
+        assert_eq!(q.len(), 5);
+        for _ in 0..200 {
+            q.push(reply_lines("eve", "h\ni", 400));
+        }
+        assert_eq!(q.len(), 5);
+        assert_eq!(q.dropped_total(), 2 + 400);
+        let out: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(out.first().map(String::as_str), Some("NOTICE eve :a"));
+        assert_eq!(out.len(), 5);
+        assert!(q.is_empty());
+        assert_eq!(q.push(reply_lines("eve", "j", 400)), 0);
     }
 
     #[test]

@@ -335,6 +335,19 @@ impl Client {
         .map(drop)
     }
 
+    /// The bot leaves a room (or rejects an invite), giving `reason`.
+    pub async fn leave_with_reason(&self, room_id: &str, reason: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", path_segment(room_id));
+        self.call(
+            Method::POST,
+            &path,
+            &[],
+            Body::Json(json!({ "reason": reason })),
+        )
+        .await
+        .map(drop)
+    }
+
     /// The room id an alias points to, `None` when the alias is free.
     pub async fn resolve_alias(&self, alias: &str) -> Result<Option<String>> {
         let path = format!("/_matrix/client/v3/directory/room/{}", path_segment(alias));
@@ -485,8 +498,14 @@ impl Client {
             .ok_or_else(|| ClientError::Decode("upload answer without content_uri".into()))
     }
 
-    /// Downloads media through the authenticated endpoint: content type and bytes.
-    pub async fn download(&self, server: &str, media_id: &str) -> Result<(String, bytes::Bytes)> {
+    /// Starts a download from the media repository (authenticated media) and returns its
+    /// `Content-Type`, its announced length and the response whose body is still to be read,
+    /// so the caller can stream it with its own cap.
+    pub async fn download_stream(
+        &self,
+        server: &str,
+        media_id: &str,
+    ) -> Result<(String, Option<u64>, reqwest::Response)> {
         let url = format!(
             "{}/_matrix/client/v1/media/download/{}/{}",
             self.base,
@@ -501,23 +520,26 @@ impl Client {
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status();
+        if !status.is_success() {
+            // Error answers are small JSON; a bigger one is cut, it is only read for errcode.
+            let mut resp = resp;
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            return Err(http_error(status, &body));
+        }
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
-        if resp.content_length().unwrap_or(0) > MAX_MEDIA_BYTES as u64 {
-            return Err(ClientError::Decode("media too large".into()));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            return Err(http_error(status, &bytes));
-        }
-        Ok((content_type, bytes))
+        let length = resp.content_length();
+        Ok((content_type, length, resp))
     }
 }
 

@@ -50,6 +50,10 @@ use tokio_util::sync::CancellationToken;
 /// The store table of rooms where the bot takes commands: room id → who invited it.
 pub const COMMAND_ROOMS_TABLE: &str = "matrix/command_rooms";
 
+/// Most attachments fetched (and uploaded) from other networks' http(s) URLs at once: each
+/// may be up to [`client::MAX_MEDIA_BYTES`] in memory.
+pub const MAX_ATTACHMENT_FETCHES: usize = 4;
+
 /// How long a command's answer is awaited.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,6 +63,7 @@ pub struct MatrixAdapter {
     store: Arc<dyn Store>,
     media_base: Option<String>,
     private_media: bool,
+    admins: HashSet<String>,
 }
 
 impl MatrixAdapter {
@@ -69,6 +74,7 @@ impl MatrixAdapter {
             store,
             media_base: None,
             private_media: false,
+            admins: HashSet::new(),
         }
     }
 
@@ -78,6 +84,14 @@ impl MatrixAdapter {
     /// file server runs on 127.0.0.1.
     pub fn allow_private_media_urls(mut self) -> Self {
         self.private_media = true;
+        self
+    }
+
+    /// Sets the Matrix users (`@user:server`) who are gateway or bridge admins. The bot
+    /// accepts an invite only from one of them (others are declined with a reason), and in a
+    /// command room one of them did not open it answers only them.
+    pub fn with_admins(mut self, admins: impl IntoIterator<Item = String>) -> Self {
+        self.admins = admins.into_iter().collect();
         self
     }
 
@@ -152,14 +166,20 @@ pub(crate) struct Shared {
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Admin commands to the gateway.
     pub(crate) commands: mpsc::Sender<Command>,
-    /// Rooms the bot joined on an invite to take commands (direct chats), kept in the
-    /// store's [`COMMAND_ROOMS_TABLE`].
-    pub(crate) command_rooms: Mutex<HashSet<String>>,
+    /// Rooms the bot joined on an invite to take commands (direct chats) → who invited it,
+    /// kept in the store's [`COMMAND_ROOMS_TABLE`].
+    pub(crate) command_rooms: Mutex<HashMap<String, String>>,
+    /// The Matrix users who are gateway or bridge admins: the bot accepts invites only from
+    /// them, and in a command room not opened by one it answers only them.
+    pub(crate) admins: HashSet<String>,
     /// The last homeserver failure, cleared by the next success (for the status).
     pub(crate) homeserver_error: Mutex<Option<String>>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
     /// Attachments may come from non-public addresses (tests only).
     pub(crate) private_media: bool,
+    /// Attachment fetches from other networks' URLs at once ([`MAX_ATTACHMENT_FETCHES`]); a
+    /// delivery with an attachment waits for a slot.
+    pub(crate) fetches: tokio::sync::Semaphore,
     /// True once the linked rooms are resolved: transactions wait for it, since an event of
     /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
@@ -185,10 +205,13 @@ impl Shared {
             &config.server_name,
         );
         let command_rooms = match store.kv_scan(COMMAND_ROOMS_TABLE) {
-            Ok(rows) => rows.into_iter().map(|(k, _)| k).collect(),
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "Could not read the command rooms.");
-                HashSet::new()
+                HashMap::new()
             }
         };
         Ok(Self {
@@ -204,7 +227,9 @@ impl Shared {
             inbound,
             commands,
             command_rooms: Mutex::new(command_rooms),
+            admins: HashSet::new(),
             private_media: false,
+            fetches: tokio::sync::Semaphore::new(MAX_ATTACHMENT_FETCHES),
             homeserver_error: Mutex::new(None),
             txn_lock: tokio::sync::Mutex::new(()),
             ready: tokio::sync::watch::Sender::new(false),
@@ -311,6 +336,7 @@ impl Adapter for MatrixAdapter {
             cx.commands.clone(),
         )?;
         sh.private_media = self.private_media;
+        sh.admins = self.admins;
         let sh = Arc::new(sh);
         let status = cx.status;
 

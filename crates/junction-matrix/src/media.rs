@@ -7,14 +7,16 @@
 //! and refuses media whose event was redacted (the `matrix/media_redacted` table).
 
 use crate::client::Client;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use junction_store::{Store, StoreError};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const MEDIA_TABLE: &str = "matrix/media";
 const REDACTED_TABLE: &str = "matrix/media_redacted";
@@ -155,6 +157,20 @@ pub struct LinkQuery {
     sig: String,
 }
 
+/// Most proxy downloads streaming at once; one more is answered 503 with `Retry-After`.
+pub const MAX_PROXY_DOWNLOADS: usize = 16;
+
+/// Largest medium the proxy passes on, in bytes (the gateway's media cap, 50 MiB): a longer
+/// one is refused when the homeserver announces its length, or cut off at the cap.
+pub const MAX_PROXY_BYTES: u64 = crate::client::MAX_MEDIA_BYTES as u64;
+
+/// Seconds a client is told to wait when every download slot is taken.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// The only types served `inline` (shown by a browser); everything else is an attachment.
+/// SVG is not among them: it can carry script.
+pub const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
 /// What the proxy handler needs.
 #[derive(Clone)]
 pub struct MediaState {
@@ -162,9 +178,104 @@ pub struct MediaState {
     pub proxy: Arc<MediaProxy>,
     /// Fetches from the homeserver.
     pub client: Client,
+    /// Download slots ([`MAX_PROXY_DOWNLOADS`]); a download holds one until its body ends.
+    pub slots: Arc<Semaphore>,
+    /// The size cap ([`MAX_PROXY_BYTES`]).
+    pub max_bytes: u64,
+}
+
+impl MediaState {
+    /// The proxy with the default bounds.
+    pub fn new(proxy: Arc<MediaProxy>, client: Client) -> Self {
+        Self {
+            proxy,
+            client,
+            slots: Arc::new(Semaphore::new(MAX_PROXY_DOWNLOADS)),
+            max_bytes: MAX_PROXY_BYTES,
+        }
+    }
+}
+
+/// The `Content-Type` and `Content-Disposition` a medium is served with: the four safe image
+/// types inline, anything else as an attachment under its own (well-formed) type or
+/// `application/octet-stream`. Parameters (`charset=`...) are dropped.
+pub fn served_type(uploaded: &str) -> (String, &'static str) {
+    let essence = uploaded
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if INLINE_TYPES.contains(&essence.as_str()) {
+        return (essence, "inline");
+    }
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let well_formed = essence
+        .split_once('/')
+        .is_some_and(|(t, sub)| token(t) && token(sub));
+    if well_formed {
+        (essence, "attachment")
+    } else {
+        ("application/octet-stream".to_owned(), "attachment")
+    }
+}
+
+/// The body of a proxied medium: the homeserver's response read chunk by chunk, ended with
+/// an error (the connection is cut) past `max` bytes. Holds its download slot until done.
+fn capped_body(resp: reqwest::Response, max: u64, slot: OwnedSemaphorePermit) -> Body {
+    struct Read {
+        resp: reqwest::Response,
+        sent: u64,
+        max: u64,
+        done: bool,
+        _slot: OwnedSemaphorePermit,
+    }
+    let state = Read {
+        resp,
+        sent: 0,
+        max,
+        done: false,
+        _slot: slot,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match st.resp.chunk().await {
+            Ok(Some(chunk)) => {
+                st.sent += chunk.len() as u64;
+                if st.sent > st.max {
+                    st.done = true;
+                    tracing::warn!(
+                        max = st.max,
+                        "A proxied medium passed the size cap; cut off."
+                    );
+                    let e = std::io::Error::other("medium over the size cap");
+                    return Some((Err(e), st));
+                }
+                Some((Ok(chunk), st))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                st.done = true;
+                tracing::info!(error = %e, "A proxied medium stopped arriving.");
+                Some((Err(std::io::Error::other(e.to_string())), st))
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// `GET /media/{server}/{id}?exp=..&sig=..`
+///
+/// Streams the medium from the homeserver (never whole in memory) up to the size cap, at
+/// most [`MAX_PROXY_DOWNLOADS`] at once, with headers that keep a browser from running
+/// anything it contains on this origin: `Content-Disposition: attachment` (inline only for
+/// [`INLINE_TYPES`]), `X-Content-Type-Options: nosniff`, `Content-Security-Policy: sandbox`.
 pub async fn serve(
     State(st): State<MediaState>,
     Path((server, id)): Path<(String, String)>,
@@ -176,9 +287,40 @@ pub async fn serve(
     if st.proxy.is_redacted(&server, &id) {
         return (StatusCode::GONE, "removed").into_response();
     }
-    match st.client.download(&server, &id).await {
-        Ok((content_type, bytes)) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+    let Ok(slot) = st.slots.clone().try_acquire_owned() else {
+        tracing::info!(
+            limit = MAX_PROXY_DOWNLOADS,
+            "Every media proxy slot is taken; asked the client to come back."
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())],
+            "busy, try again shortly",
+        )
+            .into_response();
+    };
+    match st.client.download_stream(&server, &id).await {
+        Ok((_, Some(len), _)) if len > st.max_bytes => {
+            tracing::info!(%server, %id, len, "Refused to proxy a medium over the size cap.");
+            (StatusCode::PAYLOAD_TOO_LARGE, "too large").into_response()
+        }
+        Ok((content_type, len, resp)) => {
+            let (content_type, disposition) = served_type(&content_type);
+            let mut r = Response::new(capped_body(resp, st.max_bytes, slot));
+            let h = r.headers_mut();
+            let mut put = |name, value: &str| {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    h.insert(name, v);
+                }
+            };
+            put(header::CONTENT_TYPE, &content_type);
+            put(header::CONTENT_DISPOSITION, disposition);
+            put(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+            put(header::CONTENT_SECURITY_POLICY, "sandbox");
+            if let Some(len) = len {
+                put(header::CONTENT_LENGTH, &len.to_string());
+            }
+            r
         }
         Err(e) if e.status() == Some(404) => (StatusCode::NOT_FOUND, "not found").into_response(),
         Err(e) => {
@@ -191,6 +333,172 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::test_store::TestStore;
+    use axum::routing::get;
+    use junction_core::Secret;
+    use tower::ServiceExt;
+
+    /// A fake homeserver's media repository: `/html` is a small `text/html` file, `/big`
+    /// streams 1 MiB without announcing its length, `/slow` sends a byte and then hangs.
+    async fn fake_homeserver() -> String {
+        let html = || async {
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                "<script>alert(1)</script>",
+            )
+        };
+        let big = || async {
+            let chunks =
+                (0..16).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 65536])));
+            (
+                [(header::CONTENT_TYPE, "image/png")],
+                Body::from_stream(futures::stream::iter(chunks)),
+            )
+        };
+        let slow = || async {
+            let first = futures::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))
+            });
+            let never = futures::stream::pending();
+            Body::from_stream(futures::StreamExt::chain(first, never))
+        };
+        let app = axum::Router::new()
+            .route("/_matrix/client/v1/media/download/hs/html", get(html))
+            .route("/_matrix/client/v1/media/download/hs/big", get(big))
+            .route("/_matrix/client/v1/media/download/hs/slow", get(slow));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    async fn proxied(slots: usize, max_bytes: u64) -> (axum::Router, Arc<MediaProxy>) {
+        let base = fake_homeserver().await;
+        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        let proxy = Arc::new(MediaProxy::load(store, "http://gw").expect("key"));
+        let client = Client::new(
+            &base,
+            Secret::new("as"),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let mut st = MediaState::new(proxy.clone(), client);
+        st.slots = Arc::new(Semaphore::new(slots));
+        st.max_bytes = max_bytes;
+        let app = axum::Router::new()
+            .route("/media/{server}/{id}", get(serve))
+            .with_state(st);
+        (app, proxy)
+    }
+
+    fn request(proxy: &MediaProxy, id: &str) -> axum::http::Request<Body> {
+        let link = proxy.link(&format!("mxc://hs/{id}")).expect("link");
+        let path = link.strip_prefix("http://gw").expect("base");
+        axum::http::Request::get(path)
+            .body(Body::empty())
+            .expect("request")
+    }
+
+    #[test]
+    fn only_safe_images_are_inline() {
+        assert_eq!(served_type("image/PNG"), ("image/png".into(), "inline"));
+        assert_eq!(served_type("image/webp"), ("image/webp".into(), "inline"));
+        assert_eq!(
+            served_type("image/svg+xml"),
+            ("image/svg+xml".into(), "attachment")
+        );
+        assert_eq!(
+            served_type("text/html; charset=utf-8"),
+            ("text/html".into(), "attachment")
+        );
+        assert_eq!(
+            served_type("text/html\r\nX: y"),
+            ("application/octet-stream".into(), "attachment")
+        );
+        assert_eq!(
+            served_type(""),
+            ("application/octet-stream".into(), "attachment")
+        );
+    }
+
+    #[tokio::test]
+    async fn html_is_an_attachment_in_a_sandbox() {
+        let (app, proxy) = proxied(4, MAX_PROXY_BYTES).await;
+        let r = app.oneshot(request(&proxy, "html")).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "text/html");
+        assert_eq!(h[header::CONTENT_DISPOSITION], "attachment");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "sandbox");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"<script>alert(1)</script>");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_cut_off() {
+        let (app, proxy) = proxied(4, 100_000).await;
+        let r = app
+            .clone()
+            .oneshot(request(&proxy, "big"))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_DISPOSITION], "inline");
+        // The body errors out once past the cap: at most the cap plus one chunk was read.
+        let mut body = r.into_body().into_data_stream();
+        let mut got = 0usize;
+        let mut failed = false;
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            match chunk {
+                Ok(c) => got += c.len(),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "the stream must end in an error");
+        assert!(got <= 100_000, "{got} bytes passed the cap");
+        // Unbounded by the cap, the same medium passes whole.
+        let (app, proxy) = proxied(4, MAX_PROXY_BYTES).await;
+        let r = app.oneshot(request(&proxy, "big")).await.expect("answer");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 21)
+            .await
+            .expect("body");
+        assert_eq!(body.len(), 16 * 65536);
+    }
+
+    #[tokio::test]
+    async fn over_the_download_limit_is_503_with_retry_after() {
+        let (app, proxy) = proxied(1, MAX_PROXY_BYTES).await;
+        let held = app
+            .clone()
+            .oneshot(request(&proxy, "slow"))
+            .await
+            .expect("answer");
+        assert_eq!(held.status(), StatusCode::OK);
+        let r = app
+            .clone()
+            .oneshot(request(&proxy, "html"))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers()[header::RETRY_AFTER],
+            RETRY_AFTER_SECS.to_string().as_str()
+        );
+        // The slot comes back when the slow body is dropped.
+        drop(held);
+        let r = app.oneshot(request(&proxy, "html")).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
 
     #[test]
     fn mxc_uris_parse() {

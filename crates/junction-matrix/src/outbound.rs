@@ -433,6 +433,8 @@ async fn attachment_content(
     let mxc = if att.url.starts_with("mxc://") {
         Some(att.url.clone())
     } else {
+        // Held through the upload: the fetched body stays in memory until then.
+        let _slot = sh.fetches.acquire().await.ok();
         match fetch(sh, &att.url).await {
             Ok((fetched_mime, bytes)) => {
                 let mime = att.mime.clone().unwrap_or(fetched_mime);

@@ -71,10 +71,7 @@ fn authorize(sh: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// The appservice API and the media proxy.
 pub(crate) fn router(sh: Arc<Shared>) -> axum::Router {
-    let media_state = MediaState {
-        proxy: sh.media.clone(),
-        client: sh.client.clone(),
-    };
+    let media_state = MediaState::new(sh.media.clone(), sh.client.clone());
     let media = axum::Router::new()
         .route("/media/{server}/{id}", get(media::serve))
         .with_state(media_state);
@@ -337,10 +334,15 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
             }
             Effect::GhostLeft { room_id, user_id } => sh.ghosts.forget_joined(&user_id, &room_id),
             Effect::BotInvited { room_id, by } => {
-                tracing::info!(%room_id, %by, "The bot was invited into a room that is not linked; joining it to take commands.");
+                if !sh.admins.contains(&by) {
+                    tracing::info!(%room_id, %by, "Declined an invite from someone who is not an admin.");
+                    tokio::spawn(decline_invite(sh.clone(), room_id));
+                    continue;
+                }
+                tracing::info!(%room_id, %by, "An admin invited the bot into a room that is not linked; joining it to take commands.");
                 // A command room from now on: the homeserver sends the room's next events
                 // after the invite, possibly before our join call returns.
-                lock(&sh.command_rooms).insert(room_id.clone());
+                lock(&sh.command_rooms).insert(room_id.clone(), by.clone());
                 tokio::spawn(accept_invite(sh.clone(), room_id, by));
             }
             Effect::Command {
@@ -349,8 +351,12 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 sender,
                 text,
             } => {
-                if !lock(&sh.command_rooms).contains(&room_id) {
-                    tracing::debug!(%room_id, "Ignored text in a room that is neither linked nor a command room.");
+                let answered = match lock(&sh.command_rooms).get(&room_id) {
+                    Some(opener) => sh.admins.contains(opener) || sh.admins.contains(&sender),
+                    None => false,
+                };
+                if !answered {
+                    tracing::debug!(%room_id, "Ignored text in a room that is neither linked nor a command room an admin opened.");
                     continue;
                 }
                 // A transaction may come again (a later event failed to store): a command
@@ -384,6 +390,16 @@ async fn accept_invite(sh: Arc<Shared>, room_id: String, by: String) {
         .kv_put(crate::COMMAND_ROOMS_TABLE, &room_id, by.as_bytes())
     {
         tracing::warn!(error = %e, "Could not record a command room.");
+    }
+}
+
+/// Why the bot declines an invite from someone who is not an admin (shown to the inviter).
+pub const DECLINE_REASON: &str = "This gateway takes commands only from its admins.";
+
+/// Rejects an invite (leaves with [`DECLINE_REASON`]).
+async fn decline_invite(sh: Arc<Shared>, room_id: String) {
+    if let Err(e) = sh.client.leave_with_reason(&room_id, DECLINE_REASON).await {
+        tracing::warn!(%room_id, error = %e, "Could not decline an invite.");
     }
 }
 
@@ -504,6 +520,8 @@ mod tests {
             commands,
         )
         .expect("shared");
+        let mut sh = sh;
+        sh.admins.insert("@alice:matrix.test".into());
         sh.add_room(RoomId::new("#lobby:matrix.test"), "!room".into());
         sh.ready.send_replace(true);
         lock(&sh.names).insert(
@@ -574,6 +592,59 @@ mod tests {
                 .is_err()
         );
         // Nothing of it is a lobby event.
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn invites_from_strangers_are_declined_and_their_rooms_unanswered() {
+        let (sh, _, mut rx, mut commands) = shared_with_commands();
+        let app = router(sh.clone());
+        let say = |id: &str, room: &str, who: &str| {
+            json!({"type": "m.room.message", "room_id": room, "sender": who,
+                   "event_id": id, "origin_server_ts": 1,
+                   "content": {"msgtype": "m.text", "body": "help"}})
+        };
+        // Bob is no admin: his invite does not make a command room.
+        let body = json!({"events": [
+            {"type": "m.room.member", "room_id": "!bobs", "sender": "@bob:matrix.test",
+             "state_key": "@junction:matrix.test", "event_id": "$ib", "origin_server_ts": 1,
+             "content": {"membership": "invite"}},
+            say("$b1", "!bobs", "@bob:matrix.test"),
+        ]});
+        let r = app
+            .clone()
+            .oneshot(txn_request("d1", Some(HS_TOKEN), &body))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(!lock(&sh.command_rooms).contains_key("!bobs"));
+        // A command room a stranger opened earlier (kept in the store): only admins are
+        // answered there.
+        lock(&sh.command_rooms).insert("!old".into(), "@bob:matrix.test".into());
+        let body = json!({"events": [
+            say("$b2", "!old", "@bob:matrix.test"),
+            say("$a2", "!old", "@alice:matrix.test"),
+        ]});
+        let r = app
+            .oneshot(txn_request("d2", Some(HS_TOKEN), &body))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
+            .await
+            .expect("in time")
+            .expect("a command");
+        assert_eq!(
+            command.from,
+            vec![junction_core::UserRef::new("matrix", "@alice:matrix.test")]
+        );
+        let _ = command.reply.send(String::new());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), commands.recv())
+                .await
+                .is_err(),
+            "bob was answered"
+        );
         assert!(rx.try_recv().is_err());
     }
 
