@@ -42,3 +42,7 @@ mod restarts;
 
 /// Rooms the gateway creates on a server that locks new rooms.
 mod xmpp_rooms;
+
+/// `close` and `unlink` announce in every affected room on every network before the gateway
+/// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
+mod closing;
