@@ -529,6 +529,7 @@ impl Bench {
             metrics,
             health: health.clone(),
             admin: junction::admin::Admin::new(&config),
+            store_retry: config.gateway.store_retry,
         };
         let gateway = tokio::spawn(gateway::route(parts, hub, shutdown.clone()));
 

@@ -24,7 +24,7 @@ use junction_core::{
 use junction_store::{Recorded, Resolver, Store, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,16 @@ const BATCH: usize = 256;
 
 /// How often the outbox depth gauges are recounted while outboxes change.
 const DEPTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Longest a room-list change waits for the announcements of `close`/`unlink` to be answered
+/// in the rooms being left (a network that is down must not hold the change for ever).
+const PART_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a failing store is tried again, and a waiting room-list change checked.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The store table the gateway writes to when it tries a failing store again.
+const PROBE_TABLE: &str = "gateway/probe";
 
 /// The adapter ends of the channels for one network, created by [`Hub::attach`].
 pub struct Attached {
@@ -144,9 +154,14 @@ pub struct Parts {
     pub health: Arc<Health>,
     /// Admin commands and bans.
     pub admin: Admin,
+    /// How long the store may refuse writes before [`route`] gives up with an error (for the
+    /// supervisor to restart the gateway: sled refuses every write after an I/O error until
+    /// the process restarts).
+    pub store_retry: Duration,
 }
 
-/// The router loop. Runs until `shutdown` is cancelled, then flushes the store.
+/// The router loop. Runs until `shutdown` is cancelled, then flushes the store. Returns an
+/// error when the store has refused writes for longer than [`Parts::store_retry`].
 pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let Parts {
         store,
@@ -155,6 +170,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         metrics,
         health,
         mut admin,
+        store_retry,
     } = parts;
     // Each adapter's puppet count feeds /metrics.
     for (network, rx) in std::mem::take(&mut hub.puppets) {
@@ -168,6 +184,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     }
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
     let seen = health.clone();
+    let store_health = health.clone();
     admin.set_status_source(Box::new(move || {
         networks
             .iter()
@@ -221,6 +238,12 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         inflight: HashSet::new(),
         held: HashMap::new(),
         depth_dirty: Vec::new(),
+        health: store_health,
+        store_failing: None,
+        store_retry,
+        stranded: false,
+        unrecorded: Vec::new(),
+        parting: None,
     };
     // Resume what was not delivered before the last stop, in outbox order.
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
@@ -238,11 +261,14 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     let mut done: Vec<Delivered> = Vec::new();
     let mut depth_tick = tokio::time::interval(DEPTH_EVERY);
     depth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_tick = tokio::time::interval(RETRY_EVERY);
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = depth_tick.tick(), if !state.depth_dirty.is_empty() => state.count_depths(),
+            _ = retry_tick.tick(), if state.waits() => state.retry(&hub)?,
             n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
                 state.inbound(&mut batch, &hub);
@@ -307,6 +333,28 @@ struct Loop {
     held: HashMap<(EventId, RoomRef), Vec<Delivery>>,
     /// Networks whose outbox changed since their depth was last counted.
     depth_dirty: Vec<NetworkId>,
+    /// Where the store's state is shown.
+    health: Arc<Health>,
+    /// Since when the store refuses writes, while it does.
+    store_failing: Option<Instant>,
+    /// How long it may, before the loop gives up.
+    store_retry: Duration,
+    /// A flush failed: outbox rows may be recorded that were never handed out.
+    stranded: bool,
+    /// Answers the store did not take; recorded once it takes writes again.
+    unrecorded: Vec<Delivered>,
+    /// Rooms being left, once their announcements are answered.
+    parting: Option<Parting>,
+}
+
+/// A room-list change held back until the announcements in the rooms it leaves are answered,
+/// so that every network says them before the adapters leave (IRC would PART first, Matrix
+/// refuse a delivery to a room no longer listed).
+struct Parting {
+    /// Announcements not answered yet.
+    waiting: HashSet<(EventId, RoomRef)>,
+    /// When the change goes out anyway.
+    until: Instant,
 }
 
 /// The store's resolver plus what the loop knows is on its way.
@@ -402,6 +450,7 @@ impl Loop {
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "Could not flush the store.");
         }
+        self.note_store(&flushed);
         for (ack, r) in acks {
             if let Some(a) = ack {
                 let r = match (&flushed, r) {
@@ -412,6 +461,7 @@ impl Loop {
             }
         }
         if flushed.is_ok() {
+            let out = self.with_stranded(out, hub);
             self.dispatch(out, hub);
         }
     }
@@ -470,6 +520,9 @@ impl Loop {
         for d in done.drain(..) {
             let key = (d.event.clone(), d.target.clone());
             self.inflight.remove(&key);
+            if let Some(p) = &mut self.parting {
+                p.waiting.remove(&key);
+            }
             if let Some(waiting) = self.held.remove(&key) {
                 released.extend(waiting);
             }
@@ -486,20 +539,29 @@ impl Loop {
             }
             if let Err(e) = self.store.record_delivered(&d) {
                 self.metrics.error(&network, "store");
-                tracing::error!(error = %e, "Could not record a delivery.");
+                tracing::error!(error = %e, "Could not record a delivery; it is recorded once the store takes writes again.");
+                self.unrecorded.push(d);
             }
             if !touched.contains(&network) {
                 touched.push(network);
             }
         }
-        if let Err(e) = self.store.flush() {
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
             tracing::error!(error = %e, "Could not flush the store.");
         }
+        self.note_store(&flushed);
         for n in touched {
             self.update_depth(&n);
         }
+        if flushed.is_ok() {
+            released = self.with_stranded(released, hub);
+        }
         if !released.is_empty() {
             self.dispatch(released, hub);
+        }
+        if self.parting.as_ref().is_some_and(|p| p.waiting.is_empty()) {
+            self.part(hub);
         }
     }
 
@@ -518,9 +580,17 @@ impl Loop {
                 self.metrics.error(network, "command_rate_limited");
             }
         }
-        let reply = match self.store.flush() {
+        let announced: Vec<(EventId, RoomRef)> = outcome
+            .deliveries
+            .iter()
+            .map(|d| (d.event.id.clone(), d.target.clone()))
+            .collect();
+        let flushed = self.store.flush();
+        self.note_store(&flushed);
+        let reply = match flushed {
             Ok(()) => {
-                self.dispatch(outcome.deliveries, hub);
+                let out = self.with_stranded(outcome.deliveries, hub);
+                self.dispatch(out, hub);
                 outcome.reply
             }
             Err(e) => {
@@ -532,11 +602,173 @@ impl Loop {
             }
         };
         if outcome.links_changed {
+            self.rooms_changed(announced, hub);
+        }
+        let _ = cmd.reply.send(reply);
+    }
+
+    /// Tells the adapters the linked rooms changed. Rooms added are listed at once; rooms
+    /// left stay listed until the announcements handed out for them are answered (or
+    /// [`PART_WAIT`] has passed), so each network says the announcement before it leaves.
+    fn rooms_changed(&mut self, announced: Vec<(EventId, RoomRef)>, hub: &Hub) {
+        let waiting: Vec<(EventId, RoomRef)> = announced
+            .into_iter()
+            .filter(|k| self.inflight.contains(k))
+            .collect();
+        if waiting.is_empty() && self.parting.is_none() {
             for (network, tx) in &hub.rooms {
                 tx.send_replace(self.router.rooms_on(network));
             }
+            return;
         }
-        let _ = cmd.reply.send(reply);
+        for (network, tx) in &hub.rooms {
+            let mut rooms = self.router.rooms_on(network);
+            let listed = tx.borrow().clone();
+            rooms.extend(listed.iter().cloned());
+            rooms.sort();
+            rooms.dedup();
+            if rooms != listed {
+                tx.send_replace(rooms);
+            }
+        }
+        let p = self.parting.get_or_insert_with(|| Parting {
+            waiting: HashSet::new(),
+            until: Instant::now(),
+        });
+        p.waiting.extend(waiting);
+        p.until = Instant::now() + PART_WAIT;
+        if p.waiting.is_empty() {
+            self.part(hub);
+        }
+    }
+
+    /// Lists exactly the linked rooms again: the adapters leave the rooms no longer linked.
+    fn part(&mut self, hub: &Hub) {
+        if let Some(p) = self.parting.take() {
+            if !p.waiting.is_empty() {
+                tracing::warn!(
+                    unanswered = p.waiting.len(),
+                    "Leaving unlinked rooms although some announcements were not answered in time."
+                );
+            }
+        }
+        for (network, tx) in &hub.rooms {
+            tx.send_replace(self.router.rooms_on(network));
+        }
+    }
+
+    /// Whether the loop has something to try again on its retry tick.
+    fn waits(&self) -> bool {
+        self.store_failing.is_some() || self.parting.is_some()
+    }
+
+    /// The retry tick: leaves rooms whose announcements took too long, and tries a failing
+    /// store again (a write and a flush). Errors when the store has failed for longer than
+    /// `store_retry`.
+    fn retry(&mut self, hub: &Hub) -> anyhow::Result<()> {
+        if self
+            .parting
+            .as_ref()
+            .is_some_and(|p| Instant::now() >= p.until)
+        {
+            self.part(hub);
+        }
+        let Some(since) = self.store_failing else {
+            return Ok(());
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let tried = self
+            .store
+            .kv_put(PROBE_TABLE, "last", &now_ms.to_be_bytes())
+            .and_then(|()| self.store.flush());
+        self.note_store(&tried);
+        match tried {
+            Ok(()) => {
+                let out = self.with_stranded(Vec::new(), hub);
+                self.dispatch(out, hub);
+                Ok(())
+            }
+            Err(e) if since.elapsed() >= self.store_retry => Err(anyhow::anyhow!(
+                "the store has refused writes for {} s ({e}); exiting so that a restart reopens it",
+                since.elapsed().as_secs()
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Notes the outcome of a flush: a failure shows on `/health` and marks outbox rows as
+    /// possibly stranded; a success clears that.
+    fn note_store(&mut self, r: &junction_store::Result<()>) {
+        match r {
+            Err(e) => {
+                self.stranded = true;
+                if self.store_failing.is_none() {
+                    self.store_failing = Some(Instant::now());
+                }
+                self.health.set_store(Some(e.to_string()));
+            }
+            Ok(()) => {
+                if self.store_failing.take().is_some() {
+                    self.health.set_store(None);
+                }
+            }
+        }
+    }
+
+    /// After a successful flush: records the answers the store refused before, and puts in
+    /// front of `out` the outbox rows recorded but never handed out because a flush failed
+    /// (their origin's retry is a duplicate, so nothing else would hand them out before a
+    /// restart). Rows in flight, held, or in `out` are left alone.
+    fn with_stranded(&mut self, out: Vec<Delivery>, hub: &Hub) -> Vec<Delivery> {
+        if !self.unrecorded.is_empty() {
+            for d in std::mem::take(&mut self.unrecorded) {
+                if let Err(e) = self.store.record_delivered(&d) {
+                    tracing::error!(error = %e, "Could not record a delivery.");
+                    self.unrecorded.push(d);
+                }
+            }
+            let flushed = self.store.flush();
+            self.note_store(&flushed);
+            if flushed.is_err() || !self.unrecorded.is_empty() {
+                return out;
+            }
+        }
+        if !self.stranded {
+            return out;
+        }
+        let mut skip: HashSet<(NetworkId, u64)> = self.sent_at.keys().cloned().collect();
+        skip.extend(
+            self.held
+                .values()
+                .flatten()
+                .chain(out.iter())
+                .map(|d| (d.target.network.clone(), d.outbox_id)),
+        );
+        let mut found: Vec<Delivery> = Vec::new();
+        for network in hub.outboxes.keys() {
+            match self.store.pending(network) {
+                Ok(rows) => found.extend(
+                    rows.into_iter()
+                        .filter(|d| !skip.contains(&(d.target.network.clone(), d.outbox_id))),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, %network, "Could not read the outbox.");
+                    return out;
+                }
+            }
+        }
+        self.stranded = false;
+        if !found.is_empty() {
+            tracing::info!(
+                count = found.len(),
+                "Handing out messages whose store flush had failed."
+            );
+        }
+        found.extend(out);
+        found
     }
 
     /// Marks a network's outbox depth for recounting on the next tick. Counting scans the

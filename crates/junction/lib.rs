@@ -139,6 +139,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         health,
         admin: admin::Admin::new(&config),
+        store_retry: config.gateway.store_retry,
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();

@@ -456,6 +456,8 @@ impl NetworkState {
 #[derive(Debug, Default)]
 pub struct Health {
     states: Mutex<BTreeMap<NetworkId, NetworkState>>,
+    /// Why the store refuses writes, while it does.
+    store: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -467,7 +469,29 @@ impl Health {
             .collect();
         Self {
             states: Mutex::new(states),
+            store: Mutex::new(None),
         }
+    }
+
+    /// Sets the store's state: `Some(reason)` while it refuses writes, None once it takes
+    /// them again. Logs the change if it is one.
+    pub fn set_store(&self, failing: Option<String>) {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        if store.is_some() != failing.is_some() {
+            match &failing {
+                Some(reason) => tracing::error!(reason = %reason, "The store refuses writes."),
+                None => tracing::info!("The store takes writes again."),
+            }
+        }
+        *store = failing;
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn states(&self) -> std::sync::MutexGuard<'_, BTreeMap<NetworkId, NetworkState>> {
@@ -493,14 +517,18 @@ impl Health {
         self.states().get(network).cloned()
     }
 
-    /// Whether every network is connected (true when there are none).
+    /// Whether every network is connected (true when there are none) and the store takes
+    /// writes.
     pub fn is_healthy(&self) -> bool {
-        self.states()
-            .values()
-            .all(|s| matches!(s, NetworkState::Connected))
+        self.store_failure().is_none()
+            && self
+                .states()
+                .values()
+                .all(|s| matches!(s, NetworkState::Connected))
     }
 
-    /// The HTTP status of `/health`: 200 when every network is connected, 503 otherwise.
+    /// The HTTP status of `/health`: 200 when every network is connected and the store takes
+    /// writes, 503 otherwise.
     pub fn status(&self) -> StatusCode {
         if self.is_healthy() {
             StatusCode::OK
@@ -513,18 +541,22 @@ impl Health {
     /// when any is down, `degraded` otherwise) and each network, sorted, with its state and
     /// (unless connected) the reason, e.g.
     /// `{"status":"down","networks":[{"network":"irc:local","state":"down","reason":"connection refused"}]}`.
+    /// While the store refuses writes the status is `down` and a `store` entry says why:
+    /// `"store":{"state":"failing","reason":"..."}`.
     pub fn render_json(&self) -> String {
         let states = self.states().clone();
-        let status = if states.values().any(|s| matches!(s, NetworkState::Down(_))) {
-            "down"
-        } else if states
-            .values()
-            .any(|s| matches!(s, NetworkState::Degraded(_)))
-        {
-            "degraded"
-        } else {
-            "ok"
-        };
+        let store = self.store_failure();
+        let status =
+            if store.is_some() || states.values().any(|s| matches!(s, NetworkState::Down(_))) {
+                "down"
+            } else if states
+                .values()
+                .any(|s| matches!(s, NetworkState::Degraded(_)))
+            {
+                "degraded"
+            } else {
+                "ok"
+            };
         let networks: Vec<serde_json::Value> = states
             .iter()
             .map(|(network, state)| {
@@ -538,7 +570,11 @@ impl Health {
                 entry
             })
             .collect();
-        serde_json::json!({ "status": status, "networks": networks }).to_string()
+        let mut body = serde_json::json!({ "status": status, "networks": networks });
+        if let Some(reason) = store {
+            body["store"] = serde_json::json!({ "state": "failing", "reason": reason });
+        }
+        body.to_string()
     }
 }
 
@@ -1084,6 +1120,23 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
         assert_eq!(body["networks"][2]["reason"], "said \"no\"\nthen closed");
         assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_failing_store_makes_health_503_with_a_store_entry() {
+        let h = Health::new([n("matrix")]);
+        h.set(&n("matrix"), NetworkState::Connected);
+        assert_eq!(h.status(), StatusCode::OK);
+        h.set_store(Some("No space left on device".into()));
+        assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
+        assert_eq!(body["status"], "down");
+        assert_eq!(body["store"]["state"], "failing");
+        assert_eq!(body["store"]["reason"], "No space left on device");
+        h.set_store(None);
+        assert_eq!(h.status(), StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
+        assert!(body.get("store").is_none());
     }
 
     #[test]

@@ -20,14 +20,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// One gateway admin on each network, each a fresh user (the IRC one is named by a
 /// `nick!*@*` mask: the testkit IRC users have no services account).
-struct Admins {
-    matrix: MatrixUser,
-    xmpp: XmppUser,
-    irc: IrcUser,
+pub(crate) struct Admins {
+    pub(crate) matrix: MatrixUser,
+    pub(crate) xmpp: XmppUser,
+    pub(crate) irc: IrcUser,
 }
 
 impl Admins {
-    async fn new() -> anyhow::Result<Admins> {
+    pub(crate) async fn new() -> anyhow::Result<Admins> {
         let s = servers().await?;
         Ok(Admins {
             matrix: MatrixUser::register(
@@ -43,7 +43,7 @@ impl Admins {
     }
 
     /// A lobby whose gateway admins are these users.
-    async fn lobby(&self) -> anyhow::Result<Lobby> {
+    pub(crate) async fn lobby(&self) -> anyhow::Result<Lobby> {
         let admins = format!(
             "admins = [\"{}\", \"{}\", \"local/{}!*@*\"]\n",
             self.matrix.user_id(),
@@ -59,7 +59,7 @@ impl Admins {
 
 /// Sends `text` to the IRC bot as `user` and waits for the bot's NOTICE answer containing
 /// `expect`; returns every answer line seen so far after the command.
-async fn irc_command(
+pub(crate) async fn irc_command(
     lobby: &Lobby,
     user: &IrcUser,
     text: &str,
@@ -173,7 +173,7 @@ async fn xmpp_command(
 }
 
 /// A notice from the gateway in the lobby's Matrix room containing `text`.
-async fn matrix_announcement(lobby: &Lobby, text: &str) -> anyhow::Result<Value> {
+pub(crate) async fn matrix_announcement(lobby: &Lobby, text: &str) -> anyhow::Result<Value> {
     lobby
         .matrix
         .wait_for(&lobby.room, WAIT, |e| {

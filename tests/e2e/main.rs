@@ -49,3 +49,6 @@ mod hostile_input;
 /// Hostile use of the command channels and the media proxy by ordinary users: invites from
 /// strangers, a flood of commands, uploads that would run script.
 mod hostile_commands;
+/// `close` and `unlink` announce in every affected room on every network before the gateway
+/// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
+mod closing;

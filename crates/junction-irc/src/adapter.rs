@@ -50,6 +50,8 @@ pub struct IrcAdapter {
     /// With `tls`: the setup every connection shares, or why it could not be built (then
     /// nothing connects, rather than falling back to plaintext).
     tls: Option<Result<Tls, String>>,
+    /// How far the channels count as read (every line up to it stored).
+    read: crate::stored::ReadMark,
 }
 
 impl std::fmt::Debug for IrcAdapter {
@@ -184,7 +186,12 @@ impl IrcAdapter {
     /// An adapter for `config`, keeping its puppet nicks in `store`.
     pub fn new(config: IrcConfig, store: Arc<dyn Store>) -> Self {
         let tls = config.tls.then(|| Tls::new(config.tls_ca.as_deref()));
-        Self { config, store, tls }
+        Self {
+            config,
+            store,
+            tls,
+            read: crate::stored::ReadMark::default(),
+        }
     }
 
     /// The TLS setup to connect with (None: plaintext), or why TLS can not be set up.
@@ -631,16 +638,17 @@ impl IrcAdapter {
                 tracing::info!(network = %cx.network, history, "First connection to this network: nothing said before now is relayed.");
             }
         }
-        self.mark_seen(&cx.network);
         last
     }
 
-    /// Remembers that the bot was reading the channels now (for the gap report).
+    /// Remembers how far the bot has read the channels (for the gap report and the replay):
+    /// now, or the time of the first line passed on and not (yet) stored.
     fn mark_seen(&self, network: &junction_core::NetworkId) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let now = self.read.read_until(now);
         if let Err(e) = self
             .store
             .kv_put(SEEN_TABLE, network.as_str(), &now.to_be_bytes())
@@ -773,7 +781,8 @@ impl IrcAdapter {
                     if let Err(e) = self.on_message(&mut s, cx, st, &mut roster, (&mut replay, since), msg).await {
                         return End::Lost(e);
                     }
-                    if marked.is_none_or(|t| t.elapsed() >= SEEN_EVERY) {
+                    // Only once the replay is read: its lines are passed on by then.
+                    if st.ready && marked.is_none_or(|t| t.elapsed() >= SEEN_EVERY) {
                         self.mark_seen(&cx.network);
                         marked = Some(std::time::Instant::now());
                     }
@@ -1230,8 +1239,12 @@ impl IrcAdapter {
                     &m.body.to_plain(),
                 );
             }
-            if cx.inbound.send(Inbound::new(e)).await.is_err() {
+            let said = e.ts_ms;
+            let (item, ack) = Inbound::with_ack(e);
+            if cx.inbound.send(item).await.is_err() {
                 tracing::debug!("gateway gone; inbound event not passed on");
+            } else {
+                self.read.pass(said, ack);
             }
         }
         Ok(())

@@ -43,6 +43,7 @@ pub mod paste;
 pub mod puppets;
 pub mod session;
 pub mod split;
+mod stored;
 #[cfg(test)]
 mod test_store;
 pub mod tls;

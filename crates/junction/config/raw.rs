@@ -50,6 +50,8 @@ pub struct RawGateway {
     pub web: Option<Str>,
     /// Base URL under which people reach that listener.
     pub public_url: Option<Str>,
+    /// How long the store may keep failing before the gateway exits for a restart.
+    pub store_retry_seconds: Option<Spanned<i64>>,
 }
 
 /// `[matrix]`.

@@ -71,7 +71,14 @@ pub struct GatewayConfig {
     /// The base URL people use to reach `web`, without a trailing slash: `public_url` as
     /// written, or `http://<web>`. None exactly when `web` is None.
     pub public_url: Option<String>,
+    /// How long the store may keep failing (writes or flushes refused, e.g. a full disk,
+    /// which sled then latches until the process restarts) before the gateway exits
+    /// non-zero for its supervisor to restart it. `/health` shows the failure meanwhile.
+    pub store_retry: Duration,
 }
+
+/// The default of `gateway.store_retry_seconds`.
+pub const STORE_RETRY_DEFAULT: Duration = Duration::from_secs(60);
 
 /// How membership noise (joins, leaves, nick changes) crosses networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -123,6 +130,7 @@ pub(crate) fn validate(
             admins: Vec::new(),
             web: None,
             public_url: None,
+            store_retry: STORE_RETRY_DEFAULT,
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
@@ -421,7 +429,14 @@ impl Checker<'_> {
             }
         }
         let public_url = self.public_url(g, web.flatten());
+        let store_retry = self.count(
+            &g.store_retry_seconds,
+            "gateway.store_retry_seconds",
+            1,
+            STORE_RETRY_DEFAULT.as_secs() as i64,
+        );
         Some(GatewayConfig {
+            store_retry: Duration::from_secs(u64::try_from(store_retry?).ok()?),
             data_dir: data_dir?,
             metrics: metrics?,
             membership: membership?,
