@@ -15,10 +15,12 @@
 use crate::admin::Admin;
 use crate::config::Membership;
 use crate::metrics::{Health, Metrics, NetworkState};
+use crate::ratelimit::{self, Limiter, Verdict};
+use junction_core::limits::{Capped, FanoutCaps};
 use junction_core::router::RefResolver;
 use junction_core::router::Router;
 use junction_core::{
-    AdapterContext, Command, Delivered, Delivery, EventId, EventKind, Inbound, MessageId,
+    AdapterContext, Command, Delivered, Delivery, Event, EventId, EventKind, Inbound, MessageId,
     NetworkId, NetworkStatus, RoomId, RoomRef,
 };
 use junction_store::{Recorded, Resolver, Store};
@@ -144,6 +146,8 @@ pub struct Parts {
     pub health: Arc<Health>,
     /// Admin commands and bans.
     pub admin: Admin,
+    /// Per-sender rate limits and fan-out caps on inbound events.
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store.
@@ -155,6 +159,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         metrics,
         health,
         mut admin,
+        limits,
     } = parts;
     // Each adapter's puppet count feeds /metrics.
     for (network, rx) in std::mem::take(&mut hub.puppets) {
@@ -221,6 +226,8 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         inflight: HashSet::new(),
         held: HashMap::new(),
         depth_dirty: Vec::new(),
+        limiter: Limiter::new(limits.rate),
+        caps: limits.caps,
     };
     // Resume what was not delivered before the last stop, in outbox order.
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
@@ -307,6 +314,10 @@ struct Loop {
     held: HashMap<(EventId, RoomRef), Vec<Delivery>>,
     /// Networks whose outbox changed since their depth was last counted.
     depth_dirty: Vec<NetworkId>,
+    /// Per-sender rate limits.
+    limiter: Limiter,
+    /// What one inbound event may fan out to.
+    caps: FanoutCaps,
 }
 
 /// The store's resolver plus what the loop knows is on its way.
@@ -346,6 +357,12 @@ impl Loop {
                 }
                 continue;
             }
+            let Some(event) = self.admit(event) else {
+                if let Some(a) = ack {
+                    let _ = a.send(Ok(()));
+                }
+                continue;
+            };
             if !self.summariser.pass(self.membership, &event) {
                 if let Some(a) = ack {
                     let _ = a.send(Ok(()));
@@ -394,6 +411,43 @@ impl Loop {
         if flushed.is_ok() {
             self.dispatch(out, hub);
         }
+    }
+
+    /// The per-sender rate limit and the fan-out caps: the event as it may cross, or None
+    /// when it is dropped (logged once per burst, counted; the caller acknowledges it as
+    /// handled, so it is never retried).
+    fn admit(&mut self, mut event: Event) -> Option<Event> {
+        let network = event.origin.network.clone();
+        let kind = ratelimit::kind_of(&event.kind);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match self.limiter.check(&event, Instant::now(), now_ms) {
+            Verdict::Pass => {}
+            Verdict::PassAfter(n) => {
+                tracing::info!(sender = %event.sender.user, kind, dropped = n, "A sender is under the rate limit again.");
+            }
+            Verdict::Drop { first } => {
+                self.metrics.rate_limited(&network, kind);
+                if first {
+                    tracing::warn!(sender = %event.sender.user, kind, event = %event.id, "A sender is over the rate limit; their events of this kind are dropped until it refills.");
+                }
+                return None;
+            }
+        }
+        match self.caps.apply(&mut event) {
+            Capped::Untouched => {}
+            Capped::Trimmed(n) => {
+                self.metrics.capped(&network, "attachment", n as u64);
+                tracing::info!(sender = %event.sender.user, event = %event.id, dropped = n, "Attachments over the cap, repeated or with too long a URL were dropped.");
+            }
+            Capped::Refused(why) => {
+                self.metrics.capped(&network, "reaction", 1);
+                tracing::info!(sender = %event.sender.user, event = %event.id, why, "An event over a fan-out cap was dropped.");
+                return None;
+            }
+        }
+        Some(event)
     }
 
     /// Hands recorded deliveries to their adapters.

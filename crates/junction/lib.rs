@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod ratelimit;
 pub mod web;
 
 pub use config::{load, Config, ConfigErrors};
@@ -138,6 +139,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         health,
         admin: admin::Admin::new(&config),
+        limits: config.gateway.limits,
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();

@@ -50,6 +50,12 @@ pub struct RawGateway {
     pub web: Option<Str>,
     /// Base URL under which people reach that listener.
     pub public_url: Option<Str>,
+    /// Most attachments one message carries across.
+    pub max_attachments: Option<Spanned<i64>>,
+    /// Per-sender rate limit: events a minute once the burst is spent (0: off).
+    pub rate_per_minute: Option<Spanned<i64>>,
+    /// Per-sender rate limit: events at once.
+    pub rate_burst: Option<Spanned<i64>>,
 }
 
 /// `[matrix]`.

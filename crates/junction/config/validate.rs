@@ -71,6 +71,8 @@ pub struct GatewayConfig {
     /// The base URL people use to reach `web`, without a trailing slash: `public_url` as
     /// written, or `http://<web>`. None exactly when `web` is None.
     pub public_url: Option<String>,
+    /// Per-sender rate limits and fan-out caps on inbound events.
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// How membership noise (joins, leaves, nick changes) crosses networks.
@@ -123,6 +125,7 @@ pub(crate) fn validate(
             admins: Vec::new(),
             web: None,
             public_url: None,
+            limits: crate::ratelimit::Limits::default(),
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
@@ -421,6 +424,7 @@ impl Checker<'_> {
             }
         }
         let public_url = self.public_url(g, web.flatten());
+        let limits = self.limits(g);
         Some(GatewayConfig {
             data_dir: data_dir?,
             metrics: metrics?,
@@ -429,7 +433,42 @@ impl Checker<'_> {
             admins: admins?,
             web: web?,
             public_url: public_url?,
+            limits: limits?,
         })
+    }
+
+    /// `gateway.max_attachments`, `gateway.rate_per_minute` and `gateway.rate_burst`.
+    fn limits(&mut self, g: &RawGateway) -> Option<crate::ratelimit::Limits> {
+        let d = crate::ratelimit::Limits::default();
+        let attachments = self
+            .count(
+                &g.max_attachments,
+                "gateway.max_attachments",
+                0,
+                d.caps.max_attachments as i64,
+            )
+            .and_then(|n| self.fits::<usize>(n, &g.max_attachments, "gateway.max_attachments"));
+        let per_minute = self
+            .count(
+                &g.rate_per_minute,
+                "gateway.rate_per_minute",
+                0,
+                i64::from(d.rate.per_minute),
+            )
+            .and_then(|n| self.fits::<u32>(n, &g.rate_per_minute, "gateway.rate_per_minute"));
+        let burst = self
+            .count(
+                &g.rate_burst,
+                "gateway.rate_burst",
+                1,
+                i64::from(d.rate.burst),
+            )
+            .and_then(|n| self.fits::<u32>(n, &g.rate_burst, "gateway.rate_burst"));
+        let mut limits = d;
+        limits.caps.max_attachments = attachments?;
+        limits.rate.per_minute = per_minute?;
+        limits.rate.burst = burst?;
+        Some(limits)
     }
 
     /// `gateway.public_url`, or `http://<web>` when only `web` is given. A URL without a
