@@ -397,6 +397,8 @@ fn config_text(
 [gateway]
 data_dir = "data"
 membership = "off"
+# One user per network sends as fast as the gateway takes it: no per-sender limit.
+rate_per_minute = 0
 
 [matrix]
 homeserver = "{hs}"
@@ -530,6 +532,7 @@ impl Bench {
             health: health.clone(),
             admin: junction::admin::Admin::new(&config),
             store_retry: config.gateway.store_retry,
+            limits: config.gateway.limits,
         };
         let gateway = tokio::spawn(gateway::route(parts, hub, shutdown.clone()));
 

@@ -184,6 +184,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
         health: Arc::new(Health::new([xmpp.clone(), irc.clone()])),
         admin: junction::admin::Admin::new(&config),
         store_retry: config.gateway.store_retry,
+        limits: config.gateway.limits,
     };
     let task = tokio::spawn(route(parts, hub, shutdown.clone()));
 

@@ -15,10 +15,12 @@
 use crate::admin::Admin;
 use crate::config::Membership;
 use crate::metrics::{Health, Metrics, NetworkState};
+use crate::ratelimit::{self, Limiter, Verdict};
+use junction_core::limits::{Capped, FanoutCaps};
 use junction_core::router::RefResolver;
 use junction_core::router::Router;
 use junction_core::{
-    AdapterContext, Command, Delivered, Delivery, EventId, EventKind, Inbound, MessageId,
+    AdapterContext, Command, Delivered, Delivery, Event, EventId, EventKind, Inbound, MessageId,
     NetworkId, NetworkStatus, RoomId, RoomRef,
 };
 use junction_store::{Recorded, Resolver, Store, StoreError};
@@ -158,6 +160,8 @@ pub struct Parts {
     /// supervisor to restart the gateway: sled refuses every write after an I/O error until
     /// the process restarts).
     pub store_retry: Duration,
+    /// Per-sender rate limits and fan-out caps on inbound events.
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store. Returns an
@@ -171,6 +175,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         health,
         mut admin,
         store_retry,
+        limits,
     } = parts;
     // Each adapter's puppet count feeds /metrics.
     for (network, rx) in std::mem::take(&mut hub.puppets) {
@@ -244,6 +249,8 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         stranded: false,
         unrecorded: Vec::new(),
         parting: None,
+        limiter: Limiter::new(limits.rate),
+        caps: limits.caps,
     };
     // Resume what was not delivered before the last stop, in outbox order.
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
@@ -345,6 +352,10 @@ struct Loop {
     unrecorded: Vec<Delivered>,
     /// Rooms being left, once their announcements are answered.
     parting: Option<Parting>,
+    /// Per-sender rate limits.
+    limiter: Limiter,
+    /// What one inbound event may fan out to.
+    caps: FanoutCaps,
 }
 
 /// A room-list change held back until the announcements in the rooms it leaves are answered,
@@ -408,6 +419,12 @@ impl Loop {
                 }
                 continue;
             }
+            let Some(event) = self.admit(event) else {
+                if let Some(a) = ack {
+                    let _ = a.send(Ok(()));
+                }
+                continue;
+            };
             if !self.summariser.pass(self.membership, &event) {
                 if let Some(a) = ack {
                     let _ = a.send(Ok(()));
@@ -464,6 +481,43 @@ impl Loop {
             let out = self.with_stranded(out, hub);
             self.dispatch(out, hub);
         }
+    }
+
+    /// The per-sender rate limit and the fan-out caps: the event as it may cross, or None
+    /// when it is dropped (logged once per burst, counted; the caller acknowledges it as
+    /// handled, so it is never retried).
+    fn admit(&mut self, mut event: Event) -> Option<Event> {
+        let network = event.origin.network.clone();
+        let kind = ratelimit::kind_of(&event.kind);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match self.limiter.check(&event, Instant::now(), now_ms) {
+            Verdict::Pass => {}
+            Verdict::PassAfter(n) => {
+                tracing::info!(sender = %event.sender.user, kind, dropped = n, "A sender is under the rate limit again.");
+            }
+            Verdict::Drop { first } => {
+                self.metrics.rate_limited(&network, kind);
+                if first {
+                    tracing::warn!(sender = %event.sender.user, kind, event = %event.id, "A sender is over the rate limit; their events of this kind are dropped until it refills.");
+                }
+                return None;
+            }
+        }
+        match self.caps.apply(&mut event) {
+            Capped::Untouched => {}
+            Capped::Trimmed(n) => {
+                self.metrics.capped(&network, "attachment", n as u64);
+                tracing::info!(sender = %event.sender.user, event = %event.id, dropped = n, "Attachments over the cap, repeated or with too long a URL were dropped.");
+            }
+            Capped::Refused(why) => {
+                self.metrics.capped(&network, "reaction", 1);
+                tracing::info!(sender = %event.sender.user, event = %event.id, why, "An event over a fan-out cap was dropped.");
+                return None;
+            }
+        }
+        Some(event)
     }
 
     /// Hands recorded deliveries to their adapters.

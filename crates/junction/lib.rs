@@ -8,6 +8,7 @@ pub mod command_limit;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod ratelimit;
 pub mod web;
 
 pub use config::{load, Config, ConfigErrors};
@@ -140,6 +141,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         health,
         admin: admin::Admin::new(&config),
         store_retry: config.gateway.store_retry,
+        limits: config.gateway.limits,
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();

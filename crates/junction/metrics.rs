@@ -21,6 +21,8 @@
 //! | `junction_duplicates_skipped_total` | counter | inbound events already recorded (no label) |
 //! | `junction_refused_total` | counter | inbound items refused and answered as handled, with a `reason` label as well (`unencodable`: the event can never be stored) |
 //! | `junction_store_records_set_aside_total` | counter | stored records that could not be read back and were set aside (no label) |
+//! | `junction_rate_limited_total` | counter | inbound events dropped by the per-sender rate limit, with `kind` (`message`, `reaction`, `join`, `nick`) |
+//! | `junction_capped_total` | counter | inbound events refused or trimmed by a fan-out cap, with `kind` (`attachment`, `reaction`) |
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -36,6 +38,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+const RATE_LIMITED: &str = "junction_rate_limited_total";
+const CAPPED: &str = "junction_capped_total";
 
 /// The content type of the Prometheus text exposition format served on `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -67,6 +72,8 @@ pub struct Metrics {
     late: RwLock<BTreeMap<NetworkId, Arc<Series>>>,
     duplicates: AtomicU64,
     store_set_aside: AtomicU64,
+    /// (metric, network, kind) → count, for the rare counters of hostile input.
+    dropped: Mutex<BTreeMap<(&'static str, NetworkId, &'static str), u64>>,
 }
 
 /// Every series of one network.
@@ -210,6 +217,26 @@ impl Metrics {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An inbound event of `kind` from `network` was dropped by the per-sender rate limit.
+    pub fn rate_limited(&self, network: &NetworkId, kind: &'static str) {
+        self.count_dropped(RATE_LIMITED, network, kind, 1);
+    }
+
+    /// `n` parts (`kind`: `attachment`, `reaction`) of an inbound event from `network` were
+    /// cut by a fan-out cap.
+    pub fn capped(&self, network: &NetworkId, kind: &'static str, n: u64) {
+        self.count_dropped(CAPPED, network, kind, n);
+    }
+
+    fn count_dropped(&self, metric: &'static str, network: &NetworkId, kind: &'static str, n: u64) {
+        *self
+            .dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((metric, network.clone(), kind))
+            .or_default() += n;
+    }
+
     /// Every series in the Prometheus text exposition format, version 0.0.4: per metric a
     /// `# HELP` and a `# TYPE` line, then its samples, networks in sorted order.
     pub fn render(&self) -> String {
@@ -347,6 +374,28 @@ impl Metrics {
             &[],
             self.store_set_aside.load(Ordering::Relaxed),
         );
+        let dropped = self
+            .dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, help) in [
+            (
+                RATE_LIMITED,
+                "Inbound events dropped by the per-sender rate limit.",
+            ),
+            (CAPPED, "Parts of inbound events cut by a fan-out cap."),
+        ] {
+            header(&mut out, name, help, "counter");
+            for ((_, network, kind), count) in dropped.iter().filter(|((m, _, _), _)| *m == name) {
+                sample(
+                    &mut out,
+                    name,
+                    &[("network", network.as_str()), ("kind", kind)],
+                    *count,
+                );
+            }
+        }
         out
     }
 }

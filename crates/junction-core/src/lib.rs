@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod event;
 pub mod format;
 pub mod ids;
+pub mod limits;
 pub mod router;
 
 pub use adapter::{

@@ -200,12 +200,21 @@ pub fn parse_groupchat(
         let Some(target) = reactions.attr("id") else {
             return Parsed::Ignored("reactions without id");
         };
-        let keys = reactions
-            .children()
-            .filter(|c| c.is("reaction", NS_REACTIONS))
-            .map(Element::text)
-            .filter(|k| !k.is_empty())
-            .collect();
+        // One stanza may carry any number of children: at most a few distinct, short keys
+        // cross (each becomes an event on every other network).
+        let (keys, dropped) = junction_core::limits::reaction_keys(
+            reactions
+                .children()
+                .filter(|c| c.is("reaction", NS_REACTIONS))
+                .map(Element::text),
+        );
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                kept = keys.len(),
+                "xmpp: reactions over the per-stanza cap, repeated or too long were dropped"
+            );
+        }
         return Parsed::Reactions {
             remote_id,
             sender,

@@ -13,6 +13,7 @@
 //! rejoin from the stored per-room cursor, shows it arrived. The same archive
 //! query backfills what other people said while the adapter was away.
 
+use lru::LruCache;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,12 @@ use crate::outbound::{self, AdminItem, MamFrom};
 
 /// How many room stanza-ids are remembered for deduplication.
 const DEDUPE_WINDOW: usize = 4096;
+/// Most entries of each map of ids and reaction sets learnt from the rooms (least recently
+/// used evicted first; the store stays the durable source of ids).
+pub const MAX_REMEMBERED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(10_000) {
+    Some(n) => n,
+    None => panic!("a nonzero constant"),
+};
 /// Interval of XEP-0199 pings to the server, which also keeps the stream's
 /// read timeout from firing on a quiet link.
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -165,14 +172,16 @@ pub(crate) struct State {
     /// Recent room stanza-ids already handled.
     pub seen: HashSet<String>,
     pub seen_order: VecDeque<String>,
-    /// Our message id `U` → the room's stanza-id `S`, learnt from reflections.
-    pub u_to_s: HashMap<String, String>,
-    /// A sender's message id → room stanza-id, for corrections by XMPP users.
-    pub msgid_to_s: HashMap<String, String>,
-    /// (room, occupant, target) → that occupant's last reaction set.
-    pub reactions: HashMap<(String, String, String), Vec<String>>,
-    /// (room, puppet, target) → the set we sent for that puppet.
-    pub our_reactions: HashMap<(String, String, String), Vec<String>>,
+    /// Our message id `U` → the room's stanza-id `S`, learnt from reflections (a cache of
+    /// the store's table; bounded, an evicted id is read from the store).
+    pub u_to_s: LruCache<String, String>,
+    /// A sender's message id → room stanza-id, for corrections by XMPP users (bounded: a
+    /// correction of a message older than the last [`MAX_REMEMBERED`] names its id as sent).
+    pub msgid_to_s: LruCache<String, String>,
+    /// (room, occupant, target) → that occupant's last reaction set (bounded).
+    pub reactions: LruCache<(String, String, String), Vec<String>>,
+    /// (room, puppet, target) → the set we sent for that puppet (bounded).
+    pub our_reactions: LruCache<(String, String, String), Vec<String>>,
     /// Sent deliveries waiting for confirmation, by stanza id.
     pending: HashMap<String, Pending>,
     /// Deliveries that could not be sent at all (connection lost), in order.
@@ -213,10 +222,10 @@ impl State {
             subjects: HashMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
-            u_to_s: HashMap::new(),
-            msgid_to_s: HashMap::new(),
-            reactions: HashMap::new(),
-            our_reactions: HashMap::new(),
+            u_to_s: LruCache::new(MAX_REMEMBERED),
+            msgid_to_s: LruCache::new(MAX_REMEMBERED),
+            reactions: LruCache::new(MAX_REMEMBERED),
+            our_reactions: LruCache::new(MAX_REMEMBERED),
             pending: HashMap::new(),
             redo: Vec::new(),
             mam: HashMap::new(),
@@ -266,7 +275,7 @@ impl State {
     /// The room's stanza-id `S` for one of our ids: `U` → `S` where known
     /// (older deliveries answered `U`), else the id itself (already `S`).
     fn stanza_id_for(&self, id: &str) -> String {
-        if let Some(s) = self.u_to_s.get(id) {
+        if let Some(s) = self.u_to_s.peek(id) {
             return s.clone();
         }
         self.kv(KV_U2S, id).unwrap_or_else(|| id.to_string())
@@ -282,7 +291,7 @@ impl State {
         self.kv_put(KV_U2S, u, s);
         self.kv_put(KV_S2U, s, u);
         self.kv_put(KV_S2P, s, sender);
-        self.u_to_s.insert(u.to_string(), s.to_string());
+        self.u_to_s.put(u.to_string(), s.to_string());
     }
 
     fn remember(&mut self, id: &str) -> bool {
@@ -1007,10 +1016,9 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
             let s = st.stanza_id_for(&t);
             let set = st
                 .our_reactions
-                .entry((room.clone(), puppet.clone(), s.clone()))
-                .or_default();
+                .get_or_insert_mut((room.clone(), puppet.clone(), s.clone()), Vec::new);
             if matches!(d.event.kind, EventKind::React { .. }) {
-                if !set.contains(k) {
+                if !set.contains(k) && set.len() < junction_core::limits::MAX_REACTIONS_PER_ITEM {
                     set.push(k.clone());
                 }
             } else {
@@ -1873,7 +1881,7 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
         return;
     }
     if let (Some(u), Some(s)) = (&origin, &s) {
-        st.msgid_to_s.insert(u.clone(), s.clone());
+        st.msgid_to_s.put(u.clone(), s.clone());
     }
     let our_nicks: Vec<String> = st
         .joined
@@ -1888,8 +1896,7 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
         component: st.config.component.clone(),
         our_nicks,
     };
-    let map = st.msgid_to_s.clone();
-    let parsed = parse_groupchat(el, &rcx, &|id| map.get(id).cloned());
+    let parsed = parse_groupchat(el, &rcx, &|id| st.msgid_to_s.peek(id).cloned());
     let mut last_ack = None;
     match parsed {
         Parsed::Event(mut e) => {
@@ -1923,7 +1930,7 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
             );
             let prev = st.reactions.get(&k).cloned().unwrap_or_default();
             let (added, removed) = diff_reactions(&prev, &keys);
-            st.reactions.insert(k, keys);
+            st.reactions.put(k, keys);
             for (n, (key, add)) in added
                 .into_iter()
                 .map(|k| (k, true))
@@ -2238,6 +2245,39 @@ mod tests {
             reply_to: Vec::new(),
             target_ids: Vec::new(),
         }
+    }
+
+    #[test]
+    fn maps_keyed_by_room_input_stay_bounded() {
+        let config = XmppConfig {
+            component: "c.test".into(),
+            server: "127.0.0.1:1".into(),
+            secret: junction_core::Secret::new("s"),
+        };
+        let mut st = State::new(config, Arc::new(junction_store::MemStore::new()));
+        let n = MAX_REMEMBERED.get() * 2;
+        for i in 0..n {
+            st.learn_stanza_id(&format!("jx-{i}"), &format!("S{i}"), "p@c.test");
+            st.msgid_to_s.put(format!("u{i}"), format!("S{i}"));
+            let k = ("r@m".to_string(), format!("o{i}"), format!("S{i}"));
+            st.reactions.put(k.clone(), vec!["👍".into()]);
+            st.our_reactions.put(k, vec!["👍".into()]);
+        }
+        for len in [
+            st.u_to_s.len(),
+            st.msgid_to_s.len(),
+            st.reactions.len(),
+            st.our_reactions.len(),
+        ] {
+            assert_eq!(len, MAX_REMEMBERED.get());
+        }
+        // The newest stay; an evicted id still resolves through the store.
+        assert_eq!(
+            st.msgid_to_s.peek(&format!("u{}", n - 1)),
+            Some(&format!("S{}", n - 1))
+        );
+        assert!(st.u_to_s.peek("jx-0").is_none());
+        assert_eq!(st.stanza_id_for("jx-0"), "S0");
     }
 
     #[test]

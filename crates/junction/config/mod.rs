@@ -16,7 +16,9 @@
 //!   `web` (`ip:port` of the listener for public pages: the whole text of messages too long
 //!   for IRC, at `/paste/<id>`; off by default), `public_url` (the base URL people use to
 //!   reach `web`, at most 200 bytes; default `http://<web>`, required when `web` listens on
-//!   0.0.0.0 or ::, and an error without `web`).
+//!   0.0.0.0 or ::, and an error without `web`), `max_attachments` (per message, default 4),
+//!   `rate_per_minute` and `rate_burst` (the per-sender rate limit, default 60 and 40; a
+//!   `rate_per_minute` of 0 turns it off).
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
 //!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
@@ -546,6 +548,23 @@ admins = ["@carol:matrix.test"]
         );
         let admins = &c.bridge_admins[&junction_core::BridgeName::new("a")];
         assert_eq!(admins, &vec![UserRef::new("matrix", "@carol:matrix.test")]);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_can_be_set() {
+        let d = ok("[gateway]\n").gateway.limits;
+        assert_eq!(d, crate::ratelimit::Limits::default());
+        assert_eq!(
+            (d.rate.per_minute, d.rate.burst, d.caps.max_attachments),
+            (60, 40, 4)
+        );
+        let c = ok("[gateway]\nmax_attachments = 1\nrate_per_minute = 0\nrate_burst = 5\n")
+            .gateway
+            .limits;
+        assert_eq!(
+            (c.rate.per_minute, c.rate.burst, c.caps.max_attachments),
+            (0, 5, 1)
+        );
     }
 
     #[test]

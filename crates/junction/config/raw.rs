@@ -52,6 +52,12 @@ pub struct RawGateway {
     pub public_url: Option<Str>,
     /// How long the store may keep failing before the gateway exits for a restart.
     pub store_retry_seconds: Option<Spanned<i64>>,
+    /// Most attachments one message carries across.
+    pub max_attachments: Option<Spanned<i64>>,
+    /// Per-sender rate limit: events a minute once the burst is spent (0: off).
+    pub rate_per_minute: Option<Spanned<i64>>,
+    /// Per-sender rate limit: events at once.
+    pub rate_burst: Option<Spanned<i64>>,
 }
 
 /// `[matrix]`.

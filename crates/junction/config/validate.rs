@@ -75,6 +75,8 @@ pub struct GatewayConfig {
     /// which sled then latches until the process restarts) before the gateway exits
     /// non-zero for its supervisor to restart it. `/health` shows the failure meanwhile.
     pub store_retry: Duration,
+    /// Per-sender rate limits and fan-out caps on inbound events.
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// The default of `gateway.store_retry_seconds`.
@@ -131,6 +133,7 @@ pub(crate) fn validate(
             web: None,
             public_url: None,
             store_retry: STORE_RETRY_DEFAULT,
+            limits: crate::ratelimit::Limits::default(),
         }),
     };
     let matrix = raw.matrix.as_ref().map(|m| c.matrix(m));
@@ -435,6 +438,7 @@ impl Checker<'_> {
             1,
             STORE_RETRY_DEFAULT.as_secs() as i64,
         );
+        let limits = self.limits(g);
         Some(GatewayConfig {
             store_retry: Duration::from_secs(u64::try_from(store_retry?).ok()?),
             data_dir: data_dir?,
@@ -444,7 +448,42 @@ impl Checker<'_> {
             admins: admins?,
             web: web?,
             public_url: public_url?,
+            limits: limits?,
         })
+    }
+
+    /// `gateway.max_attachments`, `gateway.rate_per_minute` and `gateway.rate_burst`.
+    fn limits(&mut self, g: &RawGateway) -> Option<crate::ratelimit::Limits> {
+        let d = crate::ratelimit::Limits::default();
+        let attachments = self
+            .count(
+                &g.max_attachments,
+                "gateway.max_attachments",
+                0,
+                d.caps.max_attachments as i64,
+            )
+            .and_then(|n| self.fits::<usize>(n, &g.max_attachments, "gateway.max_attachments"));
+        let per_minute = self
+            .count(
+                &g.rate_per_minute,
+                "gateway.rate_per_minute",
+                0,
+                i64::from(d.rate.per_minute),
+            )
+            .and_then(|n| self.fits::<u32>(n, &g.rate_per_minute, "gateway.rate_per_minute"));
+        let burst = self
+            .count(
+                &g.rate_burst,
+                "gateway.rate_burst",
+                1,
+                i64::from(d.rate.burst),
+            )
+            .and_then(|n| self.fits::<u32>(n, &g.rate_burst, "gateway.rate_burst"));
+        let mut limits = d;
+        limits.caps.max_attachments = attachments?;
+        limits.rate.per_minute = per_minute?;
+        limits.rate.burst = burst?;
+        Some(limits)
     }
 
     /// `gateway.public_url`, or `http://<web>` when only `web` is given. A URL without a
