@@ -42,3 +42,7 @@ mod restarts;
 
 /// Rooms the gateway creates on a server that locks new rooms.
 mod xmpp_rooms;
+
+/// Authority: deletions, edits and topics cross only for their author or a moderator; the
+/// gateway lends nobody its power.
+mod authority;
