@@ -425,6 +425,16 @@ impl Loop {
                 }
                 continue;
             };
+            if let Err(why) = junction_store::authorise(self.store.as_ref(), &event) {
+                // Someone else's message, and no moderator of the origin room: the gateway
+                // lends nobody the power to take it back or correct it elsewhere.
+                self.metrics.error(&event.origin.network, "unauthorised");
+                tracing::warn!(event = %event.id, kind = event.kind.name(), sender = %event.sender.user, why = why.name(), "An edit or redaction of someone else's message is not relayed.");
+                if let Some(a) = ack {
+                    let _ = a.send(Ok(()));
+                }
+                continue;
+            }
             if !self.summariser.pass(self.membership, &event) {
                 if let Some(a) = ack {
                     let _ = a.send(Ok(()));

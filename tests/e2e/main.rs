@@ -52,3 +52,6 @@ mod hostile_commands;
 /// `close` and `unlink` announce in every affected room on every network before the gateway
 /// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
 mod closing;
+/// Authority: deletions, edits and topics cross only for their author or a moderator; the
+/// gateway lends nobody its power.
+mod authority;

@@ -20,6 +20,13 @@ pub struct Event {
     pub ts_ms: u64,
     /// What happened.
     pub kind: EventKind,
+    /// True when the origin adapter saw the sender act as a moderator of the origin room
+    /// (MUC role moderator or affiliation admin/owner, a Matrix power level at least the
+    /// room's `redact` level, an IRC channel operator). Only then may a redaction of
+    /// someone else's message cross, and only then does a target network use the gateway's
+    /// own power for it (see [`crate::authority`]).
+    #[serde(default)]
+    pub by_moderator: bool,
 }
 
 impl Event {
@@ -38,6 +45,7 @@ impl Event {
             sender,
             ts_ms,
             kind,
+            by_moderator: false,
         }
     }
 
@@ -50,6 +58,12 @@ impl Event {
             }
             _ => {}
         }
+    }
+
+    /// The same event, marked as made by a moderator of its origin room when `yes`.
+    pub fn moderated(mut self, yes: bool) -> Self {
+        self.by_moderator = yes;
+        self
     }
 
     /// The message ids this event refers to in its origin room (reply target, edit target...),

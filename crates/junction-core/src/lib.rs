@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod adapter;
+pub mod authority;
 pub mod event;
 pub mod format;
 pub mod ids;

@@ -128,6 +128,8 @@ struct Roster {
     members: BTreeMap<String, BTreeSet<String>>,
     /// folded nick → host, as last seen in a message prefix (for bans)
     hosts: BTreeMap<String, String>,
+    /// channel operators, for telling a moderator's topic from anyone else's
+    ops: crate::ops::Ops,
 }
 
 /// The bot's `channel_history` work on one connection (folded channels).
@@ -297,7 +299,9 @@ impl IrcAdapter {
             EventKind::NickChange { new_name } if live => {
                 Plan::Puppet(sender.clone(), Action::Nick(new_name.clone()))
             }
-            EventKind::Topic { .. } => Plan::Bot(BotKind::Topic),
+            // The bot sets the topic with its own operator status only for a moderator of
+            // the origin room; anyone else's topic becomes a line saying who set what.
+            EventKind::Topic { .. } if d.event.by_moderator => Plan::Bot(BotKind::Topic),
             _ => Plan::Bot(BotKind::Own),
         }
     }
@@ -1115,8 +1119,12 @@ impl IrcAdapter {
             Command::Response(Response::RPL_NAMREPLY, args) => {
                 if let (Some(chan), Some(names)) = (args.get(2), args.get(3)) {
                     let k = s.isupport.fold(chan);
-                    let set = roster.members.entry(k).or_default();
+                    let set = roster.members.entry(k.clone()).or_default();
                     for n in names.split(' ').filter(|n| !n.is_empty()) {
+                        let isupport = &s.isupport;
+                        roster
+                            .ops
+                            .name(&k, n, &isupport.prefix_symbols, &|x| isupport.fold(x));
                         let n = n.trim_start_matches(|c| s.isupport.prefix_symbols.contains(c));
                         set.insert(s.isupport.fold(n));
                     }
@@ -1186,6 +1194,20 @@ impl IrcAdapter {
                 },
             )
         };
+        // A topic is a moderator's when an operator of the channel set it.
+        let events: Vec<_> = match (&msg.command, &nick_of) {
+            (Command::TOPIC(chan, _), Some(n)) => {
+                let op = roster.ops.is_op(&s.isupport.fold(chan), n);
+                events.into_iter().map(|e| e.moderated(op)).collect()
+            }
+            _ => events,
+        };
+        if let Command::ChannelMODE(chan, modes) = &msg.command {
+            let isupport = &s.isupport;
+            roster
+                .ops
+                .mode(&isupport.fold(chan), modes, &|x| isupport.fold(x));
+        }
         // Keep the roster current after mapping (QUIT/NICK needed the old membership).
         if let Some(n) = nick_of {
             match &msg.command {
@@ -1197,16 +1219,21 @@ impl IrcAdapter {
                         .insert(n);
                 }
                 Command::PART(chan, _) => {
+                    roster.ops.left(&s.isupport.fold(chan), &n);
                     if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
                         m.remove(&n);
                     }
                 }
                 Command::KICK(chan, who, _) => {
+                    roster
+                        .ops
+                        .left(&s.isupport.fold(chan), &s.isupport.fold(who));
                     if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
                         m.remove(&s.isupport.fold(who));
                     }
                 }
                 Command::QUIT(_) => {
+                    roster.ops.quit(&n);
                     for m in roster.members.values_mut() {
                         m.remove(&n);
                     }
@@ -1217,6 +1244,7 @@ impl IrcAdapter {
                     if n == me {
                         s.nick = new.clone();
                     }
+                    roster.ops.renamed(&n, &new);
                     for m in roster.members.values_mut() {
                         if m.remove(&n) {
                             m.insert(new.clone());

@@ -38,6 +38,7 @@ pub mod inbound;
 pub mod isupport;
 pub mod lookup;
 pub mod nick;
+pub mod ops;
 pub mod outbound;
 pub mod paste;
 pub mod puppets;

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod inbound;
 pub mod media;
 pub mod outbound;
+pub mod power;
 pub mod puppets;
 pub mod server;
 #[cfg(test)]

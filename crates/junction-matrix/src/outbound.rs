@@ -133,10 +133,18 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                     .await
                 {
                     Ok(id) => id,
-                    // Someone else's message: the bot (room admin) redacts it.
+                    // Someone else's message, removed by a moderator of the origin room: the
+                    // bot moderates it, naming who did. Anyone else's attempt is not made:
+                    // the gateway lends nobody its power.
                     Err(e) if e.status() == Some(403) && actor.is_some() => {
+                        if !d.event.by_moderator {
+                            return Err(DeliverError::Permanent(
+                                "the sender may not remove this message here".into(),
+                            ));
+                        }
+                        let why = moderation_reason(sender, r);
                         sh.client
-                            .redact(&room_id, target.as_str(), &txn, r, None)
+                            .redact(&room_id, target.as_str(), &txn, Some(&why), None)
                             .await?
                     }
                     Err(e) => return Err(e.into()),
@@ -221,8 +229,9 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                 .await
             {
                 Ok(id) => Ok(id),
-                // The ghost lacks the power level: the bot sets it.
-                Err(e) if e.status() == Some(403) && actor.is_some() => {
+                // The ghost lacks the power level: the bot sets it for a moderator of the
+                // origin room only; anyone else's topic becomes a line saying so.
+                Err(e) if e.status() == Some(403) && actor.is_some() && d.event.by_moderator => {
                     sh.client
                         .send_state(&room_id, "m.room.topic", "", &content, None)
                         .await
@@ -251,6 +260,20 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             }
             bot_notice(sh, d, &room_id, &text, ts).await
         }
+    }
+}
+
+/// The reason of a redaction the bot makes for a moderator of another network.
+fn moderation_reason(moderator: &junction_core::Sender, reason: Option<&str>) -> String {
+    let who = format!(
+        "Removed by {} ({}, moderator on {})",
+        moderator.display_name,
+        moderator.user.user.as_str(),
+        moderator.user.network
+    );
+    match reason {
+        Some(r) if !r.is_empty() => format!("{who}: {r}"),
+        _ => who,
     }
 }
 

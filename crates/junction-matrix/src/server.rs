@@ -181,9 +181,10 @@ async fn transaction(
         prefetch_name(&sh, ev).await;
         let converted = convert(&sh, ev);
         apply_effects(&sh, converted.effects);
-        let Some(event) = converted.event else {
+        let Some(mut event) = converted.event else {
             continue;
         };
+        event.by_moderator = acts_as_moderator(&sh, ev, &event.kind).await;
         tracing::debug!(kind = event.kind.name(), room = %event.origin, "Event from Matrix.");
         let (inbound, ack) = Inbound::with_ack(event);
         if sh.inbound.send(inbound).await.is_err() {
@@ -270,6 +271,29 @@ async fn prefetch_name(sh: &Shared, ev: &Value) {
     };
     if let Some(name) = name {
         lock(&sh.names).insert((room_id.to_owned(), sender.to_owned()), name);
+    }
+}
+
+/// True when the sender of a redaction or topic change is a moderator of its room, read
+/// from the room's current power levels (one request, made only for these kinds). A failed
+/// read is no moderator: the redaction then crosses only if the sender wrote the original.
+async fn acts_as_moderator(sh: &Shared, ev: &Value, kind: &junction_core::EventKind) -> bool {
+    use junction_core::EventKind;
+    if !matches!(kind, EventKind::Redact { .. } | EventKind::Topic { .. }) {
+        return false;
+    }
+    let (Some(room_id), Some(sender)) = (
+        ev.get("room_id").and_then(Value::as_str),
+        ev.get("sender").and_then(Value::as_str),
+    ) else {
+        return false;
+    };
+    match sh.client.state(room_id, "m.room.power_levels", "").await {
+        Ok(levels) => crate::power::is_moderator(levels.as_ref(), sender, kind),
+        Err(e) => {
+            tracing::warn!(error = %e, room = room_id, "Could not read the room's power levels; the sender counts as no moderator.");
+            false
+        }
     }
 }
 

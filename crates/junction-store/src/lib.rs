@@ -110,8 +110,9 @@ pub struct AuditEntry {
 pub trait Store: Send + Sync + 'static {
     // ---- message map and outboxes ----
 
-    /// In one transaction: maps `event.origin`/`event.remote_id` to `event.id`, and writes one
-    /// outbox row per planned target (ids assigned, increasing). If the origin message is
+    /// In one transaction: maps `event.origin`/`event.remote_id` to `event.id`, notes the
+    /// sender of a message (see [`Store::sender_of`]), and writes one outbox row per planned
+    /// target (ids assigned, increasing). If the origin message is
     /// already mapped, writes nothing and returns [`Recorded::Duplicate`].
     fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded>;
 
@@ -124,6 +125,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ids `event` has in `room`, in part order (its origin id when `room` is its origin).
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>>;
+
+    /// Who sent the message `event`, as [`Store::record_inbound`] recorded it for every
+    /// message (the author an edit or redaction of it is checked against). The default
+    /// knows nobody, so such checks fail closed.
+    fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
+        let _ = event;
+        Ok(None)
+    }
 
     /// Undelivered outbox rows for a network, in outbox order.
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>>;
@@ -203,6 +212,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write so far durable (fsync).
     fn flush(&self) -> Result<()>;
+}
+
+/// Judges an edit or redaction against the message map: who wrote the original it names
+/// (see [`junction_core::authority::check`]). A store error while looking fails closed
+/// (refused unless the sender is a moderator).
+pub fn authorise<S: Store + ?Sized>(
+    store: &S,
+    event: &Event,
+) -> std::result::Result<(), junction_core::authority::Refusal> {
+    use junction_core::EventKind;
+    let target = match &event.kind {
+        EventKind::Edit { target, .. } | EventKind::Redact { target, .. } => target,
+        _ => return Ok(()),
+    };
+    let original = match store.event_for(&event.origin, target) {
+        Ok(Some(original)) => original,
+        Ok(None) => return junction_core::authority::check(event, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "Message map lookup failed.");
+            return junction_core::authority::check(event, Some(None));
+        }
+    };
+    let author = store.sender_of(&original).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Sender lookup failed.");
+        None
+    });
+    junction_core::authority::check(event, Some(author.as_ref()))
 }
 
 /// Any store resolves router references through its message map and puppet table.

@@ -13,6 +13,7 @@ struct Inner {
     next_id: u64,
     by_remote: HashMap<Vec<u8>, EventId>,
     by_event: HashMap<Vec<u8>, Vec<MessageId>>,
+    senders: HashMap<EventId, UserRef>,
     outbox: HashMap<NetworkId, BTreeMap<u64, Delivery>>,
     txns: HashSet<String>,
     puppets: HashMap<Vec<u8>, String>,
@@ -78,6 +79,10 @@ impl Store for MemStore {
             encode_row(r)?;
         }
         g.by_remote.insert(k, event.id.clone());
+        if matches!(event.kind, junction_core::EventKind::Message(_)) {
+            g.senders
+                .insert(event.id.clone(), event.sender.user.clone());
+        }
         g.by_event.insert(
             key(&[
                 event.id.as_str(),
@@ -128,6 +133,10 @@ impl Store for MemStore {
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {
         let k = key(&[event.as_str(), room.network.as_str(), room.room.as_str()]);
         Ok(self.lock().by_event.get(&k).cloned().unwrap_or_default())
+    }
+
+    fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
+        Ok(self.lock().senders.get(event).cloned())
     }
 
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {

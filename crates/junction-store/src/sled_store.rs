@@ -16,6 +16,8 @@ pub struct SledStore {
     db: sled::Db,
     by_remote: sled::Tree,
     by_event: sled::Tree,
+    /// Message event id → its sender (`UserRef`, JSON).
+    senders: sled::Tree,
     outbox: sled::Tree,
     txns: sled::Tree,
     puppets: sled::Tree,
@@ -88,6 +90,7 @@ impl SledStore {
         Ok(Self {
             by_remote: t("by_remote")?,
             by_event: t("by_event")?,
+            senders: t("senders")?,
             outbox: t("outbox")?,
             txns: t("txns")?,
             puppets: t("puppets")?,
@@ -195,13 +198,22 @@ impl Store for SledStore {
             .collect::<Result<Vec<_>>>()?;
         let ids = serde_json::to_vec(&[&event.remote_id]).map_err(codec)?;
         let ek = event_key(&event.id, &event.origin);
-        let new = (&self.by_remote, &self.by_event, &self.outbox)
-            .transaction(|(rem, ev, out)| {
+        let sender = match event.kind {
+            junction_core::EventKind::Message(_) => {
+                Some(serde_json::to_vec(&event.sender.user).map_err(codec)?)
+            }
+            _ => None,
+        };
+        let new = (&self.by_remote, &self.by_event, &self.outbox, &self.senders)
+            .transaction(|(rem, ev, out, snd)| {
                 if rem.get(&k)?.is_some() {
                     return Ok(false);
                 }
                 rem.insert(k.as_slice(), event.id.as_str().as_bytes())?;
                 ev.insert(ek.as_slice(), ids.as_slice())?;
+                if let Some(sender) = &sender {
+                    snd.insert(event.id.as_str().as_bytes(), sender.as_slice())?;
+                }
                 for (ok, v) in &encoded {
                     out.insert(ok.as_slice(), v.as_slice())?;
                 }
@@ -241,6 +253,13 @@ impl Store for SledStore {
             .get(room_key(room, remote.as_str()))
             .map_err(be)?
             .map(|v| EventId(String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
+        match self.senders.get(event.as_str()).map_err(be)? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
+            None => Ok(None),
+        }
     }
 
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {

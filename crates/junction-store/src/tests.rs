@@ -243,6 +243,70 @@ pub(crate) fn unreadable_records_are_set_aside(
     s.flush().unwrap();
 }
 
+/// Messages keep their sender, which edits and redactions are judged against; the judgement
+/// follows the message map into the rooms the message was delivered to.
+pub(crate) fn senders_and_authority(s: &dyn Store) {
+    let origin = room("matrix", "#lobby:matrix.test");
+    let alice = Sender::new(UserRef::new("matrix", "@alice:hs"), "alice");
+    let msg = Event::new(
+        origin.clone(),
+        MessageId::new("$m"),
+        alice.clone(),
+        1,
+        EventKind::Message(Default::default()),
+    );
+    let Recorded::New(rows) = s
+        .record_inbound(&msg, vec![plan("xmpp", "lobby@c")])
+        .unwrap()
+    else {
+        panic!("expected new")
+    };
+    assert_eq!(s.sender_of(&msg.id).unwrap(), Some(alice.user.clone()));
+    // Other kinds note no sender.
+    let join = ev("matrix", "#lobby:matrix.test", "$j");
+    s.record_inbound(&join, vec![]).unwrap();
+    assert_eq!(s.sender_of(&join.id).unwrap(), None);
+    // Delivered to XMPP as stanza S1: a retraction of S1 there names alice's message.
+    s.record_delivered(&Delivered {
+        outbox_id: rows[0].outbox_id,
+        event: msg.id.clone(),
+        target: room("xmpp", "lobby@c"),
+        outcome: Ok(ids(&["S1"])),
+    })
+    .unwrap();
+    let retract = |who: &str, moderator: bool| {
+        Event::new(
+            room("xmpp", "lobby@c"),
+            MessageId::new(format!("R-{who}")),
+            Sender::new(UserRef::new("xmpp", who), who),
+            2,
+            EventKind::Redact {
+                target: MessageId::new("S1"),
+                reason: None,
+            },
+        )
+        .moderated(moderator)
+    };
+    use junction_core::authority::Refusal;
+    assert_eq!(
+        authorise(s, &retract("troll", false)),
+        Err(Refusal::NotAuthor)
+    );
+    assert_eq!(authorise(s, &retract("mod", true)), Ok(()));
+    let own = Event::new(
+        origin,
+        MessageId::new("$r"),
+        alice,
+        3,
+        EventKind::Redact {
+            target: MessageId::new("$m"),
+            reason: None,
+        },
+    );
+    assert_eq!(authorise(s, &own), Ok(()));
+    s.flush().unwrap();
+}
+
 macro_rules! store_conformance_tests {
     ($m:ident, $make:expr) => {
         mod $m {
@@ -252,6 +316,11 @@ macro_rules! store_conformance_tests {
             fn inbound_and_outbox() {
                 let (_d, s) = $make;
                 super::inbound_and_outbox(&s);
+            }
+            #[test]
+            fn senders_and_authority() {
+                let (_d, s) = $make;
+                super::senders_and_authority(&s);
             }
             #[test]
             fn tables() {

@@ -278,6 +278,21 @@ pub fn admin(from: &str, room: &str, id: &str, item: &AdminItem, reason: Option<
         .build()
 }
 
+/// The reason given with a moderation the gateway makes for a moderator of another
+/// network: who removed the message, where they are a moderator, and their own reason.
+pub fn moderation_reason(moderator: &junction_core::Sender, reason: Option<&str>) -> String {
+    let who = format!(
+        "Removed by {} ({}, moderator on {})",
+        moderator.display_name,
+        moderator.user.user.as_str(),
+        moderator.user.network
+    );
+    match reason {
+        Some(r) if !r.is_empty() => format!("{who}: {r}"),
+        _ => who,
+    }
+}
+
 /// A XEP-0425 moderation request: retract the room message `target` (its
 /// stanza-id) for everyone.
 pub fn moderate(from: &str, room: &str, id: &str, target: &str, reason: Option<&str>) -> Element {
@@ -489,6 +504,25 @@ mod tests {
                 .and_then(|m| m.attr("id")),
             Some("S1")
         );
+        // A moderator of another network: the request names them in its reason.
+        let moderator = junction_core::Sender::new(
+            junction_core::UserRef::new("matrix", "@mod:matrix.test"),
+            "Mod",
+        );
+        let why = moderation_reason(&moderator, Some("spam"));
+        assert_eq!(
+            why,
+            "Removed by Mod (@mod:matrix.test, moderator on matrix): spam"
+        );
+        let el = moderate(P, R, "m2", "S2", Some(&why));
+        let m = el.get_child("moderate", NS_MODERATE);
+        assert!(m.and_then(|m| m.get_child("retract", NS_RETRACT)).is_some());
+        assert_eq!(
+            m.and_then(|m| m.get_child("reason", NS_MODERATE))
+                .map(|r| r.text()),
+            Some(why)
+        );
+        assert_eq!(el.attr("type"), Some("set"));
         let el = mam_query(P, R, "q1", "qid", &MamFrom::After("S9".into()), 50);
         let q = el.get_child("query", NS_MAM);
         assert_eq!(q.and_then(|q| q.attr("queryid")), Some("qid"));

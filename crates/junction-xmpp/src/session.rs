@@ -114,6 +114,9 @@ struct Occupant {
     jid: Option<String>,
     /// XEP-0421 occupant id.
     occupant_id: Option<String>,
+    /// Role and affiliation, as its last presence showed them: a moderator's retraction of
+    /// someone else's message may cross, anyone else's may not.
+    rights: Rights,
 }
 
 /// The listener's standing in a room.
@@ -208,6 +211,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// True when the occupant `room/nick` is a moderator there (role moderator, or
+    /// affiliation admin or owner), as its last presence showed.
+    fn is_moderator(&self, occupant: &str) -> bool {
+        self.occupants
+            .get(occupant)
+            .is_some_and(|o| o.rights.moderator())
+    }
+
     pub fn new(config: XmppConfig, store: Arc<dyn Store>) -> Self {
         Self {
             config,
@@ -983,13 +994,18 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
                         Wait::Reflection,
                     )
                 }
-                Some(o) if st.joined.contains_key(&(room.clone(), o.clone())) => {
-                    let f = format!("{o}/junction");
-                    sender_key = (room.clone(), o);
-                    (outbound::retraction(&f, &room, &id, &s), Wait::Reflection)
-                }
-                // Someone else's: XEP-0425 moderation, if the listener may.
+                // Someone else's, removed by a moderator of the origin room: XEP-0425
+                // moderation, naming the moderator, if the listener may. Nobody else's
+                // removal of another person's message is made: the gateway lends no power.
                 _ => {
+                    if !d.event.by_moderator {
+                        answer_now(
+                            cx,
+                            &d,
+                            Err("the sender may not remove another person's message".into()),
+                        );
+                        return true;
+                    }
                     if !st.rights.get(&room).is_some_and(Rights::moderator) {
                         answer_now(
                             cx,
@@ -1001,8 +1017,9 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
                         return true;
                     }
                     sender_key = (room.clone(), listener_bare);
+                    let why = outbound::moderation_reason(&d.event.sender, reason.as_deref());
                     (
-                        outbound::moderate(&st.listener(), &room, &id, &s, reason.as_deref()),
+                        outbound::moderate(&st.listener(), &room, &id, &s, Some(&why)),
                         Wait::Iq,
                     )
                 }
@@ -1526,9 +1543,11 @@ async fn on_message_error(
         if let EventKind::Topic { text } = &p.delivery.event.kind {
             st.pending.remove(id);
             let listener_may = p.sender.1 != st.listener_bare()
+                && p.delivery.event.by_moderator
                 && st.rights.get(&p.room).is_some_and(Rights::moderator);
             if listener_may {
-                // The puppet may not change the subject, the listener may (a moderator).
+                // The puppet may not change the subject, the listener may (a moderator), and
+                // does so for a moderator of the origin room only.
                 let sid = st.new_id();
                 let el = outbound::subject(&st.listener(), &p.room, &sid, text);
                 let sender = (p.room.clone(), st.listener_bare());
@@ -1909,6 +1928,7 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
                     e = junction_core::Event::new(e.origin, e.remote_id, e.sender, e.ts_ms, e.kind);
                 }
             }
+            e.by_moderator = st.is_moderator(from);
             if let EventKind::Message(m) = &mut e.kind {
                 let body = std::mem::take(&mut m.body);
                 m.body = mention::leading_address(body, |n| resolve_nick(st, room_jid, n));
@@ -2042,7 +2062,8 @@ async fn on_subject(
         sender,
         now_ms(),
         EventKind::Topic { text },
-    );
+    )
+    .moderated(st.is_moderator(&from));
     let _ = cx.inbound.send(Inbound::new(e)).await;
 }
 
@@ -2105,6 +2126,16 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
         || real
             .as_deref()
             .is_some_and(|j| is_ours(j, &st.config.component));
+    let rights = Rights {
+        affiliation: item
+            .and_then(|i| i.attr("affiliation"))
+            .unwrap_or("none")
+            .to_string(),
+        role: item
+            .and_then(|i| i.attr("role"))
+            .unwrap_or("participant")
+            .to_string(),
+    };
     let was_present = if ty == Some("unavailable") {
         st.occupants.remove(from).is_some()
     } else {
@@ -2114,6 +2145,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 Occupant {
                     jid: real.clone(),
                     occupant_id: occupant_id.clone(),
+                    rights: rights.clone(),
                 },
             )
             .is_some()
@@ -2150,6 +2182,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 Occupant {
                     jid: real,
                     occupant_id,
+                    rights,
                 },
             );
             EventKind::NickChange {

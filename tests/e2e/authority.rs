@@ -1,0 +1,255 @@
+//! Authority: nobody acts with the gateway's power who does not hold it. Ordinary users
+//! without moderator rights try to take back or change what is not theirs, through the real
+//! servers, and nothing changes on the other networks; their own deletions still cross.
+
+use crate::lobby::Lobby;
+use anyhow::Context as _;
+use junction_testkit::clients::xmpp::{body, from_nick, stanza_id};
+use junction_testkit::clients::{MatrixUser, XmppUser};
+use junction_testkit::servers::servers;
+use junction_testkit::unique;
+use serde_json::Value;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A lobby whose gateway serves `/metrics`; returns it with the metrics base URL.
+async fn lobby_with_metrics() -> anyhow::Result<(Lobby, String)> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
+        );
+    })
+    .await?;
+    Ok((lobby, format!("http://127.0.0.1:{port}")))
+}
+
+/// Waits until `/metrics` counts a refused edit or redaction from `network`.
+async fn refusal_counted(base: &str, network: &str) -> anyhow::Result<()> {
+    let want = format!("junction_errors_total{{network=\"{network}\",kind=\"unauthorised\"}}");
+    junction_testkit::eventually(WAIT, "the refusal counted", || {
+        let url = format!("{base}/metrics");
+        let want = want.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|l| l.starts_with(&want) && !l.ends_with(" 0"))
+                .then_some(())
+        }
+    })
+    .await
+}
+
+/// True when `r` is a Matrix redaction of `target`.
+fn redacts(r: &Value, target: &str) -> bool {
+    r["type"] == "m.room.redaction"
+        && (r["redacts"].as_str() == Some(target)
+            || r["content"]["redacts"].as_str() == Some(target))
+}
+
+/// An XMPP occupant with no moderator rights joins the lobby's MUC.
+async fn xmpp_participant(lobby: &Lobby) -> anyhow::Result<(XmppUser, String)> {
+    let s = servers().await?;
+    let user = XmppUser::register(s, &crate::lobby::short_nick(&unique("tr")), "pw-troll").await?;
+    let nick = unique("troll");
+    user.join_muc(&lobby.muc, &nick).await?;
+    Ok((user, nick))
+}
+
+/// An XMPP participant retracting a Matrix user's message changes nothing on Matrix (the
+/// gateway neither has the ghost try nor redacts with the bot's power), nor on IRC; the
+/// refusal is counted. The same participant's retraction of their own message redacts its
+/// Matrix copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmpp_retraction_of_someone_elses_message_changes_nothing() -> anyhow::Result<()> {
+    let (lobby, base) = lobby_with_metrics().await?;
+    let (troll, troll_nick) = xmpp_participant(&lobby).await?;
+
+    let text = unique("alice keeps this");
+    let alice_ev = lobby.matrix.send_text(&lobby.room, &text).await?;
+    let copy = troll
+        .wait_for(WAIT, |el| body(el).is_some_and(|b| b.contains(&text)))
+        .await
+        .context("the troll sees alice's message")?;
+    let sid = stanza_id(&copy).context("stanza-id of the copy")?;
+    troll.send_retraction(&lobby.muc, &sid)?;
+    refusal_counted(&base, "xmpp").await?;
+
+    // Their own message: the retraction crosses.
+    let own = unique("troll regrets");
+    troll.send_groupchat(&lobby.muc, &own)?;
+    let mine = troll
+        .wait_for(WAIT, |el| {
+            from_nick(el) == Some(troll_nick.as_str()) && body(el).is_some_and(|b| b.contains(&own))
+        })
+        .await?;
+    let on_matrix = lobby.matrix_sees(&own).await?;
+    lobby.irc_sees(&own).await?;
+    let own_id = on_matrix["event_id"]
+        .as_str()
+        .context("event id")?
+        .to_owned();
+    troll.send_retraction(&lobby.muc, &stanza_id(&mine).context("own stanza-id")?)?;
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| redacts(r, &own_id))
+        .await
+        .context("own retraction → matrix redaction")?;
+
+    // The refused retraction came first and was handled first: had it crossed, its
+    // redaction would be in the timeline before the one just seen.
+    let events = lobby.matrix.events(&lobby.room).await?;
+    assert!(
+        !events.iter().any(|r| redacts(r, &alice_ev)),
+        "alice's message was redacted on behalf of an XMPP participant"
+    );
+    // Nothing about it on IRC either: alice's line is there once, nothing else names it.
+    let said = lobby.irc.privmsgs_in(&lobby.channel);
+    assert!(
+        said.iter().filter(|(_, t)| t.contains(&text)).count() <= 1,
+        "only alice's own line mentions her text on IRC: {said:?}"
+    );
+    Ok(())
+}
+
+/// A Matrix user without power redacting someone else's bridged message changes nothing
+/// elsewhere: the homeserver refuses them (and were it to accept, the gateway would not relay
+/// it), so the XMPP message is not retracted; their own redaction crosses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_redaction_without_power_changes_nothing_elsewhere() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let s = servers().await?;
+    let bob_name = unique("bob");
+    let bob = MatrixUser::register(s, &bob_name, "pw-bob").await?;
+    bob.join(&lobby.room).await?;
+
+    let text = unique("xmpp keeps this");
+    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
+    let original = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            from_nick(el) == Some(lobby.xmpp_nick.as_str())
+                && body(el).is_some_and(|b| b.contains(&text))
+        })
+        .await?;
+    let sid = stanza_id(&original).context("stanza-id")?;
+    let copy = bob
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(&text))
+        })
+        .await?;
+    let copy_id = copy["event_id"].as_str().context("event id")?.to_owned();
+    match bob.redact(&lobby.room, &copy_id, "mine now").await {
+        Ok(_) => eprintln!("the homeserver accepted the redaction; the gateway must hold it"),
+        Err(e) => eprintln!("the homeserver refused the redaction: {e:#}"),
+    }
+
+    let own = unique("bob regrets");
+    let own_ev = bob.send_text(&lobby.room, &own).await?;
+    let own_copy = lobby.xmpp_sees(&own).await?;
+    let own_sid = stanza_id(&own_copy).context("own stanza-id")?;
+    bob.redact(&lobby.room, &own_ev, "typo").await?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.children().any(|c| {
+                    c.name() == "retract"
+                        && (c.attr("id") == Some(own_sid.as_str())
+                            || c.attr("id") == own_copy.attr("id"))
+                })
+        })
+        .await
+        .context("bob's own redaction → xmpp retraction")?;
+    let retracted = lobby.xmpp.backlog().into_iter().any(|el| {
+        el.children().any(|c| {
+            (c.name() == "retract" || c.name() == "moderate")
+                && (c.attr("id") == Some(sid.as_str()) || c.attr("id") == original.attr("id"))
+        })
+    });
+    assert!(!retracted, "the XMPP message was retracted for bob");
+    Ok(())
+}
+
+/// A topic set by an XMPP participant the room lets change the subject is not applied with
+/// the bot's power on Matrix (nor with the IRC bot's operator status): it arrives as a line
+/// saying who set what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_topic_is_not_set_with_the_gateways_power() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // The room's owner lets occupants change the subject.
+    let id = lobby.xmpp.next_id();
+    lobby.xmpp.send_raw(&format!(
+        "<iq type='set' to='{}' id='{id}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+         <field var='muc#roomconfig_changesubject'><value>1</value></field>\
+         </x></query></iq>",
+        lobby.muc
+    ))?;
+    let answer = lobby
+        .xmpp
+        .wait_for(WAIT, |e| {
+            e.name() == "iq" && e.attr("id") == Some(id.as_str())
+        })
+        .await?;
+    anyhow::ensure!(
+        answer.attr("type") == Some("result"),
+        "room configuration refused: {}",
+        String::from(&answer)
+    );
+    let (troll, troll_nick) = xmpp_participant(&lobby).await?;
+    let topic = unique("troll topic");
+    troll.set_subject(&lobby.muc, &topic)?;
+    troll
+        .wait_for(WAIT, |el| {
+            from_nick(el) == Some(troll_nick.as_str())
+                && el
+                    .children()
+                    .any(|c| c.name() == "subject" && c.text() == topic)
+        })
+        .await
+        .context("Prosody let the participant set the subject")?;
+    let line = lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.message"
+                && r["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&topic) && b.contains("set the topic"))
+        })
+        .await
+        .context("the topic as a line on Matrix")?;
+    assert_eq!(line["content"]["msgtype"], "m.notice", "{line}");
+    let events = lobby.matrix.events(&lobby.room).await?;
+    assert!(
+        !events.iter().any(|r| r["type"] == "m.room.topic"
+            && r["content"]["topic"].as_str() == Some(topic.as_str())),
+        "the bot set a participant's topic on Matrix"
+    );
+    lobby
+        .irc
+        .wait_for(WAIT, |m| match &m.command {
+            irc_proto::Command::NOTICE(c, t) | irc_proto::Command::PRIVMSG(c, t) => {
+                c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
+            }
+            _ => false,
+        })
+        .await
+        .context("the topic as a line on IRC")?;
+    assert!(
+        !lobby.irc.backlog().iter().any(|m| matches!(
+            &m.command,
+            irc_proto::Command::TOPIC(c, Some(t)) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
+        )),
+        "the IRC bot set a participant's topic"
+    );
+    Ok(())
+}
