@@ -97,6 +97,24 @@ pub struct Ban {
     pub by: String,
     /// When, milliseconds since the Unix epoch.
     pub ts_ms: u64,
+    /// What the gateway learnt of the banned person since (IRC): the `*!user@host` masks and
+    /// account ids they were seen with, so that a new nick does not evade the ban.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+}
+
+/// A ban with the store namespace and key it is kept under.
+type StoredBan = (&'static str, String, Ban);
+
+/// The answer of [`Admin::check_ban`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanCheck {
+    /// Not banned.
+    Clear,
+    /// Banned.
+    Banned,
+    /// The ban list could not be read: treated as banned (bans fail closed).
+    Unknown,
 }
 
 /// The admin command handler: who may do what, and what each command does.
@@ -110,9 +128,10 @@ pub struct Admin {
     networks: Vec<NetworkId>,
     statuses: Option<StatusSource>,
     counter: AtomicU64,
-    /// The IRC hostmask bans, read from the store on first use and kept until `ban` or
-    /// `unban` changes them (every inbound IRC event is checked against them).
-    masks: std::sync::Mutex<Option<Vec<Ban>>>,
+    /// The IRC bans (nicks, accounts and masks) with their store namespace and key, read
+    /// from the store on first use and kept until `ban` or `unban` changes them (every
+    /// inbound IRC event is checked against them).
+    masks: std::sync::Mutex<Option<Vec<StoredBan>>>,
     /// Command rate limits of senders who are not admins.
     limiter: std::sync::Mutex<CommandLimiter>,
 }
@@ -186,9 +205,13 @@ fn identity_matches(admin: &UserRef, who: &UserRef) -> bool {
     a == w
 }
 
-/// True when the ban on `ban` covers `user`. IRC senders are named by account or nick, so a
-/// mask also matches a bare nick through its nick part.
-fn ban_covers(ban: &UserRef, user: &UserRef) -> bool {
+/// True when the ban on `ban` (with what was learnt of the person since, `also`) covers
+/// `sender`. On IRC a mask (wildcards in every part) is matched against the sender's
+/// `nick!user@host` when the line carried it (else, for a mask naming a nick, against their
+/// nick), a bare nick against their current nick, an account id (`$a:name`) against their
+/// account.
+fn ban_covers_sender(ban: &UserRef, also: &[String], sender: &Sender) -> bool {
+    let user = &sender.user;
     if ban.network != user.network {
         return false;
     }
@@ -196,14 +219,32 @@ fn ban_covers(ban: &UserRef, user: &UserRef) -> bool {
     if b == u {
         return true;
     }
-    if is_irc(&ban.network) && b.contains('!') {
-        if u.contains('!') {
-            return glob(&b, &u);
-        }
-        let nick = b.split('!').next().unwrap_or("");
-        return nick != "*" && glob(nick, &u);
+    if !is_irc(&ban.network) {
+        return false;
     }
-    false
+    let address = sender.address.as_deref().map(irc_fold);
+    let current_nick = address
+        .as_deref()
+        .and_then(|a| a.split('!').next())
+        .filter(|n| !n.is_empty());
+    let matches = |pattern: &str| -> bool {
+        if pattern == u {
+            return true;
+        }
+        if pattern.contains('!') {
+            if u.contains('!') {
+                return glob(pattern, &u);
+            }
+            if let Some(a) = &address {
+                return glob(pattern, a);
+            }
+            let nick = pattern.split('!').next().unwrap_or("");
+            return nick != "*" && !u.starts_with('$') && glob(nick, &u);
+        }
+        // A bare nick: whoever wears it now.
+        !pattern.starts_with('$') && current_nick == Some(pattern)
+    };
+    matches(&b) || also.iter().any(|p| matches(&irc_fold(p)))
 }
 
 fn one_line(s: &str) -> &str {
@@ -258,50 +299,110 @@ impl Admin {
     }
 
     /// True when the gateway refuses `user`'s messages (a ban made with `ban`, kept in the
-    /// store). A store error counts as not banned (and is logged).
+    /// store). A store error counts as banned (bans fail closed; see [`Admin::check_ban`]).
     pub fn is_banned(&self, store: &dyn Store, user: &UserRef) -> bool {
-        match store.kv_get(BANS, &ban_key(user)) {
-            Ok(Some(_)) => return true,
+        self.check_ban(store, &Sender::new(user.clone(), "")) != BanCheck::Clear
+    }
+
+    /// Whether the gateway refuses `sender`'s events: a ban on their id, on the real JID the
+    /// XMPP adapter noted for them, or (IRC) on their account, nick or a mask matching their
+    /// `nick!user@host`. When an IRC ban matches, the sender's `*!user@host` and account are
+    /// added to it, so the ban follows them through nick changes. A store error answers
+    /// [`BanCheck::Unknown`] (logged): the caller refuses the event.
+    pub fn check_ban(&self, store: &dyn Store, sender: &Sender) -> BanCheck {
+        let user = &sender.user;
+        // IRC bans are all matched below (they learn whom they cover).
+        match if is_irc(&user.network) {
+            Ok(None)
+        } else {
+            store.kv_get(BANS, &ban_key(user))
+        } {
+            Ok(Some(_)) => return BanCheck::Banned,
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "Could not read the ban list.");
-                return false;
+                tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
+                return BanCheck::Unknown;
             }
         }
         if user.network.as_str() == "xmpp" {
             // Occupants are named by occupant-id or room/nick, a ban names the bare JID:
             // the adapter notes each occupant's real JID where the room shows it.
-            if let Ok(Some(real)) = store.kv_get(junction_xmpp::REAL_JIDS, user.user.as_str()) {
-                let real = UserRef::new(
-                    user.network.clone(),
-                    String::from_utf8_lossy(&real).into_owned(),
-                );
-                return matches!(store.kv_get(BANS, &ban_key(&real)), Ok(Some(_)));
-            }
-            return false;
+            return match store.kv_get(junction_xmpp::REAL_JIDS, user.user.as_str()) {
+                Ok(Some(real)) => {
+                    let real = UserRef::new(
+                        user.network.clone(),
+                        String::from_utf8_lossy(&real).into_owned(),
+                    );
+                    match store.kv_get(BANS, &ban_key(&real)) {
+                        Ok(Some(_)) => BanCheck::Banned,
+                        Ok(None) => BanCheck::Clear,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
+                            BanCheck::Unknown
+                        }
+                    }
+                }
+                Ok(None) => BanCheck::Clear,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not read the real JIDs: the event is refused.");
+                    BanCheck::Unknown
+                }
+            };
         }
         if !is_irc(&user.network) {
-            return false;
+            return BanCheck::Clear;
         }
         let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
         if masks.is_none() {
-            match store.kv_scan(BAN_MASKS) {
-                Ok(rows) => {
-                    *masks = Some(
-                        rows.iter()
-                            .filter_map(|(_, v)| serde_json::from_slice::<Ban>(v).ok())
-                            .collect(),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Could not read the ban list.");
-                    return false;
+            let mut all = Vec::new();
+            for ns in [BANS, BAN_MASKS] {
+                match store.kv_scan(ns) {
+                    Ok(rows) => all.extend(rows.into_iter().filter_map(|(k, v)| {
+                        let ban = serde_json::from_slice::<Ban>(&v).ok()?;
+                        is_irc(&ban.user.network).then_some((ns, k, ban))
+                    })),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
+                        return BanCheck::Unknown;
+                    }
                 }
             }
+            *masks = Some(all);
         }
-        masks
-            .as_ref()
-            .is_some_and(|m| m.iter().any(|b| ban_covers(&b.user, user)))
+        let Some(bans) = masks.as_mut() else {
+            return BanCheck::Unknown;
+        };
+        let Some((ns, key, ban)) = bans
+            .iter_mut()
+            .find(|(_, _, b)| ban_covers_sender(&b.user, &b.also, sender))
+        else {
+            return BanCheck::Clear;
+        };
+        // Learn who this is, so that a new nick does not evade the ban.
+        let mut learnt = Vec::new();
+        if let Some((_, user_host)) = sender.address.as_deref().and_then(|a| a.split_once('!')) {
+            learnt.push(format!("*!{user_host}"));
+        }
+        if user.user.as_str().starts_with('$') {
+            learnt.push(user.user.0.clone());
+        }
+        let mut changed = false;
+        for l in learnt {
+            if !ban.also.iter().any(|a| irc_fold(a) == irc_fold(&l)) && ban.also.len() < 16 {
+                tracing::info!(ban = %ban.user, learnt = %l, "A banned IRC user was seen: the ban now covers them under any nick.");
+                ban.also.push(l);
+                changed = true;
+            }
+        }
+        if changed {
+            let saved = serde_json::to_vec(&*ban)
+                .map_err(|e| e.to_string())
+                .and_then(|v| store.kv_put(ns, key, &v).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "Could not save what a ban learnt (kept until restart).");
+            }
+        }
+        BanCheck::Banned
     }
 
     /// Drops the kept IRC hostmask bans: the store's list changed.
@@ -859,14 +960,13 @@ impl Cx<'_> {
             reason: reason.clone(),
             by: self.from.first().map(|u| u.to_string()).unwrap_or_default(),
             ts_ms: now_ms(),
+            also: Vec::new(),
         };
         let value = serde_json::to_vec(&ban).map_err(|e| format!("Failed: {e}"))?;
         self.store
             .kv_put(ns, &ban_key(&target.user), &value)
             .map_err(|e| format!("Failed: the store could not save the ban ({e})."))?;
-        if ns == BAN_MASKS {
-            self.admin.forget_masks();
-        }
+        self.admin.forget_masks();
         let why = reason
             .as_deref()
             .map(|r| format!(": {r}"))
@@ -918,9 +1018,7 @@ impl Cx<'_> {
                 Ok(Some(_)) => {
                     found = true;
                     let removed = self.store.kv_remove(ns, &key);
-                    if ns == BAN_MASKS {
-                        self.admin.forget_masks();
-                    }
+                    self.admin.forget_masks();
                     removed
                         .map_err(|e| format!("Failed: the store could not lift the ban ({e})."))?;
                 }
@@ -948,6 +1046,9 @@ impl Cx<'_> {
         ))
     }
 }
+
+#[cfg(test)]
+mod ban_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -995,14 +1096,14 @@ admins = ["@devlead:matrix.test"]
         crate::config::parse(CONFIG, "bridges.toml", Path::new("/tmp"), &|_| None).unwrap()
     }
 
-    fn setup() -> (Admin, Router, MemStore, Config) {
+    pub(super) fn setup() -> (Admin, Router, MemStore, Config) {
         let c = config();
         let store = MemStore::new();
         let router = Router::new(initial_links(&c.bridges, &store).unwrap()).unwrap();
         (Admin::new(&c), router, store, c)
     }
 
-    fn root() -> Vec<UserRef> {
+    pub(super) fn root() -> Vec<UserRef> {
         vec![UserRef::new("matrix", "@root:matrix.test")]
     }
     fn devlead() -> Vec<UserRef> {

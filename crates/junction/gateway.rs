@@ -409,15 +409,25 @@ impl Loop {
         let mut acks = Vec::new();
         for Inbound { mut event, ack } in batch.drain(..) {
             event.bound_bodies();
-            if self
-                .admin
-                .is_banned(self.store.as_ref(), &event.sender.user)
-            {
-                tracing::info!(event = %event.id, sender = %event.sender.user, "A banned user's event is not relayed.");
-                if let Some(a) = ack {
-                    let _ = a.send(Ok(()));
+            match self.admin.check_ban(self.store.as_ref(), &event.sender) {
+                crate::admin::BanCheck::Clear => {}
+                crate::admin::BanCheck::Banned => {
+                    tracing::info!(event = %event.id, sender = %event.sender.user, "A banned user's event is not relayed.");
+                    if let Some(a) = ack {
+                        let _ = a.send(Ok(()));
+                    }
+                    continue;
                 }
-                continue;
+                crate::admin::BanCheck::Unknown => {
+                    // Bans fail closed: an event whose sender can not be checked is refused,
+                    // and its origin told so (Synapse sends the transaction again).
+                    self.metrics.error(&event.origin.network, "ban_check");
+                    tracing::warn!(event = %event.id, sender = %event.sender.user, "The ban list could not be read: the event is refused.");
+                    if let Some(a) = ack {
+                        let _ = a.send(Err("the ban list could not be read".into()));
+                    }
+                    continue;
+                }
             }
             let Some(event) = self.admit(event) else {
                 if let Some(a) = ack {

@@ -84,10 +84,12 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     let carol = Sender {
         user: UserRef::new("matrix", "@carol:matrix.test"),
         display_name: "carol".into(),
+        address: None,
     };
     d_tx.send(delivery(1, &room, &alice, "hello from matrix"))
         .await?;
@@ -198,6 +200,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     d_tx.send(delivery(1, &room, &alice, "typo here")).await?;
     let d = tokio::time::timeout(DEADLINE, done_rx.recv())
@@ -304,6 +307,7 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     d_tx.send(delivery(1, &room, &alice, "before")).await?;
     let d = tokio::time::timeout(DEADLINE, done_rx.recv())
@@ -378,6 +382,7 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
     let dave = Sender {
         user: UserRef::new("matrix", "@dave:matrix.test"),
         display_name: "dave".into(),
+        address: None,
     };
     d_tx.send(delivery(1, &room, &dave, "first")).await?;
     let joined = format!("{room}/dave[m]");
@@ -581,6 +586,7 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     let mut d = delivery(1, &room, &alice, "");
     if let EventKind::Message(m) = &mut d.event.kind {
@@ -722,10 +728,12 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     let gateway = Sender {
         user: UserRef::new(NetworkId::gateway().as_str(), "admin"),
         display_name: "gateway".into(),
+        address: None,
     };
     let bob_ref = Sender {
         user: UserRef::new("xmpp", bob.bare_jid()),
         display_name: user.clone(),
+        address: None,
     };
 
     // A gateway notice comes from the listener.
@@ -745,12 +753,14 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     let mut k = delivery(2, &room, &alice, "");
     k.event.kind = EventKind::Kick {
         target: Sender {
             user: UserRef::new("matrix", "@carol:matrix.test"),
             display_name: "carol".into(),
+            address: None,
         },
         reason: Some("off topic".into()),
     };
@@ -844,6 +854,7 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
         target: Sender {
             user: UserRef::new("xmpp", carol.bare_jid()),
             display_name: "carol".into(),
+            address: None,
         },
         reason: None,
     };
@@ -874,6 +885,7 @@ async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow:
     let alice = Sender {
         user: UserRef::new("matrix", "@alice:matrix.test"),
         display_name: "alice".into(),
+        address: None,
     };
     let d = delivery(1, &room, &alice, "only once");
     run.deliveries.send(d.clone()).await?;

@@ -87,6 +87,10 @@ pub struct Sender {
     pub user: UserRef,
     /// The human-facing name (Matrix displayname, MUC nick, IRC nick).
     pub display_name: String,
+    /// Where the origin network shows the sender connecting from, when it shows it: on IRC
+    /// the `nick!user@host` of the line. Bans match it, so a nick change does not evade one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Sender {
@@ -95,7 +99,14 @@ impl Sender {
         Self {
             user,
             display_name: display_name.into(),
+            address: None,
         }
+    }
+
+    /// The same sender, with the network address it connects from (see [`Sender::address`]).
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
     }
 }
 

@@ -118,6 +118,44 @@ pub fn format_server_time(ms: u64) -> String {
     )
 }
 
+/// Where the ids of services accounts start: `$a:<account>` (the extban syntax many networks
+/// use for accounts). No IRC server allows `$` or `:` in a nick, but a nick that starts with
+/// `$` is still kept apart (see [`nick_user_id`]), so the two namespaces never meet.
+pub const ACCOUNT_PREFIX: &str = "$a:";
+/// Where the ids of nicks that would start with `$` start (never seen on a real server).
+const ODD_NICK_PREFIX: &str = "$n:";
+
+/// The gateway's id of a services account: `$a:<account>`. An account and an unauthenticated
+/// nick of the same name are two people, with two ghosts and two puppets.
+pub fn account_user_id(account: &str) -> String {
+    format!("{ACCOUNT_PREFIX}{account}")
+}
+
+/// The gateway's id of someone known only by their nick: the nick itself (the ids people
+/// already have stay theirs), or `$n:<nick>` for a nick starting with `$`, which could
+/// otherwise pass for an account id.
+pub fn nick_user_id(nick: &str) -> String {
+    if nick.starts_with('$') {
+        format!("{ODD_NICK_PREFIX}{nick}")
+    } else {
+        nick.to_owned()
+    }
+}
+
+/// The services account an id of [`account_user_id`] names.
+pub fn account_of_user_id(id: &str) -> Option<&str> {
+    id.strip_prefix(ACCOUNT_PREFIX)
+}
+
+/// The identity of the sender of `msg` called `nick`: their services account when the server
+/// tags the line with one (`account`, not `*`), else their nick.
+pub fn sender_user_id(msg: &Message, nick: &str) -> String {
+    match tag(msg, "account").filter(|a| !a.is_empty() && *a != "*") {
+        Some(account) => account_user_id(account),
+        None => nick_user_id(nick),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -157,8 +195,15 @@ pub fn map(
             )),
         }
     };
-    let user = tag(msg, "account").filter(|a| *a != "*").unwrap_or(nick);
-    let sender = Sender::new(UserRef::new(network.clone(), user), nick);
+    let mut sender = Sender::new(
+        UserRef::new(network.clone(), sender_user_id(msg, nick)),
+        nick,
+    );
+    if let Some(irc_proto::Prefix::Nickname(n, user, host)) = &msg.prefix {
+        if !user.is_empty() && !host.is_empty() {
+            sender = sender.with_address(format!("{n}!{user}@{host}"));
+        }
+    }
     let event = |room: String, kind: EventKind| {
         let id = remote_id(&room);
         Event::new(
@@ -251,7 +296,10 @@ pub fn map(
             .unwrap_or_default(),
         Command::KICK(chan, who, reason) => room_of(chan)
             .map(|r| {
-                let target = Sender::new(UserRef::new(network.clone(), who.as_str()), who.as_str());
+                let target = Sender::new(
+                    UserRef::new(network.clone(), nick_user_id(who)),
+                    who.as_str(),
+                );
                 vec![event(
                     r,
                     EventKind::Kick {
@@ -273,7 +321,10 @@ pub fn map(
                         Some(event(
                             room.clone(),
                             EventKind::Ban {
-                                target: Sender::new(UserRef::new(network.clone(), who), who),
+                                target: Sender::new(
+                                    UserRef::new(network.clone(), nick_user_id(who)),
+                                    who,
+                                ),
                                 reason: None,
                             },
                         ))
@@ -404,6 +455,27 @@ mod tests {
             run(":op!u@h MODE #lobby +b bob!*@*")[0].kind,
             EventKind::Ban { .. }
         ));
+    }
+
+    #[test]
+    fn accounts_and_nicks_are_distinct_identities() {
+        let account = &run("@account=alice :alice!u@h PRIVMSG #lobby :hi")[0];
+        let nick = &run(":alice!u@h PRIVMSG #lobby :hi")[0];
+        let star = &run("@account=* :alice!u@h PRIVMSG #lobby :hi")[0];
+        assert_eq!(account.sender.user.user.0, "$a:alice");
+        assert_eq!(nick.sender.user.user.0, "alice");
+        assert_eq!(star.sender.user.user.0, "alice", "`*` means logged out");
+        assert_ne!(account.sender.user, nick.sender.user);
+        // Both show the nick they use.
+        assert_eq!(account.sender.display_name, "alice");
+        assert_eq!(nick.sender.display_name, "alice");
+        // The line's mask travels with the sender, for bans.
+        assert_eq!(nick.sender.address.as_deref(), Some("alice!u@h"));
+        // A nick made to look like an account id stays a nick.
+        assert_eq!(nick_user_id("$a:alice"), "$n:$a:alice");
+        assert_ne!(nick_user_id("$a:alice"), account_user_id("alice"));
+        assert_eq!(account_of_user_id("$a:alice"), Some("alice"));
+        assert_eq!(account_of_user_id("alice"), None);
     }
 
     #[test]

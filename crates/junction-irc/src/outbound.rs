@@ -272,7 +272,12 @@ pub fn enforcement(
         return None;
     }
     let who = target.user.user.0.as_str();
-    let nick = who.split('!').next().unwrap_or(who);
+    // An account id (or a nick kept apart from one) names no nick: the display name is it.
+    let nick = if who.starts_with('$') {
+        ""
+    } else {
+        who.split('!').next().unwrap_or(who)
+    };
     let nick = if nick.is_empty() {
         target.display_name.as_str()
     } else {

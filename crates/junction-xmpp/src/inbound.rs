@@ -113,6 +113,7 @@ fn sender_of(el: &Element, from: &str, nick: &str, cx: &RoomContext) -> Sender {
     Sender {
         user: UserRef::new(cx.room.network.as_str(), user),
         display_name: nick.to_string(),
+        address: None,
     }
 }
 

@@ -1820,6 +1820,7 @@ fn occupant_sender(st: &State, el: &Element, from: &str, nick: &str) -> Sender {
     Sender {
         user: UserRef::new(st.network.as_str(), user),
         display_name: nick.to_string(),
+        address: None,
     }
 }
 
@@ -2201,6 +2202,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             let kicker = Sender {
                 user: UserRef::new(cx.network.as_str(), format!("{room_jid}/{actor}")),
                 display_name: actor,
+                address: None,
             };
             let kind = if has_status(el, "301") {
                 EventKind::Ban {
@@ -2263,6 +2265,7 @@ mod tests {
         let sender = Sender {
             user: UserRef::new("matrix", "@a:m.test"),
             display_name: "a".into(),
+            address: None,
         };
         Delivery {
             outbox_id,

@@ -1,0 +1,195 @@
+//! Bans at the gateway: IRC masks with wildcards in every part, accounts, nick changes, and a
+//! store that fails (bans fail closed).
+
+use super::tests::{root, setup};
+use super::*;
+use junction_core::router::{Link, Planned};
+use junction_core::{Delivered, Delivery, Event, EventId};
+use junction_store::{AuditEntry, MemStore, Recorded, StoreError};
+
+fn irc(nick: &str, user_host: &str) -> Sender {
+    Sender::new(
+        UserRef::new("irc:local", junction_irc::inbound::nick_user_id(nick)),
+        nick,
+    )
+    .with_address(format!("{nick}!{user_host}"))
+}
+
+fn with_account(nick: &str, account: &str, user_host: &str) -> Sender {
+    Sender::new(
+        UserRef::new("irc:local", junction_irc::inbound::account_user_id(account)),
+        nick,
+    )
+    .with_address(format!("{nick}!{user_host}"))
+}
+
+#[test]
+fn host_masks_match_with_wildcards_in_every_part() {
+    let (a, mut r, s, _) = setup();
+    let o = a.handle(&root(), "root", "ban local/*!*@evil.host", &mut r, &s);
+    assert!(o.reply.starts_with("Banned"), "{}", o.reply);
+    assert_eq!(
+        a.check_ban(&s, &irc("anyone", "~x@EVIL.host")),
+        BanCheck::Banned
+    );
+    assert_eq!(
+        a.check_ban(&s, &with_account("acct", "someone", "~y@evil.host")),
+        BanCheck::Banned,
+        "an account holder on that host too"
+    );
+    assert_eq!(
+        a.check_ban(&s, &irc("anyone", "~x@good.host")),
+        BanCheck::Clear
+    );
+    a.handle(&root(), "root", "ban local/*!~sp?m*@*.isp.test", &mut r, &s);
+    assert_eq!(
+        a.check_ban(&s, &irc("new", "~spam1@a.isp.test")),
+        BanCheck::Banned
+    );
+    assert_eq!(
+        a.check_ban(&s, &irc("new", "~ham@a.isp.test")),
+        BanCheck::Clear
+    );
+}
+
+#[test]
+fn a_nick_ban_follows_the_person_through_a_nick_change() {
+    let (a, mut r, s, _) = setup();
+    a.handle(&root(), "root", "ban local/troll", &mut r, &s);
+    // Seen under the banned nick: the ban learns their user@host...
+    assert_eq!(
+        a.check_ban(&s, &irc("troll", "~t@host.test")),
+        BanCheck::Banned
+    );
+    // ...so the new nick is banned too, and so is it after a restart (it is stored).
+    assert_eq!(
+        a.check_ban(&s, &irc("innocent", "~t@host.test")),
+        BanCheck::Banned
+    );
+    let (fresh, _, _, _) = setup();
+    assert_eq!(
+        fresh.check_ban(&s, &irc("innocent2", "~t@host.test")),
+        BanCheck::Banned
+    );
+    // Someone else on another host is not.
+    assert_eq!(
+        a.check_ban(&s, &irc("innocent", "~i@other.test")),
+        BanCheck::Clear
+    );
+    // An account holder taking the banned nick is refused while they wear it.
+    assert_eq!(
+        a.check_ban(&s, &with_account("troll", "acct", "~a@third.test")),
+        BanCheck::Banned
+    );
+    let o = a.handle(&root(), "root", "unban local/troll", &mut r, &s);
+    assert!(o.reply.starts_with("Unbanned"), "{}", o.reply);
+    assert_eq!(
+        a.check_ban(&s, &irc("innocent", "~t@host.test")),
+        BanCheck::Clear
+    );
+}
+
+#[test]
+fn account_bans_name_the_account_not_the_nick() {
+    let (a, mut r, s, _) = setup();
+    let o = a.handle(&root(), "root", "ban local/$a:mallory", &mut r, &s);
+    assert!(o.reply.starts_with("Banned"), "{}", o.reply);
+    assert_eq!(
+        a.check_ban(&s, &with_account("whatever", "mallory", "~m@h.test")),
+        BanCheck::Banned
+    );
+    // The nick `mallory` without the account is someone else.
+    assert_eq!(
+        a.check_ban(&s, &irc("mallory", "~n@other.test")),
+        BanCheck::Clear
+    );
+}
+
+/// A store whose every read of the key/value tables fails.
+struct Failing(MemStore);
+
+impl Store for Failing {
+    fn record_inbound(&self, e: &Event, p: Vec<Planned>) -> junction_store::Result<Recorded> {
+        self.0.record_inbound(e, p)
+    }
+    fn record_delivered(&self, d: &Delivered) -> junction_store::Result<()> {
+        self.0.record_delivered(d)
+    }
+    fn event_for(&self, r: &RoomRef, m: &MessageId) -> junction_store::Result<Option<EventId>> {
+        self.0.event_for(r, m)
+    }
+    fn remote_ids(&self, e: &EventId, r: &RoomRef) -> junction_store::Result<Vec<MessageId>> {
+        self.0.remote_ids(e, r)
+    }
+    fn pending(&self, n: &NetworkId) -> junction_store::Result<Vec<Delivery>> {
+        self.0.pending(n)
+    }
+    fn outbox_depth(&self, n: &NetworkId) -> junction_store::Result<usize> {
+        self.0.outbox_depth(n)
+    }
+    fn txn_done(&self, k: &str) -> junction_store::Result<bool> {
+        self.0.txn_done(k)
+    }
+    fn mark_txn(&self, k: &str) -> junction_store::Result<()> {
+        self.0.mark_txn(k)
+    }
+    fn puppet(&self, n: &NetworkId, u: &UserRef) -> junction_store::Result<Option<String>> {
+        self.0.puppet(n, u)
+    }
+    fn set_puppet(&self, n: &NetworkId, u: &UserRef, i: &str) -> junction_store::Result<()> {
+        self.0.set_puppet(n, u, i)
+    }
+    fn puppet_owner(&self, n: &NetworkId, i: &str) -> junction_store::Result<Option<UserRef>> {
+        self.0.puppet_owner(n, i)
+    }
+    fn links(&self) -> junction_store::Result<Vec<Link>> {
+        self.0.links()
+    }
+    fn put_link(&self, l: &Link) -> junction_store::Result<()> {
+        self.0.put_link(l)
+    }
+    fn remove_link(&self, b: &BridgeName) -> junction_store::Result<()> {
+        self.0.remove_link(b)
+    }
+    fn cursor(&self, r: &RoomRef) -> junction_store::Result<Option<String>> {
+        self.0.cursor(r)
+    }
+    fn set_cursor(&self, r: &RoomRef, c: &str) -> junction_store::Result<()> {
+        self.0.set_cursor(r, c)
+    }
+    fn kv_get(&self, _: &str, _: &str) -> junction_store::Result<Option<Vec<u8>>> {
+        Err(StoreError::Backend("disk gone".into()))
+    }
+    fn kv_put(&self, ns: &str, k: &str, v: &[u8]) -> junction_store::Result<()> {
+        self.0.kv_put(ns, k, v)
+    }
+    fn kv_remove(&self, ns: &str, k: &str) -> junction_store::Result<()> {
+        self.0.kv_remove(ns, k)
+    }
+    fn kv_scan(&self, _: &str) -> junction_store::Result<Vec<(String, Vec<u8>)>> {
+        Err(StoreError::Backend("disk gone".into()))
+    }
+    fn audit(&self, e: &AuditEntry) -> junction_store::Result<()> {
+        self.0.audit(e)
+    }
+    fn audit_log(&self) -> junction_store::Result<Vec<AuditEntry>> {
+        self.0.audit_log()
+    }
+    fn flush(&self) -> junction_store::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn bans_fail_closed() {
+    let (a, _, _, _) = setup();
+    let s = Failing(MemStore::new());
+    for sender in [
+        irc("anyone", "~a@h.test"),
+        Sender::new(UserRef::new("matrix", "@x:matrix.test"), "x"),
+        Sender::new(UserRef::new("xmpp", "occupant:abc"), "x"),
+    ] {
+        assert_eq!(a.check_ban(&s, &sender), BanCheck::Unknown, "{sender:?}");
+        assert!(a.is_banned(&s, &sender.user));
+    }
+}
