@@ -43,15 +43,15 @@ mod restarts;
 /// Rooms the gateway creates on a server that locks new rooms.
 mod xmpp_rooms;
 
-/// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
-/// runs): the gateway stays up and relays in every direction, before and after a restart.
-mod hostile_input;
-/// Hostile use of the command channels and the media proxy by ordinary users: invites from
-/// strangers, a flood of commands, uploads that would run script.
-mod hostile_commands;
-/// `close` and `unlink` announce in every affected room on every network before the gateway
-/// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
-mod closing;
 /// Authority: deletions, edits and topics cross only for their author or a moderator; the
 /// gateway lends nobody its power.
 mod authority;
+/// `close` and `unlink` announce in every affected room on every network before the gateway
+/// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
+mod closing;
+/// Hostile use of the command channels and the media proxy by ordinary users: invites from
+/// strangers, a flood of commands, uploads that would run script.
+mod hostile_commands;
+/// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
+/// runs): the gateway stays up and relays in every direction, before and after a restart.
+mod hostile_input;
