@@ -577,7 +577,10 @@ impl Harness {
         let outcome = crate::eventually(deadline, &format!("{} to be ready", svc.name()), || {
             let http = http.clone();
             async move {
-                if self.running_pid(svc).is_none() {
+                // The pid we just started, judged by whether it still runs: its command
+                // line is the launcher's for a moment while it execs the server.
+                let started = process::read_pid(&self.layout.pid_file(svc));
+                if !started.is_some_and(process::alive) {
                     return Some(Err(anyhow::anyhow!(
                         "{} exited during startup; its log ends:\n{}",
                         svc.name(),

@@ -25,6 +25,13 @@ pub(crate) fn proc_state(pid: u32) -> Option<char> {
     parse_stat_state(&stat)
 }
 
+/// Whether `pid` exists and has not exited (a zombie counts as exited). Unlike [`liveness`]
+/// it does not read the command line, which is briefly unreadable or the launcher's own
+/// while the process execs the server.
+pub(crate) fn alive(pid: u32) -> bool {
+    !matches!(proc_state(pid), None | Some('Z') | Some('X') | Some('x'))
+}
+
 /// The state letter follows the last `)`: the command name in parentheses may itself
 /// contain spaces or parentheses.
 fn parse_stat_state(stat: &str) -> Option<char> {
