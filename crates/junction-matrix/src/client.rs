@@ -396,6 +396,23 @@ impl Client {
         }
     }
 
+    /// The whole current state event `kind`/`key` of a room (with its `sender`, which the
+    /// content alone leaves out), or None when the room has none.
+    pub async fn state_event(&self, room_id: &str, kind: &str, key: &str) -> Result<Option<Value>> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            path_segment(room_id),
+            path_segment(kind),
+            path_segment(key)
+        );
+        let query = [("format", "event".to_owned())];
+        match self.call(Method::GET, &path, &query, Body::None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a room event as `user` with the idempotency key `txn`, its timestamp set to
     /// `ts_ms`; returns the event id.
     pub async fn send(

@@ -46,6 +46,29 @@ pub fn is_moderator(levels: Option<&Value>, user: &str, kind: &EventKind) -> boo
     user_level(levels, user) >= needed
 }
 
+/// True when `user` created the room under a room version whose creators hold power above
+/// every level (room version 12 and later, MSC4289): the sender of `m.room.create` and its
+/// `additional_creators`, none of whom is listed in `m.room.power_levels`. `create` is the
+/// whole `m.room.create` event. Earlier versions list their creator among the users, so this
+/// is false for them.
+pub fn is_privileged_creator(create: &Value, user: &str) -> bool {
+    let content = create.get("content").unwrap_or(&Value::Null);
+    let version = content
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    // Versions 1 to 11 (and unknown experimental ones) give creators no special power.
+    let privileged = version.parse::<u32>().is_ok_and(|v| v >= 12);
+    if !privileged {
+        return false;
+    }
+    create.get("sender").and_then(Value::as_str) == Some(user)
+        || content
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(user)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +80,24 @@ mod tests {
             target: MessageId::new("$m"),
             reason: None,
         }
+    }
+
+    #[test]
+    fn creators_of_version_12_rooms_are_privileged() {
+        let create = |version: &str| {
+            json!({"type": "m.room.create", "sender": "@alice:hs",
+                   "content": {"room_version": version, "additional_creators": ["@carol:hs"]}})
+        };
+        assert!(is_privileged_creator(&create("12"), "@alice:hs"));
+        assert!(is_privileged_creator(&create("12"), "@carol:hs"));
+        assert!(!is_privileged_creator(&create("12"), "@bob:hs"));
+        // Earlier versions list the creator among the power levels' users instead.
+        assert!(!is_privileged_creator(&create("11"), "@alice:hs"));
+        assert!(!is_privileged_creator(
+            &create("org.example.x"),
+            "@alice:hs"
+        ));
+        assert!(!is_privileged_creator(&json!({}), "@alice:hs"));
     }
 
     #[test]

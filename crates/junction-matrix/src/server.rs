@@ -289,9 +289,19 @@ async fn acts_as_moderator(sh: &Shared, ev: &Value, kind: &junction_core::EventK
         return false;
     };
     match sh.client.state(room_id, "m.room.power_levels", "").await {
-        Ok(levels) => crate::power::is_moderator(levels.as_ref(), sender, kind),
+        Ok(levels) if crate::power::is_moderator(levels.as_ref(), sender, kind) => return true,
+        Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, room = room_id, "Could not read the room's power levels; the sender counts as no moderator.");
+            return false;
+        }
+    }
+    // Creators of rooms of version 12 and later outrank every level without being listed.
+    match sh.client.state_event(room_id, "m.room.create", "").await {
+        Ok(Some(create)) => crate::power::is_privileged_creator(&create, sender),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, room = room_id, "Could not read the room's creation; the sender counts as no moderator.");
             false
         }
     }
