@@ -750,7 +750,8 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
     })
     .await?;
 
-    // Bob sets the topic, changes his nick, and leaves.
+    // Bob, a channel operator, sets the topic (his ghost lacks the power level, so the bot
+    // sets it for him), changes his nick, and leaves.
     deliver(
         &mut gw,
         delivery(
@@ -758,7 +759,8 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
             &alias,
             irc_event(EventKind::Topic {
                 text: "lobby rules".into(),
-            }),
+            })
+            .moderated(true),
         ),
     )
     .await?;
