@@ -59,6 +59,21 @@ pub fn check(event: &Event, original: Option<Option<&UserRef>>) -> Result<(), Re
     })
 }
 
+/// The reason given with a deletion the gateway makes for a moderator of another network:
+/// who removed the message, where they are a moderator, and their own reason.
+pub fn moderation_reason(moderator: &crate::Sender, reason: Option<&str>) -> String {
+    let who = format!(
+        "Removed by {} ({}, moderator on {})",
+        moderator.display_name,
+        moderator.user.user.as_str(),
+        moderator.user.network
+    );
+    match reason {
+        Some(r) if !r.is_empty() => format!("{who}: {r}"),
+        _ => who,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

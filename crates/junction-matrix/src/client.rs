@@ -383,30 +383,31 @@ impl Client {
 
     /// A state event's content, `None` when the room has no such state.
     pub async fn state(&self, room_id: &str, kind: &str, key: &str) -> Result<Option<Value>> {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/{}/{}",
-            path_segment(room_id),
-            path_segment(kind),
-            path_segment(key)
-        );
-        match self.call(Method::GET, &path, &[], Body::None).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.state_as(room_id, kind, key, &[]).await
     }
 
     /// The whole current state event `kind`/`key` of a room (with its `sender`, which the
     /// content alone leaves out), or None when the room has none.
     pub async fn state_event(&self, room_id: &str, kind: &str, key: &str) -> Result<Option<Value>> {
+        let query = [("format", "event".to_owned())];
+        self.state_as(room_id, kind, key, &query).await
+    }
+
+    /// `GET .../state/{kind}/{key}` with `query`; a 404 is None.
+    async fn state_as(
+        &self,
+        room_id: &str,
+        kind: &str,
+        key: &str,
+        query: &[(&str, String)],
+    ) -> Result<Option<Value>> {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/state/{}/{}",
             path_segment(room_id),
             path_segment(kind),
             path_segment(key)
         );
-        let query = [("format", "event".to_owned())];
-        match self.call(Method::GET, &path, &query, Body::None).await {
+        match self.call(Method::GET, &path, query, Body::None).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),

@@ -142,7 +142,7 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
                                 "the sender may not remove this message here".into(),
                             ));
                         }
-                        let why = moderation_reason(sender, r);
+                        let why = junction_core::authority::moderation_reason(sender, r);
                         sh.client
                             .redact(&room_id, target.as_str(), &txn, Some(&why), None)
                             .await?
@@ -260,20 +260,6 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             }
             bot_notice(sh, d, &room_id, &text, ts).await
         }
-    }
-}
-
-/// The reason of a redaction the bot makes for a moderator of another network.
-fn moderation_reason(moderator: &junction_core::Sender, reason: Option<&str>) -> String {
-    let who = format!(
-        "Removed by {} ({}, moderator on {})",
-        moderator.display_name,
-        moderator.user.user.as_str(),
-        moderator.user.network
-    );
-    match reason {
-        Some(r) if !r.is_empty() => format!("{who}: {r}"),
-        _ => who,
     }
 }
 

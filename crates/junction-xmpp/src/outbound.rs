@@ -278,21 +278,6 @@ pub fn admin(from: &str, room: &str, id: &str, item: &AdminItem, reason: Option<
         .build()
 }
 
-/// The reason given with a moderation the gateway makes for a moderator of another
-/// network: who removed the message, where they are a moderator, and their own reason.
-pub fn moderation_reason(moderator: &junction_core::Sender, reason: Option<&str>) -> String {
-    let who = format!(
-        "Removed by {} ({}, moderator on {})",
-        moderator.display_name,
-        moderator.user.user.as_str(),
-        moderator.user.network
-    );
-    match reason {
-        Some(r) if !r.is_empty() => format!("{who}: {r}"),
-        _ => who,
-    }
-}
-
 /// A XEP-0425 moderation request: retract the room message `target` (its
 /// stanza-id) for everyone.
 pub fn moderate(from: &str, room: &str, id: &str, target: &str, reason: Option<&str>) -> Element {
@@ -509,7 +494,7 @@ mod tests {
             junction_core::UserRef::new("matrix", "@mod:matrix.test"),
             "Mod",
         );
-        let why = moderation_reason(&moderator, Some("spam"));
+        let why = junction_core::authority::moderation_reason(&moderator, Some("spam"));
         assert_eq!(
             why,
             "Removed by Mod (@mod:matrix.test, moderator on matrix): spam"

@@ -1017,7 +1017,10 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
                         return true;
                     }
                     sender_key = (room.clone(), listener_bare);
-                    let why = outbound::moderation_reason(&d.event.sender, reason.as_deref());
+                    let why = junction_core::authority::moderation_reason(
+                        &d.event.sender,
+                        reason.as_deref(),
+                    );
                     (
                         outbound::moderate(&st.listener(), &room, &id, &s, Some(&why)),
                         Wait::Iq,
