@@ -127,6 +127,19 @@ struct Rights {
 }
 
 impl Rights {
+    /// The rights a MUC presence's `<item/>` gives (none and participant without one).
+    fn of(item: Option<&Element>) -> Self {
+        Rights {
+            affiliation: item
+                .and_then(|i| i.attr("affiliation"))
+                .unwrap_or("none")
+                .to_string(),
+            role: item
+                .and_then(|i| i.attr("role"))
+                .unwrap_or("participant")
+                .to_string(),
+        }
+    }
     fn moderator(&self) -> bool {
         self.role == "moderator" || matches!(self.affiliation.as_str(), "owner" | "admin")
     }
@@ -2103,16 +2116,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             st.listening.insert(room_jid.to_string());
             st.rights.insert(
                 room_jid.to_string(),
-                Rights {
-                    affiliation: item
-                        .and_then(|i| i.attr("affiliation"))
-                        .unwrap_or("none")
-                        .to_string(),
-                    role: item
-                        .and_then(|i| i.attr("role"))
-                        .unwrap_or("participant")
-                        .to_string(),
-                },
+                Rights::of(item),
             );
             st.failed.remove(room_jid);
         }
@@ -2130,16 +2134,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
         || real
             .as_deref()
             .is_some_and(|j| is_ours(j, &st.config.component));
-    let rights = Rights {
-        affiliation: item
-            .and_then(|i| i.attr("affiliation"))
-            .unwrap_or("none")
-            .to_string(),
-        role: item
-            .and_then(|i| i.attr("role"))
-            .unwrap_or("participant")
-            .to_string(),
-    };
+    let rights = Rights::of(item);
     let was_present = if ty == Some("unavailable") {
         st.occupants.remove(from).is_some()
     } else {
