@@ -23,8 +23,7 @@ pub const LOGGED_COMMAND_CHARS: usize = 200;
 /// One sender's bucket.
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    last: Instant,
+    tokens: crate::ratelimit::Tokens,
     /// Commands ignored since the sender was last let through.
     ignored: u64,
 }
@@ -55,10 +54,8 @@ impl CommandLimiter {
         let burst = f64::from(COMMAND_BURST);
         if !self.buckets.contains_key(sender) && self.buckets.len() >= MAX_SENDERS {
             // Forget the senders whose buckets are full again (idle ones).
-            self.buckets.retain(|_, b| {
-                let t = b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate;
-                t < burst
-            });
+            self.buckets
+                .retain(|_, b| b.tokens.level_at(now, rate, burst) < burst);
             if self.buckets.len() >= MAX_SENDERS {
                 return Verdict::Limited { first: false };
             }
@@ -67,15 +64,10 @@ impl CommandLimiter {
             .buckets
             .entry(sender.to_owned())
             .or_insert_with(|| Bucket {
-                tokens: burst,
-                last: now,
+                tokens: crate::ratelimit::Tokens::full(burst, now),
                 ignored: 0,
             });
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.last = now;
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens.take(now, rate, burst) {
             if b.ignored > 0 {
                 tracing::info!(
                     sender,

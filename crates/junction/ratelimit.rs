@@ -72,10 +72,44 @@ pub fn kind_of(kind: &EventKind) -> &'static str {
 }
 
 struct Bucket {
-    tokens: f64,
-    last: Instant,
+    tokens: Tokens,
     /// Dropped since the last event that passed.
     dropped: u64,
+}
+
+/// The level of one token bucket: at most `burst` tokens, refilled at `per_second`.
+#[derive(Debug)]
+pub(crate) struct Tokens {
+    level: f64,
+    last: Instant,
+}
+
+impl Tokens {
+    /// A full bucket.
+    pub(crate) fn full(burst: f64, now: Instant) -> Self {
+        Tokens {
+            level: burst,
+            last: now,
+        }
+    }
+
+    /// The level at `now`, nothing taken.
+    pub(crate) fn level_at(&self, now: Instant, per_second: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.level + elapsed * per_second).min(burst)
+    }
+
+    /// Refills up to `now`, then takes one token if there is one.
+    pub(crate) fn take(&mut self, now: Instant, per_second: f64, burst: f64) -> bool {
+        self.level = self.level_at(now, per_second, burst);
+        self.last = now;
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What to do with one event.
@@ -137,15 +171,10 @@ impl Limiter {
             kind_of(&ev.kind),
         );
         let b = self.buckets.get_or_insert_mut(key, || Bucket {
-            tokens: burst,
-            last: now,
+            tokens: Tokens::full(burst, now),
             dropped: 0,
         });
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.last = now;
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens.take(now, rate, burst) {
             match std::mem::take(&mut b.dropped) {
                 0 => Verdict::Pass,
                 n => Verdict::PassAfter(n),

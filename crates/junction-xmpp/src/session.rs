@@ -2114,10 +2114,7 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 .insert(room_jid.to_string(), "removed from the room".into());
         } else {
             st.listening.insert(room_jid.to_string());
-            st.rights.insert(
-                room_jid.to_string(),
-                Rights::of(item),
-            );
+            st.rights.insert(room_jid.to_string(), Rights::of(item));
             st.failed.remove(room_jid);
         }
         update_status(st, cx);
