@@ -48,6 +48,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How many display names [`Shared::names`] keeps.
+const MAX_NAMES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(10_000) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 /// The store table of rooms where the bot takes commands: room id → who invited it.
 pub const COMMAND_ROOMS_TABLE: &str = "matrix/command_rooms";
 
@@ -162,8 +167,9 @@ pub(crate) struct Shared {
     pub(crate) media: Arc<MediaProxy>,
     pub(crate) bot_id: String,
     rooms: Mutex<Rooms>,
-    /// (room id, user id) → display name.
-    pub(crate) names: Mutex<HashMap<(String, String), String>>,
+    /// (room id, user id) → display name, the most recently used [`MAX_NAMES`] (keyed by
+    /// what senders choose, so bounded; a name evicted is read again from the homeserver).
+    pub(crate) names: Mutex<lru::LruCache<(String, String), String>>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Admin commands to the gateway.
     pub(crate) commands: mpsc::Sender<Command>,
@@ -224,7 +230,7 @@ impl Shared {
             ghosts,
             media: Arc::new(media),
             rooms: Mutex::new(Rooms::default()),
-            names: Mutex::new(HashMap::new()),
+            names: Mutex::new(lru::LruCache::new(MAX_NAMES)),
             inbound,
             commands,
             command_rooms: Mutex::new(command_rooms),

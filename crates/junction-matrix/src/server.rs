@@ -254,7 +254,7 @@ async fn prefetch_name(sh: &Shared, ev: &Value) {
     if sh.linked(room_id).is_none()
         || sender == sh.bot_id
         || crate::ids::is_ghost(&sh.config.user_prefix, &sh.config.server_name, sender)
-        || lock(&sh.names).contains_key(&(room_id.to_owned(), sender.to_owned()))
+        || lock(&sh.names).contains(&(room_id.to_owned(), sender.to_owned()))
     {
         return;
     }
@@ -270,7 +270,7 @@ async fn prefetch_name(sh: &Shared, ev: &Value) {
         }
     };
     if let Some(name) = name {
-        lock(&sh.names).insert((room_id.to_owned(), sender.to_owned()), name);
+        lock(&sh.names).put((room_id.to_owned(), sender.to_owned()), name);
     }
 }
 
@@ -364,7 +364,7 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 user_id,
                 name,
             } => {
-                lock(&sh.names).insert((room_id, user_id), name);
+                lock(&sh.names).put((room_id, user_id), name);
             }
             Effect::GhostLeft { room_id, user_id } => sh.ghosts.forget_joined(&user_id, &room_id),
             Effect::BotInvited { room_id, by } => {
@@ -558,7 +558,7 @@ mod tests {
         sh.admins.insert("@alice:matrix.test".into());
         sh.add_room(RoomId::new("#lobby:matrix.test"), "!room".into());
         sh.ready.send_replace(true);
-        lock(&sh.names).insert(
+        lock(&sh.names).put(
             ("!room".into(), "@alice:matrix.test".into()),
             "Alice".into(),
         );
