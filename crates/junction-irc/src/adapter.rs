@@ -132,6 +132,16 @@ struct Roster {
     ops: crate::ops::Ops,
 }
 
+impl Roster {
+    /// Forgets the host of `nick` (folded) once it shares no channel with the bot any more:
+    /// its QUIT will not be seen, and the map would otherwise keep everyone who ever left.
+    fn forget_host_if_gone(&mut self, nick: &str) {
+        if !self.members.values().any(|m| m.contains(nick)) {
+            self.hosts.remove(nick);
+        }
+    }
+}
+
 /// The bot's `channel_history` work on one connection (folded channels).
 #[derive(Default)]
 struct HistoryModes {
@@ -1223,14 +1233,15 @@ impl IrcAdapter {
                     if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
                         m.remove(&n);
                     }
+                    roster.forget_host_if_gone(&n);
                 }
                 Command::KICK(chan, who, _) => {
-                    roster
-                        .ops
-                        .left(&s.isupport.fold(chan), &s.isupport.fold(who));
+                    let who = s.isupport.fold(who);
+                    roster.ops.left(&s.isupport.fold(chan), &who);
                     if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
-                        m.remove(&s.isupport.fold(who));
+                        m.remove(&who);
                     }
+                    roster.forget_host_if_gone(&who);
                 }
                 Command::QUIT(_) => {
                     roster.ops.quit(&n);
@@ -1478,6 +1489,24 @@ impl Adapter for IrcAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_forgotten_once_no_channel_is_shared() {
+        let mut r = Roster::default();
+        for chan in ["#a", "#b"] {
+            r.members
+                .entry(chan.into())
+                .or_default()
+                .insert("eve".into());
+        }
+        r.hosts.insert("eve".into(), "host.example".into());
+        r.members.get_mut("#a").map(|m| m.remove("eve"));
+        r.forget_host_if_gone("eve");
+        assert!(r.hosts.contains_key("eve"), "still in #b");
+        r.members.get_mut("#b").map(|m| m.remove("eve"));
+        r.forget_host_if_gone("eve");
+        assert!(r.hosts.is_empty());
+    }
     use crate::test_store::TestStore;
     use junction_core::format::RichText;
     use junction_core::{
