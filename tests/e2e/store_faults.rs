@@ -70,7 +70,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let plain = Command::new("umount").arg(&self.at).status();
+        let plain = Command::new("umount")
+            .arg(&self.at)
+            .stderr(std::process::Stdio::null())
+            .status();
         if !plain.is_ok_and(|s| s.success()) {
             let _ = Command::new("umount").arg("-l").arg(&self.at).status();
         }
@@ -112,6 +115,16 @@ async fn talk(
     Ok(())
 }
 
+/// When the space comes back, relative to the gateway's own exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Freed {
+    /// After the gateway has exited: a supervisor restarts it once the disk has room.
+    AfterTheExit,
+    /// While the gateway still runs with its store failing: sled keeps refusing writes
+    /// (the error is latched), so it exits all the same.
+    BeforeTheExit,
+}
+
 /// The gateway's data directory fills up while all three networks talk: `/health` answers
 /// 503 with a `store` entry, the gateway exits non-zero by itself after
 /// `store_retry_seconds`, and once the space is freed and it is started again on the same
@@ -119,6 +132,19 @@ async fn talk(
 /// other networks exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_gives_503_then_a_restart_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    full_disk(Freed::AfterTheExit).await
+}
+
+/// As above, but the space comes back while the gateway still runs on its failing store:
+/// it still exits non-zero (sled has latched the error), and its restart loses and doubles
+/// nothing, the lines said after the space came back included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_back_before_the_exit_still_restarts_and_loses_nothing() -> anyhow::Result<()> {
+    full_disk(Freed::BeforeTheExit).await
+}
+
+/// The scenario of both tests; `freed` says when the filler is removed.
+async fn full_disk(freed: Freed) -> anyhow::Result<()> {
     // An InspIRCd of the test's own, whose channel history replays the IRC lines the failing
     // gateway could not store.
     let ircd = OwnInspircd::start().await?;
@@ -176,6 +202,10 @@ async fn a_full_disk_gives_503_then_a_restart_loses_and_doubles_nothing() -> any
             .is_some_and(|r| !r.is_empty()),
         "the store entry says why: {health}"
     );
+    if freed == Freed::BeforeTheExit {
+        std::fs::remove_file(&filler)?;
+        talk(&rig, &tag, 16..20, &mut expected).await?;
+    }
 
     // The gateway gives up by itself, with a non-zero exit, after store_retry_seconds.
     let mut gateway = rig.gateway.take().context("the gateway runs")?;
@@ -205,7 +235,9 @@ async fn a_full_disk_gives_503_then_a_restart_loses_and_doubles_nothing() -> any
     // Down: everyone keeps talking. Then the space comes back and the gateway is restarted
     // on the same data directory, as a supervisor would.
     talk(&rig, &tag, 20..24, &mut expected).await?;
-    std::fs::remove_file(&filler)?;
+    if freed == Freed::AfterTheExit {
+        std::fs::remove_file(&filler)?;
+    }
     rig.start_gateway().await?;
     talk(&rig, &tag, 30..34, &mut expected).await?;
 
