@@ -154,8 +154,25 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::warn!("Some adapters did not stop within 10 s.");
         adapters.abort_all();
     }
-    store.flush()?;
-    result
+    let flushed = store.flush();
+    stop_result(result, flushed)
+}
+
+/// What the gateway ends with: the route loop's error first (it says why the gateway stops,
+/// e.g. a store that kept refusing writes), then the last flush's; a flush error after a
+/// route error is only logged, so it does not hide the reason.
+fn stop_result(
+    routed: anyhow::Result<()>,
+    flushed: junction_store::Result<()>,
+) -> anyhow::Result<()> {
+    match (routed, flushed) {
+        (Err(e), Err(f)) => {
+            tracing::error!(error = %f, "Could not flush the store while stopping.");
+            Err(e)
+        }
+        (Ok(()), Err(f)) => Err(f.into()),
+        (routed, Ok(())) => routed,
+    }
 }
 
 /// The Matrix users among the gateway's and the bridges' admins: the only ones whose invites
@@ -169,4 +186,28 @@ fn matrix_admins(config: &config::Config) -> Vec<String> {
         .filter(|u| u.network.as_str() == "matrix")
         .map(|u| u.user.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_result;
+    use junction_store::StoreError;
+
+    #[test]
+    fn the_route_error_is_kept_over_the_last_flush_error() {
+        let routed = Err(anyhow::anyhow!(
+            "the store has refused writes for 60 s; exiting"
+        ));
+        let flushed = Err(StoreError::Backend("no space left".into()));
+        let e = stop_result(routed, flushed).expect_err("an error");
+        assert!(e.to_string().contains("refused writes"), "{e}");
+    }
+
+    #[test]
+    fn a_flush_error_alone_is_the_result() {
+        let e = stop_result(Ok(()), Err(StoreError::Backend("no space left".into())))
+            .expect_err("an error");
+        assert!(e.to_string().contains("no space left"), "{e}");
+        assert!(stop_result(Ok(()), Ok(())).is_ok());
+    }
 }

@@ -44,8 +44,8 @@ const PACE: Duration = Duration::from_millis(120);
 // The gateway as a child process.
 
 /// One gateway process on a config file; killed with SIGKILL when dropped.
-struct GatewayProcess {
-    child: tokio::process::Child,
+pub(super) struct GatewayProcess {
+    pub(super) child: tokio::process::Child,
 }
 
 impl GatewayProcess {
@@ -96,7 +96,7 @@ pub(super) fn tail(path: &Path, lines: usize) -> String {
 
 /// A lobby whose gateway runs as a child process: rooms on all three networks, one user
 /// on each, and the config and log files in a temporary directory.
-struct Rig {
+pub(super) struct Rig {
     servers: &'static Servers,
     slot: SlotGuard,
     room: String,
@@ -109,16 +109,16 @@ struct Rig {
     /// Every IRC connection the test made (a new one after an IRC server restart).
     irc: Vec<IrcUser>,
     irc_nick: String,
-    dir: tempfile::TempDir,
-    metrics: SocketAddr,
-    gateway: Option<GatewayProcess>,
+    pub(super) dir: tempfile::TempDir,
+    pub(super) metrics: SocketAddr,
+    pub(super) gateway: Option<GatewayProcess>,
     /// How many times the gateway has come up.
     starts: usize,
 }
 
 impl Rig {
     /// Rooms, users and config; the gateway is not started yet.
-    async fn new(irc_addr: SocketAddr) -> anyhow::Result<Rig> {
+    pub(super) async fn new(irc_addr: SocketAddr) -> anyhow::Result<Rig> {
         let servers = servers().await?;
         let slot = slot().await?;
         let name = unique("flt");
@@ -161,15 +161,15 @@ impl Rig {
         Ok(rig)
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(super) fn config_path(&self) -> PathBuf {
         self.dir.path().join("bridges.toml")
     }
 
-    fn log_path(&self) -> PathBuf {
+    pub(super) fn log_path(&self) -> PathBuf {
         self.dir.path().join("gateway.log")
     }
 
-    fn config(&self) -> String {
+    pub(super) fn config(&self) -> String {
         let s = self.servers;
         let slot = &self.slot;
         format!(
@@ -234,7 +234,7 @@ irc = "local/{channel}"
 
     /// Starts the gateway process and waits until it is up: `/health` answers 200, its
     /// listener has (re)joined the MUC and its bot the IRC channel.
-    async fn start_gateway(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn start_gateway(&mut self) -> anyhow::Result<()> {
         self.gateway = Some(GatewayProcess::spawn(
             &self.config_path(),
             &self.log_path(),
@@ -326,7 +326,7 @@ irc = "local/{channel}"
             .count()
     }
 
-    async fn kill_gateway(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn kill_gateway(&mut self) -> anyhow::Result<()> {
         if let Some(g) = self.gateway.take() {
             g.kill9().await?;
         }
@@ -334,7 +334,7 @@ irc = "local/{channel}"
     }
 
     /// Every line received on each network: (receiving network, origin, number).
-    async fn received(&self, tag: &str) -> anyhow::Result<Vec<(Net, Net, u32)>> {
+    pub(super) async fn received(&self, tag: &str) -> anyhow::Result<Vec<(Net, Net, u32)>> {
         let mut out = Vec::new();
         let me = self.matrix.user_id().to_owned();
         for e in self.matrix.events(&self.room).await? {
@@ -372,7 +372,7 @@ irc = "local/{channel}"
     }
 
     /// Sends line `n` from `from`.
-    async fn send(&self, from: Net, tag: &str, n: u32) -> anyhow::Result<()> {
+    pub(super) async fn send(&self, from: Net, tag: &str, n: u32) -> anyhow::Result<()> {
         let text = line(tag, from, n);
         match from {
             Net::Matrix => {
@@ -396,7 +396,7 @@ pub(super) enum Net {
 }
 
 impl Net {
-    const ALL: [Net; 3] = [Net::Matrix, Net::Xmpp, Net::Irc];
+    pub(super) const ALL: [Net; 3] = [Net::Matrix, Net::Xmpp, Net::Irc];
 
     pub(super) fn letter(self) -> char {
         match self {
@@ -432,7 +432,7 @@ pub(super) fn parse_line(tag: &str, text: &str) -> Option<(Net, u32)> {
 }
 
 /// Notes line `n` from `net` as sent.
-fn record(expected: &mut BTreeMap<Net, Vec<u32>>, net: Net, n: u32) {
+pub(super) fn record(expected: &mut BTreeMap<Net, Vec<u32>>, net: Net, n: u32) {
     expected.entry(net).or_default().push(n);
 }
 
@@ -515,7 +515,7 @@ pub(super) fn print_figures(title: &str, figures: &BTreeMap<(Net, Net), Figures>
 /// Waits until every expected line has reached both other networks, then sends one last
 /// line from each network and waits for those too, so that anything still queued behind
 /// (a late duplicate) has arrived before counting. Returns what was received.
-async fn settle(
+pub(super) async fn settle(
     rig: &Rig,
     tag: &str,
     expected: &BTreeMap<Net, Vec<u32>>,
@@ -647,14 +647,14 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
 
 /// An InspIRCd of this test's own on a free port, with the shared test server's settings
 /// (no flood limits), so restarting it disturbs no other test.
-struct OwnInspircd {
+pub(super) struct OwnInspircd {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<tokio::process::Child>,
 }
 
 impl OwnInspircd {
-    async fn start() -> anyhow::Result<Self> {
+    pub(super) async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let d = dir.path();
@@ -714,7 +714,7 @@ impl OwnInspircd {
         Ok(me)
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(super) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 

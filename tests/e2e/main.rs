@@ -55,3 +55,6 @@ mod hostile_commands;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
+/// A store that fails for real: the data directory on a small tmpfs the test fills; `/health`
+/// answers 503, the gateway exits non-zero by itself, and once space is back nothing is lost.
+mod store_faults;
