@@ -1,5 +1,5 @@
 //! What the deploy guide ships: the systemd unit passes `systemd-analyze verify` with no
-//! warning.
+//! warning, and the guide's `bridges.toml` passes `junction check`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -82,5 +82,37 @@ fn the_unit_passes_systemd_analyze_verify() {
         out.status.success() && ours.is_empty(),
         "systemd-analyze verify: {:?}\n{text}",
         out.status
+    );
+}
+
+/// The complete `bridges.toml` of docs/deploy.md (its first ```toml block) is valid: every
+/// key it shows exists.
+#[test]
+fn the_guides_config_passes_check() {
+    let guide = std::fs::read_to_string(root().join("docs/deploy.md")).unwrap();
+    let start = guide
+        .find("```toml\n")
+        .expect("a ```toml block in docs/deploy.md")
+        + 8;
+    let len = guide[start..].find("```").unwrap();
+    let toml = &guide[start..start + len];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridges.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .env_clear()
+        .env("JUNCTION_AS_TOKEN", "as")
+        .env("JUNCTION_HS_TOKEN", "hs")
+        .env("JUNCTION_XMPP_SECRET", "xs")
+        .env("JUNCTION_IRC_SASL_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
