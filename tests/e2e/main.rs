@@ -55,3 +55,6 @@ mod hostile_commands;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
+/// Deeply nested XMPP stanzas from an ordinary user's client: the component stream's depth
+/// bound keeps the gateway up, relaying in every direction, before and after a restart.
+mod hostile_stanzas;
