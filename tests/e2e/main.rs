@@ -58,3 +58,6 @@ mod hostile_input;
 /// A store that fails for real: the data directory on a small tmpfs the test fills; `/health`
 /// answers 503, the gateway exits non-zero by itself, and once space is back nothing is lost.
 mod store_faults;
+/// Deeply nested XMPP stanzas from an ordinary user's client: the component stream's depth
+/// bound keeps the gateway up, relaying in every direction, before and after a restart.
+mod hostile_stanzas;

@@ -6,6 +6,7 @@
 
 pub mod adhoc;
 pub mod config;
+pub mod depth;
 pub mod inbound;
 pub mod jid;
 pub mod outbound;
@@ -55,6 +56,12 @@ impl XmppAdapter {
     /// has logged in and sent its room joins.
     pub fn sessions(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.state.sessions.clone()
+    }
+
+    /// A counter of incoming stanzas that lost elements nested deeper than
+    /// [`depth::MAX_STANZA_DEPTH`] (each is also logged once).
+    pub fn cut_deep_stanzas(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.state.cut_deep.clone()
     }
 }
 

@@ -15,6 +15,7 @@
 
 use lru::LruCache;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use junction_core::{
 use junction_store::Store;
 use minidom::Element;
 use tokio::sync::{mpsc, oneshot};
-use tokio_xmpp::connect::{DnsConfig, TcpServerConnector};
+use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::Message;
 use tokio_xmpp::parsers::presence::Presence;
@@ -35,6 +36,7 @@ use tokio_xmpp::xmlstream::Timeouts;
 use tokio_xmpp::{Component, Stanza};
 
 use crate::config::XmppConfig;
+use crate::depth::DepthBoundConnector;
 use crate::inbound::{
     archived, diff_reactions, direct_message, error_condition, mam_fin, parse_groupchat,
     room_stanza_id, self_ping_result, sender_message_id, Parsed, RoomContext, SelfPing,
@@ -219,6 +221,8 @@ pub(crate) struct State {
     pub reconnect: Arc<tokio::sync::Notify>,
     /// How many times the component has logged in and joined its rooms.
     pub sessions: Arc<std::sync::atomic::AtomicU64>,
+    /// Incoming stanzas that lost elements nested deeper than the depth bound.
+    pub cut_deep: Arc<std::sync::atomic::AtomicU64>,
     /// XEP-0050 forms sent and not yet submitted.
     adhoc: crate::adhoc::Sessions,
 }
@@ -262,6 +266,7 @@ impl State {
             next_id: 0,
             reconnect: Arc::new(tokio::sync::Notify::new()),
             sessions: Arc::default(),
+            cut_deep: Arc::default(),
             adhoc: crate::adhoc::Sessions::new(),
         }
     }
@@ -390,7 +395,7 @@ fn spawn_cursor_writer(store: Arc<dyn Store>) -> mpsc::UnboundedSender<CursorUpd
     tx
 }
 
-type Conn = Component<TcpServerConnector>;
+type Conn = Component<DepthBoundConnector>;
 
 /// Turns a built element into a typed stanza for tokio-xmpp.
 fn to_stanza(el: Element) -> Option<Stanza> {
@@ -445,11 +450,17 @@ async fn send(conn: &mut Conn, mut el: Element) -> bool {
     }
 }
 
-async fn connect(config: &XmppConfig) -> Result<Conn, String> {
-    Component::new_plaintext(
+/// Logs in as the component over plain TCP, the server's bytes read through the depth
+/// bound (`crate::depth`) so no element tree is ever built deeper than it.
+async fn connect(config: &XmppConfig, cut: &Arc<AtomicU64>) -> Result<Conn, String> {
+    let connector = DepthBoundConnector {
+        dns: DnsConfig::addr(&config.server),
+        cut: cut.clone(),
+    };
+    Component::new_with_connector(
         &config.component,
         config.secret.expose(),
-        DnsConfig::addr(&config.server),
+        connector,
         Timeouts::tight(),
     )
     .await
@@ -499,7 +510,7 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         }
         let conn = tokio::select! {
             () = cx.shutdown.cancelled() => return Ok(()),
-            c = connect(&st.config) => c,
+            c = connect(&st.config, &st.cut_deep) => c,
         };
         let mut conn = match conn {
             Ok(c) => c,

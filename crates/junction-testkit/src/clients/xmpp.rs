@@ -39,6 +39,10 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Stanzas nested deeper than this are skipped, not parsed: minidom builds and drops trees
+/// recursively, and hostile-input tests send stanzas nested tens of thousands deep.
+const MAX_PARSED_DEPTH: usize = 500;
+
 /// Splits the byte stream into complete top-level stanzas (as text), skipping the
 /// stream header; the depth is tracked from tags alone, with quoted attribute values
 /// respected. A new `<stream:stream>` (after SASL) resets it.
@@ -46,6 +50,8 @@ pub fn escape(s: &str) -> String {
 struct Splitter {
     buf: Vec<u8>,
     depth: usize,
+    /// The deepest nesting of the stanza being read.
+    deepest: usize,
     start: usize,
     pos: usize,
 }
@@ -95,7 +101,13 @@ impl Splitter {
             if tag.starts_with(b"</") {
                 self.depth = self.depth.saturating_sub(1);
                 if self.depth == 0 {
-                    out.push(String::from_utf8_lossy(&self.buf[self.start..self.pos]).into_owned());
+                    if std::mem::take(&mut self.deepest) > MAX_PARSED_DEPTH {
+                        tracing::debug!("XMPP stanza nested too deep to parse; skipped");
+                    } else {
+                        out.push(
+                            String::from_utf8_lossy(&self.buf[self.start..self.pos]).into_owned(),
+                        );
+                    }
                     self.buf.drain(..self.pos);
                     self.pos = 0;
                     self.start = 0;
@@ -115,6 +127,7 @@ impl Splitter {
             }
             if !self_closing {
                 self.depth += 1;
+                self.deepest = self.deepest.max(self.depth);
             }
         }
         out
