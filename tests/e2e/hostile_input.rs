@@ -10,7 +10,7 @@ use junction_testkit::unique;
 
 /// One fresh line from each network, each seen on the other two: M→X, M→I, X→M, X→I, I→M,
 /// I→X.
-async fn every_direction_relays(lobby: &Lobby, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn every_direction_relays(lobby: &Lobby, what: &str) -> anyhow::Result<()> {
     let m = unique("next from matrix");
     lobby.matrix.send_text(&lobby.room, &m).await?;
     lobby
@@ -45,7 +45,10 @@ async fn every_direction_relays(lobby: &Lobby, what: &str) -> anyhow::Result<()>
 }
 
 /// Every direction relays now, and again after the gateway is restarted on the same store.
-async fn relays_now_and_after_a_restart(lobby: &mut Lobby, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn relays_now_and_after_a_restart(
+    lobby: &mut Lobby,
+    what: &str,
+) -> anyhow::Result<()> {
     every_direction_relays(lobby, what).await?;
     lobby.stop_gateway().await.context("stopping the gateway")?;
     lobby
