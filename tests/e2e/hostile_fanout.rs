@@ -318,3 +318,103 @@ async fn a_flood_from_one_person_is_cut_and_others_still_cross() -> anyhow::Resu
 
     relays_now_and_after_a_restart(&mut lobby, "after a flood from IRC and XMPP").await
 }
+
+/// Two linked rooms, IRC relayed by the bot alone (`mode = "relay"`) at one line a second:
+/// 30 lines said in one Matrix room, then one in the other. On IRC the other room's line
+/// goes out before the busy room's backlog is through (the bot serves the channels in turn),
+/// and the whole backlog still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_does_not_hold_back_another_on_irc() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
+    let second = unique("second");
+    let room2 = owner
+        .create_room(Some(&second), true)
+        .await
+        .context("creating the second Matrix room")?;
+    let chan2 = format!("#{second}");
+    let lobby = Lobby::start_with(|c| {
+        *c = c
+            .replace("mode = \"puppet\"", "mode = \"relay\"")
+            .replace("lines_per_second = 20.0", "lines_per_second = 1.0")
+            .replace("burst = 50", "burst = 1");
+        c.push_str(&format!(
+            "\n[[bridge]]\nname = \"second\"\nmatrix = \"{room2}\"\nirc = \"local/{chan2}\"\n"
+        ));
+    })
+    .await?;
+    lobby.irc.join(&chan2).await?;
+    let irc_in = |channel: &str, text: &str| {
+        lobby
+            .irc
+            .privmsgs_in(channel)
+            .iter()
+            .position(|(_, t)| t.contains(text))
+    };
+    let wait_irc = |channel: String, text: String| async move {
+        junction_testkit::eventually(WAIT, &format!("{text:?} in {channel}"), || {
+            let found = irc_in(&channel, &text);
+            async move { found }
+        })
+        .await
+    };
+    // The second room is linked on both sides.
+    let probe = unique("second room linked");
+    lobby.matrix.send_text(&room2, &probe).await?;
+    wait_irc(chan2.clone(), probe)
+        .await
+        .context("the second room → irc")?;
+
+    let tag = unique("busy");
+    for i in 0..30 {
+        lobby
+            .matrix
+            .send_text(&lobby.room, &format!("{tag} {i}."))
+            .await?;
+    }
+    let quiet = unique("quiet room");
+    lobby.matrix.send_text(&room2, &quiet).await?;
+    wait_irc(chan2.clone(), quiet.clone())
+        .await
+        .context("the quiet room's line → irc")?;
+    // Both channels' lines come through the bot's one connection, in the order it sent them.
+    let order: Vec<String> = lobby
+        .irc
+        .backlog()
+        .iter()
+        .filter_map(|m| match &m.command {
+            irc_proto::Command::PRIVMSG(_, t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let quiet_at = order
+        .iter()
+        .position(|t| t.contains(&quiet))
+        .context("the quiet line in the backlog")?;
+    let busy_before = order[..quiet_at]
+        .iter()
+        .filter(|t| t.contains(&tag))
+        .count();
+    assert!(
+        busy_before < 30,
+        "the quiet room's line waited for the whole busy backlog ({busy_before} lines)"
+    );
+    wait_irc(lobby.channel.clone(), format!("{tag} 29."))
+        .await
+        .context("the end of the busy room's backlog → irc")?;
+    let busy: Vec<usize> = lobby
+        .irc
+        .privmsgs_in(&lobby.channel)
+        .iter()
+        .filter_map(|(_, t)| {
+            let rest = &t[t.find(&tag)? + tag.len()..];
+            rest.trim_start().split('.').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        busy,
+        (0..30).collect::<Vec<_>>(),
+        "the busy room's lines, in order"
+    );
+    Ok(())
+}
