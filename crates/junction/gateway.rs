@@ -407,7 +407,16 @@ impl Loop {
     fn inbound(&mut self, batch: &mut Vec<Inbound>, hub: &Hub) {
         let mut out: Vec<Delivery> = Vec::new();
         let mut acks = Vec::new();
-        for Inbound { mut event, ack } in batch.drain(..) {
+        for Inbound {
+            mut event,
+            ack,
+            capped_reactions,
+        } in batch.drain(..)
+        {
+            if capped_reactions > 0 {
+                self.metrics
+                    .capped(&event.origin.network, "reaction", capped_reactions);
+            }
             event.bound_bodies();
             match self.admin.check_ban(self.store.as_ref(), &event.sender) {
                 crate::admin::BanCheck::Clear => {}

@@ -52,6 +52,10 @@ mod closing;
 /// Hostile use of the command channels and the media proxy by ordinary users: invites from
 /// strangers, a flood of commands, uploads that would run script.
 mod hostile_commands;
+/// Amplification and floods by ordinary users: hundreds of reactions in one stanza, dozens of
+/// links in one message, a flood of lines; capped, rate-limited, counted, and others still
+/// cross, before and after a restart.
+mod hostile_fanout;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;

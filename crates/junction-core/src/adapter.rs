@@ -54,12 +54,20 @@ pub struct Inbound {
     /// Answered once the event (and its outbox rows) are durable in the store, or with an
     /// error. Adapters whose protocol acknowledges receipt (Matrix transactions) wait on it.
     pub ack: Option<oneshot::Sender<Result<(), String>>>,
+    /// Reaction keys the adapter cut from the same inbound item by a fan-out cap
+    /// ([`crate::limits::reaction_keys`]); the gateway counts them in `/metrics`. Carried by
+    /// the first event of the item, 0 on every other.
+    pub capped_reactions: u64,
 }
 
 impl Inbound {
     /// An inbound event whose durability nobody waits for.
     pub fn new(event: Event) -> Self {
-        Self { event, ack: None }
+        Self {
+            event,
+            ack: None,
+            capped_reactions: 0,
+        }
     }
 
     /// An inbound event plus the receiver that resolves once it is durable.
@@ -69,6 +77,7 @@ impl Inbound {
             Self {
                 event,
                 ack: Some(tx),
+                capped_reactions: 0,
             },
             rx,
         )

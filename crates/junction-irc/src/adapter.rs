@@ -12,6 +12,7 @@
 
 use crate::bucket::Bucket;
 use crate::config::{IrcConfig, IrcMode};
+use crate::fair::{FairQueue, Push, MAX_QUEUED_PER_CHANNEL};
 use crate::history::{self, Replay};
 use crate::isupport::ISupport;
 use crate::puppets::{self, Action, Job, Report};
@@ -177,7 +178,8 @@ struct State {
     /// said (later, a waiting delivery was never handed to any connection).
     resumed: bool,
     pending: Option<Pending>,
-    bot_queue: VecDeque<(Delivery, BotKind, bool)>,
+    /// What the bot is to say, per channel, served in turn (see [`crate::fair`]).
+    bot_queue: FairQueue<(Delivery, BotKind, bool)>,
     /// Deliveries not yet routed, in outbox order.
     held: VecDeque<Delivery>,
     /// folded channel → the connection (None: the bot) with unwritten deliveries there, and
@@ -427,7 +429,7 @@ impl IrcAdapter {
             }
             match plan {
                 Plan::Answer(outcome) => answer(cx, &d, outcome),
-                Plan::Bot(kind) => st.bot_queue.push_back((d, kind, true)),
+                Plan::Bot(kind) => queue_bot(cx, st, isupport, (d, kind, true)),
                 Plan::Puppet(user, action) => {
                     if action == Action::Speak {
                         let sender = d.event.sender.clone();
@@ -447,7 +449,7 @@ impl IrcAdapter {
                         let room = job.delivery.target.room.0.clone();
                         written(st, isupport, &room, &Some(user.clone()));
                         st.puppets.remove(&user);
-                        self.orphan(cx, st, job);
+                        self.orphan(cx, st, isupport, job);
                     }
                 }
             }
@@ -455,11 +457,10 @@ impl IrcAdapter {
     }
 
     /// A puppet job nobody will do: messages go through the bot, the rest is done.
-    fn orphan(&self, cx: &AdapterContext, st: &mut State, job: Job) {
+    fn orphan(&self, cx: &AdapterContext, st: &mut State, isupport: &ISupport, job: Job) {
         tracing::debug!(network = %cx.network, outbox = job.delivery.outbox_id, action = ?job.action, "IRC puppet job handed to the bot");
         if job.action == Action::Speak {
-            st.bot_queue
-                .push_back((job.delivery, BotKind::Relay, false));
+            queue_bot(cx, st, isupport, (job.delivery, BotKind::Relay, false));
         } else {
             answer(cx, &job.delivery, Ok(Vec::new()));
         }
@@ -483,7 +484,7 @@ impl IrcAdapter {
                 written(st, isupport, &channel, &Some(user));
             }
             Report::Reroute { delivery } => {
-                st.bot_queue.push_back((*delivery, BotKind::Relay, false));
+                queue_bot(cx, st, isupport, (*delivery, BotKind::Relay, false));
             }
             Report::Exit {
                 user,
@@ -511,7 +512,7 @@ impl IrcAdapter {
                             &Some(user.clone()),
                         );
                     }
-                    self.orphan(cx, st, job);
+                    self.orphan(cx, st, isupport, job);
                 }
             }
         }
@@ -713,7 +714,7 @@ impl IrcAdapter {
         }
         loop {
             if st.ready && st.pending.is_none() {
-                if let Some(next) = st.bot_queue.pop_front() {
+                if let Some(next) = st.bot_queue.pop() {
                     st.pending = Some(self.bot_pending(cx, &s, &roster, next));
                 }
             }
@@ -1390,6 +1391,48 @@ fn written(st: &mut State, isupport: &ISupport, channel: &str, owner: &Option<Us
     }
 }
 
+/// Queues a delivery for the bot. What people said is refused past the channel's bound
+/// ([`MAX_QUEUED_PER_CHANNEL`]) and given up (the gateway counts it as failed), logged once
+/// per burst; the gateway's own words, enforcement and topics are always queued.
+fn queue_bot(
+    cx: &AdapterContext,
+    st: &mut State,
+    isupport: &ISupport,
+    item: (Delivery, BotKind, bool),
+) {
+    let channel = isupport.fold(&item.0.target.room.0);
+    let bounded = !item.0.event.sender.user.network.is_gateway()
+        && matches!(item.1, BotKind::Relay | BotKind::Own);
+    if !bounded {
+        st.bot_queue.push_always(&channel, item);
+        return;
+    }
+    match st.bot_queue.push(&channel, item) {
+        Push::Queued => {}
+        Push::QueuedAfter(refused) => {
+            tracing::info!(network = %cx.network, channel = %channel, refused, "The bot's queue for an IRC channel has room again.");
+        }
+        Push::Full {
+            item: (d, _, gated),
+            first,
+        } => {
+            if first {
+                tracing::warn!(network = %cx.network, channel = %channel, queued = MAX_QUEUED_PER_CHANNEL, "The bot's queue for an IRC channel is full: lines for it are given up until it drains.");
+            }
+            if gated {
+                written(st, isupport, &d.target.room.0, &None);
+            }
+            answer(
+                cx,
+                &d,
+                Err(format!(
+                    "the IRC bot's queue for {channel} is full ({MAX_QUEUED_PER_CHANNEL} waiting)"
+                )),
+            );
+        }
+    }
+}
+
 fn answer(cx: &AdapterContext, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
     let _ = cx.delivered.send(Delivered {
         outbox_id: d.outbox_id,
@@ -1439,7 +1482,7 @@ impl Adapter for IrcAdapter {
             ready: false,
             resumed: true,
             pending: None,
-            bot_queue: VecDeque::new(),
+            bot_queue: FairQueue::default(),
             held: VecDeque::new(),
             unwritten: HashMap::new(),
             puppets: HashMap::new(),

@@ -33,6 +33,7 @@ mod adapter;
 pub mod bucket;
 pub mod commands;
 pub mod config;
+pub mod fair;
 pub mod history;
 pub mod inbound;
 pub mod isupport;

@@ -62,6 +62,9 @@ pub enum Parsed {
         target: MessageId,
         /// Every key the occupant now has on that message.
         keys: Vec<String>,
+        /// Keys of the stanza dropped by the per-stanza cap (over the cap, repeated, empty
+        /// or too long).
+        dropped: usize,
     },
     /// Nothing to bridge; the reason is for debug logs.
     Ignored(&'static str),
@@ -221,6 +224,7 @@ pub fn parse_groupchat(
             sender,
             target: MessageId::new(target),
             keys,
+            dropped,
         };
     }
 
@@ -733,6 +737,27 @@ mod tests {
                 let (added, removed) = diff_reactions(&["👍".into(), "❤".into()], &keys);
                 assert_eq!(added, vec!["🎉".to_string()]);
                 assert_eq!(removed, vec!["❤".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reactions_over_the_cap_are_reported_as_dropped() {
+        let rs: String = (0..25)
+            .map(|i| format!("<reaction>k{}</reaction>", i % 20))
+            .collect();
+        let p = parse(&format!(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m6' \
+               from='lobby@conference.xmpp.test/bob'>\
+               <reactions xmlns='urn:xmpp:reactions:0' id='S-1'>{rs}</reactions>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.xmpp.test' id='S-12'/>\
+             </message>"
+        ));
+        match p {
+            Parsed::Reactions { keys, dropped, .. } => {
+                assert_eq!(keys.len(), junction_core::limits::MAX_REACTIONS_PER_ITEM);
+                assert_eq!(dropped, 25 - keys.len());
             }
             other => panic!("{other:?}"),
         }

@@ -1970,7 +1970,10 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
             sender,
             target,
             keys,
+            dropped,
         } => {
+            // Counted once, with the first event the stanza becomes.
+            let mut capped = dropped as u64;
             let k = (
                 room_jid.to_string(),
                 sender.user.user.as_str().to_string(),
@@ -2004,7 +2007,8 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
                     now_ms(),
                     kind,
                 );
-                let (inb, ack) = Inbound::with_ack(e);
+                let (mut inb, ack) = Inbound::with_ack(e);
+                inb.capped_reactions = std::mem::take(&mut capped);
                 let _ = cx.inbound.send(inb).await;
                 last_ack = Some(ack);
             }

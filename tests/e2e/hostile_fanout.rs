@@ -1,0 +1,420 @@
+//! Amplification and floods through the real servers, each sent by an ordinary user's
+//! client: one XEP-0444 stanza with hundreds of `<reaction>` children, one XMPP message with
+//! dozens of OOB links, and a flood of lines from one IRC user and one XMPP user. What one
+//! item becomes is cut to the fan-out caps, what one sender says past the rate limit is
+//! dropped, both are counted in `/metrics`; the gateway stays up, other people's lines keep
+//! crossing, and so they do after a restart on the same store.
+
+use crate::hostile_input::relays_now_and_after_a_restart;
+use crate::lobby::{short_nick, Lobby};
+use anyhow::Context as _;
+use junction_testkit::clients::xmpp::stanza_id;
+use junction_testkit::clients::{IrcUser, XmppUser};
+use junction_testkit::servers::servers;
+use junction_testkit::unique;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// How long a count may take to show on `/metrics`.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A lobby whose gateway serves `/metrics` on a free loopback port, with `extra` lines in its
+/// `[gateway]` table; returns the lobby and the base URL of `/metrics`.
+async fn lobby_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\"\n{extra}"),
+        );
+    })
+    .await?;
+    Ok((lobby, format!("http://127.0.0.1:{port}")))
+}
+
+/// Waits until the counter `name{network="…",kind="…"}` on `/metrics` is at least `min`;
+/// returns its value.
+async fn counter_reaches(
+    base: &str,
+    name: &str,
+    network: &str,
+    kind: &str,
+    min: u64,
+) -> anyhow::Result<u64> {
+    junction_testkit::eventually(
+        WAIT,
+        &format!("{name}{{{network},{kind}}} >= {min}"),
+        || async {
+            counter(base, name, network, kind)
+                .await
+                .ok()
+                .filter(|v| *v >= min)
+        },
+    )
+    .await
+}
+
+/// The value of the counter `name{network="…",kind="…"}` on `/metrics` (0 when absent).
+async fn counter(base: &str, name: &str, network: &str, kind: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let prefix = format!("{name}{{network=\"{network}\",kind=\"{kind}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// How many times `needle` occurs in the PRIVMSGs the lobby's IRC user saw in the channel.
+fn irc_count(lobby: &Lobby, needle: &str) -> usize {
+    lobby
+        .irc
+        .privmsgs_in(&lobby.channel)
+        .iter()
+        .map(|(_, t)| t.matches(needle).count())
+        .sum()
+}
+
+/// The Matrix timeline events, not alice's own, that `pred` picks.
+async fn matrix_count(lobby: &Lobby, pred: impl Fn(&Value) -> bool) -> anyhow::Result<usize> {
+    let me = lobby.matrix.user_id().to_owned();
+    Ok(lobby
+        .matrix
+        .events(&lobby.room)
+        .await?
+        .iter()
+        .filter(|e| e["sender"].as_str() != Some(me.as_str()) && pred(e))
+        .count())
+}
+
+/// The body of a Matrix message event.
+fn matrix_body(e: &Value) -> &str {
+    e["content"]["body"].as_str().unwrap_or_default()
+}
+
+/// One XEP-0444 stanza with 351 `<reaction>` children (300 distinct keys, 50 repeats, one
+/// key over 64 bytes) on a bridged message: 10 reactions reach Matrix, 10 action lines
+/// reach IRC, the other 341 are counted in `junction_capped_total{kind="reaction"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_reactions_in_one_stanza_are_capped() -> anyhow::Result<()> {
+    let (mut lobby, base) = lobby_with_metrics("").await?;
+    let text = unique("react to this");
+    lobby.irc.privmsg(&lobby.channel, &text)?;
+    let e = lobby
+        .matrix_sees(&text)
+        .await
+        .context("the original → matrix")?;
+    let x = lobby
+        .xmpp_sees(&text)
+        .await
+        .context("the original → xmpp")?;
+    let sid = stanza_id(&x).context("the original's stanza-id")?;
+    let event_id = e["event_id"].as_str().context("event id")?.to_owned();
+
+    let rk = unique("rk");
+    let mut keys: Vec<String> = (0..300).map(|i| format!("{rk}x{i}")).collect();
+    keys.extend((0..50).map(|i| format!("{rk}x{i}")));
+    keys.push(format!("{rk}{}", "y".repeat(65)));
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    lobby.xmpp.send_reaction(&lobby.muc, &sid, &refs)?;
+
+    // A line said after the stanza arrives after everything it became.
+    let after = unique("after the reactions");
+    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
+    lobby
+        .matrix_sees(&after)
+        .await
+        .context("the next line → matrix")?;
+    lobby
+        .irc_sees(&after)
+        .await
+        .context("the next line → irc")?;
+
+    let on_matrix = matrix_count(&lobby, |r| {
+        r["type"] == "m.reaction"
+            && r["content"]["m.relates_to"]["event_id"].as_str() == Some(event_id.as_str())
+            && r["content"]["m.relates_to"]["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with(&rk))
+    })
+    .await?;
+    assert_eq!(on_matrix, 10, "reactions on Matrix");
+    let on_irc = irc_count(&lobby, &rk);
+    assert_eq!(on_irc, 10, "reaction lines on IRC");
+    counter_reaches(&base, "junction_capped_total", "xmpp", "reaction", 341).await?;
+
+    relays_now_and_after_a_restart(&mut lobby, "after 351 reactions in one stanza").await
+}
+
+/// One XMPP message with 50 distinct OOB links and 20 repeats (loopback URLs nobody
+/// serves): `max_attachments` (4) cross to Matrix and to IRC, the other 66 are counted in
+/// `junction_capped_total{kind="attachment"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_oob_links_in_one_message_are_capped() -> anyhow::Result<()> {
+    let (mut lobby, base) = lobby_with_metrics("").await?;
+    let tag = unique("oob");
+    let link = |i: usize| format!("http://127.0.0.1:9/{tag}-{i}.png");
+    let oob: String = (0..50)
+        .chain(0..20)
+        .map(|i| format!("<x xmlns='jabber:x:oob'><url>{}</url></x>", link(i)))
+        .collect();
+    lobby
+        .xmpp
+        .send_groupchat_with(&lobby.muc, &format!("{tag} links"), &oob)?;
+    let after = unique("after the links");
+    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
+    lobby
+        .matrix_sees(&after)
+        .await
+        .context("the next line → matrix")?;
+    lobby
+        .irc_sees(&after)
+        .await
+        .context("the next line → irc")?;
+
+    let needle = format!("{tag}-");
+    let on_matrix = matrix_count(&lobby, |e| {
+        e["type"] == "m.room.message" && matrix_body(e).contains(&needle)
+    })
+    .await?;
+    assert_eq!(on_matrix, 4, "attachment parts on Matrix");
+    let on_irc = irc_count(&lobby, &needle);
+    assert_eq!(on_irc, 4, "links on IRC");
+    let capped = counter_reaches(&base, "junction_capped_total", "xmpp", "attachment", 66).await?;
+    assert_eq!(capped, 66, "capped attachments counted");
+
+    relays_now_and_after_a_restart(&mut lobby, "after 70 OOB links in one message").await
+}
+
+/// Rate limit of the flood test: 5 at once, then 2 a minute.
+const BURST: usize = 5;
+const PER_MINUTE: usize = 2;
+
+/// How many of one sender's events may have passed `since`: the burst plus what refilled.
+fn allowance(since: Instant) -> usize {
+    BURST + PER_MINUTE * (since.elapsed().as_secs() as usize / 60 + 1)
+}
+
+/// Where a flood came from and who else speaks in the room there.
+enum From {
+    Irc,
+    Xmpp,
+}
+
+/// After a flood of [`FLOOD`] lines `tag 0` … from one person on `from`: another person on
+/// the same network is relayed to the other two networks meanwhile, the flood is counted in
+/// `junction_rate_limited_total`, and at most the burst (plus what refilled since `start`)
+/// of it crossed.
+async fn cut_while_others_cross(
+    lobby: &Lobby,
+    base: &str,
+    from: From,
+    tag: &str,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let (network, what) = match from {
+        From::Irc => ("irc:local", "IRC"),
+        From::Xmpp => ("xmpp", "XMPP"),
+    };
+    let say = |text: &str| -> anyhow::Result<()> {
+        match from {
+            From::Irc => lobby.irc.privmsg(&lobby.channel, text),
+            From::Xmpp => lobby.xmpp.send_groupchat(&lobby.muc, text).map(|_| ()),
+        }
+    };
+    // Said while the flood comes in: it crosses to both other networks.
+    let other = unique("someone else");
+    say(&other)?;
+    lobby
+        .matrix_sees(&other)
+        .await
+        .with_context(|| format!("another {what} user's line during the flood → matrix"))?;
+    match from {
+        From::Irc => lobby.xmpp_sees(&other).await.map(|_| ()),
+        From::Xmpp => lobby.irc_sees(&other).await.map(|_| ()),
+    }
+    .with_context(|| format!("another {what} user's line during the flood → the third network"))?;
+    // The whole flood was read: all but the allowance counted as dropped.
+    let least = FLOOD.saturating_sub(allowance(start) + PER_MINUTE) as u64;
+    let limited = counter_reaches(
+        base,
+        "junction_rate_limited_total",
+        network,
+        "message",
+        least,
+    )
+    .await?;
+    assert!(limited as usize <= FLOOD, "{what}: {limited} counted");
+    // A line recorded after the flood reaches Matrix after whatever of the flood crossed.
+    let marker = unique("after the flood");
+    say(&marker)?;
+    lobby
+        .matrix_sees(&marker)
+        .await
+        .with_context(|| format!("a line after the {what} flood → matrix"))?;
+    let needle = format!("{tag} ");
+    let allowed = allowance(start);
+    let on_matrix = matrix_count(lobby, |e| matrix_body(e).contains(&needle)).await?;
+    assert!(
+        (1..=allowed).contains(&on_matrix),
+        "{what} flood lines on Matrix: {on_matrix} (at most {allowed})"
+    );
+    let elsewhere = match from {
+        From::Irc => lobby
+            .xmpp
+            .backlog()
+            .iter()
+            .filter(|el| {
+                junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&needle))
+            })
+            .count(),
+        From::Xmpp => irc_count(lobby, &needle),
+    };
+    assert!(
+        elsewhere <= allowed,
+        "{what} flood lines on the third network: {elsewhere} (at most {allowed})"
+    );
+    Ok(())
+}
+
+/// Lines in each flood.
+const FLOOD: usize = 60;
+
+/// 60 lines from one IRC user, then 60 from one XMPP user, as fast as their clients send:
+/// at most the burst (and what refilled meanwhile) crosses, the rest is counted in
+/// `junction_rate_limited_total`; the other people in the room keep being relayed, and so
+/// they are after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_person_is_cut_and_others_still_cross() -> anyhow::Result<()> {
+    let (mut lobby, base) = lobby_with_metrics(&format!(
+        "rate_burst = {BURST}\nrate_per_minute = {PER_MINUTE}"
+    ))
+    .await?;
+    let start = Instant::now();
+
+    let mallory = IrcUser::connect(lobby.irc_addr, &short_nick(&unique("mal"))).await?;
+    mallory.join(&lobby.channel).await?;
+    let tag = unique("ifl");
+    for i in 0..FLOOD {
+        mallory.privmsg(&lobby.channel, &format!("{tag} {i}"))?;
+    }
+    cut_while_others_cross(&lobby, &base, From::Irc, &tag, start).await?;
+
+    let s = servers().await?;
+    let eve = XmppUser::register(s, &short_nick(&unique("eve")), "pw-flood").await?;
+    eve.join_muc(&lobby.muc, &unique("eve")).await?;
+    let tag = unique("xfl");
+    for i in 0..FLOOD {
+        eve.send_groupchat(&lobby.muc, &format!("{tag} {i}"))?;
+    }
+    cut_while_others_cross(&lobby, &base, From::Xmpp, &tag, start).await?;
+
+    relays_now_and_after_a_restart(&mut lobby, "after a flood from IRC and XMPP").await
+}
+
+/// Two linked rooms, IRC relayed by the bot alone (`mode = "relay"`) at one line a second:
+/// 30 lines said in one Matrix room, then one in the other. On IRC the other room's line
+/// goes out before the busy room's backlog is through (the bot serves the channels in turn),
+/// and the whole backlog still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_does_not_hold_back_another_on_irc() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
+    let second = unique("second");
+    let room2 = owner
+        .create_room(Some(&second), true)
+        .await
+        .context("creating the second Matrix room")?;
+    let chan2 = format!("#{second}");
+    let lobby = Lobby::start_with(|c| {
+        *c = c
+            .replace("mode = \"puppet\"", "mode = \"relay\"")
+            .replace("lines_per_second = 20.0", "lines_per_second = 1.0")
+            .replace("burst = 50", "burst = 1");
+        c.push_str(&format!(
+            "\n[[bridge]]\nname = \"second\"\nmatrix = \"{room2}\"\nirc = \"local/{chan2}\"\n"
+        ));
+    })
+    .await?;
+    lobby.irc.join(&chan2).await?;
+    let irc_in = |channel: &str, text: &str| {
+        lobby
+            .irc
+            .privmsgs_in(channel)
+            .iter()
+            .position(|(_, t)| t.contains(text))
+    };
+    let wait_irc = |channel: String, text: String| async move {
+        junction_testkit::eventually(WAIT, &format!("{text:?} in {channel}"), || {
+            let found = irc_in(&channel, &text);
+            async move { found }
+        })
+        .await
+    };
+    // The second room is linked on both sides.
+    let probe = unique("second room linked");
+    lobby.matrix.send_text(&room2, &probe).await?;
+    wait_irc(chan2.clone(), probe)
+        .await
+        .context("the second room → irc")?;
+
+    let tag = unique("busy");
+    for i in 0..30 {
+        lobby
+            .matrix
+            .send_text(&lobby.room, &format!("{tag} {i}."))
+            .await?;
+    }
+    let quiet = unique("quiet room");
+    lobby.matrix.send_text(&room2, &quiet).await?;
+    wait_irc(chan2.clone(), quiet.clone())
+        .await
+        .context("the quiet room's line → irc")?;
+    // Both channels' lines come through the bot's one connection, in the order it sent them.
+    let order: Vec<String> = lobby
+        .irc
+        .backlog()
+        .iter()
+        .filter_map(|m| match &m.command {
+            irc_proto::Command::PRIVMSG(_, t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let quiet_at = order
+        .iter()
+        .position(|t| t.contains(&quiet))
+        .context("the quiet line in the backlog")?;
+    let busy_before = order[..quiet_at]
+        .iter()
+        .filter(|t| t.contains(&tag))
+        .count();
+    assert!(
+        busy_before < 30,
+        "the quiet room's line waited for the whole busy backlog ({busy_before} lines)"
+    );
+    wait_irc(lobby.channel.clone(), format!("{tag} 29."))
+        .await
+        .context("the end of the busy room's backlog → irc")?;
+    let busy: Vec<usize> = lobby
+        .irc
+        .privmsgs_in(&lobby.channel)
+        .iter()
+        .filter_map(|(_, t)| {
+            let rest = &t[t.find(&tag)? + tag.len()..];
+            rest.trim_start().split('.').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        busy,
+        (0..30).collect::<Vec<_>>(),
+        "the busy room's lines, in order"
+    );
+    Ok(())
+}
