@@ -55,3 +55,6 @@ mod hostile_commands;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
+/// Identity: origin marks on puppets, a native nick never taken, an IRC nick never an
+/// account's identity, mask and nick bans that hold at the gateway without operator power.
+mod identity;
