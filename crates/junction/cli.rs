@@ -323,6 +323,7 @@ mod tests {
             bot: "junction".into(),
             id: "junction".into(),
             user_prefix: "_junction_".into(),
+            origin_marks: true,
         }
     }
 

@@ -65,3 +65,6 @@ mod store_faults;
 /// Deeply nested XMPP stanzas from an ordinary user's client: the component stream's depth
 /// bound keeps the gateway up, relaying in every direction, before and after a restart.
 mod hostile_stanzas;
+/// Identity: origin marks on puppets, a native nick never taken, an IRC nick never an
+/// account's identity, mask and nick bans that hold at the gateway without operator power.
+mod identity;

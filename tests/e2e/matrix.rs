@@ -61,6 +61,7 @@ fn config(servers: &Servers, slot: &Slot) -> MatrixConfig {
         bot: slot.bot.clone(),
         id: slot.as_id.clone(),
         user_prefix: slot.user_prefix.clone(),
+        origin_marks: true,
     }
 }
 
@@ -346,7 +347,7 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
         .state(&room_id, "m.room.member", &ghost)
         .await?
         .ok_or_else(|| anyhow::anyhow!("ghost is not a member"))?;
-    assert_eq!(member["displayname"].as_str(), Some("Bob"));
+    assert_eq!(member["displayname"].as_str(), Some("Bob[i]"));
 
     // The same delivery again (a retry after a restart) makes no second message.
     gw.deliveries.send(delivery).await?;
@@ -790,7 +791,7 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
             .state(&room_id, "m.room.member", &ghost)
             .await
             .ok()??;
-        (m["displayname"].as_str() == Some("Robert")).then_some(())
+        (m["displayname"].as_str() == Some("Robert[i]")).then_some(())
     })
     .await?;
     deliver(
@@ -994,14 +995,14 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
         .await
         .ok_or_else(|| anyhow::anyhow!("carol's ghost is not a member"))?;
     assert_eq!(m["membership"], "join");
-    assert_eq!(m["displayname"], "carol");
+    assert_eq!(m["displayname"], "carol[i]");
     let mut nick = irc_event(EventKind::NickChange {
         new_name: "Caroline".into(),
     });
     nick.sender = carol.clone();
     deliver(&mut gw, delivery(3, &alias, nick)).await?;
     eventually(DEADLINE, "carol's ghost renamed", || async {
-        (membership(&alice, &room_id, &carol_ghost).await?["displayname"] == "Caroline")
+        (membership(&alice, &room_id, &carol_ghost).await?["displayname"] == "Caroline[i]")
             .then_some(())
     })
     .await?;

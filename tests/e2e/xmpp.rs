@@ -52,6 +52,7 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
         component: slot.component.clone(),
         server: s.xmpp.component.to_string(),
         secret: Secret::new(slot.component_secret.clone()),
+        origin_marks: true,
     };
     let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
@@ -108,7 +109,7 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     d_tx.send(delivery(3, &room, &alice, "live line")).await?;
     bob.wait_for(DEADLINE, |el| {
         is_groupchat_from(el, &room)
-            && from_nick(el) == Some("alice")
+            && from_nick(el) == Some("alice[m]")
             && body(el).as_deref() == Some("live line")
     })
     .await?;
@@ -178,6 +179,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
         component: slot.component.clone(),
         server: s.xmpp.component.to_string(),
         secret: Secret::new(slot.component_secret.clone()),
+        origin_marks: true,
     };
     let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
     let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
@@ -273,6 +275,7 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
         component: slot.component.clone(),
         server: s.xmpp.component.to_string(),
         secret: Secret::new(slot.component_secret.clone()),
+        origin_marks: true,
     };
     let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
     let reconnect = adapter.reconnect_handle();
@@ -326,7 +329,7 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
         .await?;
     bob.wait_for(DEADLINE, |el| {
         is_groupchat_from(el, &room)
-            && from_nick(el) == Some("alice")
+            && from_nick(el) == Some("alice[m]")
             && body(el).as_deref() == Some("after reconnect")
     })
     .await?;
@@ -359,6 +362,8 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
         component: slot.component.clone(),
         server: s.xmpp.component.to_string(),
         secret: Secret::new(slot.component_secret.clone()),
+        // Marks off: the bare name first, the mark only once it is taken.
+        origin_marks: false,
     };
     let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
     let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
@@ -440,6 +445,7 @@ impl Running {
             component: component.component.clone(),
             server: server.to_owned(),
             secret: Secret::new(component.component_secret.clone()),
+            origin_marks: true,
         };
         let adapter = XmppAdapter::new(config, store);
         let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);

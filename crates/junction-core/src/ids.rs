@@ -154,6 +154,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn origin_marks_name_the_network() {
+        assert_eq!(NetworkId::new("matrix").origin_mark(), "[m]");
+        assert_eq!(NetworkId::new("xmpp").origin_mark(), "[x]");
+        assert_eq!(NetworkId::new("irc:local").origin_mark(), "[i]");
+    }
+
+    #[test]
     fn event_id_is_stable_and_distinguishes_fields() {
         let a = EventId::derive(&RoomRef::new("irc:local", "#lobby"), &"m1".into());
         let b = EventId::derive(&RoomRef::new("irc:local", "#lobby"), &"m1".into());
@@ -204,5 +211,16 @@ impl NetworkId {
     /// True for [`NetworkId::gateway`].
     pub fn is_gateway(&self) -> bool {
         self.0 == "gateway"
+    }
+
+    /// The origin mark a puppet of a person from this network carries after their name on
+    /// the other networks, so that a remote person cannot pass for a native one: `[m]` for
+    /// Matrix, `[x]` for XMPP, `[i]` for an IRC network.
+    pub fn origin_mark(&self) -> &'static str {
+        match self.0.as_str() {
+            "matrix" => "[m]",
+            "xmpp" => "[x]",
+            _ => "[i]",
+        }
     }
 }

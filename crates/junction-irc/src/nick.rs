@@ -5,15 +5,10 @@ const FORBIDDEN: &[char] = &[
     ' ', '\r', '\n', '\0', ',', '*', '?', '!', '@', ':', '#', '&', '$',
 ];
 
-/// The suffix that marks which network a remote user comes from.
+/// The suffix that marks which network a remote user comes from (the network's
+/// [`origin_mark`](junction_core::NetworkId::origin_mark), as on every network).
 pub fn suffix_for(network: &str) -> &'static str {
-    if network == "matrix" {
-        "[m]"
-    } else if network == "xmpp" {
-        "[x]"
-    } else {
-        "[i]"
-    }
+    junction_core::NetworkId::new(network).origin_mark()
 }
 
 /// Makes `name` a valid nick ending in `suffix`, at most `nicklen` bytes. The name is trimmed

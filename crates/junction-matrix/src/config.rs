@@ -22,4 +22,7 @@ pub struct MatrixConfig {
     pub id: String,
     /// Ghost localpart prefix (`_junction_` by default): ghosts are `@<prefix><network>_<name>`.
     pub user_prefix: String,
+    /// Ghost display names carry their network's origin mark (`bob[i]`, `carol[x]`), so that
+    /// a remote person cannot pass for a Matrix user (`[matrix] origin_marks`, default on).
+    pub origin_marks: bool,
 }

@@ -210,6 +210,7 @@ impl Shared {
             network.clone(),
             &config.user_prefix,
             &config.server_name,
+            config.origin_marks,
         );
         let command_rooms = match store.kv_scan(COMMAND_ROOMS_TABLE) {
             Ok(rows) => rows

@@ -216,7 +216,8 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
         }
         EventKind::NickChange { new_name } => {
             if let Some(ghost) = actor {
-                sh.ghosts.set_name(ghost, new_name).await?;
+                let shown = sh.ghosts.shown_name(&sender.user.network, new_name);
+                sh.ghosts.set_name(ghost, &shown).await?;
             }
             Ok(Vec::new())
         }

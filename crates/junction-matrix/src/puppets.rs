@@ -2,7 +2,8 @@
 //!
 //! A ghost is registered once (the registered set and each ghost's last display name are kept
 //! in the store's `matrix/ghosts` table, so a restart does not register again), gets the
-//! remote nick as its display name, and joins a room before it first speaks there. The
+//! remote nick as its display name (with its network's origin mark, `bob[i]`, unless
+//! `[matrix] origin_marks` is off), and joins a room before it first speaks there. The
 //! store's puppet table maps the remote user to the ghost and back.
 
 use crate::client::{Client, ClientError};
@@ -22,6 +23,8 @@ pub struct Ghosts {
     network: NetworkId,
     prefix: String,
     server_name: String,
+    /// Display names carry the network's origin mark (`bob[i]`).
+    origin_marks: bool,
     /// Registered ghosts and the display name each was last given.
     registered: Mutex<HashMap<String, String>>,
     /// (ghost, room id) pairs known to be joined.
@@ -36,6 +39,7 @@ impl Ghosts {
         network: NetworkId,
         prefix: &str,
         server_name: &str,
+        origin_marks: bool,
     ) -> Self {
         let registered = match store.kv_scan(GHOSTS_TABLE) {
             Ok(rows) => rows
@@ -53,6 +57,7 @@ impl Ghosts {
             network,
             prefix: prefix.to_owned(),
             server_name: server_name.to_owned(),
+            origin_marks,
             registered: Mutex::new(registered),
             joined: Mutex::new(HashSet::new()),
         }
@@ -68,12 +73,25 @@ impl Ghosts {
         )
     }
 
+    /// The display name a ghost of someone from `network` called `name` shows: `name` with the
+    /// network's origin mark (`bob[i]`, `carol[x]`), so that nobody on another network can pass
+    /// for a Matrix user by their name; `name` as is with marks off, or when it is empty (the
+    /// homeserver then shows the ghost's localpart, which names the network).
+    pub fn shown_name(&self, network: &NetworkId, name: &str) -> String {
+        if self.origin_marks && !name.is_empty() {
+            format!("{name}{}", network.origin_mark())
+        } else {
+            name.to_owned()
+        }
+    }
+
     /// True when the ghost was registered by us.
     pub fn is_registered(&self, user_id: &str) -> bool {
         lock(&self.registered).contains_key(user_id)
     }
 
-    /// Makes sure the sender's ghost exists and shows `sender.display_name`; returns its id.
+    /// Makes sure the sender's ghost exists and shows `sender.display_name` (as
+    /// [`Ghosts::shown_name`] marks it); returns its id.
     pub async fn ensure(&self, sender: &Sender) -> Result<String, ClientError> {
         let user_id = self.user_id(sender);
         let known = lock(&self.registered).get(&user_id).cloned();
@@ -86,13 +104,14 @@ impl Ghosts {
             }
             tracing::info!(ghost = %user_id, "Registered a ghost.");
         }
-        if known.as_deref() != Some(sender.display_name.as_str()) {
-            self.set_name(&user_id, &sender.display_name).await?;
+        let shown = self.shown_name(&sender.user.network, &sender.display_name);
+        if known.as_deref() != Some(shown.as_str()) {
+            self.set_name(&user_id, &shown).await?;
         }
         Ok(user_id)
     }
 
-    /// Sets a ghost's display name and remembers it.
+    /// Sets a ghost's display name (exactly `name`: see [`Ghosts::shown_name`]) and remembers it.
     pub async fn set_name(&self, user_id: &str, name: &str) -> Result<(), ClientError> {
         if !name.is_empty() {
             self.client.set_displayname(user_id, name).await?;
@@ -164,6 +183,7 @@ mod tests {
             NetworkId::new("matrix"),
             "_junction_",
             "matrix.test",
+            false,
         )
     }
 
@@ -193,5 +213,41 @@ mod tests {
         let carol = Sender::new(UserRef::new("xmpp", "carol@xmpp.test"), "carol");
         assert!(after_restart.ensure(&carol).await.is_err());
         assert!(!after_restart.is_registered(&after_restart.user_id(&carol)));
+    }
+
+    #[test]
+    fn display_names_carry_the_origin_mark_unless_turned_off() {
+        let client = Client::new(
+            "http://127.0.0.1:9",
+            Secret::new("t"),
+            CancellationToken::new(),
+        );
+        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        let marked = Ghosts::new(
+            client.clone(),
+            store.clone(),
+            NetworkId::new("matrix"),
+            "_junction_",
+            "matrix.test",
+            true,
+        );
+        assert_eq!(
+            marked.shown_name(&NetworkId::new("irc:local"), "bob"),
+            "bob[i]"
+        );
+        assert_eq!(
+            marked.shown_name(&NetworkId::new("xmpp"), "carol"),
+            "carol[x]"
+        );
+        assert_eq!(marked.shown_name(&NetworkId::new("xmpp"), ""), "");
+        let bare = Ghosts::new(
+            client,
+            store,
+            NetworkId::new("matrix"),
+            "_junction_",
+            "matrix.test",
+            false,
+        );
+        assert_eq!(bare.shown_name(&NetworkId::new("irc:local"), "bob"), "bob");
     }
 }

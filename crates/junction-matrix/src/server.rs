@@ -534,6 +534,7 @@ mod tests {
             bot: "junction".into(),
             id: "junction".into(),
             user_prefix: "_junction_".into(),
+            origin_marks: true,
         };
         let store = Arc::new(TestStore::default());
         let client = Client::new(

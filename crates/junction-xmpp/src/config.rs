@@ -11,4 +11,8 @@ pub struct XmppConfig {
     pub server: String,
     /// The component secret.
     pub secret: Secret,
+    /// Puppet nicks carry their network's origin mark (`alice[m]`, `bob[i]`), so that a
+    /// remote person cannot pass for a native occupant (`[xmpp] origin_marks`, default on).
+    /// Off, a puppet takes the bare name and gets the mark only when the nick is taken.
+    pub origin_marks: bool,
 }

@@ -346,6 +346,13 @@ pub fn ping(from: &str, to: &str, id: &str) -> Element {
         .build()
 }
 
+/// The nick a puppet asks for on its `attempt`-th try (0 first, one more after each 409
+/// conflict): with origin marks `alice[m]`, `alice[m]2`...; without, the bare `alice` first,
+/// then as [`next_nick`]. Either way a nick someone holds is never taken from them.
+pub fn puppet_nick(wanted: &str, tag: &str, attempt: u32, marks: bool) -> String {
+    next_nick(wanted, tag, if marks { attempt + 1 } else { attempt })
+}
+
 /// The next nick to try after a 409 conflict: `alice` → `alice[m]` →
 /// `alice[m]2` → `alice[m]3`..., `tag` being the network's short mark.
 pub fn next_nick(wanted: &str, tag: &str, attempt: u32) -> String {
@@ -540,6 +547,10 @@ mod tests {
         assert_eq!(next_nick("alice", "m", 0), "alice");
         assert_eq!(next_nick("alice", "m", 1), "alice[m]");
         assert_eq!(next_nick("alice", "m", 2), "alice[m]2");
+        assert_eq!(puppet_nick("alice", "m", 0, true), "alice[m]");
+        assert_eq!(puppet_nick("alice", "m", 1, true), "alice[m]2");
+        assert_eq!(puppet_nick("alice", "i", 0, false), "alice");
+        assert_eq!(puppet_nick("alice", "i", 1, false), "alice[i]");
         let el = attachment(P, R, "U6", "https://up.test/cat.png");
         assert!(el.get_child("x", NS_OOB).is_some());
         let el = leave(P, R, "alice", Some("bye"));

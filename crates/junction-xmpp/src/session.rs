@@ -819,7 +819,13 @@ async fn resend(st: &mut State, conn: &mut Conn, key: &str) -> bool {
     let p = p.clone();
     let (room, who) = p.sender.clone();
     if who != st.listener_bare() && !st.joined.contains_key(&p.sender) {
-        if let Some((nick, _)) = st.wanted.get(&p.sender).cloned() {
+        if let Some((wanted, attempt)) = st.wanted.get(&p.sender).cloned() {
+            let nick = outbound::puppet_nick(
+                &wanted,
+                origin_tag(st, &who),
+                attempt,
+                st.config.origin_marks,
+            );
             let id = st.new_id();
             if !send(
                 conn,
@@ -933,11 +939,13 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
         _ => {}
     }
     if !gateway && !st.joined.contains_key(&key) {
-        let nick = match &d.event.kind {
+        let wanted = match &d.event.kind {
             EventKind::NickChange { new_name } => new_name.clone(),
             _ if sender.display_name.is_empty() => sender.user.user.as_str().to_string(),
             _ => sender.display_name.clone(),
         };
+        let nick =
+            outbound::puppet_nick(&wanted, origin_tag(st, &puppet), 0, st.config.origin_marks);
         let id = st.new_id();
         if !send(conn, outbound::join(&from, &room, &nick, &id)).await {
             st.redo.push(d);
@@ -946,7 +954,7 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
         if let Err(e) = st.store.set_puppet(&st.network, &sender.user, &puppet) {
             tracing::warn!(error = %e, "xmpp: could not store a puppet");
         }
-        st.wanted.insert(key.clone(), (nick.clone(), 0));
+        st.wanted.insert(key.clone(), (wanted, 0));
         st.joined.insert(key.clone(), nick);
         if matches!(d.event.kind, EventKind::Join | EventKind::NickChange { .. }) {
             answer_now(cx, &d, Ok(Vec::new()));
@@ -1091,11 +1099,13 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
         }
         EventKind::NickChange { new_name } => {
             let id = st.new_id();
-            if !send(conn, outbound::join(&from, &room, new_name, &id)).await {
+            let nick =
+                outbound::puppet_nick(new_name, origin_tag(st, &puppet), 0, st.config.origin_marks);
+            if !send(conn, outbound::join(&from, &room, &nick, &id)).await {
                 st.redo.push(d);
                 return false;
             }
-            st.joined.insert(key.clone(), new_name.clone());
+            st.joined.insert(key.clone(), nick);
             st.wanted.insert(key, (new_name.clone(), 0));
             answer_now(cx, &d, Ok(Vec::new()));
             return true;
@@ -1718,11 +1728,22 @@ async fn answer_iq(
     send(conn, reply).await
 }
 
+/// The letter of the origin mark (`m`, `i`) of the network a puppet (bare JID) stands for.
+fn origin_tag(st: &State, puppet: &str) -> &'static str {
+    let network = crate::jid::parse_puppet(puppet, &st.config.component)
+        .map(|p| p.network)
+        .unwrap_or_default();
+    NetworkId::new(network)
+        .origin_mark()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
 /// Most nick conflicts a puppet works around before it gives up on a room.
 const MAX_NICK_ATTEMPTS: u32 = 10;
 
 /// Presence addressed to one of our puppets: a 409 nick conflict makes it
-/// retry with `nick[x]`, `nick[x]2`...; its own unavailable presence (kick,
+/// retry with the next nick (`nick[m]`, `nick[m]2`...; see [`outbound::puppet_nick`]); its own unavailable presence (kick,
 /// ban, room gone) marks it not joined, so the next delivery joins again.
 async fn on_puppet_presence(st: &mut State, conn: &mut Conn, el: &Element) -> bool {
     let (Some(to), Some(from)) = (el.attr("to"), el.attr("from")) else {
@@ -1753,11 +1774,12 @@ async fn on_puppet_presence(st: &mut State, conn: &mut Conn, el: &Element) -> bo
                 tracing::warn!(room, "xmpp: no free nick for a puppet");
                 return true;
             }
-            let tag = crate::jid::parse_puppet(&puppet, &st.config.component)
-                .and_then(|p| p.network.chars().next())
-                .unwrap_or('x')
-                .to_string();
-            let next = outbound::next_nick(&wanted, &tag, attempt + 1);
+            let next = outbound::puppet_nick(
+                &wanted,
+                origin_tag(st, &puppet),
+                attempt + 1,
+                st.config.origin_marks,
+            );
             st.wanted.insert(key.clone(), (wanted, attempt + 1));
             st.joined.insert(key, next.clone());
             let id = st.new_id();
@@ -2299,6 +2321,7 @@ mod tests {
             component: "c.test".into(),
             server: "127.0.0.1:1".into(),
             secret: junction_core::Secret::new("s"),
+            origin_marks: true,
         };
         let mut st = State::new(config, Arc::new(junction_store::MemStore::new()));
         let n = MAX_REMEMBERED.get() * 2;

@@ -21,8 +21,10 @@
 //!   `rate_per_minute` of 0 turns it off).
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
 //!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
-//!   `media_url` (public base URL of the media proxy, default `http://<listen>`).
-//! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required).
+//!   `media_url` (public base URL of the media proxy, default `http://<listen>`),
+//!   `origin_marks` (default true: ghost display names end in their network's mark, `bob[i]`).
+//! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required); `origin_marks`
+//!   (default true: puppet nicks end in their network's mark, `alice[m]`).
 //! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
 //!   `tls` (false; `true`: rustls, the certificate checked against the host of `server`
 //!   with the webpki roots), `tls_ca` (a PEM file of CA certificates trusted besides them, for
@@ -406,8 +408,10 @@ mod tests {
         assert_eq!(m.hs_token.expose(), "hs-secret");
         assert_eq!((m.bot.as_str(), m.id.as_str()), ("junction", "junction"));
         assert_eq!(m.user_prefix, "_junction_");
+        assert!(m.origin_marks, "marks are on by default");
         let x = c.xmpp.unwrap();
         assert_eq!(x.component, "bridge.xmpp.test");
+        assert!(x.origin_marks, "marks are on by default");
         assert_eq!(x.server, "127.0.0.1:5347");
         assert_eq!(x.secret.expose(), "xmpp-secret");
         assert_eq!(c.irc.len(), 1);
@@ -482,6 +486,7 @@ hs_token = "h"
 bot = "junction"
 id = "gw"
 user_prefix = "_gw_"
+origin_marks = false
 
 [irc.local]
 server = "localhost:6667"
@@ -521,6 +526,7 @@ admins = ["@carol:matrix.test"]
         let m = c.matrix.unwrap();
         assert_eq!(m.homeserver, "http://127.0.0.1:8008");
         assert_eq!((m.id.as_str(), m.user_prefix.as_str()), ("gw", "_gw_"));
+        assert!(!m.origin_marks);
         let i = &c.irc[0];
         assert_eq!(i.mode, IrcMode::Relay);
         assert_eq!(i.password.as_ref().map(|p| p.expose()), Some("pw"));

@@ -82,6 +82,8 @@ pub struct RawMatrix {
     pub user_prefix: Option<Str>,
     /// Public base URL of the media proxy.
     pub media_url: Option<Str>,
+    /// Ghost display names carry their network's origin mark.
+    pub origin_marks: Option<Spanned<bool>>,
 }
 
 /// `[xmpp]`.
@@ -94,6 +96,8 @@ pub struct RawXmpp {
     pub server: Option<Str>,
     /// The component secret.
     pub secret: Option<Str>,
+    /// Puppet nicks carry their network's origin mark.
+    pub origin_marks: Option<Spanned<bool>>,
 }
 
 /// One `[irc.<name>]`.

@@ -646,6 +646,7 @@ impl Checker<'_> {
             bot: bot?,
             id: id?,
             user_prefix: user_prefix?,
+            origin_marks: m.origin_marks.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
 
@@ -712,6 +713,7 @@ impl Checker<'_> {
             component: component?,
             server: server?,
             secret: secret?,
+            origin_marks: x.origin_marks.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
 
