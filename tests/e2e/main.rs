@@ -55,3 +55,6 @@ mod hostile_commands;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
+/// Puppets' lifecycle: a flood of joins under new names makes at most the cap of Matrix
+/// ghosts and XMPP occupants, registers no account per new nick, and the lobby still relays.
+mod lifecycle;

@@ -82,6 +82,10 @@ pub struct RawMatrix {
     pub user_prefix: Option<Str>,
     /// Public base URL of the media proxy.
     pub media_url: Option<Str>,
+    /// Most ghosts in rooms at once.
+    pub max_ghosts: Option<Spanned<i64>>,
+    /// Idle time after which a ghost leaves (0: never).
+    pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
 /// `[xmpp]`.
@@ -94,6 +98,10 @@ pub struct RawXmpp {
     pub server: Option<Str>,
     /// The component secret.
     pub secret: Option<Str>,
+    /// Most puppet occupants in rooms at once.
+    pub max_occupants: Option<Spanned<i64>>,
+    /// Idle time after which a puppet occupant leaves (0: never).
+    pub occupant_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
 /// One `[irc.<name>]`.
