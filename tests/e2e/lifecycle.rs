@@ -2,7 +2,7 @@
 //! connections, and one connection changing its nick over and over) makes at most the cap
 //! of Matrix ghosts and XMPP puppet occupants, registers no homeserver account per new
 //! name, counts the refusals in `/metrics`, and the lobby still relays the next line in
-//! every direction.
+//! every direction. Idle ghosts and occupants leave after the idle timeout.
 
 use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
@@ -210,5 +210,49 @@ async fn a_flood_of_joins_under_new_names_creates_at_most_the_cap() -> anyhow::R
     let o = occupants(&lobby);
     assert!(o.len() <= CAP, "still at most {CAP} occupants: {o:?}");
     drop(joiners);
+    Ok(())
+}
+
+/// With an idle timeout of two seconds, the IRC user's ghost and occupant leave after they
+/// said something, and come back with their next line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ghosts_and_occupants_leave_and_come_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start_with(|c| {
+        *c = c
+            .replace("[matrix]\n", "[matrix]\nghost_idle_timeout_seconds = 2\n")
+            .replace("[xmpp]\n", "[xmpp]\noccupant_idle_timeout_seconds = 2\n");
+    })
+    .await?;
+    let hello = unique("before idling");
+    lobby.irc.privmsg(&lobby.channel, &hello)?;
+    let e = lobby.matrix_sees(&hello).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let x = lobby.xmpp_sees(&hello).await?;
+    let occupant = x.attr("from").context("from")?.to_owned();
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"].as_str() == Some(ghost.as_str())
+                && r["content"]["membership"] == "leave"
+        })
+        .await
+        .context("the idle ghost leaves")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("type") == Some("unavailable")
+                && el.attr("from") == Some(occupant.as_str())
+        })
+        .await
+        .context("the idle occupant leaves")?;
+    let back = unique("after idling");
+    lobby.irc.privmsg(&lobby.channel, &back)?;
+    lobby
+        .matrix_sees(&back)
+        .await
+        .context("i → m after idling")?;
+    lobby.xmpp_sees(&back).await.context("i → x after idling")?;
     Ok(())
 }

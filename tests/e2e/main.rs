@@ -56,5 +56,6 @@ mod hostile_commands;
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
 /// Puppets' lifecycle: a flood of joins under new names makes at most the cap of Matrix
-/// ghosts and XMPP occupants, registers no account per new nick, and the lobby still relays.
+/// ghosts and XMPP occupants, registers no account per new nick, and the lobby still relays;
+/// idle ghosts and occupants leave.
 mod lifecycle;
