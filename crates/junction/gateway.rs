@@ -886,6 +886,9 @@ impl Loop {
 #[derive(Default)]
 struct Summariser {
     spoke: HashMap<junction_core::UserRef, u64>,
+    /// People whose join was passed (their puppets joined elsewhere), so that their leave
+    /// is passed too even if they never spoke: otherwise their puppets would stay.
+    joined: HashMap<junction_core::UserRef, u64>,
     quits: HashMap<NetworkId, (u64, u32)>,
 }
 
@@ -926,7 +929,17 @@ impl Summariser {
                     }
                 }
                 match ev.kind {
-                    EventKind::Join => true,
+                    EventKind::Join => {
+                        if self.joined.len() > 100_000 {
+                            let cutoff = ev.ts_ms.saturating_sub(Self::ACTIVE_MS);
+                            self.joined.retain(|_, t| *t >= cutoff);
+                        }
+                        self.joined.insert(ev.sender.user.clone(), ev.ts_ms);
+                        true
+                    }
+                    EventKind::Leave { .. } if self.joined.remove(&ev.sender.user).is_some() => {
+                        true
+                    }
                     _ => self
                         .spoke
                         .get(&ev.sender.user)
@@ -977,4 +990,37 @@ pub fn initial_links(
     }
     links.extend(stored.into_iter().filter(|l| !l.rooms.is_empty()));
     Ok(links)
+}
+
+#[cfg(test)]
+mod summariser_tests {
+    use super::*;
+    use junction_core::{Event, MessageId, RoomRef, Sender, UserRef};
+
+    fn ev(who: &str, n: u64, kind: EventKind) -> Event {
+        Event::new(
+            RoomRef::new("irc:local", "#lobby"),
+            MessageId::new(format!("{who}-{n}")),
+            Sender::new(UserRef::new("irc:local", who), who),
+            1_000 + n,
+            kind,
+        )
+    }
+
+    #[test]
+    fn the_leave_of_someone_whose_join_crossed_crosses_too() {
+        let mut s = Summariser::default();
+        let leave = || EventKind::Leave {
+            reason: None,
+            quit: false,
+        };
+        let mode = Membership::Summarised;
+        // Never joined (as far as the gateway saw) nor spoke: the leave stays here.
+        assert!(!s.pass(mode, &ev("ghost", 0, leave())));
+        // Joined without speaking: its puppets joined elsewhere, so they leave again.
+        assert!(s.pass(mode, &ev("lurker", 1, EventKind::Join)));
+        assert!(s.pass(mode, &ev("lurker", 2, leave())));
+        // Once only: a second leave is not news.
+        assert!(!s.pass(mode, &ev("lurker", 3, leave())));
+    }
 }

@@ -88,7 +88,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("matrix"), &router, &shutdown)
             .context;
-        let mut adapter = MatrixAdapter::new(m, store.clone()).with_admins(matrix_admins(&config));
+        let mut adapter = MatrixAdapter::new(m, store.clone())
+            .with_admins(matrix_admins(&config))
+            .with_ghost_limits(config.matrix_ghosts)
+            .with_cap_refusals(count_cap_refusals(&metrics, "matrix", &shutdown));
         if let Some(url) = &config.matrix_media_url {
             adapter = adapter.with_media_base(url.clone());
         }
@@ -98,7 +101,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("xmpp"), &router, &shutdown)
             .context;
-        adapters.spawn(gateway::run_adapter(XmppAdapter::new(x, store.clone()), cx));
+        let adapter = XmppAdapter::new(x, store.clone())
+            .with_occupant_limits(config.xmpp_occupants)
+            .with_cap_refusals(count_cap_refusals(&metrics, "xmpp", &shutdown));
+        adapters.spawn(gateway::run_adapter(adapter, cx));
     }
     let paste_base = config.gateway.public_url.as_deref().map(web::paste_base);
     if paste_base.is_none() && !config.irc.is_empty() {
@@ -186,6 +192,32 @@ fn matrix_admins(config: &config::Config) -> Vec<String> {
         .filter(|u| u.network.as_str() == "matrix")
         .map(|u| u.user.to_string())
         .collect()
+}
+
+/// A counter an adapter bumps each time its cap of puppets refuses someone a puppet; every
+/// step shows in `/metrics` as `junction_errors_total{network,kind="puppet_cap"}`.
+fn count_cap_refusals(
+    metrics: &Arc<metrics::Metrics>,
+    network: &str,
+    shutdown: &CancellationToken,
+) -> tokio::sync::watch::Sender<u64> {
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    let (metrics, network, stop) = (metrics.clone(), NetworkId::new(network), shutdown.clone());
+    tokio::spawn(async move {
+        let mut counted = 0u64;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() { break },
+            }
+            let now = *rx.borrow_and_update();
+            for _ in counted..now {
+                metrics.error(&network, "puppet_cap");
+            }
+            counted = counted.max(now);
+        }
+    });
+    tx
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ fn start_with(
     let nick = format!("jb{}", &u[u.len().saturating_sub(7)..]);
     let mut cfg = IrcConfig::new("e2e", addr.to_string(), nick.clone());
     cfg.mode = mode;
+    cfg.max_puppets = 50;
     cfg.burst = 20;
     cfg.max_lines = 20;
     cfg.lines_per_second = 5.0;

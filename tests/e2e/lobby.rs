@@ -307,6 +307,7 @@ secret = "{secret}"
 server = "{irc}"
 nick = "{irc_bot}"
 mode = "puppet"
+max_puppets = 50
 lines_per_second = 20.0
 burst = 50
 

@@ -59,12 +59,16 @@ mod hostile_fanout;
 /// Hostile input from ordinary users' clients (deep quotes, deeply nested HTML, delimiter
 /// runs): the gateway stays up and relays in every direction, before and after a restart.
 mod hostile_input;
-/// A store that fails for real: the data directory on a small tmpfs the test fills; `/health`
-/// answers 503, the gateway exits non-zero by itself, and once space is back nothing is lost.
-mod store_faults;
 /// Deeply nested XMPP stanzas from an ordinary user's client: the component stream's depth
 /// bound keeps the gateway up, relaying in every direction, before and after a restart.
 mod hostile_stanzas;
 /// Identity: origin marks on puppets, a native nick never taken, an IRC nick never an
 /// account's identity, mask and nick bans that hold at the gateway without operator power.
 mod identity;
+/// Puppets' lifecycle: a flood of joins under new names makes at most the cap of Matrix
+/// ghosts and XMPP occupants, registers no account per new nick, and the lobby still relays;
+/// idle ghosts and occupants leave.
+mod lifecycle;
+/// A store that fails for real: the data directory on a small tmpfs the test fills; `/health`
+/// answers 503, the gateway exits non-zero by itself, and once space is back nothing is lost.
+mod store_faults;

@@ -148,6 +148,7 @@ fn irc_section(irc: SocketAddr, slot: &SlotGuard) -> String {
 server = "{irc}"
 nick = "{nick}"
 mode = "puppet"
+max_puppets = 50
 lines_per_second = 20.0
 burst = 50
 "#,

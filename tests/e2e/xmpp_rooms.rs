@@ -47,6 +47,7 @@ secret = "{secret}"
 [irc.local]
 server = "{irc}"
 nick = "jt{index}gw"
+max_puppets = 50
 
 [[bridge]]
 name = "made"

@@ -13,6 +13,7 @@ pub mod event;
 pub mod format;
 pub mod ids;
 pub mod limits;
+pub mod puppet_cap;
 pub mod router;
 
 pub use adapter::{
@@ -24,4 +25,5 @@ pub use format::RichText;
 pub use ids::{
     BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, Secret, UserId, UserRef,
 };
+pub use puppet_cap::{Admit, PuppetCap, PuppetLimits};
 pub use router::{Link, RefResolver, Router};

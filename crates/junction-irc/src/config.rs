@@ -36,7 +36,8 @@ pub struct IrcConfig {
     pub password: Option<Secret>,
     /// SASL PLAIN account and password for the bot, if any.
     pub sasl: Option<(String, Secret)>,
-    /// Most puppet connections at once on this network.
+    /// Most puppet connections at once on this network (default
+    /// [`IrcConfig::DEFAULT_MAX_PUPPETS`]).
     pub max_puppets: usize,
     /// A puppet that said nothing for this long is disconnected.
     pub puppet_idle_timeout: Duration,
@@ -59,6 +60,14 @@ pub struct IrcConfig {
 }
 
 impl IrcConfig {
+    /// Puppet connections by default: with the bot, three connections from the gateway's
+    /// address. Public IRC networks commonly allow three to five connections per IP without
+    /// a session-limit exemption and ban the address beyond (Rizon, for one, at the fifth);
+    /// three stays within the strictest of them. A network that grants the gateway an
+    /// exemption, or one's own server, takes a higher `max_puppets`; the people beyond it are
+    /// relayed by the bot.
+    pub const DEFAULT_MAX_PUPPETS: usize = 2;
+
     /// Defaults for everything but name, server and nick.
     pub fn new(
         name: impl Into<String>,
@@ -74,7 +83,7 @@ impl IrcConfig {
             mode: IrcMode::Puppet,
             password: None,
             sasl: None,
-            max_puppets: 1000,
+            max_puppets: Self::DEFAULT_MAX_PUPPETS,
             puppet_idle_timeout: Duration::from_secs(24 * 3600),
             lines_per_second: 2.0,
             burst: 10,

@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod ids;
 pub mod inbound;
+mod lifecycle;
 pub mod media;
 pub mod outbound;
 pub mod power;
@@ -36,7 +37,7 @@ use client::Client;
 use config::MatrixConfig;
 use junction_core::{
     Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
-    Markup, NetworkId, NetworkStatus, RoomId, UserRef,
+    Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
 };
 use junction_store::Store;
 use media::MediaProxy;
@@ -70,6 +71,8 @@ pub struct MatrixAdapter {
     media_base: Option<String>,
     private_media: bool,
     admins: HashSet<String>,
+    ghost_limits: PuppetLimits,
+    cap_refusals: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl MatrixAdapter {
@@ -81,7 +84,23 @@ impl MatrixAdapter {
             media_base: None,
             private_media: false,
             admins: HashSet::new(),
+            ghost_limits: PuppetLimits::default(),
+            cap_refusals: None,
         }
+    }
+
+    /// Sets the ghosts' lifecycle bounds (`[matrix] max_ghosts`,
+    /// `ghost_idle_timeout_seconds`; see [`PuppetLimits`] for the defaults).
+    pub fn with_ghost_limits(mut self, limits: PuppetLimits) -> Self {
+        self.ghost_limits = limits;
+        self
+    }
+
+    /// Counts, in `refusals`, every time the cap of ghosts refused someone a ghost (for
+    /// `/metrics`).
+    pub fn with_cap_refusals(mut self, refusals: tokio::sync::watch::Sender<u64>) -> Self {
+        self.cap_refusals = Some(refusals);
+        self
     }
 
     /// Lets attachments from loopback and private addresses be fetched and uploaded. Off by
@@ -164,6 +183,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) client: Client,
     pub(crate) ghosts: Ghosts,
+    /// The cap of ghosts in rooms and their activity.
+    pub(crate) lifecycle: lifecycle::Lifecycle,
     pub(crate) media: Arc<MediaProxy>,
     pub(crate) bot_id: String,
     rooms: Mutex<Rooms>,
@@ -229,6 +250,10 @@ impl Shared {
             store,
             client,
             ghosts,
+            lifecycle: lifecycle::Lifecycle::new(
+                PuppetLimits::default(),
+                tokio::sync::watch::Sender::new(0),
+            ),
             media: Arc::new(media),
             rooms: Mutex::new(Rooms::default()),
             names: Mutex::new(lru::LruCache::new(MAX_NAMES)),
@@ -345,6 +370,11 @@ impl Adapter for MatrixAdapter {
         )?;
         sh.private_media = self.private_media;
         sh.admins = self.admins;
+        sh.lifecycle = lifecycle::Lifecycle::new(
+            self.ghost_limits,
+            self.cap_refusals
+                .unwrap_or_else(|| tokio::sync::watch::Sender::new(0)),
+        );
         let sh = Arc::new(sh);
         let status = cx.status;
 
@@ -373,11 +403,18 @@ impl Adapter for MatrixAdapter {
         report(&sh, &status);
 
         let mut rooms_open = true;
+        let mut sweep = tokio::time::interval(sh.lifecycle.sweep_every());
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Link changes before deliveries: a delivery may be for a room just linked.
                 biased;
                 () = cx.shutdown.cancelled() => break,
+                _ = sweep.tick() => {
+                    lifecycle::leave_idle(&sh).await;
+                    let ghosts = sh.ghosts.count();
+                    cx.puppets.send_if_modified(|n| std::mem::replace(n, ghosts) != ghosts);
+                }
                 changed = cx.rooms.changed(), if rooms_open => {
                     if changed.is_err() {
                         rooms_open = false;

@@ -80,6 +80,21 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
     let ghost = if sender.user.network.is_gateway() {
         None
     } else {
+        let id = sh.ghosts.user_id(sender);
+        // A leave or a rename of someone who has no ghost changes nothing: it must not
+        // register a homeserver account (a join-and-rename loop would make one per name).
+        if matches!(
+            d.event.kind,
+            EventKind::Leave { .. } | EventKind::NickChange { .. }
+        ) && !sh.ghosts.is_registered(&id)
+        {
+            return Ok(Vec::new());
+        }
+        if let Some(speaks) = crate::lifecycle::joins(&d.event.kind) {
+            if !crate::lifecycle::enter(sh, &id, &room_id, speaks).await {
+                return crate::lifecycle::refused(sh, d, &room_id, ts).await;
+            }
+        }
         Some(sh.ghosts.ensure(sender).await?)
     };
     let actor = ghost.as_deref();
@@ -273,18 +288,23 @@ async fn join(sh: &Shared, actor: Option<&str>, room_id: &str) -> Result<(), Del
 }
 
 /// The ghost leaves the room; not being there is no error.
-async fn ghost_leaves(sh: &Shared, ghost: &str, room_id: &str) -> Result<(), DeliverError> {
+pub(crate) async fn ghost_leaves(
+    sh: &Shared,
+    ghost: &str,
+    room_id: &str,
+) -> Result<(), DeliverError> {
     match sh.client.leave(room_id, Some(ghost)).await {
         Ok(()) => {}
         Err(e) if e.status() == Some(403) || e.status() == Some(404) => {}
         Err(e) => return Err(e.into()),
     }
     sh.ghosts.forget_joined(ghost, room_id);
+    sh.lifecycle.left(ghost, room_id);
     Ok(())
 }
 
 /// A notice line said by the bot.
-async fn bot_notice(
+pub(crate) async fn bot_notice(
     sh: &Shared,
     d: &Delivery,
     room_id: &str,
@@ -368,7 +388,7 @@ fn star(body: &RichText) -> RichText {
 }
 
 /// Sends a message: the text part, then one part per attachment.
-async fn send_message(
+pub(crate) async fn send_message(
     sh: &Shared,
     d: &Delivery,
     room_id: &str,

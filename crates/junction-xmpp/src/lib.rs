@@ -14,7 +14,7 @@ mod session;
 
 use std::sync::Arc;
 
-use junction_core::{Adapter, AdapterContext, AdapterError, Capabilities, Markup};
+use junction_core::{Adapter, AdapterContext, AdapterError, Capabilities, Markup, PuppetLimits};
 use junction_store::Store;
 
 pub use config::XmppConfig;
@@ -43,6 +43,20 @@ impl XmppAdapter {
         Self {
             state: session::State::new(config, store),
         }
+    }
+
+    /// Sets the puppet occupants' lifecycle bounds (`[xmpp] max_occupants`,
+    /// `occupant_idle_timeout_seconds`; see [`PuppetLimits`] for the defaults).
+    pub fn with_occupant_limits(mut self, limits: PuppetLimits) -> Self {
+        self.state.cap = junction_core::PuppetCap::new(limits);
+        self
+    }
+
+    /// Counts, in `refusals`, every time the cap of occupants refused someone an occupant
+    /// (for `/metrics`).
+    pub fn with_cap_refusals(mut self, refusals: tokio::sync::watch::Sender<u64>) -> Self {
+        self.state.cap_refused = refusals;
+        self
     }
 
     /// A handle that, when notified, drops the current component connection;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use junction_core::format::mention;
 use junction_core::{
-    AdapterContext, AdapterError, Command, Delivered, Delivery, EventKind, Inbound, MessageId,
-    NetworkId, NetworkStatus, RoomId, RoomRef, Sender, UserRef,
+    AdapterContext, AdapterError, Admit, Command, Delivered, Delivery, EventKind, Inbound,
+    MessageId, NetworkId, NetworkStatus, PuppetCap, PuppetLimits, RoomId, RoomRef, Sender, UserRef,
 };
 use junction_store::Store;
 use minidom::Element;
@@ -225,6 +225,13 @@ pub(crate) struct State {
     pub cut_deep: Arc<std::sync::atomic::AtomicU64>,
     /// XEP-0050 forms sent and not yet submitted.
     adhoc: crate::adhoc::Sessions,
+    /// Puppet occupants in rooms, keyed like `joined`, with their last activity: at most
+    /// `[xmpp] max_occupants`, idle ones leave (see [`junction_core::PuppetCap`]).
+    pub cap: PuppetCap<(String, String)>,
+    /// Counts every refusal of the cap, for `/metrics`.
+    pub cap_refused: tokio::sync::watch::Sender<u64>,
+    /// When a refusal was last logged as a warning.
+    cap_warned: Option<Instant>,
 }
 
 impl State {
@@ -268,6 +275,9 @@ impl State {
             sessions: Arc::default(),
             cut_deep: Arc::default(),
             adhoc: crate::adhoc::Sessions::new(),
+            cap: PuppetCap::new(PuppetLimits::default()),
+            cap_refused: tokio::sync::watch::Sender::new(0),
+            cap_warned: None,
         }
     }
 
@@ -751,6 +761,9 @@ async fn housekeeping(st: &mut State, conn: &mut Conn, cx: &AdapterContext) -> b
         }
         return true;
     }
+    if !leave_idle(st, conn).await {
+        return false;
+    }
     let late: Vec<String> = st
         .pending
         .iter()
@@ -916,6 +929,9 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
             return kick_or_ban(st, conn, cx, d).await;
         }
         EventKind::Leave { reason, .. } => {
+            if !gateway {
+                st.cap.remove(&key);
+            }
             let Some(nick) = (!gateway).then(|| st.joined.remove(&key)).flatten() else {
                 answer_now(cx, &d, Ok(Vec::new()));
                 return true;
@@ -938,7 +954,25 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
         }
         _ => {}
     }
+    if !gateway && st.joined.contains_key(&key) {
+        let speaks = !matches!(d.event.kind, EventKind::Join | EventKind::NickChange { .. });
+        st.cap.touch(&key, now_ms(), speaks);
+    }
     if !gateway && !st.joined.contains_key(&key) {
+        // A rename of someone whose puppet is not in the room shows nothing: it must not
+        // make an occupant (a join-and-rename loop would make one per name).
+        if matches!(d.event.kind, EventKind::NickChange { .. }) {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
+        }
+        match admit_occupant(st, conn, &key, &d).await {
+            Some(true) => {}
+            Some(false) => return refused_occupant(st, conn, cx, d).await,
+            None => {
+                st.redo.push(d);
+                return false;
+            }
+        }
         let wanted = match &d.event.kind {
             EventKind::NickChange { new_name } => new_name.clone(),
             _ if sender.display_name.is_empty() => sender.user.user.as_str().to_string(),
@@ -1118,6 +1152,104 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
     send_pending(st, conn, d, id, el, wait, sender_key).await
 }
 
+/// Takes a slot of the occupant cap for the puppet `key` before it joins: Some(true) when it
+/// may join (a puppet making way has left first), Some(false) when refused (counted), None
+/// when the connection was lost.
+async fn admit_occupant(
+    st: &mut State,
+    conn: &mut Conn,
+    key: &(String, String),
+    d: &Delivery,
+) -> Option<bool> {
+    // A slot the puppet still holds without being in the room (kicked, no free nick) is
+    // taken anew.
+    st.cap.remove(key);
+    let speaks = !matches!(d.event.kind, EventKind::Join);
+    match st.cap.admit(key, now_ms(), speaks) {
+        Admit::Present | Admit::Free => Some(true),
+        Admit::Evict(old) => {
+            tracing::info!(room = %old.0, puppet = %old.1, "xmpp: the cap of occupants is reached; the least recently active puppet leaves");
+            if let Some(nick) = st.joined.remove(&old) {
+                let from = format!("{}/junction", old.1);
+                if !send(conn, outbound::leave(&from, &old.0, &nick, None)).await {
+                    return None;
+                }
+            }
+            Some(true)
+        }
+        Admit::Refused => {
+            st.cap_refused.send_modify(|n| *n += 1);
+            if st
+                .cap_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                st.cap_warned = Some(Instant::now());
+                tracing::warn!(max_occupants = st.cap.limits().max, "xmpp: the cap of puppet occupants is reached: a newcomer gets no occupant (their messages are said by the gateway's own occupant). Further refusals are counted in /metrics only.");
+            } else {
+                tracing::debug!(room = %key.0, puppet = %key.1, "xmpp: no occupant: the cap is reached");
+            }
+            Some(false)
+        }
+    }
+}
+
+/// Renders a delivery whose sender got no occupant: a message is said by the listener as
+/// `<name> text`, a topic change as a line; a join is nothing to show; anything else is
+/// given up.
+async fn refused_occupant(
+    st: &mut State,
+    conn: &mut Conn,
+    cx: &AdapterContext,
+    d: Delivery,
+) -> bool {
+    let name = d.event.sender.display_name.clone();
+    let line = match &d.event.kind {
+        EventKind::Message(m) => {
+            let mut text = outbound::styled(&m.body);
+            for a in &m.attachments {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&a.url);
+            }
+            if m.kind == junction_core::MessageKind::Emote {
+                format!("* {name} {text}")
+            } else {
+                format!("<{name}> {text}")
+            }
+        }
+        EventKind::Topic { text } => format!("{name} set the topic: {text}"),
+        EventKind::Join => {
+            answer_now(cx, &d, Ok(Vec::new()));
+            return true;
+        }
+        _ => {
+            answer_now(
+                cx,
+                &d,
+                Err("the sender has no occupant here: the cap of occupants is reached".into()),
+            );
+            return true;
+        }
+    };
+    send_notice(st, conn, d, &line).await
+}
+
+/// Puppets idle for the idle timeout leave their rooms. False when the connection is lost.
+async fn leave_idle(st: &mut State, conn: &mut Conn) -> bool {
+    for key in st.cap.take_idle(now_ms()) {
+        let Some(nick) = st.joined.remove(&key) else {
+            continue;
+        };
+        tracing::info!(room = %key.0, puppet = %key.1, "xmpp: an idle puppet leaves");
+        let from = format!("{}/junction", key.1);
+        if !send(conn, outbound::leave(&from, &key.0, &nick, None)).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Our message id (`U`, sent as id and origin-id) for a delivery: stable for
 /// its outbox row, target and event, so a redelivery reuses it.
 fn delivery_message_id(d: &Delivery) -> String {
@@ -1219,6 +1351,7 @@ async fn kick_or_ban(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: De
     }
     if t.user.network != st.network {
         let key = (room.clone(), puppet_jid(&t.user, &st.config.component));
+        st.cap.remove(&key);
         if let Some(nick) = st.joined.remove(&key) {
             let from = format!("{}/junction", key.1);
             if !send(

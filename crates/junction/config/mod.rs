@@ -22,9 +22,13 @@
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
 //!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`),
-//!   `origin_marks` (default true: ghost display names end in their network's mark, `bob[i]`).
+//!   `origin_marks` (default true: ghost display names end in their network's mark, `bob[i]`),
+//!   `max_ghosts` (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds`
+//!   (default 86400; 0: never).
 //! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required); `origin_marks`
-//!   (default true: puppet nicks end in their network's mark, `alice[m]`).
+//!   (default true: puppet nicks end in their network's mark, `alice[m]`), `max_occupants`
+//!   (puppet occupants at once, default 200), `occupant_idle_timeout_seconds` (default
+//!   86400; 0: never).
 //! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
 //!   `tls` (false; `true`: rustls, the certificate checked against the host of `server`
 //!   with the webpki roots), `tls_ca` (a PEM file of CA certificates trusted besides them, for
@@ -487,6 +491,8 @@ bot = "junction"
 id = "gw"
 user_prefix = "_gw_"
 origin_marks = false
+max_ghosts = 7
+ghost_idle_timeout_seconds = 0
 
 [irc.local]
 server = "localhost:6667"
@@ -527,6 +533,15 @@ admins = ["@carol:matrix.test"]
         assert_eq!(m.homeserver, "http://127.0.0.1:8008");
         assert_eq!((m.id.as_str(), m.user_prefix.as_str()), ("gw", "_gw_"));
         assert!(!m.origin_marks);
+        assert_eq!(
+            c.matrix_ghosts,
+            junction_core::PuppetLimits {
+                max: 7,
+                idle_timeout_ms: 0
+            }
+        );
+        // No [xmpp] section: its limits are the defaults.
+        assert_eq!(c.xmpp_occupants, junction_core::PuppetLimits::default());
         let i = &c.irc[0];
         assert_eq!(i.mode, IrcMode::Relay);
         assert_eq!(i.password.as_ref().map(|p| p.expose()), Some("pw"));

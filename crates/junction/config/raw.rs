@@ -84,6 +84,10 @@ pub struct RawMatrix {
     pub media_url: Option<Str>,
     /// Ghost display names carry their network's origin mark.
     pub origin_marks: Option<Spanned<bool>>,
+    /// Most ghosts in rooms at once.
+    pub max_ghosts: Option<Spanned<i64>>,
+    /// Idle time after which a ghost leaves (0: never).
+    pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
 /// `[xmpp]`.
@@ -98,6 +102,10 @@ pub struct RawXmpp {
     pub secret: Option<Str>,
     /// Puppet nicks carry their network's origin mark.
     pub origin_marks: Option<Spanned<bool>>,
+    /// Most puppet occupants in rooms at once.
+    pub max_occupants: Option<Spanned<i64>>,
+    /// Idle time after which a puppet occupant leaves (0: never).
+    pub occupant_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
 /// One `[irc.<name>]`.

@@ -3,7 +3,7 @@
 
 use super::raw::{RawBridge, RawConfig, RawGateway, RawIrc, RawMatrix, RawXmpp, Str};
 use super::Diag;
-use junction_core::{BridgeName, Link, NetworkId, RoomRef, Secret, UserRef};
+use junction_core::{BridgeName, Link, NetworkId, PuppetLimits, RoomRef, Secret, UserRef};
 use junction_irc::config::{IrcConfig, IrcMode};
 use junction_matrix::config::MatrixConfig;
 use junction_xmpp::config::XmppConfig;
@@ -32,6 +32,10 @@ pub struct Config {
     /// `[matrix] media_url`: the public base URL under which people on the other networks
     /// reach the Matrix media proxy (default `http://<matrix.listen>`).
     pub matrix_media_url: Option<String>,
+    /// `[matrix] max_ghosts` and `ghost_idle_timeout_seconds`.
+    pub matrix_ghosts: PuppetLimits,
+    /// `[xmpp] max_occupants` and `occupant_idle_timeout_seconds`.
+    pub xmpp_occupants: PuppetLimits,
 }
 
 impl Config {
@@ -172,6 +176,24 @@ pub(crate) fn validate(
         }
     }
     let xmpp = raw.xmpp.as_ref().map(|x| c.xmpp(x));
+    let matrix_ghosts = match raw.matrix.as_ref().map(|m| m.get_ref()) {
+        Some(m) => c.puppet_limits(
+            &m.max_ghosts,
+            "matrix.max_ghosts",
+            &m.ghost_idle_timeout_seconds,
+            "matrix.ghost_idle_timeout_seconds",
+        ),
+        None => Some(PuppetLimits::default()),
+    };
+    let xmpp_occupants = match raw.xmpp.as_ref().map(|x| x.get_ref()) {
+        Some(x) => c.puppet_limits(
+            &x.max_occupants,
+            "xmpp.max_occupants",
+            &x.occupant_idle_timeout_seconds,
+            "xmpp.occupant_idle_timeout_seconds",
+        ),
+        None => Some(PuppetLimits::default()),
+    };
     let irc: Vec<Option<IrcConfig>> = raw.irc.iter().map(|(k, v)| c.irc(k, v, base)).collect();
     let (bridges, bridge_admins) = c.bridges(&raw.bridge, raw, &irc_names);
     if !c.diags.is_empty() {
@@ -192,6 +214,8 @@ pub(crate) fn validate(
             bridges,
             bridge_admins,
             matrix_media_url,
+            matrix_ghosts: matrix_ghosts?,
+            xmpp_occupants: xmpp_occupants?,
         })
     })();
     (config, c.diags)
@@ -371,6 +395,25 @@ impl Checker<'_> {
             return None;
         }
         Some(n)
+    }
+
+    /// A cap of puppets in rooms and their idle timeout (0: never), defaults from
+    /// [`PuppetLimits`].
+    fn puppet_limits(
+        &mut self,
+        max: &Option<Spanned<i64>>,
+        max_key: &str,
+        idle: &Option<Spanned<i64>>,
+        idle_key: &str,
+    ) -> Option<PuppetLimits> {
+        let d = PuppetLimits::default();
+        let max = self.count(max, max_key, 0, i64::try_from(d.max).unwrap_or(i64::MAX));
+        let idle_default = i64::try_from(d.idle_timeout_ms / 1000).unwrap_or(i64::MAX);
+        let idle = self.count(idle, idle_key, 0, idle_default);
+        Some(PuppetLimits {
+            max: usize::try_from(max?).ok()?,
+            idle_timeout_ms: u64::try_from(idle?).ok()?.saturating_mul(1000),
+        })
     }
 
     fn gateway(

@@ -1,0 +1,156 @@
+//! Ghosts' lifecycle: at most `[matrix] max_ghosts` ghosts in rooms, who makes way when the
+//! cap is reached, and idle ghosts leaving after `[matrix] ghost_idle_timeout_seconds`.
+//!
+//! The policy is [`junction_core::PuppetCap`]'s: a join takes a free slot only; someone who
+//! speaks takes the place of the least recently active ghost that never spoke (or of a talker
+//! silent for five minutes), which leaves the room first; when nobody may make way, their
+//! message is said by the bot as `<name> text`. Each refusal is counted for `/metrics`
+//! (`junction_errors_total{kind="puppet_cap"}`).
+
+use crate::outbound::{self, DeliverError};
+use crate::puppets::lock;
+use crate::Shared;
+use junction_core::format::Span;
+use junction_core::{
+    Admit, Delivery, EventKind, Message, MessageId, MessageKind, PuppetCap, PuppetLimits,
+};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// A refusal is logged as a warning at most this often (a flood would fill the log).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The cap and its refusal counter.
+pub(crate) struct Lifecycle {
+    cap: Mutex<PuppetCap<(String, String)>>,
+    refused: watch::Sender<u64>,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(limits: PuppetLimits, refused: watch::Sender<u64>) -> Self {
+        Self {
+            cap: Mutex::new(PuppetCap::new(limits)),
+            refused,
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// The bounds in force.
+    pub(crate) fn limits(&self) -> PuppetLimits {
+        lock(&self.cap).limits()
+    }
+
+    /// How often idle ghosts are looked for.
+    pub(crate) fn sweep_every(&self) -> Duration {
+        let idle = Duration::from_millis(self.limits().idle_timeout_ms);
+        (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// The ghost left the room (or was removed).
+    pub(crate) fn left(&self, ghost: &str, room_id: &str) {
+        lock(&self.cap).remove(&(ghost.to_owned(), room_id.to_owned()));
+    }
+
+    fn note_refusal(&self, ghost: &str) {
+        self.refused.send_modify(|n| *n += 1);
+        let mut warned = lock(&self.warned);
+        if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(%ghost, max_ghosts = self.limits().max, "The cap of Matrix ghosts in rooms is reached: a newcomer gets no ghost (their messages are said by the bot). Further refusals are counted in /metrics only.");
+        } else {
+            tracing::debug!(%ghost, "No ghost: the cap is reached.");
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whether rendering `kind` puts the sender's ghost in the room, and as a speaker: `None`
+/// for kinds that never join it.
+pub(crate) fn joins(kind: &EventKind) -> Option<bool> {
+    match kind {
+        EventKind::Join => Some(false),
+        EventKind::Message(_)
+        | EventKind::Edit { .. }
+        | EventKind::React { .. }
+        | EventKind::Topic { .. } => Some(true),
+        _ => None,
+    }
+}
+
+/// Before `ghost` is put in `room_id`: true when it may be (a ghost making way leaves first);
+/// false when the cap refuses it (counted).
+pub(crate) async fn enter(sh: &Shared, ghost: &str, room_id: &str, speaks: bool) -> bool {
+    let key = (ghost.to_owned(), room_id.to_owned());
+    let decision = lock(&sh.lifecycle.cap).admit(&key, now_ms(), speaks);
+    match decision {
+        Admit::Present | Admit::Free => true,
+        Admit::Evict((old, room)) => {
+            tracing::info!(ghost = %old, room = %room, newcomer = %ghost, "The cap of ghosts is reached: the least recently active one leaves.");
+            if let Err(e) = outbound::ghost_leaves(sh, &old, &room).await {
+                tracing::warn!(ghost = %old, error = ?e, "The ghost making way could not leave.");
+            }
+            true
+        }
+        Admit::Refused => {
+            sh.lifecycle.note_refusal(ghost);
+            false
+        }
+    }
+}
+
+/// Renders a delivery whose sender got no ghost: a message is said by the bot as
+/// `<name> text`, a topic as the bot's line, a join is nothing to show; anything else
+/// (edits, reactions) is given up.
+pub(crate) async fn refused(
+    sh: &Shared,
+    d: &Delivery,
+    room_id: &str,
+    ts: Option<u64>,
+) -> Result<Vec<MessageId>, DeliverError> {
+    let name = &d.event.sender.display_name;
+    match &d.event.kind {
+        EventKind::Message(m) => {
+            let prefix = if m.kind == MessageKind::Emote {
+                format!("* {name} ")
+            } else {
+                format!("<{name}> ")
+            };
+            let mut body = m.body.clone();
+            body.spans.insert(0, Span::Text(prefix));
+            let relayed = Message {
+                kind: MessageKind::Text,
+                body,
+                ..m.clone()
+            };
+            outbound::send_message(sh, d, room_id, None, &relayed, ts).await
+        }
+        EventKind::Topic { text } => {
+            let line = format!("{name} set the topic: {text}");
+            outbound::bot_notice(sh, d, room_id, &line, ts).await
+        }
+        EventKind::Join => Ok(Vec::new()),
+        _ => Err(DeliverError::Permanent(
+            "the sender has no ghost here: the cap of ghosts in rooms is reached".into(),
+        )),
+    }
+}
+
+/// Ghosts idle for the idle timeout leave their rooms.
+pub(crate) async fn leave_idle(sh: &Shared) {
+    let idle = lock(&sh.lifecycle.cap).take_idle(now_ms());
+    for (ghost, room) in idle {
+        tracing::info!(%ghost, %room, "An idle ghost leaves.");
+        if let Err(e) = outbound::ghost_leaves(sh, &ghost, &room).await {
+            tracing::warn!(%ghost, error = ?e, "An idle ghost could not leave.");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Puppets' lifecycle through the real servers: a flood of joins under new names (many IRC
+//! connections, and one connection changing its nick over and over) makes at most the cap
+//! of Matrix ghosts and XMPP puppet occupants, registers no homeserver account per new
+//! name, counts the refusals in `/metrics`, and the lobby still relays the next line in
+//! every direction. Idle ghosts and occupants leave after the idle timeout.
+
+use crate::lobby::{short_nick, Lobby};
+use anyhow::Context as _;
+use junction_core::NetworkId;
+use junction_testkit::clients::IrcUser;
+use junction_testkit::servers::servers;
+use junction_testkit::unique;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// How long any one thing may take to cross the gateway here.
+const WAIT: Duration = Duration::from_secs(60);
+/// The caps of the test's gateway.
+const CAP: usize = 3;
+/// IRC connections that join.
+const JOINERS: usize = 10;
+/// Nick changes of the one connection that renames itself.
+const RENAMES: usize = 8;
+
+/// The ghosts (other than the bot) among the Matrix room's joined members.
+async fn ghosts(lobby: &Lobby) -> anyhow::Result<Vec<String>> {
+    let bot = format!("@{}:", lobby.slot.bot);
+    let prefix = format!("@{}", lobby.slot.user_prefix);
+    Ok(lobby
+        .matrix
+        .members(&lobby.room)
+        .await?
+        .into_keys()
+        .filter(|u| u.starts_with(&prefix) && !u.starts_with(&bot))
+        .collect())
+}
+
+/// The gateway's puppet occupants of the MUC as XMPP alice's presences show them now.
+fn occupants(lobby: &Lobby) -> HashSet<String> {
+    let muc = format!("{}/", lobby.muc);
+    let component = lobby.slot.component.clone();
+    let mut present = HashSet::new();
+    for el in lobby.xmpp.backlog() {
+        if el.name() != "presence" {
+            continue;
+        }
+        let Some(from) = el.attr("from").filter(|f| f.starts_with(&muc)) else {
+            continue;
+        };
+        let puppet = el
+            .children()
+            .filter(|x| x.name() == "x")
+            .flat_map(|x| x.children())
+            .any(|i| {
+                i.name() == "item"
+                    && i.attr("jid")
+                        .is_some_and(|j| j.contains('%') && j.contains(&component))
+            });
+        if !puppet {
+            continue;
+        }
+        match el.attr("type") {
+            None => {
+                present.insert(from.to_owned());
+            }
+            Some("unavailable") => {
+                present.remove(from);
+            }
+            Some(_) => {}
+        }
+    }
+    present
+}
+
+/// True when the homeserver knows a user with this id (a ghost registered by the gateway).
+async fn registered(lobby: &Lobby, user: &str) -> anyhow::Result<bool> {
+    let servers = servers().await?;
+    let url = format!(
+        "{}/_matrix/client/v3/profile/{}",
+        servers.matrix.url,
+        user.replace('@', "%40").replace(':', "%3A")
+    );
+    let status = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(lobby.matrix.access_token())
+        .send()
+        .await?
+        .status();
+    Ok(status.is_success())
+}
+
+/// Joins under new names on IRC give at most `max_ghosts` ghosts in the Matrix room and
+/// `max_occupants` puppet occupants in the MUC; a nick-change loop registers no account per
+/// new nick; refusals are counted; then a line from each network crosses to both others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_joins_under_new_names_creates_at_most_the_cap() -> anyhow::Result<()> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let lobby = Lobby::start_with(|c| {
+        *c = c
+            .replace(
+                "membership = \"all\"",
+                &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
+            )
+            .replace("[matrix]\n", &format!("[matrix]\nmax_ghosts = {CAP}\n"))
+            .replace("[xmpp]\n", &format!("[xmpp]\nmax_occupants = {CAP}\n"));
+    })
+    .await?;
+    let servers = servers().await?;
+    let tag = &unique("f")[..];
+    let tag = &tag[tag.len().saturating_sub(4)..];
+
+    // Many connections join under new names.
+    let mut joiners = Vec::new();
+    for i in 0..JOINERS {
+        let user = IrcUser::connect(lobby.irc_addr, &short_nick(&format!("j{tag}{i}"))).await?;
+        user.join(&lobby.channel).await?;
+        joiners.push(user);
+    }
+    // One connection joins and changes its nick again and again.
+    let first = short_nick(&format!("r{tag}x"));
+    let looper = IrcUser::connect(lobby.irc_addr, &first).await?;
+    looper.join(&lobby.channel).await?;
+    let mut nicks = vec![first];
+    for i in 0..RENAMES {
+        let next = short_nick(&format!("r{tag}{i}"));
+        looper.send_raw(&format!("NICK {next}"))?;
+        nicks.push(next);
+    }
+    // Deliveries to a network go in order: once a later line has crossed, the joins and
+    // renames before it have been handled.
+    let marker = unique("after the flood");
+    lobby.irc.privmsg(&lobby.channel, &marker)?;
+    lobby
+        .matrix_sees(&marker)
+        .await
+        .context("i → m after the flood")?;
+    lobby
+        .xmpp_sees(&marker)
+        .await
+        .context("i → x after the flood")?;
+
+    let g = ghosts(&lobby).await?;
+    assert!(
+        !g.is_empty() && g.len() <= CAP,
+        "at most {CAP} ghosts in the room: {g:?}"
+    );
+    let o = occupants(&lobby);
+    assert!(
+        !o.is_empty() && o.len() <= CAP,
+        "at most {CAP} puppet occupants: {o:?}"
+    );
+    // A rename of someone without a ghost registers nobody: the nicks the loop took after
+    // its first one have no account on the homeserver.
+    let network = NetworkId::new("irc:local");
+    for nick in &nicks[1..] {
+        let ghost = junction_matrix::ids::ghost_user_id(
+            &lobby.slot.user_prefix,
+            &network,
+            nick,
+            &servers.matrix.server_name,
+        );
+        assert!(
+            !registered(&lobby, &ghost).await?,
+            "no account for the renamed nick {nick} ({ghost})"
+        );
+    }
+
+    // The refusals are counted.
+    let metrics = junction_testkit::eventually(WAIT, "the refusals counted", || {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let counted = |network: &str| {
+                text.lines().any(|l| {
+                    l.starts_with("junction_errors_total{")
+                        && l.contains(&format!("network=\"{network}\""))
+                        && l.contains("kind=\"puppet_cap\"")
+                        && l.rsplit(' ')
+                            .next()
+                            .and_then(|n| n.parse::<f64>().ok())
+                            .is_some_and(|n| n >= 1.0)
+                })
+            };
+            (counted("matrix") && counted("xmpp")).then_some(text)
+        }
+    })
+    .await?;
+    assert!(metrics.contains("puppet_cap"));
+
+    // The lobby still relays the next line in every direction; the people who speak take
+    // the places of those who only joined.
+    let from_matrix = unique("next from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    lobby.xmpp_sees(&from_matrix).await.context("m → x")?;
+    lobby.irc_sees(&from_matrix).await.context("m → i")?;
+    let from_xmpp = unique("next from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    lobby.matrix_sees(&from_xmpp).await.context("x → m")?;
+    lobby.irc_sees(&from_xmpp).await.context("x → i")?;
+    let from_irc = unique("next from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    lobby.matrix_sees(&from_irc).await.context("i → m")?;
+    lobby.xmpp_sees(&from_irc).await.context("i → x")?;
+
+    let g = ghosts(&lobby).await?;
+    assert!(g.len() <= CAP, "still at most {CAP} ghosts: {g:?}");
+    let o = occupants(&lobby);
+    assert!(o.len() <= CAP, "still at most {CAP} occupants: {o:?}");
+    drop(joiners);
+    Ok(())
+}
+
+/// With an idle timeout of two seconds, the IRC user's ghost and occupant leave after they
+/// said something, and come back with their next line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ghosts_and_occupants_leave_and_come_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start_with(|c| {
+        *c = c
+            .replace("[matrix]\n", "[matrix]\nghost_idle_timeout_seconds = 2\n")
+            .replace("[xmpp]\n", "[xmpp]\noccupant_idle_timeout_seconds = 2\n");
+    })
+    .await?;
+    let hello = unique("before idling");
+    lobby.irc.privmsg(&lobby.channel, &hello)?;
+    let e = lobby.matrix_sees(&hello).await?;
+    let ghost = e["sender"].as_str().context("sender")?.to_owned();
+    let x = lobby.xmpp_sees(&hello).await?;
+    let occupant = x.attr("from").context("from")?.to_owned();
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"].as_str() == Some(ghost.as_str())
+                && r["content"]["membership"] == "leave"
+        })
+        .await
+        .context("the idle ghost leaves")?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "presence"
+                && el.attr("type") == Some("unavailable")
+                && el.attr("from") == Some(occupant.as_str())
+        })
+        .await
+        .context("the idle occupant leaves")?;
+    let back = unique("after idling");
+    lobby.irc.privmsg(&lobby.channel, &back)?;
+    lobby
+        .matrix_sees(&back)
+        .await
+        .context("i → m after idling")?;
+    lobby.xmpp_sees(&back).await.context("i → x after idling")?;
+    Ok(())
+}
