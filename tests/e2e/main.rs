@@ -47,7 +47,7 @@ mod xmpp_rooms;
 /// gateway lends nobody its power.
 mod authority;
 /// `close` and `unlink` announce in every affected room on every network before the gateway
-/// leaves; store failures (a full disk under the store) show on `/health` and lose nothing.
+/// leaves.
 mod closing;
 /// Hostile use of the command channels and the media proxy by ordinary users: invites from
 /// strangers, a flood of commands, uploads that would run script.
