@@ -141,7 +141,8 @@ pub fn gateway_sender() -> Sender {
     Sender::new(UserRef::new(NetworkId::gateway(), "junction"), "junction")
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

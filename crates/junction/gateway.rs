@@ -518,10 +518,7 @@ impl Loop {
     fn admit(&mut self, mut event: Event) -> Option<Event> {
         let network = event.origin.network.clone();
         let kind = ratelimit::kind_of(&event.kind);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        match self.limiter.check(&event, Instant::now(), now_ms) {
+        match self.limiter.check(&event, Instant::now(), crate::admin::now_ms()) {
             Verdict::Pass => {}
             Verdict::PassAfter(n) => {
                 tracing::info!(sender = %event.sender.user, kind, dropped = n, "A sender is under the rate limit again.");
@@ -759,10 +756,7 @@ impl Loop {
         let Some(since) = self.store_failing else {
             return Ok(());
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = crate::admin::now_ms();
         let tried = self
             .store
             .kv_put(PROBE_TABLE, "last", &now_ms.to_be_bytes())
