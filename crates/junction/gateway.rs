@@ -518,7 +518,10 @@ impl Loop {
     fn admit(&mut self, mut event: Event) -> Option<Event> {
         let network = event.origin.network.clone();
         let kind = ratelimit::kind_of(&event.kind);
-        match self.limiter.check(&event, Instant::now(), crate::admin::now_ms()) {
+        match self
+            .limiter
+            .check(&event, Instant::now(), crate::admin::now_ms())
+        {
             Verdict::Pass => {}
             Verdict::PassAfter(n) => {
                 tracing::info!(sender = %event.sender.user, kind, dropped = n, "A sender is under the rate limit again.");

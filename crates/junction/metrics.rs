@@ -311,23 +311,32 @@ impl Metrics {
             |s| s.reconnects.load(Ordering::Relaxed),
         );
 
-        let name = "junction_errors_total";
-        header(&mut out, name, "Errors per network and kind.", "counter");
-        for (network, series) in &all {
-            let errors = series
-                .errors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            for (kind, count) in errors {
-                sample(
-                    &mut out,
-                    name,
-                    &[("network", network.as_str()), ("kind", kind)],
-                    count,
-                );
+        // A counter per network and one more label, kept in a map per series.
+        type Labelled = fn(&Series) -> &Mutex<BTreeMap<&'static str, u64>>;
+        let labelled = |out: &mut String, name: &str, help: &str, label: &str, get: Labelled| {
+            header(out, name, help, "counter");
+            for (network, series) in &all {
+                let counts = get(series)
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                for (value, count) in counts {
+                    sample(
+                        out,
+                        name,
+                        &[("network", network.as_str()), (label, value)],
+                        count,
+                    );
+                }
             }
-        }
+        };
+        labelled(
+            &mut out,
+            "junction_errors_total",
+            "Errors per network and kind.",
+            "kind",
+            |s| &s.errors,
+        );
 
         let name = "junction_duplicates_skipped_total";
         header(
@@ -338,28 +347,13 @@ impl Metrics {
         );
         sample(&mut out, name, &[], self.duplicates.load(Ordering::Relaxed));
 
-        let name = "junction_refused_total";
-        header(
+        labelled(
             &mut out,
-            name,
+            "junction_refused_total",
             "Inbound items refused and answered as handled, per network and reason.",
-            "counter",
+            "reason",
+            |s| &s.refused,
         );
-        for (network, series) in &all {
-            let refused = series
-                .refused
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            for (reason, count) in refused {
-                sample(
-                    &mut out,
-                    name,
-                    &[("network", network.as_str()), ("reason", reason)],
-                    count,
-                );
-            }
-        }
 
         let name = "junction_store_records_set_aside_total";
         header(
