@@ -498,30 +498,24 @@ impl Checker<'_> {
     /// `gateway.max_attachments`, `gateway.rate_per_minute` and `gateway.rate_burst`.
     fn limits(&mut self, g: &RawGateway) -> Option<crate::ratelimit::Limits> {
         let d = crate::ratelimit::Limits::default();
-        let attachments = self
-            .count(
-                &g.max_attachments,
-                "gateway.max_attachments",
-                0,
-                d.caps.max_attachments as i64,
-            )
-            .and_then(|n| self.fits::<usize>(n, &g.max_attachments, "gateway.max_attachments"));
-        let per_minute = self
-            .count(
-                &g.rate_per_minute,
-                "gateway.rate_per_minute",
-                0,
-                i64::from(d.rate.per_minute),
-            )
-            .and_then(|n| self.fits::<u32>(n, &g.rate_per_minute, "gateway.rate_per_minute"));
-        let burst = self
-            .count(
-                &g.rate_burst,
-                "gateway.rate_burst",
-                1,
-                i64::from(d.rate.burst),
-            )
-            .and_then(|n| self.fits::<u32>(n, &g.rate_burst, "gateway.rate_burst"));
+        let attachments = self.count_as::<usize>(
+            &g.max_attachments,
+            "gateway.max_attachments",
+            0,
+            d.caps.max_attachments as i64,
+        );
+        let per_minute = self.count_as::<u32>(
+            &g.rate_per_minute,
+            "gateway.rate_per_minute",
+            0,
+            i64::from(d.rate.per_minute),
+        );
+        let burst = self.count_as::<u32>(
+            &g.rate_burst,
+            "gateway.rate_burst",
+            1,
+            i64::from(d.rate.burst),
+        );
         let mut limits = d;
         limits.caps.max_attachments = attachments?;
         limits.rate.per_minute = per_minute?;
@@ -862,9 +856,7 @@ impl Checker<'_> {
                 }
             }
         };
-        let burst = self
-            .count(&r.burst, &k("burst"), 1, i64::from(d.burst))
-            .and_then(|b| self.fits::<u32>(b, &r.burst, &k("burst")));
+        let burst = self.count_as::<u32>(&r.burst, &k("burst"), 1, i64::from(d.burst));
         let max_lines = self.count(&r.max_lines, &k("max_lines"), 1, d.max_lines as i64);
         let channel_history = match &r.channel_history {
             None => Some(None),
@@ -928,6 +920,18 @@ impl Checker<'_> {
         c.max_lines = usize::try_from(max_lines?).ok()?;
         c.channel_history = channel_history?;
         Some(c)
+    }
+
+    /// [`Checker::count`], then [`Checker::fits`] in `T`.
+    fn count_as<T: TryFrom<i64>>(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        default: i64,
+    ) -> Option<T> {
+        let n = self.count(v, key, min, default)?;
+        self.fits::<T>(n, v, key)
     }
 
     fn fits<T: TryFrom<i64>>(&mut self, n: i64, v: &Option<Spanned<i64>>, key: &str) -> Option<T> {
