@@ -71,6 +71,8 @@ struct Slot {
 pub struct PuppetCap<K> {
     limits: PuppetLimits,
     slots: HashMap<K, Slot>,
+    /// When a refusal was last said loudly (see [`PuppetCap::warn_now`]).
+    warned_at: Option<u64>,
 }
 
 impl<K: Eq + Hash + Clone> PuppetCap<K> {
@@ -82,7 +84,23 @@ impl<K: Eq + Hash + Clone> PuppetCap<K> {
         Self {
             limits,
             slots: HashMap::new(),
+            warned_at: None,
         }
+    }
+
+    /// Refusals are worth a warning at most this often (a flood would fill the log).
+    pub const WARN_EVERY_MS: u64 = 60 * 1000;
+
+    /// True when a refusal at `now` should be logged as a warning: the first one, then at
+    /// most one per [`Self::WARN_EVERY_MS`] (the others are counted only).
+    pub fn warn_now(&mut self, now: u64) -> bool {
+        let due = self
+            .warned_at
+            .is_none_or(|t| now.saturating_sub(t) >= Self::WARN_EVERY_MS);
+        if due {
+            self.warned_at = Some(now);
+        }
+        due
     }
 
     /// The bounds in force.
@@ -185,6 +203,18 @@ impl<K: Eq + Hash + Clone> PuppetCap<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_warn_once_a_minute() {
+        let mut cap: PuppetCap<u32> = PuppetCap::new(PuppetLimits {
+            max: 0,
+            idle_timeout_ms: 0,
+        });
+        assert!(cap.warn_now(1_000));
+        assert!(!cap.warn_now(2_000));
+        assert!(!cap.warn_now(60_999));
+        assert!(cap.warn_now(61_000));
+    }
 
     fn cap(max: usize) -> PuppetCap<u32> {
         PuppetCap::new(PuppetLimits {

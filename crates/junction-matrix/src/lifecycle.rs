@@ -15,17 +15,13 @@ use junction_core::{
     Admit, Delivery, EventKind, Message, MessageId, MessageKind, PuppetCap, PuppetLimits,
 };
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-
-/// A refusal is logged as a warning at most this often (a flood would fill the log).
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The cap and its refusal counter.
 pub(crate) struct Lifecycle {
     cap: Mutex<PuppetCap<(String, String)>>,
     refused: watch::Sender<u64>,
-    warned: Mutex<Option<Instant>>,
 }
 
 impl Lifecycle {
@@ -33,7 +29,6 @@ impl Lifecycle {
         Self {
             cap: Mutex::new(PuppetCap::new(limits)),
             refused,
-            warned: Mutex::new(None),
         }
     }
 
@@ -55,10 +50,12 @@ impl Lifecycle {
 
     fn note_refusal(&self, ghost: &str) {
         self.refused.send_modify(|n| *n += 1);
-        let mut warned = lock(&self.warned);
-        if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *warned = Some(Instant::now());
-            tracing::warn!(%ghost, max_ghosts = self.limits().max, "The cap of Matrix ghosts in rooms is reached: a newcomer gets no ghost (their messages are said by the bot). Further refusals are counted in /metrics only.");
+        let (warn, max_ghosts) = {
+            let mut cap = lock(&self.cap);
+            (cap.warn_now(now_ms()), cap.limits().max)
+        };
+        if warn {
+            tracing::warn!(%ghost, max_ghosts, "The cap of Matrix ghosts in rooms is reached: a newcomer gets no ghost (their messages are said by the bot). Further refusals are counted in /metrics only.");
         } else {
             tracing::debug!(%ghost, "No ghost: the cap is reached.");
         }

@@ -230,8 +230,6 @@ pub(crate) struct State {
     pub cap: PuppetCap<(String, String)>,
     /// Counts every refusal of the cap, for `/metrics`.
     pub cap_refused: tokio::sync::watch::Sender<u64>,
-    /// When a refusal was last logged as a warning.
-    cap_warned: Option<Instant>,
 }
 
 impl State {
@@ -277,7 +275,6 @@ impl State {
             adhoc: crate::adhoc::Sessions::new(),
             cap: PuppetCap::new(PuppetLimits::default()),
             cap_refused: tokio::sync::watch::Sender::new(0),
-            cap_warned: None,
         }
     }
 
@@ -1179,11 +1176,7 @@ async fn admit_occupant(
         }
         Admit::Refused => {
             st.cap_refused.send_modify(|n| *n += 1);
-            if st
-                .cap_warned
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                st.cap_warned = Some(Instant::now());
+            if st.cap.warn_now(now_ms()) {
                 tracing::warn!(max_occupants = st.cap.limits().max, "xmpp: the cap of puppet occupants is reached: a newcomer gets no occupant (their messages are said by the gateway's own occupant). Further refusals are counted in /metrics only.");
             } else {
                 tracing::debug!(room = %key.0, puppet = %key.1, "xmpp: no occupant: the cap is reached");
