@@ -104,6 +104,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let adapter = XmppAdapter::new(x, store.clone())
             .with_occupant_limits(config.xmpp_occupants)
             .with_cap_refusals(count_cap_refusals(&metrics, "xmpp", &shutdown));
+        metrics.follow(
+            &NetworkId::new("xmpp"),
+            "stanza_too_deep",
+            adapter.cut_deep_stanzas(),
+        );
         adapters.spawn(gateway::run_adapter(adapter, cx));
     }
     let paste_base = config.gateway.public_url.as_deref().map(web::paste_base);

@@ -74,6 +74,8 @@ pub struct Metrics {
     store_set_aside: AtomicU64,
     /// (metric, network, kind) → count, for the rare counters of hostile input.
     dropped: Mutex<BTreeMap<(&'static str, NetworkId, &'static str), u64>>,
+    /// Error counters an adapter keeps itself (network, kind, count), read at each render.
+    followed: Mutex<Vec<(NetworkId, &'static str, Arc<AtomicU64>)>>,
 }
 
 /// Every series of one network.
@@ -196,6 +198,15 @@ impl Metrics {
         });
     }
 
+    /// Shows `counter`, which an adapter bumps itself, as the errors of `kind` on `network`
+    /// (`junction_errors_total{network,kind}`), read each time the metrics are rendered.
+    pub fn follow(&self, network: &NetworkId, kind: &'static str, counter: Arc<AtomicU64>) {
+        self.followed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((network.clone(), kind, counter));
+    }
+
     /// An inbound item from `network` was refused for `reason` and answered as handled.
     pub fn refused(&self, network: &NetworkId, reason: &'static str) {
         self.with(network, |s| {
@@ -240,6 +251,22 @@ impl Metrics {
     /// Every series in the Prometheus text exposition format, version 0.0.4: per metric a
     /// `# HELP` and a `# TYPE` line, then its samples, networks in sorted order.
     pub fn render(&self) -> String {
+        for (network, kind, counter) in self
+            .followed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                self.with(network, |s| {
+                    s.errors
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(kind, n);
+                });
+            }
+        }
         let late = self
             .late
             .read()
@@ -849,6 +876,22 @@ mod tests {
             0.0
         );
         assert!(!samples.iter().any(|s| s.name == "junction_errors_total"));
+    }
+
+    #[test]
+    fn a_followed_counter_shows_as_errors_of_its_kind() {
+        let m = Metrics::new([n("xmpp")]);
+        let cut = Arc::new(AtomicU64::new(0));
+        m.follow(&n("xmpp"), "stanza_too_deep", cut.clone());
+        assert!(!m.render().contains("stanza_too_deep"), "nothing cut yet");
+        cut.fetch_add(3, Ordering::Relaxed);
+        m.error(&n("xmpp"), "send");
+        let text = m.render();
+        assert!(
+            text.contains("junction_errors_total{network=\"xmpp\",kind=\"stanza_too_deep\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("kind=\"send\"} 1"), "{text}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// A lobby whose gateway serves `/metrics` on a free loopback port, with `extra` lines in its
 /// `[gateway]` table; returns the lobby and the base URL of `/metrics`.
-async fn lobby_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
+pub(crate) async fn lobby_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
@@ -37,7 +37,7 @@ async fn lobby_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
 
 /// Waits until the counter `name{network="…",kind="…"}` on `/metrics` is at least `min`;
 /// returns its value.
-async fn counter_reaches(
+pub(crate) async fn counter_reaches(
     base: &str,
     name: &str,
     network: &str,

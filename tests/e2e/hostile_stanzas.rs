@@ -1,11 +1,12 @@
 //! Deeply nested XMPP stanzas from an ordinary user's client. The component stream is read
 //! through a depth bound (`junction_xmpp::depth`), so the gateway never builds a tree deeper
-//! than it: the stanza crosses without its deep part, the gateway stays up, the next
+//! than it: the stanza crosses without its deep part, the cut is counted in `/metrics`
+//! (`junction_errors_total{network="xmpp",kind="stanza_too_deep"}`), the gateway stays up, the next
 //! ordinary line crosses in all six directions, and a restart on the same data dir stays up
 //! too.
 
+use crate::hostile_fanout::{counter_reaches, lobby_with_metrics};
 use crate::hostile_input::relays_now_and_after_a_restart;
-use crate::lobby::Lobby;
 use anyhow::Context as _;
 use junction_testkit::unique;
 
@@ -18,10 +19,10 @@ use junction_testkit::unique;
 const DEPTH: usize = 125;
 
 /// A groupchat message whose payload nests `<x>` 125 deep: its body crosses, the payload
-/// below the bound is dropped.
+/// below the bound is dropped and the cut is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_stanza_from_xmpp_keeps_the_gateway_up() -> anyhow::Result<()> {
-    let mut lobby = Lobby::start().await?;
+    let (mut lobby, base) = lobby_with_metrics("").await?;
     let tag = unique("ds");
     let payload = format!(
         "<x xmlns='urn:example:deep'>{}{}</x>",
@@ -37,5 +38,8 @@ async fn deeply_nested_stanza_from_xmpp_keeps_the_gateway_up() -> anyhow::Result
         .matrix_sees(&tag)
         .await
         .context("the deep stanza's body → matrix")?;
+    counter_reaches(&base, "junction_errors_total", "xmpp", "stanza_too_deep", 1)
+        .await
+        .context("the cut stanza counted")?;
     relays_now_and_after_a_restart(&mut lobby, "after a stanza nested 125 deep from XMPP").await
 }
