@@ -38,6 +38,7 @@ use crate::config::validate::{
     bare_jid, irc_channel, irc_fold, matrix_room, matrix_user, same_room,
 };
 use crate::config::Config;
+use junction_core::clock::now_ms;
 use junction_core::router::Planned;
 use junction_core::{
     BridgeName, Delivery, Event, EventKind, Link, Message, MessageId, MessageKind, NetworkId,
@@ -139,14 +140,6 @@ pub struct Admin {
 /// The gateway itself as the sender of announcements and enforcements.
 pub fn gateway_sender() -> Sender {
     Sender::new(UserRef::new(NetworkId::gateway(), "junction"), "junction")
-}
-
-/// Milliseconds since the epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn is_irc(n: &NetworkId) -> bool {

@@ -520,7 +520,7 @@ impl Loop {
         let kind = ratelimit::kind_of(&event.kind);
         match self
             .limiter
-            .check(&event, Instant::now(), crate::admin::now_ms())
+            .check(&event, Instant::now(), junction_core::clock::now_ms())
         {
             Verdict::Pass => {}
             Verdict::PassAfter(n) => {
@@ -759,7 +759,7 @@ impl Loop {
         let Some(since) = self.store_failing else {
             return Ok(());
         };
-        let now_ms = crate::admin::now_ms();
+        let now_ms = junction_core::clock::now_ms();
         let tried = self
             .store
             .kv_put(PROBE_TABLE, "last", &now_ms.to_be_bytes())

@@ -30,7 +30,7 @@ pub fn paste_base(public_url: &str) -> String {
 
 /// Removes the pastes older than 30 days; logs what it did.
 pub fn prune(store: &dyn Store) {
-    match paste::prune(store, paste::now_ms()) {
+    match paste::prune(store, junction_core::clock::now_ms()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "Old pastes removed."),
         Err(e) => tracing::warn!(error = %e, "Could not remove old pastes."),
@@ -71,7 +71,7 @@ pub fn router(store: Arc<dyn Store>) -> axum::Router {
 }
 
 async fn paste_handler(State(store): State<Arc<dyn Store>>, Path(id): Path<String>) -> Response {
-    match paste::get(store.as_ref(), &id, paste::now_ms()) {
+    match paste::get(store.as_ref(), &id, junction_core::clock::now_ms()) {
         Ok(Some(p)) => text(StatusCode::OK, p.text),
         Ok(None) => text(
             StatusCode::NOT_FOUND,
@@ -132,7 +132,7 @@ mod tests {
             store.as_ref(),
             "$e\nirc:local/#lobby",
             text,
-            paste::now_ms(),
+            junction_core::clock::now_ms(),
         )
         .unwrap();
         let (base, stop) = start(store.clone()).await;
@@ -162,8 +162,14 @@ mod tests {
     async fn old_pastes_are_pruned_and_not_served() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let month = paste::MAX_AGE.as_millis() as u64;
-        let old = paste::put(store.as_ref(), "old", "old", paste::now_ms() - month - 1000).unwrap();
-        let new = paste::put(store.as_ref(), "new", "new", paste::now_ms()).unwrap();
+        let old = paste::put(
+            store.as_ref(),
+            "old",
+            "old",
+            junction_core::clock::now_ms() - month - 1000,
+        )
+        .unwrap();
+        let new = paste::put(store.as_ref(), "new", "new", junction_core::clock::now_ms()).unwrap();
         let (base, stop) = start(store.clone()).await;
         let r = reqwest::get(format!("{base}/paste/{old}")).await.unwrap();
         assert_eq!(r.status(), 404, "expired, even before pruning");

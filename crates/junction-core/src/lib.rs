@@ -9,6 +9,7 @@
 
 pub mod adapter;
 pub mod authority;
+pub mod clock;
 pub mod event;
 pub mod format;
 pub mod ids;

@@ -1816,7 +1816,7 @@ mod tests {
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_suffix(')'))
             .unwrap_or_else(|| panic!("not the note: {note:?}"));
-        let paste = crate::paste::get(store.as_ref(), id, crate::paste::now_ms())
+        let paste = crate::paste::get(store.as_ref(), id, junction_core::clock::now_ms())
             .expect("store")
             .expect("the paste");
         assert_eq!(paste.text, text);

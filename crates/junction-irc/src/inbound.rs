@@ -1,13 +1,13 @@
 //! Wire → [`Event`]: what the bot connection reads in a channel becomes a normalised event.
 
 use irc_proto::{Command, Message};
+use junction_core::clock::now_ms;
 use junction_core::format::{self, mention};
 use junction_core::{
     Event, EventKind, Message as ChatMessage, MessageId, MessageKind, NetworkId, RoomRef, Sender,
     UserRef,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -154,13 +154,6 @@ pub fn sender_user_id(msg: &Message, nick: &str) -> String {
         Some(account) => account_user_id(account),
         None => nick_user_id(nick),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Maps one server message seen by the bot into events. `room_of` turns a wire channel name

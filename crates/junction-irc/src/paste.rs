@@ -10,6 +10,7 @@
 //! second copy behind.
 
 use hmac::{Hmac, Mac};
+use junction_core::clock::now_ms;
 use junction_core::Delivery;
 use junction_store::{Result, Store};
 use sha2::Sha256;
@@ -52,14 +53,6 @@ impl Paste {
     pub fn expired(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.created_ms) > MAX_AGE.as_millis() as u64
     }
-}
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// True for a string shaped like a paste id (32 lowercase hex digits); anything else is

@@ -415,9 +415,7 @@ async fn connect_inner(
 /// Delay before reconnect attempt `attempt` (0-based): exponential from 1 s to 5 min, with
 /// ±25 % jitter so many connections do not come back at once.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 1000u64.saturating_mul(1u64 << attempt.min(9)).min(300_000);
-    let jitter = fastrand::u64(0..=base / 2);
-    Duration::from_millis(base - base / 4 + jitter)
+    junction_core::clock::backoff(attempt, Duration::from_secs(1), Duration::from_secs(300))
 }
 
 #[cfg(test)]

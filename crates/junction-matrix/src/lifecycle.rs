@@ -10,12 +10,13 @@
 use crate::outbound::{self, DeliverError};
 use crate::puppets::lock;
 use crate::Shared;
+use junction_core::clock::now_ms;
 use junction_core::format::Span;
 use junction_core::{
     Admit, Delivery, EventKind, Message, MessageId, MessageKind, PuppetCap, PuppetLimits,
 };
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The cap and its refusal counter.
@@ -60,14 +61,6 @@ impl Lifecycle {
             tracing::debug!(%ghost, "No ghost: the cap is reached.");
         }
     }
-}
-
-/// Milliseconds since the epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Whether rendering `kind` puts the sender's ghost in the room, and as a speaker: `None`

@@ -7,7 +7,7 @@
 //! passes in, and reactions come out as the occupant's full set for the caller
 //! to diff against the last set it saw (XEP-0444 has replace semantics).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use junction_core::clock::now_ms;
 
 use junction_core::format::styling;
 #[cfg(test)]
@@ -68,12 +68,6 @@ pub enum Parsed {
     },
     /// Nothing to bridge; the reason is for debug logs.
     Ignored(&'static str),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The first child named `name` in namespace `ns`.

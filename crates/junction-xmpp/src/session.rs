@@ -13,6 +13,7 @@
 //! rejoin from the stored per-room cursor, shows it arrived. The same archive
 //! query backfills what other people said while the adapter was away.
 
+use junction_core::clock::now_ms;
 use lru::LruCache;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -509,7 +510,8 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
     st.network = cx.network.clone();
     st.cursor_tx = Some(spawn_cursor_writer(st.store.clone()));
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
-    let mut backoff = Duration::from_millis(250);
+    // Reconnect pacing: 250 ms doubling to 30 s, with jitter.
+    let mut attempt = 0u32;
     cx.status.send_replace(NetworkStatus::Connecting);
     loop {
         if cx.shutdown.is_cancelled() {
@@ -527,16 +529,20 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
                     "cannot connect to {}: {e}",
                     st.config.server
                 )));
-                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+                let pause = junction_core::clock::backoff(
+                    attempt,
+                    Duration::from_millis(250),
+                    Duration::from_secs(30),
+                );
+                attempt = attempt.saturating_add(1);
                 tokio::select! {
                     () = cx.shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff + jitter) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
-        backoff = Duration::from_millis(250);
+        attempt = 0;
         tracing::info!(component = %st.config.component, "xmpp: component connected");
         // A fresh session: what the room told the last one no longer holds.
         st.listening.clear();
@@ -2397,12 +2403,6 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
     let room = RoomRef::new(cx.network.as_str(), room.as_str());
     let e = junction_core::Event::new(room, id, sender, now_ms(), kind);
     let _ = cx.inbound.send(Inbound::new(e)).await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The linked rooms' JIDs, as the command and direct-message checks take them.
