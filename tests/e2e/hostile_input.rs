@@ -1,7 +1,7 @@
 //! Hostile input through the real servers, each sent by an ordinary user's client: a body of
 //! 50,000 `>` from XMPP (XEP-0393 quotes), a `formatted_body` nesting `<b>` 8,000 deep from
-//! Matrix, and long `*a *a *a …` delimiter runs from every network. After each the gateway
-//! stays up, the next ordinary line crosses in all six directions, and a restart on the same
+//! Matrix, long `*a *a *a …` delimiter runs from every network, and forty messages of 60 kB
+//! from Matrix at once (megabyte transactions). After each the gateway stays up, the next ordinary line crosses in all six directions, and a restart on the same
 //! data dir (which hands out what the store holds) stays up and relays too.
 
 use crate::lobby::Lobby;
@@ -117,4 +117,33 @@ async fn delimiter_runs_keep_the_gateway_up() -> anyhow::Result<()> {
         .await
         .context("the IRC run → xmpp")?;
     relays_now_and_after_a_restart(&mut lobby, "after '*a *a …' runs").await
+}
+
+/// Forty messages of 60 kB each (near the homeserver's 64 KiB event limit) sent from Matrix
+/// at once: the homeserver batches what queues up behind a transaction in flight, so one
+/// transaction can carry megabytes (up to 100 events of 64 KiB, plus ephemeral data). Every
+/// message crosses to XMPP whole, and the next ordinary line too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_matrix_events_crosses_whole() -> anyhow::Result<()> {
+    const COUNT: usize = 40;
+    let lobby = Lobby::start().await?;
+    let tag = unique("big");
+    let filler = "x".repeat(60_000);
+    let texts: Vec<String> = (0..COUNT).map(|i| format!("{tag} {i}. {filler}")).collect();
+    let sends = texts.iter().map(|t| lobby.matrix.send_text(&lobby.room, t));
+    for sent in futures::future::join_all(sends).await {
+        sent.context("sending a large message")?;
+    }
+    for i in 0..COUNT {
+        let el = lobby
+            .xmpp_sees(&format!("{tag} {i}. "))
+            .await
+            .with_context(|| format!("large message {i} → xmpp"))?;
+        let len = junction_testkit::clients::xmpp::body(&el).map_or(0, |b| b.len());
+        assert!(
+            len >= 60_000,
+            "large message {i} arrived whole ({len} bytes)"
+        );
+    }
+    every_direction_relays(&lobby, "after a burst of large Matrix events").await
 }

@@ -8,12 +8,17 @@
 //! event it carried as durable, and its id is then marked done in the store; a replayed id
 //! that is already marked answers 200 at once. Any failure answers 500, so the homeserver
 //! sends the same transaction again.
+//!
+//! **Size.** A transaction body may be up to [`MAX_TRANSACTION_BYTES`], above anything a
+//! homeserver can send, and is read only once the token is checked. A smaller bound (axum's
+//! default is 2 MiB) would answer a large but lawful transaction 413, which the homeserver
+//! retries for ever, holding every later event back behind it.
 
 use crate::inbound::{self, Effect, InboundCx};
 use crate::media::{self, MediaState};
 use crate::puppets::lock;
 use crate::Shared;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +28,11 @@ use junction_core::Inbound;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// The largest transaction body read: a homeserver sends at most 100 room events (64 KiB
+/// each at most), 100 ephemeral events and 100 to-device messages per transaction, under
+/// 20 MiB in all.
+pub const MAX_TRANSACTION_BYTES: usize = 32 * 1024 * 1024;
 
 /// The store table of reactions seen on Matrix: reaction event id → `target\nkey`.
 pub const REACTIONS_IN_TABLE: &str = "matrix/reactions_in";
@@ -127,11 +137,22 @@ async fn transaction(
     State(sh): State<Arc<Shared>>,
     Path(txn): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Err(r) = authorize(&sh, &headers) {
         return *r;
     }
+    let body = match axum::body::to_bytes(body, MAX_TRANSACTION_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%txn, error = %e, limit = MAX_TRANSACTION_BYTES, "Could not read a transaction body.");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "Transaction body unreadable or too large.",
+            );
+        }
+    };
     // Not before the linked rooms are known (see `Shared::ready`).
     if sh.ready.subscribe().wait_for(|ready| *ready).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "Starting.");
@@ -805,6 +826,58 @@ mod tests {
             errcode(r).await,
             (StatusCode::NOT_FOUND, "M_UNRECOGNIZED".into())
         );
+    }
+
+    /// A transaction as large as a homeserver may send (100 events near the 64 KiB event
+    /// limit, about 6 MiB) is read and answered 200, each event passed on; a body past
+    /// [`MAX_TRANSACTION_BYTES`] is refused, and a stranger's large body is not read at all.
+    #[tokio::test]
+    async fn a_transaction_of_a_hundred_large_events_is_taken() {
+        let (sh, _, mut rx) = shared();
+        let app = router(sh);
+        let filler = "x".repeat(60_000);
+        let events: Vec<Value> = (0..100)
+            .map(|i| {
+                json!({"type": "m.room.message", "room_id": "!room", "sender": "@alice:matrix.test",
+                       "event_id": format!("$big{i}"), "origin_server_ts": 1,
+                       "content": {"msgtype": "m.text", "body": format!("{i} {filler}")}})
+            })
+            .collect();
+        let body = json!({ "events": events });
+        assert!(body.to_string().len() > 6_000_000);
+        let acks = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(inbound) = rx.recv().await {
+                if let Some(ack) = inbound.ack {
+                    let _ = ack.send(Ok(()));
+                }
+                n += 1;
+                if n == 100 {
+                    break;
+                }
+            }
+            n
+        });
+        let r = app
+            .clone()
+            .oneshot(txn_request("big", Some(HS_TOKEN), &body))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(acks.await.expect("join"), 100);
+
+        let huge = json!({"events": [], "pad": "y".repeat(MAX_TRANSACTION_BYTES)});
+        let r = app
+            .clone()
+            .oneshot(txn_request("huge", Some(HS_TOKEN), &huge))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = app
+            .oneshot(txn_request("stranger", Some("wrong"), &huge))
+            .await
+            .expect("call");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
     #[tokio::test]
