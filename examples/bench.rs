@@ -378,9 +378,11 @@ struct Bench {
 }
 
 fn irc_bot(slot: &SlotGuard) -> String {
-    format!("jt{}gw", slot.index)
+    junction_testkit::gateway::bot_nick(slot)
 }
 
+/// The benchmark's gateway: no membership relaying, no per-sender limit (one user per network
+/// sends as fast as the gateway takes it), IRC flood control out of the way, and two bridges.
 #[allow(clippy::too_many_arguments)]
 fn config_text(
     servers: &Servers,
@@ -392,61 +394,23 @@ fn config_text(
     mx_muc: &str,
     mx_chan: &str,
 ) -> String {
+    use junction_testkit::gateway;
+    let irc = gateway::irc_section(servers.inspircd, slot)
+        .replace("mode = \"puppet\"", &format!("mode = \"{irc_mode}\""))
+        .replace("max_puppets = 50", "max_puppets = 20000")
+        .replace("lines_per_second = 20.0", "lines_per_second = 1000000.0")
+        .replace("burst = 50", "burst = 1000000");
     format!(
-        r#"
-[gateway]
-data_dir = "data"
-membership = "off"
-# One user per network sends as fast as the gateway takes it: no per-sender limit.
-rate_per_minute = 0
-
-[matrix]
-homeserver = "{hs}"
-server_name = "{server_name}"
-listen = "{listen}"
-as_token = "{as_token}"
-hs_token = "{hs_token}"
-bot = "{bot}"
-id = "{as_id}"
-user_prefix = "{prefix}"
-
-[xmpp]
-component = "{component}"
-server = "{xmpp}"
-secret = "{secret}"
-
-[irc.local]
-server = "{irc}"
-nick = "{irc_bot}"
-mode = "{irc_mode}"
-max_puppets = 20000
-lines_per_second = 1000000.0
-burst = 1000000
-
-[[bridge]]
-name = "fast"
-xmpp = "{fast_muc}"
-irc = "local/{fast_chan}"
-
-[[bridge]]
-name = "mx"
-matrix = "{mx_room}"
-xmpp = "{mx_muc}"
-irc = "local/{mx_chan}"
-"#,
-        hs = servers.matrix.url,
-        server_name = servers.matrix.server_name,
-        listen = slot.listen,
-        as_token = slot.as_token,
-        hs_token = slot.hs_token,
-        bot = slot.bot,
-        as_id = slot.as_id,
-        prefix = slot.user_prefix,
-        component = slot.component,
-        xmpp = servers.xmpp.component,
-        secret = slot.component_secret,
-        irc = servers.inspircd,
-        irc_bot = irc_bot(slot),
+        "\n[gateway]\ndata_dir = \"data\"\nmembership = \"off\"\nrate_per_minute = 0\n{}{}{irc}{}{}",
+        gateway::matrix_section(servers, slot),
+        gateway::xmpp_section(servers, slot),
+        gateway::bridge("fast", None, Some(fast_muc), Some(&format!("local/{fast_chan}"))),
+        gateway::bridge(
+            "mx",
+            Some(mx_room),
+            Some(mx_muc),
+            Some(&format!("local/{mx_chan}"))
+        ),
     )
 }
 

@@ -170,61 +170,21 @@ impl Rig {
     }
 
     pub(super) fn config(&self) -> String {
-        let s = self.servers;
-        let slot = &self.slot;
+        use junction_testkit::gateway;
+        let (s, slot) = (self.servers, &self.slot);
         format!(
-            r#"
-[gateway]
-data_dir = "{data}"
-metrics = "{metrics}"
-
-[matrix]
-homeserver = "{hs}"
-server_name = "{server_name}"
-listen = "{listen}"
-as_token = "{as_token}"
-hs_token = "{hs_token}"
-bot = "{bot}"
-id = "{as_id}"
-user_prefix = "{prefix}"
-
-[xmpp]
-component = "{component}"
-server = "{xmpp}"
-secret = "{secret}"
-
-[irc.local]
-server = "{irc}"
-nick = "{irc_bot}"
-mode = "puppet"
-max_puppets = 50
-lines_per_second = 20.0
-burst = 50
-
-[[bridge]]
-name = "faults"
-matrix = "{room}"
-xmpp = "{muc}"
-irc = "local/{channel}"
-"#,
+            "\n[gateway]\ndata_dir = \"{data}\"\nmetrics = \"{metrics}\"\n{}{}{}{}",
+            gateway::matrix_section(s, slot),
+            gateway::xmpp_section(s, slot),
+            gateway::irc_section(self.irc_addr, slot),
+            gateway::bridge(
+                "faults",
+                Some(&self.room),
+                Some(&self.muc),
+                Some(&format!("local/{}", self.channel))
+            ),
             data = self.dir.path().join("data").display(),
             metrics = self.metrics,
-            hs = s.matrix.url,
-            server_name = s.matrix.server_name,
-            listen = slot.listen,
-            as_token = slot.as_token,
-            hs_token = slot.hs_token,
-            bot = slot.bot,
-            as_id = slot.as_id,
-            prefix = slot.user_prefix,
-            component = slot.component,
-            xmpp = s.xmpp.component,
-            secret = slot.component_secret,
-            irc = self.irc_addr,
-            irc_bot = irc_bot_nick(slot),
-            room = self.room,
-            muc = self.muc,
-            channel = self.channel,
         )
     }
 

@@ -93,7 +93,7 @@ impl Lobby {
         let muc = format!("{name}@{}", servers.xmpp.muc);
         let channel = format!("#{name}");
         let data = tempfile::tempdir()?;
-        let mut config = lobby_config(servers, &slot, &name, &room, &muc, &channel, irc_addr);
+        let mut config = lobby_config(servers, &slot, &room, &muc, &channel, irc_addr);
         tweak(&mut config);
         let xmpp = XmppUser::register(servers, &short_nick(&unique("xu")), "pw-lobby").await?;
         let xmpp_nick = unique("ax");
@@ -260,7 +260,7 @@ impl Drop for Lobby {
 
 /// The bot nick a slot's gateway uses on IRC (9 characters at most, for ngIRCd).
 pub fn irc_bot_nick(slot: &SlotGuard) -> String {
-    format!("jt{}gw", slot.index)
+    junction_testkit::gateway::bot_nick(slot)
 }
 
 /// A nick short enough for every test server.
@@ -275,60 +275,23 @@ pub fn short_nick(s: &str) -> String {
 fn lobby_config(
     servers: &Servers,
     slot: &SlotGuard,
-    name: &str,
     room: &str,
     muc: &str,
     channel: &str,
     irc: SocketAddr,
 ) -> String {
-    let _ = name;
+    use junction_testkit::gateway;
     format!(
-        r#"
-[gateway]
-data_dir = "data"
-membership = "all"
-
-[matrix]
-homeserver = "{hs}"
-server_name = "{server_name}"
-listen = "{listen}"
-as_token = "{as_token}"
-hs_token = "{hs_token}"
-bot = "{bot}"
-id = "{as_id}"
-user_prefix = "{prefix}"
-
-[xmpp]
-component = "{component}"
-server = "{xmpp}"
-secret = "{secret}"
-
-[irc.local]
-server = "{irc}"
-nick = "{irc_bot}"
-mode = "puppet"
-max_puppets = 50
-lines_per_second = 20.0
-burst = 50
-
-[[bridge]]
-name = "lobby"
-matrix = "{room}"
-xmpp = "{muc}"
-irc = "local/{channel}"
-"#,
-        hs = servers.matrix.url,
-        server_name = servers.matrix.server_name,
-        listen = slot.listen,
-        as_token = slot.as_token,
-        hs_token = slot.hs_token,
-        bot = slot.bot,
-        as_id = slot.as_id,
-        prefix = slot.user_prefix,
-        component = slot.component,
-        xmpp = servers.xmpp.component,
-        secret = slot.component_secret,
-        irc_bot = irc_bot_nick(slot),
+        "\n[gateway]\ndata_dir = \"data\"\nmembership = \"all\"\n{}{}{}{}",
+        gateway::matrix_section(servers, slot),
+        gateway::xmpp_section(servers, slot),
+        gateway::irc_section(irc, slot),
+        gateway::bridge(
+            "lobby",
+            Some(room),
+            Some(muc),
+            Some(&format!("local/{channel}"))
+        ),
     )
 }
 

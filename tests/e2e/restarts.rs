@@ -140,22 +140,6 @@ impl Drop for Gateway {
     }
 }
 
-/// The `[irc.local]` section on the shared InspIRCd.
-fn irc_section(irc: SocketAddr, slot: &SlotGuard) -> String {
-    format!(
-        r#"
-[irc.local]
-server = "{irc}"
-nick = "{nick}"
-mode = "puppet"
-max_puppets = 50
-lines_per_second = 20.0
-burst = 50
-"#,
-        nick = irc_bot_nick(slot),
-    )
-}
-
 /// An IRC user on the shared InspIRCd, in `channel`.
 async fn irc_user(servers: &Servers, channel: &str) -> anyhow::Result<IrcUser> {
     let irc = IrcUser::connect(servers.inspircd, &short_nick(&unique("ri"))).await?;
@@ -344,26 +328,17 @@ fn prosody_config(
     muc: &str,
     channel: &str,
 ) -> String {
+    use junction_testkit::gateway;
     format!(
-        r#"
-[gateway]
-data_dir = "data"
-membership = "all"
-
-[xmpp]
-component = "{component}"
-server = "{xmpp}"
-secret = "{secret}"
-{irc}
-[[bridge]]
-name = "restart"
-xmpp = "{muc}"
-irc = "local/{channel}"
-"#,
-        component = slot.component,
-        xmpp = prosody.xmpp.component,
-        secret = slot.component_secret,
-        irc = irc_section(shared.inspircd, slot),
+        "\n[gateway]\ndata_dir = \"data\"\nmembership = \"all\"\n{}{}{}",
+        gateway::xmpp_section(prosody, slot),
+        gateway::irc_section(shared.inspircd, slot),
+        gateway::bridge(
+            "restart",
+            None,
+            Some(muc),
+            Some(&format!("local/{channel}"))
+        ),
     )
 }
 
@@ -535,36 +510,17 @@ fn synapse_config(
     room: &str,
     channel: &str,
 ) -> String {
+    use junction_testkit::gateway;
     format!(
-        r#"
-[gateway]
-data_dir = "data"
-membership = "all"
-
-[matrix]
-homeserver = "{hs}"
-server_name = "{server_name}"
-listen = "{listen}"
-as_token = "{as_token}"
-hs_token = "{hs_token}"
-bot = "{bot}"
-id = "{as_id}"
-user_prefix = "{prefix}"
-{irc}
-[[bridge]]
-name = "restart"
-matrix = "{room}"
-irc = "local/{channel}"
-"#,
-        hs = synapse.matrix.url,
-        server_name = synapse.matrix.server_name,
-        listen = appservice.listen,
-        as_token = appservice.as_token,
-        hs_token = appservice.hs_token,
-        bot = appservice.bot,
-        as_id = appservice.as_id,
-        prefix = appservice.user_prefix,
-        irc = irc_section(shared.inspircd, slot),
+        "\n[gateway]\ndata_dir = \"data\"\nmembership = \"all\"\n{}{}{}",
+        gateway::matrix_section(synapse, appservice),
+        gateway::irc_section(shared.inspircd, slot),
+        gateway::bridge(
+            "restart",
+            Some(room),
+            None,
+            Some(&format!("local/{channel}"))
+        ),
     )
 }
 

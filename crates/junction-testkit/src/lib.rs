@@ -6,10 +6,12 @@
 //!   stop only what was started.
 //! - [`clients`]: a Matrix C-S client, an XMPP c2s client and an IRC client, each able to
 //!   send and to wait (deadline-bounded) for what arrives.
+//! - [`gateway`]: the gateway's config sections for a test slot.
 //! - [`eventually`] and [`unique`]: bounded waits and unique names, so tests never sleep
 //!   as synchronisation and never collide.
 
 pub mod clients;
+pub mod gateway;
 pub mod servers;
 
 use std::future::Future;
