@@ -238,6 +238,9 @@ pub(crate) struct State {
     /// Counts every action refused because its sender may not take it (a moderation
     /// announcement forged by an occupant), for `/metrics`.
     pub refused: tokio::sync::watch::Sender<u64>,
+    /// When a refusal was last logged as a warning (then at most once a minute; the others
+    /// at debug level, all of them counted), so a flood of forgeries cannot flood the log.
+    refusal_warned: Option<Instant>,
 }
 
 impl State {
@@ -286,6 +289,7 @@ impl State {
             cap: PuppetCap::new(PuppetLimits::default()),
             cap_refused: tokio::sync::watch::Sender::new(0),
             refused: tokio::sync::watch::Sender::new(0),
+            refusal_warned: None,
         }
     }
 
@@ -2227,12 +2231,25 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
         Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
         Parsed::Refused(why) => {
             st.refused.send_modify(|n| *n += 1);
-            tracing::warn!(
-                room = room_jid,
-                occupant = from,
-                why,
-                "xmpp: an occupant's stanza is refused and not bridged"
-            );
+            if st
+                .refusal_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                st.refusal_warned = Some(Instant::now());
+                tracing::warn!(
+                    room = room_jid,
+                    occupant = from,
+                    why,
+                    "xmpp: an occupant's stanza is refused and not bridged (further refusals within a minute are counted in /metrics and logged at debug level)"
+                );
+            } else {
+                tracing::debug!(
+                    room = room_jid,
+                    occupant = from,
+                    why,
+                    "xmpp: an occupant's stanza is refused and not bridged"
+                );
+            }
         }
     }
     if let (Some(s), true) = (&s, may_advance) {
