@@ -91,7 +91,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let mut adapter = MatrixAdapter::new(m, store.clone())
             .with_admins(matrix_admins(&config))
             .with_ghost_limits(config.matrix_ghosts)
-            .with_cap_refusals(count_cap_refusals(&metrics, "matrix", &shutdown));
+            .with_cap_refusals(count_errors(&metrics, "matrix", "puppet_cap", &shutdown));
         if let Some(url) = &config.matrix_media_url {
             adapter = adapter.with_media_base(url.clone());
         }
@@ -103,7 +103,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .context;
         let adapter = XmppAdapter::new(x, store.clone())
             .with_occupant_limits(config.xmpp_occupants)
-            .with_cap_refusals(count_cap_refusals(&metrics, "xmpp", &shutdown));
+            .with_cap_refusals(count_errors(&metrics, "xmpp", "puppet_cap", &shutdown))
+            .with_refusals(count_errors(&metrics, "xmpp", "unauthorised", &shutdown));
         metrics.follow(
             &NetworkId::new("xmpp"),
             "stanza_too_deep",
@@ -199,11 +200,13 @@ fn matrix_admins(config: &config::Config) -> Vec<String> {
         .collect()
 }
 
-/// A counter an adapter bumps each time its cap of puppets refuses someone a puppet; every
-/// step shows in `/metrics` as `junction_errors_total{network,kind="puppet_cap"}`.
-fn count_cap_refusals(
+/// A counter an adapter bumps each time it refuses something of `kind` (`puppet_cap`: its
+/// cap of puppets refused someone a puppet; `unauthorised`: an action its sender may not
+/// take); every step shows in `/metrics` as `junction_errors_total{network,kind}`.
+fn count_errors(
     metrics: &Arc<metrics::Metrics>,
     network: &str,
+    kind: &'static str,
     shutdown: &CancellationToken,
 ) -> tokio::sync::watch::Sender<u64> {
     let (tx, mut rx) = tokio::sync::watch::channel(0u64);
@@ -217,7 +220,7 @@ fn count_cap_refusals(
             }
             let now = *rx.borrow_and_update();
             for _ in counted..now {
-                metrics.error(&network, "puppet_cap");
+                metrics.error(&network, kind);
             }
             counted = counted.max(now);
         }

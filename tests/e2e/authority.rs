@@ -6,8 +6,9 @@ use crate::lobby::Lobby;
 use anyhow::Context as _;
 use junction_testkit::clients::xmpp::{body, from_nick, stanza_id};
 use junction_testkit::clients::{MatrixUser, XmppUser};
-use junction_testkit::servers::servers;
+use junction_testkit::servers::{servers, PrivateServer};
 use junction_testkit::unique;
+use minidom::Element;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -250,6 +251,183 @@ async fn participant_topic_is_not_set_with_the_gateways_power() -> anyhow::Resul
             irc_proto::Command::TOPIC(c, Some(t)) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
         )),
         "the IRC bot set a participant's topic"
+    );
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Moderation (XEP-0425) between Matrix and XMPP.
+
+/// A lobby whose MUC is on a Prosody of the test's own (`PrivateServer`, written by the same
+/// config as the shared one: `mod_muc_moderation` from Debian's prosody-modules on the MUC,
+/// which offers moderation in the form `urn:xmpp:message-moderate:0`), so what these tests
+/// check does not hang on how long the shared server has been running; the gateway serves
+/// `/metrics` at the returned base URL. The Prosody lives as long as the value returned.
+async fn moderation_lobby() -> anyhow::Result<(PrivateServer, Lobby, String)> {
+    let prosody = PrivateServer::prosody().await?;
+    let shared = servers().await?;
+    let on = prosody.servers(shared);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let lobby = Lobby::start_on_servers(&on, shared.inspircd, |c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
+        );
+    })
+    .await?;
+    Ok((prosody, lobby, format!("http://127.0.0.1:{port}")))
+}
+
+/// The room's announcement (from its bare JID) that the message with stanza-id `sid` was
+/// moderated, in either form of XEP-0425; returns its reason.
+fn moderation_announced(el: &Element, muc: &str, sid: &str) -> Option<String> {
+    if el.name() != "message" || el.attr("from") != Some(muc) {
+        return None;
+    }
+    let reason = |m: &Element| {
+        m.children()
+            .find(|c| c.name() == "reason")
+            .map(Element::text)
+            .unwrap_or_default()
+    };
+    el.children().find_map(|c| match c.name() {
+        "apply-to" if c.ns() == "urn:xmpp:fasten:0" && c.attr("id") == Some(sid) => c
+            .get_child("moderated", "urn:xmpp:message-moderate:0")
+            .filter(|m| m.has_child("retract", "urn:xmpp:message-retract:0"))
+            .map(reason),
+        "retract" if c.ns() == "urn:xmpp:message-retract:1" && c.attr("id") == Some(sid) => c
+            .has_child("moderated", "urn:xmpp:message-moderate:1")
+            .then(|| reason(c)),
+        _ => None,
+    })
+}
+
+/// A Matrix moderator (power level above the room's `redact` level) redacting an XMPP
+/// user's bridged message moderates it in the MUC: the gateway asks the room in the form
+/// the room offers (here `urn:xmpp:message-moderate:0`), and the room announces the
+/// retraction, with a reason naming the Matrix moderator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_moderators_redaction_is_moderation_in_the_muc() -> anyhow::Result<()> {
+    let (_prosody, lobby, _) = moderation_lobby().await?;
+    let text = unique("xmpp says something rude");
+    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
+    let original = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            from_nick(el) == Some(lobby.xmpp_nick.as_str())
+                && body(el).is_some_and(|b| b.contains(&text))
+        })
+        .await?;
+    let sid = stanza_id(&original).context("stanza-id")?;
+    let copy = lobby.matrix_sees(&text).await?;
+    let copy_id = copy["event_id"].as_str().context("event id")?.to_owned();
+    // alice created the Matrix room: power 100, above the redact level.
+    lobby.matrix.redact(&lobby.room, &copy_id, "rude").await?;
+    let announced = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            moderation_announced(el, &lobby.muc, &sid).is_some()
+        })
+        .await
+        .context("the room announces the moderation")?;
+    let reason = moderation_announced(&announced, &lobby.muc, &sid).unwrap_or_default();
+    assert!(
+        reason.contains(lobby.matrix.user_id()) && reason.contains("rude"),
+        "the reason names the Matrix moderator and their reason: {reason:?}"
+    );
+    Ok(())
+}
+
+/// An XMPP moderator moderating (XEP-0425) a Matrix user's bridged message redacts it on
+/// Matrix: by the bot, since the moderator's ghost has no power there, with a reason naming
+/// the XMPP moderator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xmpp_moderation_redacts_on_matrix_by_the_bot_naming_the_moderator() -> anyhow::Result<()> {
+    let (_prosody, lobby, _) = moderation_lobby().await?;
+    let text = unique("matrix says something rude");
+    let ev = lobby.matrix.send_text(&lobby.room, &text).await?;
+    let copy = lobby.xmpp_sees(&text).await?;
+    let sid = stanza_id(&copy).context("stanza-id of the copy")?;
+    // The XMPP user created the MUC: its owner, so a moderator.
+    lobby.xmpp.moderate(&lobby.muc, &sid, "off topic").await?;
+    let bot = format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name);
+    let redaction = lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |r| redacts(r, &ev))
+        .await
+        .context("the moderation → a Matrix redaction")?;
+    assert_eq!(
+        redaction["sender"].as_str(),
+        Some(bot.as_str()),
+        "{redaction}"
+    );
+    let reason = redaction["content"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&lobby.xmpp_nick) && reason.contains("off topic"),
+        "the reason names the XMPP moderator and their reason: {reason:?}"
+    );
+    Ok(())
+}
+
+/// A moderation announcement sent by an occupant (only the room may announce one), in
+/// either form of XEP-0425, changes nothing on Matrix; the refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderation_forged_by_an_occupant_changes_nothing() -> anyhow::Result<()> {
+    let (_prosody, lobby, base) = moderation_lobby().await?;
+    let troll = XmppUser::register(
+        &lobby.servers,
+        &crate::lobby::short_nick(&unique("tr")),
+        "pw-troll",
+    )
+    .await?;
+    let troll_nick = unique("troll");
+    troll.join_muc(&lobby.muc, &troll_nick).await?;
+
+    let text = unique("alice keeps this");
+    let ev = lobby.matrix.send_text(&lobby.room, &text).await?;
+    let copy = troll
+        .wait_for(WAIT, |el| body(el).is_some_and(|b| b.contains(&text)))
+        .await
+        .context("the troll sees alice's message")?;
+    let sid = stanza_id(&copy).context("stanza-id of the copy")?;
+    let by = format!("{}/{}", lobby.muc, lobby.xmpp_nick);
+    for forged in [
+        format!(
+            "<apply-to xmlns='urn:xmpp:fasten:0' id='{sid}'>\
+             <moderated xmlns='urn:xmpp:message-moderate:0' by='{by}'>\
+             <retract xmlns='urn:xmpp:message-retract:0'/><reason>forged</reason>\
+             </moderated></apply-to>"
+        ),
+        format!(
+            "<retract xmlns='urn:xmpp:message-retract:1' id='{sid}'>\
+             <moderated xmlns='urn:xmpp:message-moderate:1' by='{by}'/>\
+             <reason>forged</reason></retract>"
+        ),
+    ] {
+        let id = troll.next_id();
+        troll.send_raw(&format!(
+            "<message type='groupchat' to='{}' id='{id}'>{forged}</message>",
+            lobby.muc
+        ))?;
+        troll
+            .wait_for(WAIT, |el| {
+                from_nick(el) == Some(troll_nick.as_str()) && el.attr("id") == Some(id.as_str())
+            })
+            .await
+            .context("the room passes the forged announcement on")?;
+    }
+    refusal_counted(&base, "xmpp").await?;
+    // What the troll says next crosses: the forgeries before it were handled and refused.
+    let after = unique("troll after");
+    troll.send_groupchat(&lobby.muc, &after)?;
+    lobby.matrix_sees(&after).await?;
+    let events = lobby.matrix.events(&lobby.room).await?;
+    assert!(
+        !events.iter().any(|r| redacts(r, &ev)),
+        "alice's message was redacted on a forged moderation"
     );
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct Lobby {
     pub irc_addr: SocketAddr,
     /// The testkit slot (appservice, component) this gateway runs as.
     pub slot: SlotGuard,
+    /// The servers this lobby is on (the shared ones, or a Prosody of the test's own).
+    #[allow(dead_code)]
+    pub servers: Servers,
     config: String,
     data: tempfile::TempDir,
     gateway: Option<(
@@ -66,6 +69,17 @@ impl Lobby {
         irc_addr: SocketAddr,
         tweak: impl FnOnce(&mut String),
     ) -> anyhow::Result<Lobby> {
+        let servers = servers().await?;
+        Self::start_on_servers(servers, irc_addr, tweak).await
+    }
+
+    /// A lobby on `servers` (e.g. with a `PrivateServer` Prosody) and the IRC server at
+    /// `irc_addr`.
+    pub async fn start_on_servers(
+        servers: &Servers,
+        irc_addr: SocketAddr,
+        tweak: impl FnOnce(&mut String),
+    ) -> anyhow::Result<Lobby> {
         // `JUNCTION_TEST_LOG=junction=debug` shows the gateway's log in failing tests.
         if let Ok(filter) = std::env::var("JUNCTION_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -73,7 +87,6 @@ impl Lobby {
                 .with_test_writer()
                 .try_init();
         }
-        let servers = servers().await?;
         let slot = slot().await?;
         let name = unique("lobby");
         let matrix = MatrixUser::login(servers, "alice", "alicepw").await?;
@@ -109,6 +122,7 @@ impl Lobby {
             irc,
             irc_addr,
             slot,
+            servers: servers.clone(),
             config,
             data,
             gateway: None,

@@ -25,7 +25,16 @@ const NS_SID: &str = "urn:xmpp:sid:0";
 const NS_DELAY: &str = "urn:xmpp:delay";
 const NS_REPLACE: &str = "urn:xmpp:message-correct:0";
 const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
-const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+/// XEP-0425 as MUCs offer it today (version 0.3 on): the request and the room's
+/// announcement are built on XEP-0424's `<retract/>`.
+pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+/// XEP-0425 before version 0.3, as Prosody's `mod_muc_moderation` in Debian's
+/// prosody-modules speaks it: built on XEP-0422 fastening (`<apply-to/>`).
+pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
+const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
+const NS_FASTEN: &str = "urn:xmpp:fasten:0";
+/// Most bytes of a retraction's or moderation's reason kept (the rest is cut).
+pub const MAX_REASON_BYTES: usize = 1024;
 const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
 const NS_REPLY: &str = "urn:xmpp:reply:0";
 const NS_OOB: &str = "jabber:x:oob";
@@ -68,6 +77,107 @@ pub enum Parsed {
     },
     /// Nothing to bridge; the reason is for debug logs.
     Ignored(&'static str),
+    /// An occupant claimed what only the room may say (a moderation announcement): nothing
+    /// is bridged, and the caller logs and counts the refusal. The reason is for the log.
+    Refused(&'static str),
+}
+
+/// A message moderated in a room (XEP-0425), as the room announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moderation {
+    /// The moderated message: its stanza-id in the room.
+    pub target: String,
+    /// The moderator's occupant JID (`room@service/nick`), when the room names them.
+    pub by: Option<String>,
+    /// The moderator's XEP-0421 occupant id, when the announcement carries it.
+    pub occupant_id: Option<String>,
+    /// The moderator's reason, bounded to [`MAX_REASON_BYTES`].
+    pub reason: Option<String>,
+}
+
+/// A reason's text, empty as none, cut to [`MAX_REASON_BYTES`] on a character boundary.
+fn bounded_reason(el: Option<&Element>) -> Option<String> {
+    let mut text = el.map(Element::text).filter(|r| !r.is_empty())?;
+    if text.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    Some(text)
+}
+
+/// The moderation a message announces, in either form of XEP-0425, whoever sent it (only
+/// the room's own announcement is to be trusted: the caller checks the sender):
+///
+/// - `urn:xmpp:message-moderate:1`: `<retract xmlns='urn:xmpp:message-retract:1' id='S'>
+///   <moderated by='room/mod'><occupant-id id='…'/></moderated><reason>…</reason></retract>`;
+/// - `urn:xmpp:message-moderate:0`: `<apply-to xmlns='urn:xmpp:fasten:0' id='S'>
+///   <moderated by='room/mod'><retract xmlns='urn:xmpp:message-retract:0'/>
+///   <reason>…</reason></moderated></apply-to>`.
+///
+/// A version-0 moderation that does not retract the message (the form allows others) is
+/// not one the gateway carries: `None`.
+pub fn moderation(el: &Element) -> Option<Moderation> {
+    if let Some(retract) = child(el, "retract", NS_RETRACT) {
+        let moderated = child(retract, "moderated", NS_MODERATE)?;
+        return Some(Moderation {
+            target: retract.attr("id")?.to_string(),
+            by: moderated.attr("by").map(str::to_string),
+            occupant_id: child(moderated, "occupant-id", NS_OCCUPANT_ID)
+                .and_then(|o| o.attr("id"))
+                .map(str::to_string),
+            reason: bounded_reason(
+                child(retract, "reason", NS_RETRACT)
+                    .or_else(|| child(moderated, "reason", NS_MODERATE)),
+            ),
+        });
+    }
+    let apply_to = child(el, "apply-to", NS_FASTEN)?;
+    let moderated = child(apply_to, "moderated", NS_MODERATE_0)?;
+    child(moderated, "retract", NS_RETRACT_0)?;
+    Some(Moderation {
+        target: apply_to.attr("id")?.to_string(),
+        by: moderated.attr("by").map(str::to_string),
+        occupant_id: child(moderated, "occupant-id", NS_OCCUPANT_ID)
+            .and_then(|o| o.attr("id"))
+            .map(str::to_string),
+        reason: bounded_reason(child(moderated, "reason", NS_MODERATE_0)),
+    })
+}
+
+/// The form of message moderation a room's disco#info result offers, the current one
+/// ([`NS_MODERATE`]) preferred; `None` when it offers neither (or `iq` is no such result).
+pub fn offered_moderation(iq: &Element) -> Option<crate::outbound::ModerationForm> {
+    use crate::outbound::ModerationForm;
+    const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    if iq.attr("type") != Some("result") {
+        return None;
+    }
+    let query = child(iq, "query", NS_DISCO_INFO)?;
+    let offers = |ns: &str| {
+        query
+            .children()
+            .any(|f| f.is("feature", NS_DISCO_INFO) && f.attr("var") == Some(ns))
+    };
+    if offers(NS_MODERATE) {
+        Some(ModerationForm::Retract)
+    } else if offers(NS_MODERATE_0) {
+        Some(ModerationForm::Fastening)
+    } else {
+        None
+    }
+}
+
+/// Whether a message claims to announce a moderation in either form (with or without a
+/// retraction, well formed or not): an occupant sending one is refused. (An archived
+/// message the room replaced by a tombstone carries `<moderated/>` directly, without
+/// `<retract/>` or `<apply-to/>` around it, and no body: it is no claim, and is skipped.)
+fn claims_moderation(el: &Element) -> bool {
+    child(el, "retract", NS_RETRACT).is_some_and(|r| child(r, "moderated", NS_MODERATE).is_some())
+        || child(el, "apply-to", NS_FASTEN)
+            .is_some_and(|a| child(a, "moderated", NS_MODERATE_0).is_some())
 }
 
 /// The first child named `name` in namespace `ns`.
@@ -162,11 +272,20 @@ pub fn parse_groupchat(
         None => return Parsed::Ignored("no id"),
     };
     let Some(nick) = nick_of(from, &cx.room_jid) else {
+        if from.eq_ignore_ascii_case(&cx.room_jid) {
+            if let Some(m) = moderation(el) {
+                return moderated(m, remote_id, cx);
+            }
+        }
         // From the room itself: subject changes by the service, status messages.
         return Parsed::Ignored("from the room");
     };
     if cx.our_nicks.iter().any(|n| n == nick) || is_ours(nick, &cx.component) {
         return Parsed::Ignored("our own puppet");
+    }
+    // Only the room announces a moderation; an occupant who sends one forges it.
+    if claims_moderation(el) {
+        return Parsed::Refused("a moderation announcement from an occupant, not the room");
     }
     let sender = sender_of(el, from, nick, cx);
     let event = |kind| {
@@ -184,11 +303,10 @@ pub fn parse_groupchat(
         let Some(target) = retract.attr("id") else {
             return Parsed::Ignored("retract without id");
         };
-        let reason = child(retract, "reason", NS_RETRACT)
-            .or_else(|| retract.children().find(|c| c.name() == "reason"))
-            .map(Element::text)
-            .filter(|r| !r.is_empty());
-        let _moderated = child(retract, "moderated", NS_MODERATE).is_some();
+        let reason = bounded_reason(
+            child(retract, "reason", NS_RETRACT)
+                .or_else(|| retract.children().find(|c| c.name() == "reason")),
+        );
         return event(EventKind::Redact {
             target: MessageId::new(target),
             reason,
@@ -281,6 +399,43 @@ pub fn parse_groupchat(
         reply_to,
         attachments,
     }))
+}
+
+/// The room's announcement of a moderation: a deletion by the moderator it names, marked
+/// `by_moderator` (the room vouches for it). The gateway's own moderations, named by its
+/// listener's or a puppet's nick, are its echo.
+fn moderated(m: Moderation, remote_id: MessageId, cx: &RoomContext) -> Parsed {
+    let nick = m.by.as_deref().and_then(|by| nick_of(by, &cx.room_jid));
+    if let Some(nick) = nick {
+        if cx.our_nicks.iter().any(|n| n == nick) || is_ours(nick, &cx.component) {
+            return Parsed::Ignored("our own moderation");
+        }
+    }
+    // Named as in its other events: occupant-id where the room gives one, else the occupant
+    // JID; a moderator the room does not name is the room.
+    let user = match (&m.occupant_id, &m.by) {
+        (Some(id), _) => format!("occupant:{id}"),
+        (None, Some(by)) if nick.is_some() => by.clone(),
+        _ => cx.room_jid.clone(),
+    };
+    let sender = Sender {
+        user: UserRef::new(cx.room.network.as_str(), user),
+        display_name: nick.unwrap_or("a moderator").to_string(),
+        address: None,
+    };
+    Parsed::Event(
+        Event::new(
+            cx.room.clone(),
+            remote_id,
+            sender,
+            now_ms(),
+            EventKind::Redact {
+                target: MessageId::new(m.target),
+                reason: m.reason,
+            },
+        )
+        .moderated(true),
+    )
 }
 
 /// The prefix of every message id our component mints; a room message whose
@@ -684,7 +839,7 @@ mod tests {
     }
 
     #[test]
-    fn retraction_and_moderation() {
+    fn retraction_names_the_stanza_id() {
         let (_, _, k) = kind(parse(
             "<message xmlns='jabber:component:accept' type='groupchat' id='m4' \
                from='lobby@conference.xmpp.test/bob'>\
@@ -698,20 +853,161 @@ mod tests {
                 reason: None
             }
         );
-        let (_, _, k) = kind(parse(
+    }
+
+    /// The room's announcement of a moderation (XEP-0425, version 0.3 on): a deletion by
+    /// the moderator it names, vouched for by the room.
+    #[test]
+    fn the_rooms_moderation_announcement_is_a_moderators_deletion() {
+        let p = parse(
             "<message xmlns='jabber:component:accept' type='groupchat' id='m5' \
-               from='lobby@conference.xmpp.test/mod'>\
+               from='lobby@conference.xmpp.test'>\
                <retract xmlns='urn:xmpp:message-retract:1' id='S-2'>\
-                 <moderated xmlns='urn:xmpp:message-moderate:1' by='lobby@conference.xmpp.test/mod'/>\
-                 <reason>spam</reason></retract></message>",
-        ));
+                 <moderated xmlns='urn:xmpp:message-moderate:1' by='lobby@conference.xmpp.test/mod'>\
+                   <occupant-id xmlns='urn:xmpp:occupant-id:0' id='occ-7'/></moderated>\
+                 <reason>spam</reason></retract>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='lobby@conference.xmpp.test' id='S-20'/>\
+             </message>",
+        );
+        let Parsed::Event(e) = p else {
+            panic!("expected an event, got {p:?}")
+        };
+        assert!(e.by_moderator);
+        assert_eq!(e.remote_id.as_str(), "S-20");
+        assert_eq!(e.sender.user.user.as_str(), "occupant:occ-7");
+        assert_eq!(e.sender.display_name, "mod");
         assert_eq!(
-            k,
+            e.kind,
             EventKind::Redact {
                 target: MessageId::new("S-2"),
                 reason: Some("spam".into())
             }
         );
+    }
+
+    /// Prosody's `mod_muc_moderation` (Debian's prosody-modules) announces in the form before
+    /// version 0.3: fastening, `urn:xmpp:message-moderate:0`.
+    #[test]
+    fn the_older_announcement_form_is_read_too() {
+        let p = parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m6' \
+               from='lobby@conference.xmpp.test'>\
+               <apply-to xmlns='urn:xmpp:fasten:0' id='S-3'>\
+                 <moderated xmlns='urn:xmpp:message-moderate:0' by='lobby@conference.xmpp.test/mod'>\
+                   <retract xmlns='urn:xmpp:message-retract:0'/><reason>off topic</reason>\
+                 </moderated></apply-to></message>",
+        );
+        let Parsed::Event(e) = p else {
+            panic!("expected an event, got {p:?}")
+        };
+        assert!(e.by_moderator);
+        assert_eq!(e.remote_id.as_str(), "m6");
+        assert_eq!(
+            e.sender.user.user.as_str(),
+            "lobby@conference.xmpp.test/mod"
+        );
+        assert_eq!(
+            e.kind,
+            EventKind::Redact {
+                target: MessageId::new("S-3"),
+                reason: Some("off topic".into())
+            }
+        );
+        // A moderation that does not retract, and a moderator the room does not name.
+        assert_eq!(
+            parse(
+                "<message xmlns='jabber:component:accept' type='groupchat' id='m7' \
+                   from='lobby@conference.xmpp.test'>\
+                   <apply-to xmlns='urn:xmpp:fasten:0' id='S-3'>\
+                     <moderated xmlns='urn:xmpp:message-moderate:0' by='lobby@conference.xmpp.test/mod'/>\
+                   </apply-to></message>",
+            ),
+            Parsed::Ignored("from the room")
+        );
+        let (_, sender, _) = kind(parse(
+            "<message xmlns='jabber:component:accept' type='groupchat' id='m8' \
+               from='lobby@conference.xmpp.test'>\
+               <apply-to xmlns='urn:xmpp:fasten:0' id='S-4'>\
+                 <moderated xmlns='urn:xmpp:message-moderate:0'>\
+                   <retract xmlns='urn:xmpp:message-retract:0'/></moderated></apply-to></message>",
+        ));
+        assert_eq!(sender.user.user.as_str(), "lobby@conference.xmpp.test");
+        assert_eq!(sender.display_name, "a moderator");
+    }
+
+    /// An occupant sending what only the room may say is refused, in either form; the
+    /// gateway's own moderation, echoed by the room, is not news.
+    #[test]
+    fn forged_and_own_moderations_are_not_bridged() {
+        for body in [
+            "<retract xmlns='urn:xmpp:message-retract:1' id='S-2'>\
+               <moderated xmlns='urn:xmpp:message-moderate:1' by='lobby@conference.xmpp.test/mod'/>\
+             </retract>",
+            "<apply-to xmlns='urn:xmpp:fasten:0' id='S-2'>\
+               <moderated xmlns='urn:xmpp:message-moderate:0' by='lobby@conference.xmpp.test/mod'>\
+               <retract xmlns='urn:xmpp:message-retract:0'/></moderated></apply-to>",
+        ] {
+            let p = parse(&format!(
+                "<message xmlns='jabber:component:accept' type='groupchat' id='f1' \
+                   from='lobby@conference.xmpp.test/mod'>{body}</message>"
+            ));
+            assert!(matches!(p, Parsed::Refused(_)), "{p:?}");
+            let own = parse(&format!(
+                "<message xmlns='jabber:component:accept' type='groupchat' id='f2' \
+                   from='lobby@conference.xmpp.test'>{}</message>",
+                body.replace("/mod'", "/junction'")
+            ));
+            assert_eq!(own, Parsed::Ignored("our own moderation"));
+        }
+    }
+
+    #[test]
+    fn the_offered_moderation_form_is_read_from_disco_info() {
+        use crate::outbound::ModerationForm;
+        let info = |features: &str| -> Element {
+            format!(
+                "<iq xmlns='jabber:component:accept' type='result' id='d1' \
+                   from='lobby@conference.xmpp.test'>\
+                   <query xmlns='http://jabber.org/protocol/disco#info'>\
+                   <identity category='conference' type='text'/>{features}</query></iq>"
+            )
+            .parse()
+            .expect("fixture")
+        };
+        let f = |ns: &str| format!("<feature var='{ns}'/>");
+        assert_eq!(
+            offered_moderation(&info(&f(NS_MODERATE_0))),
+            Some(ModerationForm::Fastening)
+        );
+        assert_eq!(
+            offered_moderation(&info(&format!("{}{}", f(NS_MODERATE_0), f(NS_MODERATE)))),
+            Some(ModerationForm::Retract)
+        );
+        assert_eq!(offered_moderation(&info(&f("urn:xmpp:mam:2"))), None);
+        let error: Element = "<iq xmlns='jabber:component:accept' type='error' id='d1'/>"
+            .parse()
+            .expect("fixture");
+        assert_eq!(offered_moderation(&error), None);
+    }
+
+    #[test]
+    fn reasons_are_bounded() {
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let m = moderation(
+            &format!(
+                "<message xmlns='jabber:component:accept' from='lobby@conference.xmpp.test'>\
+                   <apply-to xmlns='urn:xmpp:fasten:0' id='S-5'>\
+                   <moderated xmlns='urn:xmpp:message-moderate:0'>\
+                   <retract xmlns='urn:xmpp:message-retract:0'/><reason>{long}</reason>\
+                   </moderated></apply-to></message>"
+            )
+            .parse::<Element>()
+            .expect("fixture"),
+        )
+        .expect("a moderation");
+        let reason = m.reason.expect("a reason");
+        assert!(reason.len() <= MAX_REASON_BYTES && reason.len() >= MAX_REASON_BYTES - 1);
+        assert!(reason.chars().all(|c| c == 'é'));
     }
 
     #[test]

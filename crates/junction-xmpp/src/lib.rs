@@ -59,6 +59,14 @@ impl XmppAdapter {
         self
     }
 
+    /// Counts, in `refused`, every action refused because its sender may not take it: a
+    /// moderation announcement (XEP-0425) sent by an occupant rather than the room (for
+    /// `/metrics`).
+    pub fn with_refusals(mut self, refused: tokio::sync::watch::Sender<u64>) -> Self {
+        self.state.refused = refused;
+        self
+    }
+
     /// A handle that, when notified, drops the current component connection;
     /// the adapter then reconnects and rejoins the listener and its puppets.
     /// For tests and operators who want a fresh connection.

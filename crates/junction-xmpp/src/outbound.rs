@@ -23,7 +23,11 @@ const NS_OOB: &str = "jabber:x:oob";
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
 const NS_HINTS: &str = "urn:xmpp:hints";
 const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
-const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+const NS_MODERATE: &str = crate::inbound::NS_MODERATE;
+const NS_MODERATE_0: &str = crate::inbound::NS_MODERATE_0;
+const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
+const NS_FASTEN: &str = "urn:xmpp:fasten:0";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 const NS_DATA: &str = "jabber:x:data";
@@ -278,16 +282,62 @@ pub fn admin(from: &str, room: &str, id: &str, item: &AdminItem, reason: Option<
         .build()
 }
 
-/// A XEP-0425 moderation request: retract the room message `target` (its
-/// stanza-id) for everyone.
-pub fn moderate(from: &str, room: &str, id: &str, target: &str, reason: Option<&str>) -> Element {
-    let mut m = Element::builder("moderate", NS_MODERATE)
-        .a("id", target)
-        .append(Element::builder("retract", NS_RETRACT).build());
-    if let Some(r) = reason {
-        m = m.append(Element::builder("reason", NS_MODERATE).append(r));
-    }
-    iq("set", from, room, id).append(m.build()).build()
+/// The form of XEP-0425 message moderation a room offers, as its disco#info says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModerationForm {
+    /// `urn:xmpp:message-moderate:1` (version 0.3 on), built on XEP-0424's `<retract/>`.
+    Retract,
+    /// `urn:xmpp:message-moderate:0` (before 0.3, Prosody's `mod_muc_moderation` in Debian's
+    /// prosody-modules), built on XEP-0422 fastening.
+    Fastening,
+}
+
+/// A disco#info query (XEP-0030) to `to`, e.g. a room, to learn what it offers.
+pub fn disco_info(from: &str, to: &str, id: &str) -> Element {
+    iq("get", from, to, id)
+        .append(Element::builder("query", NS_DISCO_INFO).build())
+        .build()
+}
+
+/// A XEP-0425 moderation request in the room's `form`: retract the room message `target`
+/// (its stanza-id) for everyone.
+///
+/// - [`ModerationForm::Retract`]: `<moderate xmlns='urn:xmpp:message-moderate:1' id='S'>
+///   <retract xmlns='urn:xmpp:message-retract:1'/><reason>…</reason></moderate>`;
+/// - [`ModerationForm::Fastening`]: `<apply-to xmlns='urn:xmpp:fasten:0' id='S'>
+///   <moderate xmlns='urn:xmpp:message-moderate:0'><retract
+///   xmlns='urn:xmpp:message-retract:0'/><reason>…</reason></moderate></apply-to>`.
+pub fn moderate(
+    form: ModerationForm,
+    from: &str,
+    room: &str,
+    id: &str,
+    target: &str,
+    reason: Option<&str>,
+) -> Element {
+    let payload = match form {
+        ModerationForm::Retract => {
+            let mut m = Element::builder("moderate", NS_MODERATE)
+                .a("id", target)
+                .append(Element::builder("retract", NS_RETRACT).build());
+            if let Some(r) = reason {
+                m = m.append(Element::builder("reason", NS_MODERATE).append(r));
+            }
+            m.build()
+        }
+        ModerationForm::Fastening => {
+            let mut m = Element::builder("moderate", NS_MODERATE_0)
+                .append(Element::builder("retract", NS_RETRACT_0).build());
+            if let Some(r) = reason {
+                m = m.append(Element::builder("reason", NS_MODERATE_0).append(r));
+            }
+            Element::builder("apply-to", NS_FASTEN)
+                .a("id", target)
+                .append(m.build())
+                .build()
+        }
+    };
+    iq("set", from, room, id).append(payload).build()
 }
 
 /// Where a MAM query (XEP-0313) on a room starts.
@@ -490,7 +540,7 @@ mod tests {
             .get_child("query", NS_MUC_ADMIN)
             .and_then(|q| q.get_child("item", NS_MUC_ADMIN));
         assert_eq!(item.and_then(|i| i.attr("affiliation")), Some("outcast"));
-        let el = moderate(P, R, "m1", "S1", None);
+        let el = moderate(ModerationForm::Retract, P, R, "m1", "S1", None);
         assert_eq!(
             el.get_child("moderate", NS_MODERATE)
                 .and_then(|m| m.attr("id")),
@@ -506,15 +556,35 @@ mod tests {
             why,
             "Removed by Mod (@mod:matrix.test, moderator on matrix): spam"
         );
-        let el = moderate(P, R, "m2", "S2", Some(&why));
+        let el = moderate(ModerationForm::Retract, P, R, "m2", "S2", Some(&why));
         let m = el.get_child("moderate", NS_MODERATE);
         assert!(m.and_then(|m| m.get_child("retract", NS_RETRACT)).is_some());
         assert_eq!(
             m.and_then(|m| m.get_child("reason", NS_MODERATE))
                 .map(|r| r.text()),
-            Some(why)
+            Some(why.clone())
         );
         assert_eq!(el.attr("type"), Some("set"));
+        // The older form, as Prosody's mod_muc_moderation reads it: the target on
+        // <apply-to/>, the retraction and the reason inside <moderate/>.
+        let el = moderate(ModerationForm::Fastening, P, R, "m3", "S3", Some(&why));
+        assert_eq!(el.attr("type"), Some("set"));
+        assert_eq!(el.attr("to"), Some(R));
+        let apply = el.get_child("apply-to", NS_FASTEN);
+        assert_eq!(apply.and_then(|a| a.attr("id")), Some("S3"));
+        let m = apply.and_then(|a| a.get_child("moderate", NS_MODERATE_0));
+        assert!(m
+            .and_then(|m| m.get_child("retract", NS_RETRACT_0))
+            .is_some());
+        assert_eq!(
+            m.and_then(|m| m.get_child("reason", NS_MODERATE_0))
+                .map(|r| r.text()),
+            Some(why)
+        );
+        assert!(el.get_child("moderate", NS_MODERATE).is_none());
+        let q = disco_info(P, R, "d1");
+        assert_eq!(q.attr("type"), Some("get"));
+        assert!(q.get_child("query", NS_DISCO_INFO).is_some());
         let el = mam_query(P, R, "q1", "qid", &MamFrom::After("S9".into()), 50);
         let q = el.get_child("query", NS_MAM);
         assert_eq!(q.and_then(|q| q.attr("queryid")), Some("qid"));

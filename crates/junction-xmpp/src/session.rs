@@ -39,12 +39,12 @@ use tokio_xmpp::{Component, Stanza};
 use crate::config::XmppConfig;
 use crate::depth::DepthBoundConnector;
 use crate::inbound::{
-    archived, diff_reactions, direct_message, error_condition, mam_fin, parse_groupchat,
-    room_stanza_id, self_ping_result, sender_message_id, Parsed, RoomContext, SelfPing,
-    OUR_ID_PREFIX,
+    archived, diff_reactions, direct_message, error_condition, mam_fin, offered_moderation,
+    parse_groupchat, room_stanza_id, self_ping_result, sender_message_id, Parsed, RoomContext,
+    SelfPing, OUR_ID_PREFIX,
 };
 use crate::jid::{is_ours, puppet_jid};
-use crate::outbound::{self, AdminItem, MamFrom};
+use crate::outbound::{self, AdminItem, MamFrom, ModerationForm};
 
 /// How many room stanza-ids are remembered for deduplication.
 const DEDUPE_WINDOW: usize = 4096;
@@ -184,6 +184,11 @@ pub(crate) struct State {
     pub listening: HashSet<String>,
     /// The listener's affiliation and role per room.
     rights: HashMap<String, Rights>,
+    /// The form of message moderation (XEP-0425) each room offers, as its disco#info
+    /// answered (`None`: neither form); a room not here has not answered (yet).
+    moderation: HashMap<String, Option<ModerationForm>>,
+    /// disco#info queries to rooms in flight: IQ id → room.
+    disco: HashMap<String, String>,
     /// Rooms the listener could not join, with the reason.
     failed: HashMap<String, String>,
     /// The last subject seen per room (the one sent on join is not a change).
@@ -231,6 +236,12 @@ pub(crate) struct State {
     pub cap: PuppetCap<(String, String)>,
     /// Counts every refusal of the cap, for `/metrics`.
     pub cap_refused: tokio::sync::watch::Sender<u64>,
+    /// Counts every action refused because its sender may not take it (a moderation
+    /// announcement forged by an occupant), for `/metrics`.
+    pub refused: tokio::sync::watch::Sender<u64>,
+    /// When a refusal was last logged as a warning (then at most once a minute; the others
+    /// at debug level, all of them counted), so a flood of forgeries cannot flood the log.
+    refusal_warned: Option<Instant>,
 }
 
 impl State {
@@ -252,6 +263,8 @@ impl State {
             occupants: HashMap::new(),
             listening: HashSet::new(),
             rights: HashMap::new(),
+            moderation: HashMap::new(),
+            disco: HashMap::new(),
             failed: HashMap::new(),
             subjects: HashMap::new(),
             seen: HashSet::new(),
@@ -276,6 +289,8 @@ impl State {
             adhoc: crate::adhoc::Sessions::new(),
             cap: PuppetCap::new(PuppetLimits::default()),
             cap_refused: tokio::sync::watch::Sender::new(0),
+            refused: tokio::sync::watch::Sender::new(0),
+            refusal_warned: None,
         }
     }
 
@@ -548,6 +563,8 @@ pub(crate) async fn run(mut st: State, mut cx: AdapterContext) -> Result<(), Ada
         st.listening.clear();
         st.occupants.clear();
         st.rights.clear();
+        st.moderation.clear();
+        st.disco.clear();
         st.subjects.clear();
         st.mam.clear();
         st.pings.clear();
@@ -685,6 +702,16 @@ async fn join_all(st: &mut State, conn: &mut Conn, cx: &AdapterContext, fresh: b
             || st.mam.values().any(|q| q.room == *room);
         if (fresh || !known) && !start_backfill(st, conn, room).await {
             return false;
+        }
+        // Which form of message moderation the room offers: asked once per join or link.
+        if !st.moderation.contains_key(room.as_str())
+            && !st.disco.values().any(|r| r == room.as_str())
+        {
+            let id = st.new_id();
+            st.disco.insert(id.clone(), room.as_str().to_string());
+            if !send(conn, outbound::disco_info(&listener, room.as_str(), &id)).await {
+                return false;
+            }
         }
     }
     if fresh {
@@ -1085,13 +1112,29 @@ async fn deliver(st: &mut State, conn: &mut Conn, cx: &AdapterContext, d: Delive
                         );
                         return true;
                     }
+                    // In the form the room offers; one that has not said asks in the
+                    // current form, one that offers neither is not asked.
+                    let form = match st.moderation.get(&room) {
+                        Some(Some(form)) => *form,
+                        None => ModerationForm::Retract,
+                        Some(None) => {
+                            answer_now(
+                                cx,
+                                &d,
+                                Err(format!(
+                                    "{room} offers no message moderation (XEP-0425): cannot remove another person's message"
+                                )),
+                            );
+                            return true;
+                        }
+                    };
                     sender_key = (room.clone(), listener_bare);
                     let why = junction_core::authority::moderation_reason(
                         &d.event.sender,
                         reason.as_deref(),
                     );
                     (
-                        outbound::moderate(&st.listener(), &room, &id, &s, Some(&why)),
+                        outbound::moderate(form, &st.listener(), &room, &id, &s, Some(&why)),
                         Wait::Iq,
                     )
                 }
@@ -1492,6 +1535,18 @@ async fn on_iq_answer(st: &mut State, conn: &mut Conn, cx: &AdapterContext, el: 
     }
     if let Some(q) = st.mam.remove(id) {
         return on_mam_end(st, conn, q, el).await;
+    }
+    if let Some(room) = st.disco.remove(id) {
+        if el.attr("type") == Some("result") {
+            let form = offered_moderation(el);
+            tracing::debug!(room, ?form, "xmpp: the room's message moderation");
+            st.moderation.insert(room, form);
+        } else {
+            // Not known: the moderation request keeps its current form, and the next join
+            // asks again.
+            tracing::debug!(room, "xmpp: the room did not answer disco#info");
+        }
+        return true;
     }
     if st.pending.get(id).is_some_and(|p| p.wait == Wait::Iq) {
         let room = st
@@ -2020,7 +2075,12 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
         on_subject(st, cx, el, &room, room_jid, nick, via).await;
         return;
     }
-    if nick.is_empty() {
+    // From the room itself, only a moderation announcement is news.
+    let announced = nick
+        .is_empty()
+        .then(|| crate::inbound::moderation(el))
+        .flatten();
+    if nick.is_empty() && announced.is_none() {
         return;
     }
     if let Some(s) = &s {
@@ -2104,13 +2164,20 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
             if is_ours(e.sender.user.user.as_str(), &st.config.component) {
                 return;
             }
-            if let Some(occ) = st.occupants.get(from).and_then(|o| o.occupant_id.clone()) {
+            // Who acted: the occupant who sent it, or the moderator a room's announcement
+            // names (the room vouches for their rights).
+            let actor = announced
+                .as_ref()
+                .and_then(|m| m.by.as_deref())
+                .unwrap_or(from);
+            let vouched = announced.is_some() && e.by_moderator;
+            if let Some(occ) = st.occupants.get(actor).and_then(|o| o.occupant_id.clone()) {
                 if !e.sender.user.user.as_str().starts_with("occupant:") {
                     e.sender.user = UserRef::new(cx.network.as_str(), format!("occupant:{occ}"));
                     e = junction_core::Event::new(e.origin, e.remote_id, e.sender, e.ts_ms, e.kind);
                 }
             }
-            e.by_moderator = st.is_moderator(from);
+            e.by_moderator = vouched || st.is_moderator(from);
             if let EventKind::Message(m) = &mut e.kind {
                 let body = std::mem::take(&mut m.body);
                 m.body = mention::leading_address(body, |n| resolve_nick(st, room_jid, n));
@@ -2168,6 +2235,28 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
             }
         }
         Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
+        Parsed::Refused(why) => {
+            st.refused.send_modify(|n| *n += 1);
+            if st
+                .refusal_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                st.refusal_warned = Some(Instant::now());
+                tracing::warn!(
+                    room = room_jid,
+                    occupant = from,
+                    why,
+                    "xmpp: an occupant's stanza is refused and not bridged (further refusals within a minute are counted in /metrics and logged at debug level)"
+                );
+            } else {
+                tracing::debug!(
+                    room = room_jid,
+                    occupant = from,
+                    why,
+                    "xmpp: an occupant's stanza is refused and not bridged"
+                );
+            }
+        }
     }
     if let (Some(s), true) = (&s, may_advance) {
         st.advance_cursor(&room, s, last_ack);

@@ -280,7 +280,12 @@ pub(crate) fn prosody_on(l: &Layout, c2s: u16, component: u16) -> String {
     let _ = writeln!(s, "VirtualHost {}", lq(XMPP_DOMAIN));
     let _ = writeln!(s);
     let _ = writeln!(s, "Component {} \"muc\"", lq(MUC_DOMAIN));
-    let _ = writeln!(s, "    modules_enabled = {{ \"muc_mam\" }}");
+    // muc_moderation (XEP-0425) comes with Debian's prosody-modules, in Prosody's own
+    // module directory, so no plugin_paths is needed.
+    let _ = writeln!(
+        s,
+        "    modules_enabled = {{ \"muc_mam\"; \"muc_moderation\" }}"
+    );
     let _ = writeln!(s, "    muc_log_by_default = true");
     let _ = writeln!(s, "    restrict_room_creation = false");
     let _ = writeln!(s, "    muc_room_locking = false");
@@ -456,10 +461,11 @@ mod tests {
     }
 
     #[test]
-    fn prosody_has_mam_on_the_muc_and_every_component() {
+    fn prosody_has_mam_and_moderation_on_the_muc_and_every_component() {
         let p = prosody(&layout());
         assert!(p.contains(
-            "Component \"conference.xmpp.test\" \"muc\"\n    modules_enabled = { \"muc_mam\" }"
+            "Component \"conference.xmpp.test\" \"muc\"\n    \
+             modules_enabled = { \"muc_mam\"; \"muc_moderation\" }"
         ));
         assert!(p.contains("Component \"bridge.xmpp.test\"\n    component_secret = "));
         for i in 1..=SLOTS {
