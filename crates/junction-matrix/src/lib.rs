@@ -37,8 +37,8 @@ mod test_store;
 use client::Client;
 use config::MatrixConfig;
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
-    Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
+    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, EventKind,
+    Inbound, Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
 };
 use junction_store::Store;
 use media::MediaProxy;
@@ -702,14 +702,12 @@ fn enqueue(
     delivered: &mpsc::UnboundedSender<Delivered>,
 ) {
     let room = d.target.room.as_str().to_owned();
-    let bounded = !d.event.sender.user.network.is_gateway()
-        && !d.event.by_moderator
-        && !matches!(
-            d.event.kind,
-            junction_core::EventKind::Kick { .. }
-                | junction_core::EventKind::Ban { .. }
-                | junction_core::EventKind::Topic { .. }
-        );
+    let moderation = match d.event.kind {
+        EventKind::Kick { .. } | EventKind::Ban { .. } | EventKind::Topic { .. } => true,
+        EventKind::Redact { .. } => d.event.by_moderator,
+        _ => false,
+    };
+    let bounded = !d.event.sender.user.network.is_gateway() && !moderation;
     if !bounded {
         queues.push_always(&room, d);
         return;
