@@ -785,3 +785,73 @@ async fn handle_delivery(
         tracing::debug!("The gateway stopped taking delivery answers.");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::{Event, Message, MessageId, MessageKind, RichText, RoomRef, Sender};
+
+    fn delivery(outbox_id: u64, room: &str, sender: Sender, kind: EventKind) -> Delivery {
+        let event = Event::new(
+            RoomRef::new("irc:local", "#lobby"),
+            MessageId::new(format!("m{outbox_id}")),
+            sender,
+            1,
+            kind,
+        );
+        Delivery {
+            outbox_id,
+            bridge: "lobby".into(),
+            target: RoomRef::new("matrix", room),
+            event,
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
+    fn said(text: &str) -> EventKind {
+        EventKind::Message(Message {
+            kind: MessageKind::Text,
+            body: RichText::plain(text),
+            reply_to: None,
+            attachments: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_room_gives_up_what_people_say_but_not_moderation() {
+        let bob = Sender::new(junction_core::UserRef::new("irc:local", "bob"), "bob");
+        let gateway = Sender::new(junction_core::UserRef::new(NetworkId::gateway(), "g"), "g");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut queues = RoomQueues::new(2, MAX_ROOMS_AT_ONCE);
+        for id in 0..4 {
+            enqueue(
+                &mut queues,
+                delivery(id, "!a", bob.clone(), said("hi")),
+                &tx,
+            );
+        }
+        // Another room has its own bound.
+        enqueue(&mut queues, delivery(9, "!b", bob.clone(), said("hi")), &tx);
+        let kick = EventKind::Kick {
+            target: bob.clone(),
+            reason: None,
+        };
+        enqueue(&mut queues, delivery(10, "!a", bob.clone(), kick), &tx);
+        enqueue(
+            &mut queues,
+            delivery(11, "!a", gateway, said("notice")),
+            &tx,
+        );
+        // The two over the bound are answered once each, as given up.
+        let refused: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|a| {
+                assert!(a.outcome.is_err_and(|why| why.contains("full")));
+                a.outbox_id
+            })
+            .collect();
+        assert_eq!(refused, [2, 3]);
+        assert_eq!(queues.waiting("!a"), 4);
+        assert_eq!(queues.waiting("!b"), 1);
+    }
+}
