@@ -9,6 +9,8 @@
 //!   spec), registered once and remembered in the store.
 //! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks.
 //! - [`client`]: the Client-Server API as the appservice.
+//! - `queues`: deliveries per room, each room's in order, several rooms at once
+//!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]).
 //!
 //! Rooms are named as in the link (`#lobby:matrix.test` or a room id); the adapter resolves
 //! each (creating a public room for a free alias on our server, which the registration must
