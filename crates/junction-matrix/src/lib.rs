@@ -78,7 +78,7 @@ pub const MAX_QUEUED_PER_ROOM: usize = 1000;
 
 /// How long deliveries still being rendered at shutdown may take to finish (those that do
 /// not stay unanswered in the outbox and are sent again on the next start).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a command's answer is awaited.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -493,9 +493,10 @@ impl Adapter for MatrixAdapter {
                 serving_rooms.insert(task.id(), room);
             }
         }
-        // Deliveries being rendered end soon (calls and backoffs stop at shutdown); those
-        // cut off stay unanswered in the outbox and are sent again, with the same
-        // transaction ids, on the next start.
+        server_stop.cancel();
+        // Deliveries being rendered may finish their call and answer (backoffs stop at
+        // shutdown); those cut off stay unanswered in the outbox and are sent again, with
+        // the same transaction ids, on the next start.
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while serving.join_next().await.is_some() {}
         })
@@ -503,7 +504,6 @@ impl Adapter for MatrixAdapter {
         if drained.is_err() {
             serving.abort_all();
         }
-        server_stop.cancel();
         // A transaction still waiting for its acks is cut off: unanswered, the homeserver
         // sends it again later, so nothing is lost.
         let mut server = server;
