@@ -95,6 +95,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         if let Some(url) = &config.matrix_media_url {
             adapter = adapter.with_media_base(url.clone());
         }
+        if config.matrix_private_attachment_urls {
+            tracing::warn!("Attachments may be fetched from loopback and private addresses ([matrix] private_attachment_urls): anyone on a linked network can make the gateway read an internal service.");
+            adapter = adapter.allow_private_media_urls();
+        }
         adapters.spawn(gateway::run_adapter(adapter, cx));
     }
     if let Some(x) = config.xmpp.clone() {

@@ -421,3 +421,179 @@ async fn a_busy_room_does_not_hold_back_another_on_irc() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A loopback file server that holds its answer until released: it records that the file
+/// was asked for, and whether the asker hung up before the answer.
+struct SlowServer {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hung_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl SlowServer {
+    /// Serves `body` as `name` (text/plain) once released, or gives up after 120 s.
+    async fn start(name: &str, body: &'static str) -> anyhow::Result<SlowServer> {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/{name}", listener.local_addr()?);
+        let (asked, answered, hung_up) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (a, ans, gone, go) = (
+            asked.clone(),
+            answered.clone(),
+            hung_up.clone(),
+            release.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                a.store(true, SeqCst);
+                tokio::select! {
+                    () = go.notified() => {
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(reply.as_bytes()).await.is_ok() {
+                            ans.store(true, SeqCst);
+                        }
+                    }
+                    r = s.read(&mut buf) => {
+                        if matches!(r, Ok(0) | Err(_)) {
+                            gone.store(true, SeqCst);
+                        }
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(120)) => {}
+                }
+            }
+        });
+        Ok(SlowServer {
+            url,
+            asked,
+            answered,
+            hung_up,
+            release,
+        })
+    }
+
+    /// True while the file was asked for and neither answered nor given up by the asker.
+    fn holding(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.asked.load(SeqCst) && !self.answered.load(SeqCst) && !self.hung_up.load(SeqCst)
+    }
+}
+
+/// Matrix deliveries go out per room: while an XMPP user's attachment in one room is fetched
+/// from a server that holds its answer, a line said in another linked room reaches Matrix;
+/// once the server answers, the attachment is uploaded and arrives before the line said after
+/// it in its own room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_attachment_does_not_hold_back_another_matrix_room() -> anyhow::Result<()> {
+    let s = servers().await?;
+    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
+    let second = unique("second");
+    let room2 = owner
+        .create_room(Some(&second), true)
+        .await
+        .context("creating the second Matrix room")?;
+    let chan2 = format!("#{second}");
+    let name = format!("{}.txt", unique("slow"));
+    let file = SlowServer::start(&name, "held back, then served").await?;
+    let lobby = Lobby::start_with(|c| {
+        // The file server is on 127.0.0.1, which the gateway refuses by default.
+        *c = c.replace("[matrix]\n", "[matrix]\nprivate_attachment_urls = true\n");
+        c.push_str(&format!(
+            "\n[[bridge]]\nname = \"second\"\nmatrix = \"{room2}\"\nirc = \"local/{chan2}\"\n"
+        ));
+    })
+    .await?;
+    lobby.irc.join(&chan2).await?;
+    let me = lobby.matrix.user_id().to_owned();
+    let in_room2 = |text: String| {
+        let me = me.clone();
+        let room2 = room2.clone();
+        let matrix = &lobby.matrix;
+        async move {
+            matrix
+                .wait_for(&room2, WAIT, |e| {
+                    e["sender"].as_str() != Some(me.as_str())
+                        && e["content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.contains(&text))
+                })
+                .await
+        }
+    };
+    // The second room is linked on both sides.
+    let probe = unique("second room linked");
+    lobby.irc.privmsg(&chan2, &probe)?;
+    in_room2(probe).await.context("irc → the second room")?;
+
+    lobby.xmpp.send_groupchat_with(
+        &lobby.muc,
+        &file.url,
+        &format!("<x xmlns='jabber:x:oob'><url>{}</url></x>", file.url),
+    )?;
+    junction_testkit::eventually(WAIT, "the attachment asked for", || {
+        let asked = file.asked.load(std::sync::atomic::Ordering::SeqCst);
+        async move { asked.then_some(()) }
+    })
+    .await?;
+    let quiet = unique("the other room");
+    lobby.irc.privmsg(&chan2, &quiet)?;
+    in_room2(quiet)
+        .await
+        .context("the other room's line → matrix")?;
+    assert!(
+        file.holding(),
+        "the other room's line waited for the attachment (answered: {}, given up: {})",
+        file.answered.load(std::sync::atomic::Ordering::SeqCst),
+        file.hung_up.load(std::sync::atomic::Ordering::SeqCst)
+    );
+
+    let after = unique("after the attachment");
+    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
+    file.release.notify_one();
+    lobby
+        .matrix_sees(&after)
+        .await
+        .context("the line after the attachment → matrix")?;
+    let events = lobby.matrix.events(&lobby.room).await?;
+    let upload = events
+        .iter()
+        .position(|e| {
+            e["content"]["body"] == name.as_str()
+                && e["content"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("mxc://"))
+        })
+        .context("the attachment, uploaded, in the first room")?;
+    let line = events
+        .iter()
+        .position(|e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains(&after))
+        })
+        .context("the line after the attachment")?;
+    assert!(
+        upload < line,
+        "the attachment ({upload}) came after the line said after it ({line})"
+    );
+    Ok(())
+}

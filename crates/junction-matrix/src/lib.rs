@@ -9,6 +9,8 @@
 //!   spec), registered once and remembered in the store.
 //! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks.
 //! - [`client`]: the Client-Server API as the appservice.
+//! - `queues`: deliveries per room, each room's in order, several rooms at once
+//!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]).
 //!
 //! Rooms are named as in the link (`#lobby:matrix.test` or a room id); the adapter resolves
 //! each (creating a public room for a free alias on our server, which the registration must
@@ -29,6 +31,7 @@ pub mod media;
 pub mod outbound;
 pub mod power;
 pub mod puppets;
+mod queues;
 pub mod server;
 #[cfg(test)]
 mod test_store;
@@ -36,17 +39,18 @@ mod test_store;
 use client::Client;
 use config::MatrixConfig;
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
-    Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
+    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, EventKind,
+    Inbound, Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
 };
 use junction_store::Store;
 use media::MediaProxy;
 use outbound::DeliverError;
 use puppets::{lock, Ghosts};
+use queues::{KeyLocks, Push, RoomQueues};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How many display names [`Shared::names`] keeps.
@@ -60,6 +64,21 @@ pub const COMMAND_ROOMS_TABLE: &str = "matrix/command_rooms";
 /// Most attachments fetched (and uploaded) from other networks' http(s) URLs at once: each
 /// may be up to [`client::MAX_MEDIA_BYTES`] in memory.
 pub const MAX_ATTACHMENT_FETCHES: usize = 4;
+
+/// Most Matrix rooms whose deliveries are rendered at once. Each room's deliveries go out one
+/// at a time and in order; a slow room (an attachment from a server that answers slowly,
+/// sends retried with backoff) holds one of these places and leaves the others to the other
+/// rooms, which take turns for them.
+pub const MAX_ROOMS_AT_ONCE: usize = 8;
+
+/// Most deliveries of what people said waiting for one Matrix room (minutes of a busy room
+/// whose sends fail for now); one more is given up (counted as a failed delivery, logged once
+/// per burst). Moderation and the gateway's own words are never given up.
+pub const MAX_QUEUED_PER_ROOM: usize = 1000;
+
+/// How long deliveries still being rendered at shutdown may take to finish (those that do
+/// not stay unanswered in the outbox and are sent again on the next start).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a command's answer is awaited.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -202,7 +221,17 @@ pub(crate) struct Shared {
     pub(crate) admins: HashSet<String>,
     /// The last homeserver failure, cleared by the next success (for the status).
     pub(crate) homeserver_error: Mutex<Option<String>>,
+    /// Linked room → why its deliveries fail for now (for the status), cleared when one of
+    /// them goes through or is given up.
+    delivery_errors: Mutex<HashMap<RoomId, String>>,
     pub(crate) txn_lock: tokio::sync::Mutex<()>,
+    /// Held while linked rooms are resolved, so the delivery of several rooms and the link
+    /// changes never resolve (or create) the same room twice at once.
+    opening: tokio::sync::Mutex<()>,
+    /// One lock per Matrix room id, held by the delivery being rendered there and by a ghost
+    /// leaving the room (idle, or making way under the cap): a ghost never leaves a room in
+    /// the middle of saying something there.
+    pub(crate) room_locks: KeyLocks,
     /// Attachments may come from non-public addresses (tests only).
     pub(crate) private_media: bool,
     /// Attachment fetches from other networks' URLs at once ([`MAX_ATTACHMENT_FETCHES`]); a
@@ -264,7 +293,10 @@ impl Shared {
             private_media: false,
             fetches: tokio::sync::Semaphore::new(MAX_ATTACHMENT_FETCHES),
             homeserver_error: Mutex::new(None),
+            delivery_errors: Mutex::new(HashMap::new()),
             txn_lock: tokio::sync::Mutex::new(()),
+            opening: tokio::sync::Mutex::new(()),
+            room_locks: KeyLocks::default(),
             ready: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -405,13 +437,18 @@ impl Adapter for MatrixAdapter {
         let mut rooms_open = true;
         let mut sweep = tokio::time::interval(sh.lifecycle.sweep_every());
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each linked room's deliveries in their own queue, served by their own task.
+        let status = Arc::new(status);
+        let mut queues = RoomQueues::new(MAX_QUEUED_PER_ROOM, MAX_ROOMS_AT_ONCE);
+        let mut serving = tokio::task::JoinSet::new();
+        let mut serving_rooms: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
             tokio::select! {
                 // Link changes before deliveries: a delivery may be for a room just linked.
                 biased;
                 () = cx.shutdown.cancelled() => break,
                 _ = sweep.tick() => {
-                    lifecycle::leave_idle(&sh).await;
+                    lifecycle::leave_idle(&sh);
                     let ghosts = sh.ghosts.count();
                     cx.puppets.send_if_modified(|n| std::mem::replace(n, ghosts) != ghosts);
                 }
@@ -424,18 +461,49 @@ impl Adapter for MatrixAdapter {
                     sync_rooms(&sh, &rooms).await;
                     report(&sh, &status);
                 }
-                d = cx.deliveries.recv() => match d {
-                    Some(d) => {
-                        handle_delivery(&sh, d, &cx.delivered, &cx.shutdown, &status).await;
-                        report(&sh, &status);
-                        let ghosts = sh.ghosts.count();
-                        cx.puppets.send_if_modified(|n| std::mem::replace(n, ghosts) != ghosts);
+                Some(served) = serving.join_next_with_id(), if !serving.is_empty() => {
+                    let id = match served {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            // Unanswered, the delivery stays in the outbox for the next start.
+                            tracing::error!(error = %e, "A Matrix delivery task failed.");
+                            e.id()
+                        }
+                    };
+                    if let Some(room) = serving_rooms.remove(&id) {
+                        queues.done(&room);
                     }
+                    report(&sh, &status);
+                    let ghosts = sh.ghosts.count();
+                    cx.puppets.send_if_modified(|n| std::mem::replace(n, ghosts) != ghosts);
+                }
+                d = cx.deliveries.recv() => match d {
+                    Some(d) => enqueue(&mut queues, d, &cx.delivered),
                     None => break,
                 },
             }
+            while let Some((room, d)) = queues.next() {
+                let task = serving.spawn(handle_delivery(
+                    sh.clone(),
+                    d,
+                    cx.delivered.clone(),
+                    cx.shutdown.clone(),
+                    status.clone(),
+                ));
+                serving_rooms.insert(task.id(), room);
+            }
         }
         server_stop.cancel();
+        // Deliveries being rendered may finish their call and answer (backoffs stop at
+        // shutdown); those cut off stay unanswered in the outbox and are sent again, with
+        // the same transaction ids, on the next start.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while serving.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            serving.abort_all();
+        }
         // A transaction still waiting for its acks is cut off: unanswered, the homeserver
         // sends it again later, so nothing is lost.
         let mut server = server;
@@ -485,7 +553,13 @@ fn health(sh: &Shared) -> NetworkStatus {
             .collect();
         (rooms.by_link.len(), missing)
     };
-    let error = lock(&sh.homeserver_error).clone();
+    // A failing room's deliveries show as long as they fail, whatever the others do.
+    let error = lock(&sh.homeserver_error).clone().or_else(|| {
+        lock(&sh.delivery_errors)
+            .iter()
+            .min_by_key(|(room, _)| *room)
+            .map(|(_, why)| why.clone())
+    });
     match error {
         Some(e) if linked == 0 => NetworkStatus::Down(e),
         Some(e) => NetworkStatus::Degraded(e),
@@ -495,7 +569,7 @@ fn health(sh: &Shared) -> NetworkStatus {
 }
 
 /// Publishes the state when it changed.
-fn report(sh: &Shared, status: &tokio::sync::watch::Sender<NetworkStatus>) {
+fn report(sh: &Shared, status: &watch::Sender<NetworkStatus>) {
     let now = health(sh);
     status.send_if_modified(|s| {
         if *s == now {
@@ -531,6 +605,7 @@ async fn sync_rooms(sh: &Shared, rooms: &[RoomId]) {
 /// Resolves, creates or joins every linked room not resolved yet. Rooms that can never work
 /// are refused (and reported once); the others are tried again on the next call.
 pub(crate) async fn ensure_rooms(sh: &Shared) {
+    let _one = sh.opening.lock().await;
     for link in sh.unresolved() {
         match open_room(sh, &link).await {
             Ok(room_id) => {
@@ -620,20 +695,65 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, RoomError> {
     Ok(room_id)
 }
 
-/// Renders one delivery and answers it exactly once; transient failures are retried with
-/// backoff until they pass or the gateway shuts down (then it stays unanswered in the outbox).
-async fn handle_delivery(
-    sh: &Shared,
+/// Queues a delivery in its room's queue. What people said is refused past the room's bound
+/// ([`MAX_QUEUED_PER_ROOM`]) and given up, logged once per burst; the gateway's own words and
+/// moderation (kicks, bans, a moderator's removals, topics) are always queued.
+fn enqueue(
+    queues: &mut RoomQueues<Delivery>,
     d: Delivery,
     delivered: &mpsc::UnboundedSender<Delivered>,
-    shutdown: &CancellationToken,
-    status: &tokio::sync::watch::Sender<NetworkStatus>,
+) {
+    let room = d.target.room.as_str().to_owned();
+    let moderation = match d.event.kind {
+        EventKind::Kick { .. } | EventKind::Ban { .. } | EventKind::Topic { .. } => true,
+        EventKind::Redact { .. } => d.event.by_moderator,
+        _ => false,
+    };
+    let bounded = !d.event.sender.user.network.is_gateway() && !moderation;
+    if !bounded {
+        queues.push_always(&room, d);
+        return;
+    }
+    match queues.push(&room, d) {
+        Push::Queued => {}
+        Push::QueuedAfter(refused) => {
+            tracing::info!(%room, refused, "The delivery queue of a Matrix room has room again.");
+        }
+        Push::Full { item, first } => {
+            if first {
+                tracing::warn!(%room, queued = MAX_QUEUED_PER_ROOM, "The delivery queue of a Matrix room is full: what people say there is given up until it drains.");
+            }
+            let answer = Delivered {
+                outbox_id: item.outbox_id,
+                target: item.target.clone(),
+                event: item.event.id.clone(),
+                outcome: Err(format!(
+                    "the Matrix delivery queue of {room} is full ({MAX_QUEUED_PER_ROOM} waiting)"
+                )),
+            };
+            if delivered.send(answer).is_err() {
+                tracing::debug!("The gateway stopped taking delivery answers.");
+            }
+        }
+    }
+}
+
+/// Renders one delivery and answers it exactly once; transient failures are retried with
+/// backoff until they pass or the gateway shuts down (then it stays unanswered in the outbox).
+/// Runs as its room's one task at a time ([`queues`]).
+async fn handle_delivery(
+    sh: Arc<Shared>,
+    d: Delivery,
+    delivered: mpsc::UnboundedSender<Delivered>,
+    shutdown: CancellationToken,
+    status: Arc<watch::Sender<NetworkStatus>>,
 ) {
     let mut pause = Duration::from_millis(500);
     let outcome = loop {
-        let result = outbound::deliver(sh, &d).await;
+        let result = outbound::deliver(&sh, &d).await;
         if !matches!(result, Err(DeliverError::Transient(_))) {
             *lock(&sh.homeserver_error) = None;
+            lock(&sh.delivery_errors).remove(&d.target.room);
         }
         match result {
             Ok(ids) => break Ok(ids),
@@ -646,8 +766,9 @@ async fn handle_delivery(
                     return;
                 }
                 tracing::warn!(outbox = d.outbox_id, room = %d.target, "Delivery failed for now, retrying: {why}");
-                *lock(&sh.homeserver_error) = Some(format!("deliveries failing: {why}"));
-                report(sh, status);
+                lock(&sh.delivery_errors)
+                    .insert(d.target.room.clone(), format!("deliveries failing: {why}"));
+                report(&sh, &status);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}
@@ -664,5 +785,75 @@ async fn handle_delivery(
     };
     if delivered.send(answer).is_err() {
         tracing::debug!("The gateway stopped taking delivery answers.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use junction_core::{Event, Message, MessageId, MessageKind, RichText, RoomRef, Sender};
+
+    fn delivery(outbox_id: u64, room: &str, sender: Sender, kind: EventKind) -> Delivery {
+        let event = Event::new(
+            RoomRef::new("irc:local", "#lobby"),
+            MessageId::new(format!("m{outbox_id}")),
+            sender,
+            1,
+            kind,
+        );
+        Delivery {
+            outbox_id,
+            bridge: "lobby".into(),
+            target: RoomRef::new("matrix", room),
+            event,
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
+    fn said(text: &str) -> EventKind {
+        EventKind::Message(Message {
+            kind: MessageKind::Text,
+            body: RichText::plain(text),
+            reply_to: None,
+            attachments: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_room_gives_up_what_people_say_but_not_moderation() {
+        let bob = Sender::new(junction_core::UserRef::new("irc:local", "bob"), "bob");
+        let gateway = Sender::new(junction_core::UserRef::new(NetworkId::gateway(), "g"), "g");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut queues = RoomQueues::new(2, MAX_ROOMS_AT_ONCE);
+        for id in 0..4 {
+            enqueue(
+                &mut queues,
+                delivery(id, "!a", bob.clone(), said("hi")),
+                &tx,
+            );
+        }
+        // Another room has its own bound.
+        enqueue(&mut queues, delivery(9, "!b", bob.clone(), said("hi")), &tx);
+        let kick = EventKind::Kick {
+            target: bob.clone(),
+            reason: None,
+        };
+        enqueue(&mut queues, delivery(10, "!a", bob.clone(), kick), &tx);
+        enqueue(
+            &mut queues,
+            delivery(11, "!a", gateway, said("notice")),
+            &tx,
+        );
+        // The two over the bound are answered once each, as given up.
+        let refused: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|a| {
+                assert!(a.outcome.is_err_and(|why| why.contains("full")));
+                a.outbox_id
+            })
+            .collect();
+        assert_eq!(refused, [2, 3]);
+        assert_eq!(queues.waiting("!a"), 4);
+        assert_eq!(queues.waiting("!b"), 1);
     }
 }

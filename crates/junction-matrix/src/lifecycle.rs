@@ -15,7 +15,7 @@ use junction_core::format::Span;
 use junction_core::{
     Admit, Delivery, EventKind, Message, MessageId, MessageKind, PuppetCap, PuppetLimits,
 };
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -76,17 +76,25 @@ pub(crate) fn joins(kind: &EventKind) -> Option<bool> {
     }
 }
 
-/// Before `ghost` is put in `room_id`: true when it may be (a ghost making way leaves first);
-/// false when the cap refuses it (counted).
-pub(crate) async fn enter(sh: &Shared, ghost: &str, room_id: &str, speaks: bool) -> bool {
+/// Before `ghost` is put in `room_id` (by the delivery holding the room's lock): true when it
+/// may be (a ghost making way leaves); false when the cap refuses it (counted).
+pub(crate) async fn enter(sh: &Arc<Shared>, ghost: &str, room_id: &str, speaks: bool) -> bool {
     let key = (ghost.to_owned(), room_id.to_owned());
     let decision = lock(&sh.lifecycle.cap).admit(&key, now_ms(), speaks);
     match decision {
         Admit::Present | Admit::Free => true,
         Admit::Evict((old, room)) => {
             tracing::info!(ghost = %old, room = %room, newcomer = %ghost, "The cap of ghosts is reached: the least recently active one leaves.");
-            if let Err(e) = outbound::ghost_leaves(sh, &old, &room).await {
-                tracing::warn!(ghost = %old, error = ?e, "The ghost making way could not leave.");
+            if room == room_id {
+                // This room's lock is ours already.
+                if let Err(e) = outbound::ghost_leaves(sh, &old, &room).await {
+                    tracing::warn!(ghost = %old, error = ?e, "The ghost making way could not leave.");
+                }
+            } else {
+                // Another room's delivery may be under way: the ghost leaves once it is done.
+                // Not awaited here, so two rooms making way in each other never wait for
+                // each other.
+                leave_later(sh, old, room);
             }
             true
         }
@@ -134,13 +142,24 @@ pub(crate) async fn refused(
     }
 }
 
-/// Ghosts idle for the idle timeout leave their rooms.
-pub(crate) async fn leave_idle(sh: &Shared) {
+/// Ghosts idle for the idle timeout leave their rooms, each once the delivery under way in
+/// its room (if any) is done; the caller does not wait for it.
+pub(crate) fn leave_idle(sh: &Arc<Shared>) {
     let idle = lock(&sh.lifecycle.cap).take_idle(now_ms());
     for (ghost, room) in idle {
         tracing::info!(%ghost, %room, "An idle ghost leaves.");
-        if let Err(e) = outbound::ghost_leaves(sh, &ghost, &room).await {
-            tracing::warn!(%ghost, error = ?e, "An idle ghost could not leave.");
-        }
+        leave_later(sh, ghost, room);
     }
+}
+
+/// `ghost` leaves `room_id` once it holds the room's lock (at most [`crate::MAX_ROOMS_AT_ONCE`]
+/// deliveries hold one, so this waits for at most one delivery).
+fn leave_later(sh: &Arc<Shared>, ghost: String, room_id: String) {
+    let sh = sh.clone();
+    tokio::spawn(async move {
+        let _room = sh.room_locks.lock(&room_id).await;
+        if let Err(e) = outbound::ghost_leaves(&sh, &ghost, &room_id).await {
+            tracing::warn!(%ghost, error = ?e, "A ghost could not leave a room.");
+        }
+    });
 }

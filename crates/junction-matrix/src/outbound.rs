@@ -15,9 +15,16 @@ use junction_core::{
     Attachment, Delivery, EventKind, Message, MessageId, MessageKind, RichText, UserRef,
 };
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The store table of reactions we sent: `<room id> <target> <ghost> <key>` → reaction id.
 pub const REACTIONS_OUT_TABLE: &str = "matrix/reactions_out";
+
+/// How long fetching one attachment from another network's URL may take in all (name
+/// lookup, connection, headers and body): a server trickling its answer holds its room's
+/// queue and a fetch slot no longer than this; the attachment then crosses as its link.
+pub const ATTACHMENT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a delivery could not be rendered.
 #[derive(Debug)]
@@ -51,8 +58,12 @@ fn msgtype(kind: MessageKind) -> &'static str {
     }
 }
 
-/// Renders one delivery; returns the Matrix event ids made, in part order.
-pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>, DeliverError> {
+/// Renders one delivery; returns the Matrix event ids made, in part order. Holds the target
+/// room's lock ([`Shared::room_locks`]) once the room is known.
+pub(crate) async fn deliver(
+    sh: &Arc<Shared>,
+    d: &Delivery,
+) -> Result<Vec<MessageId>, DeliverError> {
     if sh.room_id(&d.target.room).is_none() && !sh.is_refused(&d.target.room) {
         crate::ensure_rooms(sh).await;
     }
@@ -64,6 +75,7 @@ pub(crate) async fn deliver(sh: &Shared, d: &Delivery) -> Result<Vec<MessageId>,
             DeliverError::Transient(why)
         });
     };
+    let _room = sh.room_locks.lock(&room_id).await;
     let sender = &d.event.sender;
     if sender.user.network == sh.network {
         return Err(DeliverError::Permanent(
@@ -465,7 +477,15 @@ async fn attachment_content(
     } else {
         // Held through the upload: the fetched body stays in memory until then.
         let _slot = sh.fetches.acquire().await.ok();
-        match fetch(sh, &att.url).await {
+        let fetched = tokio::time::timeout(ATTACHMENT_FETCH_TIMEOUT, fetch(sh, &att.url))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no complete answer within {} s",
+                    ATTACHMENT_FETCH_TIMEOUT.as_secs()
+                ))
+            });
+        match fetched {
             Ok((fetched_mime, bytes)) => {
                 let mime = att.mime.clone().unwrap_or(fetched_mime);
                 match sh.client.upload(bytes, &mime, &att.name).await {
@@ -519,7 +539,8 @@ async fn attachment_content(
     Ok(c)
 }
 
-/// Fetches an attachment over http(s), bounded in size.
+/// Fetches an attachment over http(s), bounded in size (and, by the caller, in time:
+/// [`ATTACHMENT_FETCH_TIMEOUT`]).
 ///
 /// The URL comes from a user of another network, so it is treated as hostile: only public
 /// addresses are fetched (the name is resolved once and the connection pinned to what was
@@ -554,7 +575,6 @@ async fn fetch(sh: &Shared, url: &str) -> Result<(String, bytes::Bytes), String>
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .resolve_to_addrs(&lookup_host, &addrs)
-        .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| e.to_string())?;
     let mut resp = client.get(url).send().await.map_err(|e| e.to_string())?;

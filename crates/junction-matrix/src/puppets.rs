@@ -8,6 +8,7 @@
 
 use crate::client::{Client, ClientError};
 use crate::ids;
+use crate::queues::KeyLocks;
 use junction_core::{NetworkId, Sender};
 use junction_store::Store;
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,10 @@ pub struct Ghosts {
     registered: Mutex<HashMap<String, String>>,
     /// (ghost, room id) pairs known to be joined.
     joined: Mutex<HashSet<(String, String)>>,
+    /// One lock per ghost, held while it is registered or renamed: rooms are served at once,
+    /// and two of them touching the same ghost then do it one after the other (registering
+    /// twice is harmless, `M_USER_IN_USE`, but needless).
+    naming: KeyLocks,
 }
 
 impl Ghosts {
@@ -60,6 +65,7 @@ impl Ghosts {
             origin_marks,
             registered: Mutex::new(registered),
             joined: Mutex::new(HashSet::new()),
+            naming: KeyLocks::default(),
         }
     }
 
@@ -94,6 +100,13 @@ impl Ghosts {
     /// [`Ghosts::shown_name`] marks it); returns its id.
     pub async fn ensure(&self, sender: &Sender) -> Result<String, ClientError> {
         let user_id = self.user_id(sender);
+        let shown = self.shown_name(&sender.user.network, &sender.display_name);
+        let known = lock(&self.registered).get(&user_id).cloned();
+        if known.as_deref() == Some(shown.as_str()) {
+            return Ok(user_id);
+        }
+        let _ghost = self.naming.lock(&user_id).await;
+        // Another room may have registered or renamed it meanwhile.
         let known = lock(&self.registered).get(&user_id).cloned();
         if known.is_none() {
             let (local, _) = ids::split_user_id(&user_id)
@@ -104,15 +117,20 @@ impl Ghosts {
             }
             tracing::info!(ghost = %user_id, "Registered a ghost.");
         }
-        let shown = self.shown_name(&sender.user.network, &sender.display_name);
         if known.as_deref() != Some(shown.as_str()) {
-            self.set_name(&user_id, &shown).await?;
+            self.name_held(&user_id, &shown).await?;
         }
         Ok(user_id)
     }
 
     /// Sets a ghost's display name (exactly `name`: see [`Ghosts::shown_name`]) and remembers it.
     pub async fn set_name(&self, user_id: &str, name: &str) -> Result<(), ClientError> {
+        let _ghost = self.naming.lock(user_id).await;
+        self.name_held(user_id, name).await
+    }
+
+    /// [`Ghosts::set_name`] with the ghost's lock held.
+    async fn name_held(&self, user_id: &str, name: &str) -> Result<(), ClientError> {
         if !name.is_empty() {
             self.client.set_displayname(user_id, name).await?;
         }

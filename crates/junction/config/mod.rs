@@ -22,6 +22,8 @@
 //! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
 //!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
 //!   `media_url` (public base URL of the media proxy, default `http://<listen>`),
+//!   `private_attachment_urls` (default false: attachments from other networks are fetched
+//!   only from public addresses; true for test setups and closed networks),
 //!   `origin_marks` (default true: ghost display names end in their network's mark, `bob[i]`),
 //!   `max_ghosts` (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds`
 //!   (default 86400; 0: never).
@@ -413,6 +415,10 @@ mod tests {
         assert_eq!((m.bot.as_str(), m.id.as_str()), ("junction", "junction"));
         assert_eq!(m.user_prefix, "_junction_");
         assert!(m.origin_marks, "marks are on by default");
+        assert!(
+            !c.matrix_private_attachment_urls,
+            "attachments come from public addresses only by default"
+        );
         let x = c.xmpp.unwrap();
         assert_eq!(x.component, "bridge.xmpp.test");
         assert!(x.origin_marks, "marks are on by default");
@@ -493,6 +499,7 @@ user_prefix = "_gw_"
 origin_marks = false
 max_ghosts = 7
 ghost_idle_timeout_seconds = 0
+private_attachment_urls = true
 
 [irc.local]
 server = "localhost:6667"
@@ -533,6 +540,7 @@ admins = ["@carol:matrix.test"]
         assert_eq!(m.homeserver, "http://127.0.0.1:8008");
         assert_eq!((m.id.as_str(), m.user_prefix.as_str()), ("gw", "_gw_"));
         assert!(!m.origin_marks);
+        assert!(c.matrix_private_attachment_urls);
         assert_eq!(
             c.matrix_ghosts,
             junction_core::PuppetLimits {

@@ -82,6 +82,8 @@ pub struct RawMatrix {
     pub user_prefix: Option<Str>,
     /// Public base URL of the media proxy.
     pub media_url: Option<Str>,
+    /// Attachments may be fetched from loopback and private addresses.
+    pub private_attachment_urls: Option<Spanned<bool>>,
     /// Ghost display names carry their network's origin mark.
     pub origin_marks: Option<Spanned<bool>>,
     /// Most ghosts in rooms at once.

@@ -32,6 +32,10 @@ pub struct Config {
     /// `[matrix] media_url`: the public base URL under which people on the other networks
     /// reach the Matrix media proxy (default `http://<matrix.listen>`).
     pub matrix_media_url: Option<String>,
+    /// `[matrix] private_attachment_urls`: attachments named by other networks' users may be
+    /// fetched from loopback and private addresses (default false: server-side request
+    /// forgery; for test setups and closed networks only).
+    pub matrix_private_attachment_urls: bool,
     /// `[matrix] max_ghosts` and `ghost_idle_timeout_seconds`.
     pub matrix_ghosts: PuppetLimits,
     /// `[xmpp] max_occupants` and `occupant_idle_timeout_seconds`.
@@ -146,6 +150,11 @@ pub(crate) fn validate(
         .as_ref()
         .and_then(|m| m.get_ref().media_url.as_ref())
         .and_then(|v| c.http_url(v, "matrix.media_url", "https://chat.example.org:9009"));
+    let matrix_private_attachment_urls = raw
+        .matrix
+        .as_ref()
+        .and_then(|m| m.get_ref().private_attachment_urls.as_ref())
+        .is_some_and(|v| *v.get_ref());
     if let (Some(g), Some(listen)) = (&gateway, c.listen) {
         let raw_gateway = raw.gateway.as_ref().map(|g| g.get_ref());
         let metrics_span = raw_gateway
@@ -214,6 +223,7 @@ pub(crate) fn validate(
             bridges,
             bridge_admins,
             matrix_media_url,
+            matrix_private_attachment_urls,
             matrix_ghosts: matrix_ghosts?,
             xmpp_occupants: xmpp_occupants?,
         })
