@@ -9,7 +9,7 @@ use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
 use junction_testkit::unique;
 use std::net::SocketAddr;
 
-/// Parses `text` as a config and runs the doctor on it.
+/// Parses `text` as a config (its `data_dir` in a fresh directory) and runs the doctor on it.
 async fn run(text: &str) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let config = junction::config::parse(text, "doctor.toml", dir.path(), &|_| None)
@@ -250,7 +250,8 @@ async fn doctor_irc_faults() -> anyhow::Result<()> {
 /// A whole lobby set up as a community would (bot with power, listener admin, archive on,
 /// channel history on), the gateway stopped: every check passes and the doctor exits 0,
 /// as a library and as the `junction doctor` binary; with the gateway running beside it,
-/// the doctor leaves it alone.
+/// the doctor leaves it alone (and does not log in as its component at all when the gateway
+/// is this config's, holding its store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_all_good() -> anyhow::Result<()> {
     let mut lobby = Lobby::start().await?;
@@ -310,8 +311,29 @@ async fn doctor_all_good() -> anyhow::Result<()> {
     let nick = r.of("irc:local", "nick").next().map(|f| f.level);
     assert_eq!(nick, Some(Level::Ok), "{text}");
     assert!(text.contains(&irc_bot_nick(&lobby.slot)), "{text}");
+    // A gateway elsewhere (its store not this config's): the server refuses the doctor's
+    // component login as a conflict and keeps the gateway's.
     expect(&r, "xmpp", "component", Level::Ok)?;
     expect(&r, "irc:local", "op", Level::Ok)?;
+    // The gateway of this very config (it holds the store; another process, as in real
+    // use, since the store's lock is per process): no component login is tried.
+    let store = lobby.store_dir();
+    let base = store
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or_else(|| anyhow::anyhow!("no base dir"))?;
+    std::fs::write(base.join("doctor.toml"), lobby.config_text())?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .current_dir(base)
+        .args(["doctor", "-c", "doctor.toml"])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("warning xmpp component: not checked"),
+        "{stdout}"
+    );
     lobby
         .irc
         .privmsg(&lobby.channel, "still bridged after the doctor")?;

@@ -3,8 +3,9 @@
 //!
 //! It may run beside a running gateway and leaves it alone: every connection is its own and
 //! short-lived. On IRC it registers under a nick of its own (the bot's nick is only looked
-//! up); on XMPP the server keeps a running gateway's component connection and refuses the
-//! doctor's, which is reported; on Matrix it only reads, and answers the homeserver's ping
+//! up); on XMPP it does not log in as the component while a gateway holds the config's store
+//! (a server may be set to replace the older connection), and a gateway elsewhere keeps its
+//! connection as the server refuses the doctor's (reported); on Matrix it only reads, and answers the homeserver's ping
 //! itself for a moment when nothing listens on `[matrix] listen`. No secret is printed.
 
 mod irc;
@@ -176,6 +177,20 @@ pub(crate) fn linked_rooms(config: &Config, network: &str) -> Vec<String> {
     rooms
 }
 
+/// True when a gateway runs from the config's `data_dir` on this host: it holds the store's
+/// lock.
+async fn gateway_holds_store(config: &Config) -> bool {
+    if !config.gateway.data_dir.join("store").exists() {
+        return false;
+    }
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        matches!(crate::cli::stored_links(&config), Err(note) if note.contains("running gateway"))
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Runs every check of every configured network.
 pub async fn doctor(config: &Config) -> Report {
     let mut report = Report::default();
@@ -188,12 +203,22 @@ pub async fn doctor(config: &Config) -> Report {
         .await;
     }
     if let Some(x) = &config.xmpp {
-        xmpp::check(
-            x,
-            &linked_rooms(config, "xmpp"),
-            &mut report.network("xmpp"),
-        )
-        .await;
+        let held = gateway_holds_store(config).await;
+        let mut out = report.network("xmpp");
+        if held {
+            // A second component login is refused by default, but a server set to replace
+            // the old connection (Prosody's component_conflict_resolve = "kick_old") would
+            // drop the gateway's: do not try.
+            out.warn(
+                "component",
+                "not checked: a gateway runs from this config's data_dir (it holds the store), \
+                 and a second component login could displace its connection",
+                "run `junction doctor` while the gateway is stopped to check the component and \
+                 its rooms",
+            );
+        } else {
+            xmpp::check(x, &linked_rooms(config, "xmpp"), &mut out).await;
+        }
     }
     for i in &config.irc {
         let network = format!("irc:{}", i.name);
