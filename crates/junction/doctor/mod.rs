@@ -3,10 +3,11 @@
 //!
 //! It may run beside a running gateway and leaves it alone: every connection is its own and
 //! short-lived. On IRC it registers under a nick of its own (the bot's nick is only looked
-//! up); on XMPP it does not log in as the component while a gateway holds the config's store
-//! (a server may be set to replace the older connection), and a gateway elsewhere keeps its
-//! connection as the server refuses the doctor's (reported); on Matrix it only reads, and answers the homeserver's ping
-//! itself for a moment when nothing listens on `[matrix] listen`. No secret is printed.
+//! up); on XMPP it does not log in as the component while a gateway holds the config's
+//! store (a server may be set to replace the older connection), and a gateway elsewhere
+//! keeps its connection as the server refuses the doctor's (reported); on Matrix it only
+//! reads, and answers the homeserver's ping itself for a moment when nothing listens on
+//! `[matrix] listen`. No secret is printed.
 
 mod irc;
 mod matrix;
