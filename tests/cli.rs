@@ -208,6 +208,23 @@ fn check_names_an_unset_variable() {
     );
 }
 
+/// The doctor loads the config as `run` does: a bad one gives the same FILE:LINE:COL: key
+/// errors, and is an error to the doctor (status 2), before any connection.
+#[test]
+fn doctor_reports_config_errors_with_file_line_and_key() {
+    let (code, out, err) = output(
+        junction(&root())
+            .env_remove("JUNCTION_HS_TOKEN")
+            .arg("doctor"),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert_eq!(out, "");
+    assert_eq!(
+        err.trim_end(),
+        "bridges.toml:15:13: matrix.hs_token: environment variable `JUNCTION_HS_TOKEN` is not set"
+    );
+}
+
 #[test]
 fn missing_file_is_a_config_error() {
     let (code, _, err) = output(junction(&root()).args(["check", "-c", "no-such.toml"]));

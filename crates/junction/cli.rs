@@ -1,4 +1,4 @@
-//! The `junction` command line: `run` (the default), `check` and `registration`.
+//! The `junction` command line: `run` (the default), `check`, `registration` and `doctor`.
 
 use crate::config::{self, Config};
 use clap::{Parser, Subcommand};
@@ -19,7 +19,8 @@ Exit status:
   0  success
   1  invalid configuration (every error is printed as FILE:LINE:COL: key: message),
      or the gateway failed
-  2  usage error";
+  2  usage error
+junction doctor: 0 all checks passed, 1 warnings only, 2 an error (or an invalid config)";
 
 /// Links chat rooms across Matrix, XMPP and IRC, showing every person as themself.
 #[derive(Debug, Parser)]
@@ -48,6 +49,9 @@ pub enum Command {
     Check,
     /// Print the Matrix appservice registration YAML for the homeserver.
     Registration,
+    /// Connect to every configured server and check what the gateway needs there; one line
+    /// per check with the fix of each problem. Safe beside a running gateway.
+    Doctor,
 }
 
 /// Parses the command line and runs the command. Usage errors exit with status 2.
@@ -57,7 +61,12 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::from(EXIT_FAILURE);
+            // For the doctor an invalid config is an error like any other (status 2).
+            return ExitCode::from(if cli.command == Some(Command::Doctor) {
+                2
+            } else {
+                EXIT_FAILURE
+            });
         }
     };
     match cli.command.unwrap_or(Command::Run) {
@@ -73,6 +82,7 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Doctor => ExitCode::from(crate::doctor::main(&config, &cli.config)),
         Command::Registration => match &config.matrix {
             Some(m) => {
                 print!("{}", registration_yaml(m, &matrix_aliases(&config)));
@@ -371,6 +381,9 @@ mod tests {
         let c = Cli::try_parse_from(["junction", "-c", "y.toml", "registration"]).unwrap();
         assert_eq!(c.command, Some(Command::Registration));
         assert_eq!(c.config, PathBuf::from("y.toml"));
+        let c = Cli::try_parse_from(["junction", "doctor", "-c", "z.toml"]).unwrap();
+        assert_eq!(c.command, Some(Command::Doctor));
+        assert_eq!(c.config, PathBuf::from("z.toml"));
         assert!(Cli::try_parse_from(["junction", "bogus"]).is_err());
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod command_limit;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod metrics;
 pub mod ratelimit;

@@ -155,6 +155,12 @@ impl Lobby {
         self.wait_joined(irc_mark, xmpp_mark).await
     }
 
+    /// The gateway's config text (as `lobby.toml`).
+    #[allow(dead_code)]
+    pub fn config_text(&self) -> &str {
+        &self.config
+    }
+
     /// Where the gateway keeps its store (open it only while the gateway is stopped).
     pub fn store_dir(&self) -> std::path::PathBuf {
         self.data.path().join("data").join("store")

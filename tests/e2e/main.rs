@@ -72,3 +72,7 @@ mod lifecycle;
 /// A store that fails for real: the data directory on a small tmpfs the test fills; `/health`
 /// answers 503, the gateway exits non-zero by itself, and once space is back nothing is lost.
 mod store_faults;
+
+/// `junction doctor`: each check against the real servers with its fault set up, one
+/// all-good run, and the binary's exit status.
+mod doctor;

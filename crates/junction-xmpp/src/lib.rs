@@ -10,6 +10,7 @@ pub mod depth;
 pub mod inbound;
 pub mod jid;
 pub mod outbound;
+pub mod probe;
 mod session;
 
 use std::sync::Arc;

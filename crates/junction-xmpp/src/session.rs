@@ -418,7 +418,7 @@ fn spawn_cursor_writer(store: Arc<dyn Store>) -> mpsc::UnboundedSender<CursorUpd
     tx
 }
 
-type Conn = Component<DepthBoundConnector>;
+pub(crate) type Conn = Component<DepthBoundConnector>;
 
 /// Turns a built element into a typed stanza for tokio-xmpp.
 fn to_stanza(el: Element) -> Option<Stanza> {
@@ -430,7 +430,7 @@ fn to_stanza(el: Element) -> Option<Stanza> {
     }
 }
 
-fn from_stanza(s: Stanza) -> Element {
+pub(crate) fn from_stanza(s: Stanza) -> Element {
     match s {
         Stanza::Message(m) => m.into(),
         Stanza::Presence(p) => p.into(),
@@ -462,7 +462,7 @@ fn xml_clean(el: &mut Element) {
     }
 }
 
-async fn send(conn: &mut Conn, mut el: Element) -> bool {
+pub(crate) async fn send(conn: &mut Conn, mut el: Element) -> bool {
     xml_clean(&mut el);
     match to_stanza(el) {
         Some(s) => conn.send_stanza(s).await.is_ok(),
@@ -475,7 +475,7 @@ async fn send(conn: &mut Conn, mut el: Element) -> bool {
 
 /// Logs in as the component over plain TCP, the server's bytes read through the depth
 /// bound (`crate::depth`) so no element tree is ever built deeper than it.
-async fn connect(config: &XmppConfig, cut: &Arc<AtomicU64>) -> Result<Conn, String> {
+pub(crate) async fn connect(config: &XmppConfig, cut: &Arc<AtomicU64>) -> Result<Conn, String> {
     let connector = DepthBoundConnector {
         dns: DnsConfig::addr(&config.server),
         cut: cut.clone(),
