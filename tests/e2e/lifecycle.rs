@@ -256,3 +256,57 @@ async fn idle_ghosts_and_occupants_leave_and_come_back() -> anyhow::Result<()> {
     lobby.xmpp_sees(&back).await.context("i → x after idling")?;
     Ok(())
 }
+
+/// Ghosts already in the room when the gateway starts (from before a restart) count against
+/// the cap and the idle timeout like any other: two IRC people's ghosts are in the room, the
+/// gateway restarts with `max_ghosts = 1` and a two-second idle timeout, and both leave (one
+/// at once, past the cap; the other once idle). The lobby relays afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghosts_from_before_a_restart_are_counted_and_leave_when_idle() -> anyhow::Result<()> {
+    let mut lobby = Lobby::start().await?;
+    let other = IrcUser::connect(lobby.irc_addr, &short_nick(&unique("rg"))).await?;
+    other.join(&lobby.channel).await?;
+    let mut ghosts_in = Vec::new();
+    for who in [&lobby.irc, &other] {
+        let line = unique("before the restart");
+        who.privmsg(&lobby.channel, &line)?;
+        let e = lobby.matrix_sees(&line).await?;
+        ghosts_in.push(e["sender"].as_str().context("sender")?.to_owned());
+    }
+    let before = ghosts(&lobby).await?;
+    for g in &ghosts_in {
+        assert!(before.contains(g), "{g} is in the room before the restart");
+    }
+
+    lobby.stop_gateway().await?;
+    lobby.tweak_config(|c| {
+        *c = c.replace(
+            "[matrix]\n",
+            "[matrix]\nmax_ghosts = 1\nghost_idle_timeout_seconds = 2\n",
+        );
+    });
+    lobby.start_gateway().await?;
+    for g in &ghosts_in {
+        lobby
+            .matrix
+            .wait_for(&lobby.room, WAIT, |r| {
+                r["type"] == "m.room.member"
+                    && r["state_key"].as_str() == Some(g.as_str())
+                    && r["content"]["membership"] == "leave"
+            })
+            .await
+            .with_context(|| format!("{g}, in the room from before the restart, leaves"))?;
+    }
+    let back = unique("after the restart");
+    lobby.irc.privmsg(&lobby.channel, &back)?;
+    lobby
+        .matrix_sees(&back)
+        .await
+        .context("i → m after the restart")?;
+    lobby
+        .xmpp_sees(&back)
+        .await
+        .context("i → x after the restart")?;
+    drop(other);
+    Ok(())
+}

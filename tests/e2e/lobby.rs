@@ -161,6 +161,12 @@ impl Lobby {
         &self.config
     }
 
+    /// Changes the gateway's config text for its next start.
+    #[allow(dead_code)]
+    pub fn tweak_config(&mut self, tweak: impl FnOnce(&mut String)) {
+        tweak(&mut self.config);
+    }
+
     /// Where the gateway keeps its store (open it only while the gateway is stopped).
     pub fn store_dir(&self) -> std::path::PathBuf {
         self.data.path().join("data").join("store")

@@ -381,6 +381,19 @@ impl Client {
             .ok_or_else(|| ClientError::Decode("createRoom answer without room_id".into()))
     }
 
+    /// The users joined to a room, as the bot sees it.
+    pub async fn joined_members(&self, room_id: &str) -> Result<Vec<String>> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            path_segment(room_id)
+        );
+        let v = self.call(Method::GET, &path, &[], Body::None).await?;
+        Ok(v.get("joined")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
     /// A state event's content, `None` when the room has no such state.
     pub async fn state(&self, room_id: &str, kind: &str, key: &str) -> Result<Option<Value>> {
         self.state_as(room_id, kind, key, &[]).await

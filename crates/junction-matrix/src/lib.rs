@@ -610,6 +610,7 @@ pub(crate) async fn ensure_rooms(sh: &Shared) {
         match open_room(sh, &link).await {
             Ok(room_id) => {
                 tracing::info!(room = %link, %room_id, "Matrix room linked.");
+                lifecycle::adopt(sh, &room_id).await;
                 sh.add_room(link, room_id);
             }
             Err(e) if e.transient => {

@@ -7,6 +7,7 @@
 //! message is said by the bot as `<name> text`. Each refusal is counted for `/metrics`
 //! (`junction_errors_total{kind="puppet_cap"}`).
 
+use crate::ids;
 use crate::outbound::{self, DeliverError};
 use crate::puppets::lock;
 use crate::Shared;
@@ -139,6 +140,45 @@ pub(crate) async fn refused(
         _ => Err(DeliverError::Permanent(
             "the sender has no ghost here: the cap of ghosts in rooms is reached".into(),
         )),
+    }
+}
+
+/// Takes on the ghosts already in `room_id` when it is linked (joined before a restart, or
+/// before the room was linked): each counts against the cap as active now, so it leaves once
+/// idle like any other, and those past the cap leave at once. Without this, ghosts from
+/// before a restart were never counted and never left.
+pub(crate) async fn adopt(sh: &Shared, room_id: &str) {
+    let members = match sh.client.joined_members(room_id).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(room = %room_id, error = %e, "Could not list the room's members: ghosts already there are not counted until they speak.");
+            return;
+        }
+    };
+    let now = now_ms();
+    let mut adopted = 0usize;
+    let mut over = Vec::new();
+    for ghost in members
+        .into_iter()
+        .filter(|u| ids::is_ghost(&sh.config.user_prefix, &sh.config.server_name, u))
+    {
+        let key = (ghost.clone(), room_id.to_owned());
+        // A join (`speaks` false) only takes a free slot: it never makes anyone leave.
+        match lock(&sh.lifecycle.cap).admit(&key, now, false) {
+            Admit::Refused => over.push(ghost),
+            Admit::Present | Admit::Free | Admit::Evict(_) => {
+                sh.ghosts.note_joined(&ghost, room_id);
+                adopted += 1;
+            }
+        }
+    }
+    if adopted > 0 || !over.is_empty() {
+        tracing::info!(room = %room_id, adopted, over_the_cap = over.len(), "Ghosts already in the room are counted; those past the cap leave.");
+    }
+    for ghost in over {
+        if let Err(e) = outbound::ghost_leaves(sh, &ghost, room_id).await {
+            tracing::warn!(%ghost, error = ?e, "A ghost past the cap could not leave.");
+        }
     }
 }
 

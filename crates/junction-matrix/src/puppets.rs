@@ -169,6 +169,11 @@ impl Ghosts {
             .len()
     }
 
+    /// Notes that the ghost is in the room already (seen among its members).
+    pub fn note_joined(&self, user_id: &str, room_id: &str) {
+        lock(&self.joined).insert((user_id.to_owned(), room_id.to_owned()));
+    }
+
     /// Forgets that the ghost is in the room (after it left).
     pub fn forget_joined(&self, user_id: &str, room_id: &str) {
         lock(&self.joined).remove(&(user_id.to_owned(), room_id.to_owned()));
