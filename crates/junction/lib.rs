@@ -92,7 +92,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let mut adapter = MatrixAdapter::new(m, store.clone())
             .with_admins(matrix_admins(&config))
             .with_ghost_limits(config.matrix_ghosts)
-            .with_cap_refusals(count_errors(&metrics, "matrix", "puppet_cap", &shutdown));
+            .with_cap_refusals(metrics.counter(&NetworkId::new("matrix"), "puppet_cap"));
         if let Some(url) = &config.matrix_media_url {
             adapter = adapter.with_media_base(url.clone());
         }
@@ -108,8 +108,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .context;
         let adapter = XmppAdapter::new(x, store.clone())
             .with_occupant_limits(config.xmpp_occupants)
-            .with_cap_refusals(count_errors(&metrics, "xmpp", "puppet_cap", &shutdown))
-            .with_refusals(count_errors(&metrics, "xmpp", "unauthorised", &shutdown));
+            .with_cap_refusals(metrics.counter(&NetworkId::new("xmpp"), "puppet_cap"))
+            .with_refusals(metrics.counter(&NetworkId::new("xmpp"), "unauthorised"));
         metrics.follow(
             &NetworkId::new("xmpp"),
             "stanza_too_deep",
@@ -203,34 +203,6 @@ fn matrix_admins(config: &config::Config) -> Vec<String> {
         .filter(|u| u.network.as_str() == "matrix")
         .map(|u| u.user.to_string())
         .collect()
-}
-
-/// A counter an adapter bumps each time it refuses something of `kind` (`puppet_cap`: its
-/// cap of puppets refused someone a puppet; `unauthorised`: an action its sender may not
-/// take); every step shows in `/metrics` as `junction_errors_total{network,kind}`.
-fn count_errors(
-    metrics: &Arc<metrics::Metrics>,
-    network: &str,
-    kind: &'static str,
-    shutdown: &CancellationToken,
-) -> tokio::sync::watch::Sender<u64> {
-    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
-    let (metrics, network, stop) = (metrics.clone(), NetworkId::new(network), shutdown.clone());
-    tokio::spawn(async move {
-        let mut counted = 0u64;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                changed = rx.changed() => if changed.is_err() { break },
-            }
-            let now = *rx.borrow_and_update();
-            for _ in counted..now {
-                metrics.error(&network, kind);
-            }
-            counted = counted.max(now);
-        }
-    });
-    tx
 }
 
 #[cfg(test)]

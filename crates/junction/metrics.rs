@@ -74,8 +74,18 @@ pub struct Metrics {
     store_set_aside: AtomicU64,
     /// (metric, network, kind) → count, for the rare counters of hostile input.
     dropped: Mutex<BTreeMap<(&'static str, NetworkId, &'static str), u64>>,
-    /// Error counters an adapter keeps itself (network, kind, count), read at each render.
-    followed: Mutex<Vec<(NetworkId, &'static str, Arc<AtomicU64>)>>,
+    /// Error counters an adapter keeps itself: (network, kind, count, the count already
+    /// added to the errors), read at each render.
+    followed: Mutex<Vec<Followed>>,
+}
+
+/// A counter kept by an adapter and shown among a network's errors.
+#[derive(Debug)]
+struct Followed {
+    network: NetworkId,
+    kind: &'static str,
+    count: Arc<AtomicU64>,
+    shown: u64,
 }
 
 /// Every series of one network.
@@ -198,13 +208,27 @@ impl Metrics {
         });
     }
 
-    /// Shows `counter`, which an adapter bumps itself, as the errors of `kind` on `network`
-    /// (`junction_errors_total{network,kind}`), read each time the metrics are rendered.
+    /// A counter for an adapter to bump itself, shown among the errors of `kind` on
+    /// `network` (`junction_errors_total{network,kind}`, added to what [`Metrics::error`]
+    /// counts there), read each time the metrics are rendered.
+    pub fn counter(&self, network: &NetworkId, kind: &'static str) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        self.follow(network, kind, count.clone());
+        count
+    }
+
+    /// Shows `counter`, which an adapter bumps itself, among the errors of `kind` on
+    /// `network` (see [`Metrics::counter`]).
     pub fn follow(&self, network: &NetworkId, kind: &'static str, counter: Arc<AtomicU64>) {
         self.followed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((network.clone(), kind, counter));
+            .push(Followed {
+                network: network.clone(),
+                kind,
+                count: counter,
+                shown: 0,
+            });
     }
 
     /// An inbound item from `network` was refused for `reason` and answered as handled.
@@ -251,19 +275,22 @@ impl Metrics {
     /// Every series in the Prometheus text exposition format, version 0.0.4: per metric a
     /// `# HELP` and a `# TYPE` line, then its samples, networks in sorted order.
     pub fn render(&self) -> String {
-        for (network, kind, counter) in self
+        for f in self
             .followed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
+            .iter_mut()
         {
-            let n = counter.load(Ordering::Relaxed);
-            if n > 0 {
-                self.with(network, |s| {
-                    s.errors
+            let n = f.count.load(Ordering::Relaxed);
+            let new = n.saturating_sub(f.shown);
+            if new > 0 {
+                f.shown = n;
+                self.with(&f.network, |s| {
+                    *s.errors
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(kind, n);
+                        .entry(f.kind)
+                        .or_default() += new;
                 });
             }
         }
@@ -892,6 +919,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kind=\"send\"} 1"), "{text}");
+        // Rendering again adds nothing; a counter shares its kind with `error` by adding.
+        let refused = m.counter(&n("xmpp"), "unauthorised");
+        m.error(&n("xmpp"), "unauthorised");
+        refused.fetch_add(2, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("kind=\"stanza_too_deep\"} 3"), "{text}");
+        assert!(text.contains("kind=\"unauthorised\"} 3"), "{text}");
+        refused.fetch_add(1, Ordering::Relaxed);
+        assert!(m.render().contains("kind=\"unauthorised\"} 4"));
     }
 
     #[test]

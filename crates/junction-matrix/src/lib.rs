@@ -91,7 +91,7 @@ pub struct MatrixAdapter {
     private_media: bool,
     admins: HashSet<String>,
     ghost_limits: PuppetLimits,
-    cap_refusals: Option<tokio::sync::watch::Sender<u64>>,
+    cap_refusals: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl MatrixAdapter {
@@ -117,7 +117,7 @@ impl MatrixAdapter {
 
     /// Counts, in `refusals`, every time the cap of ghosts refused someone a ghost (for
     /// `/metrics`).
-    pub fn with_cap_refusals(mut self, refusals: tokio::sync::watch::Sender<u64>) -> Self {
+    pub fn with_cap_refusals(mut self, refusals: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.cap_refusals = Some(refusals);
         self
     }
@@ -279,10 +279,7 @@ impl Shared {
             store,
             client,
             ghosts,
-            lifecycle: lifecycle::Lifecycle::new(
-                PuppetLimits::default(),
-                tokio::sync::watch::Sender::new(0),
-            ),
+            lifecycle: lifecycle::Lifecycle::new(PuppetLimits::default(), Arc::default()),
             media: Arc::new(media),
             rooms: Mutex::new(Rooms::default()),
             names: Mutex::new(lru::LruCache::new(MAX_NAMES)),
@@ -402,11 +399,8 @@ impl Adapter for MatrixAdapter {
         )?;
         sh.private_media = self.private_media;
         sh.admins = self.admins;
-        sh.lifecycle = lifecycle::Lifecycle::new(
-            self.ghost_limits,
-            self.cap_refusals
-                .unwrap_or_else(|| tokio::sync::watch::Sender::new(0)),
-        );
+        sh.lifecycle =
+            lifecycle::Lifecycle::new(self.ghost_limits, self.cap_refusals.unwrap_or_default());
         let sh = Arc::new(sh);
         let status = cx.status;
 

@@ -16,18 +16,18 @@ use junction_core::format::Span;
 use junction_core::{
     Admit, Delivery, EventKind, Message, MessageId, MessageKind, PuppetCap, PuppetLimits,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// The cap and its refusal counter.
 pub(crate) struct Lifecycle {
     cap: Mutex<PuppetCap<(String, String)>>,
-    refused: watch::Sender<u64>,
+    refused: Arc<AtomicU64>,
 }
 
 impl Lifecycle {
-    pub(crate) fn new(limits: PuppetLimits, refused: watch::Sender<u64>) -> Self {
+    pub(crate) fn new(limits: PuppetLimits, refused: Arc<AtomicU64>) -> Self {
         Self {
             cap: Mutex::new(PuppetCap::new(limits)),
             refused,
@@ -51,7 +51,7 @@ impl Lifecycle {
     }
 
     fn note_refusal(&self, ghost: &str) {
-        self.refused.send_modify(|n| *n += 1);
+        self.refused.fetch_add(1, Ordering::Relaxed);
         let (warn, max_ghosts) = {
             let mut cap = lock(&self.cap);
             (cap.warn_now(now_ms()), cap.limits().max)

@@ -55,7 +55,7 @@ impl XmppAdapter {
 
     /// Counts, in `refusals`, every time the cap of occupants refused someone an occupant
     /// (for `/metrics`).
-    pub fn with_cap_refusals(mut self, refusals: tokio::sync::watch::Sender<u64>) -> Self {
+    pub fn with_cap_refusals(mut self, refusals: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.state.cap_refused = refusals;
         self
     }
@@ -63,7 +63,7 @@ impl XmppAdapter {
     /// Counts, in `refused`, every action refused because its sender may not take it: a
     /// moderation announcement (XEP-0425) sent by an occupant rather than the room (for
     /// `/metrics`).
-    pub fn with_refusals(mut self, refused: tokio::sync::watch::Sender<u64>) -> Self {
+    pub fn with_refusals(mut self, refused: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.state.refused = refused;
         self
     }

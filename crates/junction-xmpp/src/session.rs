@@ -235,10 +235,10 @@ pub(crate) struct State {
     /// `[xmpp] max_occupants`, idle ones leave (see [`junction_core::PuppetCap`]).
     pub cap: PuppetCap<(String, String)>,
     /// Counts every refusal of the cap, for `/metrics`.
-    pub cap_refused: tokio::sync::watch::Sender<u64>,
+    pub cap_refused: Arc<AtomicU64>,
     /// Counts every action refused because its sender may not take it (a moderation
     /// announcement forged by an occupant), for `/metrics`.
-    pub refused: tokio::sync::watch::Sender<u64>,
+    pub refused: Arc<AtomicU64>,
     /// When a refusal was last logged as a warning (then at most once a minute; the others
     /// at debug level, all of them counted), so a flood of forgeries cannot flood the log.
     refusal_warned: Option<Instant>,
@@ -288,8 +288,8 @@ impl State {
             cut_deep: Arc::default(),
             adhoc: crate::adhoc::Sessions::new(),
             cap: PuppetCap::new(PuppetLimits::default()),
-            cap_refused: tokio::sync::watch::Sender::new(0),
-            refused: tokio::sync::watch::Sender::new(0),
+            cap_refused: Arc::default(),
+            refused: Arc::default(),
             refusal_warned: None,
         }
     }
@@ -1224,7 +1224,8 @@ async fn admit_occupant(
             Some(true)
         }
         Admit::Refused => {
-            st.cap_refused.send_modify(|n| *n += 1);
+            st.cap_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if st.cap.warn_now(now_ms()) {
                 tracing::warn!(max_occupants = st.cap.limits().max, "xmpp: the cap of puppet occupants is reached: a newcomer gets no occupant (their messages are said by the gateway's own occupant). Further refusals are counted in /metrics only.");
             } else {
@@ -2236,7 +2237,8 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
         }
         Parsed::Ignored(why) => tracing::debug!(why, "xmpp: stanza not bridged"),
         Parsed::Refused(why) => {
-            st.refused.send_modify(|n| *n += 1);
+            st.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if st
                 .refusal_warned
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
