@@ -15,6 +15,7 @@ pub mod format;
 pub mod ids;
 pub mod limits;
 pub mod puppet_cap;
+pub mod queue;
 pub mod router;
 
 pub use adapter::{

@@ -1482,7 +1482,7 @@ impl Adapter for IrcAdapter {
             ready: false,
             resumed: true,
             pending: None,
-            bot_queue: FairQueue::default(),
+            bot_queue: crate::fair::bot_queue(),
             held: VecDeque::new(),
             unwritten: HashMap::new(),
             puppets: HashMap::new(),

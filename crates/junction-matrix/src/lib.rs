@@ -476,7 +476,7 @@ impl Adapter for MatrixAdapter {
                     None => break,
                 },
             }
-            while let Some((room, d)) = queues.next() {
+            while let Some((room, d)) = queues.start_next() {
                 let task = serving.spawn(handle_delivery(
                     sh.clone(),
                     d,
