@@ -448,10 +448,17 @@ impl XmppUser {
     }
 
     async fn admin(&self, room: &str, item: &str) -> anyhow::Result<Element> {
+        let payload = format!("<query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query>");
+        self.iq_set(room, &payload, "muc#admin").await
+    }
+
+    /// Sends an IQ set carrying `payload` to `to` and waits for its answer; an error answer
+    /// is an error naming `what`.
+    async fn iq_set(&self, to: &str, payload: &str, what: &str) -> anyhow::Result<Element> {
         let id = self.next_id();
         self.send_raw(&format!(
-            "<iq type='set' to='{}' id='{id}'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>",
-            escape(room)
+            "<iq type='set' to='{}' id='{id}'>{payload}</iq>",
+            escape(to)
         ))?;
         let r = self
             .wait_for(Duration::from_secs(15), |e| {
@@ -459,7 +466,7 @@ impl XmppUser {
             })
             .await?;
         if r.attr("type") != Some("result") {
-            anyhow::bail!("muc#admin refused: {}", String::from(&r));
+            anyhow::bail!("{what} refused: {}", String::from(&r));
         }
         Ok(r)
     }
@@ -514,26 +521,15 @@ impl XmppUser {
         stanza_id: &str,
         reason: &str,
     ) -> anyhow::Result<Element> {
-        let id = self.next_id();
-        self.send_raw(&format!(
-            "<iq type='set' to='{}' id='{id}'>\
-             <apply-to xmlns='urn:xmpp:fasten:0' id='{}'>\
+        let payload = format!(
+            "<apply-to xmlns='urn:xmpp:fasten:0' id='{}'>\
              <moderate xmlns='urn:xmpp:message-moderate:0'>\
              <retract xmlns='urn:xmpp:message-retract:0'/><reason>{}</reason>\
-             </moderate></apply-to></iq>",
-            escape(room),
+             </moderate></apply-to>",
             escape(stanza_id),
             escape(reason)
-        ))?;
-        let r = self
-            .wait_for(Duration::from_secs(15), |e| {
-                e.name() == "iq" && e.attr("id") == Some(id.as_str())
-            })
-            .await?;
-        if r.attr("type") != Some("result") {
-            anyhow::bail!("moderation refused: {}", String::from(&r));
-        }
-        Ok(r)
+        );
+        self.iq_set(room, &payload, "moderation").await
     }
 
     /// Everything received since binding.
