@@ -4,6 +4,7 @@
 
 use anyhow::Context as _;
 use junction_testkit::clients::XmppUser;
+use junction_testkit::gateway;
 use junction_testkit::servers::{servers, slot, PrivateServer};
 use junction_testkit::unique;
 use std::time::Duration;
@@ -35,30 +36,10 @@ async fn a_room_the_gateway_creates_is_unlocked_for_people() -> anyhow::Result<(
     let room = format!("{name}@{}", private.xmpp.muc);
     let data = tempfile::tempdir()?;
     let config = format!(
-        r#"
-[gateway]
-data_dir = "data"
-
-[xmpp]
-component = "{component}"
-server = "{server}"
-secret = "{secret}"
-
-[irc.local]
-server = "{irc}"
-nick = "jt{index}gw"
-max_puppets = 50
-
-[[bridge]]
-name = "made"
-xmpp = "{room}"
-irc = "local/#{name}"
-"#,
-        component = slot.component,
-        server = private.xmpp.component,
-        secret = slot.component_secret,
-        irc = shared.inspircd,
-        index = slot.index,
+        "\n[gateway]\ndata_dir = \"data\"\n{}{}{}",
+        gateway::xmpp_section(&private, &slot),
+        gateway::irc_section(shared.inspircd, &slot),
+        gateway::bridge("made", None, Some(&room), Some(&format!("local/#{name}"))),
     );
     let config = junction::config::parse(&config, "made.toml", data.path(), &|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
