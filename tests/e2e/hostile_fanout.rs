@@ -319,28 +319,42 @@ async fn a_flood_from_one_person_is_cut_and_others_still_cross() -> anyhow::Resu
     relays_now_and_after_a_restart(&mut lobby, "after a flood from IRC and XMPP").await
 }
 
+/// A second public Matrix room (made by alice) and the IRC channel to link it with, for a
+/// second bridge beside the lobby's.
+async fn second_room() -> anyhow::Result<(String, String)> {
+    let s = servers().await?;
+    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
+    let second = unique("second");
+    let room = owner
+        .create_room(Some(&second), true)
+        .await
+        .context("creating the second Matrix room")?;
+    Ok((room, format!("#{second}")))
+}
+
+/// The `[[bridge]]` linking [`second_room`]'s room and channel.
+fn second_bridge(room: &str, channel: &str) -> String {
+    junction_testkit::gateway::bridge(
+        "second",
+        Some(room),
+        None,
+        Some(&format!("local/{channel}")),
+    )
+}
+
 /// Two linked rooms, IRC relayed by the bot alone (`mode = "relay"`) at one line a second:
 /// 30 lines said in one Matrix room, then one in the other. On IRC the other room's line
 /// goes out before the busy room's backlog is through (the bot serves the channels in turn),
 /// and the whole backlog still arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_room_does_not_hold_back_another_on_irc() -> anyhow::Result<()> {
-    let s = servers().await?;
-    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
-    let second = unique("second");
-    let room2 = owner
-        .create_room(Some(&second), true)
-        .await
-        .context("creating the second Matrix room")?;
-    let chan2 = format!("#{second}");
+    let (room2, chan2) = second_room().await?;
     let lobby = Lobby::start_with(|c| {
         *c = c
             .replace("mode = \"puppet\"", "mode = \"relay\"")
             .replace("lines_per_second = 20.0", "lines_per_second = 1.0")
             .replace("burst = 50", "burst = 1");
-        c.push_str(&format!(
-            "\n[[bridge]]\nname = \"second\"\nmatrix = \"{room2}\"\nirc = \"local/{chan2}\"\n"
-        ));
+        c.push_str(&second_bridge(&room2, &chan2));
     })
     .await?;
     lobby.irc.join(&chan2).await?;
@@ -504,22 +518,13 @@ impl SlowServer {
 /// it in its own room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_attachment_does_not_hold_back_another_matrix_room() -> anyhow::Result<()> {
-    let s = servers().await?;
-    let owner = junction_testkit::clients::MatrixUser::login(s, "alice", "alicepw").await?;
-    let second = unique("second");
-    let room2 = owner
-        .create_room(Some(&second), true)
-        .await
-        .context("creating the second Matrix room")?;
-    let chan2 = format!("#{second}");
+    let (room2, chan2) = second_room().await?;
     let name = format!("{}.txt", unique("slow"));
     let file = SlowServer::start(&name, "held back, then served").await?;
     let lobby = Lobby::start_with(|c| {
         // The file server is on 127.0.0.1, which the gateway refuses by default.
         *c = c.replace("[matrix]\n", "[matrix]\nprivate_attachment_urls = true\n");
-        c.push_str(&format!(
-            "\n[[bridge]]\nname = \"second\"\nmatrix = \"{room2}\"\nirc = \"local/{chan2}\"\n"
-        ));
+        c.push_str(&second_bridge(&room2, &chan2));
     })
     .await?;
     lobby.irc.join(&chan2).await?;
