@@ -82,7 +82,10 @@ pub fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Doctor => ExitCode::from(crate::doctor::main(&config, &cli.config)),
+        Command::Doctor => match runtime() {
+            Some(rt) => ExitCode::from(crate::doctor::main(&rt, &config, &cli.config)),
+            None => ExitCode::from(crate::doctor::EXIT_ERRORS),
+        },
         Command::Registration => match &config.matrix {
             Some(m) => {
                 print!("{}", registration_yaml(m, &matrix_aliases(&config)));
@@ -101,21 +104,29 @@ pub fn main() -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     init_tracing(config.gateway.log.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("junction: could not start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_FAILURE);
     };
     match runtime.block_on(crate::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "The gateway failed.");
             ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// The multi-threaded runtime `run` and `doctor` work on; None (said on stderr) when it can
+/// not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("junction: could not start the runtime: {e}");
+            None
         }
     }
 }

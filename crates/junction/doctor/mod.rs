@@ -68,7 +68,7 @@ impl Report {
     /// 0 when every check passed, 1 when there are warnings only, 2 when any check failed.
     pub fn exit_code(&self) -> u8 {
         match self.findings.iter().map(|f| f.level).max() {
-            Some(Level::Error) => 2,
+            Some(Level::Error) => EXIT_ERRORS,
             Some(Level::Warning) => 1,
             _ => 0,
         }
@@ -229,18 +229,12 @@ pub async fn doctor(config: &Config) -> Report {
     report
 }
 
-/// `junction doctor`: runs the checks, prints one line per check, returns the exit status.
-pub fn main(config: &Config, file: &std::path::Path) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("junction: could not start the runtime: {e}");
-            return 2;
-        }
-    };
+/// The exit status when any check (or the doctor itself) found an error.
+pub const EXIT_ERRORS: u8 = 2;
+
+/// `junction doctor`: runs the checks on `runtime`, prints one line per check, returns the
+/// exit status.
+pub fn main(runtime: &tokio::runtime::Runtime, config: &Config, file: &std::path::Path) -> u8 {
     println!(
         "{}: config OK; checking the servers (short-lived connections of the doctor's own; \
          a running gateway is left alone)",
