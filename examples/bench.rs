@@ -377,10 +377,6 @@ struct Bench {
     phase: u32,
 }
 
-fn irc_bot(slot: &SlotGuard) -> String {
-    junction_testkit::gateway::bot_nick(slot)
-}
-
 /// The benchmark's gateway: no membership relaying, no per-sender limit (one user per network
 /// sends as fast as the gateway takes it), IRC flood control out of the way, and two bridges.
 #[allow(clippy::too_many_arguments)]
@@ -530,7 +526,7 @@ impl Bench {
             async move { ok.then_some(()) }
         })
         .await?;
-        let bot = irc_bot(&self.slot);
+        let bot = junction_testkit::gateway::bot_nick(&self.slot);
         for chan in [&self.fast_chan, &self.mx_chan] {
             self.irc
                 .wait_for(Duration::from_secs(60), |m| {
@@ -992,7 +988,7 @@ async fn puppet_phase(b: &mut Bench, args: &Args, out: &mut String) -> anyhow::R
         };
         // Puppets that joined, seen by the IRC user in the channel.
         let chan = b.fast_chan.clone();
-        let bot = irc_bot(&b.slot);
+        let bot = junction_testkit::gateway::bot_nick(&b.slot);
         let joined = b
             .irc
             .backlog()

@@ -3,7 +3,7 @@
 //! a stranger the refusal), links a channel in two steps (form, then submission), cancels a
 //! form, and is refused for an unknown node or a stale session.
 
-use crate::lobby::{irc_bot_nick, short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use irc_proto::Command;
 use junction_testkit::clients::irc::source_nick;
@@ -178,7 +178,7 @@ async fn xmpp_clients_list_and_run_the_admin_commands() -> anyhow::Result<()> {
     let text = notes(done);
     assert!(text.contains("Linked") && text.contains(&chan), "{text}");
     // It took effect: the IRC bot joins the channel and the lobby hears about it.
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     lobby
         .irc
         .wait_for(WAIT, |m| {

@@ -4,7 +4,7 @@
 //! is not an admin is refused; links made and taken back take effect at once; a ban reaches
 //! all three servers.
 
-use crate::lobby::{irc_bot_nick, short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use irc_proto::Command;
 use junction_testkit::clients::irc::source_nick;
@@ -65,7 +65,7 @@ pub(crate) async fn irc_command(
     text: &str,
     expect: &str,
 ) -> anyhow::Result<String> {
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     let before = user.backlog().len();
     user.privmsg(&bot, text)?;
     junction_testkit::eventually(WAIT, &format!("the IRC bot's answer to {text:?}"), || {
@@ -204,7 +204,7 @@ async fn irc_admin_links_and_unlinks_and_a_stranger_is_refused() -> anyhow::Resu
     admin.join(&chan).await?;
     let linked = irc_command(&lobby, admin, &format!("link lobby local/{chan}"), "Linked").await?;
     assert!(linked.contains(&chan), "{linked}");
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     admin
         .wait_for(WAIT, |m| {
             matches!(&m.command, Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&chan))
@@ -253,7 +253,7 @@ async fn ban_reaches_all_three_servers() -> anyhow::Result<()> {
     let lobby = admins.lobby().await?;
     let admin = &admins.irc;
     let troll = lobby.irc.nick().to_owned();
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
 
     // The troll speaks first, so they have a ghost on Matrix and an occupant in the MUC.
     let hello = unique("troll says hi");

@@ -3,7 +3,7 @@
 //! nothing is relayed afterwards.
 
 use crate::admin::{irc_command, matrix_announcement, Admins};
-use crate::lobby::{irc_bot_nick, Lobby};
+use crate::lobby::Lobby;
 use anyhow::Context as _;
 use irc_proto::Command;
 use junction_testkit::clients::irc::source_nick;
@@ -20,7 +20,7 @@ const QUIET: Duration = Duration::from_secs(5);
 /// announcements as notices) and for the bot's PART of the channel; returns their places in
 /// the IRC user's backlog (announcement, part).
 async fn irc_announced_then_parted(lobby: &Lobby, text: &str) -> anyhow::Result<(usize, usize)> {
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     let channel = lobby.channel.clone();
     junction_testkit::eventually(WAIT, &format!("{text:?} and the bot's PART on IRC"), || {
         let backlog = lobby.irc.backlog();

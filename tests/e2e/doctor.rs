@@ -2,7 +2,7 @@
 //! token or secret, a port nothing listens on, a missing room, a taken nick, a bot without
 //! power), one all-good run that exits 0, and the binary's exit status.
 
-use crate::lobby::{irc_bot_nick, short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby};
 use junction::doctor::{doctor, Level, Report};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
@@ -297,7 +297,7 @@ async fn doctor_all_good() -> anyhow::Result<()> {
 
     // Beside a running gateway: the bot keeps its nick and the gateway its component.
     lobby.start_gateway().await?;
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     lobby.irc.mode(&lobby.channel, "+o", &[&bot])?;
     lobby
         .irc
@@ -310,7 +310,10 @@ async fn doctor_all_good() -> anyhow::Result<()> {
     let text = r.render();
     let nick = r.of("irc:local", "nick").next().map(|f| f.level);
     assert_eq!(nick, Some(Level::Ok), "{text}");
-    assert!(text.contains(&irc_bot_nick(&lobby.slot)), "{text}");
+    assert!(
+        text.contains(&junction_testkit::gateway::bot_nick(&lobby.slot)),
+        "{text}"
+    );
     // A gateway elsewhere (its store not this config's): the server refuses the doctor's
     // component login as a conflict and keeps the gateway's.
     expect(&r, "xmpp", "component", Level::Ok)?;

@@ -20,7 +20,7 @@
 //! The bad-input tests go through the in-process lobby (`super::lobby::Lobby`): each sends
 //! something malformed or hostile and then a normal line that must still cross.
 
-use super::lobby::{irc_bot_nick, short_nick, Lobby};
+use super::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use junction_testkit::clients::irc::source_nick;
 use junction_testkit::clients::xmpp::{body, from_nick};
@@ -240,7 +240,7 @@ impl Rig {
     /// seen by our IRC connections (a new one after an IRC server restart).
     async fn wait_irc_bot(&self, times: usize) -> anyhow::Result<()> {
         let starts = times;
-        let bot = irc_bot_nick(&self.slot).to_ascii_lowercase();
+        let bot = junction_testkit::gateway::bot_nick(&self.slot).to_ascii_lowercase();
         let joins_before: usize = self.irc[..self.irc.len() - 1]
             .iter()
             .map(|c| self.bot_joins(c, &bot))
@@ -256,7 +256,7 @@ impl Rig {
     /// Waits until our newest IRC connection sees the gateway's bot in the channel: its
     /// JOIN, or its nick in the NAMES reply to our own join.
     async fn wait_irc_bot_present(&self) -> anyhow::Result<()> {
-        let bot = irc_bot_nick(&self.slot).to_ascii_lowercase();
+        let bot = junction_testkit::gateway::bot_nick(&self.slot).to_ascii_lowercase();
         eventually(WAIT, "the gateway's bot back in the IRC channel", || {
             let joined = self.bot_joins(self.irc(), &bot) > 0;
             let named = self.irc().backlog().iter().any(|m| match &m.command {

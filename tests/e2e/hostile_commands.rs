@@ -3,7 +3,7 @@
 //! `help`, strangers' commands and the audit trail, an uploaded `text/html` fetched through
 //! the media proxy. Each time the gateway stays up and the lobby keeps relaying.
 
-use crate::lobby::{irc_bot_nick, short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use irc_proto::Command;
 use junction_store::Store as _;
@@ -56,7 +56,7 @@ pub async fn invite_is_declined(lobby: &Lobby, user: &MatrixUser) -> anyhow::Res
 
 /// NOTICE lines the IRC bot sent `user` so far.
 fn bot_notices(lobby: &Lobby, user: &IrcUser) -> Vec<String> {
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     user.backlog()
         .iter()
         .filter(|m| source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&bot)))
@@ -75,7 +75,7 @@ async fn irc_command(
     expect: &str,
 ) -> anyhow::Result<()> {
     let before = bot_notices(lobby, user).len();
-    user.privmsg(&irc_bot_nick(&lobby.slot), text)?;
+    user.privmsg(&junction_testkit::gateway::bot_nick(&lobby.slot), text)?;
     junction_testkit::eventually(WAIT, &format!("the IRC bot's answer to {text:?}"), || {
         let found = bot_notices(lobby, user)
             .iter()
@@ -125,7 +125,7 @@ async fn a_flood_of_help_neither_stalls_the_bot_nor_reaches_the_audit_trail() ->
     // A stranger's command is refused (and will not be audited).
     irc_command(&lobby, flooder, "close lobby", "Refused").await?;
 
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     let before = bot_notices(&lobby, flooder).len();
     for _ in 0..200 {
         flooder.privmsg(&bot, "help")?;

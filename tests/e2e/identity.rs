@@ -10,7 +10,7 @@
 //! (`junction-irc` `inbound` tests); the ban side by `admin::ban_tests`.
 
 use crate::admin::{irc_command, Admins};
-use crate::lobby::{irc_bot_nick, short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use irc_proto::Command;
 use junction_core::NetworkId;
@@ -143,7 +143,7 @@ async fn refused_at_the_gateway(lobby: &Lobby, troll: &IrcUser, line: &str) -> a
 
 /// The bot never set a ban on IRC: it holds no power there.
 fn bot_set_no_ban(lobby: &Lobby) {
-    let bot = irc_bot_nick(&lobby.slot);
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     assert!(
         !lobby.irc.backlog().iter().any(|m| {
             source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&bot))

@@ -217,7 +217,7 @@ impl Lobby {
             async move { found.then_some(()) }
         })
         .await?;
-        let irc_bot = irc_bot_nick(&self.slot);
+        let irc_bot = junction_testkit::gateway::bot_nick(&self.slot);
         junction_testkit::eventually(WAIT, "the gateway's bot in the IRC channel", || {
             let found = self.irc.backlog().into_iter().skip(irc_mark).any(|m| {
                 matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&self.channel))
@@ -282,11 +282,6 @@ impl Drop for Lobby {
             shutdown.cancel();
         }
     }
-}
-
-/// The bot nick a slot's gateway uses on IRC (9 characters at most, for ngIRCd).
-pub fn irc_bot_nick(slot: &SlotGuard) -> String {
-    junction_testkit::gateway::bot_nick(slot)
 }
 
 /// A nick short enough for every test server.

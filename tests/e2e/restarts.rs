@@ -12,7 +12,7 @@
 //! a crashing server may lose what it had not processed yet.
 
 use super::faults::{bad_directions, line, parse_line, print_figures, tally, Figures, Net};
-use super::lobby::{irc_bot_nick, short_nick};
+use super::lobby::short_nick;
 use anyhow::Context as _;
 use junction_testkit::clients::irc::source_nick;
 use junction_testkit::clients::xmpp::{body, escape, from_nick, stanza_id};
@@ -149,7 +149,7 @@ async fn irc_user(servers: &Servers, channel: &str) -> anyhow::Result<IrcUser> {
 
 /// Waits until `irc` has seen the gateway's bot join `channel`.
 async fn wait_irc_bot(irc: &IrcUser, slot: &SlotGuard, channel: &str) -> anyhow::Result<()> {
-    let bot = irc_bot_nick(slot).to_ascii_lowercase();
+    let bot = junction_testkit::gateway::bot_nick(slot).to_ascii_lowercase();
     eventually(WAIT, "the gateway's bot in the IRC channel", || {
         let found = irc.backlog().iter().any(|m| {
             matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(channel))
