@@ -461,7 +461,7 @@ impl Bench {
         let health = Arc::new(Health::new(nets.clone()));
         let shutdown = CancellationToken::new();
         let taps = Taps::default();
-        let mut hub = Hub::new();
+        let mut hub = Hub::new(store.clone());
         let mut adapters = tokio::task::JoinSet::new();
         let m = config.matrix.clone().context("matrix section")?;
         let (cx, _) = tap(

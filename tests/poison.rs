@@ -173,7 +173,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
     let store = Arc::new(Failing::default());
     let metrics = Arc::new(Metrics::new([xmpp.clone(), irc.clone()]));
     let shutdown = CancellationToken::new();
-    let mut hub = Hub::new();
+    let mut hub = Hub::new(store.clone());
     let cx = hub.attach(xmpp.clone(), &router, &shutdown).context;
     let _irc = hub.attach(irc.clone(), &router, &shutdown).context;
     let parts = Parts {

@@ -64,17 +64,13 @@ pub struct Hub {
     commands_rx: mpsc::Receiver<Command>,
     statuses: HashMap<NetworkId, watch::Receiver<NetworkStatus>>,
     puppets: HashMap<NetworkId, watch::Receiver<usize>>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
+    store: Arc<dyn Store>,
+    pastes: Option<Arc<dyn junction_core::Pastes>>,
 }
 
 impl Hub {
-    /// A hub with no adapters attached yet.
-    pub fn new() -> Self {
+    /// A hub with no adapters attached yet, handing each adapter its part of `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -89,7 +85,15 @@ impl Hub {
             delivered_rx,
             outboxes: HashMap::new(),
             rooms: HashMap::new(),
+            store,
+            pastes: None,
         }
+    }
+
+    /// Where adapters attached from now on keep the whole text of long messages.
+    pub fn with_pastes(mut self, pastes: Arc<dyn junction_core::Pastes>) -> Self {
+        self.pastes = Some(pastes);
+        self
     }
 
     /// Creates the channels for one network's adapter. Deliveries reach the adapter through an
@@ -122,6 +126,7 @@ impl Hub {
         self.statuses.insert(network.clone(), status_rx);
         let (puppets_tx, puppets_rx) = watch::channel(0);
         self.puppets.insert(network.clone(), puppets_rx);
+        let store = junction_store::scoped(self.store.clone(), network.clone());
         Attached {
             context: AdapterContext {
                 network,
@@ -137,6 +142,8 @@ impl Hub {
                 commands: self.commands_tx.clone(),
                 status: status_tx,
                 puppets: puppets_tx,
+                store,
+                pastes: self.pastes.clone(),
             },
         }
     }

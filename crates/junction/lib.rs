@@ -83,7 +83,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
     let health = Arc::new(metrics::Health::new(networks));
 
-    let mut hub = gateway::Hub::new();
+    let mut hub = gateway::Hub::new(store.clone());
     let mut adapters = tokio::task::JoinSet::new();
     if let Some(m) = config.matrix.clone() {
         let cx = hub

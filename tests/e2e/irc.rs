@@ -69,7 +69,10 @@ fn start_with(
     let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(channel)]);
     let shutdown = CancellationToken::new();
     let mut cx = AdapterContext::standalone(
-        NetworkId::new("irc:e2e"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("irc:e2e"),
+        ),
         in_tx,
         d_rx,
         ok_tx,

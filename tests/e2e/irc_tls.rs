@@ -290,7 +290,10 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(&channel)]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        NetworkId::new("irc:tls"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("irc:tls"),
+        ),
         in_tx,
         d_rx,
         ok_tx,

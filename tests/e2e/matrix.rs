@@ -115,7 +115,10 @@ fn start_with_admins(
         commands: commands_tx,
         status: status_tx,
         ..AdapterContext::standalone(
-            NetworkId::new("matrix"),
+            junction_store::scoped(
+                Arc::new(junction_store::MemStore::new()),
+                NetworkId::new("matrix"),
+            ),
             inbound_tx,
             deliveries_rx,
             delivered_tx,

@@ -61,7 +61,10 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        NetworkId::new("xmpp"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("xmpp"),
+        ),
         in_tx,
         d_rx,
         done_tx,
@@ -188,7 +191,10 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        NetworkId::new("xmpp"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("xmpp"),
+        ),
         in_tx,
         d_rx,
         done_tx,
@@ -286,7 +292,10 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        NetworkId::new("xmpp"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("xmpp"),
+        ),
         in_tx,
         d_rx,
         done_tx,
@@ -372,7 +381,10 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        NetworkId::new("xmpp"),
+        junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("xmpp"),
+        ),
         in_tx,
         d_rx,
         done_tx,
@@ -467,6 +479,11 @@ impl Running {
             commands: cmd_tx,
             status: status_tx,
             puppets: watch::channel(0).0,
+            store: junction_store::scoped(
+                Arc::new(junction_store::MemStore::new()),
+                NetworkId::new("xmpp"),
+            ),
+            pastes: None,
         };
         let task = tokio::spawn(adapter.run(cx));
         let seen: Arc<Mutex<Vec<Event>>> = Arc::default();

@@ -7,8 +7,11 @@
 
 use crate::event::Event;
 use crate::ids::{BridgeName, EventId, MessageId, NetworkId, RoomId, RoomRef, UserRef};
+use crate::store::{AdapterStore, Pastes};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +106,19 @@ pub struct Delivery {
     pub target_ids: Vec<MessageId>,
 }
 
+impl Delivery {
+    /// The one answer to this delivery: the ids the target network gave what was rendered,
+    /// or why it was given up.
+    pub fn answer(&self, outcome: Result<Vec<MessageId>, String>) -> Delivered {
+        Delivered {
+            outbox_id: self.outbox_id,
+            target: self.target.clone(),
+            event: self.event.id.clone(),
+            outcome,
+        }
+    }
+}
+
 /// The one answer to a [`Delivery`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivered {
@@ -141,19 +157,26 @@ pub struct AdapterContext {
     /// How many puppets (IRC connections, MUC occupants, Matrix ghosts in rooms) the adapter
     /// has on its network right now, for `/metrics`.
     pub puppets: watch::Sender<usize>,
+    /// The adapter's own part of the store (see [`crate::store`]).
+    pub store: Arc<dyn AdapterStore>,
+    /// Where the whole text of a message too long for this network can be kept and linked
+    /// (`None` when the gateway serves no public pages).
+    pub pastes: Option<Arc<dyn Pastes>>,
 }
 
 impl AdapterContext {
-    /// A context wired to nothing but the given channels: commands go nowhere and status is
-    /// only kept. For tests and tools that run one adapter alone.
+    /// A context wired to nothing but the given channels and store handle: commands go
+    /// nowhere, status is only kept, there are no pastes. For tests and tools that run one
+    /// adapter alone.
     pub fn standalone(
-        network: NetworkId,
+        store: Arc<dyn AdapterStore>,
         inbound: mpsc::Sender<Inbound>,
         deliveries: mpsc::Receiver<Delivery>,
         delivered: mpsc::UnboundedSender<Delivered>,
         rooms: watch::Receiver<Vec<RoomId>>,
         shutdown: CancellationToken,
     ) -> Self {
+        let network = store.network().clone();
         let (commands, _) = mpsc::channel(1);
         let (status, _) = watch::channel(NetworkStatus::Connecting);
         let (puppets, _) = watch::channel(0);
@@ -167,7 +190,49 @@ impl AdapterContext {
             commands,
             status,
             puppets,
+            store,
+            pastes: None,
         }
+    }
+
+    /// Sends a command line typed by someone on this network to the gateway and waits for
+    /// the answer, at most [`COMMAND_TIMEOUT`]. `Err` carries the words to tell the sender
+    /// when there is no answer. An empty answer means the command was ignored (its sender is
+    /// over the rate limit): send nothing back.
+    pub async fn ask(
+        &self,
+        from: Vec<UserRef>,
+        display_name: String,
+        text: String,
+    ) -> Result<String, String> {
+        ask(&self.commands, from, display_name, text).await
+    }
+}
+
+/// How long an admin command may take before its sender is told there was no answer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`AdapterContext::ask`] for a task that holds only a clone of the commands channel.
+pub async fn ask(
+    commands: &mpsc::Sender<Command>,
+    from: Vec<UserRef>,
+    display_name: String,
+    text: String,
+) -> Result<String, String> {
+    let (reply, answer) = oneshot::channel();
+    let command = Command {
+        from,
+        display_name,
+        text,
+        reply,
+    };
+    if commands.send(command).await.is_err() {
+        return Err("The gateway does not take commands here.".to_owned());
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(_)) => Err("The gateway dropped the command.".to_owned()),
+        Err(_) => Err("No answer from the gateway in time.".to_owned()),
     }
 }
 

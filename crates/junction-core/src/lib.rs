@@ -17,6 +17,7 @@ pub mod limits;
 pub mod puppet_cap;
 pub mod queue;
 pub mod router;
+pub mod store;
 
 pub use adapter::{
     Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
@@ -29,3 +30,4 @@ pub use ids::{
 };
 pub use puppet_cap::{Admit, PuppetCap, PuppetLimits};
 pub use router::{Link, RefResolver, Router};
+pub use store::{AdapterStore, Pastes, StoreError, StoreResult};

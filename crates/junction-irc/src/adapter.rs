@@ -1642,7 +1642,10 @@ mod tests {
         let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
         let shutdown = CancellationToken::new();
         let cx = AdapterContext::standalone(
-            NetworkId::new("irc:fake"),
+            junction_store::scoped(
+                Arc::new(junction_store::MemStore::new()),
+                NetworkId::new("irc:fake"),
+            ),
             in_tx,
             d_rx,
             ok_tx,
@@ -1749,6 +1752,11 @@ mod tests {
             commands: cmd_tx,
             status: status_tx,
             puppets: tokio::sync::watch::channel(0).0,
+            store: junction_store::scoped(
+                Arc::new(junction_store::MemStore::new()),
+                NetworkId::new("irc:fake"),
+            ),
+            pastes: None,
         };
         tokio::spawn(adapter.run(cx));
         Harness {
@@ -1781,7 +1789,10 @@ mod tests {
         let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
         let shutdown = CancellationToken::new();
         let cx = AdapterContext::standalone(
-            NetworkId::new("irc:fake"),
+            junction_store::scoped(
+                Arc::new(junction_store::MemStore::new()),
+                NetworkId::new("irc:fake"),
+            ),
             in_tx,
             d_rx,
             ok_tx,

@@ -10,11 +10,13 @@ use junction_core::router::{Link, Planned, RefResolver};
 use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};
 
 mod mem;
+mod scoped;
 mod sled_store;
 #[cfg(test)]
 mod tests;
 
 pub use mem::MemStore;
+pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
 
 /// Compact key: parts joined by NUL (ids never contain NUL).
@@ -60,25 +62,7 @@ pub(crate) fn encode_row(row: &Delivery) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// What a store operation can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The backend failed (disk, corruption).
-    #[error("store backend: {0}")]
-    Backend(String),
-    /// A record could not be (de)serialised.
-    #[error("store record: {0}")]
-    Codec(String),
-}
-
-impl StoreError {
-    /// True when the record itself is at fault (it cannot be encoded, or would not read back):
-    /// trying again cannot help, so the item that carried it is refused rather than retried.
-    /// A backend error (disk full, I/O) is not permanent.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, StoreError::Codec(_))
-    }
-}
+pub use junction_core::store::StoreError;
 
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
