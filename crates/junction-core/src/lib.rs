@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod authority;
 pub mod clock;
+pub mod doctor;
 pub mod event;
 pub mod format;
 pub mod ids;
