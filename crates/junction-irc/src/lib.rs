@@ -33,6 +33,7 @@ mod adapter;
 pub mod bucket;
 pub mod commands;
 pub mod config;
+pub mod doctor;
 pub mod fair;
 pub mod history;
 pub mod inbound;

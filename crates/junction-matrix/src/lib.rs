@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod ids;
 pub mod inbound;
 mod lifecycle;

@@ -7,6 +7,7 @@
 pub mod adhoc;
 pub mod config;
 pub mod depth;
+pub mod doctor;
 pub mod inbound;
 pub mod jid;
 pub mod outbound;

@@ -8,14 +8,13 @@
 //! keeps its connection as the server refuses the doctor's (reported); on Matrix it only
 //! reads, and answers the homeserver's ping itself for a moment when nothing listens on
 //! `[matrix] listen`. No secret is printed.
-
-mod irc;
-mod matrix;
-mod xmpp;
+//!
+//! The findings and the report are `junction_core::doctor`'s; each network's checks are its
+//! adapter crate's `doctor` module. Here: the run over the config's networks
+//! (`check_networks`) and the printing.
 
 use crate::config::Config;
 pub use junction_core::doctor::{Finding, Level, Report, EXIT_ERRORS};
-use junction_core::doctor::{Findings, TIMEOUT};
 
 /// The rooms of `network` (`matrix`, `xmpp`, `irc:local`) named by the config's bridges, each
 /// once, in bridge order.
@@ -43,40 +42,29 @@ async fn gateway_holds_store(config: &Config) -> bool {
     .unwrap_or(false)
 }
 
-/// Runs every check of every configured network.
-pub async fn doctor(config: &Config) -> Report {
-    let mut report = Report::default();
+/// Runs each configured network's checks (its adapter crate's `doctor::check`), in the order
+/// Matrix, XMPP, then each IRC network as configured, under the network's name in `report`.
+async fn check_networks(config: &Config, report: &mut Report) {
     if let Some(m) = &config.matrix {
-        matrix::check(
-            m,
-            &linked_rooms(config, "matrix"),
-            &mut report.network("matrix"),
-        )
-        .await;
+        let rooms = linked_rooms(config, "matrix");
+        junction_matrix::doctor::check(m, &rooms, &mut report.network("matrix")).await;
     }
     if let Some(x) = &config.xmpp {
+        let rooms = linked_rooms(config, "xmpp");
         let held = gateway_holds_store(config).await;
-        let mut out = report.network("xmpp");
-        if held {
-            // A second component login is refused by default, but a server set to replace
-            // the old connection (Prosody's component_conflict_resolve = "kick_old") would
-            // drop the gateway's: do not try.
-            out.warn(
-                "component",
-                "not checked: a gateway runs from this config's data_dir (it holds the store), \
-                 and a second component login could displace its connection",
-                "run `junction doctor` while the gateway is stopped to check the component and \
-                 its rooms",
-            );
-        } else {
-            xmpp::check(x, &linked_rooms(config, "xmpp"), &mut out).await;
-        }
+        junction_xmpp::doctor::check(x, &rooms, held, &mut report.network("xmpp")).await;
     }
     for i in &config.irc {
         let network = format!("irc:{}", i.name);
         let rooms = linked_rooms(config, &network);
-        irc::check(i, &rooms, &mut report.network(network)).await;
+        junction_irc::doctor::check(i, &rooms, &mut report.network(network)).await;
     }
+}
+
+/// Runs every check of every configured network.
+pub async fn doctor(config: &Config) -> Report {
+    let mut report = Report::default();
+    check_networks(config, &mut report).await;
     report
 }
 

@@ -1,11 +1,40 @@
-//! XMPP checks: the component logs in (server reachable, secret right), and each linked MUC
-//! exists, archives (XEP-0313) and has the gateway's listener as admin or owner.
+//! `junction doctor` on XMPP: the component logs in (server reachable, secret right), and each
+//! linked MUC exists, archives (XEP-0313) and has the gateway's listener as admin or owner.
+//!
+//! It logs in through [`Probe`] (its own short component connection, never joining a room),
+//! and not at all while a gateway runs from the same config.
 
-use super::{Findings, TIMEOUT};
-use junction_xmpp::probe::{Probe, ProbeError};
-use junction_xmpp::XmppConfig;
+use crate::probe::{Probe, ProbeError};
+use crate::XmppConfig;
+use junction_core::doctor::{Findings, TIMEOUT};
 
-pub(super) async fn check(x: &XmppConfig, rooms: &[String], out: &mut Findings<'_>) {
+/// Runs the XMPP checks of `x` and of each of `rooms` (the MUCs the config's bridges link),
+/// adding one finding per check to `out`. With `gateway_running` (a gateway holds the
+/// config's store on this host) the component is not logged in at all, and that is said.
+pub async fn check(
+    x: &XmppConfig,
+    rooms: &[String],
+    gateway_running: bool,
+    out: &mut Findings<'_>,
+) {
+    if gateway_running {
+        // A second component login is refused by default, but a server set to replace
+        // the old connection (Prosody's component_conflict_resolve = "kick_old") would
+        // drop the gateway's: do not try.
+        out.warn(
+            "component",
+            "not checked: a gateway runs from this config's data_dir (it holds the store), \
+             and a second component login could displace its connection",
+            "run `junction doctor` while the gateway is stopped to check the component and \
+             its rooms",
+        );
+    } else {
+        log_in_and_check(x, rooms, out).await;
+    }
+}
+
+/// The component's login, then each room's existence, archive and the listener's affiliation.
+async fn log_in_and_check(x: &XmppConfig, rooms: &[String], out: &mut Findings<'_>) {
     let mut probe = match Probe::connect(x, TIMEOUT).await {
         Ok(p) => {
             out.ok(

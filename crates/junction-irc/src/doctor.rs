@@ -1,21 +1,23 @@
-//! IRC checks on one network: the server answers, TLS holds, the bot's nick is free or the
-//! gateway's, the bot is a channel operator, and the channels have history to read.
+//! `junction doctor` on one IRC network: the server answers, TLS holds, the bot's nick is free
+//! or the gateway's, the bot is a channel operator, and the channels have history to read.
 //!
 //! The doctor registers under a nick of its own (the bot's with `doc` at the end), so a
 //! running gateway keeps its nick; it only looks the bot up (WHOIS, NAMES, MODE).
 
-use super::{Findings, TIMEOUT};
+use crate::session::{self, Registration, Session};
+use crate::tls::Tls;
+use crate::IrcConfig;
 use irc_proto::{Command, Message, Response};
-use junction_irc::session::{self, Registration, Session};
-use junction_irc::tls::Tls;
-use junction_irc::IrcConfig;
+use junction_core::doctor::{Findings, TIMEOUT};
 
 /// The real name the gateway's bot registers with (junction-irc's adapter).
 const BOT_REALNAME: &str = "Junction gateway";
 /// Most lines read while waiting for one answer.
 const MAX_LINES: usize = 2000;
 
-pub(super) async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings<'_>) {
+/// Runs the checks of the IRC network `i` and of each of `channels` (the channels the config's
+/// bridges link on it), adding one finding per check to `out`.
+pub async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings<'_>) {
     // Reachable, then TLS, each on its own so the finding says which failed.
     let stream =
         match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&i.server)).await {

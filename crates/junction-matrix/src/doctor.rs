@@ -1,11 +1,15 @@
-//! Matrix checks: the homeserver answers, knows the as_token (the registration is loaded),
-//! reaches the appservice (the ping), and gives the bot power in each linked room.
+//! `junction doctor` on Matrix: the homeserver answers, knows the as_token (the registration
+//! is loaded), reaches the appservice (the ping), and gives the bot power in each linked room.
+//!
+//! It uses the adapter's [`Client`] with one attempt per call, not the adapter, and only
+//! reads; when nothing listens on `[matrix] listen` it answers the homeserver's ping itself
+//! for the ping's length.
 
-use super::{Findings, TIMEOUT};
+use crate::client::{Client, ClientError, Method};
+use crate::config::MatrixConfig;
+use crate::power;
 use axum::http::{HeaderMap, StatusCode};
-use junction_matrix::client::{Client, ClientError, Method};
-use junction_matrix::config::MatrixConfig;
-use junction_matrix::power;
+use junction_core::doctor::{Findings, TIMEOUT};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +17,9 @@ const REGISTRATION_FIX: &str = "write the registration with `junction registrati
      junction-registration.yaml`, list it in the homeserver's app_service_config_files \
      (Synapse) and restart the homeserver";
 
-pub(super) async fn check(m: &MatrixConfig, rooms: &[String], out: &mut Findings<'_>) {
+/// Runs the Matrix checks of `m`, the bot's power in each of `rooms` (the Matrix rooms the
+/// config's bridges link), adding one finding per check to `out`.
+pub async fn check(m: &MatrixConfig, rooms: &[String], out: &mut Findings<'_>) {
     let stop = CancellationToken::new();
     let client = Client::new(&m.homeserver, m.as_token.clone(), stop.clone()).with_attempts(1);
     let bot = format!("@{}:{}", m.bot, m.server_name);
