@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use junction_core::format::mention;
 use junction_core::{
-    AdapterContext, AdapterError, Admit, Command, Delivered, Delivery, EventKind, Inbound,
-    MessageId, NetworkId, NetworkStatus, PuppetCap, PuppetLimits, RoomId, RoomRef, Sender, UserRef,
+    AdapterContext, AdapterError, Admit, Delivery, EventKind, Inbound, MessageId, NetworkId,
+    NetworkStatus, PuppetCap, PuppetLimits, RoomId, RoomRef, Sender, UserRef,
 };
 use junction_store::Store;
 use minidom::Element;
@@ -71,8 +71,6 @@ const MAX_ATTEMPTS: u32 = 3;
 const BACKFILL_WITHIN: Duration = Duration::from_secs(20);
 /// Messages per MAM page.
 const MAM_PAGE: u32 = 100;
-/// How long an admin command may take before the sender is told so.
-const COMMAND_WITHIN: Duration = Duration::from_secs(30);
 
 /// Store kv table: our message id `U` → the room's stanza-id `S`.
 const KV_U2S: &str = "xmpp.u2s";
@@ -887,23 +885,13 @@ async fn resend(st: &mut State, conn: &mut Conn, key: &str) -> bool {
 /// Answers a pending delivery.
 fn answer(st: &mut State, cx: &AdapterContext, key: &str, outcome: Result<Vec<MessageId>, String>) {
     if let Some(p) = st.pending.remove(key) {
-        let _ = cx.delivered.send(Delivered {
-            outbox_id: p.delivery.outbox_id,
-            target: p.delivery.target.clone(),
-            event: p.delivery.event.id.clone(),
-            outcome,
-        });
+        let _ = cx.delivered.send(p.delivery.answer(outcome));
     }
 }
 
 /// Answers a delivery at once.
 fn answer_now(cx: &AdapterContext, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
-    let _ = cx.delivered.send(Delivered {
-        outbox_id: d.outbox_id,
-        target: d.target.clone(),
-        event: d.event.id.clone(),
-        outcome,
-    });
+    let _ = cx.delivered.send(d.answer(outcome));
 }
 
 /// XEP-0410: the listener and every puppet ping their own occupant JID.
@@ -1652,7 +1640,8 @@ async fn on_message(
 }
 
 /// A person wrote to the gateway: the text goes to the gateway as a command,
-/// and its answer comes back as a chat message from the address written to.
+/// and its answer comes back as a chat message from the address written to (none when
+/// the gateway ignored the command: an empty answer).
 fn command(
     st: &mut State,
     cx: &AdapterContext,
@@ -1663,51 +1652,34 @@ fn command(
     let (from, to) = (dm.from, dm.to);
     run_command(st, cx, replies, &dm.bare, dm.body, move |answer| {
         let text = match answer {
+            Ok(t) if t.trim().is_empty() => return None,
             Ok(t) | Err(t) => t,
         };
-        outbound::chat(&to, &from, &id, &text)
+        Some(outbound::chat(&to, &from, &id, &text))
     });
 }
 
 /// Sends `text` to the gateway as a command from `bare` (the sender's bare JID, the
 /// identity the network vouches for) and waits, in a task of its own, for the answer:
 /// `finish` turns it (Err when the gateway could not be asked or did not answer in time)
-/// into the stanza to send back.
+/// into the stanza to send back, if any.
 fn run_command(
     st: &State,
     cx: &AdapterContext,
     replies: &mpsc::UnboundedSender<Reply>,
     bare: &str,
     text: String,
-    finish: impl FnOnce(Result<String, String>) -> Element + Send + 'static,
+    finish: impl FnOnce(Result<String, String>) -> Option<Element> + Send + 'static,
 ) {
-    let (tx, rx) = oneshot::channel();
     let name = bare.split('@').next().unwrap_or(bare).to_string();
-    let cmd = Command {
-        from: vec![UserRef::new(st.network.as_str(), bare.to_string())],
-        display_name: name,
-        text,
-        reply: tx,
-    };
+    let from = vec![UserRef::new(st.network.as_str(), bare.to_string())];
     tracing::info!(from = %bare, "xmpp: a command for the gateway");
-    let replies = replies.clone();
-    let refused = match cx.commands.try_send(cmd) {
-        Ok(()) => None,
-        Err(mpsc::error::TrySendError::Full(_)) => Some("The gateway is busy; try again."),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Some("Admin commands are not available on this gateway.")
-        }
-    };
+    let (commands, replies) = (cx.commands.clone(), replies.clone());
     tokio::spawn(async move {
-        let answer = match refused {
-            Some(t) => Err(t.to_string()),
-            None => match tokio::time::timeout(COMMAND_WITHIN, rx).await {
-                Ok(Ok(t)) => Ok(t),
-                Ok(Err(_)) => Err("The gateway dropped the command.".to_string()),
-                Err(_) => Err("The gateway did not answer in time.".to_string()),
-            },
-        };
-        let _ = replies.send(finish(answer));
+        let answer = junction_core::adapter::ask(&commands, from, name, text).await;
+        if let Some(reply) = finish(answer) {
+            let _ = replies.send(reply);
+        }
     });
 }
 
@@ -1740,7 +1712,7 @@ fn adhoc_command(
                     Ok(t) => (t, true),
                     Err(t) => (t, false),
                 };
-                result_iq(&request, completed(&node, &sessionid, &text, ok))
+                Some(result_iq(&request, completed(&node, &sessionid, &text, ok)))
             });
             None
         }
