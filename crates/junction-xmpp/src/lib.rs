@@ -20,11 +20,6 @@ use junction_store::Store;
 
 pub use config::XmppConfig;
 
-/// Store kv table: an occupant as events name them (`occupant:<id>` or `room@muc/nick`) →
-/// their real bare JID, where the room shows it to the gateway. Gateway bans of a bare JID
-/// look here.
-pub const REAL_JIDS: &str = "xmpp.real";
-
 /// The XMPP adapter: one XEP-0114 component connection, a listener occupant in
 /// every linked room, and one puppet occupant per remote user.
 ///

@@ -177,6 +177,11 @@ pub(crate) struct State {
     pub wanted: HashMap<(String, String), (String, u32)>,
     /// Occupants (`room/nick`) present in each room, as the listener sees them.
     occupants: HashMap<String, Occupant>,
+    /// An occupant as events name them (`occupant:<id>` or `room@muc/nick`) → their real
+    /// bare JID, where the room showed it to the listener; it rides on their events as
+    /// [`Sender::address`], which gateway bans by bare JID match (bounded; kept after the
+    /// occupant leaves, for what the archive still holds of them).
+    real_jids: LruCache<String, String>,
     /// Rooms where the listener's own presence has arrived (occupants seen
     /// before it were already there: no Join events for them).
     pub listening: HashSet<String>,
@@ -251,6 +256,20 @@ impl State {
             .is_some_and(|o| o.rights.moderator())
     }
 
+    /// Puts on `sender`, one of this network's occupants as events name them, the real bare
+    /// JID the room showed for them, if it did: gateway bans by bare JID match it.
+    fn address(&self, sender: &mut Sender) {
+        if sender.address.is_some() || sender.user.network != self.network {
+            return;
+        }
+        let user = sender.user.user.as_str();
+        sender.address = self
+            .real_jids
+            .peek(user)
+            .cloned()
+            .or_else(|| self.occupants.get(user).and_then(|o| o.jid.clone()));
+    }
+
     pub fn new(config: XmppConfig, store: Arc<dyn Store>) -> Self {
         Self {
             config,
@@ -259,6 +278,7 @@ impl State {
             joined: HashMap::new(),
             wanted: HashMap::new(),
             occupants: HashMap::new(),
+            real_jids: LruCache::new(MAX_REMEMBERED),
             listening: HashSet::new(),
             rights: HashMap::new(),
             moderation: HashMap::new(),
@@ -2155,17 +2175,19 @@ async fn on_room_message(st: &mut State, cx: &AdapterContext, el: &Element, via:
                 let body = std::mem::take(&mut m.body);
                 m.body = mention::leading_address(body, |n| resolve_nick(st, room_jid, n));
             }
+            st.address(&mut e.sender);
             let (inb, ack) = Inbound::with_ack(e);
             let _ = cx.inbound.send(inb).await;
             last_ack = Some(ack);
         }
         Parsed::Reactions {
             remote_id,
-            sender,
+            mut sender,
             target,
             keys,
             dropped,
         } => {
+            st.address(&mut sender);
             // Counted once, with the first event the stanza becomes.
             let mut capped = dropped as u64;
             let k = (
@@ -2303,7 +2325,8 @@ async fn on_subject(
         return;
     }
     let from = format!("{room_jid}/{nick}");
-    let sender = occupant_sender(st, el, &from, nick);
+    let mut sender = occupant_sender(st, el, &from, nick);
+    st.address(&mut sender);
     let id = room_stanza_id(el, room_jid).unwrap_or_else(|| st.new_id());
     let e = junction_core::Event::new(
         RoomRef::new(cx.network.as_str(), room.as_str()),
@@ -2378,18 +2401,15 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
             )
             .is_some()
     };
-    let sender = occupant_sender(st, el, from, nick);
+    let mut sender = occupant_sender(st, el, from, nick);
     if let (Some(j), false) = (&real, ours) {
         // Who the occupant really is, for gateway bans by bare JID (events name occupants
         // by occupant-id or room/nick). Known where the room shows real JIDs to the listener;
         // noted for occupants already there when the listener joins, too.
-        if let Err(e) = st
-            .store
-            .kv_put(crate::REAL_JIDS, sender.user.user.as_str(), j.as_bytes())
-        {
-            tracing::debug!(error = %e, "xmpp: could not note an occupant's real JID");
-        }
+        st.real_jids
+            .put(sender.user.user.as_str().to_string(), j.clone());
     }
+    st.address(&mut sender);
     // One of our puppets removed by a moderator is still news for the other networks
     // (the person it stands for was kicked); its other presence is our own echo.
     let removed = ty == Some("unavailable") && (has_status(el, "307") || has_status(el, "301"));
@@ -2426,11 +2446,12 @@ async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &Element) {
                 // The gateway's own enforcement: already known where it came from.
                 return;
             }
-            let kicker = Sender {
+            let mut kicker = Sender {
                 user: UserRef::new(cx.network.as_str(), format!("{room_jid}/{actor}")),
                 display_name: actor,
                 address: None,
             };
+            st.address(&mut kicker);
             let kind = if has_status(el, "301") {
                 EventKind::Ban {
                     target: sender,
@@ -2478,9 +2499,12 @@ fn linked_rooms(cx: &AdapterContext) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use junction_core::{BridgeName, Event, EventKind};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
 
     fn delivery(outbox_id: u64, room: &str) -> Delivery {
         let sender = Sender {
@@ -2520,12 +2544,15 @@ mod tests {
             let k = ("r@m".to_string(), format!("o{i}"), format!("S{i}"));
             st.reactions.put(k.clone(), vec!["👍".into()]);
             st.our_reactions.put(k, vec!["👍".into()]);
+            st.real_jids
+                .put(format!("occupant:{i}"), format!("p{i}@x.test"));
         }
         for len in [
             st.u_to_s.len(),
             st.msgid_to_s.len(),
             st.reactions.len(),
             st.our_reactions.len(),
+            st.real_jids.len(),
         ] {
             assert_eq!(len, MAX_REMEMBERED.get());
         }
@@ -2562,6 +2589,91 @@ mod tests {
     #[test]
     fn server_domain_drops_the_first_label() {
         assert_eq!(server_domain("bridge.xmpp.test"), "xmpp.test");
+    }
+
+    fn presence(nick: &str, item: &str, extra: &str) -> Element {
+        format!(
+            "<presence xmlns='jabber:component:accept' from='room@muc.test/{nick}' \
+             to='junction@c.test/junction'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             {item}</x>{extra}</presence>"
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn groupchat(nick: &str, sid: &str, extra: &str) -> Element {
+        format!(
+            "<message xmlns='jabber:component:accept' type='groupchat' \
+             from='room@muc.test/{nick}' to='junction@c.test/junction' id='{sid}-u'>\
+             <body>hello</body><stanza-id xmlns='urn:xmpp:sid:0' id='{sid}' by='room@muc.test'/>\
+             {extra}</message>"
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn next(rx: &mut mpsc::Receiver<Inbound>) -> Event {
+        rx.try_recv().unwrap().event
+    }
+
+    #[tokio::test]
+    async fn an_occupants_real_jid_rides_on_their_events() {
+        let config = XmppConfig {
+            component: "c.test".into(),
+            server: "127.0.0.1:1".into(),
+            secret: junction_core::Secret::new("s"),
+            origin_marks: true,
+        };
+        let mut st = State::new(config, Arc::new(junction_store::MemStore::new()));
+        let (in_tx, mut in_rx) = mpsc::channel(16);
+        let (_d_tx, d_rx) = mpsc::channel(1);
+        let (done_tx, _done_rx) = mpsc::unbounded_channel();
+        let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("room@muc.test")]);
+        let cx = AdapterContext::standalone(
+            junction_store::scoped(st.store.clone(), NetworkId::new("xmpp")),
+            in_tx,
+            d_rx,
+            done_tx,
+            rooms_rx,
+            CancellationToken::new(),
+        );
+        let me = "<item affiliation='owner' role='moderator'/><status code='110'/>";
+        on_room_presence(&mut st, &cx, &presence("junction", me, "")).await;
+        let id = "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='b0b'/>";
+        let bob = "<item affiliation='none' role='participant' jid='Bob@X.test/phone'/>";
+        on_room_presence(&mut st, &cx, &presence("bob", bob, id)).await;
+        let join = next(&mut in_rx);
+        assert!(matches!(join.kind, EventKind::Join));
+        assert_eq!(join.sender.user.user.as_str(), "occupant:b0b");
+        assert_eq!(join.sender.address.as_deref(), Some("bob@x.test"));
+
+        on_room_message(&mut st, &cx, &groupchat("bob", "S1", id), Via::Live).await;
+        let said = next(&mut in_rx);
+        assert!(matches!(said.kind, EventKind::Message(_)));
+        assert_eq!(said.sender.address.as_deref(), Some("bob@x.test"));
+
+        // The room shows no real JID for carol: her events carry none.
+        let carol = "<item affiliation='none' role='participant'/>";
+        on_room_presence(&mut st, &cx, &presence("carol", carol, "")).await;
+        assert_eq!(next(&mut in_rx).sender.address, None);
+        on_room_message(&mut st, &cx, &groupchat("carol", "S2", ""), Via::Live).await;
+        assert_eq!(next(&mut in_rx).sender.address, None);
+
+        // Gone from the room, bob is still known for what the archive holds of him.
+        let gone = format!(
+            "<presence xmlns='jabber:component:accept' type='unavailable' \
+             from='room@muc.test/bob' to='junction@c.test/junction'>\
+             <x xmlns='http://jabber.org/protocol/muc#user'>{bob}</x>{id}</presence>"
+        );
+        on_room_presence(&mut st, &cx, &gone.parse().unwrap()).await;
+        let left = next(&mut in_rx);
+        assert!(matches!(left.kind, EventKind::Leave { .. }));
+        assert_eq!(left.sender.address.as_deref(), Some("bob@x.test"));
+        on_room_message(&mut st, &cx, &groupchat("bob", "S3", id), Via::Archive).await;
+        assert_eq!(
+            next(&mut in_rx).sender.address.as_deref(),
+            Some("bob@x.test")
+        );
     }
 }
 
