@@ -477,7 +477,7 @@ impl Bench {
             hub.attach(nets[1].clone(), &router, &shutdown).context,
             &taps,
         );
-        adapters.spawn(gateway::run_adapter(XmppAdapter::new(x, store.clone()), cx));
+        adapters.spawn(gateway::run_adapter(XmppAdapter::new(x), cx));
         let i = config.irc[0].clone();
         let (cx, _) = tap(
             hub.attach(nets[2].clone(), &router, &shutdown).context,

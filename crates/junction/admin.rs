@@ -299,10 +299,11 @@ impl Admin {
     }
 
     /// Whether the gateway refuses `sender`'s events: a ban on their id, on the real JID the
-    /// XMPP adapter noted for them, or (IRC) on their account, nick or a mask matching their
-    /// `nick!user@host`. When an IRC ban matches, the sender's `*!user@host` and account are
-    /// added to it, so the ban follows them through nick changes. A store error answers
-    /// [`BanCheck::Unknown`] (logged): the caller refuses the event.
+    /// XMPP adapter puts on them ([`Sender::address`]), or (IRC) on their account, nick or a
+    /// mask matching their `nick!user@host`. When an IRC ban matches, the sender's
+    /// `*!user@host` and account are added to it, so the ban follows them through nick
+    /// changes. A store error answers [`BanCheck::Unknown`] (logged): the caller refuses the
+    /// event.
     pub fn check_ban(&self, store: &dyn Store, sender: &Sender) -> BanCheck {
         let user = &sender.user;
         // IRC bans are all matched below (they learn whom they cover).
@@ -320,25 +321,16 @@ impl Admin {
         }
         if user.network.as_str() == "xmpp" {
             // Occupants are named by occupant-id or room/nick, a ban names the bare JID:
-            // the adapter notes each occupant's real JID where the room shows it.
-            return match store.kv_get(junction_xmpp::REAL_JIDS, user.user.as_str()) {
-                Ok(Some(real)) => {
-                    let real = UserRef::new(
-                        user.network.clone(),
-                        String::from_utf8_lossy(&real).into_owned(),
-                    );
-                    match store.kv_get(BANS, &ban_key(&real)) {
-                        Ok(Some(_)) => BanCheck::Banned,
-                        Ok(None) => BanCheck::Clear,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
-                            BanCheck::Unknown
-                        }
-                    }
-                }
+            // the adapter puts the occupant's real JID on the sender where the room shows it.
+            let Some(real) = sender.address.as_deref() else {
+                return BanCheck::Clear;
+            };
+            let real = UserRef::new(user.network.clone(), real);
+            return match store.kv_get(BANS, &ban_key(&real)) {
+                Ok(Some(_)) => BanCheck::Banned,
                 Ok(None) => BanCheck::Clear,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Could not read the real JIDs: the event is refused.");
+                    tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
                     BanCheck::Unknown
                 }
             };
@@ -1400,10 +1392,14 @@ admins = ["@devlead:matrix.test"]
         assert!(a.is_banned(&s, &UserRef::new("matrix", "@evil:matrix.test")));
         a.handle(&root(), "root", "ban Evil@XMPP.test", &mut r, &s);
         assert!(a.is_banned(&s, &UserRef::new("xmpp", "evil@xmpp.test")));
-        // An occupant whose real JID the XMPP adapter noted is banned with that JID.
-        s.kv_put(junction_xmpp::REAL_JIDS, "occupant:abc", b"evil@xmpp.test")
-            .unwrap();
-        assert!(a.is_banned(&s, &UserRef::new("xmpp", "occupant:abc")));
+        // An occupant whose real JID the XMPP adapter put on the sender is banned with that JID.
+        let occupant = |id: &str, real: &str| {
+            Sender::new(UserRef::new("xmpp", id), "occupant").with_address(real)
+        };
+        let evil = occupant("occupant:abc", "Evil@xmpp.test");
+        assert_eq!(a.check_ban(&s, &evil), BanCheck::Banned);
+        let good = occupant("occupant:other", "good@xmpp.test");
+        assert_eq!(a.check_ban(&s, &good), BanCheck::Clear);
         assert!(!a.is_banned(&s, &UserRef::new("xmpp", "occupant:other")));
         let o = a.handle(&root(), "root", "status", &mut r, &s);
         assert!(o.reply.ends_with("Bans: 5"), "{}", o.reply);

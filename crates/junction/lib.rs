@@ -106,7 +106,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("xmpp"), &router, &shutdown)
             .context;
-        let adapter = XmppAdapter::new(x, store.clone())
+        let adapter = XmppAdapter::new(x)
             .with_occupant_limits(config.xmpp_occupants)
             .with_cap_refusals(metrics.counter(&NetworkId::new("xmpp"), "puppet_cap"))
             .with_refusals(metrics.counter(&NetworkId::new("xmpp"), "unauthorised"));

@@ -7,6 +7,7 @@ use junction_core::{
     Adapter, AdapterContext, Delivered, Delivery, Event, EventKind, Inbound, Message, MessageId,
     MessageKind, NetworkId, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
 };
+use junction_store::MemStore;
 use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from};
 use junction_testkit::clients::XmppUser;
 use junction_testkit::servers::{servers, slot};
@@ -54,17 +55,14 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
         secret: Secret::new(slot.component_secret.clone()),
         origin_marks: true,
     };
-    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let adapter = XmppAdapter::new(config);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
     let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("xmpp"),
-        ),
+        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
         in_tx,
         d_rx,
         done_tx,
@@ -184,17 +182,14 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
         secret: Secret::new(slot.component_secret.clone()),
         origin_marks: true,
     };
-    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let adapter = XmppAdapter::new(config);
     let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
     let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("xmpp"),
-        ),
+        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
         in_tx,
         d_rx,
         done_tx,
@@ -283,7 +278,7 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
         secret: Secret::new(slot.component_secret.clone()),
         origin_marks: true,
     };
-    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let adapter = XmppAdapter::new(config);
     let reconnect = adapter.reconnect_handle();
     let sessions = adapter.sessions();
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
@@ -292,10 +287,7 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("xmpp"),
-        ),
+        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
         in_tx,
         d_rx,
         done_tx,
@@ -374,17 +366,14 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
         // Marks off: the bare name first, the mark only once it is taken.
         origin_marks: false,
     };
-    let adapter = XmppAdapter::new(config, Arc::new(store::KvStore::default()));
+    let adapter = XmppAdapter::new(config);
     let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
     let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
     let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
     let shutdown = CancellationToken::new();
     let cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("xmpp"),
-        ),
+        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
         in_tx,
         d_rx,
         done_tx,
@@ -438,13 +427,14 @@ struct Running {
 }
 
 impl Running {
-    /// Starts an adapter for `room` on `component`, keeping state in `store`;
+    /// Starts an adapter for `room` on `component`, keeping state in `store` (through the
+    /// adapter's handle on it);
     /// inbound events are acknowledged as durable as the gateway would.
     fn start(
         component: &junction_testkit::servers::Slot,
         server: &str,
         room: &str,
-        store: Arc<store::KvStore>,
+        store: Arc<MemStore>,
     ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -459,7 +449,7 @@ impl Running {
             secret: Secret::new(component.component_secret.clone()),
             origin_marks: true,
         };
-        let adapter = XmppAdapter::new(config, store);
+        let adapter = XmppAdapter::new(config);
         let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
         let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Delivered>();
@@ -479,10 +469,7 @@ impl Running {
             commands: cmd_tx,
             status: status_tx,
             puppets: watch::channel(0).0,
-            store: junction_store::scoped(
-                Arc::new(junction_store::MemStore::new()),
-                NetworkId::new("xmpp"),
-            ),
+            store: junction_store::scoped(store, NetworkId::new("xmpp")),
             pastes: None,
         };
         let task = tokio::spawn(adapter.run(cx));
@@ -557,7 +544,7 @@ async fn a_chat_to_the_component_is_a_command_and_its_reply_comes_back() -> anyh
         &slot,
         &s.xmpp.component.to_string(),
         &room,
-        Arc::new(store::KvStore::default()),
+        Arc::new(MemStore::new()),
     );
     eventually(DEADLINE, "the adapter connected", || {
         let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
@@ -601,7 +588,7 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
         &slot,
         &s.xmpp.component.to_string(),
         &room,
-        Arc::new(store::KvStore::default()),
+        Arc::new(MemStore::new()),
     );
     let user = unique("xs");
     let bob = XmppUser::register(s, &user, "pw").await?;
@@ -658,7 +645,7 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xmam"), s.xmpp.muc);
-    let store = Arc::new(store::KvStore::default());
+    let store = Arc::new(MemStore::new());
     let rref = RoomRef::new("xmpp", room.as_str());
     let server = s.xmpp.component.to_string();
     let run = Running::start(&slot, &server, &room, store.clone());
@@ -727,7 +714,7 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
         &slot,
         &s.xmpp.component.to_string(),
         &room,
-        Arc::new(store::KvStore::default()),
+        Arc::new(MemStore::new()),
     );
     eventually(DEADLINE, "the adapter connected", || {
         let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
@@ -865,7 +852,7 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
         &slot2,
         &s.xmpp.component.to_string(),
         &other,
-        Arc::new(store::KvStore::default()),
+        Arc::new(MemStore::new()),
     );
     eventually(DEADLINE, "the adapter connected", || {
         let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
@@ -894,7 +881,7 @@ async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow:
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xdup"), s.xmpp.muc);
-    let store = Arc::new(store::KvStore::default());
+    let store = Arc::new(MemStore::new());
     let server = s.xmpp.component.to_string();
     let user = unique("xd");
     let bob = XmppUser::register(s, &user, "pw").await?;
@@ -943,107 +930,4 @@ async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow:
     assert_eq!(copies, 1);
     run.stop().await;
     Ok(())
-}
-
-mod store {
-    use junction_core::router::{Link, Planned};
-    use junction_core::{
-        BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
-    };
-    use junction_store::{AuditEntry, Recorded, Result, Store};
-    use std::collections::{BTreeMap, HashSet};
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct KvStore {
-        kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
-        txns: Mutex<HashSet<String>>,
-        cursors: Mutex<BTreeMap<String, String>>,
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    impl Store for KvStore {
-        fn record_inbound(&self, _: &Event, _: Vec<Planned>) -> Result<Recorded> {
-            Ok(Recorded::New(Vec::new()))
-        }
-        fn record_delivered(&self, _: &Delivered) -> Result<()> {
-            Ok(())
-        }
-        fn event_for(&self, _: &RoomRef, _: &MessageId) -> Result<Option<EventId>> {
-            Ok(None)
-        }
-        fn remote_ids(&self, _: &EventId, _: &RoomRef) -> Result<Vec<MessageId>> {
-            Ok(Vec::new())
-        }
-        fn pending(&self, _: &NetworkId) -> Result<Vec<Delivery>> {
-            Ok(Vec::new())
-        }
-        fn outbox_depth(&self, _: &NetworkId) -> Result<usize> {
-            Ok(0)
-        }
-        fn txn_done(&self, key: &str) -> Result<bool> {
-            Ok(lock(&self.txns).contains(key))
-        }
-        fn mark_txn(&self, key: &str) -> Result<()> {
-            lock(&self.txns).insert(key.to_owned());
-            Ok(())
-        }
-        fn puppet(&self, _: &NetworkId, _: &UserRef) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn set_puppet(&self, _: &NetworkId, _: &UserRef, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn puppet_owner(&self, _: &NetworkId, _: &str) -> Result<Option<UserRef>> {
-            Ok(None)
-        }
-        fn links(&self) -> Result<Vec<Link>> {
-            Ok(Vec::new())
-        }
-        fn put_link(&self, _: &Link) -> Result<()> {
-            Ok(())
-        }
-        fn remove_link(&self, _: &BridgeName) -> Result<()> {
-            Ok(())
-        }
-        fn cursor(&self, room: &RoomRef) -> Result<Option<String>> {
-            Ok(lock(&self.cursors).get(&room.to_string()).cloned())
-        }
-        fn set_cursor(&self, room: &RoomRef, cursor: &str) -> Result<()> {
-            lock(&self.cursors).insert(room.to_string(), cursor.to_owned());
-            Ok(())
-        }
-        fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-            Ok(lock(&self.kv)
-                .get(&(ns.to_owned(), key.to_owned()))
-                .cloned())
-        }
-        fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<()> {
-            lock(&self.kv).insert((ns.to_owned(), key.to_owned()), value.to_vec());
-            Ok(())
-        }
-        fn kv_remove(&self, ns: &str, key: &str) -> Result<()> {
-            lock(&self.kv).remove(&(ns.to_owned(), key.to_owned()));
-            Ok(())
-        }
-        fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
-            Ok(lock(&self.kv)
-                .iter()
-                .filter(|((n, _), _)| n == ns)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        fn audit(&self, _: &AuditEntry) -> Result<()> {
-            Ok(())
-        }
-        fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-            Ok(Vec::new())
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-    }
 }

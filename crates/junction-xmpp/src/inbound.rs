@@ -17,7 +17,7 @@ use junction_core::{
 };
 use minidom::Element;
 
-use crate::jid::is_ours;
+use crate::ids::is_ours;
 
 /// The namespace of stanzas on a XEP-0114 component stream.
 pub const NS_CLIENT: &str = "jabber:component:accept";

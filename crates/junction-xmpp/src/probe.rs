@@ -14,9 +14,9 @@ use futures::StreamExt;
 use minidom::Element;
 
 use crate::config::XmppConfig;
+use crate::connection::{self, Conn};
 use crate::inbound::NS_CLIENT;
 use crate::outbound::Attr;
-use crate::session::{self, Conn};
 
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
@@ -73,7 +73,7 @@ impl Probe {
     /// Logs in as the configured component, within `timeout`.
     pub async fn connect(config: &XmppConfig, timeout: Duration) -> Result<Probe, ProbeError> {
         let cut = Arc::new(AtomicU64::new(0));
-        let attempt = tokio::time::timeout(timeout, session::connect(config, &cut)).await;
+        let attempt = tokio::time::timeout(timeout, connection::connect(config, &cut)).await;
         let why = match attempt {
             Ok(Ok(conn)) => {
                 return Ok(Probe {
@@ -121,7 +121,7 @@ impl Probe {
             .a("to", to)
             .append(payload)
             .build();
-        if !session::send(&mut self.conn, iq).await {
+        if !connection::send(&mut self.conn, iq).await {
             return Err("the connection was lost".into());
         }
         let wait = async {
@@ -129,7 +129,7 @@ impl Probe {
                 let Some(s) = self.conn.next().await else {
                     return Err("the server closed the stream".to_owned());
                 };
-                let el = session::from_stanza(s);
+                let el = connection::from_stanza(s);
                 if el.name() != "iq" || el.attr("id") != Some(id.as_str()) {
                     continue;
                 }

@@ -6,7 +6,7 @@
 
 use junction_core::RoomRef;
 use junction_xmpp::adhoc::{self, Step};
-use junction_xmpp::{inbound, jid, outbound};
+use junction_xmpp::{ids, inbound, outbound};
 use minidom::Element;
 use proptest::prelude::*;
 
@@ -192,9 +192,9 @@ proptest! {
     fn jid_nodes_round_trip(name in "\\PC{0,40}") {
         // XEP-0106 does not escape leading or trailing spaces; they are trimmed.
         prop_assume!(name.trim() == name && !name.is_empty());
-        let node = jid::escape(&name);
+        let node = ids::escape(&name);
         prop_assert!(!node.contains(['@', '/', ' ', '"', '&', '\'', ':', '<', '>']), "{:?}", node);
-        prop_assert_eq!(jid::unescape(&node), name);
+        prop_assert_eq!(ids::unescape(&node), name);
     }
 }
 
