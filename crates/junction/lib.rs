@@ -8,6 +8,7 @@ pub mod command_limit;
 pub mod config;
 pub mod doctor;
 pub mod gateway;
+pub mod membership;
 pub mod metrics;
 pub mod ratelimit;
 pub mod web;

@@ -42,6 +42,8 @@ pub struct RawGateway {
     pub metrics: Option<Str>,
     /// `off`, `summarised` or `all`.
     pub membership: Option<Str>,
+    /// In `summarised` mode, how long someone may only lurk before they are puppeted.
+    pub lurker_window_seconds: Option<Spanned<i64>>,
     /// Log filter, e.g. `info` or `junction_irc=debug,info`.
     pub log: Option<Str>,
     /// Gateway-wide admins.

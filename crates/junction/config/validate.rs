@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     pub metrics: Option<SocketAddr>,
     /// How joins, leaves and nick changes cross networks.
     pub membership: Membership,
+    /// In `summarised` mode, how long someone who only joined waits before their puppets
+    /// join the other networks; `None`: only once they speak.
+    pub lurker_window: Option<Duration>,
     /// Log filter from the file (`JUNCTION_LOG` / `RUST_LOG` take precedence).
     pub log: Option<String>,
     /// Gateway-wide admins: Matrix user ids, XMPP bare JIDs, IRC accounts or hostmasks.
@@ -136,6 +139,7 @@ pub(crate) fn validate(
             data_dir: base.join("data"),
             metrics: None,
             membership: Membership::default(),
+            lurker_window: None,
             log: None,
             admins: Vec::new(),
             web: None,
@@ -456,6 +460,18 @@ impl Checker<'_> {
                 }
             },
         };
+        let lurker_window = match &g.lurker_window_seconds {
+            None => Some(None),
+            Some(_) => self
+                .count(
+                    &g.lurker_window_seconds,
+                    "gateway.lurker_window_seconds",
+                    0,
+                    0,
+                )
+                .and_then(|n| u64::try_from(n).ok())
+                .map(|n| Some(Duration::from_secs(n))),
+        };
         let log = match &g.log {
             None => Some(None),
             Some(v) => {
@@ -497,6 +513,7 @@ impl Checker<'_> {
             data_dir: data_dir?,
             metrics: metrics?,
             membership: membership?,
+            lurker_window: lurker_window?,
             log: log?,
             admins: admins?,
             web: web?,
