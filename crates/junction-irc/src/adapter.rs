@@ -12,13 +12,13 @@
 
 use crate::bucket::Bucket;
 use crate::config::{IrcConfig, IrcMode};
+use crate::connection::{self, Registration, Session};
 use crate::fair::{FairQueue, Push, MAX_QUEUED_PER_CHANNEL};
 use crate::history::{self, Replay};
 use crate::isupport::ISupport;
 use crate::puppets::{self, Action, Job, Report};
-use crate::session::{self, Registration, Session};
 use crate::tls::Tls;
-use crate::{commands, inbound, lookup, nick, outbound, paste};
+use crate::{commands, ids, inbound, lookup, outbound, paste};
 use irc_proto::{Command, Response};
 use junction_core::{
     Adapter, AdapterContext, AdapterError, Capabilities, Delivered, Delivery, EventKind, Inbound,
@@ -247,13 +247,13 @@ impl IrcAdapter {
             .split(['@', ':'])
             .find(|s| !s.is_empty())
             .unwrap_or("user");
-        let suffix = nick::suffix_for(user.network.0.as_str());
-        let mut candidate = nick::sanitise(name, suffix, nicklen);
+        let suffix = ids::suffix_for(user.network.0.as_str());
+        let mut candidate = ids::sanitise(name, suffix, nicklen);
         // Another remote user may hold this nick already: add `_` until it is free.
         for _ in 0..16 {
             match self.store.puppet_owner(&cx.network, &candidate) {
                 Ok(Some(owner)) if &owner != user => {
-                    candidate = nick::next_candidate(&candidate, suffix, nicklen);
+                    candidate = ids::next_candidate(&candidate, suffix, nicklen);
                 }
                 _ => break,
             }
@@ -342,7 +342,7 @@ impl IrcAdapter {
             user: sender.user.clone(),
             gen: st.next_gen,
             nick,
-            suffix: nick::suffix_for(sender.user.network.0.as_str()),
+            suffix: ids::suffix_for(sender.user.network.0.as_str()),
             realname: format!(
                 "{} ({} {})",
                 sender.display_name, sender.user.network, sender.user.user
@@ -1500,7 +1500,7 @@ impl Adapter for IrcAdapter {
                 _ = cx.shutdown.cancelled() => return Ok(()),
                 r = async {
                     let tls = self.tls()?;
-                    session::connect(&self.config.server, tls, self.registration(), Duration::from_secs(60)).await
+                    connection::connect(&self.config.server, tls, self.registration(), Duration::from_secs(60)).await
                 } => r,
             };
             let why = match connected {
@@ -1513,7 +1513,7 @@ impl Adapter for IrcAdapter {
                 }
                 Err(why) => why,
             };
-            let delay = session::backoff(attempt);
+            let delay = connection::backoff(attempt);
             attempt = attempt.saturating_add(1);
             cx.status.send_replace(if attempt > 3 {
                 NetworkStatus::Down(why.clone())

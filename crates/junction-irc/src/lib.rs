@@ -1,13 +1,13 @@
 //! Junction's IRC adapter.
 //!
-//! - One **bot** connection per network ([`session`]: CAP LS 302 with SASL PLAIN before
+//! - One **bot** connection per network ([`connection`]: CAP LS 302 with SASL PLAIN before
 //!   `CAP END`, ISUPPORT, PING) joins the linked channels and is the only connection that
 //!   reads them: it keeps the one shared roster per channel, turns channel traffic into
 //!   events ([`inbound`]: IRC codes become rich text, a leading `nick:` becomes a mention),
 //!   drops what the bot and our puppets said, and takes admin commands ([`commands`]: a
 //!   PRIVMSG to the bot's nick, answered by NOTICE).
 //! - In `puppet` mode, one more connection per remote user who speaks ([`puppets`]): created
-//!   lazily and in parallel up to `max_puppets`, nick `name[m]`/`name[x]` ([`nick`]) stored
+//!   lazily and in parallel up to `max_puppets`, nick `name[m]`/`name[x]` ([`ids`]) stored
 //!   so it survives restarts, joining a channel before speaking, quitting when idle. A puppet
 //!   holds no roster and ignores what the server sends it besides PING, errors and replies to
 //!   its own commands. Whatever a puppet can not say is relayed by the bot as
@@ -33,17 +33,17 @@ mod adapter;
 pub mod bucket;
 pub mod commands;
 pub mod config;
+pub mod connection;
 pub mod fair;
 pub mod history;
+pub mod ids;
 pub mod inbound;
 pub mod isupport;
 pub mod lookup;
-pub mod nick;
 pub mod ops;
 pub mod outbound;
 pub mod paste;
 pub mod puppets;
-pub mod session;
 pub mod split;
 mod stored;
 #[cfg(test)]

@@ -10,10 +10,10 @@
 //! refuses it, its jobs go back to the adapter, which relays them through the bot.
 
 use crate::bucket::Bucket;
+use crate::connection::{self, Registration, Session};
 use crate::isupport::ISupport;
 use crate::outbound::{self, Render};
-use crate::session::{self, Registration, Session};
-use crate::{lookup, nick, paste};
+use crate::{ids, lookup, paste};
 use irc_proto::{Command, Response};
 use junction_core::{Delivered, Delivery, MessageId, NetworkId, Secret, UserRef};
 use junction_store::Store;
@@ -183,7 +183,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
         };
         let connected = tokio::select! {
             _ = sh.shutdown.cancelled() => return,
-            r = session::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
+            r = connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
         };
         let mut s = match connected {
             Ok(s) => s,
@@ -212,7 +212,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
                 attempt += 1;
                 tokio::select! {
                     _ = sh.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(session::backoff(attempt - 1)) => {}
+                    _ = tokio::time::sleep(connection::backoff(attempt - 1)) => {}
                 }
             }
         }
@@ -294,7 +294,7 @@ fn lines_for(
             lines.push(format!("QUIT :{reason}"));
         }
         Action::Nick(name) => {
-            let want = nick::sanitise(name, spec.suffix, s.isupport.nicklen);
+            let want = ids::sanitise(name, spec.suffix, s.isupport.nicklen);
             if fold(&s.isupport, &want) != fold(&s.isupport, &s.nick) {
                 lines.push(format!("NICK {want}"));
             }
@@ -393,7 +393,7 @@ async fn serve(
                     Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, args) if nick_tries > 0 => {
                         nick_tries -= 1;
                         let taken = args.get(1).cloned().unwrap_or_default();
-                        let next = nick::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
+                        let next = ids::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
                         if let Err(e) = s.writer.send(&format!("NICK {next}")).await {
                             return End::Lost(e.to_string());
                         }

@@ -6,7 +6,7 @@
 
 use super::{Findings, TIMEOUT};
 use irc_proto::{Command, Message, Response};
-use junction_irc::session::{self, Registration, Session};
+use junction_irc::connection::{self, Registration, Session};
 use junction_irc::tls::Tls;
 use junction_irc::IrcConfig;
 
@@ -86,7 +86,7 @@ pub(super) async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings
         realname: "Junction doctor".into(),
         nicklen: 0,
     };
-    let mut s = match session::connect(&i.server, tls.as_ref(), reg, TIMEOUT).await {
+    let mut s = match connection::connect(&i.server, tls.as_ref(), reg, TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             return out.error(
