@@ -283,7 +283,7 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     cfg.mode = IrcMode::Puppet;
     cfg.tls = true;
     cfg.tls_ca = Some(ircd.ca());
-    let adapter = IrcAdapter::new(cfg, Arc::new(junction_store::MemStore::new()));
+    let adapter = IrcAdapter::new(cfg);
     let (in_tx, _in_rx) = mpsc::channel(64);
     let (d_tx, d_rx) = mpsc::channel(8);
     let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
