@@ -483,7 +483,7 @@ impl Bench {
             hub.attach(nets[2].clone(), &router, &shutdown).context,
             &taps,
         );
-        adapters.spawn(gateway::run_adapter(IrcAdapter::new(i, store.clone()), cx));
+        adapters.spawn(gateway::run_adapter(IrcAdapter::new(i), cx));
         let parts = Parts {
             store,
             router,

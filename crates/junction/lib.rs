@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod membership;
 pub mod metrics;
+pub mod pastes;
 pub mod ratelimit;
 pub mod web;
 
@@ -77,7 +78,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .context("the store opener stopped")?
         .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
     );
-    web::prune(store.as_ref());
+    let pastes = pastes::PasteStore::open(store.clone());
+    pastes.prune_now();
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
     let networks = config.networks();
@@ -85,6 +87,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let health = Arc::new(metrics::Health::new(networks));
 
     let mut hub = gateway::Hub::new(store.clone());
+    match config.gateway.public_url.as_deref() {
+        Some(url) => {
+            hub = hub.with_pastes(Arc::new(pastes.clone().linked(web::paste_base(url))));
+        }
+        None if !config.irc.is_empty() => {
+            tracing::info!("Messages longer than an IRC network's max_lines are cut on IRC, with a note saying so, because no [gateway] web (and public_url) is configured to serve their whole text.");
+        }
+        None => {}
+    }
     let mut adapters = tokio::task::JoinSet::new();
     if let Some(m) = config.matrix.clone() {
         let cx = hub
@@ -118,18 +129,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
         adapters.spawn(gateway::run_adapter(adapter, cx));
     }
-    let paste_base = config.gateway.public_url.as_deref().map(web::paste_base);
-    if paste_base.is_none() && !config.irc.is_empty() {
-        tracing::info!("Messages longer than an IRC network's max_lines are cut on IRC, with a note saying so, because no [gateway] web (and public_url) is configured to serve their whole text.");
-    }
-    for mut irc in config.irc.clone() {
-        irc.paste_url = paste_base.clone();
+    for irc in config.irc.clone() {
         let network = NetworkId::new(format!("irc:{}", irc.name));
         let cx = hub.attach(network, &router, &shutdown).context;
-        adapters.spawn(gateway::run_adapter(
-            IrcAdapter::new(irc, store.clone()),
-            cx,
-        ));
+        adapters.spawn(gateway::run_adapter(IrcAdapter::new(irc), cx));
     }
     if let Some(addr) = config.gateway.metrics {
         let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
@@ -140,9 +143,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
     if let Some(addr) = config.gateway.web {
-        let (store, stop) = (store.clone(), shutdown.clone());
+        let (pastes, stop) = (pastes.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = web::serve(addr, store, stop).await {
+            if let Err(e) = web::serve(addr, pastes, stop).await {
                 tracing::error!(error = %e, "The web server stopped.");
             }
         });

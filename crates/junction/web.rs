@@ -1,21 +1,19 @@
 //! Public pages, on `[gateway] web`: `GET /paste/{id}`, the whole text of a message that was
-//! too long for IRC (IRC got its first lines and a link here; see `junction_irc::paste`).
+//! too long for IRC (IRC got its first lines and a link here; see [`crate::pastes`]).
 //!
 //! A page is the text as `text/plain; charset=utf-8` and nothing else: no HTML is ever made
 //! from what people wrote, and `nosniff` plus a sandboxing content security policy keep a
 //! browser from reading the text as markup. Unknown, malformed and expired ids answer 404.
-//! Pastes live in the store's `paste` table; those older than 30 days are removed when the
-//! gateway starts ([`prune`]).
+//! Pastes live in the store's `web/pastes` table; those older than 30 days are removed when
+//! the gateway starts ([`PasteStore::prune_now`]).
 
+use crate::pastes::PasteStore;
 use anyhow::Context as _;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use junction_irc::paste;
-use junction_store::Store;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,50 +26,41 @@ pub fn paste_base(public_url: &str) -> String {
     format!("{}{PASTE_PATH}", public_url.trim_end_matches('/'))
 }
 
-/// Removes the pastes older than 30 days; logs what it did.
-pub fn prune(store: &dyn Store) {
-    match paste::prune(store, junction_core::clock::now_ms()) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "Old pastes removed."),
-        Err(e) => tracing::warn!(error = %e, "Could not remove old pastes."),
-    }
-}
-
 /// Serves the public pages on `addr` until `shutdown` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
-    store: Arc<dyn Store>,
+    pastes: PasteStore,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for public pages on {addr}"))?;
-    serve_listener(listener, store, shutdown).await
+    serve_listener(listener, pastes, shutdown).await
 }
 
 /// Like [`serve`], on a listener already bound (tests bind port 0 and read the port back).
 pub async fn serve_listener(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    pastes: PasteStore,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "Serving public pages ({PASTE_PATH}/<id>).");
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(pastes))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("web server failed")
 }
 
 /// The routes of the public pages.
-pub fn router(store: Arc<dyn Store>) -> axum::Router {
+pub fn router(pastes: PasteStore) -> axum::Router {
     axum::Router::new()
         .route(&format!("{PASTE_PATH}/{{id}}"), get(paste_handler))
-        .with_state(store)
+        .with_state(pastes)
 }
 
-async fn paste_handler(State(store): State<Arc<dyn Store>>, Path(id): Path<String>) -> Response {
-    match paste::get(store.as_ref(), &id, junction_core::clock::now_ms()) {
+async fn paste_handler(State(pastes): State<PasteStore>, Path(id): Path<String>) -> Response {
+    match pastes.get(&id, junction_core::clock::now_ms()) {
         Ok(Some(p)) => text(StatusCode::OK, p.text),
         Ok(None) => text(
             StatusCode::NOT_FOUND,
@@ -114,27 +103,25 @@ fn text(status: StatusCode, body: String) -> Response {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use junction_store::MemStore;
+    use crate::pastes::{self, TABLE};
+    use junction_store::{MemStore, Store};
+    use std::sync::Arc;
 
-    async fn start(store: Arc<dyn Store>) -> (String, CancellationToken) {
+    async fn start(pastes: PasteStore) -> (String, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        tokio::spawn(serve_listener(listener, store, stop.clone()));
+        tokio::spawn(serve_listener(listener, pastes, stop.clone()));
         (base, stop)
     }
 
     #[tokio::test]
     async fn pastes_are_plain_text_and_unknown_ids_are_404() {
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let store = PasteStore::open(Arc::new(MemStore::new()));
         let text = "<script>alert(1)</script>\nline two\n";
-        let id = paste::put(
-            store.as_ref(),
-            "$e\nirc:local/#lobby",
-            text,
-            junction_core::clock::now_ms(),
-        )
-        .unwrap();
+        let id = store
+            .put("$e\nirc:local/#lobby", text, junction_core::clock::now_ms())
+            .unwrap();
         let (base, stop) = start(store.clone()).await;
 
         let r = reqwest::get(format!("{base}/paste/{id}")).await.unwrap();
@@ -160,22 +147,22 @@ mod tests {
 
     #[tokio::test]
     async fn old_pastes_are_pruned_and_not_served() {
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let month = paste::MAX_AGE.as_millis() as u64;
-        let old = paste::put(
-            store.as_ref(),
-            "old",
-            "old",
-            junction_core::clock::now_ms() - month - 1000,
-        )
-        .unwrap();
-        let new = paste::put(store.as_ref(), "new", "new", junction_core::clock::now_ms()).unwrap();
+        let raw: Arc<dyn Store> = Arc::new(MemStore::new());
+        let store = PasteStore::open(raw.clone());
+        let month = pastes::MAX_AGE.as_millis() as u64;
+        let old = store
+            .put("old", "old", junction_core::clock::now_ms() - month - 1000)
+            .unwrap();
+        let new = store
+            .put("new", "new", junction_core::clock::now_ms())
+            .unwrap();
         let (base, stop) = start(store.clone()).await;
         let r = reqwest::get(format!("{base}/paste/{old}")).await.unwrap();
         assert_eq!(r.status(), 404, "expired, even before pruning");
-        prune(store.as_ref());
-        assert!(store.kv_get(paste::TABLE, &old).unwrap().is_none());
-        assert!(store.kv_get(paste::TABLE, &new).unwrap().is_some());
+        store.prune_now();
+        let table = format!("web/{TABLE}");
+        assert!(raw.kv_get(&table, &old).unwrap().is_none());
+        assert!(raw.kv_get(&table, &new).unwrap().is_some());
         stop.cancel();
     }
 

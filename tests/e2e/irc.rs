@@ -22,10 +22,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-#[path = "../../crates/junction-irc/src/test_store.rs"]
-#[allow(dead_code)]
-mod store;
-
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Running {
@@ -62,7 +58,7 @@ fn start_with(
     cfg.max_lines = 20;
     cfg.lines_per_second = 5.0;
     cfg.channel_history = channel_history.map(str::to_owned);
-    let adapter = IrcAdapter::new(cfg, Arc::new(store::TestStore::default()));
+    let adapter = IrcAdapter::new(cfg);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
     let (d_tx, d_rx) = mpsc::channel(64);
     let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();

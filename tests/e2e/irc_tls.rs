@@ -9,7 +9,7 @@ use junction_core::{
     Adapter, AdapterContext, BridgeName, Delivery, Event, EventKind, Message, MessageId,
     MessageKind, NetworkId, RoomId, RoomRef, Sender, UserRef,
 };
-use junction_irc::session::{self, Registration};
+use junction_irc::connection::{self, Registration};
 use junction_irc::tls::Tls;
 use junction_irc::{IrcAdapter, IrcConfig, IrcMode};
 use junction_testkit::clients::IrcUser;
@@ -248,7 +248,7 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     let ircd = TlsInspircd::start().await?;
 
     // The webpki roots alone do not trust the test CA.
-    let refused = session::connect(
+    let refused = connection::connect(
         &ircd.tls_addr().to_string(),
         Some(&Tls::new(None).map_err(anyhow::Error::msg)?),
         registration(&short("n", 7)),
@@ -261,7 +261,7 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     assert!(err.contains("TLS handshake"), "{err}");
 
     // With the CA, a session registers.
-    let s = session::connect(
+    let s = connection::connect(
         &ircd.tls_addr().to_string(),
         Some(&Tls::new(Some(&ircd.ca())).map_err(anyhow::Error::msg)?),
         registration(&short("t", 7)),
@@ -283,7 +283,7 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     cfg.mode = IrcMode::Puppet;
     cfg.tls = true;
     cfg.tls_ca = Some(ircd.ca());
-    let adapter = IrcAdapter::new(cfg, Arc::new(junction_store::MemStore::new()));
+    let adapter = IrcAdapter::new(cfg);
     let (in_tx, _in_rx) = mpsc::channel(64);
     let (d_tx, d_rx) = mpsc::channel(8);
     let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();

@@ -4,12 +4,53 @@
 //! line may go at once, so answering commands never holds up PINGs or relaying.
 
 use irc_proto::{Message, Prefix};
-use junction_core::{NetworkId, UserRef};
+use junction_core::{AdapterContext, NetworkId, UserRef};
 use std::collections::VecDeque;
+use tokio::sync::mpsc;
 
 /// Most answer lines waiting for the bot's connection; lines of answers beyond it are
 /// dropped (counted and logged once per burst).
 pub const MAX_REPLY_LINES: usize = 100;
+
+/// Tokens the bucket must hold before an answer line to a command goes: one for the line and
+/// one left for the next delivery line.
+pub(crate) const REPLY_TOKENS: f64 = 2.0;
+
+/// A command's answer on its way back to the person who typed it: their nick, the text.
+pub(crate) type Reply = (String, String);
+
+/// A private message `text` to the bot: a command for the gateway. The answer is awaited in
+/// its own task (the connection never waits) and comes back on `reply_tx`; no answer in
+/// time comes back as the words the gateway's core has for it.
+pub(crate) fn forward(
+    cx: &AdapterContext,
+    msg: &Message,
+    text: &str,
+    reply_tx: &mpsc::UnboundedSender<Reply>,
+) {
+    let Some(nick) = msg.source_nickname() else {
+        return;
+    };
+    let Some(text) = command_text(text) else {
+        return;
+    };
+    let from = identities(&cx.network, msg);
+    if from.is_empty() {
+        return;
+    }
+    let commands = cx.commands.clone();
+    let reply_tx = reply_tx.clone();
+    let (nick, text) = (nick.to_owned(), text.to_owned());
+    tokio::spawn(async move {
+        let answer = junction_core::adapter::ask(&commands, from, nick.clone(), text)
+            .await
+            .unwrap_or_else(|why| why);
+        // An empty answer: the command was ignored (its sender is over the rate limit).
+        if !answer.trim().is_empty() {
+            let _ = reply_tx.send((nick, answer));
+        }
+    });
+}
 
 /// Answer lines waiting to be sent, bounded.
 #[derive(Debug)]
@@ -182,5 +223,44 @@ mod tests {
         );
         assert_eq!(command_text("\x01VERSION\x01"), None);
         assert_eq!(command_text("  help "), Some("help"));
+    }
+
+    #[tokio::test]
+    async fn a_private_message_to_the_bot_is_a_command_answered_by_notice() {
+        use crate::fake_server::{expect_line, harness, serve_scripted};
+        use crate::IrcMode;
+        use junction_core::NetworkStatus;
+        use std::time::Duration;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, lines_tx, |line| {
+            if line == "JOIN #t" {
+                vec!["@account=root :boss!~b@admin.test PRIVMSG junction :status".to_owned()]
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
+        let cmd = tokio::time::timeout(Duration::from_secs(30), h.commands.recv())
+            .await
+            .expect("in time")
+            .expect("a command");
+        assert_eq!(cmd.text, "status");
+        assert_eq!(
+            cmd.from,
+            vec![
+                UserRef::new("irc:fake", "root"),
+                UserRef::new("irc:fake", "boss!~b@admin.test")
+            ]
+        );
+        assert_eq!(*h.status.borrow(), NetworkStatus::Connected);
+        cmd.reply.send("all good\nlinks: 1".into()).expect("reply");
+        expect_line(&mut lines, "NOTICE boss :all good").await;
+        expect_line(&mut lines, "NOTICE boss :links: 1").await;
+        h.shutdown.cancel();
     }
 }

@@ -46,12 +46,9 @@ pub struct IrcConfig {
     /// Token bucket: lines that may go at once.
     pub burst: u32,
     /// A message longer than this many lines is sent as its first `max_lines - 1` lines plus
-    /// a note: a link to its whole text when `paste_url` is set.
+    /// a note: a link to its whole text when the gateway keeps pastes (`[gateway]
+    /// public_url`), else the rest is not sent and the note says so.
     pub max_lines: usize,
-    /// Where the whole text of a message cut at `max_lines` can be read: `<paste_url>/<id>`,
-    /// stored in the store's `paste` table (see [`crate::paste`]) and served by the gateway's
-    /// web listener. None: the rest is not sent, the note says so.
-    pub paste_url: Option<String>,
     /// Channel history to turn on in each linked channel that has none, as InspIRCd's
     /// channel mode `+H` takes it: `<lines>:<period>` (`100:1d`). Needs the server's
     /// `chanhistory` module and the bot to be a channel operator; the channel then replays
@@ -88,7 +85,6 @@ impl IrcConfig {
             lines_per_second: 2.0,
             burst: 10,
             max_lines: 5,
-            paste_url: None,
             channel_history: None,
         }
     }

@@ -4,7 +4,7 @@
 //! The doctor registers under a nick of its own (the bot's with `doc` at the end), so a
 //! running gateway keeps its nick; it only looks the bot up (WHOIS, NAMES, MODE).
 
-use crate::session::{self, Registration, Session};
+use crate::connection::{self, Registration, Session};
 use crate::tls::Tls;
 use crate::IrcConfig;
 use irc_proto::{Command, Message, Response};
@@ -88,7 +88,7 @@ pub async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings<'_>) {
         realname: "Junction doctor".into(),
         nicklen: 0,
     };
-    let mut s = match session::connect(&i.server, tls.as_ref(), reg, TIMEOUT).await {
+    let mut s = match connection::connect(&i.server, tls.as_ref(), reg, TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             return out.error(

@@ -1,12 +1,19 @@
-//! Wire → [`Event`]: what the bot connection reads in a channel becomes a normalised event.
+//! Wire → [`Event`]: what the bot connection reads in a channel becomes a normalised event
+//! ([`map`], pure), and the bot's side of it: the roster it keeps of each channel, its own and
+//! its puppets' lines told apart, and each event passed on to the gateway.
 
-use irc_proto::{Command, Message};
+use crate::adapter::{IrcAdapter, State};
+use crate::connection::Session;
+use crate::history::{Replay, BACKFILL_MARGIN_MS};
+use crate::{commands, lookup};
+use irc_proto::{Command, Message, Response};
 use junction_core::clock::now_ms;
 use junction_core::format::{self, mention};
 use junction_core::{
-    Event, EventKind, Message as ChatMessage, MessageId, MessageKind, NetworkId, RoomRef, Sender,
-    UserRef,
+    AdapterContext, Event, EventKind, Inbound, Message as ChatMessage, MessageId, MessageKind,
+    NetworkId, NetworkStatus, RoomRef, Sender, UserRef,
 };
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -330,9 +337,276 @@ pub fn map(
     }
 }
 
+/// Channel membership as the bot sees it: one shared roster per channel (folded names). The
+/// puppets keep none.
+#[derive(Default)]
+pub(crate) struct Roster {
+    /// folded channel → room as written in the link
+    pub(crate) rooms: BTreeMap<String, String>,
+    /// folded channel → folded nicks
+    pub(crate) members: BTreeMap<String, BTreeSet<String>>,
+    /// folded nick → host, as last seen in a message prefix (for bans)
+    pub(crate) hosts: BTreeMap<String, String>,
+    /// channel operators, for telling a moderator's topic from anyone else's
+    pub(crate) ops: crate::ops::Ops,
+}
+
+impl Roster {
+    /// Forgets the host of `nick` (folded) once it shares no channel with the bot any more:
+    /// its QUIT will not be seen, and the map would otherwise keep everyone who ever left.
+    pub(crate) fn forget_host_if_gone(&mut self, nick: &str) {
+        if !self.members.values().any(|m| m.contains(nick)) {
+            self.hosts.remove(nick);
+        }
+    }
+}
+
+/// Whether `nick` (as the server wrote it) is the bot or one of our puppets, connected or
+/// not. The store keeps puppet nicks as the server gave them, so it is asked with the nick
+/// unfolded (under rfc1459, `alice[m]` folds to `alice{m}`).
+fn is_ours(cx: &AdapterContext, s: &Session, st: &State, nick: &str) -> bool {
+    let folded = s.isupport.fold(nick);
+    folded == s.isupport.fold(&s.nick)
+        || st.live.contains_key(&folded)
+        || cx.store.puppet_owner(nick).ok().flatten().is_some()
+}
+
+impl IrcAdapter {
+    /// Reads one server line on the bot's connection: answers PINGs, keeps the roster, takes
+    /// commands, and passes what people said and did in the linked channels (a history
+    /// replay's lines included, where they are new) on to the gateway.
+    pub(crate) async fn on_message(
+        &self,
+        s: &mut Session,
+        cx: &AdapterContext,
+        st: &State,
+        roster: &mut Roster,
+        (replay, since): (&mut Replay, Option<u64>),
+        msg: irc_proto::Message,
+    ) -> Result<(), String> {
+        if replay.on_batch(&msg, &|c| s.isupport.fold(c)) {
+            return Ok(());
+        }
+        if let Some(chan) = replay.channel_of(&msg).map(str::to_owned) {
+            // A line of the channel's history, replayed on join.
+            let (Command::PRIVMSG(_, text) | Command::NOTICE(_, text)) = &msg.command else {
+                return Ok(());
+            };
+            let Some(nick) = msg.source_nickname() else {
+                return Ok(());
+            };
+            let time = tag(&msg, "time").and_then(parse_server_time).unwrap_or(0);
+            if is_ours(cx, s, st, nick) {
+                replay.push_own(&chan, &s.isupport.fold(nick), text, time);
+                return Ok(());
+            }
+            // Someone else's: relayed when said after the bot last read the channel (less a
+            // margin) and named by a msgid, so a line relayed before is known and skipped.
+            let fresh = replay.relays(&chan)
+                && since.is_some_and(|t| time.saturating_add(BACKFILL_MARGIN_MS) >= t);
+            if !fresh || tag(&msg, "msgid").is_none() {
+                return Ok(());
+            }
+        }
+        let nick_of = msg.source_nickname().map(|n| s.isupport.fold(n));
+        if let (Some(n), Some(irc_proto::Prefix::Nickname(_, _, host))) = (&nick_of, &msg.prefix) {
+            if !host.is_empty() && roster.members.values().any(|m| m.contains(n)) {
+                roster.hosts.insert(n.clone(), host.clone());
+            }
+        }
+        match &msg.command {
+            Command::PING(a, _) => {
+                s.writer
+                    .send(&format!("PONG :{a}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Command::ERROR(reason) => return Err(format!("server error: {reason}")),
+            Command::Response(Response::RPL_NAMREPLY, args) => {
+                if let (Some(chan), Some(names)) = (args.get(2), args.get(3)) {
+                    let k = s.isupport.fold(chan);
+                    let set = roster.members.entry(k.clone()).or_default();
+                    for n in names.split(' ').filter(|n| !n.is_empty()) {
+                        let isupport = &s.isupport;
+                        roster
+                            .ops
+                            .name(&k, n, &isupport.prefix_symbols, &|x| isupport.fold(x));
+                        let n = n.trim_start_matches(|c| s.isupport.prefix_symbols.contains(c));
+                        set.insert(s.isupport.fold(n));
+                    }
+                }
+                return Ok(());
+            }
+            Command::Response(
+                r @ (Response::ERR_BANNEDFROMCHAN
+                | Response::ERR_INVITEONLYCHAN
+                | Response::ERR_CHANNELISFULL
+                | Response::ERR_BADCHANNELKEY
+                | Response::ERR_NOSUCHCHANNEL
+                | Response::ERR_TOOMANYCHANNELS),
+                args,
+            ) => {
+                let chan = args.get(1).cloned().unwrap_or_default();
+                if roster.rooms.contains_key(&s.isupport.fold(&chan)) {
+                    tracing::warn!(network = %cx.network, channel = %chan, code = ?r, "IRC bot could not join");
+                    cx.status
+                        .send_replace(NetworkStatus::Degraded(format!("could not join {chan}")));
+                }
+                return Ok(());
+            }
+            Command::PRIVMSG(target, text)
+                if s.isupport.fold(target) == s.isupport.fold(&s.nick) =>
+            {
+                let from_puppet = nick_of.as_ref().is_some_and(|n| st.live.contains_key(n));
+                if !from_puppet {
+                    commands::forward(cx, &msg, text, &st.reply_tx);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let me = s.isupport.fold(&s.nick);
+        let events = {
+            let isupport = &s.isupport;
+            let rooms = &roster.rooms;
+            let members = &roster.members;
+            let live = &st.live;
+            let network = &cx.network;
+            map(
+                &cx.network,
+                &msg,
+                &|chan| rooms.get(&isupport.fold(chan)).cloned(),
+                &|n| {
+                    let n = isupport.fold(n);
+                    members
+                        .iter()
+                        .filter(|(_, m)| m.contains(&n))
+                        .filter_map(|(c, _)| rooms.get(c).cloned())
+                        .collect()
+                },
+                &|n| is_ours(cx, s, st, n),
+                &|n| {
+                    let folded = isupport.fold(n);
+                    if let Some(u) = live.get(&folded) {
+                        return Some(u.clone());
+                    }
+                    if let Ok(Some(u)) = cx.store.puppet_owner(n) {
+                        return Some(u);
+                    }
+                    members
+                        .values()
+                        .any(|m| m.contains(&folded))
+                        .then(|| UserRef::new(network.clone(), n))
+                },
+            )
+        };
+        // A topic is a moderator's when an operator of the channel set it.
+        let events: Vec<_> = match (&msg.command, &nick_of) {
+            (Command::TOPIC(chan, _), Some(n)) => {
+                let op = roster.ops.is_op(&s.isupport.fold(chan), n);
+                events.into_iter().map(|e| e.moderated(op)).collect()
+            }
+            _ => events,
+        };
+        if let Command::ChannelMODE(chan, modes) = &msg.command {
+            let isupport = &s.isupport;
+            roster
+                .ops
+                .mode(&isupport.fold(chan), modes, &|x| isupport.fold(x));
+        }
+        // Keep the roster current after mapping (QUIT/NICK needed the old membership).
+        if let Some(n) = nick_of {
+            match &msg.command {
+                Command::JOIN(chan, _, _) => {
+                    roster
+                        .members
+                        .entry(s.isupport.fold(chan))
+                        .or_default()
+                        .insert(n);
+                }
+                Command::PART(chan, _) => {
+                    roster.ops.left(&s.isupport.fold(chan), &n);
+                    if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
+                        m.remove(&n);
+                    }
+                    roster.forget_host_if_gone(&n);
+                }
+                Command::KICK(chan, who, _) => {
+                    let who = s.isupport.fold(who);
+                    roster.ops.left(&s.isupport.fold(chan), &who);
+                    if let Some(m) = roster.members.get_mut(&s.isupport.fold(chan)) {
+                        m.remove(&who);
+                    }
+                    roster.forget_host_if_gone(&who);
+                }
+                Command::QUIT(_) => {
+                    roster.ops.quit(&n);
+                    for m in roster.members.values_mut() {
+                        m.remove(&n);
+                    }
+                    roster.hosts.remove(&n);
+                }
+                Command::NICK(new) => {
+                    let new = s.isupport.fold(new);
+                    if n == me {
+                        s.nick = new.clone();
+                    }
+                    roster.ops.renamed(&n, &new);
+                    for m in roster.members.values_mut() {
+                        if m.remove(&n) {
+                            m.insert(new.clone());
+                        }
+                    }
+                    if let Some(h) = roster.hosts.remove(&n) {
+                        roster.hosts.insert(new.clone(), h);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for e in events {
+            if let EventKind::Message(m) = &e.kind {
+                lookup::remember(
+                    cx.store.as_ref(),
+                    &e.remote_id,
+                    &e.sender.display_name,
+                    &m.body.to_plain(),
+                );
+            }
+            let said = e.ts_ms;
+            let (item, ack) = Inbound::with_ack(e);
+            if cx.inbound.send(item).await.is_err() {
+                tracing::debug!("gateway gone; inbound event not passed on");
+            } else {
+                self.read.pass(said, ack);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_forgotten_once_no_channel_is_shared() {
+        let mut r = Roster::default();
+        for chan in ["#a", "#b"] {
+            r.members
+                .entry(chan.into())
+                .or_default()
+                .insert("eve".into());
+        }
+        r.hosts.insert("eve".into(), "host.example".into());
+        r.members.get_mut("#a").map(|m| m.remove("eve"));
+        r.forget_host_if_gone("eve");
+        assert!(r.hosts.contains_key("eve"), "still in #b");
+        r.members.get_mut("#b").map(|m| m.remove("eve"));
+        r.forget_host_if_gone("eve");
+        assert!(r.hosts.is_empty());
+    }
 
     #[test]
     fn server_time_formats_and_parses_back() {

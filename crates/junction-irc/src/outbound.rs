@@ -1,8 +1,10 @@
-//! [`Delivery`] → IRC lines.
+//! [`Delivery`] → IRC lines: the rendering itself ([`render`], pure), and what it looks up
+//! for one connection ([`render_for`]: nicks and quotes from the store, the paste link).
+//! Where a delivery goes and when it is answered is `deliver.rs`.
 
-use crate::split;
+use crate::{ids, lookup, split};
 use junction_core::format::{self, mention, RichText};
-use junction_core::{Delivery, EventKind, MessageKind, UserRef};
+use junction_core::{AdapterStore, Delivery, EventKind, MessageKind, Pastes, UserRef};
 
 /// Stores the whole plain text of a message and returns the URL where it can be read.
 pub type PasteFn<'a> = dyn Fn(&str) -> Option<String> + 'a;
@@ -20,7 +22,7 @@ pub struct Render<'a> {
     /// At most this many lines per message.
     pub max_lines: usize,
     /// Stores the whole plain text of a message longer than `max_lines` and returns the URL
-    /// where it can be read ([`crate::paste::maker`]); None when no paste page is configured
+    /// where it can be read (the gateway's [`Pastes`]); None when no paste page is configured
     /// (or the text could not be stored): the message is then cut with a note.
     pub paste: Option<&'a PasteFn<'a>>,
     /// The message a reply or reaction refers to, as IRC saw it: who said it and its text.
@@ -249,6 +251,45 @@ pub fn render(d: &Delivery, r: &Render<'_>) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Who says a delivery and in what room: what [`render_for`] needs of the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Voice<'a> {
+    /// The nick that sends the lines (puppet or bot).
+    pub nick: &'a str,
+    /// `Some("alice[m]")` when the bot relays the line as `<alice[m]> text`.
+    pub relay_as: Option<&'a str>,
+    /// The server's line length.
+    pub linelen: usize,
+    /// At most this many lines per message.
+    pub max_lines: usize,
+}
+
+/// Renders `d` as `voice` says it: mentions become the nicks kept in `store`, a reply or a
+/// reaction quotes what it refers to, and a message longer than `max_lines` links its whole
+/// text kept in `pastes` (named by [`ids::paste_origin`]).
+pub fn render_for(
+    store: &dyn AdapterStore,
+    pastes: Option<&dyn Pastes>,
+    d: &Delivery,
+    voice: Voice<'_>,
+) -> Vec<String> {
+    let nick_of = |u: &UserRef| lookup::nick_of(store, u);
+    let paste = pastes.map(|p| move |text: &str| p.keep(&ids::paste_origin(d), text));
+    render(
+        d,
+        &Render {
+            channel: &d.target.room.0,
+            sender_nick: voice.nick,
+            relay_as: voice.relay_as,
+            linelen: voice.linelen,
+            max_lines: voice.max_lines,
+            paste: paste.as_ref().map(|p| p as &PasteFn<'_>),
+            quoted: lookup::quoted(store, d),
+            nick_of: &nick_of,
+        },
+    )
 }
 
 /// The lines that carry out a gateway `Kick`/`Ban` of a user of this network (`target` as the
@@ -525,5 +566,71 @@ mod tests {
             carry_styles(vec!["a \x02bold".into(), "still\x02 plain".into()]),
             vec!["a \x02bold", "\x02still\x02 plain"]
         );
+    }
+
+    /// Through the adapter: a message over `max_lines` goes out as its first lines and a
+    /// link, and the gateway's pastes hold its whole text under the delivery's origin.
+    #[tokio::test]
+    async fn a_long_message_goes_out_cut_with_a_link_to_its_whole_text() {
+        use crate::fake_server::{self, expect_line, harness_with, serve_one, MemPastes};
+        use crate::IrcMode;
+        use std::sync::Arc;
+        use std::time::Duration;
+        use tokio::sync::{mpsc, oneshot};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut cfg = fake_server::config(listener.local_addr().expect("addr"), IrcMode::Relay);
+        cfg.max_lines = 3;
+        let pastes = Arc::new(MemPastes::default());
+        let mut h = harness_with(
+            cfg,
+            Arc::new(junction_store::MemStore::new()),
+            Some(pastes.clone()),
+        );
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let (_close, close_rx) = oneshot::channel();
+        serve_one(&listener, lines_tx, close_rx).await;
+        expect_line(&mut lines, "JOIN #t").await;
+        let text = (1..=8)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        h.deliveries
+            .send(fake_server::delivery(1, &text))
+            .await
+            .expect("send");
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> line 1").await;
+        expect_line(&mut lines, "PRIVMSG #t :<alice[m]> line 2").await;
+        let note = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.recv().await {
+                if l.starts_with("PRIVMSG #t :") {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .expect("in time")
+        .expect("a third line");
+        let prefix = "PRIVMSG #t :<alice[m]> (6 more lines: https://chat.example.org/paste/";
+        let id = note
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not the note: {note:?}"));
+        let (origin, paste) = pastes
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .expect("the paste");
+        assert_eq!(paste, text);
+        let d = fake_server::delivery(1, &text);
+        assert_eq!(origin, format!("{}\n{}", d.event.id, d.target));
+        let ok = h.answered().await;
+        assert_eq!(ok.outbox_id, 1);
+        h.shutdown.cancel();
     }
 }

@@ -8,15 +8,22 @@
 //! after its lines came back (the same proof the bot uses), reconnects once after a lost
 //! connection, and quits after the idle timeout. When it can not connect, or the channel
 //! refuses it, its jobs go back to the adapter, which relays them through the bot.
+//!
+//! The adapter's side is here too: starting a puppet (its `Handle`), taking its reports, and
+//! handing a job nobody will do to the bot.
 
+use crate::adapter::{IrcAdapter, State};
 use crate::bucket::Bucket;
+use crate::connection::{self, Registration, Session};
+use crate::deliver::{self, BotKind};
 use crate::isupport::ISupport;
-use crate::outbound::{self, Render};
-use crate::session::{self, Registration, Session};
-use crate::{lookup, nick, paste};
+use crate::outbound::{self, Voice};
+use crate::{ids, lookup};
 use irc_proto::{Command, Response};
-use junction_core::{Delivered, Delivery, MessageId, NetworkId, Secret, UserRef};
-use junction_store::Store;
+use junction_core::{
+    AdapterContext, AdapterStore, Delivered, Delivery, MessageId, NetworkId, Pastes, Secret,
+    Sender, UserRef,
+};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,8 +129,6 @@ pub struct Spec {
     pub rate: f64,
     /// Most lines per message.
     pub max_lines: usize,
-    /// Where the whole text of a longer message can be read (see [`crate::paste`]).
-    pub paste_url: Option<String>,
     /// The server's NICKLEN as the bot learned it.
     pub nicklen: usize,
 }
@@ -134,7 +139,9 @@ pub struct Shared {
     /// The IRC network.
     pub network: NetworkId,
     /// Nicks, quotes.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn AdapterStore>,
+    /// Where the whole text of a longer message is kept and linked, if anywhere.
+    pub pastes: Option<Arc<dyn Pastes>>,
     /// Answers to deliveries.
     pub delivered: mpsc::UnboundedSender<Delivered>,
     /// Reports to the adapter.
@@ -183,7 +190,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
         };
         let connected = tokio::select! {
             _ = sh.shutdown.cancelled() => return,
-            r = session::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
+            r = connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
         };
         let mut s = match connected {
             Ok(s) => s,
@@ -212,7 +219,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
                 attempt += 1;
                 tokio::select! {
                     _ = sh.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(session::backoff(attempt - 1)) => {}
+                    _ = tokio::time::sleep(connection::backoff(attempt - 1)) => {}
                 }
             }
         }
@@ -232,6 +239,180 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
         leftovers,
         failed,
     });
+}
+
+/// A running (or connecting) puppet, as the adapter holds it.
+pub(crate) struct Handle {
+    gen: u64,
+    jobs: mpsc::UnboundedSender<Box<Job>>,
+    nick: Option<String>,
+}
+
+/// How long a user whose puppet could not connect is relayed by the bot before trying again.
+const PUPPET_COOLDOWN: Duration = Duration::from_secs(300);
+
+impl IrcAdapter {
+    /// Starts the puppet of `sender` unless it runs.
+    pub(crate) fn ensure_puppet(
+        &self,
+        cx: &AdapterContext,
+        st: &mut State,
+        sender: &Sender,
+        isupport: &ISupport,
+    ) {
+        if st.puppets.contains_key(&sender.user) {
+            return;
+        }
+        let tls = match self.tls() {
+            Ok(t) => t.cloned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "No puppet without its TLS setup.");
+                return;
+            }
+        };
+        let nick = ids::puppet_nick(cx.store.as_ref(), sender, isupport.nicklen);
+        st.next_gen += 1;
+        let spec = Spec {
+            user: sender.user.clone(),
+            gen: st.next_gen,
+            nick,
+            suffix: ids::suffix_for(sender.user.network.0.as_str()),
+            realname: format!(
+                "{} ({} {})",
+                sender.display_name, sender.user.network, sender.user.user
+            ),
+            server: self.config.server.clone(),
+            tls,
+            password: self.config.password.clone(),
+            idle: self.config.puppet_idle_timeout,
+            burst: self.config.burst,
+            rate: self.config.lines_per_second,
+            max_lines: self.config.max_lines,
+            nicklen: isupport.nicklen,
+        };
+        let shared = Shared {
+            network: cx.network.clone(),
+            store: cx.store.clone(),
+            pastes: cx.pastes.clone(),
+            delivered: cx.delivered.clone(),
+            reports: st.reports_tx.clone(),
+            shutdown: cx.shutdown.clone(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(spec, shared, rx));
+        st.puppets.insert(
+            sender.user.clone(),
+            Handle {
+                gen: st.next_gen,
+                jobs: tx,
+                nick: None,
+            },
+        );
+    }
+
+    /// A puppet job nobody will do: messages go through the bot, the rest is done.
+    pub(crate) fn orphan(
+        &self,
+        cx: &AdapterContext,
+        st: &mut State,
+        isupport: &ISupport,
+        job: Job,
+    ) {
+        tracing::debug!(network = %cx.network, outbox = job.delivery.outbox_id, action = ?job.action, "IRC puppet job handed to the bot");
+        if job.action == Action::Speak {
+            deliver::queue_bot(cx, st, isupport, (job.delivery, BotKind::Relay, false));
+        } else {
+            deliver::answer(cx, &job.delivery, Ok(Vec::new()));
+        }
+    }
+
+    /// Takes a puppet's report: its nick (kept in the store), a channel's gate opened, a
+    /// refused line for the bot to relay, or its end (what it left undone goes another way).
+    pub(crate) fn on_report(
+        &self,
+        cx: &AdapterContext,
+        st: &mut State,
+        isupport: &ISupport,
+        r: Report,
+    ) {
+        match r {
+            Report::Up { user, gen, nick } | Report::Nick { user, gen, nick } => {
+                let Some(h) = st.puppets.get_mut(&user).filter(|h| h.gen == gen) else {
+                    return;
+                };
+                if let Some(old) = h.nick.replace(nick.clone()) {
+                    st.live.remove(&isupport.fold(&old));
+                }
+                st.live.insert(isupport.fold(&nick), user.clone());
+                if let Err(e) = cx.store.set_puppet(&user, &nick) {
+                    tracing::warn!(error = %e, "puppet nick not stored");
+                }
+            }
+            Report::Written { user, channel } => {
+                deliver::written(st, isupport, &channel, &Some(user));
+            }
+            Report::Reroute { delivery } => {
+                deliver::queue_bot(cx, st, isupport, (*delivery, BotKind::Relay, false));
+            }
+            Report::Exit {
+                user,
+                gen,
+                leftovers,
+                failed,
+            } => {
+                if st.puppets.get(&user).is_some_and(|h| h.gen == gen) {
+                    if let Some(h) = st.puppets.remove(&user) {
+                        if let Some(n) = h.nick {
+                            st.live.remove(&isupport.fold(&n));
+                        }
+                    }
+                }
+                if failed.is_some() {
+                    st.cooldown
+                        .insert(user.clone(), Instant::now() + PUPPET_COOLDOWN);
+                }
+                for (job, reported) in leftovers {
+                    if !reported {
+                        deliver::written(
+                            st,
+                            isupport,
+                            &job.delivery.target.room.0,
+                            &Some(user.clone()),
+                        );
+                    }
+                    self.orphan(cx, st, isupport, job);
+                }
+            }
+        }
+        st.cooldown.retain(|_, t| *t > Instant::now());
+    }
+
+    /// Hands `job` to the puppet of `user`, starting it when the job is to speak. A puppet
+    /// that is gone does the job no more: it is done another way ([`IrcAdapter::orphan`]).
+    pub(crate) fn to_puppet(
+        &self,
+        cx: &AdapterContext,
+        st: &mut State,
+        isupport: &ISupport,
+        user: UserRef,
+        job: Job,
+    ) {
+        if job.action == Action::Speak {
+            let sender = job.delivery.event.sender.clone();
+            self.ensure_puppet(cx, st, &sender, isupport);
+        }
+        let refused = match st.puppets.get(&user) {
+            // Boxed: each puppet's queue allocates slots for 32 jobs at once.
+            Some(h) => h.jobs.send(Box::new(job)).err().map(|e| *e.0),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            let room = job.delivery.target.room.0.clone();
+            deliver::written(st, isupport, &room, &Some(user.clone()));
+            st.puppets.remove(&user);
+            self.orphan(cx, st, isupport, job);
+        }
+    }
 }
 
 fn fold(i: &ISupport, s: &str) -> String {
@@ -255,25 +436,17 @@ fn lines_for(
             if joined.insert(key) {
                 lines.push(format!("JOIN {channel}"));
             }
-            let store = sh.store.as_ref();
-            let network = &sh.network;
-            let nick_of = |u: &UserRef| lookup::nick_of(store, network, u);
-            let paste = spec
-                .paste_url
-                .as_deref()
-                .map(|base| paste::maker(store, base, &job.delivery));
-            let body = outbound::render(
+            let voice = Voice {
+                nick: &s.nick,
+                relay_as: None,
+                linelen: s.isupport.linelen,
+                max_lines: spec.max_lines,
+            };
+            let body = outbound::render_for(
+                sh.store.as_ref(),
+                sh.pastes.as_deref(),
                 &job.delivery,
-                &Render {
-                    channel,
-                    sender_nick: &s.nick,
-                    relay_as: None,
-                    linelen: s.isupport.linelen,
-                    max_lines: spec.max_lines,
-                    paste: paste.as_ref().map(|p| p as &outbound::PasteFn<'_>),
-                    quoted: lookup::quoted(store, network, &job.delivery),
-                    nick_of: &nick_of,
-                },
+                voice,
             );
             said = body.len();
             lines.extend(body);
@@ -294,7 +467,7 @@ fn lines_for(
             lines.push(format!("QUIT :{reason}"));
         }
         Action::Nick(name) => {
-            let want = nick::sanitise(name, spec.suffix, s.isupport.nicklen);
+            let want = ids::sanitise(name, spec.suffix, s.isupport.nicklen);
             if fold(&s.isupport, &want) != fold(&s.isupport, &s.nick) {
                 lines.push(format!("NICK {want}"));
             }
@@ -393,7 +566,7 @@ async fn serve(
                     Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, args) if nick_tries > 0 => {
                         nick_tries -= 1;
                         let taken = args.get(1).cloned().unwrap_or_default();
-                        let next = nick::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
+                        let next = ids::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
                         if let Err(e) = s.writer.send(&format!("NICK {next}")).await {
                             return End::Lost(e.to_string());
                         }
@@ -439,12 +612,7 @@ async fn serve(
 }
 
 fn answer(sh: &Shared, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
-    let _ = sh.delivered.send(Delivered {
-        outbox_id: d.outbox_id,
-        target: d.target.clone(),
-        event: d.event.id.clone(),
-        outcome,
-    });
+    let _ = sh.delivered.send(d.answer(outcome));
 }
 
 /// A job whose lines are proven to have reached the server.
@@ -464,8 +632,66 @@ fn finish(spec: &Spec, sh: &Shared, s: &Session, w: Work) {
         .map(|i| MessageId::new(format!("{}.{i}", d.outbox_id)))
         .collect();
     if let (Some(first), Some(text)) = (ids.first(), lookup::quotable(&d)) {
-        lookup::remember(sh.store.as_ref(), &sh.network, first, &s.nick, &text);
+        lookup::remember(sh.store.as_ref(), first, &s.nick, &text);
     }
     let _ = spec;
     answer(sh, &d, Ok(ids));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fake_server::{delivery, expect_line, harness, serve_scripted};
+    use crate::IrcMode;
+    use junction_core::{EventKind, MessageId};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    #[tokio::test]
+    async fn a_remote_user_speaks_through_their_own_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
+        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
+        expect_line(&mut bot_lines, "JOIN #t").await;
+        h.deliveries.send(delivery(1, "hi")).await.expect("send");
+        let (p_tx, mut p_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, p_tx, |_| Vec::new()).await;
+        expect_line(&mut p_lines, "NICK alice[m]").await;
+        expect_line(&mut p_lines, "JOIN #t").await;
+        expect_line(&mut p_lines, "PRIVMSG #t :hi").await;
+        let ok = h.answered().await;
+        assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+        // The same user's next message and their leaving go through the same connection.
+        h.deliveries.send(delivery(2, "again")).await.expect("send");
+        expect_line(&mut p_lines, "PRIVMSG #t :again").await;
+        let mut leave = delivery(3, "");
+        leave.event.kind = EventKind::Leave {
+            reason: Some("bye".into()),
+            quit: false,
+        };
+        h.deliveries.send(leave).await.expect("send");
+        expect_line(&mut p_lines, "PART #t :bye").await;
+        for want in [2, 3] {
+            let ok = h.answered().await;
+            assert_eq!(ok.outbox_id, want);
+        }
+        h.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_puppet_that_can_not_connect_is_relayed_by_the_bot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
+        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
+        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
+        expect_line(&mut bot_lines, "JOIN #t").await;
+        h.deliveries.send(delivery(1, "hi")).await.expect("send");
+        // The puppet's connection is accepted and closed at once.
+        let (sock, _) = listener.accept().await.expect("accept");
+        drop(sock);
+        expect_line(&mut bot_lines, "PRIVMSG #t :<alice[m]> hi").await;
+        let ok = h.answered().await;
+        assert_eq!(ok.outbox_id, 1);
+        h.shutdown.cancel();
+    }
 }

@@ -6,7 +6,7 @@
 
 use irc_proto::Message;
 use junction_core::{NetworkId, UserRef};
-use junction_irc::{inbound, nick, split};
+use junction_irc::{ids, inbound, split};
 use proptest::prelude::*;
 
 /// Lines that look like IRC: an optional tag block and prefix, a command, parameters, and
@@ -95,13 +95,13 @@ proptest! {
     #[test]
     fn nicks_are_always_valid(name in "(\\PC|[ \\r\\n\\x00,*?!@#:])*", nicklen in 3usize..31) {
         for suffix in ["[m]", "[x]", ""] {
-            let n = nick::sanitise(&name, suffix, nicklen);
+            let n = ids::sanitise(&name, suffix, nicklen);
             prop_assert!(!n.is_empty());
             prop_assert!(n.len() <= nicklen, "{:?} longer than {}", n, nicklen);
             prop_assert!(!n.contains([' ', '\r', '\n', '\0', ',', '*', '?', '!', '@', ':']), "{:?}", n);
             let first = n.chars().next().unwrap();
             prop_assert!(!first.is_ascii_digit() && first != '-' && first != '#', "{:?}", n);
-            let next = nick::next_candidate(&n, suffix, nicklen);
+            let next = ids::next_candidate(&n, suffix, nicklen);
             prop_assert!(next.len() <= nicklen && next != n, "{:?} → {:?}", n, next);
         }
     }

@@ -3,8 +3,8 @@
 //! Written over `irc-proto`'s message parser rather than the `irc` crate's client, which drops
 //! text after a newline, has no reconnect and sends SASL in the wrong order.
 
+use crate::ids;
 use crate::isupport::ISupport;
-use crate::nick;
 use crate::tls::Tls;
 use base64::Engine as _;
 use irc_proto::{CapSubCommand, Command, Message, Response};
@@ -178,7 +178,7 @@ impl Negotiation {
             Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, _)
                 if !self.welcomed =>
             {
-                self.nick = nick::next_candidate(
+                self.nick = ids::next_candidate(
                     &self.nick,
                     &self.reg.suffix,
                     self.isupport.nicklen.max(self.reg.nicklen).max(9),

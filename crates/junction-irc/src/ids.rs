@@ -1,4 +1,7 @@
-//! Puppet nicks: `<name>[m]` for Matrix users, `<name>[x]` for XMPP users, made safe for IRC.
+//! Naming: puppet nicks (`<name>[m]` for Matrix users, `<name>[x]` for XMPP users, made safe
+//! for IRC), the nick a remote user keeps across restarts, and what names a paste.
+
+use junction_core::{AdapterStore, Delivery, Sender};
 
 /// Characters never allowed in a nick we send.
 const FORBIDDEN: &[char] = &[
@@ -64,6 +67,45 @@ pub fn next_candidate(nick: &str, suffix: &str, nicklen: usize) -> String {
     out
 }
 
+/// The nick a remote user is shown with on IRC: the one kept in the store when they have
+/// one, else a new one made from their display name (`_` added while another remote user
+/// holds it), kept so it stays the same.
+pub fn puppet_nick(store: &dyn AdapterStore, sender: &Sender, nicklen: usize) -> String {
+    let user = &sender.user;
+    match store.puppet(user) {
+        Ok(Some(n)) => return n,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "puppet nick lookup failed"),
+    }
+    let name = sender
+        .display_name
+        .split(['@', ':'])
+        .find(|s| !s.is_empty())
+        .unwrap_or("user");
+    let suffix = suffix_for(user.network.0.as_str());
+    let mut candidate = sanitise(name, suffix, nicklen);
+    // Another remote user may hold this nick already: add `_` until it is free.
+    for _ in 0..16 {
+        match store.puppet_owner(&candidate) {
+            Ok(Some(owner)) if &owner != user => {
+                candidate = next_candidate(&candidate, suffix, nicklen);
+            }
+            _ => break,
+        }
+    }
+    if let Err(e) = store.set_puppet(user, &candidate) {
+        tracing::warn!(error = %e, "puppet nick not stored");
+    }
+    candidate
+}
+
+/// What names the paste of one delivery's whole text: the message and the room it goes to,
+/// so the same delivery rendered again (after a reconnect, or relayed by the bot when its
+/// puppet could not speak) links the same page.
+pub fn paste_origin(d: &Delivery) -> String {
+    format!("{}\n{}", d.event.id, d.target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +138,26 @@ mod tests {
         assert_eq!(next_candidate("alice[m]", "[m]", 30), "alice[m]_");
         assert_eq!(next_candidate("alexan[m]", "[m]", 9), "alexa_[m]");
         assert_eq!(next_candidate("alexa_[m]", "[m]", 9), "alex__[m]");
+    }
+
+    #[test]
+    fn puppet_nicks_are_kept_and_collisions_step() {
+        use junction_core::{NetworkId, UserRef};
+        use std::sync::Arc;
+        let store = junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            NetworkId::new("irc:local"),
+        );
+        let alice = Sender::new(UserRef::new("matrix", "@alice:a.test"), "alice");
+        let other = Sender::new(UserRef::new("matrix", "@alice:b.test"), "alice");
+        assert_eq!(puppet_nick(store.as_ref(), &alice, 30), "alice[m]");
+        assert_eq!(puppet_nick(store.as_ref(), &other, 30), "alice[m]_");
+        // Kept: a new display name does not change the stored nick.
+        let renamed = Sender::new(alice.user.clone(), "alicia");
+        assert_eq!(puppet_nick(store.as_ref(), &renamed, 30), "alice[m]");
+        assert_eq!(
+            store.puppet_owner("alice[m]_").expect("read"),
+            Some(other.user.clone())
+        );
     }
 }
