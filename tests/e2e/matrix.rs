@@ -99,9 +99,8 @@ fn start_with_admins(
         )
         .with_test_writer()
         .try_init();
-    let store = Arc::new(store::KvStore::default());
     // The test's file server is on 127.0.0.1, which the gateway refuses by default.
-    let adapter = MatrixAdapter::new(config(servers, slot), store)
+    let adapter = MatrixAdapter::new(config(servers, slot))
         .allow_private_media_urls()
         .with_admins(admins);
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
@@ -1217,107 +1216,4 @@ async fn encrypted_rooms_are_refused() -> anyhow::Result<()> {
     assert!(why.contains("not linked"), "{why}");
     gw.stop().await;
     Ok(())
-}
-
-/// A store with just the tables the adapter uses (the gateway's tables are not exercised
-/// here: the test plays the gateway).
-mod store {
-    use junction_core::router::{Link, Planned};
-    use junction_core::{
-        BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
-    };
-    use junction_store::{AuditEntry, Recorded, Result, Store};
-    use std::collections::{BTreeMap, HashSet};
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct KvStore {
-        kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
-        txns: Mutex<HashSet<String>>,
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    impl Store for KvStore {
-        fn record_inbound(&self, _: &Event, _: Vec<Planned>) -> Result<Recorded> {
-            Ok(Recorded::New(Vec::new()))
-        }
-        fn record_delivered(&self, _: &Delivered) -> Result<()> {
-            Ok(())
-        }
-        fn event_for(&self, _: &RoomRef, _: &MessageId) -> Result<Option<EventId>> {
-            Ok(None)
-        }
-        fn remote_ids(&self, _: &EventId, _: &RoomRef) -> Result<Vec<MessageId>> {
-            Ok(Vec::new())
-        }
-        fn pending(&self, _: &NetworkId) -> Result<Vec<Delivery>> {
-            Ok(Vec::new())
-        }
-        fn outbox_depth(&self, _: &NetworkId) -> Result<usize> {
-            Ok(0)
-        }
-        fn txn_done(&self, key: &str) -> Result<bool> {
-            Ok(lock(&self.txns).contains(key))
-        }
-        fn mark_txn(&self, key: &str) -> Result<()> {
-            lock(&self.txns).insert(key.to_owned());
-            Ok(())
-        }
-        fn puppet(&self, _: &NetworkId, _: &UserRef) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn set_puppet(&self, _: &NetworkId, _: &UserRef, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn puppet_owner(&self, _: &NetworkId, _: &str) -> Result<Option<UserRef>> {
-            Ok(None)
-        }
-        fn links(&self) -> Result<Vec<Link>> {
-            Ok(Vec::new())
-        }
-        fn put_link(&self, _: &Link) -> Result<()> {
-            Ok(())
-        }
-        fn remove_link(&self, _: &BridgeName) -> Result<()> {
-            Ok(())
-        }
-        fn cursor(&self, _: &RoomRef) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn set_cursor(&self, _: &RoomRef, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-            Ok(lock(&self.kv)
-                .get(&(ns.to_owned(), key.to_owned()))
-                .cloned())
-        }
-        fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<()> {
-            lock(&self.kv).insert((ns.to_owned(), key.to_owned()), value.to_vec());
-            Ok(())
-        }
-        fn kv_remove(&self, ns: &str, key: &str) -> Result<()> {
-            lock(&self.kv).remove(&(ns.to_owned(), key.to_owned()));
-            Ok(())
-        }
-        fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
-            Ok(lock(&self.kv)
-                .iter()
-                .filter(|((n, _), _)| n == ns)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        fn audit(&self, _: &AuditEntry) -> Result<()> {
-            Ok(())
-        }
-        fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-            Ok(Vec::new())
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-    }
 }
