@@ -4,14 +4,14 @@
 
 use junction_core::format::Span;
 use junction_core::{
-    Adapter, AdapterContext, Command, Delivered, Delivery, Event, EventKind, Inbound, Message,
-    MessageId, NetworkId, NetworkStatus, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+    Command, Delivered, Delivery, Event, EventKind, Message, MessageId, NetworkId, NetworkStatus,
+    RichText, RoomId, RoomRef, Secret, Sender, UserRef,
 };
 use junction_matrix::client::{Client, Method};
 use junction_matrix::config::MatrixConfig;
 use junction_matrix::MatrixAdapter;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, solo, unique, Solo};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,13 @@ struct Running {
     commands: mpsc::Receiver<Command>,
     /// The adapter's state as /health would show it.
     status: watch::Receiver<NetworkStatus>,
+    /// The linked rooms, kept so the adapter keeps them.
+    _rooms: watch::Sender<Vec<RoomId>>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    /// The adapter's run.
+    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
+    /// The test's stand-in for the gateway, answering what the adapter sends.
+    gateway: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -48,6 +53,7 @@ impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        let _ = self.gateway.await;
     }
 }
 
@@ -65,8 +71,6 @@ fn config(servers: &Servers, slot: &Slot) -> MatrixConfig {
     }
 }
 
-/// Starts the adapter for `rooms`. `fail_once` names a message body whose first arrival is
-/// answered as "not stored".
 /// How the test's stand-in for the gateway answers the adapter's events.
 #[derive(Clone, Default)]
 enum Policy {
@@ -80,6 +84,7 @@ enum Policy {
     DieAt(String),
 }
 
+/// Starts the adapter for `rooms` on a fresh store, its events answered as `policy` says.
 fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> Running {
     start_with_admins(servers, slot, rooms, policy, Vec::new())
 }
@@ -103,37 +108,24 @@ fn start_with_admins(
     let adapter = MatrixAdapter::new(config(servers, slot))
         .allow_private_media_urls()
         .with_admins(admins);
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
-    let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
-    let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
-    let (_rooms_tx, rooms_rx) = watch::channel(rooms);
-    let shutdown = CancellationToken::new();
-    let (commands_tx, commands_rx) = mpsc::channel(8);
-    let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
-    let cx = AdapterContext {
-        commands: commands_tx,
-        status: status_tx,
-        ..AdapterContext::standalone(
-            junction_store::scoped(
-                Arc::new(junction_store::MemStore::new()),
-                NetworkId::new("matrix"),
-            ),
-            inbound_tx,
-            deliveries_rx,
-            delivered_tx,
-            rooms_rx,
-            shutdown.clone(),
-        )
-    };
+    let Solo {
+        deliveries,
+        delivered,
+        mut inbound,
+        commands,
+        status,
+        rooms,
+        shutdown,
+        task,
+        ..
+    } = solo(adapter, NetworkId::new("matrix"), rooms);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let _keep_rooms = _rooms_tx;
-        let run = tokio::spawn(adapter.run(cx));
+    let gateway = tokio::spawn(async move {
         let mut failed = false;
         let mut dead = false;
-        while let Some(inbound) = inbound_rx.recv().await {
+        while let Some(inbound) = inbound.recv().await {
             let body = match &inbound.event.kind {
                 EventKind::Message(m) => Some(m.body.to_plain()),
                 _ => None,
@@ -163,16 +155,17 @@ fn start_with_admins(
                 let _ = ack.send(answer);
             }
         }
-        let _ = run.await;
     });
     Running {
-        deliveries: deliveries_tx,
-        delivered: delivered_rx,
+        deliveries,
+        delivered,
         seen,
-        commands: commands_rx,
-        status: status_rx,
+        commands,
+        status,
+        _rooms: rooms,
         shutdown,
         task,
+        gateway,
     }
 }
 
