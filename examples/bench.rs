@@ -468,10 +468,7 @@ impl Bench {
             hub.attach(nets[0].clone(), &router, &shutdown).context,
             &taps,
         );
-        adapters.spawn(gateway::run_adapter(
-            MatrixAdapter::new(m, store.clone()),
-            cx,
-        ));
+        adapters.spawn(gateway::run_adapter(MatrixAdapter::new(m), cx));
         let x = config.xmpp.clone().context("xmpp section")?;
         let (cx, xmpp_in) = tap(
             hub.attach(nets[1].clone(), &router, &shutdown).context,

@@ -101,7 +101,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let cx = hub
             .attach(NetworkId::new("matrix"), &router, &shutdown)
             .context;
-        let mut adapter = MatrixAdapter::new(m, store.clone())
+        let mut adapter = MatrixAdapter::new(m)
             .with_admins(matrix_admins(&config))
             .with_ghost_limits(config.matrix_ghosts)
             .with_cap_refusals(metrics.counter(&NetworkId::new("matrix"), "puppet_cap"));

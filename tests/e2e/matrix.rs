@@ -4,14 +4,14 @@
 
 use junction_core::format::Span;
 use junction_core::{
-    Adapter, AdapterContext, Command, Delivered, Delivery, Event, EventKind, Inbound, Message,
-    MessageId, NetworkId, NetworkStatus, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+    Command, Delivered, Delivery, Event, EventKind, Message, MessageId, NetworkId, NetworkStatus,
+    RichText, RoomId, RoomRef, Secret, Sender, UserRef,
 };
 use junction_matrix::client::{Client, Method};
 use junction_matrix::config::MatrixConfig;
 use junction_matrix::MatrixAdapter;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, solo, unique, Solo};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,13 @@ struct Running {
     commands: mpsc::Receiver<Command>,
     /// The adapter's state as /health would show it.
     status: watch::Receiver<NetworkStatus>,
+    /// The linked rooms, kept so the adapter keeps them.
+    _rooms: watch::Sender<Vec<RoomId>>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    /// The adapter's run.
+    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
+    /// The test's stand-in for the gateway, answering what the adapter sends.
+    gateway: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -48,6 +53,7 @@ impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        let _ = self.gateway.await;
     }
 }
 
@@ -65,8 +71,6 @@ fn config(servers: &Servers, slot: &Slot) -> MatrixConfig {
     }
 }
 
-/// Starts the adapter for `rooms`. `fail_once` names a message body whose first arrival is
-/// answered as "not stored".
 /// How the test's stand-in for the gateway answers the adapter's events.
 #[derive(Clone, Default)]
 enum Policy {
@@ -80,6 +84,7 @@ enum Policy {
     DieAt(String),
 }
 
+/// Starts the adapter for `rooms` on a fresh store, its events answered as `policy` says.
 fn start(servers: &Servers, slot: &Slot, rooms: Vec<RoomId>, policy: Policy) -> Running {
     start_with_admins(servers, slot, rooms, policy, Vec::new())
 }
@@ -99,42 +104,28 @@ fn start_with_admins(
         )
         .with_test_writer()
         .try_init();
-    let store = Arc::new(store::KvStore::default());
     // The test's file server is on 127.0.0.1, which the gateway refuses by default.
-    let adapter = MatrixAdapter::new(config(servers, slot), store)
+    let adapter = MatrixAdapter::new(config(servers, slot))
         .allow_private_media_urls()
         .with_admins(admins);
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
-    let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
-    let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
-    let (_rooms_tx, rooms_rx) = watch::channel(rooms);
-    let shutdown = CancellationToken::new();
-    let (commands_tx, commands_rx) = mpsc::channel(8);
-    let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
-    let cx = AdapterContext {
-        commands: commands_tx,
-        status: status_tx,
-        ..AdapterContext::standalone(
-            junction_store::scoped(
-                Arc::new(junction_store::MemStore::new()),
-                NetworkId::new("matrix"),
-            ),
-            inbound_tx,
-            deliveries_rx,
-            delivered_tx,
-            rooms_rx,
-            shutdown.clone(),
-        )
-    };
+    let Solo {
+        deliveries,
+        delivered,
+        mut inbound,
+        commands,
+        status,
+        rooms,
+        shutdown,
+        task,
+        ..
+    } = solo(adapter, NetworkId::new("matrix"), rooms);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let _keep_rooms = _rooms_tx;
-        let run = tokio::spawn(adapter.run(cx));
+    let gateway = tokio::spawn(async move {
         let mut failed = false;
         let mut dead = false;
-        while let Some(inbound) = inbound_rx.recv().await {
+        while let Some(inbound) = inbound.recv().await {
             let body = match &inbound.event.kind {
                 EventKind::Message(m) => Some(m.body.to_plain()),
                 _ => None,
@@ -164,16 +155,17 @@ fn start_with_admins(
                 let _ = ack.send(answer);
             }
         }
-        let _ = run.await;
     });
     Running {
-        deliveries: deliveries_tx,
-        delivered: delivered_rx,
+        deliveries,
+        delivered,
         seen,
-        commands: commands_rx,
-        status: status_rx,
+        commands,
+        status,
+        _rooms: rooms,
         shutdown,
         task,
+        gateway,
     }
 }
 
@@ -1217,107 +1209,4 @@ async fn encrypted_rooms_are_refused() -> anyhow::Result<()> {
     assert!(why.contains("not linked"), "{why}");
     gw.stop().await;
     Ok(())
-}
-
-/// A store with just the tables the adapter uses (the gateway's tables are not exercised
-/// here: the test plays the gateway).
-mod store {
-    use junction_core::router::{Link, Planned};
-    use junction_core::{
-        BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
-    };
-    use junction_store::{AuditEntry, Recorded, Result, Store};
-    use std::collections::{BTreeMap, HashSet};
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct KvStore {
-        kv: Mutex<BTreeMap<(String, String), Vec<u8>>>,
-        txns: Mutex<HashSet<String>>,
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    impl Store for KvStore {
-        fn record_inbound(&self, _: &Event, _: Vec<Planned>) -> Result<Recorded> {
-            Ok(Recorded::New(Vec::new()))
-        }
-        fn record_delivered(&self, _: &Delivered) -> Result<()> {
-            Ok(())
-        }
-        fn event_for(&self, _: &RoomRef, _: &MessageId) -> Result<Option<EventId>> {
-            Ok(None)
-        }
-        fn remote_ids(&self, _: &EventId, _: &RoomRef) -> Result<Vec<MessageId>> {
-            Ok(Vec::new())
-        }
-        fn pending(&self, _: &NetworkId) -> Result<Vec<Delivery>> {
-            Ok(Vec::new())
-        }
-        fn outbox_depth(&self, _: &NetworkId) -> Result<usize> {
-            Ok(0)
-        }
-        fn txn_done(&self, key: &str) -> Result<bool> {
-            Ok(lock(&self.txns).contains(key))
-        }
-        fn mark_txn(&self, key: &str) -> Result<()> {
-            lock(&self.txns).insert(key.to_owned());
-            Ok(())
-        }
-        fn puppet(&self, _: &NetworkId, _: &UserRef) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn set_puppet(&self, _: &NetworkId, _: &UserRef, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn puppet_owner(&self, _: &NetworkId, _: &str) -> Result<Option<UserRef>> {
-            Ok(None)
-        }
-        fn links(&self) -> Result<Vec<Link>> {
-            Ok(Vec::new())
-        }
-        fn put_link(&self, _: &Link) -> Result<()> {
-            Ok(())
-        }
-        fn remove_link(&self, _: &BridgeName) -> Result<()> {
-            Ok(())
-        }
-        fn cursor(&self, _: &RoomRef) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn set_cursor(&self, _: &RoomRef, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-            Ok(lock(&self.kv)
-                .get(&(ns.to_owned(), key.to_owned()))
-                .cloned())
-        }
-        fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> Result<()> {
-            lock(&self.kv).insert((ns.to_owned(), key.to_owned()), value.to_vec());
-            Ok(())
-        }
-        fn kv_remove(&self, ns: &str, key: &str) -> Result<()> {
-            lock(&self.kv).remove(&(ns.to_owned(), key.to_owned()));
-            Ok(())
-        }
-        fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
-            Ok(lock(&self.kv)
-                .iter()
-                .filter(|((n, _), _)| n == ns)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-        fn audit(&self, _: &AuditEntry) -> Result<()> {
-            Ok(())
-        }
-        fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-            Ok(Vec::new())
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-    }
 }

@@ -7,10 +7,10 @@
 //! message is said by the bot as `<name> text`. Each refusal is counted for `/metrics`
 //! (`junction_errors_total{kind="puppet_cap"}`).
 
+use crate::adapter::Shared;
 use crate::ids;
 use crate::outbound::{self, DeliverError};
 use crate::puppets::lock;
-use crate::Shared;
 use junction_core::clock::now_ms;
 use junction_core::format::Span;
 use junction_core::{

@@ -2,9 +2,10 @@
 //! media, so the other networks get a signed, expiring gateway URL instead:
 //! `<base>/media/{server}/{id}?exp=<unix s>&sig=<hex HMAC-SHA256(key, "{server}/{id}\n{exp}")>`.
 //!
-//! The HMAC key is made once and kept in the store (`matrix/media`), so links survive a
-//! restart. The proxy fetches from `/_matrix/client/v1/media/download/...` with the as_token
-//! and refuses media whose event was redacted (the `matrix/media_redacted` table).
+//! The HMAC key is made once and kept in the adapter's `media` table (`matrix/media` in the
+//! store), so links survive a restart. The proxy fetches from
+//! `/_matrix/client/v1/media/download/...` with the as_token and refuses media whose event
+//! was redacted (the `media_redacted` table).
 
 use crate::client::Client;
 use axum::body::Body;
@@ -12,15 +13,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
-use junction_store::{Store, StoreError};
+use junction_core::{AdapterStore, StoreError};
 use sha2::Sha256;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-const MEDIA_TABLE: &str = "matrix/media";
-const REDACTED_TABLE: &str = "matrix/media_redacted";
-const EVENT_MEDIA_TABLE: &str = "matrix/event_media";
+/// The adapter's tables (`matrix/<table>` in the store): the signing key, the media of
+/// redacted events, each event's media.
+const MEDIA_TABLE: &str = "media";
+const REDACTED_TABLE: &str = "media_redacted";
+const EVENT_MEDIA_TABLE: &str = "event_media";
 const KEY: &str = "hmac_key";
 
 /// How long a signed link stays valid.
@@ -30,7 +33,7 @@ pub const LINK_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct MediaProxy {
     key: Vec<u8>,
     base: String,
-    store: Arc<dyn Store>,
+    store: Arc<dyn AdapterStore>,
 }
 
 impl std::fmt::Debug for MediaProxy {
@@ -53,21 +56,18 @@ pub fn parse_mxc(mxc: &str) -> Option<(&str, &str)> {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    junction_core::clock::now_ms() / 1000
 }
 
 impl MediaProxy {
-    /// Loads (or makes and stores) the signing key; links start with `base`
-    /// (e.g. `http://127.0.0.1:9009`).
-    pub fn load(store: Arc<dyn Store>, base: &str) -> Result<Self, StoreError> {
-        let key = match store.kv_get(MEDIA_TABLE, KEY)? {
+    /// Loads (or makes and stores) the signing key from the adapter's part of the store;
+    /// links start with `base` (e.g. `http://127.0.0.1:9009`).
+    pub fn load(store: Arc<dyn AdapterStore>, base: &str) -> Result<Self, StoreError> {
+        let key = match store.get(MEDIA_TABLE, KEY)? {
             Some(k) if k.len() >= 32 => k,
             _ => {
                 let k: [u8; 32] = rand::random();
-                store.kv_put(MEDIA_TABLE, KEY, &k)?;
+                store.put(MEDIA_TABLE, KEY, &k)?;
                 k.to_vec()
             }
         };
@@ -118,7 +118,7 @@ impl MediaProxy {
         }
         if let Err(e) = self
             .store
-            .kv_put(EVENT_MEDIA_TABLE, event_id, mxcs.join("\n").as_bytes())
+            .put(EVENT_MEDIA_TABLE, event_id, mxcs.join("\n").as_bytes())
         {
             tracing::warn!(error = %e, "Could not record an event's media.");
         }
@@ -126,14 +126,14 @@ impl MediaProxy {
 
     /// Withdraws the media of a redacted event.
     pub fn redacted(&self, event_id: &str) {
-        let Ok(Some(list)) = self.store.kv_get(EVENT_MEDIA_TABLE, event_id) else {
+        let Ok(Some(list)) = self.store.get(EVENT_MEDIA_TABLE, event_id) else {
             return;
         };
         for mxc in String::from_utf8_lossy(&list).lines() {
             if let Some((server, id)) = parse_mxc(mxc) {
                 if let Err(e) = self
                     .store
-                    .kv_put(REDACTED_TABLE, &format!("{server}/{id}"), b"1")
+                    .put(REDACTED_TABLE, &format!("{server}/{id}"), b"1")
                 {
                     tracing::warn!(error = %e, "Could not record a redacted medium.");
                 }
@@ -144,7 +144,7 @@ impl MediaProxy {
     /// True when the medium's event was redacted.
     pub fn is_redacted(&self, server: &str, id: &str) -> bool {
         matches!(
-            self.store.kv_get(REDACTED_TABLE, &format!("{server}/{id}")),
+            self.store.get(REDACTED_TABLE, &format!("{server}/{id}")),
             Ok(Some(_))
         )
     }
@@ -334,7 +334,6 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    use crate::test_store::TestStore;
     use axum::routing::get;
     use junction_core::Secret;
     use tower::ServiceExt;
@@ -379,7 +378,10 @@ mod tests {
 
     async fn proxied(slots: usize, max_bytes: u64) -> (axum::Router, Arc<MediaProxy>) {
         let base = fake_homeserver().await;
-        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        let store = junction_store::scoped(
+            Arc::new(junction_store::MemStore::new()),
+            junction_core::NetworkId::new("matrix"),
+        );
         let proxy = Arc::new(MediaProxy::load(store, "http://gw").expect("key"));
         let client = Client::new(
             &base,

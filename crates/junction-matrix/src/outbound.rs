@@ -6,8 +6,8 @@
 //! never makes a second event. A message becomes a text part (if it has a body) plus one part
 //! per attachment; the ids of all parts are answered in order.
 
+use crate::adapter::Shared;
 use crate::client::{ClientError, MAX_MEDIA_BYTES};
-use crate::Shared;
 use junction_core::format::html;
 use junction_core::format::mention::map_mentions;
 use junction_core::format::Span;
@@ -18,8 +18,9 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The store table of reactions we sent: `<room id> <target> <ghost> <key>` → reaction id.
-pub const REACTIONS_OUT_TABLE: &str = "matrix/reactions_out";
+/// The adapter's store table of reactions we sent: `<room id> <target> <ghost> <key>` →
+/// reaction id (`matrix/reactions_out` in the store).
+pub const REACTIONS_OUT_TABLE: &str = "reactions_out";
 
 /// How long fetching one attachment from another network's URL may take in all (name
 /// lookup, connection, headers and body): a server trickling its answer holds its room's
@@ -65,7 +66,7 @@ pub(crate) async fn deliver(
     d: &Delivery,
 ) -> Result<Vec<MessageId>, DeliverError> {
     if sh.room_id(&d.target.room).is_none() && !sh.is_refused(&d.target.room) {
-        crate::ensure_rooms(sh).await;
+        crate::adapter::ensure_rooms(sh).await;
     }
     let Some(room_id) = sh.room_id(&d.target.room) else {
         let why = format!("room {} is not linked (see the log)", d.target.room);
@@ -202,7 +203,7 @@ pub(crate) async fn deliver(
                 Err(e) => return Err(e.into()),
             };
             let k = reaction_key(&room_id, target.as_str(), me, key);
-            if let Err(e) = sh.store.kv_put(REACTIONS_OUT_TABLE, &k, id.as_bytes()) {
+            if let Err(e) = sh.store.put(REACTIONS_OUT_TABLE, &k, id.as_bytes()) {
                 tracing::warn!(error = %e, "Could not record a sent reaction.");
             }
             Ok(vec![MessageId::new(id)])
@@ -211,7 +212,7 @@ pub(crate) async fn deliver(
             let mut out = Vec::new();
             for target in &d.target_ids {
                 let k = reaction_key(&room_id, target.as_str(), me, key);
-                let Ok(Some(reaction)) = sh.store.kv_get(REACTIONS_OUT_TABLE, &k) else {
+                let Ok(Some(reaction)) = sh.store.get(REACTIONS_OUT_TABLE, &k) else {
                     continue;
                 };
                 let reaction = String::from_utf8_lossy(&reaction).into_owned();
@@ -219,7 +220,7 @@ pub(crate) async fn deliver(
                     .client
                     .redact(&room_id, &reaction, &txn_id(d, out.len()), None, actor)
                     .await?;
-                if let Err(e) = sh.store.kv_remove(REACTIONS_OUT_TABLE, &k) {
+                if let Err(e) = sh.store.remove(REACTIONS_OUT_TABLE, &k) {
                     tracing::warn!(error = %e, "Could not forget a withdrawn reaction.");
                 }
                 out.push(MessageId::new(id));

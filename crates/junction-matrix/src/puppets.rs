@@ -1,7 +1,8 @@
 //! Ghosts: the Matrix users that stand for people on the other networks.
 //!
 //! A ghost is registered once (the registered set and each ghost's last display name are kept
-//! in the store's `matrix/ghosts` table, so a restart does not register again), gets the
+//! in the adapter's `ghosts` table, `matrix/ghosts` in the store, so a restart does not
+//! register again), gets the
 //! remote nick as its display name (with its network's origin mark, `bob[i]`, unless
 //! `[matrix] origin_marks` is off), and joins a room before it first speaks there. The
 //! store's puppet table maps the remote user to the ghost and back.
@@ -9,19 +10,18 @@
 use crate::client::{Client, ClientError};
 use crate::ids;
 use crate::queues::KeyLocks;
-use junction_core::{NetworkId, Sender};
-use junction_store::Store;
+use junction_core::{AdapterStore, NetworkId, Sender};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// The store table holding registered ghosts (user id → last display name set).
-pub const GHOSTS_TABLE: &str = "matrix/ghosts";
+/// The adapter's store table of registered ghosts (user id → last display name set;
+/// `matrix/ghosts` in the store).
+pub const GHOSTS_TABLE: &str = "ghosts";
 
 /// The ghost cache.
 pub struct Ghosts {
     client: Client,
-    store: Arc<dyn Store>,
-    network: NetworkId,
+    store: Arc<dyn AdapterStore>,
     prefix: String,
     server_name: String,
     /// Display names carry the network's origin mark (`bob[i]`).
@@ -37,16 +37,16 @@ pub struct Ghosts {
 }
 
 impl Ghosts {
-    /// Loads the registered set from the store.
+    /// Loads the registered set from the adapter's part of the store, where the ghosts'
+    /// owners are recorded too.
     pub fn new(
         client: Client,
-        store: Arc<dyn Store>,
-        network: NetworkId,
+        store: Arc<dyn AdapterStore>,
         prefix: &str,
         server_name: &str,
         origin_marks: bool,
     ) -> Self {
-        let registered = match store.kv_scan(GHOSTS_TABLE) {
+        let registered = match store.scan(GHOSTS_TABLE) {
             Ok(rows) => rows
                 .into_iter()
                 .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
@@ -59,7 +59,6 @@ impl Ghosts {
         Self {
             client,
             store,
-            network,
             prefix: prefix.to_owned(),
             server_name: server_name.to_owned(),
             origin_marks,
@@ -112,7 +111,7 @@ impl Ghosts {
             let (local, _) = ids::split_user_id(&user_id)
                 .ok_or_else(|| ClientError::Decode(format!("bad ghost id {user_id}")))?;
             self.client.register(local).await?;
-            if let Err(e) = self.store.set_puppet(&self.network, &sender.user, &user_id) {
+            if let Err(e) = self.store.set_puppet(&sender.user, &user_id) {
                 tracing::warn!(error = %e, ghost = %user_id, "Could not record the ghost's owner.");
             }
             tracing::info!(ghost = %user_id, "Registered a ghost.");
@@ -135,7 +134,7 @@ impl Ghosts {
             self.client.set_displayname(user_id, name).await?;
         }
         lock(&self.registered).insert(user_id.to_owned(), name.to_owned());
-        if let Err(e) = self.store.kv_put(GHOSTS_TABLE, user_id, name.as_bytes()) {
+        if let Err(e) = self.store.put(GHOSTS_TABLE, user_id, name.as_bytes()) {
             tracing::warn!(error = %e, ghost = %user_id, "Could not record the ghost.");
         }
         Ok(())
@@ -188,11 +187,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_store::TestStore;
     use junction_core::{Secret, UserRef};
+    use junction_store::MemStore;
     use tokio_util::sync::CancellationToken;
 
-    fn ghosts(store: Arc<TestStore>) -> Ghosts {
+    fn handle() -> Arc<dyn AdapterStore> {
+        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("matrix"))
+    }
+
+    fn ghosts(store: Arc<dyn AdapterStore>) -> Ghosts {
         // Nothing listens on the discard port: any call to the homeserver fails.
         let client = Client::new(
             "http://127.0.0.1:9",
@@ -200,23 +203,16 @@ mod tests {
             CancellationToken::new(),
         )
         .with_attempts(1);
-        Ghosts::new(
-            client,
-            store,
-            NetworkId::new("matrix"),
-            "_junction_",
-            "matrix.test",
-            false,
-        )
+        Ghosts::new(client, store, "_junction_", "matrix.test", false)
     }
 
     #[tokio::test]
     async fn a_restart_does_not_register_known_ghosts_again() {
-        let store = Arc::new(TestStore::default());
+        let store = handle();
         let bob = Sender::new(UserRef::new("irc:local", "bob"), "bob");
         let id = ghosts(store.clone()).user_id(&bob);
         assert_eq!(id, "@_junction_irc_local_bob:matrix.test");
-        store.kv_put(GHOSTS_TABLE, &id, b"bob").expect("kv");
+        store.put(GHOSTS_TABLE, &id, b"bob").expect("kv");
 
         let after_restart = ghosts(store.clone());
         assert!(after_restart.is_registered(&id));
@@ -229,7 +225,7 @@ mod tests {
         let renamed = Sender::new(bob.user.clone(), "Robert");
         assert!(after_restart.ensure(&renamed).await.is_err());
         assert_eq!(
-            store.kv_get(GHOSTS_TABLE, &id).expect("kv"),
+            store.get(GHOSTS_TABLE, &id).expect("kv"),
             Some(b"bob".to_vec())
         );
         // An unknown ghost must be registered first.
@@ -245,11 +241,10 @@ mod tests {
             Secret::new("t"),
             CancellationToken::new(),
         );
-        let store: Arc<dyn Store> = Arc::new(TestStore::default());
+        let store = handle();
         let marked = Ghosts::new(
             client.clone(),
             store.clone(),
-            NetworkId::new("matrix"),
             "_junction_",
             "matrix.test",
             true,
@@ -263,14 +258,7 @@ mod tests {
             "carol[x]"
         );
         assert_eq!(marked.shown_name(&NetworkId::new("xmpp"), ""), "");
-        let bare = Ghosts::new(
-            client,
-            store,
-            NetworkId::new("matrix"),
-            "_junction_",
-            "matrix.test",
-            false,
-        );
+        let bare = Ghosts::new(client, store, "_junction_", "matrix.test", false);
         assert_eq!(bare.shown_name(&NetworkId::new("irc:local"), "bob"), "bob");
     }
 }

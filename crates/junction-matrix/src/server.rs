@@ -14,10 +14,10 @@
 //! default is 2 MiB) would answer a large but lawful transaction 413, which the homeserver
 //! retries for ever, holding every later event back behind it.
 
+use crate::adapter::Shared;
 use crate::inbound::{self, Effect, InboundCx};
 use crate::media::{self, MediaState};
 use crate::puppets::lock;
-use crate::Shared;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -34,8 +34,9 @@ use subtle::ConstantTimeEq;
 /// 20 MiB in all.
 pub const MAX_TRANSACTION_BYTES: usize = 32 * 1024 * 1024;
 
-/// The store table of reactions seen on Matrix: reaction event id → `target\nkey`.
-pub const REACTIONS_IN_TABLE: &str = "matrix/reactions_in";
+/// The adapter's store table of reactions seen on Matrix: reaction event id → `target\nkey`
+/// (`matrix/reactions_in` in the store).
+pub const REACTIONS_IN_TABLE: &str = "reactions_in";
 
 fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (
@@ -187,7 +188,7 @@ async fn transaction(
     // A linked room the homeserver was not ready to resolve at startup: resolve it now, or
     // let the homeserver retry, rather than take its events for an unlinked room's.
     if !sh.unresolved().is_empty() {
-        crate::ensure_rooms(&sh).await;
+        crate::adapter::ensure_rooms(&sh).await;
         if !sh.unresolved().is_empty() {
             tracing::warn!(%txn, "Linked rooms are not resolved yet; the transaction will be retried.");
             return error(
@@ -337,7 +338,7 @@ fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
     };
     let media_link = |mxc: &str| sh.media.link(mxc);
     let reaction = |id: &str| {
-        let v = sh.store.kv_get(REACTIONS_IN_TABLE, id).ok()??;
+        let v = sh.store.get(REACTIONS_IN_TABLE, id).ok()??;
         let v = String::from_utf8(v).ok()?;
         let (target, key) = v.split_once('\n')?;
         Some((target.to_owned(), key.to_owned()))
@@ -363,7 +364,7 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 target,
                 key,
             } => {
-                if let Err(e) = sh.store.kv_put(
+                if let Err(e) = sh.store.put(
                     REACTIONS_IN_TABLE,
                     &event_id,
                     format!("{target}\n{key}").as_bytes(),
@@ -442,7 +443,7 @@ async fn accept_invite(sh: Arc<Shared>, room_id: String, by: String) {
     }
     if let Err(e) = sh
         .store
-        .kv_put(crate::COMMAND_ROOMS_TABLE, &room_id, by.as_bytes())
+        .put(crate::COMMAND_ROOMS_TABLE, &room_id, by.as_bytes())
     {
         tracing::warn!(error = %e, "Could not record a command room.");
     }
@@ -479,25 +480,14 @@ async fn run_command(
             .unwrap_or_else(|| sender.clone())
     });
     tracing::info!(%room_id, %sender, "Command from Matrix.");
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = junction_core::Command {
-        from: vec![junction_core::UserRef::new(
-            sh.network.clone(),
-            sender.as_str(),
-        )],
-        display_name,
-        text,
-        reply,
-    };
-    let answer = if sh.commands.send(command).await.is_err() {
-        "Commands are not available on this gateway.".to_owned()
-    } else {
-        match tokio::time::timeout(crate::COMMAND_TIMEOUT, answer).await {
-            Ok(Ok(text)) => text,
-            Ok(Err(_)) => "The command was dropped without an answer.".to_owned(),
-            Err(_) => "The command got no answer in time.".to_owned(),
-        }
-    };
+    let from = vec![junction_core::UserRef::new(
+        sh.network.clone(),
+        sender.as_str(),
+    )];
+    // Without an answer, the sender is told why.
+    let answer = junction_core::adapter::ask(&sh.commands, from, display_name, text)
+        .await
+        .unwrap_or_else(|why| why);
     if answer.trim().is_empty() {
         return;
     }
@@ -523,25 +513,24 @@ mod tests {
     }
     use crate::client::Client;
     use crate::config::MatrixConfig;
-    use crate::test_store::TestStore;
     use axum::body::Body;
     use axum::http::Request;
-    use junction_core::{EventKind, NetworkId, RoomId, Secret};
-    use junction_store::Store;
+    use junction_core::{AdapterStore, EventKind, NetworkId, RoomId, Secret};
+    use junction_store::MemStore;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
 
     const HS_TOKEN: &str = "hs-secret";
 
-    fn shared() -> (Arc<Shared>, Arc<TestStore>, mpsc::Receiver<Inbound>) {
+    fn shared() -> (Arc<Shared>, Arc<dyn AdapterStore>, mpsc::Receiver<Inbound>) {
         let (sh, store, rx, _) = shared_with_commands();
         (sh, store, rx)
     }
 
     fn shared_with_commands() -> (
         Arc<Shared>,
-        Arc<TestStore>,
+        Arc<dyn AdapterStore>,
         mpsc::Receiver<Inbound>,
         mpsc::Receiver<junction_core::Command>,
     ) {
@@ -557,7 +546,7 @@ mod tests {
             user_prefix: "_junction_".into(),
             origin_marks: true,
         };
-        let store = Arc::new(TestStore::default());
+        let store = junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("matrix"));
         let client = Client::new(
             &config.homeserver,
             config.as_token.clone(),

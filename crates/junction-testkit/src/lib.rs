@@ -7,12 +7,17 @@
 //! - [`clients`]: a Matrix C-S client, an XMPP c2s client and an IRC client, each able to
 //!   send and to wait (deadline-bounded) for what arrives.
 //! - [`gateway`]: the gateway's config sections for a test slot.
+//! - [`solo`]: one adapter started on its own, on an in-memory store, with the test
+//!   holding the gateway's ends of its channels.
 //! - [`eventually`] and [`unique`]: bounded waits and unique names, so tests never sleep
 //!   as synchronisation and never collide.
 
 pub mod clients;
 pub mod gateway;
 pub mod servers;
+pub mod solo;
+
+pub use solo::{solo, solo_on, Solo};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,115 @@
+//! The router side of every adapter's channels, and the adapter side handed to each
+//! adapter's `run`.
+
+use junction_core::router::Router;
+use junction_core::{
+    AdapterContext, Command, Delivered, Delivery, Inbound, NetworkId, NetworkStatus, RoomId,
+};
+use junction_store::Store;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The adapter ends of the channels for one network, created by [`Hub::attach`].
+pub struct Attached {
+    /// What to hand the adapter's `run`.
+    pub context: AdapterContext,
+}
+
+/// The router side of every adapter's channels.
+pub struct Hub {
+    pub(super) inbound_tx: Option<mpsc::Sender<Inbound>>,
+    pub(super) inbound_rx: mpsc::Receiver<Inbound>,
+    delivered_tx: mpsc::UnboundedSender<Delivered>,
+    pub(super) delivered_rx: mpsc::UnboundedReceiver<Delivered>,
+    pub(super) outboxes: HashMap<NetworkId, mpsc::UnboundedSender<Delivery>>,
+    pub(super) rooms: HashMap<NetworkId, watch::Sender<Vec<RoomId>>>,
+    commands_tx: mpsc::Sender<Command>,
+    pub(super) commands_rx: mpsc::Receiver<Command>,
+    pub(super) statuses: HashMap<NetworkId, watch::Receiver<NetworkStatus>>,
+    pub(super) puppets: HashMap<NetworkId, watch::Receiver<usize>>,
+    store: Arc<dyn Store>,
+    pastes: Option<Arc<dyn junction_core::Pastes>>,
+}
+
+impl Hub {
+    /// A hub with no adapters attached yet, handing each adapter its part of `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        Self {
+            commands_tx,
+            commands_rx,
+            statuses: HashMap::new(),
+            puppets: HashMap::new(),
+            inbound_tx: Some(inbound_tx),
+            inbound_rx,
+            delivered_tx,
+            delivered_rx,
+            outboxes: HashMap::new(),
+            rooms: HashMap::new(),
+            store,
+            pastes: None,
+        }
+    }
+
+    /// Where adapters attached from now on keep the whole text of long messages.
+    pub fn with_pastes(mut self, pastes: Arc<dyn junction_core::Pastes>) -> Self {
+        self.pastes = Some(pastes);
+        self
+    }
+
+    /// Creates the channels for one network's adapter. Deliveries reach the adapter through an
+    /// unbounded forwarder so the router never waits on a slow adapter (which may itself be
+    /// waiting to hand the router an inbound event); the durable outbox is the real queue.
+    pub fn attach(
+        &mut self,
+        network: NetworkId,
+        router: &Router,
+        shutdown: &CancellationToken,
+    ) -> Attached {
+        let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
+        let (tx, rx) = mpsc::channel(64);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    d = fwd_rx.recv() => match d {
+                        Some(d) => if tx.send(d).await.is_err() { break },
+                        None => break,
+                    },
+                }
+            }
+        });
+        let (rooms_tx, rooms_rx) = watch::channel(router.rooms_on(&network));
+        self.outboxes.insert(network.clone(), fwd_tx);
+        self.rooms.insert(network.clone(), rooms_tx);
+        let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
+        self.statuses.insert(network.clone(), status_rx);
+        let (puppets_tx, puppets_rx) = watch::channel(0);
+        self.puppets.insert(network.clone(), puppets_rx);
+        let store = junction_store::scoped(self.store.clone(), network.clone());
+        Attached {
+            context: AdapterContext {
+                network,
+                // After `route` started nothing new is attached; such a sender leads nowhere.
+                inbound: match &self.inbound_tx {
+                    Some(tx) => tx.clone(),
+                    None => mpsc::channel(1).0,
+                },
+                deliveries: rx,
+                delivered: self.delivered_tx.clone(),
+                rooms: rooms_rx,
+                shutdown: shutdown.clone(),
+                commands: self.commands_tx.clone(),
+                status: status_tx,
+                puppets: puppets_tx,
+                store,
+                pastes: self.pastes.clone(),
+            },
+        }
+    }
+}

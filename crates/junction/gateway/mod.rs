@@ -1,0 +1,318 @@
+//! The gateway loop: the one task that sits between the adapters and the store.
+//!
+//! ```text
+//! adapter ──Inbound──▶ route() ──record_inbound (one txn)──▶ store
+//!                        │                                     ▲
+//!                        └──Delivery (outbox order)──▶ adapter │
+//! adapter ──Delivered──▶ route() ──record_delivered (one txn)──┘
+//! ```
+//!
+//! Durability: inbound events are batched, recorded (message map + one outbox row per target
+//! in one store transaction each), flushed once per batch, and only then acknowledged to the
+//! adapter that waits (Matrix answers its transaction after that) and handed to the target
+//! adapters. Undelivered outbox rows are handed out again at start, in order.
+//!
+//! This file holds [`route`] and the loop's state; each of its jobs has a file:
+//! - `hub`: [`Hub`], the router side of every adapter's channels.
+//! - `inbound`: one batch of inbound events (bans, rate limits and caps, authority,
+//!   membership policy, `Router::plan`, `record_inbound`, one flush, acks).
+//! - `dispatch`: deliveries to the adapters, edits and the like held until their original is
+//!   answered; answers recorded; outbox depths for `/metrics`.
+//! - `commands`: admin commands, and rooms left only once their announcements are answered.
+//! - `stranded`: a failing store: `/health`, the retry tick, outbox rows a failed flush left
+//!   unsent.
+//! - `summariser`: the `summarised` membership policy.
+
+mod commands;
+mod dispatch;
+mod hub;
+mod inbound;
+mod stranded;
+mod summariser;
+
+pub use hub::{Attached, Hub};
+
+use crate::admin::Admin;
+use crate::config::Membership;
+use crate::metrics::{Health, Metrics, NetworkState};
+use crate::ratelimit::Limiter;
+use commands::Parting;
+use junction_core::limits::FanoutCaps;
+use junction_core::router::Router;
+use junction_core::{
+    AdapterContext, Delivered, Delivery, EventId, Inbound, NetworkId, NetworkStatus, RoomRef,
+};
+use junction_store::Store;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use summariser::Summariser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Most inbound events recorded in one batch before one flush.
+const BATCH: usize = 256;
+
+/// How often the outbox depth gauges are recounted while outboxes change.
+const DEPTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often a failing store is tried again, and a waiting room-list change checked.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What the route loop needs besides the adapters' channels.
+pub struct Parts {
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+    /// Which rooms are linked.
+    pub router: Router,
+    /// How membership events cross networks.
+    pub membership: Membership,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Per-network state for `/health`.
+    pub health: Arc<Health>,
+    /// Admin commands and bans.
+    pub admin: Admin,
+    /// How long the store may refuse writes before [`route`] gives up with an error (for the
+    /// supervisor to restart the gateway: sled refuses every write after an I/O error until
+    /// the process restarts).
+    pub store_retry: Duration,
+    /// Per-sender rate limits and fan-out caps on inbound events.
+    pub limits: crate::ratelimit::Limits,
+}
+
+/// The router loop. Runs until `shutdown` is cancelled, then flushes the store. Returns an
+/// error when the store has refused writes for longer than [`Parts::store_retry`].
+pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Parts {
+        store,
+        router,
+        membership,
+        metrics,
+        health,
+        mut admin,
+        store_retry,
+        limits,
+    } = parts;
+    // Each adapter's puppet count feeds /metrics.
+    for (network, rx) in std::mem::take(&mut hub.puppets) {
+        let metrics = metrics.clone();
+        follow(
+            rx,
+            &shutdown,
+            move |n| metrics.set_puppets(&network, *n),
+            || {},
+        );
+    }
+    let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
+    let seen = health.clone();
+    let store_health = health.clone();
+    admin.set_status_source(Box::new(move || {
+        networks
+            .iter()
+            .map(|n| {
+                let state = match seen.get(n) {
+                    Some(s) => match s.reason() {
+                        Some(r) => format!("{} ({r})", s.name()),
+                        None => s.name().to_owned(),
+                    },
+                    None => "unknown".to_owned(),
+                };
+                (n.clone(), state)
+            })
+            .collect()
+    }));
+    // Each adapter's connection state feeds /health.
+    for (network, rx) in std::mem::take(&mut hub.statuses) {
+        let (health, metrics) = (health.clone(), metrics.clone());
+        let (closed_health, closed_network) = (health.clone(), network.clone());
+        let mut ever_connected = false;
+        follow(
+            rx,
+            &shutdown,
+            move |status| {
+                let state = network_state(status);
+                // Connected again after having been connected once: a reconnect.
+                let connected = matches!(state, NetworkState::Connected);
+                let was = health.get(&network) == Some(NetworkState::Connected);
+                if connected && ever_connected && !was {
+                    metrics.reconnect(&network);
+                }
+                ever_connected |= connected;
+                health.set(&network, state);
+            },
+            move || {
+                closed_health.set(
+                    &closed_network,
+                    NetworkState::Down("adapter stopped".into()),
+                )
+            },
+        );
+    }
+    let mut state = Loop {
+        store,
+        router,
+        metrics,
+        sent_at: HashMap::new(),
+        summariser: Summariser::default(),
+        membership,
+        admin,
+        inflight: HashSet::new(),
+        held: HashMap::new(),
+        depth_dirty: Vec::new(),
+        health: store_health,
+        store_failing: None,
+        store_retry,
+        stranded: false,
+        unrecorded: Vec::new(),
+        parting: None,
+        limiter: Limiter::new(limits.rate),
+        caps: limits.caps,
+    };
+    // Resume what was not delivered before the last stop, in outbox order.
+    let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
+    for network in networks {
+        let pending = state.store.pending(&network)?;
+        if !pending.is_empty() {
+            tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
+        }
+        state.dispatch(pending, &hub);
+    }
+    state.update_depths(&hub);
+    // Only adapters hold senders now: the loop ends when all are gone.
+    hub.inbound_tx = None;
+    let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH);
+    let mut done: Vec<Delivered> = Vec::new();
+    let mut depth_tick = tokio::time::interval(DEPTH_EVERY);
+    depth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_tick = tokio::time::interval(RETRY_EVERY);
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = depth_tick.tick(), if !state.depth_dirty.is_empty() => state.count_depths(),
+            _ = retry_tick.tick(), if state.waits() => state.retry(&hub)?,
+            n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 { break; }
+                state.inbound(&mut batch, &hub);
+            }
+            n = hub.delivered_rx.recv_many(&mut done, BATCH) => {
+                if n == 0 { continue; }
+                state.delivered(&mut done, &hub);
+            }
+            Some(cmd) = hub.commands_rx.recv() => {
+                state.command(cmd, &hub);
+            }
+        }
+    }
+    state.store.flush()?;
+    Ok(())
+}
+
+/// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
+/// cancelled, or `on_closed` once the sender is gone.
+fn follow<T: Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+    stop: &CancellationToken,
+    mut on_value: impl FnMut(&T) + Send + 'static,
+    on_closed: impl FnOnce() + Send + 'static,
+) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            on_value(&rx.borrow_and_update());
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() {
+                    on_closed();
+                    break;
+                },
+            }
+        }
+    });
+}
+
+fn network_state(s: &NetworkStatus) -> NetworkState {
+    match s {
+        NetworkStatus::Connecting => NetworkState::Down("connecting".into()),
+        NetworkStatus::Connected => NetworkState::Connected,
+        NetworkStatus::Degraded(r) => NetworkState::Degraded(r.clone()),
+        NetworkStatus::Down(r) => NetworkState::Down(r.clone()),
+    }
+}
+
+/// The route loop's state.
+struct Loop {
+    store: Arc<dyn Store>,
+    router: Router,
+    metrics: Arc<Metrics>,
+    sent_at: HashMap<(NetworkId, u64), Instant>,
+    summariser: Summariser,
+    membership: Membership,
+    admin: Admin,
+    /// (event, room) pairs handed to an adapter and not yet answered.
+    inflight: HashSet<(EventId, RoomRef)>,
+    /// Edits, redactions and reactions waiting for their original's answer in a room.
+    held: HashMap<(EventId, RoomRef), Vec<Delivery>>,
+    /// Networks whose outbox changed since their depth was last counted.
+    depth_dirty: Vec<NetworkId>,
+    /// Where the store's state is shown.
+    health: Arc<Health>,
+    /// Since when the store refuses writes, while it does.
+    store_failing: Option<Instant>,
+    /// How long it may, before the loop gives up.
+    store_retry: Duration,
+    /// A flush failed: outbox rows may be recorded that were never handed out.
+    stranded: bool,
+    /// Answers the store did not take; recorded once it takes writes again.
+    unrecorded: Vec<Delivered>,
+    /// Rooms being left, once their announcements are answered.
+    parting: Option<Parting>,
+    /// Per-sender rate limits.
+    limiter: Limiter,
+    /// What one inbound event may fan out to.
+    caps: FanoutCaps,
+}
+
+/// Runs one adapter until it returns; a failing network is logged and leaves the others
+/// running (one bad network never takes the gateway down).
+pub async fn run_adapter<A: junction_core::Adapter>(adapter: A, cx: AdapterContext) {
+    let network = cx.network.clone();
+    match adapter.run(cx).await {
+        Ok(()) => tracing::info!(%network, "Adapter stopped."),
+        Err(e) => {
+            tracing::error!(%network, error = %e, "Adapter failed; the other networks keep running.")
+        }
+    }
+}
+
+/// The links to start with: the config's, plus runtime links kept in the store. A stored
+/// link replaces a config bridge of the same name (admins changed it); a stored link with no
+/// rooms is a closed bridge and is left out. A room a stored link has taken is dropped from
+/// the config's bridges (an admin moved it), so the two sets always fit together.
+pub fn initial_links(
+    config_links: &[junction_core::Link],
+    store: &dyn Store,
+) -> anyhow::Result<Vec<junction_core::Link>> {
+    let stored = store.links()?;
+    let taken: std::collections::HashSet<&junction_core::RoomRef> =
+        stored.iter().flat_map(|l| &l.rooms).collect();
+    let mut links: Vec<junction_core::Link> = Vec::new();
+    for l in config_links {
+        if stored.iter().any(|s| s.bridge == l.bridge) {
+            continue;
+        }
+        let mut l = l.clone();
+        l.rooms.retain(|r| {
+            let keep = !taken.contains(r);
+            if !keep {
+                tracing::warn!(bridge = %l.bridge, room = %r, "A room of this config bridge was linked elsewhere at runtime; the runtime link wins.");
+            }
+            keep
+        });
+        links.push(l);
+    }
+    links.extend(stored.into_iter().filter(|l| !l.rooms.is_empty()));
+    Ok(links)
+}
