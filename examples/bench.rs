@@ -485,6 +485,7 @@ impl Bench {
             store,
             router,
             membership: config.gateway.membership,
+            lurker_window: None,
             metrics,
             health: health.clone(),
             admin: junction::admin::Admin::new(&config),

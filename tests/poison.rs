@@ -180,6 +180,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
         store: store.clone(),
         router,
         membership: config.gateway.membership,
+        lurker_window: None,
         metrics: metrics.clone(),
         health: Arc::new(Health::new([xmpp.clone(), irc.clone()])),
         admin: junction::admin::Admin::new(&config),

@@ -8,7 +8,6 @@ pub mod command_limit;
 pub mod config;
 pub mod doctor;
 pub mod gateway;
-pub mod membership;
 pub mod metrics;
 pub mod pastes;
 pub mod ratelimit;
@@ -158,6 +157,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store: store.clone(),
         router,
         membership: config.gateway.membership,
+        lurker_window: config.gateway.lurker_window,
         metrics,
         health,
         admin: admin::Admin::new(&config),

@@ -310,3 +310,67 @@ async fn ghosts_from_before_a_restart_are_counted_and_leave_when_idle() -> anyho
     drop(other);
     Ok(())
 }
+
+/// In the default `summarised` membership mode someone who only joins gets no puppets; their
+/// first line brings them (ghost and line on Matrix). With `lurker_window_seconds` set, a
+/// lurker still there after the window is puppeted without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lurkers_are_puppeted_once_they_speak_or_after_the_window() -> anyhow::Result<()> {
+    const WINDOW: u64 = 30;
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace(
+            "membership = \"all\"",
+            &format!("membership = \"summarised\"\nlurker_window_seconds = {WINDOW}"),
+        );
+    })
+    .await?;
+    let servers = servers().await?;
+    let network = NetworkId::new("irc:local");
+    let ghost_of = |nick: &str| {
+        junction_matrix::ids::ghost_user_id(
+            &lobby.slot.user_prefix,
+            &network,
+            nick,
+            &servers.matrix.server_name,
+        )
+    };
+
+    // A joins and says nothing; a later line from elsewhere on IRC crosses: A's join was
+    // handled before it (deliveries to a network go in order), and made no ghost.
+    let quiet = short_nick(&unique("lq"));
+    let joined_at = std::time::Instant::now();
+    let a = IrcUser::connect(lobby.irc_addr, &quiet).await?;
+    a.join(&lobby.channel).await?;
+    let marker = unique("after a quiet join");
+    lobby.irc.privmsg(&lobby.channel, &marker)?;
+    lobby.matrix_sees(&marker).await.context("i → m marker")?;
+    let ghost = ghost_of(&quiet);
+    if joined_at.elapsed() < Duration::from_secs(WINDOW - 5) {
+        assert!(
+            !ghosts(&lobby).await?.contains(&ghost),
+            "no ghost for {quiet}, who only joined"
+        );
+    }
+
+    // Once A speaks, the ghost comes with the line.
+    let words = unique("the lurker speaks");
+    a.privmsg(&lobby.channel, &words)?;
+    let seen = lobby.matrix_sees(&words).await.context("i → m words")?;
+    assert_eq!(seen["sender"].as_str(), Some(ghost.as_str()), "{seen}");
+
+    // B joins and never speaks: after the window, a ghost joins for them all the same.
+    let lurker = short_nick(&unique("lw"));
+    let b = IrcUser::connect(lobby.irc_addr, &lurker).await?;
+    b.join(&lobby.channel).await?;
+    let ghost = ghost_of(&lurker);
+    lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT + Duration::from_secs(WINDOW), |r| {
+            r["type"] == "m.room.member"
+                && r["state_key"] == ghost.as_str()
+                && r["content"]["membership"] == "join"
+        })
+        .await
+        .context("the lurker's ghost joins after the window")?;
+    Ok(())
+}

@@ -47,6 +47,16 @@ fn refused_as_poison(metrics: &Metrics, event: &junction_core::Event, e: &StoreE
 }
 
 impl Loop {
+    /// Routes the lurkers' joins whose window has passed (see `Summariser::due`).
+    pub(super) fn release_lurkers(&mut self, hub: &Hub) {
+        let due = self.summariser.due(junction_core::clock::now_ms());
+        if !due.is_empty() {
+            tracing::debug!(count = due.len(), "Lurkers' joins cross after the window.");
+            let mut batch = due.into_iter().map(Inbound::new).collect();
+            self.inbound(&mut batch, hub);
+        }
+    }
+
     /// Records one batch of inbound events, flushes once, acknowledges, then dispatches.
     pub(super) fn inbound(&mut self, batch: &mut Vec<Inbound>, hub: &Hub) {
         let mut out: Vec<Delivery> = Vec::new();
@@ -98,7 +108,10 @@ impl Loop {
                 }
                 continue;
             }
-            if !self.summariser.pass(self.membership, &event) {
+            if !self
+                .summariser
+                .pass(self.membership, &event, junction_core::clock::now_ms())
+            {
                 if let Some(a) = ack {
                     let _ = a.send(Ok(()));
                 }

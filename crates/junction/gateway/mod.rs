@@ -67,6 +67,9 @@ pub struct Parts {
     pub router: Router,
     /// How membership events cross networks.
     pub membership: Membership,
+    /// In `summarised` mode, how long a lurker's join is held before it crosses anyway
+    /// (`None`: only once they speak).
+    pub lurker_window: Option<Duration>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Per-network state for `/health`.
@@ -88,6 +91,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         store,
         router,
         membership,
+        lurker_window,
         metrics,
         health,
         mut admin,
@@ -154,7 +158,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         router,
         metrics,
         sent_at: HashMap::new(),
-        summariser: Summariser::default(),
+        summariser: Summariser::new(lurker_window.map(|w| w.as_millis() as u64)),
         membership,
         admin,
         inflight: HashSet::new(),
@@ -187,12 +191,15 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     depth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_tick = tokio::time::interval(RETRY_EVERY);
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lurker_tick = tokio::time::interval(RETRY_EVERY);
+    lurker_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = depth_tick.tick(), if !state.depth_dirty.is_empty() => state.count_depths(),
             _ = retry_tick.tick(), if state.waits() => state.retry(&hub)?,
+            _ = lurker_tick.tick(), if state.summariser.waiting() => state.release_lurkers(&hub),
             n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
                 state.inbound(&mut batch, &hub);
