@@ -1,5 +1,5 @@
-//! The seam between the router and each network: what an adapter receives, what it sends back,
-//! and what it declares it can do.
+//! The seam between the router and each network: what an adapter receives and what it sends
+//! back.
 //!
 //! An adapter owns its network connection(s). It turns wire traffic into [`Inbound`] events
 //! for the router, renders each [`Delivery`] the router hands it, and answers every delivery
@@ -14,39 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-
-/// Which markup a network renders natively.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Markup {
-    /// No formatting at all.
-    Plain,
-    /// IRC control codes (bold, italic, underline, strike, monospace, colours).
-    IrcCodes,
-    /// XMPP message styling, XEP-0393.
-    Xep0393,
-    /// Matrix `org.matrix.custom.html`.
-    MatrixHtml,
-}
-
-/// What a network can express natively. The router and the formatters consult this to choose
-/// fallbacks once, so adapters do not each repeat that decision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    /// Native edits/corrections.
-    pub edits: bool,
-    /// Native redactions/retractions.
-    pub redactions: bool,
-    /// Native reactions.
-    pub reactions: bool,
-    /// Native replies.
-    pub replies: bool,
-    /// File upload (otherwise attachments travel as links).
-    pub uploads: bool,
-    /// Markup rendered natively.
-    pub markup: Markup,
-    /// Largest message body in bytes the network carries in one piece, if limited.
-    pub max_message_bytes: Option<usize>,
-}
 
 /// An event from a network on its way to the router.
 #[derive(Debug)]
@@ -276,11 +243,10 @@ pub enum AdapterError {
     Fatal(String),
 }
 
-/// A network adapter. `wiring` knows each concrete type, so no `dyn` is needed.
+/// A network adapter. Each renders events in the closest native form its network has (and
+/// its own fallbacks where there is none); the gateway runs any of them through
+/// `junction_network::BoxAdapter`.
 pub trait Adapter: Send + 'static {
-    /// What this network can express natively.
-    fn capabilities(&self) -> Capabilities;
-
     /// Runs until `cx.shutdown` is cancelled (then returns `Ok`) or a fatal error.
     /// Reconnects by itself on transient network failures.
     fn run(self, cx: AdapterContext) -> impl Future<Output = Result<(), AdapterError>> + Send;

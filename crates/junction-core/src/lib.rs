@@ -21,8 +21,7 @@ pub mod router;
 pub mod store;
 
 pub use adapter::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Command, Delivered, Delivery, Inbound,
-    Markup, NetworkStatus,
+    Adapter, AdapterContext, AdapterError, Command, Delivered, Delivery, Inbound, NetworkStatus,
 };
 pub use event::{Attachment, Event, EventKind, Message, MessageKind, Sender};
 pub use format::RichText;

@@ -22,9 +22,7 @@ use crate::tls::Tls;
 use crate::{commands, deliver};
 use irc_proto::Command;
 use junction_core::clock::now_ms;
-use junction_core::{
-    Adapter, AdapterContext, AdapterError, Capabilities, Delivery, Markup, NetworkStatus, UserRef,
-};
+use junction_core::{Adapter, AdapterContext, AdapterError, Delivery, NetworkStatus, UserRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -347,18 +345,6 @@ impl IrcAdapter {
 }
 
 impl Adapter for IrcAdapter {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            edits: false,
-            redactions: false,
-            reactions: false,
-            replies: false,
-            uploads: false,
-            markup: Markup::IrcCodes,
-            max_message_bytes: Some(400),
-        }
-    }
-
     async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
         stored::adopt_legacy(cx.store.as_ref());
         let mut st = State::new();

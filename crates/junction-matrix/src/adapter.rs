@@ -13,8 +13,8 @@ use crate::puppets::{lock, Ghosts};
 use crate::queues::{enqueue, KeyLocks, RoomQueues};
 use crate::server;
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, AdapterStore, Capabilities, Command, Delivered,
-    Delivery, Inbound, Markup, NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
+    Adapter, AdapterContext, AdapterError, AdapterStore, Command, Delivered, Delivery, Inbound,
+    NetworkId, NetworkStatus, PuppetLimits, RoomId, UserRef,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -110,19 +110,6 @@ impl MatrixAdapter {
     pub fn with_media_base(mut self, base: impl Into<String>) -> Self {
         self.media_base = Some(base.into());
         self
-    }
-}
-
-/// The capabilities of Matrix.
-pub fn capabilities() -> Capabilities {
-    Capabilities {
-        edits: true,
-        redactions: true,
-        reactions: true,
-        replies: true,
-        uploads: true,
-        markup: Markup::MatrixHtml,
-        max_message_bytes: None,
     }
 }
 
@@ -339,10 +326,6 @@ impl Shared {
 }
 
 impl Adapter for MatrixAdapter {
-    fn capabilities(&self) -> Capabilities {
-        capabilities()
-    }
-
     async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
         let config = self.config;
         let client = Client::new(

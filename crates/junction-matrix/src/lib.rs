@@ -45,6 +45,6 @@ mod queues;
 pub mod server;
 
 pub use adapter::{
-    capabilities, MatrixAdapter, COMMAND_ROOMS_TABLE, MAX_ATTACHMENT_FETCHES, MAX_QUEUED_PER_ROOM,
+    MatrixAdapter, COMMAND_ROOMS_TABLE, MAX_ATTACHMENT_FETCHES, MAX_QUEUED_PER_ROOM,
     MAX_ROOMS_AT_ONCE,
 };

@@ -111,26 +111,12 @@ pub fn solo_on<A: Adapter>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use junction_core::{
-        Capabilities, Event, EventKind, Markup, MessageId, RoomRef, Sender, UserRef,
-    };
+    use junction_core::{Event, EventKind, MessageId, RoomRef, Sender, UserRef};
 
     /// Answers each delivery, says one thing per delivery, keeps a row, reports its rooms.
     struct Echo;
 
     impl Adapter for Echo {
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                edits: false,
-                redactions: false,
-                reactions: false,
-                replies: false,
-                uploads: false,
-                markup: Markup::Plain,
-                max_message_bytes: None,
-            }
-        }
-
         async fn run(self, mut cx: AdapterContext) -> Result<(), AdapterError> {
             let rooms = cx.rooms.borrow().len();
             cx.status

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, AdapterStore, Capabilities, Delivery, Markup, NetworkId,
-    NetworkStatus, PuppetCap, PuppetLimits,
+    Adapter, AdapterContext, AdapterError, AdapterStore, Delivery, NetworkId, NetworkStatus,
+    PuppetCap, PuppetLimits,
 };
 use minidom::Element;
 use tokio::sync::mpsc;
@@ -133,18 +133,6 @@ impl XmppAdapter {
 }
 
 impl Adapter for XmppAdapter {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            edits: true,
-            redactions: true,
-            reactions: true,
-            replies: true,
-            uploads: false,
-            markup: Markup::Xep0393,
-            max_message_bytes: None,
-        }
-    }
-
     async fn run(self, cx: AdapterContext) -> Result<(), AdapterError> {
         adopt_legacy_tables(cx.store.as_ref());
         let st = State::new(self, cx.store.clone(), cx.network.clone());
