@@ -2,11 +2,17 @@
 
 use junction_core::format::{html, irc, styling};
 
+/// The network whose users pills name in these tests.
+fn pills() -> junction_core::NetworkId {
+    junction_core::NetworkId::new("matrix")
+}
+
 #[test]
 fn matrix_html_to_irc_and_xmpp() {
     let t = html::parse(
         "<mx-reply><blockquote>quoted</blockquote></mx-reply><b>bold</b> <i>it</i> \
          <code>x</code> <a href=\"https://e.org\">docs</a><script>alert(1)</script>",
+        &pills(),
     );
     assert_eq!(
         irc::render(&t),
@@ -19,7 +25,7 @@ fn matrix_html_to_irc_and_xmpp() {
 fn irc_to_matrix_and_xmpp() {
     let t = irc::parse("\x02bold\x02 \x0304red\x03 <b>not markup</b>");
     assert_eq!(
-        html::render(&t),
+        html::render(&t, &pills()),
         "<strong>bold</strong> red &lt;b&gt;not markup&lt;/b&gt;"
     );
     assert_eq!(styling::render(&t), "*bold* red <b>not markup</b>");
@@ -29,7 +35,7 @@ fn irc_to_matrix_and_xmpp() {
 fn xmpp_to_matrix_and_irc() {
     let t = styling::parse("*bold* ~gone~ <script>x</script>");
     assert_eq!(
-        html::render(&t),
+        html::render(&t, &pills()),
         "<strong>bold</strong> <del>gone</del> &lt;script&gt;x&lt;/script&gt;"
     );
     assert_eq!(

@@ -3,6 +3,11 @@
 use junction_core::format::{html, irc, RichText, Span};
 use proptest::prelude::*;
 
+/// The network whose users pills name in these tests.
+fn pills() -> junction_core::NetworkId {
+    junction_core::NetworkId::new("matrix")
+}
+
 /// Merges adjacent text spans and drops empty ones, as every parser does.
 fn normal(spans: Vec<Span>) -> Vec<Span> {
     let mut out: Vec<Span> = Vec::new();
@@ -43,7 +48,7 @@ proptest! {
     #[test]
     fn html_round_trip(spans in html_tree()) {
         let t = RichText { spans };
-        prop_assert_eq!(html::parse(&html::render(&t)), t);
+        prop_assert_eq!(html::parse(&html::render(&t, &pills()), &pills()), t);
     }
 }
 

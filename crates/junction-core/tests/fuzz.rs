@@ -6,6 +6,11 @@
 use junction_core::format::{html, irc, styling, RichText};
 use proptest::prelude::*;
 
+/// The network whose users pills name in these tests.
+fn pills() -> junction_core::NetworkId {
+    junction_core::NetworkId::new("matrix")
+}
+
 /// HTML-ish input: tags (allowed, dangerous and made up), attributes with and without
 /// quotes, entities, comments, unbalanced and stray brackets, and text.
 fn html_soup() -> impl Strategy<Value = String> {
@@ -198,11 +203,11 @@ proptest! {
     /// Any HTML is read without a panic and written back inert, every time.
     #[test]
     fn html_sanitises_anything(input in html_soup()) {
-        let tree = html::parse(&input);
-        let out = html::render(&tree);
+        let tree = html::parse(&input, &pills());
+        let out = html::render(&tree, &pills());
         assert_inert(&out)?;
         // Read back, the writer's own output is as inert.
-        assert_inert(&html::render(&html::parse(&out)))?;
+        assert_inert(&html::render(&html::parse(&out, &pills()), &pills()))?;
         let _ = tree.to_plain();
         let _ = irc::render(&tree);
         let _ = styling::render(&tree);
@@ -213,7 +218,7 @@ proptest! {
     #[test]
     fn irc_and_styling_never_panic(input in marked_text()) {
         for tree in [irc::parse(&input), styling::parse(&input)] {
-            let out = html::render(&tree);
+            let out = html::render(&tree, &pills());
             assert_inert(&out)?;
             let _ = irc::render(&tree);
             let _ = styling::render(&tree);
@@ -224,10 +229,10 @@ proptest! {
     /// Literal markup typed as text stays text: written to HTML it is escaped.
     #[test]
     fn typed_markup_is_escaped(input in html_soup()) {
-        let out = html::render(&RichText::plain(input.clone()));
+        let out = html::render(&RichText::plain(input.clone()), &pills());
         prop_assert!(!out.contains('<') || input.is_empty() || !input.contains('<') || out.contains("&lt;"), "{:?}", out);
         assert_inert(&out)?;
-        let back = html::parse(&out).to_plain();
+        let back = html::parse(&out, &pills()).to_plain();
         prop_assert_eq!(back.trim(), input.trim(), "escaped text should read back: {:?}", out);
     }
 }
@@ -285,7 +290,7 @@ fn hostile(shape: u8, n: usize) -> String {
 fn read_write_all(input: &str) -> Result<u64, String> {
     work::reset();
     for (reader, tree) in [
-        ("html", html::parse(input)),
+        ("html", html::parse(input, &pills())),
         ("irc", irc::parse(input)),
         ("styling", styling::parse(input)),
     ] {
@@ -293,7 +298,7 @@ fn read_write_all(input: &str) -> Result<u64, String> {
         if depth > MAX_DEPTH {
             return Err(format!("{reader}: depth {depth}"));
         }
-        let _ = html::render(&tree);
+        let _ = html::render(&tree, &pills());
         let _ = irc::render(&tree);
         let _ = styling::render(&tree);
         let _ = tree.to_plain();
@@ -328,7 +333,7 @@ proptest! {
     #[test]
     fn bodies_are_cut_at_the_size_cap(extra in 1usize..4096, c in prop::sample::select(vec!['x', 'é', '😀', '>'])) {
         let input: String = std::iter::repeat_n(c, MAX_INPUT_BYTES / c.len_utf8() + extra).collect();
-        for tree in [html::parse(&input), irc::parse(&input), styling::parse(&input)] {
+        for tree in [html::parse(&input, &pills()), irc::parse(&input), styling::parse(&input)] {
             prop_assert!(tree.to_plain().matches(c).count() <= MAX_INPUT_BYTES / c.len_utf8());
         }
     }
@@ -370,7 +375,7 @@ fn trees_built_too_deep_are_written_and_flattened() {
     let deep = tree.clone();
     on_small_stack(|| {
         assert_eq!(tree.depth(), 2_001);
-        assert!(html::render(&tree).contains("core"));
+        assert!(html::render(&tree, &pills()).contains("core"));
         assert!(irc::render(&tree).contains("core"));
         assert!(styling::render(&tree).contains("core"));
         assert!(tree.to_plain().contains("core"));

@@ -531,7 +531,7 @@ fn message_body(content: &Value, is_reply: bool, cx: &InboundCx<'_>) -> RichText
         .then(|| s(content, "formatted_body"))
         .flatten();
     if let Some(html) = html {
-        let mut text = junction_core::format::html::parse(html);
+        let mut text = junction_core::format::html::parse(html, cx.network);
         if !text.is_empty() {
             map_pills(&mut text, cx);
             return text;

@@ -534,7 +534,10 @@ async fn attachment_content(
                 }],
             };
             c.insert("format".into(), json!("org.matrix.custom.html"));
-            c.insert("formatted_body".into(), json!(html::render(&link)));
+            c.insert(
+                "formatted_body".into(),
+                json!(html::render(&link, &pills())),
+            );
         }
     }
     Ok(c)
@@ -663,7 +666,10 @@ fn content_with(msgtype: &str, body: &RichText, who: &MentionOf<'_>) -> Map<Stri
     c.insert("body".into(), json!(body.to_plain()));
     if html::needs_html(&body) {
         c.insert("format".into(), json!("org.matrix.custom.html"));
-        c.insert("formatted_body".into(), json!(html::render(&body)));
+        c.insert(
+            "formatted_body".into(),
+            json!(html::render(&body, &pills())),
+        );
     }
     mentions.sort();
     mentions.dedup();
@@ -671,8 +677,14 @@ fn content_with(msgtype: &str, body: &RichText, who: &MentionOf<'_>) -> Map<Stri
     c
 }
 
-/// The network name the core HTML renderer pills (`matrix`).
+/// The network of the users mentions name once [`content_with`] mapped them to Matrix users:
+/// the core HTML renderer makes pills of them.
 const PILL_NETWORK: &str = "matrix";
+
+/// [`PILL_NETWORK`] as an id.
+fn pills() -> junction_core::NetworkId {
+    junction_core::NetworkId::new(PILL_NETWORK)
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,10 @@
 //! Matrix `formatted_body` HTML to and from [`RichText`].
 //!
+//! Pills (links to `https://matrix.to/#/@user:server`) are mentions of users of the network
+//! the caller names: the reader makes each pill a [`Span::Mention`] of a user of that network,
+//! the writer makes each mention of a user of that network (whose id starts with `@`) a pill
+//! and shows other mentions as their names.
+//!
 //! Parsing is a small hand-written tokenizer over a tag whitelist rather than a full HTML5
 //! parser crate: we only need a handful of inline tags, everything else is dropped keeping its
 //! text, and a full parser (html5ever and friends) would pull a large dependency tree into a
@@ -13,7 +18,7 @@
 //! each input byte a bounded number of times.
 
 use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH};
-use crate::ids::UserRef;
+use crate::ids::{NetworkId, UserRef};
 
 const MATRIX_TO: &str = "https://matrix.to/#/";
 
@@ -37,8 +42,9 @@ struct Frame {
     children: Vec<Span>,
 }
 
-/// Parses Matrix `formatted_body` HTML into rich text.
-pub fn parse(html: &str) -> RichText {
+/// Parses Matrix `formatted_body` HTML into rich text; pills become mentions of users of
+/// `pills`.
+pub fn parse(html: &str, pills: &NetworkId) -> RichText {
     let mut stack = vec![Frame {
         tag: String::new(),
         kind: Kind::Root,
@@ -84,7 +90,7 @@ pub fn parse(html: &str) -> RichText {
         }
         let attrs = &inside[name_end..];
         if closing {
-            close(&mut stack, &name);
+            close(&mut stack, &name, pills);
             continue;
         }
         match name.as_str() {
@@ -130,7 +136,7 @@ pub fn parse(html: &str) -> RichText {
         }
     }
     while stack.len() > 1 {
-        pop(&mut stack);
+        pop(&mut stack, pills);
     }
     let mut spans = stack.pop().map(|f| f.children).unwrap_or_default();
     trim_trailing_newlines(&mut spans);
@@ -181,7 +187,7 @@ fn open(stack: &mut Vec<Frame>, tag: String, kind: Kind) {
     });
 }
 
-fn close(stack: &mut Vec<Frame>, name: &str) {
+fn close(stack: &mut Vec<Frame>, name: &str, pills: &NetworkId) {
     let same = |t: &str| {
         t == name
             || matches!(
@@ -195,12 +201,12 @@ fn close(stack: &mut Vec<Frame>, name: &str) {
             return;
         }
         while stack.len() > pos {
-            pop(stack);
+            pop(stack, pills);
         }
     }
 }
 
-fn pop(stack: &mut Vec<Frame>) {
+fn pop(stack: &mut Vec<Frame>, pills: &NetworkId) {
     let Some(f) = stack.pop() else { return };
     let block = matches!(
         f.tag.as_str(),
@@ -230,7 +236,7 @@ fn pop(stack: &mut Vec<Frame>) {
             plain_into(&f.children, &mut name, 0);
             match url.strip_prefix(MATRIX_TO) {
                 Some(id) if id.starts_with('@') => Some(Span::Mention {
-                    user: Some(UserRef::new("matrix", percent_decode(id))),
+                    user: Some(UserRef::new(pills.clone(), percent_decode(id))),
                     name,
                 }),
                 _ => Some(Span::Link {
@@ -412,29 +418,30 @@ fn escape(s: &str, out: &mut String) {
     }
 }
 
-/// Renders rich text as Matrix `formatted_body` HTML, every text and attribute escaped.
-pub fn render(text: &RichText) -> String {
+/// Renders rich text as Matrix `formatted_body` HTML, every text and attribute escaped;
+/// mentions of users of `pills` become pills.
+pub fn render(text: &RichText, pills: &NetworkId) -> String {
     let mut out = String::new();
-    render_spans(&text.spans, &mut out, 0);
+    render_spans(&text.spans, &mut out, 0, pills);
     out
 }
 
-fn wrapped(tag: &str, children: &[Span], out: &mut String, depth: usize) {
+fn wrapped(tag: &str, children: &[Span], out: &mut String, depth: usize, pills: &NetworkId) {
     out.push('<');
     out.push_str(tag);
     out.push('>');
-    render_spans(children, out, depth + 1);
+    render_spans(children, out, depth + 1, pills);
     out.push_str("</");
     out.push_str(tag);
     out.push('>');
 }
 
 /// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text, escaped.
-fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
+fn render_spans(spans: &[Span], out: &mut String, depth: usize, pills: &NetworkId) {
     if depth >= MAX_DEPTH {
         let mut flat = String::new();
         flat_text(spans, &mut flat);
-        render_spans(&[Span::Text(flat)], out, 0);
+        render_spans(&[Span::Text(flat)], out, 0, pills);
         return;
     }
     for s in spans {
@@ -448,10 +455,10 @@ fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
                     escape(line, out);
                 }
             }
-            Span::Bold(c) => wrapped("strong", c, out, depth),
-            Span::Italic(c) => wrapped("em", c, out, depth),
-            Span::Underline(c) => wrapped("u", c, out, depth),
-            Span::Strike(c) => wrapped("del", c, out, depth),
+            Span::Bold(c) => wrapped("strong", c, out, depth, pills),
+            Span::Italic(c) => wrapped("em", c, out, depth, pills),
+            Span::Underline(c) => wrapped("u", c, out, depth, pills),
+            Span::Strike(c) => wrapped("del", c, out, depth, pills),
             Span::Code(t) => {
                 out.push_str("<code>");
                 escape(t, out);
@@ -473,14 +480,14 @@ fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
                     out.push_str("<a href=\"");
                     escape(url, out);
                     out.push_str("\">");
-                    render_spans(children, out, depth + 1);
+                    render_spans(children, out, depth + 1, pills);
                     out.push_str("</a>");
                 } else {
-                    render_spans(children, out, depth + 1);
+                    render_spans(children, out, depth + 1, pills);
                 }
             }
             Span::Mention { user, name } => match user {
-                Some(u) if u.network.as_str() == "matrix" && u.user.as_str().starts_with('@') => {
+                Some(u) if &u.network == pills && u.user.as_str().starts_with('@') => {
                     out.push_str("<a href=\"");
                     out.push_str(MATRIX_TO);
                     escape(u.user.as_str(), out);
@@ -490,7 +497,7 @@ fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
                 }
                 _ => escape(name, out),
             },
-            Span::Quote(c) => wrapped("blockquote", c, out, depth),
+            Span::Quote(c) => wrapped("blockquote", c, out, depth, pills),
         }
     }
 }
@@ -503,6 +510,11 @@ pub fn needs_html(text: &RichText) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The network whose users pills name in these tests.
+    fn pills() -> NetworkId {
+        NetworkId::new("matrix")
+    }
     use proptest::prelude::*;
 
     fn t(s: &str) -> Span {
@@ -511,7 +523,10 @@ mod tests {
 
     #[test]
     fn inline_tags() {
-        let r = parse("a <b>b</b> <em>i</em> <u>u</u> <del>s</del> <code>c&lt;</code>");
+        let r = parse(
+            "a <b>b</b> <em>i</em> <u>u</u> <del>s</del> <code>c&lt;</code>",
+            &pills(),
+        );
         assert_eq!(
             r.spans,
             vec![
@@ -531,24 +546,34 @@ mod tests {
 
     #[test]
     fn script_reply_and_unknown_tags() {
-        assert_eq!(parse("<script>alert(1)</script>hi").to_plain(), "hi");
         assert_eq!(
-            parse("<mx-reply><blockquote>old</blockquote></mx-reply>new").to_plain(),
+            parse("<script>alert(1)</script>hi", &pills()).to_plain(),
+            "hi"
+        );
+        assert_eq!(
+            parse(
+                "<mx-reply><blockquote>old</blockquote></mx-reply>new",
+                &pills()
+            )
+            .to_plain(),
             "new"
         );
-        assert_eq!(parse("<font color=red>x</font><img src=y>").to_plain(), "x");
-        assert_eq!(parse("a<br>b<p>c</p>").to_plain(), "a\nb\nc");
-        assert_eq!(parse("1 < 2 & 3").to_plain(), "1 < 2 & 3");
+        assert_eq!(
+            parse("<font color=red>x</font><img src=y>", &pills()).to_plain(),
+            "x"
+        );
+        assert_eq!(parse("a<br>b<p>c</p>", &pills()).to_plain(), "a\nb\nc");
+        assert_eq!(parse("1 < 2 & 3", &pills()).to_plain(), "1 < 2 & 3");
     }
 
     #[test]
     fn unbalanced() {
-        let r = parse("<b><i>x</b>y");
+        let r = parse("<b><i>x</b>y", &pills());
         assert_eq!(
             r.spans,
             vec![Span::Bold(vec![Span::Italic(vec![t("x")])]), t("y")]
         );
-        assert_eq!(parse("</i>z<b>").to_plain(), "z");
+        assert_eq!(parse("</i>z<b>", &pills()).to_plain(), "z");
     }
 
     #[test]
@@ -556,6 +581,7 @@ mod tests {
         let r = parse(
             "<a href=\"https://matrix.to/#/@bob:matrix.test\">Bob</a> \
              <a href=\"javascript:alert(1)\">x</a> <a href='https://e.org'>e</a>",
+            &pills(),
         );
         assert_eq!(
             r.spans,
@@ -572,14 +598,17 @@ mod tests {
             ]
         );
         assert_eq!(
-            render(&r),
+            render(&r, &pills()),
             "<a href=\"https://matrix.to/#/@bob:matrix.test\">Bob</a> x <a href=\"https://e.org\">e</a>"
         );
     }
 
     #[test]
     fn pre_with_language() {
-        let r = parse("<pre><code class=\"language-rust\">fn x() {}\n</code></pre>");
+        let r = parse(
+            "<pre><code class=\"language-rust\">fn x() {}\n</code></pre>",
+            &pills(),
+        );
         assert_eq!(
             r.spans,
             vec![Span::Pre {
@@ -587,7 +616,7 @@ mod tests {
                 text: "fn x() {}".into()
             }]
         );
-        assert_eq!(parse(&render(&r)), r);
+        assert_eq!(parse(&render(&r, &pills()), &pills()), r);
     }
 
     #[test]
@@ -604,7 +633,7 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(parse(&render(&r)), r);
+        assert_eq!(parse(&render(&r, &pills()), &pills()), r);
         assert!(needs_html(&r));
         assert!(!needs_html(&RichText::plain("x")));
     }
@@ -612,12 +641,12 @@ mod tests {
     proptest! {
         #[test]
         fn parse_never_panics(s in any::<String>()) {
-            let _ = parse(&s);
+            let _ = parse(&s, &pills());
         }
 
         #[test]
         fn parse_never_panics_on_tag_soup(s in "[<>/a-z=\"' &#;0-9]{0,60}") {
-            let _ = parse(&s);
+            let _ = parse(&s, &pills());
         }
 
         #[test]
@@ -630,7 +659,7 @@ mod tests {
                 Span::Link { url: format!("https://{u}"), children: vec![Span::Text(s.clone())] },
                 Span::Mention { user: Some(UserRef::new("matrix", format!("@{u}"))), name: s.clone() },
             ]};
-            let out = render(&r);
+            let out = render(&r, &pills());
             prop_assert!(!out.to_ascii_lowercase().contains("<script"));
             // Every quote in the output is one we wrote around an attribute value.
             let quotes = out.matches('"').count();

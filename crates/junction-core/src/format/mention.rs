@@ -68,6 +68,12 @@ pub fn map_mentions(text: &mut RichText, mut map: impl FnMut(&mut Option<UserRef
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::NetworkId;
+
+    /// The network whose users pills name in these tests.
+    fn pills() -> NetworkId {
+        NetworkId::new("matrix")
+    }
 
     fn bob() -> UserRef {
         UserRef::new("irc:libera", "bob")
@@ -97,7 +103,7 @@ mod tests {
             }
         });
         assert_eq!(
-            super::super::html::render(&mapped),
+            super::super::html::render(&mapped, &pills()),
             "<a href=\"https://matrix.to/#/@irc_bob:matrix.test\">bob</a> hello"
         );
     }
@@ -116,6 +122,7 @@ mod tests {
     fn pill_to_a_ghost_becomes_the_nick_on_irc() {
         let r = super::super::html::parse(
             "<a href=\"https://matrix.to/#/@irc_bob:matrix.test\">bob (IRC)</a>: hi",
+            &pills(),
         );
         let mut r = r;
         map_mentions(&mut r, |u, name| {
