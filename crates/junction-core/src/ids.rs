@@ -214,13 +214,20 @@ impl NetworkId {
     }
 
     /// The origin mark a puppet of a person from this network carries after their name on
-    /// the other networks, so that a remote person cannot pass for a native one: `[m]` for
-    /// Matrix, `[x]` for XMPP, `[i]` for an IRC network.
+    /// the other networks, so that a remote person cannot pass for a native one: the first
+    /// letter of the network's kind (the id up to any `:`) in brackets, so `[m]` for Matrix,
+    /// `[x]` for XMPP, `[i]` for every IRC network; `[?]` when the kind starts with no ASCII
+    /// letter.
     pub fn origin_mark(&self) -> &'static str {
-        match self.0.as_str() {
-            "matrix" => "[m]",
-            "xmpp" => "[x]",
-            _ => "[i]",
+        const MARKS: [&str; 26] = [
+            "[a]", "[b]", "[c]", "[d]", "[e]", "[f]", "[g]", "[h]", "[i]", "[j]", "[k]", "[l]",
+            "[m]", "[n]", "[o]", "[p]", "[q]", "[r]", "[s]", "[t]", "[u]", "[v]", "[w]", "[x]",
+            "[y]", "[z]",
+        ];
+        let first = self.0.bytes().next().map(|b| b.to_ascii_lowercase());
+        match first {
+            Some(b @ b'a'..=b'z') => MARKS[usize::from(b - b'a')],
+            _ => "[?]",
         }
     }
 }
