@@ -1,7 +1,20 @@
-//! The `[matrix]` section of bridges.toml, as the adapter receives it (already validated).
+//! The `[matrix]` section of bridges.toml: as written ([`RawMatrix`], read by [`read`]),
+//! checked ([`validate`]), and as the adapter receives it ([`MatrixConfig`]).
+//!
+//! Keys: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`, `bot` (all
+//! required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
+//! `media_url` (public base URL of the media proxy, default `http://<listen>`),
+//! `private_attachment_urls` (default false: attachments from other networks are fetched
+//! only from public addresses; true for test setups and closed networks), `origin_marks`
+//! (default true: ghost display names end in their network's mark, `bob[i]`), `max_ghosts`
+//! (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds` (default 86400; 0:
+//! never).
 
-use junction_core::Secret;
+use junction_core::{PuppetLimits, Secret};
+use junction_network::{Checker, Str};
+use serde::Deserialize;
 use std::net::SocketAddr;
+use toml::Spanned;
 
 /// Matrix application-service settings.
 #[derive(Clone, Debug)]
@@ -25,4 +38,231 @@ pub struct MatrixConfig {
     /// Ghost display names carry their network's origin mark (`bob[i]`, `carol[x]`), so that
     /// a remote person cannot pass for a Matrix user (`[matrix] origin_marks`, default on).
     pub origin_marks: bool,
+}
+
+/// Default `[matrix] id`.
+pub const DEFAULT_ID: &str = "junction";
+/// Default `[matrix] user_prefix`.
+pub const DEFAULT_USER_PREFIX: &str = "_junction_";
+
+/// The `[matrix]` section with what the gateway, rather than the adapter's own settings, uses
+/// to build the adapter.
+#[derive(Clone, Debug)]
+pub struct MatrixSection {
+    /// The adapter's settings.
+    pub config: MatrixConfig,
+    /// `media_url`: the public base URL under which people on the other networks reach the
+    /// media proxy (None: `http://<listen>`).
+    pub media_url: Option<String>,
+    /// `private_attachment_urls`: attachments named by other networks' users may be fetched
+    /// from loopback and private addresses (default false: server-side request forgery; for
+    /// test setups and closed networks only).
+    pub private_attachment_urls: bool,
+    /// `max_ghosts` and `ghost_idle_timeout_seconds`.
+    pub ghosts: PuppetLimits,
+}
+
+/// `[matrix]` as written: every key optional here, so that a missing one is reported among
+/// the other problems by [`validate`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatrix {
+    /// Client-server API base URL.
+    pub homeserver: Option<Str>,
+    /// The homeserver's server name.
+    pub server_name: Option<Str>,
+    /// Where the homeserver pushes transactions.
+    pub listen: Option<Str>,
+    /// Token towards the homeserver.
+    pub as_token: Option<Str>,
+    /// Token the homeserver presents.
+    pub hs_token: Option<Str>,
+    /// The bot's localpart.
+    pub bot: Option<Str>,
+    /// The appservice id.
+    pub id: Option<Str>,
+    /// Localpart prefix of the ghosts.
+    pub user_prefix: Option<Str>,
+    /// Public base URL of the media proxy.
+    pub media_url: Option<Str>,
+    /// Attachments may be fetched from loopback and private addresses.
+    pub private_attachment_urls: Option<Spanned<bool>>,
+    /// Ghost display names carry their network's origin mark.
+    pub origin_marks: Option<Spanned<bool>>,
+    /// Most ghosts in rooms at once.
+    pub max_ghosts: Option<Spanned<i64>>,
+    /// Idle time after which a ghost leaves (0: never).
+    pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
+}
+
+/// The whole file as far as `[matrix]` goes.
+#[derive(Deserialize)]
+struct File {
+    matrix: Option<Spanned<RawMatrix>>,
+}
+
+/// Reads `[matrix]` from the whole file, if there is one.
+pub fn read(file: &str) -> Result<Option<Spanned<RawMatrix>>, toml::de::Error> {
+    toml::from_str::<File>(file).map(|f| f.matrix)
+}
+
+/// Checks `[matrix]`, reporting every problem to `c`; its `listen` address is noted there.
+pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSection> {
+    let t = m.span();
+    let m = m.get_ref();
+    let homeserver = c
+        .required(&m.homeserver, t.clone(), "matrix", "homeserver")
+        .and_then(|v| c.http_url(v, "matrix.homeserver", "http://127.0.0.1:8008"));
+    let server_name = c
+        .required(&m.server_name, t.clone(), "matrix", "server_name")
+        .and_then(|v| {
+            let s = c.nonempty(v, "matrix.server_name")?;
+            if server_name_ok(&s) {
+                Some(s)
+            } else {
+                c.error(
+                    v.span(),
+                    "matrix.server_name",
+                    format!("`{s}` is not a server name like `matrix.test`"),
+                );
+                None
+            }
+        });
+    let listen = c
+        .required(&m.listen, t.clone(), "matrix", "listen")
+        .and_then(|v| c.socket_addr(v, "matrix.listen"));
+    if let Some(addr) = listen {
+        c.listen(addr, "matrix.listen");
+    }
+    let as_token = c
+        .required(&m.as_token, t.clone(), "matrix", "as_token")
+        .and_then(|v| c.secret(v, "matrix.as_token"));
+    let hs_token = c
+        .required(&m.hs_token, t.clone(), "matrix", "hs_token")
+        .and_then(|v| c.secret(v, "matrix.hs_token"));
+    if let (Some(a), Some(h), Some(v)) = (&as_token, &hs_token, &m.hs_token) {
+        if a == h {
+            c.error(
+                v.span(),
+                "matrix.hs_token",
+                "must differ from `as_token` (each side proves itself with its own token)",
+            );
+        }
+    }
+    let bot = c
+        .required(&m.bot, t.clone(), "matrix", "bot")
+        .and_then(|v| localpart(c, v, "matrix.bot"));
+    let id = match &m.id {
+        Some(v) => c.nonempty(v, "matrix.id"),
+        None => Some(DEFAULT_ID.to_owned()),
+    };
+    let user_prefix = match &m.user_prefix {
+        Some(v) => localpart(c, v, "matrix.user_prefix"),
+        None => Some(DEFAULT_USER_PREFIX.to_owned()),
+    };
+    let media_url = match &m.media_url {
+        Some(v) => c
+            .http_url(v, "matrix.media_url", "https://chat.example.org:9009")
+            .map(Some),
+        None => Some(None),
+    };
+    let ghosts = c.puppet_limits(
+        &m.max_ghosts,
+        "matrix.max_ghosts",
+        &m.ghost_idle_timeout_seconds,
+        "matrix.ghost_idle_timeout_seconds",
+    );
+    Some(MatrixSection {
+        config: MatrixConfig {
+            homeserver: homeserver?,
+            server_name: server_name?,
+            listen: listen?,
+            as_token: as_token?,
+            hs_token: hs_token?,
+            bot: bot?,
+            id: id?,
+            user_prefix: user_prefix?,
+            origin_marks: m.origin_marks.as_ref().is_none_or(|v| *v.get_ref()),
+        },
+        media_url: media_url?,
+        private_attachment_urls: m
+            .private_attachment_urls
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
+        ghosts: ghosts?,
+    })
+}
+
+/// A Matrix localpart (`bot`, `user_prefix`).
+fn localpart(c: &mut Checker<'_>, v: &Str, key: &str) -> Option<String> {
+    let s = c.nonempty(v, key)?;
+    if s.chars()
+        .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+    {
+        Some(s)
+    } else {
+        c.error(
+            v.span(),
+            key,
+            format!("`{s}` is not a Matrix localpart (a-z, 0-9 and . _ = - / +)"),
+        );
+        None
+    }
+}
+
+/// `#alias:server` or `!id[:server]`.
+pub fn room_ok(s: &str) -> bool {
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    if let Some(rest) = s.strip_prefix('#') {
+        matches!(rest.split_once(':'), Some((local, server)) if !local.is_empty() && server_name_ok(server))
+    } else if let Some(rest) = s.strip_prefix('!') {
+        match rest.split_once(':') {
+            Some((id, server)) => !id.is_empty() && server_name_ok(server),
+            None => !rest.is_empty(),
+        }
+    } else {
+        false
+    }
+}
+
+/// A server name: a host name or IP literal with an optional port.
+pub fn server_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// `@localpart:server`.
+pub fn user_ok(s: &str) -> bool {
+    matches!(s.strip_prefix('@').and_then(|r| r.split_once(':')),
+        Some((local, server)) if !local.is_empty()
+            && !local.chars().any(|c| c.is_whitespace() || c.is_control())
+            && server_name_ok(server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_syntax() {
+        assert!(room_ok("#lobby:matrix.test"));
+        assert!(room_ok("!abc"));
+        assert!(room_ok("!abc:matrix.test"));
+        assert!(room_ok("#a:localhost:8448"));
+        assert!(!room_ok("lobby"));
+        assert!(!room_ok("#lobby"));
+        assert!(!room_ok("#:x"));
+        assert!(!room_ok("! x"));
+    }
+
+    #[test]
+    fn user_syntax() {
+        assert!(user_ok("@bob:matrix.test"));
+        assert!(!user_ok("@bob"));
+        assert!(!user_ok("@:matrix.test"));
+        assert!(!user_ok("bob:matrix.test"));
+    }
 }

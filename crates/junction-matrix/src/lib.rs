@@ -38,10 +38,12 @@ pub mod ids;
 pub mod inbound;
 mod lifecycle;
 pub mod media;
+pub mod network;
 pub mod outbound;
 pub mod power;
 pub mod puppets;
 mod queues;
+pub mod registration;
 pub mod server;
 
 pub use adapter::{

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod inbound;
 mod iq;
 mod messages;
+pub mod network;
 pub mod outbound;
 mod pending;
 pub mod probe;
