@@ -463,19 +463,30 @@ impl Bench {
         let taps = Taps::default();
         let mut hub = Hub::new(store.clone());
         let mut adapters = tokio::task::JoinSet::new();
-        let m = config.matrix.clone().context("matrix section")?;
+        let m = config
+            .section::<junction_matrix::config::MatrixSection>()
+            .context("matrix section")?
+            .config
+            .clone();
         let (cx, _) = tap(
             hub.attach(nets[0].clone(), &router, &shutdown).context,
             &taps,
         );
         adapters.spawn(gateway::run_adapter(MatrixAdapter::new(m), cx));
-        let x = config.xmpp.clone().context("xmpp section")?;
+        let x = config
+            .section::<junction_xmpp::config::XmppSection>()
+            .context("xmpp section")?
+            .config
+            .clone();
         let (cx, xmpp_in) = tap(
             hub.attach(nets[1].clone(), &router, &shutdown).context,
             &taps,
         );
         adapters.spawn(gateway::run_adapter(XmppAdapter::new(x), cx));
-        let i = config.irc[0].clone();
+        let i = config
+            .section::<junction_irc::IrcConfig>()
+            .context("irc section")?
+            .clone();
         let (cx, _) = tap(
             hub.attach(nets[2].clone(), &router, &shutdown).context,
             &taps,

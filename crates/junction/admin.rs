@@ -17,7 +17,10 @@
 //!
 //! Rooms are written as in `bridges.toml` (`#alias:server` or `!id:server`,
 //! `room@muc.domain`, `network/#channel`); users as `@user:server`, `user@domain`, or
-//! `network/nick` (also `irc:network/nick`, or a mask `network/nick!user@host` for IRC).
+//! `network/nick` (also `irc:network/nick`, or a mask `network/nick!user@host` for IRC). Each
+//! network reads its own and says how its ids compare, through
+//! [`crate::wiring::NETWORKS`]; so do bans that are patterns (IRC masks, nicks that follow a
+//! person) or that name someone by another id (an XMPP occupant's real JID).
 //!
 //! Permissions: a global admin (`[gateway] admins`) may do everything; a bridge admin
 //! (`admins` in a `[[bridge]]`) may link, unlink, close and kick on that bridge and see
@@ -34,10 +37,8 @@
 //! returned as [`Delivery`]s for the caller to flush and hand out.
 
 use crate::command_limit::{logged_text, CommandLimiter, Verdict};
-use crate::config::validate::{
-    bare_jid, irc_channel, irc_fold, matrix_room, matrix_user, same_room,
-};
 use crate::config::Config;
+use crate::wiring::NETWORKS;
 use junction_core::clock::now_ms;
 use junction_core::router::Planned;
 use junction_core::{
@@ -48,14 +49,19 @@ use junction_store::{AuditEntry, Recorded, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
 /// Store namespace of exact bans, keyed by [`ban_key`].
 const BANS: &str = "gateway/bans";
-/// Store namespace of IRC mask bans (`nick!user@host` with wildcards), keyed by [`ban_key`].
+/// Store namespace of bans on patterns (IRC masks `nick!user@host` with wildcards), keyed by
+/// [`ban_key`].
 const BAN_MASKS: &str = "gateway/ban-masks";
 
-/// The help text.
-pub const HELP: &str = "\
+/// The help text: the commands, then how each network writes rooms and users.
+pub static HELP: LazyLock<String> = LazyLock::new(|| format!("{COMMANDS}\n{}", NETWORKS.help()));
+
+/// The commands, for the help text.
+const COMMANDS: &str = "\
 Commands (same on every network):
   help                      this list
   bridges                   the links and their rooms
@@ -65,9 +71,7 @@ Commands (same on every network):
   close <bridge>            announce, then stop relaying the bridge
   kick <user> [reason]      kick from every room you administer
   ban <user> [reason]       ban everywhere and refuse their messages (global admins)
-  unban <user>              lift a ban (global admins)
-Rooms: #alias:server, !id:server, room@muc.domain, network/#channel.
-Users: @user:server, user@domain, network/nick (IRC; or network/nick!user@host).";
+  unban <user>              lift a ban (global admins)";
 
 /// Where `status` gets each network's state from (the route loop's view of the adapters).
 pub type StatusSource = Box<dyn Fn() -> Vec<(NetworkId, String)> + Send + Sync>;
@@ -98,11 +102,15 @@ pub struct Ban {
     pub by: String,
     /// When, milliseconds since the Unix epoch.
     pub ts_ms: u64,
-    /// What the gateway learnt of the banned person since (IRC): the `*!user@host` masks and
-    /// account ids they were seen with, so that a new nick does not evade the ban.
+    /// What the gateway learnt of the banned person since, on networks whose bans are
+    /// patterns ([`junction_network::Network::ban_learns`]; IRC: the `*!user@host` masks and
+    /// account ids they were seen with), so that a new nick does not evade the ban.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<String>,
 }
+
+/// Most things one ban learns of the person it covers.
+const MAX_LEARNT: usize = 16;
 
 /// A ban with the store namespace and key it is kept under.
 type StoredBan = (&'static str, String, Ban);
@@ -123,15 +131,14 @@ pub struct Admin {
     global: Vec<UserRef>,
     per_bridge: BTreeMap<BridgeName, Vec<UserRef>>,
     config_bridges: BTreeSet<BridgeName>,
-    matrix: bool,
-    xmpp: bool,
-    irc: BTreeSet<String>,
+    /// The configured network instances.
     networks: Vec<NetworkId>,
     statuses: Option<StatusSource>,
     counter: AtomicU64,
-    /// The IRC bans (nicks, accounts and masks) with their store namespace and key, read
-    /// from the store on first use and kept until `ban` or `unban` changes them (every
-    /// inbound IRC event is checked against them).
+    /// The bans of networks whose bans are patterns (IRC nicks, accounts and masks) with
+    /// their store namespace and key, read from the store on first use and kept until `ban`
+    /// or `unban` changes them (every inbound event of such a network is checked against
+    /// them).
     masks: std::sync::Mutex<Option<Vec<StoredBan>>>,
     /// Command rate limits of senders who are not admins.
     limiter: std::sync::Mutex<CommandLimiter>,
@@ -142,103 +149,14 @@ pub fn gateway_sender() -> Sender {
     Sender::new(UserRef::new(NetworkId::gateway(), "junction"), "junction")
 }
 
-fn is_irc(n: &NetworkId) -> bool {
-    n.as_str().starts_with("irc:")
-}
-
-/// The comparable form of a user id: IRC folded, XMPP lower-cased, Matrix as is.
-fn fold_user(u: &UserRef) -> String {
-    if is_irc(&u.network) {
-        irc_fold(u.user.as_str())
-    } else if u.network.as_str() == "xmpp" {
-        u.user.as_str().to_lowercase()
-    } else {
-        u.user.as_str().to_owned()
-    }
-}
-
 /// The store key of a ban on `u`.
 fn ban_key(u: &UserRef) -> String {
-    format!("{} {}", u.network, fold_user(u))
+    format!("{} {}", u.network, NETWORKS.fold_user(u))
 }
 
-/// True when IRC mask `pattern` (with `*` and `?`) matches `text`; both already folded.
-fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
-/// True when configured identity `admin` is `who`: same network, and the same id (IRC and
-/// XMPP case-insensitively), or for an IRC mask a match of `who`'s `nick!user@host`.
-fn identity_matches(admin: &UserRef, who: &UserRef) -> bool {
-    if admin.network != who.network {
-        return false;
-    }
-    let (a, w) = (fold_user(admin), fold_user(who));
-    if is_irc(&admin.network) && a.contains('!') {
-        return w.contains('!') && glob(&a, &w);
-    }
-    a == w
-}
-
-/// True when the ban on `ban` (with what was learnt of the person since, `also`) covers
-/// `sender`. On IRC a mask (wildcards in every part) is matched against the sender's
-/// `nick!user@host` when the line carried it (else, for a mask naming a nick, against their
-/// nick), a bare nick against their current nick, an account id (`$a:name`) against their
-/// account.
-fn ban_covers_sender(ban: &UserRef, also: &[String], sender: &Sender) -> bool {
-    let user = &sender.user;
-    if ban.network != user.network {
-        return false;
-    }
-    let (b, u) = (fold_user(ban), fold_user(user));
-    if b == u {
-        return true;
-    }
-    if !is_irc(&ban.network) {
-        return false;
-    }
-    let address = sender.address.as_deref().map(irc_fold);
-    let current_nick = address
-        .as_deref()
-        .and_then(|a| a.split('!').next())
-        .filter(|n| !n.is_empty());
-    let matches = |pattern: &str| -> bool {
-        if pattern == u {
-            return true;
-        }
-        if pattern.contains('!') {
-            if u.contains('!') {
-                return glob(pattern, &u);
-            }
-            if let Some(a) = &address {
-                return glob(pattern, a);
-            }
-            let nick = pattern.split('!').next().unwrap_or("");
-            return nick != "*" && !u.starts_with('$') && glob(nick, &u);
-        }
-        // A bare nick: whoever wears it now.
-        !pattern.starts_with('$') && current_nick == Some(pattern)
-    };
-    matches(&b) || also.iter().any(|p| matches(&irc_fold(p)))
+/// True when bans on `network` are patterns, matched in memory.
+fn ban_patterns(network: &NetworkId) -> bool {
+    NETWORKS.of(network).is_some_and(|n| n.ban_patterns())
 }
 
 fn one_line(s: &str) -> &str {
@@ -254,9 +172,6 @@ impl Admin {
             global: config.gateway.admins.clone(),
             per_bridge: config.bridge_admins.clone(),
             config_bridges: config.bridges.iter().map(|l| l.bridge.clone()).collect(),
-            matrix: config.matrix.is_some(),
-            xmpp: config.xmpp.is_some(),
-            irc: config.irc.iter().map(|i| i.name.clone()).collect(),
             networks,
             statuses: None,
             counter: AtomicU64::new(0),
@@ -273,14 +188,14 @@ impl Admin {
 
     fn is_global(&self, from: &[UserRef]) -> bool {
         from.iter()
-            .any(|w| self.global.iter().any(|a| identity_matches(a, w)))
+            .any(|w| self.global.iter().any(|a| NETWORKS.identity_matches(a, w)))
     }
 
     fn is_bridge_admin(&self, from: &[UserRef], bridge: &BridgeName) -> bool {
         self.is_global(from)
             || self.per_bridge.get(bridge).is_some_and(|admins| {
                 from.iter()
-                    .any(|w| admins.iter().any(|a| identity_matches(a, w)))
+                    .any(|w| admins.iter().any(|a| NETWORKS.identity_matches(a, w)))
             })
     }
 
@@ -298,46 +213,53 @@ impl Admin {
         self.check_ban(store, &Sender::new(user.clone(), "")) != BanCheck::Clear
     }
 
-    /// Whether the gateway refuses `sender`'s events: a ban on their id, on the real JID the
-    /// XMPP adapter puts on them ([`Sender::address`]), or (IRC) on their account, nick or a
-    /// mask matching their `nick!user@host`. When an IRC ban matches, the sender's
-    /// `*!user@host` and account are added to it, so the ban follows them through nick
-    /// changes. A store error answers [`BanCheck::Unknown`] (logged): the caller refuses the
-    /// event.
+    /// Whether the gateway refuses `sender`'s events: a ban on their id, or on the id their
+    /// network knows them by besides ([`junction_network::Network::ban_alias`]: the real JID
+    /// the XMPP adapter puts on an occupant as its [`Sender::address`]); on a network whose
+    /// bans are patterns, a ban that covers them ([`junction_network::Network::ban_covers`]:
+    /// on IRC their account, nick or a mask matching their `nick!user@host`). A pattern ban
+    /// that matches learns what the network says of them
+    /// ([`junction_network::Network::ban_learns`]: IRC's `*!user@host` and account), so the
+    /// ban follows them through nick changes. A store error answers [`BanCheck::Unknown`]
+    /// (logged): the caller refuses the event.
     pub fn check_ban(&self, store: &dyn Store, sender: &Sender) -> BanCheck {
         let user = &sender.user;
-        // IRC bans are all matched below (they learn whom they cover).
-        match if is_irc(&user.network) {
-            Ok(None)
-        } else {
-            store.kv_get(BANS, &ban_key(user))
-        } {
-            Ok(Some(_)) => return BanCheck::Banned,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
-                return BanCheck::Unknown;
+        let network = NETWORKS.of(&user.network);
+        match network {
+            Some(n) if n.ban_patterns() => self.check_pattern_bans(n, store, sender),
+            _ => {
+                match store.kv_get(BANS, &ban_key(user)) {
+                    Ok(Some(_)) => return BanCheck::Banned,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
+                        return BanCheck::Unknown;
+                    }
+                }
+                let Some(alias) = network.and_then(|n| n.ban_alias(sender)) else {
+                    return BanCheck::Clear;
+                };
+                let alias = UserRef::new(user.network.clone(), alias);
+                match store.kv_get(BANS, &ban_key(&alias)) {
+                    Ok(Some(_)) => BanCheck::Banned,
+                    Ok(None) => BanCheck::Clear,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
+                        BanCheck::Unknown
+                    }
+                }
             }
         }
-        if user.network.as_str() == "xmpp" {
-            // Occupants are named by occupant-id or room/nick, a ban names the bare JID:
-            // the adapter puts the occupant's real JID on the sender where the room shows it.
-            let Some(real) = sender.address.as_deref() else {
-                return BanCheck::Clear;
-            };
-            let real = UserRef::new(user.network.clone(), real);
-            return match store.kv_get(BANS, &ban_key(&real)) {
-                Ok(Some(_)) => BanCheck::Banned,
-                Ok(None) => BanCheck::Clear,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
-                    BanCheck::Unknown
-                }
-            };
-        }
-        if !is_irc(&user.network) {
-            return BanCheck::Clear;
-        }
+    }
+
+    /// [`Admin::check_ban`] on a network whose bans are patterns: every such ban is tried.
+    fn check_pattern_bans(
+        &self,
+        network: &dyn junction_network::Network,
+        store: &dyn Store,
+        sender: &Sender,
+    ) -> BanCheck {
+        let user = &sender.user;
         let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
         if masks.is_none() {
             let mut all = Vec::new();
@@ -345,7 +267,7 @@ impl Admin {
                 match store.kv_scan(ns) {
                     Ok(rows) => all.extend(rows.into_iter().filter_map(|(k, v)| {
                         let ban = serde_json::from_slice::<Ban>(&v).ok()?;
-                        is_irc(&ban.user.network).then_some((ns, k, ban))
+                        ban_patterns(&ban.user.network).then_some((ns, k, ban))
                     })),
                     Err(e) => {
                         tracing::warn!(error = %e, "Could not read the ban list: the event is refused.");
@@ -358,24 +280,19 @@ impl Admin {
         let Some(bans) = masks.as_mut() else {
             return BanCheck::Unknown;
         };
-        let Some((ns, key, ban)) = bans
-            .iter_mut()
-            .find(|(_, _, b)| ban_covers_sender(&b.user, &b.also, sender))
-        else {
+        let Some((ns, key, ban)) = bans.iter_mut().find(|(_, _, b)| {
+            b.user.network == user.network
+                && network.ban_covers(b.user.user.as_str(), &b.also, sender)
+        }) else {
             return BanCheck::Clear;
         };
-        // Learn who this is, so that a new nick does not evade the ban.
-        let mut learnt = Vec::new();
-        if let Some((_, user_host)) = sender.address.as_deref().and_then(|a| a.split_once('!')) {
-            learnt.push(format!("*!{user_host}"));
-        }
-        if user.user.as_str().starts_with('$') {
-            learnt.push(user.user.0.clone());
-        }
+        // Learn who this is, so that a new name does not evade the ban.
         let mut changed = false;
-        for l in learnt {
-            if !ban.also.iter().any(|a| irc_fold(a) == irc_fold(&l)) && ban.also.len() < 16 {
-                tracing::info!(ban = %ban.user, learnt = %l, "A banned IRC user was seen: the ban now covers them under any nick.");
+        for l in network.ban_learns(sender) {
+            let folded = network.fold_user(&l);
+            let known = ban.also.iter().any(|a| network.fold_user(a) == folded);
+            if !known && ban.also.len() < MAX_LEARNT {
+                tracing::info!(ban = %ban.user, learnt = %l, "A banned user was seen: the ban now covers them under any name.");
                 ban.also.push(l);
                 changed = true;
             }
@@ -391,7 +308,7 @@ impl Admin {
         BanCheck::Banned
     }
 
-    /// Drops the kept IRC hostmask bans: the store's list changed.
+    /// Drops the kept pattern bans: the store's list changed.
     fn forget_masks(&self) {
         *self.masks.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -447,7 +364,7 @@ impl Admin {
         let args: Vec<&str> = words.collect();
         if verb.is_empty() || verb == "help" || verb == "?" {
             return Outcome {
-                reply: HELP.to_owned(),
+                reply: HELP.clone(),
                 ..Outcome::default()
             };
         }
@@ -505,87 +422,15 @@ impl Admin {
         out
     }
 
-    /// Parses a room as written in bridges.toml.
+    /// Parses a room as written in bridges.toml (the network whose syntax it has reads it).
     pub fn parse_room(&self, s: &str) -> Result<RoomRef, String> {
-        let bad = |why: &str| Err(format!("`{s}` is not a room: {why}"));
-        let irc_part = s.strip_prefix("irc:").unwrap_or(s);
-        if let Some((net, chan)) = irc_part.split_once('/') {
-            if chan.starts_with(['#', '&']) && !net.contains(['@', ':', '#', '!']) {
-                if !irc_channel(chan) {
-                    return bad("not an IRC channel name");
-                }
-                if !self.irc.contains(net) {
-                    return Err(format!("There is no IRC network `{net}` in the config."));
-                }
-                return Ok(RoomRef::new(format!("irc:{net}"), chan));
-            }
-        }
-        if s.starts_with(['#', '!']) {
-            if !matrix_room(s) {
-                return if self.irc.is_empty() || s.contains(':') {
-                    bad("write a Matrix alias `#name:server` or id `!id:server`")
-                } else {
-                    bad("write an IRC channel as `network/#channel`, a Matrix room as `#name:server`")
-                };
-            }
-            if !self.matrix {
-                return Err("There is no [matrix] section in the config.".into());
-            }
-            return Ok(RoomRef::new("matrix", s));
-        }
-        if s.contains('@') {
-            if let Err(why) = bare_jid(s, true) {
-                return bad(&why);
-            }
-            if !self.xmpp {
-                return Err("There is no [xmpp] section in the config.".into());
-            }
-            return Ok(RoomRef::new("xmpp", s));
-        }
-        bad("write `#alias:server`, `!id:server`, `room@muc.domain` or `network/#channel`")
+        NETWORKS.room(s, &self.networks)
     }
 
     /// Parses a user: `@user:server`, `user@domain`, `network/nick` (also `irc:network/nick`,
     /// or a mask `network/nick!user@host`). Returns the user and a name to show.
     pub fn parse_user(&self, s: &str) -> Result<(UserRef, String), String> {
-        if s.starts_with('@') {
-            if !matrix_user(s) {
-                return Err(format!("`{s}` is not a Matrix user id `@user:server`."));
-            }
-            return Ok((UserRef::new("matrix", s), s.to_owned()));
-        }
-        let irc_part = s.strip_prefix("irc:").unwrap_or(s);
-        if let Some((net, who)) = irc_part.split_once('/') {
-            if !self.irc.contains(net) {
-                return Err(format!("There is no IRC network `{net}` in the config."));
-            }
-            let bad = who.is_empty()
-                || who.chars().any(|c| c.is_whitespace() || c.is_control())
-                || (who.contains('!') != who.contains('@'));
-            if bad {
-                return Err(format!(
-                    "`{who}` is not an IRC nick, account or `nick!user@host` mask."
-                ));
-            }
-            let shown = who.split('!').next().unwrap_or(who).to_owned();
-            let shown = if shown.is_empty() || shown == "*" {
-                who.to_owned()
-            } else {
-                shown
-            };
-            return Ok((UserRef::new(format!("irc:{net}"), who), shown));
-        }
-        if s.contains('@') {
-            if let Err(why) = bare_jid(s, true) {
-                return Err(format!("`{s}` is not an XMPP address: {why}"));
-            }
-            let shown = s.split('@').next().unwrap_or(s).to_owned();
-            return Ok((UserRef::new("xmpp", s), shown));
-        }
-        Err(format!(
-            "`{s}` is not a user: write `@user:server` (Matrix), `user@domain` (XMPP) or \
-             `network/nick` (IRC)."
-        ))
+        NETWORKS.user(s, &self.networks)
     }
 
     fn next_remote_id(&self) -> MessageId {
@@ -741,14 +586,14 @@ impl Cx<'_> {
 
     /// The room of `bridge` that is `room` (compared as the networks compare names).
     fn find_in(&self, bridge: &BridgeName, room: &RoomRef) -> Option<RoomRef> {
-        let want = same_room(room);
+        let want = NETWORKS.same_room(room);
         self.router
             .links()
             .iter()
             .find(|l| &l.bridge == bridge)?
             .rooms
             .iter()
-            .find(|r| same_room(r) == want)
+            .find(|r| NETWORKS.same_room(r) == want)
             .cloned()
     }
 
@@ -782,9 +627,9 @@ impl Cx<'_> {
         let bridge = self.bridge_arg(bridge)?;
         self.need_bridge(&bridge)?;
         let room = self.admin.parse_room(room)?;
-        let want = same_room(&room);
+        let want = NETWORKS.same_room(&room);
         for l in self.router.links() {
-            if let Some(r) = l.rooms.iter().find(|r| same_room(r) == want) {
+            if let Some(r) = l.rooms.iter().find(|r| NETWORKS.same_room(r) == want) {
                 return Err(if l.bridge == bridge {
                     format!("{r} is already linked in bridge `{bridge}`.")
                 } else {
@@ -936,11 +781,10 @@ impl Cx<'_> {
     fn ban(&mut self, args: &[&str]) -> Result<String, String> {
         self.need_global("ban")?;
         let (target, reason) = self.target(args, "ban <user> [reason]")?;
-        let ns = if is_irc(&target.user.network) && target.user.user.as_str().contains('!') {
-            BAN_MASKS
-        } else {
-            BANS
-        };
+        let is_mask = NETWORKS
+            .of(&target.user.network)
+            .is_some_and(|n| n.is_mask(target.user.user.as_str()));
+        let ns = if is_mask { BAN_MASKS } else { BANS };
         let ban = Ban {
             user: target.user.clone(),
             reason: reason.clone(),
@@ -1553,8 +1397,46 @@ admins = ["@devlead:matrix.test"]
             a.parse_room("!abc:matrix.test").unwrap(),
             RoomRef::new("matrix", "!abc:matrix.test")
         );
-        assert!(glob("a*b?d", "axxbcd"));
-        assert!(!glob("a*b?d", "axxbd"));
-        assert!(glob("*", ""));
+        // Mask globbing: `junction_irc::network::tests::masks_glob`.
+    }
+
+    #[test]
+    fn what_is_not_a_room_or_user_names_every_network() {
+        let (a, _, _, _) = setup();
+        assert_eq!(
+            a.parse_room("lobby").unwrap_err(),
+            "`lobby` is not a room: write `#alias:server`, `!id:server`, `room@muc.domain` or \
+             `network/#channel`"
+        );
+        assert_eq!(
+            a.parse_room("#lobby").unwrap_err(),
+            "`#lobby` is not a room: write an IRC channel as `network/#channel`, a Matrix room \
+             as `#alias:server`"
+        );
+        assert_eq!(
+            a.parse_room("#lobby:").unwrap_err(),
+            "`#lobby:` is not a room: write a Matrix alias `#name:server` or id `!id:server`"
+        );
+        assert_eq!(
+            a.parse_room("local/#a b").unwrap_err(),
+            "`local/#a b` is not a room: not an IRC channel name"
+        );
+        assert_eq!(
+            a.parse_room("lobby@muc/x").unwrap_err(),
+            "`lobby@muc/x` is not a room: a bare JID has no `/resource`"
+        );
+        assert_eq!(
+            a.parse_user("bob").unwrap_err(),
+            "`bob` is not a user: write `@user:server` (Matrix), `user@domain` (XMPP) or \
+             `network/nick` (IRC)."
+        );
+        assert_eq!(
+            a.parse_user("other/bob").unwrap_err(),
+            "There is no IRC network `other` in the config."
+        );
+        assert!(HELP.ends_with(
+            "\nRooms: #alias:server, !id:server, room@muc.domain, network/#channel.\n\
+             Users: @user:server, user@domain, network/nick (IRC; or network/nick!user@host)."
+        ));
     }
 }

@@ -1,11 +1,10 @@
 //! The `junction` command line: `run` (the default), `check`, `registration` and `doctor`.
 
 use crate::config::{self, Config};
+use crate::wiring::NETWORKS;
 use clap::{Parser, Subcommand};
 use junction_core::Link;
-use junction_matrix::config::MatrixConfig;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,7 +46,8 @@ pub enum Command {
     Run,
     /// Validate the config file and print the resolved links.
     Check,
-    /// Print the Matrix appservice registration YAML for the homeserver.
+    /// Print what the configured networks need registered on their servers: the Matrix
+    /// appservice registration YAML for the homeserver.
     Registration,
     /// Connect to every configured server and check what the gateway needs there; one line
     /// per check with the fix of each problem. Safe beside a running gateway.
@@ -86,20 +86,44 @@ pub fn main() -> ExitCode {
             Some(rt) => ExitCode::from(crate::doctor::main(&rt, &config, &cli.config)),
             None => ExitCode::from(crate::doctor::EXIT_ERRORS),
         },
-        Command::Registration => match &config.matrix {
-            Some(m) => {
-                print!("{}", registration_yaml(m, &matrix_aliases(&config)));
+        Command::Registration => match registrations(&config) {
+            Ok(text) => {
+                print!("{text}");
                 ExitCode::SUCCESS
             }
-            None => {
-                eprintln!(
-                    "{}: matrix: there is no [matrix] section, so no registration",
-                    cli.config.display()
-                );
+            Err(why) => {
+                eprintln!("{}: {why}", cli.config.display());
                 ExitCode::from(EXIT_FAILURE)
             }
         },
     }
+}
+
+/// What `registration` prints: each configured instance's registration
+/// ([`junction_network::Network::registration`]), or why there is none.
+fn registrations(config: &Config) -> Result<String, String> {
+    let printed: String = config
+        .sections
+        .iter()
+        .filter_map(|s| s.kind.registration(&s.section, &config.bridges))
+        .collect();
+    if !printed.is_empty() {
+        return Ok(printed);
+    }
+    let keys: Vec<&str> = NETWORKS
+        .iter()
+        .filter(|n| n.registers())
+        .map(|n| n.key())
+        .collect();
+    if keys.is_empty() {
+        return Err("no network needs a registration".into());
+    }
+    let sections: Vec<String> = keys.iter().map(|k| format!("[{k}]")).collect();
+    Err(format!(
+        "{}: there is no {} section, so no registration",
+        keys.join(", "),
+        sections.join(" or ")
+    ))
 }
 
 fn run(config: Config) -> ExitCode {
@@ -228,158 +252,10 @@ pub fn render_links(config: &Config, extra: &[Link]) -> String {
     out
 }
 
-/// The Matrix aliases the config's links name (`#lobby:matrix.test`), in link order.
-fn matrix_aliases(config: &Config) -> Vec<String> {
-    config
-        .bridges
-        .iter()
-        .flat_map(|l| &l.rooms)
-        .filter(|r| r.network.as_str() == "matrix" && r.room.as_str().starts_with('#'))
-        .map(|r| r.room.as_str().to_owned())
-        .collect()
-}
-
-/// The appservice registration for the homeserver (Synapse: `app_service_config_files`).
-/// It carries the real tokens: this is the one place they are printed.
-///
-/// Besides the exclusive `@<prefix>.*` users and `#<prefix>.*` aliases, every linked alias
-/// on our server (`aliases`, e.g. `#lobby:matrix.test`) gets a non-exclusive namespace of its
-/// own: Synapse lets an appservice create only aliases inside its namespaces, and the
-/// gateway creates a linked room whose alias is free. Non-exclusive, so people keep the
-/// right to make that alias themselves.
-pub fn registration_yaml(m: &MatrixConfig, aliases: &[String]) -> String {
-    let server = regex_escape(&m.server_name);
-    let prefix = regex_escape(&m.user_prefix);
-    let ours = format!(":{}", m.server_name);
-    let mut shared = String::new();
-    let mut seen = std::collections::HashSet::new();
-    for alias in aliases {
-        // Only aliases on our server can be created; the prefix namespace covers its own.
-        let Some(local) = alias.strip_prefix('#').and_then(|a| a.strip_suffix(&ours)) else {
-            continue;
-        };
-        if local.starts_with(&m.user_prefix) || !seen.insert(local) {
-            continue;
-        }
-        let _ = write!(
-            shared,
-            "    - exclusive: false\n      regex: {}\n",
-            yaml_str(&format!("#{}:{server}", regex_escape(local)))
-        );
-    }
-    let mut listen = m.listen;
-    if listen.ip().is_unspecified() {
-        listen.set_ip(match listen.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
-    }
-    format!(
-        "# Matrix appservice registration for Junction. The bot is @{bot}:{server_name}.\n\
-         id: {id}\n\
-         url: {url}\n\
-         as_token: {as_token}\n\
-         hs_token: {hs_token}\n\
-         sender_localpart: {bot_q}\n\
-         rate_limited: false\n\
-         receive_ephemeral: true\n\
-         namespaces:\n\
-         \x20 users:\n\
-         \x20   - exclusive: true\n\
-         \x20     regex: {users}\n\
-         \x20 aliases:\n\
-         \x20   - exclusive: true\n\
-         \x20     regex: {aliases}\n\
-         {shared}\
-         \x20 rooms: []\n",
-        bot = m.bot,
-        server_name = m.server_name,
-        id = yaml_str(&m.id),
-        url = yaml_str(&format!("http://{listen}")),
-        as_token = yaml_str(m.as_token.expose()),
-        hs_token = yaml_str(m.hs_token.expose()),
-        bot_q = yaml_str(&m.bot),
-        users = yaml_str(&format!("@{prefix}.*:{server}")),
-        aliases = yaml_str(&format!("#{prefix}.*:{server}")),
-    )
-}
-
-/// A YAML single-quoted scalar: no escapes inside except `''` for `'`.
-fn yaml_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Escapes the characters special in Python's `re` (Synapse's regex dialect). Written here
-/// because it is one line and a regex crate would be a dependency for nothing else.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.^$*+?()[]{}|-#&~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regex_escape_escapes_dots_and_brackets() {
-        assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
-        assert_eq!(regex_escape("[::1]:8448"), "\\[::1\\]:8448");
-        assert_eq!(regex_escape("_junction_"), "_junction_");
-    }
-
-    fn matrix_config() -> MatrixConfig {
-        MatrixConfig {
-            homeserver: "http://127.0.0.1:8008".into(),
-            server_name: "matrix.test".into(),
-            listen: "0.0.0.0:9009".parse().unwrap(),
-            as_token: junction_core::Secret::new("as"),
-            hs_token: junction_core::Secret::new("hs"),
-            bot: "junction".into(),
-            id: "junction".into(),
-            user_prefix: "_junction_".into(),
-            origin_marks: true,
-        }
-    }
-
-    #[test]
-    fn linked_aliases_get_non_exclusive_namespaces() {
-        let y = registration_yaml(
-            &matrix_config(),
-            &[
-                "#lobby:matrix.test".into(),
-                "#a.b+c:matrix.test".into(),
-                "#lobby:matrix.test".into(),
-                "#_junction_x:matrix.test".into(),
-                "#elsewhere:example.org".into(),
-            ],
-        );
-        assert!(
-            y.contains(
-                "  aliases:\n    - exclusive: true\n      regex: '#_junction_.*:matrix\\.test'\n\
-                 \x20   - exclusive: false\n      regex: '#lobby:matrix\\.test'\n\
-                 \x20   - exclusive: false\n      regex: '#a\\.b\\+c:matrix\\.test'\n\
-                 \x20 rooms: []\n"
-            ),
-            "{y}"
-        );
-        assert_eq!(y.matches("exclusive: false").count(), 2, "{y}");
-        assert!(y.contains("url: 'http://127.0.0.1:9009'"), "{y}");
-        let none = registration_yaml(&matrix_config(), &[]);
-        assert!(!none.contains("exclusive: false"), "{none}");
-    }
-
-    #[test]
-    fn yaml_quotes() {
-        assert_eq!(yaml_str("it's"), "'it''s'");
-        assert_eq!(yaml_str("a: b # c"), "'a: b # c'");
-    }
 
     #[test]
     fn cli_parses() {

@@ -12,15 +12,14 @@ pub mod metrics;
 pub mod pastes;
 pub mod ratelimit;
 pub mod web;
+pub mod wiring;
 
 pub use config::{load, Config, ConfigErrors};
 
 use anyhow::Context;
-use junction_core::{NetworkId, Router};
-use junction_irc::IrcAdapter;
-use junction_matrix::MatrixAdapter;
+use junction_core::Router;
 use junction_store::{SledStore, Store};
-use junction_xmpp::XmppAdapter;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -39,11 +38,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
+    let networks: Vec<String> = config.networks().iter().map(|n| n.to_string()).collect();
     tracing::info!(
         bridges = config.bridges.len(),
-        matrix = config.matrix.is_some(),
-        xmpp = config.xmpp.is_some(),
-        irc = config.irc.len(),
+        networks = %networks.join(", "),
         "Gateway starting."
     );
     let result = serve(config, shutdown.clone()).await;
@@ -86,52 +84,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let health = Arc::new(metrics::Health::new(networks));
 
     let mut hub = gateway::Hub::new(store.clone());
-    match config.gateway.public_url.as_deref() {
-        Some(url) => {
-            hub = hub.with_pastes(Arc::new(pastes.clone().linked(web::paste_base(url))));
-        }
-        None if !config.irc.is_empty() => {
-            tracing::info!("Messages longer than an IRC network's max_lines are cut on IRC, with a note saying so, because no [gateway] web (and public_url) is configured to serve their whole text.");
-        }
-        None => {}
+    if let Some(url) = config.gateway.public_url.as_deref() {
+        hub = hub.with_pastes(Arc::new(pastes.clone().linked(web::paste_base(url))));
     }
     let mut adapters = tokio::task::JoinSet::new();
-    if let Some(m) = config.matrix.clone() {
-        let cx = hub
-            .attach(NetworkId::new("matrix"), &router, &shutdown)
-            .context;
-        let mut adapter = MatrixAdapter::new(m)
-            .with_admins(matrix_admins(&config))
-            .with_ghost_limits(config.matrix_ghosts)
-            .with_cap_refusals(metrics.counter(&NetworkId::new("matrix"), "puppet_cap"));
-        if let Some(url) = &config.matrix_media_url {
-            adapter = adapter.with_media_base(url.clone());
+    // One adapter per configured network instance, each built by its network.
+    for configured in &config.sections {
+        let network = configured.section.network.clone();
+        let cx = hub.attach(network.clone(), &router, &shutdown).context;
+        let follow = |kind: &'static str, count: Arc<AtomicU64>| {
+            metrics.follow(&network, kind, count);
+        };
+        let admins = config.admins_on(&network);
+        let build = junction_network::Build {
+            admins: &admins,
+            pastes: config.gateway.public_url.is_some(),
+            follow: &follow,
+        };
+        match configured.kind.adapter(&configured.section, &build) {
+            Ok(adapter) => {
+                adapters.spawn(gateway::run_adapter(adapter, cx));
+            }
+            Err(e) => {
+                tracing::error!(%network, error = %e, "Could not build the adapter; the other networks keep running.");
+            }
         }
-        if config.matrix_private_attachment_urls {
-            tracing::warn!("Attachments may be fetched from loopback and private addresses ([matrix] private_attachment_urls): anyone on a linked network can make the gateway read an internal service.");
-            adapter = adapter.allow_private_media_urls();
-        }
-        adapters.spawn(gateway::run_adapter(adapter, cx));
-    }
-    if let Some(x) = config.xmpp.clone() {
-        let cx = hub
-            .attach(NetworkId::new("xmpp"), &router, &shutdown)
-            .context;
-        let adapter = XmppAdapter::new(x)
-            .with_occupant_limits(config.xmpp_occupants)
-            .with_cap_refusals(metrics.counter(&NetworkId::new("xmpp"), "puppet_cap"))
-            .with_refusals(metrics.counter(&NetworkId::new("xmpp"), "unauthorised"));
-        metrics.follow(
-            &NetworkId::new("xmpp"),
-            "stanza_too_deep",
-            adapter.cut_deep_stanzas(),
-        );
-        adapters.spawn(gateway::run_adapter(adapter, cx));
-    }
-    for irc in config.irc.clone() {
-        let network = NetworkId::new(format!("irc:{}", irc.name));
-        let cx = hub.attach(network, &router, &shutdown).context;
-        adapters.spawn(gateway::run_adapter(IrcAdapter::new(irc), cx));
     }
     if let Some(addr) = config.gateway.metrics {
         let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
@@ -194,19 +171,6 @@ fn stop_result(
         (Ok(()), Err(f)) => Err(f.into()),
         (routed, Ok(())) => routed,
     }
-}
-
-/// The Matrix users among the gateway's and the bridges' admins: the only ones whose invites
-/// the Matrix bot accepts.
-fn matrix_admins(config: &config::Config) -> Vec<String> {
-    config
-        .gateway
-        .admins
-        .iter()
-        .chain(config.bridge_admins.values().flatten())
-        .filter(|u| u.network.as_str() == "matrix")
-        .map(|u| u.user.to_string())
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Loading `bridges.toml`, in two stages: [`raw`] mirrors the file (unknown keys and wrong
 //! types are errors, every value keeps its span), [`validate`] turns it into a [`Config`]
 //! (required keys, syntax of rooms and addresses, `${VAR}` expansion, cross-references).
+//! Each network reads and checks its own section, rooms and admins through
+//! [`crate::wiring::NETWORKS`] ([`junction_network::Network`]); the checks of values they
+//! share (`${VAR}`, secrets, addresses, counts) are [`junction_network::Checker`]'s.
 //!
 //! Every error is collected and reported at once, one per line, as
 //! `bridges.toml:LINE:COL: key.path: message`.
@@ -19,41 +22,27 @@
 //!   0.0.0.0 or ::, and an error without `web`), `max_attachments` (per message, default 4),
 //!   `rate_per_minute` and `rate_burst` (the per-sender rate limit, default 60 and 40; a
 //!   `rate_per_minute` of 0 turns it off).
-//! - `[matrix]`: `homeserver`, `server_name`, `listen` (`ip:port`), `as_token`, `hs_token`,
-//!   `bot` (all required); `id` (default `"junction"`), `user_prefix` (default `"_junction_"`),
-//!   `media_url` (public base URL of the media proxy, default `http://<listen>`),
-//!   `private_attachment_urls` (default false: attachments from other networks are fetched
-//!   only from public addresses; true for test setups and closed networks),
-//!   `origin_marks` (default true: ghost display names end in their network's mark, `bob[i]`),
-//!   `max_ghosts` (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds`
-//!   (default 86400; 0: never).
-//! - `[xmpp]`: `component`, `server` (`host:port`), `secret` (all required); `origin_marks`
-//!   (default true: puppet nicks end in their network's mark, `alice[m]`), `max_occupants`
-//!   (puppet occupants at once, default 200), `occupant_idle_timeout_seconds` (default
-//!   86400; 0: never).
-//! - `[irc.<name>]` (network id `irc:<name>`): `server` (`host:port`), `nick` (required);
-//!   `tls` (false; `true`: rustls, the certificate checked against the host of `server`
-//!   with the webpki roots), `tls_ca` (a PEM file of CA certificates trusted besides them, for
-//!   a private or self-signed CA; relative to the file's directory; needs `tls`), `mode` (`"puppet"` (default) or `"relay"`), `password`, `sasl_account` with
-//!   `sasl_password`, `max_puppets`, `puppet_idle_timeout_seconds`, `lines_per_second`,
-//!   `burst`, `max_lines` (defaults from `IrcConfig::new`), `channel_history`
-//!   (`<lines>:<period>`, e.g. `"100:1d"`: the bot turns on InspIRCd's channel mode `+H` in
-//!   linked channels that have none, where it is a channel operator).
-//! - `[[bridge]]`: `name` (unique), at least two rooms among `matrix` (`#alias:server` or
-//!   `!id[:server]`), `xmpp` (`room@muc.domain`) and `irc` (`network/#channel`), each a string
-//!   or a list; `admins`. A room belongs to one bridge at most.
+//! - Each network's section, with its keys documented in its crate's `config.rs`:
+//!   `[matrix]` ([`junction_matrix::config`]), `[xmpp]` ([`junction_xmpp::config`]),
+//!   `[irc.<name>]` (network id `irc:<name>`, [`junction_irc::config`]).
+//! - `[[bridge]]`: `name` (unique), at least two rooms under the networks' keys, each a
+//!   string or a list, written as the network writes them: `matrix` (`#alias:server` or
+//!   `!id[:server]`), `xmpp` (`room@muc.domain`) and `irc` (`network/#channel`); `admins`. A
+//!   room belongs to one bridge at most.
 //!
-//! Admins are `@user:server` (Matrix), `user@domain` (XMPP), `network/account` or
-//! `network/nick!user@host` (IRC), never a bare nick.
+//! Admins are identities no one else can take on their network: `@user:server` (Matrix),
+//! `user@domain` (XMPP), `network/account` or `network/nick!user@host` (IRC), never a bare
+//! nick.
 
 pub mod raw;
 pub mod validate;
 
-pub use validate::{Config, GatewayConfig, Membership};
+pub use validate::{Config, Configured, GatewayConfig, Membership};
 
+pub(crate) use junction_network::Diag;
 use std::fmt;
-use std::ops::Range;
 use std::path::Path;
+use validate::RawSections;
 
 /// One problem in the config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,7 +128,8 @@ pub fn parse(
     let config = match raw {
         Some(raw) => {
             let blanked: Vec<String> = diags.iter().map(|d| d.key.clone()).collect();
-            let (config, more) = validate::validate(&raw, src, base, env);
+            let (raw, sections) = raw;
+            let (config, more) = validate::validate(&raw, &sections, src, base, env);
             // A key removed after a type error must not be reported again as missing.
             diags.extend(more.into_iter().filter(|d| {
                 !d.unless_removed
@@ -183,20 +173,6 @@ pub fn parse(
     }
 }
 
-/// A problem before it is placed in a file.
-#[derive(Clone, Debug)]
-pub(crate) struct Diag {
-    /// Where, as a byte range of the source.
-    pub span: Range<usize>,
-    /// Dotted key path.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-    /// Keys whose absence causes this error: it is dropped when one of them (or the table
-    /// holding it) was removed after a type error, since that error already covers it.
-    pub unless_removed: Vec<String>,
-}
-
 /// True when key path `a` is `b` or lies inside it (`b.x`, `b[0]`).
 fn under(a: &str, b: &str) -> bool {
     a.strip_prefix(b)
@@ -206,12 +182,25 @@ fn under(a: &str, b: &str) -> bool {
 /// Most serde-level errors collected before giving up on the rest.
 const MAX_SHAPE_ERRORS: usize = 100;
 
-/// Deserialises the raw config, collecting every unknown key and wrongly typed value.
+/// The gateway's tables, then each network's section, as read from `text`.
+fn read(text: &str) -> Result<(raw::RawConfig, RawSections), toml::de::Error> {
+    let raw = toml::from_str::<raw::RawConfig>(text)?;
+    let mut sections = Vec::new();
+    for network in crate::wiring::NETWORKS.iter() {
+        if let Some(section) = network.read(text)? {
+            sections.push((network, section));
+        }
+    }
+    Ok((raw, sections))
+}
+
+/// Deserialises the raw config (the gateway's tables and the networks' sections), collecting
+/// every unknown key and wrongly typed value.
 ///
 /// serde stops at the first error, so after each one the offending key (with its value, or the
 /// offending table) is overwritten with spaces and parsing starts again. Blanking keeps every
 /// byte offset, so later errors still point at the right place in the original text.
-fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
+fn parse_raw(src: &str) -> (Option<(raw::RawConfig, RawSections)>, Vec<Diag>) {
     let mut diags = Vec::new();
     let doc = match toml_edit::ImDocument::parse(src) {
         Ok(doc) => doc,
@@ -229,7 +218,7 @@ fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
     walk_table(doc.as_table(), "", &mut entries);
     let mut text = src.to_owned();
     for _ in 0..MAX_SHAPE_ERRORS {
-        let err = match toml::from_str::<raw::RawConfig>(&text) {
+        let err = match read(&text) {
             Ok(raw) => return (Some(raw), diags),
             Err(e) => e,
         };
@@ -268,7 +257,7 @@ fn parse_raw(src: &str) -> (Option<raw::RawConfig>, Vec<Diag>) {
 /// or a table from its header to its last value).
 struct Entry {
     path: String,
-    whole: Range<usize>,
+    whole: std::ops::Range<usize>,
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -376,8 +365,14 @@ pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use junction_core::{RoomRef, UserRef};
-    use junction_irc::config::IrcMode;
+    use junction_irc::config::{IrcConfig, IrcMode};
+    use junction_matrix::config::MatrixSection;
+    use junction_xmpp::config::XmppSection;
     use std::path::PathBuf;
+
+    fn irc(c: &Config) -> Vec<&IrcConfig> {
+        c.sections_of::<IrcConfig>().collect()
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -406,7 +401,8 @@ mod tests {
         assert_eq!(c.gateway.data_dir, root().join("data"));
         assert_eq!(c.gateway.metrics, Some("127.0.0.1:9184".parse().unwrap()));
         assert_eq!(c.gateway.membership, Membership::Summarised);
-        let m = c.matrix.unwrap();
+        let ms = c.section::<MatrixSection>().unwrap();
+        let m = &ms.config;
         assert_eq!(m.homeserver, "http://127.0.0.1:8008");
         assert_eq!(m.server_name, "matrix.test");
         assert_eq!(m.listen, "127.0.0.1:9009".parse().unwrap());
@@ -416,16 +412,16 @@ mod tests {
         assert_eq!(m.user_prefix, "_junction_");
         assert!(m.origin_marks, "marks are on by default");
         assert!(
-            !c.matrix_private_attachment_urls,
+            !ms.private_attachment_urls,
             "attachments come from public addresses only by default"
         );
-        let x = c.xmpp.unwrap();
+        let x = &c.section::<XmppSection>().unwrap().config;
         assert_eq!(x.component, "bridge.xmpp.test");
         assert!(x.origin_marks, "marks are on by default");
         assert_eq!(x.server, "127.0.0.1:5347");
         assert_eq!(x.secret.expose(), "xmpp-secret");
-        assert_eq!(c.irc.len(), 1);
-        let i = &c.irc[0];
+        assert_eq!(irc(&c).len(), 1);
+        let i = irc(&c)[0];
         assert_eq!(
             (i.name.as_str(), i.server.as_str()),
             ("local", "127.0.0.1:6667")
@@ -536,21 +532,23 @@ admins = ["@carol:matrix.test"]
                 UserRef::new("irc:local", "bob!b@host"),
             ]
         );
-        let m = c.matrix.unwrap();
+        let ms = c.section::<MatrixSection>().unwrap();
+        let m = &ms.config;
         assert_eq!(m.homeserver, "http://127.0.0.1:8008");
         assert_eq!((m.id.as_str(), m.user_prefix.as_str()), ("gw", "_gw_"));
         assert!(!m.origin_marks);
-        assert!(c.matrix_private_attachment_urls);
+        assert!(ms.private_attachment_urls);
         assert_eq!(
-            c.matrix_ghosts,
+            ms.ghosts,
             junction_core::PuppetLimits {
                 max: 7,
                 idle_timeout_ms: 0
             }
         );
-        // No [xmpp] section: its limits are the defaults.
-        assert_eq!(c.xmpp_occupants, junction_core::PuppetLimits::default());
-        let i = &c.irc[0];
+        // No [xmpp] section: no XMPP instance (an [xmpp] without limits gets the defaults,
+        // see `dollar_without_brace_is_literal_and_secrets_do_not_print`).
+        assert!(c.section::<XmppSection>().is_none());
+        let i = irc(&c)[0];
         assert_eq!(i.mode, IrcMode::Relay);
         assert_eq!(i.password.as_ref().map(|p| p.expose()), Some("pw"));
         let (acct, pw) = i.sasl.as_ref().unwrap();
@@ -559,7 +557,7 @@ admins = ["@carol:matrix.test"]
         assert_eq!(i.puppet_idle_timeout, std::time::Duration::from_secs(60));
         assert_eq!(i.lines_per_second, 1.0);
         let d = junction_irc::config::IrcConfig::new("other", "", "");
-        let o = &c.irc[1];
+        let o = irc(&c)[1];
         assert_eq!(
             (o.max_puppets, o.burst, o.max_lines),
             (d.max_puppets, d.burst, d.max_lines)
@@ -638,8 +636,8 @@ admins = ["@carol:matrix.test"]
     #[test]
     fn tls_is_accepted_and_tls_ca_is_read_relative_to_the_file() {
         let c = ok("[irc.libera]\nserver = \"irc.libera.chat:6697\"\nnick = \"j\"\ntls = true\n");
-        assert!(c.irc[0].tls);
-        assert_eq!(c.irc[0].tls_ca, None);
+        assert!(irc(&c)[0].tls);
+        assert_eq!(irc(&c)[0].tls_ca, None);
         // A file without a certificate is found before start, with its place in the file.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
@@ -659,7 +657,7 @@ admins = ["@carol:matrix.test"]
     fn relative_data_dir_follows_the_file_and_gateway_is_optional() {
         let c = ok("");
         assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/junction/data"));
-        assert!(c.matrix.is_none() && c.xmpp.is_none() && c.irc.is_empty());
+        assert!(c.sections.is_empty() && c.networks().is_empty());
         assert!(c.bridges.is_empty());
     }
 
@@ -671,9 +669,13 @@ component = "bridge.xmpp.test"
 server = "127.0.0.1:5347"
 secret = "pa$$word"
 "#);
-        let x = c.xmpp.unwrap();
+        let xs = c.section::<XmppSection>().unwrap();
+        let x = &xs.config;
         assert_eq!(x.secret.expose(), "pa$$word");
         assert!(!format!("{x:?}").contains("pa$$word"));
+        assert!(!format!("{c:?}").contains("pa$$word"));
+        // Limits not given: the defaults.
+        assert_eq!(xs.occupants, junction_core::PuppetLimits::default());
     }
 
     #[test]

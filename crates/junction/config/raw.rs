@@ -4,31 +4,27 @@
 //! ([`super::validate`]) can point at it, and every key is optional here: whether a key is
 //! required is decided there, so that a missing key is one error among all the others rather
 //! than the end of parsing.
+//!
+//! This file holds the gateway's own tables (`[gateway]`, `[[bridge]]`); each network reads
+//! its own section ([`junction_network::Network::read`]), and the keys they take are the
+//! only other keys allowed at the top and in a `[[bridge]]`.
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use crate::wiring::NETWORKS;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 use toml::Spanned;
 
-/// A string value with its place in the file.
-pub type Str = Spanned<String>;
+pub use junction_network::Str;
 
-/// The whole file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The gateway's own tables of the file. The networks' sections are read by the networks.
+#[derive(Debug, Default)]
 pub struct RawConfig {
     /// `[gateway]`.
     pub gateway: Option<Spanned<RawGateway>>,
-    /// `[matrix]`.
-    pub matrix: Option<Spanned<RawMatrix>>,
-    /// `[xmpp]`.
-    pub xmpp: Option<Spanned<RawXmpp>>,
-    /// `[irc.<name>]`, keyed by the network's name.
-    #[serde(default)]
-    pub irc: BTreeMap<Str, Spanned<RawIrc>>,
     /// `[[bridge]]`, in file order.
-    #[serde(default)]
     pub bridge: Vec<Spanned<RawBridge>>,
 }
 
@@ -62,104 +58,118 @@ pub struct RawGateway {
     pub rate_burst: Option<Spanned<i64>>,
 }
 
-/// `[matrix]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMatrix {
-    /// Client-server API base URL.
-    pub homeserver: Option<Str>,
-    /// The homeserver's server name.
-    pub server_name: Option<Str>,
-    /// Where the homeserver pushes transactions.
-    pub listen: Option<Str>,
-    /// Token towards the homeserver.
-    pub as_token: Option<Str>,
-    /// Token the homeserver presents.
-    pub hs_token: Option<Str>,
-    /// The bot's localpart.
-    pub bot: Option<Str>,
-    /// The appservice id.
-    pub id: Option<Str>,
-    /// Localpart prefix of the ghosts.
-    pub user_prefix: Option<Str>,
-    /// Public base URL of the media proxy.
-    pub media_url: Option<Str>,
-    /// Attachments may be fetched from loopback and private addresses.
-    pub private_attachment_urls: Option<Spanned<bool>>,
-    /// Ghost display names carry their network's origin mark.
-    pub origin_marks: Option<Spanned<bool>>,
-    /// Most ghosts in rooms at once.
-    pub max_ghosts: Option<Spanned<i64>>,
-    /// Idle time after which a ghost leaves (0: never).
-    pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
-}
-
-/// `[xmpp]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawXmpp {
-    /// The component's domain.
-    pub component: Option<Str>,
-    /// `host:port` of the server's component listener.
-    pub server: Option<Str>,
-    /// The component secret.
-    pub secret: Option<Str>,
-    /// Puppet nicks carry their network's origin mark.
-    pub origin_marks: Option<Spanned<bool>>,
-    /// Most puppet occupants in rooms at once.
-    pub max_occupants: Option<Spanned<i64>>,
-    /// Idle time after which a puppet occupant leaves (0: never).
-    pub occupant_idle_timeout_seconds: Option<Spanned<i64>>,
-}
-
-/// One `[irc.<name>]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawIrc {
-    /// `host:port`.
-    pub server: Option<Str>,
-    /// Connect with TLS.
-    pub tls: Option<Spanned<bool>>,
-    /// PEM file of CA certificates trusted besides the webpki roots.
-    pub tls_ca: Option<Str>,
-    /// The bot's nick.
-    pub nick: Option<Str>,
-    /// `puppet` or `relay`.
-    pub mode: Option<Str>,
-    /// Server password.
-    pub password: Option<Str>,
-    /// SASL account of the bot.
-    pub sasl_account: Option<Str>,
-    /// SASL password of the bot.
-    pub sasl_password: Option<Str>,
-    /// Most puppet connections at once.
-    pub max_puppets: Option<Spanned<i64>>,
-    /// Idle time after which a puppet disconnects.
-    pub puppet_idle_timeout_seconds: Option<Spanned<i64>>,
-    /// Flood control: sustained rate.
-    pub lines_per_second: Option<Spanned<f64>>,
-    /// Flood control: burst size.
-    pub burst: Option<Spanned<i64>>,
-    /// Longest message relayed in full, in lines.
-    pub max_lines: Option<Spanned<i64>>,
-    /// `<lines>:<period>` of history (+H) to turn on in linked channels that have none.
-    pub channel_history: Option<Str>,
-}
-
 /// One `[[bridge]]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawBridge {
     /// Its unique name.
     pub name: Option<Str>,
-    /// Matrix room(s).
-    pub matrix: Option<Spanned<Rooms>>,
-    /// XMPP MUC room(s).
-    pub xmpp: Option<Spanned<Rooms>>,
-    /// IRC channel(s), `network/#channel`.
-    pub irc: Option<Spanned<Rooms>>,
+    /// Its rooms, by network key (`matrix`, `irc`...).
+    pub rooms: BTreeMap<String, Spanned<Rooms>>,
     /// Admins of this bridge only.
     pub admins: Option<Vec<Str>>,
+}
+
+/// The keys allowed at the top of the file: `gateway`, each network's, `bridge`.
+fn top_keys() -> &'static [&'static str] {
+    static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut keys = vec!["gateway"];
+        keys.extend(NETWORKS.keys());
+        keys.push("bridge");
+        keys
+    })
+}
+
+/// The keys allowed in a `[[bridge]]`: `name`, each network's, `admins`.
+fn bridge_keys() -> &'static [&'static str] {
+    static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut keys = vec!["name"];
+        keys.extend(NETWORKS.keys());
+        keys.push("admins");
+        keys
+    })
+}
+
+/// Reads a key of a table that allows only `keys`, as serde's derived code does for
+/// `deny_unknown_fields`, so that an unknown key is an error at the key.
+struct Key(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = &'static str;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for Key {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field identifier")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        self.0
+            .iter()
+            .find(|k| **k == s)
+            .copied()
+            .ok_or_else(|| E::unknown_field(s, self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for RawConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RawConfig")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawConfig, A::Error> {
+                let mut raw = RawConfig::default();
+                while let Some(key) = map.next_key_seed(Key(top_keys()))? {
+                    match key {
+                        "gateway" => raw.gateway = Some(map.next_value()?),
+                        "bridge" => raw.bridge = map.next_value()?,
+                        // A network's section: the network reads it.
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_struct("RawConfig", top_keys(), V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawBridge {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBridge;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RawBridge")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBridge, A::Error> {
+                let mut raw = RawBridge::default();
+                while let Some(key) = map.next_key_seed(Key(bridge_keys()))? {
+                    match key {
+                        "name" => raw.name = Some(map.next_value()?),
+                        "admins" => raw.admins = Some(map.next_value()?),
+                        network => {
+                            raw.rooms.insert(network.to_owned(), map.next_value()?);
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_struct("RawBridge", bridge_keys(), V)
+    }
 }
 
 /// A network key of a bridge: one room, or a list of them.

@@ -10,18 +10,20 @@
 //! `[matrix] listen`. No secret is printed.
 //!
 //! The findings and the report are `junction_core::doctor`'s; each network's checks are its
-//! adapter crate's `doctor` module. Here: the run over the config's networks
-//! (`check_networks`) and the printing.
+//! adapter crate's `doctor` module, run through [`junction_network::Network::doctor`]. Here:
+//! the run over the config's networks (`check_networks`) and the printing.
 
 use crate::config::Config;
 pub use junction_core::doctor::{Finding, Level, Report, EXIT_ERRORS};
+use junction_core::NetworkId;
+use junction_network::Checkup;
 
 /// The rooms of `network` (`matrix`, `xmpp`, `irc:local`) named by the config's bridges, each
 /// once, in bridge order.
-pub(crate) fn linked_rooms(config: &Config, network: &str) -> Vec<String> {
+pub(crate) fn linked_rooms(config: &Config, network: &NetworkId) -> Vec<String> {
     let mut rooms: Vec<String> = Vec::new();
     for room in config.bridges.iter().flat_map(|l| &l.rooms) {
-        if room.network.as_str() == network && !rooms.iter().any(|r| r == room.room.as_str()) {
+        if &room.network == network && !rooms.iter().any(|r| r == room.room.as_str()) {
             rooms.push(room.room.as_str().to_owned());
         }
     }
@@ -42,22 +44,25 @@ async fn gateway_holds_store(config: &Config) -> bool {
     .unwrap_or(false)
 }
 
-/// Runs each configured network's checks (its adapter crate's `doctor::check`), in the order
-/// Matrix, XMPP, then each IRC network as configured, under the network's name in `report`.
+/// Runs each configured network's checks, in the config's order of networks, under the
+/// network's name in `report`.
 async fn check_networks(config: &Config, report: &mut Report) {
-    if let Some(m) = &config.matrix {
-        let rooms = linked_rooms(config, "matrix");
-        junction_matrix::doctor::check(m, &rooms, &mut report.network("matrix")).await;
+    if config.sections.is_empty() {
+        return;
     }
-    if let Some(x) = &config.xmpp {
-        let rooms = linked_rooms(config, "xmpp");
-        let held = gateway_holds_store(config).await;
-        junction_xmpp::doctor::check(x, &rooms, held, &mut report.network("xmpp")).await;
-    }
-    for i in &config.irc {
-        let network = format!("irc:{}", i.name);
-        let rooms = linked_rooms(config, &network);
-        junction_irc::doctor::check(i, &rooms, &mut report.network(network)).await;
+    let gateway_running = gateway_holds_store(config).await;
+    for configured in &config.sections {
+        let network = &configured.section.network;
+        let rooms = linked_rooms(config, network);
+        let checkup = Checkup {
+            rooms: &rooms,
+            gateway_running,
+        };
+        let mut out = report.network(network.as_str());
+        configured
+            .kind
+            .doctor(&configured.section, checkup, &mut out)
+            .await;
     }
 }
 
