@@ -502,6 +502,7 @@ impl Bench {
             admin: junction::admin::Admin::new(&config),
             store_retry: config.gateway.store_retry,
             limits: config.gateway.limits,
+            retention: config.gateway.retention.clone(),
         };
         let gateway = tokio::spawn(gateway::route(parts, hub, shutdown.clone()));
 

@@ -186,6 +186,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
         admin: junction::admin::Admin::new(&config),
         store_retry: config.gateway.store_retry,
         limits: config.gateway.limits,
+        retention: config.gateway.retention.clone(),
     };
     let task = tokio::spawn(route(parts, hub, shutdown.clone()));
 

@@ -140,6 +140,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         admin: admin::Admin::new(&config),
         store_retry: config.gateway.store_retry,
         limits: config.gateway.limits,
+        retention: config.gateway.retention.clone(),
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();

@@ -17,6 +17,7 @@
 //! | `junction_outbox_depth` | gauge | outbox rows waiting for the network |
 //! | `junction_puppets_connected` | gauge | puppets currently connected on the network |
 //! | `junction_reconnects_total` | counter | reconnections to the network's server |
+//! | `junction_outbox_dropped_total` | counter | undelivered outbox rows dropped past `[gateway] outbox_max_age_hours` or `outbox_max_depth` |
 //! | `junction_errors_total` | counter | errors, with a `kind` label as well |
 //! | `junction_duplicates_skipped_total` | counter | inbound events already recorded (no label) |
 //! | `junction_refused_total` | counter | inbound items refused and answered as handled, with a `reason` label as well (`unencodable`: the event can never be stored) |
@@ -98,6 +99,7 @@ struct Series {
     outbox_depth: AtomicU64,
     puppets: AtomicU64,
     reconnects: AtomicU64,
+    outbox_dropped: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -194,6 +196,14 @@ impl Metrics {
     /// The adapter of `network` reconnected to its server.
     pub fn reconnect(&self, network: &NetworkId) {
         self.with(network, |s| s.reconnects.fetch_add(1, Ordering::Relaxed));
+    }
+
+    /// `n` undelivered outbox rows for `network` were dropped past the outbox bounds.
+    pub fn outbox_dropped(&self, network: &NetworkId, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.with(network, |s| {
+            s.outbox_dropped.fetch_add(n, Ordering::Relaxed)
+        });
     }
 
     /// An error of `kind` (a short snake_case word such as `store`, `malformed_input`,
@@ -363,6 +373,12 @@ impl Metrics {
             "junction_reconnects_total",
             "Reconnections to each network's server.",
             |s| s.reconnects.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "junction_outbox_dropped_total",
+            "Undelivered outbox rows for each network dropped past the outbox bounds.",
+            |s| s.outbox_dropped.load(Ordering::Relaxed),
         );
 
         // A counter per network and one more label, kept in a map per series.

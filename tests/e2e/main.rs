@@ -76,3 +76,7 @@ mod store_faults;
 /// `junction doctor`: each check against the real servers with its fault set up, one
 /// all-good run, and the binary's exit status.
 mod doctor;
+
+/// Retention: a reply to a forgotten message crosses as plain text; an unreachable network
+/// gets only the newest of its backlog, with one notice and a counter.
+mod retention;

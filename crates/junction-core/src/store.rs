@@ -48,6 +48,14 @@ pub trait AdapterStore: Send + Sync + std::fmt::Debug + 'static {
     /// Writes a key of one of this adapter's tables.
     fn put(&self, table: &str, key: &str, value: &[u8]) -> StoreResult<()>;
 
+    /// Writes a key of one of this adapter's tables, dated now: the gateway removes it once
+    /// it is older than the message map's retention (`[gateway] retention_days`). For rows
+    /// that only matter while the messages they name are remembered (quotes, stanza ids,
+    /// reactions). The default writes it undated, kept until removed.
+    fn put_dated(&self, table: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.put(table, key, value)
+    }
+
     /// Removes a key of one of this adapter's tables.
     fn remove(&self, table: &str, key: &str) -> StoreResult<()>;
 

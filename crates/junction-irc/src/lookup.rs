@@ -37,7 +37,7 @@ pub fn remember(store: &dyn AdapterStore, id: &MessageId, nick: &str, text: &str
         nick: nick.to_owned(),
         text: crate::outbound::snippet(text),
     };
-    if let Err(e) = store.put(QUOTES, &id.0, &q.encode()) {
+    if let Err(e) = store.put_dated(QUOTES, &id.0, &q.encode()) {
         tracing::debug!(error = %e, "quote not stored");
     }
 }

@@ -116,9 +116,9 @@ impl MediaProxy {
         if mxcs.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .store
-            .put(EVENT_MEDIA_TABLE, event_id, mxcs.join("\n").as_bytes())
+        if let Err(e) =
+            self.store
+                .put_dated(EVENT_MEDIA_TABLE, event_id, mxcs.join("\n").as_bytes())
         {
             tracing::warn!(error = %e, "Could not record an event's media.");
         }

@@ -364,7 +364,7 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 target,
                 key,
             } => {
-                if let Err(e) = sh.store.put(
+                if let Err(e) = sh.store.put_dated(
                     REACTIONS_IN_TABLE,
                     &event_id,
                     format!("{target}\n{key}").as_bytes(),

@@ -31,6 +31,27 @@ pub(crate) fn key(parts: &[&str]) -> Vec<u8> {
     k
 }
 
+/// The rows of `rows` (one network's outbox, in order) that [`Store::drop_outbox`] drops.
+pub(crate) fn to_drop(
+    rows: Vec<Delivery>,
+    older_than_ms: u64,
+    keep_newest: usize,
+    spare: &dyn Fn(u64) -> bool,
+) -> Vec<Dropped> {
+    let rows: Vec<Delivery> = rows.into_iter().filter(|d| !spare(d.outbox_id)).collect();
+    let beyond = rows.len().saturating_sub(keep_newest);
+    rows.into_iter()
+        .enumerate()
+        .filter(|(i, d)| *i < beyond || d.event.ts_ms < older_than_ms)
+        .map(|(_, d)| Dropped {
+            outbox_id: d.outbox_id,
+            event: d.event.id,
+            target: d.target,
+            bridge: d.bridge,
+        })
+        .collect()
+}
+
 /// Builds the outbox rows for `planned`, ids taken from `next_id`.
 pub(crate) fn outbox_rows(
     event: &Event,
@@ -74,6 +95,19 @@ pub enum Recorded {
     New(Vec<Delivery>),
     /// The origin message was recorded before (a replay, a backfill overlap): nothing written.
     Duplicate,
+}
+
+/// One outbox row dropped by [`Store::drop_outbox`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dropped {
+    /// The row's outbox id.
+    pub outbox_id: u64,
+    /// The event it carried.
+    pub event: EventId,
+    /// The room it was for.
+    pub target: RoomRef,
+    /// The bridge that room is linked by.
+    pub bridge: junction_core::BridgeName,
 }
 
 /// One entry of the admin audit trail.
@@ -132,6 +166,42 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
+    /// Drops undelivered outbox rows of `network`: those whose event is older than
+    /// `older_than_ms` (its origin time, ms since the epoch), and those beyond the
+    /// `keep_newest` newest. Rows `spare` names (by outbox id; e.g. already handed to the
+    /// adapter) are neither dropped nor counted. Returns what was dropped, in outbox order.
+    /// The default drops nothing.
+    fn drop_outbox(
+        &self,
+        network: &NetworkId,
+        older_than_ms: u64,
+        keep_newest: usize,
+        spare: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<Dropped>> {
+        let _ = (network, older_than_ms, keep_newest, spare);
+        Ok(Vec::new())
+    }
+
+    // ---- retention ----
+
+    /// Removes the message-map rows of events recorded before `before_ms` (ms since the
+    /// epoch): both directions, every part in every room, the sender; and Matrix transaction
+    /// keys marked before then. At most `limit` events and keys go per call, oldest first;
+    /// returns how many went, so a caller repeats while it gets `limit`. Rows an earlier
+    /// version stored without a time count as recorded when this version first opened the
+    /// store. The default removes nothing.
+    fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let _ = (before_ms, limit);
+        Ok(0)
+    }
+
+    /// Removes audit entries older than `before_ms`, at most `limit`, oldest first; returns
+    /// how many went. The default removes nothing.
+    fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let _ = (before_ms, limit);
+        Ok(0)
+    }
+
     // ---- Matrix transactions ----
 
     /// True if the transaction key was marked done.
@@ -183,6 +253,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists an adapter-private table, in key order.
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Writes a key of an adapter-private table, dated `ts_ms` (ms since the epoch), so that
+    /// [`Store::prune_kv_before`] removes it once it is older than the retention. The default
+    /// writes it undated (kept).
+    fn kv_put_dated(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        let _ = ts_ms;
+        self.kv_put(ns, key, value)
+    }
+
+    /// Removes the adapter-private rows written dated before `before_ms`, at most `limit`,
+    /// oldest first; returns how many went. Undated rows are kept. The default removes
+    /// nothing.
+    fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let _ = (before_ms, limit);
+        Ok(0)
+    }
 
     // ---- audit ----
 

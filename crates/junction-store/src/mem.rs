@@ -1,21 +1,32 @@
 //! In-memory backend: same semantics as the sled one, nothing durable.
 
-use crate::{encode_row, key, outbox_rows, AuditEntry, Recorded, Result, Store};
+use crate::{encode_row, key, outbox_rows, AuditEntry, Dropped, Recorded, Result, Store};
+use junction_core::clock::now_ms;
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 #[derive(Default)]
 struct Inner {
     next_id: u64,
     by_remote: HashMap<Vec<u8>, EventId>,
-    by_event: HashMap<Vec<u8>, Vec<MessageId>>,
+    /// Keyed `event NUL network NUL room`, ordered so one event's rows are together.
+    by_event: BTreeMap<Vec<u8>, Vec<MessageId>>,
     senders: HashMap<EventId, UserRef>,
+    /// When each message event was recorded; none for rows stored without a time.
+    stamps: HashMap<EventId, u64>,
+    by_time: BTreeSet<(u64, EventId)>,
     outbox: HashMap<NetworkId, BTreeMap<u64, Delivery>>,
-    txns: HashSet<String>,
+    /// Transaction key → when it was marked (None: marked without a time).
+    txns: HashMap<String, Option<u64>>,
+    txn_time: BTreeSet<(u64, String)>,
+    kv_stamps: HashMap<(String, String), u64>,
+    kv_time: BTreeSet<(u64, String, String)>,
+    /// Rows stored without a time count as recorded then.
+    legacy_until: Option<u64>,
     puppets: HashMap<Vec<u8>, String>,
     owners: HashMap<Vec<u8>, UserRef>,
     links: BTreeMap<String, Link>,
@@ -54,6 +65,28 @@ impl MemStore {
         self.lock().quarantine.len()
     }
 
+    /// Test hook: a message-map row and a transaction key as a version that did not date
+    /// them stored them, and the store marked as upgraded at `upgraded_ms`.
+    #[cfg(test)]
+    pub(crate) fn put_legacy(
+        &self,
+        event: &EventId,
+        room: &RoomRef,
+        remote: &MessageId,
+        txn: &str,
+        upgraded_ms: u64,
+    ) {
+        let mut g = self.lock();
+        g.by_remote
+            .insert(room_key(room, remote.as_str()), event.clone());
+        g.by_event.insert(
+            key(&[event.as_str(), room.network.as_str(), room.room.as_str()]),
+            vec![remote.clone()],
+        );
+        g.txns.insert(txn.to_owned(), None);
+        g.legacy_until = Some(upgraded_ms);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent maps (each write is one insert).
         self.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -62,6 +95,33 @@ impl MemStore {
 
 fn room_key(r: &RoomRef, x: &str) -> Vec<u8> {
     key(&[r.network.as_str(), r.room.as_str(), x])
+}
+
+impl Inner {
+    /// Removes every message-map row of `event`, its sender and its stamp.
+    fn forget_event(&mut self, event: &EventId) {
+        let prefix = key(&[event.as_str(), ""]);
+        let rows: Vec<(Vec<u8>, Vec<MessageId>)> = self
+            .by_event
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, ids) in rows {
+            let rest = k.get(prefix.len()..).unwrap_or_default();
+            for id in ids {
+                let mut rk = rest.to_vec();
+                rk.push(0);
+                rk.extend_from_slice(id.as_str().as_bytes());
+                if self.by_remote.get(&rk) == Some(event) {
+                    self.by_remote.remove(&rk);
+                }
+            }
+            self.by_event.remove(&k);
+        }
+        self.senders.remove(event);
+        self.stamps.remove(event);
+    }
 }
 
 impl Store for MemStore {
@@ -79,6 +139,9 @@ impl Store for MemStore {
             encode_row(r)?;
         }
         g.by_remote.insert(k, event.id.clone());
+        let now = now_ms();
+        g.stamps.insert(event.id.clone(), now);
+        g.by_time.insert((now, event.id.clone()));
         if matches!(event.kind, junction_core::EventKind::Message(_)) {
             g.senders
                 .insert(event.id.clone(), event.sender.user.clone());
@@ -171,11 +234,16 @@ impl Store for MemStore {
     }
 
     fn txn_done(&self, k: &str) -> Result<bool> {
-        Ok(self.lock().txns.contains(k))
+        Ok(self.lock().txns.contains_key(k))
     }
 
     fn mark_txn(&self, k: &str) -> Result<()> {
-        self.lock().txns.insert(k.to_owned());
+        let mut g = self.lock();
+        if !g.txns.contains_key(k) {
+            let now = now_ms();
+            g.txns.insert(k.to_owned(), Some(now));
+            g.txn_time.insert((now, k.to_owned()));
+        }
         Ok(())
     }
 
@@ -235,15 +303,139 @@ impl Store for MemStore {
     }
 
     fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
-        self.lock()
-            .kv
-            .insert((ns.to_owned(), k.to_owned()), value.to_vec());
+        let mut g = self.lock();
+        let k = (ns.to_owned(), k.to_owned());
+        g.kv_stamps.remove(&k);
+        g.kv.insert(k, value.to_vec());
         Ok(())
     }
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
-        self.lock().kv.remove(&(ns.to_owned(), k.to_owned()));
+        let mut g = self.lock();
+        let k = (ns.to_owned(), k.to_owned());
+        g.kv_stamps.remove(&k);
+        g.kv.remove(&k);
         Ok(())
+    }
+
+    fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        let mut g = self.lock();
+        g.kv_time.insert((ts_ms, ns.to_owned(), k.to_owned()));
+        let k = (ns.to_owned(), k.to_owned());
+        g.kv_stamps.insert(k.clone(), ts_ms);
+        g.kv.insert(k, value.to_vec());
+        Ok(())
+    }
+
+    fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut g = self.lock();
+        let due: Vec<(u64, String, String)> = g
+            .kv_time
+            .iter()
+            .take_while(|(t, _, _)| *t < before_ms)
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for row in due {
+            if n >= limit {
+                break;
+            }
+            g.kv_time.remove(&row);
+            let (ts, ns, k) = row;
+            let k = (ns, k);
+            if g.kv_stamps.get(&k) == Some(&ts) {
+                g.kv_stamps.remove(&k);
+                g.kv.remove(&k);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn drop_outbox(
+        &self,
+        network: &NetworkId,
+        older_than_ms: u64,
+        keep_newest: usize,
+        spare: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<Dropped>> {
+        let dropped = crate::to_drop(self.pending(network)?, older_than_ms, keep_newest, spare);
+        if let Some(o) = self.lock().outbox.get_mut(network) {
+            for d in &dropped {
+                o.remove(&d.outbox_id);
+            }
+        }
+        Ok(dropped)
+    }
+
+    fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut g = self.lock();
+        let mut n = 0;
+        while n < limit {
+            let Some((ts, event)) = g.by_time.first().cloned() else {
+                break;
+            };
+            if ts >= before_ms {
+                break;
+            }
+            g.forget_event(&event);
+            g.by_time.remove(&(ts, event));
+            n += 1;
+        }
+        while n < limit {
+            let Some((ts, k)) = g.txn_time.first().cloned() else {
+                break;
+            };
+            if ts >= before_ms {
+                break;
+            }
+            g.txns.remove(&k);
+            g.txn_time.remove(&(ts, k));
+            n += 1;
+        }
+        if g.legacy_until.is_some_and(|t| t < before_ms) {
+            let legacy: BTreeSet<EventId> = g
+                .by_event
+                .keys()
+                .filter_map(|k| k.split(|b| *b == 0).next())
+                .map(|id| EventId(String::from_utf8_lossy(id).into_owned()))
+                .filter(|e| !g.stamps.contains_key(e))
+                .collect();
+            for e in legacy {
+                if n >= limit {
+                    return Ok(n);
+                }
+                g.forget_event(&e);
+                n += 1;
+            }
+            let txns: Vec<String> = g
+                .txns
+                .iter()
+                .filter(|(_, t)| t.is_none())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in txns {
+                if n >= limit {
+                    return Ok(n);
+                }
+                g.txns.remove(&k);
+                n += 1;
+            }
+            g.legacy_until = None;
+        }
+        Ok(n)
+    }
+
+    fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut g = self.lock();
+        let n = g
+            .audit
+            .iter()
+            .take(limit)
+            .take_while(|e| e.ts_ms < before_ms)
+            .count();
+        g.audit.drain(..n);
+        Ok(n)
     }
 
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {

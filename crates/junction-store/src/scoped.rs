@@ -51,6 +51,11 @@ impl AdapterStore for Scoped {
         self.store.kv_put(&self.table(table), key, value)
     }
 
+    fn put_dated(&self, table: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        let now = junction_core::clock::now_ms();
+        self.store.kv_put_dated(&self.table(table), key, value, now)
+    }
+
     fn remove(&self, table: &str, key: &str) -> StoreResult<()> {
         self.store.kv_remove(&self.table(table), key)
     }

@@ -1,7 +1,10 @@
 //! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values.
 //! Writes that belong together run in one sled transaction.
 
-use crate::{encode_row, key, outbox_rows, AuditEntry, Recorded, Result, Store, StoreError};
+use crate::{
+    encode_row, key, outbox_rows, AuditEntry, Dropped, Recorded, Result, Store, StoreError,
+};
+use junction_core::clock::now_ms;
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
@@ -26,6 +29,20 @@ pub struct SledStore {
     cursors: sled::Tree,
     kv: sled::Tree,
     audit: sled::Tree,
+    /// Message event id → when it was recorded (ms, 8 bytes big-endian).
+    stamps: sled::Tree,
+    /// When (8 bytes big-endian) ++ event id → nothing: the message map in age order.
+    by_time: sled::Tree,
+    /// When ++ transaction key → nothing: the transaction keys in age order (their value in
+    /// `txns` is the same time; an empty value is a key an earlier version marked).
+    txn_time: sled::Tree,
+    /// Dated adapter-private row (`ns` NUL key) → when.
+    kv_stamps: sled::Tree,
+    /// When ++ `ns` NUL key → nothing: dated adapter-private rows in age order.
+    kv_time: sled::Tree,
+    /// The store's own notes: [`LAYOUT`], and while rows an earlier version stored without a
+    /// time remain, [`LEGACY_UNTIL`] and the walk's cursors.
+    meta: sled::Tree,
     /// Records that could not be read back, keyed by their table's name, NUL, their key.
     quarantine: sled::Tree,
     set_aside: AtomicU64,
@@ -58,6 +75,28 @@ fn event_key(e: &EventId, r: &RoomRef) -> Vec<u8> {
     key(&[e.as_str(), r.network.as_str(), r.room.as_str()])
 }
 
+/// In `meta`: present once a version that dates its rows has opened the store.
+const LAYOUT: &[u8] = b"dated";
+/// In `meta`: when that happened, if rows without a time were there then (they count as
+/// recorded at that time).
+const LEGACY_UNTIL: &[u8] = b"legacy_until";
+/// In `meta`: where the walk removing undated message-map rows goes on.
+const LEGACY_EVENTS: &[u8] = b"legacy_events";
+/// In `meta`: where the walk removing undated transaction keys goes on.
+const LEGACY_TXNS: &[u8] = b"legacy_txns";
+
+/// A time index key: `ts` big-endian, then `rest`.
+fn time_key(ts: u64, rest: &[u8]) -> Vec<u8> {
+    let mut k = ts.to_be_bytes().to_vec();
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The time a stamp value holds, if it is one.
+fn stamp(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
 fn outbox_prefix(n: &NetworkId) -> Vec<u8> {
     let mut k = n.as_str().as_bytes().to_vec();
     k.push(0);
@@ -87,7 +126,24 @@ impl SledStore {
     ) -> Result<Self> {
         let db = open_db(path.as_ref(), wait, give_up)?;
         let t = |n: &str| db.open_tree(n).map_err(be);
+        let meta = t("meta")?;
+        if meta.get(LAYOUT).map_err(be)?.is_none() {
+            // First opened by a version that dates its rows: those already there count as
+            // recorded now.
+            let had = !t("by_event")?.is_empty() || !t("txns")?.is_empty();
+            if had {
+                meta.insert(LEGACY_UNTIL, &now_ms().to_be_bytes())
+                    .map_err(be)?;
+            }
+            meta.insert(LAYOUT, &[1]).map_err(be)?;
+        }
         Ok(Self {
+            stamps: t("stamps")?,
+            by_time: t("by_time")?,
+            txn_time: t("txn_time")?,
+            kv_stamps: t("kv_stamps")?,
+            kv_time: t("kv_time")?,
+            meta,
             by_remote: t("by_remote")?,
             by_event: t("by_event")?,
             senders: t("senders")?,
@@ -135,6 +191,17 @@ impl SledStore {
         self.outbox
             .insert(outbox_key(network, id), raw)
             .expect("raw outbox row");
+    }
+
+    /// Test hook: when the store was first opened by a version dating its rows, if rows
+    /// without a time were there then and are not all gone yet.
+    #[cfg(test)]
+    pub(crate) fn legacy_until(&self) -> Option<u64> {
+        self.meta
+            .get(LEGACY_UNTIL)
+            .ok()
+            .flatten()
+            .and_then(|v| stamp(&v))
     }
 
     /// Test hook: how many records the quarantine tree holds.
@@ -204,13 +271,24 @@ impl Store for SledStore {
             }
             _ => None,
         };
-        let new = (&self.by_remote, &self.by_event, &self.outbox, &self.senders)
-            .transaction(|(rem, ev, out, snd)| {
+        let now = now_ms();
+        let tk = time_key(now, event.id.as_str().as_bytes());
+        let new = (
+            &self.by_remote,
+            &self.by_event,
+            &self.outbox,
+            &self.senders,
+            &self.stamps,
+            &self.by_time,
+        )
+            .transaction(|(rem, ev, out, snd, stamps, by_time)| {
                 if rem.get(&k)?.is_some() {
                     return Ok(false);
                 }
                 rem.insert(k.as_slice(), event.id.as_str().as_bytes())?;
                 ev.insert(ek.as_slice(), ids.as_slice())?;
+                stamps.insert(event.id.as_str().as_bytes(), &now.to_be_bytes())?;
+                by_time.insert(tk.as_slice(), &[])?;
                 if let Some(sender) = &sender {
                     snd.insert(event.id.as_str().as_bytes(), sender.as_slice())?;
                 }
@@ -295,7 +373,18 @@ impl Store for SledStore {
     }
 
     fn mark_txn(&self, k: &str) -> Result<()> {
-        self.txns.insert(k, &[]).map(drop).map_err(be)
+        if self.txns.contains_key(k).map_err(be)? {
+            return Ok(());
+        }
+        let now = now_ms();
+        // The index first: a crash in between leaves an index row pointing at nothing.
+        self.txn_time
+            .insert(time_key(now, k.as_bytes()), &[])
+            .map_err(be)?;
+        self.txns
+            .insert(k, &now.to_be_bytes())
+            .map(drop)
+            .map_err(be)
     }
 
     fn puppet(&self, network: &NetworkId, user: &UserRef) -> Result<Option<String>> {
@@ -375,11 +464,44 @@ impl Store for SledStore {
     }
 
     fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
-        self.kv.insert(key(&[ns, k]), value).map(drop).map_err(be)
+        let k = key(&[ns, k]);
+        self.kv_stamps.remove(&k).map_err(be)?;
+        self.kv.insert(k, value).map(drop).map_err(be)
     }
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
-        self.kv.remove(key(&[ns, k])).map(drop).map_err(be)
+        let k = key(&[ns, k]);
+        self.kv_stamps.remove(&k).map_err(be)?;
+        self.kv.remove(k).map(drop).map_err(be)
+    }
+
+    fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        let k = key(&[ns, k]);
+        self.kv_time.insert(time_key(ts_ms, &k), &[]).map_err(be)?;
+        self.kv_stamps
+            .insert(k.as_slice(), &ts_ms.to_be_bytes())
+            .map_err(be)?;
+        self.kv.insert(k, value).map(drop).map_err(be)
+    }
+
+    fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut n = 0;
+        for r in self.kv_time.range(..before_ms.to_be_bytes().to_vec()) {
+            if n >= limit {
+                break;
+            }
+            let (tk, _) = r.map_err(be)?;
+            let (ts, k) = tk.split_at(8.min(tk.len()));
+            // Only if the row was not written again since (a later time, or undated).
+            let current = self.kv_stamps.get(k).map_err(be)?;
+            if current.as_deref().and_then(stamp) == stamp(ts) {
+                self.kv.remove(k).map_err(be)?;
+                self.kv_stamps.remove(k).map_err(be)?;
+                n += 1;
+            }
+            self.kv_time.remove(&tk).map_err(be)?;
+        }
+        Ok(n)
     }
 
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -411,5 +533,158 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<()> {
         self.db.flush().map(drop).map_err(be)
+    }
+
+    fn drop_outbox(
+        &self,
+        network: &NetworkId,
+        older_than_ms: u64,
+        keep_newest: usize,
+        spare: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<Dropped>> {
+        let dropped = crate::to_drop(self.pending(network)?, older_than_ms, keep_newest, spare);
+        for d in &dropped {
+            self.outbox
+                .remove(outbox_key(network, d.outbox_id))
+                .map_err(be)?;
+        }
+        Ok(dropped)
+    }
+
+    fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let end = before_ms.to_be_bytes().to_vec();
+        let mut n = 0;
+        for r in self.by_time.range(..end.clone()) {
+            if n >= limit {
+                return Ok(n);
+            }
+            let (tk, _) = r.map_err(be)?;
+            let event =
+                EventId(String::from_utf8_lossy(tk.get(8..).unwrap_or_default()).into_owned());
+            self.forget_event(&event)?;
+            // Last: a crash before this leaves the event to prune again.
+            self.by_time.remove(&tk).map_err(be)?;
+            n += 1;
+        }
+        for r in self.txn_time.range(..end) {
+            if n >= limit {
+                return Ok(n);
+            }
+            let (tk, _) = r.map_err(be)?;
+            let k = tk.get(8..).unwrap_or_default();
+            self.txns.remove(k).map_err(be)?;
+            self.txn_time.remove(&tk).map_err(be)?;
+            n += 1;
+        }
+        Ok(n + self.prune_legacy(before_ms, limit - n)?)
+    }
+
+    fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut n = 0;
+        for r in self.audit.iter() {
+            if n >= limit {
+                break;
+            }
+            let (k, v) = r.map_err(be)?;
+            let Some(entry) = self.read_or_set_aside::<AuditEntry>(&self.audit, "audit", &k, &v)?
+            else {
+                continue;
+            };
+            // Appended in time order: the first one young enough ends the pass.
+            if entry.ts_ms >= before_ms {
+                break;
+            }
+            self.audit.remove(&k).map_err(be)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl SledStore {
+    /// Removes every message-map row of `event` (each room's ids and the rows mapping them
+    /// back), its sender and its stamp.
+    fn forget_event(&self, event: &EventId) -> Result<()> {
+        let prefix = key(&[event.as_str(), ""]);
+        for r in self.by_event.scan_prefix(&prefix) {
+            let (k, v) = r.map_err(be)?;
+            let rest = k.get(prefix.len()..).unwrap_or_default();
+            // The rest is `network NUL room`: the same bytes begin its ids' reverse keys.
+            let ids: Vec<MessageId> = serde_json::from_slice(&v).unwrap_or_default();
+            for id in ids {
+                let mut rk = rest.to_vec();
+                rk.push(0);
+                rk.extend_from_slice(id.as_str().as_bytes());
+                // Only if it still names this event.
+                if self.by_remote.get(&rk).map_err(be)?.as_deref()
+                    == Some(event.as_str().as_bytes())
+                {
+                    self.by_remote.remove(&rk).map_err(be)?;
+                }
+            }
+            self.by_event.remove(&k).map_err(be)?;
+        }
+        self.senders.remove(event.as_str()).map_err(be)?;
+        self.stamps.remove(event.as_str()).map_err(be)?;
+        Ok(())
+    }
+
+    /// Once the time the store was upgraded at is older than `before_ms`: removes the
+    /// message-map rows and transaction keys an earlier version stored without a time, at
+    /// most `limit` (and a bounded walk), carrying on where the last call stopped.
+    fn prune_legacy(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let Some(until) = self.meta.get(LEGACY_UNTIL).map_err(be)? else {
+            return Ok(0);
+        };
+        if stamp(&until).is_some_and(|t| t >= before_ms) || limit == 0 {
+            return Ok(0);
+        }
+        let mut walked = limit.saturating_mul(16);
+        let mut n = 0;
+        let from = self.meta.get(LEGACY_EVENTS).map_err(be)?;
+        if from.as_deref() != Some(b"done".as_slice()) {
+            let start = from.map(|f| f.to_vec()).unwrap_or_default();
+            for r in self.by_event.range(start..) {
+                let (k, _) = r.map_err(be)?;
+                if n >= limit || walked == 0 {
+                    self.meta.insert(LEGACY_EVENTS, k.to_vec()).map_err(be)?;
+                    return Ok(n);
+                }
+                walked -= 1;
+                let id = k.split(|b| *b == 0).next().unwrap_or_default();
+                if !self.stamps.contains_key(id).map_err(be)? {
+                    self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+                    n += 1;
+                }
+            }
+            self.meta
+                .insert(LEGACY_EVENTS, b"done".as_slice())
+                .map_err(be)?;
+        }
+        let start = self
+            .meta
+            .get(LEGACY_TXNS)
+            .map_err(be)?
+            .map(|f| f.to_vec())
+            .unwrap_or_default();
+        for r in self.txns.range(start..) {
+            let (k, v) = r.map_err(be)?;
+            if n >= limit || walked == 0 {
+                self.meta.insert(LEGACY_TXNS, k.to_vec()).map_err(be)?;
+                return Ok(n);
+            }
+            walked -= 1;
+            if v.is_empty() {
+                self.txns.remove(&k).map_err(be)?;
+                n += 1;
+            }
+        }
+        for k in [LEGACY_UNTIL, LEGACY_EVENTS, LEGACY_TXNS] {
+            self.meta.remove(k).map_err(be)?;
+        }
+        tracing::info!(
+            "The message map rows stored without a time by an earlier version are gone."
+        );
+        Ok(n)
     }
 }

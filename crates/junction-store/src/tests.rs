@@ -307,6 +307,184 @@ pub(crate) fn senders_and_authority(s: &dyn Store) {
     s.flush().unwrap();
 }
 
+/// Waits until the clock has moved past `t`, and returns the time then.
+fn after(t: u64) -> u64 {
+    while junction_core::clock::now_ms() <= t {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    junction_core::clock::now_ms()
+}
+
+fn message(n: &str, r: &str, remote: &str, ts: u64) -> Event {
+    Event::new(
+        room(n, r),
+        MessageId::new(remote),
+        Sender::new(UserRef::new(n, "alice"), "alice"),
+        ts,
+        EventKind::Message(Default::default()),
+    )
+}
+
+/// Message-map rows, senders, transaction keys and dated adapter rows recorded before a
+/// time go, in bounded passes, both directions and every part; later ones stay.
+pub(crate) fn retention(s: &dyn Store) {
+    let (xmpp, irc) = (room("xmpp", "lobby@c"), room("irc:l", "#lobby"));
+    let old = message("matrix", "#lobby:matrix.test", "$old", 1);
+    let Recorded::New(rows) = s
+        .record_inbound(&old, vec![plan("xmpp", "lobby@c"), plan("irc:l", "#lobby")])
+        .unwrap()
+    else {
+        panic!()
+    };
+    for (r, parts) in rows.iter().zip([&["x1"][..], &["i1", "i2"][..]]) {
+        s.record_delivered(&Delivered {
+            outbox_id: r.outbox_id,
+            target: r.target.clone(),
+            event: old.id.clone(),
+            outcome: Ok(ids(parts)),
+        })
+        .unwrap();
+    }
+    s.mark_txn("t-old").unwrap();
+    s.kv_put_dated("irc:l/quotes", "q-old", b"old", 10).unwrap();
+    s.kv_put_dated("irc:l/quotes", "q-new", b"new", 30).unwrap();
+    s.kv_put_dated("irc:l/quotes", "q-again", b"v1", 10)
+        .unwrap();
+    s.kv_put("irc:l/quotes", "q-again", b"undated now").unwrap();
+    s.kv_put("irc:l/quotes", "q-plain", b"kept").unwrap();
+    let cut = after(junction_core::clock::now_ms());
+    let young = message("matrix", "#lobby:matrix.test", "$young", 2);
+    s.record_inbound(&young, vec![plan("xmpp", "lobby@c")])
+        .unwrap();
+    s.mark_txn("t-young").unwrap();
+
+    assert_eq!(s.prune_before(0, 10).unwrap(), 0, "nothing that old");
+    // One event and one key are due: limit 1 takes one per pass.
+    assert_eq!(s.prune_before(cut, 1).unwrap(), 1);
+    assert_eq!(s.prune_before(cut, 1).unwrap(), 1);
+    assert_eq!(s.prune_before(cut, 10).unwrap(), 0);
+    assert_eq!(s.event_for(&old.origin, &old.remote_id).unwrap(), None);
+    assert_eq!(s.event_for(&irc, &MessageId::new("i2")).unwrap(), None);
+    assert_eq!(s.event_for(&xmpp, &MessageId::new("x1")).unwrap(), None);
+    assert!(s.remote_ids(&old.id, &irc).unwrap().is_empty());
+    assert!(s.remote_ids(&old.id, &old.origin).unwrap().is_empty());
+    assert_eq!(s.sender_of(&old.id).unwrap(), None);
+    assert!(!s.txn_done("t-old").unwrap());
+    assert_eq!(
+        s.event_for(&young.origin, &young.remote_id).unwrap(),
+        Some(young.id.clone())
+    );
+    assert!(s.sender_of(&young.id).unwrap().is_some());
+    assert!(s.txn_done("t-young").unwrap());
+    // A pruned message recorded again is new (its outbox rows are written again).
+    assert!(matches!(
+        s.record_inbound(&old, vec![]).unwrap(),
+        Recorded::New(_)
+    ));
+
+    assert_eq!(s.prune_kv_before(20, 10).unwrap(), 1);
+    let left: Vec<String> = s
+        .kv_scan("irc:l/quotes")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, vec!["q-again", "q-new", "q-plain"]);
+    assert_eq!(s.prune_kv_before(u64::MAX, 10).unwrap(), 1);
+    assert_eq!(s.kv_scan("irc:l/quotes").unwrap().len(), 2);
+
+    for (ts, action) in [(10, "a"), (20, "b"), (30, "c")] {
+        s.audit(&AuditEntry {
+            ts_ms: ts,
+            actor: "matrix/@admin:m".into(),
+            action: action.into(),
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+    assert_eq!(s.prune_audit_before(25, 1).unwrap(), 1);
+    assert_eq!(s.prune_audit_before(25, 10).unwrap(), 1);
+    assert_eq!(s.prune_audit_before(25, 10).unwrap(), 0);
+    let log = s.audit_log().unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, "c");
+    s.flush().unwrap();
+}
+
+/// Outbox rows older than the age, or beyond the newest `keep`, are dropped and reported.
+pub(crate) fn outbox_bounds(s: &dyn Store) {
+    let x = NetworkId::new("xmpp");
+    for (i, ts) in [100u64, 200, 5000, 6000, 7000].into_iter().enumerate() {
+        s.record_inbound(
+            &message("irc:l", "#a", &format!("m{i}"), ts),
+            vec![plan("xmpp", "a@c"), plan("matrix", "!a:m")],
+        )
+        .unwrap();
+    }
+    let none = |_: u64| false;
+    assert!(s.drop_outbox(&x, 50, 10, &none).unwrap().is_empty());
+    // The oldest is spared (with the adapter already): neither dropped nor counted.
+    let first = s.pending(&x).unwrap()[0].outbox_id;
+    let spared = s.drop_outbox(&x, 0, 4, &|id| id == first).unwrap();
+    assert!(spared.is_empty(), "{spared:?}");
+    // Older than 1000: two; beyond the 2 newest: one more.
+    let dropped = s.drop_outbox(&x, 1000, 2, &none).unwrap();
+    assert_eq!(dropped.len(), 3);
+    assert!(dropped.windows(2).all(|w| w[0].outbox_id < w[1].outbox_id));
+    assert!(dropped.iter().all(|d| d.target == room("xmpp", "a@c")));
+    assert_eq!(
+        dropped[0].event,
+        message("irc:l", "#a", "m0", 0).id,
+        "oldest first"
+    );
+    let left = s.pending(&x).unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.event.ts_ms).collect::<Vec<_>>(),
+        vec![6000, 7000]
+    );
+    assert_eq!(s.outbox_depth(&x).unwrap(), 2);
+    assert_eq!(s.outbox_depth(&NetworkId::new("matrix")).unwrap(), 5);
+    // The message map is untouched: a reply to a dropped message still resolves.
+    let m0 = message("irc:l", "#a", "m0", 0);
+    assert_eq!(s.event_for(&m0.origin, &m0.remote_id).unwrap(), Some(m0.id));
+}
+
+/// Rows an earlier version stored without a time (put there by `legacy`, which says when the
+/// store was upgraded) keep working, and go once that time is older than the cut.
+pub(crate) fn legacy_rows(
+    s: &dyn Store,
+    legacy: &dyn Fn(&EventId, &RoomRef, &MessageId, &str) -> u64,
+) {
+    let r = room("matrix", "!old:m");
+    let e = EventId::derive(&r, &MessageId::new("$legacy"));
+    let upgraded = legacy(&e, &r, &MessageId::new("$legacy"), "t-legacy");
+    assert_eq!(
+        s.event_for(&r, &MessageId::new("$legacy")).unwrap(),
+        Some(e.clone())
+    );
+    assert!(s.txn_done("t-legacy").unwrap());
+    assert_eq!(
+        s.prune_before(upgraded, 100).unwrap(),
+        0,
+        "as young as the upgrade"
+    );
+    let young = message("matrix", "!old:m", "$young", 1);
+    s.record_inbound(&young, vec![]).unwrap();
+    let cut = after(upgraded.max(junction_core::clock::now_ms()));
+    assert_eq!(s.prune_before(cut, 1).unwrap(), 1);
+    let mut n = 0;
+    for _ in 0..10 {
+        n += s.prune_before(cut, 1).unwrap();
+    }
+    assert_eq!(
+        n, 2,
+        "the legacy key and the young event (recorded before the cut)"
+    );
+    assert_eq!(s.event_for(&r, &MessageId::new("$legacy")).unwrap(), None);
+    assert!(!s.txn_done("t-legacy").unwrap());
+    assert_eq!(s.prune_before(u64::MAX, 100).unwrap(), 0);
+}
+
 macro_rules! store_conformance_tests {
     ($m:ident, $make:expr) => {
         mod $m {
@@ -328,6 +506,16 @@ macro_rules! store_conformance_tests {
                 super::tables(&s);
             }
             #[test]
+            fn retention() {
+                let (_d, s) = $make;
+                super::retention(&s);
+            }
+            #[test]
+            fn outbox_bounds() {
+                let (_d, s) = $make;
+                super::outbox_bounds(&s);
+            }
+            #[test]
             fn unreadable_records_are_set_aside() {
                 let (_d, s) = $make;
                 super::unreadable_records_are_set_aside(
@@ -346,6 +534,53 @@ store_conformance_tests!(sled, {
     let s = SledStore::open(d.path()).unwrap();
     (d, s)
 });
+
+#[test]
+fn mem_legacy_rows() {
+    let s = MemStore::new();
+    legacy_rows(&s, &|e, r, m, t| {
+        let now = junction_core::clock::now_ms();
+        s.put_legacy(e, r, m, t, now);
+        now
+    });
+}
+
+/// A store an earlier version wrote (message map and transaction keys without a time) is
+/// dated at the first open by this version: its rows resolve, and go once that is old.
+#[test]
+fn sled_legacy_rows_count_from_the_upgrade() {
+    let d = tempfile::tempdir().unwrap();
+    let r = room("matrix", "!old:m");
+    let remote = MessageId::new("$legacy");
+    let e = EventId::derive(&r, &remote);
+    {
+        let db = ::sled::open(d.path()).unwrap();
+        db.open_tree("by_remote")
+            .unwrap()
+            .insert(key(&["matrix", "!old:m", "$legacy"]), e.as_str().as_bytes())
+            .unwrap();
+        db.open_tree("by_event")
+            .unwrap()
+            .insert(
+                key(&[e.as_str(), "matrix", "!old:m"]),
+                serde_json::to_vec(&[&remote]).unwrap(),
+            )
+            .unwrap();
+        db.open_tree("txns")
+            .unwrap()
+            .insert("t-legacy", &[])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(d.path()).unwrap();
+    let upgraded = s.legacy_until().expect("dated at the first open");
+    legacy_rows(&s, &|_, _, _, _| upgraded);
+    assert_eq!(s.legacy_until(), None, "the walk is done");
+    // Reopened: the walk is done and nothing new counts as legacy.
+    drop(s);
+    let s = SledStore::open(d.path()).unwrap();
+    assert_eq!(s.prune_before(u64::MAX, 100).unwrap(), 0);
+}
 
 #[test]
 fn sled_reopen_keeps_everything() {

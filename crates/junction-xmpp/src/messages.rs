@@ -56,9 +56,10 @@ impl State {
         }
     }
 
-    /// Writes a value of one of the adapter's tables (a store error is logged).
+    /// Writes a value of one of the adapter's id tables, dated, so it goes with the message
+    /// map's retention (a store error is logged).
     pub fn kv_put(&self, table: &str, key: &str, value: &str) {
-        if let Err(e) = self.store.put(table, key, value.as_bytes()) {
+        if let Err(e) = self.store.put_dated(table, key, value.as_bytes()) {
             tracing::warn!(error = %e, table, "xmpp: could not store an id");
         }
     }

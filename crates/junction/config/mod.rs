@@ -595,6 +595,23 @@ admins = ["@carol:matrix.test"]
     }
 
     #[test]
+    fn retention_has_defaults_fractions_and_zero_for_ever() {
+        use std::time::Duration;
+        let d = ok("[gateway]\n").gateway.retention;
+        assert_eq!(d, crate::gateway::Retention::default());
+        assert_eq!(d.messages, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(d.audit, Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(d.outbox_max_age, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(d.outbox_max_depth, Some(10_000));
+        let c = ok("[gateway]\nretention_days = 0.5\naudit_days = 0\noutbox_max_age_hours = 2\noutbox_max_depth = 0\n")
+            .gateway
+            .retention;
+        assert_eq!(c.messages, Some(Duration::from_secs(43_200)));
+        assert_eq!((c.audit, c.outbox_max_depth), (None, None));
+        assert_eq!(c.outbox_max_age, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
     fn web_and_public_url() {
         let c = ok("[gateway]\nweb = \"127.0.0.1:9200\"\n");
         assert_eq!(c.gateway.web, Some("127.0.0.1:9200".parse().unwrap()));

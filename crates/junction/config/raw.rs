@@ -56,6 +56,24 @@ pub struct RawGateway {
     pub rate_per_minute: Option<Spanned<i64>>,
     /// Per-sender rate limit: events at once.
     pub rate_burst: Option<Spanned<i64>>,
+    /// Days the message map (and what hangs off it) is kept (0: for ever).
+    pub retention_days: Option<Spanned<Number>>,
+    /// Days the admin audit trail is kept (0: for ever).
+    pub audit_days: Option<Spanned<Number>>,
+    /// Hours an undelivered outbox row is kept (0: for ever).
+    pub outbox_max_age_hours: Option<Spanned<Number>>,
+    /// Most undelivered outbox rows kept per network (0: no bound).
+    pub outbox_max_depth: Option<Spanned<i64>>,
+}
+
+/// A TOML number, whole or not (`90`, `0.5`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    /// A whole number.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
 }
 
 /// One `[[bridge]]`.

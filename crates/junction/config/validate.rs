@@ -98,6 +98,8 @@ pub struct GatewayConfig {
     pub store_retry: Duration,
     /// Per-sender rate limits and fan-out caps on inbound events.
     pub limits: crate::ratelimit::Limits,
+    /// How long the message map, the audit trail and undelivered outbox rows are kept.
+    pub retention: crate::gateway::Retention,
 }
 
 /// The default of `gateway.store_retry_seconds`.
@@ -147,6 +149,7 @@ pub(crate) fn validate(
             public_url: None,
             store_retry: STORE_RETRY_DEFAULT,
             limits: crate::ratelimit::Limits::default(),
+            retention: crate::gateway::Retention::default(),
         }),
     };
     let configured: Vec<Option<Vec<Configured>>> = sections
@@ -287,7 +290,9 @@ fn gateway(
         STORE_RETRY_DEFAULT.as_secs() as i64,
     );
     let limits = limits(c, g);
+    let retention = retention(c, g);
     Some(GatewayConfig {
+        retention: retention?,
         store_retry: Duration::from_secs(u64::try_from(store_retry?).ok()?),
         data_dir: data_dir?,
         metrics: metrics?,
@@ -299,6 +304,78 @@ fn gateway(
         public_url: public_url?,
         limits: limits?,
     })
+}
+
+/// `gateway.retention_days`, `audit_days`, `outbox_max_age_hours`, `outbox_max_depth`.
+fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Retention> {
+    use crate::gateway::retention as r;
+    const DAY: f64 = 86_400.0;
+    let messages = span_of(
+        c,
+        &g.retention_days,
+        "gateway.retention_days",
+        DAY,
+        r::MESSAGES_DEFAULT,
+    );
+    let audit = span_of(
+        c,
+        &g.audit_days,
+        "gateway.audit_days",
+        DAY,
+        r::AUDIT_DEFAULT,
+    );
+    let outbox_age = span_of(
+        c,
+        &g.outbox_max_age_hours,
+        "gateway.outbox_max_age_hours",
+        3600.0,
+        r::OUTBOX_AGE_DEFAULT,
+    );
+    let depth = c.count_as::<usize>(
+        &g.outbox_max_depth,
+        "gateway.outbox_max_depth",
+        0,
+        r::OUTBOX_DEPTH_DEFAULT as i64,
+    );
+    Some(crate::gateway::Retention {
+        messages: messages?,
+        audit: audit?,
+        outbox_max_age: outbox_age?,
+        outbox_max_depth: depth.map(|d| (d > 0).then_some(d))?,
+    })
+}
+
+/// A span given as a number of `unit` seconds (a fraction allowed); 0 means none (keep for
+/// ever).
+fn span_of(
+    c: &mut Checker<'_>,
+    v: &Option<Spanned<super::raw::Number>>,
+    key: &str,
+    unit: f64,
+    default: Option<Duration>,
+) -> Option<Option<Duration>> {
+    use super::raw::Number;
+    let Some(v) = v else { return Some(default) };
+    let n = match *v.get_ref() {
+        Number::Int(n) => n as f64,
+        Number::Float(f) => f,
+    };
+    if !n.is_finite() || n < 0.0 {
+        c.error(
+            v.span(),
+            key,
+            format!("must be 0 (keep for ever) or more, got {n}"),
+        );
+        return None;
+    }
+    match Duration::try_from_secs_f64(n * unit) {
+        Ok(d) if d.is_zero() => Some(None),
+        Ok(d) => Some(Some(d)),
+        Err(_) => {
+            c.error(v.span(), key, "too large".to_owned());
+            None
+        }
+    }
 }
 
 /// `gateway.max_attachments`, `gateway.rate_per_minute` and `gateway.rate_burst`.

@@ -35,7 +35,7 @@ impl Loop {
                     if !touched.contains(&d.target.network) {
                         touched.push(d.target.network.clone());
                     }
-                    let _ = tx.send(d);
+                    tx.send(d);
                 }
                 None => {
                     tracing::warn!(network = %d.target.network, "No adapter for a linked network; the message waits in its outbox.")
@@ -110,7 +110,7 @@ impl Loop {
 
     /// Marks a network's outbox depth for recounting on the next tick. Counting scans the
     /// whole outbox, so doing it after every batch made a backlog cost O(depth) per batch.
-    fn update_depth(&mut self, network: &NetworkId) {
+    pub(super) fn update_depth(&mut self, network: &NetworkId) {
         if !self.depth_dirty.contains(network) {
             self.depth_dirty.push(network.clone());
         }

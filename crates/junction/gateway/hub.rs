@@ -6,9 +6,9 @@ use junction_core::{
     AdapterContext, Command, Delivered, Delivery, Inbound, NetworkId, NetworkStatus, RoomId,
 };
 use junction_store::Store;
-use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// The adapter ends of the channels for one network, created by [`Hub::attach`].
@@ -17,13 +17,35 @@ pub struct Attached {
     pub context: AdapterContext,
 }
 
+/// The deliveries handed out to one adapter that it has not taken yet, in order: the
+/// forwarder passes them on as the adapter takes them, and the outbox bounds can still take
+/// them back (`Loop::bound_outbox`).
+#[derive(Clone, Default)]
+pub(super) struct Forward {
+    queue: Arc<Mutex<VecDeque<Delivery>>>,
+    ready: Arc<Notify>,
+}
+
+impl Forward {
+    /// Queues a delivery for the adapter.
+    pub(super) fn send(&self, d: Delivery) {
+        self.lock().push_back(d);
+        self.ready.notify_one();
+    }
+
+    /// The queue, for taking deliveries back.
+    pub(super) fn lock(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The router side of every adapter's channels.
 pub struct Hub {
     pub(super) inbound_tx: Option<mpsc::Sender<Inbound>>,
     pub(super) inbound_rx: mpsc::Receiver<Inbound>,
     delivered_tx: mpsc::UnboundedSender<Delivered>,
     pub(super) delivered_rx: mpsc::UnboundedReceiver<Delivered>,
-    pub(super) outboxes: HashMap<NetworkId, mpsc::UnboundedSender<Delivery>>,
+    pub(super) outboxes: HashMap<NetworkId, Forward>,
     pub(super) rooms: HashMap<NetworkId, watch::Sender<Vec<RoomId>>>,
     commands_tx: mpsc::Sender<Command>,
     pub(super) commands_rx: mpsc::Receiver<Command>,
@@ -64,28 +86,34 @@ impl Hub {
     /// Creates the channels for one network's adapter. Deliveries reach the adapter through an
     /// unbounded forwarder so the router never waits on a slow adapter (which may itself be
     /// waiting to hand the router an inbound event); the durable outbox is the real queue.
+    /// What waits in the forwarder can still be taken back (the outbox bounds).
     pub fn attach(
         &mut self,
         network: NetworkId,
         router: &Router,
         shutdown: &CancellationToken,
     ) -> Attached {
-        let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
+        let fwd = Forward::default();
         let (tx, rx) = mpsc::channel(64);
         let stop = shutdown.clone();
+        let from = fwd.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    d = fwd_rx.recv() => match d {
-                        Some(d) => if tx.send(d).await.is_err() { break },
-                        None => break,
+                let next = from.lock().pop_front();
+                match next {
+                    Some(d) => tokio::select! {
+                        _ = stop.cancelled() => break,
+                        sent = tx.send(d) => if sent.is_err() { break },
+                    },
+                    None => tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = from.ready.notified() => {}
                     },
                 }
             }
         });
         let (rooms_tx, rooms_rx) = watch::channel(router.rooms_on(&network));
-        self.outboxes.insert(network.clone(), fwd_tx);
+        self.outboxes.insert(network.clone(), fwd);
         self.rooms.insert(network.clone(), rooms_tx);
         let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
         self.statuses.insert(network.clone(), status_rx);

@@ -22,15 +22,19 @@
 //! - `stranded`: a failing store: `/health`, the retry tick, outbox rows a failed flush left
 //!   unsent.
 //! - `summariser`: the `summarised` membership policy.
+//! - `retention`: the pruner of old message-map rows and audit entries (off the loop), and
+//!   the outbox bounds applied at start and when a network comes back.
 
 mod commands;
 mod dispatch;
 mod hub;
 mod inbound;
+pub mod retention;
 mod stranded;
 mod summariser;
 
 pub use hub::{Attached, Hub};
+pub use retention::Retention;
 
 use crate::admin::Admin;
 use crate::config::Membership;
@@ -82,6 +86,8 @@ pub struct Parts {
     pub store_retry: Duration,
     /// Per-sender rate limits and fan-out caps on inbound events.
     pub limits: crate::ratelimit::Limits,
+    /// How long the message map, the audit trail and undelivered outbox rows are kept.
+    pub retention: Retention,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store. Returns an
@@ -97,7 +103,11 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         mut admin,
         store_retry,
         limits,
+        retention,
     } = parts;
+    retention::spawn_pruner(store.clone(), retention.clone(), shutdown.clone());
+    // Networks that come back after being away: their outbox bounds are applied then.
+    let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel::<NetworkId>();
     // Each adapter's puppet count feeds /metrics.
     for (network, rx) in std::mem::take(&mut hub.puppets) {
         let metrics = metrics.clone();
@@ -130,6 +140,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     for (network, rx) in std::mem::take(&mut hub.statuses) {
         let (health, metrics) = (health.clone(), metrics.clone());
         let (closed_health, closed_network) = (health.clone(), network.clone());
+        let back = back_tx.clone();
         let mut ever_connected = false;
         follow(
             rx,
@@ -141,6 +152,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
                 let was = health.get(&network) == Some(NetworkState::Connected);
                 if connected && ever_connected && !was {
                     metrics.reconnect(&network);
+                    let _ = back.send(network.clone());
                 }
                 ever_connected |= connected;
                 health.set(&network, state);
@@ -172,10 +184,14 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         parting: None,
         limiter: Limiter::new(limits.rate),
         caps: limits.caps,
+        retention,
     };
-    // Resume what was not delivered before the last stop, in outbox order.
+    // Resume what was not delivered before the last stop, in outbox order, within the
+    // outbox bounds.
     let networks: Vec<NetworkId> = hub.outboxes.keys().cloned().collect();
     for network in networks {
+        // What it records is in the outbox, read next.
+        state.bound_outbox(&network, &hub);
         let pending = state.store.pending(&network)?;
         if !pending.is_empty() {
             tracing::info!(%network, count = pending.len(), "Resuming undelivered messages.");
@@ -210,6 +226,10 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
             }
             Some(cmd) = hub.commands_rx.recv() => {
                 state.command(cmd, &hub);
+            }
+            Some(network) = back_rx.recv() => {
+                let out = state.bound_outbox(&network, &hub);
+                state.dispatch(out, &hub);
             }
         }
     }
@@ -280,6 +300,8 @@ struct Loop {
     limiter: Limiter,
     /// What one inbound event may fan out to.
     caps: FanoutCaps,
+    /// How long things are kept; the outbox bounds.
+    retention: Retention,
 }
 
 /// Runs one adapter until it returns; a failing network is logged and leaves the others
