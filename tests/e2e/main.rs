@@ -23,6 +23,9 @@ mod irc_tls;
 /// The whole gateway on all three servers: the lobby, every direction, every feature.
 mod lobby;
 
+/// Private conversations across networks: direct chats, queries, reuse, privacy.
+mod private;
+
 /// Long messages on IRC: the first lines and a link to the whole text on the gateway's page.
 mod paste;
 

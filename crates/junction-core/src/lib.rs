@@ -15,6 +15,7 @@ pub mod event;
 pub mod format;
 pub mod ids;
 pub mod limits;
+pub mod private;
 pub mod puppet_cap;
 pub mod queue;
 pub mod router;

@@ -187,8 +187,24 @@ impl Router {
     /// the gateway to fill in once it is confirmed); replies whose target is unknown go out
     /// as plain messages.
     pub fn plan(&self, event: &Event, resolver: &impl RefResolver) -> Vec<Planned> {
-        let Some(link) = self.link_of(&event.origin) else {
-            return Vec::new();
+        let private;
+        let link = match self.link_of(&event.origin) {
+            Some(link) => link,
+            None => match crate::private::Conversation::parse(&event.origin) {
+                // A private conversation is linked to its mirror, and only its own person
+                // speaks in it.
+                Some(c)
+                    if event.sender.user == c.local_user()
+                        && crate::private::carries(&event.kind) =>
+                {
+                    private = Link {
+                        bridge: crate::private::bridge(),
+                        rooms: vec![event.origin.clone(), c.mirror().room()],
+                    };
+                    &private
+                }
+                _ => return Vec::new(),
+            },
         };
         if resolver.is_own_puppet(&event.sender.user) {
             return Vec::new();
@@ -484,5 +500,28 @@ mod tests {
                 bridge: "a".into()
             })
         );
+    }
+
+    #[test]
+    fn a_private_conversation_reaches_its_mirror_only_from_its_person() {
+        let c = crate::private::Conversation::new(
+            NetworkId::from("matrix"),
+            crate::UserId::from("@alice:matrix.test"),
+            UserRef::new("irc:libera", "bob"),
+        );
+        let p = router().plan(&message(c.room(), None), &Table::default());
+        assert_eq!(targets(&p), vec![c.mirror().room()]);
+        assert_eq!(p[0].bridge, crate::private::bridge());
+        // Someone else in the same conversation room speaks to nobody.
+        let mut other = message(c.room(), None);
+        other.sender = Sender::new(UserRef::new("matrix", "@eve:matrix.test"), "eve");
+        assert!(router().plan(&other, &Table::default()).is_empty());
+        // Joins and leaves stay on their side.
+        let mut left = message(c.room(), None);
+        left.kind = EventKind::Leave {
+            reason: None,
+            quit: false,
+        };
+        assert!(router().plan(&left, &Table::default()).is_empty());
     }
 }

@@ -273,7 +273,9 @@ impl IrcAdapter {
                     }
                 }
                 report = st.reports.recv() => {
-                    if let Some(r) = report {
+                    if let Some(crate::puppets::Report::Private { user, msg }) = report {
+                        crate::private::received(cx, user, *msg).await;
+                    } else if let Some(r) = report {
                         self.on_report(cx, st, &s.isupport, r);
                         let live = st.live.len();
                         cx.puppets.send_if_modified(|n| std::mem::replace(n, live) != live);

@@ -49,6 +49,7 @@ pub mod lookup;
 pub mod network;
 pub mod ops;
 pub mod outbound;
+pub mod private;
 pub mod puppets;
 pub mod split;
 mod stored;

@@ -280,7 +280,7 @@ pub fn render_for(
     render(
         d,
         &Render {
-            channel: &d.target.room.0,
+            channel: &crate::private::wire_target(&d.target.room),
             sender_nick: voice.nick,
             relay_as: voice.relay_as,
             linelen: voice.linelen,

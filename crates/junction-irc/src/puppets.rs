@@ -88,6 +88,13 @@ pub enum Report {
         /// The delivery.
         delivery: Box<Delivery>,
     },
+    /// Someone sent the puppet a private message.
+    Private {
+        /// Whose puppet.
+        user: UserRef,
+        /// The PRIVMSG.
+        msg: Box<irc_proto::Message>,
+    },
     /// The puppet is gone (idle, quit, or could not connect); `leftovers` were not answered
     /// (with whether their `Written` was reported).
     Exit {
@@ -351,6 +358,8 @@ impl IrcAdapter {
             Report::Written { user, channel } => {
                 deliver::written(st, isupport, &channel, &Some(user));
             }
+            // Passed on by the run loop (it awaits the gateway), never here.
+            Report::Private { .. } => {}
             Report::Reroute { delivery } => {
                 deliver::queue_bot(cx, st, isupport, (*delivery, BotKind::Relay, false));
             }
@@ -431,9 +440,11 @@ fn lines_for(
     let key = fold(&s.isupport, channel);
     let mut lines = Vec::new();
     let mut said = 0;
+    // A private conversation is no channel: nothing to join.
+    let query = crate::private::is_query(&job.delivery.target.room);
     match &job.action {
         Action::Speak => {
-            if joined.insert(key) {
+            if !query && joined.insert(key) {
                 lines.push(format!("JOIN {channel}"));
             }
             let voice = Voice {
@@ -452,7 +463,7 @@ fn lines_for(
             lines.extend(body);
         }
         Action::Join => {
-            if joined.insert(key) {
+            if !query && joined.insert(key) {
                 lines.push(format!("JOIN {channel}"));
             }
         }
@@ -589,6 +600,9 @@ async fn serve(
                                 w.denied = true;
                             }
                         }
+                    }
+                    Command::PRIVMSG(target, _) if fold(&s.isupport, target) == fold(&s.isupport, &s.nick) => {
+                        let _ = sh.reports.send(Report::Private { user: spec.user.clone(), msg: Box::new(msg.clone()) });
                     }
                     // Everything else (channel traffic, names, other people) is the bot's.
                     _ => {}

@@ -253,12 +253,14 @@ impl Shared {
 
     /// The Matrix room id of a linked room.
     pub(crate) fn room_id(&self, link: &RoomId) -> Option<String> {
-        lock(&self.rooms).by_link.get(link).cloned()
+        let linked = lock(&self.rooms).by_link.get(link).cloned();
+        linked.or_else(|| crate::private::room_of(self, link))
     }
 
     /// The linked room (as written in the link) behind a Matrix room id.
     pub(crate) fn linked(&self, room_id: &str) -> Option<RoomId> {
-        lock(&self.rooms).by_id.get(room_id).cloned()
+        let linked = lock(&self.rooms).by_id.get(room_id).cloned();
+        linked.or_else(|| crate::private::conversation_of(self, room_id))
     }
 
     pub(crate) fn add_room(&self, link: RoomId, room_id: String) {

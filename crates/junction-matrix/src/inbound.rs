@@ -77,6 +77,22 @@ pub enum Effect {
         /// Who invited.
         by: String,
     },
+    /// A person invited one of our ghosts into a direct chat (`is_direct`): a private
+    /// conversation with the person behind the ghost.
+    GhostInvited {
+        /// The room id.
+        room_id: String,
+        /// The ghost.
+        ghost: String,
+        /// Who invited.
+        by: String,
+    },
+    /// The person of a private conversation left its room: the next message from the other
+    /// side opens a new one.
+    PrivateLeft {
+        /// The room id.
+        room_id: String,
+    },
     /// One of our ghosts is no longer in a room (it left, or someone kicked or banned it):
     /// it must join again before it next speaks there.
     GhostLeft {
@@ -141,6 +157,19 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
         }
         return out;
     }
+    if kind == "m.room.member" && s(content, "membership") == Some("invite") && !ours(sender) {
+        if let Some(ghost) = state_key.filter(|t| ids::is_ghost(cx.prefix, cx.server_name, t)) {
+            let direct = content.get("is_direct").and_then(Value::as_bool) == Some(true);
+            if direct && (cx.room)(room_id).is_none() {
+                out.effects.push(Effect::GhostInvited {
+                    room_id: room_id.to_owned(),
+                    ghost: ghost.to_owned(),
+                    by: sender.to_owned(),
+                });
+            }
+            return out;
+        }
+    }
     let Some(room) = (cx.room)(room_id) else {
         if kind == "m.room.message"
             && state_key.is_none()
@@ -186,6 +215,15 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
                 });
             }
         }
+    }
+    if kind == "m.room.member"
+        && junction_core::private::is_private(&room)
+        && matches!(s(content, "membership"), Some("leave" | "ban"))
+        && state_key.is_some_and(|t| !ours(t))
+    {
+        out.effects.push(Effect::PrivateLeft {
+            room_id: room_id.to_owned(),
+        });
     }
     if kind == "m.room.encryption" && state_key.is_some() {
         out.effects.push(Effect::Encrypted {

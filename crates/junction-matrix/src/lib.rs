@@ -41,6 +41,7 @@ pub mod media;
 pub mod network;
 pub mod outbound;
 pub mod power;
+pub mod private;
 pub mod puppets;
 mod queues;
 pub mod registration;

@@ -65,7 +65,9 @@ pub(crate) async fn deliver(
     sh: &Arc<Shared>,
     d: &Delivery,
 ) -> Result<Vec<MessageId>, DeliverError> {
-    if sh.room_id(&d.target.room).is_none() && !sh.is_refused(&d.target.room) {
+    if junction_core::private::is_private(&d.target.room) {
+        crate::private::open(sh, d).await?;
+    } else if sh.room_id(&d.target.room).is_none() && !sh.is_refused(&d.target.room) {
         crate::adapter::ensure_rooms(sh).await;
     }
     let Some(room_id) = sh.room_id(&d.target.room) else {
@@ -103,7 +105,9 @@ pub(crate) async fn deliver(
         {
             return Ok(Vec::new());
         }
-        if let Some(speaks) = crate::lifecycle::joins(&d.event.kind) {
+        // A direct chat is the ghost's own: the cap of ghosts in rooms never moves it out.
+        let capped = !junction_core::private::is_private(&d.target.room);
+        if let Some(speaks) = crate::lifecycle::joins(&d.event.kind).filter(|_| capped) {
             if !crate::lifecycle::enter(sh, &id, &room_id, speaks).await {
                 return crate::lifecycle::refused(sh, d, &room_id, ts).await;
             }

@@ -389,6 +389,10 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 lock(&sh.names).put((room_id, user_id), name);
             }
             Effect::GhostLeft { room_id, user_id } => sh.ghosts.forget_joined(&user_id, &room_id),
+            Effect::GhostInvited { room_id, ghost, by } => {
+                crate::private::invited(sh, room_id, ghost, by);
+            }
+            Effect::PrivateLeft { room_id } => crate::private::left(sh, &room_id),
             Effect::BotInvited { room_id, by } => {
                 if !sh.admins.contains(&by) {
                     tracing::info!(%room_id, %by, "Declined an invite from someone who is not an admin.");

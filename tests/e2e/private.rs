@@ -1,0 +1,210 @@
+//! Private conversations across networks, end to end through the whole gateway: an IRC user
+//! writes to a Matrix user's puppet nick and gets a direct chat from their ghost; a Matrix
+//! user opens a direct chat with a ghost the way Element does (`is_direct`); the same room is
+//! used again, a new one is made once the user left, and private text never shows in the
+//! lobby.
+
+use crate::lobby::Lobby;
+use irc_proto::Command;
+use junction_testkit::clients::irc::source_nick;
+use junction_testkit::clients::MatrixUser;
+use junction_testkit::unique;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The rooms `user` is invited to, with who invited them and whether as a direct chat.
+async fn invites(lobby: &Lobby, user: &MatrixUser) -> anyhow::Result<Vec<(String, String, bool)>> {
+    // Synapse keeps the answer to the same initial sync for a while: each call asks with a
+    // filter of its own, so it sees the invites as they are now.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let limit = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let filter = json!({"room": {"timeline": {"limit": limit}}}).to_string();
+    let url = format!("{}/_matrix/client/v3/sync", lobby.servers.matrix.url);
+    let v: Value = reqwest::Client::new()
+        .get(url)
+        .query(&[("timeout", "0"), ("filter", filter.as_str())])
+        .bearer_auth(user.access_token())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut out = Vec::new();
+    if let Some(rooms) = v["rooms"]["invite"].as_object() {
+        for (id, r) in rooms {
+            let events = r["invite_state"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for e in events {
+                if e["type"] == "m.room.member"
+                    && e["state_key"].as_str() == Some(user.user_id())
+                    && e["content"]["membership"] == "invite"
+                {
+                    out.push((
+                        id.clone(),
+                        e["sender"].as_str().unwrap_or_default().to_owned(),
+                        e["content"]["is_direct"] == true,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits for an invite from `by` to a room not in `known`; returns its room id.
+async fn invited_by(lobby: &Lobby, by: &str, known: &[String]) -> anyhow::Result<String> {
+    junction_testkit::eventually(WAIT, &format!("a direct chat from {by}"), || async {
+        let found = invites(lobby, &lobby.matrix).await.ok()?;
+        found
+            .into_iter()
+            .find(|(room, from, direct)| from == by && *direct && !known.contains(room))
+            .map(|(room, _, _)| room)
+    })
+    .await
+}
+
+/// Waits for a PRIVMSG to the IRC user (not in a channel) from `from` containing `text`.
+async fn irc_query(lobby: &Lobby, from: &str, text: &str) -> anyhow::Result<()> {
+    let me = lobby.irc.nick().to_owned();
+    lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, Command::PRIVMSG(t, body) if t.eq_ignore_ascii_case(&me) && body.contains(text))
+                && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(from))
+        })
+        .await?;
+    Ok(())
+}
+
+/// Waits for a message in `room` from `sender` containing `text`.
+async fn matrix_from(lobby: &Lobby, room: &str, sender: &str, text: &str) -> anyhow::Result<Value> {
+    lobby
+        .matrix
+        .wait_for(room, WAIT, |e| {
+            e["type"] == "m.room.message"
+                && e["sender"].as_str() == Some(sender)
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(text))
+        })
+        .await
+}
+
+/// Both people say something in the lobby, so each has a puppet on the other's network:
+/// returns (the IRC user's ghost on Matrix, the Matrix user's puppet nick on IRC).
+async fn meet(lobby: &Lobby) -> anyhow::Result<(String, String)> {
+    let from_irc = unique("hello from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let ghost = lobby.matrix_sees(&from_irc).await?["sender"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let from_matrix = unique("hello from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    let (puppet, _) = lobby.irc_sees(&from_matrix).await?;
+    Ok((ghost, puppet))
+}
+
+/// Nothing private shows in the lobby on Matrix or IRC.
+async fn lobby_never_saw(lobby: &Lobby, texts: &[&str]) -> anyhow::Result<()> {
+    let room = lobby.matrix.events(&lobby.room).await?;
+    let channel = lobby.irc.privmsgs_in(&lobby.channel);
+    for t in texts {
+        anyhow::ensure!(
+            !room
+                .iter()
+                .any(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains(t))),
+            "{t:?} leaked into the Matrix room"
+        );
+        anyhow::ensure!(
+            !channel.iter().any(|(_, b)| b.contains(t)),
+            "{t:?} leaked into the IRC channel"
+        );
+    }
+    Ok(())
+}
+
+/// `/msg alice[m] …` on IRC opens a direct chat from the IRC user's ghost (`is_direct`),
+/// answers go back as a PRIVMSG from her puppet nick, later messages reuse the room, and
+/// once she left it the next message opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_irc_to_matrix_and_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+
+    let first = unique("psst from irc");
+    lobby.irc.privmsg(&puppet, &first)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &ghost, &first).await?;
+
+    let answer = unique("psst from matrix");
+    lobby.matrix.send_text(&dm, &answer).await?;
+    irc_query(&lobby, &puppet, &answer).await?;
+
+    // The same room again, no second invite.
+    let again = unique("again from irc");
+    lobby.irc.privmsg(&puppet, &again)?;
+    matrix_from(&lobby, &dm, &ghost, &again).await?;
+    anyhow::ensure!(
+        !invites(&lobby, &lobby.matrix)
+            .await?
+            .iter()
+            .any(|(_, by, _)| by == &ghost),
+        "a second direct chat was opened"
+    );
+
+    // She leaves: the next message opens a new direct chat.
+    lobby.matrix.leave(&dm).await?;
+    let after = unique("after leaving");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lobby.irc.privmsg(&puppet, &after)?;
+    let dm2 = invited_by(&lobby, &ghost, std::slice::from_ref(&dm)).await?;
+    lobby.matrix.join(&dm2).await?;
+    matrix_from(&lobby, &dm2, &ghost, &after).await?;
+
+    lobby_never_saw(&lobby, &[&first, &answer, &again, &after]).await
+}
+
+/// Element's flow: a new room with an `is_direct` invite to a ghost; the ghost joins, what
+/// she writes reaches the IRC user privately, and the answer comes back into that room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_matrix_direct_chat_with_a_ghost() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+
+    let url = format!("{}/_matrix/client/v3/createRoom", lobby.servers.matrix.url);
+    let created: Value = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(lobby.matrix.access_token())
+        .json(&json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [ghost]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let dm = created["room_id"].as_str().unwrap_or_default().to_owned();
+    junction_testkit::eventually(WAIT, "the ghost in the direct chat", || async {
+        lobby
+            .matrix
+            .members(&dm)
+            .await
+            .ok()
+            .filter(|m| m.contains_key(&ghost))
+    })
+    .await?;
+
+    let hello = unique("private hello");
+    lobby.matrix.send_text(&dm, &hello).await?;
+    irc_query(&lobby, &puppet, &hello).await?;
+
+    let answer = unique("private answer");
+    lobby.irc.privmsg(&puppet, &answer)?;
+    matrix_from(&lobby, &dm, &ghost, &answer).await?;
+
+    lobby_never_saw(&lobby, &[&hello, &answer]).await
+}
