@@ -208,3 +208,37 @@ async fn private_matrix_direct_chat_with_a_ghost() -> anyhow::Result<()> {
 
     lobby_never_saw(&lobby, &[&hello, &answer]).await
 }
+
+/// A private message written while the gateway is down arrives once after it starts again,
+/// and the direct chat opened before the restart is still the conversation's room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_message_across_a_restart_arrives_once() -> anyhow::Result<()> {
+    let mut lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let first = unique("before the restart");
+    lobby.irc.privmsg(&puppet, &first)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &ghost, &first).await?;
+
+    lobby.stop_gateway().await?;
+    let while_down = unique("while the gateway is down");
+    lobby.matrix.send_text(&dm, &while_down).await?;
+    lobby.start_gateway().await?;
+    irc_query(&lobby, &puppet, &while_down).await?;
+
+    let after = unique("after the restart");
+    lobby.irc.privmsg(&puppet, &after)?;
+    matrix_from(&lobby, &dm, &ghost, &after).await?;
+    // Long enough for a doubled delivery to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let me = lobby.irc.nick().to_owned();
+    let times = lobby
+        .irc
+        .backlog()
+        .iter()
+        .filter(|m| matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&while_down)))
+        .count();
+    anyhow::ensure!(times == 1, "the message came {times} times");
+    lobby_never_saw(&lobby, &[&first, &while_down, &after]).await
+}
