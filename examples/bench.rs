@@ -503,6 +503,7 @@ impl Bench {
             store_retry: config.gateway.store_retry,
             limits: config.gateway.limits,
             retention: config.gateway.retention.clone(),
+            private_messages: config.gateway.private_messages,
         };
         let gateway = tokio::spawn(gateway::route(parts, hub, shutdown.clone()));
 

@@ -92,6 +92,7 @@ async fn a_network_coming_back_gets_what_it_took_and_the_newest_with_one_notice(
         store_retry: config.gateway.store_retry,
         limits: config.gateway.limits,
         retention: config.gateway.retention.clone(),
+        private_messages: config.gateway.private_messages,
     };
     let task = tokio::spawn(route(parts, hub, shutdown.clone()));
 

@@ -187,6 +187,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
         store_retry: config.gateway.store_retry,
         limits: config.gateway.limits,
         retention: config.gateway.retention.clone(),
+        private_messages: config.gateway.private_messages,
     };
     let task = tokio::spawn(route(parts, hub, shutdown.clone()));
 

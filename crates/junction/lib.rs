@@ -141,6 +141,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store_retry: config.gateway.store_retry,
         limits: config.gateway.limits,
         retention: config.gateway.retention.clone(),
+        private_messages: config.gateway.private_messages,
     };
     let result = gateway::route(parts, hub, shutdown.clone()).await;
     shutdown.cancel();

@@ -242,3 +242,83 @@ async fn private_message_across_a_restart_arrives_once() -> anyhow::Result<()> {
     anyhow::ensure!(times == 1, "the message came {times} times");
     lobby_never_saw(&lobby, &[&first, &while_down, &after]).await
 }
+
+/// Waits for a line to `user` from `from` (PRIVMSG or NOTICE, not in a channel) containing
+/// `text`.
+async fn irc_told(
+    user: &junction_testkit::clients::IrcUser,
+    from: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    let me = user.nick().to_owned();
+    user.wait_for(WAIT, |m| {
+        matches!(&m.command, Command::PRIVMSG(t, b) | Command::NOTICE(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(text))
+            && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(from))
+    })
+    .await?;
+    Ok(())
+}
+
+/// By default only people who share a linked room reach each other: a stranger writing to a
+/// puppet is told so and nothing reaches Matrix. A person who says `dm off` to the gateway
+/// is not written to (the writer gets a notice in the direct chat), and `dm on` undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
+
+    // A stranger, in no linked channel.
+    let stranger = junction_testkit::clients::IrcUser::connect(
+        lobby.irc_addr,
+        &crate::lobby::short_nick(&unique("st")),
+    )
+    .await?;
+    let from_stranger = unique("stranger writes");
+    stranger.privmsg(&puppet, &from_stranger)?;
+    irc_told(&stranger, &bot, "share a linked room").await?;
+
+    // A direct chat between the two members.
+    let first = unique("members talk");
+    lobby.irc.privmsg(&puppet, &first)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &ghost, &first).await?;
+
+    // The IRC user opts out: her message is refused with a notice from the ghost.
+    lobby.irc.privmsg(&bot, "dm off")?;
+    irc_told(&lobby.irc, &bot, "are off for you").await?;
+    let refused = unique("refused text");
+    lobby.matrix.send_text(&dm, &refused).await?;
+    lobby
+        .matrix
+        .wait_for(&dm, WAIT, |e| {
+            e["sender"].as_str() == Some(ghost.as_str())
+                && e["content"]["msgtype"] == "m.notice"
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("does not take private messages"))
+        })
+        .await?;
+
+    // And back on.
+    lobby.irc.privmsg(&bot, "dm on")?;
+    irc_told(&lobby.irc, &bot, "again").await?;
+    let welcome = unique("welcome back");
+    lobby.matrix.send_text(&dm, &welcome).await?;
+    irc_query(&lobby, &puppet, &welcome).await?;
+
+    let me = lobby.irc.nick().to_owned();
+    anyhow::ensure!(
+        !lobby.irc.backlog().iter().any(|m| matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&refused))),
+        "a refused message was delivered"
+    );
+    anyhow::ensure!(
+        !invites(&lobby, &lobby.matrix)
+            .await?
+            .iter()
+            .any(|(_, by, _)| by.contains(stranger.nick())),
+        "the stranger opened a direct chat"
+    );
+    lobby_never_saw(&lobby, &[&from_stranger, &first, &refused, &welcome]).await
+}

@@ -355,7 +355,9 @@ async fn from_gateway(
                 kind: MessageKind::Notice,
                 ..m.clone()
             };
-            Some(send_message(sh, d, room_id, None, &notice, ts).await)
+            // In a direct chat the bot is not there: the ghost says the gateway's words.
+            let actor = crate::private::ghost_of(sh, &d.target.room);
+            Some(send_message(sh, d, room_id, actor.as_deref(), &notice, ts).await)
         }
         EventKind::Join | EventKind::Leave { .. } | EventKind::NickChange { .. } => {
             Some(Ok(Vec::new()))

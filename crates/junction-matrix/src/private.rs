@@ -48,6 +48,15 @@ pub(crate) fn room_of(sh: &Shared, conversation: &RoomId) -> Option<String> {
     read(sh, PRIVATE_ROOMS_TABLE, conversation.as_str())
 }
 
+/// The ghost of the person a conversation is with (None for a room that is no conversation).
+pub(crate) fn ghost_of(sh: &Shared, room: &RoomId) -> Option<String> {
+    if !is_private(room) {
+        return None;
+    }
+    let c = Conversation::parse(&RoomRef::new(sh.network.clone(), room.clone()))?;
+    Some(sh.ghosts.user_id(&junction_core::Sender::new(c.peer, "")))
+}
+
 /// Records that `room_id` holds `conversation` (a newer room replaces an older one).
 fn remember(sh: &Shared, room_id: &str, conversation: &RoomId) {
     if let Some(old) = room_of(sh, conversation) {

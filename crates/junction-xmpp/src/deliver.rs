@@ -25,6 +25,15 @@ pub(crate) async fn deliver(
     cx: &AdapterContext,
     d: Delivery,
 ) -> bool {
+    if junction_core::private::is_private(&d.target.room) {
+        // The gateway refuses private messages with XMPP users before they get here.
+        answer_now(
+            cx,
+            &d,
+            Err("private conversations are not carried on XMPP".into()),
+        );
+        return true;
+    }
     let room = d.target.room.as_str().to_string();
     let gateway = d.event.sender.user.network.is_gateway();
     let sender = d.event.sender.clone();

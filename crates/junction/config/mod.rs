@@ -21,7 +21,8 @@
 //!   reach `web`, at most 200 bytes; default `http://<web>`, required when `web` listens on
 //!   0.0.0.0 or ::, and an error without `web`), `max_attachments` (per message, default 4),
 //!   `rate_per_minute` and `rate_burst` (the per-sender rate limit, default 60 and 40; a
-//!   `rate_per_minute` of 0 turns it off).
+//!   `rate_per_minute` of 0 turns it off), `private_messages` (`"off"`, `"members"`
+//!   (default), `"all"`: who can be reached by private message across networks).
 //! - Each network's section, with its keys documented in its crate's `config.rs`:
 //!   `[matrix]` ([`junction_matrix::config`]), `[xmpp]` ([`junction_xmpp::config`]),
 //!   `[irc.<name>]` (network id `irc:<name>`, [`junction_irc::config`]).
@@ -37,7 +38,7 @@
 pub mod raw;
 pub mod validate;
 
-pub use validate::{Config, Configured, GatewayConfig, Membership};
+pub use validate::{Config, Configured, GatewayConfig, Membership, PrivateMessages};
 
 pub(crate) use junction_network::Diag;
 use std::fmt;

@@ -64,6 +64,8 @@ pub struct RawGateway {
     pub outbox_max_age_hours: Option<Spanned<Number>>,
     /// Most undelivered outbox rows kept per network (0: no bound).
     pub outbox_max_depth: Option<Spanned<i64>>,
+    /// Who can be reached by private message: `off`, `members` or `all`.
+    pub private_messages: Option<Str>,
 }
 
 /// A TOML number, whole or not (`90`, `0.5`).

@@ -100,6 +100,20 @@ pub struct GatewayConfig {
     pub limits: crate::ratelimit::Limits,
     /// How long the message map, the audit trail and undelivered outbox rows are kept.
     pub retention: crate::gateway::Retention,
+    /// Who can be reached by private message across networks.
+    pub private_messages: PrivateMessages,
+}
+
+/// Who can be reached by private message across networks (`[gateway] private_messages`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PrivateMessages {
+    /// Nobody.
+    Off,
+    /// People who share, or shared, a linked room with the sender (both seen in one).
+    #[default]
+    Members,
+    /// Anyone who has a puppet to write to.
+    All,
 }
 
 /// The default of `gateway.store_retry_seconds`.
@@ -150,6 +164,7 @@ pub(crate) fn validate(
             store_retry: STORE_RETRY_DEFAULT,
             limits: crate::ratelimit::Limits::default(),
             retention: crate::gateway::Retention::default(),
+            private_messages: PrivateMessages::default(),
         }),
     };
     let configured: Vec<Option<Vec<Configured>>> = sections
@@ -291,7 +306,24 @@ fn gateway(
     );
     let limits = limits(c, g);
     let retention = retention(c, g);
+    let private_messages = match &g.private_messages {
+        None => Some(PrivateMessages::default()),
+        Some(v) => match c.expand(v, "gateway.private_messages")?.as_str() {
+            "off" => Some(PrivateMessages::Off),
+            "members" => Some(PrivateMessages::Members),
+            "all" => Some(PrivateMessages::All),
+            other => {
+                c.error(
+                    v.span(),
+                    "gateway.private_messages",
+                    format!("expected `off`, `members` or `all`, got `{other}`"),
+                );
+                None
+            }
+        },
+    };
     Some(GatewayConfig {
+        private_messages: private_messages?,
         retention: retention?,
         store_retry: Duration::from_secs(u64::try_from(store_retry?).ok()?),
         data_dir: data_dir?,

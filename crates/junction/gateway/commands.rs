@@ -24,6 +24,12 @@ impl Loop {
     /// Answers one admin command: runs it, makes what it recorded durable, hands out its
     /// announcements and enforcements, and tells the adapters when the linked rooms changed.
     pub(super) fn command(&mut self, cmd: Command, hub: &Hub) {
+        if let Some(reply) = super::private::opt(self.store.as_ref(), &cmd.from, &cmd.text) {
+            let flushed = self.store.flush();
+            self.note_store(&flushed);
+            let _ = cmd.reply.send(reply);
+            return;
+        }
         let outcome = self.admin.handle(
             &cmd.from,
             &cmd.display_name,

@@ -98,6 +98,17 @@ impl Loop {
                 }
                 continue;
             };
+            self.reach.note(self.store.as_ref(), &self.router, &event);
+            if let Some(why) = self.reach.refusal(self.store.as_ref(), &self.admin, &event) {
+                // Neither the text nor the people go in the log above debug.
+                self.metrics.error(&event.origin.network, "private_refused");
+                tracing::debug!(event = %event.id, sender = %event.sender.user, "A private message was not sent: {why}");
+                if matches!(event.kind, junction_core::EventKind::Message(_)) {
+                    out.extend(super::private::answer(self.store.as_ref(), &event, &why));
+                }
+                acks.push((ack, Ok(())));
+                continue;
+            }
             if let Err(why) = junction_store::authorise(self.store.as_ref(), &event) {
                 // Someone else's message, and no moderator of the origin room: the gateway
                 // lends nobody the power to take it back or correct it elsewhere.

@@ -29,6 +29,7 @@ mod commands;
 mod dispatch;
 mod hub;
 mod inbound;
+mod private;
 pub mod retention;
 mod stranded;
 mod summariser;
@@ -88,6 +89,8 @@ pub struct Parts {
     pub limits: crate::ratelimit::Limits,
     /// How long the message map, the audit trail and undelivered outbox rows are kept.
     pub retention: Retention,
+    /// Who can be reached by private message.
+    pub private_messages: crate::config::PrivateMessages,
 }
 
 /// The router loop. Runs until `shutdown` is cancelled, then flushes the store. Returns an
@@ -104,6 +107,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         store_retry,
         limits,
         retention,
+        private_messages,
     } = parts;
     retention::spawn_pruner(store.clone(), retention.clone(), shutdown.clone());
     // Networks that come back after being away: their outbox bounds are applied then.
@@ -184,6 +188,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         parting: None,
         limiter: Limiter::new(limits.rate),
         caps: limits.caps,
+        reach: private::Reach::new(private_messages),
         retention,
     };
     // Resume what was not delivered before the last stop, in outbox order, within the
@@ -271,6 +276,8 @@ fn network_state(s: &NetworkStatus) -> NetworkState {
 
 /// The route loop's state.
 struct Loop {
+    /// Who can be reached by private message.
+    reach: private::Reach,
     store: Arc<dyn Store>,
     router: Router,
     metrics: Arc<Metrics>,
