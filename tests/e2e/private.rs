@@ -322,3 +322,38 @@ async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
     );
     lobby_never_saw(&lobby, &[&from_stranger, &first, &refused, &welcome]).await
 }
+
+/// What Matrix does to messages of a direct chat reaches IRC as in a channel, in the query:
+/// a reply quotes what it answers, an edit is an `(edit)` line, a reaction an action line
+/// naming what it reacts to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_replies_edits_and_reactions_from_matrix() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let question = unique("a private question");
+    lobby.irc.privmsg(&puppet, &question)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    let asked = matrix_from(&lobby, &dm, &ghost, &question).await?;
+    let asked = asked["event_id"].as_str().unwrap_or_default().to_owned();
+
+    let reply = unique("the private answer");
+    lobby.matrix.send_reply(&dm, &asked, &reply).await?;
+    irc_query(&lobby, &puppet, &reply).await?;
+    let me = lobby.irc.nick().to_owned();
+    let quoted = lobby.irc.backlog().iter().any(|m| {
+        matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&reply) && b.contains("a private question"))
+    });
+    anyhow::ensure!(quoted, "the reply does not quote the question");
+
+    let typo = unique("a typo");
+    let said = lobby.matrix.send_text(&dm, &typo).await?;
+    irc_query(&lobby, &puppet, &typo).await?;
+    let fixed = unique("fixed text");
+    lobby.matrix.send_edit(&dm, &said, &fixed).await?;
+    irc_query(&lobby, &puppet, &format!("(edit) {fixed}")).await?;
+
+    lobby.matrix.react(&dm, &asked, "👍").await?;
+    irc_query(&lobby, &puppet, "reacted 👍 to \"a private question").await?;
+    lobby_never_saw(&lobby, &[&question, &reply, &typo, &fixed]).await
+}

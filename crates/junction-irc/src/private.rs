@@ -83,6 +83,15 @@ pub(crate) async fn received(cx: &AdapterContext, owner: UserRef, msg: Message) 
         return;
     };
     tracing::debug!(network = %cx.network, to = %owner, "Private message to a puppet.");
+    // Kept like a channel's lines, for the quote of a reply or a reaction to it.
+    if let junction_core::EventKind::Message(m) = &event.kind {
+        crate::lookup::remember(
+            cx.store.as_ref(),
+            &event.remote_id,
+            &event.sender.display_name,
+            &m.body.to_plain(),
+        );
+    }
     if cx.inbound.send(Inbound::new(event)).await.is_err() {
         tracing::debug!("gateway gone; private message not passed on");
     }
