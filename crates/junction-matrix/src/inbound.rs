@@ -650,7 +650,11 @@ mod tests {
 
     fn with_cx<T>(f: impl FnOnce(&InboundCx<'_>) -> T) -> T {
         let net = NetworkId::new("matrix");
-        let room = |id: &str| (id == "!room").then(|| RoomId::new("#lobby:matrix.test"));
+        let room = |id: &str| match id {
+            "!room" => Some(RoomId::new("#lobby:matrix.test")),
+            "!private" => Some(RoomId::new("dm:@alice:matrix.test\u{1f}irc:local\u{1f}bob")),
+            _ => None,
+        };
         let name = |_: &str, u: &str| (u == "@alice:matrix.test").then(|| "Alice".to_owned());
         let media = |mxc: &str| parse(mxc).map(|(s, i)| format!("http://gw/media/{s}/{i}?sig=x"));
         let reaction = |id: &str| (id == "$react").then(|| ("$msg".to_owned(), "👍".to_owned()));
@@ -1061,5 +1065,48 @@ mod tests {
                 by: "@alice:matrix.test".into()
             }]
         );
+    }
+
+    #[test]
+    fn direct_chat_invites_of_ghosts_and_leaves_of_private_rooms_are_reported() {
+        let invite = |direct: bool| {
+            conv(json!({
+                "type": "m.room.member", "room_id": "!new", "sender": "@alice:matrix.test",
+                "state_key": "@_junction_irc_local_bob:matrix.test", "event_id": "$i",
+                "origin_server_ts": 1,
+                "content": {"membership": "invite", "is_direct": direct}
+            }))
+        };
+        assert_eq!(
+            invite(true).effects,
+            vec![Effect::GhostInvited {
+                room_id: "!new".into(),
+                ghost: "@_junction_irc_local_bob:matrix.test".into(),
+                by: "@alice:matrix.test".into()
+            }]
+        );
+        // A group room's invite opens no conversation.
+        assert!(invite(false).effects.is_empty());
+        let leave = |room: &str, who: &str| {
+            conv(json!({
+                "type": "m.room.member", "room_id": room, "sender": who,
+                "state_key": who, "event_id": "$l", "origin_server_ts": 1,
+                "content": {"membership": "leave"}
+            }))
+        };
+        assert!(leave("!private", "@alice:matrix.test")
+            .effects
+            .contains(&Effect::PrivateLeft {
+                room_id: "!private".into()
+            }));
+        assert!(!leave("!room", "@alice:matrix.test")
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::PrivateLeft { .. })));
+        // Its message is an event of the conversation.
+        let mut m = msg(json!({"msgtype": "m.text", "body": "hi"}));
+        m["room_id"] = json!("!private");
+        let e = conv(m).event.expect("event");
+        assert!(junction_core::private::is_private(&e.origin.room));
     }
 }

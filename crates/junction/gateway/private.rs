@@ -237,4 +237,87 @@ mod tests {
         assert!(opt(&store, &from, "dm on").is_some());
         assert!(!opted_out(&store, &bob));
     }
+
+    fn event(origin: RoomRef, from: UserRef) -> Event {
+        Event::new(
+            origin,
+            MessageId::new(format!("m{}", from.user)),
+            Sender::new(from, "someone"),
+            1,
+            EventKind::Message(Message {
+                kind: MessageKind::Text,
+                body: RichText::plain("hi"),
+                reply_to: None,
+                attachments: Vec::new(),
+            }),
+        )
+    }
+
+    #[test]
+    fn members_reach_each_other_and_bans_policy_and_xmpp_refuse() {
+        let config = crate::config::parse(
+            "[gateway]\nadmins = [\"@root:matrix.test\"]\n[irc.local]\nserver = \"127.0.0.1:6667\"\nnick = \"junction\"\n[[bridge]]\nname = \"lobby\"\nirc = [\"local/#lobby\", \"local/#other\"]\n",
+            "bridges.toml",
+            std::path::Path::new("/tmp"),
+            &|_| None,
+        )
+        .unwrap();
+        let admin = Admin::new(&config);
+        let router = Router::new(
+            crate::gateway::initial_links(&config.bridges, &junction_store::MemStore::new())
+                .unwrap(),
+        )
+        .unwrap();
+        let store = junction_store::MemStore::new();
+        let bob = UserRef::new("irc:local", "bob");
+        let alice = UserRef::new("matrix", "@alice:matrix.test");
+        let dm = Conversation::new(bob.network.clone(), bob.user.clone(), alice.clone()).room();
+        let mut reach = Reach::new(PrivateMessages::Members);
+        let said = event(dm.clone(), bob.clone());
+        let why = reach.refusal(&store, &admin, &said).unwrap();
+        assert!(why.contains("share a linked room"), "{why}");
+        reach.note(
+            &store,
+            &router,
+            &event(RoomRef::new("irc:local", "#lobby"), bob.clone()),
+        );
+        let why = reach.refusal(&store, &admin, &said).unwrap();
+        assert!(why.contains("shares no linked room"), "{why}");
+        // Seen in a linked room (remembered in the store, for the next start too).
+        reach.note(
+            &store,
+            &router,
+            &event(RoomRef::new("irc:local", "#other"), alice.clone()),
+        );
+        assert_eq!(
+            Reach::new(PrivateMessages::Members).refusal(&store, &admin, &said),
+            None
+        );
+        // Not for what is no conversation.
+        let room = event(RoomRef::new("irc:local", "#lobby"), bob.clone());
+        assert_eq!(reach.refusal(&store, &admin, &room), None);
+        // The gateway's answer goes into the conversation, once.
+        let ds = answer(&store, &said, "why");
+        assert_eq!(ds.len(), 1);
+        assert_eq!(ds[0].target, dm);
+        assert!(answer(&store, &said, "why").is_empty());
+        // A banned person cannot be written to.
+        let mut r = router.clone();
+        let root = vec![UserRef::new("matrix", "@root:matrix.test")];
+        let o = admin.handle(&root, "root", "ban @alice:matrix.test", &mut r, &store);
+        assert!(o.reply.starts_with("Banned"), "{}", o.reply);
+        let why = reach.refusal(&store, &admin, &said).unwrap();
+        assert!(why.contains("does not take private messages"), "{why}");
+        // Off, and XMPP.
+        let why = Reach::new(PrivateMessages::Off)
+            .refusal(&store, &admin, &said)
+            .unwrap();
+        assert!(why.contains("off"), "{why}");
+        let carol = UserRef::new("xmpp", "carol@xmpp.test");
+        let to_xmpp = Conversation::new(bob.network.clone(), bob.user.clone(), carol).room();
+        let why = Reach::new(PrivateMessages::All)
+            .refusal(&store, &admin, &event(to_xmpp, bob))
+            .unwrap();
+        assert!(why.contains("XMPP"), "{why}");
+    }
 }
