@@ -357,3 +357,57 @@ async fn private_replies_edits_and_reactions_from_matrix() -> anyhow::Result<()>
     irc_query(&lobby, &puppet, "reacted 👍 to \"a private question").await?;
     lobby_never_saw(&lobby, &[&question, &reply, &typo, &fixed]).await
 }
+
+/// An XMPP user's chat to an IRC person's puppet JID reaches them as a PRIVMSG; the answer to
+/// the nick it came from goes back to her as a chat from that puppet JID, and neither shows
+/// in the MUC or the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_xmpp_chat_with_irc_and_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let from_irc = unique("hello from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    lobby.xmpp_sees(&from_irc).await?;
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    lobby.irc_sees(&from_xmpp).await?;
+
+    let puppet = junction_xmpp::ids::puppet_jid(
+        &junction_core::UserRef::new("irc:local", lobby.irc.nick()),
+        &lobby.slot.component,
+    );
+    let question = unique("a chat to a puppet");
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{puppet}' id='{}'><body>{question}</body></message>",
+        lobby.xmpp.next_id()
+    ))?;
+    let me = lobby.irc.nick().to_owned();
+    let got = lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&question))
+        })
+        .await?;
+    let her = source_nick(&got).unwrap_or_default().to_owned();
+
+    let answer = unique("an answer by query");
+    lobby.irc.privmsg(&her, &answer)?;
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.attr("type") == Some("chat")
+                && el
+                    .attr("from")
+                    .is_some_and(|f| f.to_lowercase().starts_with(&puppet))
+                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&answer))
+        })
+        .await?;
+
+    let in_muc = lobby.xmpp.backlog().iter().any(|el| {
+        el.attr("type") == Some("groupchat")
+            && junction_testkit::clients::xmpp::body(el)
+                .is_some_and(|b| b.contains(&question) || b.contains(&answer))
+    });
+    anyhow::ensure!(!in_muc, "private text leaked into the MUC");
+    lobby_never_saw(&lobby, &[&question, &answer]).await
+}

@@ -26,13 +26,7 @@ pub(crate) async fn deliver(
     d: Delivery,
 ) -> bool {
     if junction_core::private::is_private(&d.target.room) {
-        // The gateway refuses private messages with XMPP users before they get here.
-        answer_now(
-            cx,
-            &d,
-            Err("private conversations are not carried on XMPP".into()),
-        );
-        return true;
+        return crate::private::deliver(st, conn, cx, d).await;
     }
     let room = d.target.room.as_str().to_string();
     let gateway = d.event.sender.user.network.is_gateway();

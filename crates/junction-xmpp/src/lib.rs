@@ -27,6 +27,7 @@ mod messages;
 pub mod network;
 pub mod outbound;
 mod pending;
+mod private;
 pub mod probe;
 mod puppets;
 mod rooms;

@@ -150,6 +150,9 @@ pub(crate) async fn on_message(
         Some("error") => crate::pending::on_message_error(st, conn, cx, el).await,
         _ => {
             let rooms = linked_rooms(cx);
+            if crate::private::received(st, cx, el, &rooms).await {
+                return true;
+            }
             if let Some(dm) = direct_message(el, &st.config.component, &st.listener_bare(), &rooms)
             {
                 crate::commands::command(st, cx, replies, dm);

@@ -47,17 +47,26 @@ impl Reach {
     /// Notes the sender of an event of a linked room as a member.
     pub(super) fn note(&mut self, store: &dyn Store, router: &Router, event: &Event) {
         let user = &event.sender.user;
-        if user.network.is_gateway()
-            || self.known.contains(user)
-            || router.link_of(&event.origin).is_none()
-        {
+        if user.network.is_gateway() || router.link_of(&event.origin).is_none() {
             return;
         }
-        match store.kv_put(MEMBERS, &key(user), b"1") {
-            Ok(()) => {
-                self.known.insert(user.clone());
+        // The address the network vouches for (an XMPP occupant's real JID) is who writes
+        // privately from there.
+        let address = event
+            .sender
+            .address
+            .as_ref()
+            .map(|a| UserRef::new(user.network.clone(), a.to_lowercase()));
+        for u in std::iter::once(user.clone()).chain(address) {
+            if self.known.contains(&u) {
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "Could not note a member of a linked room."),
+            match store.kv_put(MEMBERS, &key(&u), b"1") {
+                Ok(()) => {
+                    self.known.insert(u);
+                }
+                Err(e) => tracing::warn!(error = %e, "Could not note a member of a linked room."),
+            }
         }
     }
 
@@ -84,9 +93,6 @@ impl Reach {
         let peer = &c.peer;
         if self.policy == PrivateMessages::Off {
             return Some("Private messages across networks are off on this gateway.".into());
-        }
-        if c.network.as_str() == "xmpp" || peer.network.as_str() == "xmpp" {
-            return Some("Private messages with XMPP users are not carried yet.".into());
         }
         let banned = !matches!(
             admin.check_ban(store, &Sender::new(peer.clone(), "")),
@@ -254,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn members_reach_each_other_and_bans_policy_and_xmpp_refuse() {
+    fn members_reach_each_other_and_bans_and_policy_refuse() {
         let config = crate::config::parse(
             "[gateway]\nadmins = [\"@root:matrix.test\"]\n[irc.local]\nserver = \"127.0.0.1:6667\"\nnick = \"junction\"\n[[bridge]]\nname = \"lobby\"\nirc = [\"local/#lobby\", \"local/#other\"]\n",
             "bridges.toml",
@@ -308,16 +314,10 @@ mod tests {
         assert!(o.reply.starts_with("Banned"), "{}", o.reply);
         let why = reach.refusal(&store, &admin, &said).unwrap();
         assert!(why.contains("does not take private messages"), "{why}");
-        // Off, and XMPP.
+        // Off.
         let why = Reach::new(PrivateMessages::Off)
             .refusal(&store, &admin, &said)
             .unwrap();
         assert!(why.contains("off"), "{why}");
-        let carol = UserRef::new("xmpp", "carol@xmpp.test");
-        let to_xmpp = Conversation::new(bob.network.clone(), bob.user.clone(), carol).room();
-        let why = Reach::new(PrivateMessages::All)
-            .refusal(&store, &admin, &event(to_xmpp, bob))
-            .unwrap();
-        assert!(why.contains("XMPP"), "{why}");
     }
 }
