@@ -411,3 +411,114 @@ async fn private_xmpp_chat_with_irc_and_back() -> anyhow::Result<()> {
     anyhow::ensure!(!in_muc, "private text leaked into the MUC");
     lobby_never_saw(&lobby, &[&question, &answer]).await
 }
+
+/// A MUC private message to an IRC person's puppet occupant reaches them from the XMPP
+/// person's puppet nick; the answer comes back as a private message in the MUC, from that
+/// occupant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_muc_message_with_irc_and_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let from_irc = unique("hello from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let seen = lobby.xmpp_sees(&from_irc).await?;
+    let occupant = junction_testkit::clients::xmpp::from_nick(&seen)
+        .unwrap_or_default()
+        .to_owned();
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    let (her, _) = lobby.irc_sees(&from_xmpp).await?;
+
+    let question = unique("a muc private message");
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{}/{occupant}' id='{}'><body>{question}</body>\
+         <x xmlns='http://jabber.org/protocol/muc#user'/></message>",
+        lobby.muc,
+        lobby.xmpp.next_id()
+    ))?;
+    // From the puppet she has in the channel: the same person.
+    irc_query(&lobby, &her, &question).await?;
+
+    let answer = unique("an answer in private");
+    lobby.irc.privmsg(&her, &answer)?;
+    let from = format!("{}/{occupant}", lobby.muc);
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.attr("type") == Some("chat")
+                && el.attr("from") == Some(from.as_str())
+                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&answer))
+        })
+        .await?;
+    let in_muc = lobby.xmpp.backlog().iter().any(|el| {
+        el.attr("type") == Some("groupchat")
+            && junction_testkit::clients::xmpp::body(el)
+                .is_some_and(|b| b.contains(&question) || b.contains(&answer))
+    });
+    anyhow::ensure!(!in_muc, "private text leaked into the MUC");
+    lobby_never_saw(&lobby, &[&question, &answer]).await
+}
+
+/// A Matrix user's direct chat with an XMPP person's ghost reaches them as a chat from her
+/// puppet JID at their real JID, and their chat back lands in the same direct chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    let ghost = lobby.matrix_sees(&from_xmpp).await?["sender"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let from_matrix = unique("hello from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    lobby.xmpp_sees(&from_matrix).await?;
+
+    let url = format!("{}/_matrix/client/v3/createRoom", lobby.servers.matrix.url);
+    let created: Value = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(lobby.matrix.access_token())
+        .json(&json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [ghost]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let dm = created["room_id"].as_str().unwrap_or_default().to_owned();
+    junction_testkit::eventually(WAIT, "the ghost in the direct chat", || async {
+        lobby
+            .matrix
+            .members(&dm)
+            .await
+            .ok()
+            .filter(|m| m.contains_key(&ghost))
+    })
+    .await?;
+
+    let hello = unique("private to xmpp");
+    lobby.matrix.send_text(&dm, &hello).await?;
+    let puppet = junction_xmpp::ids::puppet_jid(
+        &junction_core::UserRef::new("matrix", lobby.matrix.user_id()),
+        &lobby.slot.component,
+    );
+    let got = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.attr("type") == Some("chat")
+                && el
+                    .attr("from")
+                    .is_some_and(|f| f.to_lowercase().starts_with(&puppet))
+                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&hello))
+        })
+        .await?;
+    let from = got.attr("from").unwrap_or_default().to_owned();
+
+    let answer = unique("xmpp answers");
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{from}' id='{}'><body>{answer}</body></message>",
+        lobby.xmpp.next_id()
+    ))?;
+    matrix_from(&lobby, &dm, &ghost, &answer).await?;
+    lobby_never_saw(&lobby, &[&hello, &answer]).await
+}

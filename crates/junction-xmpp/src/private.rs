@@ -20,8 +20,15 @@ use junction_core::{
 };
 use minidom::Element;
 
-/// Conversation → the full JID its XMPP person last wrote from.
+/// Conversation → the full JID its XMPP person last wrote from (`room/nick` for a MUC
+/// private message).
 pub(crate) const PRIVATE_TO: &str = "private_to";
+/// `<real bare JID>\n<puppet bare JID>` → the id of the person in a room, for a conversation
+/// with someone known by their room identity who was written to at their real JID: their
+/// chat back belongs to the same conversation.
+const PRIVATE_AS: &str = "private_as";
+/// The namespace of a MUC private message's marker.
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 /// A chat to one of our puppet JIDs from a person: the conversation's event, passed on to the
 /// gateway. False when the stanza is no such chat (the caller looks at it further).
@@ -52,12 +59,6 @@ fn event_of(st: &State, el: &Element, rooms: &[String]) -> Option<(Event, String
     if el.name() != "message" || !matches!(el.attr("type"), None | Some("chat" | "normal")) {
         return None;
     }
-    if el
-        .children()
-        .any(|c| c.is("x", "http://jabber.org/protocol/muc#user"))
-    {
-        return None;
-    }
     let component = st.config.component.as_str();
     let to = el.attr("to")?;
     let to_bare = to.split('/').next().unwrap_or(to).to_lowercase();
@@ -69,11 +70,38 @@ fn event_of(st: &State, el: &Element, rooms: &[String]) -> Option<(Event, String
         return None;
     }
     let from = el.attr("from")?;
-    let bare = person(from, component, rooms)?;
     let owner = st.store.puppet_owner(&to_bare).ok().flatten()?;
     if owner.network == st.network {
         return None;
     }
+    let from_bare = from.split('/').next().unwrap_or(from);
+    let (id, name, address) = if rooms.iter().any(|r| r.eq_ignore_ascii_case(from_bare)) {
+        // A MUC private message: the occupant is who they are in the room.
+        let (_, nick) = from.split_once('/')?;
+        let known = st.occupants.get(from);
+        let id = el
+            .children()
+            .find(|c| c.is("occupant-id", "urn:xmpp:occupant-id:0"))
+            .and_then(|c| c.attr("id"))
+            .map(str::to_owned)
+            .or_else(|| known.and_then(|o| o.occupant_id.clone()))
+            .map_or_else(|| from.to_owned(), |oid| format!("occupant:{oid}"));
+        (id, nick.to_owned(), known.and_then(|o| o.jid.clone()))
+    } else {
+        if el.children().any(|c| c.is("x", NS_MUC_USER)) {
+            return None;
+        }
+        let bare = person(from, component, rooms)?;
+        let id = st
+            .store
+            .get(PRIVATE_AS, &format!("{bare}\n{to_bare}"))
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| bare.clone());
+        let name = bare.split('@').next().unwrap_or(&bare).to_owned();
+        (id, name, Some(bare))
+    };
     let text = el
         .children()
         .find(|c| c.name() == "body")
@@ -81,8 +109,7 @@ fn event_of(st: &State, el: &Element, rooms: &[String]) -> Option<(Event, String
     if text.trim().is_empty() {
         return None;
     }
-    let user = UserRef::new(st.network.clone(), bare.clone());
-    let name = bare.split('@').next().unwrap_or(&bare).to_owned();
+    let user = UserRef::new(st.network.clone(), id);
     let room = Conversation::new(st.network.clone(), user.user.clone(), owner).room();
     let (kind, text) = match text.strip_prefix("/me ") {
         Some(rest) => (MessageKind::Emote, rest.to_owned()),
@@ -90,10 +117,14 @@ fn event_of(st: &State, el: &Element, rooms: &[String]) -> Option<(Event, String
     };
     let id = sender_message_id(el)
         .unwrap_or_else(|| format!("chat-{}-{}", now_ms(), rand::random::<u32>()));
+    let mut sender = Sender::new(user, name);
+    if let Some(a) = address {
+        sender = sender.with_address(a);
+    }
     let event = Event::new(
         room,
         MessageId::new(id),
-        Sender::new(user, name).with_address(bare),
+        sender,
         now_ms(),
         EventKind::Message(Message {
             kind,
@@ -123,31 +154,76 @@ pub(crate) async fn deliver(
         answer_now(cx, &d, Ok(Vec::new()));
         return true;
     };
-    let to = st
-        .store
-        .get(PRIVATE_TO, d.target.room.as_str())
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| c.local.to_string());
-    let from = if d.event.sender.user.network.is_gateway() {
-        st.listener()
+    let (from, puppet) = if d.event.sender.user.network.is_gateway() {
+        (st.listener(), st.listener_bare())
     } else {
         let puppet = puppet_jid(&d.event.sender.user, &st.config.component);
         if let Err(e) = st.store.set_puppet(&d.event.sender.user, &puppet) {
             tracing::warn!(error = %e, "xmpp: puppet JID not stored");
         }
-        format!("{puppet}/junction")
+        (format!("{puppet}/junction"), puppet)
+    };
+    let Some(to) = address(st, cx, &c, &puppet) else {
+        answer_now(
+            cx,
+            &d,
+            Err("the person is not in a room the gateway sees any more".into()),
+        );
+        return true;
     };
     let mut text = crate::outbound::styled(&m.body);
     if m.kind == MessageKind::Emote {
         text = format!("/me {text}");
     }
     let id = st.new_id();
-    if !send(conn, crate::outbound::chat(&from, &to, &id, &text)).await {
+    let mut el = crate::outbound::chat(&from, &to, &id, &text);
+    let rooms = crate::rooms::linked_rooms(cx);
+    let to_bare = to.split('/').next().unwrap_or(&to);
+    if rooms.iter().any(|r| r.eq_ignore_ascii_case(to_bare)) {
+        el.append_child(Element::builder("x", NS_MUC_USER).build());
+    }
+    if !send(conn, el).await {
         st.redo.push(d);
         return false;
     }
     answer_now(cx, &d, Ok(vec![MessageId::new(id)]));
     true
+}
+
+/// Where a conversation's messages go: where its person last wrote from; their JID; for
+/// someone known by their room identity, their real JID where the room shows it (kept, so
+/// their chat back to `puppet` belongs to this conversation), else a private message to
+/// their nick in the room.
+fn address(st: &State, cx: &AdapterContext, c: &Conversation, puppet: &str) -> Option<String> {
+    let key = c.room();
+    if let Some(to) = st
+        .store
+        .get(PRIVATE_TO, key.room.as_str())
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+    {
+        return Some(to);
+    }
+    let local = c.local.as_str();
+    if !local.starts_with("occupant:") && !local.contains('/') {
+        return local.contains('@').then(|| local.to_owned());
+    }
+    for room in crate::rooms::linked_rooms(cx) {
+        let (nick, jid) = crate::rooms::find_occupant(st, &room, local);
+        if let Some(jid) = jid {
+            let jid = jid.split('/').next().unwrap_or(&jid).to_lowercase();
+            if let Err(e) = st
+                .store
+                .put(PRIVATE_AS, &format!("{jid}\n{puppet}"), local.as_bytes())
+            {
+                tracing::warn!(error = %e, "xmpp: could not keep who a private chat is with");
+            }
+            return Some(jid);
+        }
+        if let Some(nick) = nick {
+            return Some(format!("{room}/{nick}"));
+        }
+    }
+    None
 }
