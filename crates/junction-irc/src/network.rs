@@ -268,6 +268,13 @@ impl Network for Irc {
         matches(&b) || also.iter().any(|p| matches(&fold(p)))
     }
 
+    fn sender_id(&self, vouched: &str) -> String {
+        match vouched.split_once('!') {
+            Some((nick, _)) => crate::inbound::nick_user_id(nick),
+            None => crate::inbound::account_user_id(vouched),
+        }
+    }
+
     /// The `*!user@host` and the account they were seen with, so a new nick is still covered.
     fn ban_learns(&self, sender: &Sender) -> Vec<String> {
         let mut learnt = Vec::new();

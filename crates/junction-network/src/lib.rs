@@ -137,6 +137,13 @@ pub trait Network: Send + Sync + 'static {
         None
     }
 
+    /// The id a person's events carry, for an identity the network vouches for them by in a
+    /// command ([`junction_core::Command::from`]): the same by default; on IRC the nick of a
+    /// `nick!user@host` mask, and the account id of a services account.
+    fn sender_id(&self, vouched: &str) -> String {
+        vouched.to_owned()
+    }
+
     /// Builds the adapter of one of its configured instances (`section` came from this
     /// network's [`Raw::validate`]). `Err` says why it cannot run.
     fn adapter(&self, section: &Section, build: &Build<'_>) -> Result<BoxAdapter, String>;

@@ -126,24 +126,17 @@ fn opted_out(store: &dyn Store, user: &UserRef) -> bool {
     matches!(store.kv_get(OPTED_OUT, &key(user)), Ok(Some(_)))
 }
 
-/// The ids a person who typed a command is known by in events: their ids as the network
-/// vouches for them, and on IRC the nick of a `nick!user@host` mask and the `$a:` id of a
-/// services account (how the IRC adapter names senders).
+/// The ids a person who typed a command is known by in events (`Network::sender_id` of each
+/// identity their network vouches for them by).
 fn identities(from: &[UserRef]) -> Vec<UserRef> {
-    let mut out = Vec::new();
-    for u in from {
-        let id = u.user.as_str();
-        if u.network.as_str().starts_with("irc:") {
-            let id = match id.split_once('!') {
-                Some((nick, _)) => junction_irc::inbound::nick_user_id(nick),
-                None => junction_irc::inbound::account_user_id(id),
-            };
-            out.push(UserRef::new(u.network.clone(), id));
-        } else {
-            out.push(u.clone());
-        }
-    }
-    out
+    from.iter()
+        .map(|u| {
+            let id = crate::wiring::NETWORKS
+                .of(&u.network)
+                .map_or_else(|| u.user.to_string(), |n| n.sender_id(u.user.as_str()));
+            UserRef::new(u.network.clone(), id)
+        })
+        .collect()
 }
 
 /// Runs `dm off` / `dm on` (None for any other command): whether the sender takes private
