@@ -4,19 +4,17 @@
 
 use anyhow::Context;
 use junction_core::{
-    Adapter, AdapterContext, Delivered, Delivery, Event, EventKind, Inbound, Message, MessageId,
-    MessageKind, NetworkId, RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+    Delivered, Delivery, Event, EventKind, Message, MessageId, MessageKind, NetworkId, RichText,
+    RoomId, RoomRef, Secret, Sender, UserRef,
 };
-use junction_store::MemStore;
+use junction_store::{MemStore, Store};
 use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from};
 use junction_testkit::clients::XmppUser;
-use junction_testkit::servers::{servers, slot};
-use junction_testkit::{eventually, unique};
+use junction_testkit::servers::{servers, slot, Servers, Slot};
+use junction_testkit::{eventually, solo_on, unique, Inbox, Solo};
 use junction_xmpp::{XmppAdapter, XmppConfig};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -44,62 +42,74 @@ fn delivery(outbox_id: u64, room: &str, sender: &Sender, text: &str) -> Delivery
     }
 }
 
+/// `name` on Matrix (`@name:matrix.test`), shown as `name`.
+fn matrix_user(name: &str) -> Sender {
+    Sender::new(UserRef::new("matrix", format!("@{name}:matrix.test")), name)
+}
+
+/// The adapter for `slot`'s component on the shared Prosody.
+fn adapter(s: &Servers, slot: &Slot, origin_marks: bool) -> XmppAdapter {
+    XmppAdapter::new(XmppConfig {
+        component: slot.component.clone(),
+        server: s.xmpp.component.to_string(),
+        secret: Secret::new(slot.component_secret.clone()),
+        origin_marks,
+    })
+}
+
+/// Starts `adapter` linked to `room`, keeping state in `store` (through the adapter's handle
+/// on it); its inbound events are kept, and acknowledged as durable as the gateway would.
+fn start_on(adapter: XmppAdapter, room: &str, store: Arc<dyn Store>) -> (Solo, Inbox) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "junction_xmpp=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mut run = solo_on(
+        adapter,
+        store,
+        NetworkId::new("xmpp"),
+        vec![RoomId::new(room)],
+    );
+    let seen = run.inbox();
+    (run, seen)
+}
+
+/// [`start_on`] for the adapter of `slot` with origin marks, on a store of its own.
+fn start(s: &Servers, slot: &Slot, room: &str) -> (Solo, Inbox) {
+    start_on(adapter(s, slot, true), room, Arc::new(MemStore::new()))
+}
+
+/// Waits for the answers to the outbox rows `ids`, in that order.
+async fn answers(run: &mut Solo, ids: &[u64]) -> anyhow::Result<Vec<Delivered>> {
+    let mut out = Vec::new();
+    for &want in ids {
+        let d = run.next_delivered(DEADLINE).await?;
+        assert_eq!(d.outbox_id, want);
+        out.push(d);
+    }
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<()> {
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xlobby"), s.xmpp.muc);
-    let config = XmppConfig {
-        component: slot.component.clone(),
-        server: s.xmpp.component.to_string(),
-        secret: Secret::new(slot.component_secret.clone()),
-        origin_marks: true,
-    };
-    let adapter = XmppAdapter::new(config);
-    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
-    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
-    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
-        in_tx,
-        d_rx,
-        done_tx,
-        rooms_rx,
-        shutdown.clone(),
-    );
-    let task = tokio::spawn(adapter.run(cx));
-
-    let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let seen2 = seen.clone();
-    let collector = tokio::spawn(async move {
-        while let Some(i) = in_rx.recv().await {
-            seen2
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(i.event);
-        }
-    });
+    let (mut run, seen) = start(s, &slot, &room);
 
     // Two puppets speak, so the room holds several of our occupants.
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
-    let carol = Sender {
-        user: UserRef::new("matrix", "@carol:matrix.test"),
-        display_name: "carol".into(),
-        address: None,
-    };
-    d_tx.send(delivery(1, &room, &alice, "hello from matrix"))
+    let alice = matrix_user("alice");
+    let carol = matrix_user("carol");
+    run.deliveries
+        .send(delivery(1, &room, &alice, "hello from matrix"))
         .await?;
-    d_tx.send(delivery(2, &room, &carol, "me too")).await?;
-    for want in [1, 2] {
-        let d = tokio::time::timeout(DEADLINE, done_rx.recv()).await?;
-        let d = d.ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
-        assert_eq!(d.outbox_id, want);
+    run.deliveries
+        .send(delivery(2, &room, &carol, "me too"))
+        .await?;
+    for d in answers(&mut run, &[1, 2]).await? {
         assert!(d.outcome.is_ok(), "{:?}", d.outcome);
     }
 
@@ -107,7 +117,9 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.join_muc(&room, &user).await?;
     // History may replay the puppet's message; a live resend proves the puppet is present.
-    d_tx.send(delivery(3, &room, &alice, "live line")).await?;
+    run.deliveries
+        .send(delivery(3, &room, &alice, "live line"))
+        .await?;
     bob.wait_for(DEADLINE, |el| {
         is_groupchat_from(el, &room)
             && from_nick(el) == Some("alice[m]")
@@ -115,59 +127,24 @@ async fn puppet_speaks_and_xmpp_users_message_arrives_once() -> anyhow::Result<(
     })
     .await?;
 
-    eventually(DEADLINE, "the XMPP user's join at the gateway", || {
-        let n = seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
-            .count();
-        async move { (n > 0).then_some(()) }
-    })
-    .await?;
+    seen.wait_joins(DEADLINE, &user, 1).await?;
     bob.send_groupchat(&room, "hi from xmpp")?;
-    eventually(DEADLINE, "the XMPP user's message at the gateway", || {
-        let n = seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(
-                |e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "hi from xmpp"),
-            )
-            .count();
-        async move { (n > 0).then_some(()) }
-    })
-    .await?;
+    seen.wait_message(DEADLINE, "hi from xmpp").await?;
     // A later message from the same user marks the end of the first one's copies.
     bob.send_groupchat(&room, "second")?;
-    eventually(DEADLINE, "the second message", || {
-        let n = seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "second"))
-            .count();
-        async move { (n > 0).then_some(()) }
-    })
-    .await?;
-    let copies = seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "hi from xmpp"))
-        .count();
-    assert_eq!(copies, 1, "one event, not one per puppet");
-    let ours = seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "live line"))
-        .count();
-    assert_eq!(ours, 0, "our puppets' messages are not bridged back");
+    seen.wait_message(DEADLINE, "second").await?;
+    assert_eq!(
+        seen.messages("hi from xmpp"),
+        1,
+        "one event, not one per puppet"
+    );
+    assert_eq!(
+        seen.messages("live line"),
+        0,
+        "our puppets' messages are not bridged back"
+    );
 
-    shutdown.cancel();
-    let _ = task.await;
-    collector.abort();
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -176,39 +153,15 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xedit"), s.xmpp.muc);
-    let config = XmppConfig {
-        component: slot.component.clone(),
-        server: s.xmpp.component.to_string(),
-        secret: Secret::new(slot.component_secret.clone()),
-        origin_marks: true,
-    };
-    let adapter = XmppAdapter::new(config);
-    let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
-    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
-    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
-        in_tx,
-        d_rx,
-        done_tx,
-        rooms_rx,
-        shutdown.clone(),
-    );
-    let task = tokio::spawn(adapter.run(cx));
+    let (mut run, _seen) = start(s, &slot, &room);
 
     let user = unique("xe");
     let bob = XmppUser::register(s, &user, "pw").await?;
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
-    d_tx.send(delivery(1, &room, &alice, "typo here")).await?;
-    let d = tokio::time::timeout(DEADLINE, done_rx.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let alice = matrix_user("alice");
+    run.deliveries
+        .send(delivery(1, &room, &alice, "typo here"))
+        .await?;
+    let d = run.next_delivered(DEADLINE).await?;
     let ids = d.outcome.map_err(|e| anyhow::anyhow!(e))?;
     assert_eq!(ids.len(), 1);
     bob.join_muc(&room, &user).await?;
@@ -219,7 +172,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
         body: RichText::plain("fixed here"),
     };
     edit.target_ids = ids.clone();
-    d_tx.send(edit).await?;
+    run.deliveries.send(edit).await?;
     let corr = bob
         .wait_for(DEADLINE, |el| {
             is_groupchat_from(el, &room) && body(el).as_deref() == Some("fixed here")
@@ -241,7 +194,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
         reason: None,
     };
     redact.target_ids = ids.clone();
-    d_tx.send(redact).await?;
+    run.deliveries.send(redact).await?;
     let retract = bob
         .wait_for(DEADLINE, |el| {
             is_groupchat_from(el, &room)
@@ -255,15 +208,10 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
         .and_then(|r| r.attr("id"))
         .map(str::to_owned);
     assert!(target.is_some());
-    for want in [2, 3] {
-        let d = tokio::time::timeout(DEADLINE, done_rx.recv())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
-        assert_eq!(d.outbox_id, want);
+    for d in answers(&mut run, &[2, 3]).await? {
         assert!(d.outcome.is_ok(), "{:?}", d.outcome);
     }
-    shutdown.cancel();
-    let _ = task.await;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -272,51 +220,18 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xrec"), s.xmpp.muc);
-    let config = XmppConfig {
-        component: slot.component.clone(),
-        server: s.xmpp.component.to_string(),
-        secret: Secret::new(slot.component_secret.clone()),
-        origin_marks: true,
-    };
-    let adapter = XmppAdapter::new(config);
+    let adapter = adapter(s, &slot, true);
     let reconnect = adapter.reconnect_handle();
     let sessions = adapter.sessions();
-    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
-    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
-    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
-        in_tx,
-        d_rx,
-        done_tx,
-        rooms_rx,
-        shutdown.clone(),
-    );
-    let task = tokio::spawn(adapter.run(cx));
-    let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let seen2 = seen.clone();
-    let collector = tokio::spawn(async move {
-        while let Some(i) = in_rx.recv().await {
-            seen2
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(i.event);
-        }
-    });
+    let (mut run, seen) = start_on(adapter, &room, Arc::new(MemStore::new()));
 
     let user = unique("xr");
     let bob = XmppUser::register(s, &user, "pw").await?;
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
-    d_tx.send(delivery(1, &room, &alice, "before")).await?;
-    let d = tokio::time::timeout(DEADLINE, done_rx.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let alice = matrix_user("alice");
+    run.deliveries
+        .send(delivery(1, &room, &alice, "before"))
+        .await?;
+    let d = run.next_delivered(DEADLINE).await?;
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
     bob.join_muc(&room, &user).await?;
 
@@ -326,7 +241,8 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
         async move { (n >= 2).then_some(()) }
     })
     .await?;
-    d_tx.send(delivery(2, &room, &alice, "after reconnect"))
+    run.deliveries
+        .send(delivery(2, &room, &alice, "after reconnect"))
         .await?;
     bob.wait_for(DEADLINE, |el| {
         is_groupchat_from(el, &room)
@@ -336,21 +252,8 @@ async fn after_a_dropped_connection_the_adapter_rejoins_and_delivers() -> anyhow
     .await?;
     // The listener is back too: the XMPP user's message reaches the gateway.
     bob.send_groupchat(&room, "still there?")?;
-    eventually(DEADLINE, "the message after the reconnect", || {
-        let n = seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(
-                |e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "still there?"),
-            )
-            .count();
-        async move { (n > 0).then_some(()) }
-    })
-    .await?;
-    shutdown.cancel();
-    let _ = task.await;
-    collector.abort();
+    seen.wait_message(DEADLINE, "still there?").await?;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -359,180 +262,33 @@ async fn a_taken_nick_makes_the_puppet_join_with_a_suffix() -> anyhow::Result<()
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xnick"), s.xmpp.muc);
-    let config = XmppConfig {
-        component: slot.component.clone(),
-        server: s.xmpp.component.to_string(),
-        secret: Secret::new(slot.component_secret.clone()),
-        // Marks off: the bare name first, the mark only once it is taken.
-        origin_marks: false,
-    };
-    let adapter = XmppAdapter::new(config);
-    let (in_tx, _in_rx) = mpsc::channel::<Inbound>(64);
-    let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Delivered>();
-    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room.clone())]);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        junction_store::scoped(Arc::new(MemStore::new()), NetworkId::new("xmpp")),
-        in_tx,
-        d_rx,
-        done_tx,
-        rooms_rx,
-        shutdown.clone(),
-    );
-    let task = tokio::spawn(adapter.run(cx));
+    // Marks off: the bare name first, the mark only once it is taken.
+    let (mut run, _seen) = start_on(adapter(s, &slot, false), &room, Arc::new(MemStore::new()));
 
     let user = unique("xn");
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.join_muc(&room, "dave").await?;
-    let dave = Sender {
-        user: UserRef::new("matrix", "@dave:matrix.test"),
-        display_name: "dave".into(),
-        address: None,
-    };
-    d_tx.send(delivery(1, &room, &dave, "first")).await?;
+    let dave = matrix_user("dave");
+    run.deliveries
+        .send(delivery(1, &room, &dave, "first"))
+        .await?;
     let joined = format!("{room}/dave[m]");
     bob.wait_for(DEADLINE, |el| {
         el.name() == "presence" && el.attr("from") == Some(joined.as_str())
     })
     .await?;
-    d_tx.send(delivery(2, &room, &dave, "as dave[m]")).await?;
+    run.deliveries
+        .send(delivery(2, &room, &dave, "as dave[m]"))
+        .await?;
     bob.wait_for(DEADLINE, |el| {
         is_groupchat_from(el, &room)
             && from_nick(el) == Some("dave[m]")
             && body(el).as_deref() == Some("as dave[m]")
     })
     .await?;
-    for want in [1, 2] {
-        let d = tokio::time::timeout(DEADLINE, done_rx.recv())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
-        assert_eq!(d.outbox_id, want);
-    }
-    shutdown.cancel();
-    let _ = task.await;
+    answers(&mut run, &[1, 2]).await?;
+    let _ = run.stop().await;
     Ok(())
-}
-
-/// One running adapter and the test's ends of its channels.
-struct Running {
-    deliveries: mpsc::Sender<Delivery>,
-    delivered: mpsc::UnboundedReceiver<Delivered>,
-    commands: mpsc::Receiver<junction_core::Command>,
-    seen: Arc<Mutex<Vec<Event>>>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
-    collector: tokio::task::JoinHandle<()>,
-    status: watch::Receiver<junction_core::NetworkStatus>,
-}
-
-impl Running {
-    /// Starts an adapter for `room` on `component`, keeping state in `store` (through the
-    /// adapter's handle on it);
-    /// inbound events are acknowledged as durable as the gateway would.
-    fn start(
-        component: &junction_testkit::servers::Slot,
-        server: &str,
-        room: &str,
-        store: Arc<MemStore>,
-    ) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "junction_xmpp=info".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        let config = XmppConfig {
-            component: component.component.clone(),
-            server: server.to_owned(),
-            secret: Secret::new(component.component_secret.clone()),
-            origin_marks: true,
-        };
-        let adapter = XmppAdapter::new(config);
-        let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
-        let (d_tx, d_rx) = mpsc::channel::<Delivery>(64);
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Delivered>();
-        let (cmd_tx, cmd_rx) = mpsc::channel(8);
-        let (status_tx, status_rx) = watch::channel(junction_core::NetworkStatus::Connecting);
-        let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(room)]);
-        // The sender stays alive with the adapter (a closed watch means no more changes).
-        std::mem::forget(rooms_tx);
-        let shutdown = CancellationToken::new();
-        let cx = AdapterContext {
-            network: NetworkId::new("xmpp"),
-            inbound: in_tx,
-            deliveries: d_rx,
-            delivered: done_tx,
-            rooms: rooms_rx,
-            shutdown: shutdown.clone(),
-            commands: cmd_tx,
-            status: status_tx,
-            puppets: watch::channel(0).0,
-            store: junction_store::scoped(store, NetworkId::new("xmpp")),
-            pastes: None,
-        };
-        let task = tokio::spawn(adapter.run(cx));
-        let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
-        let seen2 = seen.clone();
-        let collector = tokio::spawn(async move {
-            while let Some(i) = in_rx.recv().await {
-                seen2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(i.event);
-                if let Some(a) = i.ack {
-                    let _ = a.send(Ok(()));
-                }
-            }
-        });
-        Self {
-            deliveries: d_tx,
-            delivered: done_rx,
-            commands: cmd_rx,
-            seen,
-            shutdown,
-            task,
-            collector,
-            status: status_rx,
-        }
-    }
-
-    /// How many inbound messages had exactly this text.
-    fn count(&self, text: &str) -> usize {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == text))
-            .count()
-    }
-
-    async fn wait_message(&self, text: &str) -> anyhow::Result<Event> {
-        eventually(DEADLINE, "an inbound message", || {
-            let found = self
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == text))
-                .cloned();
-            async move { found }
-        })
-        .await
-    }
-
-    async fn next_delivered(&mut self) -> anyhow::Result<Delivered> {
-        tokio::time::timeout(DEADLINE, self.delivered.recv())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.task.await;
-        self.collector.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,17 +296,8 @@ async fn a_chat_to_the_component_is_a_command_and_its_reply_comes_back() -> anyh
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xcmd"), s.xmpp.muc);
-    let mut run = Running::start(
-        &slot,
-        &s.xmpp.component.to_string(),
-        &room,
-        Arc::new(MemStore::new()),
-    );
-    eventually(DEADLINE, "the adapter connected", || {
-        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    let (mut run, _seen) = start(s, &slot, &room);
+    run.connected(DEADLINE).await?;
     let user = unique("xc");
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.send_raw(&format!(
@@ -574,7 +321,7 @@ async fn a_chat_to_the_component_is_a_command_and_its_reply_comes_back() -> anyh
             && body(el).as_deref() == Some("all rooms linked\nsecond line")
     })
     .await?;
-    run.stop().await;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -584,20 +331,11 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
     let s = servers().await?;
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xsid"), s.xmpp.muc);
-    let mut run = Running::start(
-        &slot,
-        &s.xmpp.component.to_string(),
-        &room,
-        Arc::new(MemStore::new()),
-    );
+    let (mut run, seen) = start(s, &slot, &room);
     let user = unique("xs");
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.join_muc(&room, &user).await?;
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
+    let alice = matrix_user("alice");
     let mut d = delivery(1, &room, &alice, "");
     if let EventKind::Message(m) = &mut d.event.kind {
         m.body = RichText {
@@ -608,7 +346,7 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
         };
     }
     run.deliveries.send(d).await?;
-    let done = run.next_delivered().await?;
+    let done = run.next_delivered(DEADLINE).await?;
     let ids = done.outcome.map_err(|e| anyhow::anyhow!(e))?;
     let el = bob
         .wait_for(DEADLINE, |el| {
@@ -624,7 +362,7 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
     );
 
     bob.send_groupchat(&room, "*bold* move")?;
-    let e = run.wait_message("bold move").await?;
+    let e = seen.wait_message(DEADLINE, "bold move").await?;
     match e.kind {
         EventKind::Message(m) => assert_eq!(
             m.body.spans,
@@ -635,7 +373,7 @@ async fn delivered_is_the_rooms_stanza_id_and_styling_crosses_both_ways() -> any
         ),
         other => anyhow::bail!("not a message: {other:?}"),
     }
-    run.stop().await;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -647,13 +385,12 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
     let room = format!("{}@{}", unique("xmam"), s.xmpp.muc);
     let store = Arc::new(MemStore::new());
     let rref = RoomRef::new("xmpp", room.as_str());
-    let server = s.xmpp.component.to_string();
-    let run = Running::start(&slot, &server, &room, store.clone());
+    let (run, seen) = start_on(adapter(s, &slot, true), &room, store.clone());
     let user = unique("xm");
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.join_muc(&room, &user).await?;
     bob.send_groupchat(&room, "before the stop")?;
-    run.wait_message("before the stop").await?;
+    seen.wait_message(DEADLINE, "before the stop").await?;
     // The cursor passes the message once it is durable.
     let first = bob
         .wait_for(DEADLINE, |el| {
@@ -669,7 +406,7 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
         async move { (c.is_some() && c == want).then_some(()) }
     })
     .await?;
-    run.stop().await;
+    let _ = run.stop().await;
 
     bob.send_groupchat(&room, "while away 1")?;
     bob.send_groupchat(&room, "while away 2")?;
@@ -678,18 +415,16 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
     })
     .await?;
 
-    let run = Running::start(&slot, &server, &room, store.clone());
-    run.wait_message("while away 1").await?;
-    run.wait_message("while away 2").await?;
+    let (run, seen) = start_on(adapter(s, &slot, true), &room, store.clone());
+    seen.wait_message(DEADLINE, "while away 1").await?;
+    seen.wait_message(DEADLINE, "while away 2").await?;
     bob.send_groupchat(&room, "after the start")?;
-    run.wait_message("after the start").await?;
-    assert_eq!(run.count("while away 1"), 1);
-    assert_eq!(run.count("while away 2"), 1);
-    assert_eq!(run.count("before the stop"), 0, "not bridged twice");
-    let order: Vec<String> = run
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    seen.wait_message(DEADLINE, "after the start").await?;
+    assert_eq!(seen.messages("while away 1"), 1);
+    assert_eq!(seen.messages("while away 2"), 1);
+    assert_eq!(seen.messages("before the stop"), 0, "not bridged twice");
+    let order: Vec<String> = seen
+        .events()
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::Message(m) => Some(m.body.to_plain()),
@@ -700,7 +435,7 @@ async fn messages_sent_while_the_adapter_was_stopped_arrive_once_after_it_starts
         order,
         vec!["while away 1", "while away 2", "after the start"]
     );
-    run.stop().await;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -710,41 +445,17 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     let slot = slot().await?;
     // The listener creates this room, so it owns it.
     let room = format!("{}@{}", unique("xmod"), s.xmpp.muc);
-    let mut run = Running::start(
-        &slot,
-        &s.xmpp.component.to_string(),
-        &room,
-        Arc::new(MemStore::new()),
-    );
-    eventually(DEADLINE, "the adapter connected", || {
-        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    let (mut run, seen) = start(s, &slot, &room);
+    run.connected(DEADLINE).await?;
     let user = unique("xk");
     let bob = XmppUser::register(s, &user, "pw").await?;
     bob.join_muc(&room, &user).await?;
-    eventually(DEADLINE, "bob's join at the gateway", || {
-        let n = run
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
-            .count();
-        async move { (n > 0).then_some(()) }
-    })
-    .await?;
-    let gateway = Sender {
-        user: UserRef::new(NetworkId::gateway().as_str(), "admin"),
-        display_name: "gateway".into(),
-        address: None,
-    };
-    let bob_ref = Sender {
-        user: UserRef::new("xmpp", bob.bare_jid()),
-        display_name: user.clone(),
-        address: None,
-    };
+    seen.wait_joins(DEADLINE, &user, 1).await?;
+    let gateway = Sender::new(
+        UserRef::new(NetworkId::gateway().as_str(), "admin"),
+        "gateway",
+    );
+    let bob_ref = Sender::new(UserRef::new("xmpp", bob.bare_jid()), user.clone());
 
     // A gateway notice comes from the listener.
     run.deliveries
@@ -757,21 +468,13 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     })
     .await
     .context("wait 1")?;
-    assert!(run.next_delivered().await?.outcome.is_ok());
+    assert!(run.next_delivered(DEADLINE).await?.outcome.is_ok());
 
     // An ordinary user's kick elsewhere is reflected as a notice line.
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
+    let alice = matrix_user("alice");
     let mut k = delivery(2, &room, &alice, "");
     k.event.kind = EventKind::Kick {
-        target: Sender {
-            user: UserRef::new("matrix", "@carol:matrix.test"),
-            display_name: "carol".into(),
-            address: None,
-        },
+        target: matrix_user("carol"),
         reason: Some("off topic".into()),
     };
     run.deliveries.send(k).await?;
@@ -782,7 +485,7 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     })
     .await
     .context("wait 2")?;
-    assert!(run.next_delivered().await?.outcome.is_ok());
+    assert!(run.next_delivered(DEADLINE).await?.outcome.is_ok());
 
     // The gateway's kick of an XMPP user is carried out.
     let mut k = delivery(3, &room, &gateway, "");
@@ -806,23 +509,13 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     })
     .await
     .context("wait 3")?;
-    let d = run.next_delivered().await?;
+    let d = run.next_delivered(DEADLINE).await?;
     assert_eq!(d.outbox_id, 3);
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
 
     // And the ban, once bob is back (the gateway sees his second join).
     bob.join_muc(&room, &user).await?;
-    eventually(DEADLINE, "bob's second join at the gateway", || {
-        let n = run
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == user)
-            .count();
-        async move { (n > 1).then_some(()) }
-    })
-    .await?;
+    seen.wait_joins(DEADLINE, &user, 2).await?;
     let mut b = delivery(4, &room, &gateway, "");
     b.event.kind = EventKind::Ban {
         target: bob_ref.clone(),
@@ -837,9 +530,9 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     })
     .await
     .context("wait 4")?;
-    let d = run.next_delivered().await?;
+    let d = run.next_delivered(DEADLINE).await?;
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
-    run.stop().await;
+    let _ = run.stop().await;
 
     // In a room someone else created the listener has no rights: the answer says so.
     let other = format!("{}@{}", unique("xnomod"), s.xmpp.muc);
@@ -848,31 +541,18 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     // One slot at a time, so parallel tests never wait on each other's.
     drop(slot);
     let slot2 = junction_testkit::servers::slot().await?;
-    let mut run = Running::start(
-        &slot2,
-        &s.xmpp.component.to_string(),
-        &other,
-        Arc::new(MemStore::new()),
-    );
-    eventually(DEADLINE, "the adapter connected", || {
-        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    let (mut run, _seen) = start(s, &slot2, &other);
+    run.connected(DEADLINE).await?;
     let mut k = delivery(1, &other, &gateway, "");
     k.event.kind = EventKind::Kick {
-        target: Sender {
-            user: UserRef::new("xmpp", carol.bare_jid()),
-            display_name: "carol".into(),
-            address: None,
-        },
+        target: Sender::new(UserRef::new("xmpp", carol.bare_jid()), "carol"),
         reason: None,
     };
     run.deliveries.send(k).await?;
-    let d = run.next_delivered().await?;
+    let d = run.next_delivered(DEADLINE).await?;
     let err = d.outcome.err().unwrap_or_default();
     assert!(err.contains("not a moderator"), "{err}");
-    run.stop().await;
+    let _ = run.stop().await;
     Ok(())
 }
 
@@ -882,35 +562,26 @@ async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow:
     let slot = slot().await?;
     let room = format!("{}@{}", unique("xdup"), s.xmpp.muc);
     let store = Arc::new(MemStore::new());
-    let server = s.xmpp.component.to_string();
     let user = unique("xd");
     let bob = XmppUser::register(s, &user, "pw").await?;
-    let mut run = Running::start(&slot, &server, &room, store.clone());
-    eventually(DEADLINE, "the adapter connected", || {
-        let ok = *run.status.borrow() == junction_core::NetworkStatus::Connected;
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    let (mut run, _seen) = start_on(adapter(s, &slot, true), &room, store.clone());
+    run.connected(DEADLINE).await?;
     bob.join_muc(&room, &user).await?;
-    let alice = Sender {
-        user: UserRef::new("matrix", "@alice:matrix.test"),
-        display_name: "alice".into(),
-        address: None,
-    };
+    let alice = matrix_user("alice");
     let d = delivery(1, &room, &alice, "only once");
     run.deliveries.send(d.clone()).await?;
     let first = run
-        .next_delivered()
+        .next_delivered(DEADLINE)
         .await?
         .outcome
         .map_err(|e| anyhow::anyhow!(e))?;
-    run.stop().await;
+    let _ = run.stop().await;
 
     // The gateway lost the answer and hands the same outbox row out again.
-    let mut run = Running::start(&slot, &server, &room, store.clone());
+    let (mut run, _seen) = start_on(adapter(s, &slot, true), &room, store.clone());
     run.deliveries.send(d).await?;
     let again = run
-        .next_delivered()
+        .next_delivered(DEADLINE)
         .await?
         .outcome
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -928,6 +599,6 @@ async fn a_delivery_handed_out_again_after_a_restart_is_not_doubled() -> anyhow:
         .filter(|el| is_groupchat_from(el, &room) && body(el).as_deref() == Some("only once"))
         .count();
     assert_eq!(copies, 1);
-    run.stop().await;
+    let _ = run.stop().await;
     Ok(())
 }

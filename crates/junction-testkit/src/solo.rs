@@ -4,14 +4,16 @@
 //! [`AdapterContext`] (through [`AdapterContext::standalone`], the store handle scoped to the
 //! adapter's network), keeps the commands and status receivers, spawns `adapter.run(cx)` and
 //! hands the test the gateway's ends: deliveries to send, answers and inbound events to read,
-//! the linked rooms to change, and the shutdown token.
+//! the linked rooms to change, and the shutdown token. [`Solo::inbox`] stands in for the
+//! gateway's store: it keeps every inbound event in an [`Inbox`] and acknowledges it.
 
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Command, Delivered, Delivery, Inbound, NetworkId,
-    NetworkStatus, RoomId,
+    Adapter, AdapterContext, AdapterError, Command, Delivered, Delivery, Event, EventKind, Inbound,
+    NetworkId, NetworkStatus, Pastes, RoomId,
 };
 use junction_store::{MemStore, Store};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,119 @@ impl Solo {
             .await
             .map_err(|e| AdapterError::Fatal(format!("the adapter task failed: {e}")))?
     }
+
+    /// The adapter's next answer to a delivery, waited for at most `deadline`.
+    pub async fn next_delivered(&mut self, deadline: Duration) -> anyhow::Result<Delivered> {
+        tokio::time::timeout(deadline, self.delivered.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer to a delivery within {deadline:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("adapter stopped"))
+    }
+
+    /// Waits at most `deadline` until the adapter reports [`NetworkStatus::Connected`].
+    pub async fn connected(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            deadline,
+            self.status.wait_for(|s| *s == NetworkStatus::Connected),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("not connected within {deadline:?}"))?
+        .map_err(|_| anyhow::anyhow!("adapter stopped"))?;
+        Ok(())
+    }
+
+    /// From now on keeps every inbound event in the returned [`Inbox`] and acknowledges it as
+    /// stored, as the gateway does once an event is durable; `inbound` is closed after.
+    pub fn inbox(&mut self) -> Inbox {
+        let (_, closed) = mpsc::channel(1);
+        let mut inbound = std::mem::replace(&mut self.inbound, closed);
+        let inbox = Inbox::default();
+        let events = inbox.events.clone();
+        tokio::spawn(async move {
+            while let Some(i) = inbound.recv().await {
+                lock(&events).push(i.event);
+                if let Some(ack) = i.ack {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+        });
+        inbox
+    }
+}
+
+/// The inbound events of a [`Solo`] adapter, in the order it sent them (see [`Solo::inbox`]).
+#[derive(Clone, Debug, Default)]
+pub struct Inbox {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+fn lock(events: &Mutex<Vec<Event>>) -> std::sync::MutexGuard<'_, Vec<Event>> {
+    events.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `event` is a message whose plain text is exactly `text`.
+pub fn is_message(event: &Event, text: &str) -> bool {
+    matches!(&event.kind, EventKind::Message(m) if m.body.to_plain() == text)
+}
+
+impl Inbox {
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.events).clone()
+    }
+
+    /// How many events so far satisfy `f`.
+    pub fn count(&self, f: impl Fn(&Event) -> bool) -> usize {
+        lock(&self.events).iter().filter(|e| f(e)).count()
+    }
+
+    /// How many messages so far had exactly this plain text.
+    pub fn messages(&self, text: &str) -> usize {
+        self.count(|e| is_message(e, text))
+    }
+
+    /// How many joins so far were by someone shown as `display_name`.
+    pub fn joins(&self, display_name: &str) -> usize {
+        self.count(|e| matches!(e.kind, EventKind::Join) && e.sender.display_name == display_name)
+    }
+
+    /// The first event satisfying `f`, waited for at most `deadline`; `what` names it in the
+    /// error.
+    pub async fn wait_for(
+        &self,
+        deadline: Duration,
+        what: &str,
+        f: impl Fn(&Event) -> bool,
+    ) -> anyhow::Result<Event> {
+        let f = &f;
+        crate::eventually(deadline, what, || {
+            let found = lock(&self.events).iter().find(|e| f(e)).cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    /// The first message with exactly this plain text, waited for at most `deadline`.
+    pub async fn wait_message(&self, deadline: Duration, text: &str) -> anyhow::Result<Event> {
+        self.wait_for(deadline, &format!("the message {text:?}"), |e| {
+            is_message(e, text)
+        })
+        .await
+    }
+
+    /// Waits at most `deadline` until `n` joins by someone shown as `display_name` arrived.
+    pub async fn wait_joins(
+        &self,
+        deadline: Duration,
+        display_name: &str,
+        n: usize,
+    ) -> anyhow::Result<()> {
+        crate::eventually(deadline, &format!("{n} joins of {display_name}"), || {
+            let done = self.joins(display_name) >= n;
+            async move { done.then_some(()) }
+        })
+        .await
+    }
 }
 
 /// Starts `adapter` as network `network` on a fresh [`MemStore`], linked to `rooms`.
@@ -74,6 +189,17 @@ pub fn solo_on<A: Adapter>(
     network: NetworkId,
     rooms: Vec<RoomId>,
 ) -> Solo {
+    solo_with(adapter, store, None, network, rooms)
+}
+
+/// [`solo_on`], the adapter keeping long texts in `pastes` as the gateway's would.
+pub fn solo_with<A: Adapter>(
+    adapter: A,
+    store: Arc<dyn Store>,
+    pastes: Option<Arc<dyn Pastes>>,
+    network: NetworkId,
+    rooms: Vec<RoomId>,
+) -> Solo {
     let (inbound_tx, inbound) = mpsc::channel(CHANNEL);
     let (deliveries, deliveries_rx) = mpsc::channel(CHANNEL);
     let (delivered_tx, delivered) = mpsc::unbounded_channel();
@@ -84,6 +210,7 @@ pub fn solo_on<A: Adapter>(
     let cx = AdapterContext {
         commands: commands_tx,
         status: status_tx,
+        pastes,
         ..AdapterContext::standalone(
             junction_store::scoped(store.clone(), network),
             inbound_tx,
@@ -144,6 +271,25 @@ mod tests {
         }
     }
 
+    /// Bob's join on IRC, outbox row `outbox_id` for `#a` on the echo network.
+    fn bobs_join(outbox_id: u64) -> Delivery {
+        let event = Event::new(
+            RoomRef::new("irc:x", "#b"),
+            MessageId::new(format!("m{outbox_id}")),
+            Sender::new(UserRef::new("irc:x", "bob"), "bob"),
+            1,
+            EventKind::Join,
+        );
+        Delivery {
+            outbox_id,
+            bridge: "lobby".into(),
+            target: RoomRef::new("echo", "#a"),
+            event,
+            reply_to: Vec::new(),
+            target_ids: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn the_test_holds_the_gateway_ends() {
         let mut solo = solo(Echo, NetworkId::new("echo"), vec![RoomId::new("#a")]);
@@ -152,24 +298,7 @@ mod tests {
             .wait_for(|s| *s != NetworkStatus::Connecting)
             .await;
         assert_eq!(*status.unwrap(), NetworkStatus::Degraded("1 rooms".into()));
-        let event = Event::new(
-            RoomRef::new("irc:x", "#b"),
-            MessageId::new("m1"),
-            Sender::new(UserRef::new("irc:x", "bob"), "bob"),
-            1,
-            EventKind::Join,
-        );
-        solo.deliveries
-            .send(Delivery {
-                outbox_id: 7,
-                bridge: "lobby".into(),
-                target: RoomRef::new("echo", "#a"),
-                event,
-                reply_to: Vec::new(),
-                target_ids: Vec::new(),
-            })
-            .await
-            .unwrap();
+        solo.deliveries.send(bobs_join(7)).await.unwrap();
         let answer = solo.delivered.recv().await.unwrap();
         assert_eq!(answer.outbox_id, 7);
         assert!(answer.outcome.is_ok());
@@ -180,6 +309,32 @@ mod tests {
             solo.store.kv_get("echo/seen", "7").unwrap(),
             Some(b"1".to_vec())
         );
+        solo.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_inbox_keeps_and_acknowledges_what_the_adapter_says() {
+        let mut solo = solo(Echo, NetworkId::new("echo"), vec![RoomId::new("#a")]);
+        let inbox = solo.inbox();
+        solo.connected(Duration::from_millis(50)).await.unwrap_err();
+        for outbox_id in [1, 2] {
+            solo.deliveries.send(bobs_join(outbox_id)).await.unwrap();
+            let answer = solo.next_delivered(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer.outbox_id, outbox_id);
+        }
+        inbox
+            .wait_joins(Duration::from_secs(5), "bob", 2)
+            .await
+            .unwrap();
+        let said = inbox
+            .wait_for(Duration::from_secs(5), "the second", |e| {
+                e.remote_id.as_str() == "echo2"
+            })
+            .await
+            .unwrap();
+        assert!(matches!(said.kind, EventKind::Join));
+        assert_eq!(inbox.events().len(), 2);
+        assert_eq!(inbox.messages("anything"), 0);
         solo.stop().await.unwrap();
     }
 }
