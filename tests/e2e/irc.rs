@@ -9,29 +9,55 @@
 use anyhow::Context as _;
 use junction_core::format::RichText;
 use junction_core::{
-    Adapter, AdapterContext, BridgeName, Delivered, Delivery, Event, EventKind, Inbound, Message,
-    MessageId, MessageKind, NetworkId, RoomId, RoomRef, Sender, UserRef,
+    Delivered, Delivery, Event, EventKind, MessageId, MessageKind, NetworkId, RoomId, RoomRef,
 };
 use junction_irc::{IrcAdapter, IrcConfig, IrcMode};
 use junction_testkit::clients::IrcUser;
 use junction_testkit::servers::servers;
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, person, said, solo, unique, Inbox, Solo};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A running adapter as network `irc:e2e`: the gateway's ends of its channels (through
+/// `Deref`), its bot's nick and the events it passed on.
 struct Running {
     nick: String,
-    commands: mpsc::Receiver<junction_core::Command>,
-    deliveries: mpsc::Sender<Delivery>,
-    delivered: Arc<Mutex<Vec<Delivered>>>,
-    inbound: Arc<Mutex<Vec<Event>>>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
+    solo: Solo,
+    seen: Inbox,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Solo;
+    fn deref(&self) -> &Solo {
+        &self.solo
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Solo {
+        &mut self.solo
+    }
+}
+
+impl Running {
+    /// The answers to the next `n` deliveries.
+    async fn answered(&mut self, n: usize) -> anyhow::Result<Vec<Delivered>> {
+        let mut answers = Vec::new();
+        for _ in 0..n {
+            answers.push(self.solo.next_delivered(WAIT).await?);
+        }
+        Ok(answers)
+    }
+
+    /// Stops the adapter, which must return `Ok` in time.
+    async fn stop(self) -> anyhow::Result<()> {
+        tokio::time::timeout(WAIT, self.solo.stop())
+            .await
+            .context("adapter stops")??;
+        Ok(())
+    }
 }
 
 fn start(addr: SocketAddr, channel: &str) -> Running {
@@ -58,73 +84,24 @@ fn start_with(
     cfg.max_lines = 20;
     cfg.lines_per_second = 5.0;
     cfg.channel_history = channel_history.map(str::to_owned);
-    let adapter = IrcAdapter::new(cfg);
-    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
-    let (d_tx, d_rx) = mpsc::channel(64);
-    let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
-    let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(channel)]);
-    let shutdown = CancellationToken::new();
-    let mut cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("irc:e2e"),
-        ),
-        in_tx,
-        d_rx,
-        ok_tx,
-        rooms_rx,
-        shutdown.clone(),
+    let mut solo = solo(
+        IrcAdapter::new(cfg),
+        NetworkId::new("irc:e2e"),
+        vec![RoomId::new(channel)],
     );
-    let (cmd_tx, commands) = mpsc::channel(8);
-    cx.commands = cmd_tx;
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let inbound = Arc::new(Mutex::new(Vec::new()));
-    let (d2, i2) = (delivered.clone(), inbound.clone());
-    tokio::spawn(async move {
-        let _keep = rooms_tx;
-        while let Some(d) = ok_rx.recv().await {
-            d2.lock().unwrap_or_else(|e| e.into_inner()).push(d);
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(i) = in_rx.recv().await {
-            i2.lock().unwrap_or_else(|e| e.into_inner()).push(i.event);
-        }
-    });
-    Running {
-        nick,
-        commands,
-        deliveries: d_tx,
-        delivered,
-        inbound,
-        shutdown: shutdown.clone(),
-        task: tokio::spawn(adapter.run(cx)),
-    }
+    let seen = solo.inbox();
+    Running { nick, solo, seen }
 }
 
+/// Outbox row `outbox_id` for `channel`: `text` said by `display` on Matrix.
 fn delivery(outbox_id: u64, channel: &str, display: &str, text: &str) -> Delivery {
-    Delivery {
+    from(
         outbox_id,
-        bridge: BridgeName::new("lobby"),
-        target: RoomRef::new("irc:e2e", channel),
-        event: Event::new(
-            RoomRef::new("matrix", "#lobby:matrix.test"),
-            MessageId::new(format!("$e{outbox_id}")),
-            Sender::new(
-                UserRef::new("matrix", format!("@{display}:matrix.test")),
-                display,
-            ),
-            0,
-            EventKind::Message(Message {
-                kind: MessageKind::Text,
-                body: RichText::plain(text),
-                reply_to: None,
-                attachments: Vec::new(),
-            }),
-        ),
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    }
+        channel,
+        "matrix",
+        display,
+        said(MessageKind::Text, text),
+    )
 }
 
 async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow::Result<()> {
@@ -133,7 +110,7 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
     user_nick.truncate(9);
     let user = IrcUser::connect(addr, &user_nick).await?;
     user.join(&channel).await?;
-    let gw = start(addr, &channel);
+    let mut gw = start(addr, &channel);
 
     // A remote user's message shows under the sanitised, NICKLEN-trimmed name.
     gw.deliveries
@@ -173,33 +150,19 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
     .await
     .with_context(|| format!("received: {:?}", user.privmsgs_in(&channel)))?;
     assert_eq!(joined, want_long);
-    let delivered = gw.delivered.clone();
-    eventually(WAIT, "both deliveries answered", || {
-        let n = delivered.lock().unwrap_or_else(|e| e.into_inner()).len();
-        async move { (n == 2).then_some(()) }
-    })
-    .await?;
+    gw.answered(2).await.context("both deliveries answered")?;
 
     // An IRC user's message reaches the gateway as an event of the linked room.
     user.privmsg(&channel, "from irc")?;
-    let inbound = gw.inbound.clone();
-    let ev = eventually(WAIT, "the inbound event", || {
-        let found = inbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "from irc"))
-            .cloned();
-        async move { found }
-    })
-    .await?;
+    let ev = gw
+        .seen
+        .wait_message(WAIT, "from irc")
+        .await
+        .context("the inbound event")?;
     assert_eq!(ev.origin.room.0, channel);
     assert_eq!(ev.sender.display_name, user_nick);
 
-    gw.shutdown.cancel();
-    tokio::time::timeout(WAIT, gw.task)
-        .await
-        .context("adapter stops")???;
+    gw.stop().await?;
     Ok(())
 }
 
@@ -209,7 +172,7 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
 async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<()> {
     let s = servers().await?;
     let channel = format!("#{}", unique("hist"));
-    let gw = start_with(s.inspircd, &channel, IrcMode::Relay, Some("50:1h"));
+    let mut gw = start_with(s.inspircd, &channel, IrcMode::Relay, Some("50:1h"));
     // Asked from outside the channel until the mode shows.
     let mut nick = unique("h");
     nick.truncate(9);
@@ -229,12 +192,7 @@ async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<
     gw.deliveries
         .send(delivery(1, &channel, "alice", "said before you came"))
         .await?;
-    let delivered = gw.delivered.clone();
-    eventually(WAIT, "the delivery answered", || {
-        let n = delivered.lock().unwrap_or_else(|e| e.into_inner()).len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await?;
+    gw.answered(1).await.context("the delivery answered")?;
 
     user.join(&channel).await?;
     let ch = channel.clone();
@@ -248,10 +206,7 @@ async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<
     .await
     .with_context(|| format!("received: {:?}", user.privmsgs_in(&channel)))?;
 
-    gw.shutdown.cancel();
-    tokio::time::timeout(WAIT, gw.task)
-        .await
-        .context("adapter stops")???;
+    gw.stop().await?;
     Ok(())
 }
 
@@ -295,10 +250,7 @@ async fn inspircd_channel_history_is_turned_on_once_the_bot_is_made_operator() -
         async move { (asked.is_ok() && done).then_some(()) }
     })
     .await?;
-    gw.shutdown.cancel();
-    tokio::time::timeout(WAIT, gw.task)
-        .await
-        .context("adapter stops")???;
+    gw.stop().await?;
     Ok(())
 }
 
@@ -333,33 +285,14 @@ pub(super) fn short(prefix: &str, len: usize) -> String {
     format!("{prefix}{}", &u[u.len().saturating_sub(len)..])
 }
 
+/// Outbox row `outbox_id` for `channel`: `kind` by `display` on `network`.
 fn from(outbox_id: u64, channel: &str, network: &str, display: &str, kind: EventKind) -> Delivery {
-    Delivery {
+    junction_testkit::delivery(
         outbox_id,
-        bridge: BridgeName::new("lobby"),
-        target: RoomRef::new("irc:e2e", channel),
-        event: Event::new(
-            RoomRef::new(network, "#lobby:matrix.test"),
-            MessageId::new(format!("$p{outbox_id}")),
-            Sender::new(
-                UserRef::new(network, format!("@{display}:{network}.test")),
-                display,
-            ),
-            0,
-            kind,
-        ),
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    }
-}
-
-fn said(kind: MessageKind, text: &str) -> EventKind {
-    EventKind::Message(Message {
+        RoomRef::new("irc:e2e", channel),
+        &person(network, display),
         kind,
-        body: RichText::plain(text),
-        reply_to: None,
-        attachments: Vec::new(),
-    })
+    )
 }
 
 /// Waits until `user` saw a PRIVMSG from `nick` in `channel` with exactly `text`.
@@ -462,7 +395,7 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
         .await?;
     sees(&watcher, &channel, &alice_nick, "\u{1}ACTION waves\u{1}").await?;
     let edit = EventKind::Edit {
-        target: MessageId::new("$p1"),
+        target: MessageId::new("$e1"),
         body: RichText::plain("hello from a fixed puppet"),
     };
     gw.deliveries
@@ -476,12 +409,10 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
     )
     .await?;
 
-    let delivered = gw.delivered.clone();
-    let answers = eventually(WAIT, "all five deliveries answered", || {
-        let d = delivered.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        async move { (d.len() == 5).then_some(d) }
-    })
-    .await?;
+    let answers = gw
+        .answered(5)
+        .await
+        .context("all five deliveries answered")?;
     assert!(answers.iter().all(|d| d.outcome.is_ok()), "{answers:?}");
 
     // A private message to the bot is a command; the answer comes back by NOTICE.
@@ -511,25 +442,18 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
 
     // IRC formatting arrives as rich text; what the puppets said never comes back.
     watcher.privmsg(&channel, "\u{2}bold\u{2} move")?;
-    let inbound = gw.inbound.clone();
-    let ev = eventually(WAIT, "the formatted line", || {
-        let found = inbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|e| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == "bold move"))
-            .cloned();
-        async move { found }
-    })
-    .await?;
+    let ev = gw
+        .seen
+        .wait_message(WAIT, "bold move")
+        .await
+        .context("the formatted line")?;
     match &ev.kind {
         EventKind::Message(m) => assert!(!m.body.is_plain(), "{:?}", m.body),
         other => anyhow::bail!("not a message: {other:?}"),
     }
     let echoed: Vec<Event> = gw
-        .inbound
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .seen
+        .events()
         .iter()
         .filter(|e| {
             e.sender.display_name.ends_with("[m]") || e.sender.display_name.ends_with("[x]")
@@ -538,10 +462,7 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
         .collect();
     assert!(echoed.is_empty(), "our puppets came back: {echoed:?}");
 
-    gw.shutdown.cancel();
-    tokio::time::timeout(WAIT, gw.task)
-        .await
-        .context("adapter stops")???;
+    gw.stop().await?;
     drop(holder);
     Ok(())
 }

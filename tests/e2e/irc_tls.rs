@@ -4,24 +4,17 @@
 //! port reads the puppet's line. Without the CA the handshake is refused.
 
 use anyhow::Context as _;
-use junction_core::format::RichText;
-use junction_core::{
-    Adapter, AdapterContext, BridgeName, Delivery, Event, EventKind, Message, MessageId,
-    MessageKind, NetworkId, RoomId, RoomRef, Sender, UserRef,
-};
+use junction_core::{MessageKind, NetworkId, RoomId, RoomRef};
 use junction_irc::connection::{self, Registration};
 use junction_irc::tls::Tls;
 use junction_irc::{IrcAdapter, IrcConfig, IrcMode};
 use junction_testkit::clients::IrcUser;
-use junction_testkit::{eventually, unique};
+use junction_testkit::{delivery, eventually, person, said, solo, unique};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use super::faults::{free_port, tail};
 use super::irc::short;
@@ -203,31 +196,6 @@ impl TlsInspircd {
     }
 }
 
-fn delivery(channel: &str, display: &str, text: &str) -> Delivery {
-    Delivery {
-        outbox_id: 1,
-        bridge: BridgeName::new("lobby"),
-        target: RoomRef::new("irc:tls", channel),
-        event: Event::new(
-            RoomRef::new("matrix", "#lobby:matrix.test"),
-            MessageId::new("$tls1"),
-            Sender::new(
-                UserRef::new("matrix", format!("@{display}:matrix.test")),
-                display,
-            ),
-            0,
-            EventKind::Message(Message {
-                kind: MessageKind::Text,
-                body: RichText::plain(text),
-                reply_to: None,
-                attachments: Vec::new(),
-            }),
-        ),
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    }
-}
-
 fn registration(nick: &str) -> Registration {
     Registration {
         nick: nick.to_owned(),
@@ -283,37 +251,23 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     cfg.mode = IrcMode::Puppet;
     cfg.tls = true;
     cfg.tls_ca = Some(ircd.ca());
-    let adapter = IrcAdapter::new(cfg);
-    let (in_tx, _in_rx) = mpsc::channel(64);
-    let (d_tx, d_rx) = mpsc::channel(8);
-    let (ok_tx, mut ok_rx) = mpsc::unbounded_channel();
-    let (_rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new(&channel)]);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext::standalone(
-        junction_store::scoped(
-            Arc::new(junction_store::MemStore::new()),
-            NetworkId::new("irc:tls"),
-        ),
-        in_tx,
-        d_rx,
-        ok_tx,
-        rooms_rx,
-        shutdown.clone(),
+    let mut gw = solo(
+        IrcAdapter::new(cfg),
+        NetworkId::new("irc:tls"),
+        vec![RoomId::new(&channel)],
     );
-    let task = tokio::spawn(adapter.run(cx));
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let d2 = delivered.clone();
-    tokio::spawn(async move {
-        while let Some(d) = ok_rx.recv().await {
-            d2.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(d.outbox_id);
-        }
-    });
+    let _seen = gw.inbox();
 
     let alice = short("al", 5);
     let hello = "hello over TLS";
-    d_tx.send(delivery(&channel, &alice, hello)).await?;
+    gw.deliveries
+        .send(delivery(
+            1,
+            RoomRef::new("irc:tls", channel.as_str()),
+            &person("matrix", &alice),
+            said(MessageKind::Text, hello),
+        ))
+        .await?;
     let want = format!("{alice}[m]");
     let ch = channel.clone();
     eventually(WAIT, "the puppet's line on the plaintext port", || {
@@ -325,16 +279,12 @@ async fn irc_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("seen: {:?}", watcher.privmsgs_in(&channel)))?;
-    eventually(WAIT, "the delivery confirmed", || {
-        let ok = delivered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&1);
-        async move { ok.then_some(()) }
-    })
-    .await?;
+    let answer = gw
+        .next_delivered(WAIT)
+        .await
+        .context("the delivery confirmed")?;
+    assert_eq!(answer.outbox_id, 1);
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task).await???;
+    tokio::time::timeout(WAIT, gw.stop()).await??;
     Ok(())
 }

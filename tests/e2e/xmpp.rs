@@ -4,47 +4,33 @@
 
 use anyhow::Context;
 use junction_core::{
-    Delivered, Delivery, Event, EventKind, Message, MessageId, MessageKind, NetworkId, RichText,
-    RoomId, RoomRef, Secret, Sender, UserRef,
+    Delivered, Delivery, EventKind, MessageId, MessageKind, NetworkId, RichText, RoomId, RoomRef,
+    Secret, Sender, UserRef,
 };
 use junction_store::{MemStore, Store};
 use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from};
 use junction_testkit::clients::XmppUser;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
-use junction_testkit::{eventually, solo_on, unique, Inbox, Solo};
+use junction_testkit::{eventually, person, said, solo_on, unique, Inbox, Solo};
 use junction_xmpp::{XmppAdapter, XmppConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Outbox row `outbox_id` for `room`: `text` said by `sender`.
 fn delivery(outbox_id: u64, room: &str, sender: &Sender, text: &str) -> Delivery {
-    let origin = RoomRef::new("matrix", "#lobby:matrix.test");
-    let event = Event::new(
-        origin,
-        MessageId::new(format!("$ev{outbox_id}")),
-        sender.clone(),
-        0,
-        EventKind::Message(Message {
-            kind: MessageKind::Text,
-            body: RichText::plain(text),
-            reply_to: None,
-            attachments: Vec::new(),
-        }),
-    );
-    Delivery {
+    junction_testkit::delivery(
         outbox_id,
-        bridge: junction_core::BridgeName::new("lobby"),
-        target: RoomRef::new("xmpp", room),
-        event,
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    }
+        RoomRef::new("xmpp", room),
+        sender,
+        said(MessageKind::Text, text),
+    )
 }
 
-/// `name` on Matrix (`@name:matrix.test`), shown as `name`.
+/// `name` on Matrix, shown as `name`.
 fn matrix_user(name: &str) -> Sender {
-    Sender::new(UserRef::new("matrix", format!("@{name}:matrix.test")), name)
+    person("matrix", name)
 }
 
 /// The adapter for `slot`'s component on the shared Prosody.
@@ -168,7 +154,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
 
     let mut edit = delivery(2, &room, &alice, "");
     edit.event.kind = EventKind::Edit {
-        target: MessageId::new("$ev1"),
+        target: MessageId::new("$e1"),
         body: RichText::plain("fixed here"),
     };
     edit.target_ids = ids.clone();
@@ -190,7 +176,7 @@ async fn edit_becomes_a_correction_and_redact_a_retraction() -> anyhow::Result<(
 
     let mut redact = delivery(3, &room, &alice, "");
     redact.event.kind = EventKind::Redact {
-        target: MessageId::new("$ev1"),
+        target: MessageId::new("$e1"),
         reason: None,
     };
     redact.target_ids = ids.clone();

@@ -17,7 +17,7 @@ pub mod gateway;
 pub mod servers;
 pub mod solo;
 
-pub use solo::{is_message, solo, solo_on, solo_with, Inbox, Solo};
+pub use solo::{delivery, is_message, person, said, solo, solo_on, solo_with, Inbox, Solo};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

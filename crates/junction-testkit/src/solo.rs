@@ -8,8 +8,9 @@
 //! gateway's store: it keeps every inbound event in an [`Inbox`] and acknowledges it.
 
 use junction_core::{
-    Adapter, AdapterContext, AdapterError, Command, Delivered, Delivery, Event, EventKind, Inbound,
-    NetworkId, NetworkStatus, Pastes, RoomId,
+    Adapter, AdapterContext, AdapterError, BridgeName, Command, Delivered, Delivery, Event,
+    EventKind, Inbound, Message, MessageId, MessageKind, NetworkId, NetworkStatus, Pastes,
+    RichText, RoomId, RoomRef, Sender, UserRef,
 };
 use junction_store::{MemStore, Store};
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,43 @@ impl Solo {
         });
         inbox
     }
+}
+
+/// Outbox row `outbox_id` of the bridge `lobby` for `target`: `kind` by `sender`, as the
+/// event `$e<outbox_id>` of the room `#lobby:matrix.test` on the sender's network.
+pub fn delivery(outbox_id: u64, target: RoomRef, sender: &Sender, kind: EventKind) -> Delivery {
+    Delivery {
+        outbox_id,
+        bridge: BridgeName::new("lobby"),
+        target,
+        event: Event::new(
+            RoomRef::new(sender.user.network.clone(), "#lobby:matrix.test"),
+            MessageId::new(format!("$e{outbox_id}")),
+            sender.clone(),
+            0,
+            kind,
+        ),
+        reply_to: Vec::new(),
+        target_ids: Vec::new(),
+    }
+}
+
+/// A message of `kind` whose body is the plain `text`.
+pub fn said(kind: MessageKind, text: &str) -> EventKind {
+    EventKind::Message(Message {
+        kind,
+        body: RichText::plain(text),
+        reply_to: None,
+        attachments: Vec::new(),
+    })
+}
+
+/// `name` on `network` (the user `@name:<network>.test`), shown as `name`.
+pub fn person(network: &str, name: &str) -> Sender {
+    Sender::new(
+        UserRef::new(network, format!("@{name}:{network}.test")),
+        name,
+    )
 }
 
 /// The inbound events of a [`Solo`] adapter, in the order it sent them (see [`Solo::inbox`]).
@@ -238,7 +276,6 @@ pub fn solo_with<A: Adapter>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use junction_core::{Event, EventKind, MessageId, RoomRef, Sender, UserRef};
 
     /// Answers each delivery, says one thing per delivery, keeps a row, reports its rooms.
     struct Echo;
@@ -271,23 +308,14 @@ mod tests {
         }
     }
 
-    /// Bob's join on IRC, outbox row `outbox_id` for `#a` on the echo network.
+    /// Bob's join on an IRC network, outbox row `outbox_id` for `#a` on the echo network.
     fn bobs_join(outbox_id: u64) -> Delivery {
-        let event = Event::new(
-            RoomRef::new("irc:x", "#b"),
-            MessageId::new(format!("m{outbox_id}")),
-            Sender::new(UserRef::new("irc:x", "bob"), "bob"),
-            1,
-            EventKind::Join,
-        );
-        Delivery {
+        delivery(
             outbox_id,
-            bridge: "lobby".into(),
-            target: RoomRef::new("echo", "#a"),
-            event,
-            reply_to: Vec::new(),
-            target_ids: Vec::new(),
-        }
+            RoomRef::new("echo", "#a"),
+            &person("irc:x", "bob"),
+            EventKind::Join,
+        )
     }
 
     #[tokio::test]
