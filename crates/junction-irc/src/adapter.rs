@@ -387,17 +387,15 @@ impl Adapter for IrcAdapter {
 
 #[cfg(test)]
 mod tests {
-    use crate::fake_server::{delivery, expect_line, harness, serve_one};
+    use crate::fake_server::{answered, delivery, expect_line, serve_one, started};
     use crate::IrcMode;
     use junction_core::MessageId;
     use std::time::Duration;
-    use tokio::net::TcpListener;
     use tokio::sync::{mpsc, oneshot};
 
     #[tokio::test]
     async fn reconnects_and_sends_what_was_queued_while_down() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        let (listener, mut h) = started(IrcMode::Relay).await;
 
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         let (close1, close1_rx) = oneshot::channel();
@@ -405,7 +403,7 @@ mod tests {
         expect_line(&mut lines, "JOIN #t").await;
         h.deliveries.send(delivery(1, "one")).await.expect("send");
         expect_line(&mut lines, "PRIVMSG #t :<alice[m]> one").await;
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
 
@@ -416,7 +414,7 @@ mod tests {
         serve_one(&listener, lines_tx.clone(), close2_rx).await;
         expect_line(&mut lines, "JOIN #t").await;
         expect_line(&mut lines, "PRIVMSG #t :<alice[m]> two").await;
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 2);
 
         h.shutdown.cancel();

@@ -227,15 +227,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_message_to_the_bot_is_a_command_answered_by_notice() {
-        use crate::fake_server::{expect_line, harness, serve_scripted};
+        use crate::fake_server::{expect_line, serve_scripted, started};
         use crate::IrcMode;
         use junction_core::NetworkStatus;
         use std::time::Duration;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+        let (listener, mut h) = started(IrcMode::Relay).await;
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         serve_scripted(&listener, lines_tx, |line| {
             if line == "JOIN #t" {

@@ -388,18 +388,14 @@ pub(crate) fn refusal(msg: &irc_proto::Message) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::fake_server::{delivery, expect_line, harness, serve_scripted};
+    use crate::fake_server::{answered, delivery, expect_line, joined, started};
     use crate::IrcMode;
     use junction_core::{EventKind, NetworkId, Sender, UserRef};
-    use tokio::net::TcpListener;
-    use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn gateway_kicks_are_carried_out_and_fail_without_op() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
-        let (lines_tx, mut lines) = mpsc::unbounded_channel();
-        serve_scripted(&listener, lines_tx, |line| {
+        let (listener, mut h) = started(IrcMode::Puppet).await;
+        let mut lines = joined(&listener, |line| {
             if line.starts_with("KICK #t troll") {
                 vec![":fake 482 junction #t :You're not a channel operator".to_owned()]
             } else {
@@ -407,7 +403,6 @@ mod tests {
             }
         })
         .await;
-        expect_line(&mut lines, "JOIN #t").await;
         let mut d = delivery(5, "");
         d.event.sender = Sender::new(UserRef::new(NetworkId::gateway(), "gateway"), "gateway");
         d.event.kind = EventKind::Ban {
@@ -417,7 +412,7 @@ mod tests {
         h.deliveries.send(d).await.expect("send");
         expect_line(&mut lines, "MODE #t +b *!*@bad.test").await;
         expect_line(&mut lines, "KICK #t troll :spam").await;
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert!(
             matches!(&ok.outcome, Err(why) if why.contains("operator")),
             "{ok:?}"

@@ -3,46 +3,30 @@
 //! lines from a script, and passes every line it gets to the test.
 
 use crate::{IrcAdapter, IrcConfig, IrcMode};
-use junction_core::format::RichText;
-use junction_core::{
-    Adapter, AdapterContext, AdapterError, BridgeName, Delivered, Delivery, Event, EventKind,
-    Inbound, Message, MessageId, MessageKind, NetworkId, NetworkStatus, Pastes, RoomId, RoomRef,
-    Sender, UserRef,
-};
+use junction_core::{Delivered, Delivery, MessageKind, NetworkId, Pastes, RoomId, RoomRef};
 use junction_store::{MemStore, Store};
+use junction_testkit::{person, said, solo_with, Solo};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
 
 /// The network the harness runs as.
 pub(crate) const NETWORK: &str = "irc:fake";
 
+/// How long a test waits for a line or an answer.
+const WAIT: Duration = Duration::from_secs(30);
+
 /// A message from alice on Matrix to `#t`, outbox row `outbox_id`, event `$e<outbox_id>`.
 pub(crate) fn delivery(outbox_id: u64, text: &str) -> Delivery {
-    Delivery {
+    junction_testkit::delivery(
         outbox_id,
-        bridge: BridgeName::new("lobby"),
-        target: RoomRef::new(NETWORK, "#t"),
-        event: Event::new(
-            RoomRef::new("matrix", "#lobby:matrix.test"),
-            MessageId::new(format!("$e{outbox_id}")),
-            Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice"),
-            0,
-            EventKind::Message(Message {
-                kind: MessageKind::Text,
-                body: RichText::plain(text),
-                reply_to: None,
-                attachments: Vec::new(),
-            }),
-        ),
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    }
+        RoomRef::new(NETWORK, "#t"),
+        &person("matrix", "alice"),
+        said(MessageKind::Text, text),
+    )
 }
 
 /// Accepts one connection, registers it like an old server (no CAP), and passes every line it
@@ -52,29 +36,7 @@ pub(crate) async fn serve_one(
     lines: mpsc::UnboundedSender<String>,
     close: oneshot::Receiver<()>,
 ) {
-    let (sock, _) = listener.accept().await.expect("accept");
-    tokio::spawn(async move {
-        let (r, mut w) = sock.into_split();
-        let mut r = BufReader::new(r).lines();
-        let mut close = close;
-        loop {
-            tokio::select! {
-                _ = &mut close => return,
-                line = r.next_line() => {
-                    let Ok(Some(line)) = line else { return };
-                    if let Some(token) = line.strip_prefix("PING ") {
-                        let _ = w.write_all(format!(":fake PONG fake {token}\r\n").as_bytes()).await;
-                    }
-                    if line.starts_with("NICK ") {
-                        let _ = w
-                            .write_all(b":fake 001 junction :hi\r\n:fake 005 junction NICKLEN=9 :ok\r\n:fake 376 junction :end\r\n")
-                            .await;
-                    }
-                    let _ = lines.send(line);
-                }
-            }
-        }
-    });
+    serve(listener, lines, |_| Vec::new(), Some(close)).await;
 }
 
 /// Like [`serve_one`], but the fake server also answers: `respond` maps each line it gets to
@@ -82,25 +44,64 @@ pub(crate) async fn serve_one(
 pub(crate) async fn serve_scripted(
     listener: &TcpListener,
     lines: mpsc::UnboundedSender<String>,
-    respond: fn(&str) -> Vec<String>,
+    respond: impl Fn(&str) -> Vec<String> + Send + 'static,
+) {
+    serve(listener, lines, respond, None).await;
+}
+
+/// [`serve_scripted`] for the bot's connection: waits until it joined `#t`, and gives the
+/// lines it sent from then on.
+pub(crate) async fn joined(
+    listener: &TcpListener,
+    respond: impl Fn(&str) -> Vec<String> + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    serve_scripted(listener, tx, respond).await;
+    expect_line(&mut lines, "JOIN #t").await;
+    lines
+}
+
+/// Accepts one connection and serves it until it ends or `close` fires: registers it (no
+/// CAP), answers PINGs and what `respond` answers, and passes every line to `lines`.
+async fn serve(
+    listener: &TcpListener,
+    lines: mpsc::UnboundedSender<String>,
+    respond: impl Fn(&str) -> Vec<String> + Send + 'static,
+    close: Option<oneshot::Receiver<()>>,
 ) {
     let (sock, _) = listener.accept().await.expect("accept");
     tokio::spawn(async move {
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r).lines();
-        while let Ok(Some(line)) = r.next_line().await {
+        let closed = async move {
+            match close {
+                Some(close) => {
+                    let _ = close.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(closed);
+        loop {
+            let line = tokio::select! {
+                () = &mut closed => return,
+                line = r.next_line() => line,
+            };
+            let Ok(Some(line)) = line else { return };
+            let mut out = Vec::new();
             if let Some(token) = line.strip_prefix("PING ") {
-                let _ = w
-                    .write_all(format!(":fake PONG fake {token}\r\n").as_bytes())
-                    .await;
+                out.push(format!(":fake PONG fake {token}"));
             }
             if let Some(nick) = line.strip_prefix("NICK ") {
-                let _ = w
-                    .write_all(format!(":fake 001 {nick} :hi\r\n:fake 005 {nick} NICKLEN=9 :ok\r\n:fake 376 {nick} :end\r\n").as_bytes())
-                    .await;
+                out.extend([
+                    format!(":fake 001 {nick} :hi"),
+                    format!(":fake 005 {nick} NICKLEN=9 :ok"),
+                    format!(":fake 376 {nick} :end"),
+                ]);
             }
-            for out in respond(&line) {
-                let _ = w.write_all(format!("{out}\r\n").as_bytes()).await;
+            out.extend(respond(&line));
+            for o in out {
+                let _ = w.write_all(format!("{o}\r\n").as_bytes()).await;
             }
             let _ = lines.send(line);
         }
@@ -109,8 +110,7 @@ pub(crate) async fn serve_scripted(
 
 /// Waits (at most 30 s) until `want` arrives among `rx`'s lines.
 pub(crate) async fn expect_line(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
-    let deadline = Duration::from_secs(30);
-    let found = tokio::time::timeout(deadline, async {
+    let found = tokio::time::timeout(WAIT, async {
         while let Some(l) = rx.recv().await {
             if l == want {
                 return true;
@@ -140,31 +140,21 @@ pub(crate) fn count_said(
     (said.iter().filter(|l| *l == want).count(), said)
 }
 
-/// A running adapter and the gateway's ends of its channels.
-pub(crate) struct Harness {
-    pub(crate) deliveries: mpsc::Sender<Delivery>,
-    pub(crate) delivered: mpsc::UnboundedReceiver<Delivered>,
-    pub(crate) commands: mpsc::Receiver<junction_core::Command>,
-    pub(crate) status: watch::Receiver<NetworkStatus>,
-    pub(crate) inbound: mpsc::Receiver<Inbound>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) task: JoinHandle<Result<(), AdapterError>>,
-    _rooms: watch::Sender<Vec<RoomId>>,
-}
-
-impl Harness {
-    /// The next answer to a delivery (at most 30 s away).
-    pub(crate) async fn answered(&mut self) -> Delivered {
-        tokio::time::timeout(Duration::from_secs(30), self.delivered.recv())
-            .await
-            .expect("answered")
-            .expect("open")
-    }
+/// The next answer to a delivery (at most 30 s away).
+pub(crate) async fn answered(h: &mut Solo) -> Delivered {
+    h.next_delivered(WAIT).await.expect("answered")
 }
 
 /// The adapter in `mode` for the fake server at `addr`, on a store of its own, linked to `#t`.
-pub(crate) fn harness(addr: std::net::SocketAddr, mode: IrcMode) -> Harness {
+pub(crate) fn harness(addr: std::net::SocketAddr, mode: IrcMode) -> Solo {
     harness_with(config(addr, mode), Arc::new(MemStore::new()), None)
+}
+
+/// A listener for the fake server on a free port, and the adapter in `mode` for it.
+pub(crate) async fn started(mode: IrcMode) -> (TcpListener, Solo) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let h = harness(listener.local_addr().expect("addr"), mode);
+    (listener, h)
 }
 
 /// The adapter's config for the fake server at `addr`: bot nick `junction`, `mode`.
@@ -180,39 +170,14 @@ pub(crate) fn harness_with(
     cfg: IrcConfig,
     store: Arc<dyn Store>,
     pastes: Option<Arc<dyn Pastes>>,
-) -> Harness {
-    let adapter = IrcAdapter::new(cfg);
-    let (in_tx, in_rx) = mpsc::channel(16);
-    let (d_tx, d_rx) = mpsc::channel(16);
-    let (ok_tx, ok_rx) = mpsc::unbounded_channel();
-    let (rooms_tx, rooms_rx) = watch::channel(vec![RoomId::new("#t")]);
-    let (cmd_tx, cmd_rx) = mpsc::channel(4);
-    let (status_tx, status_rx) = watch::channel(NetworkStatus::Connecting);
-    let shutdown = CancellationToken::new();
-    let cx = AdapterContext {
-        network: NetworkId::new(NETWORK),
-        inbound: in_tx,
-        deliveries: d_rx,
-        delivered: ok_tx,
-        rooms: rooms_rx,
-        shutdown: shutdown.clone(),
-        commands: cmd_tx,
-        status: status_tx,
-        puppets: watch::channel(0).0,
-        store: junction_store::scoped(store, NetworkId::new(NETWORK)),
+) -> Solo {
+    solo_with(
+        IrcAdapter::new(cfg),
+        store,
         pastes,
-    };
-    let task = tokio::spawn(adapter.run(cx));
-    Harness {
-        deliveries: d_tx,
-        delivered: ok_rx,
-        commands: cmd_rx,
-        status: status_rx,
-        inbound: in_rx,
-        shutdown,
-        task,
-        _rooms: rooms_tx,
-    }
+        NetworkId::new(NETWORK),
+        vec![RoomId::new("#t")],
+    )
 }
 
 /// Pastes kept in memory: `https://chat.example.org/paste/<n>`, the same origin the same `n`.

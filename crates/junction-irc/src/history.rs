@@ -481,8 +481,8 @@ mod tests {
     mod replays {
         use super::super::*;
         use crate::fake_server::{
-            config, count_said, delivery, drain, expect_line, harness, harness_with,
-            serve_scripted, NETWORK,
+            answered, config, count_said, delivery, drain, expect_line, harness_with,
+            serve_scripted, started, NETWORK,
         };
         use crate::IrcMode;
         use junction_core::{MessageId, NetworkId, UserRef};
@@ -502,31 +502,42 @@ mod tests {
             out
         }
 
+        /// Answers the bot's JOIN of `#t` with `lines` replayed as its history.
+        fn replaying(lines: &'static [&'static str]) -> impl Fn(&str) -> Vec<String> + Send {
+            move |line| {
+                if line == "JOIN #t" {
+                    history_of_t(lines)
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+
+        /// Waits for the answer to the delivery of `one` as outbox row 1 made before the
+        /// bot connected, which the replayed history shows already said: answered with the
+        /// id of its first line, not said again.
+        async fn first_answered_from_history(h: &mut junction_testkit::Solo) {
+            let ok = answered(h).await;
+            assert_eq!(ok.outbox_id, 1);
+            assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+        }
+
         /// After an unclean stop, a delivery the channel's replayed history already shows is
         /// answered as delivered and not said again; a later equal line is said; someone
         /// else's replayed line is not relayed on the first connection to a network.
         #[tokio::test]
         async fn a_delivery_found_in_the_replayed_history_is_not_said_again() {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+            let (listener, mut h) = started(IrcMode::Relay).await;
             h.deliveries.send(delivery(1, "one")).await.expect("queued");
             let (lines_tx, mut lines) = mpsc::unbounded_channel();
-            serve_scripted(&listener, lines_tx, |line| {
-                if line == "JOIN #t" {
-                    history_of_t(&[
-                        "time=2026-01-01T00:00:00.000Z;msgid=m1 :bob!b@h PRIVMSG #t :earlier",
-                        "time=2026-01-01T00:00:01.000Z;msgid=m2 :junction!j@h PRIVMSG #t :<alice[m]> one",
-                    ])
-                } else {
-                    Vec::new()
-                }
-            })
-            .await;
-            let ok = h.answered().await;
-            assert_eq!(ok.outbox_id, 1);
-            assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+            let history = replaying(&[
+                "time=2026-01-01T00:00:00.000Z;msgid=m1 :bob!b@h PRIVMSG #t :earlier",
+                "time=2026-01-01T00:00:01.000Z;msgid=m2 :junction!j@h PRIVMSG #t :<alice[m]> one",
+            ]);
+            serve_scripted(&listener, lines_tx, history).await;
+            first_answered_from_history(&mut h).await;
             h.deliveries.send(delivery(2, "one")).await.expect("queued");
-            let ok = h.answered().await;
+            let ok = answered(&mut h).await;
             assert_eq!(ok.outbox_id, 2);
             let (ones, said) = count_said(&mut lines, "PRIVMSG #t :<alice[m]> one");
             assert_eq!(ones, 1, "{said:?}");
@@ -612,8 +623,7 @@ mod tests {
         async fn after_a_reconnect_an_equal_replayed_line_does_not_stop_a_new_delivery() {
             use std::sync::atomic::{AtomicUsize, Ordering};
             static JOINS: AtomicUsize = AtomicUsize::new(0);
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Relay);
+            let (listener, mut h) = started(IrcMode::Relay).await;
             let respond = |line: &str| -> Vec<String> {
                 if line == "JOIN #t" && JOINS.fetch_add(1, Ordering::SeqCst) > 0 {
                     return history_of_t(&[
@@ -630,13 +640,13 @@ mod tests {
             serve_scripted(&listener, lines_tx.clone(), respond).await;
             expect_line(&mut lines, "JOIN #t").await;
             h.deliveries.send(delivery(1, "one")).await.expect("queued");
-            let ok = h.answered().await;
+            let ok = answered(&mut h).await;
             assert_eq!(ok.outbox_id, 1);
             // The bot has read the ERROR and is registering again, waiting for the server.
             tokio::time::sleep(Duration::from_millis(300)).await;
             h.deliveries.send(delivery(2, "one")).await.expect("queued");
             serve_scripted(&listener, lines_tx, respond).await;
-            let ok = h.answered().await;
+            let ok = answered(&mut h).await;
             assert_eq!(ok.outbox_id, 2);
             let (ones, said) = count_said(&mut lines, "PRIVMSG #t :<alice[m]> one");
             assert_eq!(ones, 2, "{said:?}");
@@ -661,19 +671,11 @@ mod tests {
             let mut h = harness_with(config(addr, IrcMode::Puppet), store, None);
             h.deliveries.send(delivery(1, "one")).await.expect("queued");
             let (lines_tx, mut lines) = mpsc::unbounded_channel();
-            serve_scripted(&listener, lines_tx, |line| {
-                if line == "JOIN #t" {
-                    history_of_t(&[
-                        "time=2026-01-01T00:00:01.000Z;msgid=m2 :Alice[m]!a@h PRIVMSG #t :one",
-                    ])
-                } else {
-                    Vec::new()
-                }
-            })
-            .await;
-            let ok = h.answered().await;
-            assert_eq!(ok.outbox_id, 1);
-            assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
+            let history = replaying(&[
+                "time=2026-01-01T00:00:01.000Z;msgid=m2 :Alice[m]!a@h PRIVMSG #t :one",
+            ]);
+            serve_scripted(&listener, lines_tx, history).await;
+            first_answered_from_history(&mut h).await;
             let said = drain(&mut lines);
             assert!(!said.iter().any(|l| l.contains(":one")), "{said:?}");
             assert!(h.inbound.try_recv().is_err(), "our own line is not relayed");

@@ -572,7 +572,7 @@ mod tests {
     /// link, and the gateway's pastes hold its whole text under the delivery's origin.
     #[tokio::test]
     async fn a_long_message_goes_out_cut_with_a_link_to_its_whole_text() {
-        use crate::fake_server::{self, expect_line, harness_with, serve_one, MemPastes};
+        use crate::fake_server::{self, answered, expect_line, harness_with, serve_one, MemPastes};
         use crate::IrcMode;
         use std::sync::Arc;
         use std::time::Duration;
@@ -629,7 +629,7 @@ mod tests {
         assert_eq!(paste, text);
         let d = fake_server::delivery(1, &text);
         assert_eq!(origin, format!("{}\n{}", d.event.id, d.target));
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         h.shutdown.cancel();
     }

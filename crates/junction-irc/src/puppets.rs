@@ -654,26 +654,22 @@ fn finish(spec: &Spec, sh: &Shared, s: &Session, w: Work) {
 
 #[cfg(test)]
 mod tests {
-    use crate::fake_server::{delivery, expect_line, harness, serve_scripted};
+    use crate::fake_server::{answered, delivery, expect_line, joined, serve_scripted, started};
     use crate::IrcMode;
     use junction_core::{EventKind, MessageId};
-    use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn a_remote_user_speaks_through_their_own_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
-        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
-        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
-        expect_line(&mut bot_lines, "JOIN #t").await;
+        let (listener, mut h) = started(IrcMode::Puppet).await;
+        let _bot_lines = joined(&listener, |_| Vec::new()).await;
         h.deliveries.send(delivery(1, "hi")).await.expect("send");
         let (p_tx, mut p_lines) = mpsc::unbounded_channel();
         serve_scripted(&listener, p_tx, |_| Vec::new()).await;
         expect_line(&mut p_lines, "NICK alice[m]").await;
         expect_line(&mut p_lines, "JOIN #t").await;
         expect_line(&mut p_lines, "PRIVMSG #t :hi").await;
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outcome, Ok(vec![MessageId::new("1.0")]));
         // The same user's next message and their leaving go through the same connection.
         h.deliveries.send(delivery(2, "again")).await.expect("send");
@@ -686,7 +682,7 @@ mod tests {
         h.deliveries.send(leave).await.expect("send");
         expect_line(&mut p_lines, "PART #t :bye").await;
         for want in [2, 3] {
-            let ok = h.answered().await;
+            let ok = answered(&mut h).await;
             assert_eq!(ok.outbox_id, want);
         }
         h.shutdown.cancel();
@@ -694,17 +690,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_puppet_that_can_not_connect_is_relayed_by_the_bot() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut h = harness(listener.local_addr().expect("addr"), IrcMode::Puppet);
-        let (bot_tx, mut bot_lines) = mpsc::unbounded_channel();
-        serve_scripted(&listener, bot_tx, |_| Vec::new()).await;
-        expect_line(&mut bot_lines, "JOIN #t").await;
+        let (listener, mut h) = started(IrcMode::Puppet).await;
+        let mut bot_lines = joined(&listener, |_| Vec::new()).await;
         h.deliveries.send(delivery(1, "hi")).await.expect("send");
         // The puppet's connection is accepted and closed at once.
         let (sock, _) = listener.accept().await.expect("accept");
         drop(sock);
         expect_line(&mut bot_lines, "PRIVMSG #t :<alice[m]> hi").await;
-        let ok = h.answered().await;
+        let ok = answered(&mut h).await;
         assert_eq!(ok.outbox_id, 1);
         h.shutdown.cancel();
     }
