@@ -4,39 +4,42 @@
 
 use junction_core::format::Span;
 use junction_core::{
-    Command, Delivered, Delivery, Event, EventKind, Message, MessageId, NetworkId, NetworkStatus,
-    RichText, RoomId, RoomRef, Secret, Sender, UserRef,
+    Delivery, Event, EventKind, Message, MessageId, NetworkId, RichText, RoomId, RoomRef, Secret,
+    Sender, UserRef,
 };
 use junction_matrix::client::{Client, Method};
 use junction_matrix::config::MatrixConfig;
 use junction_matrix::MatrixAdapter;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
-use junction_testkit::{eventually, solo, unique, Solo};
+use junction_testkit::{eventually, is_message, solo, unique, Solo};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// A running adapter and the gateway's ends of its channels.
+/// A running adapter, the gateway's ends of its channels (through `Deref`) and the test's
+/// stand-in for the gateway.
 struct Running {
-    deliveries: mpsc::Sender<Delivery>,
-    delivered: mpsc::UnboundedReceiver<Delivered>,
+    solo: Solo,
     /// Every event the adapter sent, with whether its ack was Ok.
     seen: Arc<Mutex<Vec<(Event, bool)>>>,
-    /// Admin commands people typed to the bot.
-    commands: mpsc::Receiver<Command>,
-    /// The adapter's state as /health would show it.
-    status: watch::Receiver<NetworkStatus>,
-    /// The linked rooms, kept so the adapter keeps them.
-    _rooms: watch::Sender<Vec<RoomId>>,
-    shutdown: CancellationToken,
-    /// The adapter's run.
-    task: tokio::task::JoinHandle<Result<(), junction_core::AdapterError>>,
     /// The test's stand-in for the gateway, answering what the adapter sends.
     gateway: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Solo;
+    fn deref(&self) -> &Solo {
+        &self.solo
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Solo {
+        &mut self.solo
+    }
 }
 
 impl Running {
@@ -45,14 +48,21 @@ impl Running {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(e, _)| matches!(&e.kind, EventKind::Message(m) if m.body.to_plain() == body))
+            .filter(|(e, _)| is_message(e, body))
             .cloned()
             .collect()
     }
 
+    /// The first event the adapter sent that is a message with exactly `body`, waited for.
+    async fn wait_body(&self, what: &str, body: &str) -> anyhow::Result<(Event, bool)> {
+        eventually(DEADLINE, what, || async {
+            self.seen_with_body(body).into_iter().next()
+        })
+        .await
+    }
+
     async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.task.await;
+        let _ = self.solo.stop().await;
         let _ = self.gateway.await;
     }
 }
@@ -69,6 +79,24 @@ fn config(servers: &Servers, slot: &Slot) -> MatrixConfig {
         user_prefix: slot.user_prefix.clone(),
         origin_marks: true,
     }
+}
+
+/// A new alias in the slot's namespace (Synapse lets an appservice create only those).
+fn alias(servers: &Servers, slot: &Slot, name: &str) -> String {
+    format!(
+        "#{}{}:{}",
+        slot.user_prefix,
+        unique(name),
+        servers.matrix.server_name
+    )
+}
+
+/// The Matrix id of the slot's ghost with the localpart `local` after its prefix.
+fn ghost(servers: &Servers, slot: &Slot, local: &str) -> String {
+    format!(
+        "@{}{local}:{}",
+        slot.user_prefix, servers.matrix.server_name
+    )
 }
 
 /// How the test's stand-in for the gateway answers the adapter's events.
@@ -108,20 +136,11 @@ fn start_with_admins(
     let adapter = MatrixAdapter::new(config(servers, slot))
         .allow_private_media_urls()
         .with_admins(admins);
-    let Solo {
-        deliveries,
-        delivered,
-        mut inbound,
-        commands,
-        status,
-        rooms,
-        shutdown,
-        task,
-        ..
-    } = solo(adapter, NetworkId::new("matrix"), rooms);
+    let mut solo = solo(adapter, NetworkId::new("matrix"), rooms);
+    let mut inbound = solo.take_inbound();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_gateway = seen.clone();
-    let stop = shutdown.clone();
+    let stop = solo.shutdown.clone();
     let gateway = tokio::spawn(async move {
         let mut failed = false;
         let mut dead = false;
@@ -157,14 +176,8 @@ fn start_with_admins(
         }
     });
     Running {
-        deliveries,
-        delivered,
+        solo,
         seen,
-        commands,
-        status,
-        _rooms: rooms,
-        shutdown,
-        task,
         gateway,
     }
 }
@@ -213,17 +226,35 @@ impl User {
     }
 
     async fn say(&self, room_id: &str, body: &str) -> anyhow::Result<String> {
+        self.send(
+            room_id,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+    }
+
+    /// Sends an event of `kind` with `content` to the room; its event id.
+    async fn send(&self, room_id: &str, kind: &str, content: Value) -> anyhow::Result<String> {
         Ok(self
             .client
-            .send(
-                room_id,
-                "m.room.message",
-                &unique("t"),
-                &json!({"msgtype": "m.text", "body": body}),
-                None,
-                None,
-            )
+            .send(room_id, kind, &unique("t"), &content, None, None)
             .await?)
+    }
+
+    /// Sends `body` formatted as `html`; its event id.
+    async fn say_html(&self, room_id: &str, body: &str, html: &str) -> anyhow::Result<String> {
+        self.send(
+            room_id,
+            "m.room.message",
+            json!({
+                "msgtype": "m.text",
+                "body": body,
+                "format": "org.matrix.custom.html",
+                "formatted_body": html,
+            }),
+        )
+        .await
     }
 
     /// The latest events of a room, newest first.
@@ -262,6 +293,20 @@ fn irc_message(text: &str) -> Event {
     )
 }
 
+/// Starts the adapter linked to `alias` (answering as `policy` says) and joins a new user,
+/// alice, to the room it makes for the alias; the adapter, alice and the room's id.
+async fn start_in(
+    servers: &Servers,
+    slot: &Slot,
+    alias: &str,
+    policy: Policy,
+) -> anyhow::Result<(Running, User, String)> {
+    let gw = start(servers, slot, vec![RoomId::new(alias)], policy);
+    let alice = User::new(servers).await?;
+    let room_id = join_by_alias(&alice, alias).await?;
+    Ok((gw, alice, room_id))
+}
+
 /// Waits until the alias exists (the adapter created the room) and joins it as `user`.
 /// Synapse makes the alias before the room's join rules, so a join right after the alias
 /// appears may be refused ("not invited") for a moment: it is tried until it passes.
@@ -282,38 +327,16 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
     let servers = servers().await?;
     let slot = slot().await?;
     // In the slot's alias namespace: Synapse lets an appservice create only those.
-    let alias = format!(
-        "#{}{}:{}",
-        slot.user_prefix,
-        unique("lobby"),
-        servers.matrix.server_name
-    );
-    let mut gw = start(
-        servers,
-        &slot,
-        vec![RoomId::new(alias.clone())],
-        Policy::Store,
-    );
-
+    let alias = alias(servers, &slot, "lobby");
     // The alias was free: the adapter made a public room for it.
-    let alice = User::new(servers).await?;
-    let room_id = join_by_alias(&alice, &alias).await?;
+    let (mut gw, alice, room_id) = start_in(servers, &slot, &alias, Policy::Store).await?;
 
     // A message from IRC: Bob's ghost says it in the room.
     let text = unique("hello from irc ");
     let event = irc_message(&text);
-    let delivery = Delivery {
-        outbox_id: 1,
-        bridge: "lobby".into(),
-        target: RoomRef::new("matrix", alias.as_str()),
-        event: event.clone(),
-        reply_to: Vec::new(),
-        target_ids: Vec::new(),
-    };
+    let delivery = delivery(1, &alias, event.clone());
     gw.deliveries.send(delivery.clone()).await?;
-    let answer = tokio::time::timeout(DEADLINE, gw.delivered.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let answer = gw.next_delivered(DEADLINE).await?;
     assert_eq!(answer.outbox_id, 1);
     assert_eq!(answer.event, event.id);
     let ids = answer
@@ -321,10 +344,7 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("delivery failed: {e}"))?;
     assert_eq!(ids.len(), 1);
 
-    let ghost = format!(
-        "@{}irc_local__bob:{}",
-        slot.user_prefix, servers.matrix.server_name
-    );
+    let ghost = ghost(servers, &slot, "irc_local__bob");
     let seen = eventually(DEADLINE, "alice seeing the ghost's message", || async {
         alice
             .recent(&room_id)
@@ -346,18 +366,15 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
 
     // The same delivery again (a retry after a restart) makes no second message.
     gw.deliveries.send(delivery).await?;
-    let again = tokio::time::timeout(DEADLINE, gw.delivered.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let again = gw.next_delivered(DEADLINE).await?;
     assert_eq!(again.outcome, Ok(ids.clone()));
 
     // Alice speaks: the gateway gets it from the room as written in the link.
     let said = unique("hello from matrix ");
     let event_id = alice.say(&room_id, &said).await?;
-    let got = eventually(DEADLINE, "alice's message at the gateway", || async {
-        gw.seen_with_body(&said).into_iter().next()
-    })
-    .await?;
+    let got = gw
+        .wait_body("alice's message at the gateway", &said)
+        .await?;
     let (event, _) = got;
     assert_eq!(event.origin, RoomRef::new("matrix", alias.as_str()));
     assert_eq!(event.remote_id, MessageId::new(event_id));
@@ -373,27 +390,13 @@ async fn ghost_speaks_and_matrix_user_reaches_the_gateway() -> anyhow::Result<()
 async fn a_transaction_that_failed_to_store_is_resent_and_arrives_once() -> anyhow::Result<()> {
     let servers = servers().await?;
     let slot = slot().await?;
-    let alias = format!(
-        "#{}{}:{}",
-        slot.user_prefix,
-        unique("durable"),
-        servers.matrix.server_name
-    );
+    let alias = alias(servers, &slot, "durable");
     let first = unique("first ");
-    let gw = start(
-        servers,
-        &slot,
-        vec![RoomId::new(alias.clone())],
-        Policy::FailOnce(first.clone()),
-    );
-    let alice = User::new(servers).await?;
-    let room_id = join_by_alias(&alice, &alias).await?;
+    let (gw, alice, room_id) =
+        start_in(servers, &slot, &alias, Policy::FailOnce(first.clone())).await?;
 
     alice.say(&room_id, &first).await?;
-    eventually(DEADLINE, "the failed first attempt", || async {
-        gw.seen_with_body(&first).first().map(|_| ())
-    })
-    .await?;
+    gw.wait_body("the failed first attempt", &first).await?;
     // Synapse retries with backoff; a ping makes it retry at once.
     let as_client = Client::new(
         &servers.matrix.url,
@@ -403,10 +406,7 @@ async fn a_transaction_that_failed_to_store_is_resent_and_arrives_once() -> anyh
     let _ = as_client.ping(&slot.as_id, &unique("p")).await;
     let second = unique("second ");
     alice.say(&room_id, &second).await?;
-    eventually(DEADLINE, "the later message", || async {
-        gw.seen_with_body(&second).first().map(|_| ())
-    })
-    .await?;
+    gw.wait_body("the later message", &second).await?;
     // Transactions are answered in order, so the first one was resent and stored before
     // the second arrived: one failed attempt, one stored copy, nothing more.
     let copies = gw.seen_with_body(&first);
@@ -426,9 +426,7 @@ async fn a_transaction_that_failed_to_store_is_resent_and_arrives_once() -> anyh
 async fn deliver(gw: &mut Running, d: Delivery) -> anyhow::Result<Vec<MessageId>> {
     let outbox = d.outbox_id;
     gw.deliveries.send(d).await?;
-    let answer = tokio::time::timeout(DEADLINE, gw.delivered.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let answer = gw.next_delivered(DEADLINE).await?;
     assert_eq!(answer.outbox_id, outbox);
     answer
         .outcome
@@ -506,20 +504,8 @@ async fn serve_file(body: &'static [u8]) -> anyhow::Result<String> {
 async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Result<()> {
     let servers = servers().await?;
     let slot = slot().await?;
-    let alias = format!(
-        "#{}{}:{}",
-        slot.user_prefix,
-        unique("rich"),
-        servers.matrix.server_name
-    );
-    let mut gw = start(
-        servers,
-        &slot,
-        vec![RoomId::new(alias.clone())],
-        Policy::Store,
-    );
-    let alice = User::new(servers).await?;
-    let room_id = join_by_alias(&alice, &alias).await?;
+    let alias = alias(servers, &slot, "rich");
+    let (mut gw, alice, room_id) = start_in(servers, &slot, &alias, Policy::Store).await?;
     let alice_said = alice.say(&room_id, "question?").await?;
 
     // Bob (IRC) answers alice's message.
@@ -632,30 +618,18 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
 
     // Alice edits, reacts, deletes: each reaches the gateway in its own kind.
     alice
-        .client
         .send(
             &room_id,
             "m.room.message",
-            &unique("t"),
-            &json!({
+            json!({
                 "msgtype": "m.text", "body": "* question!",
                 "m.new_content": {"msgtype": "m.text", "body": "question!"},
                 "m.relates_to": {"rel_type": "m.replace", "event_id": alice_said},
             }),
-            None,
-            None,
         )
         .await?;
     let reaction_id = alice
-        .client
-        .send(
-            &room_id,
-            "m.reaction",
-            &unique("t"),
-            &json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": answer_ids[0].as_str(), "key": "🎉"}}),
-            None,
-            None,
-        )
+        .send(&room_id, "m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": answer_ids[0].as_str(), "key": "🎉"}}))
         .await?;
     alice
         .client
@@ -707,15 +681,7 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
         .upload(bytes_of(b"hello file"), "text/plain", "notes.txt")
         .await?;
     let file_event = alice
-        .client
-        .send(
-            &room_id,
-            "m.room.message",
-            &unique("t"),
-            &json!({"msgtype": "m.file", "body": "notes.txt", "url": mxc, "info": {"mimetype": "text/plain"}}),
-            None,
-            None,
-        )
+        .send(&room_id, "m.room.message", json!({"msgtype": "m.file", "body": "notes.txt", "url": mxc, "info": {"mimetype": "text/plain"}}))
         .await?;
     let link = eventually(DEADLINE, "alice's file at the gateway", || {
         let seen = gw.seen.clone();
@@ -776,10 +742,7 @@ async fn replies_edits_reactions_redactions_and_media_both_ways() -> anyhow::Res
         ),
     )
     .await?;
-    let ghost = format!(
-        "@{}irc_local__bob:{}",
-        slot.user_prefix, servers.matrix.server_name
-    );
+    let ghost = ghost(servers, &slot, "irc_local__bob");
     eventually(DEADLINE, "the ghost's new display name", || async {
         let m = alice
             .client
@@ -851,37 +814,20 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
         vec![alice.id.clone()],
     );
     let room_id = join_by_alias(&alice, &alias).await?;
-    eventually(
-        DEADLINE,
-        "the adapter reporting itself connected",
-        || async { (*gw.status.borrow() == NetworkStatus::Connected).then_some(()) },
-    )
-    .await?;
+    gw.connected(DEADLINE).await?;
 
     // Alice writes bold: it arrives as rich text with bold, not as markup.
     let marker = unique("fmt");
     alice
-        .client
-        .send(
+        .say_html(
             &room_id,
-            "m.room.message",
-            &unique("t"),
-            &json!({
-                "msgtype": "m.text",
-                "body": format!("{marker} **loud**"),
-                "format": "org.matrix.custom.html",
-                "formatted_body": format!("{marker} <strong>loud</strong><script>x</script>"),
-            }),
-            None,
-            None,
+            &format!("{marker} **loud**"),
+            &format!("{marker} <strong>loud</strong><script>x</script>"),
         )
         .await?;
-    let (event, _) = eventually(DEADLINE, "alice's formatted message", || async {
-        gw.seen_with_body(&format!("{marker} loud"))
-            .into_iter()
-            .next()
-    })
-    .await?;
+    let (event, _) = gw
+        .wait_body("alice's formatted message", &format!("{marker} loud"))
+        .await?;
     let EventKind::Message(m) = event.kind else {
         anyhow::bail!("not a message: {:?}", event.kind)
     };
@@ -914,33 +860,18 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
     );
 
     // Pills: alice's pill to Bob's ghost names Bob of IRC; Bob named by IRC becomes a pill.
-    let bob_ghost = format!(
-        "@{}irc_local__bob:{}",
-        slot.user_prefix, servers.matrix.server_name
-    );
+    let bob_ghost = ghost(servers, &slot, "irc_local__bob");
     let marker = unique("pill");
     alice
-        .client
-        .send(
+        .say_html(
             &room_id,
-            "m.room.message",
-            &unique("t"),
-            &json!({
-                "msgtype": "m.text",
-                "body": format!("Bob: {marker}"),
-                "format": "org.matrix.custom.html",
-                "formatted_body": format!("<a href=\"https://matrix.to/#/{bob_ghost}\">Bob</a>: {marker}"),
-            }),
-            None,
-            None,
+            &format!("Bob: {marker}"),
+            &format!("<a href=\"https://matrix.to/#/{bob_ghost}\">Bob</a>: {marker}"),
         )
         .await?;
-    let (event, _) = eventually(DEADLINE, "alice's pill", || async {
-        gw.seen_with_body(&format!("Bob: {marker}"))
-            .into_iter()
-            .next()
-    })
-    .await?;
+    let (event, _) = gw
+        .wait_body("alice's pill", &format!("Bob: {marker}"))
+        .await?;
     let EventKind::Message(m) = event.kind else {
         anyhow::bail!("not a message: {:?}", event.kind)
     };
@@ -977,10 +908,7 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
 
     // Carol (IRC) joins: her ghost joins. She renames herself, then leaves.
     let carol = Sender::new(UserRef::new("irc:local", "carol"), "carol");
-    let carol_ghost = format!(
-        "@{}irc_local_carol:{}",
-        slot.user_prefix, servers.matrix.server_name
-    );
+    let carol_ghost = ghost(servers, &slot, "irc_local_carol");
     let mut join = irc_event(EventKind::Join);
     join.sender = carol.clone();
     assert!(deliver(&mut gw, delivery(2, &alias, join))
@@ -1135,32 +1063,25 @@ async fn a_transaction_unanswered_when_the_gateway_dies_arrives_after_restart() 
 {
     let servers = servers().await?;
     let slot = slot().await?;
-    let alias = format!(
-        "#{}{}:{}",
-        slot.user_prefix,
-        unique("restart"),
-        servers.matrix.server_name
-    );
-    let rooms = vec![RoomId::new(alias.clone())];
+    let alias = alias(servers, &slot, "restart");
     let lost = unique("said while dying ");
     // The first gateway never stores this message: it "dies" before acknowledging.
-    let gw = start(servers, &slot, rooms.clone(), Policy::DieAt(lost.clone()));
-    let alice = User::new(servers).await?;
-    let room_id = join_by_alias(&alice, &alias).await?;
+    let (gw, alice, room_id) =
+        start_in(servers, &slot, &alias, Policy::DieAt(lost.clone())).await?;
     alice.say(&room_id, &lost).await?;
-    eventually(DEADLINE, "the message at the dying gateway", || async {
-        gw.seen_with_body(&lost).first().map(|_| ())
-    })
-    .await?;
+    gw.wait_body("the message at the dying gateway", &lost)
+        .await?;
     let first_copies = gw.seen_with_body(&lost);
     gw.stop().await;
 
     // A new gateway on the same appservice: Synapse resends the unanswered transaction.
-    let gw = start(servers, &slot, rooms, Policy::Store);
-    let (event, stored) = eventually(DEADLINE, "the message after the restart", || async {
-        gw.seen_with_body(&lost).into_iter().next()
-    })
-    .await?;
+    let gw = start(
+        servers,
+        &slot,
+        vec![RoomId::new(alias.clone())],
+        Policy::Store,
+    );
+    let (event, stored) = gw.wait_body("the message after the restart", &lost).await?;
     assert!(stored);
     assert_eq!(event.origin, RoomRef::new("matrix", alias.as_str()));
     assert!(first_copies.iter().all(|(_, stored)| !stored));
@@ -1202,9 +1123,7 @@ async fn encrypted_rooms_are_refused() -> anyhow::Result<()> {
     gw.deliveries
         .send(delivery(1, &room_id, irc_message("secret?")))
         .await?;
-    let answer = tokio::time::timeout(DEADLINE, gw.delivered.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("adapter stopped"))?;
+    let answer = gw.next_delivered(DEADLINE).await?;
     let why = answer.outcome.err().unwrap_or_default();
     assert!(why.contains("not linked"), "{why}");
     gw.stop().await;

@@ -84,11 +84,17 @@ impl Solo {
         Ok(())
     }
 
+    /// Takes the receiver of inbound events, for a stand-in for the gateway of the test's own;
+    /// `inbound` is closed after.
+    pub fn take_inbound(&mut self) -> mpsc::Receiver<Inbound> {
+        let (_, closed) = mpsc::channel(1);
+        std::mem::replace(&mut self.inbound, closed)
+    }
+
     /// From now on keeps every inbound event in the returned [`Inbox`] and acknowledges it as
     /// stored, as the gateway does once an event is durable; `inbound` is closed after.
     pub fn inbox(&mut self) -> Inbox {
-        let (_, closed) = mpsc::channel(1);
-        let mut inbound = std::mem::replace(&mut self.inbound, closed);
+        let mut inbound = self.take_inbound();
         let inbox = Inbox::default();
         let events = inbox.events.clone();
         tokio::spawn(async move {
