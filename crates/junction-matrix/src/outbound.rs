@@ -415,58 +415,70 @@ pub(crate) async fn send_message(
     m: &Message,
     ts: Option<u64>,
 ) -> Result<Vec<MessageId>, DeliverError> {
+    let to = Parts {
+        sh,
+        d,
+        room_id,
+        ghost,
+        ts,
+    };
     let mut ids = Vec::new();
+    // The first part sent answers the message replied to.
     let reply = d.reply_to.first();
     let mut part = 0;
     if !m.body.is_empty() {
-        let mut content = text_content(msgtype(m.kind), &m.body, sh);
+        let content = text_content(msgtype(m.kind), &m.body, sh);
+        ids.push(to.send(part, content, reply).await?);
+    }
+    for att in &m.attachments {
+        part += 1;
+        let content = attachment_content(sh, att).await?;
+        let reply = reply.filter(|_| ids.is_empty());
+        ids.push(to.send(part, content, reply).await?);
+    }
+    if ids.is_empty() {
+        return Err(DeliverError::Permanent("empty message".into()));
+    }
+    Ok(ids)
+}
+
+/// Where the parts of one delivered message go, and as whom.
+struct Parts<'a> {
+    sh: &'a Shared,
+    d: &'a Delivery,
+    room_id: &'a str,
+    ghost: Option<&'a str>,
+    ts: Option<u64>,
+}
+
+impl Parts<'_> {
+    /// Sends part `part` (its own transaction id) with `content`, a reply to `reply` if any.
+    async fn send(
+        &self,
+        part: usize,
+        mut content: Map<String, Value>,
+        reply: Option<&MessageId>,
+    ) -> Result<MessageId, DeliverError> {
         if let Some(r) = reply {
             content.insert(
                 "m.relates_to".into(),
                 json!({"m.in_reply_to": {"event_id": r.as_str()}}),
             );
         }
-        let id = sh
+        let id = self
+            .sh
             .client
             .send(
-                room_id,
+                self.room_id,
                 "m.room.message",
-                &txn_id(d, part),
+                &txn_id(self.d, part),
                 &Value::Object(content),
-                ghost,
-                ts,
+                self.ghost,
+                self.ts,
             )
             .await?;
-        ids.push(MessageId::new(id));
+        Ok(MessageId::new(id))
     }
-    for att in &m.attachments {
-        part += 1;
-        let mut content = attachment_content(sh, att).await?;
-        if ids.is_empty() {
-            if let Some(r) = reply {
-                content.insert(
-                    "m.relates_to".into(),
-                    json!({"m.in_reply_to": {"event_id": r.as_str()}}),
-                );
-            }
-        }
-        let id = sh
-            .client
-            .send(
-                room_id,
-                "m.room.message",
-                &txn_id(d, part),
-                &Value::Object(content),
-                ghost,
-                ts,
-            )
-            .await?;
-        ids.push(MessageId::new(id));
-    }
-    if ids.is_empty() {
-        return Err(DeliverError::Permanent("empty message".into()));
-    }
-    Ok(ids)
 }
 
 /// The content for an attachment: uploaded to the media repository when it can be fetched,
