@@ -4,7 +4,7 @@
 //! spans; colours (`\x03` with their digits, `\x04` with hex) and reverse `\x16` are dropped;
 //! `\x0F` resets; any other C0 control is removed. Rendering never emits `\r` or `\0`.
 
-use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH};
+use super::{capped, flat_text, plain_into, quote_lines, work, RichText, Span, MAX_DEPTH};
 
 const BOLD: char = '\x02';
 const ITALIC: char = '\x1D';
@@ -183,13 +183,7 @@ fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
             Span::Quote(c) => {
                 let mut inner = String::new();
                 render_spans(c, &mut inner, depth + 1);
-                for (i, line) in inner.split('\n').enumerate() {
-                    if i > 0 {
-                        out.push('\n');
-                    }
-                    out.push_str("> ");
-                    out.push_str(line);
-                }
+                quote_lines(inner.split('\n'), out);
             }
         }
     }

@@ -291,15 +291,20 @@ pub(crate) fn plain_into(spans: &[Span], out: &mut String, depth: usize) {
             Span::Quote(c) => {
                 let mut inner = String::new();
                 plain_into(c, &mut inner, depth + 1);
-                for (i, line) in inner.lines().enumerate() {
-                    if i > 0 {
-                        out.push('\n');
-                    }
-                    out.push_str("> ");
-                    out.push_str(line);
-                }
+                quote_lines(inner.lines(), out);
             }
         }
+    }
+}
+
+/// Writes `lines` as a plain-text quote: each behind `> `, one per line.
+pub(crate) fn quote_lines<'a>(lines: impl Iterator<Item = &'a str>, out: &mut String) {
+    for (i, line) in lines.enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str("> ");
+        out.push_str(line);
     }
 }
 

@@ -6,7 +6,9 @@
 //! directive, and is not followed by whitespace; a closing one is not preceded by whitespace;
 //! no span crosses a line; a span holds at least one character.
 
-use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH, MAX_QUOTE_DEPTH};
+use super::{
+    capped, flat_text, plain_into, quote_lines, work, RichText, Span, MAX_DEPTH, MAX_QUOTE_DEPTH,
+};
 
 /// Parses a message body written with XEP-0393 styling. Quotes nest up to
 /// [`MAX_QUOTE_DEPTH`] levels (deeper `>` markers stay text); the body is cut at
@@ -217,13 +219,7 @@ fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
                 }
                 let mut inner = String::new();
                 render_spans(c, &mut inner, depth + 1);
-                for (i, line) in inner.split('\n').enumerate() {
-                    if i > 0 {
-                        out.push('\n');
-                    }
-                    out.push_str("> ");
-                    out.push_str(line);
-                }
+                quote_lines(inner.split('\n'), out);
             }
         }
     }
