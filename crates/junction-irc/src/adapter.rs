@@ -215,11 +215,10 @@ impl IrcAdapter {
                     let _ = s.writer.send("QUIT :gateway shutting down").await;
                     return End::Shutdown;
                 }
-                msg = s.reader.next() => {
+                msg = s.reader.message() => {
                     let msg = match msg {
-                        Ok(Some(m)) => m,
-                        Ok(None) => return End::Lost("server closed the connection".into()),
-                        Err(e) => return End::Lost(e.to_string()),
+                        Ok(m) => m,
+                        Err(why) => return End::Lost(why),
                     };
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);

@@ -303,6 +303,16 @@ impl LineReader {
             }
         }
     }
+
+    /// [`LineReader::next`] for a connection that must go on: the next message, or why the
+    /// connection is lost (closed by the server, or an I/O error). Cancel-safe, as `next`.
+    pub async fn message(&mut self) -> Result<Message, String> {
+        match self.next().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err("server closed the connection".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// Writes lines, making sure none carries CR, LF or NUL.

@@ -545,11 +545,10 @@ async fn serve(
                 let _ = s.writer.send("QUIT :gateway shutting down").await;
                 return End::Shutdown;
             }
-            msg = s.reader.next() => {
+            msg = s.reader.message() => {
                 let msg = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return End::Lost("server closed the connection".into()),
-                    Err(e) => return End::Lost(e.to_string()),
+                    Ok(m) => m,
+                    Err(why) => return End::Lost(why),
                 };
                 match &msg.command {
                     Command::PING(a, _) => {
