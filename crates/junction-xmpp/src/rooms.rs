@@ -151,11 +151,7 @@ pub(crate) async fn join_all(
         }
     }
     if fresh {
-        let puppets: Vec<((String, String), String)> = st
-            .joined
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let puppets = joined_puppets(st);
         for ((room, puppet), nick) in puppets {
             let id = st.new_id();
             if !send(
@@ -172,6 +168,15 @@ pub(crate) async fn join_all(
     true
 }
 
+/// Every puppet in a room, as ((room, puppet bare JID), nick): a copy, so the state may
+/// change while they are gone through.
+fn joined_puppets(st: &State) -> Vec<((String, String), String)> {
+    st.joined
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// XEP-0410: the listener and every puppet ping their own occupant JID.
 pub(crate) async fn self_ping_all(st: &mut State, conn: &mut Conn) -> bool {
     let listener = st.listener();
@@ -184,11 +189,7 @@ pub(crate) async fn self_ping_all(st: &mut State, conn: &mut Conn) -> bool {
             return false;
         }
     }
-    let puppets: Vec<((String, String), String)> = st
-        .joined
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let puppets = joined_puppets(st);
     for ((room, puppet), nick) in puppets {
         let id = st.new_id();
         st.pings
