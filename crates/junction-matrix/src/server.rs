@@ -527,6 +527,11 @@ mod tests {
 
     const HS_TOKEN: &str = "hs-secret";
 
+    /// The answer of `app` to `req`.
+    async fn answer(app: &axum::Router, req: Request<Body>) -> axum::response::Response {
+        app.clone().oneshot(req).await.expect("call")
+    }
+
     fn shared() -> (Arc<Shared>, Arc<dyn AdapterStore>, mpsc::Receiver<Inbound>) {
         let (sh, store, rx, _) = shared_with_commands();
         (sh, store, rx)
@@ -590,15 +595,15 @@ mod tests {
                    "content": {"msgtype": "m.text", "body": "status"}})
         };
         // Text in a room the bot was never invited to is nobody's business.
-        let r = app
-            .clone()
-            .oneshot(txn_request(
+        let r = answer(
+            &app,
+            txn_request(
                 "c0",
                 Some(HS_TOKEN),
                 &json!({"events": [say("$s0", "!stranger")]}),
-            ))
-            .await
-            .expect("call");
+            ),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::OK);
         // The invite and the first line in one transaction: the line is a command already,
         // although the bot's join (to an unreachable homeserver here) has not succeeded.
@@ -608,11 +613,7 @@ mod tests {
              "content": {"membership": "invite"}},
             say("$c1", "!dm"),
         ]});
-        let r = app
-            .clone()
-            .oneshot(txn_request("c1", Some(HS_TOKEN), &body))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("c1", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
             .await
@@ -626,14 +627,15 @@ mod tests {
         assert_eq!(command.display_name, "alice");
         let _ = command.reply.send("ok".into());
         // The same line again (the transaction replayed under another id): not run twice.
-        let r = app
-            .oneshot(txn_request(
+        let r = answer(
+            &app,
+            txn_request(
                 "c2",
                 Some(HS_TOKEN),
                 &json!({"events": [say("$c1", "!dm")]}),
-            ))
-            .await
-            .expect("call");
+            ),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(300), commands.recv())
@@ -660,11 +662,7 @@ mod tests {
              "content": {"membership": "invite"}},
             say("$b1", "!bobs", "@bob:matrix.test"),
         ]});
-        let r = app
-            .clone()
-            .oneshot(txn_request("d1", Some(HS_TOKEN), &body))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("d1", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(!lock(&sh.command_rooms).contains_key("!bobs"));
         // A command room a stranger opened earlier (kept in the store): only admins are
@@ -674,10 +672,7 @@ mod tests {
             say("$b2", "!old", "@bob:matrix.test"),
             say("$a2", "!old", "@alice:matrix.test"),
         ]});
-        let r = app
-            .oneshot(txn_request("d2", Some(HS_TOKEN), &body))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("d2", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
             .await
@@ -742,20 +737,12 @@ mod tests {
     async fn wrong_or_missing_token_is_refused() {
         let (sh, store, mut rx) = shared();
         let app = router(sh);
-        let r = app
-            .clone()
-            .oneshot(txn_request("1", Some("nope"), &one_message("$a")))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("1", Some("nope"), &one_message("$a"))).await;
         assert_eq!(
             errcode(r).await,
             (StatusCode::FORBIDDEN, "M_FORBIDDEN".into())
         );
-        let r = app
-            .clone()
-            .oneshot(txn_request("1", None, &one_message("$a")))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("1", None, &one_message("$a"))).await;
         assert_eq!(
             errcode(r).await,
             (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED".into())
@@ -769,7 +756,7 @@ mod tests {
                 .uri(uri)
                 .body(Body::empty())
                 .expect("req");
-            let r = app.clone().oneshot(req).await.expect("call");
+            let r = answer(&app, req).await;
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{uri}");
         }
         assert!(rx.try_recv().is_err());
@@ -789,32 +776,20 @@ mod tests {
                 .body(Body::from("{}"))
                 .expect("req")
         };
-        let r = app
-            .clone()
-            .oneshot(req("POST", "/_matrix/app/v1/ping"))
-            .await
-            .expect("call");
+        let r = answer(&app, req("POST", "/_matrix/app/v1/ping")).await;
         assert_eq!(r.status(), StatusCode::OK);
-        let r = app
-            .clone()
-            .oneshot(req("GET", "/_matrix/app/v1/users/@_junction_x:matrix.test"))
-            .await
-            .expect("call");
+        let r = answer(
+            &app,
+            req("GET", "/_matrix/app/v1/users/@_junction_x:matrix.test"),
+        )
+        .await;
         assert_eq!(
             errcode(r).await,
             (StatusCode::NOT_FOUND, "M_NOT_FOUND".into())
         );
-        let r = app
-            .clone()
-            .oneshot(req("GET", "/_matrix/app/v1/rooms/%23x:matrix.test"))
-            .await
-            .expect("call");
+        let r = answer(&app, req("GET", "/_matrix/app/v1/rooms/%23x:matrix.test")).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let r = app
-            .clone()
-            .oneshot(req("GET", "/_matrix/app/v1/nothing"))
-            .await
-            .expect("call");
+        let r = answer(&app, req("GET", "/_matrix/app/v1/nothing")).await;
         assert_eq!(
             errcode(r).await,
             (StatusCode::NOT_FOUND, "M_UNRECOGNIZED".into())
@@ -851,25 +826,14 @@ mod tests {
             }
             n
         });
-        let r = app
-            .clone()
-            .oneshot(txn_request("big", Some(HS_TOKEN), &body))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("big", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(acks.await.expect("join"), 100);
 
         let huge = json!({"events": [], "pad": "y".repeat(MAX_TRANSACTION_BYTES)});
-        let r = app
-            .clone()
-            .oneshot(txn_request("huge", Some(HS_TOKEN), &huge))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("huge", Some(HS_TOKEN), &huge)).await;
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let r = app
-            .oneshot(txn_request("stranger", Some("wrong"), &huge))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("stranger", Some("wrong"), &huge)).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
@@ -899,11 +863,7 @@ mod tests {
             .expect("store"));
 
         // The same transaction again: 200 at once, nothing sent to the gateway.
-        let r = app
-            .clone()
-            .oneshot(txn_request("7", Some(HS_TOKEN), &one_message("$a")))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("7", Some(HS_TOKEN), &one_message("$a"))).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(rx.try_recv().is_err());
 
@@ -981,10 +941,7 @@ mod tests {
             {"type": "m.room.message", "room_id": "!room", "sender": "@_junction_irc_local_bob:matrix.test",
              "event_id": "$y", "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "echo"}}
         ]});
-        let r = app
-            .oneshot(txn_request("9", Some(HS_TOKEN), &body))
-            .await
-            .expect("call");
+        let r = answer(&app, txn_request("9", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(rx.try_recv().is_err());
         assert!(store.txn_done(&key("9", &body)).expect("store"));
@@ -999,7 +956,7 @@ mod tests {
             .header("authorization", format!("Bearer {HS_TOKEN}"))
             .body(Body::from("not json"))
             .expect("req");
-        let r = router(sh).oneshot(req).await.expect("call");
+        let r = answer(&router(sh), req).await;
         assert_eq!(
             errcode(r).await,
             (StatusCode::BAD_REQUEST, "M_NOT_JSON".into())
@@ -1027,10 +984,7 @@ mod tests {
             .uri(format!("/media/matrix.test/abc?exp={exp}&sig=00"))
             .body(Body::empty())
             .expect("req");
-        assert_eq!(
-            app.clone().oneshot(bad).await.expect("call").status(),
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(answer(&app, bad).await.status(), StatusCode::FORBIDDEN);
         sh.media.remember("$img", &["mxc://matrix.test/abc".into()]);
         sh.media.redacted("$img");
         assert!(sh.media.is_redacted("matrix.test", "abc"));
@@ -1038,9 +992,6 @@ mod tests {
             .uri(format!("/media/matrix.test/abc?exp={exp}&sig={sig}"))
             .body(Body::empty())
             .expect("req");
-        assert_eq!(
-            app.oneshot(good).await.expect("call").status(),
-            StatusCode::GONE
-        );
+        assert_eq!(answer(&app, good).await.status(), StatusCode::GONE);
     }
 }
