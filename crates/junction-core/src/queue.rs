@@ -223,14 +223,15 @@ mod tests {
         assert_eq!(q.busy(), 2);
     }
 
-    #[test]
-    fn a_full_room_refuses_and_counts_once_per_burst() {
-        let mut q = KeyedQueues::new(3, 8);
+    /// In `q` (room for 3 a key): items 0 to 9 for `full` (0 to 2 queued, the rest refused,
+    /// the first refusal of the burst marked), item 100 for `other` (queued all the same), and
+    /// item 50 for `full` past the cap (as moderation goes).
+    fn fill_past_the_cap(q: &mut KeyedQueues<i32>, full: &str, other: &str) {
         for i in 0..3 {
-            assert_eq!(q.push("!a", i), Push::Queued);
+            assert_eq!(q.push(full, i), Push::Queued);
         }
         assert_eq!(
-            q.push("!a", 3),
+            q.push(full, 3),
             Push::Full {
                 item: 3,
                 first: true
@@ -238,18 +239,24 @@ mod tests {
         );
         for i in 4..10 {
             assert_eq!(
-                q.push("!a", i),
+                q.push(full, i),
                 Push::Full {
                     item: i,
                     first: false
                 }
             );
         }
-        // Another room is not affected by a full one.
-        assert_eq!(q.push("!b", 100), Push::Queued);
+        // Another key is not affected by a full one.
+        assert_eq!(q.push(other, 100), Push::Queued);
         // Moderation goes past the cap.
-        q.push_always("!a", 50);
-        assert_eq!(q.waiting("!a"), 4);
+        q.push_always(full, 50);
+        assert_eq!(q.waiting(full), 4);
+    }
+
+    #[test]
+    fn a_full_room_refuses_and_counts_once_per_burst() {
+        let mut q = KeyedQueues::new(3, 8);
+        fill_past_the_cap(&mut q, "!a", "!b");
         // One item taken to be served makes room for one.
         let served: Vec<i32> = take(&mut q).into_iter().map(|(_, i)| i).collect();
         assert_eq!(served, [0, 100]);
@@ -329,30 +336,7 @@ mod tests {
     #[test]
     fn a_full_channel_refuses_and_counts_once_per_burst() {
         let mut q = KeyedQueues::new(3, 1);
-        for i in 0..3 {
-            assert_eq!(q.push("#a", i), Push::Queued);
-        }
-        assert_eq!(
-            q.push("#a", 3),
-            Push::Full {
-                item: 3,
-                first: true
-            }
-        );
-        for i in 4..10 {
-            assert_eq!(
-                q.push("#a", i),
-                Push::Full {
-                    item: i,
-                    first: false
-                }
-            );
-        }
-        // Another channel is not affected by a full one.
-        assert_eq!(q.push("#b", 100), Push::Queued);
-        // Moderation goes past the cap.
-        q.push_always("#a", 50);
-        assert_eq!(q.waiting("#a"), 4);
+        fill_past_the_cap(&mut q, "#a", "#b");
         assert_eq!(q.pop(), Some(0));
         assert_eq!(q.pop(), Some(100));
         assert_eq!(q.pop(), Some(1));
