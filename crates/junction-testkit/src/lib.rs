@@ -9,8 +9,8 @@
 //! - [`gateway`]: the gateway's config sections for a test slot.
 //! - [`solo`]: one adapter started on its own, on an in-memory store, with the test
 //!   holding the gateway's ends of its channels.
-//! - [`eventually`] and [`unique`]: bounded waits and unique names, so tests never sleep
-//!   as synchronisation and never collide.
+//! - [`eventually`], [`unique`] and [`free_port`]: bounded waits, unique names and free
+//!   ports, so tests never sleep as synchronisation and never collide.
 
 pub mod clients;
 pub mod gateway;
@@ -37,6 +37,13 @@ pub fn unique(prefix: &str) -> String {
         std::process::id() % 10000,
         nanos % 4096
     )
+}
+
+/// A free loopback port (bound, then released), for a server a test starts.
+pub fn free_port() -> anyhow::Result<u16> {
+    use anyhow::Context as _;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 /// Polls `f` until it yields `Some`, or fails after `deadline` with `what` in the error.

@@ -151,7 +151,7 @@ impl Harness {
                 }
             }
             if svc == Service::Synapse {
-                self.generate_synapse_keys().await?;
+                generate_synapse_keys(&self.layout).await?;
             }
             let pid = self.spawn(svc)?;
             tracing::info!(service = svc.name(), pid, "Started server.");
@@ -176,32 +176,6 @@ impl Harness {
                 .with_context(|| format!("seeding XMPP user {user}"))?;
         }
         Ok(servers)
-    }
-
-    /// Synapse writes its signing key with `--generate-keys`; done once, before the
-    /// first start.
-    async fn generate_synapse_keys(&self) -> anyhow::Result<()> {
-        if self.layout.signing_key().exists() {
-            return Ok(());
-        }
-        let log = self.open_log(Service::Synapse)?;
-        let status = tokio::process::Command::new(install::synapse_python())
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(self.layout.config_file(Service::Synapse))
-            .arg("--generate-keys")
-            .current_dir(&self.layout.synapse)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .await
-            .context("running synapse --generate-keys")?;
-        anyhow::ensure!(
-            status.success(),
-            "synapse --generate-keys failed ({status}):\n{}",
-            process::log_tail(&self.layout.log_file(Service::Synapse), 30)
-        );
-        Ok(())
     }
 
     fn open_log(&self, svc: Service) -> anyhow::Result<File> {
@@ -354,6 +328,37 @@ fn write_if_changed(path: &Path, content: &str) -> anyhow::Result<bool> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting permissions of {}", path.display()))?;
     Ok(true)
+}
+
+/// Synapse writes its signing key with `--generate-keys` before its first start (once: a
+/// key already there is kept).
+pub(super) async fn generate_synapse_keys(l: &Layout) -> anyhow::Result<()> {
+    if l.signing_key().exists() {
+        return Ok(());
+    }
+    let log_path = l.log_file(Service::Synapse);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let status = tokio::process::Command::new(install::synapse_python())
+        .args(["-m", "synapse.app.homeserver", "-c"])
+        .arg(l.config_file(Service::Synapse))
+        .arg("--generate-keys")
+        .current_dir(&l.synapse)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .await
+        .context("running synapse --generate-keys")?;
+    anyhow::ensure!(
+        status.success(),
+        "synapse --generate-keys failed ({status}):\n{}",
+        process::log_tail(&log_path, 30)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

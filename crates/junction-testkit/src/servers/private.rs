@@ -19,10 +19,12 @@
 //! Data (accounts, the Synapse database, the MUC archive) lives as long as the value; the
 //! process is killed and the directory removed when it is dropped.
 
+use super::harness::generate_synapse_keys;
 use super::{
-    config, install, loopback, process, Layout, MatrixServer, Servers, Service, Slot, XmppServer,
+    config, loopback, process, Layout, MatrixServer, Servers, Service, Slot, XmppServer,
     MUC_DOMAIN, SEED_USERS, SERVER_NAME, XMPP_DOMAIN,
 };
+use crate::free_port;
 use anyhow::Context as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,12 +50,6 @@ pub struct PrivateServer {
     starts: usize,
 }
 
-/// A free loopback port (bound, then released).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// A fresh directory under the system temp dir.
 fn fresh_dir(service: Service) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(crate::unique(&format!(
@@ -74,15 +70,7 @@ impl PrivateServer {
         let cfg = layout.config_file(Service::Prosody);
         fs::write(&cfg, config::prosody_on(&layout, c2s, component))
             .with_context(|| format!("writing {}", cfg.display()))?;
-        let mut me = PrivateServer {
-            service: Service::Prosody,
-            layout,
-            ports: vec![c2s, component],
-            child: None,
-            starts: 0,
-        };
-        me.start().await?;
-        let servers = me.servers_with(None);
+        let (me, servers) = Self::started(Service::Prosody, layout, vec![c2s, component]).await?;
         for (user, pw) in SEED_USERS {
             servers
                 .register_xmpp_user(user, pw)
@@ -111,15 +99,7 @@ impl PrivateServer {
         fs::write(&cfg, config::synapse_on(&layout, port, &registrations))
             .with_context(|| format!("writing {}", cfg.display()))?;
         generate_synapse_keys(&layout).await?;
-        let mut me = PrivateServer {
-            service: Service::Synapse,
-            layout,
-            ports: vec![port],
-            child: None,
-            starts: 0,
-        };
-        me.start().await?;
-        let servers = me.servers_with(None);
+        let (me, servers) = Self::started(Service::Synapse, layout, vec![port]).await?;
         for (user, pw) in SEED_USERS {
             servers
                 .register_matrix_user(user, pw, false)
@@ -127,6 +107,25 @@ impl PrivateServer {
                 .with_context(|| format!("seeding Matrix user {user}"))?;
         }
         Ok(me)
+    }
+
+    /// `service` on `layout` (its config written), started on `ports`; with the servers
+    /// value a test uses to reach it.
+    async fn started(
+        service: Service,
+        layout: Layout,
+        ports: Vec<u16>,
+    ) -> anyhow::Result<(PrivateServer, Servers)> {
+        let mut me = PrivateServer {
+            service,
+            layout,
+            ports,
+            child: None,
+            starts: 0,
+        };
+        me.start().await?;
+        let servers = me.servers_with(None);
+        Ok((me, servers))
     }
 
     /// Which server this is.
@@ -359,33 +358,6 @@ impl Drop for PrivateServer {
         }
         let _ = fs::remove_dir_all(&self.layout.root);
     }
-}
-
-/// Synapse writes its signing key with `--generate-keys` before its first start.
-async fn generate_synapse_keys(l: &Layout) -> anyhow::Result<()> {
-    let log_path = l.log_file(Service::Synapse);
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let status = tokio::process::Command::new(install::synapse_python())
-        .args(["-m", "synapse.app.homeserver", "-c"])
-        .arg(l.config_file(Service::Synapse))
-        .arg("--generate-keys")
-        .current_dir(&l.synapse)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
-        .await
-        .context("running synapse --generate-keys")?;
-    anyhow::ensure!(
-        status.success(),
-        "synapse --generate-keys failed ({status}):\n{}",
-        process::log_tail(&log_path, 30)
-    );
-    Ok(())
 }
 
 #[cfg(test)]
