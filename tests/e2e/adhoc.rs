@@ -3,10 +3,10 @@
 //! a stranger the refusal), links a channel in two steps (form, then submission), cancels a
 //! form, and is refused for an unknown node or a stale session.
 
+use crate::admin::matrix_announcement;
 use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
-use irc_proto::Command;
-use junction_testkit::clients::irc::source_nick;
+use junction_testkit::clients::irc::is_join_of;
 use junction_testkit::clients::XmppUser;
 use junction_testkit::servers::servers;
 use junction_testkit::unique;
@@ -181,20 +181,10 @@ async fn xmpp_clients_list_and_run_the_admin_commands() -> anyhow::Result<()> {
     let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     lobby
         .irc
-        .wait_for(WAIT, |m| {
-            matches!(&m.command, Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&chan))
-                && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&bot))
-        })
+        .wait_for(WAIT, |m| is_join_of(m, &chan, &bot))
         .await
         .context("the bot joins the channel linked by the ad-hoc command")?;
-    lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |e| {
-            e["type"] == "m.room.message"
-                && e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains(&format!("linked irc:local/{chan}")))
-        })
+    matrix_announcement(&lobby, &format!("linked irc:local/{chan}"))
         .await
         .context("the link is announced in the Matrix room")?;
 

@@ -7,7 +7,7 @@
 use crate::lobby::{short_nick, Lobby};
 use anyhow::Context as _;
 use irc_proto::Command;
-use junction_testkit::clients::irc::source_nick;
+use junction_testkit::clients::irc::{is_join_of, source_nick};
 use junction_testkit::clients::xmpp::body;
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::servers;
@@ -206,10 +206,7 @@ async fn irc_admin_links_and_unlinks_and_a_stranger_is_refused() -> anyhow::Resu
     assert!(linked.contains(&chan), "{linked}");
     let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
     admin
-        .wait_for(WAIT, |m| {
-            matches!(&m.command, Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&chan))
-                && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&bot))
-        })
+        .wait_for(WAIT, |m| is_join_of(m, &chan, &bot))
         .await
         .context("the bot joins the newly linked channel")?;
     matrix_announcement(&lobby, &format!("linked irc:local/{chan}")).await?;
@@ -256,12 +253,7 @@ async fn ban_reaches_all_three_servers() -> anyhow::Result<()> {
     let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
 
     // The troll speaks first, so they have a ghost on Matrix and an occupant in the MUC.
-    let hello = unique("troll says hi");
-    lobby.irc.privmsg(&lobby.channel, &hello)?;
-    let e = lobby.matrix_sees(&hello).await?;
-    let ghost = e["sender"].as_str().context("sender")?.to_owned();
-    let x = lobby.xmpp_sees(&hello).await?;
-    let occupant = x.attr("from").context("from")?.to_owned();
+    let (ghost, occupant) = lobby.irc_user_speaks().await?;
     // The first in the channel is its operator, and makes the bot one.
     lobby.irc.mode(&lobby.channel, "+o", &[&bot])?;
     lobby
@@ -301,22 +293,14 @@ async fn ban_reaches_all_three_servers() -> anyhow::Result<()> {
         .context("the bot bans the troll on IRC")?;
     // Matrix: the troll's ghost leaves the room.
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.member"
-                && r["state_key"].as_str() == Some(ghost.as_str())
-                && matches!(r["content"]["membership"].as_str(), Some("leave" | "ban"))
+        .matrix_membership(&ghost, |c| {
+            matches!(c["membership"].as_str(), Some("leave" | "ban"))
         })
         .await
         .context("the troll's Matrix ghost leaves")?;
     // XMPP: the troll's occupant leaves the MUC.
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("type") == Some("unavailable")
-                && el.attr("from") == Some(occupant.as_str())
-        })
+        .xmpp_left(&occupant)
         .await
         .context("the troll's MUC occupant leaves")?;
     matrix_announcement(&lobby, &format!("banned {troll}")).await?;

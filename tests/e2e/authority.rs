@@ -2,33 +2,17 @@
 //! without moderator rights try to take back or change what is not theirs, through the real
 //! servers, and nothing changes on the other networks; their own deletions still cross.
 
-use crate::lobby::Lobby;
+use crate::lobby::{in_gateway, Lobby};
 use anyhow::Context as _;
 use junction_testkit::clients::xmpp::{body, from_nick, stanza_id};
 use junction_testkit::clients::{MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, PrivateServer};
-use junction_testkit::unique;
+use junction_testkit::{free_port, unique};
 use minidom::Element;
 use serde_json::Value;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A lobby whose gateway serves `/metrics`; returns it with the metrics base URL.
-async fn lobby_with_metrics() -> anyhow::Result<(Lobby, String)> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let lobby = Lobby::start_with(|c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
-        );
-    })
-    .await?;
-    Ok((lobby, format!("http://127.0.0.1:{port}")))
-}
 
 /// Waits until `/metrics` counts a refused edit or redaction from `network`.
 async fn refusal_counted(base: &str, network: &str) -> anyhow::Result<()> {
@@ -68,7 +52,7 @@ async fn xmpp_participant(lobby: &Lobby) -> anyhow::Result<(XmppUser, String)> {
 /// Matrix copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xmpp_retraction_of_someone_elses_message_changes_nothing() -> anyhow::Result<()> {
-    let (lobby, base) = lobby_with_metrics().await?;
+    let (lobby, base) = Lobby::start_with_metrics("").await?;
     let (troll, troll_nick) = xmpp_participant(&lobby).await?;
 
     let text = unique("alice keeps this");
@@ -130,14 +114,7 @@ async fn matrix_redaction_without_power_changes_nothing_elsewhere() -> anyhow::R
     bob.join(&lobby.room).await?;
 
     let text = unique("xmpp keeps this");
-    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
-    let original = lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            from_nick(el) == Some(lobby.xmpp_nick.as_str())
-                && body(el).is_some_and(|b| b.contains(&text))
-        })
-        .await?;
+    let original = lobby.xmpp_says(&text).await?;
     let sid = stanza_id(&original).context("stanza-id")?;
     let copy = bob
         .wait_for(&lobby.room, WAIT, |r| {
@@ -155,18 +132,9 @@ async fn matrix_redaction_without_power_changes_nothing_elsewhere() -> anyhow::R
     let own = unique("bob regrets");
     let own_ev = bob.send_text(&lobby.room, &own).await?;
     let own_copy = lobby.xmpp_sees(&own).await?;
-    let own_sid = stanza_id(&own_copy).context("own stanza-id")?;
     bob.redact(&lobby.room, &own_ev, "typo").await?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "message"
-                && el.children().any(|c| {
-                    c.name() == "retract"
-                        && (c.attr("id") == Some(own_sid.as_str())
-                            || c.attr("id") == own_copy.attr("id"))
-                })
-        })
+        .xmpp_retracted(&own_copy)
         .await
         .context("bob's own redaction → xmpp retraction")?;
     let retracted = lobby.xmpp.backlog().into_iter().any(|el| {
@@ -267,15 +235,9 @@ async fn moderation_lobby() -> anyhow::Result<(PrivateServer, Lobby, String)> {
     let prosody = PrivateServer::prosody().await?;
     let shared = servers().await?;
     let on = prosody.servers(shared);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let port = free_port()?;
     let lobby = Lobby::start_on_servers(&on, shared.inspircd, |c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
-        );
+        in_gateway(c, &format!("metrics = \"127.0.0.1:{port}\""));
     })
     .await?;
     Ok((prosody, lobby, format!("http://127.0.0.1:{port}")))
@@ -313,14 +275,7 @@ fn moderation_announced(el: &Element, muc: &str, sid: &str) -> Option<String> {
 async fn matrix_moderators_redaction_is_moderation_in_the_muc() -> anyhow::Result<()> {
     let (_prosody, lobby, _) = moderation_lobby().await?;
     let text = unique("xmpp says something rude");
-    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
-    let original = lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            from_nick(el) == Some(lobby.xmpp_nick.as_str())
-                && body(el).is_some_and(|b| b.contains(&text))
-        })
-        .await?;
+    let original = lobby.xmpp_says(&text).await?;
     let sid = stanza_id(&original).context("stanza-id")?;
     let copy = lobby.matrix_sees(&text).await?;
     let copy_id = copy["event_id"].as_str().context("event id")?.to_owned();

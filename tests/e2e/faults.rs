@@ -20,14 +20,15 @@
 //! The bad-input tests go through the in-process lobby (`super::lobby::Lobby`): each sends
 //! something malformed or hostile and then a normal line that must still cross.
 
-use super::lobby::{short_nick, Lobby};
+use super::lobby::{short_nick, Lobby, Side};
 use anyhow::Context as _;
-use junction_testkit::clients::irc::source_nick;
+use junction_testkit::clients::irc::{joiner, source_nick};
 use junction_testkit::clients::xmpp::{body, from_nick};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, free_port, unique};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -79,12 +80,6 @@ impl GatewayProcess {
         println!("gateway killed: {status}");
         Ok(())
     }
-}
-
-/// A free loopback port (bound, then released).
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// The last lines of a log file, for failure messages.
@@ -281,8 +276,7 @@ impl Rig {
         c.backlog()
             .iter()
             .filter(|m| {
-                matches!(&m.command, irc_proto::Command::JOIN(ch, _, _) if ch.eq_ignore_ascii_case(&self.channel))
-                    && source_nick(m).is_some_and(|n| n.to_ascii_lowercase().starts_with(bot))
+                joiner(m, &self.channel).is_some_and(|n| n.to_ascii_lowercase().starts_with(bot))
             })
             .count()
     }
@@ -330,6 +324,41 @@ impl Rig {
             }
         }
         Ok(out)
+    }
+
+    /// [`settle`] on all three networks, for the lines `expected` of `tag`.
+    pub(super) async fn settle(
+        &self,
+        tag: &str,
+        expected: &BTreeMap<Net, Vec<u32>>,
+    ) -> anyhow::Result<Vec<(Net, Net, u32)>> {
+        settle(
+            WAIT,
+            &Net::ALL,
+            expected,
+            || self.received(tag),
+            |net, n| self.send(net, tag, n),
+        )
+        .await
+    }
+
+    /// Prints `title` and the figures of `got` for the lines `expected`, and asserts that no
+    /// direction lost or doubled a line (printing the last `log_lines` of the gateway's log
+    /// when one did).
+    pub(super) fn assert_every_line_once(
+        &self,
+        title: &str,
+        expected: &BTreeMap<Net, Vec<u32>>,
+        got: &[(Net, Net, u32)],
+        log_lines: usize,
+    ) {
+        let figures = tally(expected, &Net::ALL, got);
+        print_figures(title, &figures);
+        let bad = bad_directions(&figures);
+        if !bad.is_empty() {
+            println!("gateway log ends:\n{}", tail(&self.log_path(), log_lines));
+        }
+        assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
     }
 
     /// Sends line `n` from `from`.
@@ -473,44 +502,92 @@ pub(super) fn print_figures(title: &str, figures: &BTreeMap<(Net, Net), Figures>
     }
 }
 
-/// Waits until every expected line has reached both other networks, then sends one last
-/// line from each network and waits for those too, so that anything still queued behind
-/// (a late duplicate) has arrived before counting. Returns what was received.
-pub(super) async fn settle(
-    rig: &Rig,
-    tag: &str,
+/// The sentinel line number each network says last, after everything else has arrived.
+pub(super) const LAST: u32 = 999;
+
+/// Each of `from` says the lines `numbers` through `send`, `pace` between rounds; all are
+/// noted in `expected`.
+pub(super) async fn talk<S>(
+    expected: &mut BTreeMap<Net, Vec<u32>>,
+    from: &[Net],
+    numbers: std::ops::Range<u32>,
+    pace: Duration,
+    send: impl Fn(Net, u32) -> S,
+) -> anyhow::Result<()>
+where
+    S: Future<Output = anyhow::Result<()>>,
+{
+    for n in numbers {
+        for &net in from {
+            send(net, n).await?;
+            record(expected, net, n);
+        }
+        tokio::time::sleep(pace).await;
+    }
+    Ok(())
+}
+
+/// Waits (each wait at most `wait`) until every expected line has reached the other networks
+/// of `nets`, as `received` reads them, then has each of `nets` say one last line through
+/// `send` and waits for those too, so that anything still queued behind (a late duplicate)
+/// has arrived before counting. Returns what was received.
+pub(super) async fn settle<R, S>(
+    wait: Duration,
+    nets: &[Net],
     expected: &BTreeMap<Net, Vec<u32>>,
-) -> anyhow::Result<Vec<(Net, Net, u32)>> {
-    let complete = |got: &[(Net, Net, u32)]| {
-        tally(expected, &Net::ALL, got)
-            .values()
-            .all(|f| f.lost == 0)
-            .then_some(())
+    received: impl Fn() -> R,
+    send: impl Fn(Net, u32) -> S,
+) -> anyhow::Result<Vec<(Net, Net, u32)>>
+where
+    R: Future<Output = anyhow::Result<Vec<(Net, Net, u32)>>>,
+    S: Future<Output = anyhow::Result<()>>,
+{
+    let arrived = |sent: &BTreeMap<Net, Vec<u32>>, got: &[(Net, Net, u32)]| {
+        tally(sent, nets, got).values().all(|f| f.lost == 0)
     };
-    let waited = eventually(WAIT, "every line on every other network", || async {
-        let got = rig.received(tag).await.ok()?;
-        complete(&got)
+    let since = std::time::Instant::now();
+    let waited = eventually(wait, "every line on every other network", || async {
+        let got = received().await.ok()?;
+        arrived(expected, &got).then_some(())
     })
     .await;
     if let Err(e) = waited {
         // Count anyway: the figures say what went missing.
         println!("not everything arrived: {e:#}");
-        return rig.received(tag).await;
+        return received().await;
     }
-    let last = 999;
-    for from in Net::ALL {
-        rig.send(from, tag, last).await?;
+    println!(
+        "everything arrived {:?} after the last line",
+        since.elapsed()
+    );
+    for &from in nets {
+        send(from, LAST).await?;
     }
-    let sentinels: BTreeMap<Net, Vec<u32>> = Net::ALL.iter().map(|n| (*n, vec![last])).collect();
-    eventually(WAIT, "the closing lines", || async {
-        let got = rig.received(tag).await.ok()?;
-        tally(&sentinels, &Net::ALL, &got)
-            .values()
-            .all(|f| f.lost == 0)
-            .then_some(())
+    let sentinels: BTreeMap<Net, Vec<u32>> = nets.iter().map(|n| (*n, vec![LAST])).collect();
+    eventually(wait, "the closing lines", || async {
+        let got = received().await.ok()?;
+        arrived(&sentinels, &got).then_some(())
     })
     .await?;
-    rig.received(tag).await
+    received().await
+}
+
+/// The numbers from `origin` that reached `target`, in arrival order, are ascending.
+pub(super) fn assert_in_order(got: &[(Net, Net, u32)], origin: Net, target: Net) {
+    let seen: Vec<u32> = got
+        .iter()
+        .filter(|(t, o, _)| *t == target && *o == origin)
+        .map(|(_, _, n)| *n)
+        .collect();
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        seen,
+        sorted,
+        "{}→{} out of order",
+        origin.letter(),
+        target.letter()
+    );
 }
 
 // ----------------------------------------------------------------------------------------
@@ -532,13 +609,10 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
     let mut expected: BTreeMap<Net, Vec<u32>> = BTreeMap::new();
 
     // Up: all three networks talk.
-    for n in 0..10 {
-        for net in Net::ALL {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut expected, &Net::ALL, 0..10, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
     // Matrix and XMPP keep talking for a second more, then burst, and the gateway dies
     // right after the burst with lines in flight. (An IRC line the gateway has not yet
     // read when it dies has nobody to resend it, so the last IRC line goes out a second
@@ -560,45 +634,41 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
     );
 
     // Down: everyone talks (Synapse queues, the MUC archives, the channel keeps history).
-    for n in 18..26 {
-        for net in [Net::Matrix, Net::Xmpp] {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    for n in 500..505 {
-        rig.send(Net::Irc, &tag, n).await?;
-        record(&mut expected, Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(
+        &mut expected,
+        &[Net::Matrix, Net::Xmpp],
+        18..26,
+        PACE,
+        |net, n| rig.send(net, &tag, n),
+    )
+    .await?;
+    talk(&mut expected, &[Net::Irc], 500..505, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
 
     // Up again: everyone talks.
     rig.start_gateway().await?;
-    for n in 26..30 {
-        for net in [Net::Matrix, Net::Xmpp] {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    for n in 10..30 {
-        rig.send(Net::Irc, &tag, n).await?;
-        record(&mut expected, Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(
+        &mut expected,
+        &[Net::Matrix, Net::Xmpp],
+        26..30,
+        PACE,
+        |net, n| rig.send(net, &tag, n),
+    )
+    .await?;
+    talk(&mut expected, &[Net::Irc], 10..30, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
 
-    let got = settle(&rig, &tag, &expected).await?;
-    let figures = tally(&expected, &Net::ALL, &got);
-    print_figures(
+    let got = rig.settle(&tag, &expected).await?;
+    rig.assert_every_line_once(
         "gateway kill -9 mid-flight (lines said before, during and after the downtime):",
-        &figures,
+        &expected,
+        &got,
+        60,
     );
-    let bad = bad_directions(&figures);
-    if !bad.is_empty() {
-        println!("gateway log ends:\n{}", tail(&rig.log_path(), 60));
-    }
-    assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
     rig.kill_gateway().await?;
     Ok(())
 }
@@ -680,31 +750,8 @@ impl OwnInspircd {
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
-        let d = self.dir.path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("inspircd.log"))?;
-        let child = tokio::process::Command::new("inspircd")
-            .arg("--runasroot")
-            .arg("--nofork")
-            .arg(format!("--config={}", d.join("inspircd.conf").display()))
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting inspircd")?;
-        self.child = Some(child);
-        let addr = self.addr();
-        eventually(
-            Duration::from_secs(30),
-            "our inspircd to listen",
-            || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
-        )
-        .await
-        .with_context(|| tail(&self.dir.path().join("inspircd.log"), 20))
+        self.child = Some(run_inspircd(self.dir.path(), &[self.addr()]).await?);
+        Ok(())
     }
 
     /// Kills it (everyone is disconnected at once, as in a crash) and reaps it.
@@ -719,6 +766,40 @@ impl OwnInspircd {
     }
 }
 
+/// Runs InspIRCd on `dir/inspircd.conf` (its log appended to `dir/inspircd.log`; killed when
+/// the child is dropped) and waits until it listens on every one of `addrs`.
+pub(super) async fn run_inspircd(
+    dir: &Path,
+    addrs: &[SocketAddr],
+) -> anyhow::Result<tokio::process::Child> {
+    let log_path = dir.join("inspircd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let child = tokio::process::Command::new("inspircd")
+        .arg("--runasroot")
+        .arg("--nofork")
+        .arg(format!("--config={}", dir.join("inspircd.conf").display()))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting inspircd")?;
+    for &addr in addrs {
+        eventually(
+            Duration::from_secs(30),
+            "our inspircd to listen",
+            || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await
+        .with_context(|| tail(&log_path, 20))?;
+    }
+    Ok(child)
+}
+
 /// The IRC server dies while Matrix and XMPP talk and comes back: the gateway reconnects,
 /// and every line for IRC that was queued while it was gone arrives once, in order.
 /// Matrix ↔ XMPP never stops.
@@ -730,71 +811,58 @@ async fn irc_server_restarted_under_load() -> anyhow::Result<()> {
     let tag = unique("ircd");
     let mut expected: BTreeMap<Net, Vec<u32>> = BTreeMap::new();
 
-    for n in 0..8 {
-        for net in Net::ALL {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut expected, &Net::ALL, 0..8, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
     // The last IRC line a second before the crash, as above.
-    for n in 8..16 {
-        for net in [Net::Matrix, Net::Xmpp] {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(
+        &mut expected,
+        &[Net::Matrix, Net::Xmpp],
+        8..16,
+        PACE,
+        |net, n| rig.send(net, &tag, n),
+    )
+    .await?;
     let before = rig.received(&tag).await?;
     ircd.kill().await?;
     print_figures(
         "at the crash (lost = still in flight then):",
         &tally(&expected, &Net::ALL, &before),
     );
-    for n in 16..26 {
-        for net in [Net::Matrix, Net::Xmpp] {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(
+        &mut expected,
+        &[Net::Matrix, Net::Xmpp],
+        16..26,
+        PACE,
+        |net, n| rig.send(net, &tag, n),
+    )
+    .await?;
     ircd.run().await?;
     // Our IRC user comes back too, and waits for the gateway's bot to rejoin.
     let irc = IrcUser::connect(ircd.addr(), &rig.irc_nick).await?;
     irc.join(&rig.channel).await?;
     rig.irc.push(irc);
     rig.wait_irc_bot_present().await?;
-    for n in 26..30 {
-        for net in Net::ALL {
-            rig.send(net, &tag, n).await?;
-            record(&mut expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    for n in 8..26 {
-        rig.send(Net::Irc, &tag, n).await?;
-        record(&mut expected, Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
-    let got = settle(&rig, &tag, &expected).await?;
-    let figures = tally(&expected, &Net::ALL, &got);
-    print_figures("IRC server killed and restarted under load:", &figures);
+    talk(&mut expected, &Net::ALL, 26..30, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
+    talk(&mut expected, &[Net::Irc], 8..26, PACE, |net, n| {
+        rig.send(net, &tag, n)
+    })
+    .await?;
+    let got = rig.settle(&tag, &expected).await?;
+    rig.assert_every_line_once(
+        "IRC server killed and restarted under load:",
+        &expected,
+        &got,
+        60,
+    );
     // In order: what reached IRC from each origin arrived in the order it was sent.
     for origin in [Net::Matrix, Net::Xmpp] {
-        let seen: Vec<u32> = got
-            .iter()
-            .filter(|(t, o, n)| *t == Net::Irc && *o == origin && *n != 999)
-            .map(|(_, _, n)| *n)
-            .collect();
-        let mut sorted = seen.clone();
-        sorted.sort_unstable();
-        assert_eq!(seen, sorted, "{}→I out of order", origin.letter());
+        assert_in_order(&got, origin, Net::Irc);
     }
-    let bad = bad_directions(&figures);
-    if !bad.is_empty() {
-        println!("gateway log ends:\n{}", tail(&rig.log_path(), 60));
-    }
-    assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
     rig.kill_gateway().await?;
     Ok(())
 }
@@ -915,16 +983,7 @@ async fn bad_input_from_irc_never_stops_the_next_line() -> anyhow::Result<()> {
         l.extend_from_slice(b"\r\n");
         raw.send(&l).await?;
     }
-    let after = unique("after irc bad input");
-    lobby.irc.privmsg(&lobby.channel, &after)?;
-    lobby
-        .matrix_sees(&after)
-        .await
-        .context("the next line → matrix")?;
-    lobby
-        .xmpp_sees(&after)
-        .await
-        .context("the next line → xmpp")?;
+    lobby.line_crosses(Side::Irc, "after irc bad input").await?;
     Ok(())
 }
 
@@ -1007,23 +1066,11 @@ async fn bad_input_from_matrix_never_stops_the_next_line() -> anyhow::Result<()>
             serde_json::json!({ "msgtype": "org.example.weird", "body": format!("{tag}w weird") }),
         )
         .await?;
-    let after = unique("after matrix bad input");
-    lobby.matrix.send_text(&lobby.room, &after).await?;
     lobby
-        .xmpp_sees(&after)
-        .await
-        .context("the next line → xmpp")?;
-    lobby
-        .irc_sees(&after)
-        .await
-        .context("the next line → irc")?;
+        .line_crosses(Side::Matrix, "after matrix bad input")
+        .await?;
     // What became of the big one, for the record.
-    let on_irc: usize = lobby
-        .irc
-        .privmsgs_in(&lobby.channel)
-        .iter()
-        .filter(|(_, t)| t.contains("0123456789abcdef"))
-        .count();
+    let on_irc: usize = lobby.irc_lines_with("0123456789abcdef");
     let on_xmpp = lobby
         .xmpp
         .backlog()
@@ -1112,16 +1159,9 @@ async fn bad_input_from_xmpp_never_stops_the_next_line() -> anyhow::Result<()> {
     // 100 kB.
     let big = format!("{tag}b {}", "0123456789abcdef ".repeat(100_000 / 17));
     x.send_groupchat(muc, &big)?;
-    let after = unique("after xmpp bad input");
-    x.send_groupchat(muc, &after)?;
     lobby
-        .matrix_sees(&after)
-        .await
-        .context("the next line → matrix")?;
-    lobby
-        .irc_sees(&after)
-        .await
-        .context("the next line → irc")?;
+        .line_crosses(Side::Xmpp, "after xmpp bad input")
+        .await?;
     let on_matrix = lobby
         .matrix
         .events(&lobby.room)
@@ -1130,12 +1170,7 @@ async fn bad_input_from_xmpp_never_stops_the_next_line() -> anyhow::Result<()> {
         .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
         .find(|b| b.contains(&format!("{tag}b")))
         .map(|b| b.len());
-    let on_irc = lobby
-        .irc
-        .privmsgs_in(&lobby.channel)
-        .iter()
-        .filter(|(_, t)| t.contains("0123456789abcdef"))
-        .count();
+    let on_irc = lobby.irc_lines_with("0123456789abcdef");
     println!("100 kB XMPP message: Matrix body {on_matrix:?} bytes, {on_irc} IRC lines");
     assert_no_irc_injection(&lobby, &elsewhere);
     Ok(())
@@ -1232,22 +1267,10 @@ async fn appservice_refuses_bad_transactions_and_keeps_relaying() -> anyhow::Res
     .to_string();
     let status = put(unique("t"), good.clone(), big).await?;
     assert_eq!(status, 200, "a big message is taken");
-    let after = unique("after bad transactions");
-    lobby.matrix.send_text(&lobby.room, &after).await?;
     lobby
-        .xmpp_sees(&after)
-        .await
-        .context("the next line → xmpp")?;
-    lobby
-        .irc_sees(&after)
-        .await
-        .context("the next line → irc")?;
-    let on_irc = lobby
-        .irc
-        .privmsgs_in(&lobby.channel)
-        .iter()
-        .filter(|(_, t)| t.contains("0123456789abcdef"))
-        .count();
+        .line_crosses(Side::Matrix, "after bad transactions")
+        .await?;
+    let on_irc = lobby.irc_lines_with("0123456789abcdef");
     println!("100 kB message from the homeserver: {on_irc} IRC lines");
     for never in [format!("{tag}f"), format!("{tag}k"), format!("{tag}o")] {
         assert!(
@@ -1273,16 +1296,10 @@ async fn control_characters_from_matrix_do_not_stop_the_next_line() -> anyhow::R
             .matrix
             .send_text(&lobby.room, &format!("{} {bad}", unique("ctl")))
             .await?;
-        let after = unique("after control characters");
-        lobby.matrix.send_text(&lobby.room, &after).await?;
         lobby
-            .irc_sees(&after)
+            .line_crosses(Side::Matrix, "after control characters")
             .await
-            .with_context(|| format!("the line after {bad:?} → irc"))?;
-        lobby
-            .xmpp_sees(&after)
-            .await
-            .with_context(|| format!("the line after {bad:?} → xmpp"))?;
+            .with_context(|| format!("the line after {bad:?}"))?;
     }
     assert_no_irc_injection(&lobby, "#nowhere-at-all");
     Ok(())

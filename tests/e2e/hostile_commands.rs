@@ -168,9 +168,23 @@ async fn a_flood_of_help_neither_stalls_the_bot_nor_reaches_the_audit_trail() ->
     lobby_still_relays(&lobby, "after the restart").await
 }
 
-/// The path of the media proxy's link to `mxc` (`/media/server/id`).
-fn media_path(mxc: &str) -> String {
-    format!("/media/{}", mxc.trim_start_matches("mxc://"))
+/// The media proxy's link to the upload `mxc` (the path `/media/server/id`) as it reaches
+/// IRC, fetched; `what` names the upload in errors.
+async fn fetched_from_irc(
+    lobby: &Lobby,
+    mxc: &str,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let path = format!("/media/{}", mxc.trim_start_matches("mxc://"));
+    let (_, line) = lobby
+        .irc_sees(&path)
+        .await
+        .with_context(|| format!("the {what}'s link on IRC"))?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .with_context(|| format!("no link in {line:?}"))?;
+    Ok(reqwest::get(url).await?)
 }
 
 /// A Matrix user uploads `text/html` with a script and sends it as a file: the link the
@@ -186,16 +200,7 @@ async fn the_media_proxy_serves_html_as_a_sandboxed_attachment() -> anyhow::Resu
         .upload(html.clone(), "text/html", &name)
         .await?;
     lobby.matrix.send_file(&lobby.room, &mxc, &name).await?;
-    let (_, line) = lobby
-        .irc_sees(&media_path(&mxc))
-        .await
-        .context("the file's link on IRC")?;
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .with_context(|| format!("no link in {line:?}"))?
-        .to_owned();
-    let r = reqwest::get(&url).await?;
+    let r = fetched_from_irc(&lobby, &mxc, "file").await?;
     assert!(r.status().is_success(), "{}", r.status());
     let header = |n: &str| {
         r.headers()
@@ -213,16 +218,7 @@ async fn the_media_proxy_serves_html_as_a_sandboxed_attachment() -> anyhow::Resu
     let name = format!("{}.png", unique("pic"));
     let mxc = lobby.matrix.upload(png, "image/png", &name).await?;
     lobby.matrix.send_image(&lobby.room, &mxc, &name).await?;
-    let (_, line) = lobby
-        .irc_sees(&media_path(&mxc))
-        .await
-        .context("the image's link on IRC")?;
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .with_context(|| format!("no link in {line:?}"))?
-        .to_owned();
-    let r = reqwest::get(&url).await?;
+    let r = fetched_from_irc(&lobby, &mxc, "image").await?;
     let disposition = r
         .headers()
         .get("content-disposition")

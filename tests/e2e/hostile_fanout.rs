@@ -6,7 +6,7 @@
 //! crossing, and so they do after a restart on the same store.
 
 use crate::hostile_input::relays_now_and_after_a_restart;
-use crate::lobby::{short_nick, Lobby};
+use crate::lobby::{short_nick, Lobby, Side};
 use anyhow::Context as _;
 use junction_testkit::clients::xmpp::stanza_id;
 use junction_testkit::clients::{IrcUser, XmppUser};
@@ -17,23 +17,6 @@ use std::time::{Duration, Instant};
 
 /// How long a count may take to show on `/metrics`.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A lobby whose gateway serves `/metrics` on a free loopback port, with `extra` lines in its
-/// `[gateway]` table; returns the lobby and the base URL of `/metrics`.
-pub(crate) async fn lobby_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let lobby = Lobby::start_with(|c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\"\n{extra}"),
-        );
-    })
-    .await?;
-    Ok((lobby, format!("http://127.0.0.1:{port}")))
-}
 
 /// Waits until the counter `name{network="…",kind="…"}` on `/metrics` is at least `min`;
 /// returns its value.
@@ -104,7 +87,7 @@ fn matrix_body(e: &Value) -> &str {
 /// reach IRC, the other 341 are counted in `junction_capped_total{kind="reaction"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_reactions_in_one_stanza_are_capped() -> anyhow::Result<()> {
-    let (mut lobby, base) = lobby_with_metrics("").await?;
+    let (mut lobby, base) = Lobby::start_with_metrics("").await?;
     let text = unique("react to this");
     lobby.irc.privmsg(&lobby.channel, &text)?;
     let e = lobby
@@ -126,16 +109,9 @@ async fn hundreds_of_reactions_in_one_stanza_are_capped() -> anyhow::Result<()> 
     lobby.xmpp.send_reaction(&lobby.muc, &sid, &refs)?;
 
     // A line said after the stanza arrives after everything it became.
-    let after = unique("after the reactions");
-    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
     lobby
-        .matrix_sees(&after)
-        .await
-        .context("the next line → matrix")?;
-    lobby
-        .irc_sees(&after)
-        .await
-        .context("the next line → irc")?;
+        .line_crosses(Side::Xmpp, "after the reactions")
+        .await?;
 
     let on_matrix = matrix_count(&lobby, |r| {
         r["type"] == "m.reaction"
@@ -158,7 +134,7 @@ async fn hundreds_of_reactions_in_one_stanza_are_capped() -> anyhow::Result<()> 
 /// `junction_capped_total{kind="attachment"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_oob_links_in_one_message_are_capped() -> anyhow::Result<()> {
-    let (mut lobby, base) = lobby_with_metrics("").await?;
+    let (mut lobby, base) = Lobby::start_with_metrics("").await?;
     let tag = unique("oob");
     let link = |i: usize| format!("http://127.0.0.1:9/{tag}-{i}.png");
     let oob: String = (0..50)
@@ -168,16 +144,7 @@ async fn many_oob_links_in_one_message_are_capped() -> anyhow::Result<()> {
     lobby
         .xmpp
         .send_groupchat_with(&lobby.muc, &format!("{tag} links"), &oob)?;
-    let after = unique("after the links");
-    lobby.xmpp.send_groupchat(&lobby.muc, &after)?;
-    lobby
-        .matrix_sees(&after)
-        .await
-        .context("the next line → matrix")?;
-    lobby
-        .irc_sees(&after)
-        .await
-        .context("the next line → irc")?;
+    lobby.line_crosses(Side::Xmpp, "after the links").await?;
 
     let needle = format!("{tag}-");
     let on_matrix = matrix_count(&lobby, |e| {
@@ -293,7 +260,7 @@ const FLOOD: usize = 60;
 /// they are after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_person_is_cut_and_others_still_cross() -> anyhow::Result<()> {
-    let (mut lobby, base) = lobby_with_metrics(&format!(
+    let (mut lobby, base) = Lobby::start_with_metrics(&format!(
         "rate_burst = {BURST}\nrate_per_minute = {PER_MINUTE}"
     ))
     .await?;

@@ -4,43 +4,16 @@
 //! from Matrix at once (megabyte transactions). After each the gateway stays up, the next ordinary line crosses in all six directions, and a restart on the same
 //! data dir (which hands out what the store holds) stays up and relays too.
 
-use crate::lobby::Lobby;
+use crate::lobby::{Lobby, Side};
 use anyhow::Context as _;
 use junction_testkit::unique;
 
 /// One fresh line from each network, each seen on the other two: M→X, M→I, X→M, X→I, I→M,
 /// I→X.
 pub(crate) async fn every_direction_relays(lobby: &Lobby, what: &str) -> anyhow::Result<()> {
-    let m = unique("next from matrix");
-    lobby.matrix.send_text(&lobby.room, &m).await?;
-    lobby
-        .xmpp_sees(&m)
-        .await
-        .with_context(|| format!("{what}: M→X"))?;
-    lobby
-        .irc_sees(&m)
-        .await
-        .with_context(|| format!("{what}: M→I"))?;
-    let x = unique("next from xmpp");
-    lobby.xmpp.send_groupchat(&lobby.muc, &x)?;
-    lobby
-        .matrix_sees(&x)
-        .await
-        .with_context(|| format!("{what}: X→M"))?;
-    lobby
-        .irc_sees(&x)
-        .await
-        .with_context(|| format!("{what}: X→I"))?;
-    let i = unique("next from irc");
-    lobby.irc.privmsg(&lobby.channel, &i)?;
-    lobby
-        .matrix_sees(&i)
-        .await
-        .with_context(|| format!("{what}: I→M"))?;
-    lobby
-        .xmpp_sees(&i)
-        .await
-        .with_context(|| format!("{what}: I→X"))?;
+    for from in [Side::Matrix, Side::Xmpp, Side::Irc] {
+        lobby.line_crosses(from, what).await?;
+    }
     Ok(())
 }
 

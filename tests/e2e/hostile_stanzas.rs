@@ -5,8 +5,9 @@
 //! ordinary line crosses in all six directions, and a restart on the same data dir stays up
 //! too.
 
-use crate::hostile_fanout::{counter_reaches, lobby_with_metrics};
+use crate::hostile_fanout::counter_reaches;
 use crate::hostile_input::relays_now_and_after_a_restart;
+use crate::lobby::Lobby;
 use anyhow::Context as _;
 use junction_testkit::unique;
 
@@ -22,7 +23,7 @@ const DEPTH: usize = 125;
 /// below the bound is dropped and the cut is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_stanza_from_xmpp_keeps_the_gateway_up() -> anyhow::Result<()> {
-    let (mut lobby, base) = lobby_with_metrics("").await?;
+    let (mut lobby, base) = Lobby::start_with_metrics("").await?;
     let tag = unique("ds");
     let payload = format!(
         "<x xmlns='urn:example:deep'>{}{}</x>",

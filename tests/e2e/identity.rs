@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use irc_proto::Command;
 use junction_core::NetworkId;
 use junction_testkit::clients::irc::source_nick;
-use junction_testkit::clients::xmpp::{body, from_nick};
+use junction_testkit::clients::xmpp::{body, from_nick, is_leaving};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::servers;
 use junction_testkit::unique;
@@ -222,11 +222,7 @@ async fn native_occupant(lobby: &Lobby, nick: &str) -> anyhow::Result<XmppUser> 
 /// True when the MUC said that the occupant `nick` left or was renamed.
 fn occupant_left(lobby: &Lobby, nick: &str) -> bool {
     let from = format!("{}/{nick}", lobby.muc);
-    lobby.xmpp.backlog().iter().any(|el| {
-        el.name() == "presence"
-            && el.attr("type") == Some("unavailable")
-            && el.attr("from") == Some(from.as_str())
-    })
+    lobby.xmpp.backlog().iter().any(|el| is_leaving(el, &from))
 }
 
 /// By default a Matrix user's MUC occupant carries the origin mark, so it never takes the

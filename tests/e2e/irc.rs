@@ -20,25 +20,12 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A running adapter as network `irc:e2e`: the gateway's ends of its channels (through
-/// `Deref`), its bot's nick and the events it passed on.
+/// A running adapter as network `irc:e2e`: the gateway's ends of its channels, its bot's
+/// nick and the events it passed on.
 struct Running {
     nick: String,
     solo: Solo,
     seen: Inbox,
-}
-
-impl std::ops::Deref for Running {
-    type Target = Solo;
-    fn deref(&self) -> &Solo {
-        &self.solo
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Solo {
-        &mut self.solo
-    }
 }
 
 impl Running {
@@ -113,7 +100,8 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
     let mut gw = start(addr, &channel);
 
     // A remote user's message shows under the sanitised, NICKLEN-trimmed name.
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(delivery(1, &channel, display, "hello irc"))
         .await?;
     let want = format!("<{shown}> hello irc");
@@ -130,7 +118,8 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
         .map(|i| format!("w{:03} ", i % 1000))
         .collect::<String>();
     let long = &long[..2000];
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(delivery(2, &channel, display, long))
         .await?;
     let prefix = format!("<{shown}> ");
@@ -189,7 +178,8 @@ async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<
         async move { (asked.is_ok() && has_h).then_some(()) }
     })
     .await?;
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(delivery(1, &channel, "alice", "said before you came"))
         .await?;
     gw.answered(1).await.context("the delivery answered")?;
@@ -345,7 +335,8 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
         format!("{}[m]", &alice[..nicklen - 3])
     };
     let hello = "hello from a puppet";
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(from(
             1,
             &channel,
@@ -359,7 +350,8 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
     // Another remote user gets another connection and nick.
     let bob = short("bo", 4);
     let bob_nick = format!("{bob}[x]");
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(from(
             2,
             &channel,
@@ -372,7 +364,8 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
 
     // A nick already in use gets `_`.
     let carol = taken.trim_end_matches("[m]").to_owned();
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(from(
             3,
             &channel,
@@ -384,7 +377,8 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
     sees(&watcher, &channel, &format!("{taken}_"), "i am carol").await?;
 
     // An emote is an ACTION; an edit is marked as a correction.
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(from(
             4,
             &channel,
@@ -398,7 +392,8 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
         target: MessageId::new("$e1"),
         body: RichText::plain("hello from a fixed puppet"),
     };
-    gw.deliveries
+    gw.solo
+        .deliveries
         .send(from(5, &channel, "matrix", &alice, edit))
         .await?;
     sees(
@@ -417,7 +412,7 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
 
     // A private message to the bot is a command; the answer comes back by NOTICE.
     watcher.privmsg(&gw.nick, "status please")?;
-    let cmd = tokio::time::timeout(WAIT, gw.commands.recv())
+    let cmd = tokio::time::timeout(WAIT, gw.solo.commands.recv())
         .await
         .context("a command in time")?
         .context("commands open")?;

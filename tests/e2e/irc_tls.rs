@@ -9,14 +9,13 @@ use junction_irc::connection::{self, Registration};
 use junction_irc::tls::Tls;
 use junction_irc::{IrcAdapter, IrcConfig, IrcMode};
 use junction_testkit::clients::IrcUser;
-use junction_testkit::{delivery, eventually, person, said, solo, unique};
+use junction_testkit::{delivery, eventually, free_port, person, said, solo, unique};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
-use super::faults::{free_port, tail};
+use super::faults::{run_inspircd, tail};
 use super::irc::short;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -153,34 +152,14 @@ impl TlsInspircd {
             conf.push_str(&format!("<module name=\"{m}\">\n"));
         }
         std::fs::write(d.join("inspircd.conf"), conf)?;
-        let log = std::fs::File::create(d.join("inspircd.log"))?;
-        let child = tokio::process::Command::new("inspircd")
-            .arg("--runasroot")
-            .arg("--nofork")
-            .arg(format!("--config={}", p("inspircd.conf")))
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting inspircd")?;
-        let me = TlsInspircd {
+        let addrs = [tls_port, plain_port].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        let child = run_inspircd(d, &addrs).await?;
+        Ok(TlsInspircd {
             dir,
             tls_port,
             plain_port,
             _child: child,
-        };
-        for addr in [me.tls_addr(), me.plain_addr()] {
-            eventually(
-                Duration::from_secs(30),
-                "our inspircd to listen",
-                || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
-            )
-            .await
-            .with_context(|| tail(&me.dir.path().join("inspircd.log"), 20))?;
-        }
-        Ok(me)
+        })
     }
 
     fn tls_addr(&self) -> SocketAddr {

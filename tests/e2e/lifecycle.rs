@@ -4,12 +4,12 @@
 //! name, counts the refusals in `/metrics`, and the lobby still relays the next line in
 //! every direction. Idle ghosts and occupants leave after the idle timeout.
 
-use crate::lobby::{short_nick, Lobby};
+use crate::lobby::{in_gateway, short_nick, Lobby};
 use anyhow::Context as _;
 use junction_core::NetworkId;
 use junction_testkit::clients::IrcUser;
 use junction_testkit::servers::servers;
-use junction_testkit::unique;
+use junction_testkit::{free_port, unique};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -94,16 +94,10 @@ async fn registered(lobby: &Lobby, user: &str) -> anyhow::Result<bool> {
 /// new nick; refusals are counted; then a line from each network crosses to both others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_joins_under_new_names_creates_at_most_the_cap() -> anyhow::Result<()> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let port = free_port()?;
     let lobby = Lobby::start_with(|c| {
+        in_gateway(c, &format!("metrics = \"127.0.0.1:{port}\""));
         *c = c
-            .replace(
-                "membership = \"all\"",
-                &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
-            )
             .replace("[matrix]\n", &format!("[matrix]\nmax_ghosts = {CAP}\n"))
             .replace("[xmpp]\n", &format!("[xmpp]\nmax_occupants = {CAP}\n"));
     })
@@ -223,28 +217,13 @@ async fn idle_ghosts_and_occupants_leave_and_come_back() -> anyhow::Result<()> {
             .replace("[xmpp]\n", "[xmpp]\noccupant_idle_timeout_seconds = 2\n");
     })
     .await?;
-    let hello = unique("before idling");
-    lobby.irc.privmsg(&lobby.channel, &hello)?;
-    let e = lobby.matrix_sees(&hello).await?;
-    let ghost = e["sender"].as_str().context("sender")?.to_owned();
-    let x = lobby.xmpp_sees(&hello).await?;
-    let occupant = x.attr("from").context("from")?.to_owned();
+    let (ghost, occupant) = lobby.irc_user_speaks().await?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.member"
-                && r["state_key"].as_str() == Some(ghost.as_str())
-                && r["content"]["membership"] == "leave"
-        })
+        .matrix_left(&ghost)
         .await
         .context("the idle ghost leaves")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("type") == Some("unavailable")
-                && el.attr("from") == Some(occupant.as_str())
-        })
+        .xmpp_left(&occupant)
         .await
         .context("the idle occupant leaves")?;
     let back = unique("after idling");

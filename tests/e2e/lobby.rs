@@ -7,11 +7,11 @@
 //! name exists, so the table can not drift from what is tested.
 
 use anyhow::Context as _;
-use junction_testkit::clients::irc::source_nick;
-use junction_testkit::clients::xmpp::{body, from_nick, stanza_id};
+use junction_testkit::clients::irc::{is_join_of, joiner, source_nick};
+use junction_testkit::clients::xmpp::{body, from_nick, is_leaving, muc_status, stanza_id};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
-use junction_testkit::unique;
+use junction_testkit::{free_port, unique};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,18 +44,91 @@ pub struct Lobby {
     /// The servers this lobby is on (the shared ones, or a Prosody of the test's own).
     #[allow(dead_code)]
     pub servers: Servers,
+    gateway: Gateway,
+}
+
+/// A gateway run in-process by `junction::serve` on a config text and a store of its own;
+/// stopped when dropped.
+pub struct Gateway {
+    /// What the config text is called in its errors.
+    name: &'static str,
     config: String,
     data: tempfile::TempDir,
-    gateway: Option<(
+    running: Option<(
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
+}
+
+impl Gateway {
+    /// A gateway (not started yet) on the config text `config`, called `name` in errors.
+    pub fn new(name: &'static str, config: String) -> anyhow::Result<Gateway> {
+        // `JUNCTION_TEST_LOG=junction=debug` shows the gateway's log in failing tests.
+        if let Ok(filter) = std::env::var("JUNCTION_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        Ok(Gateway {
+            name,
+            config,
+            data: tempfile::tempdir()?,
+            running: None,
+        })
+    }
+
+    /// Starts (or starts again) the gateway on its store.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let config = junction::config::parse(&self.config, self.name, self.data.path(), &|_| None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(junction::serve(config, shutdown.clone()));
+        self.running = Some((shutdown, task));
+        Ok(())
+    }
+
+    /// Fails if the gateway stopped on its own (it must ride out a server restart).
+    pub fn assert_running(&self) -> anyhow::Result<()> {
+        match &self.running {
+            Some((_, task)) if !task.is_finished() => Ok(()),
+            _ => anyhow::bail!("the gateway stopped"),
+        }
+    }
+
+    /// Stops the gateway cleanly (as on SIGTERM) and waits for it.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some((shutdown, task)) = self.running.take() {
+            shutdown.cancel();
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some((shutdown, _)) = &self.running {
+            shutdown.cancel();
+        }
+    }
 }
 
 impl Lobby {
     /// A lobby on InspIRCd.
     pub async fn start() -> anyhow::Result<Lobby> {
         Self::start_with(|_| {}).await
+    }
+
+    /// A lobby on InspIRCd whose gateway serves `/metrics` on a free loopback port, with
+    /// `extra` lines in its `[gateway]` table; the lobby and the base URL of `/metrics`.
+    pub async fn start_with_metrics(extra: &str) -> anyhow::Result<(Lobby, String)> {
+        let port = free_port()?;
+        let lobby = Self::start_with(|c| {
+            in_gateway(c, &format!("metrics = \"127.0.0.1:{port}\"\n{extra}"));
+        })
+        .await?;
+        Ok((lobby, format!("http://127.0.0.1:{port}")))
     }
 
     /// A lobby on InspIRCd whose config text `tweak` may change before it is parsed.
@@ -80,13 +153,6 @@ impl Lobby {
         irc_addr: SocketAddr,
         tweak: impl FnOnce(&mut String),
     ) -> anyhow::Result<Lobby> {
-        // `JUNCTION_TEST_LOG=junction=debug` shows the gateway's log in failing tests.
-        if let Ok(filter) = std::env::var("JUNCTION_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
-        }
         let slot = slot().await?;
         let name = unique("lobby");
         let matrix = MatrixUser::login(servers, "alice", "alicepw").await?;
@@ -105,9 +171,9 @@ impl Lobby {
             .context("giving the bot power")?;
         let muc = format!("{name}@{}", servers.xmpp.muc);
         let channel = format!("#{name}");
-        let data = tempfile::tempdir()?;
         let mut config = lobby_config(servers, &slot, &room, &muc, &channel, irc_addr);
         tweak(&mut config);
+        let gateway = Gateway::new("lobby.toml", config)?;
         let xmpp = XmppUser::register(servers, &short_nick(&unique("xu")), "pw-lobby").await?;
         let xmpp_nick = unique("ax");
         let irc_nick = short_nick(&unique("ir"));
@@ -123,9 +189,7 @@ impl Lobby {
             irc_addr,
             slot,
             servers: servers.clone(),
-            config,
-            data,
-            gateway: None,
+            gateway,
         };
         // The IRC user and the XMPP user are in before the gateway, so their rooms exist
         // and the gateway's arrivals are seen.
@@ -145,60 +209,41 @@ impl Lobby {
     /// Starts (or restarts) the gateway on this lobby's store and waits until it has joined
     /// the room on every network.
     pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
-        let config =
-            junction::config::parse(&self.config, "lobby.toml", self.data.path(), &|_| None)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let shutdown = CancellationToken::new();
         let (irc_mark, xmpp_mark) = (self.irc.backlog().len(), self.xmpp.backlog().len());
-        let task = tokio::spawn(junction::serve(config, shutdown.clone()));
-        self.gateway = Some((shutdown, task));
+        self.gateway.start()?;
         self.wait_joined(irc_mark, xmpp_mark).await
     }
 
     /// The gateway's config text (as `lobby.toml`).
     #[allow(dead_code)]
     pub fn config_text(&self) -> &str {
-        &self.config
+        &self.gateway.config
     }
 
     /// Changes the gateway's config text for its next start.
     #[allow(dead_code)]
     pub fn tweak_config(&mut self, tweak: impl FnOnce(&mut String)) {
-        tweak(&mut self.config);
+        tweak(&mut self.gateway.config);
     }
 
     /// Where the gateway keeps its store (open it only while the gateway is stopped).
     pub fn store_dir(&self) -> std::path::PathBuf {
-        self.data.path().join("data").join("store")
+        self.gateway.data.path().join("data").join("store")
     }
 
     /// Stops the gateway cleanly (as on SIGTERM) and waits for it.
     pub async fn stop_gateway(&mut self) -> anyhow::Result<()> {
-        if let Some((shutdown, task)) = self.gateway.take() {
-            shutdown.cancel();
-            task.await??;
-        }
-        Ok(())
+        self.gateway.stop().await
     }
 
     /// Waits until the gateway's bot is in the IRC channel, its listener in the MUC and its
     /// bot in the Matrix room.
     async fn wait_joined(&self, irc_mark: usize, xmpp_mark: usize) -> anyhow::Result<()> {
         let bot = format!("@{}:{}", self.slot.bot, "matrix.test");
-        let room = self.room.clone();
-        let matrix = &self.matrix;
-        junction_testkit::eventually(WAIT, "the gateway's bot in the Matrix room", || {
-            let bot = bot.clone();
-            let room = room.clone();
-            async move {
-                matrix
-                    .members(&room)
-                    .await
-                    .ok()
-                    .filter(|m| m.contains_key(&bot))
-            }
-        })
-        .await?;
+        self.matrix
+            .wait_member(&self.room, &bot, WAIT)
+            .await
+            .context("the gateway's bot in the Matrix room")?;
         let component = self.slot.component.clone();
         let muc_prefix = format!("{}/", self.muc);
         junction_testkit::eventually(WAIT, "the gateway's listener in the MUC", || {
@@ -219,14 +264,16 @@ impl Lobby {
         .await?;
         let irc_bot = junction_testkit::gateway::bot_nick(&self.slot);
         junction_testkit::eventually(WAIT, "the gateway's bot in the IRC channel", || {
-            let found = self.irc.backlog().into_iter().skip(irc_mark).any(|m| {
-                matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&self.channel))
-                    && source_nick(&m).is_some_and(|n| n.eq_ignore_ascii_case(&irc_bot))
-            });
+            let found = self
+                .irc
+                .backlog()
+                .into_iter()
+                .skip(irc_mark)
+                .any(|m| is_join_of(&m, &self.channel, &irc_bot));
             async move { found.then_some(()) }
         })
         .await
-            .context("the gateway's bot in the IRC channel")?;
+        .context("the gateway's bot in the IRC channel")?;
         Ok(())
     }
 
@@ -276,12 +323,238 @@ impl Lobby {
     }
 }
 
-impl Drop for Lobby {
-    fn drop(&mut self) {
-        if let Some((shutdown, _)) = &self.gateway {
-            shutdown.cancel();
+/// A network of the lobby, where its user says something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Matrix,
+    Xmpp,
+    Irc,
+}
+
+impl Side {
+    fn letter(self) -> char {
+        match self {
+            Side::Matrix => 'M',
+            Side::Xmpp => 'X',
+            Side::Irc => 'I',
         }
     }
+}
+
+impl Lobby {
+    /// The lobby's user on `from` says a fresh line (`what` and a unique suffix), and it is
+    /// seen on both other networks; the errors name `what` and the direction.
+    pub async fn line_crosses(&self, from: Side, what: &str) -> anyhow::Result<()> {
+        let text = unique(what);
+        match from {
+            Side::Matrix => {
+                self.matrix.send_text(&self.room, &text).await?;
+            }
+            Side::Xmpp => {
+                self.xmpp.send_groupchat(&self.muc, &text)?;
+            }
+            Side::Irc => self.irc.privmsg(&self.channel, &text)?,
+        }
+        let to = |side: Side| format!("{what}: {}→{}", from.letter(), side.letter());
+        if from != Side::Matrix {
+            self.matrix_sees(&text)
+                .await
+                .with_context(|| to(Side::Matrix))?;
+        }
+        if from != Side::Xmpp {
+            self.xmpp_sees(&text)
+                .await
+                .with_context(|| to(Side::Xmpp))?;
+        }
+        if from != Side::Irc {
+            self.irc_sees(&text).await.with_context(|| to(Side::Irc))?;
+        }
+        Ok(())
+    }
+
+    /// Alice sends `text` on Matrix with a pill of `user` (named `someone`) in front.
+    pub async fn matrix_pill(&self, user: &str, text: &str) -> anyhow::Result<String> {
+        self.matrix
+            .send_html(
+                &self.room,
+                &format!("someone: {text}"),
+                &format!("<a href=\"https://matrix.to/#/{user}\">someone</a>: {text}"),
+            )
+            .await
+    }
+
+    /// Waits until the MUC retracts `copy` (a message seen in it): the retraction names its
+    /// stanza-id or its id.
+    pub async fn xmpp_retracted(
+        &self,
+        copy: &minidom::Element,
+    ) -> anyhow::Result<minidom::Element> {
+        let sid = stanza_id(copy).context("stanza-id")?;
+        self.xmpp
+            .wait_for(WAIT, |el| {
+                el.name() == "message"
+                    && el.children().any(|c| {
+                        c.name() == "retract"
+                            && (c.attr("id") == Some(sid.as_str())
+                                || c.attr("id") == copy.attr("id"))
+                    })
+            })
+            .await
+    }
+
+    /// How many lines in the IRC channel contain `text`.
+    pub fn irc_lines_with(&self, text: &str) -> usize {
+        self.irc
+            .privmsgs_in(&self.channel)
+            .iter()
+            .filter(|(_, t)| t.contains(text))
+            .count()
+    }
+
+    /// The XMPP user says `text` in the MUC; the room's reflection of it (with the room's
+    /// stanza-id).
+    pub async fn xmpp_says(&self, text: &str) -> anyhow::Result<minidom::Element> {
+        self.xmpp.send_groupchat(&self.muc, text)?;
+        self.xmpp
+            .wait_for(WAIT, |el| {
+                from_nick(el) == Some(self.xmpp_nick.as_str())
+                    && body(el).is_some_and(|b| b.contains(text))
+            })
+            .await
+    }
+
+    /// The IRC user says something new; once it crossed, their Matrix ghost's user id and
+    /// their MUC occupant's full JID.
+    pub async fn irc_user_speaks(&self) -> anyhow::Result<(String, String)> {
+        let hello = unique("irc user speaks");
+        self.irc.privmsg(&self.channel, &hello)?;
+        let e = self.matrix_sees(&hello).await?;
+        let ghost = e["sender"].as_str().context("sender")?.to_owned();
+        let x = self.xmpp_sees(&hello).await?;
+        let occupant = x.attr("from").context("from")?.to_owned();
+        Ok((ghost, occupant))
+    }
+
+    /// Waits for a membership event of `member` in the Matrix room whose content `f` accepts.
+    pub async fn matrix_membership(
+        &self,
+        member: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        self.matrix
+            .wait_for(&self.room, WAIT, |r| {
+                r["type"] == "m.room.member"
+                    && r["state_key"].as_str() == Some(member)
+                    && f(&r["content"])
+            })
+            .await
+    }
+
+    /// Waits until `member` left the Matrix room.
+    pub async fn matrix_left(&self, member: &str) -> anyhow::Result<Value> {
+        self.matrix_membership(member, |c| c["membership"] == "leave")
+            .await
+    }
+
+    /// Waits until `member`'s display name in the Matrix room contains `name`.
+    pub async fn matrix_renamed(&self, member: &str, name: &str) -> anyhow::Result<Value> {
+        self.matrix_membership(member, |c| {
+            c["displayname"].as_str().is_some_and(|d| d.contains(name))
+        })
+        .await
+    }
+
+    /// Waits until the Matrix room's topic is `topic`.
+    pub async fn matrix_topic(&self, topic: &str) -> anyhow::Result<Value> {
+        self.matrix
+            .wait_for(&self.room, WAIT, |r| {
+                r["type"] == "m.room.topic" && r["content"]["topic"].as_str() == Some(topic)
+            })
+            .await
+    }
+
+    /// Waits for an event in the Matrix room whose body contains every one of `words`.
+    pub async fn matrix_line(&self, words: &[&str]) -> anyhow::Result<Value> {
+        self.matrix
+            .wait_for(&self.room, WAIT, |r| {
+                words.iter().all(|w| matrix_body(r).contains(w))
+            })
+            .await
+    }
+
+    /// Waits until `occupant` (a full JID in the MUC) left it.
+    pub async fn xmpp_left(&self, occupant: &str) -> anyhow::Result<minidom::Element> {
+        self.xmpp
+            .wait_for(WAIT, |el| is_leaving(el, occupant))
+            .await
+    }
+
+    /// Waits until `occupant` (a full JID in the MUC) changed nick (left with status 303).
+    pub async fn xmpp_renamed(&self, occupant: &str) -> anyhow::Result<minidom::Element> {
+        self.xmpp
+            .wait_for(WAIT, |el| is_leaving(el, occupant) && muc_status(el, "303"))
+            .await
+    }
+
+    /// Waits until the MUC's subject is `topic`.
+    pub async fn xmpp_subject(&self, topic: &str) -> anyhow::Result<minidom::Element> {
+        self.xmpp
+            .wait_for(WAIT, |el| {
+                el.children()
+                    .any(|c| c.name() == "subject" && c.text() == topic)
+            })
+            .await
+    }
+
+    /// Waits for a message whose body contains every one of `words` on XMPP.
+    pub async fn xmpp_line(&self, words: &[&str]) -> anyhow::Result<minidom::Element> {
+        self.xmpp
+            .wait_for(WAIT, |el| {
+                body(el).is_some_and(|b| words.iter().all(|w| b.contains(w)))
+            })
+            .await
+    }
+
+    /// Waits for a PRIVMSG or NOTICE in the channel containing every one of `words`.
+    pub async fn irc_line(&self, words: &[&str]) -> anyhow::Result<irc_proto::Message> {
+        self.irc
+            .wait_for(WAIT, |m| match &m.command {
+                irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
+                    c.eq_ignore_ascii_case(&self.channel) && words.iter().all(|w| t.contains(w))
+                }
+                _ => false,
+            })
+            .await
+    }
+
+    /// Waits until the channel's topic, or a line in it, carries `topic`.
+    pub async fn irc_topic(&self, topic: &str) -> anyhow::Result<irc_proto::Message> {
+        self.irc
+            .wait_for(WAIT, |m| match &m.command {
+                irc_proto::Command::TOPIC(c, Some(t))
+                | irc_proto::Command::PRIVMSG(c, t)
+                | irc_proto::Command::NOTICE(c, t) => {
+                    c.eq_ignore_ascii_case(&self.channel) && t.contains(topic)
+                }
+                _ => false,
+            })
+            .await
+    }
+}
+
+/// Whether the Matrix event `e` pills `user` in its formatted body.
+fn has_pill(e: &Value, user: &str) -> bool {
+    e["content"]["formatted_body"]
+        .as_str()
+        .is_some_and(|html| html.contains(&format!("https://matrix.to/#/{user}")))
+}
+
+/// Adds `lines` to the `[gateway]` table of a lobby's config text.
+pub fn in_gateway(config: &mut String, lines: &str) {
+    *config = config.replace(
+        "membership = \"all\"",
+        &format!("membership = \"all\"\n{lines}"),
+    );
 }
 
 /// A nick short enough for every test server.
@@ -598,29 +871,14 @@ async fn redactions_cross() -> anyhow::Result<()> {
     let text = unique("regret from matrix");
     let ev = lobby.matrix.send_text(&lobby.room, &text).await?;
     let x = lobby.xmpp_sees(&text).await?;
-    let sid = stanza_id(&x).context("stanza-id")?;
     lobby.matrix.redact(&lobby.room, &ev, "oops").await?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "message"
-                && el.children().any(|c| {
-                    c.name() == "retract"
-                        && (c.attr("id") == Some(sid.as_str()) || c.attr("id") == x.attr("id"))
-                })
-        })
+        .xmpp_retracted(&x)
         .await
         .context("matrix redaction → xmpp retraction")?;
 
     let text = unique("regret from xmpp");
-    lobby.xmpp.send_groupchat(&lobby.muc, &text)?;
-    let mine = lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            from_nick(el) == Some(lobby.xmpp_nick.as_str())
-                && body(el).is_some_and(|b| b.contains(&text))
-        })
-        .await?;
+    let mine = lobby.xmpp_says(&text).await?;
     let e = lobby.matrix_sees(&text).await?;
     let my_sid = stanza_id(&mine).context("our stanza-id")?;
     lobby.xmpp.send_retraction(&lobby.muc, &my_sid)?;
@@ -720,49 +978,27 @@ async fn attachments_cross_as_links() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_and_membership_cross() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
-    let hello = unique("present");
-    lobby.irc.privmsg(&lobby.channel, &hello)?;
-    let e = lobby.matrix_sees(&hello).await?;
-    let ghost = e["sender"].as_str().context("sender")?.to_owned();
-    let x = lobby.xmpp_sees(&hello).await?;
-    let occupant = x.attr("from").context("from")?.to_owned();
+    let (ghost, occupant) = lobby.irc_user_speaks().await?;
 
     let topic = unique("the topic");
     lobby.irc.set_topic(&lobby.channel, &topic)?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.topic" && r["content"]["topic"].as_str() == Some(topic.as_str())
-        })
+        .matrix_topic(&topic)
         .await
         .context("irc topic → matrix")?;
     // The room's admin made the gateway a MUC admin, so the subject is set natively.
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.children()
-                .any(|c| c.name() == "subject" && c.text() == topic)
-        })
+        .xmpp_subject(&topic)
         .await
         .context("irc topic → xmpp subject")?;
 
     lobby.irc.part(&lobby.channel, "bye")?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.member"
-                && r["state_key"].as_str() == Some(ghost.as_str())
-                && r["content"]["membership"] == "leave"
-        })
+        .matrix_left(&ghost)
         .await
         .context("irc part → matrix ghost leaves")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("type") == Some("unavailable")
-                && el.attr("from") == Some(occupant.as_str())
-        })
+        .xmpp_left(&occupant)
         .await
         .context("irc part → xmpp occupant leaves")?;
     Ok(())
@@ -835,20 +1071,11 @@ async fn matrix_topic_xmpp_leave_and_kick_reflected() -> anyhow::Result<()> {
     let topic = unique("matrix topic");
     lobby.matrix.set_topic(&lobby.room, &topic).await?;
     lobby
-        .irc
-        .wait_for(WAIT, |m| {
-            matches!(&m.command, irc_proto::Command::TOPIC(c, Some(t)) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
-                || matches!(&m.command, irc_proto::Command::PRIVMSG(c, t) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
-                || matches!(&m.command, irc_proto::Command::NOTICE(c, t) if c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic))
-        })
+        .irc_topic(&topic)
         .await
         .context("matrix topic → irc")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.children()
-                .any(|c| c.name() == "subject" && c.text() == topic)
-        })
+        .xmpp_subject(&topic)
         .await
         .context("matrix topic → xmpp")?;
 
@@ -859,15 +1086,7 @@ async fn matrix_topic_xmpp_leave_and_kick_reflected() -> anyhow::Result<()> {
     let ghost = e["sender"].as_str().context("sender")?.to_owned();
     lobby.matrix.kick(&lobby.room, &ghost, "behave").await?;
     lobby
-        .irc
-        .wait_for(WAIT, |m| match &m.command {
-            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
-                c.eq_ignore_ascii_case(&lobby.channel)
-                    && t.contains("kicked")
-                    && t.contains("behave")
-            }
-            _ => false,
-        })
+        .irc_line(&["kicked", "behave"])
         .await
         .context("matrix kick → a line on irc")?;
     Ok(())
@@ -894,24 +1113,13 @@ async fn mentions_cross() -> anyhow::Result<()> {
         .await
         .context("irc mention → matrix")?;
     let alice = lobby.matrix.user_id().to_owned();
-    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
-    assert!(
-        html.contains(&format!("https://matrix.to/#/{alice}")),
-        "a pill for {alice}: {e}"
-    );
+    assert!(has_pill(&e, &alice), "a pill for {alice}: {e}");
 
     // The IRC user's ghost, pilled on Matrix, is the IRC nick on IRC.
     let ghost = e["sender"].as_str().context("sender")?.to_owned();
     let pong = unique("pong");
     let nick = lobby.irc.nick().to_owned();
-    lobby
-        .matrix
-        .send_html(
-            &lobby.room,
-            &format!("someone: {pong}"),
-            &format!("<a href=\"https://matrix.to/#/{ghost}\">someone</a>: {pong}"),
-        )
-        .await?;
+    lobby.matrix_pill(&ghost, &pong).await?;
     let (_, t) = lobby.irc_sees(&pong).await.context("matrix pill → irc")?;
     assert!(t.contains(&nick), "the pill becomes {nick}: {t:?}");
     Ok(())
@@ -934,14 +1142,7 @@ async fn nick_changes_cross() -> anyhow::Result<()> {
         .xmpp
         .send_raw(&format!("<presence to='{}/{new}'/>", lobby.muc))?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.member"
-                && r["state_key"].as_str() == Some(ghost.as_str())
-                && r["content"]["displayname"]
-                    .as_str()
-                    .is_some_and(|d| d.contains(&new))
-        })
+        .matrix_renamed(&ghost, &new)
         .await
         .context("xmpp nick change → matrix displayname")?;
     lobby
@@ -979,18 +1180,7 @@ async fn xmpp_attachments_cross_as_links() -> anyhow::Result<()> {
 /// `/health` says every network is connected and `/metrics` counts what crossed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_of_a_running_lobby() -> anyhow::Result<()> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let lobby = Lobby::start_with(|c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            &format!("membership = \"all\"\nmetrics = \"127.0.0.1:{port}\""),
-        );
-    })
-    .await?;
-    let base = format!("http://127.0.0.1:{port}");
+    let (lobby, base) = Lobby::start_with_metrics("").await?;
     let health = junction_testkit::eventually(WAIT, "every network connected", || {
         let url = format!("{base}/health");
         async move {
@@ -1044,13 +1234,7 @@ async fn metrics_and_health_of_a_running_lobby() -> anyhow::Result<()> {
 /// everyone else keeps talking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_ban_of_an_xmpp_user_stops_their_messages_everywhere() -> anyhow::Result<()> {
-    let lobby = Lobby::start_with(|c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            "membership = \"all\"\nadmins = [\"@alice:matrix.test\"]",
-        );
-    })
-    .await?;
+    let lobby = Lobby::start_with(|c| in_gateway(c, "admins = [\"@alice:matrix.test\"]")).await?;
     let before = unique("before the ban");
     lobby.xmpp.send_groupchat(&lobby.muc, &before)?;
     lobby.irc_sees(&before).await?;
@@ -1146,12 +1330,7 @@ async fn joins_and_parts_from_matrix_and_xmpp() -> anyhow::Result<()> {
         .await
         .context("matrix leave → irc part")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("type") == Some("unavailable")
-                && el.attr("from") == Some(carol_occupant.as_str())
-        })
+        .xmpp_left(&carol_occupant)
         .await
         .context("matrix leave → xmpp unavailable")?;
 
@@ -1177,10 +1356,9 @@ async fn joins_and_parts_from_matrix_and_xmpp() -> anyhow::Result<()> {
     dave.send_groupchat(&lobby.muc, &words)?;
     let (puppet, _) = lobby.irc_sees(&words).await.context("xmpp → irc")?;
     let backlog = lobby.irc.backlog();
-    let joined = backlog.iter().position(|m| {
-        matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&lobby.channel))
-            && source_nick(m) == Some(puppet.as_str())
-    });
+    let joined = backlog
+        .iter()
+        .position(|m| joiner(m, &lobby.channel) == Some(puppet.as_str()));
     let spoke = backlog.iter().position(
         |m| matches!(&m.command, irc_proto::Command::PRIVMSG(_, t) if t.contains(&words)),
     );
@@ -1197,33 +1375,15 @@ async fn joins_and_parts_from_matrix_and_xmpp() -> anyhow::Result<()> {
 async fn nick_changes_from_irc_and_matrix() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     let servers = servers().await?;
-    let hi = unique("irc before rename");
-    lobby.irc.privmsg(&lobby.channel, &hi)?;
-    let e = lobby.matrix_sees(&hi).await?;
-    let ghost = e["sender"].as_str().context("sender")?.to_owned();
-    let x = lobby.xmpp_sees(&hi).await?;
-    let occupant = x.attr("from").context("from")?.to_owned();
+    let (ghost, occupant) = lobby.irc_user_speaks().await?;
     let new = short_nick(&unique("nn"));
     lobby.irc.send_raw(&format!("NICK {new}"))?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.member"
-                && r["state_key"].as_str() == Some(ghost.as_str())
-                && r["content"]["displayname"]
-                    .as_str()
-                    .is_some_and(|d| d.contains(&new))
-        })
+        .matrix_renamed(&ghost, &new)
         .await
         .context("irc nick → matrix displayname")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("from") == Some(occupant.as_str())
-                && el.attr("type") == Some("unavailable")
-                && muc_status(el, "303")
-        })
+        .xmpp_renamed(&occupant)
         .await
         .context("irc nick → xmpp nick change")?;
 
@@ -1247,25 +1407,10 @@ async fn nick_changes_from_irc_and_matrix() -> anyhow::Result<()> {
         .await
         .context("matrix displayname → irc NICK")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "presence"
-                && el.attr("from") == Some(occupant.as_str())
-                && el.attr("type") == Some("unavailable")
-                && muc_status(el, "303")
-        })
+        .xmpp_renamed(&occupant)
         .await
         .context("matrix displayname → xmpp nick change")?;
     Ok(())
-}
-
-/// True when a MUC presence carries status `code`.
-fn muc_status(el: &minidom::Element, code: &str) -> bool {
-    el.children().any(|x| {
-        x.name() == "x"
-            && x.children()
-                .any(|s| s.name() == "status" && s.attr("code") == Some(code))
-    })
 }
 
 /// A subject set on XMPP becomes the Matrix topic and reaches IRC; an XMPP owner kicking
@@ -1277,23 +1422,11 @@ async fn xmpp_topic_and_kicks_reflected_from_xmpp_and_irc() -> anyhow::Result<()
     let topic = unique("xmpp subject");
     lobby.xmpp.set_subject(&lobby.muc, &topic)?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            r["type"] == "m.room.topic" && r["content"]["topic"].as_str() == Some(topic.as_str())
-        })
+        .matrix_topic(&topic)
         .await
         .context("xmpp subject → matrix topic")?;
     lobby
-        .irc
-        .wait_for(WAIT, |m| match &m.command {
-            irc_proto::Command::TOPIC(c, Some(t)) => {
-                c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
-            }
-            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
-                c.eq_ignore_ascii_case(&lobby.channel) && t.contains(&topic)
-            }
-            _ => false,
-        })
+        .irc_topic(&topic)
         .await
         .context("xmpp subject → irc")?;
 
@@ -1304,10 +1437,7 @@ async fn xmpp_topic_and_kicks_reflected_from_xmpp_and_irc() -> anyhow::Result<()
     let occupant_nick = from_nick(&x).context("nick")?.to_owned();
     lobby.xmpp.kick(&lobby.muc, &occupant_nick).await?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            matrix_body(r).contains("kicked") && matrix_body(r).contains(&occupant_nick)
-        })
+        .matrix_line(&["kicked", &occupant_nick])
         .await
         .context("xmpp kick → a line on matrix")?;
 
@@ -1317,10 +1447,7 @@ async fn xmpp_topic_and_kicks_reflected_from_xmpp_and_irc() -> anyhow::Result<()
     let (alice_nick, _) = lobby.irc_sees(&hello).await?;
     lobby.irc.kick(&lobby.channel, &alice_nick, "out you go")?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            body(el).is_some_and(|b| b.contains("kicked") && b.contains("out you go"))
-        })
+        .xmpp_line(&["kicked", "out you go"])
         .await
         .context("irc kick → a line on xmpp")?;
     Ok(())
@@ -1345,25 +1472,14 @@ async fn mentions_from_xmpp_and_to_xmpp() -> anyhow::Result<()> {
         .await
         .context("xmpp mention → matrix")?;
     let alice = lobby.matrix.user_id().to_owned();
-    let html = e["content"]["formatted_body"].as_str().unwrap_or_default();
-    assert!(
-        html.contains(&format!("https://matrix.to/#/{alice}")),
-        "a pill for {alice}: {e}"
-    );
+    assert!(has_pill(&e, &alice), "a pill for {alice}: {e}");
     let (_, t) = lobby.irc_sees(&ping).await.context("xmpp mention → irc")?;
     assert!(t.contains(&alice_irc), "the IRC nick {alice_irc}: {t:?}");
 
     // Alice pills the XMPP user's ghost.
     let ghost = e["sender"].as_str().context("sender")?.to_owned();
     let pong = unique("pong to xmpp");
-    lobby
-        .matrix
-        .send_html(
-            &lobby.room,
-            &format!("someone: {pong}"),
-            &format!("<a href=\"https://matrix.to/#/{ghost}\">someone</a>: {pong}"),
-        )
-        .await?;
+    lobby.matrix_pill(&ghost, &pong).await?;
     let x = lobby.xmpp_sees(&pong).await.context("matrix pill → xmpp")?;
     assert!(
         body(&x).is_some_and(|b| b.contains(&lobby.xmpp_nick)),
@@ -1408,35 +1524,21 @@ async fn kicks_reflected_in_the_remaining_directions() -> anyhow::Result<()> {
         .kick(&lobby.room, &xmpp_ghost, "m kicks x")
         .await?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            body(el).is_some_and(|b| b.contains("kicked") && b.contains("m kicks x"))
-        })
+        .xmpp_line(&["kicked", "m kicks x"])
         .await
         .context("matrix kick → a line on xmpp")?;
 
     // XMPP's owner kicks Matrix alice's occupant → a line on IRC.
     lobby.xmpp.kick(&lobby.muc, &alice_occupant).await?;
     lobby
-        .irc
-        .wait_for(WAIT, |msg| match &msg.command {
-            irc_proto::Command::PRIVMSG(c, t) | irc_proto::Command::NOTICE(c, t) => {
-                c.eq_ignore_ascii_case(&lobby.channel)
-                    && t.contains("kicked")
-                    && t.contains(&alice_occupant)
-            }
-            _ => false,
-        })
+        .irc_line(&["kicked", &alice_occupant])
         .await
         .context("xmpp kick → a line on irc")?;
 
     // IRC's operator kicks the XMPP user's puppet → a line on Matrix.
     lobby.irc.kick(&lobby.channel, &xmpp_irc, "i kicks x")?;
     lobby
-        .matrix
-        .wait_for(&lobby.room, WAIT, |r| {
-            matrix_body(r).contains("kicked") && matrix_body(r).contains("i kicks x")
-        })
+        .matrix_line(&["kicked", "i kicks x"])
         .await
         .context("irc kick → a line on matrix")?;
     let _ = alice_irc;

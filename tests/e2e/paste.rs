@@ -2,8 +2,8 @@
 //! the channel as its first lines and a link, and the link, served by the gateway's `web`
 //! listener, shows the whole message as plain text.
 
-use super::lobby::Lobby;
-use junction_testkit::unique;
+use super::lobby::{in_gateway, Lobby};
+use junction_testkit::{free_port, unique};
 
 /// The default `max_lines` of an IRC network.
 const MAX_LINES: usize = 5;
@@ -12,17 +12,9 @@ const MAX_LINES: usize = 5;
 /// answers all 12 lines as text/plain, and a made-up paste id answers 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_matrix_message_reaches_irc_with_a_paste_link() -> anyhow::Result<()> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let lobby = Lobby::start_with(|c| {
-        *c = c.replace(
-            "membership = \"all\"",
-            &format!("membership = \"all\"\nweb = \"127.0.0.1:{port}\""),
-        );
-    })
-    .await?;
+    let port = free_port()?;
+    let lobby =
+        Lobby::start_with(|c| in_gateway(c, &format!("web = \"127.0.0.1:{port}\""))).await?;
     let tag = unique("long");
     let lines: Vec<String> = (1..=12)
         .map(|i| format!("{tag} line {i} <b>not markup</b>"))

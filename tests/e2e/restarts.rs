@@ -11,134 +11,32 @@
 //! not part of the load: the test stops them a moment before, as `faults.rs` does, since
 //! a crashing server may lose what it had not processed yet.
 
-use super::faults::{bad_directions, line, parse_line, print_figures, tally, Figures, Net};
-use super::lobby::short_nick;
+use super::faults::{
+    assert_in_order, bad_directions, line, parse_line, print_figures, settle, talk, tally, Net,
+};
+use super::lobby::{short_nick, Gateway};
 use anyhow::Context as _;
-use junction_testkit::clients::irc::source_nick;
+use junction_testkit::clients::irc::joiner;
 use junction_testkit::clients::xmpp::{body, escape, from_nick, stanza_id};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, PrivateServer, Servers, Slot, SlotGuard};
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, free_port, unique};
 use minidom::Element;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How long the gateway may take to come up or come back, or everything sent to cross
 /// (the XMPP adapter's reconnect backoff reaches 30 s, the Matrix delivery retry 60 s).
 const WAIT: Duration = Duration::from_secs(180);
 /// The pause between two lines one user sends (pacing, not synchronisation).
 const PACE: Duration = Duration::from_millis(120);
-/// The sentinel line number each side sends last, after everything else has arrived.
-const LAST: u32 = 999;
+/// The lines IRC says while the restarted server is down.
+const QUEUED: std::ops::Range<u32> = 14..30;
 
 const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 const NS_FORWARD: &str = "urn:xmpp:forward:0";
-
-// ----------------------------------------------------------------------------------------
-// Counting.
-
-/// What the test sent, per origin, and what each network received, in arrival order:
-/// (receiving network, origin, number).
-#[derive(Default)]
-struct Ledger {
-    sent: BTreeMap<Net, Vec<u32>>,
-}
-
-impl Ledger {
-    fn record(&mut self, from: Net, n: u32) {
-        self.sent.entry(from).or_default().push(n);
-    }
-
-    /// Per direction (origin → target), among `nets`.
-    fn tally(&self, nets: [Net; 2], got: &[(Net, Net, u32)]) -> BTreeMap<(Net, Net), Figures> {
-        tally(&self.sent, &nets, got)
-    }
-}
-
-/// The numbers from `origin` that reached `target`, in arrival order, are ascending.
-fn assert_in_order(got: &[(Net, Net, u32)], origin: Net, target: Net) {
-    let seen: Vec<u32> = got
-        .iter()
-        .filter(|(t, o, _)| *t == target && *o == origin)
-        .map(|(_, _, n)| *n)
-        .collect();
-    let mut sorted = seen.clone();
-    sorted.sort_unstable();
-    assert_eq!(
-        seen,
-        sorted,
-        "{}→{} out of order",
-        origin.letter(),
-        target.letter()
-    );
-}
-
-// ----------------------------------------------------------------------------------------
-// The gateway in-process.
-
-/// A gateway run by `junction::serve` on a config text and a store of its own.
-struct Gateway {
-    config: String,
-    data: tempfile::TempDir,
-    running: Option<(
-        CancellationToken,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    )>,
-}
-
-impl Gateway {
-    fn new(config: String) -> anyhow::Result<Gateway> {
-        // `JUNCTION_TEST_LOG=junction=debug` shows the gateway's log in failing tests.
-        if let Ok(filter) = std::env::var("JUNCTION_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
-        }
-        Ok(Gateway {
-            config,
-            data: tempfile::tempdir()?,
-            running: None,
-        })
-    }
-
-    fn start(&mut self) -> anyhow::Result<()> {
-        let config =
-            junction::config::parse(&self.config, "restarts.toml", self.data.path(), &|_| None)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(junction::serve(config, shutdown.clone()));
-        self.running = Some((shutdown, task));
-        Ok(())
-    }
-
-    /// Fails if the gateway stopped on its own (it must ride out a server restart).
-    fn assert_running(&self) -> anyhow::Result<()> {
-        match &self.running {
-            Some((_, task)) if !task.is_finished() => Ok(()),
-            _ => anyhow::bail!("the gateway stopped"),
-        }
-    }
-
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some((shutdown, task)) = self.running.take() {
-            shutdown.cancel();
-            task.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some((shutdown, _)) = &self.running {
-            shutdown.cancel();
-        }
-    }
-}
 
 /// An IRC user on the shared InspIRCd, in `channel`.
 async fn irc_user(servers: &Servers, channel: &str) -> anyhow::Result<IrcUser> {
@@ -151,10 +49,10 @@ async fn irc_user(servers: &Servers, channel: &str) -> anyhow::Result<IrcUser> {
 async fn wait_irc_bot(irc: &IrcUser, slot: &SlotGuard, channel: &str) -> anyhow::Result<()> {
     let bot = junction_testkit::gateway::bot_nick(slot).to_ascii_lowercase();
     eventually(WAIT, "the gateway's bot in the IRC channel", || {
-        let found = irc.backlog().iter().any(|m| {
-            matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(channel))
-                && source_nick(m).is_some_and(|n| n.to_ascii_lowercase().starts_with(&bot))
-        });
+        let found = irc
+            .backlog()
+            .iter()
+            .any(|m| joiner(m, channel).is_some_and(|n| n.to_ascii_lowercase().starts_with(&bot)));
         async move { found.then_some(()) }
     })
     .await
@@ -365,38 +263,31 @@ async fn prosody_restarted_under_load() -> anyhow::Result<()> {
     ps.register_xmpp_user(&xmpp.user, &xmpp.password).await?;
     xmpp.connect().await?;
     let irc = irc_user(shared, &channel).await?;
-    let mut gateway = Gateway::new(prosody_config(&ps, shared, &slot, &muc, &channel))?;
+    let mut gateway = Gateway::new(
+        "restarts.toml",
+        prosody_config(&ps, shared, &slot, &muc, &channel),
+    )?;
     gateway.start()?;
     xmpp.wait_listener().await?;
     wait_irc_bot(&irc, &slot, &channel).await?;
 
     let tag = unique("pr");
-    let mut ledger = Ledger::default();
+    let mut sent = BTreeMap::new();
     let nets = [Net::Xmpp, Net::Irc];
-    let send = |from: Net, n: u32, xmpp: &XmppSide| -> anyhow::Result<()> {
+    let send = |from: Net, n: u32, xmpp: &XmppSide| {
         let text = line(&tag, from, n);
-        match from {
-            Net::Xmpp => {
-                xmpp.now().send_groupchat(&muc, &text)?;
-            }
-            _ => irc.privmsg(&channel, &text)?,
-        }
-        Ok(())
+        std::future::ready(match from {
+            Net::Xmpp => xmpp.now().send_groupchat(&muc, &text).map(drop),
+            _ => irc.privmsg(&channel, &text),
+        })
     };
 
     // Up: both talk; XMPP stops a moment before the crash, IRC goes on.
-    for n in 0..8 {
-        for from in nets {
-            send(from, n, &xmpp)?;
-            ledger.record(from, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    for n in 8..14 {
-        send(Net::Irc, n, &xmpp)?;
-        ledger.record(Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &nets, 0..8, PACE, |f, n| send(f, n, &xmpp)).await?;
+    talk(&mut sent, &[Net::Irc], 8..14, PACE, |f, n| {
+        send(f, n, &xmpp)
+    })
+    .await?;
     let before = [
         xmpp.received(&tag).await?,
         irc_received(&irc, &channel, &tag),
@@ -407,15 +298,14 @@ async fn prosody_restarted_under_load() -> anyhow::Result<()> {
     println!("Prosody (pid {pid:?}) killed");
     print_figures(
         "at the crash (lost = still in flight then):",
-        &ledger.tally(nets, &before),
+        &tally(&sent, &nets, &before),
     );
 
     // Down: IRC keeps talking; its lines wait in the gateway's outbox for XMPP.
-    for n in 14..30 {
-        send(Net::Irc, n, &xmpp)?;
-        ledger.record(Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &[Net::Irc], QUEUED, PACE, |f, n| {
+        send(f, n, &xmpp)
+    })
+    .await?;
     let down = std::time::Instant::now();
     prosody.start().await?;
     println!(
@@ -435,13 +325,7 @@ async fn prosody_restarted_under_load() -> anyhow::Result<()> {
         "listener back in the room {:?} after our rejoin",
         rejoin.elapsed()
     );
-    for n in 30..38 {
-        for from in nets {
-            send(from, n, &xmpp)?;
-            ledger.record(from, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &nets, 30..38, PACE, |f, n| send(f, n, &xmpp)).await?;
 
     // Settle: everything arrives, then one last line each way flushes out late doubles.
     let received = || async {
@@ -453,48 +337,30 @@ async fn prosody_restarted_under_load() -> anyhow::Result<()> {
             .concat(),
         )
     };
-    let waited = eventually(WAIT, "every line on the other network", || async {
-        let got = received().await.ok()?;
-        ledger
-            .tally(nets, &got)
-            .values()
-            .all(|f| f.lost == 0)
-            .then_some(())
-    })
-    .await;
-    if let Err(e) = &waited {
-        println!("not everything arrived: {e:#}");
-    } else {
-        let mut last = Ledger::default();
-        for from in nets {
-            send(from, LAST, &xmpp)?;
-            last.record(from, LAST);
-        }
-        eventually(WAIT, "the closing lines", || async {
-            let got = received().await.ok()?;
-            last.tally(nets, &got)
-                .values()
-                .all(|f| f.lost == 0)
-                .then_some(())
-        })
-        .await?;
-    }
-    let got = received().await?;
-    let figures = ledger.tally(nets, &got);
-    print_figures("Prosody killed and restarted under load:", &figures);
-    let queued = Ledger {
-        sent: [(Net::Irc, (14..30).collect())].into_iter().collect(),
-    };
+    let got = settle(WAIT, &nets, &sent, received, |f, n| send(f, n, &xmpp)).await?;
+    report("Prosody", &sent, nets, &got);
+    gateway.stop().await?;
+    Ok(())
+}
+
+/// Prints the figures of a run in which `server` was killed and restarted while IRC said
+/// the lines [`QUEUED`], and asserts that nothing was lost or doubled and that both
+/// directions between `nets` kept their order.
+fn report(server: &str, sent: &BTreeMap<Net, Vec<u32>>, nets: [Net; 2], got: &[(Net, Net, u32)]) {
+    let figures = tally(sent, &nets, got);
     print_figures(
-        "of which IRC lines said while Prosody was down:",
-        &queued.tally(nets, &got),
+        &format!("{server} killed and restarted under load:"),
+        &figures,
+    );
+    let queued = BTreeMap::from([(Net::Irc, QUEUED.collect())]);
+    print_figures(
+        &format!("of which IRC lines said while {server} was down:"),
+        &tally(&queued, &nets, got),
     );
     let bad = bad_directions(&figures);
     assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
-    assert_in_order(&got, Net::Irc, Net::Xmpp);
-    assert_in_order(&got, Net::Xmpp, Net::Irc);
-    gateway.stop().await?;
-    Ok(())
+    assert_in_order(got, nets[1], nets[0]);
+    assert_in_order(got, nets[0], nets[1]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -522,12 +388,6 @@ fn synapse_config(
             Some(&format!("local/{channel}"))
         ),
     )
-}
-
-/// A free loopback port (bound, then released).
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
 }
 
 /// Lines in `room` from anyone but `matrix` itself: (Matrix, origin, number).
@@ -564,7 +424,7 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
     // The slot's identity, listening where only the private Synapse pushes: the shared
     // Synapse keeps its own queue for the slot's usual address.
     let mut appservice: Slot = (*slot).clone();
-    appservice.listen = free_addr()?;
+    appservice.listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let t0 = std::time::Instant::now();
     let mut synapse = PrivateServer::synapse(std::slice::from_ref(&appservice)).await?;
     println!("private Synapse up in {:?}", t0.elapsed());
@@ -574,28 +434,20 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
     let room = matrix.create_room(Some(&name), true).await?;
     let channel = format!("#{name}");
     let irc = irc_user(shared, &channel).await?;
-    let mut gateway = Gateway::new(synapse_config(
-        &ms,
-        shared,
-        &slot,
-        &appservice,
-        &room,
-        &channel,
-    ))?;
+    let mut gateway = Gateway::new(
+        "restarts.toml",
+        synapse_config(&ms, shared, &slot, &appservice, &room, &channel),
+    )?;
     gateway.start()?;
     let bot = format!("@{}:{}", appservice.bot, ms.matrix.server_name);
-    eventually(WAIT, "the gateway's bot in the Matrix room", || async {
-        matrix
-            .members(&room)
-            .await
-            .ok()
-            .filter(|m| m.contains_key(&bot))
-    })
-    .await?;
+    matrix
+        .wait_member(&room, &bot, WAIT)
+        .await
+        .context("the gateway's bot in the Matrix room")?;
     wait_irc_bot(&irc, &slot, &channel).await?;
 
     let tag = unique("mr");
-    let mut ledger = Ledger::default();
+    let mut sent = BTreeMap::new();
     let nets = [Net::Matrix, Net::Irc];
     let send = |from: Net, n: u32| {
         let text = line(&tag, from, n);
@@ -611,18 +463,8 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
         }
     };
 
-    for n in 0..8 {
-        for from in nets {
-            send(from, n).await?;
-            ledger.record(from, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    for n in 8..14 {
-        send(Net::Irc, n).await?;
-        ledger.record(Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &nets, 0..8, PACE, send).await?;
+    talk(&mut sent, &[Net::Irc], 8..14, PACE, send).await?;
     let before = [
         matrix_received(&matrix, &room, &tag).await?,
         irc_received(&irc, &channel, &tag),
@@ -633,14 +475,10 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
     println!("Synapse (pid {pid:?}) killed");
     print_figures(
         "at the crash (lost = still in flight then):",
-        &ledger.tally(nets, &before),
+        &tally(&sent, &nets, &before),
     );
 
-    for n in 14..30 {
-        send(Net::Irc, n).await?;
-        ledger.record(Net::Irc, n);
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &[Net::Irc], QUEUED, PACE, send).await?;
     let down = std::time::Instant::now();
     synapse.start().await?;
     println!(
@@ -649,13 +487,7 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
         synapse.pid()
     );
     gateway.assert_running()?;
-    for n in 30..38 {
-        for from in nets {
-            send(from, n).await?;
-            ledger.record(from, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
+    talk(&mut sent, &nets, 30..38, PACE, send).await?;
 
     let received = || async {
         Ok::<_, anyhow::Error>(
@@ -666,51 +498,8 @@ async fn synapse_restarted_under_load() -> anyhow::Result<()> {
             .concat(),
         )
     };
-    let back = std::time::Instant::now();
-    let waited = eventually(WAIT, "every line on the other network", || async {
-        let got = received().await.ok()?;
-        ledger
-            .tally(nets, &got)
-            .values()
-            .all(|f| f.lost == 0)
-            .then_some(())
-    })
-    .await;
-    if let Err(e) = &waited {
-        println!("not everything arrived: {e:#}");
-    } else {
-        println!(
-            "everything arrived {:?} after the last line",
-            back.elapsed()
-        );
-        let mut last = Ledger::default();
-        for from in nets {
-            send(from, LAST).await?;
-            last.record(from, LAST);
-        }
-        eventually(WAIT, "the closing lines", || async {
-            let got = received().await.ok()?;
-            last.tally(nets, &got)
-                .values()
-                .all(|f| f.lost == 0)
-                .then_some(())
-        })
-        .await?;
-    }
-    let got = received().await?;
-    let figures = ledger.tally(nets, &got);
-    print_figures("Synapse killed and restarted under load:", &figures);
-    let queued = Ledger {
-        sent: [(Net::Irc, (14..30).collect())].into_iter().collect(),
-    };
-    print_figures(
-        "of which IRC lines said while Synapse was down:",
-        &queued.tally(nets, &got),
-    );
-    let bad = bad_directions(&figures);
-    assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
-    assert_in_order(&got, Net::Irc, Net::Matrix);
-    assert_in_order(&got, Net::Matrix, Net::Irc);
+    let got = settle(WAIT, &nets, &sent, received, send).await?;
+    report("Synapse", &sent, nets, &got);
     gateway.stop().await?;
     Ok(())
 }

@@ -100,17 +100,22 @@ async fn slot_component_handshake_succeeds_and_a_wrong_secret_does_not() {
     assert!(wrong.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_ircds_welcome_a_fresh_client() {
-    let s = servers().await.unwrap();
-    // Nine characters at most: ngIRCd keeps the old nick length. InspIRCd registers on
-    // its once-a-second pass, so both connect in parallel.
+/// Fresh nicks for InspIRCd and ngIRCd, nine characters at most: ngIRCd keeps the old nick
+/// length.
+fn nicks() -> (String, String) {
     let tag = junction_testkit::unique("")
         .chars()
         .rev()
         .take(7)
         .collect::<String>();
-    let (nick_i, nick_n) = (format!("i{tag}"), format!("n{tag}"));
+    (format!("i{tag}"), format!("n{tag}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ircds_welcome_a_fresh_client() {
+    let s = servers().await.unwrap();
+    // InspIRCd registers on its once-a-second pass, so both connect in parallel.
+    let (nick_i, nick_n) = nicks();
     let (insp, ngircd) = tokio::join!(
         probe::irc_welcome(s.inspircd, &nick_i),
         probe::irc_welcome(s.ngircd, &nick_n),
@@ -123,12 +128,7 @@ async fn both_ircds_welcome_a_fresh_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspircd_allows_long_nicks_and_ngircd_keeps_nine() {
     let s = servers().await.unwrap();
-    let tag = junction_testkit::unique("")
-        .chars()
-        .rev()
-        .take(7)
-        .collect::<String>();
-    let (nick_i, nick_n) = (format!("i{tag}"), format!("n{tag}"));
+    let (nick_i, nick_n) = nicks();
     let (insp, ngircd) = tokio::join!(
         probe::irc_isupport(s.inspircd, &nick_i),
         probe::irc_isupport(s.ngircd, &nick_n),

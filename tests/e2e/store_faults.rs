@@ -13,9 +13,7 @@
 //! size rather than fill a disk (and sled grows one file, so it would not show a full disk's
 //! effect on the other files of the store).
 
-use super::faults::{
-    bad_directions, print_figures, record, settle, tail, tally, Net, OwnInspircd, Rig,
-};
+use super::faults::{self, tail, tally, Net, OwnInspircd, Rig};
 use anyhow::Context as _;
 use junction_testkit::{eventually, unique};
 use std::collections::BTreeMap;
@@ -105,14 +103,10 @@ async fn talk(
     range: std::ops::Range<u32>,
     expected: &mut BTreeMap<Net, Vec<u32>>,
 ) -> anyhow::Result<()> {
-    for n in range {
-        for net in Net::ALL {
-            rig.send(net, tag, n).await?;
-            record(expected, net, n);
-        }
-        tokio::time::sleep(PACE).await;
-    }
-    Ok(())
+    faults::talk(expected, &Net::ALL, range, PACE, |net, n| {
+        rig.send(net, tag, n)
+    })
+    .await
 }
 
 /// When the space comes back, relative to the gateway's own exit.
@@ -241,17 +235,13 @@ async fn full_disk(freed: Freed) -> anyhow::Result<()> {
     rig.start_gateway().await?;
     talk(&rig, &tag, 30..34, &mut expected).await?;
 
-    let got = settle(&rig, &tag, &expected).await?;
-    let figures = tally(&expected, &Net::ALL, &got);
-    print_figures(
+    let got = rig.settle(&tag, &expected).await?;
+    rig.assert_every_line_once(
         "full disk under the store (lines said before, during and after the failure):",
-        &figures,
+        &expected,
+        &got,
+        80,
     );
-    let bad = bad_directions(&figures);
-    if !bad.is_empty() {
-        println!("gateway log ends:\n{}", tail(&rig.log_path(), 80));
-    }
-    assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
     rig.kill_gateway().await?;
     drop(tmpfs);
     Ok(())

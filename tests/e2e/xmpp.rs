@@ -8,7 +8,7 @@ use junction_core::{
     Secret, Sender, UserRef,
 };
 use junction_store::{MemStore, Store};
-use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from};
+use junction_testkit::clients::xmpp::{body, from_nick, is_groupchat_from, is_leaving, muc_status};
 use junction_testkit::clients::XmppUser;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
 use junction_testkit::{eventually, person, said, solo_on, unique, Inbox, Solo};
@@ -481,20 +481,9 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
     };
     run.deliveries.send(k).await?;
     let me = format!("{room}/{user}");
-    let has_code = |el: &minidom::Element, code: &str| {
-        el.children()
-            .filter(|x| x.name() == "x")
-            .flat_map(|x| x.children())
-            .any(|c| c.name() == "status" && c.attr("code") == Some(code))
-    };
-    bob.wait_for(DEADLINE, |el| {
-        el.name() == "presence"
-            && el.attr("from") == Some(me.as_str())
-            && el.attr("type") == Some("unavailable")
-            && has_code(el, "307")
-    })
-    .await
-    .context("wait 3")?;
+    bob.wait_for(DEADLINE, |el| is_leaving(el, &me) && muc_status(el, "307"))
+        .await
+        .context("wait 3")?;
     let d = run.next_delivered(DEADLINE).await?;
     assert_eq!(d.outbox_id, 3);
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
@@ -508,14 +497,9 @@ async fn gateway_kicks_and_bans_are_enforced_where_the_listener_has_rights() -> 
         reason: None,
     };
     run.deliveries.send(b).await?;
-    bob.wait_for(DEADLINE, |el| {
-        el.name() == "presence"
-            && el.attr("from") == Some(me.as_str())
-            && el.attr("type") == Some("unavailable")
-            && has_code(el, "301")
-    })
-    .await
-    .context("wait 4")?;
+    bob.wait_for(DEADLINE, |el| is_leaving(el, &me) && muc_status(el, "301"))
+        .await
+        .context("wait 4")?;
     let d = run.next_delivered(DEADLINE).await?;
     assert!(d.outcome.is_ok(), "{:?}", d.outcome);
     let _ = run.stop().await;

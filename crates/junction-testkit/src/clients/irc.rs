@@ -200,11 +200,8 @@ impl IrcUser {
     pub async fn join(&self, channel: &str) -> anyhow::Result<()> {
         self.send_raw(&format!("JOIN {channel}"))?;
         let me = self.nick.clone();
-        self.wait_for(Duration::from_secs(15), |m| {
-            matches!(&m.command, Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(channel))
-                && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(&me))
-        })
-        .await?;
+        self.wait_for(Duration::from_secs(15), |m| is_join_of(m, channel, &me))
+            .await?;
         self.wait_for(Duration::from_secs(15), |m| {
             is_numeric(m, "366")
                 && matches!(&m.command, Command::Response(_, a) if a.get(1).is_some_and(|c| c.eq_ignore_ascii_case(channel)))
@@ -307,6 +304,19 @@ pub fn source_nick(m: &Message) -> Option<&str> {
         Some(Prefix::Nickname(n, _, _)) => Some(n),
         _ => None,
     }
+}
+
+/// The nick of whoever joins `channel` (in any case) with `m`, when `m` is such a JOIN.
+pub fn joiner<'a>(m: &'a Message, channel: &str) -> Option<&'a str> {
+    match &m.command {
+        Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(channel) => source_nick(m),
+        _ => None,
+    }
+}
+
+/// Whether `m` is `nick` joining `channel` (both in any case).
+pub fn is_join_of(m: &Message, channel: &str, nick: &str) -> bool {
+    joiner(m, channel).is_some_and(|n| n.eq_ignore_ascii_case(nick))
 }
 
 /// Whether `m` is the numeric reply `code` (e.g. `"001"`).

@@ -218,6 +218,11 @@ impl MatrixUser {
         Ok(v["event_id"].as_str().context("no event_id")?.to_owned())
     }
 
+    /// Sends an `m.room.message` with `content`; returns its event id.
+    async fn message(&self, room: &str, content: Value) -> anyhow::Result<String> {
+        self.send_event(room, "m.room.message", content).await
+    }
+
     async fn state(
         &self,
         room: &str,
@@ -259,42 +264,30 @@ impl MatrixUser {
 
     /// Sends an `m.text` message.
     pub async fn send_text(&self, room: &str, body: &str) -> anyhow::Result<String> {
-        self.send_event(
-            room,
-            "m.room.message",
-            json!({"msgtype": "m.text", "body": body}),
-        )
-        .await
+        self.message(room, json!({"msgtype": "m.text", "body": body}))
+            .await
     }
 
     /// Sends an `m.text` message with an HTML `formatted_body`.
     pub async fn send_html(&self, room: &str, body: &str, html: &str) -> anyhow::Result<String> {
-        self.send_event(
+        self.message(
             room,
-            "m.room.message",
-            json!({"msgtype": "m.text", "body": body, "format": "org.matrix.custom.html", "formatted_body": html}),
+            json!({"msgtype": "m.text", "body": body,
+                   "format": "org.matrix.custom.html", "formatted_body": html}),
         )
         .await
     }
 
     /// Sends an `m.emote` (`/me`).
     pub async fn send_emote(&self, room: &str, body: &str) -> anyhow::Result<String> {
-        self.send_event(
-            room,
-            "m.room.message",
-            json!({"msgtype": "m.emote", "body": body}),
-        )
-        .await
+        self.message(room, json!({"msgtype": "m.emote", "body": body}))
+            .await
     }
 
     /// Sends an `m.notice`.
     pub async fn send_notice(&self, room: &str, body: &str) -> anyhow::Result<String> {
-        self.send_event(
-            room,
-            "m.room.message",
-            json!({"msgtype": "m.notice", "body": body}),
-        )
-        .await
+        self.message(room, json!({"msgtype": "m.notice", "body": body}))
+            .await
     }
 
     /// Sends a reply to `to_event_id` (no fallback quote).
@@ -304,9 +297,8 @@ impl MatrixUser {
         to_event_id: &str,
         body: &str,
     ) -> anyhow::Result<String> {
-        self.send_event(
+        self.message(
             room,
-            "m.room.message",
             json!({"msgtype": "m.text", "body": body,
                    "m.relates_to": {"m.in_reply_to": {"event_id": to_event_id}}}),
         )
@@ -320,9 +312,8 @@ impl MatrixUser {
         target: &str,
         new_body: &str,
     ) -> anyhow::Result<String> {
-        self.send_event(
+        self.message(
             room,
-            "m.room.message",
             json!({"msgtype": "m.text", "body": format!("* {new_body}"),
                    "m.new_content": {"msgtype": "m.text", "body": new_body},
                    "m.relates_to": {"rel_type": "m.replace", "event_id": target}}),
@@ -408,9 +399,8 @@ impl MatrixUser {
 
     /// Sends an `m.image` pointing at `mxc`.
     pub async fn send_image(&self, room: &str, mxc: &str, name: &str) -> anyhow::Result<String> {
-        self.send_event(
+        self.message(
             room,
-            "m.room.message",
             json!({"msgtype": "m.image", "body": name, "url": mxc}),
         )
         .await
@@ -418,12 +408,8 @@ impl MatrixUser {
 
     /// Sends an `m.file` pointing at `mxc`.
     pub async fn send_file(&self, room: &str, mxc: &str, name: &str) -> anyhow::Result<String> {
-        self.send_event(
-            room,
-            "m.room.message",
-            json!({"msgtype": "m.file", "body": name, "url": mxc}),
-        )
-        .await
+        self.message(room, json!({"msgtype": "m.file", "body": name, "url": mxc}))
+            .await
     }
 
     async fn membership(
@@ -477,6 +463,23 @@ impl MatrixUser {
         )
         .await?;
         Ok(())
+    }
+
+    /// Waits at most `deadline` until `user` is a member of `room`.
+    pub async fn wait_member(
+        &self,
+        room: &str,
+        user: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        crate::eventually(deadline, &format!("{user} in {room}"), || async {
+            self.members(room)
+                .await
+                .ok()
+                .filter(|m| m.contains_key(user))
+                .map(drop)
+        })
+        .await
     }
 
     /// Joined members (user id → display name) from `/joined_members`.

@@ -319,10 +319,7 @@ impl XmppUser {
         self.wait_for(Duration::from_secs(15), move |e| {
             e.name() == "presence"
                 && bare(e.attr("from").unwrap_or("")) == room
-                && (e.get_child("x", NS_MUC_USER).is_some_and(|x| {
-                    x.children()
-                        .any(|s| s.name() == "status" && s.attr("code") == Some("110"))
-                }) || e.attr("type") == Some("error"))
+                && (muc_status(e, "110") || e.attr("type") == Some("error"))
         })
         .await
         .and_then(|e| {
@@ -589,6 +586,22 @@ pub fn origin_id(el: &Element) -> Option<String> {
         .and_then(|c| c.attr("id").map(str::to_owned))
 }
 
+/// Whether a MUC presence carries the status `code` (110: one's own; 301: banned; 303: a
+/// nick change; 307: kicked).
+pub fn muc_status(el: &Element, code: &str) -> bool {
+    el.get_child("x", NS_MUC_USER).is_some_and(|x| {
+        x.children()
+            .any(|s| s.name() == "status" && s.attr("code") == Some(code))
+    })
+}
+
+/// Whether `el` says that `occupant` (a full MUC JID) left the room (or left its nick).
+pub fn is_leaving(el: &Element, occupant: &str) -> bool {
+    el.name() == "presence"
+        && el.attr("type") == Some("unavailable")
+        && el.attr("from") == Some(occupant)
+}
+
 /// Whether `el` is a groupchat message from `room`.
 pub fn is_groupchat_from(el: &Element, room: &str) -> bool {
     el.name() == "message"
@@ -677,12 +690,7 @@ mod tests {
         .await?;
         a.kick(&room, "bert").await?;
         b.wait_for(t, |e| {
-            e.name() == "presence"
-                && e.attr("type") == Some("unavailable")
-                && e.get_child("x", NS_MUC_USER).is_some_and(|x| {
-                    x.children()
-                        .any(|s| s.name() == "status" && s.attr("code") == Some("307"))
-                })
+            e.name() == "presence" && e.attr("type") == Some("unavailable") && muc_status(e, "307")
         })
         .await?;
         Ok(())
