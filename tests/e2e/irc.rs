@@ -38,6 +38,11 @@ impl Running {
         Ok(answers)
     }
 
+    /// Hands the adapter `d`, as the gateway does.
+    async fn say(&self, d: Delivery) -> anyhow::Result<()> {
+        Ok(self.solo.deliveries.send(d).await?)
+    }
+
     /// Stops the adapter, which must return `Ok` in time.
     async fn stop(self) -> anyhow::Result<()> {
         tokio::time::timeout(WAIT, self.solo.stop())
@@ -100,10 +105,7 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
     let mut gw = start(addr, &channel);
 
     // A remote user's message shows under the sanitised, NICKLEN-trimmed name.
-    gw.solo
-        .deliveries
-        .send(delivery(1, &channel, display, "hello irc"))
-        .await?;
+    gw.say(delivery(1, &channel, display, "hello irc")).await?;
     let want = format!("<{shown}> hello irc");
     let ch = channel.clone();
     eventually(WAIT, "the relayed line", || {
@@ -118,10 +120,7 @@ async fn lobby_both_ways(addr: SocketAddr, display: &str, shown: &str) -> anyhow
         .map(|i| format!("w{:03} ", i % 1000))
         .collect::<String>();
     let long = &long[..2000];
-    gw.solo
-        .deliveries
-        .send(delivery(2, &channel, display, long))
-        .await?;
+    gw.say(delivery(2, &channel, display, long)).await?;
     let prefix = format!("<{shown}> ");
     let want_long: String = long.chars().filter(|c| *c != ' ').collect();
     let ch = channel.clone();
@@ -178,9 +177,7 @@ async fn inspircd_channel_history_is_turned_on_and_replayed() -> anyhow::Result<
         async move { (asked.is_ok() && has_h).then_some(()) }
     })
     .await?;
-    gw.solo
-        .deliveries
-        .send(delivery(1, &channel, "alice", "said before you came"))
+    gw.say(delivery(1, &channel, "alice", "said before you came"))
         .await?;
     gw.answered(1).await.context("the delivery answered")?;
 
@@ -335,67 +332,56 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
         format!("{}[m]", &alice[..nicklen - 3])
     };
     let hello = "hello from a puppet";
-    gw.solo
-        .deliveries
-        .send(from(
-            1,
-            &channel,
-            "matrix",
-            &alice,
-            said(MessageKind::Text, hello),
-        ))
-        .await?;
+    gw.say(from(
+        1,
+        &channel,
+        "matrix",
+        &alice,
+        said(MessageKind::Text, hello),
+    ))
+    .await?;
     sees(&watcher, &channel, &alice_nick, hello).await?;
 
     // Another remote user gets another connection and nick.
     let bob = short("bo", 4);
     let bob_nick = format!("{bob}[x]");
-    gw.solo
-        .deliveries
-        .send(from(
-            2,
-            &channel,
-            "xmpp",
-            &bob,
-            said(MessageKind::Text, "hi from bob"),
-        ))
-        .await?;
+    gw.say(from(
+        2,
+        &channel,
+        "xmpp",
+        &bob,
+        said(MessageKind::Text, "hi from bob"),
+    ))
+    .await?;
     sees(&watcher, &channel, &bob_nick, "hi from bob").await?;
 
     // A nick already in use gets `_`.
     let carol = taken.trim_end_matches("[m]").to_owned();
-    gw.solo
-        .deliveries
-        .send(from(
-            3,
-            &channel,
-            "matrix",
-            &carol,
-            said(MessageKind::Text, "i am carol"),
-        ))
-        .await?;
+    gw.say(from(
+        3,
+        &channel,
+        "matrix",
+        &carol,
+        said(MessageKind::Text, "i am carol"),
+    ))
+    .await?;
     sees(&watcher, &channel, &format!("{taken}_"), "i am carol").await?;
 
     // An emote is an ACTION; an edit is marked as a correction.
-    gw.solo
-        .deliveries
-        .send(from(
-            4,
-            &channel,
-            "matrix",
-            &alice,
-            said(MessageKind::Emote, "waves"),
-        ))
-        .await?;
+    gw.say(from(
+        4,
+        &channel,
+        "matrix",
+        &alice,
+        said(MessageKind::Emote, "waves"),
+    ))
+    .await?;
     sees(&watcher, &channel, &alice_nick, "\u{1}ACTION waves\u{1}").await?;
     let edit = EventKind::Edit {
         target: MessageId::new("$e1"),
         body: RichText::plain("hello from a fixed puppet"),
     };
-    gw.solo
-        .deliveries
-        .send(from(5, &channel, "matrix", &alice, edit))
-        .await?;
+    gw.say(from(5, &channel, "matrix", &alice, edit)).await?;
     sees(
         &watcher,
         &channel,

@@ -202,20 +202,25 @@ impl MatrixUser {
         event_type: &str,
         content: Value,
     ) -> anyhow::Result<String> {
-        let room = self.room_id(room).await?;
         let v = self
-            .api(
-                Method::PUT,
-                &format!(
-                    "rooms/{}/send/{}/{}",
-                    enc(&room),
-                    enc(event_type),
-                    self.next_txn()
-                ),
-                Some(&content),
-            )
+            .put_in(room, "send", event_type, &self.next_txn(), &content)
             .await?;
         Ok(v["event_id"].as_str().context("no event_id")?.to_owned())
+    }
+
+    /// PUTs `content` to `rooms/<room>/<what>/<a>/<b>` (`send`, `state` or `redact`, each
+    /// part escaped); the answer.
+    async fn put_in(
+        &self,
+        room: &str,
+        what: &str,
+        a: &str,
+        b: &str,
+        content: &Value,
+    ) -> anyhow::Result<Value> {
+        let room = self.room_id(room).await?;
+        let path = format!("rooms/{}/{what}/{}/{}", enc(&room), enc(a), enc(b));
+        self.api(Method::PUT, &path, Some(content)).await
     }
 
     /// Sends an `m.room.message` with `content`; returns its event id.
@@ -230,18 +235,8 @@ impl MatrixUser {
         key: &str,
         content: Value,
     ) -> anyhow::Result<String> {
-        let room = self.room_id(room).await?;
         let v = self
-            .api(
-                Method::PUT,
-                &format!(
-                    "rooms/{}/state/{}/{}",
-                    enc(&room),
-                    enc(event_type),
-                    enc(key)
-                ),
-                Some(&content),
-            )
+            .put_in(room, "state", event_type, key, &content)
             .await?;
         Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
     }
@@ -323,17 +318,13 @@ impl MatrixUser {
 
     /// Redacts an event.
     pub async fn redact(&self, room: &str, event_id: &str, reason: &str) -> anyhow::Result<String> {
-        let room = self.room_id(room).await?;
         let v = self
-            .api(
-                Method::PUT,
-                &format!(
-                    "rooms/{}/redact/{}/{}",
-                    enc(&room),
-                    enc(event_id),
-                    self.next_txn()
-                ),
-                Some(&json!({"reason": reason})),
+            .put_in(
+                room,
+                "redact",
+                event_id,
+                &self.next_txn(),
+                &json!({"reason": reason}),
             )
             .await?;
         Ok(v["event_id"].as_str().context("no event_id")?.to_owned())
