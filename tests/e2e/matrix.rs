@@ -61,6 +61,15 @@ impl Running {
         .await
     }
 
+    /// The rich text of the first message with exactly `body` as plain text, waited for.
+    async fn wait_spans(&self, what: &str, body: &str) -> anyhow::Result<Vec<Span>> {
+        let (event, _) = self.wait_body(what, body).await?;
+        let EventKind::Message(m) = event.kind else {
+            anyhow::bail!("not a message: {:?}", event.kind)
+        };
+        Ok(m.body.spans)
+    }
+
     async fn stop(self) {
         let _ = self.solo.stop().await;
         let _ = self.gateway.await;
@@ -825,14 +834,11 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
             &format!("{marker} <strong>loud</strong><script>x</script>"),
         )
         .await?;
-    let (event, _) = gw
-        .wait_body("alice's formatted message", &format!("{marker} loud"))
+    let spans = gw
+        .wait_spans("alice's formatted message", &format!("{marker} loud"))
         .await?;
-    let EventKind::Message(m) = event.kind else {
-        anyhow::bail!("not a message: {:?}", event.kind)
-    };
     assert_eq!(
-        m.body.spans,
+        spans,
         vec![
             Span::Text(format!("{marker} ")),
             Span::Bold(vec![Span::Text("loud".into())])
@@ -869,14 +875,11 @@ async fn formatting_commands_membership_and_enforcement() -> anyhow::Result<()> 
             &format!("<a href=\"https://matrix.to/#/{bob_ghost}\">Bob</a>: {marker}"),
         )
         .await?;
-    let (event, _) = gw
-        .wait_body("alice's pill", &format!("Bob: {marker}"))
+    let spans = gw
+        .wait_spans("alice's pill", &format!("Bob: {marker}"))
         .await?;
-    let EventKind::Message(m) = event.kind else {
-        anyhow::bail!("not a message: {:?}", event.kind)
-    };
     assert_eq!(
-        m.body.spans[0],
+        spans[0],
         Span::Mention {
             user: Some(UserRef::new("irc:local", "Bob")),
             name: "Bob".into()
