@@ -8,7 +8,7 @@
 //!   send and to wait (deadline-bounded) for what arrives.
 //! - [`gateway`]: the gateway's config sections for a test slot.
 //! - [`solo`]: one adapter started on its own, on an in-memory store, with the test
-//!   holding the gateway's ends of its channels.
+//!   holding the gateway's ends of its channels; the deliveries it hands the adapter.
 //! - [`eventually`], [`unique`] and [`free_port`]: bounded waits, unique names and free
 //!   ports, so tests never sleep as synchronisation and never collide.
 

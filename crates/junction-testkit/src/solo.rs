@@ -6,6 +6,7 @@
 //! hands the test the gateway's ends: deliveries to send, answers and inbound events to read,
 //! the linked rooms to change, and the shutdown token. [`Solo::inbox`] stands in for the
 //! gateway's store: it keeps every inbound event in an [`Inbox`] and acknowledges it.
+//! [`delivery`], [`said`] and [`person`] build the deliveries a test hands the adapter.
 
 use junction_core::{
     Adapter, AdapterContext, AdapterError, BridgeName, Command, Delivered, Delivery, Event,
