@@ -2,25 +2,19 @@
 //! crosses as a plain message, and a network that was unreachable gets only the newest of
 //! what waited for it, with one notice and the counter in `/metrics`.
 
-use super::faults::free_port;
-use super::lobby::Lobby;
+use super::lobby::{in_gateway, Lobby};
 use anyhow::Context as _;
-use junction_testkit::{eventually, unique};
+use junction_testkit::{eventually, free_port, unique};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Puts `keys` at the top of the config's `[gateway]` table.
-fn gateway_keys(config: &mut String, keys: &str) {
-    *config = config.replacen("[gateway]\n", &format!("[gateway]\n{keys}\n"), 1);
-}
 
 /// With `retention_days` at about 17 seconds (fractions are allowed), a reply on Matrix to
 /// an IRC line carries its quote on IRC and is a XEP-0461 reply on XMPP while the line is
 /// remembered; once the pruner has removed it, the same reply crosses as plain text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_a_pruned_message_crosses_as_plain_text() -> anyhow::Result<()> {
-    let lobby = Lobby::start_with(|c| gateway_keys(c, "retention_days = 0.0002")).await?;
+    let lobby = Lobby::start_with(|c| in_gateway(c, "retention_days = 0.0002")).await?;
     let question = unique("question from irc");
     lobby.irc.privmsg(&lobby.channel, &question)?;
     let m_q = lobby.matrix_sees(&question).await?;
@@ -54,7 +48,7 @@ async fn a_reply_to_a_pruned_message_crosses_as_plain_text() -> anyhow::Result<(
 async fn an_unreachable_network_gets_only_the_newest_with_one_notice() -> anyhow::Result<()> {
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut lobby = Lobby::start_with(|c| {
-        gateway_keys(
+        in_gateway(
             c,
             &format!("outbox_max_depth = 3\nrate_per_minute = 0\nmetrics = \"{metrics}\""),
         )
