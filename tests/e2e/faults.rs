@@ -52,22 +52,12 @@ pub(super) struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `junction run -c config`, its log appended to `log`.
     fn spawn(config: &Path, log: &Path) -> anyhow::Result<Self> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
-            .arg("run")
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"));
+        cmd.arg("run")
             .arg("-c")
             .arg(config)
-            .env("JUNCTION_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the junction binary")?;
+            .env("JUNCTION_LOG", "info");
+        let child = spawn_logged(cmd, log).context("starting the junction binary")?;
         Ok(GatewayProcess { child })
     }
 
@@ -80,6 +70,24 @@ impl GatewayProcess {
         println!("gateway killed: {status}");
         Ok(())
     }
+}
+
+/// Spawns `cmd` with no input and its output appended to `log`; killed when dropped.
+fn spawn_logged(
+    mut cmd: tokio::process::Command,
+    log: &Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    Ok(cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()?)
 }
 
 /// The last lines of a log file, for failure messages.
@@ -326,39 +334,46 @@ impl Rig {
         Ok(out)
     }
 
-    /// [`settle`] on all three networks, for the lines `expected` of `tag`.
+    /// [`talk`]: each of `from` says the lines `numbers` of `tag`, at the tests' pace.
+    pub(super) async fn talk(
+        &self,
+        tag: &str,
+        expected: &mut BTreeMap<Net, Vec<u32>>,
+        from: &[Net],
+        numbers: std::ops::Range<u32>,
+    ) -> anyhow::Result<()> {
+        talk(expected, from, numbers, PACE, |net, n| {
+            self.send(net, tag, n)
+        })
+        .await
+    }
+
+    /// [`settle`] on all three networks, for the lines `expected` of `tag`; then prints
+    /// `title` and the figures, and asserts that no direction lost or doubled a line
+    /// (printing the last `log_lines` of the gateway's log when one did). What arrived.
     pub(super) async fn settle(
         &self,
         tag: &str,
         expected: &BTreeMap<Net, Vec<u32>>,
+        title: &str,
+        log_lines: usize,
     ) -> anyhow::Result<Vec<(Net, Net, u32)>> {
-        settle(
+        let got = settle(
             WAIT,
             &Net::ALL,
             expected,
             || self.received(tag),
             |net, n| self.send(net, tag, n),
         )
-        .await
-    }
-
-    /// Prints `title` and the figures of `got` for the lines `expected`, and asserts that no
-    /// direction lost or doubled a line (printing the last `log_lines` of the gateway's log
-    /// when one did).
-    pub(super) fn assert_every_line_once(
-        &self,
-        title: &str,
-        expected: &BTreeMap<Net, Vec<u32>>,
-        got: &[(Net, Net, u32)],
-        log_lines: usize,
-    ) {
-        let figures = tally(expected, &Net::ALL, got);
+        .await?;
+        let figures = tally(expected, &Net::ALL, &got);
         print_figures(title, &figures);
         let bad = bad_directions(&figures);
         if !bad.is_empty() {
             println!("gateway log ends:\n{}", tail(&self.log_path(), log_lines));
         }
         assert!(bad.is_empty(), "lost or doubled lines: {bad:?}");
+        Ok(got)
     }
 
     /// Sends line `n` from `from`.
@@ -609,10 +624,7 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
     let mut expected: BTreeMap<Net, Vec<u32>> = BTreeMap::new();
 
     // Up: all three networks talk.
-    talk(&mut expected, &Net::ALL, 0..10, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
+    rig.talk(&tag, &mut expected, &Net::ALL, 0..10).await?;
     // Matrix and XMPP keep talking for a second more, then burst, and the gateway dies
     // right after the burst with lines in flight. (An IRC line the gateway has not yet
     // read when it dies has nobody to resend it, so the last IRC line goes out a second
@@ -634,41 +646,23 @@ async fn gateway_killed_mid_flight_loses_and_doubles_nothing() -> anyhow::Result
     );
 
     // Down: everyone talks (Synapse queues, the MUC archives, the channel keeps history).
-    talk(
-        &mut expected,
-        &[Net::Matrix, Net::Xmpp],
-        18..26,
-        PACE,
-        |net, n| rig.send(net, &tag, n),
-    )
-    .await?;
-    talk(&mut expected, &[Net::Irc], 500..505, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
+    rig.talk(&tag, &mut expected, &[Net::Matrix, Net::Xmpp], 18..26)
+        .await?;
+    rig.talk(&tag, &mut expected, &[Net::Irc], 500..505).await?;
 
     // Up again: everyone talks.
     rig.start_gateway().await?;
-    talk(
-        &mut expected,
-        &[Net::Matrix, Net::Xmpp],
-        26..30,
-        PACE,
-        |net, n| rig.send(net, &tag, n),
+    rig.talk(&tag, &mut expected, &[Net::Matrix, Net::Xmpp], 26..30)
+        .await?;
+    rig.talk(&tag, &mut expected, &[Net::Irc], 10..30).await?;
+
+    rig.settle(
+        &tag,
+        &expected,
+        "gateway kill -9 mid-flight (lines said before, during and after the downtime):",
+        60,
     )
     .await?;
-    talk(&mut expected, &[Net::Irc], 10..30, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
-
-    let got = rig.settle(&tag, &expected).await?;
-    rig.assert_every_line_once(
-        "gateway kill -9 mid-flight (lines said before, during and after the downtime):",
-        &expected,
-        &got,
-        60,
-    );
     rig.kill_gateway().await?;
     Ok(())
 }
@@ -773,21 +767,12 @@ pub(super) async fn run_inspircd(
     addrs: &[SocketAddr],
 ) -> anyhow::Result<tokio::process::Child> {
     let log_path = dir.join("inspircd.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
-    let child = tokio::process::Command::new("inspircd")
-        .arg("--runasroot")
+    let mut cmd = tokio::process::Command::new("inspircd");
+    cmd.arg("--runasroot")
         .arg("--nofork")
         .arg(format!("--config={}", dir.join("inspircd.conf").display()))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting inspircd")?;
+        .current_dir(dir);
+    let child = spawn_logged(cmd, &log_path).context("starting inspircd")?;
     for &addr in addrs {
         eventually(
             Duration::from_secs(30),
@@ -811,54 +796,34 @@ async fn irc_server_restarted_under_load() -> anyhow::Result<()> {
     let tag = unique("ircd");
     let mut expected: BTreeMap<Net, Vec<u32>> = BTreeMap::new();
 
-    talk(&mut expected, &Net::ALL, 0..8, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
+    rig.talk(&tag, &mut expected, &Net::ALL, 0..8).await?;
     // The last IRC line a second before the crash, as above.
-    talk(
-        &mut expected,
-        &[Net::Matrix, Net::Xmpp],
-        8..16,
-        PACE,
-        |net, n| rig.send(net, &tag, n),
-    )
-    .await?;
+    rig.talk(&tag, &mut expected, &[Net::Matrix, Net::Xmpp], 8..16)
+        .await?;
     let before = rig.received(&tag).await?;
     ircd.kill().await?;
     print_figures(
         "at the crash (lost = still in flight then):",
         &tally(&expected, &Net::ALL, &before),
     );
-    talk(
-        &mut expected,
-        &[Net::Matrix, Net::Xmpp],
-        16..26,
-        PACE,
-        |net, n| rig.send(net, &tag, n),
-    )
-    .await?;
+    rig.talk(&tag, &mut expected, &[Net::Matrix, Net::Xmpp], 16..26)
+        .await?;
     ircd.run().await?;
     // Our IRC user comes back too, and waits for the gateway's bot to rejoin.
     let irc = IrcUser::connect(ircd.addr(), &rig.irc_nick).await?;
     irc.join(&rig.channel).await?;
     rig.irc.push(irc);
     rig.wait_irc_bot_present().await?;
-    talk(&mut expected, &Net::ALL, 26..30, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
-    talk(&mut expected, &[Net::Irc], 8..26, PACE, |net, n| {
-        rig.send(net, &tag, n)
-    })
-    .await?;
-    let got = rig.settle(&tag, &expected).await?;
-    rig.assert_every_line_once(
-        "IRC server killed and restarted under load:",
-        &expected,
-        &got,
-        60,
-    );
+    rig.talk(&tag, &mut expected, &Net::ALL, 26..30).await?;
+    rig.talk(&tag, &mut expected, &[Net::Irc], 8..26).await?;
+    let got = rig
+        .settle(
+            &tag,
+            &expected,
+            "IRC server killed and restarted under load:",
+            60,
+        )
+        .await?;
     // In order: what reached IRC from each origin arrived in the order it was sent.
     for origin in [Net::Matrix, Net::Xmpp] {
         assert_in_order(&got, origin, Net::Irc);

@@ -297,10 +297,7 @@ async fn sees(user: &IrcUser, channel: &str, nick: &str, text: &str) -> anyhow::
 
 /// `nicklen` is the server's: names are chosen so the puppet nick is `name[m]` trimmed to it.
 async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    junction_testkit::test_log("");
     let channel = format!("#{}", unique("pup"));
     let watcher = IrcUser::connect(addr, &short("w", 7))
         .await
@@ -331,64 +328,58 @@ async fn puppets(addr: SocketAddr, nicklen: usize) -> anyhow::Result<()> {
     } else {
         format!("{}[m]", &alice[..nicklen - 3])
     };
-    let hello = "hello from a puppet";
-    gw.say(from(
-        1,
-        &channel,
-        "matrix",
-        &alice,
-        said(MessageKind::Text, hello),
-    ))
-    .await?;
-    sees(&watcher, &channel, &alice_nick, hello).await?;
-
     // Another remote user gets another connection and nick.
     let bob = short("bo", 4);
-    let bob_nick = format!("{bob}[x]");
-    gw.say(from(
-        2,
-        &channel,
-        "xmpp",
-        &bob,
-        said(MessageKind::Text, "hi from bob"),
-    ))
-    .await?;
-    sees(&watcher, &channel, &bob_nick, "hi from bob").await?;
-
     // A nick already in use gets `_`.
     let carol = taken.trim_end_matches("[m]").to_owned();
-    gw.say(from(
-        3,
-        &channel,
-        "matrix",
-        &carol,
-        said(MessageKind::Text, "i am carol"),
-    ))
-    .await?;
-    sees(&watcher, &channel, &format!("{taken}_"), "i am carol").await?;
-
-    // An emote is an ACTION; an edit is marked as a correction.
-    gw.say(from(
-        4,
-        &channel,
-        "matrix",
-        &alice,
-        said(MessageKind::Emote, "waves"),
-    ))
-    .await?;
-    sees(&watcher, &channel, &alice_nick, "\u{1}ACTION waves\u{1}").await?;
     let edit = EventKind::Edit {
         target: MessageId::new("$e1"),
         body: RichText::plain("hello from a fixed puppet"),
     };
-    gw.say(from(5, &channel, "matrix", &alice, edit)).await?;
-    sees(
-        &watcher,
-        &channel,
-        &alice_nick,
-        "(edit) hello from a fixed puppet",
-    )
-    .await?;
+    // (sender's network, sender, what they do, their nick on IRC, the line seen there)
+    let steps = [
+        (
+            "matrix",
+            &alice,
+            said(MessageKind::Text, "hello from a puppet"),
+            alice_nick.clone(),
+            "hello from a puppet",
+        ),
+        (
+            "xmpp",
+            &bob,
+            said(MessageKind::Text, "hi from bob"),
+            format!("{bob}[x]"),
+            "hi from bob",
+        ),
+        (
+            "matrix",
+            &carol,
+            said(MessageKind::Text, "i am carol"),
+            format!("{taken}_"),
+            "i am carol",
+        ),
+        // An emote is an ACTION; an edit is marked as a correction.
+        (
+            "matrix",
+            &alice,
+            said(MessageKind::Emote, "waves"),
+            alice_nick.clone(),
+            "\u{1}ACTION waves\u{1}",
+        ),
+        (
+            "matrix",
+            &alice,
+            edit,
+            alice_nick,
+            "(edit) hello from a fixed puppet",
+        ),
+    ];
+    for (outbox_id, (network, who, kind, nick, line)) in (1..).zip(steps) {
+        gw.say(from(outbox_id, &channel, network, who, kind))
+            .await?;
+        sees(&watcher, &channel, &nick, line).await?;
+    }
 
     let answers = gw
         .answered(5)

@@ -134,13 +134,7 @@ fn start_with_admins(
     policy: Policy,
     admins: Vec<String>,
 ) -> Running {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "junction_matrix=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    junction_testkit::test_log("junction_matrix=info");
     // The test's file server is on 127.0.0.1, which the gateway refuses by default.
     let adapter = MatrixAdapter::new(config(servers, slot))
         .allow_private_media_urls()

@@ -46,13 +46,7 @@ fn adapter(s: &Servers, slot: &Slot, origin_marks: bool) -> XmppAdapter {
 /// Starts `adapter` linked to `room`, keeping state in `store` (through the adapter's handle
 /// on it); its inbound events are kept, and acknowledged as durable as the gateway would.
 fn start_on(adapter: XmppAdapter, room: &str, store: Arc<dyn Store>) -> (Solo, Inbox) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "junction_xmpp=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    junction_testkit::test_log("junction_xmpp=info");
     let mut run = solo_on(
         adapter,
         store,

@@ -39,6 +39,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Sends the log of the code under test to the test's output, filtered by `RUST_LOG` or,
+/// when that is not set, by `default` (e.g. `junction_xmpp=info`). Only the first call in a
+/// process takes effect.
+pub fn test_log(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// A free loopback port (bound, then released), for a server a test starts.
 pub fn free_port() -> anyhow::Result<u16> {
     use anyhow::Context as _;
