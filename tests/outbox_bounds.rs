@@ -3,38 +3,16 @@
 //! and the count in `junction_outbox_dropped_total`; what its adapter already took still
 //! goes, in order, and nothing is doubled.
 
-use junction::gateway::{route, Hub, Parts};
-use junction::metrics::{Health, Metrics};
-use junction_core::router::Link;
+#[path = "support/loop_rig.rs"]
+mod loop_rig;
+
 use junction_core::{
-    BridgeName, Event, EventKind, Inbound, MessageId, MessageKind, NetworkId, NetworkStatus,
-    RoomRef, Router, Sender, UserRef,
+    Event, EventKind, Inbound, MessageId, MessageKind, NetworkId, NetworkStatus, RoomRef, Sender,
+    UserRef,
 };
 use junction_store::{MemStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-
-const CONFIG: &str = r#"
-[gateway]
-data_dir = "data"
-outbox_max_depth = 2
-rate_per_minute = 0
-
-[xmpp]
-component = "bridge.xmpp.test"
-server = "127.0.0.1:5347"
-secret = "s"
-
-[irc.local]
-server = "127.0.0.1:6667"
-nick = "junction"
-
-[[bridge]]
-name = "lobby"
-xmpp = "lobby@conference.xmpp.test"
-irc = "local/#lobby"
-"#;
 
 /// Messages said while IRC is away: more than the adapter's channel holds (64, and one in
 /// the forwarder's hands), so some still wait in the gateway when it comes back.
@@ -42,7 +20,7 @@ const SAID: usize = 70;
 
 fn message(n: usize) -> Event {
     Event::new(
-        RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
+        RoomRef::new("xmpp", loop_rig::MUC),
         MessageId::new(format!("m{n}")),
         Sender::new(UserRef::new("xmpp", "alice@xmpp.test"), "alice"),
         junction_core::clock::now_ms(),
@@ -63,38 +41,10 @@ fn text(e: &Event) -> String {
 #[tokio::test]
 async fn a_network_coming_back_gets_what_it_took_and_the_newest_with_one_notice(
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = junction::config::parse(CONFIG, "bounds.toml", dir.path(), &|_| None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let xmpp = NetworkId::new("xmpp");
     let irc = NetworkId::new("irc:local");
-    let router = Router::new(vec![Link {
-        bridge: BridgeName::new("lobby"),
-        rooms: vec![
-            RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
-            RoomRef::new("irc:local", "#lobby"),
-        ],
-    }])?;
     let store = Arc::new(MemStore::new());
-    let metrics = Arc::new(Metrics::new([xmpp.clone(), irc.clone()]));
-    let shutdown = CancellationToken::new();
-    let mut hub = Hub::new(store.clone());
-    let x = hub.attach(xmpp.clone(), &router, &shutdown).context;
-    let mut i = hub.attach(irc.clone(), &router, &shutdown).context;
-    let parts = Parts {
-        store: store.clone(),
-        router,
-        membership: config.gateway.membership,
-        lurker_window: None,
-        metrics: metrics.clone(),
-        health: Arc::new(Health::new([xmpp.clone(), irc.clone()])),
-        admin: junction::admin::Admin::new(&config),
-        store_retry: config.gateway.store_retry,
-        limits: config.gateway.limits,
-        retention: config.gateway.retention.clone(),
-        private_messages: config.gateway.private_messages,
-    };
-    let task = tokio::spawn(route(parts, hub, shutdown.clone()));
+    let mut rig = loop_rig::start("outbox_max_depth = 2\nrate_per_minute = 0", store.clone())?;
+    let (x, i, metrics) = (&rig.xmpp, &mut rig.irc, rig.metrics.clone());
 
     i.status.send_replace(NetworkStatus::Connected);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -159,7 +109,7 @@ async fn a_network_coming_back_gets_what_it_took_and_the_newest_with_one_notice(
         rendered.contains("junction_outbox_dropped_total{network=\"xmpp\"} 0\n"),
         "{rendered}"
     );
-    shutdown.cancel();
-    task.await??;
+    rig.shutdown.cancel();
+    rig.task.await??;
     Ok(())
 }

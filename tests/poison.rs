@@ -3,17 +3,17 @@
 //! counted in `junction_refused_total`, while a backend failure (a full disk) still fails the
 //! acknowledgement so nothing is lost. The next event is recorded either way.
 
-use junction::gateway::{route, Hub, Parts};
-use junction::metrics::{Health, Metrics};
+#[path = "support/loop_rig.rs"]
+mod loop_rig;
+
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, EventKind, Inbound, MessageId, NetworkId,
-    RoomRef, Router, Sender, UserRef,
+    RoomRef, Sender, UserRef,
 };
 use junction_store::{AuditEntry, MemStore, Recorded, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// A `MemStore` whose `record_inbound` fails for remote ids starting with `poison` (as a
 /// record that cannot be encoded) or `disk` (as a backend failure).
@@ -124,28 +124,9 @@ impl Store for Failing {
     }
 }
 
-const CONFIG: &str = r#"
-[gateway]
-data_dir = "data"
-
-[xmpp]
-component = "bridge.xmpp.test"
-server = "127.0.0.1:5347"
-secret = "s"
-
-[irc.local]
-server = "127.0.0.1:6667"
-nick = "junction"
-
-[[bridge]]
-name = "lobby"
-xmpp = "lobby@conference.xmpp.test"
-irc = "local/#lobby"
-"#;
-
 fn message(remote: &str) -> Event {
     Event::new(
-        RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
+        RoomRef::new("xmpp", loop_rig::MUC),
         MessageId::new(remote),
         Sender::new(UserRef::new("xmpp", "mallory@xmpp.test"), "mallory"),
         1,
@@ -158,41 +139,11 @@ fn message(remote: &str) -> Event {
 
 #[tokio::test]
 async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = junction::config::parse(CONFIG, "poison.toml", dir.path(), &|_| None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let xmpp = NetworkId::new("xmpp");
-    let irc = NetworkId::new("irc:local");
-    let router = Router::new(vec![Link {
-        bridge: BridgeName::new("lobby"),
-        rooms: vec![
-            RoomRef::new("xmpp", "lobby@conference.xmpp.test"),
-            RoomRef::new("irc:local", "#lobby"),
-        ],
-    }])?;
     let store = Arc::new(Failing::default());
-    let metrics = Arc::new(Metrics::new([xmpp.clone(), irc.clone()]));
-    let shutdown = CancellationToken::new();
-    let mut hub = Hub::new(store.clone());
-    let cx = hub.attach(xmpp.clone(), &router, &shutdown).context;
-    let _irc = hub.attach(irc.clone(), &router, &shutdown).context;
-    let parts = Parts {
-        store: store.clone(),
-        router,
-        membership: config.gateway.membership,
-        lurker_window: None,
-        metrics: metrics.clone(),
-        health: Arc::new(Health::new([xmpp.clone(), irc.clone()])),
-        admin: junction::admin::Admin::new(&config),
-        store_retry: config.gateway.store_retry,
-        limits: config.gateway.limits,
-        retention: config.gateway.retention.clone(),
-        private_messages: config.gateway.private_messages,
-    };
-    let task = tokio::spawn(route(parts, hub, shutdown.clone()));
+    let rig = loop_rig::start("", store.clone())?;
 
     let answer = |remote: &'static str| {
-        let inbound = cx.inbound.clone();
+        let inbound = rig.xmpp.inbound.clone();
         async move {
             let (inb, ack) = Inbound::with_ack(message(remote));
             inbound
@@ -215,12 +166,12 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
     );
     assert_eq!(answer("ok-1").await?, Ok(()));
     assert_eq!(
-        store.pending(&irc)?.len(),
+        store.pending(&NetworkId::new("irc:local"))?.len(),
         1,
         "only the ordinary event was recorded"
     );
 
-    let text = metrics.render();
+    let text = rig.metrics.render();
     assert!(
         text.contains("junction_refused_total{network=\"xmpp\",reason=\"unencodable\"} 1\n"),
         "{text}"
@@ -229,7 +180,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
         text.contains("junction_errors_total{network=\"xmpp\",kind=\"store\"} 1\n"),
         "{text}"
     );
-    shutdown.cancel();
-    task.await??;
+    rig.shutdown.cancel();
+    rig.task.await??;
     Ok(())
 }
