@@ -5,6 +5,7 @@
 //! lobby.
 
 use crate::lobby::Lobby;
+use anyhow::Context as _;
 use irc_proto::Command;
 use junction_testkit::clients::irc::source_nick;
 use junction_testkit::clients::MatrixUser;
@@ -109,6 +110,57 @@ async fn meet(lobby: &Lobby) -> anyhow::Result<(String, String)> {
     Ok((ghost, puppet))
 }
 
+/// A new direct chat of the lobby's Matrix user with `ghost` (as Element makes one), once
+/// the ghost is in it; its room id.
+async fn direct_chat(lobby: &Lobby, ghost: &str) -> anyhow::Result<String> {
+    let url = format!("{}/_matrix/client/v3/createRoom", lobby.servers.matrix.url);
+    let created: Value = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(lobby.matrix.access_token())
+        .json(&json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [ghost]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let dm = created["room_id"].as_str().unwrap_or_default().to_owned();
+    lobby
+        .matrix
+        .wait_member(&dm, ghost, WAIT)
+        .await
+        .context("the ghost in the direct chat")?;
+    Ok(dm)
+}
+
+/// Waits for a chat to the lobby's XMPP user whose sender `from` accepts and whose body
+/// contains `text`.
+async fn xmpp_chat(
+    lobby: &Lobby,
+    from: impl Fn(&str) -> bool,
+    text: &str,
+) -> anyhow::Result<minidom::Element> {
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.attr("type") == Some("chat")
+                && el.attr("from").is_some_and(&from)
+                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(text))
+        })
+        .await
+}
+
+/// Fails if any of `texts` was said in the MUC.
+fn never_in_the_muc(lobby: &Lobby, texts: &[&str]) -> anyhow::Result<()> {
+    let in_muc = lobby.xmpp.backlog().iter().any(|el| {
+        el.attr("type") == Some("groupchat")
+            && junction_testkit::clients::xmpp::body(el)
+                .is_some_and(|b| texts.iter().any(|t| b.contains(t)))
+    });
+    anyhow::ensure!(!in_muc, "private text leaked into the MUC");
+    Ok(())
+}
+
 /// Nothing private shows in the lobby on Matrix or IRC.
 async fn lobby_never_saw(lobby: &Lobby, texts: &[&str]) -> anyhow::Result<()> {
     let room = lobby.matrix.events(&lobby.room).await?;
@@ -177,26 +229,7 @@ async fn private_matrix_direct_chat_with_a_ghost() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     let (ghost, puppet) = meet(&lobby).await?;
 
-    let url = format!("{}/_matrix/client/v3/createRoom", lobby.servers.matrix.url);
-    let created: Value = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(lobby.matrix.access_token())
-        .json(&json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [ghost]}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let dm = created["room_id"].as_str().unwrap_or_default().to_owned();
-    junction_testkit::eventually(WAIT, "the ghost in the direct chat", || async {
-        lobby
-            .matrix
-            .members(&dm)
-            .await
-            .ok()
-            .filter(|m| m.contains_key(&ghost))
-    })
-    .await?;
+    let dm = direct_chat(&lobby, &ghost).await?;
 
     let hello = unique("private hello");
     lobby.matrix.send_text(&dm, &hello).await?;
@@ -391,24 +424,9 @@ async fn private_xmpp_chat_with_irc_and_back() -> anyhow::Result<()> {
 
     let answer = unique("an answer by query");
     lobby.irc.privmsg(&her, &answer)?;
-    lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "message"
-                && el.attr("type") == Some("chat")
-                && el
-                    .attr("from")
-                    .is_some_and(|f| f.to_lowercase().starts_with(&puppet))
-                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&answer))
-        })
-        .await?;
+    xmpp_chat(&lobby, |f| f.to_lowercase().starts_with(&puppet), &answer).await?;
 
-    let in_muc = lobby.xmpp.backlog().iter().any(|el| {
-        el.attr("type") == Some("groupchat")
-            && junction_testkit::clients::xmpp::body(el)
-                .is_some_and(|b| b.contains(&question) || b.contains(&answer))
-    });
-    anyhow::ensure!(!in_muc, "private text leaked into the MUC");
+    never_in_the_muc(&lobby, &[&question, &answer])?;
     lobby_never_saw(&lobby, &[&question, &answer]).await
 }
 
@@ -441,21 +459,8 @@ async fn private_muc_message_with_irc_and_back() -> anyhow::Result<()> {
     let answer = unique("an answer in private");
     lobby.irc.privmsg(&her, &answer)?;
     let from = format!("{}/{occupant}", lobby.muc);
-    lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "message"
-                && el.attr("type") == Some("chat")
-                && el.attr("from") == Some(from.as_str())
-                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&answer))
-        })
-        .await?;
-    let in_muc = lobby.xmpp.backlog().iter().any(|el| {
-        el.attr("type") == Some("groupchat")
-            && junction_testkit::clients::xmpp::body(el)
-                .is_some_and(|b| b.contains(&question) || b.contains(&answer))
-    });
-    anyhow::ensure!(!in_muc, "private text leaked into the MUC");
+    xmpp_chat(&lobby, |f| f == from, &answer).await?;
+    never_in_the_muc(&lobby, &[&question, &answer])?;
     lobby_never_saw(&lobby, &[&question, &answer]).await
 }
 
@@ -474,26 +479,7 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
     lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
     lobby.xmpp_sees(&from_matrix).await?;
 
-    let url = format!("{}/_matrix/client/v3/createRoom", lobby.servers.matrix.url);
-    let created: Value = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(lobby.matrix.access_token())
-        .json(&json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [ghost]}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let dm = created["room_id"].as_str().unwrap_or_default().to_owned();
-    junction_testkit::eventually(WAIT, "the ghost in the direct chat", || async {
-        lobby
-            .matrix
-            .members(&dm)
-            .await
-            .ok()
-            .filter(|m| m.contains_key(&ghost))
-    })
-    .await?;
+    let dm = direct_chat(&lobby, &ghost).await?;
 
     let hello = unique("private to xmpp");
     lobby.matrix.send_text(&dm, &hello).await?;
@@ -501,17 +487,7 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
         &junction_core::UserRef::new("matrix", lobby.matrix.user_id()),
         &lobby.slot.component,
     );
-    let got = lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            el.name() == "message"
-                && el.attr("type") == Some("chat")
-                && el
-                    .attr("from")
-                    .is_some_and(|f| f.to_lowercase().starts_with(&puppet))
-                && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&hello))
-        })
-        .await?;
+    let got = xmpp_chat(&lobby, |f| f.to_lowercase().starts_with(&puppet), &hello).await?;
     let from = got.attr("from").unwrap_or_default().to_owned();
 
     let answer = unique("xmpp answers");
