@@ -4,13 +4,10 @@
 
 use crate::config::{self, channel_ok, IrcConfig, RawIrcs};
 use crate::IrcAdapter;
-use junction_core::doctor::Findings;
 use junction_core::{NetworkId, RoomRef, Sender, UserRef};
 use junction_network::{
-    BoxAdapter, Build, Checker, Checkup, Claim, Network, Raw, Refusal, Section, Syntax,
+    BoxAdapter, Build, Checker, Checks, Checkup, Claim, Network, Out, Raw, Refusal, Section, Syntax,
 };
-use std::future::Future;
-use std::pin::Pin;
 
 /// The section key: `[irc.<name>]`.
 pub const KEY: &str = "irc";
@@ -301,8 +298,8 @@ impl Network for Irc {
         &'a self,
         section: &'a Section,
         checkup: Checkup<'a>,
-        out: &'a mut Findings<'_>,
-    ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+        out: Out<'a, '_>,
+    ) -> Checks<'a> {
         Box::pin(async move {
             if let Some(c) = section.get::<IrcConfig>() {
                 crate::doctor::check(c, checkup.rooms, out).await;

@@ -1,17 +1,13 @@
 //! Matrix as the gateway sees it ([`junction_network::Network`]): the `[matrix]` section, room
 //! aliases and ids, user ids, the adapter, and the appservice registration.
 
-use crate::config::{self, MatrixSection, RawMatrix};
+use crate::config::{self, MatrixSection};
 use crate::registration::registration_yaml;
 use crate::MatrixAdapter;
-use junction_core::doctor::Findings;
 use junction_core::{Link, NetworkId, RoomRef, UserRef};
 use junction_network::{
-    BoxAdapter, Build, Checker, Checkup, Claim, Network, Raw, Refusal, Section, Syntax,
+    BoxAdapter, Build, Checks, Checkup, Claim, Network, Out, Raw, Refusal, Section, Single, Syntax,
 };
-use std::future::Future;
-use std::pin::Pin;
-use toml::Spanned;
 
 /// The section key, and the one instance's network id.
 pub const KEY: &str = "matrix";
@@ -28,23 +24,8 @@ static SYNTAX: Syntax = Syntax {
 /// Matrix, through one appservice.
 pub struct Matrix;
 
-/// `[matrix]` as read.
-struct RawSection(Spanned<RawMatrix>);
-
-impl Raw for RawSection {
-    fn declared(&self) -> Vec<NetworkId> {
-        vec![NetworkId::new(KEY)]
-    }
-
-    fn validate(&self, check: &mut Checker<'_>) -> Option<Vec<Section>> {
-        let section = config::validate(&self.0, check)?;
-        Some(vec![Section::new(NetworkId::new(KEY), section)])
-    }
-}
-
-fn configured(networks: &[NetworkId]) -> bool {
-    networks.iter().any(|n| n.as_str() == KEY)
-}
+/// The one instance.
+const ONE: Single = Single(KEY);
 
 impl Network for Matrix {
     fn key(&self) -> &'static str {
@@ -52,11 +33,7 @@ impl Network for Matrix {
     }
 
     fn read(&self, file: &str) -> Result<Option<Box<dyn Raw>>, toml::de::Error> {
-        Ok(config::read(file)?.map(|r| Box::new(RawSection(r)) as Box<dyn Raw>))
-    }
-
-    fn owns(&self, network: &NetworkId) -> bool {
-        network.as_str() == KEY
+        Ok(ONE.raw(config::read(file)?, config::validate))
     }
 
     fn syntax(&self) -> &'static Syntax {
@@ -70,7 +47,7 @@ impl Network for Matrix {
                  `!id:server`"
             ));
         }
-        if !configured(declared) {
+        if !ONE.among(declared) {
             return Err("there is no [matrix] section for this room".into());
         }
         Ok(RoomRef::new(KEY, room))
@@ -95,7 +72,7 @@ impl Network for Matrix {
             Err(Refusal::Syntax(
                 "write a Matrix alias `#name:server` or id `!id:server`".into(),
             ))
-        } else if !configured(configured_networks) {
+        } else if !ONE.among(configured_networks) {
             Err(Refusal::Said(
                 "There is no [matrix] section in the config.".into(),
             ))
@@ -156,8 +133,8 @@ impl Network for Matrix {
         &'a self,
         section: &'a Section,
         checkup: Checkup<'a>,
-        out: &'a mut Findings<'_>,
-    ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+        out: Out<'a, '_>,
+    ) -> Checks<'a> {
         Box::pin(async move {
             if let Some(s) = section.get::<MatrixSection>() {
                 crate::doctor::check(&s.config, checkup.rooms, out).await;

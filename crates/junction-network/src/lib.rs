@@ -16,15 +16,17 @@
 //!   registered on its server ([`Network::registration`]) and runs `junction doctor`'s checks
 //!   of it ([`Network::doctor`]).
 //!
-//! Every method but `key`, `read`, `owns`, `syntax`, the readers of rooms and users and
+//! Every method but `key`, `read`, `syntax`, the readers of rooms and users and
 //! `adapter` has a default that suits a network whose ids compare exactly.
 #![deny(missing_docs)]
 
 pub mod check;
 mod registry;
+mod single;
 
 pub use check::{Checker, Diag, Str};
 pub use registry::Networks;
+pub use single::Single;
 
 use junction_core::doctor::Findings;
 use junction_core::{
@@ -50,8 +52,11 @@ pub trait Network: Send + Sync + 'static {
     /// this again, so that every error is found.
     fn read(&self, file: &str) -> Result<Option<Box<dyn Raw>>, toml::de::Error>;
 
-    /// True when `network` is one of its instances (`irc:local` for `irc`).
-    fn owns(&self, network: &NetworkId) -> bool;
+    /// True when `network` is one of its instances (`irc:local` for `irc`); by default, the
+    /// one instance named by the key ([`Single`]).
+    fn owns(&self, network: &NetworkId) -> bool {
+        Single(self.key()).owns(network)
+    }
 
     /// How people write its rooms and users, for help texts and error messages.
     fn syntax(&self) -> &'static Syntax;
@@ -167,12 +172,18 @@ pub trait Network: Send + Sync + 'static {
         &'a self,
         section: &'a Section,
         checkup: Checkup<'a>,
-        out: &'a mut Findings<'_>,
-    ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+        out: Out<'a, '_>,
+    ) -> Checks<'a> {
         let _ = (section, checkup, out);
         Box::pin(async {})
     }
 }
+
+/// Where [`Network::doctor`] adds its findings.
+pub type Out<'a, 'r> = &'a mut Findings<'r>;
+
+/// The checks [`Network::doctor`] runs.
+pub type Checks<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// What `junction doctor` tells a network's checks besides its settings.
 #[derive(Clone, Copy, Debug)]

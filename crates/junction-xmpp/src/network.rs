@@ -2,16 +2,12 @@
 //! rooms and bare JIDs (compared case-insensitively), bans on an occupant's real JID, and the
 //! adapter.
 
-use crate::config::{self, bare_jid, RawXmpp, XmppSection};
+use crate::config::{self, bare_jid, XmppSection};
 use crate::XmppAdapter;
-use junction_core::doctor::Findings;
 use junction_core::{NetworkId, RoomRef, Sender, UserRef};
 use junction_network::{
-    BoxAdapter, Build, Checker, Checkup, Claim, Network, Raw, Refusal, Section, Syntax,
+    BoxAdapter, Build, Checks, Checkup, Claim, Network, Out, Raw, Refusal, Section, Single, Syntax,
 };
-use std::future::Future;
-use std::pin::Pin;
-use toml::Spanned;
 
 /// The section key, and the one instance's network id.
 pub const KEY: &str = "xmpp";
@@ -28,23 +24,8 @@ static SYNTAX: Syntax = Syntax {
 /// XMPP, through one XEP-0114 component.
 pub struct Xmpp;
 
-/// `[xmpp]` as read.
-struct RawSection(Spanned<RawXmpp>);
-
-impl Raw for RawSection {
-    fn declared(&self) -> Vec<NetworkId> {
-        vec![NetworkId::new(KEY)]
-    }
-
-    fn validate(&self, check: &mut Checker<'_>) -> Option<Vec<Section>> {
-        let section = config::validate(&self.0, check)?;
-        Some(vec![Section::new(NetworkId::new(KEY), section)])
-    }
-}
-
-fn configured(networks: &[NetworkId]) -> bool {
-    networks.iter().any(|n| n.as_str() == KEY)
-}
+/// The one instance.
+const ONE: Single = Single(KEY);
 
 impl Network for Xmpp {
     fn key(&self) -> &'static str {
@@ -52,11 +33,7 @@ impl Network for Xmpp {
     }
 
     fn read(&self, file: &str) -> Result<Option<Box<dyn Raw>>, toml::de::Error> {
-        Ok(config::read(file)?.map(|r| Box::new(RawSection(r)) as Box<dyn Raw>))
-    }
-
-    fn owns(&self, network: &NetworkId) -> bool {
-        network.as_str() == KEY
+        Ok(ONE.raw(config::read(file)?, config::validate))
     }
 
     fn syntax(&self) -> &'static Syntax {
@@ -69,7 +46,7 @@ impl Network for Xmpp {
                 "`{room}` is not a MUC room `room@muc.domain`: {why}"
             ));
         }
-        if !configured(declared) {
+        if !ONE.among(declared) {
             return Err("there is no [xmpp] section for this room".into());
         }
         Ok(RoomRef::new(KEY, room))
@@ -91,7 +68,7 @@ impl Network for Xmpp {
         }
         Claim::Maybe(if let Err(why) = bare_jid(text, true) {
             Err(Refusal::Syntax(why))
-        } else if !configured(configured_networks) {
+        } else if !ONE.among(configured_networks) {
             Err(Refusal::Said(
                 "There is no [xmpp] section in the config.".into(),
             ))
@@ -146,8 +123,8 @@ impl Network for Xmpp {
         &'a self,
         section: &'a Section,
         checkup: Checkup<'a>,
-        out: &'a mut Findings<'_>,
-    ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+        out: Out<'a, '_>,
+    ) -> Checks<'a> {
         Box::pin(async move {
             if let Some(s) = section.get::<XmppSection>() {
                 crate::doctor::check(&s.config, checkup.rooms, checkup.gateway_running, out).await;
