@@ -2,6 +2,7 @@
 //! printed by `junction registration`.
 
 use crate::config::MatrixConfig;
+use junction_core::format::regex_escape;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -74,30 +75,10 @@ fn yaml_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Escapes the characters special in Python's `re` (Synapse's regex dialect). Written here
-/// because it is one line and a regex crate would be a dependency for nothing else.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.^$*+?()[]{}|-#&~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regex_escape_escapes_dots_and_brackets() {
-        assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
-        assert_eq!(regex_escape("[::1]:8448"), "\\[::1\\]:8448");
-        assert_eq!(regex_escape("_junction_"), "_junction_");
-    }
 
     fn matrix_config() -> MatrixConfig {
         MatrixConfig {

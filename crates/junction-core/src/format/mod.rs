@@ -51,6 +51,20 @@ pub(crate) fn capped<'a>(input: &'a str, reader: &'static str) -> &'a str {
     &input[..end]
 }
 
+/// `s` escaped for a Python `re` pattern (the dialect Synapse reads appservice namespaces
+/// in): the characters special there get a backslash. One small function rather than a regex
+/// crate, which nothing else would use.
+pub fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.^$*+?()[]{}|-#&~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Work counting for the converters' tests: each reader and writer adds the units of work
 /// it does (characters scanned, spans visited) to a per-thread counter, so a test can assert
 /// that the work is proportional to the input without timing anything.
@@ -311,6 +325,13 @@ pub(crate) fn quote_lines<'a>(lines: impl Iterator<Item = &'a str>, out: &mut St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regex_escape_escapes_dots_and_brackets() {
+        assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
+        assert_eq!(regex_escape("[::1]:8448"), "\\[::1\\]:8448");
+        assert_eq!(regex_escape("_junction_"), "_junction_");
+    }
 
     #[test]
     fn plain_text_flattens_formatting() {

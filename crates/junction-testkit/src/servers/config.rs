@@ -5,6 +5,7 @@
 //! accounts) is kept between starts.
 
 use super::{Layout, Slot, MATRIX_PORT, MUC_DOMAIN, SERVER_NAME, SLOTS, XMPP_DOMAIN};
+use junction_core::format::regex_escape;
 use std::fmt::Write as _;
 
 /// Test-only secret for Synapse's shared-secret registration API.
@@ -58,18 +59,6 @@ fn yq(s: &str) -> String {
 /// A Lua string literal (double-quoted, backslash escapes).
 fn lq(s: &str) -> String {
     yq(s)
-}
-
-/// Escapes what is special in Python's `re`, the dialect Synapse reads namespaces in.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.^$*+?()[]{}|-#&~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Synapse's `homeserver.yaml`.
@@ -488,10 +477,5 @@ mod tests {
         assert!(c.contains("\tMaxNickLength = 9\n"));
         assert!(c.contains("\tMaxConnectionsIP = 0\n"));
         assert!(c.contains("\tPidFile =\n"));
-    }
-
-    #[test]
-    fn regex_escape_covers_dots() {
-        assert_eq!(regex_escape("matrix.test"), "matrix\\.test");
     }
 }
