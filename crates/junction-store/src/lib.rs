@@ -9,12 +9,14 @@
 use junction_core::router::{Link, Planned, RefResolver};
 use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};
 
+mod faulty;
 mod mem;
 mod scoped;
 mod sled_store;
 #[cfg(test)]
 mod tests;
 
+pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
 pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
@@ -145,12 +147,8 @@ pub trait Store: Send + Sync + 'static {
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>>;
 
     /// Who sent the message `event`, as [`Store::record_inbound`] recorded it for every
-    /// message (the author an edit or redaction of it is checked against). The default
-    /// knows nobody, so such checks fail closed.
-    fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
-        let _ = event;
-        Ok(None)
-    }
+    /// message (the author an edit or redaction of it is checked against).
+    fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>>;
 
     /// Undelivered outbox rows for a network, in outbox order.
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>>;
@@ -162,25 +160,19 @@ pub trait Store: Send + Sync + 'static {
     /// were set aside since the store was opened. Reads skip such a record, log its key and
     /// move it out of the way (the sled backend keeps it in its `quarantine` tree), so one bad
     /// record never stops the others from being handed out.
-    fn set_aside(&self) -> u64 {
-        0
-    }
+    fn set_aside(&self) -> u64;
 
     /// Drops undelivered outbox rows of `network`: those whose event is older than
     /// `older_than_ms` (its origin time, ms since the epoch), and those beyond the
     /// `keep_newest` newest. Rows `spare` names (by outbox id; e.g. already handed to the
     /// adapter) are neither dropped nor counted. Returns what was dropped, in outbox order.
-    /// The default drops nothing.
     fn drop_outbox(
         &self,
         network: &NetworkId,
         older_than_ms: u64,
         keep_newest: usize,
         spare: &dyn Fn(u64) -> bool,
-    ) -> Result<Vec<Dropped>> {
-        let _ = (network, older_than_ms, keep_newest, spare);
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<Dropped>>;
 
     // ---- retention ----
 
@@ -189,18 +181,12 @@ pub trait Store: Send + Sync + 'static {
     /// keys marked before then. At most `limit` events and keys go per call, oldest first;
     /// returns how many went, so a caller repeats while it gets `limit`. Rows an earlier
     /// version stored without a time count as recorded when this version first opened the
-    /// store. The default removes nothing.
-    fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let _ = (before_ms, limit);
-        Ok(0)
-    }
+    /// store.
+    fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
 
     /// Removes audit entries older than `before_ms`, at most `limit`, oldest first; returns
-    /// how many went. The default removes nothing.
-    fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let _ = (before_ms, limit);
-        Ok(0)
-    }
+    /// how many went.
+    fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
 
     // ---- Matrix transactions ----
 
@@ -255,20 +241,12 @@ pub trait Store: Send + Sync + 'static {
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
     /// Writes a key of an adapter-private table, dated `ts_ms` (ms since the epoch), so that
-    /// [`Store::prune_kv_before`] removes it once it is older than the retention. The default
-    /// writes it undated (kept).
-    fn kv_put_dated(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()> {
-        let _ = ts_ms;
-        self.kv_put(ns, key, value)
-    }
+    /// [`Store::prune_kv_before`] removes it once it is older than the retention.
+    fn kv_put_dated(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()>;
 
     /// Removes the adapter-private rows written dated before `before_ms`, at most `limit`,
-    /// oldest first; returns how many went. Undated rows are kept. The default removes
-    /// nothing.
-    fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let _ = (before_ms, limit);
-        Ok(0)
-    }
+    /// oldest first; returns how many went. Undated rows are kept.
+    fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
 
     // ---- audit ----
 
