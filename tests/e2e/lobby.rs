@@ -47,17 +47,26 @@ pub struct Lobby {
     gateway: Gateway,
 }
 
-/// A gateway run in-process by `junction::serve` on a config text and a store of its own;
+/// A gateway run in-process by `junction::serve` on a config text and a store of its own
+/// (or, with [`Gateway::logged`], as the `junction run` binary writing its log to a file);
 /// stopped when dropped.
 pub struct Gateway {
     /// What the config text is called in its errors.
     name: &'static str,
     config: String,
     data: tempfile::TempDir,
-    running: Option<(
+    running: Option<Running>,
+    /// Runs the binary with its log (at its default level) in this file.
+    log: Option<std::path::PathBuf>,
+}
+
+/// A started gateway.
+enum Running {
+    Task(
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
-    )>,
+    ),
+    Process(tokio::process::Child),
 }
 
 impl Gateway {
@@ -75,32 +84,81 @@ impl Gateway {
             config,
             data: tempfile::tempdir()?,
             running: None,
+            log: None,
         })
+    }
+
+    /// Makes the gateway run as `junction run -c <file>`, a child process, its log (stderr,
+    /// at the level a deployment gets by default) appended to a file of its own.
+    pub fn logged(mut self) -> Self {
+        self.log = Some(self.data.path().join("gateway.log"));
+        self
     }
 
     /// Starts (or starts again) the gateway on its store.
     pub fn start(&mut self) -> anyhow::Result<()> {
         let config = junction::config::parse(&self.config, self.name, self.data.path(), &|_| None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(log) = &self.log {
+            let file = self.data.path().join(self.name);
+            std::fs::write(&file, &self.config)?;
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+                .arg("run")
+                .arg("-c")
+                .arg(&file)
+                .env_remove("JUNCTION_LOG")
+                .env_remove("RUST_LOG")
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the junction binary")?;
+            self.running = Some(Running::Process(child));
+            return Ok(());
+        }
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(junction::serve(config, shutdown.clone()));
-        self.running = Some((shutdown, task));
+        self.running = Some(Running::Task(shutdown, task));
         Ok(())
     }
 
-    /// Fails if the gateway stopped on its own (it must ride out a server restart).
-    pub fn assert_running(&self) -> anyhow::Result<()> {
-        match &self.running {
-            Some((_, task)) if !task.is_finished() => Ok(()),
-            _ => anyhow::bail!("the gateway stopped"),
-        }
+    /// What the gateway logged so far (a [`Gateway::logged`] one; else nothing).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
     }
 
-    /// Stops the gateway cleanly (as on SIGTERM) and waits for it.
+    /// Fails if the gateway stopped on its own (it must ride out a server restart).
+    pub fn assert_running(&mut self) -> anyhow::Result<()> {
+        let up = match &mut self.running {
+            Some(Running::Task(_, task)) => !task.is_finished(),
+            Some(Running::Process(child)) => child.try_wait()?.is_none(),
+            None => false,
+        };
+        anyhow::ensure!(up, "the gateway stopped");
+        Ok(())
+    }
+
+    /// Stops the gateway cleanly (as on SIGTERM) and waits for it; a child process is
+    /// killed.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some((shutdown, task)) = self.running.take() {
-            shutdown.cancel();
-            task.await??;
+        match self.running.take() {
+            Some(Running::Task(shutdown, task)) => {
+                shutdown.cancel();
+                task.await??;
+            }
+            Some(Running::Process(mut child)) => {
+                child.start_kill()?;
+                child.wait().await?;
+            }
+            None => {}
         }
         Ok(())
     }
@@ -108,7 +166,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some((shutdown, _)) = &self.running {
+        if let Some(Running::Task(shutdown, _)) = &self.running {
             shutdown.cancel();
         }
     }
@@ -137,6 +195,20 @@ impl Lobby {
         Self::start_on(servers.inspircd, tweak).await
     }
 
+    /// A lobby on InspIRCd whose gateway runs as the `junction run` binary, its log at the
+    /// default level kept for [`Lobby::gateway_log`]; `tweak` may change its config text.
+    #[allow(dead_code)]
+    pub async fn start_logged(tweak: impl FnOnce(&mut String)) -> anyhow::Result<Lobby> {
+        let servers = servers().await?;
+        Self::start_inner(servers, servers.inspircd, tweak, true).await
+    }
+
+    /// What a [`Lobby::start_logged`] gateway logged so far.
+    #[allow(dead_code)]
+    pub fn gateway_log(&self) -> String {
+        self.gateway.log_text()
+    }
+
     /// A lobby on the IRC server at `irc_addr`.
     pub async fn start_on(
         irc_addr: SocketAddr,
@@ -152,6 +224,17 @@ impl Lobby {
         servers: &Servers,
         irc_addr: SocketAddr,
         tweak: impl FnOnce(&mut String),
+    ) -> anyhow::Result<Lobby> {
+        Self::start_inner(servers, irc_addr, tweak, false).await
+    }
+
+    /// A lobby on `servers` and the IRC server at `irc_addr`, its gateway in-process or, when
+    /// `logged`, the binary with its log kept.
+    async fn start_inner(
+        servers: &Servers,
+        irc_addr: SocketAddr,
+        tweak: impl FnOnce(&mut String),
+        logged: bool,
     ) -> anyhow::Result<Lobby> {
         let slot = slot().await?;
         let name = unique("lobby");
@@ -173,7 +256,10 @@ impl Lobby {
         let channel = format!("#{name}");
         let mut config = lobby_config(servers, &slot, &room, &muc, &channel, irc_addr);
         tweak(&mut config);
-        let gateway = Gateway::new("lobby.toml", config)?;
+        let mut gateway = Gateway::new("lobby.toml", config)?;
+        if logged {
+            gateway = gateway.logged();
+        }
         let xmpp = XmppUser::register(servers, &short_nick(&unique("xu")), "pw-lobby").await?;
         let xmpp_nick = unique("ax");
         let irc_nick = short_nick(&unique("ir"));

@@ -150,6 +150,30 @@ async fn xmpp_chat(
         .await
 }
 
+/// The XMPP user chats `question` to the IRC user's puppet JID and the IRC user answers
+/// `answer` to the nick it came from, which reaches her as a chat from that JID.
+async fn xmpp_chats_with_irc(lobby: &Lobby, question: &str, answer: &str) -> anyhow::Result<()> {
+    let puppet = junction_xmpp::ids::puppet_jid(
+        &junction_core::UserRef::new("irc:local", lobby.irc.nick()),
+        &lobby.slot.component,
+    );
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{puppet}' id='{}'><body>{question}</body></message>",
+        lobby.xmpp.next_id()
+    ))?;
+    let me = lobby.irc.nick().to_owned();
+    let got = lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(question))
+        })
+        .await?;
+    let her = source_nick(&got).unwrap_or_default().to_owned();
+    lobby.irc.privmsg(&her, answer)?;
+    xmpp_chat(lobby, |f| f.to_lowercase().starts_with(&puppet), answer).await?;
+    Ok(())
+}
+
 /// Fails if any of `texts` was said in the MUC.
 fn never_in_the_muc(lobby: &Lobby, texts: &[&str]) -> anyhow::Result<()> {
     let in_muc = lobby.xmpp.backlog().iter().any(|el| {
@@ -404,27 +428,9 @@ async fn private_xmpp_chat_with_irc_and_back() -> anyhow::Result<()> {
     lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
     lobby.irc_sees(&from_xmpp).await?;
 
-    let puppet = junction_xmpp::ids::puppet_jid(
-        &junction_core::UserRef::new("irc:local", lobby.irc.nick()),
-        &lobby.slot.component,
-    );
     let question = unique("a chat to a puppet");
-    lobby.xmpp.send_raw(&format!(
-        "<message type='chat' to='{puppet}' id='{}'><body>{question}</body></message>",
-        lobby.xmpp.next_id()
-    ))?;
-    let me = lobby.irc.nick().to_owned();
-    let got = lobby
-        .irc
-        .wait_for(WAIT, |m| {
-            matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&question))
-        })
-        .await?;
-    let her = source_nick(&got).unwrap_or_default().to_owned();
-
     let answer = unique("an answer by query");
-    lobby.irc.privmsg(&her, &answer)?;
-    xmpp_chat(&lobby, |f| f.to_lowercase().starts_with(&puppet), &answer).await?;
+    xmpp_chats_with_irc(&lobby, &question, &answer).await?;
 
     never_in_the_muc(&lobby, &[&question, &answer])?;
     lobby_never_saw(&lobby, &[&question, &answer]).await
@@ -497,4 +503,114 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
     ))?;
     matrix_from(&lobby, &dm, &ghost, &answer).await?;
     lobby_never_saw(&lobby, &[&hello, &answer]).await
+}
+
+/// With `private_retention_days` at about 17 seconds (and rooms' retention at its 90 days),
+/// a Matrix reply in a direct chat quotes the IRC message it answers while the conversation's
+/// rows are kept; once the pruner has removed them the same reply crosses as plain text,
+/// while a reply to a lobby line said as long ago still quotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
+    let lobby =
+        Lobby::start_with(|c| crate::lobby::in_gateway(c, "private_retention_days = 0.0002"))
+            .await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let in_lobby = unique("a lobby question");
+    lobby.irc.privmsg(&lobby.channel, &in_lobby)?;
+    let lobby_q = lobby.matrix_sees(&in_lobby).await?["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let question = unique("a private question");
+    lobby.irc.privmsg(&puppet, &question)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    let asked = matrix_from(&lobby, &dm, &ghost, &question).await?["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let quoting = |text: &str, quoted: &str| {
+        lobby.irc.backlog().iter().any(|m| {
+            matches!(&m.command, Command::PRIVMSG(_, b) if b.contains(text) && b.contains(quoted))
+        })
+    };
+    let early = unique("early private answer");
+    lobby.matrix.send_reply(&dm, &asked, &early).await?;
+    irc_query(&lobby, &puppet, &early).await?;
+    anyhow::ensure!(quoting(&early, &question), "kept: the reply quotes");
+
+    // Past the private retention and at least one pruning pass (every ~8.6 s here).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let late = unique("late private answer");
+    lobby.matrix.send_reply(&dm, &asked, &late).await?;
+    irc_query(&lobby, &puppet, &late).await?;
+    anyhow::ensure!(!quoting(&late, &question), "forgotten: plain on IRC");
+
+    let lobby_answer = unique("late lobby answer");
+    lobby
+        .matrix
+        .send_reply(&lobby.room, &lobby_q, &lobby_answer)
+        .await?;
+    let (_, t) = lobby.irc_sees(&lobby_answer).await?;
+    anyhow::ensure!(t.contains('←'), "the room's line is still quoted: {t:?}");
+    lobby_never_saw(&lobby, &[&question, &early, &late]).await
+}
+
+/// A private exchange in every direction the gateway carries (IRC → Matrix and back, XMPP →
+/// IRC and back, a stranger refused) leaves no private text in the gateway's log at its
+/// default level (the `junction run` binary, info), in `/metrics`, or in any room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_text_never_reaches_logs_metrics_or_rooms() -> anyhow::Result<()> {
+    let port = junction_testkit::free_port()?;
+    let lobby = Lobby::start_logged(|c| {
+        crate::lobby::in_gateway(c, &format!("metrics = \"127.0.0.1:{port}\""));
+    })
+    .await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    lobby.irc_sees(&from_xmpp).await?;
+
+    let mut secrets = Vec::new();
+    let psst = unique("secret irc to matrix");
+    lobby.irc.privmsg(&puppet, &psst)?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &ghost, &psst).await?;
+    let back = unique("secret matrix to irc");
+    lobby.matrix.send_text(&dm, &back).await?;
+    irc_query(&lobby, &puppet, &back).await?;
+
+    let chat = unique("secret xmpp to irc");
+    let answer = unique("secret irc to xmpp");
+    xmpp_chats_with_irc(&lobby, &chat, &answer).await?;
+
+    let stranger = junction_testkit::clients::IrcUser::connect(
+        lobby.irc_addr,
+        &crate::lobby::short_nick(&unique("st")),
+    )
+    .await?;
+    let refused = unique("secret from a stranger");
+    stranger.privmsg(&puppet, &refused)?;
+    let bot = junction_testkit::gateway::bot_nick(&lobby.slot);
+    irc_told(&stranger, &bot, "share a linked room").await?;
+    secrets.extend([psst, back, chat, answer, refused]);
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let log = lobby.gateway_log();
+    anyhow::ensure!(
+        log.contains("INFO"),
+        "the gateway's log was not captured: {log:?}"
+    );
+    for s in &secrets {
+        anyhow::ensure!(!log.contains(s.as_str()), "{s:?} is in the gateway's log");
+        anyhow::ensure!(!metrics.contains(s.as_str()), "{s:?} is in /metrics");
+    }
+    let texts: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    never_in_the_muc(&lobby, &texts)?;
+    lobby_never_saw(&lobby, &texts).await
 }

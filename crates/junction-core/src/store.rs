@@ -56,6 +56,28 @@ pub trait AdapterStore: Send + Sync + std::fmt::Debug + 'static {
         self.put(table, key, value)
     }
 
+    /// Writes a key of one of this adapter's tables that belongs to a private conversation,
+    /// dated now: removed after the shorter private retention
+    /// (`[gateway] private_retention_days`). The default writes it as [`Self::put_dated`].
+    fn put_private(&self, table: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.put_dated(table, key, value)
+    }
+
+    /// [`Self::put_private`] when `room` is a private conversation, else [`Self::put_dated`].
+    fn put_dated_for(
+        &self,
+        room: &RoomRef,
+        table: &str,
+        key: &str,
+        value: &[u8],
+    ) -> StoreResult<()> {
+        if crate::private::is_private(&room.room) {
+            self.put_private(table, key, value)
+        } else {
+            self.put_dated(table, key, value)
+        }
+    }
+
     /// Removes a key of one of this adapter's tables.
     fn remove(&self, table: &str, key: &str) -> StoreResult<()>;
 

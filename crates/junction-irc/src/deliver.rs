@@ -302,7 +302,7 @@ impl IrcAdapter {
         };
         if let (Ok(ids), Some(text)) = (&outcome, lookup::quotable(d)) {
             if let Some(first) = ids.first() {
-                lookup::remember(cx.store.as_ref(), first, shown, &text);
+                lookup::remember(cx.store.as_ref(), &d.target, first, shown, &text);
             }
         }
         answer(cx, d, outcome);

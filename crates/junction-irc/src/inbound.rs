@@ -569,6 +569,7 @@ impl IrcAdapter {
             if let EventKind::Message(m) = &e.kind {
                 lookup::remember(
                     cx.store.as_ref(),
+                    &e.origin,
                     &e.remote_id,
                     &e.sender.display_name,
                     &m.body.to_plain(),

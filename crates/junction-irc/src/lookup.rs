@@ -5,7 +5,7 @@
 //! had): key = the message's IRC id, value = [`Quoted::encode`].
 
 use crate::outbound::Quoted;
-use junction_core::{AdapterStore, Delivery, EventKind, MessageId, UserRef};
+use junction_core::{AdapterStore, Delivery, EventKind, MessageId, RoomRef, UserRef};
 
 /// The table of quotes.
 pub const QUOTES: &str = "quotes";
@@ -31,13 +31,14 @@ pub fn quoted(store: &dyn AdapterStore, d: &Delivery) -> Option<Quoted> {
     Quoted::decode(&raw)
 }
 
-/// Remembers who said message `id` on IRC and its text.
-pub fn remember(store: &dyn AdapterStore, id: &MessageId, nick: &str, text: &str) {
+/// Remembers who said message `id` in `room` on IRC and its text (kept only as long as
+/// private rows are when `room` is a private conversation).
+pub fn remember(store: &dyn AdapterStore, room: &RoomRef, id: &MessageId, nick: &str, text: &str) {
     let q = Quoted {
         nick: nick.to_owned(),
         text: crate::outbound::snippet(text),
     };
-    if let Err(e) = store.put_dated(QUOTES, &id.0, &q.encode()) {
+    if let Err(e) = store.put_dated_for(room, QUOTES, &id.0, &q.encode()) {
         tracing::debug!(error = %e, "quote not stored");
     }
 }
@@ -77,7 +78,14 @@ mod tests {
                 .and_then(|v| Quoted::decode(&v)),
             Some(old)
         );
-        remember(store.as_ref(), &MessageId::new("m2"), "eve", "line\ntwo");
+        let lobby = RoomRef::new("irc:local", "#lobby");
+        remember(
+            store.as_ref(),
+            &lobby,
+            &MessageId::new("m2"),
+            "eve",
+            "line\ntwo",
+        );
         assert!(raw.kv_get("irc:local/quotes", "m2").expect("get").is_some());
         // Another network's handle does not see them.
         let other = junction_store::scoped(raw, NetworkId::new("irc:other"));

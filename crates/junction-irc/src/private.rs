@@ -87,6 +87,7 @@ pub(crate) async fn received(cx: &AdapterContext, owner: UserRef, msg: Message) 
     if let junction_core::EventKind::Message(m) = &event.kind {
         crate::lookup::remember(
             cx.store.as_ref(),
+            &event.origin,
             &event.remote_id,
             &event.sender.display_name,
             &m.body.to_plain(),

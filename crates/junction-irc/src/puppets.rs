@@ -645,7 +645,7 @@ fn finish(spec: &Spec, sh: &Shared, s: &Session, w: Work) {
         .map(|i| MessageId::new(format!("{}.{i}", d.outbox_id)))
         .collect();
     if let (Some(first), Some(text)) = (ids.first(), lookup::quotable(&d)) {
-        lookup::remember(sh.store.as_ref(), first, &s.nick, &text);
+        lookup::remember(sh.store.as_ref(), &d.target, first, &s.nick, &text);
     }
     let _ = spec;
     answer(sh, &d, Ok(ids));

@@ -207,7 +207,10 @@ pub(crate) async fn deliver(
                 Err(e) => return Err(e.into()),
             };
             let k = reaction_key(&room_id, target.as_str(), me, key);
-            if let Err(e) = sh.store.put_dated(REACTIONS_OUT_TABLE, &k, id.as_bytes()) {
+            if let Err(e) =
+                sh.store
+                    .put_dated_for(&d.target, REACTIONS_OUT_TABLE, &k, id.as_bytes())
+            {
                 tracing::warn!(error = %e, "Could not record a sent reaction.");
             }
             Ok(vec![MessageId::new(id)])

@@ -202,7 +202,8 @@ async fn transaction(
     for ev in &events {
         prefetch_name(&sh, ev).await;
         let converted = convert(&sh, ev);
-        apply_effects(&sh, converted.effects);
+        let origin = converted.event.as_ref().map(|e| e.origin.clone());
+        apply_effects(&sh, origin.as_ref(), converted.effects);
         let Some(mut event) = converted.event else {
             continue;
         };
@@ -356,7 +357,9 @@ fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
     inbound::convert(ev, &cx)
 }
 
-fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
+/// Applies what an event leaves to remember; `origin`, the room of the event it made, dates
+/// its rows (a private conversation's go sooner).
+fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effects: Vec<Effect>) {
     for effect in effects {
         match effect {
             Effect::Reaction {
@@ -364,11 +367,19 @@ fn apply_effects(sh: &Arc<Shared>, effects: Vec<Effect>) {
                 target,
                 key,
             } => {
-                if let Err(e) = sh.store.put_dated(
-                    REACTIONS_IN_TABLE,
-                    &event_id,
-                    format!("{target}\n{key}").as_bytes(),
-                ) {
+                let value = format!("{target}\n{key}");
+                let put = match origin {
+                    Some(room) => sh.store.put_dated_for(
+                        room,
+                        REACTIONS_IN_TABLE,
+                        &event_id,
+                        value.as_bytes(),
+                    ),
+                    None => sh
+                        .store
+                        .put_dated(REACTIONS_IN_TABLE, &event_id, value.as_bytes()),
+                };
+                if let Err(e) = put {
                     tracing::warn!(error = %e, "Could not record a reaction.");
                 }
             }

@@ -78,6 +78,15 @@ pub(crate) fn outbox_rows(
 /// An outbox row encoded as stored, refused with [`StoreError::Codec`] unless it reads back:
 /// whatever the store accepts it can read again (e.g. a body nested past `serde_json`'s
 /// recursion limit would be written fine and then never read).
+/// True when `event` belongs to a private conversation: said in one, or sent into one (the
+/// gateway's answer to a refused private message).
+pub(crate) fn is_private_event(event: &Event, planned: &[Planned]) -> bool {
+    junction_core::private::is_private(&event.origin.room)
+        || planned
+            .iter()
+            .any(|p| junction_core::private::is_private(&p.target.room))
+}
+
 pub(crate) fn encode_row(row: &Delivery) -> Result<Vec<u8>> {
     let bytes = serde_json::to_vec(row).map_err(|e| StoreError::Codec(e.to_string()))?;
     serde_json::from_slice::<Delivery>(&bytes)
@@ -184,6 +193,17 @@ pub trait Store: Send + Sync + 'static {
     /// store.
     fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
 
+    /// Removes what private conversations left before `before_ms`: the message-map rows of
+    /// events said in one or sent into one, as [`Store::prune_before`] does,
+    /// and the adapter rows written with [`Store::kv_put_private`]. At most `limit` per call,
+    /// oldest first; returns how many went. Kept apart from [`Store::prune_before`] so private
+    /// messages are forgotten sooner (`[gateway] private_retention_days`); whichever cut comes
+    /// first removes them. The default removes nothing.
+    fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let _ = (before_ms, limit);
+        Ok(0)
+    }
+
     /// Removes audit entries older than `before_ms`, at most `limit`, oldest first; returns
     /// how many went.
     fn prune_audit_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
@@ -243,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a key of an adapter-private table, dated `ts_ms` (ms since the epoch), so that
     /// [`Store::prune_kv_before`] removes it once it is older than the retention.
     fn kv_put_dated(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()>;
+
+    /// Writes a key of an adapter-private table that belongs to a private conversation, dated
+    /// `ts_ms`: removed by [`Store::prune_kv_before`] like any dated row, and sooner by
+    /// [`Store::prune_private_before`]. The default writes it as a dated row.
+    fn kv_put_private(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        self.kv_put_dated(ns, key, value, ts_ms)
+    }
 
     /// Removes the adapter-private rows written dated before `before_ms`, at most `limit`,
     /// oldest first; returns how many went. Undated rows are kept.

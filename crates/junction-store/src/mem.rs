@@ -9,6 +9,13 @@ use junction_core::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+/// What a private conversation left: an event of the message map, or an adapter row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Private {
+    Event(EventId),
+    Row(String, String),
+}
+
 #[derive(Default)]
 struct Inner {
     next_id: u64,
@@ -25,6 +32,8 @@ struct Inner {
     txn_time: BTreeSet<(u64, String)>,
     kv_stamps: HashMap<(String, String), u64>,
     kv_time: BTreeSet<(u64, String, String)>,
+    /// Private conversations' events and adapter rows in age order.
+    private_time: BTreeSet<(u64, Private)>,
     /// Rows stored without a time count as recorded then.
     legacy_until: Option<u64>,
     puppets: HashMap<Vec<u8>, String>,
@@ -131,6 +140,7 @@ impl Store for MemStore {
         if g.by_remote.contains_key(&k) {
             return Ok(Recorded::Duplicate);
         }
+        let private = crate::is_private_event(event, &planned);
         let rows = outbox_rows(event, planned, || {
             g.next_id += 1;
             Ok(g.next_id)
@@ -142,6 +152,10 @@ impl Store for MemStore {
         let now = now_ms();
         g.stamps.insert(event.id.clone(), now);
         g.by_time.insert((now, event.id.clone()));
+        if private {
+            g.private_time
+                .insert((now, Private::Event(event.id.clone())));
+        }
         if matches!(event.kind, junction_core::EventKind::Message(_)) {
             g.senders
                 .insert(event.id.clone(), event.sender.user.clone());
@@ -325,6 +339,44 @@ impl Store for MemStore {
         g.kv_stamps.insert(k.clone(), ts_ms);
         g.kv.insert(k, value.to_vec());
         Ok(())
+    }
+
+    fn kv_put_private(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        self.kv_put_dated(ns, k, value, ts_ms)?;
+        self.lock()
+            .private_time
+            .insert((ts_ms, Private::Row(ns.to_owned(), k.to_owned())));
+        Ok(())
+    }
+
+    fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut g = self.lock();
+        let mut n = 0;
+        while n < limit {
+            let Some((ts, what)) = g.private_time.first().cloned() else {
+                break;
+            };
+            if ts >= before_ms {
+                break;
+            }
+            g.private_time.remove(&(ts, what.clone()));
+            match what {
+                Private::Event(event) => {
+                    g.forget_event(&event);
+                    n += 1;
+                }
+                Private::Row(ns, k) => {
+                    // Only if the row was not written again since.
+                    let k = (ns, k);
+                    if g.kv_stamps.get(&k) == Some(&ts) {
+                        g.kv_stamps.remove(&k);
+                        g.kv.remove(&k);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
     }
 
     fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {

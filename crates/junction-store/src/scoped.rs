@@ -56,6 +56,12 @@ impl AdapterStore for Scoped {
         self.store.kv_put_dated(&self.table(table), key, value, now)
     }
 
+    fn put_private(&self, table: &str, key: &str, value: &[u8]) -> StoreResult<()> {
+        let now = junction_core::clock::now_ms();
+        self.store
+            .kv_put_private(&self.table(table), key, value, now)
+    }
+
     fn remove(&self, table: &str, key: &str) -> StoreResult<()> {
         self.store.kv_remove(&self.table(table), key)
     }

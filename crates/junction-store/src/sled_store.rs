@@ -40,6 +40,9 @@ pub struct SledStore {
     kv_stamps: sled::Tree,
     /// When ++ `ns` NUL key → nothing: dated adapter-private rows in age order.
     kv_time: sled::Tree,
+    /// When ++ `e` ++ event id, or when ++ `k` ++ `ns` NUL key → nothing: what private
+    /// conversations left (message-map events, adapter rows) in age order.
+    private_time: sled::Tree,
     /// The store's own notes: [`LAYOUT`], and while rows an earlier version stored without a
     /// time remain, [`LEGACY_UNTIL`] and the walk's cursors.
     meta: sled::Tree,
@@ -143,6 +146,7 @@ impl SledStore {
             txn_time: t("txn_time")?,
             kv_stamps: t("kv_stamps")?,
             kv_time: t("kv_time")?,
+            private_time: t("private_time")?,
             meta,
             by_remote: t("by_remote")?,
             by_event: t("by_event")?,
@@ -258,6 +262,7 @@ impl Store for SledStore {
         if self.by_remote.contains_key(&k).map_err(be)? {
             return Ok(Recorded::Duplicate);
         }
+        let private = crate::is_private_event(event, &planned);
         let rows = outbox_rows(event, planned, || self.next_id())?;
         let encoded = rows
             .iter()
@@ -273,6 +278,12 @@ impl Store for SledStore {
         };
         let now = now_ms();
         let tk = time_key(now, event.id.as_str().as_bytes());
+        let private = private.then(|| {
+            time_key(
+                now,
+                &[b"e".as_slice(), event.id.as_str().as_bytes()].concat(),
+            )
+        });
         let new = (
             &self.by_remote,
             &self.by_event,
@@ -280,8 +291,9 @@ impl Store for SledStore {
             &self.senders,
             &self.stamps,
             &self.by_time,
+            &self.private_time,
         )
-            .transaction(|(rem, ev, out, snd, stamps, by_time)| {
+            .transaction(|(rem, ev, out, snd, stamps, by_time, private_time)| {
                 if rem.get(&k)?.is_some() {
                     return Ok(false);
                 }
@@ -289,6 +301,9 @@ impl Store for SledStore {
                 ev.insert(ek.as_slice(), ids.as_slice())?;
                 stamps.insert(event.id.as_str().as_bytes(), &now.to_be_bytes())?;
                 by_time.insert(tk.as_slice(), &[])?;
+                if let Some(pk) = &private {
+                    private_time.insert(pk.as_slice(), &[])?;
+                }
                 if let Some(sender) = &sender {
                     snd.insert(event.id.as_str().as_bytes(), sender.as_slice())?;
                 }
@@ -482,6 +497,45 @@ impl Store for SledStore {
             .insert(k.as_slice(), &ts_ms.to_be_bytes())
             .map_err(be)?;
         self.kv.insert(k, value).map(drop).map_err(be)
+    }
+
+    fn kv_put_private(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
+        self.kv_put_dated(ns, k, value, ts_ms)?;
+        let rest = [b"k".as_slice(), &key(&[ns, k])].concat();
+        self.private_time
+            .insert(time_key(ts_ms, &rest), &[])
+            .map(drop)
+            .map_err(be)
+    }
+
+    fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        let mut n = 0;
+        for r in self.private_time.range(..before_ms.to_be_bytes().to_vec()) {
+            if n >= limit {
+                break;
+            }
+            let (tk, _) = r.map_err(be)?;
+            let (ts, rest) = tk.split_at(8.min(tk.len()));
+            match rest.split_first() {
+                Some((b'e', id)) => {
+                    self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+                    n += 1;
+                }
+                Some((b'k', k)) => {
+                    // Only if the row was not written again since.
+                    let current = self.kv_stamps.get(k).map_err(be)?;
+                    if current.as_deref().and_then(stamp) == stamp(ts) {
+                        self.kv.remove(k).map_err(be)?;
+                        self.kv_stamps.remove(k).map_err(be)?;
+                        n += 1;
+                    }
+                }
+                _ => {}
+            }
+            // Last: a crash before this leaves the row to prune again.
+            self.private_time.remove(&tk).map_err(be)?;
+        }
+        Ok(n)
     }
 
     fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {

@@ -411,6 +411,72 @@ pub(crate) fn retention(s: &dyn Store) {
     s.flush().unwrap();
 }
 
+/// What private conversations leave (events said in one, the gateway's answers sent into
+/// one, adapter rows written as private) goes with `prune_private_before`; rooms' events
+/// and ordinary dated rows stay for `prune_before` and `prune_kv_before`.
+pub(crate) fn private_retention(s: &dyn Store) {
+    let dm = "dm:bob\u{1f}matrix\u{1f}@alice:m";
+    let said = message("irc:l", dm, "p1", 1);
+    s.record_inbound(
+        &said,
+        vec![plan("matrix", "dm:@alice:m\u{1f}irc:l\u{1f}bob")],
+    )
+    .unwrap();
+    let answer = message("gateway", "private", "refused:x", 1);
+    s.record_inbound(&answer, vec![plan("irc:l", dm)]).unwrap();
+    let room = message("matrix", "#lobby:matrix.test", "$r", 1);
+    s.record_inbound(&room, vec![plan("irc:l", "#lobby")])
+        .unwrap();
+    s.kv_put_private("irc:l/quotes", "q-private", b"secret", 10)
+        .unwrap();
+    s.kv_put_private("irc:l/quotes", "q-rewritten", b"v1", 10)
+        .unwrap();
+    s.kv_put_dated("irc:l/quotes", "q-rewritten", b"v2", 40)
+        .unwrap();
+    s.kv_put_dated("irc:l/quotes", "q-room", b"hello", 10)
+        .unwrap();
+    let cut = after(junction_core::clock::now_ms());
+    let young = message("irc:l", dm, "p2", 2);
+    s.record_inbound(&young, vec![]).unwrap();
+
+    assert_eq!(
+        s.prune_private_before(0, 10).unwrap(),
+        0,
+        "nothing that old"
+    );
+    assert_eq!(s.prune_private_before(cut, 1).unwrap(), 1);
+    assert_eq!(s.prune_private_before(cut, 10).unwrap(), 2);
+    assert_eq!(s.prune_private_before(cut, 10).unwrap(), 0);
+    assert_eq!(s.event_for(&said.origin, &said.remote_id).unwrap(), None);
+    assert_eq!(s.sender_of(&said.id).unwrap(), None);
+    assert_eq!(
+        s.event_for(&answer.origin, &answer.remote_id).unwrap(),
+        None
+    );
+    assert_eq!(s.kv_get("irc:l/quotes", "q-private").unwrap(), None);
+    assert_eq!(
+        s.kv_get("irc:l/quotes", "q-rewritten").unwrap().as_deref(),
+        Some(b"v2".as_slice()),
+        "written again since: kept"
+    );
+    assert!(s.kv_get("irc:l/quotes", "q-room").unwrap().is_some());
+    assert_eq!(
+        s.event_for(&room.origin, &room.remote_id).unwrap(),
+        Some(room.id.clone()),
+        "rooms keep theirs"
+    );
+    assert_eq!(
+        s.event_for(&young.origin, &young.remote_id).unwrap(),
+        Some(young.id.clone())
+    );
+    // The longer retention still removes what is left (its index rows of the events
+    // already forgotten go too).
+    assert_eq!(s.prune_before(cut, 10).unwrap(), 3);
+    assert_eq!(s.event_for(&room.origin, &room.remote_id).unwrap(), None);
+    assert_eq!(s.prune_kv_before(20, 10).unwrap(), 1);
+    s.flush().unwrap();
+}
+
 /// Outbox rows older than the age, or beyond the newest `keep`, are dropped and reported.
 pub(crate) fn outbox_bounds(s: &dyn Store) {
     let x = NetworkId::new("xmpp");
@@ -509,6 +575,11 @@ macro_rules! store_conformance_tests {
             fn retention() {
                 let (_d, s) = $make;
                 super::retention(&s);
+            }
+            #[test]
+            fn private_retention() {
+                let (_d, s) = $make;
+                super::private_retention(&s);
             }
             #[test]
             fn outbox_bounds() {

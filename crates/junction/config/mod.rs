@@ -601,13 +601,15 @@ admins = ["@carol:matrix.test"]
         let d = ok("[gateway]\n").gateway.retention;
         assert_eq!(d, crate::gateway::Retention::default());
         assert_eq!(d.messages, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(d.private, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(d.audit, Some(Duration::from_secs(365 * 86_400)));
         assert_eq!(d.outbox_max_age, Some(Duration::from_secs(24 * 3600)));
         assert_eq!(d.outbox_max_depth, Some(10_000));
-        let c = ok("[gateway]\nretention_days = 0.5\naudit_days = 0\noutbox_max_age_hours = 2\noutbox_max_depth = 0\n")
+        let c = ok("[gateway]\nretention_days = 0.5\nprivate_retention_days = 0.25\naudit_days = 0\noutbox_max_age_hours = 2\noutbox_max_depth = 0\n")
             .gateway
             .retention;
         assert_eq!(c.messages, Some(Duration::from_secs(43_200)));
+        assert_eq!(c.private, Some(Duration::from_secs(21_600)));
         assert_eq!((c.audit, c.outbox_max_depth), (None, None));
         assert_eq!(c.outbox_max_age, Some(Duration::from_secs(7200)));
     }

@@ -58,6 +58,9 @@ pub struct RawGateway {
     pub rate_burst: Option<Spanned<i64>>,
     /// Days the message map (and what hangs off it) is kept (0: for ever).
     pub retention_days: Option<Spanned<Number>>,
+    /// Days the message map of private conversations (and what hangs off it) is kept (0: as
+    /// long as rooms' messages).
+    pub private_retention_days: Option<Spanned<Number>>,
     /// Days the admin audit trail is kept (0: for ever).
     pub audit_days: Option<Spanned<Number>>,
     /// Hours an undelivered outbox row is kept (0: for ever).

@@ -338,7 +338,7 @@ fn gateway(
     })
 }
 
-/// `gateway.retention_days`, `audit_days`, `outbox_max_age_hours`, `outbox_max_depth`.
+/// `gateway.retention_days`, `private_retention_days`, `audit_days`, `outbox_max_age_hours`, `outbox_max_depth`.
 fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Retention> {
     use crate::gateway::retention as r;
     const DAY: f64 = 86_400.0;
@@ -348,6 +348,13 @@ fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Rete
         "gateway.retention_days",
         DAY,
         r::MESSAGES_DEFAULT,
+    );
+    let private = span_of(
+        c,
+        &g.private_retention_days,
+        "gateway.private_retention_days",
+        DAY,
+        r::PRIVATE_DEFAULT,
     );
     let audit = span_of(
         c,
@@ -371,6 +378,7 @@ fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Rete
     );
     Some(crate::gateway::Retention {
         messages: messages?,
+        private: private?,
         audit: audit?,
         outbox_max_age: outbox_age?,
         outbox_max_depth: depth.map(|d| (d > 0).then_some(d))?,

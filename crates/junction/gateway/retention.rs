@@ -5,6 +5,9 @@
 //!   older than `[gateway] retention_days` are removed; an edit, reply or reaction naming
 //!   such a message then finds nothing, and crosses as the router sends any message whose
 //!   reference is unknown (a reply as a plain message).
+//! - What private conversations leave (their events' message map, and the adapters' rows
+//!   written with `AdapterStore::put_private`: IRC quotes, Matrix reactions) older than
+//!   `[gateway] private_retention_days` (7) is removed sooner, by the same passes.
 //! - The audit trail older than `[gateway] audit_days` is removed.
 //! - Both by [`spawn_pruner`]: once at start and then every hour (more often when a span
 //!   is shorter than two hours), off the route loop (`spawn_blocking`), in batches of
@@ -32,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Default `[gateway] retention_days`: 90 days.
 pub const MESSAGES_DEFAULT: Option<Duration> = Some(Duration::from_secs(90 * 86_400));
+/// Default `[gateway] private_retention_days`: 7 days.
+pub const PRIVATE_DEFAULT: Option<Duration> = Some(Duration::from_secs(7 * 86_400));
 /// Default `[gateway] audit_days`: 365 days.
 pub const AUDIT_DEFAULT: Option<Duration> = Some(Duration::from_secs(365 * 86_400));
 /// Default `[gateway] outbox_max_age_hours`: 24 hours.
@@ -48,6 +53,9 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 pub struct Retention {
     /// The message map and what hangs off it.
     pub messages: Option<Duration>,
+    /// What private conversations leave: their message map and adapter rows (removed after
+    /// this or `messages`, whichever is shorter).
+    pub private: Option<Duration>,
     /// The audit trail.
     pub audit: Option<Duration>,
     /// Undelivered outbox rows, by their event's origin time.
@@ -60,6 +68,7 @@ impl Default for Retention {
     fn default() -> Self {
         Self {
             messages: MESSAGES_DEFAULT,
+            private: PRIVATE_DEFAULT,
             audit: AUDIT_DEFAULT,
             outbox_max_age: OUTBOX_AGE_DEFAULT,
             outbox_max_depth: Some(OUTBOX_DEPTH_DEFAULT),
@@ -75,7 +84,7 @@ impl Retention {
 
     /// How often the pruner runs: [`EVERY`], or half the shortest span, at least a second.
     fn period(&self) -> Duration {
-        [self.messages, self.audit]
+        [self.messages, self.private, self.audit]
             .into_iter()
             .flatten()
             .map(|d| d / 2)
@@ -91,6 +100,8 @@ pub struct Pruned {
     pub messages: usize,
     /// Adapters' dated rows.
     pub rows: usize,
+    /// Private conversations' events and rows.
+    pub private: usize,
     /// Audit entries.
     pub audit: usize,
 }
@@ -127,6 +138,10 @@ pub fn prune_pass(
         pruned.messages = drain(stop, || store.prune_before(before, BATCH))?;
         pruned.rows = drain(stop, || store.prune_kv_before(before, BATCH))?;
     }
+    if let Some(span) = retention.private {
+        let before = cut(now_ms, span);
+        pruned.private = drain(stop, || store.prune_private_before(before, BATCH))?;
+    }
     if let Some(span) = retention.audit {
         let before = cut(now_ms, span);
         pruned.audit = drain(stop, || store.prune_audit_before(before, BATCH))?;
@@ -140,7 +155,7 @@ pub fn prune_pass(
 /// Starts the pruner: a pass now, then every [`Retention::period`], each off the async
 /// threads, until `shutdown`. Nothing is started when nothing is pruned.
 pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention, shutdown: CancellationToken) {
-    if retention.messages.is_none() && retention.audit.is_none() {
+    if retention.messages.is_none() && retention.private.is_none() && retention.audit.is_none() {
         return;
     }
     let mut tick = tokio::time::interval(retention.period());
@@ -161,6 +176,7 @@ pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention, shutdown: Cance
                 Ok(Ok(p)) => tracing::info!(
                     messages = p.messages,
                     rows = p.rows,
+                    private = p.private,
                     audit = p.audit,
                     "Old message-map rows and audit entries removed."
                 ),
@@ -361,6 +377,69 @@ mod tests {
         assert_eq!(p.len(), 1, "the reply still crosses");
         assert!(p[0].reply_to.is_empty(), "as a plain message");
         assert!(router.plan(&edit, &Resolver(&store)).is_empty());
+    }
+
+    /// A private conversation's message is forgotten after `private`, a room's after
+    /// `messages`: an edit of the private one then goes nowhere, the room's still crosses.
+    #[test]
+    fn private_messages_are_forgotten_sooner_than_rooms() {
+        use junction_core::private::Conversation;
+        let (m, x) = (
+            RoomRef::new("matrix", "!lobby:m"),
+            RoomRef::new("xmpp", "lobby@c"),
+        );
+        let router = Router::new(vec![Link {
+            bridge: BridgeName::new("lobby"),
+            rooms: vec![m.clone(), x.clone()],
+        }])
+        .expect("router");
+        let store = MemStore::new();
+        let dm = Conversation::new(
+            NetworkId::new("matrix"),
+            "@alice:m".into(),
+            UserRef::new("xmpp", "bob@x"),
+        )
+        .room();
+        let private = said(&dm, "$private", None);
+        let public = said(&m, "$public", None);
+        for e in [&private, &public] {
+            let Ok(Recorded::New(rows)) =
+                store.record_inbound(e, router.plan(e, &Resolver(&store)))
+            else {
+                panic!("recorded")
+            };
+            assert_eq!(rows.len(), 1, "{}", e.origin);
+            store
+                .record_delivered(&Delivered {
+                    outbox_id: rows[0].outbox_id,
+                    target: rows[0].target.clone(),
+                    event: e.id.clone(),
+                    outcome: Ok(vec![MessageId::new(format!("x-{}", e.remote_id))]),
+                })
+                .expect("delivered");
+        }
+        let edit = |of: &Event| {
+            Event::new(
+                of.origin.clone(),
+                MessageId::new(format!("edit-{}", of.remote_id)),
+                of.sender.clone(),
+                2,
+                EventKind::Edit {
+                    target: of.remote_id.clone(),
+                    body: RichText::plain("fixed"),
+                },
+            )
+        };
+        assert_eq!(router.plan(&edit(&private), &Resolver(&store)).len(), 1);
+        let retention = Retention {
+            private: Some(Duration::from_millis(1)),
+            ..Retention::default()
+        };
+        let later = now_ms() + 10_000;
+        let pruned = prune_pass(&store, &retention, later, &|| false).expect("pruned");
+        assert_eq!((pruned.messages, pruned.private), (0, 1));
+        assert!(router.plan(&edit(&private), &Resolver(&store)).is_empty());
+        assert_eq!(router.plan(&edit(&public), &Resolver(&store)).len(), 1);
     }
 
     #[test]
