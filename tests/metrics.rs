@@ -174,3 +174,54 @@ async fn serve_reports_an_address_in_use() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every metric `packaging/grafana-dashboard.json` queries is a family `/metrics` serves
+/// (its `# TYPE` line; a histogram's `_bucket`, `_sum` and `_count` belong to it).
+#[tokio::test]
+async fn every_metric_the_dashboard_queries_is_served() -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_listener(
+        listener,
+        Arc::new(Metrics::new(networks())),
+        Arc::new(Health::default()),
+        shutdown.clone(),
+    ));
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("junction_") {
+                    queried.push(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+            .unwrap_or(name);
+        assert!(families.contains(&family), "{name} is not served:\n{body}");
+    }
+    shutdown.cancel();
+    tokio::time::timeout(STOP_DEADLINE, server).await???;
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! The `junction` command line: `run` (the default), `check`, `registration` and `doctor`.
+//! The `junction` command line: `run` (the default), `check`, `registration`, `doctor` and
+//! `status`.
 
 use crate::config::{self, Config};
 use crate::wiring::NETWORKS;
@@ -19,7 +20,9 @@ Exit status:
   1  invalid configuration (every error is printed as FILE:LINE:COL: key: message),
      or the gateway failed
   2  usage error
-junction doctor: 0 all checks passed, 1 warnings only, 2 an error (or an invalid config)";
+junction doctor: 0 all checks passed, 1 warnings only, 2 an error (or an invalid config)
+junction status: 0 every network connected, 1 some not (or the store failing),
+  2 the gateway could not be asked (or an invalid config)";
 
 /// Links chat rooms across Matrix, XMPP and IRC, showing every person as themself.
 #[derive(Debug, Parser)]
@@ -52,6 +55,9 @@ pub enum Command {
     /// Connect to every configured server and check what the gateway needs there; one line
     /// per check with the fix of each problem. Safe beside a running gateway.
     Doctor,
+    /// Ask the running gateway (its `[gateway] metrics` listener: /health and /metrics) and
+    /// print each network's state, rooms, puppets, outbox depth and last error.
+    Status,
 }
 
 /// Parses the command line and runs the command. Usage errors exit with status 2.
@@ -61,12 +67,15 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            // For the doctor an invalid config is an error like any other (status 2).
-            return ExitCode::from(if cli.command == Some(Command::Doctor) {
-                2
-            } else {
-                EXIT_FAILURE
-            });
+            // For the doctor and status an invalid config is an error like any other
+            // (status 2).
+            return ExitCode::from(
+                if matches!(cli.command, Some(Command::Doctor | Command::Status)) {
+                    2
+                } else {
+                    EXIT_FAILURE
+                },
+            );
         }
     };
     match cli.command.unwrap_or(Command::Run) {
@@ -85,6 +94,10 @@ pub fn main() -> ExitCode {
         Command::Doctor => match runtime() {
             Some(rt) => ExitCode::from(crate::doctor::main(&rt, &config, &cli.config)),
             None => ExitCode::from(crate::doctor::EXIT_ERRORS),
+        },
+        Command::Status => match runtime() {
+            Some(rt) => ExitCode::from(crate::status::main(&rt, &config)),
+            None => ExitCode::from(crate::status::EXIT_UNREACHABLE),
         },
         Command::Registration => match registrations(&config) {
             Ok(text) => {
@@ -271,6 +284,8 @@ mod tests {
         let c = Cli::try_parse_from(["junction", "doctor", "-c", "z.toml"]).unwrap();
         assert_eq!(c.command, Some(Command::Doctor));
         assert_eq!(c.config, PathBuf::from("z.toml"));
+        let c = Cli::try_parse_from(["junction", "status", "-c", "s.toml"]).unwrap();
+        assert_eq!(c.command, Some(Command::Status));
         assert!(Cli::try_parse_from(["junction", "bogus"]).is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod pastes;
 pub mod ratelimit;
+pub mod status;
 pub mod web;
 pub mod wiring;
 

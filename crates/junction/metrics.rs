@@ -564,6 +564,21 @@ impl NetworkState {
     }
 }
 
+/// The reason of a network that has not connected yet ([`Health::new`]); not an error.
+pub const NOT_CONNECTED_YET: &str = "not connected yet";
+/// The reason of a network whose adapter is connecting; not an error.
+pub const CONNECTING: &str = "connecting";
+
+/// The last problem a network had: why it was down or degraded, and when (ms since the
+/// Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastError {
+    /// The reason its state gave.
+    pub reason: String,
+    /// When it was reported.
+    pub at_ms: u64,
+}
+
 /// The health of every network, set by the adapters and the gateway and served on `/health`.
 /// Share it as an `Arc<Health>`; state changes are rare, so a lock is fine here.
 #[derive(Debug, Default)]
@@ -571,6 +586,10 @@ pub struct Health {
     states: Mutex<BTreeMap<NetworkId, NetworkState>>,
     /// Why the store refuses writes, while it does.
     store: Mutex<Option<String>>,
+    /// The rooms linked on each network, as the links name them.
+    rooms: Mutex<BTreeMap<NetworkId, Vec<String>>>,
+    /// Each network's last problem, kept after it is solved.
+    last_errors: Mutex<BTreeMap<NetworkId, LastError>>,
 }
 
 impl Health {
@@ -578,12 +597,29 @@ impl Health {
     pub fn new(networks: impl IntoIterator<Item = NetworkId>) -> Self {
         let states = networks
             .into_iter()
-            .map(|n| (n, NetworkState::Down("not connected yet".to_owned())))
+            .map(|n| (n, NetworkState::Down(NOT_CONNECTED_YET.to_owned())))
             .collect();
         Self {
             states: Mutex::new(states),
-            store: Mutex::new(None),
+            ..Self::default()
         }
+    }
+
+    /// Sets the rooms linked on `network` (shown on `/health`).
+    pub fn set_rooms(&self, network: &NetworkId, rooms: Vec<String>) {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(network.clone(), rooms);
+    }
+
+    /// The last problem of `network`, if it had one since the start.
+    pub fn last_error(&self, network: &NetworkId) -> Option<LastError> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(network)
+            .cloned()
     }
 
     /// Sets the store's state: `Some(reason)` while it refuses writes, None once it takes
@@ -612,9 +648,25 @@ impl Health {
     }
 
     /// Sets the state of `network` (adding the network if it was not known), and logs the
-    /// change if it is one.
+    /// change if it is one. A reason other than [`CONNECTING`] and [`NOT_CONNECTED_YET`]
+    /// becomes the network's last error.
     pub fn set(&self, network: &NetworkId, state: NetworkState) {
         let previous = self.states().insert(network.clone(), state.clone());
+        if let Some(reason) = state
+            .reason()
+            .filter(|r| ![CONNECTING, NOT_CONNECTED_YET].contains(r))
+        {
+            self.last_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    network.clone(),
+                    LastError {
+                        reason: reason.to_owned(),
+                        at_ms: junction_core::clock::now_ms(),
+                    },
+                );
+        }
         if previous.as_ref() != Some(&state) {
             tracing::info!(
                 network = %network,
@@ -655,9 +707,21 @@ impl Health {
     /// (unless connected) the reason, e.g.
     /// `{"status":"down","networks":[{"network":"irc:local","state":"down","reason":"connection refused"}]}`.
     /// While the store refuses writes the status is `down` and a `store` entry says why:
-    /// `"store":{"state":"failing","reason":"..."}`.
+    /// `"store":{"state":"failing","reason":"..."}`. Each network also lists its linked
+    /// `rooms` and, once it had a problem, its `last_error` (`reason`, `at_ms`: ms since the
+    /// Unix epoch), kept after it is solved.
     pub fn render_json(&self) -> String {
         let states = self.states().clone();
+        let rooms = self
+            .rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let last_errors = self
+            .last_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let store = self.store_failure();
         let status =
             if store.is_some() || states.values().any(|s| matches!(s, NetworkState::Down(_))) {
@@ -679,6 +743,11 @@ impl Health {
                 });
                 if let Some(reason) = state.reason() {
                     entry["reason"] = reason.into();
+                }
+                entry["rooms"] = rooms.get(network).cloned().unwrap_or_default().into();
+                if let Some(e) = last_errors.get(network) {
+                    entry["last_error"] =
+                        serde_json::json!({ "reason": e.reason, "at_ms": e.at_ms });
                 }
                 entry
             })
@@ -1258,6 +1327,25 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
         assert_eq!(body["networks"][2]["reason"], "said \"no\"\nthen closed");
         assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn health_lists_rooms_and_keeps_the_last_error() {
+        let h = Health::new([n("matrix")]);
+        h.set(&n("matrix"), NetworkState::Down(CONNECTING.into()));
+        assert_eq!(h.last_error(&n("matrix")), None, "connecting is no error");
+        h.set_rooms(&n("matrix"), vec!["#lobby:example.org".into()]);
+        h.set(
+            &n("matrix"),
+            NetworkState::Down("connection refused".into()),
+        );
+        h.set(&n("matrix"), NetworkState::Connected);
+        let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
+        let entry = &body["networks"][0];
+        assert_eq!(entry["rooms"], serde_json::json!(["#lobby:example.org"]));
+        assert_eq!(entry["last_error"]["reason"], "connection refused");
+        assert!(entry["last_error"]["at_ms"].as_u64().unwrap_or(0) > 0);
+        assert_eq!(entry["state"], "connected");
     }
 
     #[test]

@@ -83,3 +83,6 @@ mod doctor;
 /// Retention: a reply to a forgotten message crosses as plain text; an unreachable network
 /// gets only the newest of its backlog, with one notice and a counter.
 mod retention;
+
+/// `junction status` against a running gateway.
+mod status;

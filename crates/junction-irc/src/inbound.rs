@@ -519,6 +519,9 @@ impl IrcAdapter {
         if let Some(n) = nick_of {
             match &msg.command {
                 Command::JOIN(chan, _, _) => {
+                    if n == me && roster.rooms.contains_key(&s.isupport.fold(chan)) {
+                        tracing::info!(network = %cx.network, channel = %chan, "IRC bot joined.");
+                    }
                     roster
                         .members
                         .entry(s.isupport.fold(chan))

@@ -380,7 +380,9 @@ pub(crate) async fn on_room_presence(st: &mut State, cx: &AdapterContext, el: &E
             st.failed
                 .insert(room_jid.to_string(), "removed from the room".into());
         } else {
-            st.listening.insert(room_jid.to_string());
+            if st.listening.insert(room_jid.to_string()) {
+                tracing::info!(room = room_jid, "xmpp: the listener joined a room");
+            }
             st.rights.insert(room_jid.to_string(), Rights::of(item));
             st.failed.remove(room_jid);
         }

@@ -140,6 +140,18 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
             })
             .collect()
     }));
+    // The rooms linked on each network, as links change, feed /health.
+    for (network, tx) in &hub.rooms {
+        let (health, network) = (health.clone(), network.clone());
+        follow(
+            tx.subscribe(),
+            &shutdown,
+            move |rooms| {
+                health.set_rooms(&network, rooms.iter().map(|r| r.to_string()).collect());
+            },
+            || {},
+        );
+    }
     // Each adapter's connection state feeds /health.
     for (network, rx) in std::mem::take(&mut hub.statuses) {
         let (health, metrics) = (health.clone(), metrics.clone());
@@ -267,7 +279,7 @@ fn follow<T: Send + Sync + 'static>(
 
 fn network_state(s: &NetworkStatus) -> NetworkState {
     match s {
-        NetworkStatus::Connecting => NetworkState::Down("connecting".into()),
+        NetworkStatus::Connecting => NetworkState::Down(crate::metrics::CONNECTING.into()),
         NetworkStatus::Connected => NetworkState::Connected,
         NetworkStatus::Degraded(r) => NetworkState::Degraded(r.clone()),
         NetworkStatus::Down(r) => NetworkState::Down(r.clone()),
