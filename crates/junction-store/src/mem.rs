@@ -107,6 +107,17 @@ fn room_key(r: &RoomRef, x: &str) -> Vec<u8> {
 }
 
 impl Inner {
+    /// Removes the dated adapter row `k` if it was last written at `ts` (not written again
+    /// since); true if it went.
+    fn forget_row_written_at(&mut self, k: &(String, String), ts: u64) -> bool {
+        if self.kv_stamps.get(k) != Some(&ts) {
+            return false;
+        }
+        self.kv_stamps.remove(k);
+        self.kv.remove(k);
+        true
+    }
+
     /// Removes every message-map row of `event`, its sender and its stamp.
     fn forget_event(&mut self, event: &EventId) {
         let prefix = key(&[event.as_str(), ""]);
@@ -365,15 +376,7 @@ impl Store for MemStore {
                     g.forget_event(&event);
                     n += 1;
                 }
-                Private::Row(ns, k) => {
-                    // Only if the row was not written again since.
-                    let k = (ns, k);
-                    if g.kv_stamps.get(&k) == Some(&ts) {
-                        g.kv_stamps.remove(&k);
-                        g.kv.remove(&k);
-                        n += 1;
-                    }
-                }
+                Private::Row(ns, k) => n += usize::from(g.forget_row_written_at(&(ns, k), ts)),
             }
         }
         Ok(n)
@@ -394,10 +397,7 @@ impl Store for MemStore {
             }
             g.kv_time.remove(&row);
             let (ts, ns, k) = row;
-            let k = (ns, k);
-            if g.kv_stamps.get(&k) == Some(&ts) {
-                g.kv_stamps.remove(&k);
-                g.kv.remove(&k);
+            if g.forget_row_written_at(&(ns, k), ts) {
                 n += 1;
             }
         }

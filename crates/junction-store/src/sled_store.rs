@@ -521,15 +521,7 @@ impl Store for SledStore {
                     self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
                     n += 1;
                 }
-                Some((b'k', k)) => {
-                    // Only if the row was not written again since.
-                    let current = self.kv_stamps.get(k).map_err(be)?;
-                    if current.as_deref().and_then(stamp) == stamp(ts) {
-                        self.kv.remove(k).map_err(be)?;
-                        self.kv_stamps.remove(k).map_err(be)?;
-                        n += 1;
-                    }
-                }
+                Some((b'k', k)) => n += usize::from(self.forget_row_written_at(k, ts)?),
                 _ => {}
             }
             // Last: a crash before this leaves the row to prune again.
@@ -546,11 +538,7 @@ impl Store for SledStore {
             }
             let (tk, _) = r.map_err(be)?;
             let (ts, k) = tk.split_at(8.min(tk.len()));
-            // Only if the row was not written again since (a later time, or undated).
-            let current = self.kv_stamps.get(k).map_err(be)?;
-            if current.as_deref().and_then(stamp) == stamp(ts) {
-                self.kv.remove(k).map_err(be)?;
-                self.kv_stamps.remove(k).map_err(be)?;
+            if self.forget_row_written_at(k, ts)? {
                 n += 1;
             }
             self.kv_time.remove(&tk).map_err(be)?;
@@ -656,6 +644,18 @@ impl Store for SledStore {
 }
 
 impl SledStore {
+    /// Removes the dated adapter row `k` if it was last written at the time `ts` holds (not
+    /// written again since, at a later time or undated); true if it went.
+    fn forget_row_written_at(&self, k: &[u8], ts: &[u8]) -> Result<bool> {
+        let current = self.kv_stamps.get(k).map_err(be)?;
+        if current.as_deref().and_then(stamp) != stamp(ts) {
+            return Ok(false);
+        }
+        self.kv.remove(k).map_err(be)?;
+        self.kv_stamps.remove(k).map_err(be)?;
+        Ok(true)
+    }
+
     /// Removes every message-map row of `event` (each room's ids and the rows mapping them
     /// back), its sender and its stamp.
     fn forget_event(&self, event: &EventId) -> Result<()> {
