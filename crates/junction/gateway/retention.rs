@@ -319,10 +319,8 @@ mod tests {
         )
     }
 
-    /// A reply to a message whose map rows were pruned goes out as a plain message (no
-    /// quote, no reference); an edit of it goes nowhere (nothing to apply it to).
-    #[test]
-    fn a_reply_to_a_pruned_message_crosses_as_plain_text() {
+    /// A Matrix room and a MUC linked as `lobby`, and the router over that link.
+    fn lobby() -> (RoomRef, RoomRef, Router) {
         let (m, x) = (
             RoomRef::new("matrix", "!lobby:m"),
             RoomRef::new("xmpp", "lobby@c"),
@@ -332,6 +330,14 @@ mod tests {
             rooms: vec![m.clone(), x.clone()],
         }])
         .expect("router");
+        (m, x, router)
+    }
+
+    /// A reply to a message whose map rows were pruned goes out as a plain message (no
+    /// quote, no reference); an edit of it goes nowhere (nothing to apply it to).
+    #[test]
+    fn a_reply_to_a_pruned_message_crosses_as_plain_text() {
+        let (m, x, router) = lobby();
         let store = MemStore::new();
         let old = said(&m, "$old", None);
         let Ok(Recorded::New(rows)) =
@@ -384,15 +390,7 @@ mod tests {
     #[test]
     fn private_messages_are_forgotten_sooner_than_rooms() {
         use junction_core::private::Conversation;
-        let (m, x) = (
-            RoomRef::new("matrix", "!lobby:m"),
-            RoomRef::new("xmpp", "lobby@c"),
-        );
-        let router = Router::new(vec![Link {
-            bridge: BridgeName::new("lobby"),
-            rooms: vec![m.clone(), x.clone()],
-        }])
-        .expect("router");
+        let (m, _, router) = lobby();
         let store = MemStore::new();
         let dm = Conversation::new(
             NetworkId::new("matrix"),
