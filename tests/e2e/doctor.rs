@@ -277,15 +277,7 @@ async fn doctor_all_good() -> anyhow::Result<()> {
         );
     }
 
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("bridges.toml");
-    std::fs::write(&file, lobby.config_text())?;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
-        .arg("doctor")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .await?;
+    let out = lobby.run_cli("doctor").await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -306,6 +306,21 @@ impl Lobby {
         &self.gateway.config
     }
 
+    /// Runs `junction <command> -c bridges.toml` on a copy of this lobby's config, as an
+    /// operator would beside the running gateway, and returns what it printed.
+    #[allow(dead_code)]
+    pub async fn run_cli(&self, command: &str) -> anyhow::Result<std::process::Output> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("bridges.toml");
+        std::fs::write(&file, self.config_text())?;
+        Ok(tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+            .arg(command)
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .await?)
+    }
+
     /// Changes the gateway's config text for its next start.
     #[allow(dead_code)]
     pub fn tweak_config(&mut self, tweak: impl FnOnce(&mut String)) {

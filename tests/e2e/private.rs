@@ -110,6 +110,21 @@ async fn meet(lobby: &Lobby) -> anyhow::Result<(String, String)> {
     Ok((ghost, puppet))
 }
 
+/// IRC writes `text` to `puppet` for the first time: the Matrix user is invited by `ghost` to
+/// a new direct chat, joins it and sees the line there. Returns the chat and that event.
+async fn irc_opens_a_chat(
+    lobby: &Lobby,
+    ghost: &str,
+    puppet: &str,
+    text: &str,
+) -> anyhow::Result<(String, Value)> {
+    lobby.irc.privmsg(puppet, text)?;
+    let dm = invited_by(lobby, ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    let seen = matrix_from(lobby, &dm, ghost, text).await?;
+    Ok((dm, seen))
+}
+
 /// A new direct chat of the lobby's Matrix user with `ghost` (as Element makes one), once
 /// the ghost is in it; its room id.
 async fn direct_chat(lobby: &Lobby, ghost: &str) -> anyhow::Result<String> {
@@ -213,10 +228,7 @@ async fn private_irc_to_matrix_and_back() -> anyhow::Result<()> {
     let (ghost, puppet) = meet(&lobby).await?;
 
     let first = unique("psst from irc");
-    lobby.irc.privmsg(&puppet, &first)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    matrix_from(&lobby, &dm, &ghost, &first).await?;
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &first).await?;
 
     let answer = unique("psst from matrix");
     lobby.matrix.send_text(&dm, &answer).await?;
@@ -273,10 +285,7 @@ async fn private_message_across_a_restart_arrives_once() -> anyhow::Result<()> {
     let mut lobby = Lobby::start().await?;
     let (ghost, puppet) = meet(&lobby).await?;
     let first = unique("before the restart");
-    lobby.irc.privmsg(&puppet, &first)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    matrix_from(&lobby, &dm, &ghost, &first).await?;
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &first).await?;
 
     lobby.stop_gateway().await?;
     let while_down = unique("while the gateway is down");
@@ -337,10 +346,7 @@ async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
 
     // A direct chat between the two members.
     let first = unique("members talk");
-    lobby.irc.privmsg(&puppet, &first)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    matrix_from(&lobby, &dm, &ghost, &first).await?;
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &first).await?;
 
     // The IRC user opts out: her message is refused with a notice from the ghost.
     lobby.irc.privmsg(&bot, "dm off")?;
@@ -388,10 +394,7 @@ async fn private_replies_edits_and_reactions_from_matrix() -> anyhow::Result<()>
     let lobby = Lobby::start().await?;
     let (ghost, puppet) = meet(&lobby).await?;
     let question = unique("a private question");
-    lobby.irc.privmsg(&puppet, &question)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    let asked = matrix_from(&lobby, &dm, &ghost, &question).await?;
+    let (dm, asked) = irc_opens_a_chat(&lobby, &ghost, &puppet, &question).await?;
     let asked = asked["event_id"].as_str().unwrap_or_default().to_owned();
 
     let reply = unique("the private answer");
@@ -522,13 +525,8 @@ async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let question = unique("a private question");
-    lobby.irc.privmsg(&puppet, &question)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    let asked = matrix_from(&lobby, &dm, &ghost, &question).await?["event_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (dm, asked) = irc_opens_a_chat(&lobby, &ghost, &puppet, &question).await?;
+    let asked = asked["event_id"].as_str().unwrap_or_default().to_owned();
 
     let quoting = |text: &str, quoted: &str| {
         lobby.irc.backlog().iter().any(|m| {
@@ -574,10 +572,7 @@ async fn private_text_never_reaches_logs_metrics_or_rooms() -> anyhow::Result<()
 
     let mut secrets = Vec::new();
     let psst = unique("secret irc to matrix");
-    lobby.irc.privmsg(&puppet, &psst)?;
-    let dm = invited_by(&lobby, &ghost, &[]).await?;
-    lobby.matrix.join(&dm).await?;
-    matrix_from(&lobby, &dm, &ghost, &psst).await?;
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &psst).await?;
     let back = unique("secret matrix to irc");
     lobby.matrix.send_text(&dm, &back).await?;
     irc_query(&lobby, &puppet, &back).await?;

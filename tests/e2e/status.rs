@@ -12,15 +12,7 @@ async fn status_prints_every_network_and_room_of_a_running_gateway() -> anyhow::
         async move { (reqwest::get(&url).await.ok()?.status() == 200).then_some(()) }
     })
     .await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("bridges.toml");
-    std::fs::write(&file, lobby.config_text())?;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
-        .arg("status")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .await?;
+    let out = lobby.run_cli("status").await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     for network in ["matrix", "xmpp", "irc:local"] {
