@@ -106,6 +106,14 @@ fn room_key(r: &RoomRef, x: &str) -> Vec<u8> {
     key(&[r.network.as_str(), r.room.as_str(), x])
 }
 
+/// Takes the oldest entry of a time-ordered index if it is older than `before_ms`.
+fn pop_older<T: Ord>(index: &mut BTreeSet<(u64, T)>, before_ms: u64) -> Option<(u64, T)> {
+    if index.first()?.0 >= before_ms {
+        return None;
+    }
+    index.pop_first()
+}
+
 impl Inner {
     /// Removes the dated adapter row `k` if it was last written at `ts` (not written again
     /// since); true if it went.
@@ -364,13 +372,9 @@ impl Store for MemStore {
         let mut g = self.lock();
         let mut n = 0;
         while n < limit {
-            let Some((ts, what)) = g.private_time.first().cloned() else {
+            let Some((ts, what)) = pop_older(&mut g.private_time, before_ms) else {
                 break;
             };
-            if ts >= before_ms {
-                break;
-            }
-            g.private_time.remove(&(ts, what.clone()));
             match what {
                 Private::Event(event) => {
                     g.forget_event(&event);
@@ -424,25 +428,17 @@ impl Store for MemStore {
         let mut g = self.lock();
         let mut n = 0;
         while n < limit {
-            let Some((ts, event)) = g.by_time.first().cloned() else {
+            let Some((_, event)) = pop_older(&mut g.by_time, before_ms) else {
                 break;
             };
-            if ts >= before_ms {
-                break;
-            }
             g.forget_event(&event);
-            g.by_time.remove(&(ts, event));
             n += 1;
         }
         while n < limit {
-            let Some((ts, k)) = g.txn_time.first().cloned() else {
+            let Some((_, k)) = pop_older(&mut g.txn_time, before_ms) else {
                 break;
             };
-            if ts >= before_ms {
-                break;
-            }
             g.txns.remove(&k);
-            g.txn_time.remove(&(ts, k));
             n += 1;
         }
         if g.legacy_until.is_some_and(|t| t < before_ms) {
