@@ -82,6 +82,7 @@ impl Store for Faulty {
             spare: &dyn Fn(u64) -> bool
         ) -> Vec<Dropped>;
         fn prune_before(&self, before_ms: u64, limit: usize) -> usize;
+        fn prune_private_before(&self, before_ms: u64, limit: usize) -> usize;
         fn prune_audit_before(&self, before_ms: u64, limit: usize) -> usize;
         fn txn_done(&self, key: &str) -> bool;
         fn mark_txn(&self, key: &str) -> ();
@@ -98,6 +99,7 @@ impl Store for Faulty {
         fn kv_remove(&self, ns: &str, key: &str) -> ();
         fn kv_scan(&self, ns: &str) -> Vec<(String, Vec<u8>)>;
         fn kv_put_dated(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> ();
+        fn kv_put_private(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> ();
         fn prune_kv_before(&self, before_ms: u64, limit: usize) -> usize;
         fn audit(&self, entry: &AuditEntry) -> ();
         fn audit_log(&self) -> Vec<AuditEntry>;

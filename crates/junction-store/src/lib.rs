@@ -198,11 +198,8 @@ pub trait Store: Send + Sync + 'static {
     /// and the adapter rows written with [`Store::kv_put_private`]. At most `limit` per call,
     /// oldest first; returns how many went. Kept apart from [`Store::prune_before`] so private
     /// messages are forgotten sooner (`[gateway] private_retention_days`); whichever cut comes
-    /// first removes them. The default removes nothing.
-    fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let _ = (before_ms, limit);
-        Ok(0)
-    }
+    /// first removes them.
+    fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize>;
 
     /// Removes audit entries older than `before_ms`, at most `limit`, oldest first; returns
     /// how many went.
@@ -266,10 +263,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a key of an adapter-private table that belongs to a private conversation, dated
     /// `ts_ms`: removed by [`Store::prune_kv_before`] like any dated row, and sooner by
-    /// [`Store::prune_private_before`]. The default writes it as a dated row.
-    fn kv_put_private(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()> {
-        self.kv_put_dated(ns, key, value, ts_ms)
-    }
+    /// [`Store::prune_private_before`].
+    fn kv_put_private(&self, ns: &str, key: &str, value: &[u8], ts_ms: u64) -> Result<()>;
 
     /// Removes the adapter-private rows written dated before `before_ms`, at most `limit`,
     /// oldest first; returns how many went. Undated rows are kept.
