@@ -81,6 +81,24 @@ async fn irc_query(lobby: &Lobby, from: &str, text: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Like [`irc_query`], from the puppet `puppet` under whatever nick it has now: after a
+/// restart, someone may have taken the puppet's nick in the gap (the tests share one Matrix
+/// user, so other tests' puppets of her do), and it comes back with another suffix. Only
+/// this lobby's gateway writes to this IRC user, so the nick's stem is enough. Returns the
+/// nick it came from.
+async fn irc_query_from_puppet(lobby: &Lobby, puppet: &str, text: &str) -> anyhow::Result<String> {
+    let me = lobby.irc.nick().to_owned();
+    let stem = puppet.trim_end_matches('_').to_ascii_lowercase();
+    let m = lobby
+        .irc
+        .wait_for(WAIT, |m| {
+            matches!(&m.command, Command::PRIVMSG(t, body) if t.eq_ignore_ascii_case(&me) && body.contains(text))
+                && source_nick(m).is_some_and(|n| n.to_ascii_lowercase().starts_with(&stem))
+        })
+        .await?;
+    Ok(source_nick(&m).unwrap_or(puppet).to_owned())
+}
+
 /// Waits for a message in `room` from `sender` containing `text`.
 async fn matrix_from(lobby: &Lobby, room: &str, sender: &str, text: &str) -> anyhow::Result<Value> {
     lobby
@@ -291,7 +309,7 @@ async fn private_message_across_a_restart_arrives_once() -> anyhow::Result<()> {
     let while_down = unique("while the gateway is down");
     lobby.matrix.send_text(&dm, &while_down).await?;
     lobby.start_gateway().await?;
-    irc_query(&lobby, &puppet, &while_down).await?;
+    let puppet = irc_query_from_puppet(&lobby, &puppet, &while_down).await?;
 
     let after = unique("after the restart");
     lobby.irc.privmsg(&puppet, &after)?;

@@ -204,6 +204,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
             Err(why) => break Some(why),
         };
         nick.clone_from(&s.nick);
+        tracing::debug!(network = %sh.network, nick = %s.nick, wanted = %spec.nick, "IRC puppet connected");
         let _ = sh.reports.send(Report::Up {
             user: spec.user.clone(),
             gen: spec.gen,
@@ -506,6 +507,7 @@ async fn serve(
         while i < work.len() && i < IN_FLIGHT {
             if work[i].token.is_none() {
                 let (lines, said) = lines_for(spec, sh, s, &mut joined, &work[i].job);
+                tracing::debug!(network = %sh.network, nick = %s.nick, outbox = work[i].job.delivery.outbox_id, action = ?work[i].job.action, lines = lines.len(), "IRC puppet writes a job");
                 if matches!(work[i].job.action, Action::Nick(_)) {
                     nick_tries = 5;
                 }
