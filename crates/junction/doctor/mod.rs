@@ -51,11 +51,17 @@ async fn check_networks(config: &Config, report: &mut Report) {
         return;
     }
     let gateway_running = gateway_holds_store(config).await;
+    let networks: Vec<NetworkId> = config
+        .sections
+        .iter()
+        .map(|c| c.section.network.clone())
+        .collect();
     for configured in &config.sections {
         let network = &configured.section.network;
         let rooms = linked_rooms(config, network);
         let checkup = Checkup {
             rooms: &rooms,
+            networks: &networks,
             gateway_running,
         };
         let mut out = report.network(network.as_str());
