@@ -236,18 +236,8 @@ async fn doctor_xmpp_faults() -> anyhow::Result<()> {
     user.join_muc(&plain, &unique("o")).await?;
     user.join_muc(&quiet, &unique("o")).await?;
     // Its owner turns the room's archive off (Prosody's mod_muc_mam room option).
-    let id = user.next_id();
-    user.send_raw(&format!(
-        "<iq type='set' to='{quiet}' id='{id}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-         <x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-         <field var='muc#roomconfig_enablearchiving'><value>0</value></field>\
-         </x></query></iq>"
-    ))?;
-    user.wait_for(std::time::Duration::from_secs(60), |el| {
-        el.name() == "iq" && el.attr("id") == Some(id.as_str())
-    })
-    .await?;
+    user.configure_room(&quiet, "muc#roomconfig_enablearchiving", "0")
+        .await?;
     let text = format!(
         "{}\n[[bridge]]\nname = \"a\"\nxmpp = \"{missing}\"\nirc = \"local/#a{n}\"\n\
          [[bridge]]\nname = \"b\"\nxmpp = \"{plain}\"\nirc = \"local/#b{n}\"\n\
