@@ -1,5 +1,7 @@
 //! What the deploy guide ships: the systemd unit passes `systemd-analyze verify` with no
-//! warning, and the guide's `bridges.toml` passes `junction check`.
+//! warning, and the guide's `bridges.toml` passes `junction check`, as does the example config
+//! the package installs (the guide's, with a header). Building and installing the package
+//! itself is `scripts/test-package`'s (it needs root).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -85,17 +87,41 @@ fn the_unit_passes_systemd_analyze_verify() {
     );
 }
 
-/// The complete `bridges.toml` of docs/deploy.md (its first ```toml block) is valid: every
-/// key it shows exists.
-#[test]
-fn the_guides_config_passes_check() {
+/// The complete `bridges.toml` of docs/deploy.md: its first ```toml block.
+fn guides_config() -> String {
     let guide = std::fs::read_to_string(root().join("docs/deploy.md")).unwrap();
     let start = guide
         .find("```toml\n")
         .expect("a ```toml block in docs/deploy.md")
         + 8;
     let len = guide[start..].find("```").unwrap();
-    let toml = &guide[start..start + len];
+    guide[start..start + len].to_owned()
+}
+
+/// The guide's config is valid: every key it shows exists.
+#[test]
+fn the_guides_config_passes_check() {
+    passes_check(&guides_config());
+}
+
+/// The example config the package installs in /etc/junction is the guide's, after a header
+/// of comments, and so valid too.
+#[test]
+fn the_packaged_example_is_the_guides_config() {
+    let example = std::fs::read_to_string(root().join("packaging/bridges.toml.example")).unwrap();
+    let body = example.trim_start_matches(|c| c != '[');
+    assert!(
+        example[..example.len() - body.len()]
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with('#')),
+        "only comments come before the config"
+    );
+    assert_eq!(body, guides_config().trim_start_matches(|c| c != '['));
+    passes_check(&example);
+}
+
+/// `junction check` accepts `toml`, with the secrets it names in the environment.
+fn passes_check(toml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bridges.toml");
     std::fs::write(&file, toml).unwrap();

@@ -169,7 +169,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Logs to stderr, filtered by `JUNCTION_LOG`, else `RUST_LOG`, else the file's `log`, else
-/// `info`.
+/// `info`; coloured only when stderr is a terminal.
 fn init_tracing(from_file: Option<&str>) {
     let directives = ["JUNCTION_LOG", "RUST_LOG"]
         .iter()
@@ -180,8 +180,10 @@ fn init_tracing(from_file: Option<&str>) {
         eprintln!("junction: ignoring the log filter `{directives}`: {e}");
         tracing_subscriber::EnvFilter::new("info")
     });
+    // Colours only on a terminal: a journal or a log file gets plain lines.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

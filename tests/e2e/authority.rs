@@ -154,26 +154,10 @@ async fn matrix_redaction_without_power_changes_nothing_elsewhere() -> anyhow::R
 async fn participant_topic_is_not_set_with_the_gateways_power() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     // The room's owner lets occupants change the subject.
-    let id = lobby.xmpp.next_id();
-    lobby.xmpp.send_raw(&format!(
-        "<iq type='set' to='{}' id='{id}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-         <x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-         <field var='muc#roomconfig_changesubject'><value>1</value></field>\
-         </x></query></iq>",
-        lobby.muc
-    ))?;
-    let answer = lobby
+    lobby
         .xmpp
-        .wait_for(WAIT, |e| {
-            e.name() == "iq" && e.attr("id") == Some(id.as_str())
-        })
+        .configure_room(&lobby.muc, "muc#roomconfig_changesubject", "1")
         .await?;
-    anyhow::ensure!(
-        answer.attr("type") == Some("result"),
-        "room configuration refused: {}",
-        String::from(&answer)
-    );
     let (troll, troll_nick) = xmpp_participant(&lobby).await?;
     let topic = unique("troll topic");
     troll.set_subject(&lobby.muc, &topic)?;

@@ -98,6 +98,90 @@ async fn doctor_matrix_faults() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registration's namespaces: ghosts under a `user_prefix` the slot's registration does
+/// not cover, and a free linked alias outside its aliases namespace, are errors with their
+/// fix; with the slot's prefix, ghosts of every configured network are covered, and a free
+/// alias inside its namespace is one the gateway may create (and the probe leaves it free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_matrix_namespaces() -> anyhow::Result<()> {
+    let servers = servers().await?;
+    let slot = slot().await?;
+    let server_name = &servers.matrix.server_name;
+    let covered = format!("#jt{}_{}:{server_name}", slot.index, unique("dns"));
+    let outside = format!("#{}:{server_name}", unique("dnx"));
+    let good = format!(
+        "{}\n[[bridge]]\nname = \"a\"\nmatrix = \"{covered}\"\nirc = \"local/#unused{n}\"\n\
+         [[bridge]]\nname = \"b\"\nmatrix = \"{outside}\"\nirc = \"local/#unused{n}b\"\n{}",
+        matrix_section(servers, &slot, &servers.matrix.url),
+        irc_section(servers.inspircd, &short_nick(&unique("dns")), false),
+        n = slot.index,
+    );
+    let r = run(&good).await?;
+    let text = r.render();
+    let found: Vec<_> = r.of("matrix", "namespace").collect();
+    assert!(
+        found
+            .iter()
+            .any(|f| f.level == Level::Ok && f.text.contains("covers the ghosts")),
+        "{text}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.level == Level::Ok && f.text.contains(&covered)),
+        "{text}"
+    );
+    let refused = found
+        .iter()
+        .find(|f| f.level == Level::Error && f.text.contains(&outside))
+        .ok_or_else(|| anyhow::anyhow!("no error for {outside}:\n{text}"))?;
+    assert!(
+        refused
+            .fix
+            .as_deref()
+            .is_some_and(|fix| fix.contains("aliases namespace")),
+        "{text}"
+    );
+    assert_eq!(r.exit_code(), 2, "{text}");
+    // The probe deleted nothing: the alias is still free.
+    let client = junction_matrix::client::Client::new(
+        &servers.matrix.url,
+        junction_core::Secret::new(slot.as_token.clone()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    assert_eq!(client.resolve_alias(&covered).await?, None);
+
+    // Ghosts under a prefix no namespace of the registration covers.
+    let stray = format!("_jtx{}_", slot.index);
+    let wrong = good.replace(
+        &format!("user_prefix = \"{}\"", slot.user_prefix),
+        &format!("user_prefix = \"{stray}\""),
+    );
+    assert_ne!(wrong, good);
+    let r = run(&wrong).await?;
+    let text = r.render();
+    let ghosts = r
+        .of("matrix", "namespace")
+        .find(|f| f.level == Level::Error && f.text.contains("does not cover the ghosts"))
+        .ok_or_else(|| anyhow::anyhow!("no error for the ghosts:\n{text}"))?;
+    assert!(
+        ghosts.text.contains(&format!("@{stray}irc_local_")),
+        "{text}"
+    );
+    assert!(
+        ghosts
+            .fix
+            .as_deref()
+            .is_some_and(|fix| fix.contains("user_prefix")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&slot.as_token),
+        "a secret was printed:\n{text}"
+    );
+    Ok(())
+}
+
 /// A linked room where the bot is a member without power gives a warning naming what it
 /// cannot do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,18 +236,8 @@ async fn doctor_xmpp_faults() -> anyhow::Result<()> {
     user.join_muc(&plain, &unique("o")).await?;
     user.join_muc(&quiet, &unique("o")).await?;
     // Its owner turns the room's archive off (Prosody's mod_muc_mam room option).
-    let id = user.next_id();
-    user.send_raw(&format!(
-        "<iq type='set' to='{quiet}' id='{id}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-         <x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-         <field var='muc#roomconfig_enablearchiving'><value>0</value></field>\
-         </x></query></iq>"
-    ))?;
-    user.wait_for(std::time::Duration::from_secs(60), |el| {
-        el.name() == "iq" && el.attr("id") == Some(id.as_str())
-    })
-    .await?;
+    user.configure_room(&quiet, "muc#roomconfig_enablearchiving", "0")
+        .await?;
     let text = format!(
         "{}\n[[bridge]]\nname = \"a\"\nxmpp = \"{missing}\"\nirc = \"local/#a{n}\"\n\
          [[bridge]]\nname = \"b\"\nxmpp = \"{plain}\"\nirc = \"local/#b{n}\"\n\
@@ -204,7 +278,9 @@ async fn doctor_xmpp_faults() -> anyhow::Result<()> {
 }
 
 /// IRC: a port nothing listens on and TLS to a plain port are errors; the bot's nick held
-/// by someone else, the bot not an operator, and a channel without history are warnings.
+/// by someone else, the bot not an operator, a channel without history, and a SASL account
+/// on a server that offers no SASL are warnings. (A refused SASL login needs services the
+/// test servers do not run: junction-irc's doctor tests cover it with a scripted server.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_irc_faults() -> anyhow::Result<()> {
     let servers = servers().await?;
@@ -242,6 +318,16 @@ async fn doctor_irc_faults() -> anyhow::Result<()> {
         "{out}"
     );
     assert_eq!(r.exit_code(), 1, "{out}");
+    // No SASL on the test server: a bot account configured for it is not logged in.
+    let with_sasl = text.replace(
+        "tls = false\n",
+        "tls = false\nsasl_account = \"jtbot\"\nsasl_password = \"sasl-secret\"\n",
+    );
+    assert_ne!(with_sasl, text);
+    let r = run(&with_sasl).await?;
+    let out = expect(&r, "irc:local", "sasl", Level::Warning)?;
+    assert!(out.contains("does not offer SASL"), "{out}");
+    assert!(!out.contains("sasl-secret"), "a secret was printed:\n{out}");
     drop(squatter);
     drop(owner);
     Ok(())

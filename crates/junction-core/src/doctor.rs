@@ -42,8 +42,9 @@ pub struct Finding {
     pub level: Level,
     /// The network it is about (`matrix`, `xmpp`, `irc:local`).
     pub network: String,
-    /// Which check this is (`homeserver`, `as_token`, `ping`, `power`, `component`, `room`,
-    /// `archive`, `affiliation`, `server`, `tls`, `nick`, `op`, `history`).
+    /// Which check this is (`homeserver`, `as_token`, `namespace`, `ping`, `power`,
+    /// `component`, `room`, `archive`, `affiliation`, `server`, `tls`, `sasl`, `nick`, `op`,
+    /// `history`).
     pub check: &'static str,
     /// What was found, in words.
     pub text: String,

@@ -1,5 +1,6 @@
-//! `junction doctor` on one IRC network: the server answers, TLS holds, the bot's nick is free
-//! or the gateway's, the bot is a channel operator, and the channels have history to read.
+//! `junction doctor` on one IRC network: the server answers, TLS holds, the bot's SASL login
+//! works (when configured), the bot's nick is free or the gateway's, the bot is a channel
+//! operator, and the channels have history to read.
 //!
 //! The doctor registers under a nick of its own (the bot's with `doc` at the end), so a
 //! running gateway keeps its nick; it only looks the bot up (WHOIS, NAMES, MODE).
@@ -83,13 +84,26 @@ pub async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings<'_>) {
         nick: probe_nick.clone(),
         suffix: String::new(),
         password: i.password.clone(),
-        sasl: None,
+        // The bot's account: SASL logs in an account, whatever the nick.
+        sasl: i.sasl.clone(),
         caps: true,
         realname: "Junction doctor".into(),
         nicklen: 0,
     };
     let mut s = match connection::connect(&i.server, tls.as_ref(), reg, TIMEOUT).await {
         Ok(s) => s,
+        Err(e) if e.contains("SASL") => {
+            let account = i.sasl.as_ref().map_or("", |(a, _)| a.as_str());
+            return out.error(
+                "sasl",
+                format!("the server refused the SASL login of the account {account}: {e}"),
+                format!(
+                    "check [irc.{}] sasl_account and sasl_password (the account must be \
+                     registered with the network's services)",
+                    i.name
+                ),
+            );
+        }
         Err(e) => {
             return out.error(
                 "server",
@@ -101,6 +115,27 @@ pub async fn check(i: &IrcConfig, channels: &[String], out: &mut Findings<'_>) {
             )
         }
     };
+    if let Some((account, _)) = &i.sasl {
+        if s.caps.contains("sasl") {
+            out.ok(
+                "sasl",
+                format!("the bot logs in to the account {account} with SASL"),
+            );
+        } else {
+            out.warn(
+                "sasl",
+                format!(
+                    "the server does not offer SASL, so the bot connects without logging in to \
+                     the account {account}"
+                ),
+                format!(
+                    "remove sasl_account and sasl_password from [irc.{}], or use the server \
+                     password (password) if the network logs accounts in that way",
+                    i.name
+                ),
+            );
+        }
+    }
     nick(i, &mut s, out).await;
     let chathistory = s
         .caps
@@ -277,8 +312,86 @@ async fn history(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::probe_nick;
+    use super::{check, probe_nick};
+    use crate::IrcConfig;
+    use junction_core::doctor::{Level, Report};
+    use junction_core::Secret;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A server that offers SASL PLAIN and answers the login with `verdict` (903 or 904),
+    /// then registers the connection and says no one else is online.
+    async fn sasl_server(verdict: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The doctor first only connects (is the server there?), then registers.
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream, verdict));
+            }
+        });
+        addr
+    }
+
+    /// One connection of [`sasl_server`]: answers each line the doctor sends.
+    async fn answer(stream: tokio::net::TcpStream, verdict: &'static str) {
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let nick = "me";
+        while let Ok(Some(line)) = lines.next_line().await {
+            let answer = if line.starts_with("CAP LS") {
+                ":fake CAP * LS :sasl".to_owned()
+            } else if line.starts_with("CAP REQ") {
+                ":fake CAP * ACK :sasl".to_owned()
+            } else if line == "AUTHENTICATE PLAIN" {
+                "AUTHENTICATE +".to_owned()
+            } else if line.starts_with("AUTHENTICATE ") {
+                format!(":fake {verdict} {nick} :SASL {verdict}")
+            } else if line == "CAP END" {
+                format!(":fake 001 {nick} :Welcome\r\n:fake 422 {nick} :No MOTD")
+            } else if let Some(who) = line.strip_prefix("WHOIS ") {
+                format!(":fake 401 {nick} {who} :No such nick\r\n:fake 318 {nick} {who} :End")
+            } else {
+                continue;
+            };
+            if w.write_all(format!("{answer}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    async fn run(verdict: &'static str) -> Report {
+        let addr = sasl_server(verdict).await;
+        let mut config = IrcConfig::new("fake", addr.to_string(), "jtbot");
+        config.sasl = Some(("jtbot".into(), Secret::new("sasl-secret")));
+        let mut report = Report::default();
+        check(&config, &[], &mut report.network("irc:fake")).await;
+        report
+    }
+
+    #[tokio::test]
+    async fn a_refused_sasl_login_is_an_error_and_an_accepted_one_passes() {
+        let r = run("904").await;
+        let text = r.render();
+        let sasl: Vec<_> = r.of("irc:fake", "sasl").collect();
+        assert!(sasl.len() == 1 && sasl[0].level == Level::Error, "{text}");
+        assert!(text.contains("sasl_password"), "{text}");
+        assert!(
+            !text.contains("sasl-secret"),
+            "a secret was printed:\n{text}"
+        );
+        assert_eq!(r.exit_code(), 2);
+
+        let r = run("903").await;
+        let text = r.render();
+        let sasl: Vec<_> = r.of("irc:fake", "sasl").collect();
+        assert!(sasl.len() == 1 && sasl[0].level == Level::Ok, "{text}");
+        assert_eq!(r.exit_code(), 0, "{text}");
+    }
 
     #[test]
     fn the_probe_nick_is_short_and_not_the_bots() {

@@ -1,15 +1,19 @@
 //! `junction doctor` on Matrix: the homeserver answers, knows the as_token (the registration
-//! is loaded), reaches the appservice (the ping), and gives the bot power in each linked room.
+//! is loaded), lets the appservice act as its ghosts and create the linked aliases it will
+//! create (the registration's namespaces), reaches the appservice (the ping), and gives the
+//! bot power in each linked room.
 //!
-//! It uses the adapter's [`Client`] with one attempt per call, not the adapter, and only
-//! reads; when nothing listens on `[matrix] listen` it answers the homeserver's ping itself
+//! It uses the adapter's [`Client`] with one attempt per call, not the adapter, and changes
+//! nothing; when nothing listens on `[matrix] listen` it answers the homeserver's ping itself
 //! for the ping's length.
 
 use crate::client::{Client, ClientError, Method};
 use crate::config::MatrixConfig;
+use crate::ids::{ghost_user_id, path_segment};
 use crate::power;
 use axum::http::{HeaderMap, StatusCode};
 use junction_core::doctor::{Findings, TIMEOUT};
+use junction_core::NetworkId;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -17,9 +21,19 @@ const REGISTRATION_FIX: &str = "write the registration with `junction registrati
      junction-registration.yaml`, list it in the homeserver's app_service_config_files \
      (Synapse) and restart the homeserver";
 
+/// The name of the ghost of each network the namespace check asks about (IRC nicks never
+/// start with `-`; were it a real ghost, the answer would tell the same).
+const PROBE_NAME: &str = "-junction-doctor";
+
 /// Runs the Matrix checks of `m`, the bot's power in each of `rooms` (the Matrix rooms the
-/// config's bridges link), adding one finding per check to `out`.
-pub async fn check(m: &MatrixConfig, rooms: &[String], out: &mut Findings<'_>) {
+/// config's bridges link), whether the registration covers the ghosts of `networks` (every
+/// configured network instance), adding one finding per check to `out`.
+pub async fn check(
+    m: &MatrixConfig,
+    rooms: &[String],
+    networks: &[NetworkId],
+    out: &mut Findings<'_>,
+) {
     let stop = CancellationToken::new();
     let client = Client::new(&m.homeserver, m.as_token.clone(), stop.clone()).with_attempts(1);
     let bot = format!("@{}:{}", m.bot, m.server_name);
@@ -83,11 +97,158 @@ pub async fn check(m: &MatrixConfig, rooms: &[String], out: &mut Findings<'_>) {
             )
         }
     }
+    ghost_namespace(m, &client, networks, out).await;
+    alias_namespace(m, &client, rooms, out).await;
     ping(m, &client, out).await;
     for room in rooms {
         power_in(m, &client, &bot, room, out).await;
     }
     stop.cancel();
+}
+
+/// The fix for a namespace the registration lacks.
+fn namespace_fix(what: &str) -> String {
+    format!(
+        "{what}, or write the registration again with `junction registration -c FILE > \
+         junction-registration.yaml` (it covers the ghosts and the linked aliases) and restart \
+         the homeserver"
+    )
+}
+
+/// The users namespace: the homeserver lets the appservice act as a ghost of each other
+/// network. Asked as `whoami` on behalf of a ghost nobody is: Synapse answers "cannot
+/// masquerade as this user" when the user is outside the appservice's namespaces, and "has
+/// not registered this user" when it is inside (the ghost simply does not exist yet).
+async fn ghost_namespace(
+    m: &MatrixConfig,
+    client: &Client,
+    networks: &[NetworkId],
+    out: &mut Findings<'_>,
+) {
+    let mut probes: Vec<String> = networks
+        .iter()
+        .filter(|n| n.as_str() != "matrix")
+        .map(|n| ghost_user_id(&m.user_prefix, n, PROBE_NAME, &m.server_name))
+        .collect();
+    if probes.is_empty() {
+        probes.push(format!("@{}doctor:{}", m.user_prefix, m.server_name));
+    }
+    let mut outside = Vec::new();
+    for probe in &probes {
+        let query = [("user_id", probe.clone())];
+        let answer = tokio::time::timeout(
+            TIMEOUT,
+            client.request(
+                Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                &query,
+                None,
+            ),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(ClientError::Http { message, .. })) if message.contains("not registered") => {}
+            Ok(Err(ClientError::Http { message, .. })) if message.contains("masquerade") => {
+                outside.push(probe.clone())
+            }
+            Ok(Err(e)) => {
+                return out.warn(
+                    "namespace",
+                    format!(
+                        "could not tell whether the registration covers the ghosts ({probe}): {e}"
+                    ),
+                    format!(
+                        "check that the registration's users namespace matches @{}.*",
+                        m.user_prefix
+                    ),
+                )
+            }
+            Err(_) => {
+                return out.warn(
+                    "namespace",
+                    "the homeserver did not answer whether the registration covers the ghosts",
+                    "run the doctor again",
+                )
+            }
+        }
+    }
+    if outside.is_empty() {
+        out.ok(
+            "namespace",
+            format!(
+                "the registration covers the ghosts (@{}...:{})",
+                m.user_prefix, m.server_name
+            ),
+        );
+    } else {
+        out.error(
+            "namespace",
+            format!(
+                "the registration's users namespace does not cover the ghosts ({}): the \
+                 homeserver will not let the gateway act as them, so nobody from the other \
+                 networks can speak in the Matrix rooms",
+                outside.join(", ")
+            ),
+            namespace_fix(&format!(
+                "make [matrix] user_prefix the prefix of the registration's users regex \
+                 (@{}.* for this config)",
+                m.user_prefix
+            )),
+        );
+    }
+}
+
+/// The aliases namespace: each linked alias on our server that is still free, which the
+/// gateway creates at start, is one the homeserver lets the appservice make. Asked by
+/// deleting it as the appservice: Synapse refuses with `M_EXCLUSIVE` an alias outside the
+/// appservice's namespaces, and otherwise deletes nothing, the alias being free.
+async fn alias_namespace(
+    m: &MatrixConfig,
+    client: &Client,
+    rooms: &[String],
+    out: &mut Findings<'_>,
+) {
+    let ours = format!(":{}", m.server_name);
+    for alias in rooms
+        .iter()
+        .filter(|r| r.starts_with('#') && r.ends_with(&ours))
+    {
+        // Only a free alias is the gateway's to create (and safe to ask about this way).
+        match client.resolve_alias(alias).await {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => continue,
+        }
+        let path = format!("/_matrix/client/v3/directory/room/{}", path_segment(alias));
+        let answer =
+            tokio::time::timeout(TIMEOUT, client.request(Method::DELETE, &path, &[], None)).await;
+        match answer {
+            Ok(Ok(_)) => out.ok(
+                "namespace",
+                format!("the registration lets the gateway create {alias}"),
+            ),
+            Ok(Err(e)) if e.errcode() == Some("M_EXCLUSIVE") => out.error(
+                "namespace",
+                format!(
+                    "{alias} does not exist and the registration's aliases namespace does not \
+                     cover it, so the gateway cannot create the room"
+                ),
+                namespace_fix(&format!(
+                    "add {alias} to the registration's aliases namespace (exclusive: false)"
+                )),
+            ),
+            Ok(Err(e)) => out.warn(
+                "namespace",
+                format!("could not tell whether the gateway may create {alias}: {e}"),
+                "create the room with that alias, or check the registration's aliases namespace",
+            ),
+            Err(_) => out.warn(
+                "namespace",
+                format!("the homeserver did not answer whether the gateway may create {alias}"),
+                "run the doctor again",
+            ),
+        }
+    }
 }
 
 /// Asks the homeserver to ping the appservice. When nothing listens on `[matrix] listen`

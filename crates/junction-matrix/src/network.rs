@@ -137,7 +137,7 @@ impl Network for Matrix {
     ) -> Checks<'a> {
         Box::pin(async move {
             if let Some(s) = section.get::<MatrixSection>() {
-                crate::doctor::check(&s.config, checkup.rooms, out).await;
+                crate::doctor::check(&s.config, checkup.rooms, checkup.networks, out).await;
             }
         })
     }

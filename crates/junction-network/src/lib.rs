@@ -190,6 +190,9 @@ pub type Checks<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 pub struct Checkup<'a> {
     /// The instance's rooms that the config's bridges link, each once.
     pub rooms: &'a [String],
+    /// Every network instance the config sets up (`matrix`, `xmpp`, `irc:local`...), in the
+    /// config's order: whose people the gateway shows on this one.
+    pub networks: &'a [NetworkId],
     /// True when a gateway runs from the config's `data_dir` on this host (it holds the
     /// store): checks that would disturb its connections are left out.
     pub gateway_running: bool,

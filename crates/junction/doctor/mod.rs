@@ -5,9 +5,10 @@
 //! short-lived. On IRC it registers under a nick of its own (the bot's nick is only looked
 //! up); on XMPP it does not log in as the component while a gateway holds the config's
 //! store (a server may be set to replace the older connection), and a gateway elsewhere
-//! keeps its connection as the server refuses the doctor's (reported); on Matrix it only
-//! reads, and answers the homeserver's ping itself for a moment when nothing listens on
-//! `[matrix] listen`. No secret is printed.
+//! keeps its connection as the server refuses the doctor's (reported); on Matrix it changes
+//! nothing (it asks to delete only aliases that are free, to learn whether the registration
+//! covers them), and answers the homeserver's ping itself for a moment when nothing listens
+//! on `[matrix] listen`. No secret is printed.
 //!
 //! The findings and the report are `junction_core::doctor`'s; each network's checks are its
 //! adapter crate's `doctor` module, run through [`junction_network::Network::doctor`]. Here:
@@ -51,11 +52,17 @@ async fn check_networks(config: &Config, report: &mut Report) {
         return;
     }
     let gateway_running = gateway_holds_store(config).await;
+    let networks: Vec<NetworkId> = config
+        .sections
+        .iter()
+        .map(|c| c.section.network.clone())
+        .collect();
     for configured in &config.sections {
         let network = &configured.section.network;
         let rooms = linked_rooms(config, network);
         let checkup = Checkup {
             rooms: &rooms,
+            networks: &networks,
             gateway_running,
         };
         let mut out = report.network(network.as_str());

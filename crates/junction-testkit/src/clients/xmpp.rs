@@ -468,6 +468,21 @@ impl XmppUser {
         Ok(r)
     }
 
+    /// As the room's owner, sets one field of the room's configuration (`muc#roomconfig_*`,
+    /// e.g. `muc#roomconfig_membersonly` to `1`); an error when the room refuses.
+    pub async fn configure_room(&self, room: &str, field: &str, value: &str) -> anyhow::Result<()> {
+        let payload = format!(
+            "<query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+             <field var='{}'><value>{}</value></field></x></query>",
+            escape(field),
+            escape(value)
+        );
+        self.iq_set(room, &payload, "room configuration").await?;
+        Ok(())
+    }
+
     /// Kicks an occupant by nick.
     pub async fn kick(&self, room: &str, nick: &str) -> anyhow::Result<()> {
         self.admin(
