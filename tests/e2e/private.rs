@@ -609,3 +609,52 @@ async fn private_text_never_reaches_logs_metrics_or_rooms() -> anyhow::Result<()
     never_in_the_muc(&lobby, &texts)?;
     lobby_never_saw(&lobby, &texts).await
 }
+
+/// Waits for the gateway's Matrix bot to say something containing `text` in `room`.
+async fn matrix_bot_says(lobby: &Lobby, room: &str, text: &str) -> anyhow::Result<()> {
+    let bot = matrix_bot(lobby);
+    matrix_from(lobby, room, &bot, text).await?;
+    Ok(())
+}
+
+/// The gateway's Matrix bot.
+fn matrix_bot(lobby: &Lobby) -> String {
+    format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name)
+}
+
+/// A Matrix user who is no admin opens a direct chat with the gateway's bot (`is_direct`, as
+/// Element's "Message" does) and says `dm off`: an IRC user's `/msg` to her puppet nick gets
+/// a NOTICE from the IRC bot saying she takes no private messages, and nothing reaches her;
+/// `dm on` undoes it, and the next `/msg` opens a direct chat as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_opt_out_from_matrix() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let irc_bot = junction_testkit::gateway::bot_nick(&lobby.slot);
+
+    let commands = direct_chat(&lobby, &matrix_bot(&lobby)).await?;
+    lobby.matrix.send_text(&commands, "dm off").await?;
+    matrix_bot_says(&lobby, &commands, "are off for you").await?;
+
+    let refused = unique("while she takes none");
+    lobby.irc.privmsg(&puppet, &refused)?;
+    irc_told(&lobby.irc, &irc_bot, "does not take private messages").await?;
+    let me = lobby.irc.nick().to_owned();
+    let noticed = lobby.irc.backlog().iter().any(|m| {
+        matches!(&m.command, Command::NOTICE(t, b) if t.eq_ignore_ascii_case(&me) && b.contains("does not take private messages"))
+    });
+    anyhow::ensure!(noticed, "the refusal is no NOTICE");
+
+    lobby.matrix.send_text(&commands, "dm on").await?;
+    matrix_bot_says(&lobby, &commands, "You take private messages").await?;
+    let welcome = unique("now she takes them");
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &welcome).await?;
+    let seen = lobby.matrix.events(&dm).await?;
+    anyhow::ensure!(
+        !seen.iter().any(|e| e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains(&refused))),
+        "a refused message reached her"
+    );
+    lobby_never_saw(&lobby, &[&refused, &welcome]).await
+}
