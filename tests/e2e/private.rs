@@ -658,3 +658,57 @@ async fn private_opt_out_from_matrix() -> anyhow::Result<()> {
     );
     lobby_never_saw(&lobby, &[&refused, &welcome]).await
 }
+
+/// Someone on XMPP who shares no linked room with anyone writes to a Matrix person's puppet
+/// JID: the gateway answers with a chat from its own JID saying why, and nothing reaches
+/// Matrix (no direct chat is opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_xmpp_stranger_is_told_why() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let from_matrix = unique("hello from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    lobby.xmpp_sees(&from_matrix).await?;
+
+    let stranger = junction_testkit::clients::XmppUser::register(
+        &lobby.servers,
+        &crate::lobby::short_nick(&unique("xs")),
+        "pw-stranger",
+    )
+    .await?;
+    let puppet = junction_xmpp::ids::puppet_jid(
+        &junction_core::UserRef::new("matrix", lobby.matrix.user_id()),
+        &lobby.slot.component,
+    );
+    let text = unique("a stranger writes");
+    stranger.send_raw(&format!(
+        "<message type='chat' to='{puppet}' id='{}'><body>{text}</body></message>",
+        stranger.next_id()
+    ))?;
+    let gateway = format!("junction@{}", lobby.slot.component);
+    stranger
+        .wait_for(WAIT, |el| {
+            el.name() == "message"
+                && el.attr("type") == Some("chat")
+                && el
+                    .attr("from")
+                    .is_some_and(|f| f.to_lowercase().starts_with(&gateway))
+                && junction_testkit::clients::xmpp::body(el)
+                    .is_some_and(|b| b.contains("share a linked room"))
+        })
+        .await?;
+    let local = stranger
+        .bare_jid()
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        !invites(&lobby, &lobby.matrix)
+            .await?
+            .iter()
+            .any(|(_, by, _)| by.contains(&local)),
+        "the stranger opened a direct chat"
+    );
+    never_in_the_muc(&lobby, &[&text])?;
+    lobby_never_saw(&lobby, &[&text]).await
+}
