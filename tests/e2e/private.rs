@@ -473,11 +473,14 @@ async fn private_muc_message_with_irc_and_back() -> anyhow::Result<()> {
     lobby_never_saw(&lobby, &[&question, &answer]).await
 }
 
-/// A Matrix user's direct chat with an XMPP person's ghost reaches them as a chat from her
-/// puppet JID at their real JID, and their chat back lands in the same direct chat.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
-    let lobby = Lobby::start().await?;
+/// The lobby's XMPP and Matrix users meet in the lobby; the Matrix user opens a direct chat
+/// with the XMPP user's ghost and writes `hello`, which reaches XMPP as a chat from her
+/// puppet JID. Returns the ghost, the direct chat, the hello's Matrix event id and the chat
+/// XMPP got.
+async fn matrix_writes_to_xmpp(
+    lobby: &Lobby,
+    hello: &str,
+) -> anyhow::Result<(String, String, String, minidom::Element)> {
     let from_xmpp = unique("hello from xmpp");
     lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
     let ghost = lobby.matrix_sees(&from_xmpp).await?["sender"]
@@ -487,16 +490,23 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
     let from_matrix = unique("hello from matrix");
     lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
     lobby.xmpp_sees(&from_matrix).await?;
-
-    let dm = direct_chat(&lobby, &ghost).await?;
-
-    let hello = unique("private to xmpp");
-    lobby.matrix.send_text(&dm, &hello).await?;
+    let dm = direct_chat(lobby, &ghost).await?;
+    let hello_ev = lobby.matrix.send_text(&dm, hello).await?;
     let puppet = junction_xmpp::ids::puppet_jid(
         &junction_core::UserRef::new("matrix", lobby.matrix.user_id()),
         &lobby.slot.component,
     );
-    let got = xmpp_chat(&lobby, |f| f.to_lowercase().starts_with(&puppet), &hello).await?;
+    let got = xmpp_chat(lobby, |f| f.to_lowercase().starts_with(&puppet), hello).await?;
+    Ok((ghost, dm, hello_ev, got))
+}
+
+/// A Matrix user's direct chat with an XMPP person's ghost reaches them as a chat from her
+/// puppet JID at their real JID, and their chat back lands in the same direct chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let hello = unique("private to xmpp");
+    let (ghost, dm, _, got) = matrix_writes_to_xmpp(&lobby, &hello).await?;
     let from = got.attr("from").unwrap_or_default().to_owned();
 
     let answer = unique("xmpp answers");
@@ -711,4 +721,147 @@ async fn private_xmpp_stranger_is_told_why() -> anyhow::Result<()> {
     );
     never_in_the_muc(&lobby, &[&text])?;
     lobby_never_saw(&lobby, &[&text]).await
+}
+
+const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
+const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
+const NS_REPLY: &str = "urn:xmpp:reply:0";
+const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+
+/// Waits for a chat to the lobby's XMPP user carrying a child `(name, namespace)` whose `id`
+/// is `id`, and whose text (the body, or the children's text) contains `text`.
+async fn xmpp_refers(
+    lobby: &Lobby,
+    (name, ns): (&str, &str),
+    id: &str,
+    text: &str,
+) -> anyhow::Result<minidom::Element> {
+    lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            el.attr("type") == Some("chat")
+                && el.children().any(|c| {
+                    c.is(name, ns)
+                        && c.attr("id") == Some(id)
+                        && (junction_testkit::clients::xmpp::body(el)
+                            .is_some_and(|b| b.contains(text))
+                            || c.children().any(|k| k.text().contains(text)))
+                })
+        })
+        .await
+}
+
+/// In a direct chat between Matrix and XMPP, what each side does to the messages crosses as
+/// in rooms: an XMPP correction (XEP-0308) is a Matrix edit, a reaction (XEP-0444) a Matrix
+/// reaction, a reply (XEP-0461) a Matrix reply, a retraction (XEP-0424) a redaction; and a
+/// Matrix edit, reaction, reply and redaction reach XMPP as a correction, reactions, a reply
+/// and a retraction of the chat message they refer to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_xmpp_edits_replies_reactions_and_retractions_with_matrix() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    // Matrix writes first; XMPP learns the chat's id and where it comes from.
+    let hello = unique("private hello");
+    let (ghost, dm, hello_ev, got) = matrix_writes_to_xmpp(&lobby, &hello).await?;
+    let her = got.attr("from").unwrap_or_default().to_owned();
+    let hello_id = got.attr("id").unwrap_or_default().to_owned();
+    let say = |id: &str, inner: &str| {
+        lobby.xmpp.send_raw(&format!(
+            "<message type='chat' to='{her}' id='{id}'>{inner}</message>"
+        ))
+    };
+
+    // XMPP → Matrix: a message, its correction, a reaction, a reply, a retraction.
+    let answer_id = unique("xa");
+    let answer = unique("xmpp answers");
+    say(&answer_id, &format!("<body>{answer}</body>"))?;
+    let answer_ev = matrix_from(&lobby, &dm, &ghost, &answer).await?["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let fixed = unique("xmpp fixed");
+    say(
+        &unique("xc"),
+        &format!(
+            "<body>{fixed}</body><replace id='{answer_id}' xmlns='urn:xmpp:message-correct:0'/>"
+        ),
+    )?;
+    lobby
+        .matrix
+        .wait_for(&dm, WAIT, |e| {
+            e["sender"].as_str() == Some(ghost.as_str())
+                && e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                && e["content"]["m.relates_to"]["event_id"].as_str() == Some(answer_ev.as_str())
+                && e["content"]["m.new_content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&fixed))
+        })
+        .await
+        .context("xmpp correction → matrix edit")?;
+    say(
+        &unique("xr"),
+        &format!(
+            "<reactions id='{hello_id}' xmlns='urn:xmpp:reactions:0'><reaction>🎉</reaction></reactions>"
+        ),
+    )?;
+    lobby
+        .matrix
+        .wait_for(&dm, WAIT, |e| {
+            e["type"] == "m.reaction"
+                && e["sender"].as_str() == Some(ghost.as_str())
+                && e["content"]["m.relates_to"]["event_id"].as_str() == Some(hello_ev.as_str())
+                && e["content"]["m.relates_to"]["key"] == "🎉"
+        })
+        .await
+        .context("xmpp reaction → matrix")?;
+    let reply_id = unique("xp");
+    let reply = unique("xmpp replies");
+    say(
+        &reply_id,
+        &format!(
+            "<body>{reply}</body><reply id='{hello_id}' to='{her}' xmlns='urn:xmpp:reply:0'/>"
+        ),
+    )?;
+    let replied = matrix_from(&lobby, &dm, &ghost, &reply).await?;
+    anyhow::ensure!(
+        replied["content"]["m.relates_to"]["m.in_reply_to"]["event_id"].as_str()
+            == Some(hello_ev.as_str()),
+        "xmpp reply → matrix: not a reply to the hello: {replied}"
+    );
+    let reply_ev = replied["event_id"].as_str().unwrap_or_default().to_owned();
+    say(
+        &unique("xt"),
+        &format!("<retract id='{answer_id}' xmlns='urn:xmpp:message-retract:1'/>"),
+    )?;
+    lobby
+        .matrix
+        .wait_for(&dm, WAIT, |r| {
+            r["type"] == "m.room.redaction"
+                && (r["redacts"].as_str() == Some(answer_ev.as_str())
+                    || r["content"]["redacts"].as_str() == Some(answer_ev.as_str()))
+        })
+        .await
+        .context("xmpp retraction → matrix redaction")?;
+
+    // Matrix → XMPP: an edit, a reaction, a reply and a redaction.
+    let better = unique("matrix fixed");
+    lobby.matrix.send_edit(&dm, &hello_ev, &better).await?;
+    xmpp_refers(&lobby, ("replace", NS_CORRECT), &hello_id, &better)
+        .await
+        .context("matrix edit → xmpp correction")?;
+    lobby.matrix.react(&dm, &reply_ev, "👍").await?;
+    xmpp_refers(&lobby, ("reactions", NS_REACTIONS), &reply_id, "👍")
+        .await
+        .context("matrix reaction → xmpp")?;
+    let back = unique("matrix replies");
+    lobby.matrix.send_reply(&dm, &reply_ev, &back).await?;
+    xmpp_refers(&lobby, ("reply", NS_REPLY), &reply_id, &back)
+        .await
+        .context("matrix reply → xmpp")?;
+    lobby.matrix.redact(&dm, &hello_ev, "oops").await?;
+    xmpp_refers(&lobby, ("retract", NS_RETRACT), &hello_id, "")
+        .await
+        .context("matrix redaction → xmpp retraction")?;
+
+    never_in_the_muc(&lobby, &[&hello, &answer, &fixed, &reply, &better, &back])?;
+    lobby_never_saw(&lobby, &[&hello, &answer, &fixed, &reply, &better, &back]).await
 }
