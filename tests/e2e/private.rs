@@ -325,6 +325,22 @@ async fn irc_told(
     Ok(())
 }
 
+/// Waits for `ghost`'s notice in the direct chat `dm` that its person takes no private
+/// messages (the answer to a message refused on their behalf).
+async fn ghost_refuses(lobby: &Lobby, dm: &str, ghost: &str) -> anyhow::Result<()> {
+    lobby
+        .matrix
+        .wait_for(dm, WAIT, |e| {
+            e["sender"].as_str() == Some(ghost)
+                && e["content"]["msgtype"] == "m.notice"
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("does not take private messages"))
+        })
+        .await?;
+    Ok(())
+}
+
 /// By default only people who share a linked room reach each other: a stranger writing to a
 /// puppet is told so and nothing reaches Matrix. A person who says `dm off` to the gateway
 /// is not written to (the writer gets a notice in the direct chat), and `dm on` undoes it.
@@ -353,16 +369,7 @@ async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
     irc_told(&lobby.irc, &bot, "are off for you").await?;
     let refused = unique("refused text");
     lobby.matrix.send_text(&dm, &refused).await?;
-    lobby
-        .matrix
-        .wait_for(&dm, WAIT, |e| {
-            e["sender"].as_str() == Some(ghost.as_str())
-                && e["content"]["msgtype"] == "m.notice"
-                && e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains("does not take private messages"))
-        })
-        .await?;
+    ghost_refuses(&lobby, &dm, &ghost).await?;
 
     // And back on.
     lobby.irc.privmsg(&bot, "dm on")?;
@@ -418,18 +425,25 @@ async fn private_replies_edits_and_reactions_from_matrix() -> anyhow::Result<()>
     lobby_never_saw(&lobby, &[&question, &reply, &typo, &fixed]).await
 }
 
+/// The IRC and XMPP users each say something in the lobby, so each has a puppet on the
+/// other's network: returns the XMPP user's line and her puppet nick on IRC.
+async fn irc_and_xmpp_meet(lobby: &Lobby) -> anyhow::Result<(String, String)> {
+    let from_irc = unique("hello from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    lobby.xmpp_sees(&from_irc).await?;
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    let (nick, _) = lobby.irc_sees(&from_xmpp).await?;
+    Ok((from_xmpp, nick))
+}
+
 /// An XMPP user's chat to an IRC person's puppet JID reaches them as a PRIVMSG; the answer to
 /// the nick it came from goes back to her as a chat from that puppet JID, and neither shows
 /// in the MUC or the channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_xmpp_chat_with_irc_and_back() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
-    let from_irc = unique("hello from irc");
-    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
-    lobby.xmpp_sees(&from_irc).await?;
-    let from_xmpp = unique("hello from xmpp");
-    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
-    lobby.irc_sees(&from_xmpp).await?;
+    irc_and_xmpp_meet(&lobby).await?;
 
     let question = unique("a chat to a puppet");
     let answer = unique("an answer by query");
@@ -473,6 +487,19 @@ async fn private_muc_message_with_irc_and_back() -> anyhow::Result<()> {
     lobby_never_saw(&lobby, &[&question, &answer]).await
 }
 
+/// Matrix sees the XMPP user's lobby line `from_xmpp`, and the Matrix user says one XMPP
+/// sees, so each has a puppet on the other's network: returns the XMPP user's ghost.
+async fn matrix_and_xmpp_meet(lobby: &Lobby, from_xmpp: &str) -> anyhow::Result<String> {
+    let ghost = lobby.matrix_sees(from_xmpp).await?["sender"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let from_matrix = unique("hello from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    lobby.xmpp_sees(&from_matrix).await?;
+    Ok(ghost)
+}
+
 /// The lobby's XMPP and Matrix users meet in the lobby; the Matrix user opens a direct chat
 /// with the XMPP user's ghost and writes `hello`, which reaches XMPP as a chat from her
 /// puppet JID. Returns the ghost, the direct chat, the hello's Matrix event id and the chat
@@ -483,13 +510,7 @@ async fn matrix_writes_to_xmpp(
 ) -> anyhow::Result<(String, String, String, minidom::Element)> {
     let from_xmpp = unique("hello from xmpp");
     lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
-    let ghost = lobby.matrix_sees(&from_xmpp).await?["sender"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let from_matrix = unique("hello from matrix");
-    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
-    lobby.xmpp_sees(&from_matrix).await?;
+    let ghost = matrix_and_xmpp_meet(lobby, &from_xmpp).await?;
     let dm = direct_chat(lobby, &ghost).await?;
     let hello_ev = lobby.matrix.send_text(&dm, hello).await?;
     let puppet = junction_xmpp::ids::puppet_jid(
@@ -864,4 +885,57 @@ async fn private_xmpp_edits_replies_reactions_and_retractions_with_matrix() -> a
 
     never_in_the_muc(&lobby, &[&hello, &answer, &fixed, &reply, &better, &back])?;
     lobby_never_saw(&lobby, &[&hello, &answer, &fixed, &reply, &better, &back]).await
+}
+
+/// The directions where IRC and XMPP write first: `/msg bob[x]` on IRC reaches the XMPP
+/// person as a chat from the IRC person's puppet JID (her answer comes back as a PRIVMSG from
+/// her puppet nick), and an XMPP chat to a Matrix person's puppet JID opens a direct chat
+/// from the XMPP person's ghost (`is_direct`), whose answer comes back as a chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_irc_and_xmpp_each_write_first() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let (from_xmpp, xmpp_nick) = irc_and_xmpp_meet(&lobby).await?;
+    let xmpp_ghost = matrix_and_xmpp_meet(&lobby, &from_xmpp).await?;
+    let jid = |network: &str, user: &str| {
+        junction_xmpp::ids::puppet_jid(
+            &junction_core::UserRef::new(network, user),
+            &lobby.slot.component,
+        )
+    };
+
+    // IRC → XMPP first.
+    let irc_puppet = jid("irc:local", lobby.irc.nick());
+    let psst = unique("irc writes first");
+    lobby.irc.privmsg(&xmpp_nick, &psst)?;
+    let got = xmpp_chat(&lobby, |f| f.to_lowercase().starts_with(&irc_puppet), &psst).await?;
+    let back = unique("xmpp answers irc");
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{}' id='{}'><body>{back}</body></message>",
+        got.attr("from").unwrap_or_default(),
+        lobby.xmpp.next_id()
+    ))?;
+    irc_query(&lobby, &xmpp_nick, &back).await?;
+
+    // XMPP → Matrix first.
+    let matrix_puppet = jid("matrix", lobby.matrix.user_id());
+    let hello = unique("xmpp writes first");
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{matrix_puppet}' id='{}'><body>{hello}</body></message>",
+        lobby.xmpp.next_id()
+    ))?;
+    let dm = invited_by(&lobby, &xmpp_ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &xmpp_ghost, &hello).await?;
+    let answer = unique("matrix answers xmpp");
+    lobby.matrix.send_text(&dm, &answer).await?;
+    xmpp_chat(
+        &lobby,
+        |f| f.to_lowercase().starts_with(&matrix_puppet),
+        &answer,
+    )
+    .await?;
+
+    let texts = [psst.as_str(), &back, &hello, &answer];
+    never_in_the_muc(&lobby, &texts)?;
+    lobby_never_saw(&lobby, &texts).await
 }

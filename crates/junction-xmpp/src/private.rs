@@ -99,14 +99,28 @@ fn events_of(st: &mut State, el: &Element, rooms: &[String]) -> Option<(Vec<Even
             return None;
         }
         let bare = person(from, component, rooms)?;
-        let id = st
+        let key = format!("{bare}\n{to_bare}");
+        let local = bare.split('@').next().unwrap_or(&bare).to_owned();
+        let kept = st
             .store
-            .get(PRIVATE_AS, &format!("{bare}\n{to_bare}"))
+            .get(PRIVATE_AS, &key)
             .ok()
             .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_else(|| bare.clone());
-        let name = bare.split('@').next().unwrap_or(&bare).to_owned();
+            .and_then(|v| String::from_utf8(v).ok());
+        let (id, name) = match kept {
+            Some(id) => (id, local),
+            None => match room_identity(st, &bare, rooms) {
+                // Someone seen in a linked room writes as who they are there (the ghost and
+                // the puppet the others know), in this conversation from now on.
+                Some((id, nick)) => {
+                    if let Err(e) = st.store.put(PRIVATE_AS, &key, id.as_bytes()) {
+                        tracing::warn!(error = %e, "xmpp: could not keep who a private chat is with");
+                    }
+                    (id, nick)
+                }
+                None => (bare.clone(), local),
+            },
+        };
         (id, name, Some(bare))
     };
     let user = UserRef::new(st.network.clone(), id);
@@ -163,6 +177,28 @@ fn events_of(st: &mut State, el: &Element, rooms: &[String]) -> Option<(Vec<Even
         }
     };
     Some((events, from.to_owned()))
+}
+
+/// Who the person of real JID `bare` is in the first linked room (in `rooms` order) that
+/// shows them with it: their id as the room's events name them (occupant-id, else
+/// `room/nick`) and their nick.
+fn room_identity(st: &State, bare: &str, rooms: &[String]) -> Option<(String, String)> {
+    rooms.iter().find_map(|room| {
+        st.occupants.iter().find_map(|(k, o)| {
+            let (r, nick) = k.split_once('/')?;
+            let here = r.eq_ignore_ascii_case(room)
+                && o.jid
+                    .as_deref()
+                    .is_some_and(|j| j.split('/').next().unwrap_or(j).eq_ignore_ascii_case(bare));
+            here.then(|| {
+                let id = o
+                    .occupant_id
+                    .as_ref()
+                    .map_or_else(|| k.clone(), |oid| format!("occupant:{oid}"));
+                (id, nick.to_owned())
+            })
+        })
+    })
 }
 
 /// Says a delivery of a conversation to its XMPP person: a chat from the sender's puppet JID
