@@ -939,3 +939,107 @@ async fn private_irc_and_xmpp_each_write_first() -> anyhow::Result<()> {
     never_in_the_muc(&lobby, &texts)?;
     lobby_never_saw(&lobby, &texts).await
 }
+
+/// A person an admin banned neither sends nor receives private messages: the banned IRC
+/// user's `/msg` to a Matrix person's puppet reaches nothing, and what the Matrix person writes
+/// in their direct chat is refused with a notice from the ghost instead of reaching them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_banned_people_neither_send_nor_receive() -> anyhow::Result<()> {
+    let server_name = junction_testkit::servers::servers()
+        .await?
+        .matrix
+        .server_name
+        .clone();
+    let lobby = Lobby::start_with(|c| {
+        crate::lobby::in_gateway(c, &format!("admins = [\"@alice:{server_name}\"]"));
+    })
+    .await?;
+    let (ghost, puppet) = meet(&lobby).await?;
+    let first = unique("before the ban");
+    let (dm, _) = irc_opens_a_chat(&lobby, &ghost, &puppet, &first).await?;
+
+    let commands = direct_chat(&lobby, &matrix_bot(&lobby)).await?;
+    lobby
+        .matrix
+        .send_text(&commands, &format!("ban local/{}", lobby.irc.nick()))
+        .await?;
+    matrix_bot_says(&lobby, &commands, "Banned").await?;
+
+    let from_banned = unique("the banned writes");
+    lobby.irc.privmsg(&puppet, &from_banned)?;
+    let to_banned = unique("written to the banned");
+    lobby.matrix.send_text(&dm, &to_banned).await?;
+    ghost_refuses(&lobby, &dm, &ghost).await?;
+    // Long enough for a message let through to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = lobby.matrix.events(&dm).await?;
+    anyhow::ensure!(
+        !seen.iter().any(|e| e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains(&from_banned))),
+        "the banned person's message reached Matrix"
+    );
+    let me = lobby.irc.nick().to_owned();
+    anyhow::ensure!(
+        !lobby.irc.backlog().iter().any(|m| matches!(&m.command, Command::PRIVMSG(t, b) if t.eq_ignore_ascii_case(&me) && b.contains(&to_banned))),
+        "a message reached the banned person"
+    );
+    lobby_never_saw(&lobby, &[&first, &from_banned, &to_banned]).await
+}
+
+/// The per-sender rate limit holds for private messages: an IRC user who floods a Matrix
+/// person's puppet gets at most the burst (and what refilled meanwhile) across, the rest is
+/// counted in `junction_rate_limited_total`, and the Matrix person's answers still cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_messages_are_rate_limited_per_sender() -> anyhow::Result<()> {
+    const BURST: usize = 5;
+    const PER_MINUTE: usize = 2;
+    const FLOOD: usize = 30;
+    let (lobby, base) = Lobby::start_with_metrics(&format!(
+        "rate_burst = {BURST}\nrate_per_minute = {PER_MINUTE}"
+    ))
+    .await?;
+    let start = std::time::Instant::now();
+    let allowance = || BURST + PER_MINUTE * (start.elapsed().as_secs() as usize / 60 + 1);
+    let (ghost, puppet) = meet(&lobby).await?;
+
+    let tag = unique("pfl");
+    for i in 0..FLOOD {
+        lobby.irc.privmsg(&puppet, &format!("{tag} {i}"))?;
+    }
+    let least = FLOOD.saturating_sub(allowance()) as u64;
+    crate::hostile_fanout::counter_reaches(
+        &base,
+        "junction_rate_limited_total",
+        "irc:local",
+        "message",
+        least,
+    )
+    .await?;
+    let dm = invited_by(&lobby, &ghost, &[]).await?;
+    lobby.matrix.join(&dm).await?;
+    matrix_from(&lobby, &dm, &ghost, &tag).await?;
+
+    let answer = unique("matrix still answers");
+    lobby.matrix.send_text(&dm, &answer).await?;
+    irc_query(&lobby, &puppet, &answer).await?;
+    let needle = format!("{tag} ");
+    let crossed = lobby
+        .matrix
+        .events(&dm)
+        .await?
+        .iter()
+        .filter(|e| {
+            e["sender"].as_str() == Some(ghost.as_str())
+                && e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&needle))
+        })
+        .count();
+    anyhow::ensure!(
+        crossed <= allowance(),
+        "{crossed} flood lines crossed (at most {})",
+        allowance()
+    );
+    lobby_never_saw(&lobby, &[&needle]).await
+}
