@@ -373,7 +373,7 @@ async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
 
     // And back on.
     lobby.irc.privmsg(&bot, "dm on")?;
-    irc_told(&lobby.irc, &bot, "again").await?;
+    irc_told(&lobby.irc, &bot, "You take private messages").await?;
     let welcome = unique("welcome back");
     lobby.matrix.send_text(&dm, &welcome).await?;
     irc_query(&lobby, &puppet, &welcome).await?;
