@@ -1043,3 +1043,60 @@ async fn private_messages_are_rate_limited_per_sender() -> anyhow::Result<()> {
     );
     lobby_never_saw(&lobby, &[&needle]).await
 }
+
+/// Where the room does not show the gateway someone's real JID (the gateway no moderator of
+/// a semi-anonymous MUC), a Matrix user's direct chat with their ghost reaches them as a MUC
+/// private message from her puppet occupant, and their private message back to that
+/// occupant lands in the same direct chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_matrix_reaches_xmpp_by_a_muc_private_message() -> anyhow::Result<()> {
+    let lobby = Lobby::start().await?;
+    let listener = format!("junction@{}", lobby.slot.component);
+    lobby
+        .xmpp
+        .set_affiliation(&lobby.muc, &listener, "member")
+        .await?;
+    let bob = junction_testkit::clients::XmppUser::register(
+        &lobby.servers,
+        &crate::lobby::short_nick(&unique("xb")),
+        "pw-bob",
+    )
+    .await?;
+    bob.join_muc(&lobby.muc, &unique("bob")).await?;
+    let from_bob = unique("hello from bob");
+    bob.send_groupchat(&lobby.muc, &from_bob)?;
+    let ghost = lobby.matrix_sees(&from_bob).await?["sender"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let from_matrix = unique("hello from matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    let seen = bob
+        .wait_for(WAIT, |el| {
+            el.attr("type") == Some("groupchat")
+                && junction_testkit::clients::xmpp::body(el)
+                    .is_some_and(|b| b.contains(&from_matrix))
+        })
+        .await?;
+    let occupant = seen.attr("from").unwrap_or_default().to_owned();
+
+    let dm = direct_chat(&lobby, &ghost).await?;
+    let hello = unique("private by the muc");
+    lobby.matrix.send_text(&dm, &hello).await?;
+    bob.wait_for(WAIT, |el| {
+        el.attr("type") == Some("chat")
+            && el.attr("from") == Some(occupant.as_str())
+            && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&hello))
+    })
+    .await
+    .context("matrix → a muc private message")?;
+    let answer = unique("bob answers in private");
+    bob.send_raw(&format!(
+        "<message type='chat' to='{occupant}' id='{}'><body>{answer}</body>\
+         <x xmlns='http://jabber.org/protocol/muc#user'/></message>",
+        bob.next_id()
+    ))?;
+    matrix_from(&lobby, &dm, &ghost, &answer).await?;
+    never_in_the_muc(&lobby, &[&hello, &answer])?;
+    lobby_never_saw(&lobby, &[&hello, &answer]).await
+}
