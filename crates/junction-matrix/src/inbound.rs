@@ -76,6 +76,8 @@ pub enum Effect {
         room_id: String,
         /// Who invited.
         by: String,
+        /// The invite is to a direct chat (`is_direct`), as Element's "Message" makes one.
+        direct: bool,
     },
     /// A person invited one of our ghosts into a direct chat (`is_direct`): a private
     /// conversation with the person behind the ghost.
@@ -153,6 +155,7 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
             out.effects.push(Effect::BotInvited {
                 room_id: room_id.to_owned(),
                 by: sender.to_owned(),
+                direct: content.get("is_direct").and_then(Value::as_bool) == Some(true),
             });
         }
         return out;
@@ -1062,7 +1065,8 @@ mod tests {
             c.effects,
             vec![Effect::BotInvited {
                 room_id: "!mgmt".into(),
-                by: "@alice:matrix.test".into()
+                by: "@alice:matrix.test".into(),
+                direct: false,
             }]
         );
     }

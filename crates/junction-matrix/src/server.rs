@@ -404,16 +404,36 @@ fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effe
                 crate::private::invited(sh, room_id, ghost, by);
             }
             Effect::PrivateLeft { room_id } => crate::private::left(sh, &room_id),
-            Effect::BotInvited { room_id, by } => {
-                if !sh.admins.contains(&by) {
-                    tracing::info!(%room_id, %by, "Declined an invite from someone who is not an admin.");
+            Effect::BotInvited {
+                room_id,
+                by,
+                direct,
+            } => {
+                let admin = sh.admins.contains(&by);
+                if !admin && !direct {
+                    tracing::info!(%room_id, %by, "Declined an invite to a room that is no direct chat from someone who is not an admin.");
                     tokio::spawn(decline_invite(sh.clone(), room_id));
                     continue;
                 }
-                tracing::info!(%room_id, %by, "An admin invited the bot into a room that is not linked; joining it to take commands.");
+                // Anyone may open a direct chat with the bot, for the commands everyone
+                // has (`help`, `dm off`, `dm on`); one such room per person who is no
+                // admin: a newer one replaces the older, which the bot leaves.
+                let replaced: Vec<String> = if admin {
+                    Vec::new()
+                } else {
+                    lock(&sh.command_rooms)
+                        .iter()
+                        .filter(|(r, opener)| **opener == by && **r != room_id)
+                        .map(|(r, _)| r.clone())
+                        .collect()
+                };
+                tracing::info!(%room_id, %by, admin, "The bot was invited into a room that is not linked; joining it to take commands.");
                 // A command room from now on: the homeserver sends the room's next events
                 // after the invite, possibly before our join call returns.
                 lock(&sh.command_rooms).insert(room_id.clone(), by.clone());
+                for old in replaced {
+                    tokio::spawn(leave_command_room(sh.clone(), old));
+                }
                 tokio::spawn(accept_invite(sh.clone(), room_id, by));
             }
             Effect::Command {
@@ -423,11 +443,15 @@ fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effe
                 text,
             } => {
                 let answered = match lock(&sh.command_rooms).get(&room_id) {
-                    Some(opener) => sh.admins.contains(opener) || sh.admins.contains(&sender),
+                    Some(opener) => {
+                        sh.admins.contains(opener)
+                            || sh.admins.contains(&sender)
+                            || *opener == sender
+                    }
                     None => false,
                 };
                 if !answered {
-                    tracing::debug!(%room_id, "Ignored text in a room that is neither linked nor a command room an admin opened.");
+                    tracing::debug!(%room_id, "Ignored text in a room that is not linked, from neither an admin nor who opened it as a command room.");
                     continue;
                 }
                 // A transaction may come again (a later event failed to store): a command
@@ -464,8 +488,24 @@ async fn accept_invite(sh: Arc<Shared>, room_id: String, by: String) {
     }
 }
 
-/// Why the bot declines an invite from someone who is not an admin (shown to the inviter).
-pub const DECLINE_REASON: &str = "This gateway takes commands only from its admins.";
+/// The bot leaves a command room a newer one of the same person replaced.
+async fn leave_command_room(sh: Arc<Shared>, room_id: String) {
+    lock(&sh.command_rooms).remove(&room_id);
+    if let Err(e) = sh.store.remove(crate::COMMAND_ROOMS_TABLE, &room_id) {
+        tracing::warn!(%room_id, error = %e, "Could not forget a command room.");
+    }
+    if let Err(e) = sh.client.leave_with_reason(&room_id, REPLACED_REASON).await {
+        tracing::warn!(%room_id, error = %e, "Could not leave a replaced command room.");
+    }
+}
+
+/// Why the bot leaves a person's older direct chat when they open a newer one.
+pub const REPLACED_REASON: &str = "A newer direct chat with the gateway replaces this one.";
+
+/// Why the bot declines an invite to a room that is no direct chat from someone who is not
+/// an admin (shown to the inviter).
+pub const DECLINE_REASON: &str =
+    "This gateway takes commands only from its admins, or in a direct chat.";
 
 /// Rejects an invite (leaves with [`DECLINE_REASON`]).
 async fn decline_invite(sh: Arc<Shared>, room_id: String) {
@@ -666,41 +706,67 @@ mod tests {
                    "event_id": id, "origin_server_ts": 1,
                    "content": {"msgtype": "m.text", "body": "help"}})
         };
-        // Bob is no admin: his invite does not make a command room.
+        let invite = |room: &str, who: &str, direct: bool| {
+            json!({"type": "m.room.member", "room_id": room, "sender": who,
+                   "state_key": "@junction:matrix.test", "event_id": format!("$i{room}"),
+                   "origin_server_ts": 1,
+                   "content": {"membership": "invite", "is_direct": direct}})
+        };
+        // Bob is no admin: his invite to a room that is no direct chat makes no command room.
         let body = json!({"events": [
-            {"type": "m.room.member", "room_id": "!bobs", "sender": "@bob:matrix.test",
-             "state_key": "@junction:matrix.test", "event_id": "$ib", "origin_server_ts": 1,
-             "content": {"membership": "invite"}},
+            invite("!bobs", "@bob:matrix.test", false),
             say("$b1", "!bobs", "@bob:matrix.test"),
         ]});
         let r = answer(&app, txn_request("d1", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(!lock(&sh.command_rooms).contains_key("!bobs"));
-        // A command room a stranger opened earlier (kept in the store): only admins are
-        // answered there.
+        // A command room bob opened: he and admins are answered there, carol is not.
         lock(&sh.command_rooms).insert("!old".into(), "@bob:matrix.test".into());
         let body = json!({"events": [
+            say("$c2", "!old", "@carol:matrix.test"),
             say("$b2", "!old", "@bob:matrix.test"),
             say("$a2", "!old", "@alice:matrix.test"),
         ]});
         let r = answer(&app, txn_request("d2", Some(HS_TOKEN), &body)).await;
         assert_eq!(r.status(), StatusCode::OK);
-        let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
-            .await
-            .expect("in time")
-            .expect("a command");
-        assert_eq!(
-            command.from,
-            vec![junction_core::UserRef::new("matrix", "@alice:matrix.test")]
-        );
-        let _ = command.reply.send(String::new());
+        for who in ["@bob:matrix.test", "@alice:matrix.test"] {
+            let command = tokio::time::timeout(std::time::Duration::from_secs(10), commands.recv())
+                .await
+                .expect("in time")
+                .expect("a command");
+            assert_eq!(
+                command.from,
+                vec![junction_core::UserRef::new("matrix", who)]
+            );
+            let _ = command.reply.send(String::new());
+        }
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(300), commands.recv())
                 .await
                 .is_err(),
-            "bob was answered"
+            "carol was answered"
         );
+        // A direct chat from bob: a command room, which replaces his older one.
+        let body = json!({"events": [invite("!bobdm", "@bob:matrix.test", true)]});
+        let r = answer(&app, txn_request("d3", Some(HS_TOKEN), &body)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            lock(&sh.command_rooms).get("!bobdm").map(String::as_str),
+            Some("@bob:matrix.test")
+        );
+        wait_until(|| !lock(&sh.command_rooms).contains_key("!old")).await;
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Waits (a bounded number of short turns) for `done`.
+    async fn wait_until(done: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(done(), "not done in time");
     }
 
     fn txn_request(txn: &str, token: Option<&str>, body: &Value) -> Request<Body> {

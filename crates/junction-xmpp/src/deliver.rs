@@ -123,13 +123,10 @@ pub(crate) async fn deliver(
     let mut sender_key = key.clone();
     let (el, wait) = match &d.event.kind {
         EventKind::Message(m) => {
-            let mut text = outbound::styled(&mention_nicks(st, &room, &m.body));
-            for a in &m.attachments {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(&a.url);
-            }
+            let text = outbound::with_links(
+                outbound::styled(&mention_nicks(st, &room, &m.body)),
+                &m.attachments,
+            );
             let emote = m.kind == junction_core::MessageKind::Emote;
             let el = match (d.reply_to.first(), m.attachments.first()) {
                 (Some(r), _) => {
@@ -231,17 +228,7 @@ pub(crate) async fn deliver(
                 return true;
             };
             let s = st.stanza_id_for(&t);
-            let set = st
-                .our_reactions
-                .get_or_insert_mut((room.clone(), puppet.clone(), s.clone()), Vec::new);
-            if matches!(d.event.kind, EventKind::React { .. }) {
-                if !set.contains(k) && set.len() < junction_core::limits::MAX_REACTIONS_PER_ITEM {
-                    set.push(k.clone());
-                }
-            } else {
-                set.retain(|x| x != k);
-            }
-            let keys = set.clone();
+            let keys = our_reactions(st, &room, &puppet, &s, &d.event.kind, k);
             (
                 outbound::reactions(&from, &room, &id, &s, &keys),
                 Wait::Reflection,
@@ -283,6 +270,32 @@ pub(crate) async fn deliver(
     send_pending(st, conn, d, id, el, wait, sender_key).await
 }
 
+/// The whole set of keys `puppet` has on `target` in `room` (a room or a conversation) once
+/// the reaction `kind` of `key` is applied (XEP-0444 sends the set, not the change).
+pub(crate) fn our_reactions(
+    st: &mut State,
+    room: &str,
+    puppet: &str,
+    target: &str,
+    kind: &EventKind,
+    key: &str,
+) -> Vec<String> {
+    let set = st.our_reactions.get_or_insert_mut(
+        (room.to_owned(), puppet.to_owned(), target.to_owned()),
+        Vec::new,
+    );
+    if matches!(kind, EventKind::React { .. }) {
+        if !set.iter().any(|k| k == key)
+            && set.len() < junction_core::limits::MAX_REACTIONS_PER_ITEM
+        {
+            set.push(key.to_owned());
+        }
+    } else {
+        set.retain(|k| k != key);
+    }
+    set.clone()
+}
+
 /// Renders a delivery whose sender got no occupant: a message is said by the listener as
 /// `<name> text`, a topic change as a line; a join is nothing to show; anything else is
 /// given up.
@@ -295,13 +308,7 @@ async fn refused_occupant(
     let name = d.event.sender.display_name.clone();
     let line = match &d.event.kind {
         EventKind::Message(m) => {
-            let mut text = outbound::styled(&m.body);
-            for a in &m.attachments {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(&a.url);
-            }
+            let text = outbound::with_links(outbound::styled(&m.body), &m.attachments);
             if m.kind == junction_core::MessageKind::Emote {
                 format!("* {name} {text}")
             } else {

@@ -298,23 +298,63 @@ pub fn parse_groupchat(
         ))
     };
 
-    // Moderation (XEP-0425) and retraction (XEP-0424) name the room's stanza-id.
+    match said(el, correction_target) {
+        Said::Kind(kind) => event(kind),
+        Said::Reactions {
+            target,
+            keys,
+            dropped,
+        } => Parsed::Reactions {
+            remote_id,
+            sender,
+            target,
+            keys,
+            dropped,
+        },
+        Said::Ignored(why) => Parsed::Ignored(why),
+    }
+}
+
+/// What a message stanza says, in a room or a chat alike.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Said {
+    /// An event of that kind: a message, an edit, a retraction or a topic.
+    Kind(EventKind),
+    /// The sender's complete reaction set on `target` (XEP-0444).
+    Reactions {
+        /// The message reacted to.
+        target: MessageId,
+        /// Every key the sender now has on it.
+        keys: Vec<String>,
+        /// Keys dropped by the per-stanza cap.
+        dropped: usize,
+    },
+    /// Nothing to bridge; the reason is for debug logs.
+    Ignored(&'static str),
+}
+
+/// Reads what a message stanza says: a retraction (XEP-0424), reactions (XEP-0444), a
+/// correction (XEP-0308, its target turned by `correction_target` into the id the gateway
+/// knows, else kept), a subject, or a message with its reply (XEP-0461, the XEP-0428
+/// fallback quote cut out) and attachments (XEP-0066).
+pub(crate) fn said(el: &Element, correction_target: &dyn Fn(&str) -> Option<String>) -> Said {
+    // In a room, moderation (XEP-0425) and retraction (XEP-0424) name the room's stanza-id.
     if let Some(retract) = child(el, "retract", NS_RETRACT) {
         let Some(target) = retract.attr("id") else {
-            return Parsed::Ignored("retract without id");
+            return Said::Ignored("retract without id");
         };
         let reason = bounded_reason(
             child(retract, "reason", NS_RETRACT)
                 .or_else(|| retract.children().find(|c| c.name() == "reason")),
         );
-        return event(EventKind::Redact {
+        return Said::Kind(EventKind::Redact {
             target: MessageId::new(target),
             reason,
         });
     }
     if let Some(reactions) = child(el, "reactions", NS_REACTIONS) {
         let Some(target) = reactions.attr("id") else {
-            return Parsed::Ignored("reactions without id");
+            return Said::Ignored("reactions without id");
         };
         // One stanza may carry any number of children: at most a few distinct, short keys
         // cross (each becomes an event on every other network).
@@ -331,9 +371,7 @@ pub fn parse_groupchat(
                 "xmpp: reactions over the per-stanza cap, repeated or too long were dropped"
             );
         }
-        return Parsed::Reactions {
-            remote_id,
-            sender,
+        return Said::Reactions {
             target: MessageId::new(target),
             keys,
             dropped,
@@ -345,24 +383,24 @@ pub fn parse_groupchat(
         .map(Element::text);
     if let Some(replace) = child(el, "replace", NS_REPLACE) {
         let (Some(id), Some(body)) = (replace.attr("id"), body) else {
-            return Parsed::Ignored("correction without id or body");
+            return Said::Ignored("correction without id or body");
         };
         let target = correction_target(id).unwrap_or_else(|| id.to_string());
         let text = body.strip_prefix("/me ").unwrap_or(&body);
-        return event(EventKind::Edit {
+        return Said::Kind(EventKind::Edit {
             target: MessageId::new(target),
             body: styling::parse(text),
         });
     }
     if let Some(subject) = el.children().find(|c| c.name() == "subject") {
         if body.is_none() {
-            return event(EventKind::Topic {
+            return Said::Kind(EventKind::Topic {
                 text: subject.text(),
             });
         }
     }
     let Some(body) = body else {
-        return Parsed::Ignored("no body");
+        return Said::Ignored("no body");
     };
     let reply_to = child(el, "reply", NS_REPLY)
         .and_then(|r| r.attr("id"))
@@ -393,7 +431,7 @@ pub fn parse_groupchat(
         Some(rest) => (MessageKind::Emote, rest.to_string()),
         None => (MessageKind::Text, text),
     };
-    event(EventKind::Message(Message {
+    Said::Kind(EventKind::Message(Message {
         kind,
         body: styling::parse(&text),
         reply_to,

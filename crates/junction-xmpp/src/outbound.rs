@@ -229,6 +229,30 @@ pub fn leave(from: &str, room: &str, nick: &str, reason: Option<&str>) -> Elemen
     b.build()
 }
 
+/// `text` followed by the URL of each attachment, one a line (how attachments show in a
+/// body).
+pub fn with_links(mut text: String, attachments: &[junction_core::Attachment]) -> String {
+    for a in attachments {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&a.url);
+    }
+    text
+}
+
+/// The same stanza as a one-to-one chat (`type='chat'`): a room's message, correction,
+/// retraction, reactions or reply said in a private conversation.
+pub fn as_chat(mut el: Element) -> Element {
+    if let Some(ty) = el
+        .attrs_mut()
+        .get_mut(&minidom::rxml::Namespace::NONE, "type")
+    {
+        *ty = "chat".to_owned();
+    }
+    el
+}
+
 /// A one-to-one chat message (an answer to an admin command).
 pub fn chat(from: &str, to: &str, id: &str, text: &str) -> Element {
     Element::builder("message", NS_CLIENT)
@@ -416,6 +440,24 @@ pub fn next_nick(wanted: &str, tag: &str, attempt: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_room_stanza_turns_into_a_chat_keeping_the_rest() {
+        let el = as_chat(correction(
+            "p@c/junction",
+            "alice@x/phone",
+            "i2",
+            "u1",
+            "fixed",
+        ));
+        assert_eq!(el.attr("type"), Some("chat"));
+        assert_eq!(el.attr("to"), Some("alice@x/phone"));
+        assert_eq!(el.attr("id"), Some("i2"));
+        let r = el
+            .get_child("replace", "urn:xmpp:message-correct:0")
+            .expect("replace");
+        assert_eq!(r.attr("id"), Some("u1"));
+    }
 
     #[test]
     fn an_instant_room_submits_an_empty_form_to_the_owner_namespace() {
