@@ -99,6 +99,17 @@ async fn irc_query_from_puppet(lobby: &Lobby, puppet: &str, text: &str) -> anyho
     Ok(source_nick(&m).unwrap_or(puppet).to_owned())
 }
 
+/// The IRC user's lines containing `text`, for failure messages.
+fn lines_with(lobby: &Lobby, text: &str) -> Vec<String> {
+    lobby
+        .irc
+        .backlog()
+        .iter()
+        .map(|m| m.to_string())
+        .filter(|l| l.contains(text))
+        .collect()
+}
+
 /// Waits for a message in `room` from `sender` containing `text`.
 async fn matrix_from(lobby: &Lobby, room: &str, sender: &str, text: &str) -> anyhow::Result<Value> {
     lobby
@@ -564,7 +575,7 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
     let lobby =
-        Lobby::start_with(|c| crate::lobby::in_gateway(c, "private_retention_days = 0.0002"))
+        Lobby::start_with(|c| crate::lobby::in_gateway(c, "private_retention_days = 0.0005"))
             .await?;
     let (ghost, puppet) = meet(&lobby).await?;
     let in_lobby = unique("a lobby question");
@@ -575,6 +586,8 @@ async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
         .to_owned();
     let question = unique("a private question");
     let (dm, asked) = irc_opens_a_chat(&lobby, &ghost, &puppet, &question).await?;
+    // The question was recorded before this: the spans below count from a bit earlier.
+    let recorded = std::time::Instant::now();
     let asked = asked["event_id"].as_str().unwrap_or_default().to_owned();
 
     let quoting = |text: &str, quoted: &str| {
@@ -585,10 +598,16 @@ async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
     let early = unique("early private answer");
     lobby.matrix.send_reply(&dm, &asked, &early).await?;
     irc_query(&lobby, &puppet, &early).await?;
-    anyhow::ensure!(quoting(&early, &question), "kept: the reply quotes");
+    anyhow::ensure!(
+        quoting(&early, &question),
+        "kept: the reply quotes: {:?}",
+        lines_with(&lobby, &early)
+    );
 
-    // Past the private retention and at least one pruning pass (every ~8.6 s here).
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The retention (43 s) is long enough for the early answer to cross on a loaded
+    // machine. Now past it and at least one pruning pass (every ~22 s here).
+    let forgotten = Duration::from_secs(43 + 22 + 5);
+    tokio::time::sleep(forgotten.saturating_sub(recorded.elapsed())).await;
     let late = unique("late private answer");
     lobby.matrix.send_reply(&dm, &asked, &late).await?;
     irc_query(&lobby, &puppet, &late).await?;
