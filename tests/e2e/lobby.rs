@@ -7,7 +7,7 @@
 //! name exists, so the table can not drift from what is tested.
 
 use anyhow::Context as _;
-use junction_testkit::clients::irc::{is_join_of, joiner, source_nick};
+use junction_testkit::clients::irc::{joiner, shows_in_channel, source_nick};
 use junction_testkit::clients::xmpp::{body, from_nick, is_leaving, muc_status, stanza_id};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
@@ -340,11 +340,7 @@ impl Lobby {
     /// Waits until the gateway's bot is in the IRC channel, its listener in the MUC and its
     /// bot in the Matrix room.
     async fn wait_joined(&self, irc_mark: usize, xmpp_mark: usize) -> anyhow::Result<()> {
-        let bot = format!("@{}:{}", self.slot.bot, "matrix.test");
-        self.matrix
-            .wait_member(&self.room, &bot, WAIT)
-            .await
-            .context("the gateway's bot in the Matrix room")?;
+        self.wait_matrix_bot_in(&self.room).await?;
         let component = self.slot.component.clone();
         let muc_prefix = format!("{}/", self.muc);
         junction_testkit::eventually(WAIT, "the gateway's listener in the MUC", || {
@@ -363,19 +359,42 @@ impl Lobby {
             async move { found.then_some(()) }
         })
         .await?;
+        self.wait_irc_bot_in(&self.channel, irc_mark).await
+    }
+
+    /// Waits until the gateway's bots are in another linked pair too: its Matrix bot in
+    /// `room` (only then does the homeserver pass on what is said there) and its IRC bot in
+    /// `channel`, which the lobby's IRC user has joined.
+    #[allow(dead_code)]
+    pub async fn wait_bots_in(&self, room: &str, channel: &str) -> anyhow::Result<()> {
+        self.wait_matrix_bot_in(room).await?;
+        self.wait_irc_bot_in(channel, 0).await
+    }
+
+    /// Waits until the gateway's bot is a member of the Matrix room `room`.
+    async fn wait_matrix_bot_in(&self, room: &str) -> anyhow::Result<()> {
+        let bot = format!("@{}:{}", self.slot.bot, "matrix.test");
+        self.matrix
+            .wait_member(room, &bot, WAIT)
+            .await
+            .with_context(|| format!("the gateway's bot in the Matrix room {room}"))
+    }
+
+    /// Waits until the lobby's IRC user, from its `mark`th line on, has seen the gateway's
+    /// bot in `channel`: its JOIN, or a NAMES reply listing it.
+    async fn wait_irc_bot_in(&self, channel: &str, mark: usize) -> anyhow::Result<()> {
         let irc_bot = junction_testkit::gateway::bot_nick(&self.slot);
         junction_testkit::eventually(WAIT, "the gateway's bot in the IRC channel", || {
             let found = self
                 .irc
                 .backlog()
                 .into_iter()
-                .skip(irc_mark)
-                .any(|m| is_join_of(&m, &self.channel, &irc_bot));
+                .skip(mark)
+                .any(|m| shows_in_channel(&m, channel, &irc_bot));
             async move { found.then_some(()) }
         })
         .await
-        .context("the gateway's bot in the IRC channel")?;
-        Ok(())
+        .with_context(|| format!("the gateway's bot in the IRC channel {channel}"))
     }
 
     /// Waits for a Matrix event in the room sent by someone other than alice whose body
