@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// The reading half of a plaintext or TLS connection.
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -229,6 +230,31 @@ pub struct Session {
     pub caps: BTreeSet<String>,
     /// The server's ISUPPORT.
     pub isupport: ISupport,
+}
+
+/// Why a connection that must go on ended.
+#[derive(Debug)]
+pub enum End {
+    /// The gateway is shutting down (the server was told with a QUIT).
+    Shutdown,
+    /// The connection failed: closed by the server, or an I/O error.
+    Lost(String),
+}
+
+impl Session {
+    /// The next message from the server; or, once `shutdown` is cancelled (which wins over
+    /// a message that is ready too), a QUIT sent and [`End::Shutdown`]; or [`End::Lost`] when
+    /// the connection fails. Cancel-safe, as [`LineReader::message`].
+    pub async fn next_message(&mut self, shutdown: &CancellationToken) -> Result<Message, End> {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let _ = self.writer.send("QUIT :gateway shutting down").await;
+                Err(End::Shutdown)
+            }
+            msg = self.reader.message() => msg.map_err(End::Lost),
+        }
+    }
 }
 
 /// Read buffer of each connection.
