@@ -95,6 +95,29 @@ fn time_key(ts: u64, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Walks the time index `index` ([`time_key`]s) oldest first through the entries older than
+/// `before_ms`, while fewer than `limit` are counted: `forget(ts, rest)` forgets what an
+/// entry stamps and says whether it counts; the entry goes after it, so a crash in between
+/// leaves it to prune again. Returns how many counted.
+fn prune_index(
+    index: &sled::Tree,
+    before_ms: u64,
+    limit: usize,
+    mut forget: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<usize> {
+    let mut n = 0;
+    for r in index.range(..before_ms.to_be_bytes().to_vec()) {
+        if n >= limit {
+            break;
+        }
+        let (tk, _) = r.map_err(be)?;
+        let (ts, rest) = tk.split_at(8.min(tk.len()));
+        n += usize::from(forget(ts, rest)?);
+        index.remove(&tk).map_err(be)?;
+    }
+    Ok(n)
+}
+
 /// The time a stamp value holds, if it is one.
 fn stamp(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
@@ -509,41 +532,25 @@ impl Store for SledStore {
     }
 
     fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let mut n = 0;
-        for r in self.private_time.range(..before_ms.to_be_bytes().to_vec()) {
-            if n >= limit {
-                break;
-            }
-            let (tk, _) = r.map_err(be)?;
-            let (ts, rest) = tk.split_at(8.min(tk.len()));
-            match rest.split_first() {
+        prune_index(
+            &self.private_time,
+            before_ms,
+            limit,
+            |ts, rest| match rest.split_first() {
                 Some((b'e', id)) => {
                     self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-                    n += 1;
+                    Ok(true)
                 }
-                Some((b'k', k)) => n += usize::from(self.forget_row_written_at(k, ts)?),
-                _ => {}
-            }
-            // Last: a crash before this leaves the row to prune again.
-            self.private_time.remove(&tk).map_err(be)?;
-        }
-        Ok(n)
+                Some((b'k', k)) => self.forget_row_written_at(k, ts),
+                _ => Ok(false),
+            },
+        )
     }
 
     fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let mut n = 0;
-        for r in self.kv_time.range(..before_ms.to_be_bytes().to_vec()) {
-            if n >= limit {
-                break;
-            }
-            let (tk, _) = r.map_err(be)?;
-            let (ts, k) = tk.split_at(8.min(tk.len()));
-            if self.forget_row_written_at(k, ts)? {
-                n += 1;
-            }
-            self.kv_time.remove(&tk).map_err(be)?;
-        }
-        Ok(n)
+        prune_index(&self.kv_time, before_ms, limit, |ts, k| {
+            self.forget_row_written_at(k, ts)
+        })
     }
 
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -594,30 +601,14 @@ impl Store for SledStore {
     }
 
     fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let end = before_ms.to_be_bytes().to_vec();
-        let mut n = 0;
-        for r in self.by_time.range(..end.clone()) {
-            if n >= limit {
-                return Ok(n);
-            }
-            let (tk, _) = r.map_err(be)?;
-            let event =
-                EventId(String::from_utf8_lossy(tk.get(8..).unwrap_or_default()).into_owned());
-            self.forget_event(&event)?;
-            // Last: a crash before this leaves the event to prune again.
-            self.by_time.remove(&tk).map_err(be)?;
-            n += 1;
-        }
-        for r in self.txn_time.range(..end) {
-            if n >= limit {
-                return Ok(n);
-            }
-            let (tk, _) = r.map_err(be)?;
-            let k = tk.get(8..).unwrap_or_default();
+        let mut n = prune_index(&self.by_time, before_ms, limit, |_, id| {
+            self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+            Ok(true)
+        })?;
+        n += prune_index(&self.txn_time, before_ms, limit - n, |_, k| {
             self.txns.remove(k).map_err(be)?;
-            self.txn_time.remove(&tk).map_err(be)?;
-            n += 1;
-        }
+            Ok(true)
+        })?;
         Ok(n + self.prune_legacy(before_ms, limit - n)?)
     }
 
