@@ -342,34 +342,28 @@ fn gateway(
 fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Retention> {
     use crate::gateway::retention as r;
     const DAY: f64 = 86_400.0;
-    let messages = span_of(
-        c,
-        &g.retention_days,
-        "gateway.retention_days",
-        DAY,
-        r::MESSAGES_DEFAULT,
-    );
-    let private = span_of(
-        c,
-        &g.private_retention_days,
-        "gateway.private_retention_days",
-        DAY,
-        r::PRIVATE_DEFAULT,
-    );
-    let audit = span_of(
-        c,
-        &g.audit_days,
-        "gateway.audit_days",
-        DAY,
-        r::AUDIT_DEFAULT,
-    );
-    let outbox_age = span_of(
-        c,
-        &g.outbox_max_age_hours,
-        "gateway.outbox_max_age_hours",
-        3600.0,
-        r::OUTBOX_AGE_DEFAULT,
-    );
+    let [messages, private, audit, outbox_age] = [
+        (
+            &g.retention_days,
+            "gateway.retention_days",
+            DAY,
+            r::MESSAGES_DEFAULT,
+        ),
+        (
+            &g.private_retention_days,
+            "gateway.private_retention_days",
+            DAY,
+            r::PRIVATE_DEFAULT,
+        ),
+        (&g.audit_days, "gateway.audit_days", DAY, r::AUDIT_DEFAULT),
+        (
+            &g.outbox_max_age_hours,
+            "gateway.outbox_max_age_hours",
+            3600.0,
+            r::OUTBOX_AGE_DEFAULT,
+        ),
+    ]
+    .map(|(v, key, unit, default)| span_of(c, v, key, unit, default));
     let depth = c.count_as::<usize>(
         &g.outbox_max_depth,
         "gateway.outbox_max_depth",
