@@ -328,6 +328,12 @@ impl IrcAdapter {
                         return End::Shutdown;
                     };
                     st.held.push_back(d);
+                    // All that waits is taken at once, so the channels' turns see it: taken
+                    // one at a time between the bot's paced lines, a busy channel's backlog
+                    // would reach the queue (and go out) whole before another's one line.
+                    while let Ok(d) = cx.deliveries.try_recv() {
+                        st.held.push_back(d);
+                    }
                     self.pump(cx, st, &s.isupport);
                 }
             }
