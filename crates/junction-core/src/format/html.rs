@@ -405,7 +405,15 @@ fn decode(s: &str) -> String {
     out
 }
 
-fn escape(s: &str, out: &mut String) {
+/// `s` escaped for HTML or XML text and attribute values.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    escape(s, &mut out);
+    out
+}
+
+/// Writes `s` to `out` escaped for HTML or XML text and attribute values.
+pub fn escape(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
