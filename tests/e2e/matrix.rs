@@ -7,8 +7,8 @@ use junction_core::{
     Delivery, Event, EventKind, Message, MessageId, NetworkId, RichText, RoomId, RoomRef, Secret,
     Sender, UserRef,
 };
-use junction_matrix::client::{Client, Method};
 use junction_matrix::config::MatrixConfig;
+use junction_matrix::connection::{Client, Method};
 use junction_matrix::MatrixAdapter;
 use junction_testkit::servers::{servers, slot, Servers, Slot};
 use junction_testkit::{eventually, is_message, solo, unique, Solo};

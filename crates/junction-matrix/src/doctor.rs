@@ -5,8 +5,8 @@
 //! reads; when nothing listens on `[matrix] listen` it answers the homeserver's ping itself
 //! for the ping's length.
 
-use crate::client::{Client, ClientError, Method};
 use crate::config::MatrixConfig;
+use crate::connection::{Client, ClientError, Method};
 use crate::power;
 use axum::http::{HeaderMap, StatusCode};
 use junction_core::doctor::{Findings, TIMEOUT};
