@@ -212,6 +212,22 @@ impl SledStore {
         }
     }
 
+    /// Every record of `table` (`name` in the log) whose key begins with `prefix`, in key
+    /// order; those that cannot be read are set aside ([`Self::read_or_set_aside`]).
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &sled::Tree,
+        name: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>> {
+        let mut rows = Vec::new();
+        for r in table.scan_prefix(prefix) {
+            let (k, v) = r.map_err(be)?;
+            rows.extend(self.read_or_set_aside(table, name, &k, &v)?);
+        }
+        Ok(rows)
+    }
+
     /// Test hook: writes raw bytes as an outbox row.
     #[cfg(test)]
     pub(crate) fn put_raw_outbox(&self, network: &NetworkId, id: u64, raw: &[u8]) {
@@ -386,12 +402,7 @@ impl Store for SledStore {
     }
 
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {
-        let mut rows = Vec::new();
-        for r in self.outbox.scan_prefix(outbox_prefix(network)) {
-            let (k, v) = r.map_err(be)?;
-            rows.extend(self.read_or_set_aside(&self.outbox, "outbox", &k, &v)?);
-        }
-        Ok(rows)
+        self.read_all(&self.outbox, "outbox", &outbox_prefix(network))
     }
 
     fn set_aside(&self) -> u64 {
@@ -460,12 +471,7 @@ impl Store for SledStore {
     }
 
     fn links(&self) -> Result<Vec<Link>> {
-        let mut links = Vec::new();
-        for r in self.links.iter() {
-            let (k, v) = r.map_err(be)?;
-            links.extend(self.read_or_set_aside(&self.links, "links", &k, &v)?);
-        }
-        Ok(links)
+        self.read_all(&self.links, "links", b"")
     }
 
     fn put_link(&self, link: &Link) -> Result<()> {
@@ -572,12 +578,7 @@ impl Store for SledStore {
     }
 
     fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        let mut log = Vec::new();
-        for r in self.audit.iter() {
-            let (k, v) = r.map_err(be)?;
-            log.extend(self.read_or_set_aside(&self.audit, "audit", &k, &v)?);
-        }
-        Ok(log)
+        self.read_all(&self.audit, "audit", b"")
     }
 
     fn flush(&self) -> Result<()> {
