@@ -118,6 +118,14 @@ fn prune_index(
     Ok(n)
 }
 
+/// How far one pass of the legacy prune may go: rows removed so far, the most it may
+/// remove, and how many more entries it may look at.
+struct Budget {
+    n: usize,
+    limit: usize,
+    walked: usize,
+}
+
 /// The time a stamp value holds, if it is one.
 fn stamp(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
@@ -685,45 +693,37 @@ impl SledStore {
         if stamp(&until).is_some_and(|t| t >= before_ms) || limit == 0 {
             return Ok(0);
         }
-        let mut walked = limit.saturating_mul(16);
-        let mut n = 0;
+        let mut budget = Budget {
+            n: 0,
+            limit,
+            walked: limit.saturating_mul(16),
+        };
         let from = self.meta.get(LEGACY_EVENTS).map_err(be)?;
         if from.as_deref() != Some(b"done".as_slice()) {
-            let start = from.map(|f| f.to_vec()).unwrap_or_default();
-            for r in self.by_event.range(start..) {
-                let (k, _) = r.map_err(be)?;
-                if n >= limit || walked == 0 {
-                    self.meta.insert(LEGACY_EVENTS, k.to_vec()).map_err(be)?;
-                    return Ok(n);
-                }
-                walked -= 1;
+            let done = self.resume_walk(&self.by_event, LEGACY_EVENTS, &mut budget, |k, _| {
                 let id = k.split(|b| *b == 0).next().unwrap_or_default();
-                if !self.stamps.contains_key(id).map_err(be)? {
-                    self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-                    n += 1;
+                if self.stamps.contains_key(id).map_err(be)? {
+                    return Ok(false);
                 }
+                self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+                Ok(true)
+            })?;
+            if !done {
+                return Ok(budget.n);
             }
             self.meta
                 .insert(LEGACY_EVENTS, b"done".as_slice())
                 .map_err(be)?;
         }
-        let start = self
-            .meta
-            .get(LEGACY_TXNS)
-            .map_err(be)?
-            .map(|f| f.to_vec())
-            .unwrap_or_default();
-        for r in self.txns.range(start..) {
-            let (k, v) = r.map_err(be)?;
-            if n >= limit || walked == 0 {
-                self.meta.insert(LEGACY_TXNS, k.to_vec()).map_err(be)?;
-                return Ok(n);
+        let done = self.resume_walk(&self.txns, LEGACY_TXNS, &mut budget, |k, v| {
+            if !v.is_empty() {
+                return Ok(false);
             }
-            walked -= 1;
-            if v.is_empty() {
-                self.txns.remove(&k).map_err(be)?;
-                n += 1;
-            }
+            self.txns.remove(k).map_err(be)?;
+            Ok(true)
+        })?;
+        if !done {
+            return Ok(budget.n);
         }
         for k in [LEGACY_UNTIL, LEGACY_EVENTS, LEGACY_TXNS] {
             self.meta.remove(k).map_err(be)?;
@@ -731,6 +731,35 @@ impl SledStore {
         tracing::info!(
             "The message map rows stored without a time by an earlier version are gone."
         );
-        Ok(n)
+        Ok(budget.n)
+    }
+
+    /// Walks `tree` on from the key kept under `mark` in `meta` (from its start when none),
+    /// calling `forget(key, value)` on each entry and counting in `budget` those it says
+    /// went. When the count reaches the limit or the walk its length, the next key is kept
+    /// under `mark` for the next call and false returned; true once the walk reached the end.
+    fn resume_walk(
+        &self,
+        tree: &sled::Tree,
+        mark: &[u8],
+        budget: &mut Budget,
+        mut forget: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let start = self
+            .meta
+            .get(mark)
+            .map_err(be)?
+            .map(|f| f.to_vec())
+            .unwrap_or_default();
+        for r in tree.range(start..) {
+            let (k, v) = r.map_err(be)?;
+            if budget.n >= budget.limit || budget.walked == 0 {
+                self.meta.insert(mark, k.to_vec()).map_err(be)?;
+                return Ok(false);
+            }
+            budget.walked -= 1;
+            budget.n += usize::from(forget(&k, &v)?);
+        }
+        Ok(true)
     }
 }
