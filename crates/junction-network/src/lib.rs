@@ -195,6 +195,43 @@ pub struct Checkup<'a> {
     pub gateway_running: bool,
 }
 
+/// Reads the top-level table `key` from the whole file, as TOML (what [`Network::read`]
+/// starts from): `Ok(None)` when the file has none; the other tables are skipped unread.
+/// Errors in the table keep their place in the file.
+pub fn read_section<T: serde::de::DeserializeOwned>(
+    file: &str,
+    key: &str,
+) -> Result<Option<T>, toml::de::Error> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::marker::PhantomData;
+
+    struct Pick<'k, T>(&'k str, PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> DeserializeSeed<'de> for Pick<'_, T> {
+        type Value = Option<T>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Pick<'_, T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a TOML document")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<String>()? {
+                if k == self.0 {
+                    found = Some(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    Pick(key, PhantomData).deserialize(toml::Deserializer::new(file))
+}
+
 /// A network's section as read from the file, before it is checked.
 pub trait Raw {
     /// The network instances the section declares, whether or not they are valid (`irc:local`
@@ -351,6 +388,22 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     struct Settings(u8);
+
+    #[test]
+    fn a_section_is_read_from_the_whole_file_with_its_place() {
+        #[derive(Debug, serde::Deserialize, PartialEq)]
+        struct Solo {
+            n: u8,
+        }
+        let file = "[other]\nx = [1, \"two\"]\n\n[solo]\nn = 3\n";
+        let solo: Option<toml::Spanned<Solo>> = read_section(file, "solo").unwrap();
+        let solo = solo.unwrap();
+        assert_eq!(solo.get_ref(), &Solo { n: 3 });
+        assert_eq!(&file[solo.span()], "[solo]\nn = 3");
+        assert_eq!(read_section::<Solo>(file, "none").unwrap(), None);
+        let e = read_section::<Solo>("[solo]\nn = \"x\"\n", "solo").unwrap_err();
+        assert_eq!(e.span(), Some(11..14), "{e}");
+    }
 
     #[test]
     fn sections_give_back_their_settings() {
