@@ -149,6 +149,13 @@ pub trait Network: Send + Sync + 'static {
         vouched.to_owned()
     }
 
+    /// The longest `[gateway] public_url` (which the links to long texts begin with) the
+    /// network carries well, and why, as it ends the sentence `at most <n> …` (IRC: such a
+    /// link goes on a line next to text); none by default.
+    fn public_url_limit(&self) -> Option<(usize, &'static str)> {
+        None
+    }
+
     /// Builds the adapter of one of its configured instances (`section` came from this
     /// network's [`Raw::validate`]). `Err` says why it cannot run.
     fn adapter(&self, section: &Section, build: &Build<'_>) -> Result<BoxAdapter, String>;

@@ -131,9 +131,6 @@ pub enum Membership {
     All,
 }
 
-/// Longest `[gateway] public_url`: paste links go on IRC lines, next to text.
-pub const MAX_PUBLIC_URL: usize = 200;
-
 /// The networks' sections as read, each with its network.
 pub(crate) type RawSections = Vec<(&'static dyn Network, Box<dyn Raw>)>;
 
@@ -442,7 +439,7 @@ fn limits(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::ratelimit::Limit
 
 /// `gateway.public_url`, or `http://<web>` when only `web` is given. A URL without a
 /// listener to serve it, or a default no one can reach (`web` on 0.0.0.0 or ::), is an
-/// error; so is a URL too long to leave room for the text on an IRC line.
+/// error; so is a URL longer than a network carries well ([`Network::public_url_limit`]).
 fn public_url(
     c: &mut Checker<'_>,
     g: &RawGateway,
@@ -469,14 +466,15 @@ fn public_url(
         };
     };
     let url = c.http_url(v, KEY, "https://chat.example.org")?;
-    if url.len() > MAX_PUBLIC_URL {
+    let limit = NETWORKS
+        .iter()
+        .filter_map(|n| n.public_url_limit())
+        .min_by_key(|(most, _)| *most);
+    if let Some((most, why)) = limit.filter(|(most, _)| url.len() > *most) {
         c.error(
             v.span(),
             KEY,
-            format!(
-                "{} bytes long; at most {MAX_PUBLIC_URL} leave room for the text on an IRC line",
-                url.len()
-            ),
+            format!("{} bytes long; at most {most} {why}", url.len()),
         );
         return None;
     }
