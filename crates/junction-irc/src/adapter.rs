@@ -208,7 +208,7 @@ impl IrcAdapter {
                 msg = s.next_message(&cx.shutdown) => {
                     let msg = match msg {
                         Ok(m) => m,
-                        Err(end) => return end,
+                        Err(end) => return s.closing(end).await,
                     };
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);

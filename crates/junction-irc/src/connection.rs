@@ -242,18 +242,24 @@ pub enum End {
 }
 
 impl Session {
-    /// The next message from the server; or, once `shutdown` is cancelled (which wins over
-    /// a message that is ready too), a QUIT sent and [`End::Shutdown`]; or [`End::Lost`] when
-    /// the connection fails. Cancel-safe, as [`LineReader::message`].
+    /// The next message from the server; or [`End::Shutdown`] once `shutdown` is cancelled
+    /// (which wins over a message that is ready too), or [`End::Lost`] when the connection
+    /// fails. Cancel-safe, as [`LineReader::message`]; the caller ends with [`Self::closing`].
     pub async fn next_message(&mut self, shutdown: &CancellationToken) -> Result<Message, End> {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
-                let _ = self.writer.send("QUIT :gateway shutting down").await;
-                Err(End::Shutdown)
-            }
+            _ = shutdown.cancelled() => Err(End::Shutdown),
             msg = self.reader.message() => msg.map_err(End::Lost),
         }
+    }
+
+    /// Ends the connection's loop with `end`: on a shutdown the server is told with a QUIT
+    /// (whether it could be sent changes nothing).
+    pub async fn closing(&mut self, end: End) -> End {
+        if matches!(end, End::Shutdown) {
+            let _ = self.writer.send("QUIT :gateway shutting down").await;
+        }
+        end
     }
 }
 

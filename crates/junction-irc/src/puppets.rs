@@ -555,7 +555,7 @@ async fn serve(
             msg = s.next_message(&sh.shutdown) => {
                 let msg = match msg {
                     Ok(m) => m,
-                    Err(end) => return end.into(),
+                    Err(end) => return s.closing(end).await.into(),
                 };
                 match &msg.command {
                     Command::PING(a, _) => {
