@@ -523,6 +523,13 @@ impl Cx<'_> {
         format!("Usage: {usage}")
     }
 
+    /// The bridge named `s`, if it is a bridge name and the sender administers it.
+    fn my_bridge(&self, s: &str) -> Result<BridgeName, String> {
+        let bridge = self.bridge_arg(s)?;
+        self.need_bridge(&bridge)?;
+        Ok(bridge)
+    }
+
     fn bridge_arg(&self, s: &str) -> Result<BridgeName, String> {
         let good = !s.is_empty()
             && s.chars()
@@ -624,8 +631,7 @@ impl Cx<'_> {
         let [bridge, room] = args else {
             return Err(self.usage("link <bridge> <room>"));
         };
-        let bridge = self.bridge_arg(bridge)?;
-        self.need_bridge(&bridge)?;
+        let bridge = self.my_bridge(bridge)?;
         let room = self.admin.parse_room(room)?;
         let want = NETWORKS.same_room(&room);
         for l in self.router.links() {
@@ -663,8 +669,7 @@ impl Cx<'_> {
         let [bridge, room] = args else {
             return Err(self.usage("unlink <bridge> <room>"));
         };
-        let bridge = self.bridge_arg(bridge)?;
-        self.need_bridge(&bridge)?;
+        let bridge = self.my_bridge(bridge)?;
         let parsed = self.admin.parse_room(room)?;
         let Some(room) = self.find_in(&bridge, &parsed) else {
             return Err(format!("{parsed} is not linked in bridge `{bridge}`."));
@@ -693,8 +698,7 @@ impl Cx<'_> {
         let [bridge] = args else {
             return Err(self.usage("close <bridge>"));
         };
-        let bridge = self.bridge_arg(bridge)?;
-        self.need_bridge(&bridge)?;
+        let bridge = self.my_bridge(bridge)?;
         let Some(rooms) = self
             .router
             .links()
@@ -724,12 +728,32 @@ impl Cx<'_> {
 
     /// Every (bridge, rooms) the sender administers.
     fn scope(&self) -> Vec<(BridgeName, Vec<RoomRef>)> {
+        self.open_bridges(|b| self.admin.is_bridge_admin(self.from, b))
+    }
+
+    /// Every open bridge that `keep` keeps, with its rooms.
+    fn open_bridges(&self, keep: impl Fn(&BridgeName) -> bool) -> Vec<(BridgeName, Vec<RoomRef>)> {
         self.router
             .links()
             .iter()
-            .filter(|l| !l.rooms.is_empty() && self.admin.is_bridge_admin(self.from, &l.bridge))
+            .filter(|l| !l.rooms.is_empty() && keep(&l.bridge))
             .map(|l| (l.bridge.clone(), l.rooms.clone()))
             .collect()
+    }
+
+    /// Announces `text` in every room of `bridges` and sends each room the `kind` of event
+    /// it makes (a kick, a ban); returns how many rooms.
+    fn enforce(
+        &mut self,
+        bridges: &[(BridgeName, Vec<RoomRef>)],
+        text: &str,
+        kind: impl Fn() -> EventKind,
+    ) -> usize {
+        for (bridge, rooms) in bridges {
+            self.announce(bridge, rooms, text);
+            self.record(bridge, rooms, kind());
+        }
+        bridges.iter().map(|(_, rooms)| rooms.len()).sum()
     }
 
     /// Parses `<user> [reason words...]`.
@@ -749,27 +773,17 @@ impl Cx<'_> {
         if scope.is_empty() {
             return Err("There is no open bridge you administer.".into());
         }
-        let why = reason
-            .as_deref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
         let text = format!(
-            "{} kicked {} ({}){why}",
-            self.name, target.display_name, target.user
+            "{} kicked {} ({}){}",
+            self.name,
+            target.display_name,
+            target.user,
+            because(reason.as_deref())
         );
-        let mut rooms_n = 0;
-        for (bridge, rooms) in &scope {
-            rooms_n += rooms.len();
-            self.announce(bridge, rooms, &text);
-            self.record(
-                bridge,
-                rooms,
-                EventKind::Kick {
-                    target: target.clone(),
-                    reason: reason.clone(),
-                },
-            );
-        }
+        let rooms_n = self.enforce(&scope, &text, || EventKind::Kick {
+            target: target.clone(),
+            reason: reason.clone(),
+        });
         Ok(format!(
             "Kicking {} from {rooms_n} rooms in {} bridges (where the gateway has the power; \
              their puppets leave elsewhere).",
@@ -797,34 +811,18 @@ impl Cx<'_> {
             .kv_put(ns, &ban_key(&target.user), &value)
             .map_err(|e| format!("Failed: the store could not save the ban ({e})."))?;
         self.admin.forget_masks();
-        let why = reason
-            .as_deref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
         let text = format!(
-            "{} banned {} ({}) from every bridged room{why}",
-            self.name, target.display_name, target.user
+            "{} banned {} ({}) from every bridged room{}",
+            self.name,
+            target.display_name,
+            target.user,
+            because(reason.as_deref())
         );
-        let links: Vec<(BridgeName, Vec<RoomRef>)> = self
-            .router
-            .links()
-            .iter()
-            .filter(|l| !l.rooms.is_empty())
-            .map(|l| (l.bridge.clone(), l.rooms.clone()))
-            .collect();
-        let mut rooms_n = 0;
-        for (bridge, rooms) in &links {
-            rooms_n += rooms.len();
-            self.announce(bridge, rooms, &text);
-            self.record(
-                bridge,
-                rooms,
-                EventKind::Ban {
-                    target: target.clone(),
-                    reason: reason.clone(),
-                },
-            );
-        }
+        let links = self.open_bridges(|_| true);
+        let rooms_n = self.enforce(&links, &text, || EventKind::Ban {
+            target: target.clone(),
+            reason: reason.clone(),
+        });
         Ok(format!(
             "Banned {}: the gateway refuses their messages, and bans them in {rooms_n} rooms of \
              {} bridges (natively where the gateway has the power on {}; their puppets leave \
@@ -875,6 +873,11 @@ impl Cx<'_> {
              each network are lifted there by that network's moderators)."
         ))
     }
+}
+
+/// `: <reason>` after an announcement, when a reason was given.
+fn because(reason: Option<&str>) -> String {
+    reason.map(|r| format!(": {r}")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -946,6 +949,16 @@ admins = ["@devlead:matrix.test"]
         ]
     }
 
+    /// Checks that the command's reply begins with `start`.
+    pub(super) fn replied(o: &Outcome, start: &str) {
+        assert!(o.reply.starts_with(start), "{}", o.reply);
+    }
+
+    /// Checks that the command's reply says `part`.
+    fn reply_has(o: &Outcome, part: &str) {
+        assert!(o.reply.contains(part), "{}", o.reply);
+    }
+
     fn notices(o: &Outcome) -> Vec<(RoomRef, String)> {
         o.deliveries
             .iter()
@@ -965,11 +978,7 @@ admins = ["@devlead:matrix.test"]
         assert!(o.reply.contains("link <bridge> <room>"));
         assert!(s.audit_log().unwrap().is_empty(), "help is not audited");
         let o = a.handle(&root(), "root", "Bridges", &mut r, &s);
-        assert!(
-            o.reply.contains("lobby: matrix/#lobby:matrix.test"),
-            "{}",
-            o.reply
-        );
+        reply_has(&o, "lobby: matrix/#lobby:matrix.test");
         assert!(o
             .reply
             .contains("dev: matrix/#dev:matrix.test, irc:local/#dev"));
@@ -1027,11 +1036,7 @@ admins = ["@devlead:matrix.test"]
     fn link_and_unlink_change_router_store_and_announce() {
         let (a, mut r, s, _) = setup();
         let o = a.handle(&root(), "root", "link lobby local/#Lobby2", &mut r, &s);
-        assert!(
-            o.reply.starts_with("Linked irc:local/#Lobby2"),
-            "{}",
-            o.reply
-        );
+        replied(&o, "Linked irc:local/#Lobby2");
         assert!(o.links_changed);
         let new = RoomRef::new("irc:local", "#Lobby2");
         assert_eq!(r.link_of(&new).unwrap().bridge, BridgeName::from("lobby"));
@@ -1049,28 +1054,24 @@ admins = ["@devlead:matrix.test"]
         }));
 
         let o = a.handle(&root(), "root", "link lobby local/#lobby2", &mut r, &s);
-        assert!(o.reply.contains("already linked"), "{}", o.reply);
+        reply_has(&o, "already linked");
         assert!(!o.links_changed);
         let o = a.handle(&root(), "root", "link dev #lobby:matrix.test", &mut r, &s);
-        assert!(o.reply.contains("already in bridge `lobby`"), "{}", o.reply);
+        reply_has(&o, "already in bridge `lobby`");
 
         let o = a.handle(&root(), "root", "unlink lobby local/#LOBBY2", &mut r, &s);
-        assert!(
-            o.reply.starts_with("Unlinked irc:local/#Lobby2"),
-            "{}",
-            o.reply
-        );
+        replied(&o, "Unlinked irc:local/#Lobby2");
         assert_eq!(notices(&o).len(), 4, "the leaving room hears it too");
         assert!(r.link_of(&new).is_none());
         assert_eq!(s.links().unwrap()[0].rooms.len(), 3);
         let o = a.handle(&root(), "root", "unlink lobby local/#nope", &mut r, &s);
-        assert!(o.reply.contains("not linked"), "{}", o.reply);
+        reply_has(&o, "not linked");
         let o = a.handle(&root(), "root", "link lobby", &mut r, &s);
         assert_eq!(o.reply, "Usage: link <bridge> <room>");
         let o = a.handle(&root(), "root", "link lobby lobby", &mut r, &s);
-        assert!(o.reply.contains("is not a room"), "{}", o.reply);
+        reply_has(&o, "is not a room");
         let o = a.handle(&root(), "root", "link lobby other/#x", &mut r, &s);
-        assert!(o.reply.contains("no IRC network `other`"), "{}", o.reply);
+        reply_has(&o, "no IRC network `other`");
         assert_eq!(s.audit_log().unwrap().len(), 8);
     }
 
@@ -1083,7 +1084,7 @@ admins = ["@devlead:matrix.test"]
             "irc:local/#new",
         ] {
             let o = a.handle(&root(), "root", &format!("link fresh {room}"), &mut r, &s);
-            assert!(o.reply.starts_with("Linked"), "{}", o.reply);
+            replied(&o, "Linked");
         }
         let link = r
             .links()
@@ -1104,20 +1105,16 @@ admins = ["@devlead:matrix.test"]
     fn bridge_admins_only_on_their_bridges_and_non_admins_nowhere() {
         let (a, mut r, s, _) = setup();
         let o = a.handle(&devlead(), "dl", "link dev local/#dev2", &mut r, &s);
-        assert!(o.reply.starts_with("Linked"), "{}", o.reply);
+        replied(&o, "Linked");
         let o = a.handle(&devlead(), "dl", "link lobby local/#x", &mut r, &s);
         assert_eq!(o.reply, "Refused: you are not an admin of bridge `lobby`.");
         assert!(o.deliveries.is_empty() && !o.links_changed);
         let o = a.handle(&devlead(), "dl", "close lobby", &mut r, &s);
         assert!(o.reply.starts_with("Refused"));
         let o = a.handle(&devlead(), "dl", "ban local/troll", &mut r, &s);
-        assert!(
-            o.reply.starts_with("Refused: only gateway admins"),
-            "{}",
-            o.reply
-        );
+        replied(&o, "Refused: only gateway admins");
         let o = a.handle(&devlead(), "dl", "status", &mut r, &s);
-        assert!(o.reply.starts_with("Bridges: 2"), "{}", o.reply);
+        replied(&o, "Bridges: 2");
         for cmd in [
             "bridges",
             "status",
@@ -1167,11 +1164,7 @@ admins = ["@devlead:matrix.test"]
     fn kick_of_a_bridge_admin_reaches_only_their_bridge() {
         let (a, mut r, s, _) = setup();
         let o = a.handle(&devlead(), "dl", "kick local/troll flooding", &mut r, &s);
-        assert!(
-            o.reply.starts_with("Kicking irc:local/troll from 2 rooms"),
-            "{}",
-            o.reply
-        );
+        replied(&o, "Kicking irc:local/troll from 2 rooms");
         let kicks: Vec<&Delivery> = o
             .deliveries
             .iter()
@@ -1202,7 +1195,7 @@ admins = ["@devlead:matrix.test"]
             &mut r,
             &s,
         );
-        assert!(o.reply.starts_with("Banned irc:local/troll"), "{}", o.reply);
+        replied(&o, "Banned irc:local/troll");
         let bans: Vec<&Delivery> = o
             .deliveries
             .iter()
@@ -1249,11 +1242,7 @@ admins = ["@devlead:matrix.test"]
         assert!(o.reply.ends_with("Bans: 5"), "{}", o.reply);
 
         let o = a.handle(&root(), "root", "unban local/TROLL", &mut r, &s);
-        assert!(
-            o.reply.starts_with("Unbanned irc:local/TROLL"),
-            "{}",
-            o.reply
-        );
+        replied(&o, "Unbanned irc:local/TROLL");
         assert_eq!(notices(&o).len(), 5);
         assert!(!a.is_banned(&s, &troll));
         let o = a.handle(&root(), "root", "unban local/troll", &mut r, &s);

@@ -64,15 +64,6 @@ fn xmpp_has(lobby: &Lobby, text: &str) -> bool {
     })
 }
 
-/// True when the IRC user saw `text` in the channel.
-fn irc_has(lobby: &Lobby, text: &str) -> bool {
-    lobby
-        .irc
-        .privmsgs_in(&lobby.channel)
-        .iter()
-        .any(|(_, t)| t.contains(text))
-}
-
 /// `close` from IRC: the announcement reaches the Matrix room, the MUC and the channel (where
 /// the bot says it before it parts), and afterwards no line crosses in any direction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +97,7 @@ async fn close_is_announced_on_every_network_then_nothing_crosses() -> anyhow::R
     lobby.irc.privmsg(&lobby.channel, &from_irc)?;
     tokio::time::sleep(QUIET).await;
     assert!(
-        !irc_has(&lobby, &from_matrix) && !irc_has(&lobby, &from_xmpp),
+        !lobby.irc_has(&from_matrix) && !lobby.irc_has(&from_xmpp),
         "relayed to IRC after the close"
     );
     assert!(
@@ -169,7 +160,7 @@ async fn unlink_is_announced_in_the_room_leaving_too() -> anyhow::Result<()> {
     lobby.irc.privmsg(&lobby.channel, &marker)?;
     lobby.xmpp_sees(&marker).await?;
     assert!(
-        !irc_has(&lobby, &from_matrix),
+        !lobby.irc_has(&from_matrix),
         "the unlinked room's line reached IRC"
     );
     assert!(

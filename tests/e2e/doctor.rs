@@ -144,7 +144,7 @@ async fn doctor_matrix_namespaces() -> anyhow::Result<()> {
     );
     assert_eq!(r.exit_code(), 2, "{text}");
     // The probe deleted nothing: the alias is still free.
-    let client = junction_matrix::client::Client::new(
+    let client = junction_matrix::connection::Client::new(
         &servers.matrix.url,
         junction_core::Secret::new(slot.as_token.clone()),
         tokio_util::sync::CancellationToken::new(),
@@ -191,7 +191,7 @@ async fn doctor_matrix_bot_without_power() -> anyhow::Result<()> {
     let alice = MatrixUser::login(servers, "alice", "alicepw").await?;
     let room = alice.create_room(Some(&unique("dr")), true).await?;
     let bot = format!("@{}:{}", slot.bot, servers.matrix.server_name);
-    let client = junction_matrix::client::Client::new(
+    let client = junction_matrix::connection::Client::new(
         &servers.matrix.url,
         junction_core::Secret::new(slot.as_token.clone()),
         tokio_util::sync::CancellationToken::new(),

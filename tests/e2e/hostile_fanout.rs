@@ -325,6 +325,7 @@ async fn a_busy_room_does_not_hold_back_another_on_irc() -> anyhow::Result<()> {
     })
     .await?;
     lobby.irc.join(&chan2).await?;
+    lobby.wait_bots_in(&room2, &chan2).await?;
     let irc_in = |channel: &str, text: &str| {
         lobby
             .irc
@@ -495,6 +496,7 @@ async fn a_slow_attachment_does_not_hold_back_another_matrix_room() -> anyhow::R
     })
     .await?;
     lobby.irc.join(&chan2).await?;
+    lobby.wait_bots_in(&room2, &chan2).await?;
     let me = lobby.matrix.user_id().to_owned();
     let in_room2 = |text: String| {
         let me = me.clone();

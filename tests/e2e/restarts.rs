@@ -16,8 +16,9 @@ use super::faults::{
 };
 use super::lobby::{short_nick, Gateway};
 use anyhow::Context as _;
+use junction_core::format::html::escaped;
 use junction_testkit::clients::irc::joiner;
-use junction_testkit::clients::xmpp::{body, escape, from_nick, stanza_id};
+use junction_testkit::clients::xmpp::{body, from_nick, stanza_id};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
 use junction_testkit::servers::{servers, slot, PrivateServer, Servers, Slot, SlotGuard};
 use junction_testkit::{eventually, free_port, unique};
@@ -167,13 +168,13 @@ async fn mam_archive(x: &XmppUser, muc: &str) -> anyhow::Result<Vec<(String, Ele
     for _ in 0..100 {
         let qid = x.next_id();
         let rsm = match &after {
-            Some(a) => format!("<max>100</max><after>{}</after>", escape(a)),
+            Some(a) => format!("<max>100</max><after>{}</after>", escaped(a)),
             None => "<max>100</max>".to_owned(),
         };
         x.send_raw(&format!(
             "<iq type='set' to='{muc}' id='{qid}'><query xmlns='{NS_MAM}' queryid='{qid}'>\
              <set xmlns='{NS_RSM}'>{rsm}</set></query></iq>",
-            muc = escape(muc),
+            muc = escaped(muc),
         ))?;
         let fin = x
             .wait_for(Duration::from_secs(30), |e| {

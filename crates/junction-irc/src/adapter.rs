@@ -11,7 +11,7 @@
 
 use crate::bucket::Bucket;
 use crate::config::IrcConfig;
-use crate::connection::{self, Registration, Session};
+use crate::connection::{self, End, Registration, Session};
 use crate::deliver::{BotKind, Pending};
 use crate::fair::FairQueue;
 use crate::history::{self, HistoryModes, Replay};
@@ -50,12 +50,6 @@ impl std::fmt::Debug for IrcAdapter {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a connection ended.
-enum End {
-    Shutdown,
-    Lost(String),
 }
 
 /// The adapter's state across bot reconnects.
@@ -211,14 +205,10 @@ impl IrcAdapter {
             }
             tokio::select! {
                 biased;
-                _ = cx.shutdown.cancelled() => {
-                    let _ = s.writer.send("QUIT :gateway shutting down").await;
-                    return End::Shutdown;
-                }
-                msg = s.reader.message() => {
+                msg = s.next_message(&cx.shutdown) => {
                     let msg = match msg {
                         Ok(m) => m,
-                        Err(why) => return End::Lost(why),
+                        Err(end) => return s.closing(end).await,
                     };
                     if let Command::PONG(a, b) = &msg.command {
                         let token = b.as_deref().unwrap_or(a);
@@ -338,6 +328,12 @@ impl IrcAdapter {
                         return End::Shutdown;
                     };
                     st.held.push_back(d);
+                    // All that waits is taken at once, so the channels' turns see it: taken
+                    // one at a time between the bot's paced lines, a busy channel's backlog
+                    // would reach the queue (and go out) whole before another's one line.
+                    while let Ok(d) = cx.deliveries.try_recv() {
+                        st.held.push_back(d);
+                    }
                     self.pump(cx, st, &s.isupport);
                 }
             }

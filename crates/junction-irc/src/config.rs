@@ -144,16 +144,9 @@ pub struct RawIrc {
 /// Every `[irc.<name>]` as written, by name.
 pub type RawIrcs = BTreeMap<Str, Spanned<RawIrc>>;
 
-/// The whole file as far as `[irc.<name>]` goes.
-#[derive(Deserialize)]
-struct File {
-    #[serde(default)]
-    irc: RawIrcs,
-}
-
 /// Reads every `[irc.<name>]` from the whole file.
 pub fn read(file: &str) -> Result<RawIrcs, toml::de::Error> {
-    toml::from_str::<File>(file).map(|f| f.irc)
+    Ok(junction_network::read_section(file, "irc")?.unwrap_or_default())
 }
 
 /// Checks one `[irc.<name>]`, reporting every problem to `c`. A `tls_ca` file is read now

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// The reading half of a plaintext or TLS connection.
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -229,6 +230,37 @@ pub struct Session {
     pub caps: BTreeSet<String>,
     /// The server's ISUPPORT.
     pub isupport: ISupport,
+}
+
+/// Why a connection that must go on ended.
+#[derive(Debug)]
+pub enum End {
+    /// The gateway is shutting down (the server was told with a QUIT).
+    Shutdown,
+    /// The connection failed: closed by the server, or an I/O error.
+    Lost(String),
+}
+
+impl Session {
+    /// The next message from the server; or [`End::Shutdown`] once `shutdown` is cancelled
+    /// (which wins over a message that is ready too), or [`End::Lost`] when the connection
+    /// fails. Cancel-safe, as [`LineReader::message`]; the caller ends with [`Self::closing`].
+    pub async fn next_message(&mut self, shutdown: &CancellationToken) -> Result<Message, End> {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(End::Shutdown),
+            msg = self.reader.message() => msg.map_err(End::Lost),
+        }
+    }
+
+    /// Ends the connection's loop with `end`: on a shutdown the server is told with a QUIT
+    /// (whether it could be sent changes nothing).
+    pub async fn closing(&mut self, end: End) -> End {
+        if matches!(end, End::Shutdown) {
+            let _ = self.writer.send("QUIT :gateway shutting down").await;
+        }
+        end
+    }
 }
 
 /// Read buffer of each connection.

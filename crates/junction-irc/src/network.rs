@@ -12,6 +12,9 @@ use junction_network::{
 /// The section key: `[irc.<name>]`.
 pub const KEY: &str = "irc";
 
+/// Longest `[gateway] public_url`: paste links go on IRC lines, next to text.
+pub const MAX_PUBLIC_URL: usize = 200;
+
 /// How IRC channels and users are written.
 static SYNTAX: Syntax = Syntax {
     name: "IRC",
@@ -282,6 +285,10 @@ impl Network for Irc {
             learnt.push(sender.user.user.0.clone());
         }
         learnt
+    }
+
+    fn public_url_limit(&self) -> Option<(usize, &'static str)> {
+        Some((MAX_PUBLIC_URL, "leave room for the text on an IRC line"))
     }
 
     fn adapter(&self, section: &Section, build: &Build<'_>) -> Result<BoxAdapter, String> {

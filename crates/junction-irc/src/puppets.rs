@@ -169,10 +169,21 @@ struct Work {
     denied: bool,
 }
 
+/// Why a puppet's connection ended.
 enum End {
     Shutdown,
+    /// It quit: idle, or its work is done.
     Done,
     Lost(String),
+}
+
+impl From<connection::End> for End {
+    fn from(end: connection::End) -> Self {
+        match end {
+            connection::End::Shutdown => End::Shutdown,
+            connection::End::Lost(why) => End::Lost(why),
+        }
+    }
 }
 
 /// Most jobs written and awaiting their PING's answer at once.
@@ -543,14 +554,10 @@ async fn serve(
         let idle_at = last_job + spec.idle;
         tokio::select! {
             biased;
-            _ = sh.shutdown.cancelled() => {
-                let _ = s.writer.send("QUIT :gateway shutting down").await;
-                return End::Shutdown;
-            }
-            msg = s.reader.message() => {
+            msg = s.next_message(&sh.shutdown) => {
                 let msg = match msg {
                     Ok(m) => m,
-                    Err(why) => return End::Lost(why),
+                    Err(end) => return s.closing(end).await.into(),
                 };
                 match &msg.command {
                     Command::PING(a, _) => {

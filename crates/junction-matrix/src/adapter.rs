@@ -3,8 +3,8 @@
 //! encrypted), and the loop that applies link changes, puts each delivery in its room's
 //! queue and renders one per room at a time.
 
-use crate::client::{self, Client};
 use crate::config::MatrixConfig;
+use crate::connection::{self, Client};
 use crate::ids;
 use crate::lifecycle;
 use crate::media::MediaProxy;
@@ -32,7 +32,7 @@ const MAX_NAMES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(10_0
 pub const COMMAND_ROOMS_TABLE: &str = "command_rooms";
 
 /// Most attachments fetched (and uploaded) from other networks' http(s) URLs at once: each
-/// may be up to [`client::MAX_MEDIA_BYTES`] in memory.
+/// may be up to [`connection::MAX_MEDIA_BYTES`] in memory.
 pub const MAX_ATTACHMENT_FETCHES: usize = 4;
 
 /// Most Matrix rooms whose deliveries are rendered at once. Each room's deliveries go out one
@@ -140,7 +140,7 @@ impl RoomError {
         }
     }
 
-    fn client(context: &str) -> impl FnOnce(client::ClientError) -> Self + '_ {
+    fn client(context: &str) -> impl FnOnce(connection::ClientError) -> Self + '_ {
         move |e| Self {
             transient: e.is_transient(),
             why: format!("{context}: {e}"),

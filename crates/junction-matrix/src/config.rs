@@ -95,15 +95,9 @@ pub struct RawMatrix {
     pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
-/// The whole file as far as `[matrix]` goes.
-#[derive(Deserialize)]
-struct File {
-    matrix: Option<Spanned<RawMatrix>>,
-}
-
 /// Reads `[matrix]` from the whole file, if there is one.
 pub fn read(file: &str) -> Result<Option<Spanned<RawMatrix>>, toml::de::Error> {
-    toml::from_str::<File>(file).map(|f| f.matrix)
+    junction_network::read_section(file, "matrix")
 }
 
 /// Checks `[matrix]`, reporting every problem to `c`; its `listen` address is noted there.

@@ -7,8 +7,8 @@
 //! nothing; when nothing listens on `[matrix] listen` it answers the homeserver's ping itself
 //! for the ping's length.
 
-use crate::client::{Client, ClientError, Method};
 use crate::config::MatrixConfig;
+use crate::connection::{Client, ClientError, Method};
 use crate::ids::{ghost_user_id, path_segment};
 use crate::power;
 use axum::http::{HeaderMap, StatusCode};

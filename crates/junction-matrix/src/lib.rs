@@ -12,7 +12,7 @@
 //! - `lifecycle`: the cap of ghosts in rooms, and idle ghosts leaving.
 //! - [`power`]: who is a moderator of a room (power levels, room creators).
 //! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks.
-//! - [`client`]: the Client-Server API as the appservice.
+//! - [`connection`]: the homeserver connection: the Client-Server API as the appservice.
 //! - `queues`: deliveries per room, each room's in order, several rooms at once
 //!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]).
 //!
@@ -31,8 +31,8 @@
 #![deny(missing_docs)]
 
 mod adapter;
-pub mod client;
 pub mod config;
+pub mod connection;
 pub mod doctor;
 pub mod ids;
 pub mod inbound;

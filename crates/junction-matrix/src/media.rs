@@ -7,7 +7,7 @@
 //! `/_matrix/client/v1/media/download/...` with the as_token and refuses media whose event
 //! was redacted (the `media_redacted` table).
 
-use crate::client::Client;
+use crate::connection::Client;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -162,7 +162,7 @@ pub const MAX_PROXY_DOWNLOADS: usize = 16;
 
 /// Largest medium the proxy passes on, in bytes (the gateway's media cap, 50 MiB): a longer
 /// one is refused when the homeserver announces its length, or cut off at the cap.
-pub const MAX_PROXY_BYTES: u64 = crate::client::MAX_MEDIA_BYTES as u64;
+pub const MAX_PROXY_BYTES: u64 = crate::connection::MAX_MEDIA_BYTES as u64;
 
 /// Seconds a client is told to wait when every download slot is taken.
 pub const RETRY_AFTER_SECS: u64 = 5;

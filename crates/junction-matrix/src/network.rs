@@ -47,10 +47,7 @@ impl Network for Matrix {
                  `!id:server`"
             ));
         }
-        if !ONE.among(declared) {
-            return Err("there is no [matrix] section for this room".into());
-        }
-        Ok(RoomRef::new(KEY, room))
+        ONE.config_room(room, declared)
     }
 
     fn config_admin(&self, text: &str, _declared: &[NetworkId]) -> Claim<UserRef> {
@@ -68,16 +65,12 @@ impl Network for Matrix {
         if !text.starts_with(['#', '!']) {
             return Claim::No;
         }
-        Claim::Sure(if !config::room_ok(text) {
+        Claim::Sure(if config::room_ok(text) {
+            ONE.room(text, configured_networks)
+        } else {
             Err(Refusal::Syntax(
                 "write a Matrix alias `#name:server` or id `!id:server`".into(),
             ))
-        } else if !ONE.among(configured_networks) {
-            Err(Refusal::Said(
-                "There is no [matrix] section in the config.".into(),
-            ))
-        } else {
-            Ok(RoomRef::new(KEY, text))
         })
     }
 

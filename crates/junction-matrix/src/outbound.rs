@@ -7,7 +7,7 @@
 //! per attachment; the ids of all parts are answered in order.
 
 use crate::adapter::Shared;
-use crate::client::{ClientError, MAX_MEDIA_BYTES};
+use crate::connection::{ClientError, MAX_MEDIA_BYTES};
 use junction_core::format::html;
 use junction_core::format::mention::map_mentions;
 use junction_core::format::Span;

@@ -9,7 +9,7 @@
 //! the next message opens a new room. Private text is never logged.
 
 use crate::adapter::Shared;
-use crate::client::Method;
+use crate::connection::Method;
 use crate::outbound::DeliverError;
 use junction_core::private::{is_private, Conversation};
 use junction_core::{Delivery, RoomId, RoomRef, UserId};

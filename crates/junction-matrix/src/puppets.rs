@@ -7,7 +7,7 @@
 //! `[matrix] origin_marks` is off), and joins a room before it first speaks there. The
 //! store's puppet table maps the remote user to the ghost and back.
 
-use crate::client::{Client, ClientError};
+use crate::connection::{Client, ClientError};
 use crate::ids;
 use crate::queues::KeyLocks;
 use junction_core::{AdapterStore, NetworkId, Sender};

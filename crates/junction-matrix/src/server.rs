@@ -566,8 +566,8 @@ mod tests {
         let events = body["events"].as_array().cloned().unwrap_or_default();
         txn_key("junction", txn, &events)
     }
-    use crate::client::Client;
     use crate::config::MatrixConfig;
+    use crate::connection::Client;
     use axum::body::Body;
     use axum::http::Request;
     use junction_core::{AdapterStore, EventKind, NetworkId, RoomId, Secret};

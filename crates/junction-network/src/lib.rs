@@ -149,6 +149,13 @@ pub trait Network: Send + Sync + 'static {
         vouched.to_owned()
     }
 
+    /// The longest `[gateway] public_url` (which the links to long texts begin with) the
+    /// network carries well, and why, as it ends the sentence `at most <n> …` (IRC: such a
+    /// link goes on a line next to text); none by default.
+    fn public_url_limit(&self) -> Option<(usize, &'static str)> {
+        None
+    }
+
     /// Builds the adapter of one of its configured instances (`section` came from this
     /// network's [`Raw::validate`]). `Err` says why it cannot run.
     fn adapter(&self, section: &Section, build: &Build<'_>) -> Result<BoxAdapter, String>;
@@ -196,6 +203,43 @@ pub struct Checkup<'a> {
     /// True when a gateway runs from the config's `data_dir` on this host (it holds the
     /// store): checks that would disturb its connections are left out.
     pub gateway_running: bool,
+}
+
+/// Reads the top-level table `key` from the whole file, as TOML (what [`Network::read`]
+/// starts from): `Ok(None)` when the file has none; the other tables are skipped unread.
+/// Errors in the table keep their place in the file.
+pub fn read_section<T: serde::de::DeserializeOwned>(
+    file: &str,
+    key: &str,
+) -> Result<Option<T>, toml::de::Error> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::marker::PhantomData;
+
+    struct Pick<'k, T>(&'k str, PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> DeserializeSeed<'de> for Pick<'_, T> {
+        type Value = Option<T>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Pick<'_, T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a TOML document")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<String>()? {
+                if k == self.0 {
+                    found = Some(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    Pick(key, PhantomData).deserialize(toml::Deserializer::new(file))
 }
 
 /// A network's section as read from the file, before it is checked.
@@ -354,6 +398,22 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     struct Settings(u8);
+
+    #[test]
+    fn a_section_is_read_from_the_whole_file_with_its_place() {
+        #[derive(Debug, serde::Deserialize, PartialEq)]
+        struct Solo {
+            n: u8,
+        }
+        let file = "[other]\nx = [1, \"two\"]\n\n[solo]\nn = 3\n";
+        let solo: Option<toml::Spanned<Solo>> = read_section(file, "solo").unwrap();
+        let solo = solo.unwrap();
+        assert_eq!(solo.get_ref(), &Solo { n: 3 });
+        assert_eq!(&file[solo.span()], "[solo]\nn = 3");
+        assert_eq!(read_section::<Solo>(file, "none").unwrap(), None);
+        let e = read_section::<Solo>("[solo]\nn = \"x\"\n", "solo").unwrap_err();
+        assert_eq!(e.span(), Some(11..14), "{e}");
+    }
 
     #[test]
     fn sections_give_back_their_settings() {

@@ -1,8 +1,8 @@
 //! What a network with one instance shares: its section (`[matrix]`, `[xmpp]`) is its only
 //! instance, whose network id is the section key.
 
-use crate::{Checker, Raw, Section, SectionConfig};
-use junction_core::NetworkId;
+use crate::{Checker, Raw, Refusal, Section, SectionConfig};
+use junction_core::{NetworkId, RoomRef};
 
 /// A network with one instance, named by its section key (`Single("matrix")`).
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +22,27 @@ impl Single {
     /// True when `networks` (declared or configured instances) hold the instance.
     pub fn among(self, networks: &[NetworkId]) -> bool {
         networks.iter().any(|n| self.owns(n))
+    }
+
+    /// `room` (written as the network writes a room) on the instance, for a link in the
+    /// config ([`crate::Network::config_room`]); refused when `declared` has no section for it.
+    pub fn config_room(self, room: &str, declared: &[NetworkId]) -> Result<RoomRef, String> {
+        if !self.among(declared) {
+            return Err(format!("there is no [{}] section for this room", self.0));
+        }
+        Ok(RoomRef::new(self.0, room))
+    }
+
+    /// `room` (written as the network writes a room) on the instance, for an admin command
+    /// ([`crate::Network::room`]); refused when `configured` has no section for it.
+    pub fn room(self, room: &str, configured: &[NetworkId]) -> Result<RoomRef, Refusal> {
+        if !self.among(configured) {
+            return Err(Refusal::Said(format!(
+                "There is no [{}] section in the config.",
+                self.0
+            )));
+        }
+        Ok(RoomRef::new(self.0, room))
     }
 
     /// The section as read (`raw`, `None` when the file has none), for
@@ -78,6 +99,14 @@ mod tests {
         assert!(one.owns(&NetworkId::new("solo")));
         assert!(!one.owns(&NetworkId::new("solo:x")));
         assert!(one.among(&[NetworkId::new("a"), NetworkId::new("solo")]));
+        assert_eq!(
+            one.config_room("r", &[NetworkId::new("a")]).unwrap_err(),
+            "there is no [solo] section for this room"
+        );
+        assert_eq!(
+            one.room("r", &[one.id()]).unwrap(),
+            RoomRef::new("solo", "r")
+        );
         assert!(one.raw(None::<u8>, check).is_none());
         let raw = one.raw(Some(3u8), check).unwrap();
         assert_eq!(raw.declared(), vec![NetworkId::new("solo")]);

@@ -95,6 +95,37 @@ fn time_key(ts: u64, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Walks the time index `index` ([`time_key`]s) oldest first through the entries older than
+/// `before_ms`, while fewer than `limit` are counted: `forget(ts, rest)` forgets what an
+/// entry stamps and says whether it counts; the entry goes after it, so a crash in between
+/// leaves it to prune again. Returns how many counted.
+fn prune_index(
+    index: &sled::Tree,
+    before_ms: u64,
+    limit: usize,
+    mut forget: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<usize> {
+    let mut n = 0;
+    for r in index.range(..before_ms.to_be_bytes().to_vec()) {
+        if n >= limit {
+            break;
+        }
+        let (tk, _) = r.map_err(be)?;
+        let (ts, rest) = tk.split_at(8.min(tk.len()));
+        n += usize::from(forget(ts, rest)?);
+        index.remove(&tk).map_err(be)?;
+    }
+    Ok(n)
+}
+
+/// How far one pass of the legacy prune may go: rows removed so far, the most it may
+/// remove, and how many more entries it may look at.
+struct Budget {
+    n: usize,
+    limit: usize,
+    walked: usize,
+}
+
 /// The time a stamp value holds, if it is one.
 fn stamp(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
@@ -187,6 +218,22 @@ impl SledStore {
                 Ok(None)
             }
         }
+    }
+
+    /// Every record of `table` (`name` in the log) whose key begins with `prefix`, in key
+    /// order; those that cannot be read are set aside ([`Self::read_or_set_aside`]).
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &sled::Tree,
+        name: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>> {
+        let mut rows = Vec::new();
+        for r in table.scan_prefix(prefix) {
+            let (k, v) = r.map_err(be)?;
+            rows.extend(self.read_or_set_aside(table, name, &k, &v)?);
+        }
+        Ok(rows)
     }
 
     /// Test hook: writes raw bytes as an outbox row.
@@ -363,12 +410,7 @@ impl Store for SledStore {
     }
 
     fn pending(&self, network: &NetworkId) -> Result<Vec<Delivery>> {
-        let mut rows = Vec::new();
-        for r in self.outbox.scan_prefix(outbox_prefix(network)) {
-            let (k, v) = r.map_err(be)?;
-            rows.extend(self.read_or_set_aside(&self.outbox, "outbox", &k, &v)?);
-        }
-        Ok(rows)
+        self.read_all(&self.outbox, "outbox", &outbox_prefix(network))
     }
 
     fn set_aside(&self) -> u64 {
@@ -437,12 +479,7 @@ impl Store for SledStore {
     }
 
     fn links(&self) -> Result<Vec<Link>> {
-        let mut links = Vec::new();
-        for r in self.links.iter() {
-            let (k, v) = r.map_err(be)?;
-            links.extend(self.read_or_set_aside(&self.links, "links", &k, &v)?);
-        }
-        Ok(links)
+        self.read_all(&self.links, "links", b"")
     }
 
     fn put_link(&self, link: &Link) -> Result<()> {
@@ -509,41 +546,25 @@ impl Store for SledStore {
     }
 
     fn prune_private_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let mut n = 0;
-        for r in self.private_time.range(..before_ms.to_be_bytes().to_vec()) {
-            if n >= limit {
-                break;
-            }
-            let (tk, _) = r.map_err(be)?;
-            let (ts, rest) = tk.split_at(8.min(tk.len()));
-            match rest.split_first() {
+        prune_index(
+            &self.private_time,
+            before_ms,
+            limit,
+            |ts, rest| match rest.split_first() {
                 Some((b'e', id)) => {
                     self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-                    n += 1;
+                    Ok(true)
                 }
-                Some((b'k', k)) => n += usize::from(self.forget_row_written_at(k, ts)?),
-                _ => {}
-            }
-            // Last: a crash before this leaves the row to prune again.
-            self.private_time.remove(&tk).map_err(be)?;
-        }
-        Ok(n)
+                Some((b'k', k)) => self.forget_row_written_at(k, ts),
+                _ => Ok(false),
+            },
+        )
     }
 
     fn prune_kv_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let mut n = 0;
-        for r in self.kv_time.range(..before_ms.to_be_bytes().to_vec()) {
-            if n >= limit {
-                break;
-            }
-            let (tk, _) = r.map_err(be)?;
-            let (ts, k) = tk.split_at(8.min(tk.len()));
-            if self.forget_row_written_at(k, ts)? {
-                n += 1;
-            }
-            self.kv_time.remove(&tk).map_err(be)?;
-        }
-        Ok(n)
+        prune_index(&self.kv_time, before_ms, limit, |ts, k| {
+            self.forget_row_written_at(k, ts)
+        })
     }
 
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -565,12 +586,7 @@ impl Store for SledStore {
     }
 
     fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        let mut log = Vec::new();
-        for r in self.audit.iter() {
-            let (k, v) = r.map_err(be)?;
-            log.extend(self.read_or_set_aside(&self.audit, "audit", &k, &v)?);
-        }
-        Ok(log)
+        self.read_all(&self.audit, "audit", b"")
     }
 
     fn flush(&self) -> Result<()> {
@@ -594,30 +610,14 @@ impl Store for SledStore {
     }
 
     fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let end = before_ms.to_be_bytes().to_vec();
-        let mut n = 0;
-        for r in self.by_time.range(..end.clone()) {
-            if n >= limit {
-                return Ok(n);
-            }
-            let (tk, _) = r.map_err(be)?;
-            let event =
-                EventId(String::from_utf8_lossy(tk.get(8..).unwrap_or_default()).into_owned());
-            self.forget_event(&event)?;
-            // Last: a crash before this leaves the event to prune again.
-            self.by_time.remove(&tk).map_err(be)?;
-            n += 1;
-        }
-        for r in self.txn_time.range(..end) {
-            if n >= limit {
-                return Ok(n);
-            }
-            let (tk, _) = r.map_err(be)?;
-            let k = tk.get(8..).unwrap_or_default();
+        let mut n = prune_index(&self.by_time, before_ms, limit, |_, id| {
+            self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+            Ok(true)
+        })?;
+        n += prune_index(&self.txn_time, before_ms, limit - n, |_, k| {
             self.txns.remove(k).map_err(be)?;
-            self.txn_time.remove(&tk).map_err(be)?;
-            n += 1;
-        }
+            Ok(true)
+        })?;
         Ok(n + self.prune_legacy(before_ms, limit - n)?)
     }
 
@@ -693,45 +693,37 @@ impl SledStore {
         if stamp(&until).is_some_and(|t| t >= before_ms) || limit == 0 {
             return Ok(0);
         }
-        let mut walked = limit.saturating_mul(16);
-        let mut n = 0;
+        let mut budget = Budget {
+            n: 0,
+            limit,
+            walked: limit.saturating_mul(16),
+        };
         let from = self.meta.get(LEGACY_EVENTS).map_err(be)?;
         if from.as_deref() != Some(b"done".as_slice()) {
-            let start = from.map(|f| f.to_vec()).unwrap_or_default();
-            for r in self.by_event.range(start..) {
-                let (k, _) = r.map_err(be)?;
-                if n >= limit || walked == 0 {
-                    self.meta.insert(LEGACY_EVENTS, k.to_vec()).map_err(be)?;
-                    return Ok(n);
-                }
-                walked -= 1;
+            let done = self.resume_walk(&self.by_event, LEGACY_EVENTS, &mut budget, |k, _| {
                 let id = k.split(|b| *b == 0).next().unwrap_or_default();
-                if !self.stamps.contains_key(id).map_err(be)? {
-                    self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-                    n += 1;
+                if self.stamps.contains_key(id).map_err(be)? {
+                    return Ok(false);
                 }
+                self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+                Ok(true)
+            })?;
+            if !done {
+                return Ok(budget.n);
             }
             self.meta
                 .insert(LEGACY_EVENTS, b"done".as_slice())
                 .map_err(be)?;
         }
-        let start = self
-            .meta
-            .get(LEGACY_TXNS)
-            .map_err(be)?
-            .map(|f| f.to_vec())
-            .unwrap_or_default();
-        for r in self.txns.range(start..) {
-            let (k, v) = r.map_err(be)?;
-            if n >= limit || walked == 0 {
-                self.meta.insert(LEGACY_TXNS, k.to_vec()).map_err(be)?;
-                return Ok(n);
+        let done = self.resume_walk(&self.txns, LEGACY_TXNS, &mut budget, |k, v| {
+            if !v.is_empty() {
+                return Ok(false);
             }
-            walked -= 1;
-            if v.is_empty() {
-                self.txns.remove(&k).map_err(be)?;
-                n += 1;
-            }
+            self.txns.remove(k).map_err(be)?;
+            Ok(true)
+        })?;
+        if !done {
+            return Ok(budget.n);
         }
         for k in [LEGACY_UNTIL, LEGACY_EVENTS, LEGACY_TXNS] {
             self.meta.remove(k).map_err(be)?;
@@ -739,6 +731,35 @@ impl SledStore {
         tracing::info!(
             "The message map rows stored without a time by an earlier version are gone."
         );
-        Ok(n)
+        Ok(budget.n)
+    }
+
+    /// Walks `tree` on from the key kept under `mark` in `meta` (from its start when none),
+    /// calling `forget(key, value)` on each entry and counting in `budget` those it says
+    /// went. When the count reaches the limit or the walk its length, the next key is kept
+    /// under `mark` for the next call and false returned; true once the walk reached the end.
+    fn resume_walk(
+        &self,
+        tree: &sled::Tree,
+        mark: &[u8],
+        budget: &mut Budget,
+        mut forget: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let start = self
+            .meta
+            .get(mark)
+            .map_err(be)?
+            .map(|f| f.to_vec())
+            .unwrap_or_default();
+        for r in tree.range(start..) {
+            let (k, v) = r.map_err(be)?;
+            if budget.n >= budget.limit || budget.walked == 0 {
+                self.meta.insert(mark, k.to_vec()).map_err(be)?;
+                return Ok(false);
+            }
+            budget.walked -= 1;
+            budget.n += usize::from(forget(&k, &v)?);
+        }
+        Ok(true)
     }
 }

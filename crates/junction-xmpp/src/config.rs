@@ -56,15 +56,9 @@ pub struct RawXmpp {
     pub occupant_idle_timeout_seconds: Option<Spanned<i64>>,
 }
 
-/// The whole file as far as `[xmpp]` goes.
-#[derive(Deserialize)]
-struct File {
-    xmpp: Option<Spanned<RawXmpp>>,
-}
-
 /// Reads `[xmpp]` from the whole file, if there is one.
 pub fn read(file: &str) -> Result<Option<Spanned<RawXmpp>>, toml::de::Error> {
-    toml::from_str::<File>(file).map(|f| f.xmpp)
+    junction_network::read_section(file, "xmpp")
 }
 
 /// Checks `[xmpp]`, reporting every problem to `c`.

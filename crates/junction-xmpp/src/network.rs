@@ -46,10 +46,7 @@ impl Network for Xmpp {
                 "`{room}` is not a MUC room `room@muc.domain`: {why}"
             ));
         }
-        if !ONE.among(declared) {
-            return Err("there is no [xmpp] section for this room".into());
-        }
-        Ok(RoomRef::new(KEY, room))
+        ONE.config_room(room, declared)
     }
 
     fn config_admin(&self, text: &str, _declared: &[NetworkId]) -> Claim<UserRef> {
@@ -66,14 +63,9 @@ impl Network for Xmpp {
         if !text.contains('@') {
             return Claim::No;
         }
-        Claim::Maybe(if let Err(why) = bare_jid(text, true) {
-            Err(Refusal::Syntax(why))
-        } else if !ONE.among(configured_networks) {
-            Err(Refusal::Said(
-                "There is no [xmpp] section in the config.".into(),
-            ))
-        } else {
-            Ok(RoomRef::new(KEY, text))
+        Claim::Maybe(match bare_jid(text, true) {
+            Ok(()) => ONE.room(text, configured_networks),
+            Err(why) => Err(Refusal::Syntax(why)),
         })
     }
 

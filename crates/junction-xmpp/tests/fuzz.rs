@@ -4,6 +4,7 @@
 //! to the same body. Each property runs a fixed number of cases.
 #![allow(clippy::unwrap_used)]
 
+use junction_core::format::html::escaped;
 use junction_core::RoomRef;
 use junction_xmpp::adhoc::{self, Step};
 use junction_xmpp::{ids, inbound, outbound};
@@ -16,14 +17,6 @@ const COMPONENT: &str = "bridge.xmpp.test";
 /// Printable text of any script (no control or format characters), which XML can carry.
 fn xml_text() -> impl Strategy<Value = String> {
     "\\PC{0,60}"
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 /// A child a groupchat or IQ might carry, known or not, well-formed or not.
@@ -64,8 +57,8 @@ fn child() -> impl Strategy<Value = String> {
         any::<i32>(),
     )
         .prop_map(|(tpl, t, id, n, m)| {
-            tpl.replace("{t}", &esc(&t))
-                .replace("{id}", &esc(&id))
+            tpl.replace("{t}", &escaped(&t))
+                .replace("{id}", &escaped(&id))
                 .replace("{room}", ROOM)
                 .replace("{n}", &n.to_string())
                 .replace("{m}", &m.to_string())
@@ -102,7 +95,7 @@ fn stanza() -> impl Strategy<Value = String> {
                 s.push_str(&format!(" type='{t}'"));
             }
             if let Some(f) = from {
-                s.push_str(&format!(" from='{}'", esc(&f)));
+                s.push_str(&format!(" from='{}'", escaped(&f)));
             }
             s.push_str(&format!(" to='{COMPONENT}' id='i1'>"));
             s.push_str(&children.concat());
@@ -218,7 +211,7 @@ proptest! {
         let xml = format!(
             "<message xmlns='{}' type='groupchat' from='{ROOM}/mallory' to='{COMPONENT}' id='m1'><body>{}</body></message>",
             inbound::NS_CLIENT,
-            esc(&hostile_body(shape, n))
+            escaped(&hostile_body(shape, n))
         );
         let el: Element = xml.parse().unwrap();
         let depth = std::thread::scope(|s| {

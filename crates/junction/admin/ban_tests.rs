@@ -1,7 +1,7 @@
 //! Bans at the gateway: IRC masks with wildcards in every part, accounts, nick changes, and a
 //! store that fails (bans fail closed).
 
-use super::tests::{root, setup};
+use super::tests::{replied, root, setup};
 use super::*;
 use junction_store::{Call, Faulty, StoreError};
 
@@ -25,7 +25,7 @@ fn with_account(nick: &str, account: &str, user_host: &str) -> Sender {
 fn host_masks_match_with_wildcards_in_every_part() {
     let (a, mut r, s, _) = setup();
     let o = a.handle(&root(), "root", "ban local/*!*@evil.host", &mut r, &s);
-    assert!(o.reply.starts_with("Banned"), "{}", o.reply);
+    replied(&o, "Banned");
     assert_eq!(
         a.check_ban(&s, &irc("anyone", "~x@EVIL.host")),
         BanCheck::Banned
@@ -80,7 +80,7 @@ fn a_nick_ban_follows_the_person_through_a_nick_change() {
         BanCheck::Banned
     );
     let o = a.handle(&root(), "root", "unban local/troll", &mut r, &s);
-    assert!(o.reply.starts_with("Unbanned"), "{}", o.reply);
+    replied(&o, "Unbanned");
     assert_eq!(
         a.check_ban(&s, &irc("innocent", "~t@host.test")),
         BanCheck::Clear
@@ -91,7 +91,7 @@ fn a_nick_ban_follows_the_person_through_a_nick_change() {
 fn account_bans_name_the_account_not_the_nick() {
     let (a, mut r, s, _) = setup();
     let o = a.handle(&root(), "root", "ban local/$a:mallory", &mut r, &s);
-    assert!(o.reply.starts_with("Banned"), "{}", o.reply);
+    replied(&o, "Banned");
     assert_eq!(
         a.check_ban(&s, &with_account("whatever", "mallory", "~m@h.test")),
         BanCheck::Banned

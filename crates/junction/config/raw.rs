@@ -95,21 +95,25 @@ pub struct RawBridge {
 /// The keys allowed at the top of the file: `gateway`, each network's, `bridge`.
 fn top_keys() -> &'static [&'static str] {
     static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut keys = vec!["gateway"];
-        keys.extend(NETWORKS.keys());
-        keys.push("bridge");
-        keys
-    })
+    around_networks(&KEYS, "gateway", "bridge")
 }
 
 /// The keys allowed in a `[[bridge]]`: `name`, each network's, `admins`.
 fn bridge_keys() -> &'static [&'static str] {
     static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut keys = vec!["name"];
+    around_networks(&KEYS, "name", "admins")
+}
+
+/// `first`, each network's key, then `last`, made once in `keys`.
+fn around_networks(
+    keys: &'static OnceLock<Vec<&'static str>>,
+    first: &'static str,
+    last: &'static str,
+) -> &'static [&'static str] {
+    keys.get_or_init(|| {
+        let mut keys = vec![first];
         keys.extend(NETWORKS.keys());
-        keys.push("admins");
+        keys.push(last);
         keys
     })
 }
@@ -142,56 +146,88 @@ impl Visitor<'_> for Key {
     }
 }
 
-impl<'de> Deserialize<'de> for RawConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawConfig;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("struct RawConfig")
+/// A table whose keys are known only at run time (the networks' keys among them), read key
+/// by key into its default by [`read_table`].
+trait Table: Default {
+    /// Reads the value of `key` from `map`.
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
+}
+
+/// Reads the table `name` that allows only `keys`: an unknown key is an error at the key.
+fn read_table<'de, T: Table, D: Deserializer<'de>>(
+    d: D,
+    name: &'static str,
+    keys: &'static [&'static str],
+) -> Result<T, D::Error> {
+    struct V<T>(
+        &'static str,
+        &'static [&'static str],
+        std::marker::PhantomData<T>,
+    );
+    impl<'de, T: Table> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "struct {}", self.0)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut raw = T::default();
+            while let Some(key) = map.next_key_seed(Key(self.1))? {
+                raw.set(key, &mut map)?;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawConfig, A::Error> {
-                let mut raw = RawConfig::default();
-                while let Some(key) = map.next_key_seed(Key(top_keys()))? {
-                    match key {
-                        "gateway" => raw.gateway = Some(map.next_value()?),
-                        "bridge" => raw.bridge = map.next_value()?,
-                        // A network's section: the network reads it.
-                        _ => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(raw)
+            Ok(raw)
+        }
+    }
+    d.deserialize_struct(name, keys, V(name, keys, std::marker::PhantomData))
+}
+
+impl Table for RawConfig {
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "gateway" => self.gateway = Some(map.next_value()?),
+            "bridge" => self.bridge = map.next_value()?,
+            // A network's section: the network reads it.
+            _ => {
+                map.next_value::<de::IgnoredAny>()?;
             }
         }
-        d.deserialize_struct("RawConfig", top_keys(), V)
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for RawConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read_table(d, "RawConfig", top_keys())
+    }
+}
+
+impl Table for RawBridge {
+    fn set<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &'static str,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
+        match key {
+            "name" => self.name = Some(map.next_value()?),
+            "admins" => self.admins = Some(map.next_value()?),
+            network => {
+                self.rooms.insert(network.to_owned(), map.next_value()?);
+            }
+        }
+        Ok(())
     }
 }
 
 impl<'de> Deserialize<'de> for RawBridge {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawBridge;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("struct RawBridge")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBridge, A::Error> {
-                let mut raw = RawBridge::default();
-                while let Some(key) = map.next_key_seed(Key(bridge_keys()))? {
-                    match key {
-                        "name" => raw.name = Some(map.next_value()?),
-                        "admins" => raw.admins = Some(map.next_value()?),
-                        network => {
-                            raw.rooms.insert(network.to_owned(), map.next_value()?);
-                        }
-                    }
-                }
-                Ok(raw)
-            }
-        }
-        d.deserialize_struct("RawBridge", bridge_keys(), V)
+        read_table(d, "RawBridge", bridge_keys())
     }
 }
 

@@ -131,9 +131,6 @@ pub enum Membership {
     All,
 }
 
-/// Longest `[gateway] public_url`: paste links go on IRC lines, next to text.
-pub const MAX_PUBLIC_URL: usize = 200;
-
 /// The networks' sections as read, each with its network.
 pub(crate) type RawSections = Vec<(&'static dyn Network, Box<dyn Raw>)>;
 
@@ -342,34 +339,28 @@ fn gateway(
 fn retention(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::gateway::Retention> {
     use crate::gateway::retention as r;
     const DAY: f64 = 86_400.0;
-    let messages = span_of(
-        c,
-        &g.retention_days,
-        "gateway.retention_days",
-        DAY,
-        r::MESSAGES_DEFAULT,
-    );
-    let private = span_of(
-        c,
-        &g.private_retention_days,
-        "gateway.private_retention_days",
-        DAY,
-        r::PRIVATE_DEFAULT,
-    );
-    let audit = span_of(
-        c,
-        &g.audit_days,
-        "gateway.audit_days",
-        DAY,
-        r::AUDIT_DEFAULT,
-    );
-    let outbox_age = span_of(
-        c,
-        &g.outbox_max_age_hours,
-        "gateway.outbox_max_age_hours",
-        3600.0,
-        r::OUTBOX_AGE_DEFAULT,
-    );
+    let [messages, private, audit, outbox_age] = [
+        (
+            &g.retention_days,
+            "gateway.retention_days",
+            DAY,
+            r::MESSAGES_DEFAULT,
+        ),
+        (
+            &g.private_retention_days,
+            "gateway.private_retention_days",
+            DAY,
+            r::PRIVATE_DEFAULT,
+        ),
+        (&g.audit_days, "gateway.audit_days", DAY, r::AUDIT_DEFAULT),
+        (
+            &g.outbox_max_age_hours,
+            "gateway.outbox_max_age_hours",
+            3600.0,
+            r::OUTBOX_AGE_DEFAULT,
+        ),
+    ]
+    .map(|(v, key, unit, default)| span_of(c, v, key, unit, default));
     let depth = c.count_as::<usize>(
         &g.outbox_max_depth,
         "gateway.outbox_max_depth",
@@ -448,7 +439,7 @@ fn limits(c: &mut Checker<'_>, g: &RawGateway) -> Option<crate::ratelimit::Limit
 
 /// `gateway.public_url`, or `http://<web>` when only `web` is given. A URL without a
 /// listener to serve it, or a default no one can reach (`web` on 0.0.0.0 or ::), is an
-/// error; so is a URL too long to leave room for the text on an IRC line.
+/// error; so is a URL longer than a network carries well ([`Network::public_url_limit`]).
 fn public_url(
     c: &mut Checker<'_>,
     g: &RawGateway,
@@ -475,14 +466,15 @@ fn public_url(
         };
     };
     let url = c.http_url(v, KEY, "https://chat.example.org")?;
-    if url.len() > MAX_PUBLIC_URL {
+    let limit = NETWORKS
+        .iter()
+        .filter_map(|n| n.public_url_limit())
+        .min_by_key(|(most, _)| *most);
+    if let Some((most, why)) = limit.filter(|(most, _)| url.len() > *most) {
         c.error(
             v.span(),
             KEY,
-            format!(
-                "{} bytes long; at most {MAX_PUBLIC_URL} leave room for the text on an IRC line",
-                url.len()
-            ),
+            format!("{} bytes long; at most {most} {why}", url.len()),
         );
         return None;
     }

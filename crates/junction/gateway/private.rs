@@ -271,29 +271,23 @@ mod tests {
         let bob = UserRef::new("irc:local", "bob");
         let alice = UserRef::new("matrix", "@alice:matrix.test");
         let dm = Conversation::new(bob.network.clone(), bob.user.clone(), alice.clone()).room();
+        let in_channel =
+            |channel: &str, who: &UserRef| event(RoomRef::new("irc:local", channel), who.clone());
         let mut reach = Reach::new(PrivateMessages::Members);
         let said = event(dm.clone(), bob.clone());
         let why = reach.refusal(&store, &admin, &said).unwrap();
         assert!(why.contains("share a linked room"), "{why}");
-        reach.note(
-            &store,
-            &router,
-            &event(RoomRef::new("irc:local", "#lobby"), bob.clone()),
-        );
+        reach.note(&store, &router, &in_channel("#lobby", &bob));
         let why = reach.refusal(&store, &admin, &said).unwrap();
         assert!(why.contains("shares no linked room"), "{why}");
         // Seen in a linked room (remembered in the store, for the next start too).
-        reach.note(
-            &store,
-            &router,
-            &event(RoomRef::new("irc:local", "#other"), alice.clone()),
-        );
+        reach.note(&store, &router, &in_channel("#other", &alice));
         assert_eq!(
             Reach::new(PrivateMessages::Members).refusal(&store, &admin, &said),
             None
         );
         // Not for what is no conversation.
-        let room = event(RoomRef::new("irc:local", "#lobby"), bob.clone());
+        let room = in_channel("#lobby", &bob);
         assert_eq!(reach.refusal(&store, &admin, &room), None);
         // The gateway's answer goes into the conversation, once.
         let ds = answer(&store, &said, "why");

@@ -17,7 +17,7 @@
 //! tree and the tokenizer's stack stay that shallow; the tokenizer never recurses and looks at
 //! each input byte a bounded number of times.
 
-use super::{capped, flat_text, plain_into, work, RichText, Span, MAX_DEPTH};
+use super::{capped, plain_into, within_depth, work, RichText, Span, MAX_DEPTH};
 use crate::ids::{NetworkId, UserRef};
 
 const MATRIX_TO: &str = "https://matrix.to/#/";
@@ -405,7 +405,15 @@ fn decode(s: &str) -> String {
     out
 }
 
-fn escape(s: &str, out: &mut String) {
+/// `s` escaped for HTML or XML text and attribute values.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    escape(s, &mut out);
+    out
+}
+
+/// Writes `s` to `out` escaped for HTML or XML text and attribute values.
+pub fn escape(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -438,14 +446,11 @@ fn wrapped(tag: &str, children: &[Span], out: &mut String, depth: usize, pills: 
 
 /// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text, escaped.
 fn render_spans(spans: &[Span], out: &mut String, depth: usize, pills: &NetworkId) {
-    if depth >= MAX_DEPTH {
-        let mut flat = String::new();
-        flat_text(spans, &mut flat);
-        render_spans(&[Span::Text(flat)], out, 0, pills);
-        return;
-    }
+    let spans = match within_depth(spans, depth) {
+        Ok(spans) => spans,
+        Err(flat) => return render_spans(&[Span::Text(flat)], out, 0, pills),
+    };
     for s in spans {
-        work::tick(1);
         match s {
             Span::Text(t) => {
                 for (i, line) in t.split('\n').enumerate() {

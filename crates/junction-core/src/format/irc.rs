@@ -4,7 +4,7 @@
 //! spans; colours (`\x03` with their digits, `\x04` with hex) and reverse `\x16` are dropped;
 //! `\x0F` resets; any other C0 control is removed. Rendering never emits `\r` or `\0`.
 
-use super::{capped, flat_text, plain_into, quote_lines, work, RichText, Span, MAX_DEPTH};
+use super::{capped, plain_into, quote_lines, within_depth, work, RichText, Span};
 
 const BOLD: char = '\x02';
 const ITALIC: char = '\x1D';
@@ -143,16 +143,13 @@ fn toggled(code: char, children: &[Span], out: &mut String, depth: usize) {
     out.push(code);
 }
 
-/// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text, cleaned.
+/// Writes `spans`, `depth` levels down; below [`super::MAX_DEPTH`] only their flat text, cleaned.
 fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
-    if depth >= MAX_DEPTH {
-        let mut flat = String::new();
-        flat_text(spans, &mut flat);
-        clean(&flat, out);
-        return;
-    }
+    let spans = match within_depth(spans, depth) {
+        Ok(spans) => spans,
+        Err(flat) => return clean(&flat, out),
+    };
     for s in spans {
-        work::tick(1);
         match s {
             Span::Text(t) => clean(t, out),
             Span::Bold(c) => toggled(BOLD, c, out, depth),

@@ -275,14 +275,28 @@ pub(crate) fn flat_text(spans: &[Span], out: &mut String) {
     }
 }
 
+/// The spans a writer `depth` levels down goes through, one by one, each counted as work
+/// ([`work::tick`]); below [`MAX_DEPTH`] none, and `Err` holds their flat text instead, for
+/// the writer to write as plain text. The one depth bound of every writer.
+pub(crate) fn within_depth(
+    spans: &[Span],
+    depth: usize,
+) -> Result<impl Iterator<Item = &Span>, String> {
+    if depth >= MAX_DEPTH {
+        let mut flat = String::new();
+        flat_text(spans, &mut flat);
+        return Err(flat);
+    }
+    Ok(spans.iter().inspect(|_| work::tick(1)))
+}
+
 /// The plain text of `spans`, `depth` levels down (see [`RichText::to_plain`]).
 pub(crate) fn plain_into(spans: &[Span], out: &mut String, depth: usize) {
-    if depth >= MAX_DEPTH {
-        flat_text(spans, out);
-        return;
-    }
+    let spans = match within_depth(spans, depth) {
+        Ok(spans) => spans,
+        Err(flat) => return out.push_str(&flat),
+    };
     for s in spans {
-        work::tick(1);
         match s {
             Span::Text(t) | Span::Code(t) => out.push_str(t),
             Span::Pre { text, .. } => out.push_str(text),

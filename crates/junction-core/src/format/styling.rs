@@ -6,9 +6,7 @@
 //! directive, and is not followed by whitespace; a closing one is not preceded by whitespace;
 //! no span crosses a line; a span holds at least one character.
 
-use super::{
-    capped, flat_text, plain_into, quote_lines, work, RichText, Span, MAX_DEPTH, MAX_QUOTE_DEPTH,
-};
+use super::{capped, plain_into, quote_lines, within_depth, work, RichText, Span, MAX_QUOTE_DEPTH};
 
 /// Parses a message body written with XEP-0393 styling. Quotes nest up to
 /// [`MAX_QUOTE_DEPTH`] levels (deeper `>` markers stay text); the body is cut at
@@ -179,14 +177,13 @@ pub fn render(text: &RichText) -> String {
     out
 }
 
-/// Writes `spans`, `depth` levels down; below [`MAX_DEPTH`] only their flat text.
+/// Writes `spans`, `depth` levels down; below [`super::MAX_DEPTH`] only their flat text.
 fn render_spans(spans: &[Span], out: &mut String, depth: usize) {
-    if depth >= MAX_DEPTH {
-        flat_text(spans, out);
-        return;
-    }
+    let spans = match within_depth(spans, depth) {
+        Ok(spans) => spans,
+        Err(flat) => return out.push_str(&flat),
+    };
     for s in spans {
-        work::tick(1);
         match s {
             Span::Text(t) => out.push_str(t),
             Span::Bold(c) => wrapped('*', c, out, depth),

@@ -319,6 +319,26 @@ pub fn is_join_of(m: &Message, channel: &str, nick: &str) -> bool {
     joiner(m, channel).is_some_and(|n| n.eq_ignore_ascii_case(nick))
 }
 
+/// Whether `m` says `nick` is in `channel` (both in any case): its JOIN, or a NAMES reply
+/// (353) for the channel that lists it, as one who joins after `nick` is told.
+pub fn shows_in_channel(m: &Message, channel: &str, nick: &str) -> bool {
+    if is_join_of(m, channel, nick) {
+        return true;
+    }
+    match &m.command {
+        Command::Response(_, a) if is_numeric(m, "353") => {
+            a.get(2).is_some_and(|c| c.eq_ignore_ascii_case(channel))
+                && a.last().is_some_and(|names| {
+                    names.split_whitespace().any(|n| {
+                        n.trim_start_matches(|c: char| "~&@%+".contains(c))
+                            .eq_ignore_ascii_case(nick)
+                    })
+                })
+        }
+        _ => false,
+    }
+}
+
 /// Whether `m` is the numeric reply `code` (e.g. `"001"`).
 pub fn is_numeric(m: &Message, code: &str) -> bool {
     match &m.command {

@@ -18,26 +18,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::servers::Servers;
+use junction_core::format::html::escaped;
 
 const NS_CLIENT: &str = "jabber:client";
 const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 const NS_SID: &str = "urn:xmpp:sid:0";
-
-/// Escapes text for XML content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Stanzas nested deeper than this are skipped, not parsed: minidom builds and drops trees
 /// recursively, and hostile-input tests send stanzas nested tens of thousands deep.
@@ -180,7 +165,7 @@ fn header(domain: &str) -> String {
     format!(
         "<?xml version='1.0'?><stream:stream to='{}' xmlns='jabber:client' \
          xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
-        escape(domain)
+        escaped(domain)
     )
 }
 
@@ -225,8 +210,8 @@ impl XmppUser {
                     {
                         let _ = out2.send(format!(
                             "<iq type='result' id='{}' to='{}'/>",
-                            escape(el.attr("id").unwrap_or("")),
-                            escape(el.attr("from").unwrap_or(""))
+                            escaped(el.attr("id").unwrap_or("")),
+                            escaped(el.attr("from").unwrap_or(""))
                         ));
                     }
                     backlog2.lock().unwrap_or_else(|e| e.into_inner()).push(el);
@@ -312,8 +297,8 @@ impl XmppUser {
         self.send_raw(&format!(
             "<presence to='{}/{}'><x xmlns='http://jabber.org/protocol/muc'>\
              <history maxstanzas='0'/></x></presence>",
-            escape(room),
-            escape(nick)
+            escaped(room),
+            escaped(nick)
         ))?;
         let room = room.to_owned();
         self.wait_for(Duration::from_secs(15), move |e| {
@@ -346,8 +331,8 @@ impl XmppUser {
         self.send_raw(&format!(
             "<message type='groupchat' to='{}' id='{id}'><body>{}</body>\
              <origin-id xmlns='urn:xmpp:sid:0' id='{id}'/>{extra}</message>",
-            escape(room),
-            escape(body)
+            escaped(room),
+            escaped(body)
         ))?;
         Ok(id)
     }
@@ -364,7 +349,7 @@ impl XmppUser {
             body,
             &format!(
                 "<replace xmlns='urn:xmpp:message-correct:0' id='{}'/>",
-                escape(replace_id)
+                escaped(replace_id)
             ),
         )
     }
@@ -378,8 +363,8 @@ impl XmppUser {
              <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:message-retract:1'/>\
              <body>This person attempted to retract a previous message, but it's unsupported by your client.</body>\
              <store xmlns='urn:xmpp:hints'/></message>",
-            escape(room),
-            escape(id)
+            escaped(room),
+            escaped(id)
         ))?;
         Ok(mid)
     }
@@ -395,14 +380,14 @@ impl XmppUser {
         let mid = self.next_id();
         let rs: String = emojis
             .iter()
-            .map(|e| format!("<reaction>{}</reaction>", escape(e)))
+            .map(|e| format!("<reaction>{}</reaction>", escaped(e)))
             .collect();
         self.send_raw(&format!(
             "<message type='groupchat' to='{}' id='{mid}'>\
              <reactions xmlns='urn:xmpp:reactions:0' id='{}'>{rs}</reactions>\
              <store xmlns='urn:xmpp:hints'/></message>",
-            escape(room),
-            escape(stanza_id)
+            escaped(room),
+            escaped(stanza_id)
         ))?;
         Ok(mid)
     }
@@ -426,11 +411,11 @@ impl XmppUser {
              <reply xmlns='urn:xmpp:reply:0' to='{}' id='{}'/>\
              <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='0' end='{end}'/></fallback>\
              </message>",
-            escape(room),
-            escape(&quote),
-            escape(body),
-            escape(to_jid),
-            escape(to_stanza_id)
+            escaped(room),
+            escaped(&quote),
+            escaped(body),
+            escaped(to_jid),
+            escaped(to_stanza_id)
         ))?;
         Ok(id)
     }
@@ -439,8 +424,8 @@ impl XmppUser {
     pub fn set_subject(&self, room: &str, subject: &str) -> anyhow::Result<()> {
         self.send_raw(&format!(
             "<message type='groupchat' to='{}'><subject>{}</subject></message>",
-            escape(room),
-            escape(subject)
+            escaped(room),
+            escaped(subject)
         ))
     }
 
@@ -455,7 +440,7 @@ impl XmppUser {
         let id = self.next_id();
         self.send_raw(&format!(
             "<iq type='set' to='{}' id='{id}'>{payload}</iq>",
-            escape(to)
+            escaped(to)
         ))?;
         let r = self
             .wait_for(Duration::from_secs(15), |e| {
@@ -476,8 +461,8 @@ impl XmppUser {
              <x xmlns='jabber:x:data' type='submit'>\
              <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
              <field var='{}'><value>{}</value></field></x></query>",
-            escape(field),
-            escape(value)
+            escaped(field),
+            escaped(value)
         );
         self.iq_set(room, &payload, "room configuration").await?;
         Ok(())
@@ -487,7 +472,7 @@ impl XmppUser {
     pub async fn kick(&self, room: &str, nick: &str) -> anyhow::Result<()> {
         self.admin(
             room,
-            &format!("<item nick='{}' role='none'/>", escape(nick)),
+            &format!("<item nick='{}' role='none'/>", escaped(nick)),
         )
         .await?;
         Ok(())
@@ -497,7 +482,7 @@ impl XmppUser {
     pub async fn ban(&self, room: &str, jid: &str) -> anyhow::Result<()> {
         self.admin(
             room,
-            &format!("<item jid='{}' affiliation='outcast'/>", escape(jid)),
+            &format!("<item jid='{}' affiliation='outcast'/>", escaped(jid)),
         )
         .await?;
         Ok(())
@@ -515,8 +500,8 @@ impl XmppUser {
             room,
             &format!(
                 "<item jid='{}' affiliation='{}'/>",
-                escape(jid),
-                escape(affiliation)
+                escaped(jid),
+                escaped(affiliation)
             ),
         )
         .await?;
@@ -538,8 +523,8 @@ impl XmppUser {
              <moderate xmlns='urn:xmpp:message-moderate:0'>\
              <retract xmlns='urn:xmpp:message-retract:0'/><reason>{}</reason>\
              </moderate></apply-to>",
-            escape(stanza_id),
-            escape(reason)
+            escaped(stanza_id),
+            escaped(reason)
         );
         self.iq_set(room, &payload, "moderation").await
     }

@@ -1,0 +1,176 @@
+//! Junction's benchmark: the whole gateway on the real local servers, plus the store alone.
+//!
+//! ```sh
+//! ./target/debug/junction-testkit start          # or let the bench start what is missing
+//! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
+//!                                        [--puppets N] [--irc-mode puppet|relay]
+//! ```
+//!
+//! The gateway runs in this process exactly as `junction::serve` wires it (same adapters, same
+//! route loop, a sled store in a temporary directory), under a testkit `slot()` so it never
+//! collides with the tests. Between each adapter and the route loop sits a tap that timestamps
+//! what crosses it, so one message is seen four times on one clock:
+//!
+//! ```text
+//! client sends ─(server, adapter reads)─▶ Inbound ─(route: record, flush, plan)─▶ Delivery
+//!     ─(adapter renders, target server confirms)─▶ Delivered
+//! ```
+//!
+//! Gateway-added latency is Inbound → Delivered. It includes the target server's confirmation
+//! (the IRC adapter answers after a PING round trip, the XMPP adapter when the MUC reflects
+//! the message, the Matrix adapter when Synapse answers the PUT), so the table splits it into
+//! the route part and the adapter part. On Matrix paths Synapse's share is the source part
+//! (client send → application-service push) and the adapter part of deliveries to Matrix.
+//!
+//! Prints Markdown tables; BENCHMARKS.md holds a run. Nothing is asserted.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs
+)]
+
+use anyhow::Context as _;
+use junction::gateway::{self, Hub, Parts};
+use junction::metrics::{Health, Metrics};
+use junction_core::{
+    AdapterContext, Delivered, Delivery, Event, EventId, EventKind, Inbound, Message, MessageId,
+    NetworkId, RichText, RoomRef, Router, Sender, UserRef,
+};
+use junction_irc::IrcAdapter;
+use junction_matrix::MatrixAdapter;
+use junction_store::{SledStore, Store};
+use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
+use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
+use junction_testkit::unique;
+use junction_xmpp::XmppAdapter;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod lobby;
+mod phases;
+mod stats;
+mod store;
+mod taps;
+
+use lobby::Bench;
+use phases::{latency_phase, matrix_phase, puppet_phase, throughput_phase};
+use store::store_phase;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[derive(Clone, Debug)]
+pub(crate) struct Args {
+    pub(crate) quick: bool,
+    pub(crate) only: Option<Vec<String>>,
+    pub(crate) puppets: Option<usize>,
+    pub(crate) irc_mode: String,
+}
+
+impl Args {
+    pub(crate) fn parse() -> anyhow::Result<Args> {
+        let mut a = Args {
+            quick: false,
+            only: None,
+            puppets: None,
+            irc_mode: "puppet".into(),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--quick" => a.quick = true,
+                "--only" => {
+                    let v = it.next().context("--only needs a list")?;
+                    a.only = Some(v.split(',').map(str::to_owned).collect());
+                }
+                "--puppets" => {
+                    a.puppets = Some(it.next().context("--puppets needs N")?.parse()?);
+                }
+                "--irc-mode" => a.irc_mode = it.next().context("--irc-mode needs a mode")?,
+                "-h" | "--help" => {
+                    println!(
+                        "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
+                         [--puppets N] [--irc-mode puppet|relay]"
+                    );
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown argument {other:?}"),
+            }
+        }
+        Ok(a)
+    }
+
+    pub(crate) fn wants(&self, part: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| p == part))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let started = Instant::now();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Junction bench ({} mode, IRC {} mode)\n",
+        if args.quick { "quick" } else { "full" },
+        args.irc_mode
+    );
+    if args.wants("store") {
+        eprintln!("store…");
+        store_phase(&args, &mut out)?;
+    }
+    let network = ["latency", "matrix", "throughput", "puppets"]
+        .iter()
+        .any(|p| args.wants(p));
+    if network {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            eprintln!("starting the gateway on the local servers…");
+            let mut b = Bench::start(&args).await?;
+            let _ = b.servers;
+            let result = async {
+                if args.wants("latency") {
+                    eprintln!("latency…");
+                    latency_phase(&mut b, &args, &mut out).await?;
+                }
+                if args.wants("matrix") {
+                    eprintln!("matrix…");
+                    matrix_phase(&mut b, &args, &mut out).await?;
+                }
+                if args.wants("throughput") {
+                    eprintln!("throughput…");
+                    throughput_phase(&mut b, &args, &mut out).await?;
+                }
+                if args.wants("puppets") {
+                    eprintln!("puppets…");
+                    puppet_phase(&mut b, &args, &mut out).await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            b.stop().await?;
+            result
+        })?;
+    }
+    let _ = writeln!(out, "Took {:.0} s.", started.elapsed().as_secs_f64());
+    println!("{out}");
+    Ok(())
+}

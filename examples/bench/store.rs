@@ -1,0 +1,201 @@
+//! The store phase: the sled store alone, without the gateway or the servers.
+
+use super::*;
+use crate::stats::table;
+
+pub(crate) fn store_phase(args: &Args, out: &mut String) -> anyhow::Result<()> {
+    use junction_core::router::Planned;
+    use junction_core::BridgeName;
+    let rows: usize = if args.quick { 20_000 } else { 1_000_000 };
+    let puppets: usize = if args.quick { 1_000 } else { 10_000 };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store");
+    let origin = RoomRef::new("matrix", "#lobby:matrix.test");
+    let target = RoomRef::new("irc:local", "#lobby");
+    let sender = Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice");
+    let planned = Planned {
+        bridge: BridgeName::new("lobby"),
+        target: target.clone(),
+        reply_to: vec![],
+        target_ids: vec![],
+    };
+    let event = |i: usize| {
+        Event::new(
+            origin.clone(),
+            MessageId::new(format!("$ev{i}:matrix.test")),
+            sender.clone(),
+            1_700_000_000_000 + i as u64,
+            EventKind::Message(Message {
+                body: RichText::plain(format!("message number {i} in the lobby")),
+                ..Message::default()
+            }),
+        )
+    };
+    let mut s = table(
+        "| operation | rows in store | rate / time |",
+        "|---|---:|---:|",
+        [],
+    );
+    {
+        let store = SledStore::open(&path)?;
+        // Inbound (map + outbox row, one transaction) and delivered (map both ways, outbox
+        // row removed, one transaction), flushed every 256 as the route loop does.
+        let mut t_in = Duration::ZERO;
+        let mut t_out = Duration::ZERO;
+        let mut t_flush = Duration::ZERO;
+        let batch = 256;
+        let mut i = 0;
+        while i < rows {
+            let end = (i + batch).min(rows);
+            let evs: Vec<Event> = (i..end).map(event).collect();
+            let t = Instant::now();
+            let mut outs = Vec::with_capacity(evs.len());
+            for e in &evs {
+                if let junction_store::Recorded::New(ds) =
+                    store.record_inbound(e, vec![planned.clone()])?
+                {
+                    outs.extend(ds);
+                }
+            }
+            t_in += t.elapsed();
+            let t = Instant::now();
+            store.flush()?;
+            t_flush += t.elapsed();
+            let t = Instant::now();
+            for d in &outs {
+                store.record_delivered(&Delivered {
+                    outbox_id: d.outbox_id,
+                    target: d.target.clone(),
+                    event: d.event.id.clone(),
+                    outcome: Ok(vec![MessageId::new(format!("irc-{}", d.outbox_id))]),
+                })?;
+            }
+            t_out += t.elapsed();
+            let t = Instant::now();
+            store.flush()?;
+            t_flush += t.elapsed();
+            i = end;
+        }
+        let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+        let _ = writeln!(
+            s,
+            "| record_inbound (map + outbox row, one txn) | 0 → {rows} | {:.0}/s |",
+            rate(t_in)
+        );
+        let _ = writeln!(
+            s,
+            "| record_delivered (map both ways, outbox row removed) | 0 → {rows} | {:.0}/s |",
+            rate(t_out)
+        );
+        let _ = writeln!(
+            s,
+            "| whole message (inbound + delivered + 2 flushes per 256) | 0 → {rows} | {:.0}/s |",
+            rate(t_in + t_out + t_flush)
+        );
+        let _ = writeln!(
+            s,
+            "| flush (fsync), per batch of 256 | | {:.2} ms |",
+            t_flush.as_secs_f64() * 1000.0 / (2.0 * rows.div_ceil(batch) as f64)
+        );
+        // Random lookups both ways.
+        let lookups = if args.quick { 20_000 } else { 200_000usize };
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % rows as u64) as usize
+        };
+        let keys: Vec<(MessageId, EventId)> = (0..lookups)
+            .map(|_| {
+                let e = event(next());
+                (e.remote_id.clone(), e.id)
+            })
+            .collect();
+        let t = Instant::now();
+        let mut found = 0usize;
+        for (rid, _) in &keys {
+            found += usize::from(store.event_for(&origin, rid)?.is_some());
+        }
+        let d = t.elapsed();
+        anyhow::ensure!(found == lookups, "lookups found {found}/{lookups}");
+        let _ = writeln!(
+            s,
+            "| event_for (remote id → event), random | {rows} | {:.0}/s |",
+            lookups as f64 / d.as_secs_f64()
+        );
+        let t = Instant::now();
+        let mut ids = 0usize;
+        for (_, ev) in &keys {
+            ids += store.remote_ids(ev, &target)?.len();
+        }
+        let d = t.elapsed();
+        anyhow::ensure!(ids == lookups, "remote_ids found {ids}/{lookups}");
+        let _ = writeln!(
+            s,
+            "| remote_ids (event → target ids), random | {rows} | {:.0}/s |",
+            lookups as f64 / d.as_secs_f64()
+        );
+        let t = Instant::now();
+        for p in 0..puppets {
+            store.set_puppet(
+                &NetworkId::new("irc:local"),
+                &UserRef::new("matrix", format!("@user{p}:matrix.test")),
+                &format!("user{p}[m]"),
+            )?;
+        }
+        store.flush()?;
+        let _ = writeln!(
+            s,
+            "| set_puppet | {puppets} puppets | {:.0}/s |",
+            puppets as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    let size: u64 = dir_size(&path);
+    // Restart: open, read the links, the outboxes and a puppet, as the gateway does at start.
+    let t = Instant::now();
+    let store = SledStore::open(&path)?;
+    let links = gateway::initial_links(&[], &store)?;
+    let _router = Router::new(links)?;
+    for n in ["matrix", "xmpp", "irc:local"] {
+        store.pending(&NetworkId::new(n))?;
+    }
+    let p = store.puppet(
+        &NetworkId::new("irc:local"),
+        &UserRef::new("matrix", "@user7:matrix.test"),
+    )?;
+    let ready = t.elapsed();
+    anyhow::ensure!(p.is_some(), "puppet lost across the restart");
+    let _ = writeln!(
+        s,
+        "| **restart to ready** (open, links, outboxes, first puppet) | {rows} map rows, {puppets} puppets | **{:.0} ms** |",
+        ready.as_secs_f64() * 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "| size on disk | {rows} messages | {:.0} MB |",
+        size as f64 / 1e6
+    );
+    eprintln!(
+        "  store: restart to ready {ready:?}, {:.0} MB",
+        size as f64 / 1e6
+    );
+    out.push_str("### Store (sled, on disk)\n\n");
+    out.push_str(&s);
+    out.push('\n');
+    Ok(())
+}
+
+pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
