@@ -2,8 +2,9 @@
 //! per-network outboxes, Matrix transaction dedupe, per-room backfill cursors and small
 //! adapter-private key/value tables.
 //!
-//! Two backends share one conformance suite: [`SledStore`] (on disk, the default) and
-//! [`MemStore`] (tests, benchmarks). Only this crate knows sled.
+//! Three backends share one conformance suite: [`SledStore`] (on disk, the default),
+//! [`PgStore`] (PostgreSQL) and [`MemStore`] (tests, benchmarks). Only this crate knows sled
+//! and PostgreSQL.
 #![deny(missing_docs)]
 
 use junction_core::router::{Link, Planned, RefResolver};
@@ -11,6 +12,7 @@ use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, R
 
 mod faulty;
 mod mem;
+mod pg_store;
 mod scoped;
 mod sled_store;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod tests;
 
 pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
+pub use pg_store::PgStore;
 pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
 

@@ -606,6 +606,70 @@ store_conformance_tests!(sled, {
     (d, s)
 });
 
+/// The PostgreSQL the conformance tests use: `JUNCTION_TEST_PG_URL`, or the testkit's.
+fn pg_url() -> String {
+    std::env::var("JUNCTION_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://junction:junction_testkit_pg@127.0.0.1:5439/junction".into())
+}
+
+/// A test's own schema, dropped at the end.
+pub(crate) struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = pg_url()
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+        {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0));
+        }
+    }
+}
+
+/// A [`PgStore`] in a schema of its own, or `None` (with a message) when no PostgreSQL
+/// answers; under CI (`CI` set) a missing PostgreSQL fails the test instead.
+pub(crate) fn pg_store(test: &str) -> Option<(PgSchema, PgStore)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let schema = format!(
+        "t_{test}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        junction_core::clock::now_ms()
+    );
+    let url = format!("{}?options=-c%20search_path%3D{schema}", pg_url());
+    match PgStore::open(&url) {
+        Ok(s) => Some((PgSchema(schema), s)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: no PostgreSQL reachable ({e}); `cargo run -p junction-testkit -- start` starts one");
+            None
+        }
+        Err(e) => panic!("PostgreSQL is needed under CI: {e}"),
+    }
+}
+
+store_conformance_tests!(pg, {
+    let Some(made) = pg_store("conformance") else {
+        return;
+    };
+    made
+});
+
+#[test]
+fn pg_reopen_keeps_everything_and_migrates_once() {
+    let Some((schema, s)) = pg_store("reopen") else {
+        return;
+    };
+    s.kv_put("ns", "k", b"v").unwrap();
+    drop(s);
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    let s = PgStore::open(&url).unwrap();
+    assert_eq!(s.kv_get("ns", "k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.schema(), schema.0);
+}
+
 #[test]
 fn mem_legacy_rows() {
     let s = MemStore::new();
