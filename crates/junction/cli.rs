@@ -186,24 +186,27 @@ fn init_tracing(from_file: Option<&str>) {
         .try_init();
 }
 
-/// The runtime links kept in the store at `<data_dir>/store`, when there is one. A store held
-/// by a running gateway (sled's lock) or one that does not open gives the line to print
-/// instead.
+/// The runtime links kept in the store (sled's at `<data_dir>/store` when there is one, or
+/// PostgreSQL's). A store held by a running gateway (sled's lock) or one that does not open
+/// gives the line to print instead.
 pub fn stored_links(config: &Config) -> Result<Vec<Link>, String> {
+    use junction_store::Store as _;
+    if let crate::config::StoreLocation::Postgres(url) = &config.gateway.store {
+        return junction_store::PgStore::open(url.expose())
+            .and_then(|s| s.links())
+            .map_err(|e| format!("runtime links: not shown, the PostgreSQL store: {e}"));
+    }
     let path = config.gateway.data_dir.join("store");
     if !path.exists() {
         return Ok(Vec::new());
     }
     match junction_store::SledStore::open(&path) {
-        Ok(store) => {
-            use junction_store::Store as _;
-            store.links().map_err(|e| {
-                format!(
-                    "runtime links: not shown, the store at {} could not be read: {e}",
-                    path.display()
-                )
-            })
-        }
+        Ok(store) => store.links().map_err(|e| {
+            format!(
+                "runtime links: not shown, the store at {} could not be read: {e}",
+                path.display()
+            )
+        }),
         Err(e) => {
             let text = e.to_string();
             if text.contains("lock") || text.contains("WouldBlock") {

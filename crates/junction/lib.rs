@@ -19,7 +19,7 @@ pub use config::{load, Config, ConfigErrors};
 
 use anyhow::Context;
 use junction_core::Router;
-use junction_store::{SledStore, Store};
+use junction_store::{PgStore, SledStore, Store};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -52,30 +52,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// Runs the gateway for `config` until `shutdown` is cancelled: opens the store in
-/// `data_dir` (removing pastes older than 30 days), starts one adapter per configured network,
+/// Opens the store `config` names: sled in `<data_dir>/store` (made if missing; a gateway
+/// still stopping may hold it a moment, so this waits, bounded, unless `shutdown` ends the
+/// wait), or PostgreSQL (migrated at open). The PostgreSQL URL is never logged.
+pub async fn open_store(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.gateway.store {
+        config::StoreLocation::Postgres(url) => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(url.expose()))
+                .await
+                .context("the store opener stopped")?
+                .context("cannot open the PostgreSQL store")?;
+            tracing::info!(schema = store.schema(), "Store opened on PostgreSQL.");
+            Ok(Arc::new(store))
+        }
+        config::StoreLocation::Sled => {
+            let data_dir = config.gateway.data_dir.clone();
+            std::fs::create_dir_all(&data_dir).with_context(|| {
+                format!("cannot create the data directory {}", data_dir.display())
+            })?;
+            let store_path = data_dir.join("store");
+            let (path, stop) = (store_path.clone(), shutdown.clone());
+            let store = tokio::task::spawn_blocking(move || {
+                SledStore::open_within(&path, std::time::Duration::from_secs(15), &|| {
+                    stop.is_cancelled()
+                })
+            })
+            .await
+            .context("the store opener stopped")?
+            .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Runs the gateway for `config` until `shutdown` is cancelled: opens the store
+/// ([`open_store`]; removing pastes older than 30 days), starts one adapter per configured network,
 /// the metrics server and the public pages ([`web`]) if configured, and the route loop; on
 /// shutdown waits (bounded) for the adapters to part and flushes the store.
 ///
 /// A network that fails (bad credentials, server gone for good) is logged and reported on
 /// `/health`; the others keep running.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = config.gateway.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let store_path = data_dir.join("store");
-    // A gateway still stopping (or another one) may hold the store a moment: wait, bounded.
-    let (path, stop) = (store_path.clone(), shutdown.clone());
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            SledStore::open_within(&path, std::time::Duration::from_secs(15), &|| {
-                stop.is_cancelled()
-            })
-        })
-        .await
-        .context("the store opener stopped")?
-        .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
-    );
+    let store = open_store(&config, &shutdown).await?;
     let pastes = pastes::PasteStore::open(store.clone());
     pastes.prune_now();
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;

@@ -20,7 +20,7 @@ mod tests;
 
 pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
-pub use pg_store::PgStore;
+pub use pg_store::{check_url as check_postgres_url, PgStore};
 pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
 

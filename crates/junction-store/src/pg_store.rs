@@ -69,6 +69,26 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connects, migrates the schema, and sees that later connections find it first.
+    fn open(config: postgres::Config) -> Result<(Self, String)> {
+        let mut conn = Conn {
+            client: Some(connect(&config)?),
+            config,
+        };
+        let schema = migrate(conn.client()?)?;
+        let path = format!("{},public", ident(&schema));
+        let escaped = path.replace(' ', "\\ ");
+        let options = match conn.config.get_options() {
+            Some(o) => format!("{o} -c search_path={escaped}"),
+            None => format!("-c search_path={escaped}"),
+        };
+        conn.config.options(&options);
+        conn.client()?
+            .batch_execute(&format!("SET search_path TO {path}"))
+            .map_err(be)?;
+        Ok((conn, schema))
+    }
+
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = Some(connect(&self.config)?);
@@ -113,6 +133,27 @@ fn i64_of(v: u64) -> i64 {
 
 fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+/// Reads a `postgres://` URL; the error never repeats it (it holds the password).
+fn parse_url(url: &str) -> Result<postgres::Config> {
+    url.parse::<postgres::Config>()
+        .map_err(|_| StoreError::Backend("not a valid postgres:// URL".into()))
+}
+
+/// Whether `url` is a PostgreSQL URL [`PgStore::open`] can use; the error never repeats it.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("expected a postgres:// URL".into());
+    }
+    let config = parse_url(url).map_err(|e| e.to_string())?;
+    if config.get_hosts().is_empty() {
+        return Err("the URL names no host".into());
+    }
+    if config.get_dbname().is_none() {
+        return Err("the URL names no database".into());
+    }
+    Ok(())
 }
 
 fn connect(config: &postgres::Config) -> Result<Client> {
@@ -175,36 +216,35 @@ impl PgStore {
     /// `?options=-c%20search_path%3Dname` for a schema of one's own), makes the schema if
     /// missing and runs the migrations it lacks.
     pub fn open(url: &str) -> Result<Self> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e: postgres::Error| StoreError::Backend(format!("postgresql URL: {e}")))?;
+        let mut config = parse_url(url)?;
         if config.get_application_name().is_none() {
             config.application_name("junction");
         }
-        let mut conn = Conn {
-            client: Some(connect(&config)?),
-            config,
-        };
-        let schema = migrate(conn.client()?)?;
-        // Later connections find the schema first whatever the URL said.
-        let path = format!("{},public", ident(&schema));
-        let options = match conn.config.get_options() {
-            Some(o) => format!("{o} -c search_path={}", path.replace(' ', "\\ ")),
-            None => format!("-c search_path={}", path.replace(' ', "\\ ")),
-        };
-        conn.config.options(&options);
-        conn.client()?
-            .batch_execute(&format!("SET search_path TO {path}"))
-            .map_err(be)?;
+        // Connected and migrated on the connection thread too, so that opening works from
+        // anywhere, an async task included.
         let (tx, rx) = mpsc::channel::<Job>();
+        let (opened, answer) = mpsc::sync_channel::<Result<String>>(1);
         std::thread::Builder::new()
             .name("junction-pg".into())
             .spawn(move || {
+                let mut conn = match Conn::open(config) {
+                    Ok((conn, schema)) => {
+                        let _ = opened.send(Ok(schema));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
                 while let Ok(job) = rx.recv() {
                     job(&mut conn);
                 }
             })
             .map_err(|e| StoreError::Backend(format!("starting the postgresql thread: {e}")))?;
+        let schema = answer
+            .recv()
+            .map_err(|_| StoreError::Backend("the postgresql thread has stopped".into()))??;
         Ok(Self {
             jobs: Mutex::new(tx),
             set_aside: Arc::new(AtomicU64::new(0)),
