@@ -26,6 +26,46 @@ pub fn url() -> String {
     format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{POSTGRES_PORT}/{DATABASE}")
 }
 
+/// The URL of a schema `schema` of its own in the test database (made by the store at
+/// open). `schema` is letters, digits and `_`.
+pub fn schema_url(schema: &str) -> String {
+    format!("{}?options=-c%20search_path%3D{schema}", url())
+}
+
+/// Whether end-to-end gateways keep their store on PostgreSQL:
+/// `JUNCTION_TEST_STORE=postgres` (else sled, the default).
+pub fn e2e_store_is_postgres() -> bool {
+    std::env::var("JUNCTION_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// `config` (a gateway's config text) with its store in the test database, in `schema`: a
+/// `store` line at the top of its `[gateway]` table (made when missing).
+pub fn with_store(config: &str, schema: &str) -> String {
+    let line = format!("store = \"{}\"\n", schema_url(schema));
+    match config.find("[gateway]\n") {
+        Some(i) => {
+            let at = i + "[gateway]\n".len();
+            format!("{}{line}{}", &config[..at], &config[at..])
+        }
+        None => format!("[gateway]\n{line}{config}"),
+    }
+}
+
+/// Drops `schema` and everything in it from the test database (best effort: a server that
+/// is not there has nothing to drop).
+pub fn drop_schema(schema: &str) {
+    let _ = std::process::Command::new(bin("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(POSTGRES_PORT.to_string())
+        .args(["-U", USER, "-d", DATABASE, "-c"])
+        .arg(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// The directory of the newest installed PostgreSQL's programs
 /// (`/usr/lib/postgresql/<major>/bin`), or that of version 15 when none is installed yet.
 fn bin_dir() -> PathBuf {
@@ -221,4 +261,22 @@ pub(crate) async fn seed(l: &Layout) -> anyhow::Result<()> {
         "seeding PostgreSQL; its log ends:\n{}",
         process::log_tail(&l.log_file(Service::Postgres), 30)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_line_goes_into_the_gateway_table() {
+        let with = with_store("\n[gateway]\ndata_dir = \"data\"\n[xmpp]\n", "s1");
+        let want = format!("\n[gateway]\nstore = \"{}\"\ndata_dir", schema_url("s1"));
+        assert!(with.starts_with(&want), "{with}");
+        let without = with_store("[xmpp]\n", "s2");
+        assert!(
+            without.starts_with("[gateway]\nstore = \"postgres://"),
+            "{without}"
+        );
+        assert!(schema_url("s1").ends_with("search_path%3Ds1"));
+    }
 }
