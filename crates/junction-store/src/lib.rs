@@ -22,7 +22,7 @@ mod tests;
 pub use dump::{is_empty, Row};
 pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
-pub use pg_store::{check_url as check_postgres_url, PgStore};
+pub use pg_store::{check_url as check_postgres_url, ActiveLock, PgStore};
 pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
 

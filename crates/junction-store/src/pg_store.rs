@@ -321,6 +321,116 @@ impl PgStore {
     }
 }
 
+/// The right to be the one active gateway on a PostgreSQL store: a session advisory lock,
+/// keyed by the store's schema, held on a connection of its own (so it is never lost with the
+/// store's connection). A gateway that dies loses its connection, and with it the lock, at
+/// once; a standby waiting in [`ActiveLock::wait`] then takes it. Dropping it lets go.
+pub struct ActiveLock {
+    state: Arc<std::sync::atomic::AtomicU8>,
+    stop: Mutex<mpsc::Sender<()>>,
+}
+
+/// [`ActiveLock`] states.
+const WAITING: u8 = 0;
+const HELD: u8 = 1;
+const LOST: u8 = 2;
+
+impl std::fmt::Debug for ActiveLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveLock")
+            .field("held", &self.is_held())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActiveLock {
+    /// Starts asking for the lock of the store at `url` (the URL [`PgStore::open`] took), on
+    /// a thread of its own, until it is held or this is dropped. A connection that fails is
+    /// made again, every second.
+    pub fn wait(url: &str) -> Result<Self> {
+        let config = parse_url(url)?;
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(WAITING));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("junction-pg-lock".into())
+            .spawn(move || hold(&config, &st, &stopped))
+            .map_err(|e| StoreError::Backend(format!("starting the lock thread: {e}")))?;
+        Ok(Self {
+            state,
+            stop: Mutex::new(stop),
+        })
+    }
+
+    /// Whether this gateway holds the lock now.
+    pub fn is_held(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == HELD
+    }
+
+    /// Whether the lock was held and then lost (its connection failed): another gateway may
+    /// be active now.
+    pub fn is_lost(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == LOST
+    }
+}
+
+impl Drop for ActiveLock {
+    fn drop(&mut self) {
+        let _ = self.stop.lock().unwrap_or_else(|p| p.into_inner()).send(());
+    }
+}
+
+/// The lock thread: asks every half second until it holds the lock, then checks its
+/// connection every second; ends when told to stop (dropping the connection lets go).
+fn hold(config: &postgres::Config, state: &std::sync::atomic::AtomicU8, stop: &mpsc::Receiver<()>) {
+    use std::time::Duration;
+    let wait = |d: Duration| !matches!(stop.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
+    let mut client: Option<Client> = None;
+    loop {
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match connect(config) {
+                Ok(c) => client.insert(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot reach PostgreSQL for the active lock; trying again.");
+                    if wait(Duration::from_secs(1)) {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if state.load(Ordering::Relaxed) == HELD {
+            if c.simple_query("SELECT 1").is_err() {
+                tracing::error!("The connection holding the active lock failed; the lock is lost.");
+                state.store(LOST, Ordering::Relaxed);
+                return;
+            }
+            if wait(Duration::from_secs(1)) {
+                return;
+            }
+            continue;
+        }
+        match c.query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('junction-active:' || current_schema(), 0))",
+            &[],
+        ) {
+            Ok(row) if row.get::<_, bool>(0) => {
+                state.store(HELD, Ordering::Relaxed);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %be(e), "Asking for the active lock failed; trying again.");
+                client = None;
+            }
+        }
+        if wait(Duration::from_millis(500)) {
+            return;
+        }
+    }
+}
+
 /// Removes the message-map rows of `events` (both directions, every part).
 fn forget_map(tx: &mut Transaction<'_>, events: &[String]) -> Result<()> {
     tx.execute("DELETE FROM by_remote WHERE event = ANY($1)", &[&events])

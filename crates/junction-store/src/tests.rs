@@ -806,6 +806,44 @@ fn dump_round_trips_across_backends() {
     assert_eq!(s.audit_log().unwrap().len(), 2);
 }
 
+/// Polls `f` every 10 ms for up to 10 s.
+fn within_10s(f: impl Fn() -> bool) -> bool {
+    (0..1000).any(|_| {
+        let done = f();
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        done
+    })
+}
+
+/// One gateway at a time holds a store's active lock; the next takes it once the first lets
+/// go, and a store in another schema has a lock of its own.
+#[test]
+fn pg_active_lock_is_held_by_one_at_a_time() {
+    let Some((schema, _store)) = pg_store("lock") else {
+        return;
+    };
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    let first = ActiveLock::wait(&url).unwrap();
+    assert!(within_10s(|| first.is_held()));
+    let second = ActiveLock::wait(&url).unwrap();
+    let Some((other, _other_store)) = pg_store("lock") else {
+        return;
+    };
+    let elsewhere = ActiveLock::wait(&format!(
+        "{}?options=-c%20search_path%3D{}",
+        pg_url(),
+        other.0
+    ))
+    .unwrap();
+    assert!(within_10s(|| elsewhere.is_held()));
+    assert!(!second.is_held(), "the first still holds it");
+    drop(first);
+    assert!(within_10s(|| second.is_held()), "taken over");
+    assert!(!second.is_lost());
+}
+
 #[test]
 fn mem_legacy_rows() {
     let s = MemStore::new();
