@@ -98,13 +98,32 @@ pub async fn open_store(
 /// `/health`; the others keep running.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config, &shutdown).await?;
+    let networks = config.networks();
+    let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
+    let health = Arc::new(metrics::Health::new(networks));
+    if let Some(addr) = config.gateway.metrics {
+        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, h, stop).await {
+                tracing::error!(error = %e, "The metrics server stopped.");
+            }
+        });
+    }
+    // On PostgreSQL one gateway is active at a time; the others wait as standbys.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _active = match &config.gateway.store {
+        config::StoreLocation::Postgres(url) => {
+            match wait_active(url.expose(), &health, &shutdown, &lost).await? {
+                Some(lock) => Some(lock),
+                None => return Ok(()),
+            }
+        }
+        config::StoreLocation::Sled => None,
+    };
     let pastes = pastes::PasteStore::open(store.clone());
     pastes.prune_now();
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
-    let networks = config.networks();
-    let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
-    let health = Arc::new(metrics::Health::new(networks));
 
     let mut hub = gateway::Hub::new(store.clone());
     if let Some(url) = config.gateway.public_url.as_deref() {
@@ -132,14 +151,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 tracing::error!(%network, error = %e, "Could not build the adapter; the other networks keep running.");
             }
         }
-    }
-    if let Some(addr) = config.gateway.metrics {
-        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m, h, stop).await {
-                tracing::error!(error = %e, "The metrics server stopped.");
-            }
-        });
     }
     if let Some(addr) = config.gateway.web {
         let (pastes, stop) = (pastes.clone(), shutdown.clone());
@@ -178,7 +189,65 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         adapters.abort_all();
     }
     let flushed = store.flush();
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!(
+            "stopped: the active lock on PostgreSQL was lost, another gateway may be active"
+        );
+    }
     stop_result(result, flushed)
+}
+
+/// Waits, as a standby (`/health` says `standby`), until this gateway holds the active lock of
+/// the PostgreSQL store at `url`, or `shutdown` (then None). Once held, a task watches it: if
+/// its connection fails, `lost` is set and `shutdown` cancelled, since another gateway may
+/// take over.
+async fn wait_active(
+    url: &str,
+    health: &metrics::Health,
+    shutdown: &CancellationToken,
+    lost: &Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<Arc<junction_store::ActiveLock>>> {
+    let lock = Arc::new(
+        junction_store::ActiveLock::wait(url)
+            .context("cannot ask PostgreSQL for the active lock")?,
+    );
+    let mut said = false;
+    while !lock.is_held() {
+        if !said {
+            // A first short wait: a lock that is free is taken at once, without a word.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if lock.is_held() {
+                break;
+            }
+            health.set_standby(true);
+            tracing::info!("Another gateway is active on this store; waiting as a standby.");
+            said = true;
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+    if said {
+        tracing::info!("The active gateway is gone; taking over.");
+    }
+    health.set_standby(false);
+    let (watched, lost, stop) = (lock.clone(), lost.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            if watched.is_lost() {
+                lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                stop.cancel();
+                return;
+            }
+        }
+    });
+    Ok(Some(lock))
 }
 
 /// What the gateway ends with: the route loop's error first (it says why the gateway stops,

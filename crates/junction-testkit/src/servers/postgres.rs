@@ -39,8 +39,12 @@ pub fn e2e_store_is_postgres() -> bool {
 }
 
 /// `config` (a gateway's config text) with its store in the test database, in `schema`: a
-/// `store` line at the top of its `[gateway]` table (made when missing).
+/// `store` line at the top of its `[gateway]` table (made when missing). A config that names
+/// a store already is kept as it is.
 pub fn with_store(config: &str, schema: &str) -> String {
+    if config.lines().any(|l| l.starts_with("store = ")) {
+        return config.to_owned();
+    }
     let line = format!("store = \"{}\"\n", schema_url(schema));
     match config.find("[gateway]\n") {
         Some(i) => {

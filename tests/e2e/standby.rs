@@ -1,0 +1,115 @@
+//! A hot standby on PostgreSQL: two `junction run` processes on one config (each with its
+//! own `/health` address, as on two hosts); the second waits on the store's active lock and
+//! says `standby`, and when the active one is killed (SIGKILL) it takes over: lines said on
+//! every network cross again.
+
+use crate::lobby::Lobby;
+use anyhow::Context as _;
+use junction_testkit::servers::postgres;
+use junction_testkit::{eventually, free_port, unique};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `/health`'s `status` at `port`, if it answers.
+async fn health_status(port: u16) -> Option<String> {
+    let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(body["status"].as_str()?.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_active_gateway_is_killed() -> anyhow::Result<()> {
+    let schema = unique("standby").to_lowercase();
+    let (active_port, standby_port) = (free_port()?, free_port()?);
+    let mut lobby = Lobby::start_logged(|c| {
+        *c = postgres::with_store(c, &schema);
+        crate::lobby::in_gateway(c, &format!("metrics = \"127.0.0.1:{active_port}\""));
+    })
+    .await?;
+    eventually(WAIT, "the active gateway's /health", || async {
+        health_status(active_port).await.filter(|s| s != "standby")
+    })
+    .await?;
+
+    // The same config, its /health elsewhere.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bridges.toml");
+    let config = lobby.config_text().replace(
+        &format!("metrics = \"127.0.0.1:{active_port}\""),
+        &format!("metrics = \"127.0.0.1:{standby_port}\""),
+    );
+    std::fs::write(&file, config)?;
+    let log = std::fs::File::create(dir.path().join("standby.log"))?;
+    let mut standby = tokio::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the standby")?;
+    eventually(WAIT, "the second gateway to say standby", || async {
+        (health_status(standby_port).await.as_deref() == Some("standby")).then_some(())
+    })
+    .await?;
+    // The active one still relays.
+    let before = unique("before failover");
+    lobby.irc.privmsg(&lobby.channel, &before)?;
+    lobby
+        .matrix_sees(&before)
+        .await
+        .context("irc → matrix, active")?;
+
+    lobby.stop_gateway().await?; // SIGKILL
+                                 // Taken over once every network is connected again (lines said on IRC before its bot is
+                                 // back in the channel are the ones a restart covers with the channel's history).
+    let took_over = eventually(WAIT, "the standby to take over", || async {
+        (health_status(standby_port).await.as_deref() == Some("ok")).then_some(())
+    })
+    .await;
+    if let Err(e) = took_over {
+        let log = std::fs::read_to_string(dir.path().join("standby.log")).unwrap_or_default();
+        anyhow::bail!("{e}; the standby's log:\n{log}");
+    }
+    let from_irc = unique("after failover irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    lobby
+        .matrix_sees(&from_irc)
+        .await
+        .context("irc → matrix, after")?;
+    lobby
+        .xmpp_sees(&from_irc)
+        .await
+        .context("irc → xmpp, after")?;
+    let from_matrix = unique("after failover matrix");
+    lobby.matrix.send_text(&lobby.room, &from_matrix).await?;
+    lobby
+        .irc_sees(&from_matrix)
+        .await
+        .context("matrix → irc, after")?;
+    lobby
+        .xmpp_sees(&from_matrix)
+        .await
+        .context("matrix → xmpp, after")?;
+    let from_xmpp = unique("after failover xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    lobby
+        .matrix_sees(&from_xmpp)
+        .await
+        .context("xmpp → matrix, after")?;
+    lobby
+        .irc_sees(&from_xmpp)
+        .await
+        .context("xmpp → irc, after")?;
+
+    standby.start_kill()?;
+    standby.wait().await?;
+    postgres::drop_schema(&schema);
+    Ok(())
+}
