@@ -59,6 +59,14 @@ pub async fn open_store(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(config, shutdown).await?.0)
+}
+
+/// [`open_store`], and the PostgreSQL store itself when it is one (for its active lock).
+async fn open_stores(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<PgStore>>)> {
     match &config.gateway.store {
         config::StoreLocation::Postgres(url) => {
             let url = url.clone();
@@ -67,7 +75,8 @@ pub async fn open_store(
                 .context("the store opener stopped")?
                 .context("cannot open the PostgreSQL store")?;
             tracing::info!(schema = store.schema(), "Store opened on PostgreSQL.");
-            Ok(Arc::new(store))
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
         }
         config::StoreLocation::Sled => {
             let data_dir = config.gateway.data_dir.clone();
@@ -84,7 +93,7 @@ pub async fn open_store(
             .await
             .context("the store opener stopped")?
             .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
     }
 }
@@ -97,7 +106,7 @@ pub async fn open_store(
 /// A network that fails (bad credentials, server gone for good) is logged and reported on
 /// `/health`; the others keep running.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config, &shutdown).await?;
+    let (store, pg) = open_stores(&config, &shutdown).await?;
     let networks = config.networks();
     let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
     let health = Arc::new(metrics::Health::new(networks));
@@ -111,15 +120,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     // On PostgreSQL one gateway is active at a time; the others wait as standbys.
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _active = match &config.gateway.store {
-        config::StoreLocation::Postgres(url) => {
-            match wait_active(url.expose(), &health, &shutdown, &lost).await? {
-                Some(lock) => Some(lock),
-                None => return Ok(()),
-            }
+    if let Some(pg) = &pg {
+        if !wait_active(pg, &health, &shutdown, &lost).await? {
+            return Ok(());
         }
-        config::StoreLocation::Sled => None,
-    };
+    }
     let pastes = pastes::PasteStore::open(store.clone());
     pastes.prune_now();
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
@@ -198,56 +203,54 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// Waits, as a standby (`/health` says `standby`), until this gateway holds the active lock of
-/// the PostgreSQL store at `url`, or `shutdown` (then None). Once held, a task watches it: if
-/// its connection fails, `lost` is set and `shutdown` cancelled, since another gateway may
-/// take over.
+/// its PostgreSQL store (true), or `shutdown` (false). The lock is held by the store's own
+/// connection, so a gateway that dies lets go only once its last write is done. Once held, a
+/// task watches it: if that connection is lost, `lost` is set and `shutdown` cancelled, since
+/// another gateway may take over.
 async fn wait_active(
-    url: &str,
+    pg: &Arc<PgStore>,
     health: &metrics::Health,
     shutdown: &CancellationToken,
     lost: &Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<Option<Arc<junction_store::ActiveLock>>> {
-    let lock = Arc::new(
-        junction_store::ActiveLock::wait(url)
-            .context("cannot ask PostgreSQL for the active lock")?,
-    );
+) -> anyhow::Result<bool> {
+    let ask = |pg: Arc<PgStore>| async move {
+        tokio::task::spawn_blocking(move || pg.try_become_active())
+            .await
+            .context("the lock request stopped")?
+            .context("cannot ask PostgreSQL for the active lock")
+    };
     let mut said = false;
-    while !lock.is_held() {
+    while !ask(pg.clone()).await? {
         if !said {
-            // A first short wait: a lock that is free is taken at once, without a word.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            if lock.is_held() {
-                break;
-            }
             health.set_standby(true);
             tracing::info!("Another gateway is active on this store; waiting as a standby.");
             said = true;
-            continue;
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
     }
     if said {
         tracing::info!("The active gateway is gone; taking over.");
     }
     health.set_standby(false);
-    let (watched, lost, stop) = (lock.clone(), lost.clone(), shutdown.clone());
+    let (watched, lost, stop) = (pg.clone(), lost.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
-            if watched.is_lost() {
+            if watched.lost_active() {
+                tracing::error!("The connection holding the active lock was lost; stopping.");
                 lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 stop.cancel();
                 return;
             }
         }
     });
-    Ok(Some(lock))
+    Ok(true)
 }
 
 /// What the gateway ends with: the route loop's error first (it says why the gateway stops,

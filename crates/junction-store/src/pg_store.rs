@@ -69,6 +69,10 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 struct Conn {
     config: postgres::Config,
     client: Option<Client>,
+    /// Set once this connection's session holds the store's active lock
+    /// ([`PgStore::try_become_active`]); a lost connection then loses the lock, and every
+    /// later call fails rather than write beside another gateway.
+    active: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl Conn {
@@ -77,6 +81,7 @@ impl Conn {
         let mut conn = Conn {
             client: Some(connect(&config)?),
             config,
+            active: Arc::new(std::sync::atomic::AtomicU8::new(WAITING)),
         };
         let schema = migrate(conn.client()?)?;
         let path = format!("{},public", ident(&schema));
@@ -94,6 +99,12 @@ impl Conn {
 
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
+            if self.active.load(Ordering::Relaxed) != WAITING {
+                self.active.store(LOST, Ordering::Relaxed);
+                return Err(StoreError::Backend(
+                    "the connection holding the active lock was lost".into(),
+                ));
+            }
             self.client = Some(connect(&self.config)?);
         }
         self.client
@@ -105,6 +116,8 @@ impl Conn {
 /// Store kept in a PostgreSQL database.
 pub struct PgStore {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// The connection's hold on the active lock (see [`Conn::active`]).
+    active: Arc<std::sync::atomic::AtomicU8>,
     set_aside: Arc<AtomicU64>,
     schema: String,
 }
@@ -226,13 +239,14 @@ impl PgStore {
         // Connected and migrated on the connection thread too, so that opening works from
         // anywhere, an async task included.
         let (tx, rx) = mpsc::channel::<Job>();
-        let (opened, answer) = mpsc::sync_channel::<Result<String>>(1);
+        type Opened = (String, Arc<std::sync::atomic::AtomicU8>);
+        let (opened, answer) = mpsc::sync_channel::<Result<Opened>>(1);
         std::thread::Builder::new()
             .name("junction-pg".into())
             .spawn(move || {
                 let mut conn = match Conn::open(config) {
                     Ok((conn, schema)) => {
-                        let _ = opened.send(Ok(schema));
+                        let _ = opened.send(Ok((schema, conn.active.clone())));
                         conn
                     }
                     Err(e) => {
@@ -245,11 +259,12 @@ impl PgStore {
                 }
             })
             .map_err(|e| StoreError::Backend(format!("starting the postgresql thread: {e}")))?;
-        let schema = answer
+        let (schema, active) = answer
             .recv()
             .map_err(|_| StoreError::Backend("the postgresql thread has stopped".into()))??;
         Ok(Self {
             jobs: Mutex::new(tx),
+            active,
             set_aside: Arc::new(AtomicU64::new(0)),
             schema,
         })
@@ -258,6 +273,36 @@ impl PgStore {
     /// The schema the store's tables are in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Asks once for the store's active lock (one gateway at a time writes to a store; the
+    /// others wait as standbys) on the store's own connection, so that a gateway that dies
+    /// lets go of it only once its last write is finished; true once held. Losing that
+    /// connection afterwards loses the lock: [`PgStore::lost_active`] says so and every later
+    /// call fails.
+    pub fn try_become_active(&self) -> Result<bool> {
+        if self.active.load(Ordering::Relaxed) == HELD {
+            return Ok(true);
+        }
+        let (active, schema) = (self.active.clone(), self.schema.clone());
+        self.call(move |c| {
+            let held: bool = c
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended('junction-active:' || $1, 0))",
+                    &[&schema],
+                )
+                .map_err(be)?
+                .get(0);
+            if held {
+                active.store(HELD, Ordering::Relaxed);
+            }
+            Ok(held)
+        })
+    }
+
+    /// Whether the active lock was held and then lost with its connection.
+    pub fn lost_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == LOST
     }
 
     /// Runs `f` on the connection thread and waits for its answer.
@@ -413,6 +458,8 @@ fn hold(config: &postgres::Config, state: &std::sync::atomic::AtomicU8, stop: &m
         }
         match c.query_one(
             "SELECT pg_try_advisory_lock(hashtextextended('junction-active:' || current_schema(), 0))",
+            // The same key as `PgStore::try_become_active`'s when the URL's search_path
+            // names the store's schema first.
             &[],
         ) {
             Ok(row) if row.get::<_, bool>(0) => {

@@ -844,6 +844,27 @@ fn pg_active_lock_is_held_by_one_at_a_time() {
     assert!(!second.is_lost());
 }
 
+/// The store's own connection holds the active lock: a second store on the schema waits,
+/// the doctor's `ActiveLock` sees it taken, and it is free again once the first is gone.
+#[test]
+fn pg_store_becomes_active_one_at_a_time() {
+    let Some((schema, first)) = pg_store("active") else {
+        return;
+    };
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    assert!(first.try_become_active().unwrap());
+    assert!(first.try_become_active().unwrap(), "held stays held");
+    let second = PgStore::open(&url).unwrap();
+    assert!(!second.try_become_active().unwrap());
+    let probe = ActiveLock::wait(&url).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(!probe.is_held(), "the same lock");
+    drop(probe);
+    drop(first);
+    assert!(within_10s(|| second.try_become_active().unwrap()));
+    assert!(!second.lost_active());
+}
+
 #[test]
 fn mem_legacy_rows() {
     let s = MemStore::new();
