@@ -349,3 +349,98 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
         );
     }
 }
+
+/// `junction store export` and `import` move a store from sled to PostgreSQL and back: the
+/// runtime links, puppets and adapter rows arrive whole, with the password from `${VAR}`, and
+/// an import refuses a store that is not empty.
+#[test]
+fn store_moves_between_sled_and_postgresql() {
+    use junction_store::Store as _;
+    use junction_testkit::servers::postgres;
+    if std::net::TcpStream::connect(("127.0.0.1", junction_testkit::servers::POSTGRES_PORT))
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL is needed under CI"
+        );
+        eprintln!("skipped: no PostgreSQL (`cargo run -p junction-testkit -- start`)");
+        return;
+    }
+    let link = junction_core::Link {
+        bridge: "side".into(),
+        rooms: vec![
+            junction_core::RoomRef::new("irc:local", "#side"),
+            junction_core::RoomRef::new("irc:local", "#side2"),
+        ],
+    };
+    let sled = config_with_store(std::slice::from_ref(&link));
+    {
+        let store = junction_store::SledStore::open(sled.path().join("data/store")).unwrap();
+        store.kv_put("irc:local/nicks", "k", b"\x00v").unwrap();
+        store.flush().unwrap();
+    }
+    let (code, _, err) = output(junction(sled.path()).args(["store", "export", "-o", "dump"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("exported 2 rows"), "{err}");
+
+    // Into PostgreSQL, a schema of the test's own, the password from the environment.
+    let schema = junction_testkit::unique("cli").to_lowercase();
+    let pg = tempfile::tempdir().unwrap();
+    let url = postgres::schema_url(&schema).replace(postgres::PASSWORD, "${PGPASS}");
+    std::fs::write(
+        pg.path().join("bridges.toml"),
+        format!(
+            "[gateway]\nstore = \"{url}\"\n\n[irc.local]\nserver = \"127.0.0.1:6667\"\n\
+             nick = \"junction\"\n\n[[bridge]]\nname = \"lobby\"\nirc = [\"local/#lobby\", \"local/#lobby2\"]\n"
+        ),
+    )
+    .unwrap();
+    let dump = sled.path().join("dump");
+    let in_pg = |args: &[&str]| {
+        output(
+            junction(pg.path())
+                .env("PGPASS", postgres::PASSWORD)
+                .args(args),
+        )
+    };
+    let (code, _, err) = in_pg(&["store", "import", dump.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("imported 2 rows"), "{err}");
+    assert!(!err.contains(postgres::PASSWORD), "{err}");
+    let (code, out, err) = in_pg(&["check"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("side"), "the link, from PostgreSQL: {out}");
+    let (code, _, err) = in_pg(&["store", "import", dump.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not empty"), "{err}");
+
+    // And back to a fresh sled store, through a pipe.
+    let (code, dumped, err) = in_pg(&["store", "export"]);
+    assert_eq!(code, Some(0), "{err}");
+    postgres::drop_schema(&schema);
+    let back = config_with_store(&[]);
+    let mut child = junction(back.path())
+        .args(["store", "import"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dumped.as_bytes())
+            .unwrap();
+    }
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{:?}", done);
+    let store = junction_store::SledStore::open(back.path().join("data/store")).unwrap();
+    assert_eq!(store.links().unwrap(), vec![link]);
+    assert_eq!(
+        store.kv_get("irc:local/nicks", "k").unwrap().as_deref(),
+        Some(b"\x00v".as_slice())
+    );
+}

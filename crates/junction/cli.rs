@@ -1,5 +1,5 @@
-//! The `junction` command line: `run` (the default), `check`, `registration`, `doctor` and
-//! `status`.
+//! The `junction` command line: `run` (the default), `check`, `registration`, `doctor`,
+//! `status` and `store export` / `store import`.
 
 use crate::config::{self, Config};
 use crate::wiring::NETWORKS;
@@ -43,7 +43,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Run the gateway until SIGINT or SIGTERM (the default).
     Run,
@@ -58,6 +58,31 @@ pub enum Command {
     /// Ask the running gateway (its `[gateway] metrics` listener: /health and /metrics) and
     /// print each network's state, rooms, puppets, outbox depth and last error.
     Status,
+    /// Move the store the config names: `export` writes it as a portable dump (JSON lines),
+    /// `import` reads one into an empty store (sled or PostgreSQL; stop the gateway first).
+    Store {
+        /// export or import.
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+/// `junction store ...`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum StoreAction {
+    /// Write every row of the store, one JSON object a line, to FILE (default: standard
+    /// output).
+    Export {
+        /// Where to write the dump.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read a dump from FILE (default: standard input) into the store, which must be empty.
+    Import {
+        /// The dump to read.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs the command. Usage errors exit with status 2.
@@ -99,6 +124,16 @@ pub fn main() -> ExitCode {
             Some(rt) => ExitCode::from(crate::status::main(&rt, &config)),
             None => ExitCode::from(crate::status::EXIT_UNREACHABLE),
         },
+        Command::Store { action } => match move_store(&config, &action) {
+            Ok(said) => {
+                eprintln!("junction: {said}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("{}: {why}", cli.config.display());
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Registration => match registrations(&config) {
             Ok(text) => {
                 print!("{text}");
@@ -109,6 +144,90 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+    }
+}
+
+/// Opens the store `config` names for `store export` (`create`: false; a sled store must be
+/// there) or `store import`.
+fn open_store_here(
+    config: &Config,
+    create: bool,
+) -> Result<Box<dyn junction_store::Store>, String> {
+    if let config::StoreLocation::Postgres(url) = &config.gateway.store {
+        return junction_store::PgStore::open(url.expose())
+            .map(|s| Box::new(s) as Box<dyn junction_store::Store>)
+            .map_err(|e| format!("the PostgreSQL store: {e}"));
+    }
+    let path = config.gateway.data_dir.join("store");
+    if !create && !path.exists() {
+        return Err(format!("there is no store at {}", path.display()));
+    }
+    std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match junction_store::SledStore::open(&path) {
+        Ok(s) => Ok(Box::new(s)),
+        Err(e) if e.to_string().contains("lock") => Err(format!(
+            "the store at {} is in use by a running gateway; stop it first",
+            path.display()
+        )),
+        Err(e) => Err(format!("the store at {}: {e}", path.display())),
+    }
+}
+
+/// `junction store export|import`: what was done, or why not.
+fn move_store(config: &Config, action: &StoreAction) -> Result<String, String> {
+    use std::io::{BufRead as _, Write as _};
+    match action {
+        StoreAction::Export { output } => {
+            let store = open_store_here(config, false)?;
+            let mut out: Box<dyn std::io::Write> = match output {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut n = 0u64;
+            store
+                .export(&mut |row| {
+                    let line = serde_json::to_string(&row)
+                        .map_err(|e| junction_store::StoreError::Codec(e.to_string()))?;
+                    writeln!(out, "{line}")
+                        .map_err(|e| junction_store::StoreError::Backend(e.to_string()))?;
+                    n += 1;
+                    Ok(())
+                })
+                .map_err(|e| format!("exporting: {e}"))?;
+            out.flush().map_err(|e| format!("writing the dump: {e}"))?;
+            Ok(format!("exported {n} rows"))
+        }
+        StoreAction::Import { input } => {
+            let store = open_store_here(config, true)?;
+            if !junction_store::is_empty(store.as_ref()).map_err(|e| e.to_string())? {
+                return Err("the store is not empty: import into an empty one".into());
+            }
+            let reader: Box<dyn std::io::BufRead> = match input {
+                Some(p) => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdin().lock()),
+            };
+            let mut n = 0u64;
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| format!("reading the dump: {e}"))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let row: junction_store::Row =
+                    serde_json::from_str(&line).map_err(|e| format!("dump line {}: {e}", i + 1))?;
+                store
+                    .import(row)
+                    .map_err(|e| format!("dump line {}: {e}", i + 1))?;
+                n += 1;
+            }
+            store
+                .flush()
+                .map_err(|e| format!("flushing the store: {e}"))?;
+            Ok(format!("imported {n} rows"))
+        }
     }
 }
 
@@ -188,24 +307,27 @@ fn init_tracing(from_file: Option<&str>) {
         .try_init();
 }
 
-/// The runtime links kept in the store at `<data_dir>/store`, when there is one. A store held
-/// by a running gateway (sled's lock) or one that does not open gives the line to print
-/// instead.
+/// The runtime links kept in the store (sled's at `<data_dir>/store` when there is one, or
+/// PostgreSQL's). A store held by a running gateway (sled's lock) or one that does not open
+/// gives the line to print instead.
 pub fn stored_links(config: &Config) -> Result<Vec<Link>, String> {
+    use junction_store::Store as _;
+    if let crate::config::StoreLocation::Postgres(url) = &config.gateway.store {
+        return junction_store::PgStore::open(url.expose())
+            .and_then(|s| s.links())
+            .map_err(|e| format!("runtime links: not shown, the PostgreSQL store: {e}"));
+    }
     let path = config.gateway.data_dir.join("store");
     if !path.exists() {
         return Ok(Vec::new());
     }
     match junction_store::SledStore::open(&path) {
-        Ok(store) => {
-            use junction_store::Store as _;
-            store.links().map_err(|e| {
-                format!(
-                    "runtime links: not shown, the store at {} could not be read: {e}",
-                    path.display()
-                )
-            })
-        }
+        Ok(store) => store.links().map_err(|e| {
+            format!(
+                "runtime links: not shown, the store at {} could not be read: {e}",
+                path.display()
+            )
+        }),
         Err(e) => {
             let text = e.to_string();
             if text.contains("lock") || text.contains("WouldBlock") {

@@ -19,7 +19,7 @@ pub use config::{load, Config, ConfigErrors};
 
 use anyhow::Context;
 use junction_core::Router;
-use junction_store::{SledStore, Store};
+use junction_store::{PgStore, SledStore, Store};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -52,37 +52,83 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// Runs the gateway for `config` until `shutdown` is cancelled: opens the store in
-/// `data_dir` (removing pastes older than 30 days), starts one adapter per configured network,
+/// Opens the store `config` names: sled in `<data_dir>/store` (made if missing; a gateway
+/// still stopping may hold it a moment, so this waits, bounded, unless `shutdown` ends the
+/// wait), or PostgreSQL (migrated at open). The PostgreSQL URL is never logged.
+pub async fn open_store(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(config, shutdown).await?.0)
+}
+
+/// [`open_store`], and the PostgreSQL store itself when it is one (for its active lock).
+async fn open_stores(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<PgStore>>)> {
+    match &config.gateway.store {
+        config::StoreLocation::Postgres(url) => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(url.expose()))
+                .await
+                .context("the store opener stopped")?
+                .context("cannot open the PostgreSQL store")?;
+            tracing::info!(schema = store.schema(), "Store opened on PostgreSQL.");
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
+        }
+        config::StoreLocation::Sled => {
+            let data_dir = config.gateway.data_dir.clone();
+            std::fs::create_dir_all(&data_dir).with_context(|| {
+                format!("cannot create the data directory {}", data_dir.display())
+            })?;
+            let store_path = data_dir.join("store");
+            let (path, stop) = (store_path.clone(), shutdown.clone());
+            let store = tokio::task::spawn_blocking(move || {
+                SledStore::open_within(&path, std::time::Duration::from_secs(15), &|| {
+                    stop.is_cancelled()
+                })
+            })
+            .await
+            .context("the store opener stopped")?
+            .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
+/// Runs the gateway for `config` until `shutdown` is cancelled: opens the store
+/// ([`open_store`]; removing pastes older than 30 days), starts one adapter per configured network,
 /// the metrics server and the public pages ([`web`]) if configured, and the route loop; on
 /// shutdown waits (bounded) for the adapters to part and flushes the store.
 ///
 /// A network that fails (bad credentials, server gone for good) is logged and reported on
 /// `/health`; the others keep running.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = config.gateway.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let store_path = data_dir.join("store");
-    // A gateway still stopping (or another one) may hold the store a moment: wait, bounded.
-    let (path, stop) = (store_path.clone(), shutdown.clone());
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            SledStore::open_within(&path, std::time::Duration::from_secs(15), &|| {
-                stop.is_cancelled()
-            })
-        })
-        .await
-        .context("the store opener stopped")?
-        .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
-    );
+    let (store, pg) = open_stores(&config, &shutdown).await?;
+    let networks = config.networks();
+    let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
+    let health = Arc::new(metrics::Health::new(networks));
+    if let Some(addr) = config.gateway.metrics {
+        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, h, stop).await {
+                tracing::error!(error = %e, "The metrics server stopped.");
+            }
+        });
+    }
+    // On PostgreSQL one gateway is active at a time; the others wait as standbys.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(pg) = &pg {
+        if !wait_active(pg, &health, &shutdown, &lost).await? {
+            return Ok(());
+        }
+    }
     let pastes = pastes::PasteStore::open(store.clone());
     pastes.prune_now();
     let links = gateway::initial_links(&config.bridges, store.as_ref())?;
     let router = Router::new(links).context("the links do not fit together")?;
-    let networks = config.networks();
-    let metrics = Arc::new(metrics::Metrics::new(networks.clone()));
-    let health = Arc::new(metrics::Health::new(networks));
 
     let mut hub = gateway::Hub::new(store.clone());
     if let Some(url) = config.gateway.public_url.as_deref() {
@@ -110,14 +156,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 tracing::error!(%network, error = %e, "Could not build the adapter; the other networks keep running.");
             }
         }
-    }
-    if let Some(addr) = config.gateway.metrics {
-        let (m, h, stop) = (metrics.clone(), health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m, h, stop).await {
-                tracing::error!(error = %e, "The metrics server stopped.");
-            }
-        });
     }
     if let Some(addr) = config.gateway.web {
         let (pastes, stop) = (pastes.clone(), shutdown.clone());
@@ -156,7 +194,63 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         adapters.abort_all();
     }
     let flushed = store.flush();
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!(
+            "stopped: the active lock on PostgreSQL was lost, another gateway may be active"
+        );
+    }
     stop_result(result, flushed)
+}
+
+/// Waits, as a standby (`/health` says `standby`), until this gateway holds the active lock of
+/// its PostgreSQL store (true), or `shutdown` (false). The lock is held by the store's own
+/// connection, so a gateway that dies lets go only once its last write is done. Once held, a
+/// task watches it: if that connection is lost, `lost` is set and `shutdown` cancelled, since
+/// another gateway may take over.
+async fn wait_active(
+    pg: &Arc<PgStore>,
+    health: &metrics::Health,
+    shutdown: &CancellationToken,
+    lost: &Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<bool> {
+    let ask = |pg: Arc<PgStore>| async move {
+        tokio::task::spawn_blocking(move || pg.try_become_active())
+            .await
+            .context("the lock request stopped")?
+            .context("cannot ask PostgreSQL for the active lock")
+    };
+    let mut said = false;
+    while !ask(pg.clone()).await? {
+        if !said {
+            health.set_standby(true);
+            tracing::info!("Another gateway is active on this store; waiting as a standby.");
+            said = true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+    if said {
+        tracing::info!("The active gateway is gone; taking over.");
+    }
+    health.set_standby(false);
+    let (watched, lost, stop) = (pg.clone(), lost.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            if watched.lost_active() {
+                tracing::error!("The connection holding the active lock was lost; stopping.");
+                lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                stop.cancel();
+                return;
+            }
+        }
+    });
+    Ok(true)
 }
 
 /// What the gateway ends with: the route loop's error first (it says why the gateway stops,

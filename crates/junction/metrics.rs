@@ -590,6 +590,8 @@ pub struct Health {
     rooms: Mutex<BTreeMap<NetworkId, Vec<String>>>,
     /// Each network's last problem, kept after it is solved.
     last_errors: Mutex<BTreeMap<NetworkId, LastError>>,
+    /// Waiting while another gateway is active on the same store.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
@@ -633,6 +635,18 @@ impl Health {
             }
         }
         *store = failing;
+    }
+
+    /// Marks the gateway as a standby (waiting while another one is active on the same
+    /// PostgreSQL store) or, with `false`, as the active one.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby
+            .store(standby, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the gateway is a standby.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the store refuses writes, if it does.
@@ -685,7 +699,8 @@ impl Health {
     /// Whether every network is connected (true when there are none) and the store takes
     /// writes.
     pub fn is_healthy(&self) -> bool {
-        self.store_failure().is_none()
+        !self.is_standby()
+            && self.store_failure().is_none()
             && self
                 .states()
                 .values()
@@ -709,7 +724,8 @@ impl Health {
     /// While the store refuses writes the status is `down` and a `store` entry says why:
     /// `"store":{"state":"failing","reason":"..."}`. Each network also lists its linked
     /// `rooms` and, once it had a problem, its `last_error` (`reason`, `at_ms`: ms since the
-    /// Unix epoch), kept after it is solved.
+    /// Unix epoch), kept after it is solved. A standby (another gateway is active on the
+    /// same store) says `"status":"standby"`.
     pub fn render_json(&self) -> String {
         let states = self.states().clone();
         let rooms = self
@@ -723,17 +739,18 @@ impl Health {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let store = self.store_failure();
-        let status =
-            if store.is_some() || states.values().any(|s| matches!(s, NetworkState::Down(_))) {
-                "down"
-            } else if states
-                .values()
-                .any(|s| matches!(s, NetworkState::Degraded(_)))
-            {
-                "degraded"
-            } else {
-                "ok"
-            };
+        let status = if self.is_standby() {
+            "standby"
+        } else if store.is_some() || states.values().any(|s| matches!(s, NetworkState::Down(_))) {
+            "down"
+        } else if states
+            .values()
+            .any(|s| matches!(s, NetworkState::Degraded(_)))
+        {
+            "degraded"
+        } else {
+            "ok"
+        };
         let networks: Vec<serde_json::Value> = states
             .iter()
             .map(|(network, state)| {
@@ -1286,6 +1303,18 @@ mod tests {
             "{} vs {expected}",
             sum.value
         );
+    }
+
+    #[test]
+    fn a_standby_says_so_and_is_not_healthy() {
+        let h = Health::new([n("matrix")]);
+        h.set(&n("matrix"), NetworkState::Connected);
+        h.set_standby(true);
+        assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_str(&h.render_json()).expect("json");
+        assert_eq!(body["status"], "standby");
+        h.set_standby(false);
+        assert_eq!(h.status(), StatusCode::OK);
     }
 
     #[test]

@@ -86,3 +86,7 @@ mod retention;
 
 /// `junction status` against a running gateway.
 mod status;
+
+/// A hot standby on PostgreSQL: a second `junction run` waits, says `standby` on `/health`,
+/// and takes over when the active one is killed.
+mod standby;

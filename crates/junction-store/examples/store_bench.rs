@@ -1,16 +1,30 @@
-//! Inserts 100k events into a SledStore in a temporary directory and prints inserts/s and
-//! lookups/s. A rough measurement, no assertions.
+//! Inserts events (100k, or `JUNCTION_BENCH_N`) into a SledStore in a temporary directory, or
+//! into PostgreSQL when `JUNCTION_BENCH_PG` is a store URL (a fresh schema there, e.g.
+//! `postgres://junction:…@127.0.0.1:5439/junction?options=-c%20search_path%3Dbench1`), and
+//! prints inserts/s and lookups/s. A rough measurement, no assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use junction_core::router::Planned;
 use junction_core::{BridgeName, Event, EventKind, MessageId, RoomRef, Sender, UserRef};
-use junction_store::{SledStore, Store};
+use junction_store::{PgStore, SledStore, Store};
 use std::time::Instant;
 
 fn main() {
-    const N: usize = 100_000;
+    let n: usize = std::env::var("JUNCTION_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store: Box<dyn Store> = match std::env::var("JUNCTION_BENCH_PG") {
+        Ok(url) if !url.is_empty() => {
+            println!("store: PostgreSQL");
+            Box::new(PgStore::open(&url).unwrap())
+        }
+        _ => {
+            println!("store: sled");
+            Box::new(SledStore::open(dir.path()).unwrap())
+        }
+    };
     let origin = RoomRef::new("matrix", "#lobby:matrix.test");
     let sender = Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice");
     let target = Planned {
@@ -19,7 +33,7 @@ fn main() {
         reply_to: vec![],
         target_ids: vec![],
     };
-    let events: Vec<Event> = (0..N)
+    let events: Vec<Event> = (0..n)
         .map(|i| {
             Event::new(
                 origin.clone(),
@@ -36,11 +50,11 @@ fn main() {
     }
     store.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
-    println!("inserts: {:.0}/s", N as f64 / secs);
+    println!("inserts: {:.0}/s", n as f64 / secs);
     let start = Instant::now();
     for e in &events {
         store.event_for(&e.origin, &e.remote_id).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("lookups: {:.0}/s", N as f64 / secs);
+    println!("lookups: {:.0}/s", n as f64 / secs);
 }

@@ -1,7 +1,7 @@
 //! A [`MemStore`] that fails where a test tells it to, for the failure paths of the store's
 //! users (a full disk, a record that cannot be encoded).
 
-use crate::{AuditEntry, Dropped, MemStore, Recorded, Result, Store, StoreError};
+use crate::{AuditEntry, Dropped, MemStore, Recorded, Result, Row, Store, StoreError};
 use junction_core::router::{Link, Planned};
 use junction_core::{
     BridgeName, Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef,
@@ -103,6 +103,8 @@ impl Store for Faulty {
         fn prune_kv_before(&self, before_ms: u64, limit: usize) -> usize;
         fn audit(&self, entry: &AuditEntry) -> ();
         fn audit_log(&self) -> Vec<AuditEntry>;
+        fn export(&self, out: &mut dyn FnMut(Row) -> Result<()>) -> ();
+        fn import(&self, row: Row) -> ();
         fn flush(&self) -> ();
     }
 }

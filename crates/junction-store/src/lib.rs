@@ -2,22 +2,27 @@
 //! per-network outboxes, Matrix transaction dedupe, per-room backfill cursors and small
 //! adapter-private key/value tables.
 //!
-//! Two backends share one conformance suite: [`SledStore`] (on disk, the default) and
-//! [`MemStore`] (tests, benchmarks). Only this crate knows sled.
+//! Three backends share one conformance suite: [`SledStore`] (on disk, the default),
+//! [`PgStore`] (PostgreSQL) and [`MemStore`] (tests, benchmarks). Only this crate knows sled
+//! and PostgreSQL.
 #![deny(missing_docs)]
 
 use junction_core::router::{Link, Planned, RefResolver};
 use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};
 
+mod dump;
 mod faulty;
 mod mem;
+mod pg_store;
 mod scoped;
 mod sled_store;
 #[cfg(test)]
 mod tests;
 
+pub use dump::{is_empty, Row};
 pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
+pub use pg_store::{check_url as check_postgres_url, ActiveLock, PgStore};
 pub use scoped::{scoped, Scoped};
 pub use sled_store::SledStore;
 
@@ -31,6 +36,19 @@ pub(crate) fn key(parts: &[&str]) -> Vec<u8> {
         k.extend_from_slice(p.as_bytes());
     }
     k
+}
+
+/// The first `n` (2 or 3) NUL-separated parts of a key, the last one taking the rest
+/// (missing ones empty).
+pub(crate) fn split3_at(k: &[u8], n: usize) -> [String; 3] {
+    let mut parts = k.splitn(n, |b| *b == 0);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    [next(), next(), next()]
+}
+
+/// The three NUL-separated parts of a key (missing ones empty).
+pub(crate) fn split3(k: &[u8]) -> [String; 3] {
+    split3_at(k, 3)
 }
 
 /// The rows of `rows` (one network's outbox, in order) that [`Store::drop_outbox`] drops.
@@ -277,6 +295,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// The audit trail, oldest first.
     fn audit_log(&self) -> Result<Vec<AuditEntry>>;
+
+    // ---- moving stores ----
+
+    /// Hands every row of the store to `out` as the portable dump carries it ([`Row`]):
+    /// events and the message map, outbox rows (per network, in order), transaction keys,
+    /// puppets, links, cursors, adapter rows and the audit trail (oldest first). Stops at the
+    /// first error `out` returns, and returns it.
+    fn export(&self, out: &mut dyn FnMut(Row) -> Result<()>) -> Result<()>;
+
+    /// Writes one row of a dump, as [`Store::export`] handed it out; an outbox row gets the
+    /// next id, so rows imported in order keep their order, and a row without a time is
+    /// dated now.
+    fn import(&self, row: Row) -> Result<()>;
 
     // ---- durability ----
 

@@ -1,6 +1,9 @@
 //! In-memory backend: same semantics as the sled one, nothing durable.
 
-use crate::{encode_row, key, outbox_rows, AuditEntry, Dropped, Recorded, Result, Store};
+use crate::dump::Own;
+use crate::{
+    encode_row, key, outbox_rows, split3, AuditEntry, Dropped, Recorded, Result, Row, Store,
+};
 use junction_core::clock::now_ms;
 use junction_core::router::{Link, Planned};
 use junction_core::{
@@ -503,6 +506,123 @@ impl Store for MemStore {
 
     fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         Ok(self.lock().audit.clone())
+    }
+
+    fn export(&self, out: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+        // A copy of what to hand out, so `out` runs without the lock.
+        let rows = {
+            let g = self.lock();
+            let mut rows = Vec::new();
+            let private =
+                |ts: u64, e: &EventId| g.private_time.contains(&(ts, Private::Event(e.clone())));
+            for (ts, e) in &g.by_time {
+                rows.push(Row::Event {
+                    event: e.clone(),
+                    stamp: Some(*ts),
+                    sender: g.senders.get(e).cloned(),
+                    private: private(*ts, e),
+                });
+            }
+            for (e, sender) in &g.senders {
+                if !g.stamps.contains_key(e) {
+                    rows.push(Row::Event {
+                        event: e.clone(),
+                        stamp: None,
+                        sender: Some(sender.clone()),
+                        private: false,
+                    });
+                }
+            }
+            for (k, ids) in &g.by_event {
+                let [event, network, room] = split3(k);
+                rows.push(Row::Map {
+                    event: EventId(event),
+                    room: RoomRef::new(network, room),
+                    ids: ids.clone(),
+                });
+            }
+            let mut networks: Vec<&NetworkId> = g.outbox.keys().collect();
+            networks.sort();
+            for n in networks {
+                for d in g.outbox[n].values() {
+                    rows.push(Row::Outbox {
+                        delivery: Box::new(d.clone()),
+                    });
+                }
+            }
+            for (k, t) in &g.txns {
+                rows.push(Row::Txn {
+                    key: k.clone(),
+                    stamp: *t,
+                });
+            }
+            for (k, identity) in &g.puppets {
+                let [network, un, uid] = split3(k);
+                rows.push(Row::Puppet {
+                    network: NetworkId::new(network),
+                    user: UserRef::new(un, uid),
+                    identity: identity.clone(),
+                });
+            }
+            for link in g.links.values() {
+                rows.push(Row::Link { link: link.clone() });
+            }
+            for (k, cursor) in &g.cursors {
+                let [network, room, _] = split3(k);
+                rows.push(Row::Cursor {
+                    room: RoomRef::new(network, room),
+                    cursor: cursor.clone(),
+                });
+            }
+            for ((ns, k), v) in &g.kv {
+                let stamp = g.kv_stamps.get(&(ns.clone(), k.clone())).copied();
+                let private = stamp.is_some_and(|ts| {
+                    g.private_time
+                        .contains(&(ts, Private::Row(ns.clone(), k.clone())))
+                });
+                rows.push(Row::kv(ns, k, v, stamp, private));
+            }
+            for entry in &g.audit {
+                rows.push(Row::Audit {
+                    entry: entry.clone(),
+                });
+            }
+            rows
+        };
+        rows.into_iter().try_for_each(out)
+    }
+
+    fn import(&self, row: Row) -> Result<()> {
+        let Some(own) = crate::dump::import_common(self, row)? else {
+            return Ok(());
+        };
+        let mut g = self.lock();
+        match own {
+            Own::Event(event, ts, sender, private) => {
+                g.stamps.insert(event.clone(), ts);
+                g.by_time.insert((ts, event.clone()));
+                if private {
+                    g.private_time.insert((ts, Private::Event(event.clone())));
+                }
+                if let Some(sender) = sender {
+                    g.senders.insert(event, sender);
+                }
+            }
+            Own::Outbox(mut delivery) => {
+                encode_row(&delivery)?;
+                g.next_id += 1;
+                delivery.outbox_id = g.next_id;
+                g.outbox
+                    .entry(delivery.target.network.clone())
+                    .or_default()
+                    .insert(delivery.outbox_id, *delivery);
+            }
+            Own::Txn(key, ts) => {
+                g.txns.insert(key.clone(), Some(ts));
+                g.txn_time.insert((ts, key));
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

@@ -1,8 +1,10 @@
 //! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values.
 //! Writes that belong together run in one sled transaction.
 
+use crate::dump::Own;
 use crate::{
-    encode_row, key, outbox_rows, AuditEntry, Dropped, Recorded, Result, Store, StoreError,
+    encode_row, key, outbox_rows, split3, split3_at, AuditEntry, Dropped, Recorded, Result, Row,
+    Store, StoreError,
 };
 use junction_core::clock::now_ms;
 use junction_core::router::{Link, Planned};
@@ -591,6 +593,133 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<()> {
         self.db.flush().map(drop).map_err(be)
+    }
+
+    fn export(&self, out: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let sender = |id: &[u8]| -> Result<Option<UserRef>> {
+            match self.senders.get(id).map_err(be)? {
+                Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
+                None => Ok(None),
+            }
+        };
+        for r in self.by_time.iter() {
+            let (tk, _) = r.map_err(be)?;
+            let (ts, id) = tk.split_at(8.min(tk.len()));
+            let private = time_key(stamp(ts).unwrap_or(0), &[b"e".as_slice(), id].concat());
+            out(Row::Event {
+                event: EventId(text(id)),
+                stamp: stamp(ts),
+                sender: sender(id)?,
+                private: self.private_time.contains_key(private).map_err(be)?,
+            })?;
+        }
+        for r in self.senders.iter() {
+            let (id, _) = r.map_err(be)?;
+            if !self.stamps.contains_key(&id).map_err(be)? {
+                out(Row::Event {
+                    event: EventId(text(&id)),
+                    stamp: None,
+                    sender: sender(&id)?,
+                    private: false,
+                })?;
+            }
+        }
+        for r in self.by_event.iter() {
+            let (k, v) = r.map_err(be)?;
+            let [event, network, room] = split3(&k);
+            out(Row::Map {
+                event: EventId(event),
+                room: RoomRef::new(network, room),
+                ids: serde_json::from_slice(&v).map_err(codec)?,
+            })?;
+        }
+        for r in self.outbox.iter() {
+            let (k, v) = r.map_err(be)?;
+            if let Some(delivery) = self.read_or_set_aside(&self.outbox, "outbox", &k, &v)? {
+                out(Row::Outbox {
+                    delivery: Box::new(delivery),
+                })?;
+            }
+        }
+        for r in self.txns.iter() {
+            let (k, v) = r.map_err(be)?;
+            out(Row::Txn {
+                key: text(&k),
+                stamp: stamp(&v),
+            })?;
+        }
+        for r in self.puppets.iter() {
+            let (k, v) = r.map_err(be)?;
+            let [network, un, uid] = split3(&k);
+            out(Row::Puppet {
+                network: NetworkId::new(network),
+                user: UserRef::new(un, uid),
+                identity: text(&v),
+            })?;
+        }
+        for link in self.links()? {
+            out(Row::Link { link })?;
+        }
+        for r in self.cursors.iter() {
+            let (k, v) = r.map_err(be)?;
+            let [network, room, _] = split3(&k);
+            out(Row::Cursor {
+                room: RoomRef::new(network, room),
+                cursor: text(&v),
+            })?;
+        }
+        for r in self.kv.iter() {
+            let (k, v) = r.map_err(be)?;
+            let [ns, key, _] = split3_at(&k, 2);
+            let ts = self.kv_stamps.get(&k).map_err(be)?.and_then(|t| stamp(&t));
+            let private = match ts {
+                Some(ts) => self
+                    .private_time
+                    .contains_key(time_key(ts, &[b"k".as_slice(), &k].concat()))
+                    .map_err(be)?,
+                None => false,
+            };
+            out(Row::kv(&ns, &key, &v, ts, private))?;
+        }
+        for entry in self.audit_log()? {
+            out(Row::Audit { entry })?;
+        }
+        Ok(())
+    }
+
+    fn import(&self, row: Row) -> Result<()> {
+        let Some(own) = crate::dump::import_common(self, row)? else {
+            return Ok(());
+        };
+        match own {
+            Own::Event(event, ts, sender, private) => {
+                let id = event.as_str().as_bytes();
+                if let Some(sender) = sender {
+                    let v = serde_json::to_vec(&sender).map_err(codec)?;
+                    self.senders.insert(id, v).map_err(be)?;
+                }
+                self.stamps.insert(id, &ts.to_be_bytes()).map_err(be)?;
+                self.by_time.insert(time_key(ts, id), &[]).map_err(be)?;
+                if private {
+                    let pk = time_key(ts, &[b"e".as_slice(), id].concat());
+                    self.private_time.insert(pk, &[]).map_err(be)?;
+                }
+            }
+            Own::Outbox(mut delivery) => {
+                delivery.outbox_id = self.next_id()?;
+                let v = encode_row(&delivery)?;
+                let k = outbox_key(&delivery.target.network, delivery.outbox_id);
+                self.outbox.insert(k, v).map_err(be)?;
+            }
+            Own::Txn(key, ts) => {
+                self.txn_time
+                    .insert(time_key(ts, key.as_bytes()), &[])
+                    .map_err(be)?;
+                self.txns.insert(key, &ts.to_be_bytes()).map_err(be)?;
+            }
+        }
+        Ok(())
     }
 
     fn drop_outbox(

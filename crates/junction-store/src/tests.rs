@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::*;
+use junction_core::router::Link;
 use junction_core::{BridgeName, EventKind, Sender};
 
 fn room(n: &str, r: &str) -> RoomRef {
@@ -325,6 +326,19 @@ fn message(n: &str, r: &str, remote: &str, ts: u64) -> Event {
     )
 }
 
+/// Appends an admin's audit entries, each `(when, action)`.
+fn audit_entries(s: &dyn Store, entries: &[(u64, &str)]) {
+    for (ts, action) in entries {
+        s.audit(&AuditEntry {
+            ts_ms: *ts,
+            actor: "matrix/@admin:m".into(),
+            action: (*action).into(),
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+}
+
 /// Message-map rows, senders, transaction keys and dated adapter rows recorded before a
 /// time go, in bounded passes, both directions and every part; later ones stay.
 pub(crate) fn retention(s: &dyn Store) {
@@ -393,15 +407,7 @@ pub(crate) fn retention(s: &dyn Store) {
     assert_eq!(s.prune_kv_before(u64::MAX, 10).unwrap(), 1);
     assert_eq!(s.kv_scan("irc:l/quotes").unwrap().len(), 2);
 
-    for (ts, action) in [(10, "a"), (20, "b"), (30, "c")] {
-        s.audit(&AuditEntry {
-            ts_ms: ts,
-            actor: "matrix/@admin:m".into(),
-            action: action.into(),
-            outcome: "ok".into(),
-        })
-        .unwrap();
-    }
+    audit_entries(s, &[(10, "a"), (20, "b"), (30, "c")]);
     assert_eq!(s.prune_audit_before(25, 1).unwrap(), 1);
     assert_eq!(s.prune_audit_before(25, 10).unwrap(), 1);
     assert_eq!(s.prune_audit_before(25, 10).unwrap(), 0);
@@ -605,6 +611,259 @@ store_conformance_tests!(sled, {
     let s = SledStore::open(d.path()).unwrap();
     (d, s)
 });
+
+/// The PostgreSQL the conformance tests use: `JUNCTION_TEST_PG_URL`, or the testkit's.
+fn pg_url() -> String {
+    std::env::var("JUNCTION_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://junction:junction_testkit_pg@127.0.0.1:5439/junction".into())
+}
+
+/// A test's own schema, dropped at the end.
+pub(crate) struct PgSchema(String);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = pg_url()
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+        {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0));
+        }
+    }
+}
+
+/// A [`PgStore`] in a schema of its own, or `None` (with a message) when no PostgreSQL
+/// answers; under CI (`CI` set) a missing PostgreSQL fails the test instead.
+pub(crate) fn pg_store(test: &str) -> Option<(PgSchema, PgStore)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let schema = format!(
+        "t_{test}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        junction_core::clock::now_ms()
+    );
+    let url = format!("{}?options=-c%20search_path%3D{schema}", pg_url());
+    match PgStore::open(&url) {
+        Ok(s) => Some((PgSchema(schema), s)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: no PostgreSQL reachable ({e}); `cargo run -p junction-testkit -- start` starts one");
+            None
+        }
+        Err(e) => panic!("PostgreSQL is needed under CI: {e}"),
+    }
+}
+
+store_conformance_tests!(pg, {
+    let Some(made) = pg_store("conformance") else {
+        return;
+    };
+    made
+});
+
+#[test]
+fn pg_reopen_keeps_everything_and_migrates_once() {
+    let Some((schema, s)) = pg_store("reopen") else {
+        return;
+    };
+    s.kv_put("ns", "k", b"v").unwrap();
+    drop(s);
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    let s = PgStore::open(&url).unwrap();
+    assert_eq!(s.kv_get("ns", "k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.schema(), schema.0);
+}
+
+/// A store with a row of every kind a dump carries.
+fn fill(s: &dyn Store) {
+    let m = message("matrix", "#lobby:matrix.test", "$m", 5);
+    let Recorded::New(rows) = s
+        .record_inbound(&m, vec![plan("xmpp", "lobby@c"), plan("irc:l", "#lobby")])
+        .unwrap()
+    else {
+        panic!()
+    };
+    s.record_delivered(&Delivered {
+        outbox_id: rows[0].outbox_id,
+        target: rows[0].target.clone(),
+        event: m.id.clone(),
+        outcome: Ok(ids(&["x1", "x2"])),
+    })
+    .unwrap();
+    for i in 0..3 {
+        s.record_inbound(
+            &message("irc:l", "#lobby", &format!("i{i}"), 10 + i),
+            vec![plan("xmpp", "lobby@c")],
+        )
+        .unwrap();
+    }
+    let dm = "dm:bob\u{1f}matrix\u{1f}@alice:m";
+    s.record_inbound(&message("irc:l", dm, "p1", 7), vec![])
+        .unwrap();
+    s.record_inbound(&ev("matrix", "#lobby:matrix.test", "$join"), vec![])
+        .unwrap();
+    s.mark_txn("t1").unwrap();
+    s.set_puppet(
+        &NetworkId::new("irc:l"),
+        &UserRef::new("matrix", "@bob:m"),
+        "bob[m]",
+    )
+    .unwrap();
+    s.put_link(&Link {
+        bridge: BridgeName::new("b"),
+        rooms: vec![room("irc:l", "#a"), room("xmpp", "a@c")],
+    })
+    .unwrap();
+    s.set_cursor(&room("xmpp", "lobby@c"), "c1").unwrap();
+    s.kv_put("irc:l/nicks", "a", b"\x00\xffplain").unwrap();
+    s.kv_put_dated("irc:l/quotes", "q", b"dated", 10).unwrap();
+    s.kv_put_private("irc:l/quotes", "p", b"private", 20)
+        .unwrap();
+    audit_entries(s, &[(1, "a"), (2, "b")]);
+}
+
+/// A store's dump as sorted JSON lines, outbox ids left out (an import renumbers them).
+fn dumped(s: &dyn Store) -> Vec<String> {
+    let mut lines = Vec::new();
+    s.export(&mut |row| {
+        let row = match row {
+            Row::Outbox { mut delivery } => {
+                delivery.outbox_id = 0;
+                Row::Outbox { delivery }
+            }
+            other => other,
+        };
+        lines.push(serde_json::to_string(&row).unwrap());
+        Ok(())
+    })
+    .unwrap();
+    lines.sort();
+    lines
+}
+
+fn copy(from: &dyn Store, to: &dyn Store) {
+    assert!(is_empty(to).unwrap());
+    from.export(&mut |row| to.import(row)).unwrap();
+    to.flush().unwrap();
+}
+
+/// A dump moves a store between backends whole: memory → sled → PostgreSQL → memory gives
+/// the same dump, and the copies answer as the original does (both directions of the map,
+/// puppet owners, outbox order, what the private retention removes).
+#[test]
+fn dump_round_trips_across_backends() {
+    let mem = MemStore::new();
+    fill(&mem);
+    assert!(!is_empty(&mem).unwrap());
+    let want = dumped(&mem);
+    assert!(want.iter().any(|l| l.contains("\"kind\":\"outbox\"")));
+    let d = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(d.path()).unwrap();
+    copy(&mem, &sled);
+    assert_eq!(dumped(&sled), want, "memory → sled");
+    let mut last: Box<dyn Store> = Box::new(sled);
+    let pg = pg_store("dump");
+    if let Some((_schema, pg)) = &pg {
+        copy(last.as_ref(), pg);
+        assert_eq!(dumped(pg), want, "sled → PostgreSQL");
+        let back = MemStore::new();
+        copy(pg, &back);
+        assert_eq!(dumped(&back), want, "PostgreSQL → memory");
+        last = Box::new(back);
+    }
+    let s = last.as_ref();
+    let x = room("xmpp", "lobby@c");
+    let m = message("matrix", "#lobby:matrix.test", "$m", 5);
+    assert_eq!(
+        s.event_for(&x, &MessageId::new("x2")).unwrap(),
+        Some(m.id.clone())
+    );
+    assert_eq!(
+        s.event_for(&m.origin, &m.remote_id).unwrap(),
+        Some(m.id.clone())
+    );
+    assert!(s.sender_of(&m.id).unwrap().is_some());
+    assert_eq!(
+        s.puppet_owner(&NetworkId::new("irc:l"), "bob[m]").unwrap(),
+        Some(UserRef::new("matrix", "@bob:m"))
+    );
+    let pending = s.pending(&NetworkId::new("xmpp")).unwrap();
+    assert_eq!(
+        pending.iter().map(|d| d.event.ts_ms).collect::<Vec<_>>(),
+        vec![10, 11, 12],
+        "outbox order kept"
+    );
+    assert!(s.txn_done("t1").unwrap());
+    assert_eq!(
+        s.kv_get("irc:l/nicks", "a").unwrap().as_deref(),
+        Some(b"\x00\xffplain".as_slice())
+    );
+    // The private event and row go with the private retention, as in the original.
+    assert_eq!(s.prune_private_before(u64::MAX, 10).unwrap(), 2);
+    assert_eq!(s.kv_get("irc:l/quotes", "p").unwrap(), None);
+    assert_eq!(s.audit_log().unwrap().len(), 2);
+}
+
+/// Polls `f` every 10 ms for up to 10 s.
+fn within_10s(f: impl Fn() -> bool) -> bool {
+    (0..1000).any(|_| {
+        let done = f();
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        done
+    })
+}
+
+/// One gateway at a time holds a store's active lock; the next takes it once the first lets
+/// go, and a store in another schema has a lock of its own.
+#[test]
+fn pg_active_lock_is_held_by_one_at_a_time() {
+    let Some((schema, _store)) = pg_store("lock") else {
+        return;
+    };
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    let first = ActiveLock::wait(&url).unwrap();
+    assert!(within_10s(|| first.is_held()));
+    let second = ActiveLock::wait(&url).unwrap();
+    let Some((other, _other_store)) = pg_store("lock") else {
+        return;
+    };
+    let elsewhere = ActiveLock::wait(&format!(
+        "{}?options=-c%20search_path%3D{}",
+        pg_url(),
+        other.0
+    ))
+    .unwrap();
+    assert!(within_10s(|| elsewhere.is_held()));
+    assert!(!second.is_held(), "the first still holds it");
+    drop(first);
+    assert!(within_10s(|| second.is_held()), "taken over");
+    assert!(!second.is_lost());
+}
+
+/// The store's own connection holds the active lock: a second store on the schema waits,
+/// the doctor's `ActiveLock` sees it taken, and it is free again once the first is gone.
+#[test]
+fn pg_store_becomes_active_one_at_a_time() {
+    let Some((schema, first)) = pg_store("active") else {
+        return;
+    };
+    let url = format!("{}?options=-c%20search_path%3D{}", pg_url(), schema.0);
+    assert!(first.try_become_active().unwrap());
+    assert!(first.try_become_active().unwrap(), "held stays held");
+    let second = PgStore::open(&url).unwrap();
+    assert!(!second.try_become_active().unwrap());
+    let probe = ActiveLock::wait(&url).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(!probe.is_held(), "the same lock");
+    drop(probe);
+    drop(first);
+    assert!(within_10s(|| second.try_become_active().unwrap()));
+    assert!(!second.lost_active());
+}
 
 #[test]
 fn mem_legacy_rows() {

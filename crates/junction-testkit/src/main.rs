@@ -3,6 +3,7 @@
 //! ```text
 //! junction-testkit install [--dry-run]   apt packages + Synapse venv, only what is missing
 //! junction-testkit start                 install, start what is not running, print the env
+//!                                        (and PostgreSQL's URL, password as `${JUNCTION_PGPASS}`)
 //! junction-testkit stop                  stop the servers this dir's pid files name
 //! junction-testkit status                what runs; exit 0 all, 3 none, 4 some
 //! junction-testkit env                   the demo slot's secrets, for `eval`
@@ -19,8 +20,21 @@ const USAGE: &str = "usage: junction-testkit <install [--dry-run] | start | stop
 fn env_line() -> String {
     let s = servers::demo_slot();
     format!(
-        "export JUNCTION_AS_TOKEN='{}' JUNCTION_HS_TOKEN='{}' JUNCTION_XMPP_SECRET='{}'",
-        s.as_token, s.hs_token, s.component_secret
+        "export JUNCTION_AS_TOKEN='{}' JUNCTION_HS_TOKEN='{}' JUNCTION_XMPP_SECRET='{}' \
+         JUNCTION_PGPASS='{}'",
+        s.as_token,
+        s.hs_token,
+        s.component_secret,
+        servers::postgres::PASSWORD
+    )
+}
+
+/// PostgreSQL's URL as a config takes it, the password left to `${JUNCTION_PGPASS}`.
+fn pg_url_shown() -> String {
+    use servers::postgres::{DATABASE, USER};
+    format!(
+        "postgres://{USER}:${{JUNCTION_PGPASS}}@127.0.0.1:{}/{DATABASE}",
+        servers::POSTGRES_PORT
     )
 }
 
@@ -46,16 +60,18 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             let s = h.start().await?;
             eprintln!(
                 "junction-testkit: servers ready in {}: Matrix {} ({}), XMPP {} (c2s) {} \
-                 (components), IRC {} (InspIRCd) {} (ngIRCd)",
+                 (components), IRC {} (InspIRCd) {} (ngIRCd), PostgreSQL {}",
                 s.dir.display(),
                 s.matrix.url,
                 s.matrix.server_name,
                 s.xmpp.c2s,
                 s.xmpp.component,
                 s.inspircd,
-                s.ngircd
+                s.ngircd,
+                pg_url_shown()
             );
             println!("{}", env_line());
+            println!("# PostgreSQL store: {}", pg_url_shown());
         }
         ["stop"] => {
             let h = Harness::from_env()?;
@@ -82,7 +98,7 @@ async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     None => "stopped, but its port is taken by another process".to_owned(),
                 };
                 running += usize::from(st.pid.is_some());
-                println!("{:<9} {:<12} {state}", st.service.name(), ports.join(","));
+                println!("{:<10} {:<12} {state}", st.service.name(), ports.join(","));
             }
             return Ok(match running {
                 n if n == servers::Service::ALL.len() => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The real chat servers on 127.0.0.1: Synapse (Matrix), Prosody (XMPP), InspIRCd and
-//! ngIRCd (IRC), for the end-to-end tests, the demo and CI.
+//! ngIRCd (IRC), for the end-to-end tests, the demo and CI; and PostgreSQL, for the store's
+//! PostgreSQL backend.
 //!
 //! Everything lives under one directory ([`DEFAULT_DIR`], or `JUNCTION_SERVERS_DIR`, which
 //! must be absolute): configs, data, logs (`log/`), pid files (`run/`) and the slot locks
@@ -19,6 +20,7 @@
 mod config;
 mod harness;
 pub mod install;
+pub mod postgres;
 pub mod private;
 pub mod probe;
 mod process;
@@ -52,6 +54,8 @@ pub const XMPP_COMPONENT_PORT: u16 = 5347;
 pub const INSPIRCD_PORT: u16 = 6667;
 /// ngIRCd's client port (minimal IRCv3, 9-character nicks).
 pub const NGIRCD_PORT: u16 = 6668;
+/// PostgreSQL's port (not the usual 5432, so a system cluster never gets in the way).
+pub const POSTGRES_PORT: u16 = 5439;
 /// Test slots (1..=SLOTS); slot 0 is the demo's.
 pub const SLOTS: usize = 8;
 
@@ -156,6 +160,7 @@ pub(crate) struct Layout {
     prosody: PathBuf,
     inspircd: PathBuf,
     ngircd: PathBuf,
+    postgres: PathBuf,
     slots: PathBuf,
 }
 
@@ -169,6 +174,7 @@ impl Layout {
             prosody: root.join("prosody"),
             inspircd: root.join("inspircd"),
             ngircd: root.join("ngircd"),
+            postgres: root.join("postgresql"),
             slots: root.join("slots"),
         }
     }
@@ -201,7 +207,13 @@ impl Layout {
             Service::Prosody => self.prosody_config(),
             Service::Inspircd => self.inspircd.join("inspircd.conf"),
             Service::Ngircd => self.ngircd.join("ngircd.conf"),
+            Service::Postgres => self.postgres.join("postgresql.conf"),
         }
+    }
+
+    /// PostgreSQL's cluster (owned by `postgres`, mode 0700).
+    fn postgres_data(&self) -> PathBuf {
+        self.postgres.join("data")
     }
 
     /// Creates every directory. Everything is world-readable: ngIRCd runs as `nobody`.
@@ -220,6 +232,7 @@ impl Layout {
             self.inspircd.clone(),
             self.ngircd.clone(),
             self.ngircd.join("conf.d"),
+            self.postgres.clone(),
             self.slots.clone(),
         ] {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -246,7 +259,7 @@ pub fn servers_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// One of the four servers.
+/// One of the servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
     /// Synapse, the Matrix homeserver.
@@ -257,15 +270,18 @@ pub enum Service {
     Inspircd,
     /// ngIRCd, the plain old IRC server.
     Ngircd,
+    /// PostgreSQL, for the store's PostgreSQL backend.
+    Postgres,
 }
 
 impl Service {
     /// Every service, in start order.
-    pub const ALL: [Service; 4] = [
+    pub const ALL: [Service; 5] = [
         Service::Synapse,
         Service::Prosody,
         Service::Inspircd,
         Service::Ngircd,
+        Service::Postgres,
     ];
 
     /// Its short name, as in pid and log file names.
@@ -275,6 +291,7 @@ impl Service {
             Service::Prosody => "prosody",
             Service::Inspircd => "inspircd",
             Service::Ngircd => "ngircd",
+            Service::Postgres => "postgresql",
         }
     }
 
@@ -285,6 +302,7 @@ impl Service {
             Service::Prosody => &[XMPP_C2S_PORT, XMPP_COMPONENT_PORT],
             Service::Inspircd => &[INSPIRCD_PORT],
             Service::Ngircd => &[NGIRCD_PORT],
+            Service::Postgres => &[POSTGRES_PORT],
         }
     }
 
@@ -314,6 +332,19 @@ impl Service {
                 "ngircd".into(),
                 vec!["--nodaemon".into(), "--config".into(), cfg],
             ),
+            // PostgreSQL refuses to run as root: `setpriv` execs it in place as `postgres`.
+            Service::Postgres => (
+                "setpriv".into(),
+                postgres::as_postgres(postgres::bin("postgres"))
+                    .into_iter()
+                    .chain([
+                        "-D".into(),
+                        l.postgres_data().display().to_string(),
+                        "-c".into(),
+                        format!("config_file={cfg}"),
+                    ])
+                    .collect(),
+            ),
         }
     }
 
@@ -324,6 +355,7 @@ impl Service {
             Service::Prosody => "prosody",
             Service::Inspircd => "inspircd",
             Service::Ngircd => "ngircd",
+            Service::Postgres => "postgres",
         };
         [marker.to_owned(), l.config_file(self).display().to_string()]
     }

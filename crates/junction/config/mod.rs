@@ -13,7 +13,9 @@
 //! Every section is optional; `${VAR}` in any string expands from the environment (an unset
 //! variable is an error). Unknown keys are errors.
 //!
-//! - `[gateway]`: `data_dir` (default `"data"`, relative to the file's directory), `metrics`
+//! - `[gateway]`: `data_dir` (default `"data"`, relative to the file's directory), `store`
+//!   (`"sled"`, the default, under `data_dir`; or `"postgres://user:${PGPASS}@host:port/db"`,
+//!   with `?options=-c%20search_path%3Dschema` for a schema of its own), `metrics`
 //!   (`ip:port`, off by default), `membership` (`"off"`, `"summarised"` (default), `"all"`),
 //!   `log` (a tracing filter such as `"info"`; `JUNCTION_LOG` / `RUST_LOG` win), `admins`,
 //!   `web` (`ip:port` of the listener for public pages: the whole text of messages too long
@@ -38,7 +40,7 @@
 pub mod raw;
 pub mod validate;
 
-pub use validate::{Config, Configured, GatewayConfig, Membership, PrivateMessages};
+pub use validate::{Config, Configured, GatewayConfig, Membership, PrivateMessages, StoreLocation};
 
 pub(crate) use junction_network::Diag;
 use std::fmt;
@@ -381,6 +383,7 @@ mod tests {
             "JUNCTION_HS_TOKEN" => Some("hs-secret".into()),
             "JUNCTION_XMPP_SECRET" => Some("xmpp-secret".into()),
             "JUNCTION_EMPTY" => Some(String::new()),
+            "PGPASS" => Some("pg-secret".into()),
             _ => None,
         }
     }
@@ -713,6 +716,51 @@ secret = "pa$$word"
             "f.toml:4:10: xmpp.secret: unterminated `${` (write `${NAME}`)\n\
              f.toml:6:13: gateway.data_dir: `${1X}` is not a variable name (letters, digits and _)"
         );
+    }
+
+    #[test]
+    fn store_is_sled_by_default_or_postgres_with_the_password_kept_secret() {
+        let xmpp = "[xmpp]\ncomponent = \"bridge.xmpp.test\"\nserver = \"127.0.0.1:5347\"\nsecret = \"s\"\n";
+        let c = parse(xmpp, "f.toml", Path::new(""), &env).unwrap();
+        assert_eq!(c.gateway.store, StoreLocation::Sled);
+        let src = format!(
+            "{xmpp}[gateway]\nstore = \"postgres://junction:${{PGPASS}}@127.0.0.1:5439/junction\"\n"
+        );
+        let c = parse(&src, "f.toml", Path::new(""), &env).unwrap();
+        let StoreLocation::Postgres(url) = &c.gateway.store else {
+            panic!("expected PostgreSQL, got {:?}", c.gateway.store)
+        };
+        assert_eq!(
+            url.expose(),
+            "postgres://junction:pg-secret@127.0.0.1:5439/junction"
+        );
+        assert!(!format!("{c:?}").contains("pg-secret"));
+        let src = format!("{xmpp}[gateway]\nstore = \"sled\"\n");
+        let c = parse(&src, "f.toml", Path::new(""), &env).unwrap();
+        assert_eq!(c.gateway.store, StoreLocation::Sled);
+    }
+
+    #[test]
+    fn a_store_that_is_neither_sled_nor_postgres_is_named_without_its_password() {
+        let src = "[gateway]\nstore = \"mysql://u:${PGPASS}@h/db\"\n";
+        let e = parse(src, "f.toml", Path::new(""), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.toml:2:9: gateway.store: expected `sled` or `postgres://"),
+            "{e}"
+        );
+        assert!(!e.contains("pg-secret"), "{e}");
+        let e = parse(
+            "[gateway]\nstore = \"postgres://u:${NOPE}@h/db\"\n",
+            "f.toml",
+            Path::new(""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("f.toml:2:"), "{e}");
+        assert!(e.contains("gateway.store"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct RawConfig {
 pub struct RawGateway {
     /// Directory of the store.
     pub data_dir: Option<Str>,
+    /// Where the store is: `sled` (under `data_dir`) or a `postgres://` URL.
+    pub store: Option<Str>,
     /// Address of the metrics and health endpoint.
     pub metrics: Option<Str>,
     /// `off`, `summarised` or `all`.

@@ -76,6 +76,8 @@ impl Config {
 pub struct GatewayConfig {
     /// The store's directory (relative paths are resolved against the config file's).
     pub data_dir: PathBuf,
+    /// Where the store is: sled under `data_dir` (the default), or PostgreSQL.
+    pub store: StoreLocation,
     /// Where to serve `/metrics` and `/health`, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// How joins, leaves and nick changes cross networks.
@@ -102,6 +104,16 @@ pub struct GatewayConfig {
     pub retention: crate::gateway::Retention,
     /// Who can be reached by private message across networks.
     pub private_messages: PrivateMessages,
+}
+
+/// Where the gateway keeps its state (`[gateway] store`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreLocation {
+    /// sled, in `<data_dir>/store`.
+    #[default]
+    Sled,
+    /// PostgreSQL at this URL (a secret: it holds the password).
+    Postgres(junction_core::Secret),
 }
 
 /// Who can be reached by private message across networks (`[gateway] private_messages`).
@@ -151,6 +163,7 @@ pub(crate) fn validate(
         Some(g) => gateway(&mut c, g, &declared, &mut web),
         None => Some(GatewayConfig {
             data_dir: base.join("data"),
+            store: StoreLocation::Sled,
             metrics: None,
             membership: Membership::default(),
             lurker_window: None,
@@ -221,6 +234,26 @@ pub(crate) fn validate(
     (config, c.into_diags())
 }
 
+/// `[gateway] store`: `sled`, or a PostgreSQL URL (kept secret, and never repeated in an
+/// error, since it holds the password once `${VAR}` is expanded).
+fn store_location(c: &mut Checker<'_>, v: &Str) -> Option<StoreLocation> {
+    let url = c.secret(v, "gateway.store")?;
+    if url.expose() == "sled" {
+        return Some(StoreLocation::Sled);
+    }
+    match junction_store::check_postgres_url(url.expose()) {
+        Ok(()) => Some(StoreLocation::Postgres(url)),
+        Err(why) => {
+            c.error(
+                v.span(),
+                "gateway.store",
+                format!("expected `sled` or `postgres://user:password@host:port/database`: {why}"),
+            );
+            None
+        }
+    }
+}
+
 /// `[gateway]`; `web` is set to its listener's address once known (even when something else
 /// is wrong), to keep the networks' listeners off it.
 fn gateway(
@@ -233,6 +266,10 @@ fn gateway(
     let data_dir = match &g.data_dir {
         Some(v) => c.nonempty(v, "gateway.data_dir").map(|d| base.join(d)),
         None => Some(base.join("data")),
+    };
+    let store = match &g.store {
+        None => Some(StoreLocation::Sled),
+        Some(v) => store_location(c, v),
     };
     let metrics = match &g.metrics {
         Some(v) => c.socket_addr(v, "gateway.metrics").map(Some),
@@ -324,6 +361,7 @@ fn gateway(
         retention: retention?,
         store_retry: Duration::from_secs(u64::try_from(store_retry?).ok()?),
         data_dir: data_dir?,
+        store: store?,
         metrics: metrics?,
         membership: membership?,
         lurker_window: lurker_window?,

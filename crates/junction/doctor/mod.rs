@@ -32,8 +32,21 @@ pub(crate) fn linked_rooms(config: &Config, network: &NetworkId) -> Vec<String> 
 }
 
 /// True when a gateway runs from the config's `data_dir` on this host: it holds the store's
-/// lock.
+/// lock. On PostgreSQL: when a gateway (on any host) holds the store's active lock.
 async fn gateway_holds_store(config: &Config) -> bool {
+    if let crate::config::StoreLocation::Postgres(url) = &config.gateway.store {
+        let Ok(lock) = junction_store::ActiveLock::wait(url.expose()) else {
+            return false;
+        };
+        // Free locks are taken at once; two seconds without it: someone holds it.
+        for _ in 0..20 {
+            if lock.is_held() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        return true;
+    }
     if !config.gateway.data_dir.join("store").exists() {
         return false;
     }

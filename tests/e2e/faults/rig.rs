@@ -268,6 +268,44 @@ impl Rig {
             .count()
     }
 
+    /// Puts the gateway's store on the testkit's PostgreSQL, in `schema` (rewrites the config
+    /// file).
+    pub(crate) fn on_postgres(&self, schema: &str) -> anyhow::Result<()> {
+        let text = junction_testkit::servers::postgres::with_store(&self.config(), schema);
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// Starts a second gateway on the same config, its `/health` at `metrics` (as on another
+    /// host): a standby while the rig's gateway is active.
+    pub(crate) fn spawn_standby(&self, metrics: SocketAddr) -> anyhow::Result<GatewayProcess> {
+        let text = std::fs::read_to_string(self.config_path())?.replace(
+            &format!("metrics = \"{}\"", self.metrics),
+            &format!("metrics = \"{metrics}\""),
+        );
+        let path = self.dir.path().join("standby.toml");
+        std::fs::write(&path, text)?;
+        GatewayProcess::spawn(&path, &self.dir.path().join("standby.log"))
+    }
+
+    /// Makes `gateway`, a standby (its `/health` at `metrics`), the rig's gateway, and waits
+    /// until it has taken over and is up.
+    pub(crate) async fn adopt(
+        &mut self,
+        gateway: GatewayProcess,
+        metrics: SocketAddr,
+    ) -> anyhow::Result<()> {
+        self.gateway = Some(gateway);
+        self.metrics = metrics;
+        self.starts += 1;
+        let up = self.wait_up().await;
+        if up.is_err() {
+            let log = self.dir.path().join("standby.log");
+            println!("standby log ends:\n{}", tail(&log, 40));
+        }
+        up
+    }
+
     pub(crate) async fn kill_gateway(&mut self) -> anyhow::Result<()> {
         if let Some(g) = self.gateway.take() {
             g.kill9().await?;

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use junction_testkit::clients::irc::shows_in_channel;
 use junction_testkit::clients::xmpp::{body, from_nick, is_leaving, muc_status, stanza_id};
 use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
-use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
+use junction_testkit::servers::{postgres, servers, slot, Servers, SlotGuard};
 use junction_testkit::{free_port, unique};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -53,6 +53,8 @@ pub struct Gateway {
     running: Option<Running>,
     /// Runs the binary with its log (at its default level) in this file.
     log: Option<std::path::PathBuf>,
+    /// The PostgreSQL schema its store is in (`JUNCTION_TEST_STORE=postgres`), dropped with it.
+    pg_schema: Option<String>,
 }
 
 /// A started gateway.
@@ -74,12 +76,20 @@ impl Gateway {
                 .with_test_writer()
                 .try_init();
         }
+        // `JUNCTION_TEST_STORE=postgres` keeps the store in a schema of its own on the
+        // testkit's PostgreSQL instead of sled.
+        let pg_schema = postgres::e2e_store_is_postgres().then(|| unique("e2e").to_lowercase());
+        let config = match &pg_schema {
+            Some(schema) => postgres::with_store(&config, schema),
+            None => config,
+        };
         Ok(Gateway {
             name,
             config,
             data: tempfile::tempdir()?,
             running: None,
             log: None,
+            pg_schema,
         })
     }
 
@@ -163,6 +173,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(Running::Task(shutdown, _)) = &self.running {
             shutdown.cancel();
+        }
+        if let Some(schema) = &self.pg_schema {
+            postgres::drop_schema(schema);
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Install, start, stop and inspect the servers of one harness directory.
 
 use super::{
-    config, install, loopback, process, servers_dir, Layout, Servers, Service, Slot, MATRIX_PORT,
-    SEED_USERS, SLOTS,
+    config, install, loopback, postgres, process, servers_dir, Layout, Servers, Service, Slot,
+    MATRIX_PORT, SEED_USERS, SLOTS,
 };
 use anyhow::Context as _;
 use fs2::FileExt;
@@ -108,11 +108,13 @@ impl Harness {
             "Junction test server on 127.0.0.1.\n",
         )?;
         let ngircd = write_if_changed(&l.config_file(Service::Ngircd), &config::ngircd(l))?;
+        let postgres = postgres::write_configs(l, write_if_changed)?;
         Ok(vec![
             (Service::Synapse, synapse),
             (Service::Prosody, prosody),
             (Service::Inspircd, inspircd),
             (Service::Ngircd, ngircd),
+            (Service::Postgres, postgres),
         ])
     }
 
@@ -153,17 +155,22 @@ impl Harness {
             if svc == Service::Synapse {
                 generate_synapse_keys(&self.layout).await?;
             }
+            if svc == Service::Postgres {
+                postgres::init_cluster(&self.layout).await?;
+            }
             let pid = self.spawn(svc)?;
             tracing::info!(service = svc.name(), pid, "Started server.");
             started.push(svc);
         }
-        let (a, b, c, d) = tokio::join!(
+        let (a, b, c, d, e) = tokio::join!(
             self.wait_ready(Service::Synapse),
             self.wait_ready(Service::Prosody),
             self.wait_ready(Service::Inspircd),
             self.wait_ready(Service::Ngircd),
+            self.wait_ready(Service::Postgres),
         );
-        a.and(b).and(c).and(d)?;
+        a.and(b).and(c).and(d).and(e)?;
+        postgres::seed(&self.layout).await?;
         let servers = self.servers();
         for (user, pw) in SEED_USERS {
             servers
@@ -274,6 +281,11 @@ impl Harness {
     async fn stop_one(&self, svc: Service, pid: u32) -> anyhow::Result<()> {
         let needles = svc.needles(&self.layout);
         let refs = [needles[0].as_str(), needles[1].as_str()];
+        if svc == Service::Postgres {
+            // SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to
+            // leave; SIGINT disconnects them and stops at once, cleanly.
+            process::signal(pid, rustix::process::Signal::INT)?;
+        }
         process::terminate(pid, &refs, Duration::from_secs(15)).await?;
         let _ = fs::remove_file(self.layout.pid_file(svc));
         Ok(())

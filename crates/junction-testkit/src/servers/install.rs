@@ -14,13 +14,14 @@ pub const SYNAPSE_VENV: &str = "/opt/junction-synapse";
 pub const SYNAPSE_VERSION: &str = "1.163.2";
 /// The Debian packages that provide the other three servers, `prosody-modules` (the MUC's
 /// message moderation, XEP-0425, as deployments run it), and `openssl`, whose command the TLS
-/// tests use to make their certificates.
+/// tests use to make their certificates, and `postgresql` for the store's PostgreSQL backend.
 pub const APT_PACKAGES: &[&str] = &[
     "prosody",
     "prosody-modules",
     "inspircd",
     "ngircd",
     "openssl",
+    "postgresql",
 ];
 /// The system Python the venv is made from (Debian's, so `python3-venv` applies).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
