@@ -4,6 +4,7 @@
 //! ./target/debug/junction-testkit start          # or let the bench start what is missing
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
 //!                                        [--puppets N] [--irc-mode puppet|relay]
+//! cargo run --release --example bench -- --compare [--quick]   # beside biboumi, heisenbridge
 //! ```
 //!
 //! The gateway runs in this process exactly as `junction::serve` wires it (same adapters, same
@@ -52,12 +53,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/compare.rs"]
+mod compare;
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 
 #[derive(Clone, Debug)]
 struct Args {
     quick: bool,
+    compare: bool,
     only: Option<Vec<String>>,
     puppets: Option<usize>,
     irc_mode: String,
@@ -67,6 +72,7 @@ impl Args {
     fn parse() -> anyhow::Result<Args> {
         let mut a = Args {
             quick: false,
+            compare: false,
             only: None,
             puppets: None,
             irc_mode: "puppet".into(),
@@ -75,6 +81,7 @@ impl Args {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--quick" => a.quick = true,
+                "--compare" => a.compare = true,
                 "--only" => {
                     let v = it.next().context("--only needs a list")?;
                     a.only = Some(v.split(',').map(str::to_owned).collect());
@@ -86,7 +93,8 @@ impl Args {
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
-                         [--puppets N] [--irc-mode puppet|relay]"
+                         [--puppets N] [--irc-mode puppet|relay]\n       \
+                         bench --compare [--quick]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
                 }
@@ -282,7 +290,12 @@ fn p50_99(mut v: Vec<Duration>) -> String {
 }
 
 fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kb_of("self")
+}
+
+/// A process's resident set size in kB (`pid` a number or `self`), from /proc.
+fn rss_kb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -1243,6 +1256,10 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if args.compare {
+        println!("{}", compare::main(args.quick)?);
+        return Ok(());
     }
     let started = Instant::now();
     let mut out = String::new();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use irc_proto::{Command, Message, Prefix};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -22,6 +22,8 @@ const WANTED_CAPS: &[&str] = &[
 #[derive(Default)]
 struct Shared {
     backlog: Vec<Message>,
+    /// When each backlog entry was read, index for index.
+    received: Vec<Instant>,
     isupport: HashMap<String, String>,
     caps: Vec<String>,
 }
@@ -98,11 +100,9 @@ impl IrcUser {
                         s.isupport.insert(k.to_owned(), v.to_owned());
                     }
                 }
-                shared2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .backlog
-                    .push(msg);
+                let mut s = shared2.lock().unwrap_or_else(|e| e.into_inner());
+                s.backlog.push(msg);
+                s.received.push(Instant::now());
             }
             writer.abort();
         });
@@ -262,6 +262,18 @@ impl IrcUser {
             .unwrap_or_else(|e| e.into_inner())
             .backlog
             .clone()
+    }
+
+    /// The messages received from backlog index `from` on, each with when it was read
+    /// (for latency measurements); `from` past the end gives nothing.
+    pub fn received_since(&self, from: usize) -> Vec<(Instant, Message)> {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.received
+            .iter()
+            .zip(&s.backlog)
+            .skip(from)
+            .map(|(t, m)| (*t, m.clone()))
+            .collect()
     }
 
     /// Waits until a received message matches `pred` (the backlog is searched too).

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
@@ -164,6 +164,8 @@ fn parse_stanza(text: &str) -> Option<Element> {
 pub struct XmppUser {
     jid: String,
     backlog: Arc<Mutex<Vec<Element>>>,
+    /// When each backlog entry was read, index for index (locked after `backlog`).
+    received: Arc<Mutex<Vec<Instant>>>,
     out: mpsc::UnboundedSender<String>,
     reader: tokio::task::JoinHandle<()>,
     ids: AtomicU64,
@@ -200,6 +202,8 @@ impl XmppUser {
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
         let out2 = out.clone();
         let backlog2 = backlog.clone();
+        let received: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let received2 = received.clone();
         let reader = tokio::spawn(async move {
             let writer = tokio::spawn(async move {
                 while let Some(s) = out_rx.recv().await {
@@ -229,7 +233,12 @@ impl XmppUser {
                             escape(el.attr("from").unwrap_or(""))
                         ));
                     }
-                    backlog2.lock().unwrap_or_else(|e| e.into_inner()).push(el);
+                    let mut b = backlog2.lock().unwrap_or_else(|e| e.into_inner());
+                    b.push(el);
+                    received2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Instant::now());
                 }
             }
             writer.abort();
@@ -237,6 +246,7 @@ impl XmppUser {
         let mut me = XmppUser {
             jid: format!("{user}@{domain}"),
             backlog,
+            received,
             out,
             reader,
             ids: AtomicU64::new(0),
@@ -279,7 +289,9 @@ impl XmppUser {
     }
 
     fn clear(&self) {
-        self.backlog
+        let mut b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        b.clear();
+        self.received
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -535,6 +547,18 @@ impl XmppUser {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The stanzas received from backlog index `from` on, each with when it was read
+    /// (for latency measurements); `from` past the end gives nothing.
+    pub fn received_since(&self, from: usize) -> Vec<(Instant, Element)> {
+        let b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter()
+            .zip(b.iter())
+            .skip(from)
+            .map(|(t, e)| (*t, e.clone()))
+            .collect()
     }
 
     /// Waits until a received stanza matches `pred` (the backlog is searched too).

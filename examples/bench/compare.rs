@@ -1,0 +1,973 @@
+//! `--compare`: Junction beside what people would pick instead, in one run against the same
+//! local servers: biboumi 9 (Debian) for XMPP ↔ IRC and heisenbridge 1.15 (PyPI) for
+//! Matrix → IRC.
+//!
+//! Every gateway runs as a process of its own, so its CPU time (utime + stime from
+//! `/proc/<pid>/stat`) and RSS are its own: Junction as the `junction` binary on a config of
+//! one testkit slot, the anchors on a second slot (biboumi on the slot's XMPP component,
+//! heisenbridge on the slot's appservice registration, which Synapse already loads). Neither
+//! shared server is reconfigured or restarted.
+//!
+//! Latency is measured at the clients on one clock: from the moment a test client sends a
+//! tagged line to the moment the client on the other network reads it. Runs are interleaved
+//! (Junction, anchor, Junction, anchor, …) so a change in the machine's load hits both.
+
+use super::{cpu_secs, pct, rss_kb_of};
+use anyhow::Context as _;
+use junction_testkit::clients::xmpp::escape;
+use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
+use junction_testkit::servers::{servers, slot, Servers, Slot, SlotGuard};
+use junction_testkit::unique;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The heisenbridge release compared against, installed from PyPI into its own venv.
+const HEISENBRIDGE_VERSION: &str = "1.15.4";
+/// Where heisenbridge's venv lives (like the testkit's Synapse venv under /opt).
+const HEISENBRIDGE_VENV: &str = "/opt/heisenbridge-venv";
+/// How long one batch of tagged lines may take to arrive after the last one was sent.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// How much each part sends.
+struct Plan {
+    runs: usize,
+    latency_n: usize,
+    cpu_n: usize,
+    users: usize,
+    matrix_n: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                runs: 2,
+                latency_n: 40,
+                cpu_n: 100,
+                users: 20,
+                matrix_n: 10,
+            }
+        } else {
+            Plan {
+                runs: 5,
+                latency_n: 200,
+                cpu_n: 1000,
+                users: 200,
+                matrix_n: 60,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup: the anchors installed idempotently
+
+fn succeeded(cmd: &mut std::process::Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run_checked(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+/// biboumi from Debian, heisenbridge from PyPI into its venv; nothing is done for what is
+/// already there.
+fn install_anchors() -> anyhow::Result<()> {
+    if !succeeded(std::process::Command::new("biboumi").arg("--help")) {
+        eprintln!("installing biboumi (apt-get)…");
+        let apt = |args: &[&str]| {
+            let mut c = std::process::Command::new("apt-get");
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        if run_checked(&mut apt(&["install", "-y", "biboumi"])).is_err() {
+            run_checked(&mut apt(&["update"]))?;
+            run_checked(&mut apt(&["install", "-y", "biboumi"]))?;
+        }
+    }
+    let python = Path::new(HEISENBRIDGE_VENV).join("bin/python");
+    let wanted = format!(
+        "import importlib.metadata as m; assert m.version('heisenbridge') == '{HEISENBRIDGE_VERSION}'"
+    );
+    if !succeeded(std::process::Command::new(&python).args(["-c", &wanted])) {
+        eprintln!("installing heisenbridge {HEISENBRIDGE_VERSION} into {HEISENBRIDGE_VENV}…");
+        if !python.exists() {
+            run_checked(std::process::Command::new("python3").args([
+                "-m",
+                "venv",
+                HEISENBRIDGE_VENV,
+            ]))?;
+        }
+        run_checked(std::process::Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            &format!("heisenbridge=={HEISENBRIDGE_VERSION}"),
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The `junction` binary beside this example (`target/release/junction`), built if missing.
+fn junction_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("where the example runs from")?;
+    let bin = dir.join("junction");
+    if !bin.exists() {
+        eprintln!("building the junction binary…");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut c = std::process::Command::new(cargo);
+        c.args(["build", "--bin", "junction"]);
+        if release {
+            c.arg("--release");
+        }
+        run_checked(&mut c)?;
+    }
+    Ok(bin)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// One gateway process, killed when dropped.
+struct Proc {
+    child: tokio::process::Child,
+    pid: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: tokio::process::Command, log: &Path) -> anyhow::Result<Proc> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let pid = child.id().context("no pid")?.to_string();
+        Ok(Proc { child, pid })
+    }
+
+    fn cpu(&self) -> f64 {
+        cpu_secs(&self.pid)
+    }
+
+    fn rss_kb(&self) -> u64 {
+        rss_kb_of(&self.pid)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Until `log` has a line containing `needle` (bounded).
+async fn wait_log(log: &Path, needle: &str, deadline: Duration) -> anyhow::Result<()> {
+    junction_testkit::eventually(deadline, needle, || {
+        let found = std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle));
+        async move { found.then_some(()) }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients and the measured paths
+
+/// The test clients, shared by every gateway: one IRC user in every channel, one XMPP user,
+/// one Matrix user (heisenbridge's owner too).
+struct Clients {
+    irc: IrcUser,
+    xmpp: XmppUser,
+    matrix: MatrixUser,
+}
+
+/// An XMPP ↔ IRC path: the room JID the XMPP user talks to, and the IRC channel.
+struct XPath {
+    room: String,
+    chan: String,
+}
+
+/// Which way the lines go.
+#[derive(Clone, Copy)]
+enum Dir {
+    XmppToIrc,
+    IrcToXmpp,
+    MatrixToIrc,
+}
+
+fn line(tag: &str) -> String {
+    format!("cmp {tag} the quick brown fox jumps over the lazy dog")
+}
+
+/// Sends `n` tagged lines at `rate` per second and returns the latency of each that arrived
+/// (sent → read by the receiving client) within [`SETTLE`].
+async fn measure(
+    c: &Clients,
+    dir: Dir,
+    room: &str,
+    chan: &str,
+    tag: &str,
+    n: usize,
+    rate: f64,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut irc_at = c.irc.backlog().len();
+    let mut xmpp_at = c.xmpp.backlog().len();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let start = Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        let t = format!("{tag}x{i}");
+        sent.insert(t.clone(), Instant::now());
+        match dir {
+            Dir::XmppToIrc => drop(c.xmpp.send_groupchat(room, &line(&t))?),
+            Dir::IrcToXmpp => c.irc.privmsg(chan, &line(&t))?,
+            Dir::MatrixToIrc => drop(c.matrix.send_text(room, &line(&t)).await?),
+        }
+    }
+    let end = Instant::now() + SETTLE;
+    let mut got: HashMap<String, Duration> = HashMap::new();
+    while got.len() < n && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut seen = |at: Instant, text: &str| {
+            for w in text.split_whitespace() {
+                if let Some(s) = sent.get(w) {
+                    got.entry(w.to_owned())
+                        .or_insert_with(|| at.saturating_duration_since(*s));
+                }
+            }
+        };
+        match dir {
+            Dir::XmppToIrc | Dir::MatrixToIrc => {
+                let new = c.irc.received_since(irc_at);
+                irc_at += new.len();
+                for (at, m) in new {
+                    if let irc_proto::Command::PRIVMSG(t, text) = &m.command {
+                        if t.eq_ignore_ascii_case(chan) {
+                            seen(at, text);
+                        }
+                    }
+                }
+            }
+            Dir::IrcToXmpp => {
+                let new = c.xmpp.received_since(xmpp_at);
+                xmpp_at += new.len();
+                for (at, e) in new {
+                    if e.name() == "message" {
+                        if let Some(b) = junction_testkit::clients::xmpp::body(&e) {
+                            seen(at, &b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(got.into_values().collect())
+}
+
+/// One line each way until it arrives (bounded): puppets and connections exist afterwards.
+async fn warm_up(c: &Clients, dir: Dir, room: &str, chan: &str, tag: &str) -> anyhow::Result<()> {
+    for attempt in 0..6 {
+        let got = measure(c, dir, room, chan, &format!("{tag}w{attempt}"), 1, 1.0).await?;
+        if !got.is_empty() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("nothing crossed {room} ↔ {chan} during the warm-up")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateways
+
+/// Junction as its own process on slot `slot`: one bridge MUC ↔ channel, one Matrix room ↔
+/// channel; IRC flood control out of the way (as in the main bench).
+async fn start_junction(
+    s: &Servers,
+    slot: &SlotGuard,
+    dir: &Path,
+    x: &XPath,
+    mx_room: &str,
+    mx_chan: &str,
+) -> anyhow::Result<Proc> {
+    use junction_testkit::gateway;
+    let irc = gateway::irc_section(s.inspircd, slot)
+        .replace("max_puppets = 50", "max_puppets = 20000")
+        .replace("lines_per_second = 20.0", "lines_per_second = 1000000.0")
+        .replace("burst = 50", "burst = 1000000");
+    let text = format!(
+        "[gateway]\ndata_dir = \"data\"\nmembership = \"off\"\nrate_per_minute = 0\n{}{}{irc}{}{}",
+        gateway::matrix_section(s, slot),
+        gateway::xmpp_section(s, slot),
+        gateway::bridge("x", None, Some(&x.room), Some(&format!("local/{}", x.chan))),
+        gateway::bridge("m", Some(mx_room), None, Some(&format!("local/{mx_chan}"))),
+    );
+    let cfg = dir.join("junction.toml");
+    std::fs::write(&cfg, text)?;
+    let mut cmd = tokio::process::Command::new(junction_binary()?);
+    cmd.arg("run").arg("-c").arg(&cfg).current_dir(dir);
+    Proc::spawn(cmd, &dir.join("junction.log"))
+}
+
+/// biboumi on the anchor slot's XMPP component; waits until Prosody accepted it.
+async fn start_biboumi(s: &Servers, slot: &Slot, dir: &Path) -> anyhow::Result<Proc> {
+    let cfg = dir.join("biboumi.cfg");
+    let log = dir.join("biboumi.log");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname={}\npassword={}\nxmpp_server_ip={}\nport={}\nadmin=admin@{}\n\
+             db_name={}\nlog_file={}\nidentd_port=0\nrealname_customization=true\n\
+             realname_from_jid=false\n",
+            slot.component,
+            slot.component_secret,
+            s.xmpp.component.ip(),
+            s.xmpp.component.port(),
+            s.xmpp.domain,
+            dir.join("biboumi.sqlite").display(),
+            log.display(),
+        ),
+    )?;
+    let mut cmd = tokio::process::Command::new("biboumi");
+    cmd.arg(&cfg);
+    let p = Proc::spawn(cmd, &dir.join("biboumi.out"))?;
+    wait_log(
+        &log,
+        "Authenticated with the XMPP server",
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok(p)
+}
+
+/// Turns off biboumi's flood throttling (10 lines, then one a second) for `x` on the IRC
+/// server `irc`, through the ad-hoc "configure" command on the server's JID, as Junction's
+/// flood control is turned off in its config. Must come before `x` joins a channel there.
+async fn biboumi_unthrottle(
+    x: &XmppUser,
+    slot: &Slot,
+    irc: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    const NS: &str = "http://jabber.org/protocol/commands";
+    let to = format!("{}@{}", irc.ip(), slot.component);
+    let id = x.next_id();
+    x.send_raw(&format!(
+        "<iq type='set' id='{id}' to='{to}'><command xmlns='{NS}' node='configure' \
+         action='execute'/></iq>"
+    ))?;
+    let r = x
+        .wait_for(Duration::from_secs(15), |e| {
+            e.attr("id") == Some(id.as_str())
+        })
+        .await?;
+    let command = r
+        .get_child("command", NS)
+        .with_context(|| format!("biboumi's configure form: {}", String::from(&r)))?;
+    let session = command
+        .attr("sessionid")
+        .context("no sessionid")?
+        .to_owned();
+    // The form goes back whole, every field as it was but the throttle limit.
+    let form = command.get_child("x", "jabber:x:data").context("no form")?;
+    let mut fields = String::new();
+    for f in form.children().filter(|f| f.name() == "field") {
+        let Some(var) = f.attr("var") else { continue };
+        let _ = write!(fields, "<field var='{}'>", escape(var));
+        if var == "throttle_limit" {
+            fields.push_str("<value>-1</value>");
+        } else {
+            for v in f.children().filter(|v| v.name() == "value") {
+                let _ = write!(fields, "<value>{}</value>", escape(&v.text()));
+            }
+        }
+        fields.push_str("</field>");
+    }
+    let id = x.next_id();
+    x.send_raw(&format!(
+        "<iq type='set' id='{id}' to='{to}'><command xmlns='{NS}' node='configure' \
+         sessionid='{}' action='complete'><x xmlns='jabber:x:data' type='submit'>\
+         {fields}</x></command></iq>",
+        escape(&session)
+    ))?;
+    let r = x
+        .wait_for(Duration::from_secs(15), |e| {
+            e.attr("id") == Some(id.as_str())
+        })
+        .await?;
+    anyhow::ensure!(
+        r.attr("type") == Some("result"),
+        "biboumi refused the configuration: {}",
+        String::from(&r)
+    );
+    Ok(())
+}
+
+/// The biboumi room for an IRC channel on the test IRC server.
+fn biboumi_room(slot: &Slot, irc: std::net::SocketAddr, chan: &str) -> String {
+    format!("{chan}%{}@{}", irc.ip(), slot.component)
+}
+
+/// heisenbridge on the anchor slot's appservice (its registration written from the slot, as
+/// Synapse has it), owned by the Matrix test user.
+async fn start_heisenbridge(
+    s: &Servers,
+    slot: &Slot,
+    dir: &Path,
+    owner: &str,
+) -> anyhow::Result<Proc> {
+    let reg = dir.join("heisenbridge.yaml");
+    let prefix = slot.user_prefix.replace('.', "\\.");
+    std::fs::write(
+        &reg,
+        format!(
+            "id: '{}'\nurl: 'http://{}'\nas_token: '{}'\nhs_token: '{}'\nsender_localpart: '{}'\n\
+             rate_limited: false\nnamespaces:\n  users:\n    - exclusive: true\n      \
+             regex: '@{prefix}.*:{}'\n  aliases: []\n  rooms: []\n",
+            slot.as_id,
+            slot.listen,
+            slot.as_token,
+            slot.hs_token,
+            slot.bot,
+            s.matrix.server_name.replace('.', "\\."),
+        ),
+    )?;
+    let mut cmd = tokio::process::Command::new(Path::new(HEISENBRIDGE_VENV).join("bin/python"));
+    cmd.args(["-m", "heisenbridge", "-c"])
+        .arg(&reg)
+        .args(["--listen-address", &slot.listen.ip().to_string()])
+        .args(["--listen-port", &slot.listen.port().to_string()])
+        .args(["--owner", owner])
+        .arg(&s.matrix.url);
+    let p = Proc::spawn(cmd, &dir.join("heisenbridge.log"))?;
+    junction_testkit::eventually(Duration::from_secs(60), "heisenbridge listening", || {
+        let up = std::net::TcpStream::connect(slot.listen).is_ok();
+        async move { up.then_some(()) }
+    })
+    .await?;
+    // Synapse backs off from an appservice that was down; a ping makes it retry at once.
+    let _ = reqwest::Client::new()
+        .post(format!(
+            "{}/_matrix/client/v1/appservice/{}/ping",
+            s.matrix.url, slot.as_id
+        ))
+        .bearer_auth(&slot.as_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await;
+    Ok(p)
+}
+
+/// The room the bridge bot invites `m` to next (one not in `known`); joined.
+async fn next_invite(m: &MatrixUser, known: &[String], what: &str) -> anyhow::Result<String> {
+    let room = junction_testkit::eventually(Duration::from_secs(60), what, || {
+        let r = m.room_ids().into_iter().find(|r| !known.contains(r));
+        async move { r }
+    })
+    .await?;
+    m.join(&room).await?;
+    Ok(room)
+}
+
+/// Drives heisenbridge's control room as its owner: a network for the test IRC server,
+/// connected, with `chan` joined. Returns the portal room.
+async fn heisenbridge_portal(
+    c: &Clients,
+    irc: std::net::SocketAddr,
+    chan: &str,
+) -> anyhow::Result<String> {
+    let m = &c.matrix;
+    let mut known = m.room_ids();
+    let control = next_invite(m, &known, "heisenbridge's control room").await?;
+    known.push(control.clone());
+    let net = unique("cmpnet");
+    for cmd in [
+        format!("ADDNETWORK {net}"),
+        format!("ADDSERVER {net} {} {}", irc.ip(), irc.port()),
+        format!("OPEN {net}"),
+    ] {
+        m.send_text(&control, &cmd).await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let network = next_invite(m, &known, "heisenbridge's network room").await?;
+    known.push(network.clone());
+    m.send_text(&network, "CONNECT").await?;
+    m.wait_for(&network, Duration::from_secs(60), |e| {
+        e["content"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("Your host") || b.contains("Welcome"))
+    })
+    .await
+    .context("heisenbridge connecting to IRC")?;
+    m.send_text(&network, &format!("JOIN {chan}")).await?;
+    next_invite(m, &known, "heisenbridge's portal room").await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The figures
+
+/// One figure per gateway per run.
+#[derive(Default)]
+struct Figure {
+    junction: Vec<f64>,
+    anchor: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn durations_ms(v: &[Duration], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    pct(&v, p).as_secs_f64() * 1000.0
+}
+
+impl Figure {
+    fn push(&mut self, junction: bool, x: f64) {
+        if junction {
+            self.junction.push(x);
+        } else {
+            self.anchor.push(x);
+        }
+    }
+
+    /// Median of Junction, median of the anchor, and the range of the per-run ratios.
+    fn cells(&self, unit: &str) -> (String, String, String) {
+        let ratios: Vec<f64> = self
+            .junction
+            .iter()
+            .zip(&self.anchor)
+            .map(|(j, a)| j / a)
+            .filter(|r| r.is_finite())
+            .collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
+                (l.min(*r), h.max(*r))
+            });
+        let ratio = if ratios.is_empty() {
+            "—".to_owned()
+        } else if ratios.len() == 1 || (hi - lo) < 0.005 {
+            format!("{lo:.2}")
+        } else {
+            format!(
+                "{:.2} ({lo:.2}–{hi:.2})",
+                median(&self.junction) / median(&self.anchor)
+            )
+        };
+        (
+            format!("{} {unit}", num(median(&self.junction))),
+            format!("{} {unit}", num(median(&self.anchor))),
+            ratio,
+        )
+    }
+}
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "—".to_owned()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// A named figure set: latency p50/p99 of one path, CPU, RSS.
+#[derive(Default)]
+struct Figures {
+    x2i_p50: Figure,
+    x2i_p99: Figure,
+    i2x_p50: Figure,
+    i2x_p99: Figure,
+    cpu: Figure,
+    lost: [usize; 2],
+    rss: Figure,
+    mx_p50: Figure,
+    mx_cpu: Figure,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+/// Runs the comparison and returns its Markdown.
+pub fn main(quick: bool) -> anyhow::Result<String> {
+    install_anchors()?;
+    let _ = junction_binary()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(compare(Plan::new(quick)))
+}
+
+async fn compare(plan: Plan) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let s = servers().await?;
+    let j_slot = slot().await?;
+    let a_slot = slot().await?;
+    let dir = tempfile::tempdir()?;
+    let name = unique("cmp");
+    let (j_chan, j_mx_chan, b_chan, h_chan) = (
+        format!("#{name}j"),
+        format!("#{name}jm"),
+        format!("#{name}b"),
+        format!("#{name}h"),
+    );
+    let owner = unique("cmpo");
+    let c = Clients {
+        irc: IrcUser::connect(s.inspircd, &super::short(&unique("ci"))).await?,
+        xmpp: XmppUser::register(s, &super::short(&unique("cx")), "pw-compare").await?,
+        matrix: MatrixUser::register(s, &owner, "pw-compare-owner").await?,
+    };
+    for ch in [&j_chan, &j_mx_chan, &b_chan, &h_chan] {
+        c.irc.join(ch).await?;
+    }
+    let j = XPath {
+        room: format!("{name}j@{}", s.xmpp.muc),
+        chan: j_chan.clone(),
+    };
+    let b = XPath {
+        room: biboumi_room(&a_slot, s.inspircd, &b_chan),
+        chan: b_chan.clone(),
+    };
+    let mx_room = c
+        .matrix
+        .create_room(Some(&format!("{name}m")), true)
+        .await?;
+
+    eprintln!("starting junction and biboumi…");
+    let junction = start_junction(s, &j_slot, dir.path(), &j, &mx_room, &j_mx_chan).await?;
+    let bot = junction_testkit::gateway::bot_nick(&j_slot);
+    c.irc
+        .wait_for(Duration::from_secs(90), |m| {
+            junction_testkit::clients::irc::is_join_of(m, &j_chan, &bot)
+        })
+        .await
+        .context("junction's bot joining its channel")?;
+    let biboumi = start_biboumi(s, &a_slot, dir.path()).await?;
+    let xnick = super::short(&unique("cx"));
+    c.xmpp.join_muc(&j.room, &xnick).await?;
+    biboumi_unthrottle(&c.xmpp, &a_slot, s.inspircd).await?;
+    c.xmpp
+        .join_muc(&b.room, &xnick)
+        .await
+        .context("joining biboumi's room")?;
+    for (p, t) in [(&j, "wj"), (&b, "wb")] {
+        warm_up(&c, Dir::XmppToIrc, &p.room, &p.chan, t).await?;
+        warm_up(&c, Dir::IrcToXmpp, &p.room, &p.chan, t).await?;
+    }
+
+    let mut f = Figures::default();
+    for run in 0..plan.runs {
+        for (is_j, p, proc) in [(true, &j, &junction), (false, &b, &biboumi)] {
+            let who = if is_j { "junction" } else { "biboumi" };
+            eprintln!("run {}/{}: {who}…", run + 1, plan.runs);
+            let tag = format!("r{run}{}", if is_j { 'j' } else { 'b' });
+            let n = plan.latency_n;
+            let v = measure(
+                &c,
+                Dir::XmppToIrc,
+                &p.room,
+                &p.chan,
+                &format!("{tag}xi"),
+                n,
+                20.0,
+            )
+            .await?;
+            f.lost[usize::from(!is_j)] += n - v.len();
+            f.x2i_p50.push(is_j, durations_ms(&v, 0.5));
+            f.x2i_p99.push(is_j, durations_ms(&v, 0.99));
+            let v = measure(
+                &c,
+                Dir::IrcToXmpp,
+                &p.room,
+                &p.chan,
+                &format!("{tag}ix"),
+                n,
+                20.0,
+            )
+            .await?;
+            f.lost[usize::from(!is_j)] += n - v.len();
+            f.i2x_p50.push(is_j, durations_ms(&v, 0.5));
+            f.i2x_p99.push(is_j, durations_ms(&v, 0.99));
+            let cpu0 = proc.cpu();
+            let v = measure(
+                &c,
+                Dir::XmppToIrc,
+                &p.room,
+                &p.chan,
+                &format!("{tag}c"),
+                plan.cpu_n,
+                50.0,
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let per = (proc.cpu() - cpu0) / plan.cpu_n as f64 * 1000.0;
+            f.lost[usize::from(!is_j)] += plan.cpu_n - v.len();
+            f.cpu.push(is_j, per);
+        }
+    }
+
+    eprintln!("bridged users: {} XMPP users…", plan.users);
+    let users = register_users(s, plan.users).await?;
+    for (is_j, p, proc) in [(true, &j, &junction), (false, &b, &biboumi)] {
+        let kb = rss_per_user(&c, &users, p, proc, is_j).await?;
+        f.rss.push(is_j, kb);
+    }
+    drop(users);
+    biboumi.stop().await;
+
+    eprintln!("matrix: starting heisenbridge…");
+    let mut out = String::new();
+    let mx = matrix_part(
+        &c,
+        s,
+        &a_slot,
+        dir.path(),
+        &junction,
+        &mx_room,
+        &j_mx_chan,
+        &h_chan,
+        &plan,
+        &mut f,
+    )
+    .await;
+    junction.stop().await;
+    drop(j_slot);
+    if let Err(e) = &mx {
+        let log = std::fs::read_to_string(dir.path().join("heisenbridge.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("matrix part failed: {e:#}\nheisenbridge's log, last lines:");
+        for l in tail.iter().rev() {
+            eprintln!("  {l}");
+        }
+    }
+    print_table(&mut out, &plan, &f, mx.err());
+    let _ = writeln!(out, "Took {:.0} s.", started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// `n` registered XMPP users (prosodyctl, a few at a time).
+async fn register_users(s: &'static Servers, n: usize) -> anyhow::Result<Vec<Arc<XmppUser>>> {
+    let base = super::short(&unique("cu"));
+    let mut users = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
+        let mut set = tokio::task::JoinSet::new();
+        for i in chunk {
+            let name = format!("{base}u{i}");
+            set.spawn(async move { XmppUser::register(s, &name, "pw-compare-user").await });
+        }
+        while let Some(r) = set.join_next().await {
+            users.push(Arc::new(r??));
+        }
+    }
+    Ok(users)
+}
+
+/// RSS growth of `proc` per user when every one of `users` joins `p`'s room and says one line
+/// (so each has an IRC connection through the gateway), in kB.
+async fn rss_per_user(
+    c: &Clients,
+    users: &[Arc<XmppUser>],
+    p: &XPath,
+    proc: &Proc,
+    is_j: bool,
+) -> anyhow::Result<f64> {
+    let before = proc.rss_kb();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, u) in users.iter().enumerate() {
+        let (u, room) = (u.clone(), p.room.clone());
+        let nick = format!("cu{}{i}", if is_j { 'j' } else { 'b' });
+        set.spawn(async move { u.join_muc(&room, &nick).await.map(drop) });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let mut at = c.irc.backlog().len();
+    let tag = unique("u");
+    for (i, u) in users.iter().enumerate() {
+        u.send_groupchat(&p.room, &line(&format!("{tag}x{i}")))?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    while seen.len() < users.len() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let new = c.irc.received_since(at);
+        at += new.len();
+        for (_, m) in new {
+            if let irc_proto::Command::PRIVMSG(t, text) = &m.command {
+                if t.eq_ignore_ascii_case(&p.chan) && text.contains(&tag) {
+                    seen.insert(text.clone());
+                }
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proc.rss_kb();
+    eprintln!(
+        "{}: {} of {} users' lines arrived; RSS {before} → {after} kB",
+        if is_j { "junction" } else { "biboumi" },
+        seen.len(),
+        users.len()
+    );
+    Ok(after.saturating_sub(before) as f64 / users.len().max(1) as f64)
+}
+
+/// Matrix → IRC: Junction (again, for the Matrix bridge only) against heisenbridge, interleaved.
+#[allow(clippy::too_many_arguments)]
+async fn matrix_part(
+    c: &Clients,
+    s: &Servers,
+    a_slot: &SlotGuard,
+    dir: &Path,
+    junction: &Proc,
+    mx_room: &str,
+    j_mx_chan: &str,
+    h_chan: &str,
+    plan: &Plan,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
+    let hb = start_heisenbridge(s, a_slot, dir, c.matrix.user_id()).await?;
+    let portal = heisenbridge_portal(c, s.inspircd, h_chan).await?;
+    warm_up(c, Dir::MatrixToIrc, mx_room, j_mx_chan, "wjm").await?;
+    warm_up(c, Dir::MatrixToIrc, &portal, h_chan, "whm").await?;
+    for run in 0..plan.runs {
+        for (is_j, room, chan, proc) in [
+            (true, mx_room, j_mx_chan, junction),
+            (false, portal.as_str(), h_chan, &hb),
+        ] {
+            eprintln!(
+                "matrix run {}/{}: {}…",
+                run + 1,
+                plan.runs,
+                if is_j { "junction" } else { "heisenbridge" }
+            );
+            let tag = format!("m{run}{}", if is_j { 'j' } else { 'h' });
+            let cpu0 = proc.cpu();
+            let v = measure(c, Dir::MatrixToIrc, room, chan, &tag, plan.matrix_n, 1.0).await?;
+            let per = (proc.cpu() - cpu0) / plan.matrix_n as f64 * 1000.0;
+            f.lost[usize::from(!is_j)] += plan.matrix_n - v.len();
+            f.mx_p50.push(is_j, durations_ms(&v, 0.5));
+            f.mx_cpu.push(is_j, per);
+        }
+    }
+    hb.stop().await;
+    Ok(())
+}
+
+fn print_table(out: &mut String, plan: &Plan, f: &Figures, matrix_error: Option<anyhow::Error>) {
+    let _ = writeln!(
+        out,
+        "## Junction beside biboumi and heisenbridge ({} runs each, interleaved)\n",
+        plan.runs
+    );
+    let _ = writeln!(
+        out,
+        "| figure | Junction | anchor | Junction / anchor (median; per-run range) | note |\n|---|---:|---:|---:|---|"
+    );
+    let mut row = |what: String, fig: &Figure, unit: &str, anchor: &str, note: &str| {
+        let (j, a, r) = fig.cells(unit);
+        let _ = writeln!(out, "| {what} | {j} | {anchor} {a} | {r} | {note} |");
+    };
+    let n = plan.latency_n;
+    let real_muc = "Junction's path crosses a real MUC on conference.xmpp.test; biboumi is the MUC itself, one hop less";
+    row(
+        format!("XMPP→IRC latency p50, {n} msgs at 20 msg/s"),
+        &f.x2i_p50,
+        "ms",
+        "biboumi",
+        real_muc,
+    );
+    row(
+        "XMPP→IRC latency p99".to_owned(),
+        &f.x2i_p99,
+        "ms",
+        "biboumi",
+        "",
+    );
+    row(
+        format!("IRC→XMPP latency p50, {n} msgs at 20 msg/s"),
+        &f.i2x_p50,
+        "ms",
+        "biboumi",
+        real_muc,
+    );
+    row(
+        "IRC→XMPP latency p99".to_owned(),
+        &f.i2x_p99,
+        "ms",
+        "biboumi",
+        "",
+    );
+    row(
+        format!("CPU per XMPP→IRC message, {} msgs at 50 msg/s", plan.cpu_n),
+        &f.cpu,
+        "ms",
+        "biboumi",
+        "the gateway process alone (utime+stime); Prosody's MUC work on Junction's path is not counted",
+    );
+    let (j, a, r) = f.rss.cells("kB");
+    let _ = writeln!(
+        out,
+        "| RSS per bridged IRC user, {} in one channel | {j} | biboumi {a} | {r} | one IRC connection per XMPP user in both; one run each, not interleaved |",
+        plan.users,
+    );
+    match matrix_error {
+        None => {
+            let m = plan.matrix_n;
+            let hb = "heisenbridge is bouncer-style: the owner's own IRC connection, no puppets; it paces lines to IRC, hence 1 msg/s";
+            let mut row = |what: String, fig: &Figure, note: &str| {
+                let (j, a, r) = fig.cells("ms");
+                let _ = writeln!(out, "| {what} | {j} | heisenbridge {a} | {r} | {note} |");
+            };
+            row(
+                format!("Matrix→IRC latency p50, {m} msgs at 1 msg/s"),
+                &f.mx_p50,
+                hb,
+            );
+            row(
+                "CPU per Matrix→IRC message".to_owned(),
+                &f.mx_cpu,
+                "the gateway process alone; Synapse not counted",
+            );
+        }
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "| Matrix→IRC vs heisenbridge | — | — | — | not measured: {e:#} |"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nLines not arrived within {} s: Junction {}, anchors {}.\n",
+        SETTLE.as_secs(),
+        f.lost[0],
+        f.lost[1]
+    );
+}
