@@ -31,6 +31,8 @@ const HEISENBRIDGE_VERSION: &str = "1.15.4";
 const HEISENBRIDGE_VENV: &str = "/opt/heisenbridge-venv";
 /// How long one batch of tagged lines may take to arrive after the last one was sent.
 const SETTLE: Duration = Duration::from_secs(30);
+/// How long heisenbridge may take to open a room.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// How much each part sends.
 struct Plan {
@@ -476,8 +478,13 @@ async fn start_heisenbridge(
 }
 
 /// The room the bridge bot invites `m` to next (one not in `known`); joined.
-async fn next_invite(m: &MatrixUser, known: &[String], what: &str) -> anyhow::Result<String> {
-    let room = junction_testkit::eventually(Duration::from_secs(60), what, || {
+async fn next_invite(
+    m: &MatrixUser,
+    known: &[String],
+    what: &str,
+    deadline: Duration,
+) -> anyhow::Result<String> {
+    let room = junction_testkit::eventually(deadline, what, || {
         let r = m.room_ids().into_iter().find(|r| !known.contains(r));
         async move { r }
     })
@@ -487,15 +494,15 @@ async fn next_invite(m: &MatrixUser, known: &[String], what: &str) -> anyhow::Re
 }
 
 /// Drives heisenbridge's control room as its owner: a network for the test IRC server,
-/// connected, with `chan` joined. Returns the portal room.
+/// connected, with `chan` joined.
 async fn heisenbridge_portal(
     c: &Clients,
     irc: std::net::SocketAddr,
     chan: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Portal> {
     let m = &c.matrix;
     let mut known = m.room_ids();
-    let control = next_invite(m, &known, "heisenbridge's control room").await?;
+    let control = next_invite(m, &known, "heisenbridge's control room", MINUTE).await?;
     known.push(control.clone());
     let net = unique("cmpnet");
     for cmd in [
@@ -506,7 +513,7 @@ async fn heisenbridge_portal(
         m.send_text(&control, &cmd).await?;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let network = next_invite(m, &known, "heisenbridge's network room").await?;
+    let network = next_invite(m, &known, "heisenbridge's network room", MINUTE).await?;
     known.push(network.clone());
     m.send_text(&network, "CONNECT").await?;
     m.wait_for(&network, Duration::from_secs(60), |e| {
@@ -516,8 +523,41 @@ async fn heisenbridge_portal(
     })
     .await
     .context("heisenbridge connecting to IRC")?;
-    m.send_text(&network, &format!("JOIN {chan}")).await?;
-    next_invite(m, &known, "heisenbridge's portal room").await
+    // A JOIN sent while the connection still registers is lost: try again (bounded).
+    for _ in 0..4 {
+        m.send_text(&network, &format!("JOIN {chan}")).await?;
+        let deadline = Duration::from_secs(20);
+        if let Ok(portal) = next_invite(m, &known, "heisenbridge's portal room", deadline).await {
+            return Ok(Portal {
+                control,
+                network,
+                portal,
+                net,
+            });
+        }
+    }
+    anyhow::bail!("heisenbridge never opened a portal room for {chan}")
+}
+
+/// The rooms heisenbridge opened for one network, and the network's name.
+struct Portal {
+    control: String,
+    network: String,
+    portal: String,
+    net: String,
+}
+
+impl Portal {
+    /// Disconnects and removes the network (best effort), so the next run on this slot
+    /// does not reconnect it.
+    async fn remove(&self, m: &MatrixUser) {
+        let _ = m.send_text(&self.network, "DISCONNECT").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = m
+            .send_text(&self.control, &format!("DELNETWORK {}", self.net))
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,32 +729,17 @@ async fn compare(plan: Plan) -> anyhow::Result<String> {
             eprintln!("run {}/{}: {who}…", run + 1, plan.runs);
             let tag = format!("r{run}{}", if is_j { 'j' } else { 'b' });
             let n = plan.latency_n;
-            let v = measure(
-                &c,
-                Dir::XmppToIrc,
-                &p.room,
-                &p.chan,
-                &format!("{tag}xi"),
-                n,
-                20.0,
-            )
-            .await?;
-            f.lost[usize::from(!is_j)] += n - v.len();
-            f.x2i_p50.push(is_j, durations_ms(&v, 0.5));
-            f.x2i_p99.push(is_j, durations_ms(&v, 0.99));
-            let v = measure(
-                &c,
-                Dir::IrcToXmpp,
-                &p.room,
-                &p.chan,
-                &format!("{tag}ix"),
-                n,
-                20.0,
-            )
-            .await?;
-            f.lost[usize::from(!is_j)] += n - v.len();
-            f.i2x_p50.push(is_j, durations_ms(&v, 0.5));
-            f.i2x_p99.push(is_j, durations_ms(&v, 0.99));
+            for (dir, part) in [(Dir::XmppToIrc, "xi"), (Dir::IrcToXmpp, "ix")] {
+                let tag = format!("{tag}{part}");
+                let v = measure(&c, dir, &p.room, &p.chan, &tag, n, 20.0).await?;
+                f.lost[usize::from(!is_j)] += n - v.len();
+                let (p50, p99) = match dir {
+                    Dir::XmppToIrc => (&mut f.x2i_p50, &mut f.x2i_p99),
+                    _ => (&mut f.i2x_p50, &mut f.i2x_p99),
+                };
+                p50.push(is_j, durations_ms(&v, 0.5));
+                p99.push(is_j, durations_ms(&v, 0.99));
+            }
             let cpu0 = proc.cpu();
             let v = measure(
                 &c,
@@ -853,7 +878,8 @@ async fn matrix_part(
     f: &mut Figures,
 ) -> anyhow::Result<()> {
     let hb = start_heisenbridge(s, a_slot, dir, c.matrix.user_id()).await?;
-    let portal = heisenbridge_portal(c, s.inspircd, h_chan).await?;
+    let opened = heisenbridge_portal(c, s.inspircd, h_chan).await?;
+    let portal = opened.portal.clone();
     warm_up(c, Dir::MatrixToIrc, mx_room, j_mx_chan, "wjm").await?;
     warm_up(c, Dir::MatrixToIrc, &portal, h_chan, "whm").await?;
     for run in 0..plan.runs {
@@ -876,6 +902,7 @@ async fn matrix_part(
             f.mx_cpu.push(is_j, per);
         }
     }
+    opened.remove(&c.matrix).await;
     hb.stop().await;
     Ok(())
 }
