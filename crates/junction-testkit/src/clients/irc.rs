@@ -361,6 +361,12 @@ mod tests {
         assert!(b
             .privmsgs_in(&chan)
             .contains(&(a.nick().to_owned(), "hello there".to_owned())));
+        // Every line read has its time, in reading order, from any index on.
+        let all = b.received_since(0);
+        assert_eq!(all.len(), b.backlog().len());
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(b.received_since(all.len() - 1).len(), 1);
+        assert!(b.received_since(usize::MAX).is_empty());
         a.action(&chan, "waves")?;
         b.wait_for(
             Duration::from_secs(15),

@@ -670,6 +670,13 @@ mod tests {
         assert_eq!(from_nick(&got), Some("anna"));
         assert_eq!(origin_id(&got).as_deref(), Some(id.as_str()));
         assert!(stanza_id(&got).is_some());
+        // Every stanza read has its time, in reading order.
+        let all = b.received_since(0);
+        assert_eq!(all.len(), b.backlog().len());
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(all
+            .iter()
+            .any(|(_, e)| body(e).as_deref() == Some("hi bert")));
         a.send_correction(&room, &id, "hi, bert")?;
         let fix = b
             .wait_for(t, |e| {
