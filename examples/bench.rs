@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/anchors.rs"]
+mod anchors;
 #[path = "bench/compare.rs"]
 mod compare;
 
