@@ -4,6 +4,7 @@
 //! ./target/debug/junction-testkit start          # or let the bench start what is missing
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
 //!                                        [--puppets N] [--irc-mode puppet|relay]
+//! cargo run --release --example bench -- --compare [--quick]   # beside biboumi, heisenbridge
 //! ```
 //!
 //! The gateway runs in this process exactly as `junction::serve` wires it (same adapters, same
@@ -52,14 +53,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod anchors;
+mod compare;
 mod lobby;
 mod phases;
 mod stats;
 mod store;
 mod taps;
 
+use lobby::short;
 use lobby::Bench;
 use phases::{latency_phase, matrix_phase, puppet_phase, throughput_phase};
+use stats::{cpu_secs, pct, rss_kb_of};
 use store::store_phase;
 
 // ---------------------------------------------------------------------------------------------
@@ -68,6 +73,7 @@ use store::store_phase;
 #[derive(Clone, Debug)]
 pub(crate) struct Args {
     pub(crate) quick: bool,
+    pub(crate) compare: bool,
     pub(crate) only: Option<Vec<String>>,
     pub(crate) puppets: Option<usize>,
     pub(crate) irc_mode: String,
@@ -77,6 +83,7 @@ impl Args {
     pub(crate) fn parse() -> anyhow::Result<Args> {
         let mut a = Args {
             quick: false,
+            compare: false,
             only: None,
             puppets: None,
             irc_mode: "puppet".into(),
@@ -85,6 +92,7 @@ impl Args {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--quick" => a.quick = true,
+                "--compare" => a.compare = true,
                 "--only" => {
                     let v = it.next().context("--only needs a list")?;
                     a.only = Some(v.split(',').map(str::to_owned).collect());
@@ -96,7 +104,8 @@ impl Args {
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
-                         [--puppets N] [--irc-mode puppet|relay]"
+                         [--puppets N] [--irc-mode puppet|relay]\n       \
+                         bench --compare [--quick]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
                 }
@@ -122,6 +131,10 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if args.compare {
+        println!("{}", compare::main(args.quick)?);
+        return Ok(());
     }
     let started = Instant::now();
     let mut out = String::new();

@@ -31,7 +31,12 @@ pub(crate) fn p50_99(mut v: Vec<Duration>) -> String {
 }
 
 pub(crate) fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kb_of("self")
+}
+
+/// A process's resident set size in kB (`pid` a number or `self`), from /proc.
+pub(crate) fn rss_kb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use irc_proto::{Command, Message, Prefix};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -22,6 +22,8 @@ const WANTED_CAPS: &[&str] = &[
 #[derive(Default)]
 struct Shared {
     backlog: Vec<Message>,
+    /// When each backlog entry was read, index for index.
+    received: Vec<Instant>,
     isupport: HashMap<String, String>,
     caps: Vec<String>,
 }
@@ -98,11 +100,9 @@ impl IrcUser {
                         s.isupport.insert(k.to_owned(), v.to_owned());
                     }
                 }
-                shared2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .backlog
-                    .push(msg);
+                let mut s = shared2.lock().unwrap_or_else(|e| e.into_inner());
+                s.backlog.push(msg);
+                s.received.push(Instant::now());
             }
             writer.abort();
         });
@@ -264,6 +264,18 @@ impl IrcUser {
             .clone()
     }
 
+    /// The messages received from backlog index `from` on, each with when it was read
+    /// (for latency measurements); `from` past the end gives nothing.
+    pub fn received_since(&self, from: usize) -> Vec<(Instant, Message)> {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.received
+            .iter()
+            .zip(&s.backlog)
+            .skip(from)
+            .map(|(t, m)| (*t, m.clone()))
+            .collect()
+    }
+
     /// Waits until a received message matches `pred` (the backlog is searched too).
     pub async fn wait_for(
         &self,
@@ -369,6 +381,12 @@ mod tests {
         assert!(b
             .privmsgs_in(&chan)
             .contains(&(a.nick().to_owned(), "hello there".to_owned())));
+        // Every line read has its time, in reading order, from any index on.
+        let all = b.received_since(0);
+        assert_eq!(all.len(), b.backlog().len());
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(b.received_since(all.len() - 1).len(), 1);
+        assert!(b.received_since(usize::MAX).is_empty());
         a.action(&chan, "waves")?;
         b.wait_for(
             Duration::from_secs(15),

@@ -492,6 +492,16 @@ impl MatrixUser {
         Ok(out)
     }
 
+    /// The ids of every room the sync has shown so far: joined, left, and invited to.
+    pub fn room_ids(&self) -> Vec<String> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Every timeline event seen so far in `room` (id or alias), including the events up
     /// to a leave or kick, and the `m.room.member` event of an invite.
     pub async fn events(&self, room: &str) -> anyhow::Result<Vec<Value>> {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
@@ -149,6 +149,8 @@ fn parse_stanza(text: &str) -> Option<Element> {
 pub struct XmppUser {
     jid: String,
     backlog: Arc<Mutex<Vec<Element>>>,
+    /// When each backlog entry was read, index for index (locked after `backlog`).
+    received: Arc<Mutex<Vec<Instant>>>,
     out: mpsc::UnboundedSender<String>,
     reader: tokio::task::JoinHandle<()>,
     ids: AtomicU64,
@@ -185,6 +187,8 @@ impl XmppUser {
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
         let out2 = out.clone();
         let backlog2 = backlog.clone();
+        let received: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let received2 = received.clone();
         let reader = tokio::spawn(async move {
             let writer = tokio::spawn(async move {
                 while let Some(s) = out_rx.recv().await {
@@ -214,7 +218,12 @@ impl XmppUser {
                             escaped(el.attr("from").unwrap_or(""))
                         ));
                     }
-                    backlog2.lock().unwrap_or_else(|e| e.into_inner()).push(el);
+                    let mut b = backlog2.lock().unwrap_or_else(|e| e.into_inner());
+                    b.push(el);
+                    received2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Instant::now());
                 }
             }
             writer.abort();
@@ -222,6 +231,7 @@ impl XmppUser {
         let mut me = XmppUser {
             jid: format!("{user}@{domain}"),
             backlog,
+            received,
             out,
             reader,
             ids: AtomicU64::new(0),
@@ -264,7 +274,9 @@ impl XmppUser {
     }
 
     fn clear(&self) {
-        self.backlog
+        let mut b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        b.clear();
+        self.received
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -537,6 +549,18 @@ impl XmppUser {
             .clone()
     }
 
+    /// The stanzas received from backlog index `from` on, each with when it was read
+    /// (for latency measurements); `from` past the end gives nothing.
+    pub fn received_since(&self, from: usize) -> Vec<(Instant, Element)> {
+        let b = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter()
+            .zip(b.iter())
+            .skip(from)
+            .map(|(t, e)| (*t, e.clone()))
+            .collect()
+    }
+
     /// Waits until a received stanza matches `pred` (the backlog is searched too).
     pub async fn wait_for(
         &self,
@@ -646,6 +670,13 @@ mod tests {
         assert_eq!(from_nick(&got), Some("anna"));
         assert_eq!(origin_id(&got).as_deref(), Some(id.as_str()));
         assert!(stanza_id(&got).is_some());
+        // Every stanza read has its time, in reading order.
+        let all = b.received_since(0);
+        assert_eq!(all.len(), b.backlog().len());
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(all
+            .iter()
+            .any(|(_, e)| body(e).as_deref() == Some("hi bert")));
         a.send_correction(&room, &id, "hi, bert")?;
         let fix = b
             .wait_for(t, |e| {
