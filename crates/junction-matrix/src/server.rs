@@ -205,10 +205,14 @@ async fn transaction(
         let origin = converted.event.as_ref().map(|e| e.origin.clone());
         apply_effects(&sh, origin.as_ref(), converted.effects);
         let Some(mut event) = converted.event else {
+            let field = |name: &str| ev.get(name).and_then(Value::as_str).unwrap_or("");
+            let (event_type, event_id, sender) =
+                (field("type"), field("event_id"), field("sender"));
+            tracing::debug!(%txn, event_type, event_id, sender, "Event from Matrix not relayed.");
             continue;
         };
         event.by_moderator = acts_as_moderator(&sh, ev, &event.kind).await;
-        tracing::debug!(kind = event.kind.name(), room = %event.origin, "Event from Matrix.");
+        tracing::debug!(%txn, kind = event.kind.name(), room = %event.origin, remote_id = %event.remote_id, "Event from Matrix.");
         let (inbound, ack) = Inbound::with_ack(event);
         if sh.inbound.send(inbound).await.is_err() {
             tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
@@ -245,6 +249,7 @@ async fn transaction(
         // Its events are durable and deduplicated by the message map, so a replay is harmless.
         tracing::warn!(error = %e, %txn, "Could not mark a transaction done.");
     }
+    tracing::debug!(%txn, events = events.len(), "Transaction answered.");
     ok()
 }
 

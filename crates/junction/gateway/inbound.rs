@@ -138,13 +138,13 @@ impl Loop {
             match self.store.record_inbound(&event, planned) {
                 Ok(Recorded::New(ds)) => {
                     self.metrics.inbound(&event.origin.network);
-                    tracing::debug!(event = %event.id, kind = event.kind.name(), origin = %event.origin, targets = ds.len(), "Event recorded.");
+                    tracing::debug!(event = %event.id, kind = event.kind.name(), origin = %event.origin, remote_id = %event.remote_id, targets = ds.len(), "Event recorded.");
                     out.extend(ds);
                     acks.push((ack, Ok(())));
                 }
                 Ok(Recorded::Duplicate) => {
                     self.metrics.duplicate();
-                    tracing::debug!(event = %event.id, origin = %event.origin, "Replay of a known event skipped.");
+                    tracing::debug!(event = %event.id, origin = %event.origin, remote_id = %event.remote_id, "Replay of a known event skipped.");
                     acks.push((ack, Ok(())));
                 }
                 Err(e) if e.is_permanent() => {
