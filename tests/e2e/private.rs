@@ -68,16 +68,27 @@ async fn invited_by(lobby: &Lobby, by: &str, known: &[String]) -> anyhow::Result
     .await
 }
 
-/// Waits for a PRIVMSG to the IRC user (not in a channel) from `from` containing `text`.
-async fn irc_query(lobby: &Lobby, from: &str, text: &str) -> anyhow::Result<()> {
+/// Waits for a PRIVMSG to the IRC user (not in a channel) containing `text`, from a nick
+/// `nick_ok` accepts; returns that nick.
+async fn irc_query_where(
+    lobby: &Lobby,
+    text: &str,
+    nick_ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
     let me = lobby.irc.nick().to_owned();
-    lobby
+    let m = lobby
         .irc
         .wait_for(WAIT, |m| {
             matches!(&m.command, Command::PRIVMSG(t, body) if t.eq_ignore_ascii_case(&me) && body.contains(text))
-                && source_nick(m).is_some_and(|n| n.eq_ignore_ascii_case(from))
+                && source_nick(m).is_some_and(&nick_ok)
         })
         .await?;
+    Ok(source_nick(&m).unwrap_or_default().to_owned())
+}
+
+/// Waits for a PRIVMSG to the IRC user (not in a channel) from `from` containing `text`.
+async fn irc_query(lobby: &Lobby, from: &str, text: &str) -> anyhow::Result<()> {
+    irc_query_where(lobby, text, |n| n.eq_ignore_ascii_case(from)).await?;
     Ok(())
 }
 
@@ -87,16 +98,8 @@ async fn irc_query(lobby: &Lobby, from: &str, text: &str) -> anyhow::Result<()> 
 /// this lobby's gateway writes to this IRC user, so the nick's stem is enough. Returns the
 /// nick it came from.
 async fn irc_query_from_puppet(lobby: &Lobby, puppet: &str, text: &str) -> anyhow::Result<String> {
-    let me = lobby.irc.nick().to_owned();
     let stem = puppet.trim_end_matches('_').to_ascii_lowercase();
-    let m = lobby
-        .irc
-        .wait_for(WAIT, |m| {
-            matches!(&m.command, Command::PRIVMSG(t, body) if t.eq_ignore_ascii_case(&me) && body.contains(text))
-                && source_nick(m).is_some_and(|n| n.to_ascii_lowercase().starts_with(&stem))
-        })
-        .await?;
-    Ok(source_nick(&m).unwrap_or(puppet).to_owned())
+    irc_query_where(lobby, text, |n| n.to_ascii_lowercase().starts_with(&stem)).await
 }
 
 /// The IRC user's lines containing `text`, for failure messages.
