@@ -127,6 +127,11 @@ pub(crate) fn synapse_on(l: &Layout, port: u16, registrations: &[std::path::Path
     let _ = writeln!(s, "federation_domain_whitelist: []");
     let _ = writeln!(s, "presence:");
     let _ = writeln!(s, "  enabled: false");
+    // What an appservice's own device needs to take part in encrypted rooms: to-device
+    // messages, device-list changes and one-time-key counts pushed in its transactions.
+    let _ = writeln!(s, "experimental_features:");
+    let _ = writeln!(s, "  msc2409_to_device_messages_enabled: true");
+    let _ = writeln!(s, "  msc3202_transaction_extensions: true");
     let _ = writeln!(s, "app_service_config_files:");
     for r in registrations {
         let _ = writeln!(s, "  - {}", yq(&r.display().to_string()));
@@ -168,6 +173,9 @@ pub(crate) fn registration(slot: &Slot) -> String {
     let _ = writeln!(s, "sender_localpart: {}", yq(&slot.bot));
     let _ = writeln!(s, "rate_limited: false");
     let _ = writeln!(s, "receive_ephemeral: true");
+    // Device data in transactions (MSC3202) and devices created by the appservice (MSC4190).
+    let _ = writeln!(s, "org.matrix.msc3202: true");
+    let _ = writeln!(s, "io.element.msc4190: true");
     let _ = writeln!(s, "namespaces:");
     let _ = writeln!(s, "  users:");
     let _ = writeln!(s, "    - exclusive: true");
