@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod adapter;
+mod catchup;
 pub mod config;
 pub mod connection;
 pub mod doctor;
