@@ -163,8 +163,10 @@ pub trait Store: Send + Sync + 'static {
     /// already mapped, writes nothing and returns [`Recorded::Duplicate`].
     fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded>;
 
-    /// In one transaction: maps each returned remote id in `d.target` to `d.event` (both
-    /// ways, parts in order) and removes the outbox row. Idempotent.
+    /// Maps each returned remote id in `d.target` to `d.event` (both ways, parts in order),
+    /// then removes the outbox row. Idempotent. A crash may keep the ids and not the removal
+    /// (the row is handed out again, as if unanswered), never the removal without the ids.
+    /// The caller need not flush at once: losing an answer only re-sends its line.
     fn record_delivered(&self, d: &Delivered) -> Result<()>;
 
     /// The gateway event behind `remote` in `room`, if known.
