@@ -157,7 +157,8 @@ pub struct AuditEntry {
 pub trait Store: Send + Sync + 'static {
     // ---- message map and outboxes ----
 
-    /// In one transaction: maps `event.origin`/`event.remote_id` to `event.id`, notes the
+    /// All or nothing, even across a crash (one transaction; in sled an intent settled at the
+    /// next open): maps `event.origin`/`event.remote_id` to `event.id`, notes the
     /// sender of a message (see [`Store::sender_of`]), and writes one outbox row per planned
     /// target (ids assigned, increasing). If the origin message is
     /// already mapped, writes nothing and returns [`Recorded::Duplicate`].
