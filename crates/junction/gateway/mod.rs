@@ -20,8 +20,8 @@
 //! [`MARKS_WITHIN`] after the first unflushed one. So a steady stream costs one fsync per
 //! message at low rates (not two) and one per batch at high rates.
 //!
-//! What that window means: a crash (power loss, kill -9 together with the OS losing its page
-//! cache) after a delivery was confirmed and before the next flush leaves its outbox row in
+//! What that window means: a crash (SIGKILL, a panic, a power loss: sled keeps unflushed
+//! writes in its own buffers) after a delivery was confirmed and before the next flush leaves its outbox row in
 //! place, so the line is handed out again after the restart, once, and its ids in the target
 //! room are not in the message map. Matrix and XMPP targets recognise the resend by their
 //! own ids (the Matrix transaction id and the XMPP message id derive from the outbox row); an IRC
