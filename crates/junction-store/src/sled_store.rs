@@ -371,6 +371,13 @@ impl SledStore {
                 .map_err(be)?;
             fresh.flush().map_err(be)?;
         }
+        // sled reads its log from the last snapshot on, and writes one at each open: opened
+        // once here, the copy's first start reads the snapshot instead of the whole log.
+        drop(open_db(
+            &copying,
+            std::time::Duration::from_secs(5),
+            &|| false,
+        )?);
         std::fs::rename(&copying, &done).map_err(io)?;
         std::fs::rename(path, &old).map_err(io)?;
         std::fs::rename(&done, path).map_err(io)?;
