@@ -363,7 +363,15 @@ impl SledStore {
                 .and_then(|v| stamp(&v))
                 .unwrap_or(0);
             let fresh = sled::open(&copying).map_err(be)?;
-            fresh.import(db.export());
+            // Row by row (sled's own `import` panics on an I/O error, e.g. a full disk).
+            for name in db.tree_names() {
+                let from = db.open_tree(&name).map_err(be)?;
+                let to = fresh.open_tree(&name).map_err(be)?;
+                for r in from.iter() {
+                    let (k, v) = r.map_err(be)?;
+                    to.insert(k, v).map_err(be)?;
+                }
+            }
             fresh
                 .open_tree("meta")
                 .map_err(be)?
