@@ -59,9 +59,10 @@ pub enum Command {
     /// print each network's state, rooms, puppets, outbox depth and last error.
     Status,
     /// Move the store the config names: `export` writes it as a portable dump (JSON lines),
-    /// `import` reads one into an empty store (sled or PostgreSQL; stop the gateway first).
+    /// `import` reads one into an empty store (sled or PostgreSQL; stop the gateway first);
+    /// `compact` rewrites a sled store with its live rows only.
     Store {
-        /// export or import.
+        /// export, import or compact.
         #[command(subcommand)]
         action: StoreAction,
     },
@@ -83,6 +84,9 @@ pub enum StoreAction {
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
     },
+    /// Rewrite the sled store into a fresh database holding only its live rows (stop the
+    /// gateway first): sled keeps removed rows and old page images on disk.
+    Compact,
 }
 
 /// Parses the command line and runs the command. Usage errors exit with status 2.
@@ -173,10 +177,37 @@ fn open_store_here(
     }
 }
 
-/// `junction store export|import`: what was done, or why not.
+/// `junction store export|import|compact`: what was done, or why not.
 fn move_store(config: &Config, action: &StoreAction) -> Result<String, String> {
     use std::io::{BufRead as _, Write as _};
     match action {
+        StoreAction::Compact => {
+            if let config::StoreLocation::Postgres(_) = &config.gateway.store {
+                return Err(
+                    "compact is for a sled store; PostgreSQL reclaims space itself (VACUUM)".into(),
+                );
+            }
+            let path = config.gateway.data_dir.join("store");
+            if !path.exists() {
+                return Err(format!("there is no store at {}", path.display()));
+            }
+            let c = junction_store::SledStore::compact(&path).map_err(|e| {
+                if e.to_string().contains("lock") {
+                    format!(
+                        "the store at {} is in use by a running gateway; stop it first",
+                        path.display()
+                    )
+                } else {
+                    format!("compacting {}: {e}", path.display())
+                }
+            })?;
+            Ok(format!(
+                "compacted {}: {:.1} MB, was {:.1} MB",
+                path.display(),
+                c.after as f64 / 1e6,
+                c.before as f64 / 1e6
+            ))
+        }
         StoreAction::Export { output } => {
             let store = open_store_here(config, false)?;
             let mut out: Box<dyn std::io::Write> = match output {

@@ -77,6 +77,11 @@ pub(crate) struct Args {
     pub(crate) only: Option<Vec<String>>,
     pub(crate) puppets: Option<usize>,
     pub(crate) irc_mode: String,
+    /// The store phase's backend: `sled` (default) or `postgres` (the testkit's PostgreSQL,
+    /// a fresh schema).
+    pub(crate) store: String,
+    /// The store phase's message count, instead of 20,000 (quick) or 1,000,000.
+    pub(crate) store_rows: Option<usize>,
 }
 
 impl Args {
@@ -87,6 +92,8 @@ impl Args {
             only: None,
             puppets: None,
             irc_mode: "puppet".into(),
+            store: "sled".into(),
+            store_rows: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -101,10 +108,15 @@ impl Args {
                     a.puppets = Some(it.next().context("--puppets needs N")?.parse()?);
                 }
                 "--irc-mode" => a.irc_mode = it.next().context("--irc-mode needs a mode")?,
+                "--store" => a.store = it.next().context("--store needs sled or postgres")?,
+                "--store-rows" => {
+                    a.store_rows = Some(it.next().context("--store-rows needs N")?.parse()?);
+                }
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
-                         [--puppets N] [--irc-mode puppet|relay]\n       \
+                         [--puppets N] [--irc-mode puppet|relay] \
+                         [--store sled|postgres] [--store-rows N]\n       \
                          bench --compare [--quick]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);

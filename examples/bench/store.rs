@@ -1,4 +1,5 @@
-//! The store phase: the sled store alone, without the gateway or the servers.
+//! The store phase: the store alone (sled in a temporary directory, or the testkit's
+//! PostgreSQL in a fresh schema), without the gateway or the servers.
 
 use super::*;
 use crate::stats::table;
@@ -6,10 +7,25 @@ use crate::stats::table;
 pub(crate) fn store_phase(args: &Args, out: &mut String) -> anyhow::Result<()> {
     use junction_core::router::Planned;
     use junction_core::BridgeName;
-    let rows: usize = if args.quick { 20_000 } else { 1_000_000 };
+    let rows: usize = args
+        .store_rows
+        .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
     let puppets: usize = if args.quick { 1_000 } else { 10_000 };
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store");
+    let pg = match args.store.as_str() {
+        "sled" => None,
+        "postgres" => Some(junction_testkit::servers::postgres::schema_url(
+            &junction_testkit::unique("bench").to_lowercase(),
+        )),
+        other => anyhow::bail!("--store {other:?}: sled or postgres"),
+    };
+    let open = || -> anyhow::Result<Box<dyn Store>> {
+        Ok(match &pg {
+            Some(url) => Box::new(junction_store::PgStore::open(url)?),
+            None => Box::new(SledStore::open(&path)?),
+        })
+    };
     let origin = RoomRef::new("matrix", "#lobby:matrix.test");
     let target = RoomRef::new("irc:local", "#lobby");
     let sender = Sender::new(UserRef::new("matrix", "@alice:matrix.test"), "alice");
@@ -37,7 +53,7 @@ pub(crate) fn store_phase(args: &Args, out: &mut String) -> anyhow::Result<()> {
         [],
     );
     {
-        let store = SledStore::open(&path)?;
+        let store = open()?;
         // Inbound (map + outbox row, one transaction) and delivered (map both ways, outbox
         // row removed, one transaction), flushed every 256 as the route loop does.
         let mut t_in = Duration::ZERO;
@@ -151,11 +167,103 @@ pub(crate) fn store_phase(args: &Args, out: &mut String) -> anyhow::Result<()> {
             puppets as f64 / t.elapsed().as_secs_f64()
         );
     }
+    if pg.is_some() {
+        let ready = restart(&open, "restart to ready")?;
+        let _ = writeln!(
+            s,
+            "| **restart to ready** (open, links, outboxes, first puppet) | {rows} map rows, {puppets} puppets | **{:.0} ms** |",
+            ready.as_secs_f64() * 1000.0
+        );
+        eprintln!("  store: restart to ready {ready:?}");
+        out.push_str("### Store (PostgreSQL, the testkit's cluster)\n\n");
+        out.push_str(&s);
+        out.push('\n');
+        return Ok(());
+    }
     let size: u64 = dir_size(&path);
-    // Restart: open, read the links, the outboxes and a puppet, as the gateway does at start.
+    let ready = restart(&open, "restart to ready")?;
+    let _ = writeln!(
+        s,
+        "| **restart to ready** (open, links, outboxes, first puppet) | {rows} map rows, {puppets} puppets | **{:.0} ms** |",
+        ready.as_secs_f64() * 1000.0
+    );
+    let per = |b: u64| b as f64 / rows as f64;
+    let _ = writeln!(
+        s,
+        "| size on disk, as written | {rows} messages | {:.0} MB ({:.0} B/message) |",
+        size as f64 / 1e6,
+        per(size)
+    );
+    // Compaction (`junction store compact`, the gateway stopped): the live rows copied into a
+    // fresh database.
     let t = Instant::now();
-    let store = SledStore::open(&path)?;
-    let links = gateway::initial_links(&[], &store)?;
+    let c = SledStore::compact(&path)?;
+    let took = t.elapsed();
+    let _ = writeln!(
+        s,
+        "| compact (live rows into a fresh database) | {rows} messages | {:.1} s |",
+        took.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "| **size on disk, compacted** | {rows} messages | **{:.0} MB ({:.0} B/message)** |",
+        c.after as f64 / 1e6,
+        per(c.after)
+    );
+    let compacted = restart(&open, "restart after compaction")?;
+    // What the rows themselves hold, beside what sled takes for them.
+    let mut held = table(
+        "| tree | rows | key bytes / message | value bytes / message |",
+        "|---|---:|---:|---:|",
+        [],
+    );
+    let mut live = 0;
+    for t in SledStore::open(&path)?.tree_sizes()? {
+        live += t.key_bytes + t.value_bytes;
+        let _ = writeln!(
+            held,
+            "| {} | {} | {:.1} | {:.1} |",
+            t.name,
+            t.rows,
+            per(t.key_bytes),
+            per(t.value_bytes)
+        );
+    }
+    let _ = writeln!(
+        held,
+        "| all | | {:.0} B / message, keys and values | |",
+        per(live)
+    );
+    let _ = writeln!(
+        s,
+        "| **restart to ready, compacted** | {rows} map rows, {puppets} puppets | **{:.0} ms** |",
+        compacted.as_secs_f64() * 1000.0
+    );
+    eprintln!(
+        "  store: restart to ready {ready:?} ({compacted:?} compacted), {:.0} MB ({:.0} MB compacted)",
+        size as f64 / 1e6,
+        c.after as f64 / 1e6
+    );
+    out.push_str("### Store (sled, on disk)\n\n");
+    out.push_str(&s);
+    out.push_str("\nWhat the store's rows hold, compacted:\n\n");
+    out.push_str(&held);
+    out.push('\n');
+    Ok(())
+}
+
+/// Opens the store with `open` and reads the links, the outboxes and a puppet, as the gateway
+/// does at start; how long that took.
+fn restart(
+    open: &dyn Fn() -> anyhow::Result<Box<dyn Store>>,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    // sled's flusher thread lets go of the database's lock a moment after its last handle:
+    // that wait is not part of a restart.
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let store = open()?;
+    let links = gateway::initial_links(&[], store.as_ref())?;
     let _router = Router::new(links)?;
     for n in ["matrix", "xmpp", "irc:local"] {
         store.pending(&NetworkId::new(n))?;
@@ -165,37 +273,8 @@ pub(crate) fn store_phase(args: &Args, out: &mut String) -> anyhow::Result<()> {
         &UserRef::new("matrix", "@user7:matrix.test"),
     )?;
     let ready = t.elapsed();
-    anyhow::ensure!(p.is_some(), "puppet lost across the restart");
-    let _ = writeln!(
-        s,
-        "| **restart to ready** (open, links, outboxes, first puppet) | {rows} map rows, {puppets} puppets | **{:.0} ms** |",
-        ready.as_secs_f64() * 1000.0
-    );
-    let _ = writeln!(
-        s,
-        "| size on disk | {rows} messages | {:.0} MB |",
-        size as f64 / 1e6
-    );
-    eprintln!(
-        "  store: restart to ready {ready:?}, {:.0} MB",
-        size as f64 / 1e6
-    );
-    out.push_str("### Store (sled, on disk)\n\n");
-    out.push_str(&s);
-    out.push('\n');
-    Ok(())
+    anyhow::ensure!(p.is_some(), "puppet lost across the {what}");
+    Ok(ready)
 }
 
-pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
+pub(crate) use junction_store::dir_size;

@@ -24,7 +24,7 @@ pub use faulty::{Call, Faulty};
 pub use mem::MemStore;
 pub use pg_store::{check_url as check_postgres_url, ActiveLock, PgStore};
 pub use scoped::{scoped, Scoped};
-pub use sled_store::SledStore;
+pub use sled_store::{dir_size, Compacted, SledStore, TreeSize};
 
 /// Compact key: parts joined by NUL (ids never contain NUL).
 pub(crate) fn key(parts: &[&str]) -> Vec<u8> {

@@ -81,6 +81,10 @@ pub struct SledStore {
     /// Test hook: how many of `record_inbound`'s writes to make (a crash after them).
     #[cfg(test)]
     tear_after: std::sync::Mutex<Option<usize>>,
+    /// Added to sled's id generator: the last id the database had before
+    /// [`SledStore::compact`] copied it into a fresh one (whose generator starts again at 0),
+    /// so outbox and audit ids keep increasing; 0 in a store never compacted.
+    id_floor: u64,
 }
 
 /// One write of [`Store::record_inbound`]: a tree, a key, the value (`None`: removed).
@@ -132,6 +136,84 @@ fn event_key(e: &EventId, r: &RoomRef) -> Vec<u8> {
     key(&[e.as_str(), r.network.as_str(), r.room.as_str()])
 }
 
+/// A compact value begins with this byte, which no JSON text nor event id begins with; values
+/// an earlier version wrote (JSON, event ids as text) are read as before.
+const COMPACT: u8 = 0;
+
+/// An event id as a `by_remote` value: a derived id (32 lowercase hex digits) as
+/// [`COMPACT`] then its 16 bytes, any other id as its text.
+fn event_value(e: &EventId) -> Vec<u8> {
+    let id = e.as_str();
+    let derived = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match hex::decode(id) {
+        Ok(raw) if derived => [&[COMPACT][..], &raw].concat(),
+        _ => id.as_bytes().to_vec(),
+    }
+}
+
+/// Reads what [`event_value`] wrote (or an earlier version's text).
+fn event_from(v: &[u8]) -> EventId {
+    match v.split_first() {
+        Some((&COMPACT, raw)) if raw.len() == 16 => EventId(hex::encode(raw)),
+        _ => EventId(String::from_utf8_lossy(v).into_owned()),
+    }
+}
+
+/// A room's ids as a `by_event` value: [`COMPACT`], then each id followed by NUL; JSON if
+/// an id holds a NUL.
+fn ids_value(ids: &[MessageId]) -> Result<Vec<u8>> {
+    if ids.iter().any(|id| id.as_str().contains('\0')) {
+        return serde_json::to_vec(ids).map_err(codec);
+    }
+    let mut v = vec![COMPACT];
+    for id in ids {
+        v.extend_from_slice(id.as_str().as_bytes());
+        v.push(0);
+    }
+    Ok(v)
+}
+
+/// Reads what [`ids_value`] wrote (or an earlier version's JSON).
+fn ids_from(v: &[u8]) -> Result<Vec<MessageId>> {
+    match v.split_first() {
+        Some((&COMPACT, rest)) => Ok(rest
+            .split(|b| *b == 0)
+            .take(rest.iter().filter(|b| **b == 0).count())
+            .map(|id| MessageId::new(String::from_utf8_lossy(id)))
+            .collect()),
+        _ => serde_json::from_slice(v).map_err(codec),
+    }
+}
+
+/// A sender as a `senders` value: [`COMPACT`], the network, NUL, the user; JSON if the
+/// network holds a NUL.
+fn user_value(u: &UserRef) -> Result<Vec<u8>> {
+    if u.network.as_str().contains('\0') {
+        return serde_json::to_vec(u).map_err(codec);
+    }
+    Ok([
+        &[COMPACT][..],
+        u.network.as_str().as_bytes(),
+        &[0],
+        u.user.as_str().as_bytes(),
+    ]
+    .concat())
+}
+
+/// Reads what [`user_value`] wrote (or an earlier version's JSON).
+fn user_from(v: &[u8]) -> Result<UserRef> {
+    match v.split_first() {
+        Some((&COMPACT, rest)) => {
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let mut next =
+                || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let network = next();
+            Ok(UserRef::new(network, next()))
+        }
+        _ => serde_json::from_slice(v).map_err(codec),
+    }
+}
+
 /// In `meta`: present once a version that dates its rows has opened the store.
 const LAYOUT: &[u8] = b"dated";
 /// In `meta`: when that happened, if rows without a time were there then (they count as
@@ -141,6 +223,57 @@ const LEGACY_UNTIL: &[u8] = b"legacy_until";
 const LEGACY_EVENTS: &[u8] = b"legacy_events";
 /// In `meta`: where the walk removing undated transaction keys goes on.
 const LEGACY_TXNS: &[u8] = b"legacy_txns";
+/// In `meta`: the id floor of a compacted store (8 bytes big-endian, see
+/// [`SledStore::compact`]).
+const ID_FLOOR: &[u8] = b"id_floor";
+
+/// `path` with `suffix` added to its file name (`store` → `store.compacted`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// What [`SledStore::compact`] did: the directory's size before and after, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// Bytes on disk before.
+    pub before: u64,
+    /// Bytes on disk after.
+    pub after: u64,
+}
+
+/// One table's share of a sled store ([`SledStore::tree_sizes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeSize {
+    /// The tree's name.
+    pub name: String,
+    /// How many rows it holds.
+    pub rows: u64,
+    /// Their keys' bytes.
+    pub key_bytes: u64,
+    /// Their values' bytes.
+    pub value_bytes: u64,
+}
+
+/// Bytes the files under `p` take (their lengths).
+pub fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
 
 /// A time index key: `ts` big-endian, then `rest`.
 fn time_key(ts: u64, rest: &[u8]) -> Vec<u8> {
@@ -212,9 +345,11 @@ impl SledStore {
         wait: std::time::Duration,
         give_up: &dyn Fn() -> bool,
     ) -> Result<Self> {
+        finish_swap(path.as_ref())?;
         let db = open_db(path.as_ref(), wait, give_up)?;
         let t = |n: &str| db.open_tree(n).map_err(be);
         let meta = t("meta")?;
+        let id_floor = meta.get(ID_FLOOR).map_err(be)?.and_then(|v| stamp(&v));
         if meta.get(LAYOUT).map_err(be)?.is_none() {
             // First opened by a version that dates its rows: those already there count as
             // recorded now.
@@ -250,6 +385,7 @@ impl SledStore {
             set_aside: AtomicU64::new(0),
             #[cfg(test)]
             tear_after: std::sync::Mutex::new(None),
+            id_floor: id_floor.unwrap_or(0),
             db,
         })
         .and_then(|s| {
@@ -296,6 +432,72 @@ impl SledStore {
         *self.tear_after.lock().expect("tear") = None;
     }
 
+    /// Rewrites the store at `path` (not open anywhere: a stopped gateway) into a fresh
+    /// database holding only its live rows, then puts it in place of the old one. sled's log
+    /// keeps every page image and removed row until its segments are cleaned, which seldom
+    /// happens; a copy of the rows alone takes about half the space and opens faster.
+    ///
+    /// The copy is written beside the store (`store.compacting`), renamed `store.compacted`
+    /// once complete, then swapped in; a copy left complete by a crash is swapped in by the
+    /// next open, an incomplete or stale one is removed by the next compaction. The rows are
+    /// copied as they are stored, so a store compacted reads as before.
+    pub fn compact(path: impl AsRef<Path>) -> Result<Compacted> {
+        let path = path.as_ref();
+        finish_swap(path)?;
+        let before = dir_size(path);
+        let copying = beside(path, ".compacting");
+        let done = beside(path, ".compacted");
+        let old = beside(path, ".old");
+        for p in [&copying, &done, &old] {
+            if p.exists() {
+                std::fs::remove_dir_all(p).map_err(io)?;
+            }
+        }
+        {
+            let db = open_db(path, std::time::Duration::from_secs(2), &|| false)?;
+            // The next id the old database would hand out, kept for the new one.
+            let floor = db.generate_id().map_err(be)?.saturating_add(1);
+            let previous = db
+                .open_tree("meta")
+                .map_err(be)?
+                .get(ID_FLOOR)
+                .map_err(be)?
+                .and_then(|v| stamp(&v))
+                .unwrap_or(0);
+            let fresh = sled::open(&copying).map_err(be)?;
+            // Row by row (sled's own `import` panics on an I/O error, e.g. a full disk).
+            for name in db.tree_names() {
+                let from = db.open_tree(&name).map_err(be)?;
+                let to = fresh.open_tree(&name).map_err(be)?;
+                for r in from.iter() {
+                    let (k, v) = r.map_err(be)?;
+                    to.insert(k, v).map_err(be)?;
+                }
+            }
+            fresh
+                .open_tree("meta")
+                .map_err(be)?
+                .insert(ID_FLOOR, &previous.saturating_add(floor).to_be_bytes())
+                .map_err(be)?;
+            fresh.flush().map_err(be)?;
+        }
+        // sled reads its log from the last snapshot on, and writes one at each open: opened
+        // once here, the copy's first start reads the snapshot instead of the whole log.
+        drop(open_db(
+            &copying,
+            std::time::Duration::from_secs(5),
+            &|| false,
+        )?);
+        std::fs::rename(&copying, &done).map_err(io)?;
+        std::fs::rename(path, &old).map_err(io)?;
+        std::fs::rename(&done, path).map_err(io)?;
+        std::fs::remove_dir_all(&old).map_err(io)?;
+        Ok(Compacted {
+            before,
+            after: dir_size(path),
+        })
+    }
+
     /// Decodes a record of `table`; one that does not decode is moved to the quarantine
     /// tree, logged with its key and counted, and reads as `None`.
     fn read_or_set_aside<T: serde::de::DeserializeOwned>(
@@ -336,6 +538,31 @@ impl SledStore {
         Ok(rows)
     }
 
+    /// Every tree holding rows, with its rows' count and bytes: what the store holds, beside
+    /// what it takes on disk. Reads every row.
+    pub fn tree_sizes(&self) -> Result<Vec<TreeSize>> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name).map_err(be)?;
+            let mut size = TreeSize {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                rows: 0,
+                key_bytes: 0,
+                value_bytes: 0,
+            };
+            for r in tree.iter() {
+                let (k, v) = r.map_err(be)?;
+                size.rows += 1;
+                size.key_bytes += k.len() as u64;
+                size.value_bytes += v.len() as u64;
+            }
+            if size.rows > 0 {
+                out.push(size);
+            }
+        }
+        Ok(out)
+    }
+
     /// Test hook: writes raw bytes as an outbox row.
     #[cfg(test)]
     pub(crate) fn put_raw_outbox(&self, network: &NetworkId, id: u64, raw: &[u8]) {
@@ -369,7 +596,10 @@ impl SledStore {
 
     fn next_id(&self) -> Result<u64> {
         // sled ids are monotonic across restarts; +1 keeps 0 unused.
-        self.db.generate_id().map(|i| i + 1).map_err(be)
+        self.db
+            .generate_id()
+            .map(|i| i + 1 + self.id_floor)
+            .map_err(be)
     }
 }
 
@@ -384,6 +614,20 @@ fn printable(k: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Puts in place a compacted copy a crash left complete beside `path` after the old store
+/// was moved away ([`SledStore::compact`]).
+fn finish_swap(path: &Path) -> Result<()> {
+    let done = beside(path, ".compacted");
+    if !path.exists() && done.exists() {
+        std::fs::rename(&done, path).map_err(io)?;
+    }
+    let old = beside(path, ".old");
+    if path.exists() && old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Opens the sled database, retrying while its lock is held, until `wait` is over or
@@ -426,12 +670,11 @@ impl Store for SledStore {
             .iter()
             .map(|r| Ok((outbox_key(&r.target.network, r.outbox_id), encode_row(r)?)))
             .collect::<Result<Vec<_>>>()?;
-        let ids = serde_json::to_vec(&[&event.remote_id]).map_err(codec)?;
+        let ids = ids_value(std::slice::from_ref(&event.remote_id))?;
+        let id_value = event_value(&event.id);
         let ek = event_key(&event.id, &event.origin);
         let sender = match event.kind {
-            junction_core::EventKind::Message(_) => {
-                Some(serde_json::to_vec(&event.sender.user).map_err(codec)?)
-            }
+            junction_core::EventKind::Message(_) => Some(user_value(&event.sender.user)?),
             _ => None,
         };
         let now = now_ms();
@@ -461,7 +704,7 @@ impl Store for SledStore {
         for (ok, v) in &encoded {
             writes.push((&self.outbox, ok, Some(v)));
         }
-        writes.push((&self.by_remote, &k, Some(id)));
+        writes.push((&self.by_remote, &k, Some(&id_value)));
         writes.push((&self.intents, &k, None));
         #[cfg(test)]
         if let Some(n) = *self.tear_after.lock().expect("tear") {
@@ -480,13 +723,11 @@ impl Store for SledStore {
     fn record_delivered(&self, d: &Delivered) -> Result<()> {
         // The ids first, the outbox row last (see the module's doc).
         if let Ok(ids) = &d.outcome {
-            let v = serde_json::to_vec(ids).map_err(codec)?;
+            let v = ids_value(ids)?;
+            let id_value = event_value(&d.event);
             for id in ids {
                 self.by_remote
-                    .insert(
-                        room_key(&d.target, id.as_str()),
-                        d.event.as_str().as_bytes(),
-                    )
+                    .insert(room_key(&d.target, id.as_str()), id_value.as_slice())
                     .map_err(be)?;
             }
             self.by_event
@@ -504,19 +745,19 @@ impl Store for SledStore {
             .by_remote
             .get(room_key(room, remote.as_str()))
             .map_err(be)?
-            .map(|v| EventId(String::from_utf8_lossy(&v).into_owned())))
+            .map(|v| event_from(&v)))
     }
 
     fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
         match self.senders.get(event.as_str()).map_err(be)? {
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
+            Some(v) => user_from(&v).map(Some),
             None => Ok(None),
         }
     }
 
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {
         match self.by_event.get(event_key(event, room)).map_err(be)? {
-            Some(v) => serde_json::from_slice(&v).map_err(codec),
+            Some(v) => ids_from(&v),
             None => Ok(Vec::new()),
         }
     }
@@ -709,7 +950,7 @@ impl Store for SledStore {
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         let sender = |id: &[u8]| -> Result<Option<UserRef>> {
             match self.senders.get(id).map_err(be)? {
-                Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec),
+                Some(v) => user_from(&v).map(Some),
                 None => Ok(None),
             }
         };
@@ -741,7 +982,7 @@ impl Store for SledStore {
             out(Row::Map {
                 event: EventId(event),
                 room: RoomRef::new(network, room),
-                ids: serde_json::from_slice(&v).map_err(codec)?,
+                ids: ids_from(&v)?,
             })?;
         }
         for r in self.outbox.iter() {
@@ -806,8 +1047,7 @@ impl Store for SledStore {
             Own::Event(event, ts, sender, private) => {
                 let id = event.as_str().as_bytes();
                 if let Some(sender) = sender {
-                    let v = serde_json::to_vec(&sender).map_err(codec)?;
-                    self.senders.insert(id, v).map_err(be)?;
+                    self.senders.insert(id, user_value(&sender)?).map_err(be)?;
                 }
                 self.stamps.insert(id, &ts.to_be_bytes()).map_err(be)?;
                 self.by_time.insert(time_key(ts, id), &[]).map_err(be)?;
@@ -903,14 +1143,19 @@ impl SledStore {
             let (k, v) = r.map_err(be)?;
             let rest = k.get(prefix.len()..).unwrap_or_default();
             // The rest is `network NUL room`: the same bytes begin its ids' reverse keys.
-            let ids: Vec<MessageId> = serde_json::from_slice(&v).unwrap_or_default();
+            let ids = ids_from(&v).unwrap_or_default();
             for id in ids {
                 let mut rk = rest.to_vec();
                 rk.push(0);
                 rk.extend_from_slice(id.as_str().as_bytes());
                 // Only if it still names this event.
-                if self.by_remote.get(&rk).map_err(be)?.as_deref()
-                    == Some(event.as_str().as_bytes())
+                if self
+                    .by_remote
+                    .get(&rk)
+                    .map_err(be)?
+                    .map(|v| event_from(&v))
+                    .as_ref()
+                    == Some(event)
                 {
                     self.by_remote.remove(&rk).map_err(be)?;
                 }

@@ -633,20 +633,9 @@ fn sled_legacy_rows_count_from_the_upgrade() {
     let d = tempfile::tempdir().unwrap();
     let r = room("matrix", "!old:m");
     let remote = MessageId::new("$legacy");
-    let e = EventId::derive(&r, &remote);
     {
         let db = ::sled::open(d.path()).unwrap();
-        db.open_tree("by_remote")
-            .unwrap()
-            .insert(key(&["matrix", "!old:m", "$legacy"]), e.as_str().as_bytes())
-            .unwrap();
-        db.open_tree("by_event")
-            .unwrap()
-            .insert(
-                key(&[e.as_str(), "matrix", "!old:m"]),
-                serde_json::to_vec(&[&remote]).unwrap(),
-            )
-            .unwrap();
+        write_old_map(&db, &r, &remote);
         db.open_tree("txns")
             .unwrap()
             .insert("t-legacy", &[])
@@ -661,6 +650,91 @@ fn sled_legacy_rows_count_from_the_upgrade() {
     drop(s);
     let s = SledStore::open(d.path()).unwrap();
     assert_eq!(s.prune_before(u64::MAX, 100).unwrap(), 0);
+}
+
+/// Writes the message-map rows of `remote` in `r` as an earlier version did (the event id as
+/// text, its ids as JSON).
+fn write_old_map(db: &::sled::Db, r: &RoomRef, remote: &MessageId) {
+    let e = EventId::derive(r, remote);
+    let (n, room) = (r.network.as_str(), r.room.as_str());
+    db.open_tree("by_remote")
+        .unwrap()
+        .insert(key(&[n, room, remote.as_str()]), e.as_str().as_bytes())
+        .unwrap();
+    db.open_tree("by_event")
+        .unwrap()
+        .insert(
+            key(&[e.as_str(), n, room]),
+            serde_json::to_vec(&[remote]).unwrap(),
+        )
+        .unwrap();
+}
+
+/// Values an earlier version wrote (event ids as text, JSON id lists and senders) read as
+/// before beside the compact ones, and go with their event.
+#[test]
+fn sled_reads_the_earlier_encodings() {
+    let d = tempfile::tempdir().unwrap();
+    let r = room("matrix", "!old:m");
+    let remote = MessageId::new("$old");
+    let e = EventId::derive(&r, &remote);
+    let alice = UserRef::new("matrix", "@alice:m");
+    {
+        let db = ::sled::open(d.path()).unwrap();
+        write_old_map(&db, &r, &remote);
+        db.open_tree("senders")
+            .unwrap()
+            .insert(e.as_str(), serde_json::to_vec(&alice).unwrap())
+            .unwrap();
+        db.open_tree("stamps")
+            .unwrap()
+            .insert(e.as_str(), &5u64.to_be_bytes())
+            .unwrap();
+        db.open_tree("by_time")
+            .unwrap()
+            .insert(
+                [&5u64.to_be_bytes()[..], e.as_str().as_bytes()].concat(),
+                &[],
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(d.path()).unwrap();
+    assert_eq!(s.event_for(&r, &remote).unwrap(), Some(e.clone()));
+    assert_eq!(s.remote_ids(&e, &r).unwrap(), vec![remote.clone()]);
+    assert_eq!(s.sender_of(&e).unwrap(), Some(alice.clone()));
+    // A new message beside it, stored compact; an id list with an empty id and none at all.
+    let new = message("matrix", "!old:m", "$new", 1);
+    s.record_inbound(&new, vec![plan("xmpp", "a@c")]).unwrap();
+    for (i, list) in [ids(&["x1", "", "x3"]), vec![]].into_iter().enumerate() {
+        let target = room("xmpp", &format!("r{i}@c"));
+        s.record_delivered(&Delivered {
+            outbox_id: 1,
+            target: target.clone(),
+            event: new.id.clone(),
+            outcome: Ok(list.clone()),
+        })
+        .unwrap();
+        assert_eq!(s.remote_ids(&new.id, &target).unwrap(), list);
+    }
+    assert_eq!(
+        s.event_for(&room("xmpp", "r0@c"), &MessageId::new("x3"))
+            .unwrap(),
+        Some(new.id.clone())
+    );
+    assert_eq!(s.sender_of(&new.id).unwrap(), Some(new.sender.user.clone()));
+    assert_eq!(
+        s.remote_ids(&new.id, &new.origin).unwrap(),
+        vec![new.remote_id.clone()]
+    );
+    // The old event goes with its rows.
+    assert_eq!(s.prune_before(6, 10).unwrap(), 1);
+    assert_eq!(s.event_for(&r, &remote).unwrap(), None);
+    assert_eq!(s.sender_of(&e).unwrap(), None);
+    assert_eq!(
+        s.event_for(&new.origin, &new.remote_id).unwrap(),
+        Some(new.id.clone())
+    );
 }
 
 #[test]
@@ -702,6 +776,115 @@ fn sled_reopen_keeps_everything() {
         panic!()
     };
     assert!(r[0].outbox_id > last);
+}
+
+/// A compacted store reads as before, and ids handed out after it (outbox, audit) keep
+/// increasing, across two compactions.
+#[test]
+fn sled_compact_keeps_everything() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("store");
+    let xmpp = NetworkId::new("xmpp");
+    let mut last = 0;
+    {
+        let s = SledStore::open(&path).unwrap();
+        tables(&s);
+        for i in 0..300 {
+            let e = ev("irc:l", "#a", &format!("m{i}"));
+            let Recorded::New(rows) = s.record_inbound(&e, vec![plan("xmpp", "a@c")]).unwrap()
+            else {
+                panic!()
+            };
+            // Most are delivered, the last five stay in the outbox.
+            if i < 295 {
+                s.record_delivered(&Delivered {
+                    outbox_id: rows[0].outbox_id,
+                    target: rows[0].target.clone(),
+                    event: e.id.clone(),
+                    outcome: Ok(ids(&[&format!("x{i}")])),
+                })
+                .unwrap();
+            }
+            last = rows[0].outbox_id;
+        }
+        s.flush().unwrap();
+    }
+    for round in 0..2 {
+        let c = SledStore::compact(&path).unwrap();
+        assert!(c.after > 0 && c.before > 0, "{c:?}");
+        assert!(!beside_exists(&path), "nothing left beside the store");
+        let s = SledStore::open(&path).unwrap();
+        let p = s.pending(&xmpp).unwrap();
+        assert_eq!(p.len(), 5 + round, "round {round}");
+        assert!(p.windows(2).all(|w| w[0].outbox_id < w[1].outbox_id));
+        let e = ev("irc:l", "#a", "m7");
+        assert_eq!(
+            s.event_for(&room("xmpp", "a@c"), &MessageId::new("x7"))
+                .unwrap(),
+            Some(e.id.clone())
+        );
+        assert_eq!(
+            s.remote_ids(&e.id, &room("xmpp", "a@c")).unwrap(),
+            ids(&["x7"])
+        );
+        assert_eq!(s.audit_log().unwrap().len(), 3 + round);
+        assert!(s.txn_done("t1").unwrap());
+        assert_eq!(s.prune_before(0, 10).unwrap(), 0);
+        let Recorded::New(r) = s
+            .record_inbound(
+                &ev("irc:l", "#a", &format!("new{round}")),
+                vec![plan("xmpp", "a@c")],
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(r[0].outbox_id > last, "round {round}");
+        last = r[0].outbox_id;
+        s.audit(&AuditEntry {
+            ts_ms: 10 + round as u64,
+            actor: "a".into(),
+            action: format!("after {round}"),
+            outcome: "ok".into(),
+        })
+        .unwrap();
+        let log = s.audit_log().unwrap();
+        assert_eq!(
+            log.last().unwrap().action,
+            format!("after {round}"),
+            "appended last"
+        );
+        s.flush().unwrap();
+    }
+}
+
+/// Whether a compaction left anything beside the store at `path`.
+fn beside_exists(path: &std::path::Path) -> bool {
+    [".compacting", ".compacted", ".old"].iter().any(|s| {
+        let mut n = path.file_name().unwrap().to_os_string();
+        n.push(s);
+        path.with_file_name(n).exists()
+    })
+}
+
+/// A copy a crash left complete after the old store was moved away is put in place at the
+/// next open.
+#[test]
+fn sled_open_finishes_an_interrupted_compaction() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("store");
+    {
+        let s = SledStore::open(&path).unwrap();
+        s.set_cursor(&room("xmpp", "a@c"), "c9").unwrap();
+        s.flush().unwrap();
+    }
+    std::fs::rename(&path, d.path().join("store.compacted")).unwrap();
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(
+        s.cursor(&room("xmpp", "a@c")).unwrap().as_deref(),
+        Some("c9")
+    );
+    assert!(!beside_exists(&path));
 }
 
 const CHILD_ENV: &str = "JUNCTION_STORE_KILL_CHILD_DIR";
