@@ -33,6 +33,7 @@
 mod adapter;
 pub mod config;
 pub mod connection;
+pub mod crypto;
 pub mod doctor;
 pub mod ids;
 pub mod inbound;

@@ -46,6 +46,11 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A 500 `M_UNKNOWN`: the homeserver sends the transaction again later.
+fn retry_later(message: &str) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", message)
+}
+
 fn ok() -> Response {
     (StatusCode::OK, Json(json!({}))).into_response()
 }
@@ -169,7 +174,7 @@ async fn transaction(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let key = txn_key(&sh.config.id, &txn, &events);
+    let key = txn_key(&sh.config.id, &txn, &events, &body);
     match sh.store.txn_done(&key) {
         Ok(true) => {
             tracing::debug!(%txn, "Replayed transaction answered again.");
@@ -178,11 +183,7 @@ async fn transaction(
         Ok(false) => {}
         Err(e) => {
             tracing::error!(error = %e, "Could not check a transaction id.");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Store unavailable.",
-            );
+            return retry_later("Store unavailable.");
         }
     }
     // A linked room the homeserver was not ready to resolve at startup: resolve it now, or
@@ -198,50 +199,33 @@ async fn transaction(
             );
         }
     }
+    if sh.encryption {
+        if let Err(r) = feed_crypto(&sh, &txn, &key, &body).await {
+            return *r;
+        }
+    }
     let mut acks = Vec::new();
     for ev in &events {
-        prefetch_name(&sh, ev).await;
-        let converted = convert(&sh, ev);
-        let origin = converted.event.as_ref().map(|e| e.origin.clone());
-        apply_effects(&sh, origin.as_ref(), converted.effects);
-        let Some(mut event) = converted.event else {
-            let field = |name: &str| ev.get(name).and_then(Value::as_str).unwrap_or("");
-            let (event_type, event_id, sender) =
-                (field("type"), field("event_id"), field("sender"));
-            tracing::debug!(%txn, event_type, event_id, sender, "Event from Matrix not relayed.");
-            continue;
+        let ev = match crate::crypto::open(&sh, ev).await {
+            Some(ev) => ev,
+            None => continue,
         };
-        event.by_moderator = acts_as_moderator(&sh, ev, &event.kind).await;
-        tracing::debug!(%txn, kind = event.kind.name(), room = %event.origin, remote_id = %event.remote_id, "Event from Matrix.");
-        let (inbound, ack) = Inbound::with_ack(event);
-        if sh.inbound.send(inbound).await.is_err() {
-            tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Gateway unavailable.",
-            );
+        match relay(&sh, &txn, &ev).await {
+            Ok(Some(ack)) => acks.push(ack),
+            Ok(None) => {}
+            Err(r) => return *r,
         }
-        acks.push(ack);
     }
     for ack in acks {
         match ack.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(%txn, error = %e, "An event was not stored; the transaction will be retried.");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "M_UNKNOWN",
-                    "Not stored.",
-                );
+                return retry_later("Not stored.");
             }
             Err(_) => {
                 tracing::warn!(%txn, "An event was dropped unstored; the transaction will be retried.");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "M_UNKNOWN",
-                    "Not stored.",
-                );
+                return retry_later("Not stored.");
             }
         }
     }
@@ -253,11 +237,78 @@ async fn transaction(
     ok()
 }
 
+/// Hands the bot device's share of a transaction (to-device messages, device lists, key
+/// counts) to the crypto machine, once even when the transaction comes again; an error is
+/// the answer the transaction gets.
+async fn feed_crypto(sh: &Shared, txn: &str, key: &str, body: &Value) -> Result<(), Box<Response>> {
+    let Some(crypto) = sh.crypto().cloned() else {
+        tracing::info!(%txn, "The gateway's device is not set up yet; the transaction will be retried.");
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "Encryption not set up yet.",
+        )));
+    };
+    let fed = format!("{key}:crypto");
+    match sh.store.txn_done(&fed) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "Could not check a transaction id.");
+            return Err(Box::new(retry_later("Store unavailable.")));
+        }
+    }
+    match crypto.receive(body).await {
+        Ok(true) => sh.keys_arrived.notify_one(),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(%txn, error = %e, "The crypto machine could not take a transaction's device data; the transaction will be retried.");
+            return Err(Box::new(retry_later("Crypto store unavailable.")));
+        }
+    }
+    if let Err(e) = sh.store.mark_txn(&fed) {
+        tracing::warn!(error = %e, %txn, "Could not mark a transaction's device data taken.");
+    }
+    if let Err(e) = crypto.send_outgoing().await {
+        tracing::warn!(error = %e, "Could not send the crypto machine's requests; they go with the next transaction.");
+    }
+    Ok(())
+}
+
+/// Converts one event and hands it to the gateway; the receiver of its acknowledgement, or
+/// None when it is nothing to relay. An error is the answer the transaction gets.
+pub(crate) async fn relay(
+    sh: &Arc<Shared>,
+    txn: &str,
+    ev: &Value,
+) -> Result<Option<tokio::sync::oneshot::Receiver<Result<(), String>>>, Box<Response>> {
+    prefetch_name(sh, ev).await;
+    let converted = convert(sh, ev);
+    let origin = converted.event.as_ref().map(|e| e.origin.clone());
+    apply_effects(sh, origin.as_ref(), converted.effects);
+    let Some(mut event) = converted.event else {
+        let field = |name: &str| ev.get(name).and_then(Value::as_str).unwrap_or("");
+        let (event_type, event_id, sender) = (field("type"), field("event_id"), field("sender"));
+        tracing::debug!(%txn, event_type, event_id, sender, "Event from Matrix not relayed.");
+        return Ok(None);
+    };
+    event.by_moderator = acts_as_moderator(sh, ev, &event.kind).await;
+    tracing::debug!(%txn, kind = event.kind.name(), room = %event.origin, remote_id = %event.remote_id, "Event from Matrix.");
+    let (inbound, ack) = Inbound::with_ack(event);
+    if sh.inbound.send(inbound).await.is_err() {
+        tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
+        return Err(Box::new(retry_later("Gateway unavailable.")));
+    }
+    Ok(Some(ack))
+}
+
 /// The key a transaction is remembered by: its id *and* what it carries. Synapse numbers
 /// transactions from a counter it keeps in its database, and with SQLite that counter starts
 /// again at 1 after a restart once every transaction was answered, so the id alone would make
-/// new transactions look like replays and drop them. A real replay carries the same events.
-fn txn_key(as_id: &str, txn: &str, events: &[Value]) -> String {
+/// new transactions look like replays and drop them. A real replay carries the same events,
+/// and the same device data (to-device messages, device lists, key counts: a transaction may
+/// carry only those).
+fn txn_key(as_id: &str, txn: &str, events: &[Value], body: &Value) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for ev in events {
@@ -266,6 +317,13 @@ fn txn_key(as_id: &str, txn: &str, events: &[Value]) -> String {
             None => h.update(ev.to_string().as_bytes()),
         }
         h.update(b"\n");
+    }
+    for field in crate::crypto::DEVICE_FIELDS {
+        if let Some(v) = body.get(field) {
+            h.update(field.as_bytes());
+            h.update(v.to_string().as_bytes());
+            h.update(b"\n");
+        }
     }
     let digest = hex::encode(&h.finalize()[..12]);
     format!("{as_id}:{txn}:{digest}")
@@ -390,7 +448,13 @@ fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effe
             }
             Effect::Media { event_id, mxcs } => sh.media.remember(&event_id, &mxcs),
             Effect::Redacted { event_id } => sh.media.redacted(&event_id),
-            Effect::Encrypted { room_id } => {
+            Effect::Encrypted { room_id, content } if sh.encryption => {
+                tracing::info!(%room_id, "A linked Matrix room turned on encryption; the gateway's device takes part.");
+                if let Some(c) = sh.crypto() {
+                    c.room_encrypted(&room_id, content);
+                }
+            }
+            Effect::Encrypted { room_id, .. } => {
                 tracing::error!(
                     %room_id,
                     "A linked Matrix room turned on encryption; it is unlinked, because the gateway would read it invisibly."
@@ -569,7 +633,7 @@ mod tests {
     /// The store key of transaction `txn` carrying `body`'s events.
     fn key(txn: &str, body: &Value) -> String {
         let events = body["events"].as_array().cloned().unwrap_or_default();
-        txn_key("junction", txn, &events)
+        txn_key("junction", txn, &events, body)
     }
     use crate::config::MatrixConfig;
     use crate::connection::Client;
