@@ -67,3 +67,89 @@ async fn both_directions_through_an_encrypted_room() -> anyhow::Result<()> {
     assert_eq!(ev["type"], "m.room.encrypted", "{ev}");
     Ok(())
 }
+
+/// An edit of an encrypted message crosses as a correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_edits_cross() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let orig = unique("typo frm nio");
+    let id = nio.send(&orig).await?;
+    lobby.irc_sees(&orig).await.context("the original on IRC")?;
+    lobby
+        .xmpp_sees(&orig)
+        .await
+        .context("the original on XMPP")?;
+    let fixed = unique("fixed from nio");
+    nio.edit(&id, &fixed).await?;
+    lobby.irc_sees(&fixed).await.context("the edit on IRC")?;
+    let x = lobby.xmpp_sees(&fixed).await.context("the edit on XMPP")?;
+    assert!(
+        x.children()
+            .any(|c| c.name() == "replace" && c.ns() == "urn:xmpp:message-correct:0"),
+        "the XMPP message should be a correction: {x:?}"
+    );
+    Ok(())
+}
+
+/// The gateway's device and its keys survive a restart: both directions still work after
+/// it, with the same device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_a_gateway_restart() -> anyhow::Result<()> {
+    let (mut lobby, mut nio) = encrypted_lobby().await?;
+    let before = unique("before restart");
+    lobby.irc.privmsg(&lobby.channel, &before)?;
+    nio.sees(&before, WAIT)
+        .await
+        .context("irc → matrix before")?;
+
+    let device_file = lobby
+        .store_dir()
+        .with_file_name("matrix-crypto")
+        .join("device_id");
+    let device = std::fs::read_to_string(&device_file).context("the device id file")?;
+    lobby.stop_gateway().await?;
+    lobby.start_gateway().await?;
+    assert_eq!(
+        std::fs::read_to_string(&device_file)?,
+        device,
+        "same device"
+    );
+
+    let from_irc = unique("after restart from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let m = nio
+        .sees(&from_irc, WAIT)
+        .await
+        .context("irc → matrix after the restart")?;
+    assert_eq!(m["encrypted"], true, "{m}");
+    let from_matrix = unique("after restart from matrix");
+    nio.send(&from_matrix).await?;
+    lobby
+        .irc_sees(&from_matrix)
+        .await
+        .context("matrix → irc after the restart")?;
+    Ok(())
+}
+
+/// A member who joins later reads what is said after they joined: the gateway shares the
+/// room key with their device too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joins_later_reads_new_lines() -> anyhow::Result<()> {
+    let (lobby, first) = encrypted_lobby().await?;
+    let early = unique("early line");
+    lobby.irc.privmsg(&lobby.channel, &early)?;
+    first.sees(&early, WAIT).await.context("the first member")?;
+
+    let later = NioUser::join(&lobby.servers, &unique("late"), "late-pw", &lobby.room)
+        .await
+        .context("the later member")?;
+    let line = unique("line for both");
+    lobby.irc.privmsg(&lobby.channel, &line)?;
+    let m = later
+        .sees(&line, WAIT)
+        .await
+        .context("the later member reads the new line")?;
+    assert_eq!(m["encrypted"], true, "{m}");
+    first.sees(&line, WAIT).await.context("the first member")?;
+    Ok(())
+}

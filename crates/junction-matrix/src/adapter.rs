@@ -399,12 +399,6 @@ impl Adapter for MatrixAdapter {
             sh.undecryptable = count;
         }
         let sh = Arc::new(sh);
-        if let Some((data_dir, key)) = &self.encryption {
-            if !crate::crypto::set_up(&sh, data_dir, key.as_ref(), &cx.shutdown).await {
-                return Ok(());
-            }
-            tokio::spawn(crate::crypto::retry_loop(sh.clone(), cx.shutdown.clone()));
-        }
         let status = cx.status;
 
         let listener = tokio::net::TcpListener::bind(listen)
@@ -424,6 +418,16 @@ impl Adapter for MatrixAdapter {
             }
         });
 
+        // The device before any transaction is taken (they wait for `ready`), and with the
+        // listener up: the homeserver's pushes wait for it rather than fail, since what a
+        // failed push carried for the device (to-device messages) is not sent again.
+        if let Some((data_dir, key)) = &self.encryption {
+            if !crate::crypto::set_up(&sh, data_dir, key.as_ref(), &cx.shutdown).await {
+                server_stop.cancel();
+                return Ok(());
+            }
+            tokio::spawn(crate::crypto::retry_loop(sh.clone(), cx.shutdown.clone()));
+        }
         let rooms = cx.rooms.borrow_and_update().clone();
         sync_rooms(&sh, &rooms).await;
         sh.ready.send_replace(true);

@@ -65,6 +65,8 @@ pub const CRYPTO_DIR: &str = "matrix-crypto";
 const PICKLE_KEY_FILE: &str = "pickle.key";
 /// The file in [`CRYPTO_DIR`] holding the bot's device id.
 const DEVICE_FILE: &str = "device_id";
+/// How the gateway's device ids start.
+const DEVICE_PREFIX: &str = "JUNCTION";
 /// The display name of the bot's device.
 const DEVICE_NAME: &str = "Junction gateway";
 
@@ -152,7 +154,12 @@ impl Crypto {
         } else {
             device
         };
-        create_device(&client, bot, &device).await?;
+        if fresh || lost {
+            // Only a new device is made: made again, a device loses its keys on the
+            // homeserver, and members' clients then stop sharing room keys with it.
+            create_device(&client, bot, &device).await?;
+            forget_old_devices(&client, bot, &device).await;
+        }
         std::fs::write(&device_file, &device)
             .map_err(|e| CryptoError::Io(format!("writing {}: {e}", device_file.display())))?;
         let store = SqliteCryptoStore::open(dir.join("store"), Some(&key))
@@ -770,14 +777,14 @@ fn parse<R: IncomingResponse>(v: Value) -> Result<R, CryptoError> {
     R::try_from_http_response(resp).map_err(machine_err)
 }
 
-/// `JUNCTION` and ten random capitals.
+/// [`DEVICE_PREFIX`] and ten random capitals.
 fn new_device_id() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     let tail: String = (0..10)
         .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
         .collect();
-    format!("JUNCTION{tail}")
+    format!("{DEVICE_PREFIX}{tail}")
 }
 
 /// True when the homeserver knows the bot's device `device`.
@@ -805,6 +812,42 @@ async fn create_device(client: &Client, bot: &str, device: &str) -> Result<(), C
         )
         .await?;
     Ok(())
+}
+
+/// Deletes the bot's earlier gateway devices (their keys went with a lost or new
+/// `data_dir`): members' clients would otherwise keep sharing room keys with them.
+async fn forget_old_devices(client: &Client, bot: &str, current: &str) {
+    let who = [("user_id", bot.to_owned())];
+    let devices = match client
+        .request(Method::GET, "/_matrix/client/v3/devices", &who, None)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not list the bot's devices.");
+            return;
+        }
+    };
+    let old = devices["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["device_id"].as_str())
+        .filter(|id| id.starts_with(DEVICE_PREFIX) && *id != current)
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    for id in old {
+        let path = format!("/_matrix/client/v3/devices/{}", path_segment(&id));
+        match client
+            .request(Method::DELETE, &path, &who, Some(json!({})))
+            .await
+        {
+            Ok(_) => tracing::info!(device = %id, "Deleted an earlier device of the gateway."),
+            Err(e) => {
+                tracing::debug!(device = %id, error = %e, "Could not delete an earlier device.")
+            }
+        }
+    }
 }
 
 /// Makes `dir` readable by its owner only.

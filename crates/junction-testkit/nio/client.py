@@ -9,7 +9,8 @@ Logs in (a new device), joins ROOM_ID and syncs. Prints one JSON object per line
   {"event": "undecrypted", "event_id", "sender"}   per event it could not decrypt
   {"event": "sent", "event_id": ...}               per line sent
   {"event": "error", "error": ...}
-Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into the room.
+Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into the room;
+`edit EVENT_ID TEXT` replaces the message EVENT_ID with TEXT (an encrypted m.replace).
 """
 
 import asyncio
@@ -83,22 +84,36 @@ async def main():
             break
         line = line.rstrip("\n")
         if line.startswith("send "):
-            text = line[len("send "):]
-            try:
-                if client.should_query_keys:
-                    await client.keys_query()
-                r = await client.room_send(
-                    room_id,
-                    "m.room.message",
-                    {"msgtype": "m.text", "body": text},
-                    ignore_unverified_devices=True,
-                )
-                if isinstance(r, RoomSendResponse):
-                    say({"event": "sent", "event_id": r.event_id})
-                else:
-                    say({"event": "error", "error": f"send: {r}"})
-            except Exception as e:  # noqa: BLE001 - reported to the test
-                say({"event": "error", "error": f"send: {e!r}"})
+            content = {"msgtype": "m.text", "body": line[len("send "):]}
+        elif line.startswith("edit "):
+            target, _, text = line[len("edit "):].partition(" ")
+            content = {
+                "msgtype": "m.text",
+                "body": "* " + text,
+                "m.new_content": {"msgtype": "m.text", "body": text},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+            }
+        else:
+            say({"event": "error", "error": f"unknown command: {line}"})
+            continue
+        if os.environ.get("JUNCTION_TEST_NIO_LOG"):
+            room = client.rooms.get(room_id)
+            for u in (room.users if room else {}):
+                for d in client.device_store.active_user_devices(u):
+                    sess = client.olm.session_store.get(d.curve25519)
+                    sys.stderr.write(f"nio: {u} {d.id} session={bool(sess)} deleted={d.deleted}\n")
+        try:
+            if client.should_query_keys:
+                await client.keys_query()
+            r = await client.room_send(
+                room_id, "m.room.message", content, ignore_unverified_devices=True
+            )
+            if isinstance(r, RoomSendResponse):
+                say({"event": "sent", "event_id": r.event_id})
+            else:
+                say({"event": "error", "error": f"send: {r}"})
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            say({"event": "error", "error": f"send: {e!r}"})
     syncer.cancel()
     await client.close()
 

@@ -120,10 +120,21 @@ impl NioUser {
 
     /// Sends `text` encrypted into the room; returns its event id.
     pub async fn send(&mut self, text: &str) -> anyhow::Result<String> {
+        self.command(&format!("send {}", text.replace('\n', " ")))
+            .await
+    }
+
+    /// Replaces the message `event_id` with `text` (an encrypted `m.replace`); returns the
+    /// edit's event id.
+    pub async fn edit(&mut self, event_id: &str, text: &str) -> anyhow::Result<String> {
+        self.command(&format!("edit {event_id} {}", text.replace('\n', " ")))
+            .await
+    }
+
+    /// Runs one command of the script and waits for what it sent.
+    async fn command(&mut self, line: &str) -> anyhow::Result<String> {
         let mark = self.backlog().len();
-        self.stdin
-            .write_all(format!("send {}\n", text.replace('\n', " ")).as_bytes())
-            .await?;
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
         self.stdin.flush().await?;
         let v = crate::eventually(Duration::from_secs(60), "the nio client's send", || {
             let found = self.backlog()[mark..]
