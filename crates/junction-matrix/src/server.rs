@@ -1140,4 +1140,19 @@ mod tests {
             .expect("req");
         assert_eq!(answer(&app, good).await.status(), StatusCode::GONE);
     }
+
+    /// A transaction may carry only device data (to-device messages, key counts): its key
+    /// covers that data, so that the same id with other data is no replay, and the same
+    /// transaction sent again is one.
+    #[test]
+    fn device_data_is_part_of_the_transaction_key() {
+        let a = json!({"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted", "content": {"n": 1}}]});
+        let b = json!({"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted", "content": {"n": 2}}]});
+        let none = json!({"events": []});
+        assert_eq!(key("7", &a), key("7", &a.clone()));
+        assert_ne!(key("7", &a), key("7", &b));
+        assert_ne!(key("7", &a), key("7", &none));
+        // Without device data the key is what earlier versions wrote.
+        assert_eq!(key("7", &none), txn_key("junction", "7", &[], &Value::Null));
+    }
 }
