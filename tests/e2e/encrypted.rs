@@ -153,3 +153,51 @@ async fn a_member_who_joins_later_reads_new_lines() -> anyhow::Result<()> {
     first.sees(&line, WAIT).await.context("the first member")?;
     Ok(())
 }
+
+/// A device the homeserver lost (deleted while the gateway was away) is noticed at start
+/// and set up again, with new keys that members' clients then use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_is_set_up_again() -> anyhow::Result<()> {
+    let (mut lobby, mut nio) = encrypted_lobby().await?;
+    let device_file = lobby
+        .store_dir()
+        .with_file_name("matrix-crypto")
+        .join("device_id");
+    let device = std::fs::read_to_string(&device_file).context("the device id file")?;
+    lobby.stop_gateway().await?;
+    // The appservice deletes its bot's device, as an admin cleaning up would.
+    let bot = format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name);
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/_matrix/client/v3/devices/{device}",
+            lobby.servers.matrix.url
+        ))
+        .query(&[("user_id", bot.as_str())])
+        .bearer_auth(&lobby.slot.as_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "deleting the device: {resp:?}");
+    lobby.start_gateway().await?;
+    junction_testkit::eventually(WAIT, "a new device", || {
+        let again = std::fs::read_to_string(&device_file).unwrap_or_default();
+        let new = !again.is_empty() && again != device;
+        async move { new.then_some(()) }
+    })
+    .await?;
+
+    let from_irc = unique("to the new device");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let m = nio
+        .sees(&from_irc, WAIT)
+        .await
+        .context("irc → matrix from the new device")?;
+    assert_eq!(m["encrypted"], true, "{m}");
+    let from_matrix = unique("from nio to the new device");
+    nio.send(&from_matrix).await?;
+    lobby
+        .irc_sees(&from_matrix)
+        .await
+        .context("matrix → irc through the new device")?;
+    Ok(())
+}

@@ -136,23 +136,32 @@ impl Crypto {
         };
         let bot_id = OwnedUserId::try_from(bot).map_err(machine_err)?;
         let device_file = dir.join(DEVICE_FILE);
-        let (device, fresh) = match std::fs::read_to_string(&device_file) {
-            Ok(id) if !id.trim().is_empty() => (id.trim().to_owned(), false),
-            _ => (new_device_id(), true),
+        let kept = match std::fs::read_to_string(&device_file) {
+            Ok(id) if !id.trim().is_empty() => Some(id.trim().to_owned()),
+            _ => None,
         };
-        let lost = !fresh && !device_exists(&client, bot, &device).await?;
-        let device = if lost {
-            // The homeserver lost the device (deleted, database reset): its keys are gone
-            // with it, so the old store is set aside and a new device made.
-            let aside = dir.join(format!("store.lost-{}", junction_core::clock::now_ms()));
-            tracing::warn!(%device, "The homeserver no longer knows the gateway's device; setting up a new one.");
-            if dir.join("store").exists() {
-                std::fs::rename(dir.join("store"), &aside)
-                    .map_err(|e| CryptoError::Io(format!("setting the lost store aside: {e}")))?;
+        let fresh = kept.is_none();
+        let lost = match &kept {
+            Some(device) if !device_exists(&client, bot, device).await? => {
+                tracing::warn!(%device, "The homeserver no longer knows the gateway's device; setting up a new one.");
+                true
             }
-            new_device_id()
-        } else {
-            device
+            _ => false,
+        };
+        let device = match kept {
+            Some(device) if !lost => device,
+            _ => {
+                // A store without its device (lost on the homeserver, or its id file
+                // gone) holds keys nobody can use any more: it is set aside, and a new
+                // device made.
+                if dir.join("store").exists() {
+                    let aside = dir.join(format!("store.old-{}", junction_core::clock::now_ms()));
+                    std::fs::rename(dir.join("store"), &aside).map_err(|e| {
+                        CryptoError::Io(format!("setting the old store aside: {e}"))
+                    })?;
+                }
+                new_device_id()
+            }
         };
         if fresh || lost {
             // Only a new device is made: made again, a device loses its keys on the
