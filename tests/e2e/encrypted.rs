@@ -27,6 +27,18 @@ async fn encrypted_lobby() -> anyhow::Result<(Lobby, NioUser)> {
     Ok((lobby, nio))
 }
 
+/// An IRC line reaches the nio member encrypted, then the member's line reaches IRC.
+async fn irc_then_matrix(lobby: &Lobby, nio: &mut NioUser) -> anyhow::Result<()> {
+    let from_irc = unique("from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let m = nio.sees(&from_irc, WAIT).await.context("irc → matrix")?;
+    assert_eq!(m["encrypted"], true, "{m}");
+    let from_matrix = unique("from nio");
+    nio.send(&from_matrix).await?;
+    lobby.irc_sees(&from_matrix).await.context("matrix → irc")?;
+    Ok(())
+}
+
 /// An encrypted message from Matrix reaches IRC and XMPP in clear; IRC and XMPP lines reach
 /// the Matrix member encrypted and readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,20 +127,9 @@ async fn keys_survive_a_gateway_restart() -> anyhow::Result<()> {
         "same device"
     );
 
-    let from_irc = unique("after restart from irc");
-    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
-    let m = nio
-        .sees(&from_irc, WAIT)
+    irc_then_matrix(&lobby, &mut nio)
         .await
-        .context("irc → matrix after the restart")?;
-    assert_eq!(m["encrypted"], true, "{m}");
-    let from_matrix = unique("after restart from matrix");
-    nio.send(&from_matrix).await?;
-    lobby
-        .irc_sees(&from_matrix)
-        .await
-        .context("matrix → irc after the restart")?;
-    Ok(())
+        .context("after the restart")
 }
 
 /// A member who joins later reads what is said after they joined: the gateway shares the
@@ -186,18 +187,7 @@ async fn a_lost_device_is_set_up_again() -> anyhow::Result<()> {
     })
     .await?;
 
-    let from_irc = unique("to the new device");
-    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
-    let m = nio
-        .sees(&from_irc, WAIT)
+    irc_then_matrix(&lobby, &mut nio)
         .await
-        .context("irc → matrix from the new device")?;
-    assert_eq!(m["encrypted"], true, "{m}");
-    let from_matrix = unique("from nio to the new device");
-    nio.send(&from_matrix).await?;
-    lobby
-        .irc_sees(&from_matrix)
-        .await
-        .context("matrix → irc through the new device")?;
-    Ok(())
+        .context("through the new device")
 }
