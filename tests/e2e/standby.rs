@@ -123,15 +123,12 @@ async fn standby_takes_over_when_the_active_gateway_is_killed() -> anyhow::Resul
 /// standby's appservice listener, the MUC's archive is read from the cursor in the shared
 /// store, and the IRC channel's history (+H) covers what was said in the gap.
 ///
-/// Passes about 6 runs of 7 here; in the others one Matrix line said while Synapse is
-/// recovering the appservice (after the push refused at the kill) reaches neither XMPP nor IRC
-/// (never seen doubled). Synapse stores a transaction made while the appservice is `down` for
-/// its recoverer to send; one made just after the recoverer found nothing left, and before it
-/// marked the appservice `up`, stays in `application_services_txns` unsent until the next
-/// recovery, so the gateway never sees it. Until the gateway reads such lines back from the
-/// room it runs on demand: `cargo test --test e2e -- --ignored standby::failover`.
+/// Synapse stores a transaction made while the appservice is `down` for its recoverer to
+/// send; one made just after the recoverer found nothing left, and before it marked the
+/// appservice `up`, stays unsent until the next recovery (about 1 run of 7 here, a Matrix line
+/// said in the gap). The gateway reads each linked room's timeline back after it starts, so
+/// that line crosses too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "Synapse strands a Matrix line sent while its appservice recovers, about 1 run of 7; run with --ignored"]
 async fn failover_to_the_standby_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let ircd = OwnInspircd::start().await?;
     let mut rig = Rig::new(ircd.addr()).await?;

@@ -22,6 +22,7 @@ pub struct LoopRig {
     /// or not, so the IRC side stays attached).
     #[allow(dead_code)]
     pub irc: AdapterContext,
+    #[allow(dead_code)]
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,

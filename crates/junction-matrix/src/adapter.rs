@@ -227,6 +227,8 @@ pub(crate) struct Shared {
     pub(crate) keys_arrived: tokio::sync::Notify,
     /// Encrypted events that could not be bridged (told to their senders).
     pub(crate) undecryptable: Arc<std::sync::atomic::AtomicU64>,
+    /// Asks for a read-back of the linked rooms soon (see `catchup`).
+    pub(crate) catch_up: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -285,6 +287,7 @@ impl Shared {
             crypto: std::sync::OnceLock::new(),
             keys_arrived: tokio::sync::Notify::new(),
             undecryptable: Arc::default(),
+            catch_up: tokio::sync::Notify::new(),
         })
     }
 
@@ -298,6 +301,16 @@ impl Shared {
     pub(crate) fn linked(&self, room_id: &str) -> Option<RoomId> {
         let linked = lock(&self.rooms).by_id.get(room_id).cloned();
         linked.or_else(|| crate::private::conversation_of(self, room_id))
+    }
+
+    /// Every linked room resolved so far, with its Matrix room id.
+    pub(crate) fn linked_rooms(&self) -> Vec<(RoomId, String)> {
+        let rooms = lock(&self.rooms);
+        rooms
+            .by_link
+            .iter()
+            .map(|(link, id)| (link.clone(), id.clone()))
+            .collect()
     }
 
     pub(crate) fn add_room(&self, link: RoomId, room_id: String) {
@@ -434,6 +447,7 @@ impl Adapter for MatrixAdapter {
         // Ping once ready: the homeserver then sends what it queued while we were away.
         startup(&sh).await;
         report(&sh, &status);
+        let catch_up = tokio::spawn(crate::catchup::run(sh.clone(), cx.shutdown.child_token()));
 
         let mut rooms_open = true;
         let mut sweep = tokio::time::interval(sh.lifecycle.sweep_every());
@@ -495,6 +509,7 @@ impl Adapter for MatrixAdapter {
             }
         }
         server_stop.cancel();
+        catch_up.abort();
         // Deliveries being rendered may finish their call and answer (backoffs stop at
         // shutdown); those cut off stay unanswered in the outbox and are sent again, with
         // the same transaction ids, on the next start.

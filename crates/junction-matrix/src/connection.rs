@@ -394,6 +394,28 @@ impl Client {
             .unwrap_or_default())
     }
 
+    /// One page of a room's timeline as the bot sees it (`GET .../messages`): `limit` events
+    /// from the pagination token `from` (the newest when `None`) in direction `dir` (`f`
+    /// forwards, `b` backwards). The answer's `chunk` holds the events, `start` and `end`
+    /// the tokens around them.
+    pub async fn messages(
+        &self,
+        room_id: &str,
+        from: Option<&str>,
+        dir: &str,
+        limit: u32,
+    ) -> Result<Value> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages",
+            path_segment(room_id)
+        );
+        let mut query = vec![("dir", dir.to_owned()), ("limit", limit.to_string())];
+        if let Some(from) = from {
+            query.push(("from", from.to_owned()));
+        }
+        self.call(Method::GET, &path, &query, Body::None).await
+    }
+
     /// A state event's content, `None` when the room has no such state.
     pub async fn state(&self, room_id: &str, kind: &str, key: &str) -> Result<Option<Value>> {
         self.state_as(room_id, kind, key, &[]).await

@@ -635,11 +635,9 @@ pub(crate) async fn retry_held(sh: &Arc<Shared>) {
             Ok(Some(plain)) => {
                 tracing::info!(event_id = %id, "A held encrypted event was decrypted.");
                 let _one = sh.txn_lock.lock().await;
-                match crate::server::relay(sh, "held", &plain).await {
-                    Ok(Some(ack)) => matches!(ack.await, Ok(Ok(()))),
-                    Ok(None) => true,
-                    Err(_) => false,
-                }
+                crate::server::take_events(sh, "held", std::slice::from_ref(&plain))
+                    .await
+                    .is_ok()
             }
             Ok(None) if now.saturating_sub(since) < KEY_WAIT.as_millis() as u64 => false,
             Ok(None) => {

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod adapter;
+mod catchup;
 pub mod config;
 pub mod connection;
 pub mod crypto;

@@ -145,7 +145,24 @@ async fn transaction(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = authorize(&sh, &headers) {
+    let answer = take_transaction(&sh, &txn, &headers, body).await;
+    if answer.status().is_server_error() {
+        // The homeserver now counts us down and recovers later; what it saves in between
+        // may never be pushed (see `catchup`), so the linked rooms are read back.
+        sh.catch_up.notify_one();
+    }
+    answer
+}
+
+async fn take_transaction(
+    sh: &Arc<Shared>,
+    txn: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let sh = sh.clone();
+    let txn = txn.to_owned();
+    if let Err(r) = authorize(&sh, headers) {
         return *r;
     }
     let body = match axum::body::to_bytes(body, MAX_TRANSACTION_BYTES).await {
@@ -204,30 +221,10 @@ async fn transaction(
             return *r;
         }
     }
-    let mut acks = Vec::new();
-    for ev in &events {
-        let ev = match crate::crypto::open(&sh, ev).await {
-            Some(ev) => ev,
-            None => continue,
-        };
-        match relay(&sh, &txn, &ev).await {
-            Ok(Some(ack)) => acks.push(ack),
-            Ok(None) => {}
-            Err(r) => return *r,
-        }
-    }
-    for ack in acks {
-        match ack.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(%txn, error = %e, "An event was not stored; the transaction will be retried.");
-                return retry_later("Not stored.");
-            }
-            Err(_) => {
-                tracing::warn!(%txn, "An event was dropped unstored; the transaction will be retried.");
-                return retry_later("Not stored.");
-            }
-        }
+    match take_events(&sh, &txn, &events).await {
+        Ok(()) => {}
+        Err(NotTaken::Gateway) => return retry_later("Gateway unavailable."),
+        Err(NotTaken::Store) => return retry_later("Not stored."),
     }
     if let Err(e) = sh.store.mark_txn(&key) {
         // Its events are durable and deduplicated by the message map, so a replay is harmless.
@@ -275,31 +272,64 @@ async fn feed_crypto(sh: &Shared, txn: &str, key: &str, body: &Value) -> Result<
     Ok(())
 }
 
-/// Converts one event and hands it to the gateway; the receiver of its acknowledgement, or
-/// None when it is nothing to relay. An error is the answer the transaction gets.
-pub(crate) async fn relay(
+/// Why events were not all taken: the homeserver (or the read-back) must offer them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotTaken {
+    /// The gateway is not taking events (it is stopping).
+    Gateway,
+    /// An event was not made durable.
+    Store,
+}
+
+/// Converts `events` (as pushed in a transaction, or read back from a room's timeline) and
+/// hands them to the gateway, returning once every relayed one is durable. `label` names
+/// the batch in the logs. Events already taken are skipped by the store's message map.
+pub(crate) async fn take_events(
     sh: &Arc<Shared>,
     txn: &str,
-    ev: &Value,
-) -> Result<Option<tokio::sync::oneshot::Receiver<Result<(), String>>>, Box<Response>> {
-    prefetch_name(sh, ev).await;
-    let converted = convert(sh, ev);
-    let origin = converted.event.as_ref().map(|e| e.origin.clone());
-    apply_effects(sh, origin.as_ref(), converted.effects);
-    let Some(mut event) = converted.event else {
-        let field = |name: &str| ev.get(name).and_then(Value::as_str).unwrap_or("");
-        let (event_type, event_id, sender) = (field("type"), field("event_id"), field("sender"));
-        tracing::debug!(%txn, event_type, event_id, sender, "Event from Matrix not relayed.");
-        return Ok(None);
-    };
-    event.by_moderator = acts_as_moderator(sh, ev, &event.kind).await;
-    tracing::debug!(%txn, kind = event.kind.name(), room = %event.origin, remote_id = %event.remote_id, "Event from Matrix.");
-    let (inbound, ack) = Inbound::with_ack(event);
-    if sh.inbound.send(inbound).await.is_err() {
-        tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
-        return Err(Box::new(retry_later("Gateway unavailable.")));
+    events: &[Value],
+) -> Result<(), NotTaken> {
+    let mut acks = Vec::new();
+    for ev in events {
+        // An encrypted event of a linked room is taken decrypted, or held for its keys.
+        let Some(ev) = crate::crypto::open(sh, ev).await else {
+            continue;
+        };
+        let ev = &*ev;
+        prefetch_name(sh, ev).await;
+        let converted = convert(sh, ev);
+        let origin = converted.event.as_ref().map(|e| e.origin.clone());
+        apply_effects(sh, origin.as_ref(), converted.effects);
+        let Some(mut event) = converted.event else {
+            let field = |name: &str| ev.get(name).and_then(Value::as_str).unwrap_or("");
+            let (event_type, event_id, sender) =
+                (field("type"), field("event_id"), field("sender"));
+            tracing::debug!(%txn, event_type, event_id, sender, "Event from Matrix not relayed.");
+            continue;
+        };
+        event.by_moderator = acts_as_moderator(sh, ev, &event.kind).await;
+        tracing::debug!(%txn, kind = event.kind.name(), room = %event.origin, remote_id = %event.remote_id, "Event from Matrix.");
+        let (inbound, ack) = Inbound::with_ack(event);
+        if sh.inbound.send(inbound).await.is_err() {
+            tracing::warn!(%txn, "The gateway is not taking events; the transaction will be retried.");
+            return Err(NotTaken::Gateway);
+        }
+        acks.push(ack);
     }
-    Ok(Some(ack))
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%txn, error = %e, "An event was not stored; the transaction will be retried.");
+                return Err(NotTaken::Store);
+            }
+            Err(_) => {
+                tracing::warn!(%txn, "An event was dropped unstored; the transaction will be retried.");
+                return Err(NotTaken::Store);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The key a transaction is remembered by: its id *and* what it carries. Synapse numbers
@@ -627,7 +657,7 @@ async fn run_command(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The store key of transaction `txn` carrying `body`'s events.
@@ -663,9 +693,22 @@ mod tests {
         mpsc::Receiver<Inbound>,
         mpsc::Receiver<junction_core::Command>,
     ) {
+        // Nothing listens on the discard port: lookups fail at once.
+        shared_on("http://127.0.0.1:9")
+    }
+
+    /// An adapter's shared state with the homeserver at `homeserver`, the room
+    /// `#lobby:matrix.test` linked as `!room`, and alice's name known there.
+    pub(crate) fn shared_on(
+        homeserver: &str,
+    ) -> (
+        Arc<Shared>,
+        Arc<dyn AdapterStore>,
+        mpsc::Receiver<Inbound>,
+        mpsc::Receiver<junction_core::Command>,
+    ) {
         let config = MatrixConfig {
-            // Nothing listens on the discard port: lookups fail at once.
-            homeserver: "http://127.0.0.1:9".into(),
+            homeserver: homeserver.into(),
             server_name: "matrix.test".into(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             as_token: Secret::new("as-secret"),

@@ -157,14 +157,17 @@ pub struct AuditEntry {
 pub trait Store: Send + Sync + 'static {
     // ---- message map and outboxes ----
 
-    /// In one transaction: maps `event.origin`/`event.remote_id` to `event.id`, notes the
+    /// All or nothing, even across a crash (one transaction; in sled an intent settled at the
+    /// next open): maps `event.origin`/`event.remote_id` to `event.id`, notes the
     /// sender of a message (see [`Store::sender_of`]), and writes one outbox row per planned
     /// target (ids assigned, increasing). If the origin message is
     /// already mapped, writes nothing and returns [`Recorded::Duplicate`].
     fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded>;
 
-    /// In one transaction: maps each returned remote id in `d.target` to `d.event` (both
-    /// ways, parts in order) and removes the outbox row. Idempotent.
+    /// Maps each returned remote id in `d.target` to `d.event` (both ways, parts in order),
+    /// then removes the outbox row. Idempotent. A crash may keep the ids and not the removal
+    /// (the row is handed out again, as if unanswered), never the removal without the ids.
+    /// The caller need not flush at once: losing an answer only re-sends its line.
     fn record_delivered(&self, d: &Delivered) -> Result<()>;
 
     /// The gateway event behind `remote` in `room`, if known.

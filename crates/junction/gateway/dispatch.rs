@@ -56,7 +56,8 @@ impl Loop {
         Resolver(self.store.as_ref()).event_for(&d.event.origin, reference)
     }
 
-    /// Records adapters' answers, then hands out what waited for them.
+    /// Records adapters' answers, then hands out what waited for them. No flush: the answers
+    /// ride on the next one (see `MARKS_WITHIN`).
     pub(super) fn delivered(&mut self, done: &mut Vec<Delivered>, hub: &Hub) {
         let mut touched: Vec<NetworkId> = Vec::new();
         let mut released: Vec<Delivery> = Vec::new();
@@ -80,31 +81,48 @@ impl Loop {
                     tracing::warn!(target = %d.target, event = %d.event, reason = %why, "A delivery was given up.");
                 }
             }
-            if let Err(e) = self.store.record_delivered(&d) {
-                self.metrics.error(&network, "store");
-                tracing::error!(error = %e, "Could not record a delivery; it is recorded once the store takes writes again.");
-                self.unrecorded.push(d);
+            match self.store.record_delivered(&d) {
+                // Made durable by the next flush, at the latest `MARKS_WITHIN` from now.
+                Ok(()) => {
+                    self.marks_since.get_or_insert_with(Instant::now);
+                }
+                Err(e) => {
+                    self.metrics.error(&network, "store");
+                    tracing::error!(error = %e, "Could not record a delivery; it is recorded once the store takes writes again.");
+                    self.unrecorded.push(d);
+                }
             }
             if !touched.contains(&network) {
                 touched.push(network);
             }
         }
-        let flushed = self.store.flush();
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "Could not flush the store.");
-        }
-        self.note_store(&flushed);
         for n in touched {
             self.update_depth(&n);
         }
-        if flushed.is_ok() {
-            released = self.with_stranded(released, hub);
-        }
+        // What was held is durable already (recorded and flushed before it was first handed
+        // out), so it goes now; only the answers wait for a flush.
         if !released.is_empty() {
             self.dispatch(released, hub);
         }
         if self.parting.as_ref().is_some_and(|p| p.waiting.is_empty()) {
             self.part(hub);
+        }
+    }
+
+    /// Makes the recorded answers durable when no inbound batch's flush came for them within
+    /// `MARKS_WITHIN`; after a good flush, hands out what a failed one had stranded.
+    pub(super) fn flush_marks(&mut self, hub: &Hub) {
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "Could not flush the store.");
+        }
+        self.note_store(&flushed);
+        if flushed.is_ok() {
+            let out = self.with_stranded(Vec::new(), hub);
+            self.dispatch(out, hub);
+        } else {
+            // Tried again on the retry tick, which the failing store starts.
+            self.marks_since = None;
         }
     }
 

@@ -12,6 +12,24 @@
 //! adapter that waits (Matrix answers its transaction after that) and handed to the target
 //! adapters. Undelivered outbox rows are handed out again at start, in order.
 //!
+//! Group commit: the loop is the store's one writer, and its flush is the commit point. While
+//! a flush runs the loop waits, and the adapters' next events and answers queue in the
+//! channels; the next turn records all of it (answers first, then the inbound batch) and makes
+//! it durable with one flush. Answers (`Delivered`) need no flush of their own: they ride on
+//! the next inbound batch's flush, or, when no inbound batch comes, on a flush at most
+//! [`MARKS_WITHIN`] after the first unflushed one. So a steady stream costs one fsync per
+//! message at low rates (not two) and one per batch at high rates.
+//!
+//! What that window means: a crash (SIGKILL, a panic, a power loss: sled keeps unflushed
+//! writes in its own buffers) after a delivery was confirmed and before the next flush leaves its outbox row in
+//! place, so the line is handed out again after the restart, once, and its ids in the target
+//! room are not in the message map. Matrix and XMPP targets recognise the resend by their
+//! own ids (the Matrix transaction id and the XMPP message id derive from the outbox row); an IRC
+//! channel keeping history (`+H`) shows the line in its replay, which the IRC adapter reads
+//! before sending and answers as delivered; only an IRC channel without history can see the
+//! line twice. The same was already true of the instant between a confirmation and its flush;
+//! the window is now at most [`MARKS_WITHIN`] instead of one fsync.
+//!
 //! This file holds [`route`] and the loop's state; each of its jobs has a file:
 //! - `hub`: [`Hub`], the router side of every adapter's channels.
 //! - `inbound`: one batch of inbound events (bans, rate limits and caps, authority,
@@ -57,6 +75,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Most inbound events recorded in one batch before one flush.
 const BATCH: usize = 256;
+
+/// The longest a recorded answer (`Delivered`) waits for a flush: it normally rides on the
+/// next inbound batch's flush; when none comes this soon, the loop flushes for it. Equal to
+/// sled's own background flush interval, so it adds no fsync that sled would not make anyway.
+pub const MARKS_WITHIN: Duration = Duration::from_millis(500);
 
 /// How often the outbox depth gauges are recounted while outboxes change.
 const DEPTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -197,6 +220,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         store_retry,
         stranded: false,
         unrecorded: Vec::new(),
+        marks_since: None,
         parting: None,
         limiter: Limiter::new(limits.rate),
         caps: limits.caps,
@@ -227,14 +251,28 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     let mut lurker_tick = tokio::time::interval(RETRY_EVERY);
     lurker_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let marks_due = state
+            .marks_since
+            .map(|since| tokio::time::Instant::from_std(since + MARKS_WITHIN));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = depth_tick.tick(), if !state.depth_dirty.is_empty() => state.count_depths(),
+            _ = sleep_until(marks_due), if marks_due.is_some() => state.flush_marks(&hub),
             _ = retry_tick.tick(), if state.waits() => state.retry(&hub)?,
             _ = lurker_tick.tick(), if state.summariser.waiting() => state.release_lurkers(&hub),
             n = hub.inbound_rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
+                // The answers that came meanwhile share this batch's flush.
+                while done.len() < BATCH {
+                    match hub.delivered_rx.try_recv() {
+                        Ok(d) => done.push(d),
+                        Err(_) => break,
+                    }
+                }
+                if !done.is_empty() {
+                    state.delivered(&mut done, &hub);
+                }
                 state.inbound(&mut batch, &hub);
             }
             n = hub.delivered_rx.recv_many(&mut done, BATCH) => {
@@ -252,6 +290,14 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
     }
     state.store.flush()?;
     Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
@@ -313,6 +359,8 @@ struct Loop {
     stranded: bool,
     /// Answers the store did not take; recorded once it takes writes again.
     unrecorded: Vec<Delivered>,
+    /// Since when answers are recorded that no flush has covered yet (see [`MARKS_WITHIN`]).
+    marks_since: Option<Instant>,
     /// Rooms being left, once their announcements are answered.
     parting: Option<Parting>,
     /// Per-sender rate limits.

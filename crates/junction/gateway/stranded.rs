@@ -50,8 +50,11 @@ impl Loop {
     }
 
     /// Notes the outcome of a flush: a failure shows on `/health` and marks outbox rows as
-    /// possibly stranded; a success clears that.
+    /// possibly stranded; a success clears that, and covers every answer recorded before it.
     pub(super) fn note_store(&mut self, r: &junction_store::Result<()>) {
+        if r.is_ok() {
+            self.marks_since = None;
+        }
         match r {
             Err(e) => {
                 self.stranded = true;
