@@ -27,12 +27,30 @@ async fn encrypted_lobby() -> anyhow::Result<(Lobby, NioUser)> {
     Ok((lobby, nio))
 }
 
+/// The file keeping the gateway's device id, and the id.
+fn device_of(lobby: &Lobby) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let file = lobby
+        .store_dir()
+        .with_file_name("matrix-crypto")
+        .join("device_id");
+    let device = std::fs::read_to_string(&file).context("the device id file")?;
+    Ok((file, device))
+}
+
+/// Waits until the nio member reads `text`, and checks it came encrypted.
+async fn reads_encrypted(nio: &NioUser, text: &str) -> anyhow::Result<serde_json::Value> {
+    let m = nio.sees(text, WAIT).await?;
+    anyhow::ensure!(m["encrypted"] == true, "not encrypted: {m}");
+    Ok(m)
+}
+
 /// An IRC line reaches the nio member encrypted, then the member's line reaches IRC.
 async fn irc_then_matrix(lobby: &Lobby, nio: &mut NioUser) -> anyhow::Result<()> {
     let from_irc = unique("from irc");
     lobby.irc.privmsg(&lobby.channel, &from_irc)?;
-    let m = nio.sees(&from_irc, WAIT).await.context("irc → matrix")?;
-    assert_eq!(m["encrypted"], true, "{m}");
+    reads_encrypted(nio, &from_irc)
+        .await
+        .context("irc → matrix")?;
     let from_matrix = unique("from nio");
     nio.send(&from_matrix).await?;
     lobby.irc_sees(&from_matrix).await.context("matrix → irc")?;
@@ -58,19 +76,15 @@ async fn both_directions_through_an_encrypted_room() -> anyhow::Result<()> {
 
     let from_irc = unique("from irc");
     lobby.irc.privmsg(&lobby.channel, &from_irc)?;
-    let m = nio
-        .sees(&from_irc, WAIT)
+    reads_encrypted(&nio, &from_irc)
         .await
         .context("irc → matrix (encrypted)")?;
-    assert_eq!(m["encrypted"], true, "{m}");
 
     let from_xmpp = unique("from xmpp");
     lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
-    let m = nio
-        .sees(&from_xmpp, WAIT)
+    let m = reads_encrypted(&nio, &from_xmpp)
         .await
         .context("xmpp → matrix (encrypted)")?;
-    assert_eq!(m["encrypted"], true, "{m}");
     // What the room shows to a client without keys is ciphertext only.
     let ev = lobby
         .matrix
@@ -114,11 +128,7 @@ async fn keys_survive_a_gateway_restart() -> anyhow::Result<()> {
         .await
         .context("irc → matrix before")?;
 
-    let device_file = lobby
-        .store_dir()
-        .with_file_name("matrix-crypto")
-        .join("device_id");
-    let device = std::fs::read_to_string(&device_file).context("the device id file")?;
+    let (device_file, device) = device_of(&lobby)?;
     lobby.stop_gateway().await?;
     lobby.start_gateway().await?;
     assert_eq!(
@@ -160,11 +170,7 @@ async fn a_member_who_joins_later_reads_new_lines() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_device_is_set_up_again() -> anyhow::Result<()> {
     let (mut lobby, mut nio) = encrypted_lobby().await?;
-    let device_file = lobby
-        .store_dir()
-        .with_file_name("matrix-crypto")
-        .join("device_id");
-    let device = std::fs::read_to_string(&device_file).context("the device id file")?;
+    let (device_file, device) = device_of(&lobby)?;
     lobby.stop_gateway().await?;
     // The appservice deletes its bot's device, as an admin cleaning up would.
     let bot = format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name);

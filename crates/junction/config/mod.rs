@@ -717,26 +717,21 @@ secret = "pa$$word"
             Some("as-secret-and-more")
         );
         assert!(!format!("{ms:?}").contains("as-secret-and-more"));
-        let e = parse(
-            &format!("{matrix}pickle_key = \"0123456789abcdef\"\n"),
-            "bridges.toml",
-            Path::new(""),
-            &env,
-        )
-        .unwrap_err()
-        .to_string();
+        let error = |extra: &str| {
+            parse(
+                &format!("{matrix}{extra}"),
+                "bridges.toml",
+                Path::new(""),
+                &env,
+            )
+            .unwrap_err()
+            .to_string()
+        };
         assert_eq!(
-            e,
+            error("pickle_key = \"0123456789abcdef\"\n"),
             "bridges.toml:8:14: matrix.pickle_key: is used only with `encryption = true`"
         );
-        let e = parse(
-            &format!("{matrix}encryption = true\npickle_key = \"short\"\n"),
-            "bridges.toml",
-            Path::new(""),
-            &env,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = error("encryption = true\npickle_key = \"short\"\n");
         assert!(
             e.starts_with("bridges.toml:9:14: matrix.pickle_key: is too short"),
             "{e}"
