@@ -266,6 +266,28 @@ fn registration_prints_the_appservice_yaml() {
     assert!(out.contains("@junction:matrix.test"));
 }
 
+/// With `[matrix] encryption = true` the registration asks the homeserver for the bot
+/// device's data (MSC3202) and lets the appservice make the device (MSC4190).
+#[test]
+fn registration_with_encryption_adds_the_device_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(root().join("bridges.toml")).unwrap();
+    let config = config.replacen("[matrix]\n", "[matrix]\nencryption = true\n", 1);
+    std::fs::write(dir.path().join("bridges.toml"), config).unwrap();
+    let (code, out, err) = output(junction(dir.path()).arg("registration"));
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"receive_ephemeral: true"), "{out}");
+    assert!(lines.contains(&"org.matrix.msc3202: true"), "{out}");
+    assert!(lines.contains(&"io.element.msc4190: true"), "{out}");
+    // Without it, neither.
+    let (_, plain, _) = output(junction(&root()).arg("registration"));
+    assert!(
+        !plain.contains("msc3202") && !plain.contains("msc4190"),
+        "{plain}"
+    );
+}
+
 #[test]
 fn registration_without_matrix_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,6 +147,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             admins: &admins,
             pastes: config.gateway.public_url.is_some(),
             follow: &follow,
+            data_dir: &config.gateway.data_dir,
         };
         match configured.kind.adapter(&configured.section, &build) {
             Ok(adapter) => {

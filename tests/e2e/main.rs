@@ -23,6 +23,9 @@ mod irc_tls;
 /// The whole gateway on all three servers: the lobby, every direction, every feature.
 mod lobby;
 
+/// Encrypted Matrix rooms: the gateway's device decrypts and encrypts, against matrix-nio.
+mod encrypted;
+
 /// Private conversations across networks: direct chats, queries, reuse, privacy.
 mod private;
 

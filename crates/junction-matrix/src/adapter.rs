@@ -58,6 +58,10 @@ pub struct MatrixAdapter {
     admins: HashSet<String>,
     ghost_limits: PuppetLimits,
     cap_refusals: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// `data_dir` and the pickle key, when the gateway's device takes part in encrypted
+    /// rooms.
+    encryption: Option<(std::path::PathBuf, Option<junction_core::Secret>)>,
+    undecryptable: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl MatrixAdapter {
@@ -71,7 +75,28 @@ impl MatrixAdapter {
             admins: HashSet::new(),
             ghost_limits: PuppetLimits::default(),
             cap_refusals: None,
+            encryption: None,
+            undecryptable: None,
         }
+    }
+
+    /// Gives the bot a device of its own that takes part in encrypted rooms (`[matrix]
+    /// encryption = true`), its crypto store in `data_dir` under `pickle_key` (None: a key
+    /// generated and kept there).
+    pub fn with_encryption(
+        mut self,
+        data_dir: &std::path::Path,
+        pickle_key: Option<junction_core::Secret>,
+    ) -> Self {
+        self.encryption = Some((data_dir.to_path_buf(), pickle_key));
+        self
+    }
+
+    /// Counts, in `count`, the encrypted events that could not be bridged (their keys never
+    /// arrived, or they could not be decrypted), each told to its sender (for `/metrics`).
+    pub fn with_undecryptable(mut self, count: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.undecryptable = Some(count);
+        self
     }
 
     /// Sets the ghosts' lifecycle bounds (`[matrix] max_ghosts`,
@@ -194,6 +219,14 @@ pub(crate) struct Shared {
     /// True once the linked rooms are resolved: transactions wait for it, since an event of
     /// a room not resolved yet would otherwise be taken for one of an unlinked room and lost.
     pub(crate) ready: tokio::sync::watch::Sender<bool>,
+    /// True when the gateway's device takes part in encrypted rooms.
+    pub(crate) encryption: bool,
+    /// The gateway's device, once set up (with `encryption` only).
+    pub(crate) crypto: std::sync::OnceLock<Arc<crate::crypto::Crypto>>,
+    /// Wakes the retry of encrypted events held for their keys (keys arrived).
+    pub(crate) keys_arrived: tokio::sync::Notify,
+    /// Encrypted events that could not be bridged (told to their senders).
+    pub(crate) undecryptable: Arc<std::sync::atomic::AtomicU64>,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
 }
@@ -250,6 +283,10 @@ impl Shared {
             opening: tokio::sync::Mutex::new(()),
             room_locks: KeyLocks::default(),
             ready: tokio::sync::watch::Sender::new(false),
+            encryption: false,
+            crypto: std::sync::OnceLock::new(),
+            keys_arrived: tokio::sync::Notify::new(),
+            undecryptable: Arc::default(),
             catch_up: tokio::sync::Notify::new(),
         })
     }
@@ -280,6 +317,11 @@ impl Shared {
         let mut rooms = lock(&self.rooms);
         rooms.by_id.insert(room_id.clone(), link.clone());
         rooms.by_link.insert(link, room_id);
+    }
+
+    /// The gateway's device, when encryption is on and it is set up.
+    pub(crate) fn crypto(&self) -> Option<&Arc<crate::crypto::Crypto>> {
+        self.crypto.get()
     }
 
     /// Unlinks a room for good (it turned encryption on).
@@ -365,6 +407,10 @@ impl Adapter for MatrixAdapter {
         sh.admins = self.admins;
         sh.lifecycle =
             lifecycle::Lifecycle::new(self.ghost_limits, self.cap_refusals.unwrap_or_default());
+        sh.encryption = self.encryption.is_some();
+        if let Some(count) = self.undecryptable {
+            sh.undecryptable = count;
+        }
         let sh = Arc::new(sh);
         let status = cx.status;
 
@@ -385,6 +431,16 @@ impl Adapter for MatrixAdapter {
             }
         });
 
+        // The device before any transaction is taken (they wait for `ready`), and with the
+        // listener up: the homeserver's pushes wait for it rather than fail, since what a
+        // failed push carried for the device (to-device messages) is not sent again.
+        if let Some((data_dir, key)) = &self.encryption {
+            if !crate::crypto::set_up(&sh, data_dir, key.as_ref(), &cx.shutdown).await {
+                server_stop.cancel();
+                return Ok(());
+            }
+            tokio::spawn(crate::crypto::retry_loop(sh.clone(), cx.shutdown.clone()));
+        }
         let rooms = cx.rooms.borrow_and_update().clone();
         sync_rooms(&sh, &rooms).await;
         sh.ready.send_replace(true);
@@ -648,7 +704,7 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, RoomError> {
         .state(&room_id, "m.room.encryption", "")
         .await
         .map_err(RoomError::client("reading the room's encryption state"))?;
-    if encryption.is_some() {
+    if encryption.is_some() && !sh.encryption {
         return Err(RoomError::refused(
             "the room is encrypted; the gateway would be an invisible reader, so it refuses to link it",
         ));

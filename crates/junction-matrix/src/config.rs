@@ -8,7 +8,9 @@
 //! only from public addresses; true for test setups and closed networks), `origin_marks`
 //! (default true: ghost display names end in their network's mark, `bob[i]`), `max_ghosts`
 //! (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds` (default 86400; 0:
-//! never).
+//! never), `encryption` (default false: the gateway's own device takes part in encrypted
+//! rooms), `pickle_key` (the key the crypto store is encrypted under, usually `${VAR}`;
+//! default: one generated and kept in `data_dir`, mode 0600).
 
 use junction_core::{PuppetLimits, Secret};
 use junction_network::{Checker, Str};
@@ -60,6 +62,10 @@ pub struct MatrixSection {
     pub private_attachment_urls: bool,
     /// `max_ghosts` and `ghost_idle_timeout_seconds`.
     pub ghosts: PuppetLimits,
+    /// `encryption`: the gateway has a device of its own and bridges encrypted rooms.
+    pub encryption: bool,
+    /// `pickle_key`: the crypto store's key (None: generated and kept in `data_dir`).
+    pub pickle_key: Option<Secret>,
 }
 
 /// `[matrix]` as written: every key optional here, so that a missing one is reported among
@@ -93,6 +99,10 @@ pub struct RawMatrix {
     pub max_ghosts: Option<Spanned<i64>>,
     /// Idle time after which a ghost leaves (0: never).
     pub ghost_idle_timeout_seconds: Option<Spanned<i64>>,
+    /// The gateway's device takes part in encrypted rooms.
+    pub encryption: Option<Spanned<bool>>,
+    /// The crypto store's key.
+    pub pickle_key: Option<Str>,
 }
 
 /// Reads `[matrix]` from the whole file, if there is one.
@@ -166,6 +176,30 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
         &m.ghost_idle_timeout_seconds,
         "matrix.ghost_idle_timeout_seconds",
     );
+    let encryption = m.encryption.as_ref().is_some_and(|v| *v.get_ref());
+    let pickle_key = match &m.pickle_key {
+        Some(v) if !encryption => {
+            c.error(
+                v.span(),
+                "matrix.pickle_key",
+                "is used only with `encryption = true`",
+            );
+            None
+        }
+        Some(v) => match c.secret(v, "matrix.pickle_key") {
+            Some(k) if k.expose().len() < 16 => {
+                c.error(
+                    v.span(),
+                    "matrix.pickle_key",
+                    "is too short: give at least 16 characters (32 random bytes, hex, is best)",
+                );
+                None
+            }
+            Some(k) => Some(Some(k)),
+            None => None,
+        },
+        None => Some(None),
+    };
     Some(MatrixSection {
         config: MatrixConfig {
             homeserver: homeserver?,
@@ -184,6 +218,8 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
             .as_ref()
             .is_some_and(|v| *v.get_ref()),
         ghosts: ghosts?,
+        encryption,
+        pickle_key: pickle_key?,
     })
 }
 

@@ -60,6 +60,8 @@ pub enum Effect {
     Encrypted {
         /// Its room id.
         room_id: String,
+        /// The content of its `m.room.encryption` (algorithm, rotation settings).
+        content: Value,
     },
     /// A user's display name in a room is now known.
     Name {
@@ -231,6 +233,7 @@ pub fn convert(ev: &Value, cx: &InboundCx<'_>) -> Converted {
     if kind == "m.room.encryption" && state_key.is_some() {
         out.effects.push(Effect::Encrypted {
             room_id: room_id.to_owned(),
+            content: content.clone(),
         });
         return out;
     }
@@ -1025,7 +1028,8 @@ mod tests {
         assert_eq!(
             e.effects,
             vec![Effect::Encrypted {
-                room_id: "!room".into()
+                room_id: "!room".into(),
+                content: json!({"algorithm": "m.megolm.v1.aes-sha2"}),
             }]
         );
     }

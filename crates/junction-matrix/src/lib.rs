@@ -22,7 +22,8 @@
 //!
 //! Rooms are named as in the link (`#lobby:matrix.test` or a room id); the adapter resolves
 //! each (creating a public room for a free alias on our server, which the registration must
-//! list as an alias namespace), joins it with the bot, and refuses encrypted rooms.
+//! list as an alias namespace), joins it with the bot, and refuses encrypted rooms unless
+//! `[matrix] encryption` gives the bot a device of its own ([`crypto`]).
 //!
 //! The bot accepts invites to rooms that are not linked (direct chats): text people write
 //! there is an admin command for the gateway, answered by the bot as a notice. What the
@@ -34,6 +35,7 @@ mod adapter;
 mod catchup;
 pub mod config;
 pub mod connection;
+pub mod crypto;
 pub mod doctor;
 pub mod ids;
 pub mod inbound;

@@ -99,6 +99,11 @@ impl Network for Matrix {
         if let Some(url) = &s.media_url {
             adapter = adapter.with_media_base(url.clone());
         }
+        if s.encryption {
+            adapter = adapter
+                .with_encryption(build.data_dir, s.pickle_key.clone())
+                .with_undecryptable(build.counter("undecryptable"));
+        }
         if s.private_attachment_urls {
             tracing::warn!("Attachments may be fetched from loopback and private addresses ([matrix] private_attachment_urls): anyone on a linked network can make the gateway read an internal service.");
             adapter = adapter.allow_private_media_urls();
@@ -119,7 +124,11 @@ impl Network for Matrix {
             .filter(|r| r.network == section.network && r.room.as_str().starts_with('#'))
             .map(|r| r.room.as_str().to_owned())
             .collect();
-        Some(registration_yaml(&s.config, &aliases))
+        let mut yaml = registration_yaml(&s.config, &aliases);
+        if s.encryption {
+            yaml.push_str(crate::registration::ENCRYPTION_KEYS);
+        }
+        Some(yaml)
     }
 
     fn doctor<'a>(

@@ -136,17 +136,16 @@ pub(crate) async fn deliver(
             );
             new.remove("m.mentions");
             content.insert("m.new_content".into(), Value::Object(new));
-            let id = sh
-                .client
-                .send(
-                    &room_id,
-                    "m.room.message",
-                    &txn_id(d, 0),
-                    &Value::Object(content),
-                    actor,
-                    ts,
-                )
-                .await?;
+            let id = crate::crypto::send_event(
+                sh,
+                &room_id,
+                "m.room.message",
+                &txn_id(d, 0),
+                &Value::Object(content),
+                actor,
+                ts,
+            )
+            .await?;
             Ok(vec![MessageId::new(id)])
         }
         EventKind::Redact { reason, .. } => {
@@ -332,10 +331,16 @@ pub(crate) async fn bot_notice(
     ts: Option<u64>,
 ) -> Result<Vec<MessageId>, DeliverError> {
     let content = json!({"msgtype": "m.notice", "body": text});
-    let id = sh
-        .client
-        .send(room_id, "m.room.message", &txn_id(d, 0), &content, None, ts)
-        .await?;
+    let id = crate::crypto::send_event(
+        sh,
+        room_id,
+        "m.room.message",
+        &txn_id(d, 0),
+        &content,
+        None,
+        ts,
+    )
+    .await?;
     Ok(vec![MessageId::new(id)])
 }
 
@@ -468,18 +473,16 @@ impl Parts<'_> {
                 json!({"m.in_reply_to": {"event_id": r.as_str()}}),
             );
         }
-        let id = self
-            .sh
-            .client
-            .send(
-                self.room_id,
-                "m.room.message",
-                &txn_id(self.d, part),
-                &Value::Object(content),
-                self.ghost,
-                self.ts,
-            )
-            .await?;
+        let id = crate::crypto::send_event(
+            self.sh,
+            self.room_id,
+            "m.room.message",
+            &txn_id(self.d, part),
+            &Value::Object(content),
+            self.ghost,
+            self.ts,
+        )
+        .await?;
         Ok(MessageId::new(id))
     }
 }

@@ -70,6 +70,18 @@ pub fn registration_yaml(m: &MatrixConfig, aliases: &[String]) -> String {
     )
 }
 
+/// The registration keys a gateway with `[matrix] encryption = true` adds, appended to
+/// [`registration_yaml`]: the homeserver pushes the bot device's to-device messages
+/// (MSC2409), device list changes and one-time key counts (MSC3202) in transactions, and lets
+/// the appservice make the bot's device (MSC4190). Synapse needs
+/// `experimental_features: {msc2409_to_device_messages_enabled: true,
+/// msc3202_transaction_extensions: true}` in its own config for them.
+pub const ENCRYPTION_KEYS: &str = "\
+# End-to-bridge encryption ([matrix] encryption = true).
+org.matrix.msc3202: true
+io.element.msc4190: true
+";
+
 /// A YAML single-quoted scalar: no escapes inside except `''` for `'`.
 fn yaml_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

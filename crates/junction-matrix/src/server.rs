@@ -46,6 +46,11 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A 500 `M_UNKNOWN`: the homeserver sends the transaction again later.
+fn retry_later(message: &str) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", message)
+}
+
 fn ok() -> Response {
     (StatusCode::OK, Json(json!({}))).into_response()
 }
@@ -186,7 +191,7 @@ async fn take_transaction(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let key = txn_key(&sh.config.id, &txn, &events);
+    let key = txn_key(&sh.config.id, &txn, &events, &body);
     match sh.store.txn_done(&key) {
         Ok(true) => {
             tracing::debug!(%txn, "Replayed transaction answered again.");
@@ -195,11 +200,7 @@ async fn take_transaction(
         Ok(false) => {}
         Err(e) => {
             tracing::error!(error = %e, "Could not check a transaction id.");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Store unavailable.",
-            );
+            return retry_later("Store unavailable.");
         }
     }
     // A linked room the homeserver was not ready to resolve at startup: resolve it now, or
@@ -215,22 +216,15 @@ async fn take_transaction(
             );
         }
     }
+    if sh.encryption {
+        if let Err(r) = feed_crypto(&sh, &txn, &key, &body).await {
+            return *r;
+        }
+    }
     match take_events(&sh, &txn, &events).await {
         Ok(()) => {}
-        Err(NotTaken::Gateway) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Gateway unavailable.",
-            )
-        }
-        Err(NotTaken::Store) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "Not stored.",
-            )
-        }
+        Err(NotTaken::Gateway) => return retry_later("Gateway unavailable."),
+        Err(NotTaken::Store) => return retry_later("Not stored."),
     }
     if let Err(e) = sh.store.mark_txn(&key) {
         // Its events are durable and deduplicated by the message map, so a replay is harmless.
@@ -238,6 +232,44 @@ async fn take_transaction(
     }
     tracing::debug!(%txn, events = events.len(), "Transaction answered.");
     ok()
+}
+
+/// Hands the bot device's share of a transaction (to-device messages, device lists, key
+/// counts) to the crypto machine, once even when the transaction comes again; an error is
+/// the answer the transaction gets.
+async fn feed_crypto(sh: &Shared, txn: &str, key: &str, body: &Value) -> Result<(), Box<Response>> {
+    let Some(crypto) = sh.crypto().cloned() else {
+        tracing::info!(%txn, "The gateway's device is not set up yet; the transaction will be retried.");
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "Encryption not set up yet.",
+        )));
+    };
+    let fed = format!("{key}:crypto");
+    match sh.store.txn_done(&fed) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "Could not check a transaction id.");
+            return Err(Box::new(retry_later("Store unavailable.")));
+        }
+    }
+    match crypto.receive(body).await {
+        Ok(true) => sh.keys_arrived.notify_one(),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(%txn, error = %e, "The crypto machine could not take a transaction's device data; the transaction will be retried.");
+            return Err(Box::new(retry_later("Crypto store unavailable.")));
+        }
+    }
+    if let Err(e) = sh.store.mark_txn(&fed) {
+        tracing::warn!(error = %e, %txn, "Could not mark a transaction's device data taken.");
+    }
+    if let Err(e) = crypto.send_outgoing().await {
+        tracing::warn!(error = %e, "Could not send the crypto machine's requests; they go with the next transaction.");
+    }
+    Ok(())
 }
 
 /// Why events were not all taken: the homeserver (or the read-back) must offer them again.
@@ -259,6 +291,11 @@ pub(crate) async fn take_events(
 ) -> Result<(), NotTaken> {
     let mut acks = Vec::new();
     for ev in events {
+        // An encrypted event of a linked room is taken decrypted, or held for its keys.
+        let Some(ev) = crate::crypto::open(sh, ev).await else {
+            continue;
+        };
+        let ev = &*ev;
         prefetch_name(sh, ev).await;
         let converted = convert(sh, ev);
         let origin = converted.event.as_ref().map(|e| e.origin.clone());
@@ -298,8 +335,10 @@ pub(crate) async fn take_events(
 /// The key a transaction is remembered by: its id *and* what it carries. Synapse numbers
 /// transactions from a counter it keeps in its database, and with SQLite that counter starts
 /// again at 1 after a restart once every transaction was answered, so the id alone would make
-/// new transactions look like replays and drop them. A real replay carries the same events.
-fn txn_key(as_id: &str, txn: &str, events: &[Value]) -> String {
+/// new transactions look like replays and drop them. A real replay carries the same events,
+/// and the same device data (to-device messages, device lists, key counts: a transaction may
+/// carry only those).
+fn txn_key(as_id: &str, txn: &str, events: &[Value], body: &Value) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for ev in events {
@@ -308,6 +347,13 @@ fn txn_key(as_id: &str, txn: &str, events: &[Value]) -> String {
             None => h.update(ev.to_string().as_bytes()),
         }
         h.update(b"\n");
+    }
+    for field in crate::crypto::DEVICE_FIELDS {
+        if let Some(v) = body.get(field) {
+            h.update(field.as_bytes());
+            h.update(v.to_string().as_bytes());
+            h.update(b"\n");
+        }
     }
     let digest = hex::encode(&h.finalize()[..12]);
     format!("{as_id}:{txn}:{digest}")
@@ -432,7 +478,13 @@ fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effe
             }
             Effect::Media { event_id, mxcs } => sh.media.remember(&event_id, &mxcs),
             Effect::Redacted { event_id } => sh.media.redacted(&event_id),
-            Effect::Encrypted { room_id } => {
+            Effect::Encrypted { room_id, content } if sh.encryption => {
+                tracing::info!(%room_id, "A linked Matrix room turned on encryption; the gateway's device takes part.");
+                if let Some(c) = sh.crypto() {
+                    c.room_encrypted(&room_id, content);
+                }
+            }
+            Effect::Encrypted { room_id, .. } => {
                 tracing::error!(
                     %room_id,
                     "A linked Matrix room turned on encryption; it is unlinked, because the gateway would read it invisibly."
@@ -611,7 +663,7 @@ pub(crate) mod tests {
     /// The store key of transaction `txn` carrying `body`'s events.
     fn key(txn: &str, body: &Value) -> String {
         let events = body["events"].as_array().cloned().unwrap_or_default();
-        txn_key("junction", txn, &events)
+        txn_key("junction", txn, &events, body)
     }
     use crate::config::MatrixConfig;
     use crate::connection::Client;
@@ -1130,5 +1182,20 @@ pub(crate) mod tests {
             .body(Body::empty())
             .expect("req");
         assert_eq!(answer(&app, good).await.status(), StatusCode::GONE);
+    }
+
+    /// A transaction may carry only device data (to-device messages, key counts): its key
+    /// covers that data, so that the same id with other data is no replay, and the same
+    /// transaction sent again is one.
+    #[test]
+    fn device_data_is_part_of_the_transaction_key() {
+        let a = json!({"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted", "content": {"n": 1}}]});
+        let b = json!({"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted", "content": {"n": 2}}]});
+        let none = json!({"events": []});
+        assert_eq!(key("7", &a), key("7", &a.clone()));
+        assert_ne!(key("7", &a), key("7", &b));
+        assert_ne!(key("7", &a), key("7", &none));
+        // Without device data the key is what earlier versions wrote.
+        assert_eq!(key("7", &none), txn_key("junction", "7", &[], &Value::Null));
     }
 }

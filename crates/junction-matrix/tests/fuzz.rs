@@ -209,7 +209,7 @@ proptest! {
 /// many children, huge attributes, long delimiter runs.
 fn hostile_html(shape: u8, n: usize) -> String {
     match shape % 6 {
-        0 => "<b>".repeat(n) + "x" + &"</b>".repeat(n),
+        0 => format!("{}x{}", "<b>".repeat(n), "</b>".repeat(n)),
         1 => "<blockquote><i>".repeat(n),
         2 => "<b>x</b>".repeat(n),
         3 => format!("<a href=\"https://e.org/{}\">x</a>", "a".repeat(n)),

@@ -338,6 +338,9 @@ pub struct Build<'a> {
     /// Shows a counter the adapter bumps in `/metrics`, as errors of the given kind on this
     /// instance.
     pub follow: &'a dyn Fn(&'static str, Arc<AtomicU64>),
+    /// The gateway's `data_dir`, where an adapter may keep files of its own (Matrix: its
+    /// crypto store).
+    pub data_dir: &'a std::path::Path,
 }
 
 impl Build<'_> {

@@ -702,6 +702,43 @@ secret = "pa$$word"
     }
 
     #[test]
+    fn matrix_encryption_is_off_by_default_and_its_key_checked() {
+        let matrix = "[matrix]\nhomeserver = \"http://127.0.0.1:8008\"\nserver_name = \"matrix.test\"\n\
+                      listen = \"127.0.0.1:9009\"\nas_token = \"a\"\nhs_token = \"h\"\nbot = \"junction\"\n";
+        let ms = ok(matrix).section::<MatrixSection>().unwrap().clone();
+        assert!(!ms.encryption && ms.pickle_key.is_none());
+        let c = ok(&format!(
+            "{matrix}encryption = true\npickle_key = \"${{JUNCTION_AS_TOKEN}}-and-more\"\n"
+        ));
+        let ms = c.section::<MatrixSection>().unwrap();
+        assert!(ms.encryption);
+        assert_eq!(
+            ms.pickle_key.as_ref().map(|k| k.expose()),
+            Some("as-secret-and-more")
+        );
+        assert!(!format!("{ms:?}").contains("as-secret-and-more"));
+        let error = |extra: &str| {
+            parse(
+                &format!("{matrix}{extra}"),
+                "bridges.toml",
+                Path::new(""),
+                &env,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            error("pickle_key = \"0123456789abcdef\"\n"),
+            "bridges.toml:8:14: matrix.pickle_key: is used only with `encryption = true`"
+        );
+        let e = error("encryption = true\npickle_key = \"short\"\n");
+        assert!(
+            e.starts_with("bridges.toml:9:14: matrix.pickle_key: is too short"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unterminated_variable_and_bad_name() {
         let e = parse(
             "[xmpp]\ncomponent = \"bridge.xmpp.test\"\nserver = \"127.0.0.1:5347\"\nsecret = \"${OOPS\"\n[gateway]\ndata_dir = \"${1X}\"\n",

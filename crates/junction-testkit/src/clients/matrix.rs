@@ -257,6 +257,17 @@ impl MatrixUser {
         Ok(())
     }
 
+    /// Turns end-to-end encryption on in `room` (Megolm, the default rotation).
+    pub async fn enable_encryption(&self, room: &str) -> anyhow::Result<String> {
+        self.state(
+            room,
+            "m.room.encryption",
+            "",
+            json!({"algorithm": "m.megolm.v1.aes-sha2"}),
+        )
+        .await
+    }
+
     /// Sends an `m.text` message.
     pub async fn send_text(&self, room: &str, body: &str) -> anyhow::Result<String> {
         self.message(room, json!({"msgtype": "m.text", "body": body}))

@@ -14,7 +14,9 @@ pub const SYNAPSE_VENV: &str = "/opt/junction-synapse";
 pub const SYNAPSE_VERSION: &str = "1.163.2";
 /// The Debian packages that provide the other three servers, `prosody-modules` (the MUC's
 /// message moderation, XEP-0425, as deployments run it), and `openssl`, whose command the TLS
-/// tests use to make their certificates, and `postgresql` for the store's PostgreSQL backend.
+/// tests use to make their certificates, `postgresql` for the store's PostgreSQL backend,
+/// and matrix-nio on libolm, the encrypting Matrix client of the encrypted-room tests
+/// ([`crate::clients::nio::PACKAGES`]).
 pub const APT_PACKAGES: &[&str] = &[
     "prosody",
     "prosody-modules",
@@ -22,6 +24,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "ngircd",
     "openssl",
     "postgresql",
+    crate::clients::nio::PACKAGES[0],
+    crate::clients::nio::PACKAGES[1],
 ];
 /// The system Python the venv is made from (Debian's, so `python3-venv` applies).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";

@@ -1,0 +1,968 @@
+//! End-to-bridge encryption (`[matrix] encryption = true`): the bot's own device and its
+//! Olm/Megolm state ([`matrix_sdk_crypto::OlmMachine`]), kept in a SQLite crypto store in
+//! `data_dir`.
+//!
+//! - The device is made with MSC4190 (`PUT /_matrix/client/v3/devices/{id}` as the
+//!   appservice, masquerading as the bot); its id is kept in `data_dir`, so it survives
+//!   restarts. A device the homeserver no longer knows is set up again, with new keys.
+//! - Every request the machine asks for (keys upload, query, claim, to-device, signatures) is
+//!   sent as the bot's device (`?user_id=…&device_id=…`) and its answer handed back.
+//! - What the homeserver pushes for the device in transactions (to-device messages, device
+//!   list changes, one-time key counts) is fed to the machine by [`Crypto::receive`].
+//! - Room events: [`Crypto::decrypt`] for `m.room.encrypted` in linked rooms; [`Crypto::encrypt`]
+//!   before a ghost speaks in an encrypted room (the room key shared first with every device
+//!   of every member).
+
+use crate::adapter::Shared;
+use crate::connection::{Client, ClientError, Method};
+use crate::ids::path_segment;
+use crate::outbound::DeliverError;
+use junction_core::Secret;
+use matrix_sdk_crypto::types::requests::{AnyIncomingResponse, AnyOutgoingRequest};
+use matrix_sdk_crypto::{
+    CollectStrategy, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine,
+    TrustRequirement,
+};
+use matrix_sdk_sqlite::SqliteCryptoStore;
+use ruma::api::client::sync::sync_events::DeviceLists;
+use ruma::api::IncomingResponse;
+use ruma::events::room::encryption::RoomEncryptionEventContent;
+use ruma::events::room::history_visibility::HistoryVisibility;
+use ruma::serde::Raw;
+use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, UInt};
+use serde_json::{json, Value};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The fields of a transaction that carry device data (MSC2409, MSC3202).
+pub const DEVICE_FIELDS: [&str; 4] = [
+    "de.sorunome.msc2409.to_device",
+    "org.matrix.msc3202.device_lists",
+    "org.matrix.msc3202.device_one_time_keys_count",
+    "org.matrix.msc3202.device_unused_fallback_key_types",
+];
+
+/// The adapter's store table of encrypted events held until their keys arrive: event id →
+/// `{"event": …, "since": ms}` (`matrix/encrypted_held` in the store).
+pub const HELD_TABLE: &str = "encrypted_held";
+
+/// How long an encrypted event waits for its keys before its sender is told it could not be
+/// bridged.
+pub const KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How often held events are tried again without news of keys.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The directory in `data_dir` the crypto store and the device id live in.
+pub const CRYPTO_DIR: &str = "matrix-crypto";
+/// The file in [`CRYPTO_DIR`] holding the generated pickle key (mode 0600), when the config
+/// gives none.
+const PICKLE_KEY_FILE: &str = "pickle.key";
+/// The file in [`CRYPTO_DIR`] holding the bot's device id.
+const DEVICE_FILE: &str = "device_id";
+/// How the gateway's device ids start.
+const DEVICE_PREFIX: &str = "JUNCTION";
+/// The display name of the bot's device.
+const DEVICE_NAME: &str = "Junction gateway";
+
+/// Why encryption could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Reading or writing `data_dir`.
+    #[error("{0}")]
+    Io(String),
+    /// The crypto store or machine failed.
+    #[error("crypto: {0}")]
+    Machine(String),
+    /// The homeserver refused or failed a call.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl CryptoError {
+    /// True when trying later may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CryptoError::Client(e) => e.is_transient(),
+            CryptoError::Io(_) | CryptoError::Machine(_) => false,
+        }
+    }
+}
+
+fn machine_err(e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::Machine(e.to_string())
+}
+
+/// The bot's device and its crypto state.
+pub struct Crypto {
+    machine: OlmMachine,
+    client: Client,
+    bot: OwnedUserId,
+    device: OwnedDeviceId,
+    /// One round of requests at a time, and one key share at a time: the machine hands out
+    /// each request until it is marked sent.
+    sending: tokio::sync::Mutex<()>,
+    /// Room id → the content of its `m.room.encryption` (None: known unencrypted).
+    rooms: Mutex<HashMap<String, Option<Value>>>,
+}
+
+/// How rooms' events are decrypted: the gateway reads what every member's device sends,
+/// verified or not (it bridges what the room shows).
+fn decryption_settings() -> DecryptionSettings {
+    DecryptionSettings {
+        sender_device_trust_requirement: TrustRequirement::Untrusted,
+    }
+}
+
+impl Crypto {
+    /// Sets up the bot's device (made on the homeserver if missing) and opens its store in
+    /// `data_dir/matrix-crypto`, under `pickle_key` or one generated and kept there.
+    pub async fn start(
+        client: Client,
+        bot: &str,
+        data_dir: &Path,
+        pickle_key: Option<&Secret>,
+    ) -> Result<Self, CryptoError> {
+        let dir = data_dir.join(CRYPTO_DIR);
+        make_private_dir(&dir)?;
+        let key = match pickle_key {
+            Some(k) => k.expose().to_owned(),
+            None => generated_key(&dir.join(PICKLE_KEY_FILE))?,
+        };
+        let bot_id = OwnedUserId::try_from(bot).map_err(machine_err)?;
+        let device_file = dir.join(DEVICE_FILE);
+        let kept = match std::fs::read_to_string(&device_file) {
+            Ok(id) if !id.trim().is_empty() => Some(id.trim().to_owned()),
+            _ => None,
+        };
+        let fresh = kept.is_none();
+        let lost = match &kept {
+            Some(device) if !device_exists(&client, bot, device).await? => {
+                tracing::warn!(%device, "The homeserver no longer knows the gateway's device; setting up a new one.");
+                true
+            }
+            _ => false,
+        };
+        let device = match kept {
+            Some(device) if !lost => device,
+            _ => {
+                // A store without its device (lost on the homeserver, or its id file
+                // gone) holds keys nobody can use any more: it is set aside, and a new
+                // device made.
+                if dir.join("store").exists() {
+                    let aside = dir.join(format!("store.old-{}", junction_core::clock::now_ms()));
+                    std::fs::rename(dir.join("store"), &aside).map_err(|e| {
+                        CryptoError::Io(format!("setting the old store aside: {e}"))
+                    })?;
+                }
+                new_device_id()
+            }
+        };
+        if fresh || lost {
+            // Only a new device is made: made again, a device loses its keys on the
+            // homeserver, and members' clients then stop sharing room keys with it.
+            create_device(&client, bot, &device).await?;
+            forget_old_devices(&client, bot, &device).await;
+        }
+        std::fs::write(&device_file, &device)
+            .map_err(|e| CryptoError::Io(format!("writing {}: {e}", device_file.display())))?;
+        let store = SqliteCryptoStore::open(dir.join("store"), Some(&key))
+            .await
+            .map_err(machine_err)?;
+        let device_id = OwnedDeviceId::from(device.as_str());
+        let machine = OlmMachine::with_store(&bot_id, &device_id, store, None)
+            .await
+            .map_err(machine_err)?;
+        tracing::info!(device = %device_id, "The gateway's Matrix device is ready.");
+        let crypto = Self {
+            machine,
+            client,
+            bot: bot_id,
+            device: device_id,
+            sending: tokio::sync::Mutex::new(()),
+            rooms: Mutex::new(HashMap::new()),
+        };
+        crypto.send_outgoing().await?;
+        Ok(crypto)
+    }
+
+    /// The bot's device id.
+    pub fn device_id(&self) -> &str {
+        self.device.as_str()
+    }
+
+    /// The masquerade query of the bot's device.
+    fn as_device(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("user_id", self.bot.to_string()),
+            ("device_id", self.device.to_string()),
+        ]
+    }
+
+    /// Sends every request the machine has for the homeserver and hands back the answers.
+    pub async fn send_outgoing(&self) -> Result<(), CryptoError> {
+        let _one = self.sending.lock().await;
+        self.send_outgoing_locked().await
+    }
+
+    async fn send_outgoing_locked(&self) -> Result<(), CryptoError> {
+        // Bounded: each round marks its requests sent; a machine that keeps asking (keys
+        // upload in batches) gets a few rounds.
+        for _ in 0..8 {
+            let requests = self
+                .machine
+                .outgoing_requests()
+                .await
+                .map_err(machine_err)?;
+            if requests.is_empty() {
+                return Ok(());
+            }
+            for r in requests {
+                self.send_request(r.request_id(), r.request()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request as the bot's device and marks it sent.
+    async fn send_request(
+        &self,
+        id: &ruma::TransactionId,
+        request: &AnyOutgoingRequest,
+    ) -> Result<(), CryptoError> {
+        use ruma::api::client::keys::{claim_keys, get_keys, upload_keys, upload_signatures};
+        use ruma::api::client::to_device::send_event_to_device;
+        let q = self.as_device();
+        match request {
+            AnyOutgoingRequest::KeysUpload(r) => {
+                // Absent keys are left out: Synapse refuses `null` for them.
+                let mut body = json!({
+                    "one_time_keys": r.one_time_keys,
+                    "fallback_keys": r.fallback_keys,
+                });
+                if let Some(keys) = &r.device_keys {
+                    body["device_keys"] = serde_json::to_value(keys).map_err(machine_err)?;
+                }
+                let v = self
+                    .post("/_matrix/client/v3/keys/upload", &q, body)
+                    .await?;
+                let resp: upload_keys::v3::Response = parse(v)?;
+                self.mark(id, &resp).await
+            }
+            AnyOutgoingRequest::KeysQuery(r) => {
+                let body = json!({"device_keys": r.device_keys, "timeout": 10_000});
+                let v = self.post("/_matrix/client/v3/keys/query", &q, body).await?;
+                let resp: get_keys::v3::Response = parse(v)?;
+                self.mark(id, &resp).await
+            }
+            AnyOutgoingRequest::KeysClaim(r) => {
+                let body = json!({"one_time_keys": r.one_time_keys, "timeout": 10_000});
+                let v = self.post("/_matrix/client/v3/keys/claim", &q, body).await?;
+                let resp: claim_keys::v3::Response = parse(v)?;
+                self.mark(id, &resp).await
+            }
+            AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await,
+            AnyOutgoingRequest::SignatureUpload(r) => {
+                let body = serde_json::to_value(&r.signed_keys).map_err(machine_err)?;
+                let v = self
+                    .post("/_matrix/client/v3/keys/signatures/upload", &q, body)
+                    .await?;
+                let resp: upload_signatures::v3::Response = parse(v)?;
+                self.mark(id, &resp).await
+            }
+            AnyOutgoingRequest::RoomMessage(_) => {
+                // In-room verification: the gateway's device verifies nobody.
+                let resp = send_event_to_device::v3::Response::new();
+                self.mark(id, &resp).await
+            }
+        }
+    }
+
+    async fn send_to_device(
+        &self,
+        r: &matrix_sdk_crypto::types::requests::ToDeviceRequest,
+    ) -> Result<(), CryptoError> {
+        let path = format!(
+            "/_matrix/client/v3/sendToDevice/{}/{}",
+            path_segment(&r.event_type.to_string()),
+            path_segment(r.txn_id.as_str())
+        );
+        let body = json!({ "messages": r.messages });
+        self.client
+            .request(Method::PUT, &path, &self.as_device(), Some(body))
+            .await?;
+        let resp = ruma::api::client::to_device::send_event_to_device::v3::Response::new();
+        self.mark(&r.txn_id, &resp).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        q: &[(&'static str, String)],
+        body: Value,
+    ) -> Result<Value, CryptoError> {
+        Ok(self
+            .client
+            .request(Method::POST, path, q, Some(body))
+            .await?)
+    }
+
+    async fn mark<'a>(
+        &self,
+        id: &ruma::TransactionId,
+        resp: impl Into<AnyIncomingResponse<'a>>,
+    ) -> Result<(), CryptoError> {
+        self.machine
+            .mark_request_as_sent(id, resp)
+            .await
+            .map_err(machine_err)
+    }
+
+    /// Feeds what a transaction carries for the bot's device to the machine (to-device
+    /// messages addressed to it, device list changes, one-time key counts); what the machine
+    /// then asks for goes with [`Crypto::send_outgoing`]. Returns true when room keys
+    /// arrived.
+    pub async fn receive(&self, body: &Value) -> Result<bool, CryptoError> {
+        let (to_device, device_lists, counts, fallback) = self.device_data(body);
+        if to_device.is_empty()
+            && device_lists.is_empty()
+            && counts.is_empty()
+            && fallback.is_none()
+        {
+            return Ok(false);
+        }
+        tracing::debug!(
+            to_device = to_device.len(),
+            changed = device_lists.changed.len(),
+            left = device_lists.left.len(),
+            "Device data for the gateway's device."
+        );
+        let changes = EncryptionSyncChanges {
+            to_device_events: to_device,
+            changed_devices: &device_lists,
+            one_time_keys_counts: &counts,
+            unused_fallback_keys: fallback.as_deref(),
+            next_batch_token: None,
+        };
+        let (_, keys) = self
+            .machine
+            .receive_sync_changes(changes, &decryption_settings())
+            .await
+            .map_err(machine_err)?;
+        Ok(!keys.is_empty())
+    }
+
+    /// What a transaction carries for the bot's device.
+    #[allow(clippy::type_complexity)]
+    fn device_data(
+        &self,
+        body: &Value,
+    ) -> (
+        Vec<Raw<ruma::events::AnyToDeviceEvent>>,
+        DeviceLists,
+        BTreeMap<OneTimeKeyAlgorithm, UInt>,
+        Option<Vec<OneTimeKeyAlgorithm>>,
+    ) {
+        let to_device: Vec<Raw<ruma::events::AnyToDeviceEvent>> = body
+            .get("de.sorunome.msc2409.to_device")
+            .or_else(|| body.get("to_device"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|e| {
+                        e.get("to_user_id").and_then(Value::as_str) == Some(self.bot.as_str())
+                            && e.get("to_device_id").and_then(Value::as_str)
+                                == Some(self.device.as_str())
+                    })
+                    .filter_map(|e| serde_json::from_value(e.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let lists = body
+            .get("org.matrix.msc3202.device_lists")
+            .or_else(|| body.get("device_lists"));
+        let users = |key: &str| -> Vec<OwnedUserId> {
+            lists
+                .and_then(|l| l.get(key))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(|u| OwnedUserId::try_from(u).ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut device_lists = DeviceLists::new();
+        device_lists.changed = users("changed");
+        device_lists.left = users("left");
+        let mine = |key: &str| -> Option<Value> {
+            body.get(key)?
+                .get(self.bot.as_str())?
+                .get(self.device.as_str())
+                .cloned()
+        };
+        let counts: BTreeMap<OneTimeKeyAlgorithm, UInt> =
+            mine("org.matrix.msc3202.device_one_time_keys_count")
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+        let fallback: Option<Vec<OneTimeKeyAlgorithm>> =
+            mine("org.matrix.msc3202.device_unused_fallback_key_types")
+                .and_then(|v| serde_json::from_value(v).ok());
+        (to_device, device_lists, counts, fallback)
+    }
+
+    /// Notes a room's `m.room.encryption` content as seen in its timeline.
+    pub fn room_encrypted(&self, room_id: &str, content: Value) {
+        crate::puppets::lock(&self.rooms).insert(room_id.to_owned(), Some(content));
+    }
+
+    /// The room's encryption settings, read once from its state; None when unencrypted.
+    pub async fn encryption_of(&self, room_id: &str) -> Result<Option<Value>, CryptoError> {
+        if let Some(known) = crate::puppets::lock(&self.rooms).get(room_id) {
+            return Ok(known.clone());
+        }
+        let state = self.client.state(room_id, "m.room.encryption", "").await?;
+        crate::puppets::lock(&self.rooms).insert(room_id.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    /// Decrypts an `m.room.encrypted` event: the event as if sent in clear (its id, sender,
+    /// room and time kept, `m.relates_to` taken from the clear part when the plaintext has
+    /// none). `Ok(None)` when its key has not arrived (yet): the key is then requested.
+    pub async fn decrypt(&self, ev: &Value) -> Result<Option<Value>, CryptoError> {
+        let room_id = ev
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| CryptoError::Machine("an encrypted event without a room".into()))?;
+        let raw: Raw<matrix_sdk_crypto::types::events::room::encrypted::EncryptedEvent> =
+            serde_json::from_value(ev.clone()).map_err(machine_err)?;
+        match self
+            .machine
+            .decrypt_room_event(&raw, &room_id, &decryption_settings())
+            .await
+        {
+            Ok(decrypted) => {
+                let plain: Value =
+                    serde_json::from_str(decrypted.event.json().get()).map_err(machine_err)?;
+                let mut out = ev.clone();
+                let mut content = plain.get("content").cloned().unwrap_or_else(|| json!({}));
+                if content.get("m.relates_to").is_none() {
+                    if let Some(rel) = ev.get("content").and_then(|c| c.get("m.relates_to")) {
+                        if let Some(obj) = content.as_object_mut() {
+                            obj.insert("m.relates_to".into(), rel.clone());
+                        }
+                    }
+                }
+                out["type"] = plain.get("type").cloned().unwrap_or(Value::Null);
+                out["content"] = encrypted_file_as_text(content);
+                Ok(Some(out))
+            }
+            Err(matrix_sdk_crypto::MegolmError::MissingRoomKey(_)) => {
+                if let Ok((cancel, request)) = self.machine.request_room_key(&raw, &room_id).await {
+                    let _one = self.sending.lock().await;
+                    if let Some(c) = cancel {
+                        self.send_request(c.request_id(), c.request()).await?;
+                    }
+                    self.send_request(request.request_id(), request.request())
+                        .await?;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(machine_err(e)),
+        }
+    }
+
+    /// Encrypts `content` of type `kind` for `room_id`, whose `m.room.encryption` content is
+    /// `settings`, after sharing the room key with every device of `members` that lacks it.
+    pub async fn encrypt(
+        &self,
+        room_id: &str,
+        settings: &Value,
+        members: &[String],
+        kind: &str,
+        content: &Value,
+    ) -> Result<Value, CryptoError> {
+        let room = OwnedRoomId::try_from(room_id).map_err(machine_err)?;
+        let users: Vec<OwnedUserId> = members
+            .iter()
+            .filter_map(|m| OwnedUserId::try_from(m.as_str()).ok())
+            .collect();
+        let _one = self.sending.lock().await;
+        track(&self.machine, &users).await.map_err(machine_err)?;
+        self.send_outgoing_locked().await?;
+        if let Some((id, claim)) = missing_sessions(&self.machine, &users)
+            .await
+            .map_err(machine_err)?
+        {
+            self.send_request(&id, &AnyOutgoingRequest::KeysClaim(claim))
+                .await?;
+        }
+        let encryption: RoomEncryptionEventContent =
+            serde_json::from_value(settings.clone()).map_err(machine_err)?;
+        let settings = EncryptionSettings::new(
+            encryption,
+            HistoryVisibility::Shared,
+            CollectStrategy::AllDevices,
+        );
+        let shares = share(&self.machine, &room, &users, settings)
+            .await
+            .map_err(machine_err)?;
+        for r in shares {
+            self.send_to_device(&r).await?;
+        }
+        let raw = Raw::from_json(serde_json::value::to_raw_value(content).map_err(machine_err)?);
+        let encrypted = self
+            .machine
+            .encrypt_room_event_raw(&room, kind, &raw)
+            .await
+            .map_err(machine_err)?;
+        serde_json::from_str(encrypted.content.json().get()).map_err(machine_err)
+    }
+}
+
+/// Sets up the gateway's device, trying again while the homeserver is not there (false when
+/// the gateway shuts down first). Transactions wait for it: answered "unavailable" instead,
+/// the homeserver would hold every later one back for a minute or more.
+pub(crate) async fn set_up(
+    sh: &Shared,
+    data_dir: &Path,
+    pickle_key: Option<&Secret>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match Crypto::start(sh.client.clone(), &sh.bot_id, data_dir, pickle_key).await {
+            Ok(c) => {
+                let _ = sh.crypto.set(Arc::new(c));
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not set up the gateway's Matrix device; trying again.");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Tries held events again whenever keys arrive, and every [`RETRY_EVERY`], until shutdown.
+pub(crate) async fn retry_loop(sh: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        retry_held(&sh).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sh.keys_arrived.notified() => {}
+            () = tokio::time::sleep(RETRY_EVERY) => {}
+        }
+    }
+}
+
+/// An event of a transaction as the rest of the adapter takes it: an `m.room.encrypted` one
+/// of a linked room decrypted (None when held for its keys or undecryptable: its sender is
+/// told), any other as it is.
+pub(crate) async fn open<'a>(sh: &Arc<Shared>, ev: &'a Value) -> Option<Cow<'a, Value>> {
+    if ev.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
+        return Some(Cow::Borrowed(ev));
+    }
+    let room_id = ev.get("room_id").and_then(Value::as_str)?;
+    let (Some(crypto), Some(_)) = (sh.crypto(), sh.linked(room_id)) else {
+        return Some(Cow::Borrowed(ev));
+    };
+    match crypto.decrypt(ev).await {
+        Ok(Some(plain)) => Some(Cow::Owned(plain)),
+        Ok(None) => {
+            hold(sh, ev);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%room_id, error = %e, "An encrypted event could not be decrypted.");
+            not_bridged(sh, ev, "it could not be decrypted").await;
+            None
+        }
+    }
+}
+
+/// Keeps an encrypted event whose keys have not arrived, to try again.
+fn hold(sh: &Shared, ev: &Value) {
+    let Some(id) = ev.get("event_id").and_then(Value::as_str) else {
+        return;
+    };
+    if matches!(sh.store.get(HELD_TABLE, id), Ok(Some(_))) {
+        return;
+    }
+    tracing::info!(event_id = id, "An encrypted event waits for its keys.");
+    let row = json!({"event": ev, "since": junction_core::clock::now_ms()});
+    if let Err(e) = sh
+        .store
+        .put_dated(HELD_TABLE, id, row.to_string().as_bytes())
+    {
+        tracing::warn!(error = %e, "Could not keep an encrypted event for later.");
+    }
+}
+
+/// Tries the held events again: each decrypted one is relayed, each that waited longer than
+/// [`KEY_WAIT`] is told to its sender as not bridged.
+pub(crate) async fn retry_held(sh: &Arc<Shared>) {
+    let Some(crypto) = sh.crypto().cloned() else {
+        return;
+    };
+    let rows = match sh.store.scan(HELD_TABLE) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not read the held encrypted events.");
+            return;
+        }
+    };
+    let now = junction_core::clock::now_ms();
+    for (id, row) in rows {
+        let Ok(row) = serde_json::from_slice::<Value>(&row) else {
+            let _ = sh.store.remove(HELD_TABLE, &id);
+            continue;
+        };
+        let ev = &row["event"];
+        let since = row["since"].as_u64().unwrap_or(now);
+        let done = match crypto.decrypt(ev).await {
+            Ok(Some(plain)) => {
+                tracing::info!(event_id = %id, "A held encrypted event was decrypted.");
+                let _one = sh.txn_lock.lock().await;
+                crate::server::take_events(sh, "held", std::slice::from_ref(&plain))
+                    .await
+                    .is_ok()
+            }
+            Ok(None) if now.saturating_sub(since) < KEY_WAIT.as_millis() as u64 => false,
+            Ok(None) => {
+                not_bridged(sh, ev, "its keys never reached the gateway").await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %id, error = %e, "A held encrypted event could not be decrypted.");
+                not_bridged(sh, ev, "it could not be decrypted").await;
+                true
+            }
+        };
+        if done {
+            if let Err(e) = sh.store.remove(HELD_TABLE, &id) {
+                tracing::warn!(error = %e, "Could not forget a held encrypted event.");
+            }
+        }
+    }
+}
+
+/// Tells the sender of an encrypted event, in its room, that it did not cross (and counts
+/// it). Never silent: the zero-loss promise is that a message crosses or its sender knows.
+async fn not_bridged(sh: &Shared, ev: &Value, why: &str) {
+    sh.undecryptable
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let field = |name: &str| {
+        ev.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (room_id, event_id, sender) = (field("room_id"), field("event_id"), field("sender"));
+    tracing::warn!(%room_id, %event_id, %sender, "An encrypted event was not bridged: {why}.");
+    let text =
+        format!("{sender}: your message {event_id} was not bridged to the other networks: {why}.");
+    let content = json!({
+        "msgtype": "m.notice",
+        "body": text,
+        "m.mentions": {"user_ids": [sender]},
+        "m.relates_to": {"m.in_reply_to": {"event_id": event_id}},
+    });
+    let txn = format!("undecryptable.{event_id}");
+    if let Err(e) = send_event(sh, &room_id, "m.room.message", &txn, &content, None, None).await {
+        tracing::warn!(%room_id, error = ?e, "Could not tell a sender their message was not bridged.");
+    }
+}
+
+/// Sends a room event as `user` (None: the bot): encrypted when the room is, in clear
+/// otherwise. With encryption on, nothing goes in clear to a room whose state could not be
+/// read or before the device is set up: that waits (transient).
+pub(crate) async fn send_event(
+    sh: &Shared,
+    room_id: &str,
+    kind: &str,
+    txn: &str,
+    content: &Value,
+    user: Option<&str>,
+    ts: Option<u64>,
+) -> Result<String, DeliverError> {
+    if sh.encryption {
+        let Some(crypto) = sh.crypto() else {
+            return Err(DeliverError::Transient(
+                "the gateway's Matrix device is not set up yet".into(),
+            ));
+        };
+        let settings = crypto.encryption_of(room_id).await.map_err(deliver_err)?;
+        if let Some(settings) = settings {
+            let members = sh.client.joined_members(room_id).await?;
+            let encrypted = crypto
+                .encrypt(room_id, &settings, &members, kind, content)
+                .await
+                .map_err(deliver_err)?;
+            return Ok(sh
+                .client
+                .send(room_id, "m.room.encrypted", txn, &encrypted, user, ts)
+                .await?);
+        }
+    }
+    Ok(sh
+        .client
+        .send(room_id, kind, txn, content, user, ts)
+        .await?)
+}
+
+fn deliver_err(e: CryptoError) -> DeliverError {
+    if e.is_transient() {
+        DeliverError::Transient(e.to_string())
+    } else {
+        DeliverError::Permanent(e.to_string())
+    }
+}
+
+// The machine's calls that take an iterator of `&UserId`, each behind a boxed future that is
+// `Send` for its named lifetime: awaited straight from an `async fn`, the compiler can not
+// prove their futures `Send` for every lifetime, which the server's handlers need.
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+fn track<'a>(
+    m: &'a OlmMachine,
+    users: &'a [OwnedUserId],
+) -> Boxed<'a, matrix_sdk_crypto::store::Result<()>> {
+    Box::pin(m.update_tracked_users(users.iter().map(|u| u.as_ref())))
+}
+
+#[allow(clippy::type_complexity)]
+fn missing_sessions<'a>(
+    m: &'a OlmMachine,
+    users: &'a [OwnedUserId],
+) -> Boxed<
+    'a,
+    matrix_sdk_crypto::store::Result<
+        Option<(
+            ruma::OwnedTransactionId,
+            ruma::api::client::keys::claim_keys::v3::Request,
+        )>,
+    >,
+> {
+    Box::pin(m.get_missing_sessions(users.iter().map(|u| u.as_ref())))
+}
+
+fn share<'a>(
+    m: &'a OlmMachine,
+    room: &'a ruma::RoomId,
+    users: &'a [OwnedUserId],
+    settings: EncryptionSettings,
+) -> Boxed<
+    'a,
+    Result<
+        Vec<Arc<matrix_sdk_crypto::types::requests::ToDeviceRequest>>,
+        matrix_sdk_crypto::OlmError,
+    >,
+> {
+    Box::pin(m.share_room_key(room, users.iter().map(|u| u.as_ref()), settings))
+}
+
+/// Text saying an attachment stayed on Matrix, for an encrypted file's message (`file`
+/// instead of `url`): the media proxy serves only files in clear, so the file itself does
+/// not cross, and its message says so rather than vanish.
+fn encrypted_file_as_text(content: Value) -> Value {
+    let is_media = matches!(
+        content.get("msgtype").and_then(Value::as_str),
+        Some("m.image" | "m.file" | "m.video" | "m.audio")
+    );
+    if !is_media || content.get("url").is_some() || content.get("file").is_none() {
+        return content;
+    }
+    let field = |k: &str| content.get(k).and_then(Value::as_str);
+    let name = field("filename").or(field("body")).unwrap_or("a file");
+    let mut text = json!({
+        "msgtype": "m.text",
+        "body": format!("[an encrypted attachment, {name}: open it on Matrix]"),
+    });
+    if let Some(rel) = content.get("m.relates_to") {
+        text["m.relates_to"] = rel.clone();
+    }
+    text
+}
+
+/// A ruma response from the homeserver's JSON answer.
+fn parse<R: IncomingResponse>(v: Value) -> Result<R, CryptoError> {
+    let body = serde_json::to_vec(&v).map_err(machine_err)?;
+    let resp = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(machine_err)?;
+    R::try_from_http_response(resp).map_err(machine_err)
+}
+
+/// [`DEVICE_PREFIX`] and ten random capitals.
+fn new_device_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..10)
+        .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
+        .collect();
+    format!("{DEVICE_PREFIX}{tail}")
+}
+
+/// True when the homeserver knows the bot's device `device`.
+async fn device_exists(client: &Client, bot: &str, device: &str) -> Result<bool, CryptoError> {
+    let path = format!("/_matrix/client/v3/devices/{}", path_segment(device));
+    match client
+        .request(Method::GET, &path, &[("user_id", bot.to_owned())], None)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.status() == Some(404) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes (or keeps) the bot's device `device` (MSC4190).
+async fn create_device(client: &Client, bot: &str, device: &str) -> Result<(), CryptoError> {
+    let path = format!("/_matrix/client/v3/devices/{}", path_segment(device));
+    client
+        .request(
+            Method::PUT,
+            &path,
+            &[("user_id", bot.to_owned())],
+            Some(json!({"display_name": DEVICE_NAME})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the bot's earlier gateway devices (their keys went with a lost or new
+/// `data_dir`): members' clients would otherwise keep sharing room keys with them.
+async fn forget_old_devices(client: &Client, bot: &str, current: &str) {
+    let who = [("user_id", bot.to_owned())];
+    let devices = match client
+        .request(Method::GET, "/_matrix/client/v3/devices", &who, None)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not list the bot's devices.");
+            return;
+        }
+    };
+    let old = devices["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["device_id"].as_str())
+        .filter(|id| id.starts_with(DEVICE_PREFIX) && *id != current)
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    for id in old {
+        let path = format!("/_matrix/client/v3/devices/{}", path_segment(&id));
+        match client
+            .request(Method::DELETE, &path, &who, Some(json!({})))
+            .await
+        {
+            Ok(_) => tracing::info!(device = %id, "Deleted an earlier device of the gateway."),
+            Err(e) => {
+                tracing::debug!(device = %id, error = %e, "Could not delete an earlier device.")
+            }
+        }
+    }
+}
+
+/// Makes `dir` readable by its owner only.
+fn make_private_dir(dir: &PathBuf) -> Result<(), CryptoError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CryptoError::Io(format!("creating {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| CryptoError::Io(format!("protecting {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// The pickle key kept in `file`, made (32 random bytes, hex, mode 0600) when missing.
+fn generated_key(file: &Path) -> Result<String, CryptoError> {
+    if let Ok(k) = std::fs::read_to_string(file) {
+        if !k.trim().is_empty() {
+            return Ok(k.trim().to_owned());
+        }
+    }
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(file)
+        .map_err(|e| CryptoError::Io(format!("creating {}: {e}", file.display())))?;
+    std::io::Write::write_all(&mut f, key.as_bytes())
+        .map_err(|e| CryptoError::Io(format!("writing {}: {e}", file.display())))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_file_crosses_as_a_line_saying_so() {
+        let file = json!({
+            "msgtype": "m.image", "body": "cat.png",
+            "file": {"url": "mxc://hs/x", "key": {}, "iv": "", "hashes": {}},
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$a"}}
+        });
+        let text = encrypted_file_as_text(file);
+        assert_eq!(text["msgtype"], "m.text");
+        assert_eq!(
+            text["body"],
+            "[an encrypted attachment, cat.png: open it on Matrix]"
+        );
+        assert_eq!(text["m.relates_to"]["m.in_reply_to"]["event_id"], "$a");
+        // Text, and files in clear, stay as they are.
+        let plain = json!({"msgtype": "m.image", "body": "a", "url": "mxc://hs/y"});
+        assert_eq!(encrypted_file_as_text(plain.clone()), plain);
+        let line = json!({"msgtype": "m.text", "body": "hi"});
+        assert_eq!(encrypted_file_as_text(line.clone()), line);
+    }
+
+    #[test]
+    fn device_ids_are_fresh_capitals() {
+        let a = new_device_id();
+        assert!(a.starts_with("JUNCTION") && a.len() == 18, "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_uppercase()));
+        assert_ne!(a, new_device_id());
+    }
+
+    #[test]
+    fn the_generated_pickle_key_is_kept_private() {
+        let dir = std::env::temp_dir().join(format!("junction-key-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join(PICKLE_KEY_FILE);
+        let k = generated_key(&file).expect("key");
+        assert_eq!(k.len(), 64);
+        assert_eq!(generated_key(&file).expect("again"), k);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,199 @@
+//! Encrypted Matrix rooms (`[matrix] encryption = true`): the gateway's own device decrypts
+//! what Matrix members say and encrypts what comes from IRC and XMPP, checked against an
+//! encrypting client that shares no code with the gateway (matrix-nio on libolm).
+
+use crate::lobby::{Lobby, WAIT};
+use anyhow::Context as _;
+use junction_testkit::clients::xmpp::body;
+use junction_testkit::clients::NioUser;
+use junction_testkit::unique;
+
+/// Turns the gateway's device on in a lobby's config.
+fn encryption_on(config: &mut String) {
+    *config = config.replacen("[matrix]\n", "[matrix]\nencryption = true\n", 1);
+}
+
+/// A lobby whose Matrix room is encrypted, with a nio member in it.
+async fn encrypted_lobby() -> anyhow::Result<(Lobby, NioUser)> {
+    let lobby = Lobby::start_with(encryption_on).await?;
+    lobby
+        .matrix
+        .enable_encryption(&lobby.room)
+        .await
+        .context("turning encryption on")?;
+    let nio = NioUser::join(&lobby.servers, &unique("nio"), "nio-pw", &lobby.room)
+        .await
+        .context("the nio member")?;
+    Ok((lobby, nio))
+}
+
+/// The file keeping the gateway's device id, and the id.
+fn device_of(lobby: &Lobby) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let file = lobby
+        .store_dir()
+        .with_file_name("matrix-crypto")
+        .join("device_id");
+    let device = std::fs::read_to_string(&file).context("the device id file")?;
+    Ok((file, device))
+}
+
+/// Waits until the nio member reads `text`, and checks it came encrypted.
+async fn reads_encrypted(nio: &NioUser, text: &str) -> anyhow::Result<serde_json::Value> {
+    let m = nio.sees(text, WAIT).await?;
+    anyhow::ensure!(m["encrypted"] == true, "not encrypted: {m}");
+    Ok(m)
+}
+
+/// An IRC line reaches the nio member encrypted, then the member's line reaches IRC.
+async fn irc_then_matrix(lobby: &Lobby, nio: &mut NioUser) -> anyhow::Result<()> {
+    let from_irc = unique("from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    reads_encrypted(nio, &from_irc)
+        .await
+        .context("irc → matrix")?;
+    let from_matrix = unique("from nio");
+    nio.send(&from_matrix).await?;
+    lobby.irc_sees(&from_matrix).await.context("matrix → irc")?;
+    Ok(())
+}
+
+/// An encrypted message from Matrix reaches IRC and XMPP in clear; IRC and XMPP lines reach
+/// the Matrix member encrypted and readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_through_an_encrypted_room() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let from_matrix = unique("secret from matrix");
+    nio.send(&from_matrix).await?;
+    lobby
+        .irc_sees(&from_matrix)
+        .await
+        .context("matrix (encrypted) → irc")?;
+    let x = lobby
+        .xmpp_sees(&from_matrix)
+        .await
+        .context("matrix (encrypted) → xmpp")?;
+    assert_eq!(body(&x).as_deref(), Some(from_matrix.as_str()));
+
+    let from_irc = unique("from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    reads_encrypted(&nio, &from_irc)
+        .await
+        .context("irc → matrix (encrypted)")?;
+
+    let from_xmpp = unique("from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    let m = reads_encrypted(&nio, &from_xmpp)
+        .await
+        .context("xmpp → matrix (encrypted)")?;
+    // What the room shows to a client without keys is ciphertext only.
+    let ev = lobby
+        .matrix
+        .wait_for(&lobby.room, WAIT, |e| e["event_id"] == m["event_id"])
+        .await?;
+    assert_eq!(ev["type"], "m.room.encrypted", "{ev}");
+    Ok(())
+}
+
+/// An edit of an encrypted message crosses as a correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_edits_cross() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let orig = unique("typo frm nio");
+    let id = nio.send(&orig).await?;
+    lobby.irc_sees(&orig).await.context("the original on IRC")?;
+    lobby
+        .xmpp_sees(&orig)
+        .await
+        .context("the original on XMPP")?;
+    let fixed = unique("fixed from nio");
+    nio.edit(&id, &fixed).await?;
+    lobby.irc_sees(&fixed).await.context("the edit on IRC")?;
+    let x = lobby.xmpp_sees(&fixed).await.context("the edit on XMPP")?;
+    assert!(
+        x.children()
+            .any(|c| c.name() == "replace" && c.ns() == "urn:xmpp:message-correct:0"),
+        "the XMPP message should be a correction: {x:?}"
+    );
+    Ok(())
+}
+
+/// The gateway's device and its keys survive a restart: both directions still work after
+/// it, with the same device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_a_gateway_restart() -> anyhow::Result<()> {
+    let (mut lobby, mut nio) = encrypted_lobby().await?;
+    let before = unique("before restart");
+    lobby.irc.privmsg(&lobby.channel, &before)?;
+    nio.sees(&before, WAIT)
+        .await
+        .context("irc → matrix before")?;
+
+    let (device_file, device) = device_of(&lobby)?;
+    lobby.stop_gateway().await?;
+    lobby.start_gateway().await?;
+    assert_eq!(
+        std::fs::read_to_string(&device_file)?,
+        device,
+        "same device"
+    );
+
+    irc_then_matrix(&lobby, &mut nio)
+        .await
+        .context("after the restart")
+}
+
+/// A member who joins later reads what is said after they joined: the gateway shares the
+/// room key with their device too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joins_later_reads_new_lines() -> anyhow::Result<()> {
+    let (lobby, first) = encrypted_lobby().await?;
+    let early = unique("early line");
+    lobby.irc.privmsg(&lobby.channel, &early)?;
+    first.sees(&early, WAIT).await.context("the first member")?;
+
+    let later = NioUser::join(&lobby.servers, &unique("late"), "late-pw", &lobby.room)
+        .await
+        .context("the later member")?;
+    let line = unique("line for both");
+    lobby.irc.privmsg(&lobby.channel, &line)?;
+    let m = later
+        .sees(&line, WAIT)
+        .await
+        .context("the later member reads the new line")?;
+    assert_eq!(m["encrypted"], true, "{m}");
+    first.sees(&line, WAIT).await.context("the first member")?;
+    Ok(())
+}
+
+/// A device the homeserver lost (deleted while the gateway was away) is noticed at start
+/// and set up again, with new keys that members' clients then use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_is_set_up_again() -> anyhow::Result<()> {
+    let (mut lobby, mut nio) = encrypted_lobby().await?;
+    let (device_file, device) = device_of(&lobby)?;
+    lobby.stop_gateway().await?;
+    // The appservice deletes its bot's device, as an admin cleaning up would.
+    let bot = format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name);
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/_matrix/client/v3/devices/{device}",
+            lobby.servers.matrix.url
+        ))
+        .query(&[("user_id", bot.as_str())])
+        .bearer_auth(&lobby.slot.as_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "deleting the device: {resp:?}");
+    lobby.start_gateway().await?;
+    junction_testkit::eventually(WAIT, "a new device", || {
+        let again = std::fs::read_to_string(&device_file).unwrap_or_default();
+        let new = !again.is_empty() && again != device;
+        async move { new.then_some(()) }
+    })
+    .await?;
+
+    irc_then_matrix(&lobby, &mut nio)
+        .await
+        .context("through the new device")
+}
