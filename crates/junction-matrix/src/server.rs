@@ -160,9 +160,7 @@ async fn take_transaction(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let sh = sh.clone();
-    let txn = txn.to_owned();
-    if let Err(r) = authorize(&sh, headers) {
+    if let Err(r) = authorize(sh, headers) {
         return *r;
     }
     let body = match axum::body::to_bytes(body, MAX_TRANSACTION_BYTES).await {
@@ -191,7 +189,7 @@ async fn take_transaction(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let key = txn_key(&sh.config.id, &txn, &events, &body);
+    let key = txn_key(&sh.config.id, txn, &events, &body);
     match sh.store.txn_done(&key) {
         Ok(true) => {
             tracing::debug!(%txn, "Replayed transaction answered again.");
@@ -206,7 +204,7 @@ async fn take_transaction(
     // A linked room the homeserver was not ready to resolve at startup: resolve it now, or
     // let the homeserver retry, rather than take its events for an unlinked room's.
     if !sh.unresolved().is_empty() {
-        crate::adapter::ensure_rooms(&sh).await;
+        crate::adapter::ensure_rooms(sh).await;
         if !sh.unresolved().is_empty() {
             tracing::warn!(%txn, "Linked rooms are not resolved yet; the transaction will be retried.");
             return error(
@@ -217,11 +215,11 @@ async fn take_transaction(
         }
     }
     if sh.encryption {
-        if let Err(r) = feed_crypto(&sh, &txn, &key, &body).await {
+        if let Err(r) = feed_crypto(sh, txn, &key, &body).await {
             return *r;
         }
     }
-    match take_events(&sh, &txn, &events).await {
+    match take_events(sh, txn, &events).await {
         Ok(()) => {}
         Err(NotTaken::Gateway) => return retry_later("Gateway unavailable."),
         Err(NotTaken::Store) => return retry_later("Not stored."),
