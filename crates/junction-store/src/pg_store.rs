@@ -20,6 +20,9 @@ use postgres::{Client, NoTls, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+#[path = "pg_export.rs"]
+mod export;
+
 /// The advisory lock taken (for one transaction) while migrating a schema.
 const MIGRATION_LOCK: i64 = 0x6a75_6e63_0001;
 
@@ -310,6 +313,15 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
     ) -> Result<R> {
+        Self::answer(self.submit(f)?)
+    }
+
+    /// Hands `f` to the connection thread; its answer comes on the receiver (and `f`, with
+    /// what it holds, is dropped before that).
+    fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+    ) -> Result<mpsc::Receiver<Result<R>>> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn: &mut Conn| {
             let r = conn.client().and_then(f);
@@ -320,6 +332,11 @@ impl PgStore {
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
             .map_err(|_| StoreError::Backend("the postgresql thread has stopped".into()))?;
+        Ok(answer)
+    }
+
+    /// Waits for the answer of a job handed over by [`PgStore::submit`].
+    fn answer<R>(answer: mpsc::Receiver<Result<R>>) -> Result<R> {
         answer
             .recv()
             .map_err(|_| StoreError::Backend("the postgresql thread has stopped".into()))?
@@ -1021,95 +1038,23 @@ impl Store for PgStore {
     }
 
     fn export(&self, out: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
-        // Read in one transaction (one consistent view), then handed out.
-        let rows = self.tx(|tx| {
-            let mut rows = Vec::new();
-            let q = |tx: &mut Transaction<'_>, sql: &str| tx.query(sql, &[]).map_err(be);
-            for r in q(
-                tx,
-                "SELECT event, stamp, sender_network, sender_user, private FROM events \
-                 ORDER BY stamp, event",
-            )? {
-                let (n, u): (Option<String>, Option<String>) = (r.get(2), r.get(3));
-                rows.push(Row::Event {
-                    event: EventId(r.get(0)),
-                    stamp: Some(u64_of(r.get(1))),
-                    sender: n.zip(u).map(|(n, u)| UserRef::new(n, u)),
-                    private: r.get(4),
-                });
+        // Streamed (see `pg_export`): batches come while the connection thread reads.
+        let (batches, taken) = mpsc::sync_channel(export::QUEUED);
+        // The sender goes with the job: the batches end when the read does.
+        let answer = self.submit(move |c| export::export_rows(c, &batches))?;
+        let mut stopped = None;
+        for batch in taken {
+            if let Err(e) = batch.into_iter().try_for_each(&mut *out) {
+                // Dropping the receiver (leaving the loop) ends the read.
+                stopped = Some(e);
+                break;
             }
-            for r in q(tx, "SELECT event, network, room, ids FROM by_event")? {
-                let ids: Vec<String> = r.get(3);
-                rows.push(Row::Map {
-                    event: EventId(r.get(0)),
-                    room: RoomRef::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-                    ids: ids.into_iter().map(MessageId::new).collect(),
-                });
-            }
-            for r in q(tx, "SELECT network, id, row FROM outbox ORDER BY network, id")? {
-                match serde_json::from_slice::<Delivery>(r.get(2)) {
-                    Ok(delivery) => rows.push(Row::Outbox {
-                        delivery: Box::new(delivery),
-                    }),
-                    Err(e) => {
-                        let k = format!("{}/{}", r.get::<_, &str>(0), r.get::<_, i64>(1));
-                        tracing::warn!(table = "outbox", key = %k, error = %e, "A stored record could not be read back; it is left out.");
-                    }
-                }
-            }
-            for r in q(tx, "SELECT k, stamp FROM txns")? {
-                rows.push(Row::Txn {
-                    key: r.get(0),
-                    stamp: Some(u64_of(r.get(1))),
-                });
-            }
-            for r in q(
-                tx,
-                "SELECT network, user_network, user_id, identity FROM puppets",
-            )? {
-                rows.push(Row::Puppet {
-                    network: NetworkId::new(r.get::<_, String>(0)),
-                    user: UserRef::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-                    identity: r.get(3),
-                });
-            }
-            for r in q(tx, "SELECT link FROM links ORDER BY bridge COLLATE \"C\"")? {
-                rows.push(Row::Link {
-                    link: serde_json::from_slice(r.get(0)).map_err(codec)?,
-                });
-            }
-            for r in q(tx, "SELECT network, room, cursor FROM cursors")? {
-                rows.push(Row::Cursor {
-                    room: RoomRef::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                    cursor: r.get(2),
-                });
-            }
-            for r in q(tx, "SELECT ns, k, v, stamp, private FROM kv")? {
-                let stamp: Option<i64> = r.get(3);
-                rows.push(Row::kv(
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    stamp.map(u64_of),
-                    r.get(4),
-                ));
-            }
-            for r in q(
-                tx,
-                "SELECT ts, actor, action, outcome FROM audit ORDER BY id",
-            )? {
-                rows.push(Row::Audit {
-                    entry: AuditEntry {
-                        ts_ms: u64_of(r.get(0)),
-                        actor: r.get(1),
-                        action: r.get(2),
-                        outcome: r.get(3),
-                    },
-                });
-            }
-            Ok(rows)
-        })?;
-        rows.into_iter().try_for_each(out)
+        }
+        let read = Self::answer(answer);
+        match stopped {
+            Some(e) => Err(e),
+            None => read,
+        }
     }
 
     fn import(&self, row: Row) -> Result<()> {

@@ -132,3 +132,41 @@ fn dump_round_trips_across_backends() {
     assert_eq!(s.kv_get("irc:l/quotes", "p").unwrap(), None);
     assert_eq!(s.audit_log().unwrap().len(), 2);
 }
+
+/// PostgreSQL's export streams in batches: every row of a store larger than a batch comes
+/// out once, a caller that stops early gets its own error back (the read ends there), and
+/// the store answers the next call as before.
+#[test]
+fn postgresql_export_streams_and_stops_early() {
+    let Some((_schema, pg)) = pg_store("stream") else {
+        return;
+    };
+    let rows = 2_500;
+    for i in 0..rows {
+        pg.kv_put("ns", &format!("k{i:05}"), b"v").unwrap();
+    }
+    let mut n = 0;
+    pg.export(&mut |_| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, rows);
+    assert!(!is_empty(&pg).unwrap());
+    let mut seen = 0;
+    let err = pg
+        .export(&mut |_| {
+            seen += 1;
+            if seen == 10 {
+                return Err(StoreError::Backend("enough".into()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("enough"), "{err}");
+    assert_eq!(seen, 10);
+    assert_eq!(
+        pg.kv_get("ns", "k00042").unwrap().as_deref(),
+        Some(b"v".as_slice())
+    );
+}
