@@ -109,12 +109,12 @@ async def main():
             target, _, text = line[len("sendto "):].partition(" ")
             content = {"msgtype": "m.text", "body": text}
         elif line.startswith("edit "):
-            target, _, text = line[len("edit "):].partition(" ")
+            edited, _, text = line[len("edit "):].partition(" ")
             content = {
                 "msgtype": "m.text",
                 "body": "* " + text,
                 "m.new_content": {"msgtype": "m.text", "body": text},
-                "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": edited},
             }
         else:
             say({"event": "error", "error": f"unknown command: {line}"})

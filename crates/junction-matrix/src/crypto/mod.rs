@@ -4,14 +4,18 @@
 //!
 //! - The device is made with MSC4190 (`PUT /_matrix/client/v3/devices/{id}` as the
 //!   appservice, masquerading as the bot); its id is kept in `data_dir`, so it survives
-//!   restarts. A device the homeserver no longer knows is set up again, with new keys.
+//!   restarts. A device the homeserver no longer knows is set up again, with new keys
+//!   (`device`).
 //! - Every request the machine asks for (keys upload, query, claim, to-device, signatures) is
-//!   sent as the bot's device (`?user_id=…&device_id=…`) and its answer handed back.
+//!   sent as the bot's device (`?user_id=…&device_id=…`) and its answer handed back
+//!   (`requests`).
 //! - What the homeserver pushes for the device in transactions (to-device messages, device
 //!   list changes, one-time key counts) is fed to the machine by [`Crypto::receive`].
-//! - Room events: [`Crypto::decrypt`] for `m.room.encrypted` in linked rooms; [`Crypto::encrypt`]
-//!   before a ghost speaks in an encrypted room (the room key shared first with every device
-//!   of every member).
+//! - Room events: [`Crypto::decrypt`] for `m.room.encrypted` in linked rooms, private
+//!   conversations and command rooms, an event whose keys are missing held until they come
+//!   or `[matrix] undecryptable_after` passes (`held`); [`Crypto::encrypt`] before a ghost or
+//!   the bot speaks in an encrypted room (the room key shared first with every device of
+//!   every member).
 
 use crate::adapter::Shared;
 use crate::connection::{Client, ClientError};
