@@ -197,3 +197,162 @@ async fn a_lost_device_is_set_up_again() -> anyhow::Result<()> {
         .await
         .context("through the new device")
 }
+
+/// The gateway's Matrix bot.
+fn bot_of(lobby: &Lobby) -> String {
+    format!("@{}:{}", lobby.slot.bot, lobby.servers.matrix.server_name)
+}
+
+/// Waits until the nio member reads `text` in `room` from `sender`, encrypted.
+async fn reads_encrypted_in(
+    nio: &NioUser,
+    room: &str,
+    sender: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    let m = nio.sees_in(room, text, WAIT).await?;
+    anyhow::ensure!(m["encrypted"] == true, "not encrypted: {m}");
+    anyhow::ensure!(m["sender"] == sender, "not from {sender}: {m}");
+    Ok(())
+}
+
+/// The nio member opens an encrypted direct chat with `ghost` (the bot joining it too, for
+/// its device) and writes a line there; returns the chat and the line.
+async fn writes_privately(
+    lobby: &Lobby,
+    nio: &mut NioUser,
+    ghost: &str,
+) -> anyhow::Result<(String, String)> {
+    let dm = nio
+        .direct_chat(ghost, &[&bot_of(lobby)])
+        .await
+        .context("the encrypted direct chat")?;
+    let hello = unique("private secret");
+    nio.send_to(&dm, &hello).await?;
+    Ok((dm, hello))
+}
+
+/// A Matrix member opens an encrypted direct chat with an IRC person's ghost, as Element
+/// does (encryption on from the start): the bot joins it too, for its device; what she
+/// writes there reaches the IRC person privately, and the answer comes back encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_direct_chat_with_an_irc_person() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    // They meet in the lobby, so each may write to the other.
+    let from_irc = unique("hello from irc");
+    lobby.irc.privmsg(&lobby.channel, &from_irc)?;
+    let seen = nio.sees(&from_irc, WAIT).await.context("irc → lobby")?;
+    let ghost = seen["sender"].as_str().unwrap_or_default().to_owned();
+    let from_nio = unique("hello from nio");
+    nio.send(&from_nio).await?;
+    let (puppet, _) = lobby.irc_sees(&from_nio).await.context("lobby → irc")?;
+
+    let (dm, hello) = writes_privately(&lobby, &mut nio, &ghost).await?;
+    let from = crate::private::irc_query_where(&lobby, &hello, |_| true)
+        .await
+        .context("matrix (encrypted) → irc, privately")?;
+    anyhow::ensure!(
+        from.eq_ignore_ascii_case(&puppet),
+        "from {from}, not {puppet}"
+    );
+
+    let answer = unique("private answer");
+    lobby.irc.privmsg(&puppet, &answer)?;
+    reads_encrypted_in(&nio, &dm, &ghost, &answer)
+        .await
+        .context("irc → matrix (encrypted), privately")?;
+    // Neither line went into the lobby.
+    let lobby_events = lobby.matrix.events(&lobby.room).await?;
+    anyhow::ensure!(
+        !lobby_events
+            .iter()
+            .any(|e| e.to_string().contains(&hello) || e.to_string().contains(&answer)),
+        "private text in the lobby"
+    );
+    Ok(())
+}
+
+/// The same with an XMPP person: the encrypted direct chat with their ghost reaches them as
+/// a chat, and their chat back arrives encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_direct_chat_with_an_xmpp_person() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let from_xmpp = unique("hello from xmpp");
+    lobby.xmpp.send_groupchat(&lobby.muc, &from_xmpp)?;
+    let seen = nio.sees(&from_xmpp, WAIT).await.context("xmpp → lobby")?;
+    let ghost = seen["sender"].as_str().unwrap_or_default().to_owned();
+    let from_nio = unique("hello from nio");
+    nio.send(&from_nio).await?;
+    lobby.xmpp_sees(&from_nio).await.context("lobby → xmpp")?;
+
+    let (dm, hello) = writes_privately(&lobby, &mut nio, &ghost).await?;
+    let got = crate::private::xmpp_chat(&lobby, |_| true, &hello)
+        .await
+        .context("matrix (encrypted) → xmpp, as a chat")?;
+
+    let answer = unique("xmpp answers");
+    crate::private::xmpp_answers(&lobby, &got, &answer)?;
+    reads_encrypted_in(&nio, &dm, &ghost, &answer)
+        .await
+        .context("xmpp → matrix (encrypted), privately")
+}
+
+/// A command in an encrypted direct chat with the bot is decrypted, and its answer comes
+/// encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_an_encrypted_chat_with_the_bot() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let bot = bot_of(&lobby);
+    let commands = nio
+        .direct_chat(&bot, &[])
+        .await
+        .context("the direct chat with the bot")?;
+    nio.send_to(&commands, "dm off").await?;
+    reads_encrypted_in(&nio, &commands, &bot, "are off for you")
+        .await
+        .context("the bot's answer")
+}
+
+/// An encrypted message nobody can decrypt (its session never shared with the gateway's
+/// device) is not dropped silently: after `undecryptable_after` its sender is told in the
+/// room, as an encrypted notice replying to it, and it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecryptable_message_is_told_to_its_sender() -> anyhow::Result<()> {
+    let port = junction_testkit::free_port()?;
+    let lobby = Lobby::start_with(|c| {
+        encryption_on(c);
+        *c = c.replacen("[matrix]\n", "[matrix]\nundecryptable_after = \"5s\"\n", 1);
+        crate::lobby::in_gateway(c, &format!("metrics = \"127.0.0.1:{port}\""));
+    })
+    .await?;
+    lobby
+        .matrix
+        .enable_encryption(&lobby.room)
+        .await
+        .context("turning encryption on")?;
+    let mut nio = NioUser::join(&lobby.servers, &unique("nio"), "nio-pw", &lobby.room)
+        .await
+        .context("the nio member")?;
+
+    let lost = unique("nobody can read this");
+    let id = nio.send_undecryptable(&lobby.room, &lost).await?;
+    let m = reads_encrypted(&nio, "was not bridged")
+        .await
+        .context("the notice")?;
+    let text = m["body"].as_str().unwrap_or_default();
+    anyhow::ensure!(text.contains(&id), "the notice names another message: {m}");
+    anyhow::ensure!(text.contains(nio.user_id()), "the notice names nobody: {m}");
+    crate::hostile_fanout::counter_reaches(
+        &format!("http://127.0.0.1:{port}"),
+        "junction_errors_total",
+        "matrix",
+        "undecryptable",
+        1,
+    )
+    .await?;
+    // A message decrypted as usual still crosses.
+    let fine = unique("readable again");
+    nio.send(&fine).await?;
+    lobby.irc_sees(&fine).await.context("the next line")?;
+    Ok(())
+}

@@ -52,7 +52,7 @@ async fn invited_by(lobby: &Lobby, by: &str, known: &[String]) -> anyhow::Result
 
 /// Waits for a PRIVMSG to the IRC user (not in a channel) containing `text`, from a nick
 /// `nick_ok` accepts; returns that nick.
-async fn irc_query_where(
+pub(crate) async fn irc_query_where(
     lobby: &Lobby,
     text: &str,
     nick_ok: impl Fn(&str) -> bool,
@@ -163,7 +163,7 @@ async fn direct_chat(lobby: &Lobby, ghost: &str) -> anyhow::Result<String> {
 
 /// Waits for a chat to the lobby's XMPP user whose sender `from` accepts and whose body
 /// contains `text`.
-async fn xmpp_chat(
+pub(crate) async fn xmpp_chat(
     lobby: &Lobby,
     from: impl Fn(&str) -> bool,
     text: &str,
@@ -177,6 +177,19 @@ async fn xmpp_chat(
                 && junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(text))
         })
         .await
+}
+
+/// The XMPP user answers `text` in a chat to whoever sent her the chat `got`.
+pub(crate) fn xmpp_answers(
+    lobby: &Lobby,
+    got: &minidom::Element,
+    text: &str,
+) -> anyhow::Result<()> {
+    let from = got.attr("from").unwrap_or_default();
+    lobby.xmpp.send_raw(&format!(
+        "<message type='chat' to='{from}' id='{}'><body>{text}</body></message>",
+        lobby.xmpp.next_id()
+    ))
 }
 
 /// The XMPP user chats `question` to the IRC user's puppet JID and the IRC user answers
@@ -542,13 +555,9 @@ async fn private_matrix_direct_chat_with_xmpp_and_back() -> anyhow::Result<()> {
     let lobby = Lobby::start().await?;
     let hello = unique("private to xmpp");
     let (ghost, dm, _, got) = matrix_writes_to_xmpp(&lobby, &hello).await?;
-    let from = got.attr("from").unwrap_or_default().to_owned();
 
     let answer = unique("xmpp answers");
-    lobby.xmpp.send_raw(&format!(
-        "<message type='chat' to='{from}' id='{}'><body>{answer}</body></message>",
-        lobby.xmpp.next_id()
-    ))?;
+    xmpp_answers(&lobby, &got, &answer)?;
     matrix_from(&lobby, &dm, &ghost, &answer).await?;
     lobby_never_saw(&lobby, &[&hello, &answer]).await
 }

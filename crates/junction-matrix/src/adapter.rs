@@ -62,6 +62,7 @@ pub struct MatrixAdapter {
     /// rooms.
     encryption: Option<(std::path::PathBuf, Option<junction_core::Secret>)>,
     undecryptable: Option<Arc<std::sync::atomic::AtomicU64>>,
+    undecryptable_after: Duration,
 }
 
 impl MatrixAdapter {
@@ -77,6 +78,7 @@ impl MatrixAdapter {
             cap_refusals: None,
             encryption: None,
             undecryptable: None,
+            undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
         }
     }
 
@@ -96,6 +98,13 @@ impl MatrixAdapter {
     /// arrived, or they could not be decrypted), each told to its sender (for `/metrics`).
     pub fn with_undecryptable(mut self, count: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.undecryptable = Some(count);
+        self
+    }
+
+    /// Sets how long an encrypted event waits for its keys before its sender is told it was
+    /// not bridged (`[matrix] undecryptable_after`, two minutes by default).
+    pub fn with_undecryptable_after(mut self, wait: Duration) -> Self {
+        self.undecryptable_after = wait;
         self
     }
 
@@ -195,6 +204,9 @@ pub(crate) struct Shared {
     /// Rooms the bot joined on an invite to take commands (direct chats) → who invited it,
     /// kept in the store's [`COMMAND_ROOMS_TABLE`].
     pub(crate) command_rooms: Mutex<HashMap<String, String>>,
+    /// Direct chats with ghosts the bot is known to be in (with encryption on, so that its
+    /// device gets their room keys).
+    pub(crate) bot_in_private: Mutex<HashSet<String>>,
     /// The Matrix users who are gateway or bridge admins: the bot accepts invites only from
     /// them, and in a command room not opened by one it answers only them.
     pub(crate) admins: HashSet<String>,
@@ -227,6 +239,8 @@ pub(crate) struct Shared {
     pub(crate) keys_arrived: tokio::sync::Notify,
     /// Encrypted events that could not be bridged (told to their senders).
     pub(crate) undecryptable: Arc<std::sync::atomic::AtomicU64>,
+    /// How long an encrypted event waits for its keys before its sender is told.
+    pub(crate) undecryptable_after: Duration,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
 }
@@ -274,6 +288,7 @@ impl Shared {
             inbound,
             commands,
             command_rooms: Mutex::new(command_rooms),
+            bot_in_private: Mutex::new(HashSet::new()),
             admins: HashSet::new(),
             private_media: false,
             fetches: tokio::sync::Semaphore::new(MAX_ATTACHMENT_FETCHES),
@@ -287,6 +302,7 @@ impl Shared {
             crypto: std::sync::OnceLock::new(),
             keys_arrived: tokio::sync::Notify::new(),
             undecryptable: Arc::default(),
+            undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
             catch_up: tokio::sync::Notify::new(),
         })
     }
@@ -411,6 +427,7 @@ impl Adapter for MatrixAdapter {
         if let Some(count) = self.undecryptable {
             sh.undecryptable = count;
         }
+        sh.undecryptable_after = self.undecryptable_after;
         let sh = Arc::new(sh);
         let status = cx.status;
 

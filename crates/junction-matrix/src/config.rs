@@ -10,12 +10,15 @@
 //! (ghosts in rooms at once, default 200), `ghost_idle_timeout_seconds` (default 86400; 0:
 //! never), `encryption` (default false: the gateway's own device takes part in encrypted
 //! rooms), `pickle_key` (the key the crypto store is encrypted under, usually `${VAR}`;
-//! default: one generated and kept in `data_dir`, mode 0600).
+//! default: one generated and kept in `data_dir`, mode 0600), `undecryptable_after` (how long
+//! an encrypted message waits for its keys before its sender is told it was not bridged, as
+//! `"90s"`, `"2m"`, `"1h"`; default `"2m"`).
 
 use junction_core::{PuppetLimits, Secret};
 use junction_network::{Checker, Str};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::time::Duration;
 use toml::Spanned;
 
 /// Matrix application-service settings.
@@ -66,7 +69,13 @@ pub struct MatrixSection {
     pub encryption: bool,
     /// `pickle_key`: the crypto store's key (None: generated and kept in `data_dir`).
     pub pickle_key: Option<Secret>,
+    /// `undecryptable_after`: how long an encrypted message waits for its keys before its
+    /// sender is told it was not bridged.
+    pub undecryptable_after: Duration,
 }
+
+/// Default `[matrix] undecryptable_after`: two minutes.
+pub const DEFAULT_UNDECRYPTABLE_AFTER: Duration = Duration::from_secs(120);
 
 /// `[matrix]` as written: every key optional here, so that a missing one is reported among
 /// the other problems by [`validate`].
@@ -103,6 +112,8 @@ pub struct RawMatrix {
     pub encryption: Option<Spanned<bool>>,
     /// The crypto store's key.
     pub pickle_key: Option<Str>,
+    /// How long an encrypted message waits for its keys (`"2m"`).
+    pub undecryptable_after: Option<Str>,
 }
 
 /// Reads `[matrix]` from the whole file, if there is one.
@@ -200,6 +211,30 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
         },
         None => Some(None),
     };
+    let undecryptable_after = match &m.undecryptable_after {
+        Some(v) if !encryption => {
+            c.error(
+                v.span(),
+                "matrix.undecryptable_after",
+                "is used only with `encryption = true`",
+            );
+            None
+        }
+        Some(v) => c
+            .nonempty(v, "matrix.undecryptable_after")
+            .and_then(|s| {
+                let d = wait(&s);
+                if d.is_none() {
+                    c.error(
+                        v.span(),
+                        "matrix.undecryptable_after",
+                        format!("`{s}` is not a wait like \"90s\", \"2m\" or \"1h\" (from one second to a day)"),
+                    );
+                }
+                d
+            }),
+        None => Some(DEFAULT_UNDECRYPTABLE_AFTER),
+    };
     Some(MatrixSection {
         config: MatrixConfig {
             homeserver: homeserver?,
@@ -220,7 +255,26 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
         ghosts: ghosts?,
         encryption,
         pickle_key: pickle_key?,
+        undecryptable_after: undecryptable_after?,
     })
+}
+
+/// A wait written as a whole number and a unit (`s`, `m`, `h`, `d`): `"90s"`, `"2m"`; from one
+/// second to a day.
+fn wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let secs = match unit {
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
+        'd' => n.checked_mul(86_400),
+        _ => None,
+    }?;
+    (1..=86_400)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
 }
 
 /// A Matrix localpart (`bot`, `user_prefix`).
@@ -286,6 +340,28 @@ mod tests {
         assert!(!room_ok("#lobby"));
         assert!(!room_ok("#:x"));
         assert!(!room_ok("! x"));
+    }
+
+    #[test]
+    fn waits_are_a_number_and_a_unit() {
+        assert_eq!(wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(wait("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(wait(" 1h "), Some(Duration::from_secs(3600)));
+        assert_eq!(wait("1d"), Some(Duration::from_secs(86_400)));
+        for bad in [
+            "",
+            "2",
+            "m",
+            "0s",
+            "2d",
+            "-1m",
+            "1.5m",
+            "2 minutes",
+            "2M",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(wait(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! conversation is kept in the store's tables `matrix/private` (room id → conversation) and
 //! `matrix/private_rooms` (conversation → room id); when the user leaves, both rows go, so
 //! the next message opens a new room. Private text is never logged.
+//!
+//! With encryption on (`[matrix] encryption = true`) the bot joins each of these rooms too,
+//! invited by the ghost: a member's client shares room keys only with the devices of the
+//! room's members, and the ghost has none, so the bot's device is the one that decrypts what
+//! the person says and encrypts what the ghost says. Encrypted or not, a conversation's
+//! events then take the same path as any other's.
 
 use crate::adapter::Shared;
 use crate::connection::Method;
@@ -90,13 +96,19 @@ pub(crate) fn left(sh: &Arc<Shared>, room_id: &str) {
     tracing::debug!(%room_id, "A direct chat with a ghost was left; the next message opens a new one.");
     let ghost = Conversation::parse(&RoomRef::new(sh.network.clone(), conversation))
         .map(|c| sh.ghosts.user_id(&junction_core::Sender::new(c.peer, "")));
-    if let Some(ghost) = ghost {
-        let sh = sh.clone();
-        let room_id = room_id.to_owned();
-        tokio::spawn(async move {
+    crate::puppets::lock(&sh.bot_in_private).remove(room_id);
+    let sh = sh.clone();
+    let room_id = room_id.to_owned();
+    tokio::spawn(async move {
+        if let Some(ghost) = ghost {
             let _ = crate::outbound::ghost_leaves(&sh, &ghost, &room_id).await;
-        });
-    }
+        }
+        if sh.encryption {
+            if let Err(e) = sh.client.leave(&room_id, None).await {
+                tracing::debug!(%room_id, error = %e, "The bot could not leave a direct chat.");
+            }
+        }
+    });
 }
 
 /// A person invited `ghost` into a direct chat: the ghost joins, and the room holds their
@@ -144,6 +156,9 @@ pub(crate) fn invited(sh: &Arc<Shared>, room_id: String, ghost: String, by: Stri
             Ok(_) => {
                 sh.ghosts.note_joined(&ghost, &room_id);
                 tracing::info!(%room_id, %ghost, "A ghost joined a direct chat.");
+                if let Err(e) = bring_bot(&sh, &room_id, &ghost).await {
+                    tracing::warn!(%room_id, error = ?e, "The bot could not join a direct chat; it tries again before the next message there.");
+                }
             }
             Err(e) => {
                 tracing::warn!(%room_id, %ghost, error = %e, "A ghost could not join a direct chat.")
@@ -155,8 +170,11 @@ pub(crate) fn invited(sh: &Arc<Shared>, room_id: String, ghost: String, by: Stri
 /// Makes sure the conversation `d` goes to has a room: the sender's ghost creates one as a
 /// direct chat and invites the Matrix user, when none is open.
 pub(crate) async fn open(sh: &Arc<Shared>, d: &Delivery) -> Result<(), DeliverError> {
-    if room_of(sh, &d.target.room).is_some() {
-        return Ok(());
+    if let Some(room_id) = room_of(sh, &d.target.room) {
+        return match ghost_of(sh, &d.target.room) {
+            Some(ghost) => bring_bot(sh, &room_id, &ghost).await,
+            None => Ok(()),
+        };
     }
     let Some(c) = Conversation::parse(&d.target) else {
         return Err(DeliverError::Permanent("not a conversation".into()));
@@ -170,8 +188,9 @@ pub(crate) async fn open(sh: &Arc<Shared>, d: &Delivery) -> Result<(), DeliverEr
         ));
     }
     let _one = sh.room_locks.lock(d.target.room.as_str()).await;
-    if room_of(sh, &d.target.room).is_some() {
-        return Ok(());
+    if let Some(room_id) = room_of(sh, &d.target.room) {
+        let ghost = sh.ghosts.user_id(&d.event.sender);
+        return bring_bot(sh, &room_id, &ghost).await;
     }
     let ghost = sh.ghosts.ensure(&d.event.sender).await?;
     let body = json!({
@@ -196,5 +215,33 @@ pub(crate) async fn open(sh: &Arc<Shared>, d: &Delivery) -> Result<(), DeliverEr
     sh.ghosts.note_joined(&ghost, room_id);
     remember(sh, room_id, &d.target.room);
     tracing::info!(%room_id, %ghost, "A ghost opened a direct chat.");
+    bring_bot(sh, room_id, &ghost).await
+}
+
+/// With encryption on, makes sure the bot is in the direct chat `room_id` with `ghost`
+/// (invited by the ghost when it is not), so that its device takes part; without, nothing.
+/// Once known to be in, the bot is not asked again.
+pub(crate) async fn bring_bot(sh: &Shared, room_id: &str, ghost: &str) -> Result<(), DeliverError> {
+    if !sh.encryption || crate::puppets::lock(&sh.bot_in_private).contains(room_id) {
+        return Ok(());
+    }
+    // Already a member or invited: the join is enough (and changes nothing for a member).
+    if sh.client.join(room_id, None).await.is_err() {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/invite",
+            crate::ids::path_segment(room_id)
+        );
+        sh.client
+            .request(
+                Method::POST,
+                &path,
+                &[("user_id", ghost.to_owned())],
+                Some(json!({ "user_id": sh.bot_id })),
+            )
+            .await?;
+        sh.client.join(room_id, None).await?;
+        tracing::info!(%room_id, "The bot joined a direct chat with a ghost, for its device.");
+    }
+    crate::puppets::lock(&sh.bot_in_private).insert(room_id.to_owned());
     Ok(())
 }

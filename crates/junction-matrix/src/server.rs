@@ -481,6 +481,18 @@ fn apply_effects(sh: &Arc<Shared>, origin: Option<&junction_core::RoomRef>, effe
                 if let Some(c) = sh.crypto() {
                     c.room_encrypted(&room_id, content);
                 }
+                // A direct chat with a ghost: the bot joins it, for its device to get keys.
+                let ghost = sh
+                    .linked(&room_id)
+                    .and_then(|room| crate::private::ghost_of(sh, &room));
+                if let Some(ghost) = ghost {
+                    let sh = sh.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::private::bring_bot(&sh, &room_id, &ghost).await {
+                            tracing::warn!(%room_id, error = ?e, "The bot could not join a direct chat that turned on encryption.");
+                        }
+                    });
+                }
             }
             Effect::Encrypted { room_id, .. } => {
                 tracing::error!(
@@ -645,12 +657,11 @@ async fn run_command(
     }
     let content = json!({"msgtype": "m.notice", "body": answer});
     let txn = format!("cmd.{event_id}");
-    if let Err(e) = sh
-        .client
-        .send(&room_id, "m.room.message", &txn, &content, None, None)
-        .await
+    // Encrypted when the command room is.
+    if let Err(e) =
+        crate::crypto::send_event(&sh, &room_id, "m.room.message", &txn, &content, None, None).await
     {
-        tracing::warn!(%room_id, error = %e, "Could not answer a command.");
+        tracing::warn!(%room_id, error = ?e, "Could not answer a command.");
     }
 }
 

@@ -5,12 +5,17 @@ python3-matrix-nio and python3-olm): it shares no code with the gateway.
 
 Logs in (a new device), joins ROOM_ID and syncs. Prints one JSON object per line on stdout:
   {"event": "ready", "device_id": ...}             once joined, synced and the room is encrypted
-  {"event": "message", "event_id", "sender", "body", "msgtype", "encrypted"}  per room message
-  {"event": "undecrypted", "event_id", "sender"}   per event it could not decrypt
+  {"event": "message", "room_id", "event_id", "sender", "body", "msgtype", "encrypted"}
+                                                   per message, in any room it is in
+  {"event": "undecrypted", "room_id", "event_id", "sender"}  per event it could not decrypt
   {"event": "sent", "event_id": ...}               per line sent
+  {"event": "room", "room_id": ...}                per direct chat made
   {"event": "error", "error": ...}
-Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into the room;
-`edit EVENT_ID TEXT` replaces the message EVENT_ID with TEXT (an encrypted m.replace).
+Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into ROOM_ID;
+`sendto ROOM TEXT` into ROOM; `edit EVENT_ID TEXT` replaces the message EVENT_ID with TEXT
+(an encrypted m.replace); `dm USER [MEMBER ...]` makes an encrypted direct chat with USER
+(as Element does) and answers once USER and every MEMBER joined it; `forge ROOM TEXT` sends
+TEXT into ROOM encrypted with a Megolm session it never shares, which nobody can decrypt.
 """
 
 import asyncio
@@ -18,14 +23,19 @@ import json
 import logging
 import os
 import sys
+from uuid import uuid4
 
+import olm
 from nio import (
+    Api,
     AsyncClient,
     AsyncClientConfig,
     LoginResponse,
     MegolmEvent,
+    RoomCreateResponse,
     RoomMessageNotice,
     RoomMessageText,
+    RoomPreset,
     RoomSendResponse,
 )
 
@@ -43,10 +53,9 @@ async def main():
     client = AsyncClient(homeserver, user_id, store_path=store, config=config)
 
     async def on_message(room, event):
-        if room.room_id != room_id:
-            return
         say({
             "event": "message",
+            "room_id": room.room_id,
             "event_id": event.event_id,
             "sender": event.sender,
             "body": event.body,
@@ -55,9 +64,12 @@ async def main():
         })
 
     async def on_undecrypted(room, event):
-        if room.room_id != room_id:
-            return
-        say({"event": "undecrypted", "event_id": event.event_id, "sender": event.sender})
+        say({
+            "event": "undecrypted",
+            "room_id": room.room_id,
+            "event_id": event.event_id,
+            "sender": event.sender,
+        })
 
     client.add_event_callback(on_message, (RoomMessageText, RoomMessageNotice))
     client.add_event_callback(on_undecrypted, MegolmEvent)
@@ -83,21 +95,32 @@ async def main():
         if not line:
             break
         line = line.rstrip("\n")
+        target = room_id
+        if line.startswith("dm "):
+            await direct_chat(client, line[len("dm "):].split())
+            continue
+        if line.startswith("forge "):
+            target, _, text = line[len("forge "):].partition(" ")
+            await forge(client, target, text)
+            continue
         if line.startswith("send "):
             content = {"msgtype": "m.text", "body": line[len("send "):]}
+        elif line.startswith("sendto "):
+            target, _, text = line[len("sendto "):].partition(" ")
+            content = {"msgtype": "m.text", "body": text}
         elif line.startswith("edit "):
-            target, _, text = line[len("edit "):].partition(" ")
+            edited, _, text = line[len("edit "):].partition(" ")
             content = {
                 "msgtype": "m.text",
                 "body": "* " + text,
                 "m.new_content": {"msgtype": "m.text", "body": text},
-                "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": edited},
             }
         else:
             say({"event": "error", "error": f"unknown command: {line}"})
             continue
         if os.environ.get("JUNCTION_TEST_NIO_LOG"):
-            room = client.rooms.get(room_id)
+            room = client.rooms.get(target)
             for u in (room.users if room else {}):
                 for d in client.device_store.active_user_devices(u):
                     sess = client.olm.session_store.get(d.curve25519)
@@ -106,7 +129,7 @@ async def main():
             if client.should_query_keys:
                 await client.keys_query()
             r = await client.room_send(
-                room_id, "m.room.message", content, ignore_unverified_devices=True
+                target, "m.room.message", content, ignore_unverified_devices=True
             )
             if isinstance(r, RoomSendResponse):
                 say({"event": "sent", "event_id": r.event_id})
@@ -116,6 +139,63 @@ async def main():
             say({"event": "error", "error": f"send: {e!r}"})
     syncer.cancel()
     await client.close()
+
+
+async def direct_chat(client, users):
+    """An encrypted direct chat with users[0], answered once every one of users joined it."""
+    encryption = {
+        "type": "m.room.encryption",
+        "state_key": "",
+        "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+    }
+    r = await client.room_create(
+        is_direct=True,
+        preset=RoomPreset.trusted_private_chat,
+        invite=users[:1],
+        initial_state=[encryption],
+    )
+    if not isinstance(r, RoomCreateResponse):
+        say({"event": "error", "error": f"create: {r}"})
+        return
+    for _ in range(900):
+        await asyncio.sleep(0.1)
+        room = client.rooms.get(r.room_id)
+        if room is None or not room.encrypted:
+            continue
+        joined = set(room.users) - set(room.invited_users)
+        if all(u in joined for u in users):
+            break
+    else:
+        say({"event": "error", "error": f"not everyone joined {r.room_id}"})
+        return
+    if client.should_query_keys:
+        await client.keys_query()
+    say({"event": "room", "room_id": r.room_id})
+
+
+async def forge(client, room, text):
+    """TEXT into ROOM under a Megolm session of its own that it never shares."""
+    session = olm.OutboundGroupSession()
+    payload = {
+        "type": "m.room.message",
+        "room_id": room,
+        "content": {"msgtype": "m.text", "body": text},
+    }
+    content = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "sender_key": client.olm.account.identity_keys["curve25519"],
+        "device_id": client.device_id,
+        "session_id": session.id,
+        "ciphertext": session.encrypt(json.dumps(payload)),
+    }
+    method, path, data = Api.room_send(
+        client.access_token, room, "m.room.encrypted", content, str(uuid4())
+    )
+    r = await client._send(RoomSendResponse, method, path, data, (room,))
+    if isinstance(r, RoomSendResponse):
+        say({"event": "sent", "event_id": r.event_id})
+    else:
+        say({"event": "error", "error": f"forge: {r}"})
 
 
 asyncio.run(main())

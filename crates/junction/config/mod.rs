@@ -736,6 +736,22 @@ secret = "pa$$word"
             e.starts_with("bridges.toml:9:14: matrix.pickle_key: is too short"),
             "{e}"
         );
+        // How long an undecryptable message waits: two minutes unless given.
+        assert_eq!(ms.undecryptable_after, std::time::Duration::from_secs(120));
+        let c = ok(&format!(
+            "{matrix}encryption = true\nundecryptable_after = \"90s\"\n"
+        ));
+        let ms = c.section::<MatrixSection>().unwrap();
+        assert_eq!(ms.undecryptable_after, std::time::Duration::from_secs(90));
+        let e = error("encryption = true\nundecryptable_after = \"soon\"\n");
+        assert!(
+            e.starts_with("bridges.toml:9:23: matrix.undecryptable_after: `soon` is not a wait"),
+            "{e}"
+        );
+        assert_eq!(
+            error("undecryptable_after = \"2m\"\n"),
+            "bridges.toml:8:23: matrix.undecryptable_after: is used only with `encryption = true`"
+        );
     }
 
     #[test]

@@ -131,21 +131,56 @@ impl NioUser {
             .await
     }
 
+    /// Sends `text` encrypted into `room` (another room the client is in, such as a direct
+    /// chat it made); returns its event id.
+    pub async fn send_to(&mut self, room: &str, text: &str) -> anyhow::Result<String> {
+        self.command(&format!("sendto {room} {}", text.replace('\n', " ")))
+            .await
+    }
+
+    /// Sends `text` into `room` encrypted with a Megolm session the client never shares, so
+    /// that no other device can decrypt it; returns its event id.
+    pub async fn send_undecryptable(&mut self, room: &str, text: &str) -> anyhow::Result<String> {
+        self.command(&format!("forge {room} {}", text.replace('\n', " ")))
+            .await
+    }
+
+    /// Makes an encrypted direct chat with `with` (an `is_direct` invite, encryption in the
+    /// room's initial state, as Element makes one) and waits until `with` and every one of
+    /// `members` joined it; returns its room id.
+    pub async fn direct_chat(&mut self, with: &str, members: &[&str]) -> anyhow::Result<String> {
+        let line = std::iter::once(with)
+            .chain(members.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let v = self
+            .run(&format!("dm {line}"), "room", Duration::from_secs(120))
+            .await?;
+        Ok(v["room_id"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Runs one command of the script and waits for what it sent.
     async fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        let v = self.run(line, "sent", Duration::from_secs(60)).await?;
+        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Runs one command of the script and waits for its answer, a line of event `answer`
+    /// (or an error).
+    async fn run(&mut self, line: &str, answer: &str, deadline: Duration) -> anyhow::Result<Value> {
         let mark = self.backlog().len();
         self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
         self.stdin.flush().await?;
-        let v = crate::eventually(Duration::from_secs(60), "the nio client's send", || {
+        let v = crate::eventually(deadline, "the nio client's answer", || {
             let found = self.backlog()[mark..]
                 .iter()
-                .find(|v| v["event"] == "sent" || v["event"] == "error")
+                .find(|v| v["event"] == answer || v["event"] == "error")
                 .cloned();
             async move { found }
         })
         .await?;
-        anyhow::ensure!(v["event"] == "sent", "nio could not send: {v}");
-        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+        anyhow::ensure!(v["event"] == answer, "nio failed: {v}");
+        Ok(v)
     }
 
     /// Everything the client printed so far.
@@ -171,6 +206,21 @@ impl NioUser {
     pub async fn sees(&self, text: &str, deadline: Duration) -> anyhow::Result<Value> {
         self.wait_for(deadline, &format!("nio sees {text:?}"), |v| {
             v["event"] == "message" && v["body"].as_str().is_some_and(|b| b.contains(text))
+        })
+        .await
+    }
+
+    /// Waits for a decrypted message in `room` whose body contains `text`.
+    pub async fn sees_in(
+        &self,
+        room: &str,
+        text: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
+        self.wait_for(deadline, &format!("nio sees {text:?} in {room}"), |v| {
+            v["event"] == "message"
+                && v["room_id"] == room
+                && v["body"].as_str().is_some_and(|b| b.contains(text))
         })
         .await
     }

@@ -4,40 +4,53 @@
 //!
 //! - The device is made with MSC4190 (`PUT /_matrix/client/v3/devices/{id}` as the
 //!   appservice, masquerading as the bot); its id is kept in `data_dir`, so it survives
-//!   restarts. A device the homeserver no longer knows is set up again, with new keys.
+//!   restarts. A device the homeserver no longer knows is set up again, with new keys
+//!   (`device`).
 //! - Every request the machine asks for (keys upload, query, claim, to-device, signatures) is
-//!   sent as the bot's device (`?user_id=…&device_id=…`) and its answer handed back.
+//!   sent as the bot's device (`?user_id=…&device_id=…`) and its answer handed back
+//!   (`requests`).
 //! - What the homeserver pushes for the device in transactions (to-device messages, device
 //!   list changes, one-time key counts) is fed to the machine by [`Crypto::receive`].
-//! - Room events: [`Crypto::decrypt`] for `m.room.encrypted` in linked rooms; [`Crypto::encrypt`]
-//!   before a ghost speaks in an encrypted room (the room key shared first with every device
-//!   of every member).
+//! - Room events: [`Crypto::decrypt`] for `m.room.encrypted` in linked rooms, private
+//!   conversations and command rooms, an event whose keys are missing held until they come
+//!   or `[matrix] undecryptable_after` passes (`held`); [`Crypto::encrypt`] before a ghost or
+//!   the bot speaks in an encrypted room (the room key shared first with every device of
+//!   every member).
 
 use crate::adapter::Shared;
-use crate::connection::{Client, ClientError, Method};
-use crate::ids::path_segment;
+use crate::connection::{Client, ClientError};
 use crate::outbound::DeliverError;
 use junction_core::Secret;
-use matrix_sdk_crypto::types::requests::{AnyIncomingResponse, AnyOutgoingRequest};
+use matrix_sdk_crypto::types::requests::AnyOutgoingRequest;
 use matrix_sdk_crypto::{
     CollectStrategy, DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine,
     TrustRequirement,
 };
 use matrix_sdk_sqlite::SqliteCryptoStore;
 use ruma::api::client::sync::sync_events::DeviceLists;
-use ruma::api::IncomingResponse;
 use ruma::events::room::encryption::RoomEncryptionEventContent;
 use ruma::events::room::history_visibility::HistoryVisibility;
 use ruma::serde::Raw;
 use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, UInt};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+mod device;
+mod held;
+mod requests;
+
+pub use device::CRYPTO_DIR;
+use device::{
+    create_device, device_exists, forget_old_devices, generated_key, make_private_dir,
+    new_device_id, DEVICE_FILE, PICKLE_KEY_FILE,
+};
+pub use held::HELD_TABLE;
+pub(crate) use held::{open, retry_loop};
 
 /// The fields of a transaction that carry device data (MSC2409, MSC3202).
 pub const DEVICE_FIELDS: [&str; 4] = [
@@ -46,29 +59,6 @@ pub const DEVICE_FIELDS: [&str; 4] = [
     "org.matrix.msc3202.device_one_time_keys_count",
     "org.matrix.msc3202.device_unused_fallback_key_types",
 ];
-
-/// The adapter's store table of encrypted events held until their keys arrive: event id →
-/// `{"event": …, "since": ms}` (`matrix/encrypted_held` in the store).
-pub const HELD_TABLE: &str = "encrypted_held";
-
-/// How long an encrypted event waits for its keys before its sender is told it could not be
-/// bridged.
-pub const KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// How often held events are tried again without news of keys.
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The directory in `data_dir` the crypto store and the device id live in.
-pub const CRYPTO_DIR: &str = "matrix-crypto";
-/// The file in [`CRYPTO_DIR`] holding the generated pickle key (mode 0600), when the config
-/// gives none.
-const PICKLE_KEY_FILE: &str = "pickle.key";
-/// The file in [`CRYPTO_DIR`] holding the bot's device id.
-const DEVICE_FILE: &str = "device_id";
-/// How the gateway's device ids start.
-const DEVICE_PREFIX: &str = "JUNCTION";
-/// The display name of the bot's device.
-const DEVICE_NAME: &str = "Junction gateway";
 
 /// Why encryption could not be set up or used.
 #[derive(Debug, thiserror::Error)]
@@ -194,133 +184,6 @@ impl Crypto {
     /// The bot's device id.
     pub fn device_id(&self) -> &str {
         self.device.as_str()
-    }
-
-    /// The masquerade query of the bot's device.
-    fn as_device(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("user_id", self.bot.to_string()),
-            ("device_id", self.device.to_string()),
-        ]
-    }
-
-    /// Sends every request the machine has for the homeserver and hands back the answers.
-    pub async fn send_outgoing(&self) -> Result<(), CryptoError> {
-        let _one = self.sending.lock().await;
-        self.send_outgoing_locked().await
-    }
-
-    async fn send_outgoing_locked(&self) -> Result<(), CryptoError> {
-        // Bounded: each round marks its requests sent; a machine that keeps asking (keys
-        // upload in batches) gets a few rounds.
-        for _ in 0..8 {
-            let requests = self
-                .machine
-                .outgoing_requests()
-                .await
-                .map_err(machine_err)?;
-            if requests.is_empty() {
-                return Ok(());
-            }
-            for r in requests {
-                self.send_request(r.request_id(), r.request()).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends one request as the bot's device and marks it sent.
-    async fn send_request(
-        &self,
-        id: &ruma::TransactionId,
-        request: &AnyOutgoingRequest,
-    ) -> Result<(), CryptoError> {
-        use ruma::api::client::keys::{claim_keys, get_keys, upload_keys, upload_signatures};
-        use ruma::api::client::to_device::send_event_to_device;
-        let q = self.as_device();
-        match request {
-            AnyOutgoingRequest::KeysUpload(r) => {
-                // Absent keys are left out: Synapse refuses `null` for them.
-                let mut body = json!({
-                    "one_time_keys": r.one_time_keys,
-                    "fallback_keys": r.fallback_keys,
-                });
-                if let Some(keys) = &r.device_keys {
-                    body["device_keys"] = serde_json::to_value(keys).map_err(machine_err)?;
-                }
-                let v = self
-                    .post("/_matrix/client/v3/keys/upload", &q, body)
-                    .await?;
-                let resp: upload_keys::v3::Response = parse(v)?;
-                self.mark(id, &resp).await
-            }
-            AnyOutgoingRequest::KeysQuery(r) => {
-                let body = json!({"device_keys": r.device_keys, "timeout": 10_000});
-                let v = self.post("/_matrix/client/v3/keys/query", &q, body).await?;
-                let resp: get_keys::v3::Response = parse(v)?;
-                self.mark(id, &resp).await
-            }
-            AnyOutgoingRequest::KeysClaim(r) => {
-                let body = json!({"one_time_keys": r.one_time_keys, "timeout": 10_000});
-                let v = self.post("/_matrix/client/v3/keys/claim", &q, body).await?;
-                let resp: claim_keys::v3::Response = parse(v)?;
-                self.mark(id, &resp).await
-            }
-            AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await,
-            AnyOutgoingRequest::SignatureUpload(r) => {
-                let body = serde_json::to_value(&r.signed_keys).map_err(machine_err)?;
-                let v = self
-                    .post("/_matrix/client/v3/keys/signatures/upload", &q, body)
-                    .await?;
-                let resp: upload_signatures::v3::Response = parse(v)?;
-                self.mark(id, &resp).await
-            }
-            AnyOutgoingRequest::RoomMessage(_) => {
-                // In-room verification: the gateway's device verifies nobody.
-                let resp = send_event_to_device::v3::Response::new();
-                self.mark(id, &resp).await
-            }
-        }
-    }
-
-    async fn send_to_device(
-        &self,
-        r: &matrix_sdk_crypto::types::requests::ToDeviceRequest,
-    ) -> Result<(), CryptoError> {
-        let path = format!(
-            "/_matrix/client/v3/sendToDevice/{}/{}",
-            path_segment(&r.event_type.to_string()),
-            path_segment(r.txn_id.as_str())
-        );
-        let body = json!({ "messages": r.messages });
-        self.client
-            .request(Method::PUT, &path, &self.as_device(), Some(body))
-            .await?;
-        let resp = ruma::api::client::to_device::send_event_to_device::v3::Response::new();
-        self.mark(&r.txn_id, &resp).await
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        q: &[(&'static str, String)],
-        body: Value,
-    ) -> Result<Value, CryptoError> {
-        Ok(self
-            .client
-            .request(Method::POST, path, q, Some(body))
-            .await?)
-    }
-
-    async fn mark<'a>(
-        &self,
-        id: &ruma::TransactionId,
-        resp: impl Into<AnyIncomingResponse<'a>>,
-    ) -> Result<(), CryptoError> {
-        self.machine
-            .mark_request_as_sent(id, resp)
-            .await
-            .map_err(machine_err)
     }
 
     /// Feeds what a transaction carries for the bot's device to the machine (to-device
@@ -555,136 +418,6 @@ pub(crate) async fn set_up(
     }
 }
 
-/// Tries held events again whenever keys arrive, and every [`RETRY_EVERY`], until shutdown.
-pub(crate) async fn retry_loop(sh: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        retry_held(&sh).await;
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = sh.keys_arrived.notified() => {}
-            () = tokio::time::sleep(RETRY_EVERY) => {}
-        }
-    }
-}
-
-/// An event of a transaction as the rest of the adapter takes it: an `m.room.encrypted` one
-/// of a linked room decrypted (None when held for its keys or undecryptable: its sender is
-/// told), any other as it is.
-pub(crate) async fn open<'a>(sh: &Arc<Shared>, ev: &'a Value) -> Option<Cow<'a, Value>> {
-    if ev.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
-        return Some(Cow::Borrowed(ev));
-    }
-    let room_id = ev.get("room_id").and_then(Value::as_str)?;
-    let (Some(crypto), Some(_)) = (sh.crypto(), sh.linked(room_id)) else {
-        return Some(Cow::Borrowed(ev));
-    };
-    match crypto.decrypt(ev).await {
-        Ok(Some(plain)) => Some(Cow::Owned(plain)),
-        Ok(None) => {
-            hold(sh, ev);
-            None
-        }
-        Err(e) => {
-            tracing::warn!(%room_id, error = %e, "An encrypted event could not be decrypted.");
-            not_bridged(sh, ev, "it could not be decrypted").await;
-            None
-        }
-    }
-}
-
-/// Keeps an encrypted event whose keys have not arrived, to try again.
-fn hold(sh: &Shared, ev: &Value) {
-    let Some(id) = ev.get("event_id").and_then(Value::as_str) else {
-        return;
-    };
-    if matches!(sh.store.get(HELD_TABLE, id), Ok(Some(_))) {
-        return;
-    }
-    tracing::info!(event_id = id, "An encrypted event waits for its keys.");
-    let row = json!({"event": ev, "since": junction_core::clock::now_ms()});
-    if let Err(e) = sh
-        .store
-        .put_dated(HELD_TABLE, id, row.to_string().as_bytes())
-    {
-        tracing::warn!(error = %e, "Could not keep an encrypted event for later.");
-    }
-}
-
-/// Tries the held events again: each decrypted one is relayed, each that waited longer than
-/// [`KEY_WAIT`] is told to its sender as not bridged.
-pub(crate) async fn retry_held(sh: &Arc<Shared>) {
-    let Some(crypto) = sh.crypto().cloned() else {
-        return;
-    };
-    let rows = match sh.store.scan(HELD_TABLE) {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "Could not read the held encrypted events.");
-            return;
-        }
-    };
-    let now = junction_core::clock::now_ms();
-    for (id, row) in rows {
-        let Ok(row) = serde_json::from_slice::<Value>(&row) else {
-            let _ = sh.store.remove(HELD_TABLE, &id);
-            continue;
-        };
-        let ev = &row["event"];
-        let since = row["since"].as_u64().unwrap_or(now);
-        let done = match crypto.decrypt(ev).await {
-            Ok(Some(plain)) => {
-                tracing::info!(event_id = %id, "A held encrypted event was decrypted.");
-                let _one = sh.txn_lock.lock().await;
-                crate::server::take_events(sh, "held", std::slice::from_ref(&plain))
-                    .await
-                    .is_ok()
-            }
-            Ok(None) if now.saturating_sub(since) < KEY_WAIT.as_millis() as u64 => false,
-            Ok(None) => {
-                not_bridged(sh, ev, "its keys never reached the gateway").await;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(event_id = %id, error = %e, "A held encrypted event could not be decrypted.");
-                not_bridged(sh, ev, "it could not be decrypted").await;
-                true
-            }
-        };
-        if done {
-            if let Err(e) = sh.store.remove(HELD_TABLE, &id) {
-                tracing::warn!(error = %e, "Could not forget a held encrypted event.");
-            }
-        }
-    }
-}
-
-/// Tells the sender of an encrypted event, in its room, that it did not cross (and counts
-/// it). Never silent: the zero-loss promise is that a message crosses or its sender knows.
-async fn not_bridged(sh: &Shared, ev: &Value, why: &str) {
-    sh.undecryptable
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let field = |name: &str| {
-        ev.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let (room_id, event_id, sender) = (field("room_id"), field("event_id"), field("sender"));
-    tracing::warn!(%room_id, %event_id, %sender, "An encrypted event was not bridged: {why}.");
-    let text =
-        format!("{sender}: your message {event_id} was not bridged to the other networks: {why}.");
-    let content = json!({
-        "msgtype": "m.notice",
-        "body": text,
-        "m.mentions": {"user_ids": [sender]},
-        "m.relates_to": {"m.in_reply_to": {"event_id": event_id}},
-    });
-    let txn = format!("undecryptable.{event_id}");
-    if let Err(e) = send_event(sh, &room_id, "m.room.message", &txn, &content, None, None).await {
-        tracing::warn!(%room_id, error = ?e, "Could not tell a sender their message was not bridged.");
-    }
-}
-
 /// Sends a room event as `user` (None: the bot): encrypted when the room is, in clear
 /// otherwise. With encryption on, nothing goes in clear to a room whose state could not be
 /// read or before the device is set up: that waits (transient).
@@ -796,126 +529,6 @@ fn encrypted_file_as_text(content: Value) -> Value {
     text
 }
 
-/// A ruma response from the homeserver's JSON answer.
-fn parse<R: IncomingResponse>(v: Value) -> Result<R, CryptoError> {
-    let body = serde_json::to_vec(&v).map_err(machine_err)?;
-    let resp = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(body)
-        .map_err(machine_err)?;
-    R::try_from_http_response(resp).map_err(machine_err)
-}
-
-/// [`DEVICE_PREFIX`] and ten random capitals.
-fn new_device_id() -> String {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    let tail: String = (0..10)
-        .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
-        .collect();
-    format!("{DEVICE_PREFIX}{tail}")
-}
-
-/// True when the homeserver knows the bot's device `device`.
-async fn device_exists(client: &Client, bot: &str, device: &str) -> Result<bool, CryptoError> {
-    let path = format!("/_matrix/client/v3/devices/{}", path_segment(device));
-    match client
-        .request(Method::GET, &path, &[("user_id", bot.to_owned())], None)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.status() == Some(404) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Makes (or keeps) the bot's device `device` (MSC4190).
-async fn create_device(client: &Client, bot: &str, device: &str) -> Result<(), CryptoError> {
-    let path = format!("/_matrix/client/v3/devices/{}", path_segment(device));
-    client
-        .request(
-            Method::PUT,
-            &path,
-            &[("user_id", bot.to_owned())],
-            Some(json!({"display_name": DEVICE_NAME})),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Deletes the bot's earlier gateway devices (their keys went with a lost or new
-/// `data_dir`): members' clients would otherwise keep sharing room keys with them.
-async fn forget_old_devices(client: &Client, bot: &str, current: &str) {
-    let who = [("user_id", bot.to_owned())];
-    let devices = match client
-        .request(Method::GET, "/_matrix/client/v3/devices", &who, None)
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::debug!(error = %e, "Could not list the bot's devices.");
-            return;
-        }
-    };
-    let old = devices["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d["device_id"].as_str())
-        .filter(|id| id.starts_with(DEVICE_PREFIX) && *id != current)
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    for id in old {
-        let path = format!("/_matrix/client/v3/devices/{}", path_segment(&id));
-        match client
-            .request(Method::DELETE, &path, &who, Some(json!({})))
-            .await
-        {
-            Ok(_) => tracing::info!(device = %id, "Deleted an earlier device of the gateway."),
-            Err(e) => {
-                tracing::debug!(device = %id, error = %e, "Could not delete an earlier device.")
-            }
-        }
-    }
-}
-
-/// Makes `dir` readable by its owner only.
-fn make_private_dir(dir: &PathBuf) -> Result<(), CryptoError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CryptoError::Io(format!("creating {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| CryptoError::Io(format!("protecting {}: {e}", dir.display())))?;
-    }
-    Ok(())
-}
-
-/// The pickle key kept in `file`, made (32 random bytes, hex, mode 0600) when missing.
-fn generated_key(file: &Path) -> Result<String, CryptoError> {
-    if let Ok(k) = std::fs::read_to_string(file) {
-        if !k.trim().is_empty() {
-            return Ok(k.trim().to_owned());
-        }
-    }
-    let key = hex::encode(rand::random::<[u8; 32]>());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(file)
-        .map_err(|e| CryptoError::Io(format!("creating {}: {e}", file.display())))?;
-    std::io::Write::write_all(&mut f, key.as_bytes())
-        .map_err(|e| CryptoError::Io(format!("writing {}: {e}", file.display())))?;
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,30 +552,5 @@ mod tests {
         assert_eq!(encrypted_file_as_text(plain.clone()), plain);
         let line = json!({"msgtype": "m.text", "body": "hi"});
         assert_eq!(encrypted_file_as_text(line.clone()), line);
-    }
-
-    #[test]
-    fn device_ids_are_fresh_capitals() {
-        let a = new_device_id();
-        assert!(a.starts_with("JUNCTION") && a.len() == 18, "{a}");
-        assert!(a.chars().all(|c| c.is_ascii_uppercase()));
-        assert_ne!(a, new_device_id());
-    }
-
-    #[test]
-    fn the_generated_pickle_key_is_kept_private() {
-        let dir = std::env::temp_dir().join(format!("junction-key-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join(PICKLE_KEY_FILE);
-        let k = generated_key(&file).expect("key");
-        assert_eq!(k.len(), 64);
-        assert_eq!(generated_key(&file).expect("again"), k);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
