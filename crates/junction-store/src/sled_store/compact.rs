@@ -38,6 +38,18 @@ pub fn dir_size(p: &Path) -> u64 {
 }
 
 impl SledStore {
+    /// Opens the store at `path` (not open anywhere) once and closes it: sled reads its log
+    /// from its last snapshot on and writes a new snapshot at each open, and at no other
+    /// time, so the next open reads only what is written after this. A gateway does this
+    /// when it stops, which moves to the stop what the next start would read (after a
+    /// crash the start reads it all, as before). Waits up to `wait` for the lock (sled's
+    /// flusher thread holds it a moment after the last handle is dropped).
+    pub fn checkpoint(path: impl AsRef<Path>, wait: std::time::Duration) -> Result<()> {
+        let db = open_db(path.as_ref(), wait, &|| false)?;
+        db.flush().map_err(be)?;
+        Ok(())
+    }
+
     /// Rewrites the store at `path` (not open anywhere: a stopped gateway) into a fresh
     /// database holding only its live rows, then puts it in place of the old one. sled's log
     /// keeps every page image and removed row until its segments are cleaned, which seldom

@@ -110,3 +110,19 @@ fn sled_open_finishes_an_interrupted_compaction() {
     );
     assert!(!beside_exists(&path));
 }
+
+/// A store checkpointed (opened once more when the gateway stops) reads as before.
+#[test]
+fn sled_checkpoint_keeps_everything() {
+    let d = tempfile::tempdir().unwrap();
+    let e = ev("irc:l", "#a", "m1");
+    {
+        let s = SledStore::open(d.path()).unwrap();
+        s.record_inbound(&e, vec![plan("xmpp", "a@c")]).unwrap();
+        s.flush().unwrap();
+    }
+    SledStore::checkpoint(d.path(), std::time::Duration::from_secs(5)).unwrap();
+    let s = SledStore::open(d.path()).unwrap();
+    assert_eq!(s.event_for(&e.origin, &e.remote_id).unwrap(), Some(e.id));
+    assert_eq!(s.pending(&NetworkId::new("xmpp")).unwrap().len(), 1);
+}
