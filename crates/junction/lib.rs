@@ -195,12 +195,44 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         adapters.abort_all();
     }
     let flushed = store.flush();
+    checkpoint(&config, store, flushed.is_ok()).await;
     if lost.load(std::sync::atomic::Ordering::Relaxed) {
         anyhow::bail!(
             "stopped: the active lock on PostgreSQL was lost, another gateway may be active"
         );
     }
     stop_result(result, flushed)
+}
+
+/// Once a sled store is flushed and no longer used (its last handle is `store`), opens it
+/// once more so that sled writes its snapshot ([`SledStore::checkpoint`]): the next start
+/// then reads only what is written after this stop. Skipped when anything else still holds
+/// the store, and bounded; a failure is only logged (the next start reads the log instead).
+async fn checkpoint(config: &Config, store: Arc<dyn Store>, flushed: bool) {
+    let config::StoreLocation::Sled = &config.gateway.store else {
+        return;
+    };
+    if !flushed || Arc::strong_count(&store) != 1 {
+        tracing::debug!("The store is still in use; no checkpoint at this stop.");
+        return;
+    }
+    drop(store);
+    let path = config.gateway.data_dir.join("store");
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        SledStore::checkpoint(&path, std::time::Duration::from_secs(3))
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "Store checkpointed: the next start reads only what is written after this stop."
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "The store could not be checkpointed at this stop; the next start reads its log.")
+        }
+        Err(e) => tracing::warn!(error = %e, "The store checkpoint stopped."),
+    }
 }
 
 /// Waits, as a standby (`/health` says `standby`), until this gateway holds the active lock of

@@ -15,6 +15,7 @@ mod faulty;
 mod mem;
 mod pg_store;
 mod scoped;
+mod sled_rows;
 mod sled_store;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,7 @@
-//! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values.
+//! On-disk backend over sled: one tree per table, compact NUL-joined keys, serde_json values;
+//! the message map one row per event with rooms by number (`crate::sled_rows`), beside the
+//! layout an earlier version wrote (`by_remote`, `by_event`, `senders`, `stamps`), which is
+//! read, extended and pruned as before, never rewritten.
 //!
 //! The two writes every relayed message makes, [`Store::record_inbound`] and
 //! [`Store::record_delivered`], use no sled transaction: in sled 0.34 each transaction (and
@@ -10,19 +13,24 @@
 //! rests instead on sled's recovery, which replays the log in order and stops at the first
 //! message that is not whole, so what survives a crash is a prefix of the writes in the
 //! order they were made:
-//! - `record_inbound` first notes an *intent* (origin key → the outbox keys it will write),
-//!   then writes the message map, the stamps and the outbox rows, then the origin key in
-//!   `by_remote`, the commit point (the duplicate check looks at it), then drops the intent.
-//!   At open, an intent whose origin key is missing is undone: its outbox rows go, so the
+//! - `record_inbound` first notes an *intent* (event id → the outbox keys it will write),
+//!   then writes its time index and the outbox rows, then the event's row in `events`, the
+//!   commit point (the duplicate check finds the origin id through it), then drops the
+//!   intent. At open, an intent whose event row is missing is undone: its outbox rows go, so the
 //!   origin's resend (the event was never acknowledged) records it once. The other rows it
 //!   may have left are keyed by the event id, which the resend writes again.
-//! - `record_delivered` writes the ids into the message map, then removes the outbox row:
+//! - `record_delivered` writes the ids into `remote`, then into the event's row (one atomic
+//!   read-modify-write), then removes the outbox row:
 //!   a crash before the removal leaves the row, and the line is handed out again, as when
 //!   the answer had not come.
 //!
 //! The other writes that belong together still run in one sled transaction.
 
 use crate::dump::Own;
+use crate::sled_rows::{
+    event_from, event_value, push_time_id, remote_key, room_name, time_row_ids, EventRow, Names,
+    COMPACT, TIME_ROW,
+};
 use crate::{
     encode_row, key, outbox_rows, split3, split3_at, AuditEntry, Dropped, Recorded, Result, Row,
     Store, StoreError,
@@ -37,12 +45,28 @@ use sled::Transactional;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod compact;
+mod legacy;
+
+use compact::finish_swap;
+pub use compact::{dir_size, Compacted};
+use legacy::{event_key, ids_from, ids_value, room_key, user_from};
+
 /// Store kept in a sled database on disk.
 pub struct SledStore {
     db: sled::Db,
+    /// The message map, one row per event ([`crate::sled_rows`]).
+    events: sled::Tree,
+    /// A room's number ++ a remote id → the event id ([`crate::sled_rows`]).
+    remote: sled::Tree,
+    /// Rooms and networks by number.
+    names: Names,
+    /// The message map as an earlier version wrote it, read and pruned beside `events`:
+    /// network NUL room NUL remote id → event id.
     by_remote: sled::Tree,
+    /// Event id NUL network NUL room → the ids there.
     by_event: sled::Tree,
-    /// Message event id → its sender (`UserRef`, JSON).
+    /// Message event id → its sender (`UserRef`, JSON), an earlier version's.
     senders: sled::Tree,
     outbox: sled::Tree,
     txns: sled::Tree,
@@ -52,9 +76,11 @@ pub struct SledStore {
     cursors: sled::Tree,
     kv: sled::Tree,
     audit: sled::Tree,
-    /// Message event id → when it was recorded (ms, 8 bytes big-endian).
+    /// Message event id → when it was recorded (ms, 8 bytes big-endian), an earlier
+    /// version's.
     stamps: sled::Tree,
-    /// When (8 bytes big-endian) ++ event id → nothing: the message map in age order.
+    /// When (8 bytes big-endian) ++ event id (as [`event_value`], or text from an earlier
+    /// version) → nothing: the message map in age order.
     by_time: sled::Tree,
     /// When ++ transaction key → nothing: the transaction keys in age order (their value in
     /// `txns` is the same time; an empty value is a key an earlier version marked).
@@ -77,6 +103,8 @@ pub struct SledStore {
     /// Held while an inbound event is checked and recorded, so two records of the same
     /// origin message never interleave (they used to be one transaction).
     recording: std::sync::Mutex<()>,
+    /// The `by_time` row new events are added to: its key, its value, how many it holds.
+    time_row: std::sync::Mutex<Option<TimeRow>>,
     set_aside: AtomicU64,
     /// Test hook: how many of `record_inbound`'s writes to make (a crash after them).
     #[cfg(test)]
@@ -86,6 +114,9 @@ pub struct SledStore {
     /// so outbox and audit ids keep increasing; 0 in a store never compacted.
     id_floor: u64,
 }
+
+/// The `by_time` row being filled: its key, its value, how many ids it holds.
+type TimeRow = (Vec<u8>, Vec<u8>, usize);
 
 /// One write of [`Store::record_inbound`]: a tree, a key, the value (`None`: removed).
 type Write<'a> = (&'a sled::Tree, &'a [u8], Option<&'a [u8]>);
@@ -128,92 +159,6 @@ fn tx(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-fn room_key(r: &RoomRef, x: &str) -> Vec<u8> {
-    key(&[r.network.as_str(), r.room.as_str(), x])
-}
-
-fn event_key(e: &EventId, r: &RoomRef) -> Vec<u8> {
-    key(&[e.as_str(), r.network.as_str(), r.room.as_str()])
-}
-
-/// A compact value begins with this byte, which no JSON text nor event id begins with; values
-/// an earlier version wrote (JSON, event ids as text) are read as before.
-const COMPACT: u8 = 0;
-
-/// An event id as a `by_remote` value: a derived id (32 lowercase hex digits) as
-/// [`COMPACT`] then its 16 bytes, any other id as its text.
-fn event_value(e: &EventId) -> Vec<u8> {
-    let id = e.as_str();
-    let derived = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    match hex::decode(id) {
-        Ok(raw) if derived => [&[COMPACT][..], &raw].concat(),
-        _ => id.as_bytes().to_vec(),
-    }
-}
-
-/// Reads what [`event_value`] wrote (or an earlier version's text).
-fn event_from(v: &[u8]) -> EventId {
-    match v.split_first() {
-        Some((&COMPACT, raw)) if raw.len() == 16 => EventId(hex::encode(raw)),
-        _ => EventId(String::from_utf8_lossy(v).into_owned()),
-    }
-}
-
-/// A room's ids as a `by_event` value: [`COMPACT`], then each id followed by NUL; JSON if
-/// an id holds a NUL.
-fn ids_value(ids: &[MessageId]) -> Result<Vec<u8>> {
-    if ids.iter().any(|id| id.as_str().contains('\0')) {
-        return serde_json::to_vec(ids).map_err(codec);
-    }
-    let mut v = vec![COMPACT];
-    for id in ids {
-        v.extend_from_slice(id.as_str().as_bytes());
-        v.push(0);
-    }
-    Ok(v)
-}
-
-/// Reads what [`ids_value`] wrote (or an earlier version's JSON).
-fn ids_from(v: &[u8]) -> Result<Vec<MessageId>> {
-    match v.split_first() {
-        Some((&COMPACT, rest)) => Ok(rest
-            .split(|b| *b == 0)
-            .take(rest.iter().filter(|b| **b == 0).count())
-            .map(|id| MessageId::new(String::from_utf8_lossy(id)))
-            .collect()),
-        _ => serde_json::from_slice(v).map_err(codec),
-    }
-}
-
-/// A sender as a `senders` value: [`COMPACT`], the network, NUL, the user; JSON if the
-/// network holds a NUL.
-fn user_value(u: &UserRef) -> Result<Vec<u8>> {
-    if u.network.as_str().contains('\0') {
-        return serde_json::to_vec(u).map_err(codec);
-    }
-    Ok([
-        &[COMPACT][..],
-        u.network.as_str().as_bytes(),
-        &[0],
-        u.user.as_str().as_bytes(),
-    ]
-    .concat())
-}
-
-/// Reads what [`user_value`] wrote (or an earlier version's JSON).
-fn user_from(v: &[u8]) -> Result<UserRef> {
-    match v.split_first() {
-        Some((&COMPACT, rest)) => {
-            let mut parts = rest.splitn(2, |b| *b == 0);
-            let mut next =
-                || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            let network = next();
-            Ok(UserRef::new(network, next()))
-        }
-        _ => serde_json::from_slice(v).map_err(codec),
-    }
-}
-
 /// In `meta`: present once a version that dates its rows has opened the store.
 const LAYOUT: &[u8] = b"dated";
 /// In `meta`: when that happened, if rows without a time were there then (they count as
@@ -227,26 +172,6 @@ const LEGACY_TXNS: &[u8] = b"legacy_txns";
 /// [`SledStore::compact`]).
 const ID_FLOOR: &[u8] = b"id_floor";
 
-/// `path` with `suffix` added to its file name (`store` → `store.compacted`).
-fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
-fn io(e: std::io::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-/// What [`SledStore::compact`] did: the directory's size before and after, in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Compacted {
-    /// Bytes on disk before.
-    pub before: u64,
-    /// Bytes on disk after.
-    pub after: u64,
-}
-
 /// One table's share of a sled store ([`SledStore::tree_sizes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TreeSize {
@@ -258,21 +183,6 @@ pub struct TreeSize {
     pub key_bytes: u64,
     /// Their values' bytes.
     pub value_bytes: u64,
-}
-
-/// Bytes the files under `p` take (their lengths).
-pub fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 /// A time index key: `ts` big-endian, then `rest`.
@@ -303,14 +213,6 @@ fn prune_index(
         index.remove(&tk).map_err(be)?;
     }
     Ok(n)
-}
-
-/// How far one pass of the legacy prune may go: rows removed so far, the most it may
-/// remove, and how many more entries it may look at.
-struct Budget {
-    n: usize,
-    limit: usize,
-    walked: usize,
 }
 
 /// The time a stamp value holds, if it is one.
@@ -368,6 +270,9 @@ impl SledStore {
             kv_time: t("kv_time")?,
             private_time: t("private_time")?,
             meta,
+            events: t("events")?,
+            remote: t("remote")?,
+            names: Names::new(t("names")?, t("named")?),
             by_remote: t("by_remote")?,
             by_event: t("by_event")?,
             senders: t("senders")?,
@@ -382,6 +287,7 @@ impl SledStore {
             quarantine: t("quarantine")?,
             intents: t("intents")?,
             recording: std::sync::Mutex::new(()),
+            time_row: std::sync::Mutex::new(None),
             set_aside: AtomicU64::new(0),
             #[cfg(test)]
             tear_after: std::sync::Mutex::new(None),
@@ -413,7 +319,10 @@ impl SledStore {
 
     /// Settles one intent; true when it was undone.
     fn settle_intent(&self, origin: &[u8], keys: &[u8]) -> Result<bool> {
-        let undo = !self.by_remote.contains_key(origin).map_err(be)?;
+        // An intent is keyed as its commit point: the event's key in `events`, or an earlier
+        // version's origin key in `by_remote`.
+        let undo = !self.events.contains_key(origin).map_err(be)?
+            && !self.by_remote.contains_key(origin).map_err(be)?;
         if undo {
             for k in decode_keys(keys) {
                 self.outbox.remove(k).map_err(be)?;
@@ -430,72 +339,6 @@ impl SledStore {
         *self.tear_after.lock().expect("tear") = Some(writes);
         let _ = self.record_inbound(event, planned);
         *self.tear_after.lock().expect("tear") = None;
-    }
-
-    /// Rewrites the store at `path` (not open anywhere: a stopped gateway) into a fresh
-    /// database holding only its live rows, then puts it in place of the old one. sled's log
-    /// keeps every page image and removed row until its segments are cleaned, which seldom
-    /// happens; a copy of the rows alone takes about half the space and opens faster.
-    ///
-    /// The copy is written beside the store (`store.compacting`), renamed `store.compacted`
-    /// once complete, then swapped in; a copy left complete by a crash is swapped in by the
-    /// next open, an incomplete or stale one is removed by the next compaction. The rows are
-    /// copied as they are stored, so a store compacted reads as before.
-    pub fn compact(path: impl AsRef<Path>) -> Result<Compacted> {
-        let path = path.as_ref();
-        finish_swap(path)?;
-        let before = dir_size(path);
-        let copying = beside(path, ".compacting");
-        let done = beside(path, ".compacted");
-        let old = beside(path, ".old");
-        for p in [&copying, &done, &old] {
-            if p.exists() {
-                std::fs::remove_dir_all(p).map_err(io)?;
-            }
-        }
-        {
-            let db = open_db(path, std::time::Duration::from_secs(2), &|| false)?;
-            // The next id the old database would hand out, kept for the new one.
-            let floor = db.generate_id().map_err(be)?.saturating_add(1);
-            let previous = db
-                .open_tree("meta")
-                .map_err(be)?
-                .get(ID_FLOOR)
-                .map_err(be)?
-                .and_then(|v| stamp(&v))
-                .unwrap_or(0);
-            let fresh = sled::open(&copying).map_err(be)?;
-            // Row by row (sled's own `import` panics on an I/O error, e.g. a full disk).
-            for name in db.tree_names() {
-                let from = db.open_tree(&name).map_err(be)?;
-                let to = fresh.open_tree(&name).map_err(be)?;
-                for r in from.iter() {
-                    let (k, v) = r.map_err(be)?;
-                    to.insert(k, v).map_err(be)?;
-                }
-            }
-            fresh
-                .open_tree("meta")
-                .map_err(be)?
-                .insert(ID_FLOOR, &previous.saturating_add(floor).to_be_bytes())
-                .map_err(be)?;
-            fresh.flush().map_err(be)?;
-        }
-        // sled reads its log from the last snapshot on, and writes one at each open: opened
-        // once here, the copy's first start reads the snapshot instead of the whole log.
-        drop(open_db(
-            &copying,
-            std::time::Duration::from_secs(5),
-            &|| false,
-        )?);
-        std::fs::rename(&copying, &done).map_err(io)?;
-        std::fs::rename(path, &old).map_err(io)?;
-        std::fs::rename(&done, path).map_err(io)?;
-        std::fs::remove_dir_all(&old).map_err(io)?;
-        Ok(Compacted {
-            before,
-            after: dir_size(path),
-        })
     }
 
     /// Decodes a record of `table`; one that does not decode is moved to the quarantine
@@ -616,20 +459,6 @@ fn printable(k: &[u8]) -> String {
     out
 }
 
-/// Puts in place a compacted copy a crash left complete beside `path` after the old store
-/// was moved away ([`SledStore::compact`]).
-fn finish_swap(path: &Path) -> Result<()> {
-    let done = beside(path, ".compacted");
-    if !path.exists() && done.exists() {
-        std::fs::rename(&done, path).map_err(io)?;
-    }
-    let old = beside(path, ".old");
-    if path.exists() && old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io)?;
-    }
-    Ok(())
-}
-
 /// Opens the sled database, retrying while its lock is held, until `wait` is over or
 /// `give_up` says so.
 fn open_db(path: &Path, wait: std::time::Duration, give_up: &dyn Fn() -> bool) -> Result<sled::Db> {
@@ -655,9 +484,12 @@ fn open_db(path: &Path, wait: std::time::Duration, give_up: &dyn Fn() -> bool) -
 
 impl Store for SledStore {
     fn record_inbound(&self, event: &Event, planned: Vec<Planned>) -> Result<Recorded> {
-        let k = room_key(&event.origin, event.remote_id.as_str());
+        let origin = self.names.number(&room_name(&event.origin))?;
+        let id_value = event_value(&event.id);
+        // The intent is keyed by the event id, whose row is the commit point.
+        let k = id_value.clone();
         let _one = self.recording.lock().unwrap_or_else(|p| p.into_inner());
-        if self.by_remote.contains_key(&k).map_err(be)? {
+        if self.event_for(&event.origin, &event.remote_id)?.is_some() {
             return Ok(Recorded::Duplicate);
         }
         // An earlier try that failed half-way (a backend error) is undone first.
@@ -670,41 +502,40 @@ impl Store for SledStore {
             .iter()
             .map(|r| Ok((outbox_key(&r.target.network, r.outbox_id), encode_row(r)?)))
             .collect::<Result<Vec<_>>>()?;
-        let ids = ids_value(std::slice::from_ref(&event.remote_id))?;
-        let id_value = event_value(&event.id);
-        let ek = event_key(&event.id, &event.origin);
+        // An event whose id is derived from its origin is found from there without a
+        // `remote` row (see `event_for`); any other needs one.
+        let origin_key = (event.id != EventId::derive(&event.origin, &event.remote_id))
+            .then(|| remote_key(origin, event.remote_id.as_str()));
         let sender = match event.kind {
-            junction_core::EventKind::Message(_) => Some(user_value(&event.sender.user)?),
+            junction_core::EventKind::Message(_) => Some(self.names.sender(&event.sender.user)?),
             _ => None,
         };
         let now = now_ms();
-        let tk = time_key(now, event.id.as_str().as_bytes());
-        let private = private.then(|| {
-            time_key(
-                now,
-                &[b"e".as_slice(), event.id.as_str().as_bytes()].concat(),
-            )
-        });
+        let row = EventRow {
+            time: now,
+            private,
+            sender,
+            rooms: vec![(origin, vec![event.remote_id.clone()])],
+        }
+        .encode();
+        let (tk, tv) = self.next_time_row(now, &id_value);
+        let private = private.then(|| time_key(now, &[b"e".as_slice(), &id_value].concat()));
         let intent = encode_keys(encoded.iter().map(|(ok, _)| ok.as_slice()));
-        let id = event.id.as_str().as_bytes();
-        let stamp = now.to_be_bytes();
         // In this order (see the module's doc): the intent, the rows, the commit point.
         let mut writes: Vec<Write<'_>> = vec![
             (&self.intents, &k, Some(&intent)),
-            (&self.by_event, &ek, Some(&ids)),
-            (&self.stamps, id, Some(&stamp)),
-            (&self.by_time, &tk, Some(&[])),
+            (&self.by_time, &tk, Some(&tv)),
         ];
         if let Some(pk) = &private {
             writes.push((&self.private_time, pk, Some(&[])));
         }
-        if let Some(sender) = &sender {
-            writes.push((&self.senders, id, Some(sender)));
-        }
         for (ok, v) in &encoded {
             writes.push((&self.outbox, ok, Some(v)));
         }
-        writes.push((&self.by_remote, &k, Some(&id_value)));
+        if let Some(ok) = &origin_key {
+            writes.push((&self.remote, ok, Some(&id_value)));
+        }
+        writes.push((&self.events, &id_value, Some(&row)));
         writes.push((&self.intents, &k, None));
         #[cfg(test)]
         if let Some(n) = *self.tear_after.lock().expect("tear") {
@@ -723,16 +554,37 @@ impl Store for SledStore {
     fn record_delivered(&self, d: &Delivered) -> Result<()> {
         // The ids first, the outbox row last (see the module's doc).
         if let Ok(ids) = &d.outcome {
-            let v = ids_value(ids)?;
             let id_value = event_value(&d.event);
-            for id in ids {
-                self.by_remote
-                    .insert(room_key(&d.target, id.as_str()), id_value.as_slice())
+            if self.events.contains_key(&id_value).map_err(be)? {
+                let room = self.names.number(&room_name(&d.target))?;
+                for id in ids {
+                    self.remote
+                        .insert(remote_key(room, id.as_str()), id_value.as_slice())
+                        .map_err(be)?;
+                }
+                let mut failed = None;
+                self.events
+                    .fetch_and_update(&id_value, |old| {
+                        let mut row = EventRow::decode(old?).map_err(|e| failed = Some(e)).ok()?;
+                        row.set_ids(room, ids.clone());
+                        Some(row.encode())
+                    })
+                    .map_err(be)?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            } else {
+                // An event an earlier version recorded keeps its rows where they are.
+                let v = ids_value(ids)?;
+                for id in ids {
+                    self.by_remote
+                        .insert(room_key(&d.target, id.as_str()), id_value.as_slice())
+                        .map_err(be)?;
+                }
+                self.by_event
+                    .insert(event_key(&d.event, &d.target), v)
                     .map_err(be)?;
             }
-            self.by_event
-                .insert(event_key(&d.event, &d.target), v)
-                .map_err(be)?;
         }
         self.outbox
             .remove(outbox_key(&d.target.network, d.outbox_id))
@@ -741,6 +593,26 @@ impl Store for SledStore {
     }
 
     fn event_for(&self, room: &RoomRef, remote: &MessageId) -> Result<Option<EventId>> {
+        if let Some(n) = self.names.get(&room_name(room))? {
+            if let Some(v) = self
+                .remote
+                .get(remote_key(n, remote.as_str()))
+                .map_err(be)?
+            {
+                return Ok(Some(event_from(&v)));
+            }
+            // An event's origin id has no `remote` row: its id is derived from it.
+            let derived = EventId::derive(room, remote);
+            if let Some(row) = self.event_row(&derived)? {
+                if row
+                    .rooms
+                    .iter()
+                    .any(|(r, ids)| *r == n && ids.contains(remote))
+                {
+                    return Ok(Some(derived));
+                }
+            }
+        }
         Ok(self
             .by_remote
             .get(room_key(room, remote.as_str()))
@@ -749,6 +621,9 @@ impl Store for SledStore {
     }
 
     fn sender_of(&self, event: &EventId) -> Result<Option<UserRef>> {
+        if let Some(row) = self.event_row(event)? {
+            return row.sender.as_ref().map(|s| self.names.user(s)).transpose();
+        }
         match self.senders.get(event.as_str()).map_err(be)? {
             Some(v) => user_from(&v).map(Some),
             None => Ok(None),
@@ -756,6 +631,17 @@ impl Store for SledStore {
     }
 
     fn remote_ids(&self, event: &EventId, room: &RoomRef) -> Result<Vec<MessageId>> {
+        if let Some(row) = self.event_row(event)? {
+            let Some(n) = self.names.get(&room_name(room))? else {
+                return Ok(Vec::new());
+            };
+            return Ok(row
+                .rooms
+                .into_iter()
+                .find(|(r, _)| *r == n)
+                .map(|(_, ids)| ids)
+                .unwrap_or_default());
+        }
         match self.by_event.get(event_key(event, room)).map_err(be)? {
             Some(v) => ids_from(&v),
             None => Ok(Vec::new()),
@@ -905,7 +791,7 @@ impl Store for SledStore {
             limit,
             |ts, rest| match rest.split_first() {
                 Some((b'e', id)) => {
-                    self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
+                    self.forget_event(&event_from(id))?;
                     Ok(true)
                 }
                 Some((b'k', k)) => self.forget_row_written_at(k, ts),
@@ -955,15 +841,24 @@ impl Store for SledStore {
             }
         };
         for r in self.by_time.iter() {
-            let (tk, _) = r.map_err(be)?;
-            let (ts, id) = tk.split_at(8.min(tk.len()));
-            let private = time_key(stamp(ts).unwrap_or(0), &[b"e".as_slice(), id].concat());
-            out(Row::Event {
-                event: EventId(text(id)),
-                stamp: stamp(ts),
-                sender: sender(id)?,
-                private: self.private_time.contains_key(private).map_err(be)?,
-            })?;
+            let (tk, v) = r.map_err(be)?;
+            let (ts, first) = tk.split_at(8.min(tk.len()));
+            for id in time_row_ids(first, &v) {
+                let event = event_from(id);
+                let (stamp, private) = match self.event_row(&event)? {
+                    Some(row) => (Some(row.time), row.private),
+                    None => {
+                        let pk = time_key(stamp(ts).unwrap_or(0), &[b"e".as_slice(), id].concat());
+                        (stamp(ts), self.private_time.contains_key(pk).map_err(be)?)
+                    }
+                };
+                out(Row::Event {
+                    sender: self.sender_of(&event)?,
+                    event,
+                    stamp,
+                    private,
+                })?;
+            }
         }
         for r in self.senders.iter() {
             let (id, _) = r.map_err(be)?;
@@ -973,6 +868,16 @@ impl Store for SledStore {
                     stamp: None,
                     sender: sender(&id)?,
                     private: false,
+                })?;
+            }
+        }
+        for r in self.events.iter() {
+            let (k, v) = r.map_err(be)?;
+            for (room, ids) in EventRow::decode(&v)?.rooms {
+                out(Row::Map {
+                    event: event_from(&k),
+                    room: self.names.room(room)?,
+                    ids,
                 })?;
             }
         }
@@ -1045,14 +950,17 @@ impl Store for SledStore {
         };
         match own {
             Own::Event(event, ts, sender, private) => {
-                let id = event.as_str().as_bytes();
-                if let Some(sender) = sender {
-                    self.senders.insert(id, user_value(&sender)?).map_err(be)?;
-                }
-                self.stamps.insert(id, &ts.to_be_bytes()).map_err(be)?;
-                self.by_time.insert(time_key(ts, id), &[]).map_err(be)?;
+                let id = event_value(&event);
+                let mut row = self.event_row(&event)?.unwrap_or_default();
+                row.time = ts;
+                row.private = private;
+                row.sender = sender.map(|u| self.names.sender(&u)).transpose()?;
+                self.events
+                    .insert(id.as_slice(), row.encode())
+                    .map_err(be)?;
+                self.by_time.insert(time_key(ts, &id), &[]).map_err(be)?;
                 if private {
-                    let pk = time_key(ts, &[b"e".as_slice(), id].concat());
+                    let pk = time_key(ts, &[b"e".as_slice(), &id].concat());
                     self.private_time.insert(pk, &[]).map_err(be)?;
                 }
             }
@@ -1089,10 +997,7 @@ impl Store for SledStore {
     }
 
     fn prune_before(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let mut n = prune_index(&self.by_time, before_ms, limit, |_, id| {
-            self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-            Ok(true)
-        })?;
+        let mut n = self.prune_times(before_ms, limit)?;
         n += prune_index(&self.txn_time, before_ms, limit - n, |_, k| {
             self.txns.remove(k).map_err(be)?;
             Ok(true)
@@ -1135,9 +1040,97 @@ impl SledStore {
         Ok(true)
     }
 
+    /// The `by_time` row to write for an event recorded at `now`: the current one with
+    /// `id` added, or a new one once that holds [`TIME_ROW`] ids.
+    fn next_time_row(&self, now: u64, id: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut row = self.time_row.lock().unwrap_or_else(|p| p.into_inner());
+        match row.as_mut() {
+            Some((k, v, n)) if *n < TIME_ROW => {
+                push_time_id(v, id);
+                *n += 1;
+                (k.clone(), v.clone())
+            }
+            _ => {
+                let k = time_key(now, id);
+                *row = Some((k.clone(), Vec::new(), 1));
+                (k, Vec::new())
+            }
+        }
+    }
+
+    /// Forgets the events `by_time` holds recorded before `before_ms`, oldest first, at
+    /// most `limit`; a row partly pruned is written again with the rest, at its place (its
+    /// time, the first id left), then the old row goes. Each id's time is its event's (the
+    /// row's for an earlier version's event); ids whose event is gone count, as before. A
+    /// row whose key is older than the cut may hold younger events (it began before the cut,
+    /// or shares a millisecond with the next one): the walk goes on past it to the cut.
+    fn prune_times(&self, before_ms: u64, limit: usize) -> Result<usize> {
+        // New events go to a new row from now on, never to one pruned here.
+        *self.time_row.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let time_of = |e: &EventId| self.event_row(e).ok().flatten().map(|r| r.time);
+        let mut n = 0;
+        for r in self.by_time.range(..before_ms.to_be_bytes().to_vec()) {
+            if n >= limit {
+                break;
+            }
+            let (tk, v) = r.map_err(be)?;
+            let (ts, first) = tk.split_at(8.min(tk.len()));
+            let ids = time_row_ids(first, &v);
+            let mut gone = 0;
+            for id in &ids {
+                let event = event_from(id);
+                let young = time_of(&event)
+                    .or(stamp(ts))
+                    .is_some_and(|t| t >= before_ms);
+                if n >= limit || young {
+                    break;
+                }
+                self.forget_event(&event)?;
+                n += 1;
+                gone += 1;
+            }
+            if gone > 0 && gone < ids.len() {
+                let mut v = Vec::new();
+                for id in &ids[gone + 1..] {
+                    push_time_id(&mut v, id);
+                }
+                self.by_time
+                    .insert(time_key(stamp(ts).unwrap_or(0), ids[gone]), v)
+                    .map_err(be)?;
+            }
+            if gone > 0 {
+                self.by_time.remove(&tk).map_err(be)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The `events` row of `event`, if it has one (not if an earlier version recorded it).
+    fn event_row(&self, event: &EventId) -> Result<Option<EventRow>> {
+        match self.events.get(event_value(event)).map_err(be)? {
+            Some(v) => EventRow::decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Removes every message-map row of `event` (each room's ids and the rows mapping them
-    /// back), its sender and its stamp.
+    /// back), its sender and its stamp, in either layout.
     fn forget_event(&self, event: &EventId) -> Result<()> {
+        let id_value = event_value(event);
+        if let Some(v) = self.events.get(&id_value).map_err(be)? {
+            // A row that does not read leaves its ids in `remote` (each is replaced when
+            // its remote id is seen again).
+            for (room, ids) in EventRow::decode(&v).map(|r| r.rooms).unwrap_or_default() {
+                for id in ids {
+                    let rk = remote_key(room, id.as_str());
+                    // Only if it still names this event.
+                    if self.remote.get(&rk).map_err(be)?.as_deref() == Some(&id_value[..]) {
+                        self.remote.remove(&rk).map_err(be)?;
+                    }
+                }
+            }
+            self.events.remove(&id_value).map_err(be)?;
+        }
         let prefix = key(&[event.as_str(), ""]);
         for r in self.by_event.scan_prefix(&prefix) {
             let (k, v) = r.map_err(be)?;
@@ -1165,85 +1158,5 @@ impl SledStore {
         self.senders.remove(event.as_str()).map_err(be)?;
         self.stamps.remove(event.as_str()).map_err(be)?;
         Ok(())
-    }
-
-    /// Once the time the store was upgraded at is older than `before_ms`: removes the
-    /// message-map rows and transaction keys an earlier version stored without a time, at
-    /// most `limit` (and a bounded walk), carrying on where the last call stopped.
-    fn prune_legacy(&self, before_ms: u64, limit: usize) -> Result<usize> {
-        let Some(until) = self.meta.get(LEGACY_UNTIL).map_err(be)? else {
-            return Ok(0);
-        };
-        if stamp(&until).is_some_and(|t| t >= before_ms) || limit == 0 {
-            return Ok(0);
-        }
-        let mut budget = Budget {
-            n: 0,
-            limit,
-            walked: limit.saturating_mul(16),
-        };
-        let from = self.meta.get(LEGACY_EVENTS).map_err(be)?;
-        if from.as_deref() != Some(b"done".as_slice()) {
-            let done = self.resume_walk(&self.by_event, LEGACY_EVENTS, &mut budget, |k, _| {
-                let id = k.split(|b| *b == 0).next().unwrap_or_default();
-                if self.stamps.contains_key(id).map_err(be)? {
-                    return Ok(false);
-                }
-                self.forget_event(&EventId(String::from_utf8_lossy(id).into_owned()))?;
-                Ok(true)
-            })?;
-            if !done {
-                return Ok(budget.n);
-            }
-            self.meta
-                .insert(LEGACY_EVENTS, b"done".as_slice())
-                .map_err(be)?;
-        }
-        let done = self.resume_walk(&self.txns, LEGACY_TXNS, &mut budget, |k, v| {
-            if !v.is_empty() {
-                return Ok(false);
-            }
-            self.txns.remove(k).map_err(be)?;
-            Ok(true)
-        })?;
-        if !done {
-            return Ok(budget.n);
-        }
-        for k in [LEGACY_UNTIL, LEGACY_EVENTS, LEGACY_TXNS] {
-            self.meta.remove(k).map_err(be)?;
-        }
-        tracing::info!(
-            "The message map rows stored without a time by an earlier version are gone."
-        );
-        Ok(budget.n)
-    }
-
-    /// Walks `tree` on from the key kept under `mark` in `meta` (from its start when none),
-    /// calling `forget(key, value)` on each entry and counting in `budget` those it says
-    /// went. When the count reaches the limit or the walk its length, the next key is kept
-    /// under `mark` for the next call and false returned; true once the walk reached the end.
-    fn resume_walk(
-        &self,
-        tree: &sled::Tree,
-        mark: &[u8],
-        budget: &mut Budget,
-        mut forget: impl FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<bool> {
-        let start = self
-            .meta
-            .get(mark)
-            .map_err(be)?
-            .map(|f| f.to_vec())
-            .unwrap_or_default();
-        for r in tree.range(start..) {
-            let (k, v) = r.map_err(be)?;
-            if budget.n >= budget.limit || budget.walked == 0 {
-                self.meta.insert(mark, k.to_vec()).map_err(be)?;
-                return Ok(false);
-            }
-            budget.walked -= 1;
-            budget.n += usize::from(forget(&k, &v)?);
-        }
-        Ok(true)
     }
 }
