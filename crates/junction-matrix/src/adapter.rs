@@ -62,6 +62,7 @@ pub struct MatrixAdapter {
     /// rooms.
     encryption: Option<(std::path::PathBuf, Option<junction_core::Secret>)>,
     undecryptable: Option<Arc<std::sync::atomic::AtomicU64>>,
+    media_hash_mismatches: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl MatrixAdapter {
@@ -77,6 +78,7 @@ impl MatrixAdapter {
             cap_refusals: None,
             encryption: None,
             undecryptable: None,
+            media_hash_mismatches: None,
         }
     }
 
@@ -96,6 +98,13 @@ impl MatrixAdapter {
     /// arrived, or they could not be decrypted), each told to its sender (for `/metrics`).
     pub fn with_undecryptable(mut self, count: Arc<std::sync::atomic::AtomicU64>) -> Self {
         self.undecryptable = Some(count);
+        self
+    }
+
+    /// Counts, in `count`, the encrypted files the media proxy refused because their
+    /// ciphertext did not match its hash (for `/metrics`).
+    pub fn with_media_hash_mismatches(mut self, count: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.media_hash_mismatches = Some(count);
         self
     }
 
@@ -227,6 +236,8 @@ pub(crate) struct Shared {
     pub(crate) keys_arrived: tokio::sync::Notify,
     /// Encrypted events that could not be bridged (told to their senders).
     pub(crate) undecryptable: Arc<std::sync::atomic::AtomicU64>,
+    /// Encrypted files the media proxy refused: their ciphertext did not match its hash.
+    pub(crate) media_hash_mismatches: Arc<std::sync::atomic::AtomicU64>,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
 }
@@ -287,6 +298,7 @@ impl Shared {
             crypto: std::sync::OnceLock::new(),
             keys_arrived: tokio::sync::Notify::new(),
             undecryptable: Arc::default(),
+            media_hash_mismatches: Arc::default(),
             catch_up: tokio::sync::Notify::new(),
         })
     }
@@ -410,6 +422,9 @@ impl Adapter for MatrixAdapter {
         sh.encryption = self.encryption.is_some();
         if let Some(count) = self.undecryptable {
             sh.undecryptable = count;
+        }
+        if let Some(count) = self.media_hash_mismatches {
+            sh.media_hash_mismatches = count;
         }
         let sh = Arc::new(sh);
         let status = cx.status;
