@@ -6,14 +6,20 @@ python3-matrix-nio and python3-olm): it shares no code with the gateway.
 Logs in (a new device), joins ROOM_ID and syncs. Prints one JSON object per line on stdout:
   {"event": "ready", "device_id": ...}             once joined, synced and the room is encrypted
   {"event": "message", "event_id", "sender", "body", "msgtype", "encrypted"}  per room message
+  {"event": "file", "event_id", "sender", "body", "data"}  per encrypted file, downloaded
+                                                   and decrypted (data: base64, or "error")
   {"event": "undecrypted", "event_id", "sender"}   per event it could not decrypt
   {"event": "sent", "event_id": ...}               per line sent
   {"event": "error", "error": ...}
 Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into the room;
-`edit EVENT_ID TEXT` replaces the message EVENT_ID with TEXT (an encrypted m.replace).
+`edit EVENT_ID TEXT` replaces the message EVENT_ID with TEXT (an encrypted m.replace);
+`file NAME BASE64` uploads the bytes encrypted and sends them as the file NAME (an m.file
+whose content carries the key, as the spec's EncryptedFile).
 """
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import os
@@ -24,10 +30,12 @@ from nio import (
     AsyncClientConfig,
     LoginResponse,
     MegolmEvent,
+    RoomEncryptedMedia,
     RoomMessageNotice,
     RoomMessageText,
     RoomSendResponse,
 )
+from nio.crypto import decrypt_attachment
 
 
 def say(obj):
@@ -59,7 +67,26 @@ async def main():
             return
         say({"event": "undecrypted", "event_id": event.event_id, "sender": event.sender})
 
+    async def on_file(room, event):
+        if room.room_id != room_id:
+            return
+        seen = {"event": "file", "event_id": event.event_id, "sender": event.sender,
+                "body": event.body}
+        try:
+            # Authenticated media: nio's own download uses the older, unauthenticated path.
+            server, media_id = event.url[len("mxc://"):].split("/", 1)
+            url = f"{homeserver}/_matrix/client/v1/media/download/{server}/{media_id}"
+            headers = {"Authorization": f"Bearer {client.access_token}"}
+            async with client.client_session.get(url, headers=headers) as resp:
+                cipher = await resp.read()
+            plain = decrypt_attachment(cipher, event.key["k"], event.hashes["sha256"], event.iv)
+            seen["data"] = base64.b64encode(plain).decode()
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            seen["error"] = repr(e)
+        say(seen)
+
     client.add_event_callback(on_message, (RoomMessageText, RoomMessageNotice))
+    client.add_event_callback(on_file, RoomEncryptedMedia)
     client.add_event_callback(on_undecrypted, MegolmEvent)
 
     resp = await client.login(password, device_name="nio test client")
@@ -92,6 +119,22 @@ async def main():
                 "body": "* " + text,
                 "m.new_content": {"msgtype": "m.text", "body": text},
                 "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+            }
+        elif line.startswith("file "):
+            name, _, data = line[len("file "):].partition(" ")
+            data = base64.b64decode(data)
+            up, keys = await client.upload(
+                io.BytesIO(data), "application/octet-stream", name, encrypt=True,
+                filesize=len(data),
+            )
+            if not hasattr(up, "content_uri"):
+                say({"event": "error", "error": f"upload: {up}"})
+                continue
+            content = {
+                "msgtype": "m.file",
+                "body": name,
+                "info": {"mimetype": "text/plain", "size": len(data)},
+                "file": dict(keys, url=up.content_uri),
             }
         else:
             say({"event": "error", "error": f"unknown command: {line}"})
