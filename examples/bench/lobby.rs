@@ -186,7 +186,7 @@ impl Bench {
             phase: 0,
         };
         bench.wait_ready(&health).await?;
-        if args.encrypted {
+        if args.nio {
             // Joins once the gateway is in: its first message then shares the room key.
             let nio = NioUser::join(servers, &short(&unique("jbn")), "pw-bench", &bench.mx_room)
                 .await

@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
 //!                                        [--puppets N] [--irc-mode puppet|relay]
 //!                                        [--encrypted]   # the Matrix room encrypted
+//!                                        [--nio]   # a matrix-nio member sends from Matrix
 //! cargo run --release --example bench -- --compare [--quick]   # beside biboumi, heisenbridge
 //! ```
 //!
@@ -86,6 +87,9 @@ pub(crate) struct Args {
     /// The Matrix room encrypted, the gateway with a device of its own, and a nio member
     /// (matrix-nio on libolm) sending from Matrix, so Matrix paths pay for encryption.
     pub(crate) encrypted: bool,
+    /// A nio member sends from Matrix (always with `encrypted`; alone, the plain run to
+    /// compare an encrypted one with, the same client sending).
+    pub(crate) nio: bool,
 }
 
 impl Args {
@@ -99,13 +103,18 @@ impl Args {
             store: "sled".into(),
             store_rows: None,
             encrypted: false,
+            nio: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--quick" => a.quick = true,
                 "--compare" => a.compare = true,
-                "--encrypted" => a.encrypted = true,
+                "--encrypted" => {
+                    a.encrypted = true;
+                    a.nio = true;
+                }
+                "--nio" => a.nio = true,
                 "--only" => {
                     let v = it.next().context("--only needs a list")?;
                     a.only = Some(v.split(',').map(str::to_owned).collect());
@@ -122,7 +131,7 @@ impl Args {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--irc-mode puppet|relay] \
-                         [--store sled|postgres] [--store-rows N] [--encrypted]\n       \
+                         [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
                          bench --compare [--quick]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
@@ -158,11 +167,16 @@ fn main() -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Junction bench ({} mode, IRC {} mode{})\n",
+        "## Junction bench ({} mode, IRC {} mode{}{})\n",
         if args.quick { "quick" } else { "full" },
         args.irc_mode,
         if args.encrypted {
             ", Matrix room encrypted"
+        } else {
+            ""
+        },
+        if args.nio {
+            ", a nio member sending from Matrix"
         } else {
             ""
         }
