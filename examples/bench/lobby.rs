@@ -23,6 +23,8 @@ pub(crate) struct Bench {
     pub(crate) irc: IrcUser,
     pub(crate) xmpp: XmppUser,
     pub(crate) matrix: MatrixUser,
+    /// The encrypting Matrix member who sends from Matrix (`--encrypted`).
+    pub(crate) nio: Option<NioUser>,
     pub(crate) phase: u32,
 }
 
@@ -69,6 +71,9 @@ impl Bench {
             .create_room(Some(&format!("{name}m")), true)
             .await
             .context("creating the Matrix room")?;
+        if args.encrypted {
+            matrix.enable_encryption(&mx_room).await?;
+        }
         let fast_muc = format!("{name}f@{}", servers.xmpp.muc);
         let mx_muc = format!("{name}m@{}", servers.xmpp.muc);
         let fast_chan = format!("#{name}f");
@@ -121,7 +126,11 @@ impl Bench {
             hub.attach(nets[0].clone(), &router, &shutdown).context,
             &taps,
         );
-        adapters.spawn(gateway::run_adapter(MatrixAdapter::new(m), cx));
+        let mut matrix_adapter = MatrixAdapter::new(m);
+        if args.encrypted {
+            matrix_adapter = matrix_adapter.with_encryption(&config.gateway.data_dir, None);
+        }
+        adapters.spawn(gateway::run_adapter(matrix_adapter, cx));
         let x = config
             .section::<junction_xmpp::config::XmppSection>()
             .context("xmpp section")?
@@ -156,7 +165,7 @@ impl Bench {
         };
         let gateway = tokio::spawn(gateway::route(parts, hub, shutdown.clone()));
 
-        let bench = Bench {
+        let mut bench = Bench {
             servers,
             slot,
             taps,
@@ -173,9 +182,17 @@ impl Bench {
             irc,
             xmpp,
             matrix,
+            nio: None,
             phase: 0,
         };
         bench.wait_ready(&health).await?;
+        if args.nio {
+            // Joins once the gateway is in: its first message then shares the room key.
+            let nio = NioUser::join(servers, &short(&unique("jbn")), "pw-bench", &bench.mx_room)
+                .await
+                .context("the nio member")?;
+            bench.nio = Some(nio);
+        }
         Ok(bench)
     }
 
@@ -247,9 +264,14 @@ impl Bench {
                     };
                     self.xmpp.send_groupchat(muc, &text)?;
                 }
-                Side::Matrix => {
-                    self.matrix.send_text(&self.mx_room, &text).await?;
-                }
+                Side::Matrix => match &mut self.nio {
+                    Some(nio) => {
+                        nio.send(&text).await?;
+                    }
+                    None => {
+                        self.matrix.send_text(&self.mx_room, &text).await?;
+                    }
+                },
             }
         }
         let sending = start.elapsed();

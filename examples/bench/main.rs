@@ -4,6 +4,8 @@
 //! ./target/debug/junction-testkit start          # or let the bench start what is missing
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
 //!                                        [--puppets N] [--irc-mode puppet|relay]
+//!                                        [--encrypted]   # the Matrix room encrypted
+//!                                        [--nio]   # a matrix-nio member sends from Matrix
 //! cargo run --release --example bench -- --compare [--quick]   # beside biboumi, heisenbridge
 //! ```
 //!
@@ -42,7 +44,7 @@ use junction_core::{
 use junction_irc::IrcAdapter;
 use junction_matrix::MatrixAdapter;
 use junction_store::{SledStore, Store};
-use junction_testkit::clients::{IrcUser, MatrixUser, XmppUser};
+use junction_testkit::clients::{IrcUser, MatrixUser, NioUser, XmppUser};
 use junction_testkit::servers::{servers, slot, Servers, SlotGuard};
 use junction_testkit::unique;
 use junction_xmpp::XmppAdapter;
@@ -82,6 +84,12 @@ pub(crate) struct Args {
     pub(crate) store: String,
     /// The store phase's message count, instead of 20,000 (quick) or 1,000,000.
     pub(crate) store_rows: Option<usize>,
+    /// The Matrix room encrypted, the gateway with a device of its own, and a nio member
+    /// (matrix-nio on libolm) sending from Matrix, so Matrix paths pay for encryption.
+    pub(crate) encrypted: bool,
+    /// A nio member sends from Matrix (always with `encrypted`; alone, the plain run to
+    /// compare an encrypted one with, the same client sending).
+    pub(crate) nio: bool,
 }
 
 impl Args {
@@ -94,12 +102,19 @@ impl Args {
             irc_mode: "puppet".into(),
             store: "sled".into(),
             store_rows: None,
+            encrypted: false,
+            nio: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--quick" => a.quick = true,
                 "--compare" => a.compare = true,
+                "--encrypted" => {
+                    a.encrypted = true;
+                    a.nio = true;
+                }
+                "--nio" => a.nio = true,
                 "--only" => {
                     let v = it.next().context("--only needs a list")?;
                     a.only = Some(v.split(',').map(str::to_owned).collect());
@@ -116,7 +131,7 @@ impl Args {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--irc-mode puppet|relay] \
-                         [--store sled|postgres] [--store-rows N]\n       \
+                         [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
                          bench --compare [--quick]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
@@ -152,9 +167,19 @@ fn main() -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Junction bench ({} mode, IRC {} mode)\n",
+        "## Junction bench ({} mode, IRC {} mode{}{})\n",
         if args.quick { "quick" } else { "full" },
-        args.irc_mode
+        args.irc_mode,
+        if args.encrypted {
+            ", Matrix room encrypted"
+        } else {
+            ""
+        },
+        if args.nio {
+            ", a nio member sending from Matrix"
+        } else {
+            ""
+        }
     );
     if args.wants("store") {
         eprintln!("store…");

@@ -2,7 +2,7 @@
 //! what Matrix members say and encrypts what comes from IRC and XMPP, checked against an
 //! encrypting client that shares no code with the gateway (matrix-nio on libolm).
 
-use crate::lobby::{Lobby, WAIT};
+use crate::lobby::{child, Lobby, WAIT};
 use anyhow::Context as _;
 use junction_testkit::clients::xmpp::body;
 use junction_testkit::clients::NioUser;
@@ -15,7 +15,16 @@ fn encryption_on(config: &mut String) {
 
 /// A lobby whose Matrix room is encrypted, with a nio member in it.
 async fn encrypted_lobby() -> anyhow::Result<(Lobby, NioUser)> {
-    let lobby = Lobby::start_with(encryption_on).await?;
+    encrypted_lobby_with(|_| {}).await
+}
+
+/// [`encrypted_lobby`], its config changed by `tweak` too.
+async fn encrypted_lobby_with(tweak: impl FnOnce(&mut String)) -> anyhow::Result<(Lobby, NioUser)> {
+    let lobby = Lobby::start_with(|c| {
+        encryption_on(c);
+        tweak(c);
+    })
+    .await?;
     lobby
         .matrix
         .enable_encryption(&lobby.room)
@@ -354,5 +363,66 @@ async fn an_undecryptable_message_is_told_to_its_sender() -> anyhow::Result<()> 
     let fine = unique("readable again");
     nio.send(&fine).await?;
     lobby.irc_sees(&fine).await.context("the next line")?;
+    Ok(())
+}
+
+/// A file a Matrix member sends encrypted crosses to XMPP and IRC as a link that serves its
+/// decrypted bytes, with neither its key nor its `mxc://` URI in the link; a file from XMPP
+/// arrives in the encrypted room as an encrypted file that the member's client decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_attachments_cross_decrypted() -> anyhow::Result<()> {
+    const FROM_XMPP: &[u8] = b"a file from xmpp, for the encrypted room";
+    let (lobby, mut nio) = encrypted_lobby_with(|c| {
+        // The XMPP side's file is served on loopback.
+        *c = c.replacen(
+            "[matrix]\n",
+            "[matrix]\nprivate_attachment_urls = true\n",
+            1,
+        );
+    })
+    .await?;
+    let bytes = unique("what only the room may read").into_bytes();
+    let name = format!("{}.txt", unique("notes"));
+    nio.send_file(&name, &bytes).await?;
+    let x = lobby
+        .xmpp
+        .wait_for(WAIT, |el| {
+            child(el, "x", "jabber:x:oob").is_some()
+                && body(el).is_some_and(|b| b.contains("/media/encrypted/"))
+        })
+        .await
+        .context("matrix (encrypted file) → xmpp oob")?;
+    let url = child(&x, "x", "jabber:x:oob")
+        .and_then(|o| o.children().find(|c| c.name() == "url"))
+        .map(|u| u.text())
+        .context("oob url")?;
+    assert!(
+        url.ends_with(&format!("/{name}")) || url.contains(&format!("/{name}?")),
+        "{url}"
+    );
+    let got = reqwest::get(&url).await?;
+    assert_eq!(got.status(), 200, "{url}");
+    assert_eq!(
+        got.bytes().await?.as_ref(),
+        bytes.as_slice(),
+        "decrypted bytes"
+    );
+    let (_, line) = lobby
+        .irc_sees("/media/encrypted/")
+        .await
+        .context("matrix (encrypted file) → irc")?;
+    assert!(!line.contains("mxc") && line.contains(&name), "{line:?}");
+
+    let served = crate::matrix::rig::serve_file(FROM_XMPP).await?;
+    lobby.xmpp.send_groupchat_with(
+        &lobby.muc,
+        &served,
+        &format!("<x xmlns='jabber:x:oob'><url>{served}</url></x>"),
+    )?;
+    let got = nio
+        .receives_file("cat.png", WAIT)
+        .await
+        .context("xmpp file → matrix (encrypted)")?;
+    assert_eq!(got, FROM_XMPP);
     Ok(())
 }

@@ -59,7 +59,11 @@ async fn plain_text_six_directions() -> anyhow::Result<()> {
 }
 
 /// The XMPP element's child with `name` in namespace `ns`, if any.
-fn child<'a>(el: &'a minidom::Element, name: &str, ns: &str) -> Option<&'a minidom::Element> {
+pub(crate) fn child<'a>(
+    el: &'a minidom::Element,
+    name: &str,
+    ns: &str,
+) -> Option<&'a minidom::Element> {
     el.children().find(|c| c.name() == name && c.ns() == ns)
 }
 

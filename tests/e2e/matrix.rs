@@ -2,7 +2,7 @@
 //! Matrix users' messages reaching the gateway, and transactions that survive a failed
 //! store (Synapse resends them, the gateway sees the event once).
 
-mod rig;
+pub(crate) mod rig;
 
 use rig::*;
 

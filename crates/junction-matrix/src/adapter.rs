@@ -63,6 +63,7 @@ pub struct MatrixAdapter {
     encryption: Option<(std::path::PathBuf, Option<junction_core::Secret>)>,
     undecryptable: Option<Arc<std::sync::atomic::AtomicU64>>,
     undecryptable_after: Duration,
+    media_hash_mismatches: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl MatrixAdapter {
@@ -79,6 +80,7 @@ impl MatrixAdapter {
             encryption: None,
             undecryptable: None,
             undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
+            media_hash_mismatches: None,
         }
     }
 
@@ -105,6 +107,13 @@ impl MatrixAdapter {
     /// not bridged (`[matrix] undecryptable_after`, two minutes by default).
     pub fn with_undecryptable_after(mut self, wait: Duration) -> Self {
         self.undecryptable_after = wait;
+        self
+    }
+
+    /// Counts, in `count`, the encrypted files the media proxy refused because their
+    /// ciphertext did not match its hash (for `/metrics`).
+    pub fn with_media_hash_mismatches(mut self, count: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.media_hash_mismatches = Some(count);
         self
     }
 
@@ -241,6 +250,8 @@ pub(crate) struct Shared {
     pub(crate) undecryptable: Arc<std::sync::atomic::AtomicU64>,
     /// How long an encrypted event waits for its keys before its sender is told.
     pub(crate) undecryptable_after: Duration,
+    /// Encrypted files the media proxy refused: their ciphertext did not match its hash.
+    pub(crate) media_hash_mismatches: Arc<std::sync::atomic::AtomicU64>,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
 }
@@ -303,6 +314,7 @@ impl Shared {
             keys_arrived: tokio::sync::Notify::new(),
             undecryptable: Arc::default(),
             undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
+            media_hash_mismatches: Arc::default(),
             catch_up: tokio::sync::Notify::new(),
         })
     }
@@ -428,6 +440,9 @@ impl Adapter for MatrixAdapter {
             sh.undecryptable = count;
         }
         sh.undecryptable_after = self.undecryptable_after;
+        if let Some(count) = self.media_hash_mismatches {
+            sh.media_hash_mismatches = count;
+        }
         let sh = Arc::new(sh);
         let status = cx.status;
 

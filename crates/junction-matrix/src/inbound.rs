@@ -12,6 +12,10 @@ use junction_core::{
 };
 use serde_json::Value;
 
+/// Makes a proxy link to the decrypted bytes of an encrypted file, from a message's `file`,
+/// the file's name and its type.
+pub type EncryptedLink<'a> = dyn Fn(&Value, &str, Option<&str>) -> Option<String> + 'a;
+
 /// What the conversion needs to know.
 pub struct InboundCx<'a> {
     /// Our network id (`matrix`).
@@ -28,6 +32,9 @@ pub struct InboundCx<'a> {
     pub name: &'a dyn Fn(&str, &str) -> Option<String>,
     /// A proxy link for an `mxc://` URI.
     pub media_link: &'a dyn Fn(&str) -> Option<String>,
+    /// A proxy link to the decrypted bytes of an encrypted file (a message's `file`, its
+    /// name and type).
+    pub encrypted_media_link: &'a EncryptedLink<'a>,
     /// The (target, key) of a reaction event seen earlier.
     pub reaction: &'a dyn Fn(&str) -> Option<(String, String)>,
 }
@@ -490,11 +497,13 @@ fn room_event(
                 "m.notice" => MessageKind::Notice,
                 "m.image" | "m.file" | "m.video" | "m.audio" => {
                     let (att, caption) = attachment(content, cx)?;
+                    let mxc =
+                        s(content, "url").or_else(|| content.get("file").and_then(|f| s(f, "url")));
                     effects.push(Effect::Media {
                         event_id: event_id.to_owned(),
-                        mxcs: vec![s(content, "url").unwrap_or("").to_owned()],
+                        mxcs: vec![mxc.unwrap_or("").to_owned()],
                     });
-                    attachments.push(att);
+                    attachments.extend(att);
                     body = caption;
                     MessageKind::Text
                 }
@@ -625,26 +634,44 @@ pub fn strip_reply_fallback(body: &str) -> String {
 }
 
 /// The attachment of a media message and its caption (the body, when a separate file name
-/// is given).
-fn attachment(content: &Value, cx: &InboundCx<'_>) -> Option<(Attachment, RichText)> {
-    let mxc = s(content, "url")?;
-    let Some(url) = (cx.media_link)(mxc) else {
-        tracing::warn!("Skipped media with an unusable URL.");
-        return None;
-    };
+/// is given). A file in clear (`url`) is linked through the media proxy, or skipped when its
+/// URI is unusable; an encrypted one (`file`) through the proxy's decrypting links, or, when
+/// that can not be made, crosses as a line naming the file and saying it stayed on Matrix
+/// (no attachment), so that it does not vanish.
+fn attachment(content: &Value, cx: &InboundCx<'_>) -> Option<(Option<Attachment>, RichText)> {
     let body = s(content, "body").unwrap_or("");
     let (name, caption) = match s(content, "filename") {
         Some(f) if f != body => (f.to_owned(), RichText::plain(body)),
         _ => (body.to_owned(), RichText::default()),
     };
     let info = content.get("info").unwrap_or(&Value::Null);
+    let mime = s(info, "mimetype");
+    let url = match (s(content, "url"), content.get("file")) {
+        (Some(mxc), _) => (cx.media_link)(mxc),
+        (None, Some(file)) => {
+            let Some(url) = (cx.encrypted_media_link)(file, &name, mime) else {
+                let name = if name.is_empty() { "a file" } else { &name };
+                let mut line = format!("[an encrypted attachment, {name}: open it on Matrix]");
+                if !caption.is_empty() {
+                    line = format!("{line} {body}");
+                }
+                return Some((None, RichText::plain(line)));
+            };
+            Some(url)
+        }
+        (None, None) => None,
+    };
+    let Some(url) = url else {
+        tracing::warn!("Skipped media with an unusable URL.");
+        return None;
+    };
     Some((
-        Attachment {
+        Some(Attachment {
             url,
             name,
-            mime: s(info, "mimetype").map(str::to_owned),
+            mime: mime.map(str::to_owned),
             size: info.get("size").and_then(Value::as_u64),
-        },
+        }),
         caption,
     ))
 }
@@ -664,6 +691,11 @@ mod tests {
         let name = |_: &str, u: &str| (u == "@alice:matrix.test").then(|| "Alice".to_owned());
         let media = |mxc: &str| parse(mxc).map(|(s, i)| format!("http://gw/media/{s}/{i}?sig=x"));
         let reaction = |id: &str| (id == "$react").then(|| ("$msg".to_owned(), "👍".to_owned()));
+        // Only a file with a key is linked, under its name.
+        let encrypted = |file: &Value, name: &str, _: Option<&str>| {
+            file.get("key")
+                .map(|_| format!("http://gw/media/encrypted/token/{name}?sig=x"))
+        };
         let cx = InboundCx {
             network: &net,
             prefix: "_junction_",
@@ -672,6 +704,7 @@ mod tests {
             room: &room,
             name: &name,
             media_link: &media,
+            encrypted_media_link: &encrypted,
             reaction: &reaction,
         };
         f(&cx)
@@ -906,6 +939,48 @@ mod tests {
             }]
         );
         assert!(matches!(&c.effects[..], [Effect::Media { .. }]));
+    }
+
+    #[test]
+    fn encrypted_files_become_attachments_through_decrypting_links() {
+        let c = conv(msg(json!({
+            "msgtype": "m.file", "body": "notes.txt", "info": {"mimetype": "text/plain"},
+            "file": {"url": "mxc://matrix.test/enc", "key": {"k": "…"}, "iv": "", "hashes": {}}
+        })));
+        let EventKind::Message(m) = c.event.expect("event").kind else {
+            panic!()
+        };
+        assert_eq!(
+            m.attachments[0].url,
+            "http://gw/media/encrypted/token/notes.txt?sig=x"
+        );
+        assert_eq!(m.attachments[0].mime.as_deref(), Some("text/plain"));
+        // Its redaction withdraws the file, as for a file in clear.
+        assert_eq!(
+            c.effects,
+            vec![Effect::Media {
+                event_id: "$e1".into(),
+                mxcs: vec!["mxc://matrix.test/enc".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn an_encrypted_file_without_a_link_crosses_as_a_line_saying_so() {
+        let c = conv(msg(json!({
+            "msgtype": "m.image", "body": "a cat", "filename": "cat.png",
+            "file": {"url": "mxc://matrix.test/enc"},
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$orig"}}
+        })));
+        let EventKind::Message(m) = c.event.expect("event").kind else {
+            panic!()
+        };
+        assert!(m.attachments.is_empty());
+        assert_eq!(
+            m.body.to_plain(),
+            "[an encrypted attachment, cat.png: open it on Matrix] a cat"
+        );
+        assert_eq!(m.reply_to, Some(MessageId::new("$orig")));
     }
 
     fn member(sender: &str, key: &str, now: Value, prev: Value) -> Value {

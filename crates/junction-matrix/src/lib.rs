@@ -11,7 +11,8 @@
 //!   spec), registered once and remembered in the store.
 //! - `lifecycle`: the cap of ghosts in rooms, and idle ghosts leaving.
 //! - [`power`]: who is a moderator of a room (power levels, room creators).
-//! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks.
+//! - [`media`]: a signed-URL proxy that serves Matrix media to the other networks;
+//!   [`media_encrypted`]: the same for encrypted rooms' files, decrypted.
 //! - [`connection`]: the homeserver connection: the Client-Server API as the appservice.
 //! - `queues`: deliveries per room, each room's in order, several rooms at once
 //!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]).
@@ -41,6 +42,7 @@ pub mod ids;
 pub mod inbound;
 mod lifecycle;
 pub mod media;
+pub mod media_encrypted;
 pub mod network;
 pub mod outbound;
 pub mod power;

@@ -79,10 +79,25 @@ impl MediaProxy {
     }
 
     fn mac(&self, server: &str, id: &str, exp: u64) -> Option<Hmac<Sha256>> {
+        self.mac_of(&format!("{server}/{id}\n{exp}"))
+    }
+
+    /// The HMAC of `message` under the proxy's key.
+    pub(crate) fn mac_of(&self, message: &str) -> Option<Hmac<Sha256>> {
         // HMAC accepts keys of any length, so this is always `Some`.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
-        mac.update(format!("{server}/{id}\n{exp}").as_bytes());
+        mac.update(message.as_bytes());
         Some(mac)
+    }
+
+    /// The base links start with.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The adapter's part of the store.
+    pub(crate) fn store(&self) -> &dyn AdapterStore {
+        &*self.store
     }
 
     /// A signed link to an `mxc://` URI, valid for [`LINK_LIFETIME`]; `None` when it is not one.
@@ -153,8 +168,8 @@ impl MediaProxy {
 /// Query of a proxy link.
 #[derive(serde::Deserialize)]
 pub struct LinkQuery {
-    exp: u64,
-    sig: String,
+    pub(crate) exp: u64,
+    pub(crate) sig: String,
 }
 
 /// Most proxy downloads streaming at once; one more is answered 503 with `Retry-After`.
@@ -180,8 +195,14 @@ pub struct MediaState {
     pub client: Client,
     /// Download slots ([`MAX_PROXY_DOWNLOADS`]); a download holds one until its body ends.
     pub slots: Arc<Semaphore>,
+    /// Slots of encrypted files, held whole in memory to be checked and decrypted
+    /// ([`crate::media_encrypted::MAX_ENCRYPTED_DOWNLOADS`]), each besides a download slot.
+    pub encrypted_slots: Arc<Semaphore>,
     /// The size cap ([`MAX_PROXY_BYTES`]).
     pub max_bytes: u64,
+    /// Encrypted files refused because their ciphertext did not match its hash (for
+    /// `/metrics`).
+    pub hash_mismatches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MediaState {
@@ -191,9 +212,51 @@ impl MediaState {
             proxy,
             client,
             slots: Arc::new(Semaphore::new(MAX_PROXY_DOWNLOADS)),
+            encrypted_slots: Arc::new(Semaphore::new(
+                crate::media_encrypted::MAX_ENCRYPTED_DOWNLOADS,
+            )),
             max_bytes: MAX_PROXY_BYTES,
+            hash_mismatches: Arc::default(),
         }
     }
+
+    /// A download slot of `slots`, or None when every one is taken (answer [`busy`]).
+    pub(crate) fn slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// The answer when every download slot is taken: `503`, to come back after
+/// [`RETRY_AFTER_SECS`].
+pub(crate) fn busy() -> Response {
+    tracing::info!("Every media proxy slot is taken; asked the client to come back.");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())],
+        "busy, try again shortly",
+    )
+        .into_response()
+}
+
+/// A medium's answer: `body` served as `uploaded` (see [`served_type`]) with the headers that
+/// keep a browser from running it on this origin.
+pub(crate) fn medium_response(body: Body, uploaded: &str, len: Option<u64>) -> Response {
+    let (content_type, disposition) = served_type(uploaded);
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    let mut put = |name, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    put(header::CONTENT_TYPE, &content_type);
+    put(header::CONTENT_DISPOSITION, disposition);
+    put(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    put(header::CONTENT_SECURITY_POLICY, "sandbox");
+    if let Some(len) = len {
+        put(header::CONTENT_LENGTH, &len.to_string());
+    }
+    r
 }
 
 /// The `Content-Type` and `Content-Disposition` a medium is served with: the four safe image
@@ -287,17 +350,8 @@ pub async fn serve(
     if st.proxy.is_redacted(&server, &id) {
         return (StatusCode::GONE, "removed").into_response();
     }
-    let Ok(slot) = st.slots.clone().try_acquire_owned() else {
-        tracing::info!(
-            limit = MAX_PROXY_DOWNLOADS,
-            "Every media proxy slot is taken; asked the client to come back."
-        );
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())],
-            "busy, try again shortly",
-        )
-            .into_response();
+    let Some(slot) = st.slot(&st.slots) else {
+        return busy();
     };
     match st.client.download_stream(&server, &id).await {
         Ok((_, Some(len), _)) if len > st.max_bytes => {
@@ -305,33 +359,24 @@ pub async fn serve(
             (StatusCode::PAYLOAD_TOO_LARGE, "too large").into_response()
         }
         Ok((content_type, len, resp)) => {
-            let (content_type, disposition) = served_type(&content_type);
-            let mut r = Response::new(capped_body(resp, st.max_bytes, slot));
-            let h = r.headers_mut();
-            let mut put = |name, value: &str| {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    h.insert(name, v);
-                }
-            };
-            put(header::CONTENT_TYPE, &content_type);
-            put(header::CONTENT_DISPOSITION, disposition);
-            put(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-            put(header::CONTENT_SECURITY_POLICY, "sandbox");
-            if let Some(len) = len {
-                put(header::CONTENT_LENGTH, &len.to_string());
-            }
-            r
+            medium_response(capped_body(resp, st.max_bytes, slot), &content_type, len)
         }
-        Err(e) if e.status() == Some(404) => (StatusCode::NOT_FOUND, "not found").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, %server, %id, "Could not fetch media for the proxy.");
-            (StatusCode::BAD_GATEWAY, "homeserver unavailable").into_response()
-        }
+        Err(e) => fetch_failed(&e, &server, &id),
     }
 }
 
+/// The answer when the homeserver did not give a medium: `404` for one it does not have,
+/// `502` otherwise (logged).
+pub(crate) fn fetch_failed(e: &crate::connection::ClientError, server: &str, id: &str) -> Response {
+    if e.status() == Some(404) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    tracing::warn!(error = %e, %server, %id, "Could not fetch media for the proxy.");
+    (StatusCode::BAD_GATEWAY, "homeserver unavailable").into_response()
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use axum::routing::get;
@@ -366,6 +411,11 @@ mod tests {
             .route("/_matrix/client/v1/media/download/hs/html", get(html))
             .route("/_matrix/client/v1/media/download/hs/big", get(big))
             .route("/_matrix/client/v1/media/download/hs/slow", get(slow));
+        homeserver_serving(app).await
+    }
+
+    /// `app` served on a loopback port (a homeserver's media repository); its base URL.
+    pub(crate) async fn homeserver_serving(app: axum::Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -376,19 +426,24 @@ mod tests {
         format!("http://{addr}")
     }
 
-    async fn proxied(slots: usize, max_bytes: u64) -> (axum::Router, Arc<MediaProxy>) {
-        let base = fake_homeserver().await;
+    /// The proxy's state for a homeserver at `base`, links starting `http://gw`.
+    pub(crate) fn state_for(base: &str) -> MediaState {
         let store = junction_store::scoped(
             Arc::new(junction_store::MemStore::new()),
             junction_core::NetworkId::new("matrix"),
         );
         let proxy = Arc::new(MediaProxy::load(store, "http://gw").expect("key"));
         let client = Client::new(
-            &base,
+            base,
             Secret::new("as"),
             tokio_util::sync::CancellationToken::new(),
         );
-        let mut st = MediaState::new(proxy.clone(), client);
+        MediaState::new(proxy, client)
+    }
+
+    async fn proxied(slots: usize, max_bytes: u64) -> (axum::Router, Arc<MediaProxy>) {
+        let mut st = state_for(&fake_homeserver().await);
+        let proxy = st.proxy.clone();
         st.slots = Arc::new(Semaphore::new(slots));
         st.max_bytes = max_bytes;
         let app = axum::Router::new()

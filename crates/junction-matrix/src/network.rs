@@ -103,7 +103,8 @@ impl Network for Matrix {
             adapter = adapter
                 .with_encryption(build.data_dir, s.pickle_key.clone())
                 .with_undecryptable(build.counter("undecryptable"))
-                .with_undecryptable_after(s.undecryptable_after);
+                .with_undecryptable_after(s.undecryptable_after)
+                .with_media_hash_mismatches(build.counter("media_hash_mismatch"));
         }
         if s.private_attachment_urls {
             tracing::warn!("Attachments may be fetched from loopback and private addresses ([matrix] private_attachment_urls): anyone on a linked network can make the gateway read an internal service.");

@@ -440,7 +440,7 @@ pub(crate) async fn send_message(
     }
     for att in &m.attachments {
         part += 1;
-        let content = attachment_content(sh, att).await?;
+        let content = attachment_content(sh, room_id, att).await?;
         let reply = reply.filter(|_| ids.is_empty());
         ids.push(to.send(part, content, reply).await?);
     }
@@ -487,12 +487,24 @@ impl Parts<'_> {
     }
 }
 
-/// The content for an attachment: uploaded to the media repository when it can be fetched,
-/// otherwise a text message with the link.
+/// The content for an attachment: uploaded to the media repository when it can be fetched
+/// (encrypted, as an `EncryptedFile`, into an encrypted room), otherwise a text message with
+/// the link.
 async fn attachment_content(
     sh: &Shared,
+    room_id: &str,
     att: &Attachment,
 ) -> Result<Map<String, Value>, DeliverError> {
+    let encrypted = match sh.crypto() {
+        Some(crypto) => crypto
+            .encryption_of(room_id)
+            .await
+            .map_err(|e| DeliverError::Transient(e.to_string()))?
+            .is_some(),
+        None => false,
+    };
+    // The `file` of an encrypted upload, once its URI is known.
+    let mut file_of = None;
     let mime = att
         .mime
         .clone()
@@ -513,7 +525,15 @@ async fn attachment_content(
         match fetched {
             Ok((fetched_mime, bytes)) => {
                 let mime = att.mime.clone().unwrap_or(fetched_mime);
-                match sh.client.upload(bytes, &mime, &att.name).await {
+                let upload = if encrypted {
+                    let mut cipher = bytes.to_vec();
+                    file_of = Some(crate::media_encrypted::encrypt_in_place(&mut cipher));
+                    let octets = "application/octet-stream";
+                    sh.client.upload(cipher.into(), octets, "attachment").await
+                } else {
+                    sh.client.upload(bytes, &mime, &att.name).await
+                };
+                match upload {
                     Ok(mxc) => Some(mxc),
                     Err(e) if e.is_transient() => return Err(e.into()),
                     Err(e) => {
@@ -540,7 +560,10 @@ async fn attachment_content(
             c.insert("msgtype".into(), json!(kind));
             c.insert("body".into(), json!(att.name));
             c.insert("filename".into(), json!(att.name));
-            c.insert("url".into(), json!(mxc));
+            match file_of {
+                Some(file_of) => c.insert("file".into(), file_of(&mxc)),
+                None => c.insert("url".into(), json!(mxc)),
+            };
             let mut info = Map::new();
             info.insert("mimetype".into(), json!(mime));
             if let Some(size) = att.size {

@@ -87,9 +87,14 @@ fn authorize(sh: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// The appservice API and the media proxy.
 pub(crate) fn router(sh: Arc<Shared>) -> axum::Router {
-    let media_state = MediaState::new(sh.media.clone(), sh.client.clone());
+    let mut media_state = MediaState::new(sh.media.clone(), sh.client.clone());
+    media_state.hash_mismatches = sh.media_hash_mismatches.clone();
     let media = axum::Router::new()
         .route("/media/{server}/{id}", get(media::serve))
+        .route(
+            "/media/encrypted/{token}/{name}",
+            get(crate::media_encrypted::serve_encrypted),
+        )
         .with_state(media_state);
     axum::Router::new()
         .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
@@ -429,6 +434,8 @@ fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
             .cloned()
     };
     let media_link = |mxc: &str| sh.media.link(mxc);
+    let encrypted_media_link =
+        |file: &Value, name: &str, mime: Option<&str>| sh.media.encrypted_link(file, name, mime);
     let reaction = |id: &str| {
         let v = sh.store.get(REACTIONS_IN_TABLE, id).ok()??;
         let v = String::from_utf8(v).ok()?;
@@ -443,6 +450,7 @@ fn convert(sh: &Shared, ev: &Value) -> inbound::Converted {
         room: &room,
         name: &name,
         media_link: &media_link,
+        encrypted_media_link: &encrypted_media_link,
         reaction: &reaction,
     };
     inbound::convert(ev, &cx)

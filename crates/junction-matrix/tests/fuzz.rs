@@ -149,6 +149,9 @@ fn convert(ev: &Value) -> inbound::Converted {
     let room = |id: &str| (id == ROOM).then(|| RoomId::new(ROOM));
     let name = |_: &str, u: &str| (u == "@alice:matrix.test").then(|| "Alice".to_owned());
     let media = |mxc: &str| Some(format!("http://127.0.0.1/media/{mxc}"));
+    let encrypted = |_: &Value, name: &str, _: Option<&str>| {
+        Some(format!("http://127.0.0.1/media/encrypted/t/{name}"))
+    };
     let reaction = |id: &str| (id == "$target").then(|| ("$orig".to_owned(), "👍".to_owned()));
     let cx = inbound::InboundCx {
         network: &network,
@@ -158,6 +161,7 @@ fn convert(ev: &Value) -> inbound::Converted {
         room: &room,
         name: &name,
         media_link: &media,
+        encrypted_media_link: &encrypted,
         reaction: &reaction,
     };
     inbound::convert(ev, &cx)

@@ -8,6 +8,8 @@ Logs in (a new device), joins ROOM_ID and syncs. Prints one JSON object per line
   {"event": "message", "room_id", "event_id", "sender", "body", "msgtype", "encrypted"}
                                                    per message, in any room it is in
   {"event": "undecrypted", "room_id", "event_id", "sender"}  per event it could not decrypt
+  {"event": "file", "event_id", "sender", "body", "data"}  per encrypted file, downloaded
+                                                   and decrypted (data: base64, or "error")
   {"event": "sent", "event_id": ...}               per line sent
   {"event": "room", "room_id": ...}                per direct chat made
   {"event": "error", "error": ...}
@@ -16,9 +18,13 @@ Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into ROO
 (an encrypted m.replace); `dm USER [MEMBER ...]` makes an encrypted direct chat with USER
 (as Element does) and answers once USER and every MEMBER joined it; `forge ROOM TEXT` sends
 TEXT into ROOM encrypted with a Megolm session it never shares, which nobody can decrypt.
+`file NAME BASE64` uploads the bytes encrypted and sends them into ROOM_ID as the file
+NAME (an m.file whose content carries the key, as the spec's EncryptedFile).
 """
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import os
@@ -33,11 +39,13 @@ from nio import (
     LoginResponse,
     MegolmEvent,
     RoomCreateResponse,
+    RoomEncryptedMedia,
     RoomMessageNotice,
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
 )
+from nio.crypto import decrypt_attachment
 
 
 def say(obj):
@@ -71,7 +79,26 @@ async def main():
             "sender": event.sender,
         })
 
+    async def on_file(room, event):
+        if room.room_id != room_id:
+            return
+        seen = {"event": "file", "event_id": event.event_id, "sender": event.sender,
+                "body": event.body}
+        try:
+            # Authenticated media: nio's own download uses the older, unauthenticated path.
+            server, media_id = event.url[len("mxc://"):].split("/", 1)
+            url = f"{homeserver}/_matrix/client/v1/media/download/{server}/{media_id}"
+            headers = {"Authorization": f"Bearer {client.access_token}"}
+            async with client.client_session.get(url, headers=headers) as resp:
+                cipher = await resp.read()
+            plain = decrypt_attachment(cipher, event.key["k"], event.hashes["sha256"], event.iv)
+            seen["data"] = base64.b64encode(plain).decode()
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            seen["error"] = repr(e)
+        say(seen)
+
     client.add_event_callback(on_message, (RoomMessageText, RoomMessageNotice))
+    client.add_event_callback(on_file, RoomEncryptedMedia)
     client.add_event_callback(on_undecrypted, MegolmEvent)
 
     resp = await client.login(password, device_name="nio test client")
@@ -115,6 +142,22 @@ async def main():
                 "body": "* " + text,
                 "m.new_content": {"msgtype": "m.text", "body": text},
                 "m.relates_to": {"rel_type": "m.replace", "event_id": edited},
+            }
+        elif line.startswith("file "):
+            name, _, data = line[len("file "):].partition(" ")
+            data = base64.b64decode(data)
+            up, keys = await client.upload(
+                io.BytesIO(data), "application/octet-stream", name, encrypt=True,
+                filesize=len(data),
+            )
+            if not hasattr(up, "content_uri"):
+                say({"event": "error", "error": f"upload: {up}"})
+                continue
+            content = {
+                "msgtype": "m.file",
+                "body": name,
+                "info": {"mimetype": "text/plain", "size": len(data)},
+                "file": dict(keys, url=up.content_uri),
             }
         else:
             say({"event": "error", "error": f"unknown command: {line}"})

@@ -324,7 +324,7 @@ impl Crypto {
                     }
                 }
                 out["type"] = plain.get("type").cloned().unwrap_or(Value::Null);
-                out["content"] = encrypted_file_as_text(content);
+                out["content"] = content;
                 Ok(Some(out))
             }
             Err(matrix_sdk_crypto::MegolmError::MissingRoomKey(_)) => {
@@ -504,53 +504,4 @@ fn share<'a>(
     >,
 > {
     Box::pin(m.share_room_key(room, users.iter().map(|u| u.as_ref()), settings))
-}
-
-/// Text saying an attachment stayed on Matrix, for an encrypted file's message (`file`
-/// instead of `url`): the media proxy serves only files in clear, so the file itself does
-/// not cross, and its message says so rather than vanish.
-fn encrypted_file_as_text(content: Value) -> Value {
-    let is_media = matches!(
-        content.get("msgtype").and_then(Value::as_str),
-        Some("m.image" | "m.file" | "m.video" | "m.audio")
-    );
-    if !is_media || content.get("url").is_some() || content.get("file").is_none() {
-        return content;
-    }
-    let field = |k: &str| content.get(k).and_then(Value::as_str);
-    let name = field("filename").or(field("body")).unwrap_or("a file");
-    let mut text = json!({
-        "msgtype": "m.text",
-        "body": format!("[an encrypted attachment, {name}: open it on Matrix]"),
-    });
-    if let Some(rel) = content.get("m.relates_to") {
-        text["m.relates_to"] = rel.clone();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_encrypted_file_crosses_as_a_line_saying_so() {
-        let file = json!({
-            "msgtype": "m.image", "body": "cat.png",
-            "file": {"url": "mxc://hs/x", "key": {}, "iv": "", "hashes": {}},
-            "m.relates_to": {"m.in_reply_to": {"event_id": "$a"}}
-        });
-        let text = encrypted_file_as_text(file);
-        assert_eq!(text["msgtype"], "m.text");
-        assert_eq!(
-            text["body"],
-            "[an encrypted attachment, cat.png: open it on Matrix]"
-        );
-        assert_eq!(text["m.relates_to"]["m.in_reply_to"]["event_id"], "$a");
-        // Text, and files in clear, stay as they are.
-        let plain = json!({"msgtype": "m.image", "body": "a", "url": "mxc://hs/y"});
-        assert_eq!(encrypted_file_as_text(plain.clone()), plain);
-        let line = json!({"msgtype": "m.text", "body": "hi"});
-        assert_eq!(encrypted_file_as_text(line.clone()), line);
-    }
 }

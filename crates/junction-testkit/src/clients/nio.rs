@@ -159,6 +159,29 @@ impl NioUser {
         Ok(v["room_id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Uploads `data` encrypted and sends it as the file `name` (an `m.file` whose content
+    /// carries the key); returns its event id.
+    pub async fn send_file(&mut self, name: &str, data: &[u8]) -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        anyhow::ensure!(!name.contains(char::is_whitespace), "a name without spaces");
+        self.command(&format!("file {name} {data}")).await
+    }
+
+    /// Waits for an encrypted file named `name`, downloads and decrypts it; returns its bytes.
+    pub async fn receives_file(&self, name: &str, deadline: Duration) -> anyhow::Result<Vec<u8>> {
+        use base64::Engine as _;
+        let v = self
+            .wait_for(deadline, &format!("nio receives the file {name:?}"), |v| {
+                v["event"] == "file" && v["body"] == name
+            })
+            .await?;
+        let data = v["data"]
+            .as_str()
+            .with_context(|| format!("nio could not decrypt the file: {v}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(data)?)
+    }
+
     /// Runs one command of the script and waits for what it sent.
     async fn command(&mut self, line: &str) -> anyhow::Result<String> {
         let v = self.run(line, "sent", Duration::from_secs(60)).await?;
