@@ -4,7 +4,7 @@
 
 use crate::lobby::{child, Lobby, WAIT};
 use anyhow::Context as _;
-use junction_testkit::clients::xmpp::body;
+use junction_testkit::clients::xmpp::{body, stanza_id};
 use junction_testkit::clients::NioUser;
 use junction_testkit::unique;
 
@@ -123,6 +123,45 @@ async fn encrypted_edits_cross() -> anyhow::Result<()> {
             .any(|c| c.name() == "replace" && c.ns() == "urn:xmpp:message-correct:0"),
         "the XMPP message should be a correction: {x:?}"
     );
+    Ok(())
+}
+
+/// Replies, reactions and redactions from an encrypted room cross as in a plain one: a
+/// XEP-0461 reply and a quote on IRC, a XEP-0444 reaction and a short line on IRC, a
+/// retraction on XMPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_replies_reactions_and_redactions_cross() -> anyhow::Result<()> {
+    let (lobby, mut nio) = encrypted_lobby().await?;
+    let question = unique("question from irc");
+    lobby.irc.privmsg(&lobby.channel, &question)?;
+    let seen = nio.sees(&question, WAIT).await.context("irc → nio")?;
+    let q_id = seen["event_id"].as_str().unwrap_or_default().to_owned();
+    let x_q = lobby.xmpp_sees(&question).await?;
+    let sid = stanza_id(&x_q).context("stanza-id")?;
+
+    let answer = unique("encrypted answer");
+    nio.reply(&q_id, &answer).await?;
+    let x = lobby.xmpp_sees(&answer).await.context("reply → xmpp")?;
+    let reply = child(&x, "reply", "urn:xmpp:reply:0").context("a XEP-0461 reply")?;
+    assert_eq!(reply.attr("id"), Some(sid.as_str()));
+    let (_, t) = lobby.irc_sees(&answer).await.context("reply → irc")?;
+    assert!(t.contains('←'), "quoted on IRC: {t:?}");
+
+    nio.react(&q_id, "👍").await?;
+    lobby
+        .xmpp_sees_reaction(&sid, "👍")
+        .await
+        .context("reaction → xmpp")?;
+    lobby.irc_sees("👍").await.context("reaction → irc")?;
+
+    let regret = unique("encrypted regret");
+    let ev = nio.send(&regret).await?;
+    let x = lobby.xmpp_sees(&regret).await?;
+    nio.redact(&ev).await?;
+    lobby
+        .xmpp_retracted(&x)
+        .await
+        .context("redaction → xmpp retraction")?;
     Ok(())
 }
 

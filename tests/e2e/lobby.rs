@@ -323,12 +323,7 @@ async fn reactions_cross() -> anyhow::Result<()> {
     let ev = e["event_id"].as_str().context("event id")?.to_owned();
     lobby.matrix.react(&lobby.room, &ev, "👍").await?;
     lobby
-        .xmpp
-        .wait_for(WAIT, |el| {
-            child(el, "reactions", "urn:xmpp:reactions:0").is_some_and(|r| {
-                r.attr("id") == Some(sid.as_str()) && r.children().any(|c| c.text() == "👍")
-            })
-        })
+        .xmpp_sees_reaction(&sid, "👍")
         .await
         .context("matrix reaction → xmpp")?;
     lobby

@@ -18,6 +18,8 @@ Reads commands on stdin, one per line: `send TEXT` sends TEXT encrypted into ROO
 (an encrypted m.replace); `dm USER [MEMBER ...]` makes an encrypted direct chat with USER
 (as Element does) and answers once USER and every MEMBER joined it; `forge ROOM TEXT` sends
 TEXT into ROOM encrypted with a Megolm session it never shares, which nobody can decrypt.
+`reply EVENT_ID TEXT` answers EVENT_ID (m.in_reply_to), `react EVENT_ID KEY` reacts to it
+(an encrypted m.reaction), `redact EVENT_ID` redacts it (in clear, as redactions are);
 `file NAME BASE64` uploads the bytes encrypted and sends them into ROOM_ID as the file
 NAME (an m.file whose content carries the key, as the spec's EncryptedFile).
 """
@@ -130,8 +132,25 @@ async def main():
             target, _, text = line[len("forge "):].partition(" ")
             await forge(client, target, text)
             continue
+        etype = "m.room.message"
+        if line.startswith("redact "):
+            await redact(client, target, line[len("redact "):])
+            continue
         if line.startswith("send "):
             content = {"msgtype": "m.text", "body": line[len("send "):]}
+        elif line.startswith("reply "):
+            replied, _, text = line[len("reply "):].partition(" ")
+            content = {
+                "msgtype": "m.text",
+                "body": text,
+                "m.relates_to": {"m.in_reply_to": {"event_id": replied}},
+            }
+        elif line.startswith("react "):
+            reacted, _, key = line[len("react "):].partition(" ")
+            etype = "m.reaction"
+            content = {
+                "m.relates_to": {"rel_type": "m.annotation", "event_id": reacted, "key": key}
+            }
         elif line.startswith("sendto "):
             target, _, text = line[len("sendto "):].partition(" ")
             content = {"msgtype": "m.text", "body": text}
@@ -172,7 +191,7 @@ async def main():
             if client.should_query_keys:
                 await client.keys_query()
             r = await client.room_send(
-                target, "m.room.message", content, ignore_unverified_devices=True
+                target, etype, content, ignore_unverified_devices=True
             )
             if isinstance(r, RoomSendResponse):
                 say({"event": "sent", "event_id": r.event_id})
@@ -182,6 +201,15 @@ async def main():
             say({"event": "error", "error": f"send: {e!r}"})
     syncer.cancel()
     await client.close()
+
+
+async def redact(client, room, event_id):
+    """Redacts event_id in room (redactions are never encrypted)."""
+    r = await client.room_redact(room, event_id, reason="test")
+    if hasattr(r, "event_id"):
+        say({"event": "sent", "event_id": r.event_id})
+    else:
+        say({"event": "error", "error": f"redact: {r}"})
 
 
 async def direct_chat(client, users):

@@ -530,6 +530,22 @@ impl Lobby {
             .await
     }
 
+    /// Waits until the MUC carries a XEP-0444 reaction `key` to the message whose stanza-id
+    /// is `sid`.
+    pub async fn xmpp_sees_reaction(
+        &self,
+        sid: &str,
+        key: &str,
+    ) -> anyhow::Result<minidom::Element> {
+        self.xmpp
+            .wait_for(WAIT, |el| {
+                super::child(el, "reactions", "urn:xmpp:reactions:0").is_some_and(|r| {
+                    r.attr("id") == Some(sid) && r.children().any(|c| c.text() == key)
+                })
+            })
+            .await
+    }
+
     /// True when the IRC user saw `text` in the channel.
     pub fn irc_has(&self, text: &str) -> bool {
         self.irc_lines_with(text) > 0

@@ -131,6 +131,24 @@ impl NioUser {
             .await
     }
 
+    /// Answers the message `event_id` with `text` (an encrypted reply); returns its event id.
+    pub async fn reply(&mut self, event_id: &str, text: &str) -> anyhow::Result<String> {
+        self.command(&format!("reply {event_id} {}", text.replace('\n', " ")))
+            .await
+    }
+
+    /// Reacts to the message `event_id` with `key` (an encrypted `m.reaction`); returns the
+    /// reaction's event id.
+    pub async fn react(&mut self, event_id: &str, key: &str) -> anyhow::Result<String> {
+        self.command(&format!("react {event_id} {key}")).await
+    }
+
+    /// Redacts the event `event_id` (in clear, as redactions are); returns the redaction's
+    /// event id.
+    pub async fn redact(&mut self, event_id: &str) -> anyhow::Result<String> {
+        self.command(&format!("redact {event_id}")).await
+    }
+
     /// Sends `text` encrypted into `room` (another room the client is in, such as a direct
     /// chat it made); returns its event id.
     pub async fn send_to(&mut self, room: &str, text: &str) -> anyhow::Result<String> {
