@@ -604,7 +604,8 @@ async fn private_rows_are_forgotten_sooner_than_rooms() -> anyhow::Result<()> {
     let late = loop {
         let late = unique("late private answer");
         lobby.matrix.send_reply(&dm, &asked, &late).await?;
-        irc_query(&lobby, &puppet, &late).await?;
+        // After the restart the puppet may come back under another suffix (see there).
+        irc_query_from_puppet(&lobby, &puppet, &late).await?;
         if !quoting(&lobby, &late, &question) {
             break late;
         }
