@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// invite is to a direct chat. (Asking Synapse for an initial sync instead would read every
 /// room the seeded user is in, each call: seconds of the homeserver's one thread late in a
 /// run.)
-async fn invites(_lobby: &Lobby, user: &MatrixUser) -> anyhow::Result<Vec<(String, String, bool)>> {
+async fn invites(user: &MatrixUser) -> anyhow::Result<Vec<(String, String, bool)>> {
     let mut out = Vec::new();
     for room in user.room_ids() {
         let events = user.events(&room).await?;
@@ -41,7 +41,7 @@ async fn invites(_lobby: &Lobby, user: &MatrixUser) -> anyhow::Result<Vec<(Strin
 /// Waits for an invite from `by` to a room not in `known`; returns its room id.
 async fn invited_by(lobby: &Lobby, by: &str, known: &[String]) -> anyhow::Result<String> {
     junction_testkit::eventually(WAIT, &format!("a direct chat from {by}"), || async {
-        let found = invites(lobby, &lobby.matrix).await.ok()?;
+        let found = invites(&lobby.matrix).await.ok()?;
         found
             .into_iter()
             .find(|(room, from, direct)| from == by && *direct && !known.contains(room))
@@ -266,7 +266,7 @@ async fn private_irc_to_matrix_and_back() -> anyhow::Result<()> {
     lobby.irc.privmsg(&puppet, &again)?;
     matrix_from(&lobby, &dm, &ghost, &again).await?;
     anyhow::ensure!(
-        !invites(&lobby, &lobby.matrix)
+        !invites(&lobby.matrix)
             .await?
             .iter()
             .any(|(_, by, _)| by == &ghost),
@@ -411,7 +411,7 @@ async fn private_reachability_and_opt_out() -> anyhow::Result<()> {
         "a refused message was delivered"
     );
     anyhow::ensure!(
-        !invites(&lobby, &lobby.matrix)
+        !invites(&lobby.matrix)
             .await?
             .iter()
             .any(|(_, by, _)| by.contains(stranger.nick())),
@@ -774,7 +774,7 @@ async fn private_xmpp_stranger_is_told_why() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     anyhow::ensure!(
-        !invites(&lobby, &lobby.matrix)
+        !invites(&lobby.matrix)
             .await?
             .iter()
             .any(|(_, by, _)| by.contains(&local)),
