@@ -262,13 +262,17 @@ struct Figures {
 // The run
 
 /// Runs the comparison and returns its Markdown.
-pub fn main(quick: bool) -> anyhow::Result<String> {
+pub fn main(quick: bool, cpu_lines: Option<usize>) -> anyhow::Result<String> {
     install_anchors()?;
     let _ = junction_binary()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(compare(Plan::new(quick)))
+    let mut plan = Plan::new(quick);
+    if let Some(n) = cpu_lines {
+        plan.cpu_n = n.max(1);
+    }
+    rt.block_on(compare(plan))
 }
 
 async fn compare(plan: Plan) -> anyhow::Result<String> {

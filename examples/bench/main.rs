@@ -90,6 +90,9 @@ pub(crate) struct Args {
     /// A nio member sends from Matrix (always with `encrypted`; alone, the plain run to
     /// compare an encrypted one with, the same client sending).
     pub(crate) nio: bool,
+    /// `--compare`: lines sent for the CPU row, per run and gateway, instead of 100 (quick)
+    /// or 1,000: at 50 msg/s one clock tick (10 ms) is 1 / N ms per message.
+    pub(crate) cpu_lines: Option<usize>,
 }
 
 impl Args {
@@ -104,6 +107,7 @@ impl Args {
             store_rows: None,
             encrypted: false,
             nio: false,
+            cpu_lines: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -127,12 +131,15 @@ impl Args {
                 "--store-rows" => {
                     a.store_rows = Some(it.next().context("--store-rows needs N")?.parse()?);
                 }
+                "--cpu-lines" => {
+                    a.cpu_lines = Some(it.next().context("--cpu-lines needs N")?.parse()?);
+                }
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--irc-mode puppet|relay] \
                          [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
-                         bench --compare [--quick]   (beside biboumi and heisenbridge)"
+                         bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
                 }
@@ -160,7 +167,7 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     if args.compare {
-        println!("{}", compare::main(args.quick)?);
+        println!("{}", compare::main(args.quick, args.cpu_lines)?);
         return Ok(());
     }
     let started = Instant::now();
