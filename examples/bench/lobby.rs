@@ -7,6 +7,8 @@ pub(crate) struct Bench {
     pub(crate) servers: &'static Servers,
     pub(crate) slot: SlotGuard,
     pub(crate) taps: Taps,
+    /// The gateway's store (the route loop's own handle): outbox depths are read from it.
+    pub(crate) store: Arc<dyn Store>,
     /// Inject events as if the XMPP adapter had read them.
     pub(crate) xmpp_in: mpsc::Sender<Inbound>,
     pub(crate) shutdown: CancellationToken,
@@ -115,6 +117,7 @@ impl Bench {
         let health = Arc::new(Health::new(nets.clone()));
         let shutdown = CancellationToken::new();
         let taps = Taps::default();
+        let bench_store = store.clone();
         let mut hub = Hub::new(store.clone());
         let mut adapters = tokio::task::JoinSet::new();
         let m = config
@@ -169,6 +172,7 @@ impl Bench {
             servers,
             slot,
             taps,
+            store: bench_store,
             xmpp_in,
             shutdown,
             gateway,

@@ -3,6 +3,7 @@
 //! ```sh
 //! ./target/debug/junction-testkit start          # or let the bench start what is missing
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
+//!                                        [--only ceiling]   # Synapse's one-room ceiling, Junction from IRC at shares of it
 //!                                        [--puppets N] [--irc-mode puppet|relay]
 //!                                        [--encrypted]   # the Matrix room encrypted
 //!                                        [--nio]   # a matrix-nio member sends from Matrix
@@ -56,6 +57,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod anchors;
+mod ceiling;
 mod compare;
 mod lobby;
 mod phases;
@@ -139,6 +141,7 @@ impl Args {
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--irc-mode puppet|relay] \
                          [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
+                         bench --only ceiling [--quick]   (Synapse's one-room ceiling, Junction from IRC at shares of it)\n       \
                          bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)"
                     );
                     std::process::exit(0);
@@ -149,7 +152,14 @@ impl Args {
         Ok(a)
     }
 
+    /// Whether a part runs: every part but `ceiling` when no `--only` is given.
     pub(crate) fn wants(&self, part: &str) -> bool {
+        if part == "ceiling" {
+            return self
+                .only
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|p| p == part));
+        }
         self.only
             .as_ref()
             .is_none_or(|o| o.iter().any(|p| p == part))
@@ -192,7 +202,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("store…");
         store_phase(&args, &mut out)?;
     }
-    let network = ["latency", "matrix", "throughput", "puppets"]
+    let network = ["latency", "matrix", "throughput", "puppets", "ceiling"]
         .iter()
         .any(|p| args.wants(p));
     if network {
@@ -219,6 +229,10 @@ fn main() -> anyhow::Result<()> {
                 if args.wants("puppets") {
                     eprintln!("puppets…");
                     puppet_phase(&mut b, &args, &mut out).await?;
+                }
+                if args.wants("ceiling") {
+                    eprintln!("ceiling…");
+                    ceiling::ceiling_phase(&mut b, &args, &mut out).await?;
                 }
                 anyhow::Ok(())
             }
