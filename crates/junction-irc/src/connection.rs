@@ -11,7 +11,7 @@ use irc_proto::{CapSubCommand, Command, Message, Response};
 use junction_core::Secret;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -263,18 +263,34 @@ impl Session {
     }
 }
 
-/// Read buffer of each connection.
-const READ_BUFFER: usize = 2048;
+/// Bytes one read takes from a connection, into the reading thread's scratch buffer.
+const READ_CHUNK: usize = 4096;
 /// Longest line kept while waiting for its end (IRCv3 tags up to 8191 bytes + 512).
 const MAX_LINE: usize = 16 * 1024;
 
+thread_local! {
+    /// Where every connection read on this thread lands first. A connection keeps only the
+    /// bytes of a line it has not seen the end of, so an idle one (most puppets, most of the
+    /// time) holds no buffer at all: with thousands of puppet connections a read buffer of
+    /// their own was the largest part of their memory.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
 /// Reads server lines, decoding invalid UTF-8 lossily. `next` is cancel-safe.
+///
+/// Hand-written over `AsyncRead` rather than a `BufReader`: a `BufReader` owns its buffer for
+/// the connection's whole life, and this one only holds what is not yet a whole line.
 pub struct LineReader {
-    inner: BufReader<ReadHalf>,
-    // Kept across calls so a cancelled read (in a `select!`) loses no bytes.
+    inner: ReadHalf,
+    // Bytes read and not yet taken as lines; kept across calls so a cancelled read (in a
+    // `select!`) loses no bytes. Freed whenever it empties.
     buf: Vec<u8>,
+    // How much of `buf` is known to hold no line end.
+    scanned: usize,
     // In the middle of an overlong line: its bytes are dropped up to its end.
     skipping: bool,
+    // Lines this connection's owner never reads, dropped before they are parsed.
+    ignore: Option<fn(&str) -> bool>,
 }
 
 impl std::fmt::Debug for LineReader {
@@ -287,52 +303,95 @@ impl std::fmt::Debug for LineReader {
 }
 
 impl LineReader {
+    fn new(inner: ReadHalf) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            scanned: 0,
+            skipping: false,
+            ignore: None,
+        }
+    }
+
+    /// From now on, lines for which `ignore` is true are dropped unparsed.
+    pub fn ignore(&mut self, ignore: fn(&str) -> bool) {
+        self.ignore = Some(ignore);
+    }
+
     /// The next parsed message; `Ok(None)` at end of stream. Unparseable lines are logged
     /// and skipped.
     pub async fn next(&mut self) -> std::io::Result<Option<Message>> {
         loop {
-            // fill_buf is cancel-safe and nothing awaits between taking bytes and
-            // consuming them, so a cancelled call loses nothing.
-            let chunk = self.inner.fill_buf().await?;
-            if chunk.is_empty() {
-                return Ok(None);
-            }
-            let Some(end) = chunk.iter().position(|&b| b == b'\n') else {
-                let n = chunk.len();
-                if !self.skipping {
-                    self.buf.extend_from_slice(chunk);
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + pos;
+                self.scanned = 0;
+                if std::mem::take(&mut self.skipping) {
+                    self.consume(end + 1);
+                    continue;
                 }
-                self.inner.consume(n);
-                if self.buf.len() > MAX_LINE {
-                    // No IRC line is this long (tags 8 kB + 512): a broken or hostile
-                    // server; drop it to its end so memory stays bounded.
-                    tracing::warn!(bytes = self.buf.len(), "overlong IRC line dropped");
-                    self.buf.clear();
-                    self.skipping = true;
+                if end + 1 > MAX_LINE {
+                    tracing::warn!(bytes = end + 1, "overlong IRC line dropped");
+                    self.consume(end + 1);
+                    continue;
+                }
+                let parsed = {
+                    let line = String::from_utf8_lossy(&self.buf[..end]);
+                    let line = line.trim_end_matches(['\r', '\n']);
+                    let ignored = self.ignore.is_some_and(|ignore| ignore(line));
+                    (!line.is_empty() && !ignored).then(|| line.parse::<Message>())
+                };
+                self.consume(end + 1);
+                match parsed {
+                    None => {}
+                    Some(Ok(m)) => return Ok(Some(m)),
+                    Some(Err(e)) => tracing::warn!(error = %e, "unparseable IRC line skipped"),
                 }
                 continue;
-            };
-            if std::mem::take(&mut self.skipping) {
-                self.inner.consume(end + 1);
-                continue;
             }
-            self.buf.extend_from_slice(&chunk[..=end]);
-            self.inner.consume(end + 1);
-            if self.buf.len() > MAX_LINE {
+            if self.skipping {
+                self.buf.clear();
+            } else if self.buf.len() > MAX_LINE {
+                // No IRC line is this long (tags 8 kB + 512): a broken or hostile server;
+                // drop it to its end so memory stays bounded.
                 tracing::warn!(bytes = self.buf.len(), "overlong IRC line dropped");
                 self.buf.clear();
-                continue;
+                self.skipping = true;
             }
-            let raw = std::mem::take(&mut self.buf);
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                continue;
+            self.scanned = self.buf.len();
+            if self.fill().await? == 0 {
+                return Ok(None);
             }
-            match line.parse::<Message>() {
-                Ok(m) => return Ok(Some(m)),
-                Err(e) => tracing::warn!(error = %e, "unparseable IRC line skipped"),
-            }
+        }
+    }
+
+    /// Reads once into the thread's scratch buffer and appends what came to `buf`, in the
+    /// same poll, so a cancelled call has read nothing. Returns the number of bytes (0: end
+    /// of stream).
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        let (inner, buf) = (&mut self.inner, &mut self.buf);
+        std::future::poll_fn(|cx| {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut rb = tokio::io::ReadBuf::new(&mut scratch[..]);
+                match std::pin::Pin::new(&mut *inner).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(rb.filled());
+                        std::task::Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+        })
+        .await
+    }
+
+    /// Drops the first `n` bytes of `buf`, and its allocation once nothing is left.
+    fn consume(&mut self, n: usize) {
+        if n >= self.buf.len() {
+            self.buf = Vec::new();
+        } else {
+            self.buf.drain(..n);
         }
     }
 
@@ -412,13 +471,7 @@ async fn connect_inner(
             (Box::new(r), Box::new(w))
         }
     };
-    let mut reader = LineReader {
-        // Small: thousands of puppet connections each hold one, and lines are short (a
-        // longer one is still read whole, in more than one fill).
-        inner: BufReader::with_capacity(READ_BUFFER, r),
-        buf: Vec::with_capacity(512),
-        skipping: false,
-    };
+    let mut reader = LineReader::new(r);
     let mut writer = LineWriter(w);
     let (mut neg, first) = Negotiation::start(reg);
     for line in first {
@@ -484,11 +537,7 @@ mod tests {
         });
         let stream = TcpStream::connect(addr).await.unwrap();
         let (r, _w) = stream.into_split();
-        let mut reader = LineReader {
-            inner: BufReader::with_capacity(READ_BUFFER, Box::new(r) as ReadHalf),
-            buf: Vec::new(),
-            skipping: false,
-        };
+        let mut reader = LineReader::new(Box::new(r));
         let first = reader.next().await.unwrap().unwrap();
         assert_eq!(
             first.command,
@@ -499,7 +548,8 @@ mod tests {
             second.command,
             irc_proto::Command::PING("second".into(), None)
         );
-        assert!(reader.buf.capacity() <= 2 * MAX_LINE + READ_BUFFER);
+        // Nothing is held between lines.
+        assert_eq!(reader.buf.capacity(), 0);
         server.await.unwrap();
     }
 

@@ -19,7 +19,7 @@ use crate::deliver::{self, BotKind};
 use crate::isupport::ISupport;
 use crate::outbound::{self, Voice};
 use crate::{ids, lookup};
-use irc_proto::{Command, Response};
+use irc_proto::{Command, Message, Response};
 use junction_core::{
     AdapterContext, AdapterStore, Delivered, Delivery, MessageId, NetworkId, Pastes, Secret,
     Sender, UserRef,
@@ -159,7 +159,9 @@ pub struct Shared {
 
 /// A job being worked on: `reported` once its `Written` went out.
 struct Work {
-    job: Job,
+    /// Boxed: a job carries its whole delivery, and the queue of an idle puppet keeps its
+    /// room for a few of them.
+    job: Box<Job>,
     reported: bool,
     /// Set once the lines and the PING are written.
     token: Option<String>,
@@ -208,7 +210,9 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
         };
         let connected = tokio::select! {
             _ = sh.shutdown.cancelled() => return,
-            r = connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60)) => r,
+            // Boxed: registration (and a TLS handshake) needs far more state than serving,
+            // and only for a moment; inline it would size every puppet's task for good.
+            r = Box::pin(connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60))) => r,
         };
         let mut s = match connected {
             Ok(s) => s,
@@ -248,7 +252,7 @@ pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<J
     }
     // Hand back what was not answered, including jobs queued meanwhile.
     jobs.close();
-    let mut leftovers: Vec<(Job, bool)> = work.into_iter().map(|w| (w.job, w.reported)).collect();
+    let mut leftovers: Vec<(Job, bool)> = work.into_iter().map(|w| (*w.job, w.reported)).collect();
     while let Ok(job) = jobs.try_recv() {
         leftovers.push((*job, false));
     }
@@ -499,6 +503,29 @@ fn lines_for(
     (lines, said)
 }
 
+/// What woke a serving puppet.
+// A temporary, handled before the next wait: boxing the message would cost an allocation per
+// line for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A message from the server, or the end of the connection.
+    Msg(Result<Message, connection::End>),
+    /// A job (None: the adapter dropped the puppet's queue).
+    Job(Option<Box<Job>>),
+    /// No job for the idle timeout.
+    Idle,
+}
+
+/// A puppet's state while its connection serves.
+struct Serving {
+    bucket: Bucket,
+    joined: BTreeSet<String>,
+    last_job: Instant,
+    /// Tries left for a nick change refused as taken.
+    nick_tries: u32,
+    jobs_open: bool,
+}
+
 async fn serve(
     spec: &Spec,
     sh: &Shared,
@@ -506,131 +533,220 @@ async fn serve(
     jobs: &mut mpsc::UnboundedReceiver<Box<Job>>,
     work: &mut VecDeque<Work>,
 ) -> End {
-    let mut bucket = Bucket::new(spec.burst, spec.rate);
-    let mut joined: BTreeSet<String> = BTreeSet::new();
-    let mut last_job = Instant::now();
-    // Tries left for a nick change refused as taken.
-    let mut nick_tries = 0u32;
-    let mut jobs_open = true;
+    // Thousands of these futures wait at once, one per puppet, so what waits is kept small:
+    // the writing, seldom and short, runs in a boxed future of its own, and what woke the
+    // puppet is handled after the wait, not inside it.
+    s.reader.ignore(channel_chatter);
+    let mut st = Serving {
+        bucket: Bucket::new(spec.burst, spec.rate),
+        joined: BTreeSet::new(),
+        last_job: Instant::now(),
+        nick_tries: 0,
+        jobs_open: true,
+    };
     loop {
-        // Write what may go: jobs in order, at most IN_FLIGHT awaiting their PING's answer.
-        let mut i = 0;
-        while i < work.len() && i < IN_FLIGHT {
-            if work[i].token.is_none() {
-                let (lines, said) = lines_for(spec, sh, s, &mut joined, &work[i].job);
-                tracing::debug!(network = %sh.network, nick = %s.nick, outbox = work[i].job.delivery.outbox_id, action = ?work[i].job.action, lines = lines.len(), "IRC puppet writes a job");
-                if matches!(work[i].job.action, Action::Nick(_)) {
-                    nick_tries = 5;
-                }
-                for line in &lines {
-                    bucket.wait().await;
-                    if let Err(e) = s.writer.send(line).await {
-                        return End::Lost(e.to_string());
-                    }
-                }
-                if let Action::Quit(_) = work[i].job.action {
-                    // The server closes the connection; nothing comes back to prove it.
-                    if let Some(w) = work.remove(i) {
-                        answer(sh, &w.job.delivery, Ok(Vec::new()));
-                    }
-                    return End::Done;
-                }
-                let token = format!("junction-{}", work[i].job.delivery.outbox_id);
-                if let Err(e) = s.writer.send(&format!("PING :{token}")).await {
-                    return End::Lost(e.to_string());
-                }
-                work[i].token = Some(token);
-                work[i].said = said;
-                if !work[i].reported {
-                    work[i].reported = true;
-                    let _ = sh.reports.send(Report::Written {
-                        user: spec.user.clone(),
-                        channel: work[i].job.delivery.target.room.0.clone(),
-                    });
-                }
+        if work.iter().take(IN_FLIGHT).any(|w| w.token.is_none()) {
+            if let Some(end) = Box::pin(write_work(spec, sh, s, work, &mut st)).await {
+                return end;
             }
-            i += 1;
         }
-        let idle_at = last_job + spec.idle;
-        tokio::select! {
+        let idle_at = st.last_job + spec.idle;
+        let step = tokio::select! {
             biased;
-            msg = s.next_message(&sh.shutdown) => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(end) => return s.closing(end).await.into(),
-                };
-                match &msg.command {
-                    Command::PING(a, _) => {
-                        if let Err(e) = s.writer.send(&format!("PONG :{a}")).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                    Command::PONG(a, b) => {
-                        let token = b.as_deref().unwrap_or(a);
-                        if let Some(pos) = work.iter().position(|w| w.token.as_deref() == Some(token)) {
-                            // TCP keeps order: every job written before this one is proven too.
-                            for w in work.drain(..=pos).collect::<Vec<_>>() {
-                                finish(spec, sh, s, w);
-                            }
-                        }
-                    }
-                    Command::ERROR(reason) => return End::Lost(format!("server error: {reason}")),
-                    Command::NICK(new) if msg.source_nickname().is_some_and(|n| fold(&s.isupport, n) == fold(&s.isupport, &s.nick)) => {
-                        s.nick.clone_from(new);
-                        let _ = sh.reports.send(Report::Nick { user: spec.user.clone(), gen: spec.gen, nick: new.clone() });
-                    }
-                    Command::KICK(chan, who, _) if fold(&s.isupport, who) == fold(&s.isupport, &s.nick) => {
-                        joined.remove(&fold(&s.isupport, chan));
-                    }
-                    Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, args) if nick_tries > 0 => {
-                        nick_tries -= 1;
-                        let taken = args.get(1).cloned().unwrap_or_default();
-                        let next = ids::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
-                        if let Err(e) = s.writer.send(&format!("NICK {next}")).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                    Command::Response(
-                        Response::ERR_CANNOTSENDTOCHAN
-                        | Response::ERR_BANNEDFROMCHAN
-                        | Response::ERR_INVITEONLYCHAN
-                        | Response::ERR_CHANNELISFULL
-                        | Response::ERR_BADCHANNELKEY,
-                        args,
-                    ) => {
-                        if let Some(chan) = args.get(1) {
-                            let key = fold(&s.isupport, chan);
-                            joined.remove(&key);
-                            tracing::debug!(network = %sh.network, nick = %s.nick, channel = %chan, reply = ?msg.command, "IRC puppet refused in a channel");
-                            if let Some(w) = work.iter_mut().find(|w| {
-                                w.token.is_some() && fold(&s.isupport, &w.job.delivery.target.room.0) == key
-                            }) {
-                                w.denied = true;
-                            }
-                        }
-                    }
-                    Command::PRIVMSG(target, _) if fold(&s.isupport, target) == fold(&s.isupport, &s.nick) => {
-                        let _ = sh.reports.send(Report::Private { user: spec.user.clone(), msg: Box::new(msg.clone()) });
-                    }
-                    // Everything else (channel traffic, names, other people) is the bot's.
-                    _ => {}
-                }
+            msg = s.next_message(&sh.shutdown) => Step::Msg(msg),
+            job = jobs.recv(), if st.jobs_open => Step::Job(job),
+            _ = tokio::time::sleep_until(idle_at), if work.is_empty() => Step::Idle,
+        };
+        let reply = match step {
+            Step::Msg(Ok(msg)) => match on_message(spec, sh, s, work, &mut st, &msg) {
+                Ok(reply) => reply,
+                Err(end) => return end,
+            },
+            Step::Msg(Err(end)) => return Box::pin(s.closing(end)).await.into(),
+            Step::Job(Some(job)) => {
+                st.last_job = Instant::now();
+                work.push_back(Work {
+                    job,
+                    reported: false,
+                    token: None,
+                    said: 0,
+                    denied: false,
+                });
+                None
             }
-            job = jobs.recv(), if jobs_open => {
-                match job {
-                    Some(job) => {
-                        last_job = Instant::now();
-                        work.push_back(Work { job: *job, reported: false, token: None, said: 0, denied: false });
-                    }
-                    None => jobs_open = false,
-                }
+            Step::Job(None) => {
+                st.jobs_open = false;
+                None
             }
-            _ = tokio::time::sleep_until(idle_at), if work.is_empty() => {
-                let _ = s.writer.send("QUIT :idle").await;
+            Step::Idle => {
+                let _ = Box::pin(s.writer.send("QUIT :idle")).await;
                 return End::Done;
+            }
+        };
+        if let Some(line) = reply {
+            if let Err(e) = Box::pin(s.writer.send(&line)).await {
+                return End::Lost(e.to_string());
             }
         }
     }
+}
+
+/// Writes what may go: jobs in order, at most [`IN_FLIGHT`] awaiting their PING's answer.
+/// Some(end) when the connection ends.
+async fn write_work(
+    spec: &Spec,
+    sh: &Shared,
+    s: &mut Session,
+    work: &mut VecDeque<Work>,
+    st: &mut Serving,
+) -> Option<End> {
+    let mut i = 0;
+    while i < work.len() && i < IN_FLIGHT {
+        if work[i].token.is_none() {
+            let (lines, said) = lines_for(spec, sh, s, &mut st.joined, &work[i].job);
+            tracing::debug!(network = %sh.network, nick = %s.nick, outbox = work[i].job.delivery.outbox_id, action = ?work[i].job.action, lines = lines.len(), "IRC puppet writes a job");
+            if matches!(work[i].job.action, Action::Nick(_)) {
+                st.nick_tries = 5;
+            }
+            for line in &lines {
+                st.bucket.wait().await;
+                if let Err(e) = s.writer.send(line).await {
+                    return Some(End::Lost(e.to_string()));
+                }
+            }
+            if let Action::Quit(_) = work[i].job.action {
+                // The server closes the connection; nothing comes back to prove it.
+                if let Some(w) = work.remove(i) {
+                    answer(sh, &w.job.delivery, Ok(Vec::new()));
+                }
+                return Some(End::Done);
+            }
+            let token = format!("junction-{}", work[i].job.delivery.outbox_id);
+            if let Err(e) = s.writer.send(&format!("PING :{token}")).await {
+                return Some(End::Lost(e.to_string()));
+            }
+            work[i].token = Some(token);
+            work[i].said = said;
+            if !work[i].reported {
+                work[i].reported = true;
+                let _ = sh.reports.send(Report::Written {
+                    user: spec.user.clone(),
+                    channel: work[i].job.delivery.target.room.0.clone(),
+                });
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `line` is what every member of a channel receives and only the bot reads: other
+/// people joining, leaving, speaking, changing modes. A puppet drops such lines unparsed: in a
+/// channel with thousands of puppets each line reaches every one of them, and parsing it
+/// thousands of times was most of the gateway's work while they joined. Anything else
+/// (the server's PINGs and numerics, NICK and KICK, words to the puppet itself) is parsed.
+fn channel_chatter(line: &str) -> bool {
+    let rest = match line.strip_prefix('@') {
+        Some(tagged) => match tagged.split_once(' ') {
+            Some((_, rest)) => rest,
+            None => return false,
+        },
+        None => line,
+    };
+    // Only lines from someone: the server's own PING comes without a source.
+    let Some(rest) = rest.strip_prefix(':') else {
+        return false;
+    };
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
+    let (_source, command, target) = (words.next(), words.next(), words.next());
+    match command.unwrap_or("") {
+        "JOIN" | "PART" | "QUIT" | "MODE" | "TOPIC" | "AWAY" | "ACCOUNT" | "CHGHOST"
+        | "SETNAME" => true,
+        "PRIVMSG" | "NOTICE" | "TAGMSG" => {
+            target.is_some_and(|t| t.starts_with(['#', '&', '+', '!']))
+        }
+        _ => false,
+    }
+}
+
+/// Handles one message from the server; returns the line to answer with, if any, or why the
+/// connection ends.
+fn on_message(
+    spec: &Spec,
+    sh: &Shared,
+    s: &mut Session,
+    work: &mut VecDeque<Work>,
+    st: &mut Serving,
+    msg: &Message,
+) -> Result<Option<String>, End> {
+    match &msg.command {
+        Command::PING(a, _) => return Ok(Some(format!("PONG :{a}"))),
+        Command::PONG(a, b) => {
+            let token = b.as_deref().unwrap_or(a);
+            if let Some(pos) = work.iter().position(|w| w.token.as_deref() == Some(token)) {
+                // TCP keeps order: every job written before this one is proven too.
+                for w in work.drain(..=pos).collect::<Vec<_>>() {
+                    finish(spec, sh, s, w);
+                }
+                if work.is_empty() {
+                    // Most puppets wait idle most of the time: no room kept for jobs.
+                    *work = VecDeque::new();
+                }
+            }
+        }
+        Command::ERROR(reason) => return Err(End::Lost(format!("server error: {reason}"))),
+        Command::NICK(new)
+            if msg
+                .source_nickname()
+                .is_some_and(|n| fold(&s.isupport, n) == fold(&s.isupport, &s.nick)) =>
+        {
+            s.nick.clone_from(new);
+            let _ = sh.reports.send(Report::Nick {
+                user: spec.user.clone(),
+                gen: spec.gen,
+                nick: new.clone(),
+            });
+        }
+        Command::KICK(chan, who, _) if fold(&s.isupport, who) == fold(&s.isupport, &s.nick) => {
+            st.joined.remove(&fold(&s.isupport, chan));
+        }
+        Command::Response(Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION, args)
+            if st.nick_tries > 0 =>
+        {
+            st.nick_tries -= 1;
+            let taken = args.get(1).cloned().unwrap_or_default();
+            let next = ids::next_candidate(&taken, spec.suffix, s.isupport.nicklen);
+            return Ok(Some(format!("NICK {next}")));
+        }
+        Command::Response(
+            Response::ERR_CANNOTSENDTOCHAN
+            | Response::ERR_BANNEDFROMCHAN
+            | Response::ERR_INVITEONLYCHAN
+            | Response::ERR_CHANNELISFULL
+            | Response::ERR_BADCHANNELKEY,
+            args,
+        ) => {
+            if let Some(chan) = args.get(1) {
+                let key = fold(&s.isupport, chan);
+                st.joined.remove(&key);
+                tracing::debug!(network = %sh.network, nick = %s.nick, channel = %chan, reply = ?msg.command, "IRC puppet refused in a channel");
+                if let Some(w) = work.iter_mut().find(|w| {
+                    w.token.is_some() && fold(&s.isupport, &w.job.delivery.target.room.0) == key
+                }) {
+                    w.denied = true;
+                }
+            }
+        }
+        Command::PRIVMSG(target, _) if fold(&s.isupport, target) == fold(&s.isupport, &s.nick) => {
+            let _ = sh.reports.send(Report::Private {
+                user: spec.user.clone(),
+                msg: Box::new(msg.clone()),
+            });
+        }
+        // Everything else (channel traffic, names, other people) is the bot's.
+        _ => {}
+    }
+    Ok(None)
 }
 
 fn answer(sh: &Shared, d: &Delivery, outcome: Result<Vec<MessageId>, String>) {
@@ -666,6 +782,76 @@ mod tests {
     use crate::IrcMode;
     use junction_core::{EventKind, MessageId};
     use tokio::sync::mpsc;
+
+    /// Channel traffic is dropped unparsed; what a puppet acts on is not.
+    #[test]
+    fn a_puppet_skips_channel_chatter_only() {
+        use super::channel_chatter;
+        for line in [
+            ":bob!b@h JOIN #lobby",
+            ":bob!b@h JOIN #lobby * :Bob",
+            "@time=2026-12-07T00:00:00Z :bob!b@h PRIVMSG #lobby :hello",
+            ":bob!b@h NOTICE #lobby :hi",
+            ":bob!b@h PART #lobby :bye",
+            ":bob!b@h QUIT :gone",
+            ":irc.test MODE #lobby +o bob",
+        ] {
+            assert!(channel_chatter(line), "{line}");
+        }
+        for line in [
+            "PING :irc.test",
+            ":irc.test PONG irc.test :junction-7",
+            ":bob!b@h PRIVMSG alice[m] :psst",
+            ":op!o@h KICK #lobby alice[m] :out",
+            ":alice[m]!a@h NICK alice2[m]",
+            ":irc.test 404 alice[m] #lobby :Cannot send to channel",
+            "ERROR :Closing link",
+            "@broken",
+            ":bob!b@h",
+        ] {
+            assert!(!channel_chatter(line), "{line}");
+        }
+    }
+
+    /// Thousands of puppets run at once: each one's task (its future, before anything it
+    /// allocates) stays small.
+    #[tokio::test]
+    async fn a_puppet_task_is_small() {
+        let store = junction_store::Scoped::new(
+            std::sync::Arc::new(junction_store::MemStore::new()),
+            junction_core::NetworkId::new("irc:t"),
+        );
+        let (delivered, _d) = mpsc::unbounded_channel();
+        let (reports, _r) = mpsc::unbounded_channel();
+        let spec = super::Spec {
+            user: junction_testkit::person("matrix", "alice").user,
+            gen: 1,
+            nick: "alice".into(),
+            suffix: "[m]",
+            realname: String::new(),
+            server: "127.0.0.1:1".into(),
+            tls: None,
+            password: None,
+            idle: std::time::Duration::from_secs(60),
+            burst: 5,
+            rate: 1.0,
+            max_lines: 5,
+            nicklen: 30,
+        };
+        let shared = super::Shared {
+            network: junction_core::NetworkId::new("irc:t"),
+            store: std::sync::Arc::new(store),
+            pastes: None,
+            delivered,
+            reports,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let task = super::run(spec, shared, rx);
+        let size = std::mem::size_of_val(&task);
+        // 3.7 kB before registration was boxed and the serving loop made to wait small.
+        assert!(size <= 2048, "a puppet task of {size} bytes");
+    }
 
     #[tokio::test]
     async fn a_remote_user_speaks_through_their_own_connection() {
