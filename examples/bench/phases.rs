@@ -377,16 +377,11 @@ pub(crate) async fn puppet_phase(
         // Puppets that joined, seen by the IRC user in the channel.
         let chan = b.fast_chan.clone();
         let bot = junction_testkit::gateway::bot_nick(&b.slot);
-        let joined = b
-            .irc
-            .backlog()
-            .iter()
-            .filter(|m| {
-                matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&chan))
-                    && junction_testkit::clients::irc::source_nick(m)
-                        .is_some_and(|n| n.starts_with('p') && !n.eq_ignore_ascii_case(&bot))
-            })
-            .count();
+        let joined = b.irc.count(|m| {
+            matches!(&m.command, irc_proto::Command::JOIN(c, _, _) if c.eq_ignore_ascii_case(&chan))
+                && junction_testkit::clients::irc::source_nick(m)
+                    .is_some_and(|n| n.starts_with('p') && !n.eq_ignore_ascii_case(&bot))
+        });
         let after = rss_kb();
         let per = if joined > 0 {
             format!(

@@ -255,6 +255,18 @@ impl IrcUser {
         self.send_raw(&format!("QUIT :{reason}"))
     }
 
+    /// How many of the messages received so far match `f`, without copying them (a bench
+    /// with thousands of lines counts them without growing its own memory).
+    pub fn count(&self, f: impl Fn(&Message) -> bool) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backlog
+            .iter()
+            .filter(|m| f(m))
+            .count()
+    }
+
     /// Everything received so far.
     pub fn backlog(&self) -> Vec<Message> {
         self.shared
