@@ -36,18 +36,7 @@ fn command(args: &Args) -> String {
     )
 }
 
-/// Escapes a path or query component (room ids hold `!` and `:`).
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+use junction_testkit::clients::matrix::enc;
 
 /// An HTTP client of its own (its own connections), with a bound on every request.
 fn http() -> anyhow::Result<reqwest::Client> {

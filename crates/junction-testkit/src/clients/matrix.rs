@@ -29,9 +29,9 @@ impl Drop for MatrixUser {
     }
 }
 
-fn enc(s: &str) -> String {
-    // Room ids, aliases and event ids hold `!`, `#`, `:` and `$`, all of which need
-    // escaping in a path segment.
+/// Escapes `s` for a URL path segment or query value: room ids, aliases and event ids hold
+/// `!`, `#`, `:` and `$`, all of which need escaping there.
+pub fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
