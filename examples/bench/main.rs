@@ -4,7 +4,7 @@
 //! ./target/debug/junction-testkit start          # or let the bench start what is missing
 //! cargo run --release --example bench -- [--quick] [--only store,latency,matrix,throughput,puppets]
 //!                                        [--only ceiling]   # Synapse's one-room ceiling, Junction from IRC at shares of it
-//!                                        [--puppets N] [--irc-mode puppet|relay]
+//!                                        [--puppets N] [--puppet-rate R] [--irc-mode puppet|relay]
 //!                                        [--encrypted]   # the Matrix room encrypted
 //!                                        [--nio]   # a matrix-nio member sends from Matrix
 //! cargo run --release --example bench -- --compare [--quick]   # beside biboumi, heisenbridge
@@ -80,6 +80,9 @@ pub(crate) struct Args {
     pub(crate) compare: bool,
     pub(crate) only: Option<Vec<String>>,
     pub(crate) puppets: Option<usize>,
+    /// `--puppet-rate R`: the puppets' first lines are sent R a second instead of all at once
+    /// (people arriving, rather than a restart with everyone's line waiting).
+    pub(crate) puppet_rate: Option<f64>,
     pub(crate) irc_mode: String,
     /// The store phase's backend: `sled` (default) or `postgres` (the testkit's PostgreSQL,
     /// a fresh schema).
@@ -104,6 +107,7 @@ impl Args {
             compare: false,
             only: None,
             puppets: None,
+            puppet_rate: None,
             irc_mode: "puppet".into(),
             store: "sled".into(),
             store_rows: None,
@@ -128,6 +132,9 @@ impl Args {
                 "--puppets" => {
                     a.puppets = Some(it.next().context("--puppets needs N")?.parse()?);
                 }
+                "--puppet-rate" => {
+                    a.puppet_rate = Some(it.next().context("--puppet-rate needs R")?.parse()?);
+                }
                 "--irc-mode" => a.irc_mode = it.next().context("--irc-mode needs a mode")?,
                 "--store" => a.store = it.next().context("--store needs sled or postgres")?,
                 "--store-rows" => {
@@ -139,7 +146,7 @@ impl Args {
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
-                         [--puppets N] [--irc-mode puppet|relay] \
+                         [--puppets N] [--puppet-rate R] [--irc-mode puppet|relay] \
                          [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
                          bench --only ceiling [--quick]   (Synapse's one-room ceiling, Junction from IRC at shares of it)\n       \
                          bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)"

@@ -325,7 +325,15 @@ pub(crate) async fn puppet_phase(
         let first = b.taps.len();
         let origin = RoomRef::new("xmpp", b.fast_muc.as_str());
         let start = Instant::now();
+        let mut pace = args.puppet_rate.filter(|r| *r > 0.0).map(|r| {
+            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            t
+        });
         for i in 0..n {
+            if let Some(t) = pace.as_mut() {
+                t.tick().await;
+            }
             let tag = format!("jb{phase}x{i}");
             let who = format!("p{}", offset + i);
             b.taps.register(tag.clone(), Instant::now());
@@ -353,6 +361,11 @@ pub(crate) async fn puppet_phase(
         let r = range.clone();
         let t = irc.clone();
         let wait = Duration::from_secs(60 + n as u64 / 10);
+        let paced = args
+            .puppet_rate
+            .filter(|r| *r > 0.0)
+            .map(|r| format!(", {r}/s"))
+            .unwrap_or_default();
         let _ = junction_testkit::eventually(wait, "every puppet's message answered", || {
             let done = taps.answered(r.clone(), &t) == n;
             async move { done.then_some(()) }
@@ -394,7 +407,7 @@ pub(crate) async fn puppet_phase(
         eprintln!("  {n} puppets: {joined} joined, {answered} answered in {took:?}, RSS {before} → {after} kB");
         let _ = writeln!(
             s,
-            "| {n} | {joined} | {answered} | {} ms | {} ms | {:.1} s | {:.1} MB | {:.1} MB | {per} |",
+            "| {n}{paced} | {joined} | {answered} | {} ms | {} ms | {:.1} s | {:.1} MB | {:.1} MB | {per} |",
             first_answer.map(ms).unwrap_or_else(|| "–".into()),
             ms(gap),
             took.as_secs_f64(),
