@@ -282,9 +282,12 @@ thread_local! {
 /// the connection's whole life, and this one only holds what is not yet a whole line.
 pub struct LineReader {
     inner: ReadHalf,
-    // Bytes read and not yet taken as lines; kept across calls so a cancelled read (in a
-    // `select!`) loses no bytes. Freed whenever it empties.
+    // Bytes read; those from `start` on are not yet taken as lines. Kept across calls so a
+    // cancelled read (in a `select!`) loses no bytes. Freed whenever it empties.
     buf: Vec<u8>,
+    // Where the next line begins: lines are taken by moving it, not by shifting the bytes
+    // after them, which are moved down once, before the next read.
+    start: usize,
     // How much of `buf` is known to hold no line end.
     scanned: usize,
     // In the middle of an overlong line: its bytes are dropped up to its end.
@@ -307,6 +310,7 @@ impl LineReader {
         Self {
             inner,
             buf: Vec::new(),
+            start: 0,
             scanned: 0,
             skipping: false,
             ignore: None,
@@ -324,23 +328,23 @@ impl LineReader {
         loop {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos;
-                self.scanned = 0;
+                self.scanned = end + 1;
                 if std::mem::take(&mut self.skipping) {
-                    self.consume(end + 1);
+                    self.consume_to(end + 1);
                     continue;
                 }
-                if end + 1 > MAX_LINE {
-                    tracing::warn!(bytes = end + 1, "overlong IRC line dropped");
-                    self.consume(end + 1);
+                if end + 1 - self.start > MAX_LINE {
+                    tracing::warn!(bytes = end + 1 - self.start, "overlong IRC line dropped");
+                    self.consume_to(end + 1);
                     continue;
                 }
                 let parsed = {
-                    let line = String::from_utf8_lossy(&self.buf[..end]);
+                    let line = String::from_utf8_lossy(&self.buf[self.start..end]);
                     let line = line.trim_end_matches(['\r', '\n']);
                     let ignored = self.ignore.is_some_and(|ignore| ignore(line));
                     (!line.is_empty() && !ignored).then(|| line.parse::<Message>())
                 };
-                self.consume(end + 1);
+                self.consume_to(end + 1);
                 match parsed {
                     None => {}
                     Some(Ok(m)) => return Ok(Some(m)),
@@ -348,6 +352,9 @@ impl LineReader {
                 }
                 continue;
             }
+            // No line end in what is left: move it down, then read more.
+            self.buf.drain(..self.start);
+            self.start = 0;
             if self.skipping {
                 self.buf.clear();
             } else if self.buf.len() > MAX_LINE {
@@ -386,12 +393,14 @@ impl LineReader {
         .await
     }
 
-    /// Drops the first `n` bytes of `buf`, and its allocation once nothing is left.
-    fn consume(&mut self, n: usize) {
-        if n >= self.buf.len() {
+    /// Takes the bytes of `buf` before `end` as read; frees it once nothing is left.
+    fn consume_to(&mut self, end: usize) {
+        if end >= self.buf.len() {
             self.buf = Vec::new();
+            self.start = 0;
+            self.scanned = 0;
         } else {
-            self.buf.drain(..n);
+            self.start = end;
         }
     }
 
