@@ -17,6 +17,7 @@
 use super::*;
 use crate::lobby::Bench;
 use crate::stats::{p50_99, table, CpuMeter};
+use junction_testkit::clients::matrix::enc;
 use serde_json::{json, Value};
 
 /// Parallel Matrix clients for the ceiling.
@@ -35,8 +36,6 @@ fn command(args: &Args) -> String {
         if args.quick { " --quick" } else { "" }
     )
 }
-
-use junction_testkit::clients::matrix::enc;
 
 /// An HTTP client of its own (its own connections), with a bound on every request.
 fn http() -> anyhow::Result<reqwest::Client> {
