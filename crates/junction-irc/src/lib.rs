@@ -46,6 +46,7 @@ pub mod ids;
 pub mod inbound;
 pub mod isupport;
 pub mod lookup;
+mod mailbox;
 pub mod network;
 pub mod ops;
 pub mod outbound;

@@ -17,6 +17,7 @@ use crate::bucket::Bucket;
 use crate::connection::{self, Registration, Session};
 use crate::deliver::{self, BotKind};
 use crate::isupport::ISupport;
+use crate::mailbox::{mailbox, MailReceiver, MailSender};
 use crate::outbound::{self, Voice};
 use crate::{ids, lookup};
 use irc_proto::{Command, Message, Response};
@@ -24,7 +25,7 @@ use junction_core::{
     AdapterContext, AdapterStore, Delivered, Delivery, MessageId, NetworkId, Pastes, Secret,
     Sender, UserRef,
 };
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -194,80 +195,90 @@ const IN_FLIGHT: usize = 8;
 const RECONNECTS: u32 = 1;
 
 /// Runs one puppet until it quits, idles out, fails or the gateway shuts down.
-pub async fn run(spec: Spec, sh: Shared, mut jobs: mpsc::UnboundedReceiver<Box<Job>>) {
-    let mut work: VecDeque<Work> = VecDeque::new();
-    let mut nick = spec.nick.clone();
-    let mut attempt = 0u32;
-    let failed = loop {
-        let reg = Registration {
-            nick: nick.clone(),
-            suffix: spec.suffix.to_owned(),
-            password: spec.password.clone(),
-            sasl: None,
-            caps: false,
-            realname: spec.realname.clone(),
-            nicklen: spec.nicklen,
-        };
-        let connected = tokio::select! {
-            _ = sh.shutdown.cancelled() => return,
-            // Boxed: registration (and a TLS handshake) needs far more state than serving,
-            // and only for a moment; inline it would size every puppet's task for good.
-            r = Box::pin(connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60))) => r,
-        };
-        let mut s = match connected {
-            Ok(s) => s,
-            Err(why) => break Some(why),
-        };
-        nick.clone_from(&s.nick);
-        tracing::debug!(network = %sh.network, nick = %s.nick, wanted = %spec.nick, "IRC puppet connected");
-        let _ = sh.reports.send(Report::Up {
-            user: spec.user.clone(),
-            gen: spec.gen,
-            nick: s.nick.clone(),
-        });
-        // Anything written before a lost connection is written again.
-        for w in work.iter_mut() {
-            w.token = None;
-            w.denied = false;
-        }
-        match serve(&spec, &sh, &mut s, &mut jobs, &mut work).await {
-            End::Shutdown => return,
-            End::Done => break None,
-            End::Lost(why) => {
-                nick.clone_from(&s.nick);
-                tracing::info!(network = %sh.network, nick = %nick, reason = %why, "IRC puppet connection lost");
-                if attempt >= RECONNECTS {
-                    break Some(why);
-                }
-                attempt += 1;
-                tokio::select! {
-                    _ = sh.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(connection::backoff(attempt - 1)) => {}
+// A function returning an `async move` block rather than an `async fn`: an `async fn`
+// keeps its arguments twice in its future (as given, and moved into its body), and this
+// future is kept by every puppet for as long as it runs.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run(
+    spec: Spec,
+    sh: Shared,
+    mut jobs: MailReceiver<Box<Job>>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut work: VecDeque<Work> = VecDeque::new();
+        let mut nick = spec.nick.clone();
+        let mut attempt = 0u32;
+        let failed = loop {
+            let reg = Registration {
+                nick: nick.clone(),
+                suffix: spec.suffix.to_owned(),
+                password: spec.password.clone(),
+                sasl: None,
+                caps: false,
+                realname: spec.realname.clone(),
+                nicklen: spec.nicklen,
+            };
+            let mut s = match tokio::select! {
+                _ = sh.shutdown.cancelled() => return,
+                // Boxed: registration (and a TLS handshake) needs far more state than serving,
+                // and only for a moment; inline it would size every puppet's task for good.
+                r = Box::pin(connection::connect(&spec.server, spec.tls.as_ref(), reg, Duration::from_secs(60))) => r,
+            } {
+                Ok(s) => s,
+                Err(why) => break Some(why),
+            };
+            nick.clone_from(&s.nick);
+            tracing::debug!(network = %sh.network, nick = %s.nick, wanted = %spec.nick, "IRC puppet connected");
+            let _ = sh.reports.send(Report::Up {
+                user: spec.user.clone(),
+                gen: spec.gen,
+                nick: s.nick.clone(),
+            });
+            // Anything written before a lost connection is written again.
+            for w in work.iter_mut() {
+                w.token = None;
+                w.denied = false;
+            }
+            match serve(&spec, &sh, &mut s, &mut jobs, &mut work).await {
+                End::Shutdown => return,
+                End::Done => break None,
+                End::Lost(why) => {
+                    nick.clone_from(&s.nick);
+                    tracing::info!(network = %sh.network, nick = %nick, reason = %why, "IRC puppet connection lost");
+                    if attempt >= RECONNECTS {
+                        break Some(why);
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = sh.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(connection::backoff(attempt - 1)) => {}
+                    }
                 }
             }
+        };
+        if let Some(why) = &failed {
+            tracing::warn!(network = %sh.network, nick = %nick, reason = %why, "IRC puppet gave up; its messages go through the bot");
         }
-    };
-    if let Some(why) = &failed {
-        tracing::warn!(network = %sh.network, nick = %nick, reason = %why, "IRC puppet gave up; its messages go through the bot");
+        // Hand back what was not answered, including jobs queued meanwhile.
+        jobs.close();
+        let mut leftovers: Vec<(Job, bool)> =
+            work.into_iter().map(|w| (*w.job, w.reported)).collect();
+        while let Some(job) = jobs.try_recv() {
+            leftovers.push((*job, false));
+        }
+        let _ = sh.reports.send(Report::Exit {
+            user: spec.user.clone(),
+            gen: spec.gen,
+            leftovers,
+            failed,
+        });
     }
-    // Hand back what was not answered, including jobs queued meanwhile.
-    jobs.close();
-    let mut leftovers: Vec<(Job, bool)> = work.into_iter().map(|w| (*w.job, w.reported)).collect();
-    while let Ok(job) = jobs.try_recv() {
-        leftovers.push((*job, false));
-    }
-    let _ = sh.reports.send(Report::Exit {
-        user: spec.user.clone(),
-        gen: spec.gen,
-        leftovers,
-        failed,
-    });
 }
 
 /// A running (or connecting) puppet, as the adapter holds it.
 pub(crate) struct Handle {
     gen: u64,
-    jobs: mpsc::UnboundedSender<Box<Job>>,
+    jobs: MailSender<Box<Job>>,
     nick: Option<String>,
 }
 
@@ -321,7 +332,7 @@ impl IrcAdapter {
             reports: st.reports_tx.clone(),
             shutdown: cx.shutdown.clone(),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox();
         tokio::spawn(run(spec, shared, rx));
         st.puppets.insert(
             sender.user.clone(),
@@ -427,8 +438,8 @@ impl IrcAdapter {
             self.ensure_puppet(cx, st, &sender, isupport);
         }
         let refused = match st.puppets.get(&user) {
-            // Boxed: each puppet's queue allocates slots for 32 jobs at once.
-            Some(h) => h.jobs.send(Box::new(job)).err().map(|e| *e.0),
+            // Boxed: a job is large, and the queue keeps room for a few.
+            Some(h) => h.jobs.send(Box::new(job)).err().map(|e| *e),
             None => Some(job),
         };
         if let Some(job) = refused {
@@ -449,7 +460,7 @@ fn lines_for(
     spec: &Spec,
     sh: &Shared,
     s: &Session,
-    joined: &mut BTreeSet<String>,
+    joined: &mut Joined,
     job: &Job,
 ) -> (Vec<String>, usize) {
     let channel = job.delivery.target.room.0.as_str();
@@ -516,10 +527,46 @@ enum Step {
     Idle,
 }
 
+/// What the serving loop does after a step, once the step is dropped.
+enum Next {
+    /// Write this line, if any, and wait again.
+    Reply(Option<String>),
+    /// The connection ended: close it.
+    Close(connection::End),
+    /// Idle too long: quit.
+    Idle,
+}
+
+/// The channels (folded) a puppet has joined: a few, so a list. A `BTreeSet` kept a node
+/// with room for eleven names (about 300 bytes) for each puppet in one channel.
+#[derive(Default)]
+struct Joined(Vec<String>);
+
+impl Joined {
+    /// Notes `key`; true when it was not noted yet.
+    fn insert(&mut self, key: String) -> bool {
+        if self.0.contains(&key) {
+            return false;
+        }
+        self.0.push(key);
+        true
+    }
+
+    /// Forgets `key`; true when it was noted.
+    fn remove(&mut self, key: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|k| k != key);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        self.0.len() != before
+    }
+}
+
 /// A puppet's state while its connection serves.
 struct Serving {
     bucket: Bucket,
-    joined: BTreeSet<String>,
+    joined: Joined,
     last_job: Instant,
     /// Tries left for a nick change refused as taken.
     nick_tries: u32,
@@ -530,7 +577,7 @@ async fn serve(
     spec: &Spec,
     sh: &Shared,
     s: &mut Session,
-    jobs: &mut mpsc::UnboundedReceiver<Box<Job>>,
+    jobs: &mut MailReceiver<Box<Job>>,
     work: &mut VecDeque<Work>,
 ) -> End {
     // Thousands of these futures wait at once, one per puppet, so what waits is kept small:
@@ -539,7 +586,7 @@ async fn serve(
     s.reader.ignore(channel_chatter);
     let mut st = Serving {
         bucket: Bucket::new(spec.burst, spec.rate),
-        joined: BTreeSet::new(),
+        joined: Joined::default(),
         last_job: Instant::now(),
         nick_tries: 0,
         jobs_open: true,
@@ -551,34 +598,43 @@ async fn serve(
             }
         }
         let idle_at = st.last_job + spec.idle;
-        let step = tokio::select! {
-            biased;
-            msg = s.next_message(&sh.shutdown) => Step::Msg(msg),
-            job = jobs.recv(), if st.jobs_open => Step::Job(job),
-            _ = tokio::time::sleep_until(idle_at), if work.is_empty() => Step::Idle,
+        // In a block of its own, so the step (a whole parsed message) is not kept in the
+        // future across the writes below.
+        let next = {
+            let step = tokio::select! {
+                biased;
+                msg = s.next_message(&sh.shutdown) => Step::Msg(msg),
+                job = jobs.recv(), if st.jobs_open => Step::Job(job),
+                _ = tokio::time::sleep_until(idle_at), if work.is_empty() => Step::Idle,
+            };
+            match step {
+                Step::Msg(Ok(msg)) => match on_message(spec, sh, s, work, &mut st, &msg) {
+                    Ok(reply) => Next::Reply(reply),
+                    Err(end) => return end,
+                },
+                Step::Msg(Err(end)) => Next::Close(end),
+                Step::Job(Some(job)) => {
+                    st.last_job = Instant::now();
+                    work.push_back(Work {
+                        job,
+                        reported: false,
+                        token: None,
+                        said: 0,
+                        denied: false,
+                    });
+                    Next::Reply(None)
+                }
+                Step::Job(None) => {
+                    st.jobs_open = false;
+                    Next::Reply(None)
+                }
+                Step::Idle => Next::Idle,
+            }
         };
-        let reply = match step {
-            Step::Msg(Ok(msg)) => match on_message(spec, sh, s, work, &mut st, &msg) {
-                Ok(reply) => reply,
-                Err(end) => return end,
-            },
-            Step::Msg(Err(end)) => return Box::pin(s.closing(end)).await.into(),
-            Step::Job(Some(job)) => {
-                st.last_job = Instant::now();
-                work.push_back(Work {
-                    job,
-                    reported: false,
-                    token: None,
-                    said: 0,
-                    denied: false,
-                });
-                None
-            }
-            Step::Job(None) => {
-                st.jobs_open = false;
-                None
-            }
-            Step::Idle => {
+        let reply = match next {
+            Next::Reply(reply) => reply,
+            Next::Close(end) => return Box::pin(s.closing(end)).await.into(),
+            Next::Idle => {
                 let _ = Box::pin(s.writer.send("QUIT :idle")).await;
                 return End::Done;
             }
@@ -846,11 +902,12 @@ mod tests {
             reports,
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
-        let (_tx, rx) = mpsc::unbounded_channel();
+        let (_tx, rx) = crate::mailbox::mailbox();
         let task = super::run(spec, shared, rx);
         let size = std::mem::size_of_val(&task);
-        // 3.7 kB before registration was boxed and the serving loop made to wait small.
-        assert!(size <= 2048, "a puppet task of {size} bytes");
+        // 3.7 kB before registration was boxed and the serving loop made to wait small;
+        // 2.0 kB before the arguments were kept once and a step was dropped before writing.
+        assert!(size <= 1280, "a puppet task of {size} bytes");
     }
 
     #[tokio::test]
