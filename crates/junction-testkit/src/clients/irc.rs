@@ -202,12 +202,91 @@ impl IrcUser {
         let me = self.nick.clone();
         self.wait_for(Duration::from_secs(15), |m| is_join_of(m, channel, &me))
             .await?;
-        self.wait_for(Duration::from_secs(15), |m| {
-            is_numeric(m, "366")
-                && matches!(&m.command, Command::Response(_, a) if a.get(1).is_some_and(|c| c.eq_ignore_ascii_case(channel)))
+        self.wait_for(Duration::from_secs(15), |m| is_names_end(m, channel))
+            .await?;
+        Ok(())
+    }
+
+    /// Joins `channel` again after leaving it: as [`Self::join`], but only what arrives
+    /// after this JOIN counts.
+    pub async fn rejoin(&self, channel: &str) -> anyhow::Result<()> {
+        let from = self.len();
+        self.send_raw(&format!("JOIN {channel}"))?;
+        let me = self.nick.clone();
+        self.wait_since(from, Duration::from_secs(15), |m| {
+            is_join_of(m, channel, &me)
         })
         .await?;
+        self.wait_since(from, Duration::from_secs(15), |m| is_names_end(m, channel))
+            .await?;
         Ok(())
+    }
+
+    /// The nicks in `channel` now, asked of the server with NAMES (their `@`, `+`… taken
+    /// off): who is there, without having kept every JOIN and PART.
+    pub async fn names(&self, channel: &str) -> anyhow::Result<Vec<String>> {
+        let from = self.len();
+        self.send_raw(&format!("NAMES {channel}"))?;
+        self.wait_since(from, Duration::from_secs(30), |m| is_names_end(m, channel))
+            .await?;
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(s.backlog
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| match &m.command {
+                Command::Response(_, a)
+                    if is_numeric(m, "353")
+                        && a.get(2).is_some_and(|c| c.eq_ignore_ascii_case(channel)) =>
+                {
+                    a.last()
+                }
+                _ => None,
+            })
+            .flat_map(|names| names.split_whitespace())
+            .map(|n| {
+                n.trim_start_matches(|c: char| "~&@%+".contains(c))
+                    .to_owned()
+            })
+            .collect())
+    }
+
+    /// How many messages have been received so far (an index for [`Self::received_since`]).
+    pub fn len(&self) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backlog
+            .len()
+    }
+
+    /// Whether nothing has been received yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until a message received at backlog index `from` or later ([`Self::len`] before
+    /// sending what it answers) matches `pred`.
+    pub async fn wait_since(
+        &self,
+        from: usize,
+        deadline: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> anyhow::Result<Message> {
+        crate::eventually(deadline, "an IRC message", || {
+            let found = self
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .backlog
+                .get(from..)
+                .unwrap_or_default()
+                .iter()
+                .find(|m| pred(m))
+                .cloned();
+            async move { found }
+        })
+        .await
     }
 
     /// Sends a PRIVMSG.
@@ -294,18 +373,7 @@ impl IrcUser {
         deadline: Duration,
         pred: impl Fn(&Message) -> bool,
     ) -> anyhow::Result<Message> {
-        crate::eventually(deadline, "an IRC message", || {
-            let found = self
-                .shared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .backlog
-                .iter()
-                .find(|m| pred(m))
-                .cloned();
-            async move { found }
-        })
-        .await
+        self.wait_since(0, deadline, pred).await
     }
 
     /// `(nick, text)` of every PRIVMSG received in `channel`, in order.
@@ -361,6 +429,12 @@ pub fn shows_in_channel(m: &Message, channel: &str, nick: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `m` ends the NAMES reply (366) for `channel`.
+pub fn is_names_end(m: &Message, channel: &str) -> bool {
+    is_numeric(m, "366")
+        && matches!(&m.command, Command::Response(_, a) if a.get(1).is_some_and(|c| c.eq_ignore_ascii_case(channel)))
 }
 
 /// Whether `m` is the numeric reply `code` (e.g. `"001"`).
