@@ -1041,11 +1041,13 @@ impl SledStore {
     }
 
     /// The `by_time` row to write for an event recorded at `now`: the current one with
-    /// `id` added, or a new one once that holds [`TIME_ROW`] ids.
+    /// `id` added, or a new one once that holds [`TIME_ROW`] ids. Not a new one within the
+    /// current row's millisecond: two rows of one millisecond sort by their first ids, not in
+    /// the order they were made, and pruning (oldest first) would take the later one first.
     fn next_time_row(&self, now: u64, id: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let mut row = self.time_row.lock().unwrap_or_else(|p| p.into_inner());
         match row.as_mut() {
-            Some((k, v, n)) if *n < TIME_ROW => {
+            Some((k, v, n)) if *n < TIME_ROW || k.get(..8).and_then(stamp) == Some(now) => {
                 push_time_id(v, id);
                 *n += 1;
                 (k.clone(), v.clone())
