@@ -76,7 +76,7 @@ pub(crate) fn install_anchors() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `junction` binary beside this example (`target/release/junction`), built if missing.
+/// The `junction` binary beside this example (`target/release/junction`), built first.
 pub(crate) fn junction_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
@@ -84,17 +84,18 @@ pub(crate) fn junction_binary() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .context("where the example runs from")?;
     let bin = dir.join("junction");
-    if !bin.exists() {
-        eprintln!("building the junction binary…");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut c = std::process::Command::new(cargo);
-        c.args(["build", "--bin", "junction"]);
-        if release {
-            c.arg("--release");
-        }
-        run_checked(&mut c)?;
+    // Built every time (cargo does nothing when it is current): `cargo run --example bench`
+    // builds the example, not the binary, and a binary left from an older tree would be
+    // measured in its place.
+    eprintln!("building the junction binary (if it is not current)…");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut c = std::process::Command::new(cargo);
+    c.args(["build", "--bin", "junction"]);
+    if release {
+        c.arg("--release");
     }
+    run_checked(&mut c)?;
     Ok(bin)
 }
 

@@ -27,6 +27,59 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Windows a `--flat` run is cut into.
+const FLAT_WINDOWS: usize = 10;
+
+/// `--flat`: `n` XMPP→IRC lines at `rate` through Junction alone, in [`FLAT_WINDOWS`]
+/// windows, each with the gateway process's CPU per message, its RSS and the latency:
+/// whether a message late in a long run costs what an early one did.
+async fn flat(
+    c: &Clients,
+    p: &XPath,
+    proc: &Proc,
+    n: usize,
+    rate: f64,
+    started: Instant,
+) -> anyhow::Result<String> {
+    let per = (n / FLAT_WINDOWS).max(1);
+    let mut rows = String::new();
+    let mut lost = 0;
+    for w in 0..FLAT_WINDOWS {
+        let cpu0 = proc.cpu();
+        let v = measure(
+            c,
+            Dir::XmppToIrc,
+            &p.room,
+            &p.chan,
+            &format!("fl{w}"),
+            per,
+            rate,
+        )
+        .await?;
+        let cpu = (proc.cpu() - cpu0) / per as f64 * 1000.0;
+        lost += per - v.len();
+        eprintln!("  window {}: {cpu:.3} ms CPU per message", w + 1);
+        let _ = writeln!(
+            rows,
+            "| {}–{} | {cpu:.3} ms | {:.1} MB | {:.2} / {:.2} ms | {} |",
+            w * per + 1,
+            (w + 1) * per,
+            proc.rss_kb() as f64 / 1024.0,
+            durations_ms(&v, 0.5),
+            durations_ms(&v, 0.99),
+            per - v.len()
+        );
+    }
+    Ok(format!(
+        "## Junction over a long run: {n} XMPP→IRC lines at {rate} msg/s\n\n\
+         Command: `cargo run --release --example bench -- --compare --flat {n} --flat-rate {rate}`; \
+         took {:.0} s; {lost} lost.\n\n\
+         | messages | CPU per message (the gateway process) | RSS after | latency p50 / p99 | lost |\n\
+         |---|---:|---:|---:|---:|\n{rows}",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// How long one batch of tagged lines may take to arrive after the last one was sent.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -37,6 +90,8 @@ struct Plan {
     cpu_n: usize,
     users: usize,
     matrix_n: usize,
+    /// `--flat`: lines and rate of the long run through Junction alone (nothing else runs).
+    flat: Option<(usize, f64)>,
 }
 
 impl Plan {
@@ -48,6 +103,7 @@ impl Plan {
                 cpu_n: 100,
                 users: 20,
                 matrix_n: 10,
+                flat: None,
             }
         } else {
             Plan {
@@ -56,6 +112,7 @@ impl Plan {
                 cpu_n: 1000,
                 users: 200,
                 matrix_n: 60,
+                flat: None,
             }
         }
     }
@@ -101,8 +158,8 @@ async fn measure(
     n: usize,
     rate: f64,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut irc_at = c.irc.backlog().len();
-    let mut xmpp_at = c.xmpp.backlog().len();
+    let mut irc_at = c.irc.len();
+    let mut xmpp_at = c.xmpp.len();
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let start = Instant::now();
     for i in 0..n {
@@ -262,7 +319,11 @@ struct Figures {
 // The run
 
 /// Runs the comparison and returns its Markdown.
-pub fn main(quick: bool, cpu_lines: Option<usize>) -> anyhow::Result<String> {
+pub fn main(
+    quick: bool,
+    cpu_lines: Option<usize>,
+    flat: Option<(usize, f64)>,
+) -> anyhow::Result<String> {
     install_anchors()?;
     let _ = junction_binary()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -272,6 +333,7 @@ pub fn main(quick: bool, cpu_lines: Option<usize>) -> anyhow::Result<String> {
     if let Some(n) = cpu_lines {
         plan.cpu_n = n.max(1);
     }
+    plan.flat = flat;
     rt.block_on(compare(plan))
 }
 
@@ -310,6 +372,18 @@ async fn compare(plan: Plan) -> anyhow::Result<String> {
         .create_room(Some(&format!("{name}m")), true)
         .await?;
 
+    let xnick = super::short(&unique("cx"));
+    if plan.flat.is_some() {
+        // Prosody's own archive store (internal storage) slows down past 10,000 messages
+        // in one room: in a long run its CPU stayed at 100 % from there while the gateway
+        // idled and lines came in tens of seconds late. The long run's room does not
+        // archive, so what is measured is the gateway. The test user makes the room, and so
+        // owns it, before the gateway joins.
+        c.xmpp.join_muc(&j.room, &xnick).await?;
+        c.xmpp
+            .configure_room(&j.room, "muc#roomconfig_enablearchiving", "0")
+            .await?;
+    }
     eprintln!("starting junction and biboumi…");
     let junction = start_junction(
         s,
@@ -329,8 +403,9 @@ async fn compare(plan: Plan) -> anyhow::Result<String> {
         .await
         .context("junction's bot joining its channel")?;
     let biboumi = start_biboumi(s, &a_slot, dir.path()).await?;
-    let xnick = super::short(&unique("cx"));
-    c.xmpp.join_muc(&j.room, &xnick).await?;
+    if plan.flat.is_none() {
+        c.xmpp.join_muc(&j.room, &xnick).await?;
+    }
     biboumi_unthrottle(&c.xmpp, &a_slot, s.inspircd).await?;
     c.xmpp
         .join_muc(&b.room, &xnick)
@@ -341,6 +416,9 @@ async fn compare(plan: Plan) -> anyhow::Result<String> {
         warm_up(&c, Dir::IrcToXmpp, &p.room, &p.chan, t).await?;
     }
 
+    if let Some((n, rate)) = plan.flat {
+        return flat(&c, &j, &junction, n, rate, started).await;
+    }
     let mut f = Figures::default();
     for run in 0..plan.runs {
         for (is_j, p, proc) in [(true, &j, &junction), (false, &b, &biboumi)] {
@@ -452,7 +530,7 @@ async fn rss_per_user(
     while let Some(r) = set.join_next().await {
         r??;
     }
-    let mut at = c.irc.backlog().len();
+    let mut at = c.irc.len();
     let tag = unique("u");
     for (i, u) in users.iter().enumerate() {
         u.send_groupchat(&p.room, &line(&format!("{tag}x{i}")))?;

@@ -98,6 +98,11 @@ pub(crate) struct Args {
     /// `--compare`: lines sent for the CPU row, per run and gateway, instead of 100 (quick)
     /// or 1,000: at 50 msg/s one clock tick (10 ms) is 1 / N ms per message.
     pub(crate) cpu_lines: Option<usize>,
+    /// `--compare --flat N`: instead of the table, N XMPP→IRC lines through Junction alone,
+    /// CPU per message window by window (is the 100,000th as cheap as the 1,000th?).
+    pub(crate) flat: Option<usize>,
+    /// `--flat-rate R`: lines per second for `--flat` (default 200).
+    pub(crate) flat_rate: f64,
 }
 
 impl Args {
@@ -114,6 +119,8 @@ impl Args {
             encrypted: false,
             nio: false,
             cpu_lines: None,
+            flat: None,
+            flat_rate: 200.0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -143,13 +150,20 @@ impl Args {
                 "--cpu-lines" => {
                     a.cpu_lines = Some(it.next().context("--cpu-lines needs N")?.parse()?);
                 }
+                "--flat" => {
+                    a.flat = Some(it.next().context("--flat needs N")?.parse()?);
+                }
+                "--flat-rate" => {
+                    a.flat_rate = it.next().context("--flat-rate needs R")?.parse()?;
+                }
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--puppet-rate R] [--irc-mode puppet|relay] \
                          [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
                          bench --only ceiling [--quick]   (Synapse's one-room ceiling, Junction from IRC at shares of it)\n       \
-                         bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)"
+                         bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)\n       \
+                         bench --compare --flat N [--flat-rate R]   (CPU per message over a long run)"
                     );
                     std::process::exit(0);
                 }
@@ -184,7 +198,14 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     if args.compare {
-        println!("{}", compare::main(args.quick, args.cpu_lines)?);
+        println!(
+            "{}",
+            compare::main(
+                args.quick,
+                args.cpu_lines,
+                args.flat.map(|n| (n, args.flat_rate))
+            )?
+        );
         return Ok(());
     }
     let started = Instant::now();

@@ -549,6 +549,17 @@ impl XmppUser {
             .clone()
     }
 
+    /// How many stanzas have been received (an index for [`Self::received_since`], taken
+    /// without copying the backlog).
+    pub fn len(&self) -> usize {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing has been received yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The stanzas received from backlog index `from` on, each with when it was read
     /// (for latency measurements); `from` past the end gives nothing.
     pub fn received_since(&self, from: usize) -> Vec<(Instant, Element)> {
