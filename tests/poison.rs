@@ -6,10 +6,9 @@
 #[path = "support/loop_rig.rs"]
 mod loop_rig;
 
-use junction_core::{Event, EventKind, Inbound, MessageId, NetworkId, RoomRef, Sender, UserRef};
+use junction_core::{Event, EventKind, MessageId, NetworkId, RoomRef, Sender, UserRef};
 use junction_store::{Call, Faulty, Store, StoreError};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A store whose `record_inbound` fails for remote ids starting with `poison` (as a record
 /// that cannot be encoded) or `disk` (as a backend failure).
@@ -47,19 +46,7 @@ async fn poison_items_are_answered_as_handled_and_counted() -> anyhow::Result<()
     let store = Arc::new(failing());
     let rig = loop_rig::start("", store.clone())?;
 
-    let answer = |remote: &'static str| {
-        let inbound = rig.xmpp.inbound.clone();
-        async move {
-            let (inb, ack) = Inbound::with_ack(message(remote));
-            inbound
-                .send(inb)
-                .await
-                .map_err(|_| anyhow::anyhow!("loop gone"))?;
-            tokio::time::timeout(Duration::from_secs(30), ack)
-                .await?
-                .map_err(|_| anyhow::anyhow!("ack dropped"))
-        }
-    };
+    let answer = |remote: &'static str| rig.say(message(remote));
     assert_eq!(
         answer("poison-1").await?,
         Ok(()),

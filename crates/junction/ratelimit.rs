@@ -12,6 +12,10 @@
 //! would lose what the delivery guarantees promise. Only a homeserver can stamp a Matrix
 //! event, and the XMPP adapter stamps live messages itself.
 //!
+//! Nor are replays of events already taken, nor events in rooms linked to nothing: the route
+//! loop settles the first before it asks the limiter and skips the limiter for the second
+//! (`Loop::admit`), so only what crosses spends a sender's allowance.
+//!
 //! The buckets live in an LRU map of [`MAX_SENDERS`] entries: a sender evicted (the least
 //! recently seen) starts again with a full bucket, which is all it would have after a pause.
 

@@ -42,12 +42,23 @@ pub(crate) async fn counter_reaches(
 
 /// The value of the counter `name{network="…",kind="…"}` on `/metrics` (0 when absent).
 async fn counter(base: &str, name: &str, network: &str, kind: &str) -> anyhow::Result<u64> {
+    sample(
+        base,
+        name,
+        &format!("{{network=\"{network}\",kind=\"{kind}\"}}"),
+    )
+    .await
+}
+
+/// The value of the sample `name` with `labels` (`{…}`, or empty) on `/metrics` (0 when
+/// absent).
+async fn sample(base: &str, name: &str, labels: &str) -> anyhow::Result<u64> {
     let text = reqwest::get(format!("{base}/metrics"))
         .await?
         .error_for_status()?
         .text()
         .await?;
-    let prefix = format!("{name}{{network=\"{network}\",kind=\"{kind}\"}} ");
+    let prefix = format!("{name}{labels} ");
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -284,6 +295,76 @@ async fn a_flood_from_one_person_is_cut_and_others_still_cross() -> anyhow::Resu
     cut_while_others_cross(&lobby, &base, From::Xmpp, &tag, start).await?;
 
     relays_now_and_after_a_restart(&mut lobby, "after a flood from IRC and XMPP").await
+}
+
+/// Lines alice says before and after the read-back finds them again.
+const READ_BACK_LINES: usize = 6;
+
+/// The gateway reads each linked Matrix room's timeline back after it starts (at 2, 15 and
+/// 60 s, then every ten minutes) for what Synapse never pushed, and so finds again what it
+/// already took. With a limit of twelve at once: alice says six lines, the read-back finds
+/// them again (counted in `junction_duplicates_skipped_total`), and she says six more. All
+/// twelve cross to IRC and XMPP, and none is counted as over her limit: what is found again
+/// spends nothing of its sender's allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_lines_read_back_again_spend_no_allowance() -> anyhow::Result<()> {
+    let (lobby, base) = Lobby::start_with_metrics(&format!(
+        "rate_burst = {}\nrate_per_minute = 1",
+        2 * READ_BACK_LINES
+    ))
+    .await?;
+    // The first read-back, 2 s after the start, only sets where the room's timeline stands.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tag = unique("rb");
+    let lobby = &lobby;
+    let say = |i: usize| {
+        let text = format!("{tag} {i}.");
+        async move {
+            lobby.matrix.send_text(&lobby.room, &text).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            anyhow::Ok(text)
+        }
+    };
+    let mut last = String::new();
+    for i in 0..READ_BACK_LINES {
+        last = say(i).await?;
+    }
+    lobby.irc_sees(&last).await.context("the first six → IRC")?;
+    let duplicates = junction_testkit::eventually(
+        Duration::from_secs(90),
+        "the read-back finding alice's lines again",
+        || async {
+            sample(&base, "junction_duplicates_skipped_total", "")
+                .await
+                .ok()
+                .filter(|n| *n >= READ_BACK_LINES as u64)
+        },
+    )
+    .await?;
+    println!("found again by the read-back: {duplicates}");
+    for i in READ_BACK_LINES..2 * READ_BACK_LINES {
+        last = say(i).await?;
+    }
+    lobby.irc_sees(&last).await.context("the last six → IRC")?;
+    lobby
+        .xmpp_sees(&last)
+        .await
+        .context("the last six → XMPP")?;
+    let needle = format!("{tag} ");
+    assert_eq!(irc_count(lobby, &needle), 2 * READ_BACK_LINES, "on IRC");
+    let on_xmpp = lobby
+        .xmpp
+        .backlog()
+        .iter()
+        .filter(|el| junction_testkit::clients::xmpp::body(el).is_some_and(|b| b.contains(&needle)))
+        .count();
+    assert_eq!(on_xmpp, 2 * READ_BACK_LINES, "on XMPP");
+    assert_eq!(
+        counter(&base, "junction_rate_limited_total", "matrix", "message").await?,
+        0,
+        "none of alice's lines is over her limit"
+    );
+    Ok(())
 }
 
 /// A second public Matrix room (made by alice) and the IRC channel to link it with, for a

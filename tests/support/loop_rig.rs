@@ -5,7 +5,7 @@
 use junction::gateway::{route, Hub, Parts};
 use junction::metrics::{Health, Metrics};
 use junction_core::router::Link;
-use junction_core::{AdapterContext, BridgeName, NetworkId, RoomRef, Router};
+use junction_core::{AdapterContext, BridgeName, Event, Inbound, NetworkId, RoomRef, Router};
 use junction_store::Store;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -82,4 +82,20 @@ data_dir = "data"
         task,
         _dir: dir,
     })
+}
+
+impl LoopRig {
+    /// Hands `event` to the loop as the XMPP adapter would and waits for its answer.
+    #[allow(dead_code)]
+    pub async fn say(&self, event: Event) -> anyhow::Result<Result<(), String>> {
+        let (inb, ack) = Inbound::with_ack(event);
+        self.xmpp
+            .inbound
+            .send(inb)
+            .await
+            .map_err(|_| anyhow::anyhow!("loop gone"))?;
+        tokio::time::timeout(std::time::Duration::from_secs(30), ack)
+            .await?
+            .map_err(|_| anyhow::anyhow!("ack dropped"))
+    }
 }

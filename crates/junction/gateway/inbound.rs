@@ -71,6 +71,17 @@ impl Loop {
                 self.metrics
                     .capped(&event.origin.network, "reaction", capped_reactions);
             }
+            // A replay of an event already taken (a Matrix read-back of the room's timeline,
+            // a transaction sent again, an IRC or MUC history replay) is settled before
+            // anything counts it: it must not spend its sender's rate allowance again and
+            // crowd out what they say next. `record_inbound` checks the same map; this read
+            // only moves the answer ahead of the limiter.
+            if let Ok(Some(_)) = self.store.event_for(&event.origin, &event.remote_id) {
+                self.metrics.duplicate();
+                tracing::debug!(event = %event.id, origin = %event.origin, remote_id = %event.remote_id, "Replay of a known event skipped.");
+                acks.push((ack, Ok(())));
+                continue;
+            }
             event.bound_bodies();
             match self.admin.check_ban(self.store.as_ref(), &event.sender) {
                 crate::admin::BanCheck::Clear => {}
@@ -186,10 +197,18 @@ impl Loop {
     fn admit(&mut self, mut event: Event) -> Option<Event> {
         let network = event.origin.network.clone();
         let kind = ratelimit::kind_of(&event.kind);
-        match self
-            .limiter
-            .check(&event, Instant::now(), junction_core::clock::now_ms())
-        {
+        // Only what can cross spends the allowance: an event in a room linked to nothing
+        // (one the gateway's users still sit in after an unlink, or a homeserver's queued
+        // transaction from another room) is recorded and goes nowhere.
+        let crosses = self.router.link_of(&event.origin).is_some()
+            || junction_core::private::Conversation::parse(&event.origin).is_some();
+        let verdict = if crosses {
+            self.limiter
+                .check(&event, Instant::now(), junction_core::clock::now_ms())
+        } else {
+            Verdict::Pass
+        };
+        match verdict {
             Verdict::Pass => {}
             Verdict::PassAfter(n) => {
                 tracing::info!(sender = %event.sender.user, kind, dropped = n, "A sender is under the rate limit again.");
