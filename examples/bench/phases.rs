@@ -339,7 +339,8 @@ pub(crate) async fn puppet_phase(
         let first = b.taps.len();
         let origin = RoomRef::new("xmpp", b.fast_muc.as_str());
         let start = Instant::now();
-        let mut pace = args.puppet_rate.filter(|r| *r > 0.0).map(|r| {
+        let rate = args.puppet_rate.filter(|r| *r > 0.0);
+        let mut pace = rate.map(|r| {
             let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             t
@@ -375,11 +376,7 @@ pub(crate) async fn puppet_phase(
         let r = range.clone();
         let t = irc.clone();
         let wait = Duration::from_secs(60 + n as u64 / 10);
-        let paced = args
-            .puppet_rate
-            .filter(|r| *r > 0.0)
-            .map(|r| format!(", {r}/s"))
-            .unwrap_or_default();
+        let paced = rate.map(|r| format!(", {r}/s")).unwrap_or_default();
         let _ = junction_testkit::eventually(wait, "every puppet's message answered", || {
             let done = taps.answered(r.clone(), &t) == n;
             async move { done.then_some(()) }

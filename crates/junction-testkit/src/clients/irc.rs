@@ -198,19 +198,18 @@ impl IrcUser {
 
     /// Joins `channel` and waits for our own JOIN and the end of NAMES (366).
     pub async fn join(&self, channel: &str) -> anyhow::Result<()> {
-        self.send_raw(&format!("JOIN {channel}"))?;
-        let me = self.nick.clone();
-        self.wait_for(Duration::from_secs(15), |m| is_join_of(m, channel, &me))
-            .await?;
-        self.wait_for(Duration::from_secs(15), |m| is_names_end(m, channel))
-            .await?;
-        Ok(())
+        self.join_from(0, channel).await
     }
 
     /// Joins `channel` again after leaving it: as [`Self::join`], but only what arrives
     /// after this JOIN counts.
     pub async fn rejoin(&self, channel: &str) -> anyhow::Result<()> {
-        let from = self.len();
+        self.join_from(self.len(), channel).await
+    }
+
+    /// Joins `channel` and waits for our own JOIN and the end of NAMES, received at or
+    /// after backlog index `from`.
+    async fn join_from(&self, from: usize, channel: &str) -> anyhow::Result<()> {
         self.send_raw(&format!("JOIN {channel}"))?;
         let me = self.nick.clone();
         self.wait_since(from, Duration::from_secs(15), |m| {
@@ -244,10 +243,7 @@ impl IrcUser {
                 _ => None,
             })
             .flat_map(|names| names.split_whitespace())
-            .map(|n| {
-                n.trim_start_matches(|c: char| "~&@%+".contains(c))
-                    .to_owned()
-            })
+            .map(|n| bare_nick(n).to_owned())
             .collect())
     }
 
@@ -334,18 +330,6 @@ impl IrcUser {
         self.send_raw(&format!("QUIT :{reason}"))
     }
 
-    /// How many of the messages received so far match `f`, without copying them (a bench
-    /// with thousands of lines counts them without growing its own memory).
-    pub fn count(&self, f: impl Fn(&Message) -> bool) -> usize {
-        self.shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .backlog
-            .iter()
-            .filter(|m| f(m))
-            .count()
-    }
-
     /// Everything received so far.
     pub fn backlog(&self) -> Vec<Message> {
         self.shared
@@ -421,14 +405,18 @@ pub fn shows_in_channel(m: &Message, channel: &str, nick: &str) -> bool {
         Command::Response(_, a) if is_numeric(m, "353") => {
             a.get(2).is_some_and(|c| c.eq_ignore_ascii_case(channel))
                 && a.last().is_some_and(|names| {
-                    names.split_whitespace().any(|n| {
-                        n.trim_start_matches(|c: char| "~&@%+".contains(c))
-                            .eq_ignore_ascii_case(nick)
-                    })
+                    names
+                        .split_whitespace()
+                        .any(|n| bare_nick(n).eq_ignore_ascii_case(nick))
                 })
         }
         _ => false,
     }
+}
+
+/// A nick from a NAMES reply without its channel-status prefixes (`~&@%+`).
+fn bare_nick(n: &str) -> &str {
+    n.trim_start_matches(|c: char| "~&@%+".contains(c))
 }
 
 /// Whether `m` ends the NAMES reply (366) for `channel`.
