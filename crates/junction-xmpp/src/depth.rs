@@ -423,6 +423,11 @@ impl ServerConnector for DepthBoundConnector {
         tokio_xmpp::Error,
     > {
         let tcp = self.dns.resolve().await?;
+        // Stanzas are small and go out one by one: with Nagle's algorithm, one written while
+        // the last is unacknowledged waits for the server's delayed ACK (up to 40 ms).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Could not turn off Nagle's algorithm.");
+        }
         let stream = BufStream::new(DepthLimited::new(tcp, self.cut.clone()));
         let header = StreamHeader {
             to: Some(Cow::Borrowed(jid.domain().as_str())),
