@@ -48,6 +48,8 @@ impl IrcUser {
     /// for the welcome (001).
     pub async fn connect(addr: SocketAddr, nick: &str) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
+        // A measuring client: each line goes out when it is sent (no Nagle's algorithm).
+        stream.set_nodelay(true)?;
         let (rd, mut wr) = stream.into_split();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();

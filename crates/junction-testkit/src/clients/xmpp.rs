@@ -182,6 +182,9 @@ impl XmppUser {
     pub async fn connect(servers: &Servers, user: &str, password: &str) -> anyhow::Result<Self> {
         let domain = servers.xmpp.domain.clone();
         let stream = TcpStream::connect(servers.xmpp.c2s).await?;
+        // A measuring client: each stanza goes out when it is sent, not when the server's
+        // delayed ACK lets Nagle's algorithm release it.
+        stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
         let backlog: Arc<Mutex<Vec<Element>>> = Arc::default();
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();

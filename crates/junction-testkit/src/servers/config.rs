@@ -249,6 +249,10 @@ pub(crate) fn prosody_on(l: &Layout, c2s: u16, component: u16) -> String {
         s,
         "log = {{ {{ levels = {{ min = \"info\" }}, to = \"console\" }} }}"
     );
+    // Prosody keeps Nagle's algorithm on by default: a stanza written while an earlier one is
+    // unacknowledged waits for the peer's delayed ACK (up to 40 ms on Linux). A component
+    // in a busy room gets its stanzas late by that much.
+    let _ = writeln!(s, "network_settings = {{ nagle = false }}");
     let _ = writeln!(s, "interfaces = {{ \"127.0.0.1\" }}");
     let _ = writeln!(s, "c2s_ports = {{ {c2s} }}");
     let _ = writeln!(s, "c2s_direct_tls_ports = {{ }}");
