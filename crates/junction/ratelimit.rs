@@ -14,7 +14,9 @@
 //!
 //! Nor are replays of events already taken, nor events in rooms linked to nothing: the route
 //! loop settles the first before it asks the limiter and skips the limiter for the second
-//! (`Loop::admit`), so only what crosses spends a sender's allowance.
+//! (`Loop::admit`), so only what crosses spends a sender's allowance. What the limit drops
+//! is recorded with no targets, so that once it is old enough to pass as backlog a replay
+//! of it is a duplicate and does not cross late.
 //!
 //! The buckets live in an LRU map of [`MAX_SENDERS`] entries: a sender evicted (the least
 //! recently seen) starts again with a full bucket, which is all it would have after a pause.
@@ -160,11 +162,16 @@ impl Limiter {
         self.buckets.is_empty()
     }
 
+    /// Whether [`Limiter::check`] would count `ev` at wall clock `now_ms`: the limit is on
+    /// and `ev` is live, not backlog.
+    pub fn counts(&self, ev: &Event, now_ms: u64) -> bool {
+        self.limit.per_minute != 0
+            && ev.ts_ms.saturating_add(BACKLOG_AGE.as_millis() as u64) >= now_ms
+    }
+
     /// Takes a token for `ev` at `now` (wall clock `now_ms`, to tell backlog from live).
     pub fn check(&mut self, ev: &Event, now: Instant, now_ms: u64) -> Verdict {
-        if self.limit.per_minute == 0
-            || ev.ts_ms.saturating_add(BACKLOG_AGE.as_millis() as u64) < now_ms
-        {
+        if !self.counts(ev, now_ms) {
             return Verdict::Pass;
         }
         let burst = f64::from(self.limit.burst.max(1));

@@ -313,8 +313,9 @@ async fn matrix_lines_read_back_again_spend_no_allowance() -> anyhow::Result<()>
         2 * READ_BACK_LINES
     ))
     .await?;
-    // The first read-back, 2 s after the start, only sets where the room's timeline stands.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The first read-back, 2 s after the adapter starts (the lobby is up later than that),
+    // only sets where the room's timeline stands; it must be done before alice speaks.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let tag = unique("rb");
     let lobby = &lobby;
     let say = |i: usize| {

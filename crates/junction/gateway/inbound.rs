@@ -72,11 +72,19 @@ impl Loop {
                     .capped(&event.origin.network, "reaction", capped_reactions);
             }
             // A replay of an event already taken (a Matrix read-back of the room's timeline,
-            // a transaction sent again, an IRC or MUC history replay) is settled before
-            // anything counts it: it must not spend its sender's rate allowance again and
-            // crowd out what they say next. `record_inbound` checks the same map; this read
-            // only moves the answer ahead of the limiter.
-            if let Ok(Some(_)) = self.store.event_for(&event.origin, &event.remote_id) {
+            // a transaction sent again, an IRC or MUC history replay) is settled before the
+            // rate limit counts it: it must not spend its sender's allowance again and crowd
+            // out what they say next. `record_inbound` checks the same map; this read only
+            // moves the answer ahead of the limiter, so it is made only where the limiter
+            // would count. A replayed message still tells the membership policy who spoke.
+            let counted = self.counted(&event);
+            if counted
+                && matches!(
+                    self.store.event_for(&event.origin, &event.remote_id),
+                    Ok(Some(_))
+                )
+            {
+                self.summariser.note_speech(&event);
                 self.metrics.duplicate();
                 tracing::debug!(event = %event.id, origin = %event.origin, remote_id = %event.remote_id, "Replay of a known event skipped.");
                 acks.push((ack, Ok(())));
@@ -103,11 +111,18 @@ impl Loop {
                     continue;
                 }
             }
-            let Some(event) = self.admit(event) else {
-                if let Some(a) = ack {
-                    let _ = a.send(Ok(()));
+            let event = match self.admit(event, counted) {
+                Admitted::Crosses(event) => event,
+                Admitted::Dropped(event) => {
+                    // Recorded as seen and routed nowhere: when it comes again (a read-back
+                    // finds it once it is old enough to pass as backlog, a history replay) it
+                    // is a duplicate, not a line that crosses late.
+                    if let Err(e) = self.store.record_inbound(&event, Vec::new()) {
+                        tracing::debug!(error = %e, event = %event.id, "A dropped event could not be noted as seen.");
+                    }
+                    acks.push((ack, Ok(())));
+                    continue;
                 }
-                continue;
             };
             self.reach.note(self.store.as_ref(), &self.router, &event);
             if let Some(why) = self.reach.refusal(self.store.as_ref(), &self.admin, &event) {
@@ -191,18 +206,26 @@ impl Loop {
         }
     }
 
-    /// The per-sender rate limit and the fan-out caps: the event as it may cross, or None
-    /// when it is dropped (logged once per burst, counted; the caller acknowledges it as
-    /// handled, so it is never retried).
-    fn admit(&mut self, mut event: Event) -> Option<Event> {
-        let network = event.origin.network.clone();
-        let kind = ratelimit::kind_of(&event.kind);
-        // Only what can cross spends the allowance: an event in a room linked to nothing
-        // (one the gateway's users still sit in after an unlink, or a homeserver's queued
-        // transaction from another room) is recorded and goes nowhere.
+    /// Whether the rate limit counts `event`. Only what can cross spends the allowance: an
+    /// event in a room linked to nothing (one the gateway's users still sit in after an
+    /// unlink, or a homeserver's queued transaction from another room) is recorded and goes
+    /// nowhere, and a held join let through later was counted when it came. Backlog and a
+    /// limit turned off count nothing either ([`crate::ratelimit::Limiter::counts`]).
+    fn counted(&self, event: &Event) -> bool {
         let crosses = self.router.link_of(&event.origin).is_some()
             || junction_core::private::Conversation::parse(&event.origin).is_some();
-        let verdict = if crosses {
+        crosses
+            && !self.summariser.is_released(&event.id)
+            && self.limiter.counts(event, junction_core::clock::now_ms())
+    }
+
+    /// The per-sender rate limit (when `counted`) and the fan-out caps: the event as it may
+    /// cross, or dropped (logged once per burst, counted; the caller acknowledges it as
+    /// handled, so it is never retried).
+    fn admit(&mut self, mut event: Event, counted: bool) -> Admitted {
+        let network = event.origin.network.clone();
+        let kind = ratelimit::kind_of(&event.kind);
+        let verdict = if counted {
             self.limiter
                 .check(&event, Instant::now(), junction_core::clock::now_ms())
         } else {
@@ -218,7 +241,7 @@ impl Loop {
                 if first {
                     tracing::warn!(sender = %event.sender.user, kind, event = %event.id, "A sender is over the rate limit; their events of this kind are dropped until it refills.");
                 }
-                return None;
+                return Admitted::Dropped(event);
             }
         }
         match self.caps.apply(&mut event) {
@@ -230,9 +253,17 @@ impl Loop {
             Capped::Refused(why) => {
                 self.metrics.capped(&network, "reaction", 1);
                 tracing::info!(sender = %event.sender.user, event = %event.id, why, "An event over a fan-out cap was dropped.");
-                return None;
+                return Admitted::Dropped(event);
             }
         }
-        Some(event)
+        Admitted::Crosses(event)
     }
+}
+
+/// What [`Loop::admit`] made of an event.
+enum Admitted {
+    /// It crosses, trimmed to the fan-out caps.
+    Crosses(Event),
+    /// The rate limit or a fan-out cap dropped it.
+    Dropped(Event),
 }

@@ -59,11 +59,7 @@ impl Summariser {
     pub(super) fn pass(&mut self, mode: Membership, ev: &Event, now_ms: u64) -> bool {
         if !ev.kind.is_membership() {
             if matches!(ev.kind, EventKind::Message(_)) {
-                if self.spoke.len() > MAX_REMEMBERED {
-                    let cutoff = ev.ts_ms.saturating_sub(Self::ACTIVE_MS);
-                    self.spoke.retain(|_, t| *t >= cutoff);
-                }
-                self.spoke.insert(ev.sender.user.clone(), ev.ts_ms);
+                self.note_speech(ev);
                 // Their message makes their puppets join: the held join is not needed.
                 self.held.remove(&ev.sender.user);
             }
@@ -74,6 +70,27 @@ impl Summariser {
             Membership::All => true,
             Membership::Summarised => self.summarised(ev, now_ms),
         }
+    }
+
+    /// Notes that `ev`'s sender spoke at its time (a later time is kept over an earlier
+    /// one, so a replayed old message does not make them look quieter). Also called for
+    /// replays the loop skips, so a restart's history replay still tells who spoke lately.
+    pub(super) fn note_speech(&mut self, ev: &Event) {
+        if !matches!(ev.kind, EventKind::Message(_)) {
+            return;
+        }
+        if self.spoke.len() > MAX_REMEMBERED {
+            let cutoff = ev.ts_ms.saturating_sub(Self::ACTIVE_MS);
+            self.spoke.retain(|_, t| *t >= cutoff);
+        }
+        let t = self.spoke.entry(ev.sender.user.clone()).or_insert(0);
+        *t = (*t).max(ev.ts_ms);
+    }
+
+    /// Whether `event` is a held join [`Summariser::due`] let through: it was counted by
+    /// the rate limit when it first came.
+    pub(super) fn is_released(&self, event: &EventId) -> bool {
+        self.released.contains(event)
     }
 
     fn summarised(&mut self, ev: &Event, now_ms: u64) -> bool {
@@ -223,6 +240,22 @@ mod tests {
         assert!(s.pass(MODE, &ev("bob", 3, leave()), 0));
         // Someone who spoke recently joins again: straight through.
         assert!(s.pass(MODE, &ev("bob", 4, EventKind::Join), 0));
+    }
+
+    #[test]
+    fn a_replayed_message_notes_the_speaker_and_never_makes_them_older() {
+        let mut s = Summariser::new(None);
+        // After a restart the history replay (skipped as duplicates) still says who spoke:
+        // their leave then crosses.
+        s.note_speech(&say("carol", 5));
+        assert!(s.pass(MODE, &ev("carol", 6, leave()), 0));
+        // A replay of an older message keeps the latest time.
+        s.note_speech(&say("dave", 1 + Summariser::ACTIVE_MS));
+        s.note_speech(&say("dave", 0));
+        assert!(s.spoke_recently(&ev("dave", 2 + Summariser::ACTIVE_MS, leave())));
+        // Membership events are not speech.
+        s.note_speech(&ev("erin", 7, EventKind::Join));
+        assert!(!s.pass(MODE, &ev("erin", 8, leave()), 0));
     }
 
     #[test]
