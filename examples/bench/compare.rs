@@ -653,7 +653,7 @@ fn print_table(out: &mut String, plan: &Plan, f: &Figures, matrix_error: Option<
         &f.cpu,
         "ms",
         "biboumi",
-        "the gateway process alone (utime+stime); Prosody's MUC work on Junction's path is not counted",
+        "the gateway process alone (utime+stime); Prosody's MUC work on Junction's path is not counted. Behind because Junction's path has more steps: it reads the MUC's copy of the line, its IRC bot reads the server's copy of the puppet's line, a PING proves it arrived, and each message is made durable before it crosses (one flush per message at this rate, 0.25–0.3 ms of CPU here, BENCHMARKS.md); biboumi is the MUC and reads the line once",
     );
     let (j, a, r) = f.rss.cells("kB");
     let _ = writeln!(
