@@ -112,6 +112,12 @@ impl Router {
         self.by_room.get(room).map(|&i| &self.links[i])
     }
 
+    /// Whether an event said in `origin` can cross at all: the room is linked, or it is a
+    /// private conversation (which [`Router::plan`] links to its mirror).
+    pub fn routes_from(&self, origin: &RoomRef) -> bool {
+        self.link_of(origin).is_some() || crate::private::Conversation::parse(origin).is_some()
+    }
+
     /// The linked rooms on one network.
     pub fn rooms_on(&self, network: &NetworkId) -> Vec<RoomId> {
         let mut v: Vec<RoomId> = self

@@ -77,7 +77,8 @@ impl Loop {
             // out what they say next. `record_inbound` checks the same map; this read only
             // moves the answer ahead of the limiter, so it is made only where the limiter
             // would count. A replayed message still tells the membership policy who spoke.
-            let counted = self.counted(&event);
+            let now_ms = junction_core::clock::now_ms();
+            let counted = self.counted(&event, now_ms);
             if counted
                 && matches!(
                     self.store.event_for(&event.origin, &event.remote_id),
@@ -111,7 +112,7 @@ impl Loop {
                     continue;
                 }
             }
-            let event = match self.admit(event, counted) {
+            let event = match self.admit(event, counted.then_some(now_ms)) {
                 Admitted::Crosses(event) => event,
                 Admitted::Dropped(event) => {
                     // Recorded as seen and routed nowhere: when it comes again (a read-back
@@ -211,25 +212,22 @@ impl Loop {
     /// unlink, or a homeserver's queued transaction from another room) is recorded and goes
     /// nowhere, and a held join let through later was counted when it came. Backlog and a
     /// limit turned off count nothing either ([`crate::ratelimit::Limiter::counts`]).
-    fn counted(&self, event: &Event) -> bool {
-        let crosses = self.router.link_of(&event.origin).is_some()
-            || junction_core::private::Conversation::parse(&event.origin).is_some();
-        crosses
+    fn counted(&self, event: &Event, now_ms: u64) -> bool {
+        self.router.routes_from(&event.origin)
             && !self.summariser.is_released(&event.id)
-            && self.limiter.counts(event, junction_core::clock::now_ms())
+            && self.limiter.counts(event, now_ms)
     }
 
-    /// The per-sender rate limit (when `counted`) and the fan-out caps: the event as it may
-    /// cross, or dropped (logged once per burst, counted; the caller acknowledges it as
-    /// handled, so it is never retried).
-    fn admit(&mut self, mut event: Event, counted: bool) -> Admitted {
+    /// The per-sender rate limit (when it counts the event: `counted` is the wall clock it
+    /// was judged at) and the fan-out caps: the event as it may cross, or dropped (logged
+    /// once per burst, counted; the caller acknowledges it as handled, so it is never
+    /// retried).
+    fn admit(&mut self, mut event: Event, counted: Option<u64>) -> Admitted {
         let network = event.origin.network.clone();
         let kind = ratelimit::kind_of(&event.kind);
-        let verdict = if counted {
-            self.limiter
-                .check(&event, Instant::now(), junction_core::clock::now_ms())
-        } else {
-            Verdict::Pass
+        let verdict = match counted {
+            Some(now_ms) => self.limiter.check(&event, Instant::now(), now_ms),
+            None => Verdict::Pass,
         };
         match verdict {
             Verdict::Pass => {}
