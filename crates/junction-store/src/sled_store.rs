@@ -85,8 +85,12 @@ pub struct SledStore {
     /// When ++ transaction key → nothing: the transaction keys in age order (their value in
     /// `txns` is the same time; an empty value is a key an earlier version marked).
     txn_time: sled::Tree,
-    /// Dated adapter-private row (`ns` NUL key) → when.
+    /// Dated adapter-private row (`ns` NUL key) → when, an earlier version's (its value
+    /// is in `kv`); read and pruned, no longer written.
     kv_stamps: sled::Tree,
+    /// Dated adapter-private row (`ns` NUL key) → when (8 bytes big-endian) ++ its value:
+    /// one write where an earlier version made two (`kv` and `kv_stamps`).
+    kv_dated: sled::Tree,
     /// When ++ `ns` NUL key → nothing: dated adapter-private rows in age order.
     kv_time: sled::Tree,
     /// When ++ `e` ++ event id, or when ++ `k` ++ `ns` NUL key → nothing: what private
@@ -267,6 +271,7 @@ impl SledStore {
             by_time: t("by_time")?,
             txn_time: t("txn_time")?,
             kv_stamps: t("kv_stamps")?,
+            kv_dated: t("kv_dated")?,
             kv_time: t("kv_time")?,
             private_time: t("private_time")?,
             meta,
@@ -762,17 +767,24 @@ impl Store for SledStore {
     }
 
     fn kv_get(&self, ns: &str, k: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(key(&[ns, k])).map_err(be)?.map(|v| v.to_vec()))
+        let k = key(&[ns, k]);
+        if let Some(v) = self.kv_dated.get(&k).map_err(be)? {
+            return Ok(Some(v.get(8..).unwrap_or_default().to_vec()));
+        }
+        Ok(self.kv.get(k).map_err(be)?.map(|v| v.to_vec()))
     }
 
     fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
         let k = key(&[ns, k]);
+        // Removing a key that is not there writes nothing (sled reads and stops).
+        self.kv_dated.remove(&k).map_err(be)?;
         self.kv_stamps.remove(&k).map_err(be)?;
         self.kv.insert(k, value).map(drop).map_err(be)
     }
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
         let k = key(&[ns, k]);
+        self.kv_dated.remove(&k).map_err(be)?;
         self.kv_stamps.remove(&k).map_err(be)?;
         self.kv.remove(k).map(drop).map_err(be)
     }
@@ -780,10 +792,12 @@ impl Store for SledStore {
     fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
         let k = key(&[ns, k]);
         self.kv_time.insert(time_key(ts_ms, &k), &[]).map_err(be)?;
-        self.kv_stamps
-            .insert(k.as_slice(), &ts_ms.to_be_bytes())
-            .map_err(be)?;
-        self.kv.insert(k, value).map(drop).map_err(be)
+        // An undated row or an earlier version's dated one under the same key goes (no
+        // write when there is none, the usual case).
+        self.kv_stamps.remove(&k).map_err(be)?;
+        self.kv.remove(&k).map_err(be)?;
+        let row = [ts_ms.to_be_bytes().as_slice(), value].concat();
+        self.kv_dated.insert(k, row).map(drop).map_err(be)
     }
 
     fn kv_put_private(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
@@ -819,14 +833,25 @@ impl Store for SledStore {
 
     fn kv_scan(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let prefix = key(&[ns, ""]);
-        self.kv
+        let undated = self
+            .kv
             .scan_prefix(&prefix)
+            .map(|r| r.map(|(k, v)| (k, v, 0)));
+        let dated = self
+            .kv_dated
+            .scan_prefix(&prefix)
+            .map(|r| r.map(|(k, v)| (k, v, 8)));
+        let mut rows = undated
+            .chain(dated)
             .map(|r| {
-                let (k, v) = r.map_err(be)?;
+                let (k, v, skip) = r.map_err(be)?;
                 let k = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok((k, v.to_vec()))
+                Ok((k, v.get(skip..).unwrap_or_default().to_vec()))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // Each key is in one of the two trees; the caller sees them in key order as before.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -936,10 +961,19 @@ impl Store for SledStore {
                 cursor: text(&v),
             })?;
         }
-        for r in self.kv.iter() {
+        let undated = self.kv.iter().map(|r| {
             let (k, v) = r.map_err(be)?;
-            let [ns, key, _] = split3_at(&k, 2);
             let ts = self.kv_stamps.get(&k).map_err(be)?.and_then(|t| stamp(&t));
+            Ok((k, v.to_vec(), ts))
+        });
+        let dated = self.kv_dated.iter().map(|r| {
+            let (k, v) = r.map_err(be)?;
+            let (ts, v) = v.split_at(8.min(v.len()));
+            Ok((k, v.to_vec(), stamp(ts)))
+        });
+        for r in undated.chain(dated) {
+            let (k, v, ts): (sled::IVec, Vec<u8>, Option<u64>) = r?;
+            let [ns, key, _] = split3_at(&k, 2);
             let private = match ts {
                 Some(ts) => self
                     .private_time
@@ -1042,6 +1076,14 @@ impl SledStore {
     /// Removes the dated adapter row `k` if it was last written at the time `ts` holds (not
     /// written again since, at a later time or undated); true if it went.
     fn forget_row_written_at(&self, k: &[u8], ts: &[u8]) -> Result<bool> {
+        if let Some(row) = self.kv_dated.get(k).map_err(be)? {
+            if row.get(..8).and_then(stamp) != stamp(ts) {
+                return Ok(false);
+            }
+            self.kv_dated.remove(k).map_err(be)?;
+            return Ok(true);
+        }
+        // A row an earlier version dated: its value in `kv`, its time in `kv_stamps`.
         let current = self.kv_stamps.get(k).map_err(be)?;
         if current.as_deref().and_then(stamp) != stamp(ts) {
             return Ok(false);
