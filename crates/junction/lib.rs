@@ -8,6 +8,7 @@ pub mod command_limit;
 pub mod config;
 pub mod doctor;
 pub mod gateway;
+pub mod memory;
 pub mod metrics;
 pub mod pastes;
 pub mod ratelimit;

@@ -313,8 +313,8 @@ pub(crate) async fn puppet_phase(
         None => vec![200],
     };
     let mut s = table(
-        "| puppets asked for | joined the channel | answered | first answered after | then one every (p50) | time to all answered | RSS before | RSS after | kB per puppet |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| puppets asked for | joined the channel | answered | first answered after | then one every (p50) | time to all answered | RSS before | RSS after | kB per puppet | after the trim: RSS, kB per puppet |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         [],
     );
     let mut offset = 0usize;
@@ -399,6 +399,10 @@ pub(crate) async fn puppet_phase(
             pct(&g, 0.5)
         };
         let after = rss_kb();
+        // What the gateway's trimmer (every minute, `junction::memory`) hands back, called
+        // now rather than waited for.
+        junction::memory::release_freed();
+        let trimmed = rss_kb();
         // Puppets in the channel, as the server lists them to one in it.
         b.irc.rejoin(&chan).await?;
         let bot = junction_testkit::gateway::bot_nick(&b.slot);
@@ -409,23 +413,22 @@ pub(crate) async fn puppet_phase(
             .iter()
             .filter(|n| n.starts_with('p') && !n.eq_ignore_ascii_case(&bot))
             .count();
-        let per = if joined > 0 {
-            format!(
-                "{:.1}",
-                (after.saturating_sub(before)) as f64 / joined as f64
-            )
-        } else {
-            "–".into()
+        let per = |rss: u64| match joined {
+            0 => "–".to_owned(),
+            j => format!("{:.1}", (rss.saturating_sub(before)) as f64 / j as f64),
         };
-        eprintln!("  {n} puppets: {joined} joined, {answered} answered in {took:?}, RSS {before} → {after} kB");
+        eprintln!("  {n} puppets: {joined} joined, {answered} answered in {took:?}, RSS {before} → {after} kB, {trimmed} kB after the trim");
         let _ = writeln!(
             s,
-            "| {n}{paced} | {joined} | {answered} | {} ms | {} ms | {:.1} s | {:.1} MB | {:.1} MB | {per} |",
+            "| {n}{paced} | {joined} | {answered} | {} ms | {} ms | {:.1} s | {:.1} MB | {:.1} MB | {} | {:.1} MB, {} |",
             first_answer.map(ms).unwrap_or_else(|| "–".into()),
             ms(gap),
             took.as_secs_f64(),
             before as f64 / 1024.0,
-            after as f64 / 1024.0
+            after as f64 / 1024.0,
+            per(after),
+            trimmed as f64 / 1024.0,
+            per(trimmed)
         );
     }
     out.push_str("### IRC puppets in one channel\n\n");

@@ -133,6 +133,7 @@ pub async fn route(parts: Parts, mut hub: Hub, shutdown: CancellationToken) -> a
         private_messages,
     } = parts;
     retention::spawn_pruner(store.clone(), retention.clone(), shutdown.clone());
+    crate::memory::spawn_trimmer(shutdown.clone());
     // Networks that come back after being away: their outbox bounds are applied then.
     let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel::<NetworkId>();
     // Each adapter's puppet count feeds /metrics.
@@ -302,6 +303,27 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
 /// cancelled, or `on_closed` once the sender is gone.
+/// Runs `job` on a blocking thread (off the async threads) at each tick of `tick`, one run
+/// at a time, until `stop`; `done` gets what each run returned (`Err` when it panicked).
+pub(crate) fn spawn_ticking<R: Send + 'static>(
+    mut tick: tokio::time::Interval,
+    stop: CancellationToken,
+    job: impl Fn() -> R + Clone + Send + 'static,
+    done: impl Fn(Result<R, tokio::task::JoinError>) + Send + 'static,
+) {
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let ran = tokio::task::spawn_blocking(job.clone()).await;
+            done(ran);
+        }
+    });
+}
+
 fn follow<T: Send + Sync + 'static>(
     mut rx: watch::Receiver<T>,
     stop: &CancellationToken,

@@ -158,34 +158,26 @@ pub fn spawn_pruner(store: Arc<dyn Store>, retention: Retention, shutdown: Cance
     if retention.messages.is_none() && retention.private.is_none() && retention.audit.is_none() {
         return;
     }
-    let mut tick = tokio::time::interval(retention.period());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let (store, r, stop) = (store.clone(), retention.clone(), shutdown.clone());
-            let pass = tokio::task::spawn_blocking(move || {
-                prune_pass(store.as_ref(), &r, now_ms(), &|| stop.is_cancelled())
-            })
-            .await;
-            match pass {
-                Ok(Ok(p)) if p == Pruned::default() => {}
-                Ok(Ok(p)) => tracing::info!(
-                    messages = p.messages,
-                    rows = p.rows,
-                    private = p.private,
-                    audit = p.audit,
-                    "Old message-map rows and audit entries removed."
-                ),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Could not remove old rows; trying again later.")
-                }
-                Err(e) => tracing::warn!(error = %e, "The pruning pass stopped."),
-            }
+    let tick = tokio::time::interval(retention.period());
+    let stop = shutdown.clone();
+    let pass = move || {
+        prune_pass(store.as_ref(), &retention, now_ms(), &|| {
+            stop.is_cancelled()
+        })
+    };
+    super::spawn_ticking(tick, shutdown, pass, |pass| match pass {
+        Ok(Ok(p)) if p == Pruned::default() => {}
+        Ok(Ok(p)) => tracing::info!(
+            messages = p.messages,
+            rows = p.rows,
+            private = p.private,
+            audit = p.audit,
+            "Old message-map rows and audit entries removed."
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Could not remove old rows; trying again later.")
         }
+        Err(e) => tracing::warn!(error = %e, "The pruning pass stopped."),
     });
 }
 
