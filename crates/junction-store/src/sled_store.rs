@@ -776,10 +776,12 @@ impl Store for SledStore {
 
     fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
         let k = key(&[ns, k]);
-        // Removing a key that is not there writes nothing (sled reads and stops).
+        // The new row first: a crash between leaves the old one too (read first, pruned
+        // later), not neither. Removing a key that is not there writes nothing (sled reads
+        // and stops).
+        self.kv.insert(&k, value).map_err(be)?;
         self.kv_dated.remove(&k).map_err(be)?;
-        self.kv_stamps.remove(&k).map_err(be)?;
-        self.kv.insert(k, value).map(drop).map_err(be)
+        self.kv_stamps.remove(&k).map(drop).map_err(be)
     }
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
@@ -792,12 +794,12 @@ impl Store for SledStore {
     fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
         let k = key(&[ns, k]);
         self.kv_time.insert(time_key(ts_ms, &k), &[]).map_err(be)?;
-        // An undated row or an earlier version's dated one under the same key goes (no
+        let row = [ts_ms.to_be_bytes().as_slice(), value].concat();
+        self.kv_dated.insert(&k, row).map_err(be)?;
+        // Then an undated row or an earlier version's dated one under the same key goes (no
         // write when there is none, the usual case).
         self.kv_stamps.remove(&k).map_err(be)?;
-        self.kv.remove(&k).map_err(be)?;
-        let row = [ts_ms.to_be_bytes().as_slice(), value].concat();
-        self.kv_dated.insert(k, row).map(drop).map_err(be)
+        self.kv.remove(&k).map(drop).map_err(be)
     }
 
     fn kv_put_private(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
