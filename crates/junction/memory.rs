@@ -51,17 +51,21 @@ pub fn spawn_trimmer(shutdown: CancellationToken) {
 mod tests {
     use super::*;
 
-    /// Blocks freed below one still in use are handed back by the trim (on glibc), and the
-    /// call is safe from any thread while others allocate.
+    /// The trim may be called from any thread while others allocate, with blocks freed below
+    /// one still in use.
     #[test]
-    fn what_a_burst_freed_below_live_memory_is_handed_back() {
+    fn trimming_is_safe_while_other_threads_allocate() {
         let burst: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 * 1024]).collect();
         let live = vec![1u8; 1024];
         drop(burst);
         let other = std::thread::spawn(|| (0..1000).map(|i| vec![0u8; i].len()).sum::<usize>());
         let released = release_freed();
         assert!(other.join().is_ok());
-        assert_eq!(released, cfg!(all(target_os = "linux", target_env = "gnu")));
+        // Off glibc there is nothing to trim. On glibc what comes back depends on what the
+        // other tests hold (and on the allocator actually loaded), so only the call is checked.
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            assert!(!released);
+        }
         assert_eq!(live.len(), 1024);
     }
 }

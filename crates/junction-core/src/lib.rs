@@ -6,6 +6,7 @@
 //! [`Router`] decides which rooms an event goes to and resolves its references, and the
 //! [`format`] module converts rich text between each network's markup.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod adapter;
 pub mod authority;

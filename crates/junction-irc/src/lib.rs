@@ -30,6 +30,7 @@
 //! - Everything kept goes through the adapter's store handle (`AdapterContext::store`):
 //!   puppet nicks, quotes (table `quotes`), and when the bot last read the channels (`seen`).
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod adapter;
 pub mod bucket;

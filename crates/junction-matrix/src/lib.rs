@@ -31,6 +31,7 @@
 //! gateway itself says is the bot's notice; its kicks and bans are carried out by the bot.
 //! The adapter reports its state (connected, degraded, down) for `/health`.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod adapter;
 mod catchup;

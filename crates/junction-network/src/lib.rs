@@ -19,6 +19,7 @@
 //! Every method but `key`, `read`, `syntax`, the readers of rooms and users and
 //! `adapter` has a default that suits a network whose ids compare exactly.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod check;
 mod registry;

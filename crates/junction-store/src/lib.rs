@@ -6,6 +6,7 @@
 //! [`PgStore`] (PostgreSQL) and [`MemStore`] (tests, benchmarks). Only this crate knows sled
 //! and PostgreSQL.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use junction_core::router::{Link, Planned, RefResolver};
 use junction_core::{Delivered, Delivery, Event, EventId, MessageId, NetworkId, RoomRef, UserRef};

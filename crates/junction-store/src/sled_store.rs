@@ -119,6 +119,15 @@ pub struct SledStore {
     id_floor: u64,
 }
 
+/// An adapter row's new form for [`SledStore::kv_move`].
+#[derive(Clone, Copy)]
+enum KvRow<'a> {
+    /// Its value, in `kv`.
+    Undated(&'a [u8]),
+    /// When it was written (8 bytes) ++ its value, in `kv_dated`.
+    Dated(&'a [u8]),
+}
+
 /// The `by_time` row being filled: its key, its value, how many ids it holds.
 type TimeRow = (Vec<u8>, Vec<u8>, usize);
 
@@ -776,30 +785,34 @@ impl Store for SledStore {
 
     fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> Result<()> {
         let k = key(&[ns, k]);
-        // The new row first: a crash between leaves the old one too (read first, pruned
-        // later), not neither. Removing a key that is not there writes nothing (sled reads
-        // and stops).
-        self.kv.insert(&k, value).map_err(be)?;
-        self.kv_dated.remove(&k).map_err(be)?;
-        self.kv_stamps.remove(&k).map(drop).map_err(be)
+        if self.kv_dated.contains_key(&k).map_err(be)?
+            || self.kv_stamps.contains_key(&k).map_err(be)?
+        {
+            return self.kv_move(&k, KvRow::Undated(value));
+        }
+        self.kv.insert(k, value).map(drop).map_err(be)
     }
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
         let k = key(&[ns, k]);
-        self.kv_dated.remove(&k).map_err(be)?;
-        self.kv_stamps.remove(&k).map_err(be)?;
-        self.kv.remove(k).map(drop).map_err(be)
+        (&self.kv, &self.kv_dated, &self.kv_stamps)
+            .transaction(|(kv, dated, stamps)| {
+                kv.remove(k.as_slice())?;
+                dated.remove(k.as_slice())?;
+                stamps.remove(k.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx)
     }
 
     fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
         let k = key(&[ns, k]);
         self.kv_time.insert(time_key(ts_ms, &k), &[]).map_err(be)?;
         let row = [ts_ms.to_be_bytes().as_slice(), value].concat();
-        self.kv_dated.insert(&k, row).map_err(be)?;
-        // Then an undated row or an earlier version's dated one under the same key goes (no
-        // write when there is none, the usual case).
-        self.kv_stamps.remove(&k).map_err(be)?;
-        self.kv.remove(&k).map(drop).map_err(be)
+        if self.kv.contains_key(&k).map_err(be)? {
+            return self.kv_move(&k, KvRow::Dated(&row));
+        }
+        self.kv_dated.insert(k, row).map(drop).map_err(be)
     }
 
     fn kv_put_private(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
@@ -843,17 +856,15 @@ impl Store for SledStore {
             .kv_dated
             .scan_prefix(&prefix)
             .map(|r| r.map(|(k, v)| (k, v, 8)));
-        let mut rows = undated
-            .chain(dated)
-            .map(|r| {
-                let (k, v, skip) = r.map_err(be)?;
-                let k = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok((k, v.get(skip..).unwrap_or_default().to_vec()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Each key is in one of the two trees; the caller sees them in key order as before.
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(rows)
+        // A key is in one of the two trees (a move is one transaction); should a scan meet
+        // it in both, the dated row wins, as in `kv_get`. In key order, as before.
+        let mut rows = std::collections::BTreeMap::new();
+        for r in undated.chain(dated) {
+            let (k, v, skip) = r.map_err(be)?;
+            let k = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            rows.insert(k, v.get(skip..).unwrap_or_default().to_vec());
+        }
+        Ok(rows.into_iter().collect())
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<()> {
@@ -1075,6 +1086,29 @@ impl Store for SledStore {
 }
 
 impl SledStore {
+    /// Writes adapter row `k` as `row` where it is under the other form too (undated in
+    /// `kv`, dated in `kv_dated`, or an earlier version's `kv` + `kv_stamps`): in one
+    /// transaction, so a crash or a reader never sees both forms or neither. Rare: a table
+    /// keeps one form; the usual write is one insert.
+    fn kv_move(&self, k: &[u8], row: KvRow<'_>) -> Result<()> {
+        (&self.kv, &self.kv_dated, &self.kv_stamps)
+            .transaction(|(kv, dated, stamps)| {
+                stamps.remove(k)?;
+                match row {
+                    KvRow::Undated(v) => {
+                        dated.remove(k)?;
+                        kv.insert(k, v)?;
+                    }
+                    KvRow::Dated(v) => {
+                        kv.remove(k)?;
+                        dated.insert(k, v)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx)
+    }
+
     /// Removes the dated adapter row `k` if it was last written at the time `ts` holds (not
     /// written again since, at a later time or undated); true if it went.
     fn forget_row_written_at(&self, k: &[u8], ts: &[u8]) -> Result<bool> {
@@ -1082,8 +1116,12 @@ impl SledStore {
             if row.get(..8).and_then(stamp) != stamp(ts) {
                 return Ok(false);
             }
-            self.kv_dated.remove(k).map_err(be)?;
-            return Ok(true);
+            // Only as read: a write in between (a newer time) keeps its row.
+            let gone = self
+                .kv_dated
+                .compare_and_swap(k, Some(row), None::<&[u8]>)
+                .map_err(be)?;
+            return Ok(gone.is_ok());
         }
         // A row an earlier version dated: its value in `kv`, its time in `kv_stamps`.
         let current = self.kv_stamps.get(k).map_err(be)?;

@@ -11,6 +11,7 @@
 //!   holding the gateway's ends of its channels; the deliveries it hands the adapter.
 //! - [`eventually`], [`unique`] and [`free_port`]: bounded waits, unique names and free
 //!   ports, so tests never sleep as synchronisation and never collide.
+#![forbid(unsafe_code)]
 
 pub mod clients;
 pub mod gateway;

@@ -10,6 +10,7 @@
 //! ```
 //! The servers dir is `/tmp/junction-servers` unless `JUNCTION_SERVERS_DIR` (absolute) says
 //! otherwise. Progress goes to stderr; `start` and `env` print only the env on stdout.
+#![forbid(unsafe_code)]
 
 use junction_testkit::servers::{self, install, Harness};
 use std::process::ExitCode;

@@ -10,6 +10,7 @@
 //! deliveries rendered (`deliver`, written by [`outbound`]) and confirmed (`pending`);
 //! IQs (`iq`) and admin commands (`commands`, [`adhoc`]); `junction doctor`'s [`probe`].
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod adapter;
 pub mod adhoc;

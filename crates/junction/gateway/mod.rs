@@ -301,8 +301,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
-/// cancelled, or `on_closed` once the sender is gone.
 /// Runs `job` on a blocking thread (off the async threads) at each tick of `tick`, one run
 /// at a time, until `stop`; `done` gets what each run returned (`Err` when it panicked).
 pub(crate) fn spawn_ticking<R: Send + 'static>(
@@ -324,6 +322,8 @@ pub(crate) fn spawn_ticking<R: Send + 'static>(
     });
 }
 
+/// Calls `on_value` with each value `rx` takes (the current one first) until `stop` is
+/// cancelled, or `on_closed` once the sender is gone.
 fn follow<T: Send + Sync + 'static>(
     mut rx: watch::Receiver<T>,
     stop: &CancellationToken,
