@@ -274,8 +274,17 @@ async fn ping(m: &MatrixConfig, client: &Client, out: &mut Findings<'_>) {
     } else {
         "what listens there (a running gateway)"
     };
-    let txn = format!("doctor-{}", junction_core::clock::now_ms());
-    let result = tokio::time::timeout(TIMEOUT * 2, client.ping(&m.id, &txn)).await;
+    let ping = |attempt: u32| {
+        let txn = format!("doctor-{}-{attempt}", junction_core::clock::now_ms());
+        async move { tokio::time::timeout(TIMEOUT * 2, client.ping(&m.id, &txn)).await }
+    };
+    let mut result = ping(1).await;
+    if matches!(&result, Ok(Err(e)) if e.errcode() == Some("M_CONNECTION_FAILED")) {
+        // Once more: Synapse may have tried a connection it kept from an earlier listener
+        // on the same address (a doctor run a moment before), which is gone; it does not
+        // retry that itself and answers 502.
+        result = ping(2).await;
+    }
     if let Some(stop) = own {
         stop.cancel();
     }
@@ -341,11 +350,15 @@ fn answer_pings(listener: tokio::net::TcpListener, hs_token: String) -> Cancella
                     .get(axum::http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
+                // The listener goes in a moment: the homeserver must not keep the connection
+                // for its next request (it would find it closed and answer that with 502).
+                let close = [(axum::http::header::CONNECTION, "close")];
                 if given == Some(token.as_str()) {
-                    (StatusCode::OK, axum::Json(json!({})))
+                    (StatusCode::OK, close, axum::Json(json!({})))
                 } else {
                     (
                         StatusCode::FORBIDDEN,
+                        close,
                         axum::Json(json!({"errcode": "M_FORBIDDEN", "error": "bad hs_token"})),
                     )
                 }
