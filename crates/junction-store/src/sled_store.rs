@@ -795,14 +795,12 @@ impl Store for SledStore {
 
     fn kv_remove(&self, ns: &str, k: &str) -> Result<()> {
         let k = key(&[ns, k]);
-        (&self.kv, &self.kv_dated, &self.kv_stamps)
-            .transaction(|(kv, dated, stamps)| {
-                kv.remove(k.as_slice())?;
-                dated.remove(k.as_slice())?;
-                stamps.remove(k.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx)
+        // A key is under one form (`kv_move` keeps it so), so at most one of the first two
+        // removes writes; an earlier version's time goes last, as a crash before it leaves
+        // only a time with no row, which pruning takes away.
+        self.kv_dated.remove(&k).map_err(be)?;
+        self.kv.remove(&k).map_err(be)?;
+        self.kv_stamps.remove(&k).map(drop).map_err(be)
     }
 
     fn kv_put_dated(&self, ns: &str, k: &str, value: &[u8], ts_ms: u64) -> Result<()> {
