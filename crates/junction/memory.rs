@@ -4,10 +4,10 @@
 //! system only from the top of a heap. After a burst (10,000 puppets' first lines queued at
 //! once after a restart, a backlog handed out when a network comes back) most of what the
 //! burst took is free again, but it lies below memory still in use, so the resident size
-//! stays at the burst's height: about 0.8 kB per puppet more than the puppets use, measured
-//! with 10,000 (BENCHMARKS.md, "Memory per IRC puppet"). `malloc_trim(0)` hands those free
-//! pages back; with a 100 MB heap it takes about 2 ms. The gateway calls it every
-//! [`TRIM_EVERY`], off the async threads.
+//! stays at the burst's height: about 0.7 kB per puppet more than the puppets use, measured
+//! with 10,000 (BENCHMARKS.md, "Memory per IRC puppet: what a burst freed, handed back").
+//! `malloc_trim(0)` hands those free pages back; with a 100 MB heap it takes about 2 ms. The
+//! gateway calls it every [`TRIM_EVERY`], off the async threads.
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
