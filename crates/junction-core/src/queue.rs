@@ -6,7 +6,9 @@
 //! `max_busy` keys at once, and keys with something waiting take turns (round robin), so an
 //! item for a quiet key waits for at most one item of each busy key ahead of it. The IRC
 //! bot serves one channel at a time ([`KeyedQueues::pop`]); the Matrix adapter several rooms
-//! at once ([`KeyedQueues::start_next`] and [`KeyedQueues::done`]).
+//! at once ([`KeyedQueues::start_next`] and [`KeyedQueues::done`]). A caller may serve more
+//! of a busy key's items beside the first ([`KeyedQueues::start_more`]) when it knows their
+//! order does not matter (the Matrix adapter's `parallel_senders`).
 //!
 //! A key's queue holds at most `cap` items: one more is handed back (the caller gives it
 //! up), and the refusals of a burst are reported once. What must not be lost to a flood
@@ -17,7 +19,7 @@
 //! found (priority or multi-producer queues) do neither per-key serial service nor per-key
 //! bounds.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// What [`KeyedQueues::push`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,9 +44,9 @@ pub enum Push<T> {
 #[derive(Debug)]
 pub struct KeyedQueues<T> {
     queues: HashMap<String, VecDeque<T>>,
-    /// Keys with an item being served (taken by [`KeyedQueues::start_next`], not yet
-    /// [`KeyedQueues::done`]).
-    busy: HashSet<String>,
+    /// Keys with items being served (taken by [`KeyedQueues::start_next`] or
+    /// [`KeyedQueues::start_more`], not yet [`KeyedQueues::done`]), and how many.
+    busy: HashMap<String, usize>,
     /// Keys with something waiting and nothing being served, in the order of their turns.
     ready: VecDeque<String>,
     cap: usize,
@@ -61,7 +63,7 @@ impl<T> KeyedQueues<T> {
     pub fn new(cap: usize, max_busy: usize) -> Self {
         Self {
             queues: HashMap::new(),
-            busy: HashSet::new(),
+            busy: HashMap::new(),
             ready: VecDeque::new(),
             cap,
             max_busy: max_busy.max(1),
@@ -93,7 +95,7 @@ impl<T> KeyedQueues<T> {
             Some(q) => q.push_back(item),
             None => {
                 self.queues.insert(key.to_owned(), VecDeque::from([item]));
-                if !self.busy.contains(key) {
+                if !self.busy.contains_key(key) {
                     self.ready.push_back(key.to_owned());
                 }
             }
@@ -115,8 +117,26 @@ impl<T> KeyedQueues<T> {
             self.queues.remove(&key);
         }
         self.len -= 1;
-        self.busy.insert(key.clone());
+        self.busy.insert(key.clone(), 1);
         Some((key, item))
+    }
+
+    /// The next item of `key`, served beside the ones of it already being served, when
+    /// `key` is busy and `admit` accepts its oldest item; None otherwise. Each item taken
+    /// needs its own [`KeyedQueues::done`].
+    pub fn start_more(&mut self, key: &str, admit: impl FnOnce(&T) -> bool) -> Option<T> {
+        let serving = self.busy.get_mut(key)?;
+        let q = self.queues.get_mut(key)?;
+        if !admit(q.front()?) {
+            return None;
+        }
+        let item = q.pop_front()?;
+        if q.is_empty() {
+            self.queues.remove(key);
+        }
+        *serving += 1;
+        self.len -= 1;
+        Some(item)
     }
 
     /// The next item of the key whose turn it is, served at once (for a caller serving one
@@ -127,11 +147,19 @@ impl<T> KeyedQueues<T> {
         Some(item)
     }
 
-    /// The item of `key` taken by [`KeyedQueues::start_next`] is served: the key's next item (if
-    /// any) waits for its turn after the keys already waiting.
+    /// An item of `key` taken by [`KeyedQueues::start_next`] or [`KeyedQueues::start_more`]
+    /// is served. Once none of the key's is, its next item (if any) waits for its turn after
+    /// the keys already waiting.
     pub fn done(&mut self, key: &str) {
-        if self.busy.remove(key) && self.queues.contains_key(key) {
-            self.ready.push_back(key.to_owned());
+        let Some(serving) = self.busy.get_mut(key) else {
+            return;
+        };
+        *serving -= 1;
+        if *serving == 0 {
+            self.busy.remove(key);
+            if self.queues.contains_key(key) {
+                self.ready.push_back(key.to_owned());
+            }
         }
     }
 
@@ -182,6 +210,32 @@ mod tests {
         q.done("!a");
         assert!(q.start_next().is_none());
         assert_eq!(q.busy(), 0);
+    }
+
+    #[test]
+    fn more_of_a_busy_key_only_when_admitted_and_the_key_waits_for_all_of_them() {
+        let mut q = KeyedQueues::new(100, 8);
+        for i in 0..4 {
+            q.push("!a", i);
+        }
+        // Not busy yet: nothing is served beside.
+        assert!(q.start_more("!a", |_| true).is_none());
+        assert_eq!(take(&mut q), [("!a".to_string(), 0)]);
+        assert_eq!(q.start_more("!a", |&i| i == 1), Some(1));
+        // Refused: it stays first in line.
+        assert!(q.start_more("!a", |&i| i == 1).is_none());
+        assert_eq!(q.waiting("!a"), 2);
+        // One of two done: the key is still busy.
+        q.done("!a");
+        assert!(q.start_next().is_none());
+        q.done("!a");
+        assert_eq!(take(&mut q), [("!a".to_string(), 2)]);
+        assert_eq!(q.start_more("!a", |_| true), Some(3));
+        assert_eq!(q.len(), 0);
+        q.done("!a");
+        q.done("!a");
+        assert_eq!(q.busy(), 0);
+        assert!(q.queues.is_empty() && q.ready.is_empty() && q.busy.is_empty());
     }
 
     #[test]
