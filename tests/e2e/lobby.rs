@@ -945,3 +945,82 @@ async fn kicks_reflected_in_the_remaining_directions() -> anyhow::Result<()> {
     let _ = alice_irc;
     Ok(())
 }
+
+// ----------------------------------------------------------------------------------------
+// A busy room: several people's messages sent to Matrix at once.
+
+/// With `[matrix] parallel_senders = 4`, a burst from three IRC users (interleaved, as fast
+/// as they can type it) reaches the Matrix room whole: every line once, each person's lines
+/// in the order they were said, and a line said half a second later after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
+    const LINES: usize = 15;
+    let lobby = Lobby::start_with(|c| {
+        *c = c.replace("[matrix]\n", "[matrix]\nparallel_senders = 4\n");
+    })
+    .await?;
+    let tag = unique("par");
+    let tag = &tag[tag.len().saturating_sub(5)..];
+    let mut people = Vec::new();
+    for p in 0..3 {
+        let user = junction_testkit::clients::IrcUser::connect(
+            lobby.irc_addr,
+            &short_nick(&format!("p{tag}{p}")),
+        )
+        .await?;
+        user.join(&lobby.channel).await?;
+        // Each person's ghost exists before the burst.
+        let hello = unique(&format!("hello {p}"));
+        user.privmsg(&lobby.channel, &hello)?;
+        lobby
+            .matrix_sees(&hello)
+            .await
+            .context("the ghost's first line")?;
+        people.push(user);
+    }
+    for i in 0..LINES {
+        for (p, user) in people.iter().enumerate() {
+            user.privmsg(&lobby.channel, &format!("burst {tag} {p} {i}"))?;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let after = unique("after the burst");
+    lobby.irc.privmsg(&lobby.channel, &after)?;
+    lobby.matrix_sees(&after).await.context("the line after")?;
+
+    let bodies: Vec<String> = lobby
+        .matrix
+        .events(&lobby.room)
+        .await?
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    let prefix = format!("burst {tag} ");
+    let burst: Vec<(usize, usize)> = bodies
+        .iter()
+        .filter_map(|b| {
+            let (p, i) = b.strip_prefix(&prefix)?.split_once(' ')?;
+            Some((p.parse().ok()?, i.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(burst.len(), 3 * LINES, "every line once: {burst:?}");
+    for p in 0..3 {
+        let said: Vec<usize> = burst
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(said, (0..LINES).collect::<Vec<_>>(), "person {p}'s order");
+    }
+    let last_burst = bodies
+        .iter()
+        .rposition(|b| b.starts_with(&prefix))
+        .context("the burst")?;
+    let after_at = bodies
+        .iter()
+        .position(|b| b.contains(&after))
+        .context("the line after")?;
+    assert!(after_at > last_burst, "the line said later comes later");
+    Ok(())
+}

@@ -10,7 +10,7 @@ use crate::lifecycle;
 use crate::media::MediaProxy;
 use crate::outbound::{self, DeliverError};
 use crate::puppets::{lock, Ghosts};
-use crate::queues::{enqueue, KeyLocks, RoomQueues};
+use crate::queues::{enqueue, Flight, Flights, KeyLocks, RoomQueues};
 use crate::server;
 use junction_core::{
     Adapter, AdapterContext, AdapterError, AdapterStore, Command, Delivered, Delivery, Inbound,
@@ -64,7 +64,11 @@ pub struct MatrixAdapter {
     undecryptable: Option<Arc<std::sync::atomic::AtomicU64>>,
     undecryptable_after: Duration,
     media_hash_mismatches: Option<Arc<std::sync::atomic::AtomicU64>>,
+    parallel_senders: usize,
 }
+
+/// Most messages one room may serve at once (`[matrix] parallel_senders`).
+pub const MAX_PARALLEL_SENDERS: usize = 8;
 
 impl MatrixAdapter {
     /// An adapter for the configured homeserver. It keeps its state in the store handle of
@@ -81,7 +85,19 @@ impl MatrixAdapter {
             undecryptable: None,
             undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
             media_hash_mismatches: None,
+            parallel_senders: 1,
         }
+    }
+
+    /// Lets one room send up to `n` messages at once, each from a different person and all
+    /// said within a quarter of a second of each other (`[matrix] parallel_senders`; 1, the
+    /// default, keeps every room's order exactly; at most [`MAX_PARALLEL_SENDERS`]). A busy
+    /// room then carries more: the homeserver works on the sends together. Such lines may
+    /// swap places in the room, since the homeserver orders concurrent sends as it stores
+    /// them.
+    pub fn with_parallel_senders(mut self, n: usize) -> Self {
+        self.parallel_senders = n.clamp(1, MAX_PARALLEL_SENDERS);
+        self
     }
 
     /// Gives the bot a device of its own that takes part in encrypted rooms (`[matrix]
@@ -254,6 +270,8 @@ pub(crate) struct Shared {
     pub(crate) media_hash_mismatches: Arc<std::sync::atomic::AtomicU64>,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
+    /// Messages one room may send at once (`[matrix] parallel_senders`, 1 by default).
+    pub(crate) parallel_senders: usize,
 }
 
 impl Shared {
@@ -316,6 +334,7 @@ impl Shared {
             undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
             media_hash_mismatches: Arc::default(),
             catch_up: tokio::sync::Notify::new(),
+            parallel_senders: 1,
         })
     }
 
@@ -440,6 +459,7 @@ impl Adapter for MatrixAdapter {
             sh.undecryptable = count;
         }
         sh.undecryptable_after = self.undecryptable_after;
+        sh.parallel_senders = self.parallel_senders;
         if let Some(count) = self.media_hash_mismatches {
             sh.media_hash_mismatches = count;
         }
@@ -488,7 +508,8 @@ impl Adapter for MatrixAdapter {
         let status = Arc::new(status);
         let mut queues = RoomQueues::new(MAX_QUEUED_PER_ROOM, MAX_ROOMS_AT_ONCE);
         let mut serving = tokio::task::JoinSet::new();
-        let mut serving_rooms: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut flights = Flights::default();
+        let parallel = sh.parallel_senders;
         loop {
             tokio::select! {
                 // Link changes before deliveries: a delivery may be for a room just linked.
@@ -517,7 +538,7 @@ impl Adapter for MatrixAdapter {
                             e.id()
                         }
                     };
-                    if let Some(room) = serving_rooms.remove(&id) {
+                    if let Some(room) = flights.finished(id) {
                         queues.done(&room);
                     }
                     report(&sh, &status);
@@ -529,15 +550,35 @@ impl Adapter for MatrixAdapter {
                     None => break,
                 },
             }
+            let spawn = |serving: &mut tokio::task::JoinSet<()>, d: Delivery| {
+                serving
+                    .spawn(handle_delivery(
+                        sh.clone(),
+                        d,
+                        cx.delivered.clone(),
+                        cx.shutdown.clone(),
+                        status.clone(),
+                    ))
+                    .id()
+            };
             while let Some((room, d)) = queues.start_next() {
-                let task = serving.spawn(handle_delivery(
-                    sh.clone(),
-                    d,
-                    cx.delivered.clone(),
-                    cx.shutdown.clone(),
-                    status.clone(),
-                ));
-                serving_rooms.insert(task.id(), room);
+                let flight = Flight::of(&d, parallel);
+                let id = spawn(&mut serving, d);
+                flights.started(id, room, flight);
+            }
+            if parallel > 1 {
+                // Rooms sending messages that may have company take more beside them.
+                for room in flights.open_rooms() {
+                    let mut next = None;
+                    while let Some(d) = queues.start_more(&room, |d| {
+                        next = Flight::of(d, parallel);
+                        next.as_ref()
+                            .is_some_and(|f| flights.admits(&room, f, parallel))
+                    }) {
+                        let id = spawn(&mut serving, d);
+                        flights.started(id, room.clone(), next.take());
+                    }
+                }
             }
         }
         server_stop.cancel();

@@ -12,7 +12,8 @@
 //! rooms), `pickle_key` (the key the crypto store is encrypted under, usually `${VAR}`;
 //! default: one generated and kept in `data_dir`, mode 0600), `undecryptable_after` (how long
 //! an encrypted message waits for its keys before its sender is told it was not bridged, as
-//! `"90s"`, `"2m"`, `"1h"`; default `"2m"`).
+//! `"90s"`, `"2m"`, `"1h"`; default `"2m"`), `parallel_senders` (messages of different people
+//! one room sends at once, 1 to 8; default 1, every room's order kept exactly).
 
 use junction_core::{PuppetLimits, Secret};
 use junction_network::{Checker, Str};
@@ -72,6 +73,9 @@ pub struct MatrixSection {
     /// `undecryptable_after`: how long an encrypted message waits for its keys before its
     /// sender is told it was not bridged.
     pub undecryptable_after: Duration,
+    /// `parallel_senders`: messages of different people, said within a quarter of a second
+    /// of each other, one room sends at once (1: one at a time, every room's order exact).
+    pub parallel_senders: usize,
 }
 
 /// Default `[matrix] undecryptable_after`: two minutes.
@@ -114,6 +118,8 @@ pub struct RawMatrix {
     pub pickle_key: Option<Str>,
     /// How long an encrypted message waits for its keys (`"2m"`).
     pub undecryptable_after: Option<Str>,
+    /// Messages of different people one room sends at once.
+    pub parallel_senders: Option<Spanned<i64>>,
 }
 
 /// Reads `[matrix]` from the whole file, if there is one.
@@ -235,6 +241,21 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
             }),
         None => Some(DEFAULT_UNDECRYPTABLE_AFTER),
     };
+    let parallel_senders = c
+        .count_as::<usize>(&m.parallel_senders, "matrix.parallel_senders", 1, 1)
+        .and_then(|n| {
+            if n <= crate::MAX_PARALLEL_SENDERS {
+                return Some(n);
+            }
+            if let Some(v) = &m.parallel_senders {
+                c.error(
+                    v.span(),
+                    "matrix.parallel_senders",
+                    format!("must be at most {}, got {n}", crate::MAX_PARALLEL_SENDERS),
+                );
+            }
+            None
+        });
     Some(MatrixSection {
         config: MatrixConfig {
             homeserver: homeserver?,
@@ -256,6 +277,7 @@ pub fn validate(m: &Spanned<RawMatrix>, c: &mut Checker<'_>) -> Option<MatrixSec
         encryption,
         pickle_key: pickle_key?,
         undecryptable_after: undecryptable_after?,
+        parallel_senders: parallel_senders?,
     })
 }
 

@@ -15,7 +15,8 @@
 //!   [`media_encrypted`]: the same for encrypted rooms' files, decrypted.
 //! - [`connection`]: the homeserver connection: the Client-Server API as the appservice.
 //! - `queues`: deliveries per room, each room's in order, several rooms at once
-//!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]).
+//!   ([`MAX_ROOMS_AT_ONCE`], [`MAX_QUEUED_PER_ROOM`]); with `parallel_senders`, a room's
+//!   messages of different people said together at once ([`MAX_PARALLEL_SENDERS`]).
 //!
 //! The adapter keeps its state only through the store handle of its
 //! [`AdapterContext`](junction_core::AdapterContext): its tables (`ghosts`, `command_rooms`,
@@ -54,6 +55,6 @@ pub mod registration;
 pub mod server;
 
 pub use adapter::{
-    MatrixAdapter, COMMAND_ROOMS_TABLE, MAX_ATTACHMENT_FETCHES, MAX_QUEUED_PER_ROOM,
-    MAX_ROOMS_AT_ONCE,
+    MatrixAdapter, COMMAND_ROOMS_TABLE, MAX_ATTACHMENT_FETCHES, MAX_PARALLEL_SENDERS,
+    MAX_QUEUED_PER_ROOM, MAX_ROOMS_AT_ONCE,
 };

@@ -95,6 +95,7 @@ impl Network for Matrix {
             // The only users whose invites the bot accepts.
             .with_admins(build.admins.iter().map(|u| u.user.to_string()))
             .with_ghost_limits(s.ghosts)
+            .with_parallel_senders(s.parallel_senders)
             .with_cap_refusals(build.counter("puppet_cap"));
         if let Some(url) = &s.media_url {
             adapter = adapter.with_media_base(url.clone());

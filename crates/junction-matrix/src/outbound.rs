@@ -78,7 +78,13 @@ pub(crate) async fn deliver(
             DeliverError::Transient(why)
         });
     };
-    let _room = sh.room_locks.lock(&room_id).await;
+    // Messages a room sends at once share its lock (see `queues`); anything else holds it
+    // alone.
+    let _room = if crate::queues::Flight::of(d, sh.parallel_senders).is_some() {
+        sh.room_locks.share(&room_id).await
+    } else {
+        sh.room_locks.lock(&room_id).await
+    };
     let sender = &d.event.sender;
     if sender.user.network == sh.network {
         return Err(DeliverError::Permanent(

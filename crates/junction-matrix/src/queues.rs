@@ -7,6 +7,13 @@
 //! backoff) holds back only its own room. A room's queue holds at most
 //! [`crate::MAX_QUEUED_PER_ROOM`] of what people said; moderation and the gateway's own
 //! words are queued past it.
+//!
+//! With `[matrix] parallel_senders` above 1, a room serves up to that many messages at once
+//! ([`Flights::admits`]): each from a different person, none a reply, and all said within
+//! [`PARALLEL_WITHIN_MS`] of each other. Homeservers order concurrent sends into a room as
+//! they persist them, so only such lines can swap places there; one person's lines, lines
+//! said further apart, and everything else (edits, redactions, reactions, joins, moderation)
+//! keep their order exactly.
 
 use crate::MAX_QUEUED_PER_ROOM;
 pub(crate) use junction_core::queue::{KeyedQueues as RoomQueues, Push};
@@ -53,23 +60,124 @@ pub(crate) fn enqueue(
     }
 }
 
+/// How far apart (by the time they were said) two messages served at once in one room may
+/// be, with `[matrix] parallel_senders` above 1: lines said further apart keep their order.
+pub(crate) const PARALLEL_WITHIN_MS: u64 = 250;
+
+/// What a room is serving now, for [`Flights::admits`]: per delivery under way, whether it
+/// may run beside others, its sender and when it was said.
+#[derive(Default)]
+pub(crate) struct Flights {
+    under_way: HashMap<tokio::task::Id, (String, Option<Flight>)>,
+}
+
+/// A delivery under way beside others: who said it, and when.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Flight {
+    sender: junction_core::UserRef,
+    ts_ms: u64,
+}
+
+impl Flight {
+    /// The delivery as one that may be served beside others (`parallel` of them at most);
+    /// None when it must be served alone: anything but a message, the gateway's own words,
+    /// a reply (its quote needs the original's id), a private chat, or no time known.
+    pub(crate) fn of(d: &Delivery, parallel: usize) -> Option<Self> {
+        let EventKind::Message(m) = &d.event.kind else {
+            return None;
+        };
+        let alone = parallel < 2
+            || m.reply_to.is_some()
+            || d.event.ts_ms == 0
+            || d.event.sender.user.network.is_gateway()
+            || junction_core::private::is_private(&d.target.room);
+        (!alone).then(|| Self {
+            sender: d.event.sender.user.clone(),
+            ts_ms: d.event.ts_ms,
+        })
+    }
+}
+
+impl Flights {
+    /// Notes a delivery of `room` started as task `id`.
+    pub(crate) fn started(&mut self, id: tokio::task::Id, room: String, flight: Option<Flight>) {
+        self.under_way.insert(id, (room, flight));
+    }
+
+    /// The room of the finished task `id`, no longer under way.
+    pub(crate) fn finished(&mut self, id: tokio::task::Id) -> Option<String> {
+        self.under_way.remove(&id).map(|(room, _)| room)
+    }
+
+    /// Rooms with deliveries under way that all may have company.
+    pub(crate) fn open_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self
+            .under_way
+            .values()
+            .map(|(room, _)| room.clone())
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms.retain(|r| {
+            self.under_way
+                .values()
+                .all(|(room, f)| room != r || f.is_some())
+        });
+        rooms
+    }
+
+    /// Whether `room` may serve `next` beside what it serves now: at most `parallel` at once,
+    /// all messages that may have company, each from a different person, all said within
+    /// [`PARALLEL_WITHIN_MS`] of each other.
+    pub(crate) fn admits(&self, room: &str, next: &Flight, parallel: usize) -> bool {
+        let mut n = 0;
+        for (r, f) in self.under_way.values() {
+            if r != room {
+                continue;
+            }
+            let Some(f) = f else { return false };
+            if f.sender == next.sender || f.ts_ms.abs_diff(next.ts_ms) > PARALLEL_WITHIN_MS {
+                return false;
+            }
+            n += 1;
+        }
+        n < parallel
+    }
+}
+
 /// Async locks by name (a Matrix room id, a ghost's user id), made on first use and dropped
-/// once nobody holds or waits for them, so they are as many as the names in use.
+/// once nobody holds or waits for them, so they are as many as the names in use. A lock is
+/// held alone ([`KeyLocks::lock`]) or shared by the messages a room serves at once
+/// ([`KeyLocks::share`]).
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+/// A held [`KeyLocks`] lock: alone or shared.
+pub(crate) enum Held {
+    /// Held alone.
+    Alone(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+    /// Shared with the messages served beside.
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
 }
 
 impl KeyLocks {
-    /// Waits for the lock of `key`; it is held until the guard is dropped.
-    pub(crate) async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut locks = crate::puppets::lock(&self.locks);
-            // Only the map holds a lock nobody uses any more.
-            locks.retain(|_, m| Arc::strong_count(m) > 1);
-            locks.entry(key.to_owned()).or_default().clone()
-        };
-        m.lock_owned().await
+    fn entry(&self, key: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut locks = crate::puppets::lock(&self.locks);
+        // Only the map holds a lock nobody uses any more.
+        locks.retain(|_, m| Arc::strong_count(m) > 1);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Waits for the lock of `key`, alone; it is held until the guard is dropped.
+    pub(crate) async fn lock(&self, key: &str) -> Held {
+        Held::Alone(self.entry(key).write_owned().await)
+    }
+
+    /// Waits for the lock of `key`, shared with other sharers (not with a holder alone).
+    pub(crate) async fn share(&self, key: &str) -> Held {
+        Held::Shared(self.entry(key).read_owned().await)
     }
 
     /// Names with a lock held or awaited.
@@ -135,6 +243,52 @@ mod tests {
             reply_to: None,
             attachments: Vec::new(),
         })
+    }
+
+    fn at(mut d: Delivery, ts_ms: u64) -> Delivery {
+        d.event.ts_ms = ts_ms;
+        d
+    }
+
+    #[tokio::test]
+    async fn only_messages_of_different_people_said_together_share_a_room() {
+        let person = |n: &str| Sender::new(junction_core::UserRef::new("irc:local", n), n);
+        let (a, b, c) = (person("a"), person("b"), person("c"));
+        let msg = |id, who: &Sender, ts| at(delivery(id, "!r", who.clone(), said("hi")), ts);
+        // Alone: one at a time, anything but a message, no time known, the gateway.
+        assert!(Flight::of(&msg(1, &a, 1_000), 1).is_none());
+        let kick = EventKind::Kick {
+            target: b.clone(),
+            reason: None,
+        };
+        assert!(Flight::of(&at(delivery(2, "!r", a.clone(), kick), 1_000), 4).is_none());
+        assert!(Flight::of(&msg(3, &a, 0), 4).is_none());
+        let gateway = Sender::new(junction_core::UserRef::new(NetworkId::gateway(), "g"), "g");
+        assert!(Flight::of(&msg(4, &gateway, 1_000), 4).is_none());
+
+        // Three tasks give three ids.
+        let ids: Vec<tokio::task::Id> = (0..4).map(|_| tokio::spawn(async {}).id()).collect();
+        let mut flights = Flights::default();
+        let first = Flight::of(&msg(5, &a, 1_000), 4).expect("a message may have company");
+        flights.started(ids[0], "!r".into(), Some(first));
+        assert_eq!(flights.open_rooms(), ["!r"]);
+        let fb = Flight::of(&msg(6, &b, 1_100), 4).expect("b's");
+        assert!(
+            flights.admits("!r", &fb, 4),
+            "another person, said together"
+        );
+        assert!(!flights.admits("!r", &fb, 1), "one at a time");
+        let again = Flight::of(&msg(7, &a, 1_050), 4).expect("a's next");
+        assert!(!flights.admits("!r", &again, 4), "the same person waits");
+        let late = Flight::of(&msg(8, &c, 1_000 + PARALLEL_WITHIN_MS + 1), 4).expect("c's");
+        assert!(!flights.admits("!r", &late, 4), "said later: waits");
+        flights.started(ids[1], "!r".into(), Some(fb));
+        // Something that must go alone closes the room to company.
+        flights.started(ids[2], "!s".into(), None);
+        assert_eq!(flights.open_rooms(), ["!r"]);
+        assert_eq!(flights.finished(ids[0]).as_deref(), Some("!r"));
+        assert_eq!(flights.finished(ids[2]).as_deref(), Some("!s"));
+        assert!(flights.finished(ids[3]).is_none());
     }
 
     #[test]

@@ -752,6 +752,18 @@ secret = "pa$$word"
             error("undecryptable_after = \"2m\"\n"),
             "bridges.toml:8:23: matrix.undecryptable_after: is used only with `encryption = true`"
         );
+        // Messages one room sends at once: one unless given, at most eight.
+        assert_eq!(ms.parallel_senders, 1);
+        let c = ok(&format!("{matrix}parallel_senders = 4\n"));
+        assert_eq!(c.section::<MatrixSection>().unwrap().parallel_senders, 4);
+        assert_eq!(
+            error("parallel_senders = 9\n"),
+            "bridges.toml:8:20: matrix.parallel_senders: must be at most 8, got 9"
+        );
+        assert_eq!(
+            error("parallel_senders = 0\n"),
+            "bridges.toml:8:20: matrix.parallel_senders: must be at least 1, got 0"
+        );
     }
 
     #[test]
