@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 /// Parallel Matrix clients for the ceiling.
 const CLIENTS: usize = 8;
 
-/// IRC users speaking in the bridged channel, so as many ghosts send into the Matrix room.
-const IRC_SENDERS: usize = 4;
+/// IRC users speaking in the bridged channel, so as many ghosts send into the Matrix room: as
+/// many as the ceiling's parallel clients.
+const IRC_SENDERS: usize = CLIENTS;
 
 /// Offered rates, as shares of the measured ceiling.
 const SHARES: &[f64] = &[0.25, 0.5, 0.8];
@@ -32,8 +33,13 @@ const SHARES: &[f64] = &[0.25, 0.5, 0.8];
 /// The command that prints this section.
 fn command(args: &Args) -> String {
     format!(
-        "cargo run --release --example bench -- --only ceiling{}",
-        if args.quick { " --quick" } else { "" }
+        "cargo run --release --example bench -- --only ceiling{}{}",
+        if args.quick { " --quick" } else { "" },
+        if args.parallel_senders > 1 {
+            format!(" --parallel-senders {}", args.parallel_senders)
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -291,6 +297,8 @@ struct Step {
     duplicates: usize,
     out_of_order: usize,
     out_of_order_per_sender: usize,
+    /// The furthest apart (ms, by when they were sent) two lines that arrived swapped were.
+    furthest_swap_ms: f64,
     depths: Vec<usize>,
     limited: usize,
 }
@@ -306,6 +314,20 @@ fn out_of_order(seq: impl Iterator<Item = usize>) -> usize {
         }
     }
     late
+}
+
+/// The most sequence numbers between a line that arrived late and the line sent after it
+/// that arrived before it (0: the order is kept).
+fn furthest_swap(seq: impl Iterator<Item = usize>) -> usize {
+    let mut highest: Option<usize> = None;
+    let mut furthest = 0;
+    for i in seq {
+        match highest {
+            Some(h) if i < h => furthest = furthest.max(h - i),
+            _ => highest = Some(i),
+        }
+    }
+    furthest
 }
 
 /// The sequence numbers of phase `phase`'s messages in the order they were read (each
@@ -454,6 +476,7 @@ async fn step(
         duplicates,
         out_of_order: out_of_order(seq.iter().map(|x| x.0)),
         out_of_order_per_sender: per_sender,
+        furthest_swap_ms: furthest_swap(seq.iter().map(|x| x.0)) as f64 * 1000.0 / rate.max(1e-9),
         depths,
         limited: reader.limited(),
     })
@@ -617,16 +640,17 @@ pub(crate) async fn ceiling_phase(
          *Arriving msg/s* = messages read / (first read → last read). *Queue + PUT* = the tap's \
          Delivery → Delivered: waiting in the room's queue, then the ghost's PUT. Out of order: \
          messages read after one sent later than them (0: order kept), over all senders and \
-         within each sender. *Per delivery when backlogged*: from one answer to the next where \
+         within each sender; *furthest apart swapped*: how far apart, by when they were sent, the \
+         two furthest apart lines that arrived swapped were. *Per delivery when backlogged*: from one answer to the next where \
          the next was waiting already, i.e. the adapter's time per delivery.\n",
         span.as_secs()
     );
     out.push_str(&table(
-        "| offered (share of ceiling) | sent | sent msg/s | read in Matrix | **arriving msg/s** | % of ceiling | IRC send → read in Matrix p50 / p99 (ms) | queue + PUT p50 / p99 (ms) | per delivery when backlogged, p50 / p99 (ms) | lost | failed | out of order (all / per sender) | outbox depth, max |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| offered (share of ceiling) | sent | sent msg/s | read in Matrix | **arriving msg/s** | % of ceiling | IRC send → read in Matrix p50 / p99 (ms) | queue + PUT p50 / p99 (ms) | per delivery when backlogged, p50 / p99 (ms) | lost | failed | out of order (all / per sender) | furthest apart swapped (ms sent apart) | outbox depth, max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         steps.iter().map(|s| {
             format!(
-                "| {:.0} msg/s ({:.0} %) | {} | {:.1} | {} | **{:.1}** | {:.0} % | {} | {} | {} | {} | {} | {} / {} | {} |",
+                "| {:.0} msg/s ({:.0} %) | {} | {:.1} | {} | **{:.1}** | {:.0} % | {} | {} | {} | {} | {} | {} / {} | {:.0} | {} |",
                 s.offered,
                 s.share * 100.0,
                 s.sent,
@@ -641,6 +665,7 @@ pub(crate) async fn ceiling_phase(
                 s.failed,
                 s.out_of_order,
                 s.out_of_order_per_sender,
+                s.furthest_swap_ms,
                 s.depths.iter().max().copied().unwrap_or(0),
             )
         }),

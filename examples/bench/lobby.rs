@@ -129,7 +129,7 @@ impl Bench {
             hub.attach(nets[0].clone(), &router, &shutdown).context,
             &taps,
         );
-        let mut matrix_adapter = MatrixAdapter::new(m);
+        let mut matrix_adapter = MatrixAdapter::new(m).with_parallel_senders(args.parallel_senders);
         if args.encrypted {
             matrix_adapter = matrix_adapter.with_encryption(&config.gateway.data_dir, None);
         }

@@ -103,6 +103,8 @@ pub(crate) struct Args {
     pub(crate) flat: Option<usize>,
     /// `--flat-rate R`: lines per second for `--flat` (default 200).
     pub(crate) flat_rate: f64,
+    /// `--parallel-senders N`: the Matrix adapter's `[matrix] parallel_senders` (default 1).
+    pub(crate) parallel_senders: usize,
 }
 
 impl Args {
@@ -121,6 +123,7 @@ impl Args {
             cpu_lines: None,
             flat: None,
             flat_rate: 200.0,
+            parallel_senders: 1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -156,12 +159,16 @@ impl Args {
                 "--flat-rate" => {
                     a.flat_rate = it.next().context("--flat-rate needs R")?.parse()?;
                 }
+                "--parallel-senders" => {
+                    a.parallel_senders =
+                        it.next().context("--parallel-senders needs N")?.parse()?;
+                }
                 "-h" | "--help" => {
                     println!(
                         "bench [--quick] [--only store,latency,matrix,throughput,puppets] \
                          [--puppets N] [--puppet-rate R] [--irc-mode puppet|relay] \
                          [--store sled|postgres] [--store-rows N] [--encrypted] [--nio]\n       \
-                         bench --only ceiling [--quick]   (Synapse's one-room ceiling, Junction from IRC at shares of it)\n       \
+                         bench --only ceiling [--quick] [--parallel-senders N]   (Synapse's one-room ceiling, Junction from IRC at shares of it)\n       \
                          bench --compare [--quick] [--cpu-lines N]   (beside biboumi and heisenbridge)\n       \
                          bench --compare --flat N [--flat-rate R]   (CPU per message over a long run)"
                     );
