@@ -353,3 +353,70 @@ async fn lurkers_are_puppeted_once_they_speak_or_after_the_window() -> anyhow::R
         .context("the lurker's ghost joins after the window")?;
     Ok(())
 }
+
+/// With `[matrix] parallel_senders`, ghosts making way under the cap while a room sends
+/// lines together leave once those are sent: lurkers fill the cap, then three people say
+/// lines at once (each taking a lurker's place); every line reaches the room once, by its
+/// ghost or said by the bot, and the room ends with at most the cap of ghosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_while_a_room_sends_lines_together() -> anyhow::Result<()> {
+    const LINES: usize = 4;
+    let lobby = Lobby::start_logged(|c| {
+        *c = c.replace(
+            "[matrix]\n",
+            &format!("[matrix]\nmax_ghosts = {CAP}\nparallel_senders = 4\n"),
+        );
+        in_gateway(c, "log = \"info,junction_matrix::adapter=debug\"");
+    })
+    .await?;
+    let tag = unique("cp");
+    let tag = &tag[tag.len().saturating_sub(4)..];
+    // Lurkers take the free places: a join takes one while there is one.
+    let mut lurkers = Vec::new();
+    for i in 0..CAP {
+        let user = IrcUser::connect(lobby.irc_addr, &short_nick(&format!("l{tag}{i}"))).await?;
+        user.join(&lobby.channel).await?;
+        lurkers.push(user);
+    }
+    junction_testkit::eventually(WAIT, "the cap filled", || async {
+        ghosts(&lobby)
+            .await
+            .ok()
+            .filter(|g| g.len() >= CAP)
+            .map(|_| ())
+    })
+    .await?;
+    let mut people = Vec::new();
+    for p in 0..3 {
+        let user = IrcUser::connect(lobby.irc_addr, &short_nick(&format!("s{tag}{p}"))).await?;
+        user.join(&lobby.channel).await?;
+        people.push(user);
+    }
+    for i in 0..LINES {
+        for (p, user) in people.iter().enumerate() {
+            user.privmsg(&lobby.channel, &format!("capped {tag} {p} {i}"))?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = unique("after the capped burst");
+    lobby.irc.privmsg(&lobby.channel, &after)?;
+    lobby.matrix_sees(&after).await.context("the line after")?;
+
+    let bodies = lobby.matrix_bodies().await?;
+    for p in 0..3 {
+        for i in 0..LINES {
+            let line = format!("capped {tag} {p} {i}");
+            let n = bodies.iter().filter(|b| b.ends_with(&line)).count();
+            assert_eq!(n, 1, "{line:?} once in {bodies:?}");
+        }
+    }
+    let settled = junction_testkit::eventually(WAIT, "at most the cap of ghosts", || async {
+        ghosts(&lobby).await.ok().filter(|g| g.len() <= CAP)
+    })
+    .await?;
+    assert!(!settled.is_empty());
+    let log = lobby.gateway_log();
+    assert!(log.contains("The cap of ghosts is reached: the least recently active one leaves."));
+    assert!(log.contains("A message goes to Matrix beside others of its room."));
+    Ok(())
+}

@@ -950,13 +950,15 @@ async fn kicks_reflected_in_the_remaining_directions() -> anyhow::Result<()> {
 // A busy room: several people's messages sent to Matrix at once.
 
 /// With `[matrix] parallel_senders = 4`, a burst from three IRC users (interleaved, as fast
-/// as they can type it) reaches the Matrix room whole: every line once, each person's lines
-/// in the order they were said, and a line said half a second later after all of them.
+/// as they can type it) goes to the Matrix room several lines at once and reaches it whole:
+/// every line once, each person's lines in the order they were said, and a line said half a
+/// second later after all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
     const LINES: usize = 15;
-    let lobby = Lobby::start_with(|c| {
+    let lobby = Lobby::start_logged(|c| {
         *c = c.replace("[matrix]\n", "[matrix]\nparallel_senders = 4\n");
+        in_gateway(c, "log = \"info,junction_matrix::adapter=debug\"");
     })
     .await?;
     let tag = unique("par");
@@ -988,14 +990,7 @@ async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
     lobby.irc.privmsg(&lobby.channel, &after)?;
     lobby.matrix_sees(&after).await.context("the line after")?;
 
-    let bodies: Vec<String> = lobby
-        .matrix
-        .events(&lobby.room)
-        .await?
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect();
+    let bodies = lobby.matrix_bodies().await?;
     let prefix = format!("burst {tag} ");
     let burst: Vec<(usize, usize)> = bodies
         .iter()
@@ -1022,5 +1017,11 @@ async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
         .position(|b| b.contains(&after))
         .context("the line after")?;
     assert!(after_at > last_burst, "the line said later comes later");
+    assert!(
+        lobby
+            .gateway_log()
+            .contains("A message goes to Matrix beside others of its room."),
+        "some lines were sent together"
+    );
     Ok(())
 }

@@ -575,6 +575,7 @@ impl Adapter for MatrixAdapter {
                         next.as_ref()
                             .is_some_and(|f| flights.admits(&room, f, parallel))
                     }) {
+                        tracing::debug!(%room, outbox = d.outbox_id, "A message goes to Matrix beside others of its room.");
                         let id = spawn(&mut serving, d);
                         flights.started(id, room.clone(), next.take());
                     }
@@ -787,7 +788,8 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, RoomError> {
 
 /// Renders one delivery and answers it exactly once; transient failures are retried with
 /// backoff until they pass or the gateway shuts down (then it stays unanswered in the outbox).
-/// Runs as its room's one task at a time ([`queues`]).
+/// Runs as its room's one task at a time, or beside other messages of the room with
+/// `parallel_senders` ([`queues`]).
 async fn handle_delivery(
     sh: Arc<Shared>,
     d: Delivery,

@@ -77,17 +77,25 @@ pub(crate) fn joins(kind: &EventKind) -> Option<bool> {
     }
 }
 
-/// Before `ghost` is put in `room_id` (by the delivery holding the room's lock): true when it
-/// may be (a ghost making way leaves); false when the cap refuses it (counted).
-pub(crate) async fn enter(sh: &Arc<Shared>, ghost: &str, room_id: &str, speaks: bool) -> bool {
+/// Before `ghost` is put in `room_id` (by the delivery holding the room's lock, `alone` or
+/// shared with other messages): true when it may be (a ghost making way leaves); false when
+/// the cap refuses it (counted).
+pub(crate) async fn enter(
+    sh: &Arc<Shared>,
+    ghost: &str,
+    room_id: &str,
+    speaks: bool,
+    alone: bool,
+) -> bool {
     let key = (ghost.to_owned(), room_id.to_owned());
     let decision = lock(&sh.lifecycle.cap).admit(&key, now_ms(), speaks);
     match decision {
         Admit::Present | Admit::Free => true,
         Admit::Evict((old, room)) => {
             tracing::info!(ghost = %old, room = %room, newcomer = %ghost, "The cap of ghosts is reached: the least recently active one leaves.");
-            if room == room_id {
-                // This room's lock is ours already.
+            if room == room_id && alone {
+                // This room's lock is ours alone already. Shared, the ghost making way may be
+                // saying something beside us: it leaves once nobody is (below).
                 if let Err(e) = outbound::ghost_leaves(sh, &old, &room).await {
                     tracing::warn!(ghost = %old, error = ?e, "The ghost making way could not leave.");
                 }
@@ -192,12 +200,18 @@ pub(crate) fn leave_idle(sh: &Arc<Shared>) {
     }
 }
 
-/// `ghost` leaves `room_id` once it holds the room's lock (at most [`crate::MAX_ROOMS_AT_ONCE`]
-/// deliveries hold one, so this waits for at most one delivery).
+/// `ghost` leaves `room_id` once it holds the room's lock alone, so after the deliveries under
+/// way there (one, or with `parallel_senders` the messages sent together), unless the cap has
+/// taken it back meanwhile (it spoke again).
 fn leave_later(sh: &Arc<Shared>, ghost: String, room_id: String) {
     let sh = sh.clone();
     tokio::spawn(async move {
         let _room = sh.room_locks.lock(&room_id).await;
+        let key = (ghost, room_id);
+        if lock(&sh.lifecycle.cap).contains(&key) {
+            return;
+        }
+        let (ghost, room_id) = key;
         if let Err(e) = outbound::ghost_leaves(&sh, &ghost, &room_id).await {
             tracing::warn!(%ghost, error = ?e, "A ghost could not leave a room.");
         }

@@ -80,10 +80,11 @@ pub(crate) async fn deliver(
     };
     // Messages a room sends at once share its lock (see `queues`); anything else holds it
     // alone.
-    let _room = if crate::queues::Flight::of(d, sh.parallel_senders).is_some() {
-        sh.room_locks.share(&room_id).await
-    } else {
+    let alone = crate::queues::Flight::of(d, sh.parallel_senders).is_none();
+    let _room = if alone {
         sh.room_locks.lock(&room_id).await
+    } else {
+        sh.room_locks.share(&room_id).await
     };
     let sender = &d.event.sender;
     if sender.user.network == sh.network {
@@ -114,7 +115,7 @@ pub(crate) async fn deliver(
         // A direct chat is the ghost's own: the cap of ghosts in rooms never moves it out.
         let capped = !junction_core::private::is_private(&d.target.room);
         if let Some(speaks) = crate::lifecycle::joins(&d.event.kind).filter(|_| capped) {
-            if !crate::lifecycle::enter(sh, &id, &room_id, speaks).await {
+            if !crate::lifecycle::enter(sh, &id, &room_id, speaks, alone).await {
                 return crate::lifecycle::refused(sh, d, &room_id, ts).await;
             }
         }

@@ -9,8 +9,9 @@
 //! words are queued past it.
 //!
 //! With `[matrix] parallel_senders` above 1, a room serves up to that many messages at once
-//! ([`Flights::admits`]): each from a different person, none a reply, and all said within
-//! [`PARALLEL_WITHIN_MS`] of each other. Homeservers order concurrent sends into a room as
+//! ([`Flights::admits`]): each from a different person, none a reply or with attachments,
+//! and all said within [`PARALLEL_WITHIN_MS`] of each other (by the times the events carry:
+//! the IRC server's `server-time`, the gateway's clock for XMPP). Homeservers order concurrent sends into a room as
 //! they persist them, so only such lines can swap places there; one person's lines, lines
 //! said further apart, and everything else (edits, redactions, reactions, joins, moderation)
 //! keep their order exactly.
@@ -81,13 +82,15 @@ pub(crate) struct Flight {
 impl Flight {
     /// The delivery as one that may be served beside others (`parallel` of them at most);
     /// None when it must be served alone: anything but a message, the gateway's own words,
-    /// a reply (its quote needs the original's id), a private chat, or no time known.
+    /// a reply (its quote needs the original's id), a message with attachments (several
+    /// events, which must stay together), a private chat, or no time known.
     pub(crate) fn of(d: &Delivery, parallel: usize) -> Option<Self> {
         let EventKind::Message(m) = &d.event.kind else {
             return None;
         };
         let alone = parallel < 2
             || m.reply_to.is_some()
+            || !m.attachments.is_empty()
             || d.event.ts_ms == 0
             || d.event.sender.user.network.is_gateway()
             || junction_core::private::is_private(&d.target.room);
@@ -265,8 +268,24 @@ mod tests {
         assert!(Flight::of(&msg(3, &a, 0), 4).is_none());
         let gateway = Sender::new(junction_core::UserRef::new(NetworkId::gateway(), "g"), "g");
         assert!(Flight::of(&msg(4, &gateway, 1_000), 4).is_none());
+        // A reply, and a message with attachments (several events), go alone too.
+        let mut reply = msg(11, &a, 1_000);
+        let mut with_file = msg(12, &a, 1_000);
+        if let (EventKind::Message(r), EventKind::Message(f)) =
+            (&mut reply.event.kind, &mut with_file.event.kind)
+        {
+            r.reply_to = Some(MessageId::new("earlier"));
+            f.attachments.push(junction_core::Attachment {
+                url: "https://files.example/a.png".into(),
+                name: "a.png".into(),
+                mime: None,
+                size: None,
+            });
+        }
+        assert!(Flight::of(&reply, 4).is_none());
+        assert!(Flight::of(&with_file, 4).is_none());
 
-        // Three tasks give three ids.
+        // Four tasks give four ids.
         let ids: Vec<tokio::task::Id> = (0..4).map(|_| tokio::spawn(async {}).id()).collect();
         let mut flights = Flights::default();
         let first = Flight::of(&msg(5, &a, 1_000), 4).expect("a message may have company");
@@ -283,9 +302,19 @@ mod tests {
         let late = Flight::of(&msg(8, &c, 1_000 + PARALLEL_WITHIN_MS + 1), 4).expect("c's");
         assert!(!flights.admits("!r", &late, 4), "said later: waits");
         flights.started(ids[1], "!r".into(), Some(fb));
+        // At most `parallel` at once.
+        let fc = Flight::of(&msg(9, &c, 1_050), 4).expect("c's");
+        assert!(flights.admits("!r", &fc, 3));
+        assert!(!flights.admits("!r", &fc, 2), "two under way already");
         // Something that must go alone closes the room to company.
         flights.started(ids[2], "!s".into(), None);
         assert_eq!(flights.open_rooms(), ["!r"]);
+        let fs = Flight::of(&at(delivery(10, "!s", c.clone(), said("hi")), 1_000), 4)
+            .expect("c's in !s");
+        assert!(
+            !flights.admits("!s", &fs, 4),
+            "nothing beside what goes alone"
+        );
         assert_eq!(flights.finished(ids[0]).as_deref(), Some("!r"));
         assert_eq!(flights.finished(ids[2]).as_deref(), Some("!s"));
         assert!(flights.finished(ids[3]).is_none());

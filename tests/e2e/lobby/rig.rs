@@ -420,6 +420,19 @@ impl Lobby {
             .await
     }
 
+    /// The bodies of the room's messages, in the order the Matrix user's `/sync` read them.
+    #[allow(dead_code)]
+    pub async fn matrix_bodies(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .matrix
+            .events(&self.room)
+            .await?
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Waits for a groupchat message in the MUC from someone other than our XMPP user whose
     /// body contains `text`.
     pub async fn xmpp_sees(&self, text: &str) -> anyhow::Result<minidom::Element> {
