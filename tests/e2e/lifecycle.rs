@@ -4,7 +4,7 @@
 //! name, counts the refusals in `/metrics`, and the lobby still relays the next line in
 //! every direction. Idle ghosts and occupants leave after the idle timeout.
 
-use crate::lobby::{in_gateway, short_nick, Lobby};
+use crate::lobby::{in_gateway, short_nick, Lobby, LOG_SENT_TOGETHER, SENT_TOGETHER};
 use anyhow::Context as _;
 use junction_core::NetworkId;
 use junction_testkit::clients::IrcUser;
@@ -366,7 +366,7 @@ async fn the_cap_holds_while_a_room_sends_lines_together() -> anyhow::Result<()>
             "[matrix]\n",
             &format!("[matrix]\nmax_ghosts = {CAP}\nparallel_senders = 4\n"),
         );
-        in_gateway(c, "log = \"info,junction_matrix::adapter=debug\"");
+        in_gateway(c, LOG_SENT_TOGETHER);
     })
     .await?;
     let tag = unique("cp");
@@ -392,17 +392,9 @@ async fn the_cap_holds_while_a_room_sends_lines_together() -> anyhow::Result<()>
         user.join(&lobby.channel).await?;
         people.push(user);
     }
-    for i in 0..LINES {
-        for (p, user) in people.iter().enumerate() {
-            user.privmsg(&lobby.channel, &format!("capped {tag} {p} {i}"))?;
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let after = unique("after the capped burst");
-    lobby.irc.privmsg(&lobby.channel, &after)?;
-    lobby.matrix_sees(&after).await.context("the line after")?;
-
-    let bodies = lobby.matrix_bodies().await?;
+    let (bodies, _) = lobby
+        .burst_to_matrix(&people, &format!("capped {tag}"), LINES)
+        .await?;
     for p in 0..3 {
         for i in 0..LINES {
             let line = format!("capped {tag} {p} {i}");
@@ -417,6 +409,6 @@ async fn the_cap_holds_while_a_room_sends_lines_together() -> anyhow::Result<()>
     assert!(!settled.is_empty());
     let log = lobby.gateway_log();
     assert!(log.contains("The cap of ghosts is reached: the least recently active one leaves."));
-    assert!(log.contains("A message goes to Matrix beside others of its room."));
+    assert!(log.contains(SENT_TOGETHER));
     Ok(())
 }

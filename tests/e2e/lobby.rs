@@ -958,7 +958,7 @@ async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
     const LINES: usize = 15;
     let lobby = Lobby::start_logged(|c| {
         *c = c.replace("[matrix]\n", "[matrix]\nparallel_senders = 4\n");
-        in_gateway(c, "log = \"info,junction_matrix::adapter=debug\"");
+        in_gateway(c, LOG_SENT_TOGETHER);
     })
     .await?;
     let tag = unique("par");
@@ -980,17 +980,9 @@ async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
             .context("the ghost's first line")?;
         people.push(user);
     }
-    for i in 0..LINES {
-        for (p, user) in people.iter().enumerate() {
-            user.privmsg(&lobby.channel, &format!("burst {tag} {p} {i}"))?;
-        }
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let after = unique("after the burst");
-    lobby.irc.privmsg(&lobby.channel, &after)?;
-    lobby.matrix_sees(&after).await.context("the line after")?;
-
-    let bodies = lobby.matrix_bodies().await?;
+    let (bodies, after) = lobby
+        .burst_to_matrix(&people, &format!("burst {tag}"), LINES)
+        .await?;
     let prefix = format!("burst {tag} ");
     let burst: Vec<(usize, usize)> = bodies
         .iter()
@@ -1018,9 +1010,7 @@ async fn parallel_senders_keep_each_persons_order() -> anyhow::Result<()> {
         .context("the line after")?;
     assert!(after_at > last_burst, "the line said later comes later");
     assert!(
-        lobby
-            .gateway_log()
-            .contains("A message goes to Matrix beside others of its room."),
+        lobby.gateway_log().contains(SENT_TOGETHER),
         "some lines were sent together"
     );
     Ok(())

@@ -270,8 +270,6 @@ pub(crate) struct Shared {
     pub(crate) media_hash_mismatches: Arc<std::sync::atomic::AtomicU64>,
     /// Asks for a read-back of the linked rooms soon (see `catchup`).
     pub(crate) catch_up: tokio::sync::Notify,
-    /// Messages one room may send at once (`[matrix] parallel_senders`, 1 by default).
-    pub(crate) parallel_senders: usize,
 }
 
 impl Shared {
@@ -334,7 +332,6 @@ impl Shared {
             undecryptable_after: crate::config::DEFAULT_UNDECRYPTABLE_AFTER,
             media_hash_mismatches: Arc::default(),
             catch_up: tokio::sync::Notify::new(),
-            parallel_senders: 1,
         })
     }
 
@@ -459,7 +456,6 @@ impl Adapter for MatrixAdapter {
             sh.undecryptable = count;
         }
         sh.undecryptable_after = self.undecryptable_after;
-        sh.parallel_senders = self.parallel_senders;
         if let Some(count) = self.media_hash_mismatches {
             sh.media_hash_mismatches = count;
         }
@@ -509,7 +505,7 @@ impl Adapter for MatrixAdapter {
         let mut queues = RoomQueues::new(MAX_QUEUED_PER_ROOM, MAX_ROOMS_AT_ONCE);
         let mut serving = tokio::task::JoinSet::new();
         let mut flights = Flights::default();
-        let parallel = sh.parallel_senders;
+        let parallel = self.parallel_senders;
         loop {
             tokio::select! {
                 // Link changes before deliveries: a delivery may be for a room just linked.
@@ -550,11 +546,12 @@ impl Adapter for MatrixAdapter {
                     None => break,
                 },
             }
-            let spawn = |serving: &mut tokio::task::JoinSet<()>, d: Delivery| {
+            let spawn = |serving: &mut tokio::task::JoinSet<()>, d: Delivery, alone: bool| {
                 serving
                     .spawn(handle_delivery(
                         sh.clone(),
                         d,
+                        alone,
                         cx.delivered.clone(),
                         cx.shutdown.clone(),
                         status.clone(),
@@ -563,7 +560,7 @@ impl Adapter for MatrixAdapter {
             };
             while let Some((room, d)) = queues.start_next() {
                 let flight = Flight::of(&d, parallel);
-                let id = spawn(&mut serving, d);
+                let id = spawn(&mut serving, d, flight.is_none());
                 flights.started(id, room, flight);
             }
             if parallel > 1 {
@@ -576,7 +573,7 @@ impl Adapter for MatrixAdapter {
                             .is_some_and(|f| flights.admits(&room, f, parallel))
                     }) {
                         tracing::debug!(%room, outbox = d.outbox_id, "A message goes to Matrix beside others of its room.");
-                        let id = spawn(&mut serving, d);
+                        let id = spawn(&mut serving, d, false);
                         flights.started(id, room.clone(), next.take());
                     }
                 }
@@ -788,18 +785,19 @@ async fn open_room(sh: &Shared, link: &RoomId) -> Result<String, RoomError> {
 
 /// Renders one delivery and answers it exactly once; transient failures are retried with
 /// backoff until they pass or the gateway shuts down (then it stays unanswered in the outbox).
-/// Runs as its room's one task at a time, or beside other messages of the room with
+/// Runs as its room's one task at a time (`alone`), or beside other messages of the room with
 /// `parallel_senders` ([`queues`]).
 async fn handle_delivery(
     sh: Arc<Shared>,
     d: Delivery,
+    alone: bool,
     delivered: mpsc::UnboundedSender<Delivered>,
     shutdown: CancellationToken,
     status: Arc<watch::Sender<NetworkStatus>>,
 ) {
     let mut pause = Duration::from_millis(500);
     let outcome = loop {
-        let result = outbound::deliver(&sh, &d).await;
+        let result = outbound::deliver(&sh, &d, alone).await;
         if !matches!(result, Err(DeliverError::Transient(_))) {
             *lock(&sh.homeserver_error) = None;
             lock(&sh.delivery_errors).remove(&d.target.room);

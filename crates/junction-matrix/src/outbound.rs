@@ -60,10 +60,12 @@ fn msgtype(kind: MessageKind) -> &'static str {
 }
 
 /// Renders one delivery; returns the Matrix event ids made, in part order. Holds the target
-/// room's lock ([`Shared::room_locks`]) once the room is known.
+/// room's lock ([`Shared::room_locks`]) once the room is known: `alone`, or shared with the
+/// messages the room's queue started beside it (see `queues`).
 pub(crate) async fn deliver(
     sh: &Arc<Shared>,
     d: &Delivery,
+    alone: bool,
 ) -> Result<Vec<MessageId>, DeliverError> {
     if junction_core::private::is_private(&d.target.room) {
         crate::private::open(sh, d).await?;
@@ -78,9 +80,6 @@ pub(crate) async fn deliver(
             DeliverError::Transient(why)
         });
     };
-    // Messages a room sends at once share its lock (see `queues`); anything else holds it
-    // alone.
-    let alone = crate::queues::Flight::of(d, sh.parallel_senders).is_none();
     let _room = if alone {
         sh.room_locks.lock(&room_id).await
     } else {

@@ -420,6 +420,28 @@ impl Lobby {
             .await
     }
 
+    /// Each of `people` says `lines` lines, `"{label} {p} {i}"`, in turn and as fast as it can;
+    /// half a second later our IRC user says a line of its own. Once Matrix shows that line:
+    /// the room's message bodies in the order they were read, and that line.
+    #[allow(dead_code)]
+    pub async fn burst_to_matrix(
+        &self,
+        people: &[IrcUser],
+        label: &str,
+        lines: usize,
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        for i in 0..lines {
+            for (p, user) in people.iter().enumerate() {
+                user.privmsg(&self.channel, &format!("{label} {p} {i}"))?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let after = unique("after the burst");
+        self.irc.privmsg(&self.channel, &after)?;
+        self.matrix_sees(&after).await.context("the line after")?;
+        Ok((self.matrix_bodies().await?, after))
+    }
+
     /// The bodies of the room's messages, in the order the Matrix user's `/sync` read them.
     #[allow(dead_code)]
     pub async fn matrix_bodies(&self) -> anyhow::Result<Vec<String>> {
@@ -718,6 +740,15 @@ pub fn in_gateway(config: &mut String, lines: &str) {
         &format!("membership = \"all\"\n{lines}"),
     );
 }
+
+/// What the Matrix adapter logs (at debug) when a message goes to Matrix beside others of
+/// its room (`[matrix] parallel_senders`).
+#[allow(dead_code)]
+pub const SENT_TOGETHER: &str = "A message goes to Matrix beside others of its room.";
+
+/// The `[gateway] log` line that keeps [`SENT_TOGETHER`] in a logged gateway's log.
+#[allow(dead_code)]
+pub const LOG_SENT_TOGETHER: &str = "log = \"info,junction_matrix::adapter=debug\"";
 
 /// A nick short enough for every test server.
 pub fn short_nick(s: &str) -> String {
