@@ -303,31 +303,21 @@ struct Step {
     limited: usize,
 }
 
-/// How many arrived after one that was sent later (0: the order is kept).
-fn out_of_order(seq: impl Iterator<Item = usize>) -> usize {
+/// How many arrived after one that was sent later (0: the order is kept), and the most
+/// sequence numbers between such a late one and the latest-sent one read before it.
+fn out_of_order(seq: impl Iterator<Item = usize>) -> (usize, usize) {
     let mut highest: Option<usize> = None;
-    let mut late = 0;
+    let (mut late, mut furthest) = (0, 0);
     for i in seq {
         match highest {
-            Some(h) if i < h => late += 1,
+            Some(h) if i < h => {
+                late += 1;
+                furthest = furthest.max(h - i);
+            }
             _ => highest = Some(i),
         }
     }
-    late
-}
-
-/// The most sequence numbers between a line that arrived late and the line sent after it
-/// that arrived before it (0: the order is kept).
-fn furthest_swap(seq: impl Iterator<Item = usize>) -> usize {
-    let mut highest: Option<usize> = None;
-    let mut furthest = 0;
-    for i in seq {
-        match highest {
-            Some(h) if i < h => furthest = furthest.max(h - i),
-            _ => highest = Some(i),
-        }
-    }
-    furthest
+    (late, furthest)
 }
 
 /// The sequence numbers of phase `phase`'s messages in the order they were read (each
@@ -433,7 +423,7 @@ async fn step(
         _ => 0.0,
     };
     let per_sender = (0..senders.len())
-        .map(|s| out_of_order(seq.iter().map(|x| x.0).filter(|i| i % senders.len() == s)))
+        .map(|s| out_of_order(seq.iter().map(|x| x.0).filter(|i| i % senders.len() == s)).0)
         .sum();
     let queue_and_put = b
         .taps
@@ -461,6 +451,7 @@ async fn step(
         .filter(|w| w[1].0 <= w[0].1)
         .map(|w| w[1].1 - w[0].1)
         .collect();
+    let (late, furthest) = out_of_order(seq.iter().map(|x| x.0));
     Ok(Step {
         share,
         offered: rate,
@@ -474,9 +465,9 @@ async fn step(
         cpu,
         failed: failed_of(b),
         duplicates,
-        out_of_order: out_of_order(seq.iter().map(|x| x.0)),
+        out_of_order: late,
         out_of_order_per_sender: per_sender,
-        furthest_swap_ms: furthest_swap(seq.iter().map(|x| x.0)) as f64 * 1000.0 / rate.max(1e-9),
+        furthest_swap_ms: furthest as f64 * 1000.0 / rate.max(1e-9),
         depths,
         limited: reader.limited(),
     })
